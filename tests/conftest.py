@@ -1,0 +1,80 @@
+"""Real parts for the tests: a Tansu broker and a chDB directory, one per session.
+
+Tests isolate themselves by name, not by process: each test that asks for
+``settings`` gets its own topic prefix and its own ClickHouse database, on the
+one broker and the one chDB directory of the session (a process can open only
+one chDB path in its lifetime).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agentwatch.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A Tansu broker on a free port, stopped at the end of the session."""
+    from infra.broker import free_port, start_broker
+
+    log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    started = start_broker("127.0.0.1", free_port(), log_path=log_path)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="session")
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's one chDB data directory."""
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings isolated for this test: fresh topic prefix, database and var dir."""
+
+    def make(**overrides: object) -> Settings:
+        unique = uuid.uuid4().hex[:8]
+        values: dict[str, object] = {
+            "topic_prefix": f"t{unique}.",
+            "clickhouse_database": f"aw_{unique}",
+            "var_dir": tmp_path / "var",
+            "baseline_warmup_s": 0.0,
+            "baseline_warmup_heartbeats": 20,
+            "snapshot_interval_s": 0.5,
+            "loader_batch_age_s": 0.1,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]) -> Settings:
+    """Settings wired to the session's broker and chDB (starts them on first use)."""
+    broker = request.getfixturevalue("broker")
+    chdb_dir = request.getfixturevalue("chdb_dir")
+    return make_settings(
+        bootstrap_servers=broker.bootstrap_servers, clickhouse_dsn=f"chdb://{chdb_dir}"
+    )
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> object:
+    """Poll ``predicate`` until it returns something truthy, or fail saying ``what``."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} (last: {last!r})")

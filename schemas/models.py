@@ -11,7 +11,7 @@ exactly these rules; a property test checks that both agree.
 ...     "completed_tasks": 150, "failed_tasks": 2, "error_rate": 0.013,
 ...     "response_time_avg": 234.5, "uptime_seconds": 86400, "bytes_out": 1024})
 >>> hb.timestamp
-1764072000.0
+1795608000.0
 """
 
 from __future__ import annotations

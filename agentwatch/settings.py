@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     shard_count: int = Field(
         16, ge=1, description="Agents are grouped in this many state shards (keys of state)."
     )
+    dataflow_group_id: str = Field(
+        "agentwatch-dataflow",
+        description="Consumer group the dataflow commits its read offsets to (for lag "
+        "monitoring only; the dataflow resumes from its own recovery snapshots).",
+    )
     recovery_dir: Path | None = Field(
         None, description="Bytewax recovery directory; default <var_dir>/recovery."
     )
@@ -100,6 +105,11 @@ class Settings(BaseSettings):
     )
 
     # --- the ClickHouse loader ---------------------------------------------
+    loader_group_id: str = Field(
+        "agentwatch-loader",
+        description="Consumer group the loader commits to (for lag monitoring only; the "
+        "loader resumes from the offsets it stores in ClickHouse).",
+    )
     loader_batch_rows: int = Field(50_000, ge=1, description="Insert when this many rows wait.")
     loader_batch_age_s: float = Field(0.5, gt=0, description="...or when the oldest is this old.")
     max_message_bytes: int = Field(

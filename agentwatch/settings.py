@@ -14,6 +14,7 @@ windows, intervals) are defaults here and nowhere else.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import Field
@@ -53,6 +54,15 @@ class Settings(BaseSettings):
     # --- the API ------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="API listen host.")
     api_port: int = Field(8000, description="API listen port.")
+    api_broker_timeout_s: float = Field(
+        0.5, gt=0, description="Longest one health check waits for the broker (all questions)."
+    )
+    api_health_cache_s: float = Field(
+        2.0, ge=0, description="The broker's health answer is reused for this long (seconds)."
+    )
+    api_counts_cache_s: float = Field(
+        10.0, ge=0, description="Table counts (health, /metrics) are redone at most this often."
+    )
 
     # --- the dataflow -------------------------------------------------------
     dataflow_workers: int = Field(1, ge=1, description="Bytewax worker threads per process.")
@@ -100,6 +110,28 @@ class Settings(BaseSettings):
         description="Floor of a metric's std as a share of its mean, so flat metrics "
         "do not turn noise into anomalies.",
     )
+    anomaly_reason_sigma: float = Field(
+        3.0, gt=0, description="Features this many std from baseline are named as reasons."
+    )
+    baseline_learn_clip_sigma: float = Field(
+        4.0,
+        gt=0,
+        description="Once warm, a value is learned as if at most this many std from the mean.",
+    )
+    anomaly_std_floor: dict[str, float] = Field(
+        {
+            "cpu_usage": 1.0,
+            "memory_usage": 1.0,
+            "disk_usage": 0.5,
+            "network_latency": 1.0,
+            "active_tasks": 1.0,
+            "error_rate": 0.01,
+            "response_time_avg": 5.0,
+            "bytes_out": 1024.0,
+        },
+        description="Smallest std assumed per metric (in its unit), so noise-free metrics "
+        "do not turn tiny wiggles into anomalies.",
+    )
     baseline_publish_interval_s: float = Field(
         300.0, gt=0, description="Event time between two baseline snapshots of an agent."
     )
@@ -112,12 +144,29 @@ class Settings(BaseSettings):
     )
     loader_batch_rows: int = Field(50_000, ge=1, description="Insert when this many rows wait.")
     loader_batch_age_s: float = Field(0.5, gt=0, description="...or when the oldest is this old.")
+    loader_consume_messages: int = Field(
+        20_000, ge=1, description="Most messages the loader reads from Kafka in one call."
+    )
     max_message_bytes: int = Field(
         64 * 1024, ge=256, description="Heartbeats larger than this go to the dead-letter topic."
     )
 
     # --- the seed's monitoring intervals -----------------------------------
     heartbeat_interval_s: float = Field(30.0, gt=0, description="Seed: agents beat every 30 s.")
+
+    def as_env(self) -> dict[str, str]:
+        """The fields set on this object as ``AGENTWATCH_*`` variables, for a child process.
+
+        >>> Settings(api_port=8001).as_env()
+        {'AGENTWATCH_API_PORT': '8001'}
+        """
+        env = {}
+        for name in sorted(self.model_fields_set):
+            value = getattr(self, name)
+            if isinstance(value, dict | list):
+                value = json.dumps(value)
+            env[f"AGENTWATCH_{name.upper()}"] = "" if value is None else str(value)
+        return env
 
     def topic(self, name: str) -> str:
         """Physical name of a logical topic (``metrics`` → ``agents.metrics``)."""

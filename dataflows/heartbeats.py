@@ -1,0 +1,210 @@
+"""The heartbeat dataflow: validate, keep per-agent baselines, score, publish.
+
+```
+agents.metrics ─► read_heartbeats ─► validate ─┬─► dead_letters ──────────────────────────┐
+  (a batch per partition read)                  └─► split_by_shard ─► agent_baselines     │
+                                                   (state keyed by shard of agents)  │      │
+                                                                        findings ◄───┘      │
+                                                                            └──► publish ◄──┘
+                          to agents.deadletter · agents.anomalies · agents.baselines
+```
+
+Run it with ``python -m dataflows.heartbeats`` (one process, settings from
+``AGENTWATCH_*``), or as a Bytewax cluster with
+``python -m bytewax.run "dataflows.heartbeats:get_flow()" -w W -i I -a ADDRS -r DIR``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import signal
+import time
+import zlib
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+
+import bytewax.operators as op
+import orjson
+from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.run import cli_main
+
+from agentwatch.fleet import DetectorConfig, FleetBaselines, FleetOutput
+from agentwatch.settings import Settings
+from dataflows.kafka_source import STOP, KafkaBatchSource, RawBatch
+from schemas.heartbeats import HeartbeatBatch, parse_heartbeats
+
+log = logging.getLogger("agentwatch.dataflow")
+
+Message = KafkaSinkMessage[bytes | None, bytes]
+
+
+@dataclass(slots=True)
+class CheckedBatch:
+    """A raw batch with its valid heartbeats and its rejected messages."""
+
+    raw: RawBatch
+    heartbeats: HeartbeatBatch
+    rejected: list[tuple[int, str]]
+
+
+def validate(max_message_bytes: int, raw: RawBatch) -> CheckedBatch:
+    """Parse and validate every message of a batch (never raises on bad input)."""
+    heartbeats, rejected = parse_heartbeats(raw.values, max_message_bytes)
+    return CheckedBatch(raw, heartbeats, rejected)
+
+
+def dead_letters(deadletter_topic: str, checked: CheckedBatch) -> list[Message]:
+    """One dead-letter message per rejected heartbeat: reason, original bytes, position."""
+    raw = checked.raw
+    now = time.time()
+    messages = []
+    for position, reason in checked.rejected:
+        value = raw.values[position] or b""
+        key = raw.keys[position]
+        record = {
+            "topic": raw.topic,
+            "partition": raw.partition,
+            "offset": raw.offsets[position],
+            "reason": reason,
+            "key": key.decode("utf-8", "replace") if key is not None else None,
+            "value_b64": base64.b64encode(value).decode("ascii"),
+            "value_bytes": len(value),
+            "received_at": now,
+        }
+        messages.append(Message(key=key, value=orjson.dumps(record), topic=deadletter_topic))
+    return messages
+
+
+def shard_of(agent_id: str, shard_count: int) -> int:
+    """The state shard an agent belongs to (stable across processes and restarts).
+
+    >>> shard_of("agent-000001", 16)
+    9
+    """
+    return zlib.crc32(agent_id.encode()) % shard_count
+
+
+def split_by_shard(shard_count: int, checked: CheckedBatch) -> list[tuple[str, HeartbeatBatch]]:
+    """Cut a batch's valid heartbeats into one sub-batch per state shard."""
+    heartbeats = checked.heartbeats
+    if not len(heartbeats):
+        return []
+    rows_by_shard: dict[int, list[int]] = {}
+    for row, agent in enumerate(heartbeats.agent_id):
+        rows_by_shard.setdefault(zlib.crc32(agent.encode()) % shard_count, []).append(row)
+    if len(rows_by_shard) == 1:
+        ((shard, _),) = rows_by_shard.items()
+        return [(str(shard), heartbeats)]
+    return [(str(shard), heartbeats.take(rows)) for shard, rows in rows_by_shard.items()]
+
+
+def observe_shard(
+    config: DetectorConfig, state: FleetBaselines | None, heartbeats: HeartbeatBatch
+) -> tuple[FleetBaselines, FleetOutput]:
+    """Score and learn one shard's heartbeats (the state is the shard's baselines)."""
+    if state is None:
+        state = FleetBaselines(config)
+    return state, state.observe(heartbeats)
+
+
+def findings(
+    anomalies_topic: str, baselines_topic: str, keyed: tuple[str, FleetOutput]
+) -> list[Message]:
+    """The shard's anomaly records and baseline snapshots as Kafka messages."""
+    _, output = keyed
+    messages = [
+        Message(key=a["agent_id"].encode(), value=orjson.dumps(a), topic=anomalies_topic)
+        for a in output.anomalies
+    ]
+    messages.extend(
+        Message(key=b["agent_id"].encode(), value=orjson.dumps(b), topic=baselines_topic)
+        for b in output.baselines
+    )
+    return messages
+
+
+def build_flow(
+    settings: Settings, source: Source[RawBatch] | None = None, sink: Sink[Message] | None = None
+) -> Dataflow:
+    """The heartbeat dataflow; ``source`` and ``sink`` default to Kafka."""
+    if source is None:
+        source = KafkaBatchSource(
+            settings.bootstrap_servers,
+            settings.topic("metrics"),
+            settings.dataflow_group_id,
+            batch_size=settings.source_batch_size,
+        )
+    if sink is None:
+        sink = KafkaSink(
+            settings.bootstrap_servers.split(","),
+            topic=None,
+            add_config={"linger.ms": "5", "enable.idempotence": "false"},
+        )
+    config = DetectorConfig.from_settings(settings)
+
+    flow = Dataflow("agentwatch_heartbeats")
+    batches = op.input("read_heartbeats", flow, source)
+    checked = op.map("validate", batches, partial(validate, settings.max_message_bytes))
+    rejected = op.flat_map(
+        "dead_letters", checked, partial(dead_letters, settings.topic("deadletter"))
+    )
+    by_shard = op.flat_map("split_by_shard", checked, partial(split_by_shard, settings.shard_count))
+    observed = op.stateful_map("agent_baselines", by_shard, partial(observe_shard, config))
+    found = op.flat_map(
+        "findings", observed,
+        partial(findings, settings.topic("anomalies"), settings.topic("baselines")),
+    )  # fmt: skip
+    op.output("publish", op.merge("outputs", rejected, found), sink)
+    return flow
+
+
+def get_flow() -> Dataflow:
+    """The flow with settings from the environment (for ``python -m bytewax.run``)."""
+    return build_flow(Settings())
+
+
+def recovery_config(settings: Settings) -> RecoveryConfig:
+    """Bytewax recovery in ``settings.recovery_path``, created on first use."""
+    path = settings.recovery_path
+    if not path.exists() or not any(path.iterdir()):
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, settings.recovery_partitions)
+        log.info("recovery_initialized dir=%s partitions=%d", path, settings.recovery_partitions)
+    return RecoveryConfig(str(path))
+
+
+def main() -> None:
+    """Run the dataflow in this process until SIGTERM or Ctrl-C."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+    )
+    settings = Settings()
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("dataflow_stopping signal=%s", signal.Signals(signum).name)
+        STOP.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info(
+        "dataflow_starting bootstrap=%s topic=%s workers=%d snapshot_interval_s=%g recovery=%s",
+        settings.bootstrap_servers, settings.topic("metrics"), settings.dataflow_workers,
+        settings.snapshot_interval_s, settings.recovery_path,
+    )  # fmt: skip
+    cli_main(
+        build_flow(settings),
+        workers_per_process=settings.dataflow_workers,
+        epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
+        recovery_config=recovery_config(settings),
+    )
+    log.info("dataflow_stopped")
+
+
+if __name__ == "__main__":
+    main()

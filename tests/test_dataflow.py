@@ -1,0 +1,106 @@
+"""The real ``build_flow`` with Bytewax's testing source and sink, at 1 and 2 workers."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+
+from agentwatch.settings import Settings
+from dataflows.heartbeats import build_flow
+from dataflows.kafka_source import RawBatch
+
+START = 1_800_000_000.0
+
+
+def heartbeat(agent: int, step: int, **overrides: object) -> dict:
+    rng = random.Random(agent * 100_003 + step)
+    beat = {
+        "agent_id": f"agent-{agent:04d}",
+        "tenant_id": f"tenant-{agent % 3}",
+        "timestamp": START + 30 * step,
+        "cpu_usage": 30 + 5 * rng.random(),
+        "memory_usage": 50 + 2 * rng.random(),
+        "disk_usage": 40.0,
+        "network_latency": 10 + rng.random(),
+        "active_tasks": 2,
+        "completed_tasks": step,
+        "failed_tasks": 0,
+        "error_rate": 0.01,
+        "response_time_avg": 200 + 10 * rng.random(),
+        "uptime_seconds": 30.0 * step,
+        "bytes_out": 10_000 + rng.randrange(1000),
+    }
+    beat.update(overrides)
+    return beat
+
+
+def stream(agents: int, steps: int, spike: tuple[int, int] | None = None) -> list[bytes]:
+    """Heartbeats of ``agents`` agents over ``steps`` ticks, with a CPU spike and junk."""
+    values = []
+    for step in range(steps):
+        for agent in range(agents):
+            extra = {"cpu_usage": 99.0} if spike == (agent, step) else {}
+            values.append(orjson.dumps(heartbeat(agent, step, **extra)))
+        values.append(b"{not json")
+        values.append(orjson.dumps(heartbeat(0, step, cpu_usage=140.0)))
+    return values
+
+
+def batches(values: list[bytes], size: int) -> list[RawBatch]:
+    return [
+        RawBatch("agents.metrics", 0, list(range(i, i + len(chunk))), [None] * len(chunk), chunk)
+        for i in range(0, len(values), size)
+        for chunk in [values[i : i + size]]
+    ]
+
+
+def run(values: list[bytes], workers: int, batch_size: int = 97) -> list[tuple[str, dict]]:
+    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8)
+    out: list = []
+    flow = build_flow(settings, TestingSource(batches(values, batch_size)), TestingSink(out))
+    if workers == 1:
+        run_main(flow)
+    else:
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    records = []
+    for message in out:
+        record = orjson.loads(message.value)
+        record.pop("received_at", None)
+        records.append((message.topic, record))
+    return sorted(records, key=lambda r: orjson.dumps(r, option=orjson.OPT_SORT_KEYS))
+
+
+def test_spike_is_reported_with_its_reason():
+    records = run(stream(agents=5, steps=40, spike=(3, 30)), workers=1)
+    anomalies = [r for topic, r in records if topic == "agents.anomalies" and r["is_anomaly"]]
+    assert [(a["agent_id"], a["timestamp"]) for a in anomalies] == [("agent-0003", START + 900)]
+    assert anomalies[0]["reasons"][0]["feature"] == "cpu_usage"
+    assert anomalies[0]["reasons"][0]["value"] == 99.0
+
+
+def test_bad_messages_become_dead_letters_with_reasons():
+    records = run(stream(agents=5, steps=40), workers=1)
+    dead = [r for topic, r in records if topic == "agents.deadletter"]
+    assert len(dead) == 80
+    reasons = {r["reason"].split(":")[0] for r in dead}
+    assert reasons == {"invalid JSON", "cpu_usage"}
+    assert all(r["value_bytes"] > 0 and r["offset"] >= 0 for r in dead)
+
+
+def test_baselines_are_published_per_agent():
+    records = run(stream(agents=5, steps=40), workers=1)
+    baselines = [r for topic, r in records if topic == "agents.baselines"]
+    assert {b["agent_id"] for b in baselines} == {f"agent-{a:04d}" for a in range(5)}
+    warm = [b for b in baselines if b["warmed_up"]]
+    assert warm and 30 < warm[0]["mean"]["cpu_usage"] < 35
+
+
+@pytest.mark.parametrize("batch_size", [1, 97, 5000])
+def test_one_and_two_workers_give_the_same_result(batch_size: int):
+    values = stream(agents=12, steps=45, spike=(7, 33))
+    assert run(values, workers=1, batch_size=batch_size) == run(
+        values, workers=2, batch_size=batch_size
+    )

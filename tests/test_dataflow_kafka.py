@@ -1,0 +1,212 @@
+"""The dataflow as its own process on a real broker: output topics, kill -9, broker restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from agentwatch.fleet import DetectorConfig, FleetBaselines
+from agentwatch.settings import Settings
+from infra.broker import ensure_topics, free_port, start_broker
+from schemas.heartbeats import parse_heartbeats
+from tests.conftest import wait_until
+from tests.test_dataflow import stream
+
+pytestmark = pytest.mark.integration
+
+
+class DataflowProcess:
+    """``python -m dataflows.heartbeats`` with the given settings, logging to a file."""
+
+    def __init__(self, settings: Settings, log_path: Path):
+        self.settings = settings
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, **self.settings.as_env()}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "dataflows.heartbeats"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def produce(settings: Settings, values: list[bytes], pause_every: int = 0) -> None:
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5})
+    for i, value in enumerate(values):
+        try:
+            agent = orjson.loads(value)["agent_id"].encode()
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            agent = b"junk"
+        producer.produce(settings.topic("metrics"), key=agent, value=value)
+        if pause_every and i % pause_every == pause_every - 1:
+            producer.flush()
+            time.sleep(0.05)
+    producer.flush()
+
+
+class TopicReader:
+    """Reads every partition of some topics from the beginning, keeping all records."""
+
+    def __init__(self, settings: Settings, names: list[str]):
+        self.consumer = Consumer(
+            {"bootstrap.servers": settings.bootstrap_servers, "group.id": "test-reader"}
+        )
+        self.by_topic: dict[str, list[dict]] = {settings.topic(n): [] for n in names}
+        parts = []
+        for topic in self.by_topic:
+            metadata = self.consumer.list_topics(topic, timeout=10).topics[topic]
+            parts += [TopicPartition(topic, p, 0) for p in metadata.partitions]
+        self.consumer.assign(parts)
+
+    def poll(self) -> dict[str, list[dict]]:
+        for message in self.consumer.consume(10_000, timeout=0.2):
+            if message.error() is None:
+                self.by_topic[message.topic()].append(orjson.loads(message.value()))
+        return self.by_topic
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def expected_anomalies(settings: Settings, values: list[bytes]) -> dict[tuple, float]:
+    """What an uninterrupted run reports: (agent, timestamp) → score."""
+    fleet = FleetBaselines(DetectorConfig.from_settings(settings))
+    output = fleet.observe(parse_heartbeats(values)[0])
+    return {(a["agent_id"], a["timestamp"]): a["score"] for a in output.anomalies}
+
+
+@pytest.fixture
+def dataflow_settings(settings: Settings) -> Settings:
+    ensure_topics(settings)
+    return settings
+
+
+def test_dataflow_process_publishes_anomalies_baselines_and_dead_letters(
+    dataflow_settings: Settings, tmp_path: Path
+):
+    settings = dataflow_settings
+    values = stream(agents=6, steps=40, spike=(2, 31))
+    flow = DataflowProcess(settings, tmp_path / "dataflow.log")
+    flow.start()
+    reader = TopicReader(settings, ["anomalies", "baselines", "deadletter"])
+    try:
+        produce(settings, values)
+        topics = wait_until(
+            lambda: (
+                (out := reader.poll())[settings.topic("deadletter")].__len__() == 80
+                and any(a["is_anomaly"] for a in out[settings.topic("anomalies")])
+                and out
+            ),
+            60,
+            "dead letters and the spike",
+        )
+        spike = [a for a in topics[settings.topic("anomalies")] if a["is_anomaly"]]
+        assert {(a["agent_id"], a["timestamp"]) for a in spike} == {("agent-0002", 1.8e9 + 930)}
+        assert {b["agent_id"] for b in topics[settings.topic("baselines")]} == {
+            f"agent-{a:04d}" for a in range(6)
+        }
+    finally:
+        reader.close()
+        assert flow.stop() == 0, flow.log()
+
+
+def test_kill_9_mid_stream_loses_and_invents_nothing(dataflow_settings: Settings, tmp_path: Path):
+    settings = dataflow_settings
+    values = stream(agents=40, steps=60, spike=(11, 45))
+    # more anomalies to compare: a few spikes on other agents late in the stream
+    values += [
+        orjson.dumps({**orjson.loads(v), "cpu_usage": 97.0})
+        for v in stream(agents=40, steps=61)[-42 * 1 : -2]
+        if orjson.loads(v)["agent_id"] in ("agent-0001", "agent-0020")
+    ]
+    want = expected_anomalies(settings, values)
+    assert len(want) >= 3
+    flow = DataflowProcess(settings, tmp_path / "dataflow.log")
+    flow.start()
+    half = len(values) // 2
+    reader = TopicReader(settings, ["anomalies", "baselines"])
+    try:
+        produce(settings, values[:half], pause_every=100)
+        wait_until(lambda: reader.poll()[settings.topic("baselines")], 60, "the first output")
+        producer = threading.Thread(target=produce, args=(settings, values[half:], 100))
+        producer.start()
+        time.sleep(0.3)  # into the second half: some of it read, not yet snapshotted
+        flow.kill()
+        assert producer.is_alive(), "the kill was meant to land mid-stream"
+        flow.start()
+        producer.join(60)
+
+        def all_found():
+            got = reader.poll()[settings.topic("anomalies")]
+            return {(a["agent_id"], a["timestamp"]): a["score"] for a in got} == want
+
+        wait_until(all_found, 90, "every expected anomaly, with its score, after the restart")
+    finally:
+        reader.close()
+        flow.stop()
+
+
+def test_broker_restart_resumes_from_new_log_keeping_state(make_settings, tmp_path: Path):
+    port = free_port()
+    broker = start_broker("127.0.0.1", port)
+    settings = make_settings(bootstrap_servers=broker.bootstrap_servers)
+    flow = DataflowProcess(settings, tmp_path / "dataflow.log")
+    try:
+        ensure_topics(settings)
+        flow.start()
+        produce(settings, stream(agents=3, steps=30))
+        reader = TopicReader(settings, ["baselines"])
+        wait_until(lambda: any(b["warmed_up"] for b in reader.poll()[settings.topic("baselines")]),
+                   60, "warm baselines")  # fmt: skip
+        reader.close()
+        time.sleep(1.0)  # a snapshot after warm-up
+        assert flow.stop() == 0
+        broker.stop()
+        broker = start_broker("127.0.0.1", port)
+        ensure_topics(settings)
+        flow.start()
+        # already warm: a spike in the first heartbeats of the new log is caught
+        spike = stream(agents=3, steps=31, spike=(1, 30))[-5:-2]
+        produce(settings, spike)
+        reader = TopicReader(settings, ["anomalies"])
+        found = wait_until(
+            lambda: [a for a in reader.poll()[settings.topic("anomalies")] if a["is_anomaly"]],
+            60,
+            "the spike after the broker restart",
+        )
+        reader.close()
+        assert [(a["agent_id"], a["timestamp"]) for a in found] == [("agent-0001", 1.8e9 + 900)]
+        assert "source_log_replaced" in flow.log()
+    finally:
+        flow.stop()
+        broker.stop()

@@ -85,7 +85,7 @@ def shard_of(agent_id: str, shard_count: int) -> int:
     """The state shard an agent belongs to (stable across processes and restarts).
 
     >>> shard_of("agent-000001", 16)
-    9
+    4
     """
     return zlib.crc32(agent_id.encode()) % shard_count
 
@@ -97,7 +97,7 @@ def split_by_shard(shard_count: int, checked: CheckedBatch) -> list[tuple[str, H
         return []
     rows_by_shard: dict[int, list[int]] = {}
     for row, agent in enumerate(heartbeats.agent_id):
-        rows_by_shard.setdefault(zlib.crc32(agent.encode()) % shard_count, []).append(row)
+        rows_by_shard.setdefault(shard_of(agent, shard_count), []).append(row)
     if len(rows_by_shard) == 1:
         ((shard, _),) = rows_by_shard.items()
         return [(str(shard), heartbeats)]

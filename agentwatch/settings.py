@@ -39,8 +39,9 @@ class Settings(BaseSettings):
     metrics_partitions: int = Field(4, ge=1, description="Partitions of agents.metrics.")
     derived_partitions: int = Field(2, ge=1, description="Partitions of each derived topic.")
     clickhouse_dsn: str = Field(
-        "chdb:///./var/clickhouse",
-        description="clickhouse-connect DSN: chdb:///path (embedded) or http(s)://host:port.",
+        "chdb://var/clickhouse",
+        description="clickhouse-connect DSN: chdb://relative/path or chdb:///absolute/path "
+        "(embedded chDB), or http(s)://user:password@host:port (ClickHouse server).",
     )
     clickhouse_database: str = Field("agentwatch", description="ClickHouse database name.")
     clickhouse_ttl_days: int = Field(90, ge=1, description="Rows older than this are dropped.")
@@ -50,6 +51,13 @@ class Settings(BaseSettings):
     broker_host: str = Field("127.0.0.1", description="Embedded broker listen host.")
     broker_port: int = Field(9092, description="Embedded broker listen port.")
     broker_start_timeout_s: float = Field(20.0, description="How long to wait for the broker.")
+    shutdown_grace_s: float = Field(
+        6.0,
+        gt=0,
+        le=7.5,
+        description="`agentwatch up` gives its processes this long to stop after SIGTERM "
+        "before SIGKILL (the broker then gets 2 s more; all within 10 s).",
+    )
 
     # --- the API ------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="API listen host.")
@@ -76,6 +84,9 @@ class Settings(BaseSettings):
         "agentwatch-dataflow",
         description="Consumer group the dataflow commits its read offsets to (for lag "
         "monitoring only; the dataflow resumes from its own recovery snapshots).",
+    )
+    dataflow_commit_interval_s: float = Field(
+        1.0, gt=0, description="How often the dataflow commits its read offsets to its group."
     )
     recovery_dir: Path | None = Field(
         None, description="Bytewax recovery directory; default <var_dir>/recovery."
@@ -145,7 +156,7 @@ class Settings(BaseSettings):
     loader_batch_rows: int = Field(50_000, ge=1, description="Insert when this many rows wait.")
     loader_batch_age_s: float = Field(0.5, gt=0, description="...or when the oldest is this old.")
     loader_consume_messages: int = Field(
-        20_000, ge=1, description="Most messages the loader reads from Kafka in one call."
+        5_000, ge=1, description="Most messages the loader reads from Kafka in one call."
     )
     max_message_bytes: int = Field(
         64 * 1024, ge=256, description="Heartbeats larger than this go to the dead-letter topic."

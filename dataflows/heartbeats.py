@@ -139,6 +139,7 @@ def build_flow(
             settings.topic("metrics"),
             settings.dataflow_group_id,
             batch_size=settings.source_batch_size,
+            commit_interval_s=settings.dataflow_commit_interval_s,
         )
     if sink is None:
         sink = KafkaSink(

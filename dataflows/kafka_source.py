@@ -80,18 +80,19 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, PartitionPosition]):
     def _start_offset(self, resume: PartitionPosition | None) -> int:
         if resume is None:
             return OFFSET_BEGINNING
-        low, high = self._consumer.get_watermark_offsets(
-            TopicPartition(self._topic, self._partition), timeout=10, cached=False
-        )
-        if resume.cluster_id != self._cluster_id or resume.next_offset > high:
+        if resume.cluster_id != self._cluster_id:
             log.warning(
                 "source_log_replaced topic=%s partition=%d snapshot_cluster=%s "
-                "broker_cluster=%s snapshot_offset=%d high_watermark=%d action=read_from_start "
+                "broker_cluster=%s snapshot_offset=%d action=read_from_start "
                 "note=per-agent state is kept",
                 self._topic, self._partition, resume.cluster_id, self._cluster_id,
-                resume.next_offset, high,
+                resume.next_offset,
             )  # fmt: skip
-            return low
+            return OFFSET_BEGINNING
+        # An offset past the end of a log that was replaced under the same cluster id
+        # (a topic deleted and created again) is out of range: auto.offset.reset=earliest
+        # then reads the new log from its start. (Tansu's ListOffsets answers the start of
+        # the last record batch + 1, so comparing with its high watermark would be wrong.)
         return resume.next_offset
 
     def next_batch(self) -> list[RawBatch]:
@@ -161,6 +162,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, PartitionPosition]):
             "group.id": group_id,
             "enable.auto.commit": False,
             "enable.partition.eof": False,
+            "auto.offset.reset": "earliest",
             "fetch.min.bytes": 1,
             "fetch.wait.max.ms": 50,
             "queued.min.messages": 100_000,

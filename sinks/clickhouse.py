@@ -24,12 +24,12 @@ from agentwatch.settings import Settings
 def connect(settings: Settings) -> Client:
     """A clickhouse-connect client for ``settings.clickhouse_dsn``.
 
-    A relative chDB path (``chdb:///./var/clickhouse``) is taken from the
-    working directory and created if missing.
+    ``chdb://var/clickhouse`` is relative to the working directory,
+    ``chdb:///srv/clickhouse`` absolute; the directory is created if missing.
     """
     dsn = settings.clickhouse_dsn
     if dsn.startswith("chdb://"):
-        path = Path(dsn.removeprefix("chdb://"))
+        path = Path(dsn.removeprefix("chdb://") or ".")
         path.mkdir(parents=True, exist_ok=True)
         dsn = f"chdb://{path.resolve()}"
     return clickhouse_connect.get_client(dsn=dsn)

@@ -1,0 +1,111 @@
+"""``python -m api``: serve the agentwatch API with uvicorn on ``AGENTWATCH_API_HOST:API_PORT``.
+
+The process owns ClickHouse (in the embedded profile the chDB directory, which
+only one process may open) and runs the loader. Logs go to stdout, one event
+per line as ``key=value``. SIGTERM and Ctrl-C shut down gracefully: uvicorn
+stops taking requests, then the app's lifespan stops the loader, which writes
+what it holds before the process exits. A busy port or a chDB directory held
+by another process gives a one-line error and exit code 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+import time
+
+import uvicorn
+
+from agentwatch.settings import Settings
+from api.app import create_app
+from sinks.clickhouse import connect
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``ts=… level=… logger=… msg="…"``: one event per line, easy to grep and to parse.
+
+    >>> record = logging.LogRecord("api", logging.INFO, "", 1, "loader_stopped s=%d", (2,), None)
+    >>> record.created = 0.0
+    >>> KeyValueFormatter().format(record)
+    'ts=1970-01-01T00:00:00.000Z level=info logger=api msg="loader_stopped s=2"'
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        millis = int(record.created * 1000) % 1000
+        message = record.getMessage().replace("\\", "\\\\").replace('"', '\\"')
+        line = (
+            f"ts={stamp}.{millis:03d}Z level={record.levelname.lower()} "
+            f'logger={record.name} msg="{message}"'
+        )
+        if record.exc_info:
+            error = self.formatException(record.exc_info).replace("\n", "\\n")
+            line += f' exc="{error}"'
+        return line
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Send every logger (uvicorn's too) to stdout through :class:`KeyValueFormatter`."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when nothing listens on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def main() -> int:
+    """Run the API until SIGTERM or Ctrl-C; return the exit code (0 after a requested stop)."""
+    # uvicorn handles both signals while it serves, then re-raises them once it has shut
+    # down; these handlers take that re-raise (and a signal before serving starts), so a
+    # requested stop ends with exit code 0 and no KeyboardInterrupt traceback.
+    stop_requests: list[int] = []
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda signum, _frame: stop_requests.append(signum))
+    settings = Settings()
+    configure_logging()
+    host, port = settings.api_host, settings.api_port
+    if not port_is_free(host, port):
+        print(
+            f"agentwatch api: port {host}:{port} is busy; stop what listens there "
+            "or set AGENTWATCH_API_PORT",
+            file=sys.stderr,
+        )
+        return 1
+    try:  # fail fast, in one line, if the chDB directory is held by another process
+        connect(settings).close()
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:200]
+        print(
+            f"agentwatch api: cannot open ClickHouse at {settings.clickhouse_dsn} ({reason}); "
+            "is another agentwatch API using it? stop it, or set AGENTWATCH_CLICKHOUSE_DSN",
+            file=sys.stderr,
+        )
+        return 1
+    if stop_requests:
+        return 0
+    app = create_app(settings, run_loader=True)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on")
+    )
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

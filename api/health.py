@@ -1,0 +1,222 @@
+"""The health of the whole pipeline, as the API process sees it.
+
+One :class:`SystemMonitor` per app gathers the broker probe, the loader's
+counters, a ClickHouse ping and (cached) table counts into a
+:class:`~api.responses.SystemHealth`. Both ``/api/v1/system/health`` and the
+Prometheus ``/metrics`` page are rendered from that one report, so the two
+never disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from datetime import UTC, datetime
+
+from clickhouse_connect.driver.client import Client
+
+from agentwatch.settings import Settings
+from api import queries
+from api.broker_probe import BrokerProbe, BrokerProbeResult
+from api.client_pool import ClientPool
+from api.responses import (
+    BrokerHealth,
+    ClickHouseHealth,
+    DataflowHealth,
+    LoaderHealth,
+    SystemHealth,
+    TableCounts,
+)
+from sinks.loader import Loader
+
+log = logging.getLogger(__name__)
+
+
+class IngestRate:
+    """Rows per second into a table, from a cumulative row count sampled now and then.
+
+    The rate is averaged over about ``window_s`` seconds: the reference point is
+    the oldest sample still inside the window (samples are kept at most one per
+    ``min_spacing_s``, so memory stays small however often it is asked).
+
+    >>> rate = IngestRate(window_s=60.0)
+    >>> rate.update(0, now=100.0)
+    0.0
+    >>> rate.update(5_000, now=110.0)
+    500.0
+    >>> rate.update(5_000, now=300.0)  # nothing new for longer than the window
+    0.0
+    """
+
+    def __init__(self, window_s: float = 60.0, min_spacing_s: float = 1.0) -> None:
+        self.window_s = window_s
+        self.min_spacing_s = min_spacing_s
+        self._samples: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def update(self, total: int, now: float | None = None) -> float:
+        """Record the cumulative ``total`` seen at ``now`` and return the recent rate."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            samples = self._samples
+            if samples and total < samples[-1][1]:
+                samples.clear()  # the counter restarted
+            if not samples or now - samples[-1][0] >= self.min_spacing_s:
+                samples.append((now, total))
+            while len(samples) > 1 and now - samples[0][0] > self.window_s:
+                samples.popleft()
+            start_time, start_total = samples[0]
+            if now <= start_time:
+                return 0.0
+            return (total - start_total) / (now - start_time)
+
+
+class SystemMonitor:
+    """Builds :class:`SystemHealth` reports (thread-safe; cheap to call often)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        clients: ClientPool,
+        loader: Loader | None,
+        loader_expected: bool,
+    ) -> None:
+        self.settings = settings
+        self.clients = clients
+        self.loader = loader
+        self.loader_expected = loader_expected
+        self.broker_probe = BrokerProbe(settings)
+        self.started_monotonic = time.monotonic()
+        self.ingest_rate = IngestRate()
+        self.ingest_rate.update(self._metrics_rows_inserted())
+        self._counts: TableCounts | None = None
+        self._counts_monotonic = 0.0
+        self._counts_lock = threading.Lock()
+
+    def uptime_s(self) -> float:
+        """Seconds since the API started."""
+        return time.monotonic() - self.started_monotonic
+
+    def health(self) -> SystemHealth:
+        """A fresh report (broker answer and table counts may be a few seconds old)."""
+        broker = self.broker_probe.result()
+        clickhouse = self._clickhouse()
+        loader = self._loader()
+        problems = []
+        if not broker.reachable:
+            problems.append(f"broker: {broker.error}")
+        if not clickhouse.reachable:
+            problems.append(f"clickhouse: {clickhouse.error}")
+        if self.loader_expected and not loader.running:
+            problems.append("loader: not running, nothing reaches ClickHouse")
+        return SystemHealth(
+            status="degraded" if problems else "ok",
+            problems=problems,
+            uptime_s=round(self.uptime_s(), 3),
+            broker=_broker_health(self.settings, broker),
+            dataflow=DataflowHealth(
+                group_id=self.settings.dataflow_group_id,
+                topic=self.settings.topic("metrics"),
+                lag=broker.dataflow_lag,
+                lag_state="unknown" if broker.dataflow_lag is None else "ok",
+                detail=broker.dataflow_detail,
+            ),
+            loader=loader,
+            clickhouse=clickhouse,
+        )
+
+    def close(self) -> None:
+        """Release the broker clients."""
+        self.broker_probe.close()
+
+    def _clickhouse(self) -> ClickHouseHealth:
+        database = self.settings.clickhouse_database
+        with self.clients.client() as client:
+            try:
+                ping_ms = queries.ping(client)
+            except Exception as exc:  # any failure means "not reachable"; say which
+                return ClickHouseHealth(
+                    reachable=False,
+                    database=database,
+                    ping_ms=None,
+                    error=_one_line(exc),
+                    counts=self._counts,
+                )
+            error = None
+            try:
+                counts = self._table_counts(client)
+            except Exception as exc:
+                error = f"counting rows failed: {_one_line(exc)}"
+                counts = self._counts
+        return ClickHouseHealth(
+            reachable=True,
+            database=database,
+            ping_ms=round(ping_ms, 3),
+            error=error,
+            counts=counts,
+        )
+
+    def _table_counts(self, client: Client) -> TableCounts:
+        with self._counts_lock:
+            age = time.monotonic() - self._counts_monotonic
+            if self._counts is None or age >= self.settings.api_counts_cache_s:
+                self._counts = queries.table_counts(client, self.settings.clickhouse_database)
+                self._counts_monotonic = time.monotonic()
+            return self._counts
+
+    def _loader(self) -> LoaderHealth:
+        if self.loader is None:
+            return LoaderHealth(
+                running=False,
+                lag=None,
+                lag_total=None,
+                rows_inserted={},
+                batches_inserted=0,
+                last_batch_rows=0,
+                batch_rows_sum=0,
+                skipped_invalid={},
+                errors=0,
+                last_insert_at=None,
+                ingest_rows_per_s=0.0,
+            )
+        stats = self.loader.stats()
+        lag = dict(stats.lag)
+        return LoaderHealth(
+            running=True,  # started with the app, stopped only when the app stops
+            lag=lag,
+            lag_total=sum(lag.values()),
+            rows_inserted=dict(stats.rows_inserted),
+            batches_inserted=stats.batches_inserted,
+            last_batch_rows=stats.last_batch_rows,
+            batch_rows_sum=stats.batch_rows_sum,
+            skipped_invalid=dict(stats.skipped_invalid),
+            errors=stats.errors,
+            last_insert_at=(
+                datetime.fromtimestamp(stats.last_insert_at, UTC) if stats.last_insert_at else None
+            ),
+            ingest_rows_per_s=round(
+                self.ingest_rate.update(stats.rows_inserted.get("metrics", 0)), 3
+            ),
+        )
+
+    def _metrics_rows_inserted(self) -> int:
+        if self.loader is None:
+            return 0
+        return self.loader.stats().rows_inserted.get("metrics", 0)
+
+
+def _broker_health(settings: Settings, probe: BrokerProbeResult) -> BrokerHealth:
+    return BrokerHealth(
+        reachable=probe.reachable,
+        bootstrap_servers=settings.bootstrap_servers,
+        cluster_id=probe.cluster_id,
+        error=probe.error,
+        checked_at=datetime.fromtimestamp(probe.checked_at, UTC),
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -1,0 +1,150 @@
+"""``/metrics``: the pipeline's health in the Prometheus text exposition format.
+
+Rendered from the same :class:`~api.responses.SystemHealth` report as
+``/api/v1/system/health``, through ``prometheus_client``'s metric families
+(which take care of names, escaping and the ``_total`` suffix of counters).
+Counters are cumulative since this API process started, so Prometheus's
+``rate()`` works on them; ``agentwatch_ingest_rows_per_second`` is the same
+rate pre-computed over the last minute, for a glance without PromQL.
+
+A value that is unknown right now (dataflow lag before the dataflow commits,
+table counts before the first count) is left out rather than exported as 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from api.responses import SystemHealth
+
+#: ``Content-Type`` of the exposition this module renders.
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def render(health: SystemHealth) -> bytes:
+    """The exposition text of one health report."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_HealthCollector(health))
+    return generate_latest(registry)
+
+
+class _HealthCollector(Collector):
+    """Turns one health report into metric families."""
+
+    def __init__(self, health: SystemHealth) -> None:
+        self.health = health
+
+    def collect(self) -> Iterator[Metric]:
+        health = self.health
+        loader = health.loader
+        yield _gauge(
+            "agentwatch_up",
+            "1 when every part is healthy, 0 when degraded.",
+            1 if health.status == "ok" else 0,
+        )
+        yield _gauge(
+            "agentwatch_uptime_seconds", "Seconds since the API process started.", health.uptime_s
+        )
+        yield _gauge(
+            "agentwatch_broker_up",
+            "1 when the Kafka broker answers metadata requests.",
+            1 if health.broker.reachable else 0,
+        )
+        yield _gauge(
+            "agentwatch_clickhouse_up",
+            "1 when ClickHouse answers SELECT 1.",
+            1 if health.clickhouse.reachable else 0,
+        )
+
+        if health.dataflow.lag is not None:
+            yield _gauge(
+                "agentwatch_dataflow_lag_messages",
+                "Heartbeats on the metrics topic the dataflow has not committed yet.",
+                health.dataflow.lag,
+            )
+
+        yield _gauge(
+            "agentwatch_ingest_rows_per_second",
+            "Rows per second the loader wrote into table metrics (last minute).",
+            loader.ingest_rows_per_s,
+        )
+        yield _gauge(
+            "agentwatch_loader_running",
+            "1 when the loader thread runs in this process.",
+            1 if loader.running else 0,
+        )
+        lag = GaugeMetricFamily(
+            "agentwatch_loader_lag_messages",
+            "Messages on a topic the loader has not written to ClickHouse yet.",
+            labels=["topic"],
+        )
+        for topic, messages in sorted((loader.lag or {}).items()):
+            lag.add_metric([topic], messages)
+        yield lag
+        rows = CounterMetricFamily(
+            "agentwatch_loader_rows_inserted",
+            "Rows the loader wrote, by ClickHouse table.",
+            labels=["table"],
+        )
+        for table, count in sorted(loader.rows_inserted.items()):
+            rows.add_metric([table], count)
+        yield rows
+        skipped = CounterMetricFamily(
+            "agentwatch_loader_skipped_invalid",
+            "Messages the loader skipped as invalid, by topic.",
+            labels=["topic"],
+        )
+        for topic, count in sorted(loader.skipped_invalid.items()):
+            skipped.add_metric([topic], count)
+        yield skipped
+        yield SummaryMetricFamily(
+            "agentwatch_loader_batch_rows",
+            "Rows per insert batch (count = batches, sum = rows).",
+            count_value=loader.batches_inserted,
+            sum_value=loader.batch_rows_sum,
+        )
+        yield _gauge(
+            "agentwatch_loader_last_batch_rows",
+            "Rows in the loader's latest batch.",
+            loader.last_batch_rows,
+        )
+        yield CounterMetricFamily(
+            "agentwatch_loader_errors", "Failed loader attempts (retried).", value=loader.errors
+        )
+        if loader.last_insert_at is not None:
+            yield _gauge(
+                "agentwatch_loader_last_insert_timestamp_seconds",
+                "When the loader last wrote a batch (epoch seconds).",
+                loader.last_insert_at.timestamp(),
+            )
+
+        counts = health.clickhouse.counts
+        if counts is not None:
+            yield _gauge(
+                "agentwatch_deadletter_rows", "Rows in table deadletter.", counts.deadletter
+            )
+            yield _gauge(
+                "agentwatch_agents",
+                "Distinct agents with a heartbeat in ClickHouse.",
+                counts.agents,
+            )
+            table_rows = GaugeMetricFamily(
+                "agentwatch_clickhouse_rows", "Rows stored, by table.", labels=["table"]
+            )
+            table_rows.add_metric(["metrics"], counts.metrics_rows)
+            table_rows.add_metric(["anomalies"], counts.anomalies)
+            table_rows.add_metric(["deadletter"], counts.deadletter)
+            yield table_rows
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)

@@ -1,0 +1,184 @@
+"""The ClickHouse reads behind the API, one function per question.
+
+Per-agent reads are point queries on the sort key ``(agent_id, timestamp)``:
+``PREWHERE agent_id = …`` selects one granule range and
+``ORDER BY timestamp DESC LIMIT 1`` reads it in order, so each costs a couple
+of milliseconds however large the table grows. Replays can leave identical
+duplicate rows until ClickHouse merges them; a ``LIMIT 1`` read does not care,
+and range reads use ``FINAL`` so that no duplicate ever reaches a caller.
+
+Every value from a caller is bound as a query parameter (``{name:Type}``);
+only the database name, which comes from the settings, is part of the SQL text.
+clickhouse-connect calls block, so callers run these in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+import orjson
+from clickhouse_connect.driver.client import Client
+from pydantic import ValidationError
+
+from api.responses import Anomaly, Baseline, LatestMetrics, TableCounts
+from schemas.models import FeatureDeviation
+
+log = logging.getLogger(__name__)
+
+_METRIC_COLUMNS = ", ".join(name for name in LatestMetrics.model_fields)
+_ANOMALY_COLUMNS = "timestamp, score, threshold, is_anomaly, detector, top_feature, reasons"
+
+
+def latest_metrics(
+    client: Client, database: str, agent_id: str
+) -> tuple[str, LatestMetrics] | None:
+    """The agent's newest heartbeat and its tenant, or None if it never sent one."""
+    result = client.query(
+        f"SELECT tenant_id, {_METRIC_COLUMNS} FROM {database}.metrics "
+        "PREWHERE agent_id = {agent_id:String} ORDER BY timestamp DESC LIMIT 1",
+        parameters={"agent_id": agent_id},
+    )
+    rows = list(result.named_results())
+    if not rows:
+        return None
+    row = rows[0]
+    tenant_id = row.pop("tenant_id")
+    row["timestamp"] = as_utc(row["timestamp"])
+    row["status"] = row["status"] or None
+    return tenant_id, LatestMetrics(**row)
+
+
+def latest_baseline(client: Client, database: str, agent_id: str) -> tuple[str, Baseline] | None:
+    """The agent's newest baseline snapshot and its tenant, or None before the first one."""
+    result = client.query(
+        f"SELECT tenant_id, timestamp, heartbeats, warmed_up, mean, std FROM {database}.baselines "
+        "PREWHERE agent_id = {agent_id:String} ORDER BY timestamp DESC LIMIT 1",
+        parameters={"agent_id": agent_id},
+    )
+    rows = list(result.named_results())
+    if not rows:
+        return None
+    row = rows[0]
+    tenant_id = row.pop("tenant_id")
+    row["timestamp"] = as_utc(row["timestamp"])
+    return tenant_id, Baseline(**row)
+
+
+def latest_anomaly(client: Client, database: str, agent_id: str) -> Anomaly | None:
+    """The agent's most recent scored heartbeat, or None."""
+    result = client.query(
+        f"SELECT {_ANOMALY_COLUMNS} FROM {database}.anomalies "
+        "PREWHERE agent_id = {agent_id:String} ORDER BY timestamp DESC LIMIT 1",
+        parameters={"agent_id": agent_id},
+    )
+    rows = [_anomaly(row) for row in result.named_results()]
+    return rows[0] if rows else None
+
+
+def anomalies_between(
+    client: Client,
+    database: str,
+    agent_id: str,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+) -> list[Anomaly]:
+    """The agent's anomalies with ``since <= timestamp <= until``, newest first."""
+    conditions = ["agent_id = {agent_id:String}"]
+    parameters: dict[str, object] = {"agent_id": agent_id, "limit": limit}
+    if since is not None:
+        conditions.append("timestamp >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC')")
+        parameters["since_ms"] = epoch_millis(since)
+    if until is not None:
+        conditions.append("timestamp <= fromUnixTimestamp64Milli({until_ms:Int64}, 'UTC')")
+        parameters["until_ms"] = epoch_millis(until)
+    result = client.query(
+        f"SELECT {_ANOMALY_COLUMNS} FROM {database}.anomalies FINAL "
+        f"WHERE {' AND '.join(conditions)} ORDER BY timestamp DESC LIMIT {{limit:UInt32}}",
+        parameters=parameters,
+    )
+    return [_anomaly(row) for row in result.named_results()]
+
+
+def agent_is_known(client: Client, database: str, agent_id: str) -> bool:
+    """True if the agent has a heartbeat or a baseline stored."""
+    result = client.query(
+        f"SELECT 1 FROM {database}.metrics PREWHERE agent_id = {{agent_id:String}} LIMIT 1 "
+        "UNION ALL "
+        f"SELECT 1 FROM {database}.baselines PREWHERE agent_id = {{agent_id:String}} LIMIT 1",
+        parameters={"agent_id": agent_id},
+    )
+    return bool(result.result_rows)
+
+
+def ping(client: Client) -> float:
+    """Round-trip time of ``SELECT 1`` in milliseconds (raises if ClickHouse does not answer)."""
+    started = time.perf_counter()
+    client.command("SELECT 1")
+    return (time.perf_counter() - started) * 1000.0
+
+
+def table_counts(client: Client, database: str) -> TableCounts:
+    """Distinct agents and row counts of the main tables, in one query.
+
+    ``count()`` of a MergeTree table comes from part metadata (no scan);
+    distinct agents read the ``agent_id`` column once, so callers cache this.
+    """
+    result = client.query(
+        "SELECT "
+        f"(SELECT uniqExact(agent_id) FROM {database}.metrics) AS agents, "
+        f"(SELECT count() FROM {database}.metrics) AS metrics_rows, "
+        f"(SELECT count() FROM {database}.anomalies) AS anomalies, "
+        f"(SELECT count() FROM {database}.deadletter) AS deadletter"
+    )
+    row = next(result.named_results())
+    return TableCounts(**row, counted_at=datetime.now(UTC))
+
+
+def as_utc(value: datetime) -> datetime:
+    """clickhouse-connect returns naive UTC datetimes by default: make them aware."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def epoch_millis(value: datetime) -> int:
+    """Milliseconds since the epoch of an aware datetime."""
+    return round(value.timestamp() * 1000)
+
+
+def _anomaly(row: dict) -> Anomaly:
+    return Anomaly(
+        timestamp=as_utc(row["timestamp"]),
+        score=row["score"],
+        threshold=row["threshold"],
+        is_anomaly=row["is_anomaly"],
+        detector=row["detector"],
+        top_feature=row["top_feature"],
+        reasons=parse_reasons(row["reasons"]),
+    )
+
+
+def parse_reasons(text: str) -> list[FeatureDeviation]:
+    """The JSON list stored in ``anomalies.reasons``; entries that do not parse are dropped.
+
+    >>> parse_reasons('[{"feature": "cpu_usage", "value": 99.0, "baseline_mean": 40.0,'
+    ...               ' "baseline_std": 5.0, "z": 11.8}]')[0].feature
+    'cpu_usage'
+    >>> parse_reasons("not json")
+    []
+    """
+    try:
+        items = orjson.loads(text) if text else []
+    except orjson.JSONDecodeError:
+        log.warning("anomaly_reasons_unparsable text=%r", text[:80])
+        return []
+    if not isinstance(items, list):
+        return []
+    reasons = []
+    for item in items:
+        try:
+            reasons.append(FeatureDeviation.model_validate(item))
+        except ValidationError:
+            log.warning("anomaly_reason_invalid item=%r", str(item)[:80])
+    return reasons

@@ -1,0 +1,152 @@
+"""The shapes the HTTP API answers with (pydantic models, published in the OpenAPI at ``/docs``).
+
+Times are ISO-8601 in UTC; durations are seconds; lags are counts of Kafka
+messages. A value the API cannot know right now is ``null``, with a field
+that says why, never a guess.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from schemas.models import FeatureDeviation
+
+
+class LatestMetrics(BaseModel):
+    """The agent's most recent heartbeat, as stored in table ``metrics``."""
+
+    timestamp: datetime = Field(description="Event time of the heartbeat (UTC).")
+    cpu_usage: float
+    memory_usage: float
+    disk_usage: float
+    network_latency: float
+    active_tasks: int
+    completed_tasks: int
+    failed_tasks: int
+    error_rate: float
+    response_time_avg: float
+    uptime_seconds: float
+    bytes_out: int
+    status: str | None = Field(description="The status the agent reported, if any.")
+
+
+class Baseline(BaseModel):
+    """The agent's learned baseline (latest snapshot in table ``baselines``)."""
+
+    timestamp: datetime = Field(description="Event time of the last heartbeat it had seen.")
+    heartbeats: int = Field(description="Heartbeats learned so far.")
+    warmed_up: bool = Field(description="True once the warm-up is over and anomalies may fire.")
+    mean: dict[str, float]
+    std: dict[str, float]
+
+
+class Anomaly(BaseModel):
+    """One scored heartbeat from table ``anomalies``."""
+
+    timestamp: datetime = Field(description="Event time of the scored heartbeat (UTC).")
+    score: float = Field(description="Anomaly score in [0, 1].")
+    threshold: float = Field(description="Score at or above which it counts as anomalous.")
+    is_anomaly: bool
+    detector: str
+    top_feature: str = Field(description="The feature that drove the score most.")
+    reasons: list[FeatureDeviation] = Field(
+        description="Features that drove the score and how far they stood from baseline."
+    )
+
+
+class AgentStatus(BaseModel):
+    """What agentwatch knows about one agent now."""
+
+    agent_id: str
+    tenant_id: str | None
+    last_heartbeat: datetime | None = Field(description="Event time of the latest heartbeat.")
+    seconds_since_heartbeat: float | None = Field(
+        description="Wall-clock seconds between the latest heartbeat's event time and now."
+    )
+    metrics: LatestMetrics | None = Field(description="Latest heartbeat; null if none stored.")
+    baseline: Baseline | None = Field(description="Latest baseline; null before the first one.")
+    latest_anomaly: Anomaly | None = Field(
+        description="Most recent scored heartbeat; null if none was ever reported."
+    )
+
+
+class AnomalyList(BaseModel):
+    """Anomalies of one agent in a time range, newest first."""
+
+    agent_id: str
+    since: datetime | None = Field(description="Inclusive lower bound, if given.")
+    until: datetime | None = Field(description="Inclusive upper bound, if given.")
+    limit: int
+    count: int = Field(description="Number of anomalies returned (at most ``limit``).")
+    anomalies: list[Anomaly]
+
+
+class BrokerHealth(BaseModel):
+    """Can the API reach the Kafka broker?"""
+
+    reachable: bool
+    bootstrap_servers: str
+    cluster_id: str | None
+    error: str | None = Field(description="Why the broker could not be reached.")
+    checked_at: datetime = Field(description="When the broker was last asked (results are cached).")
+
+
+class DataflowHealth(BaseModel):
+    """How far the dataflow is behind on the heartbeat topic."""
+
+    group_id: str = Field(description="Consumer group the dataflow commits its offsets to.")
+    topic: str
+    lag: int | None = Field(description="Messages not yet processed; null when unknown.")
+    lag_state: Literal["ok", "unknown"]
+    detail: str = Field(description="How the lag was found, or why it is unknown.")
+
+
+class LoaderHealth(BaseModel):
+    """The ClickHouse loader running inside this API process."""
+
+    running: bool
+    lag: dict[str, int] | None = Field(description="Messages behind, by topic; null if no loader.")
+    lag_total: int | None
+    rows_inserted: dict[str, int] = Field(description="Rows written since start, by table.")
+    batches_inserted: int
+    last_batch_rows: int
+    batch_rows_sum: int = Field(description="Rows of all batches together (sum of batch sizes).")
+    skipped_invalid: dict[str, int] = Field(description="Messages skipped as invalid, by topic.")
+    errors: int
+    last_insert_at: datetime | None
+    ingest_rows_per_s: float = Field(description="Rows/s into table metrics, recent average.")
+
+
+class TableCounts(BaseModel):
+    """Row counts in ClickHouse (stored rows; replays merge away in the background)."""
+
+    agents: int = Field(description="Distinct agents with at least one heartbeat.")
+    metrics_rows: int
+    anomalies: int
+    deadletter: int
+    counted_at: datetime
+
+
+class ClickHouseHealth(BaseModel):
+    """Does ClickHouse answer, and what does it hold?"""
+
+    reachable: bool
+    database: str
+    ping_ms: float | None
+    error: str | None
+    counts: TableCounts | None = Field(description="Cached briefly; null if never counted.")
+
+
+class SystemHealth(BaseModel):
+    """The state of the whole pipeline as this API process sees it."""
+
+    status: Literal["ok", "degraded"]
+    problems: list[str] = Field(description="What makes the status degraded, in plain words.")
+    uptime_s: float
+    broker: BrokerHealth
+    dataflow: DataflowHealth
+    loader: LoaderHealth
+    clickhouse: ClickHouseHealth

@@ -1,0 +1,484 @@
+"""The HTTP API on a real chDB: agent status, anomalies, health, /metrics, /docs.
+
+Most tests write fixture rows straight into the ClickHouse tables and run the
+app without the loader (``run_loader=False``) and with an unreachable broker.
+Tests marked ``integration`` use the session's Tansu broker: health with a real
+broker and dataflow lag, and the whole app lifespan with the loader running.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import httpx
+import orjson
+import pytest
+from clickhouse_connect.driver.client import Client
+from confluent_kafka import Consumer, Producer, TopicPartition
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from agentwatch.settings import Settings
+from api.app import create_app
+from infra.broker import ensure_topics, free_port
+from sinks.clickhouse import connect, create_schema
+from tests.conftest import wait_until
+
+NOW = time.time()
+METRIC_COLUMNS = (
+    "agent_id", "tenant_id", "timestamp", "cpu_usage", "memory_usage", "disk_usage",
+    "network_latency", "active_tasks", "completed_tasks", "failed_tasks", "error_rate",
+    "response_time_avg", "uptime_seconds", "bytes_out", "status",
+)  # fmt: skip
+ANOMALY_COLUMNS = (
+    "agent_id", "tenant_id", "timestamp", "score", "threshold", "is_anomaly", "detector",
+    "top_feature", "reasons",
+)  # fmt: skip
+BASELINE_COLUMNS = ("agent_id", "tenant_id", "timestamp", "heartbeats", "warmed_up", "mean", "std")
+
+
+def at(seconds_ago: float) -> datetime:
+    """A recent instant (the tables' TTL drops rows older than 90 days)."""
+    return datetime.fromtimestamp(round(NOW - seconds_ago, 3), UTC)
+
+
+def heartbeat_row(agent: str, seconds_ago: float, cpu: float = 40.0, status: str = "") -> tuple:
+    return (agent, "t1", at(seconds_ago), cpu, 60.0, 30.0, 12.5, 3, 150, 2, 0.01, 230.0,
+            86400.0, 1024, status)  # fmt: skip
+
+
+def anomaly_row(agent: str, seconds_ago: float, score: float = 0.995, cpu: float = 97.0) -> tuple:
+    reasons = [{"feature": "cpu_usage", "value": cpu, "baseline_mean": 40.0,
+                "baseline_std": 5.0, "z": (cpu - 40.0) / 5.0}]  # fmt: skip
+    return (agent, "t1", at(seconds_ago), score, 0.999, score >= 0.999, "hst", "cpu_usage",
+            orjson.dumps(reasons).decode())  # fmt: skip
+
+
+def baseline_row(agent: str, seconds_ago: float, heartbeats: int, warmed_up: bool) -> tuple:
+    mean = {"cpu_usage": 40.0, "memory_usage": 60.0}
+    std = {"cpu_usage": 5.0, "memory_usage": 2.0}
+    return (agent, "t1", at(seconds_ago), heartbeats, warmed_up, mean, std)
+
+
+@pytest.fixture
+def offline_settings(make_settings, chdb_dir) -> Settings:
+    """The session's chDB, a fresh database, and a broker address where nothing listens."""
+    return make_settings(
+        clickhouse_dsn=f"chdb://{chdb_dir}",
+        bootstrap_servers=f"127.0.0.1:{free_port()}",
+        api_broker_timeout_s=0.3,
+    )
+
+
+@pytest.fixture
+def ch(offline_settings: Settings) -> Iterator[Client]:
+    """A ClickHouse client on the test's own database, with the schema created."""
+    client = connect(offline_settings)
+    create_schema(client, offline_settings)
+    try:
+        yield client
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS {offline_settings.clickhouse_database}")
+        client.close()
+
+
+@pytest.fixture
+def api(offline_settings: Settings, ch: Client) -> Iterator[TestClient]:
+    """The app without a loader, reading through ``ch``; lifespan runs on enter and exit."""
+    with TestClient(create_app(offline_settings, client=ch, run_loader=False)) as test_client:
+        yield test_client
+
+
+def insert(ch: Client, settings: Settings, table: str, rows: list[tuple], columns) -> None:
+    ch.insert(table, rows, column_names=columns, database=settings.clickhouse_database)
+
+
+@pytest.fixture
+def fleet(ch: Client, offline_settings: Settings) -> None:
+    """Agent a1 with history, baselines and anomalies; a2 with one heartbeat; a3 baseline only."""
+    insert(ch, offline_settings, "metrics", [
+        heartbeat_row("a1", 90, cpu=35.0),
+        heartbeat_row("a1", 60, cpu=38.0),
+        heartbeat_row("a1", 30, cpu=97.0, status="busy"),
+        heartbeat_row("a2", 10, cpu=12.0),
+    ], METRIC_COLUMNS)  # fmt: skip
+    insert(ch, offline_settings, "baselines", [
+        baseline_row("a1", 600, heartbeats=10, warmed_up=False),
+        baseline_row("a1", 60, heartbeats=2000, warmed_up=True),
+        baseline_row("a3", 60, heartbeats=5, warmed_up=False),
+    ], BASELINE_COLUMNS)  # fmt: skip
+    insert(ch, offline_settings, "anomalies", [
+        anomaly_row("a1", 600, score=0.991, cpu=70.0),
+        anomaly_row("a1", 30, score=0.9995, cpu=97.0),
+    ], ANOMALY_COLUMNS)  # fmt: skip
+
+
+# --- /api/v1/agents/{id}/status ------------------------------------------------
+
+
+def test_status_shows_latest_heartbeat_baseline_and_anomaly(api: TestClient, fleet: None):
+    response = api.get("/api/v1/agents/a1/status")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["agent_id"] == "a1" and body["tenant_id"] == "t1"
+    assert body["metrics"]["cpu_usage"] == 97.0
+    assert body["metrics"]["status"] == "busy"
+    assert datetime.fromisoformat(body["last_heartbeat"]) == at(30)
+    assert 29 <= body["seconds_since_heartbeat"] < 120
+    assert body["baseline"]["heartbeats"] == 2000
+    assert body["baseline"]["warmed_up"] is True
+    assert body["baseline"]["mean"] == {"cpu_usage": 40.0, "memory_usage": 60.0}
+    anomaly = body["latest_anomaly"]
+    assert anomaly["score"] == 0.9995 and anomaly["is_anomaly"] is True
+    assert anomaly["threshold"] == 0.999
+    assert datetime.fromisoformat(anomaly["timestamp"]) == at(30)
+    assert anomaly["reasons"] == [
+        {"feature": "cpu_usage", "value": 97.0, "baseline_mean": 40.0, "baseline_std": 5.0,
+         "z": pytest.approx(11.4)}
+    ]  # fmt: skip
+
+
+def test_status_of_agent_without_baseline_or_anomalies(api: TestClient, fleet: None):
+    body = api.get("/api/v1/agents/a2/status").json()
+    assert body["metrics"]["cpu_usage"] == 12.0
+    assert body["metrics"]["status"] is None
+    assert body["baseline"] is None and body["latest_anomaly"] is None
+
+
+def test_status_of_agent_with_only_a_baseline(api: TestClient, fleet: None):
+    body = api.get("/api/v1/agents/a3/status").json()
+    assert body["metrics"] is None and body["last_heartbeat"] is None
+    assert body["seconds_since_heartbeat"] is None
+    assert body["baseline"]["heartbeats"] == 5
+
+
+def test_unknown_agent_is_404_saying_which(api: TestClient, fleet: None):
+    for path in ("/api/v1/agents/ghost-7/status", "/api/v1/agents/ghost-7/anomalies"):
+        response = api.get(path)
+        assert response.status_code == 404, path
+        assert "ghost-7" in response.json()["detail"]
+
+
+def test_agent_id_longer_than_128_characters_is_422(api: TestClient):
+    response = api.get(f"/api/v1/agents/{'x' * 129}/status")
+    assert response.status_code == 422
+    assert "agent_id" in response.json()["message"]
+    assert api.get(f"/api/v1/agents/{'x' * 128}/status").status_code == 404
+
+
+def test_clickhouse_failure_is_503_not_an_empty_answer(
+    api: TestClient, ch: Client, offline_settings: Settings
+):
+    ch.command(f"DROP DATABASE {offline_settings.clickhouse_database}")
+    response = api.get("/api/v1/agents/a1/status")
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith("ClickHouse did not answer")
+    health = api.get("/api/v1/system/health").json()["clickhouse"]
+    assert health["reachable"] is True and "counting rows failed" in health["error"]
+
+
+# --- /api/v1/agents/{id}/anomalies -----------------------------------------------
+
+
+@pytest.fixture
+def anomaly_history(ch: Client, offline_settings: Settings) -> list[datetime]:
+    """a1 has 10 anomalies one minute apart (written twice, as a replay would)."""
+    rows = [anomaly_row("a1", 60 * (10 - i), score=0.99 + i / 1000) for i in range(10)]
+    insert(ch, offline_settings, "anomalies", rows, ANOMALY_COLUMNS)
+    insert(ch, offline_settings, "anomalies", rows, ANOMALY_COLUMNS)  # the replay
+    insert(ch, offline_settings, "anomalies", [anomaly_row("a2", 60)], ANOMALY_COLUMNS)
+    insert(ch, offline_settings, "metrics", [heartbeat_row("a1", 5)], METRIC_COLUMNS)
+    return [row[2] for row in rows]
+
+
+def test_anomalies_come_newest_first_without_replayed_duplicates(
+    api: TestClient, anomaly_history: list[datetime]
+):
+    body = api.get("/api/v1/agents/a1/anomalies").json()
+    stamps = [datetime.fromisoformat(a["timestamp"]) for a in body["anomalies"]]
+    assert stamps == sorted(anomaly_history, reverse=True)
+    assert body["count"] == 10 and body["limit"] == 100
+    assert body["anomalies"][0]["reasons"][0]["feature"] == "cpu_usage"
+
+
+def test_anomalies_filter_by_time_range_inclusive(api: TestClient, anomaly_history: list[datetime]):
+    since, until = anomaly_history[2], anomaly_history[5]
+    iso = api.get(
+        "/api/v1/agents/a1/anomalies",
+        params={"since": since.isoformat(), "until": until.isoformat().replace("+00:00", "Z")},
+    ).json()
+    stamps = [datetime.fromisoformat(a["timestamp"]) for a in iso["anomalies"]]
+    assert stamps == anomaly_history[5:1:-1]
+    epoch = api.get(
+        "/api/v1/agents/a1/anomalies",
+        params={"since": str(since.timestamp()), "until": str(until.timestamp())},
+    ).json()
+    assert epoch["anomalies"] == iso["anomalies"]
+    assert datetime.fromisoformat(epoch["since"]) == since
+    only_since = api.get("/api/v1/agents/a1/anomalies", params={"since": since.isoformat()})
+    assert only_since.json()["count"] == 8
+
+
+def test_anomalies_limit_keeps_the_newest(api: TestClient, anomaly_history: list[datetime]):
+    body = api.get("/api/v1/agents/a1/anomalies", params={"limit": 3}).json()
+    stamps = [datetime.fromisoformat(a["timestamp"]) for a in body["anomalies"]]
+    assert stamps == anomaly_history[:-4:-1]
+    assert body["count"] == 3
+
+
+def test_known_agent_without_anomalies_in_range_is_an_empty_list(
+    api: TestClient, anomaly_history: list[datetime]
+):
+    response = api.get("/api/v1/agents/a1/anomalies", params={"until": "2001-01-01T00:00:00Z"})
+    assert response.status_code == 200
+    assert response.json()["anomalies"] == []
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ({"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, "is after until"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 10_001}, "limit"),
+        ({"limit": "many"}, "limit"),
+        ({"since": "yesterday"}, "neither ISO-8601"),
+        ({"until": "2026-01-01T00:00:00"}, "no time zone"),
+        ({"since": "1e30"}, "outside the years"),
+    ],
+)
+def test_bad_anomaly_parameters_are_422_with_a_message(
+    api: TestClient, fleet: None, params: dict, words: str
+):
+    response = api.get("/api/v1/agents/a1/anomalies", params=params)
+    assert response.status_code == 422
+    body = response.json()
+    assert words in body["message"], body
+    assert body["detail"] and body["detail"][0]["loc"][0] == "query"
+
+
+# --- health, /metrics, docs ---------------------------------------------------------
+
+
+def test_health_is_degraded_but_fast_when_the_broker_is_down(api: TestClient, fleet: None):
+    started = time.monotonic()
+    response = api.get("/api/v1/system/health")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    assert elapsed < 1.0, f"health took {elapsed:.2f} s with the broker down"
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["broker"]["reachable"] is False and body["broker"]["cluster_id"] is None
+    assert any(problem.startswith("broker:") for problem in body["problems"])
+    assert body["dataflow"]["lag"] is None and body["dataflow"]["lag_state"] == "unknown"
+    assert body["loader"]["running"] is False and body["loader"]["lag"] is None
+    clickhouse = body["clickhouse"]
+    assert clickhouse["reachable"] is True and clickhouse["ping_ms"] > 0
+    counts = clickhouse["counts"]
+    assert (counts["agents"], counts["metrics_rows"], counts["anomalies"]) == (2, 4, 2)
+    assert counts["deadletter"] == 0
+    assert body["uptime_s"] >= 0
+
+    started = time.monotonic()  # the broker's answer is cached: the second call is quick
+    assert api.get("/api/v1/system/health").json()["status"] == "degraded"
+    assert time.monotonic() - started < 0.2
+
+
+PROMETHEUS_SAMPLE = re.compile(
+    r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="[^"]*",?)*\})? '
+    r"[-+]?(\d+(\.\d*)?([eE][-+]?\d+)?|NaN|[-+]Inf)$"
+)
+
+
+def test_metrics_page_is_valid_prometheus_text(api: TestClient, fleet: None):
+    response = api.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    for line in text.splitlines():
+        assert line.startswith(("# HELP ", "# TYPE ")) or PROMETHEUS_SAMPLE.match(line), line
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in (
+        "agentwatch_up",
+        "agentwatch_uptime_seconds",
+        "agentwatch_broker_up",
+        "agentwatch_ingest_rows_per_second",
+        "agentwatch_loader_batch_rows",
+        "agentwatch_loader_rows_inserted",
+        "agentwatch_loader_errors",
+        "agentwatch_deadletter_rows",
+    ):
+        assert name in families, name
+    assert families["agentwatch_broker_up"].samples[0].value == 0
+    assert families["agentwatch_loader_rows_inserted"].type == "counter"
+    assert "agentwatch_dataflow_lag_messages" not in families  # unknown: left out
+    rows = {s.labels["table"]: s.value for s in families["agentwatch_clickhouse_rows"].samples}
+    assert rows == {"metrics": 4, "anomalies": 2, "deadletter": 0}
+
+
+def test_docs_openapi_and_unknown_routes(api: TestClient):
+    assert api.get("/docs").status_code == 200
+    paths = api.get("/openapi.json").json()["paths"]
+    assert {"/api/v1/agents/{agent_id}/status", "/api/v1/system/health", "/metrics"} <= set(paths)
+    assert api.get("/api/v1/nothing-here").status_code == 404
+
+
+# --- with the real broker -------------------------------------------------------------
+
+
+def produce_heartbeats(
+    settings: Settings, agent: str, count: int, partition: int | None = None
+) -> None:
+    """``count`` heartbeats of one agent, in one producer batch (keyed, or to ``partition``)."""
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 50})
+    extra = {} if partition is None else {"partition": partition}
+    for i in range(count):
+        doc = {"agent_id": agent, "tenant_id": "t1", "timestamp": NOW - count + i,
+               "cpu_usage": 40.0 + i % 5, "memory_usage": 60.0, "disk_usage": 30.0,
+               "network_latency": 12.5, "active_tasks": 3, "completed_tasks": 150 + i,
+               "failed_tasks": 2, "error_rate": 0.01, "response_time_avg": 230.0,
+               "uptime_seconds": 86400.0 + i, "bytes_out": 1024}  # fmt: skip
+        producer.produce(settings.topic("metrics"), orjson.dumps(doc), key=agent.encode(), **extra)
+    assert producer.flush(10) == 0
+
+
+@pytest.mark.integration
+def test_health_is_ok_and_reports_dataflow_lag_with_a_real_broker(settings: Settings):
+    ensure_topics(settings)
+    client = connect(settings)
+    try:
+        with TestClient(create_app(settings, client=client, run_loader=False)) as api:
+            body = api.get("/api/v1/system/health").json()
+            assert body["status"] == "ok", body["problems"]
+            assert body["broker"]["reachable"] is True
+            assert body["broker"]["cluster_id"]
+            assert body["dataflow"]["lag"] is None  # the dataflow committed nothing yet
+            assert "committed no offsets" in body["dataflow"]["detail"]
+
+            # 30 heartbeats in one batch on partition 1 (Tansu's ListOffsets would say 1),
+            # 10 on partition 2; the dataflow group committed 26 on partition 1 only.
+            produce_heartbeats(settings, "lagging-agent", 30, partition=1)
+            produce_heartbeats(settings, "other-agent", 10, partition=2)
+            committer = Consumer(
+                {"bootstrap.servers": settings.bootstrap_servers,
+                 "group.id": settings.dataflow_group_id, "enable.auto.commit": False}
+            )  # fmt: skip
+            try:
+                committed = TopicPartition(settings.topic("metrics"), 1, 26)
+                committer.commit(offsets=[committed], asynchronous=False)
+            finally:
+                committer.close()
+            time.sleep(settings.api_health_cache_s)
+            dataflow = api.get("/api/v1/system/health").json()["dataflow"]
+            assert dataflow["lag"] == (30 - 26) + 10, dataflow
+            assert dataflow["lag_state"] == "ok"
+            assert "agentwatch_dataflow_lag_messages 14.0" in api.get("/metrics").text
+    finally:
+        client.close()
+
+
+@pytest.mark.integration
+def test_app_runs_the_loader_and_serves_what_it_loads(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+):
+    """The full lifespan: the app opens ClickHouse itself, loads heartbeats, stops cleanly."""
+    ensure_topics(settings)
+    app = create_app(settings)
+    with TestClient(app) as api:
+        produce_heartbeats(settings, "loaded-agent", 50)
+
+        def loaded():
+            response = api.get("/api/v1/agents/loaded-agent/status")
+            return response.status_code == 200 and response.json()["metrics"]["uptime_seconds"]
+
+        assert wait_until(loaded, 20, "the loader to write the heartbeats") == 86400.0 + 49
+        health = api.get("/api/v1/system/health").json()
+        assert health["status"] == "ok", health["problems"]
+        assert health["loader"]["running"] is True
+        assert health["loader"]["rows_inserted"]["metrics"] == 50
+        families = {f.name: f for f in text_string_to_metric_families(api.get("/metrics").text)}
+        inserted = {
+            s.labels["table"]: s.value
+            for s in families["agentwatch_loader_rows_inserted"].samples
+            if s.name.endswith("_total")
+        }
+        assert inserted["metrics"] == 50
+        assert families["agentwatch_ingest_rows_per_second"].samples[0].value > 0
+        caplog.set_level("INFO", logger="sinks.loader")
+    stopped = [r.getMessage() for r in caplog.records if r.name == "sinks.loader"]
+    assert any(m.startswith("loader_stopped rows_inserted=metrics:50") for m in stopped), stopped
+
+
+# --- python -m api ----------------------------------------------------------------------
+
+
+def api_process_env(settings: Settings, tmp_path, port: int) -> dict[str, str]:
+    """Environment of a ``python -m api`` child with its own chDB directory (one per process)."""
+    return {
+        **os.environ,
+        **settings.as_env(),
+        "AGENTWATCH_API_PORT": str(port),
+        "AGENTWATCH_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'api-chdb'}",
+    }
+
+
+def test_python_m_api_refuses_a_busy_port_in_one_line(offline_settings: Settings, tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "api"],
+            env=api_process_env(offline_settings, tmp_path, port),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"agentwatch api: port 127.0.0.1:{port} is busy; stop what listens there "
+        "or set AGENTWATCH_API_PORT"
+    ]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_python_m_api_serves_and_stops_cleanly_on_a_signal(
+    offline_settings: Settings, tmp_path, stop_signal: signal.Signals
+):
+    port = free_port()
+    log_path = tmp_path / "api.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "api"],
+            env=api_process_env(offline_settings, tmp_path, port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def health():
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/api/v1/system/health", timeout=2)
+            except httpx.TransportError:
+                assert process.poll() is None, log_path.read_text()
+                return None
+
+        assert wait_until(health, 60, "python -m api to answer").json()["status"] == "degraded"
+        process.send_signal(stop_signal)
+        assert process.wait(10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    lines = [line for line in log_path.read_text().splitlines() if line.startswith("ts=")]
+    assert any('logger=sinks.loader msg="loader_stopped' in line for line in lines), lines
+    assert 'msg="api_stopped"' in lines[-3], lines
+    assert "Traceback" not in log_path.read_text()

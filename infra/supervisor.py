@@ -22,18 +22,18 @@ True
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
+
+from infra.broker import die_with_parent_hook
 
 log = logging.getLogger("agentwatch.supervisor")
 
@@ -42,23 +42,7 @@ log = logging.getLogger("agentwatch.supervisor")
 RestartPolicy = Literal["always", "on-failure", "never"]
 
 
-def _die_with_parent_hook() -> object:
-    """A pre-exec hook asking Linux to SIGTERM the child when the supervisor dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork
-    except (OSError, AttributeError):
-        return None
-    set_parent_death_signal = 1  # PR_SET_PDEATHSIG
-
-    def hook() -> None:
-        prctl(set_parent_death_signal, int(signal.SIGTERM))
-
-    return hook
-
-
-_PRE_EXEC = _die_with_parent_hook()
+_PRE_EXEC = die_with_parent_hook()
 
 
 @dataclass

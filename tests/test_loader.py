@@ -1,0 +1,639 @@
+"""The ClickHouse loader on real parts: the session's Tansu broker and chDB.
+
+Each test gets its own topics and database (see ``conftest.py``). The kill -9
+test runs ``python -m sinks.loader`` as a child process with its own chDB
+directory, because a process can open only one chDB path.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from agentwatch.settings import Settings
+from infra.broker import ensure_topics
+from sinks.clickhouse import connect, create_schema
+from sinks.loader import Loader
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+#: Heartbeat timestamps start here: recent, so the tables' TTL keeps them.
+T0 = float(int(time.time()) - 3600)
+
+
+def heartbeat(seq: int, agents: int = 50, **overrides: object) -> dict:
+    """A valid heartbeat; ``(agent_id, timestamp)`` is unique per ``seq``."""
+    doc = {
+        "agent_id": f"agent-{seq % agents:04d}",
+        "tenant_id": f"tenant-{seq % 3}",
+        "timestamp": T0 + seq,
+        "cpu_usage": 10.0 + seq % 80,
+        "memory_usage": 40.5,
+        "disk_usage": 35.0,
+        "network_latency": 12.5,
+        "active_tasks": seq % 7,
+        "completed_tasks": seq,
+        "failed_tasks": 2,
+        "error_rate": 0.013,
+        "response_time_avg": 234.5,
+        "uptime_seconds": 86400.0,
+        "bytes_out": 1024 * (seq % 5),
+    }
+    doc.update(overrides)
+    return doc
+
+
+def anomaly(seq: int, reasons: int = 2) -> dict:
+    return {
+        "agent_id": f"agent-{seq % 7}",
+        "tenant_id": "tenant-0",
+        "timestamp": T0 + seq,
+        "score": 0.9995,
+        "threshold": 0.999,
+        "is_anomaly": True,
+        "detector": "half_space_trees",
+        "reasons": [
+            {
+                "feature": f"f{r}",
+                "value": 99.0,
+                "baseline_mean": 40.0,
+                "baseline_std": 5.0,
+                "z": 11.8,
+            }
+            for r in range(reasons)
+        ],
+    }
+
+
+def produce(settings: Settings, topic: str, docs: list, key: Callable = lambda d: None) -> None:
+    """Produce JSON documents (or raw bytes) to a logical topic and wait for delivery."""
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5})
+    for doc in docs:
+        value = doc if isinstance(doc, bytes) else orjson.dumps(doc)
+        doc_key = key(doc) if not isinstance(doc, bytes) else None
+        producer.produce(settings.topic(topic), value=value, key=doc_key)
+        producer.poll(0)
+    assert producer.flush(10) == 0
+
+
+def by_agent(doc: dict) -> bytes:
+    return doc["agent_id"].encode()
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[object]:
+    """A ClickHouse client on this test's database, with the schema created."""
+    ch = connect(settings)
+    create_schema(ch, settings)
+    try:
+        yield ch
+    finally:
+        ch.close()
+
+
+@pytest.fixture
+def topics(settings: Settings) -> Settings:
+    ensure_topics(settings)
+    return settings
+
+
+@pytest.fixture
+def loaders() -> Iterator[list[Loader]]:
+    """Loaders a test creates; each is stopped at the end even if the test fails."""
+    created: list[Loader] = []
+    yield created
+    for loader in created:
+        loader.stop()
+
+
+def count(client, settings: Settings, table: str, final: bool = True) -> int:
+    db = settings.clickhouse_database
+    return client.command(f"SELECT count() FROM {db}.{table}{' FINAL' if final else ''}")
+
+
+def poll_until(loader: Loader, predicate: Callable[[], object], what: str, timeout_s=30.0):
+    """Drive the loader by hand until ``predicate`` holds."""
+
+    def step() -> object:
+        loader.poll_once()
+        return predicate()
+
+    return wait_until(step, timeout_s, what)
+
+
+def test_heartbeats_land_in_metrics_with_their_values(settings, client, topics, loaders):
+    docs = [heartbeat(seq) for seq in range(500)]
+    docs[7]["status"] = "busy"
+    docs[8]["timestamp"] = datetime.fromtimestamp(T0 + 8, UTC).isoformat()
+    produce(settings, "metrics", docs, key=by_agent)
+    loader = Loader(settings, client)
+    loaders.append(loader)
+
+    poll_until(loader, lambda: count(client, settings, "metrics") == 500, "500 metrics rows")
+
+    db = settings.clickhouse_database
+    rows = client.query(
+        f"SELECT agent_id, tenant_id, toFloat64(timestamp), cpu_usage, active_tasks, "
+        f"completed_tasks, bytes_out, status FROM {db}.metrics FINAL "
+        f"WHERE completed_tasks IN (3, 7, 8) ORDER BY completed_tasks"
+    ).result_rows
+    assert rows == [
+        ("agent-0003", "tenant-0", T0 + 3, 13.0, 3, 3, 3072, ""),
+        ("agent-0007", "tenant-1", T0 + 7, 17.0, 0, 7, 2048, "busy"),
+        ("agent-0008", "tenant-2", T0 + 8, 18.0, 1, 8, 3072, ""),
+    ]
+    stats = loader.stats()
+    assert stats.rows_inserted["metrics"] == 500
+    assert stats.messages_read["metrics"] == 500
+    assert stats.batches_inserted >= 1
+    assert stats.batch_rows_sum == 500
+    assert stats.last_insert_at is not None
+    assert stats.errors == 0
+    wait_until(
+        lambda: loader.poll_once() >= 0 and loader.stats().lag["metrics"] == 0, 10, "zero lag"
+    )
+
+
+def test_invalid_heartbeats_are_skipped_and_counted(settings, client, topics, loaders):
+    valid = [heartbeat(seq) for seq in range(200)]
+    invalid = [
+        b"{not json",
+        b"[1, 2, 3]",
+        orjson.dumps({"agent_id": "a1"}),
+        orjson.dumps(heartbeat(1000, cpu_usage=140.0)),
+        orjson.dumps(heartbeat(1001, active_tasks="three")),
+        orjson.dumps(heartbeat(1002, surprise=1)),
+        orjson.dumps(heartbeat(1003, timestamp="yesterday")),
+        b"x" * (settings.max_message_bytes + 1),
+    ]
+    mixed: list = []
+    for i, doc in enumerate(valid):
+        mixed.append(doc)
+        if i % 25 == 0:
+            mixed.append(invalid[(i // 25) % len(invalid)])
+    produce(settings, "metrics", mixed)
+    loader = Loader(settings, client)
+    loaders.append(loader)
+
+    poll_until(
+        loader,
+        lambda: loader.stats().messages_read["metrics"] == len(mixed),
+        "every message read",
+    )
+    loader.flush()
+
+    assert count(client, settings, "metrics") == 200
+    assert loader.stats().skipped_invalid["metrics"] == len(invalid)
+    assert loader.stats().rows_inserted["metrics"] == 200
+
+
+def test_rows_the_table_cannot_hold_are_dropped_not_retried_forever(
+    settings, client, topics, loaders
+):
+    """active_tasks is a JSON integer ≥ 0 for the parser but UInt32 in the table."""
+    docs = [heartbeat(seq) for seq in range(100)]
+    docs[40]["active_tasks"] = 5_000_000_000
+    produce(settings, "metrics", docs)
+    loader = Loader(settings, client)
+    loaders.append(loader)
+
+    poll_until(loader, lambda: count(client, settings, "metrics") == 99, "the 99 storable rows")
+    stats = loader.stats()
+    assert stats.skipped_invalid["metrics"] == 1
+    assert stats.rows_inserted["metrics"] == 99
+    assert stats.errors == 0
+
+
+def test_derived_topics_land_in_their_tables(settings, client, topics, loaders):
+    anomalies = [anomaly(seq) for seq in range(30)] + [anomaly(99, reasons=0)]
+    baselines = [
+        {
+            "agent_id": f"agent-{i}",
+            "tenant_id": "tenant-0",
+            "timestamp": T0 + i,
+            "heartbeats": 100 + i,
+            "warmed_up": i % 2 == 0,
+            "mean": {"cpu_usage": 40.0 + i},
+            "std": {"cpu_usage": 5.0},
+        }
+        for i in range(5)
+    ]
+    original = b'{"agent_id": 7}'
+    deadletters = [
+        {
+            "topic": settings.topic("metrics"),
+            "partition": 1,
+            "offset": 40 + i,
+            "reason": "agent_id: 7 is not a string of 1-128 characters",
+            "key": None if i == 0 else "k",
+            "value_b64": base64.b64encode(original).decode(),
+            "value_bytes": len(original),
+            "received_at": T0 + i,
+        }
+        for i in range(3)
+    ]
+    produce(settings, "anomalies", anomalies + [b"{broken", b'{"agent_id": "a"}'])
+    produce(settings, "baselines", baselines + [b"null"])
+    produce(settings, "deadletter", deadletters + [{**deadletters[0], "offset": -1}])
+    loader = Loader(settings, client)
+    loaders.append(loader)
+
+    poll_until(
+        loader,
+        lambda: (
+            (count(client, settings, "anomalies"), count(client, settings, "baselines")) == (31, 5)
+            and count(client, settings, "deadletter") == 3
+        ),
+        "derived rows",
+    )
+    db = settings.clickhouse_database
+    top, reasons = client.query(
+        f"SELECT top_feature, reasons FROM {db}.anomalies FINAL "
+        f"WHERE timestamp = toDateTime64({T0 + 3}, 3, 'UTC') AND agent_id = 'agent-3'"
+    ).result_rows[0]
+    assert top == "f0"
+    assert json.loads(reasons) == anomaly(3)["reasons"]
+    assert client.query(
+        f"SELECT count() FROM {db}.anomalies FINAL WHERE top_feature = ''"
+    ).result_rows == [(1,)]
+    assert client.query(
+        f"SELECT heartbeats, warmed_up, mean['cpu_usage'] FROM {db}.baselines FINAL "
+        f"WHERE agent_id = 'agent-3'"
+    ).result_rows == [(103, False, 43.0)]
+    rows = client.query(
+        f"SELECT offset, key, value_b64, value_bytes FROM {db}.deadletter FINAL ORDER BY offset"
+    ).result_rows
+    assert [(o, k) for o, k, _, _ in rows] == [(40, None), (41, "k"), (42, "k")]
+    assert base64.b64decode(rows[0][2]) == original
+    stats = loader.stats()
+    assert stats.skipped_invalid == {"metrics": 0, "anomalies": 2, "baselines": 1, "deadletter": 1}
+    assert stats.rows_inserted == {"metrics": 0, "anomalies": 31, "baselines": 5, "deadletter": 3}
+
+
+def test_restart_resumes_from_stored_offsets_without_duplicates(settings, client, topics):
+    produce(settings, "metrics", [heartbeat(seq) for seq in range(1000)], key=by_agent)
+    first = Loader(settings, client)
+    first.start()
+    try:
+        wait_until(lambda: count(client, settings, "metrics") == 1000, 30, "first 1000 rows")
+    finally:
+        first.stop()
+    produce(settings, "metrics", [heartbeat(seq) for seq in range(1000, 1700)], key=by_agent)
+
+    second = Loader(settings, client)
+    second.start()
+    try:
+        wait_until(lambda: count(client, settings, "metrics") == 1700, 30, "all 1700 rows")
+        wait_until(lambda: second.stats().lag["metrics"] == 0, 10, "zero lag")
+    finally:
+        second.stop()
+
+    db = settings.clickhouse_database
+    assert count(client, settings, "metrics", final=False) == 1700  # nothing read twice
+    assert client.command(f"SELECT uniqExact(agent_id, timestamp) FROM {db}.metrics") == 1700
+    assert second.stats().rows_inserted["metrics"] == 700
+    assert second.stats().messages_read["metrics"] == 700
+
+
+def test_offsets_of_another_cluster_restart_from_the_beginning(
+    settings, client, topics, loaders, caplog
+):
+    produce(settings, "metrics", [heartbeat(seq) for seq in range(100)])
+    _store_offsets(client, settings, "some-other-cluster", next_offset=10)
+    loader = Loader(settings, client)
+    loaders.append(loader)
+
+    with caplog.at_level(logging.WARNING, logger="sinks.loader"):
+        poll_until(loader, lambda: count(client, settings, "metrics") == 100, "all 100 rows")
+
+    assert "stored_cluster_id=some-other-cluster" in caplog.text
+    assert "reading the partition from the beginning" in caplog.text
+    db = settings.clickhouse_database
+    stored = client.query(
+        f"SELECT DISTINCT cluster_id FROM {db}.loader_offsets FINAL "
+        f"WHERE topic = '{settings.topic('metrics')}'"
+    ).result_rows
+    assert stored == [(_cluster_id(settings),)]
+
+
+def test_offset_past_the_end_restarts_from_the_beginning(settings, client, topics, loaders, caplog):
+    produce(settings, "metrics", [heartbeat(seq) for seq in range(100)])
+    _store_offsets(client, settings, _cluster_id(settings), next_offset=1_000_000)
+    loader = Loader(settings, client)
+    loaders.append(loader)
+
+    with caplog.at_level(logging.WARNING, logger="sinks.loader"):
+        poll_until(loader, lambda: count(client, settings, "metrics") == 100, "all 100 rows")
+
+    assert "stored_offset=1000000" in caplog.text
+    assert "past the end of the partition" in caplog.text
+
+
+def test_topics_created_after_start_are_picked_up(settings, client, loaders):
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    loader.start()
+    time.sleep(0.3)  # the loader is now waiting for topics that do not exist
+    ensure_topics(settings)
+    produce(settings, "metrics", [heartbeat(seq) for seq in range(50)])
+
+    wait_until(lambda: count(client, settings, "metrics") == 50, 30, "50 rows")
+    assert loader.stats().errors == 0
+
+
+def test_insert_errors_are_retried_without_losing_rows(settings, client, topics, loaders):
+    produce(settings, "metrics", [heartbeat(seq) for seq in range(300)])
+    flaky = FlakyClient(client, failures=2)
+    loader = Loader(settings, flaky)
+    loaders.append(loader)
+    loader.start()
+
+    wait_until(lambda: count(client, settings, "metrics") == 300, 30, "300 rows after retries")
+    assert loader.stats().errors == 2
+    assert flaky.failed == 2
+    loader.stop()
+    assert count(client, settings, "metrics", final=False) == 300
+
+
+def test_batches_respect_the_row_limit(make_settings, broker, chdb_dir, loaders):
+    settings = make_settings(
+        bootstrap_servers=broker.bootstrap_servers,
+        clickhouse_dsn=f"chdb://{chdb_dir}",
+        loader_batch_rows=100,
+        loader_consume_messages=50,
+        loader_batch_age_s=30.0,
+    )
+    ensure_topics(settings)
+    ch = connect(settings)
+    create_schema(ch, settings)
+    produce(settings, "metrics", [heartbeat(seq) for seq in range(1000)])
+    loader = Loader(settings, ch)
+    loaders.append(loader)
+
+    poll_until(loader, lambda: count(ch, settings, "metrics") == 1000, "1000 rows in batches")
+    stats = loader.stats()
+    assert stats.batches_inserted == 10
+    assert stats.last_batch_rows == 100
+    ch.close()
+
+
+def test_crash_between_rows_and_offsets_replays_without_duplicates(
+    settings, client, topics, loaders
+):
+    """Rows inserted but their offsets never written: the next loader reads them again."""
+    produce(settings, "metrics", [heartbeat(seq) for seq in range(400)], key=by_agent)
+    crashing = Loader(settings, OffsetsNeverWritten(client))
+    loaders.append(crashing)
+    poll_until(crashing, lambda: count(client, settings, "metrics") == 400, "400 rows, once")
+    assert crashing.stats().errors >= 1  # the offsets write failed and was counted
+
+    successor = Loader(settings, client)
+    loaders.append(successor)
+    poll_until(
+        successor,
+        lambda: successor.stats().rows_inserted["metrics"] == 400,
+        "the successor to read the same 400 rows again",
+    )
+
+    db = settings.clickhouse_database
+    assert count(client, settings, "metrics", final=False) == 800  # inserted twice...
+    assert count(client, settings, "metrics") == 400  # ...but one row per identity
+    client.command(f"OPTIMIZE TABLE {db}.metrics FINAL")
+    assert count(client, settings, "metrics", final=False) == 400
+
+
+def test_broker_restart_reads_the_new_log_from_its_start(make_settings, chdb_dir, caplog):
+    """An in-memory broker restarted on the same port: new cluster id, offsets from 0."""
+    from infra.broker import free_port, start_broker
+
+    port = free_port()
+    broker = start_broker("127.0.0.1", port)
+    settings = make_settings(
+        bootstrap_servers=broker.bootstrap_servers, clickhouse_dsn=f"chdb://{chdb_dir}"
+    )
+    ch = connect(settings)
+    create_schema(ch, settings)
+    loader = Loader(settings, ch)
+    try:
+        ensure_topics(settings)
+        produce(settings, "metrics", [heartbeat(seq) for seq in range(300)])
+        loader.start()
+        wait_until(lambda: count(ch, settings, "metrics") == 300, 30, "300 rows before restart")
+
+        broker.stop()
+        with caplog.at_level(logging.WARNING, logger="sinks.loader"):
+            broker = start_broker("127.0.0.1", port)
+            ensure_topics(settings)
+            produce(settings, "metrics", [heartbeat(seq) for seq in range(1000, 1100)])
+            wait_until(
+                lambda: count(ch, settings, "metrics") == 400,
+                30,
+                "the 100 heartbeats of the new log (offsets 0..99, below the old ones)",
+            )
+        assert "broker_cluster_changed" in caplog.text
+    finally:
+        loader.stop()
+        broker.stop()
+        ch.close()
+
+
+class OffsetsNeverWritten:
+    """A ClickHouse client that inserts rows but fails to write loader offsets (a crash)."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+
+    def insert(self, table, *args, **kwargs):
+        if table == "loader_offsets":
+            raise ConnectionError("the process died here (injected)")
+        return self._client.insert(table, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+
+class FlakyClient:
+    """A ClickHouse client whose first ``failures`` inserts fail like a server that is down."""
+
+    def __init__(self, client, failures: int) -> None:
+        self._client = client
+        self._left = failures
+        self.failed = 0
+
+    def insert_df(self, *args, **kwargs):
+        if self._left:
+            self._left -= 1
+            self.failed += 1
+            raise ConnectionError("ClickHouse is down (injected)")
+        return self._client.insert_df(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+
+def _cluster_id(settings: Settings) -> str:
+    from infra.broker import cluster_id
+
+    return cluster_id(settings.bootstrap_servers)
+
+
+def _store_offsets(client, settings: Settings, cluster: str, next_offset: int) -> None:
+    topic = settings.topic("metrics")
+    client.insert(
+        "loader_offsets",
+        [
+            (cluster, topic, p, next_offset, datetime.now(UTC))
+            for p in range(settings.metrics_partitions)
+        ],
+        column_names=("cluster_id", "topic", "partition", "next_offset", "updated_at"),
+        database=settings.clickhouse_database,
+    )
+
+
+# --- kill -9 of a standalone loader ---------------------------------------------
+
+COUNT_SCRIPT = """
+import json
+from agentwatch.settings import Settings
+from sinks.clickhouse import connect
+s = Settings()
+c = connect(s)
+db = s.clickhouse_database
+print(json.dumps({
+    "metrics_final": c.command(f"SELECT count() FROM {db}.metrics FINAL"),
+    "metrics_distinct": c.command(f"SELECT uniqExact(agent_id, timestamp) FROM {db}.metrics"),
+    "metrics_raw": c.command(f"SELECT count() FROM {db}.metrics"),
+    "anomalies_final": c.command(f"SELECT count() FROM {db}.anomalies FINAL"),
+    "anomalies_distinct": c.command(
+        f"SELECT uniqExact(agent_id, timestamp) FROM {db}.anomalies"),
+}))
+"""
+
+
+def test_kill_9_mid_stream_loses_and_duplicates_nothing(make_settings, broker, tmp_path):
+    chdb_path = tmp_path / "child-chdb"
+    settings = make_settings(
+        bootstrap_servers=broker.bootstrap_servers,
+        clickhouse_dsn=f"chdb://{chdb_path}",
+        loader_group_id=f"loader-{tmp_path.name}",
+        loader_batch_rows=2000,
+        loader_consume_messages=1000,
+        loader_batch_age_s=0.2,
+    )
+    ensure_topics(settings)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "AGENTWATCH_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "AGENTWATCH_TOPIC_PREFIX": settings.topic_prefix,
+        "AGENTWATCH_CLICKHOUSE_DSN": settings.clickhouse_dsn,
+        "AGENTWATCH_CLICKHOUSE_DATABASE": settings.clickhouse_database,
+        "AGENTWATCH_LOADER_GROUP_ID": settings.loader_group_id,
+        "AGENTWATCH_LOADER_BATCH_ROWS": str(settings.loader_batch_rows),
+        "AGENTWATCH_LOADER_CONSUME_MESSAGES": str(settings.loader_consume_messages),
+        "AGENTWATCH_LOADER_BATCH_AGE_S": str(settings.loader_batch_age_s),
+    }
+    heartbeats, anomalies = 60_000, 3_000
+
+    def start_loader(name: str) -> tuple[subprocess.Popen, Path]:
+        log_path = tmp_path / f"{name}.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sinks.loader"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log_path.open("wb"),
+        )
+        return process, log_path
+
+    producing_done = threading.Event()
+
+    def produce_slowly() -> None:
+        """About 15k heartbeats/s in steps, with an anomaly every 20th, for ~4 s."""
+        try:
+            for start in range(0, heartbeats, 3000):
+                produce(settings, "metrics", [heartbeat(s) for s in range(start, start + 3000)])
+                produce(settings, "anomalies", [anomaly(s) for s in range(start, start + 3000, 20)])
+                time.sleep(0.2)
+        finally:
+            producing_done.set()
+
+    first, first_log = start_loader("first")
+    try:
+        wait_until(lambda: b"loader_assigned" in first_log.read_bytes(), 60, "first loader ready")
+        producer = threading.Thread(target=produce_slowly, daemon=True)
+        producer.start()
+        wait_until(
+            lambda: first_log.read_bytes().count(b"batch_inserted table=metrics") >= 3,
+            30,
+            "first loader inserting",
+        )
+        assert not producing_done.is_set(), "the kill must happen while messages flow"
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+    second, second_log = start_loader("second")
+    try:
+        producer.join(60)
+        assert producing_done.is_set()
+        wait_until(
+            lambda: (
+                _committed(settings, "metrics") == heartbeats
+                and _committed(settings, "anomalies") == anomalies
+            ),
+            60,
+            "the second loader to catch up (its Kafka commits)",
+        )
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(15) == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+    assert b"loader_stopped" in second_log.read_bytes()
+
+    counted = subprocess.run(
+        [sys.executable, "-c", COUNT_SCRIPT],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    counts = json.loads(counted.stdout.decode().strip().splitlines()[-1])
+    assert counts["metrics_final"] == heartbeats
+    assert counts["metrics_distinct"] == heartbeats
+    assert counts["anomalies_final"] == anomalies
+    assert counts["anomalies_distinct"] == anomalies
+
+
+def _committed(settings: Settings, topic: str) -> int:
+    """Sum of the loader group's committed offsets on a logical topic."""
+    consumer = Consumer(
+        {"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.loader_group_id}
+    )
+    try:
+        name = settings.topic(topic)
+        partitions = consumer.list_topics(name, timeout=5).topics[name].partitions
+        committed = consumer.committed([TopicPartition(name, p) for p in partitions], timeout=5)
+        return sum(max(tp.offset, 0) for tp in committed)
+    finally:
+        consumer.close()

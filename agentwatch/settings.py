@@ -174,9 +174,11 @@ class Settings(BaseSettings):
         env = {}
         for name in sorted(self.model_fields_set):
             value = getattr(self, name)
+            if value is None:
+                continue  # unset means the default; an empty variable would mean ""
             if isinstance(value, dict | list):
                 value = json.dumps(value)
-            env[f"AGENTWATCH_{name.upper()}"] = "" if value is None else str(value)
+            env[f"AGENTWATCH_{name.upper()}"] = str(value)
         return env
 
     def topic(self, name: str) -> str:

@@ -36,8 +36,14 @@ FLOAT_FIELDS: dict[str, tuple[float, float]] = {
     "response_time_avg": (0.0, np.inf),
     "uptime_seconds": (0.0, np.inf),
 }
-#: Integer counters (must be JSON integers, ≥ 0).
-INT_FIELDS = ("active_tasks", "completed_tasks", "failed_tasks", "bytes_out")
+#: Integer counters (must be JSON integers) with their allowed range (inclusive); the
+#: upper bounds are what the ``metrics`` table's columns hold.
+INT_FIELDS: dict[str, tuple[int, int]] = {
+    "active_tasks": (0, 2**32 - 1),
+    "completed_tasks": (0, 2**53),
+    "failed_tasks": (0, 2**53),
+    "bytes_out": (0, 2**53),
+}
 NUMERIC_FIELDS = (*FLOAT_FIELDS, *INT_FIELDS)
 REQUIRED = frozenset(name for name, f in Heartbeat.model_fields.items() if f.is_required())
 ALLOWED = frozenset(Heartbeat.model_fields)
@@ -112,11 +118,8 @@ def parse_heartbeats(
     for name in NUMERIC_FIELDS:
         raw = [row.get(name, 0) for row in rows]
         col = _numeric_column(name, raw, reasons)
-        if name in FLOAT_FIELDS:
-            low, high = FLOAT_FIELDS[name]
-            out = ~((col >= low) & (col <= high))  # NaN lands here too
-        else:
-            out = col < 0
+        low, high = FLOAT_FIELDS.get(name) or INT_FIELDS[name]
+        out = ~((col >= low) & (col <= high))  # NaN lands here too
         for r in np.flatnonzero(out & ~bad):
             reasons.setdefault(int(r), _range_reason(name, raw[r]))
         columns[name] = col
@@ -146,7 +149,7 @@ def parse_heartbeats(
 
 def _decode(values: list[bytes], max_bytes: int, rejected: dict[int, str]) -> list[object]:
     """JSON-decode every value; one orjson call when the whole batch is clean."""
-    sizes_ok = all(len(v) <= max_bytes for v in values)
+    sizes_ok = all(v is not None and len(v) <= max_bytes for v in values)
     if sizes_ok and values:
         try:
             docs = orjson.loads(b"[" + b",".join(values) + b"]")
@@ -254,11 +257,9 @@ def _text_reason(agent: object, tenant: object, status: object) -> str | None:
 
 
 def _range_reason(name: str, value: object) -> str:
-    if name in FLOAT_FIELDS:
-        low, high = FLOAT_FIELDS[name]
-        bounds = f"[{low:g}, {high:g}]" if np.isfinite(high) else f"≥ {low:g}"
-        return f"{name}: {_show(value)} is out of range {bounds}"
-    return f"{name}: {_show(value)} must be ≥ 0"
+    low, high = FLOAT_FIELDS.get(name) or INT_FIELDS[name]
+    bounds = f"[{low:g}, {high:g}]" if np.isfinite(high) else f"≥ {low:g}"
+    return f"{name}: {_show(value)} is out of range {bounds}"
 
 
 def _show(value: object) -> str:

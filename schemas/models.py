@@ -65,7 +65,7 @@ EpochSeconds = Annotated[
 ]
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Percent = Annotated[float, Field(strict=True, ge=0, le=100, allow_inf_nan=False)]
-Count = Annotated[StrictInt, Field(ge=0)]
+Count = Annotated[StrictInt, Field(ge=0, le=2**53)]
 Identifier = Annotated[StrictStr, Field(min_length=1, max_length=128)]
 
 
@@ -81,7 +81,7 @@ class Heartbeat(BaseModel):
     memory_usage: Percent
     disk_usage: Percent
     network_latency: Annotated[Number, Field(ge=0)] = Field(description="Milliseconds.")
-    active_tasks: Count
+    active_tasks: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)]
     completed_tasks: Count
     failed_tasks: Count
     error_rate: Annotated[Number, Field(ge=0, le=1)] = Field(description="Share 0…1.")

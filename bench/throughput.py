@@ -1,0 +1,320 @@
+"""End-to-end throughput of agentwatch, with the raw ceilings measured in the same run.
+
+    .venv/bin/python bench/throughput.py --agents 10000 --heartbeats 1000000
+
+What it measures, all on this machine, in one run, against a Tansu broker it
+starts on a free port and a chDB directory of its own:
+
+1. ``kafka_read``: a confluent-kafka consumer (partition assignment) reading
+   the K heartbeats back, doing nothing with them — the Kafka client ceiling.
+2. ``kafka_to_clickhouse``: the same read, handing the raw JSON values to
+   ClickHouse's own parser (``raw_insert ... FORMAT JSONEachRow``) — the
+   ceiling of any pipeline that lands these messages in ClickHouse.
+3. ``end_to_end_live``: a producer process sends K heartbeats as fast as it
+   can while the dataflow process (validation, baselines, detector, dead
+   letters, anomaly and baseline topics) and the ClickHouse loader run;
+   from the first heartbeat produced to the last row queryable in
+   ClickHouse and the dataflow caught up. All three share the 2 cores.
+4. ``end_to_end_backlog``: the same pipeline draining K heartbeats that are
+   already in the broker (producer not competing for CPU).
+5. per-agent state: the pickled size (what a recovery snapshot holds) and the
+   in-memory size of the dataflow's per-agent state, per agent.
+
+Results are printed and written as JSON to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import pickle
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+
+from agentwatch.fleet import DetectorConfig, FleetBaselines  # noqa: E402
+from agentwatch.settings import Settings  # noqa: E402
+from agentwatch.simulator import FleetSimulator  # noqa: E402
+from infra.broker import ensure_topics, free_port, start_broker  # noqa: E402
+from schemas.heartbeats import parse_heartbeats  # noqa: E402
+from sinks.clickhouse import connect, create_schema  # noqa: E402
+from sinks.loader import Loader  # noqa: E402
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def generate(agents: int, heartbeats: int, seed: int) -> tuple[list[bytes], list[bytes]]:
+    fleet = FleetSimulator(agents=agents, seed=seed)
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    for batch in fleet.batches(max_heartbeats=heartbeats):
+        batch_keys, batch_values = batch.serialize()
+        keys += batch_keys
+        values += batch_values
+    return keys, values
+
+
+def produce(bootstrap: str, topic: str, keys: list[bytes], values: list[bytes]) -> None:
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.num.messages": 10_000,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+        }
+    )
+    for key, value in zip(keys, values, strict=True):
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.01)
+    producer.flush(120)
+
+
+def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-meta"})
+    metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+    consumer.close()
+    return [TopicPartition(topic, p, 0) for p in sorted(metadata.partitions)]
+
+
+def read_all(bootstrap: str, topic: str, expected: int, on_batch=None) -> float:
+    """Seconds to consume ``expected`` messages from the start of every partition."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "bench-reader",
+            "enable.auto.commit": False,
+            "queued.min.messages": 200_000,
+        }
+    )
+    consumer.assign(partitions_of(bootstrap, topic))
+    seen = 0
+    started = time.perf_counter()
+    while seen < expected:
+        messages = consumer.consume(20_000, timeout=1.0)
+        values = [m.value() for m in messages if m.error() is None]
+        seen += len(values)
+        if on_batch is not None and values:
+            on_batch(values)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return elapsed
+
+
+def committed_behind(bootstrap: str, topic: str, group: str) -> int | None:
+    """Messages of ``topic`` not yet committed by ``group`` (None if nothing committed)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        parts = partitions_of(bootstrap, topic)
+        committed = consumer.committed([TopicPartition(p.topic, p.partition) for p in parts], 5)
+        behind = 0
+        for tp in committed:
+            _, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            if tp.offset < 0:
+                if high > 0:
+                    return None
+                continue
+            behind += high - tp.offset
+        return behind
+    finally:
+        consumer.close()
+
+
+def run_pipeline(
+    settings: Settings,
+    client,
+    keys: list[bytes],
+    values: list[bytes],
+    live: bool,
+    workdir: Path,
+) -> dict[str, float]:
+    """Dataflow process + loader; produce concurrently (live) or drain a backlog."""
+    ensure_topics(settings)
+    metrics_topic = settings.topic("metrics")
+    if not live:
+        say(f"  producing {len(values):,} heartbeats as a backlog")
+        produce(settings.bootstrap_servers, metrics_topic, keys, values)
+    loader = Loader(settings, client)
+    env = {**os.environ, **settings.as_env()}
+    log_path = workdir / f"dataflow-{'live' if live else 'backlog'}.log"
+    started = time.perf_counter()
+    with open(log_path, "wb") as log:
+        dataflow = subprocess.Popen(
+            [sys.executable, "-m", "dataflows.heartbeats"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+    loader.start()
+    producer = None
+    if live:
+        producer = multiprocessing.get_context("fork").Process(
+            target=produce, args=(settings.bootstrap_servers, metrics_topic, keys, values)
+        )
+        producer.start()
+    db = settings.clickhouse_database
+    rows = 0
+    try:
+        while True:
+            rows = client.query(f"SELECT count() FROM {db}.metrics").result_rows[0][0]
+            if rows >= len(values):
+                behind = committed_behind(
+                    settings.bootstrap_servers, metrics_topic, settings.dataflow_group_id
+                )
+                lag = loader.stats().lag
+                if behind == 0 and not any(lag.values()):
+                    break
+            if dataflow.poll() is not None:
+                raise RuntimeError(f"the dataflow exited; see {log_path}")
+            time.sleep(0.1)
+        elapsed = time.perf_counter() - started
+    finally:
+        if producer is not None:
+            producer.join(60)
+        dataflow.terminate()
+        dataflow.wait(30)
+        loader.stop()
+    final = client.query(f"SELECT count() FROM {db}.metrics FINAL").result_rows[0][0]
+    anomalies = client.query(f"SELECT count() FROM {db}.anomalies FINAL").result_rows[0][0]
+    baselines = client.query(f"SELECT count() FROM {db}.baselines FINAL").result_rows[0][0]
+    return {
+        "seconds": elapsed,
+        "heartbeats_per_s": len(values) / elapsed,
+        "metrics_rows": final,
+        "anomaly_rows": anomalies,
+        "baseline_rows": baselines,
+    }
+
+
+def state_per_agent(settings: Settings, values: list[bytes], agents: int) -> dict[str, float]:
+    """Bytes of per-agent dataflow state: pickled (snapshot) and in memory."""
+    fleet = FleetBaselines(DetectorConfig.from_settings(settings))
+    for lo in range(0, len(values), 50_000):
+        fleet.observe(parse_heartbeats(values[lo : lo + 50_000])[0])
+    pickled = len(pickle.dumps(fleet)) / len(fleet)
+    arrays = sum(
+        getattr(fleet, name).nbytes / len(getattr(fleet, name))
+        for name in ("tenant", "mean", "var", "count", "first_ts", "last_ts", "published_ts",
+                     "warm")
+    )  # fmt: skip
+    index = (
+        sys.getsizeof(fleet.row_of) / len(fleet)
+        + sum(sys.getsizeof(a) for a in fleet.agent_ids) / len(fleet)
+        + 8  # the agent_ids list slot
+        + 28  # the int row number held by row_of
+    )
+    return {
+        "agents": len(fleet),
+        "pickled_bytes_per_agent": pickled,
+        "memory_bytes_per_agent": arrays + index,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, default=10_000)
+    parser.add_argument("--heartbeats", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1, help="Bytewax workers in the dataflow")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--skip-live", action="store_true", help="skip end_to_end_live")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="agentwatch-bench-"))
+    results: dict[str, object] = {
+        "agents": args.agents,
+        "heartbeats": args.heartbeats,
+        "partitions": args.partitions,
+        "workers": args.workers,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    say(f"generating {args.heartbeats:,} heartbeats for {args.agents:,} agents")
+    t = time.perf_counter()
+    keys, values = generate(args.agents, args.heartbeats, args.seed)
+    results["generate_per_s"] = len(values) / (time.perf_counter() - t)
+    results["mean_message_bytes"] = sum(map(len, values)) / len(values)
+
+    broker = start_broker("127.0.0.1", free_port(), log_path=workdir / "tansu.log")
+    try:
+        base = dict(
+            bootstrap_servers=broker.bootstrap_servers,
+            clickhouse_dsn=f"chdb://{workdir / 'chdb'}",
+            metrics_partitions=args.partitions,
+            dataflow_workers=args.workers,
+            var_dir=workdir / "var",
+        )
+        raw = Settings(topic_prefix="raw.", clickhouse_database="bench_raw", **base)
+        ensure_topics(raw)
+        say("producing the raw-ceiling data set")
+        t = time.perf_counter()
+        produce(raw.bootstrap_servers, raw.topic("metrics"), keys, values)
+        results["produce_per_s"] = len(values) / (time.perf_counter() - t)
+
+        say("ceiling 1: Kafka read alone")
+        seconds = read_all(raw.bootstrap_servers, raw.topic("metrics"), len(values))
+        results["kafka_read_per_s"] = len(values) / seconds
+
+        say("ceiling 2: Kafka → ClickHouse, raw JSON, no processing")
+        client = connect(raw)
+        create_schema(client, raw)
+        client.command(
+            "CREATE TABLE bench_raw.copy AS bench_raw.metrics ENGINE = MergeTree "
+            "ORDER BY (agent_id, timestamp)"
+        )
+
+        def insert_raw(batch: list[bytes]) -> None:
+            client.raw_insert("bench_raw.copy", insert_block=b"\n".join(batch), fmt="JSONEachRow")
+
+        seconds = read_all(raw.bootstrap_servers, raw.topic("metrics"), len(values), insert_raw)
+        copied = client.query("SELECT count() FROM bench_raw.copy").result_rows[0][0]
+        assert copied == len(values), f"copied {copied} of {len(values)}"
+        results["kafka_to_clickhouse_per_s"] = len(values) / seconds
+
+        say("end to end: draining a backlog through dataflow + loader")
+        backlog = Settings(topic_prefix="backlog.", clickhouse_database="bench_backlog", **base)
+        create_schema(client, backlog)
+        results["end_to_end_backlog"] = run_pipeline(
+            backlog, client, keys, values, live=False, workdir=workdir
+        )
+        if not args.skip_live:
+            say("end to end: live, producer + dataflow + loader at once")
+            live = Settings(topic_prefix="live.", clickhouse_database="bench_live", **base)
+            create_schema(client, live)
+            results["end_to_end_live"] = run_pipeline(
+                live, client, keys, values, live=True, workdir=workdir
+            )
+        say("per-agent state")
+        results["state"] = state_per_agent(raw, values, args.agents)
+    except BaseException:
+        say(f"failed; logs are kept in {workdir}")
+        raise
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    finally:
+        broker.stop()
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The batch parser applies exactly the rules of the pydantic ``Heartbeat`` model."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from schemas.heartbeats import parse_heartbeats
+from schemas.models import AGENT_STATES, Heartbeat
+
+GOOD = {
+    "agent_id": "a1",
+    "tenant_id": "t1",
+    "timestamp": "2026-11-25T12:00:00.250Z",
+    "cpu_usage": 45.2,
+    "memory_usage": 62.1,
+    "disk_usage": 35.0,
+    "network_latency": 12.5,
+    "active_tasks": 3,
+    "completed_tasks": 150,
+    "failed_tasks": 2,
+    "error_rate": 0.013,
+    "response_time_avg": 234.5,
+    "uptime_seconds": 86400,
+    "bytes_out": 1024,
+}
+
+odd_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=False, width=64),
+    st.text(max_size=30),
+    st.sampled_from(["2026-11-25T12:00:00Z", "2026-11-25T12:00:00+02:00", "2026-11-25", "x"]),
+    st.sampled_from(list(AGENT_STATES)),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+def model_accepts(doc: dict) -> bool:
+    try:
+        Heartbeat.model_validate(doc)
+    except ValidationError:
+        return False
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    changes=st.dictionaries(st.sampled_from([*GOOD, "status", "extra"]), odd_values, max_size=3),
+    drop=st.sets(st.sampled_from(list(GOOD)), max_size=2),
+)
+def test_parser_and_model_agree(changes: dict, drop: set) -> None:
+    doc = {k: v for k, v in {**GOOD, **changes}.items() if k not in drop}
+    try:
+        raw = orjson.dumps(doc)
+    except (TypeError, orjson.JSONEncodeError):
+        return
+    batch, rejected = parse_heartbeats([raw, orjson.dumps(GOOD)])
+    accepted = 0 in batch.index.tolist()
+    assert accepted == model_accepts(orjson.loads(raw)), (doc, rejected)
+    assert 1 in batch.index.tolist(), "a bad neighbour never costs a good message"
+
+
+def test_accepted_values_equal_the_models() -> None:
+    docs = [GOOD, {**GOOD, "timestamp": 1_795_608_000.5, "status": "busy", "agent_id": "b"}]
+    batch, rejected = parse_heartbeats([orjson.dumps(d) for d in docs])
+    assert rejected == []
+    for row, doc in enumerate(docs):
+        model = Heartbeat.model_validate(doc)
+        assert batch.timestamp[row] == pytest.approx(model.timestamp, abs=1e-6)
+        assert batch.metrics["cpu_usage"][row] == model.cpu_usage
+        assert batch.status[row] == model.status
+
+
+@pytest.mark.parametrize("value", [None, b"", b"{", b"[]", b"x" * 70_000])
+def test_unparseable_values_are_rejected_with_a_reason(value: bytes | None) -> None:
+    batch, rejected = parse_heartbeats([value, orjson.dumps(GOOD)])
+    assert batch.index.tolist() == [1]
+    assert rejected[0][0] == 0 and rejected[0][1]

@@ -118,21 +118,15 @@ def read_all(bootstrap: str, topic: str, expected: int, on_batch=None) -> float:
     return elapsed
 
 
-def committed_behind(bootstrap: str, topic: str, group: str) -> int | None:
-    """Messages of ``topic`` not yet committed by ``group`` (None if nothing committed)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+def dataflow_read(settings: Settings) -> int:
+    """Messages of the (fresh) metrics topic the dataflow has committed as read."""
+    consumer = Consumer(
+        {"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.dataflow_group_id}
+    )
     try:
-        parts = partitions_of(bootstrap, topic)
+        parts = partitions_of(settings.bootstrap_servers, settings.topic("metrics"))
         committed = consumer.committed([TopicPartition(p.topic, p.partition) for p in parts], 5)
-        behind = 0
-        for tp in committed:
-            _, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-            if tp.offset < 0:
-                if high > 0:
-                    return None
-                continue
-            behind += high - tp.offset
-        return behind
+        return sum(max(tp.offset, 0) for tp in committed)
     finally:
         consumer.close()
 
@@ -169,21 +163,29 @@ def run_pipeline(
         )
         producer.start()
     db = settings.clickhouse_database
-    rows = 0
+    # Done when every heartbeat is queryable, the dataflow has read them all, and the
+    # loader's row counts have not moved for a second; the end is the last movement.
+    last_seen: tuple = ()
+    last_change = time.perf_counter()
     try:
         while True:
             rows = client.query(f"SELECT count() FROM {db}.metrics").result_rows[0][0]
-            if rows >= len(values):
-                behind = committed_behind(
-                    settings.bootstrap_servers, metrics_topic, settings.dataflow_group_id
-                )
-                lag = loader.stats().lag
-                if behind == 0 and not any(lag.values()):
-                    break
+            stats = loader.stats()
+            seen = (rows, tuple(sorted(stats.rows_inserted.items())), stats.pending_rows)
+            now = time.perf_counter()
+            if seen != last_seen:
+                last_seen, last_change = seen, now
+            elif (
+                rows >= len(values)
+                and stats.pending_rows == 0
+                and now - last_change >= 1.0
+                and dataflow_read(settings) >= len(values)
+            ):
+                break
             if dataflow.poll() is not None:
                 raise RuntimeError(f"the dataflow exited; see {log_path}")
-            time.sleep(0.1)
-        elapsed = time.perf_counter() - started
+            time.sleep(0.05)
+        elapsed = last_change - started
     finally:
         if producer is not None:
             producer.join(60)
@@ -259,6 +261,7 @@ def main() -> None:
             clickhouse_dsn=f"chdb://{workdir / 'chdb'}",
             metrics_partitions=args.partitions,
             dataflow_workers=args.workers,
+            dataflow_commit_interval_s=0.1,
             var_dir=workdir / "var",
         )
         raw = Settings(topic_prefix="raw.", clickhouse_database="bench_raw", **base)

@@ -72,6 +72,7 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, PartitionPosition]):
         self._batch_size = batch_size
         self._commit_interval_s = commit_interval_s
         self._last_commit = 0.0
+        self._committed: int | None = None
         self._awake: datetime | None = None
         self._cluster_id = self._consumer.list_topics(topic, timeout=10).cluster_id
         self._next = self._start_offset(resume)
@@ -110,20 +111,24 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, PartitionPosition]):
             offsets.append(message.offset())
             keys.append(message.key())
             values.append(message.value())
+        if offsets:
+            self._next = offsets[-1] + 1
+        self._commit_for_monitoring()
         if not offsets:
             self._awake = datetime.now(UTC) + IDLE_WAIT
             return []
         self._awake = None
-        self._next = offsets[-1] + 1
-        self._commit_for_monitoring()
         return [RawBatch(self._topic, self._partition, offsets, keys, values)]
 
     def _commit_for_monitoring(self) -> None:
         """Tell the consumer group how far we read, so lag shows in standard tools."""
         now = time.monotonic()
+        if self._next in (self._committed, OFFSET_BEGINNING):
+            return
         if now - self._last_commit < self._commit_interval_s:
             return
         self._last_commit = now
+        self._committed = self._next
         self._consumer.commit(
             offsets=[TopicPartition(self._topic, self._partition, self._next)], asynchronous=True
         )

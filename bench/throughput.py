@@ -32,6 +32,7 @@ import os
 import pickle
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,7 +46,12 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from agentwatch.fleet import DetectorConfig, FleetBaselines  # noqa: E402
 from agentwatch.settings import Settings  # noqa: E402
 from agentwatch.simulator import FleetSimulator  # noqa: E402
-from infra.broker import ensure_topics, free_port, start_broker  # noqa: E402
+from infra.broker import (  # noqa: E402
+    die_with_parent_hook,
+    ensure_topics,
+    free_port,
+    start_broker,
+)
 from schemas.heartbeats import parse_heartbeats  # noqa: E402
 from sinks.clickhouse import connect, create_schema  # noqa: E402
 from sinks.loader import Loader  # noqa: E402
@@ -56,7 +62,9 @@ def say(text: str) -> None:
 
 
 def generate(agents: int, heartbeats: int, seed: int) -> tuple[list[bytes], list[bytes]]:
-    fleet = FleetSimulator(agents=agents, seed=seed)
+    # event time ends about now: the tables' TTL drops rows older than clickhouse_ttl_days
+    span_s = heartbeats / agents * 30.0
+    fleet = FleetSimulator(agents=agents, seed=seed, start=int(time.time() - span_s))
     keys: list[bytes] = []
     values: list[bytes] = []
     for batch in fleet.batches(max_heartbeats=heartbeats):
@@ -154,6 +162,7 @@ def run_pipeline(
             [sys.executable, "-m", "dataflows.heartbeats"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parent.parent,
+            preexec_fn=die_with_parent_hook(),  # noqa: PLW1509
         )  # fmt: skip
     loader.start()
     producer = None
@@ -229,6 +238,7 @@ def state_per_agent(settings: Settings, values: list[bytes], agents: int) -> dic
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so cleanup runs
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, default=10_000)
     parser.add_argument("--heartbeats", type=int, default=1_000_000)
@@ -262,9 +272,12 @@ def main() -> None:
             metrics_partitions=args.partitions,
             dataflow_workers=args.workers,
             dataflow_commit_interval_s=0.1,
-            var_dir=workdir / "var",
+            # agents are warm, as in steady state: anomalies are scored and published
+            baseline_warmup_s=0,
         )
-        raw = Settings(topic_prefix="raw.", clickhouse_database="bench_raw", **base)
+        raw = Settings(
+            topic_prefix="raw.", clickhouse_database="bench_raw", var_dir=workdir / "var", **base
+        )
         ensure_topics(raw)
         say("producing the raw-ceiling data set")
         t = time.perf_counter()
@@ -292,18 +305,28 @@ def main() -> None:
         results["kafka_to_clickhouse_per_s"] = len(values) / seconds
 
         say("end to end: draining a backlog through dataflow + loader")
-        backlog = Settings(topic_prefix="backlog.", clickhouse_database="bench_backlog", **base)
+        backlog = Settings(
+            topic_prefix="backlog.", clickhouse_database="bench_backlog",
+            var_dir=workdir / "var-backlog", **base,
+        )  # fmt: skip
         create_schema(client, backlog)
         results["end_to_end_backlog"] = run_pipeline(
             backlog, client, keys, values, live=False, workdir=workdir
         )
         if not args.skip_live:
             say("end to end: live, producer + dataflow + loader at once")
-            live = Settings(topic_prefix="live.", clickhouse_database="bench_live", **base)
+            live = Settings(
+                topic_prefix="live.", clickhouse_database="bench_live",
+                var_dir=workdir / "var-live", **base,
+            )  # fmt: skip
             create_schema(client, live)
             results["end_to_end_live"] = run_pipeline(
                 live, client, keys, values, live=True, workdir=workdir
             )
+            same = ("metrics_rows", "anomaly_rows", "baseline_rows")
+            a, b = results["end_to_end_backlog"], results["end_to_end_live"]
+            if any(a[k] != b[k] for k in same):
+                raise RuntimeError(f"live and backlog runs disagree: {a} vs {b}")
         say("per-agent state")
         results["state"] = state_per_agent(raw, values, args.agents)
     except BaseException:

@@ -50,9 +50,10 @@ class RawBatch:
 
 @dataclass(frozen=True, slots=True)
 class PartitionPosition:
-    """Where to resume a partition: the next offset, in the log of ``cluster_id``."""
+    """Where to resume a partition: the next offset of ``topic`` in the log of ``cluster_id``."""
 
     cluster_id: str
+    topic: str
     next_offset: int
 
 
@@ -81,13 +82,13 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, PartitionPosition]):
     def _start_offset(self, resume: PartitionPosition | None) -> int:
         if resume is None:
             return OFFSET_BEGINNING
-        if resume.cluster_id != self._cluster_id:
+        if resume.cluster_id != self._cluster_id or resume.topic != self._topic:
             log.warning(
-                "source_log_replaced topic=%s partition=%d snapshot_cluster=%s "
-                "broker_cluster=%s snapshot_offset=%d action=read_from_start "
-                "note=per-agent state is kept",
-                self._topic, self._partition, resume.cluster_id, self._cluster_id,
-                resume.next_offset,
+                "source_log_replaced topic=%s partition=%d snapshot_topic=%s "
+                "snapshot_cluster=%s broker_cluster=%s snapshot_offset=%d "
+                "action=read_from_start note=per-agent state is kept",
+                self._topic, self._partition, resume.topic, resume.cluster_id,
+                self._cluster_id, resume.next_offset,
             )  # fmt: skip
             return OFFSET_BEGINNING
         # An offset past the end of a log that was replaced under the same cluster id
@@ -141,8 +142,8 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, PartitionPosition]):
             low, _ = self._consumer.get_watermark_offsets(
                 TopicPartition(self._topic, self._partition), timeout=10, cached=False
             )
-            return PartitionPosition(self._cluster_id, low)
-        return PartitionPosition(self._cluster_id, self._next)
+            return PartitionPosition(self._cluster_id, self._topic, low)
+        return PartitionPosition(self._cluster_id, self._topic, self._next)
 
     def close(self) -> None:
         self._consumer.close()

@@ -25,7 +25,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from agentwatch.settings import Settings
-from infra.broker import ensure_topics
+from infra.broker import ensure_topics, free_port
 from sinks.clickhouse import connect, create_schema
 from sinks.loader import Loader
 from tests.conftest import wait_until
@@ -420,7 +420,7 @@ def test_crash_between_rows_and_offsets_replays_without_duplicates(
 
 def test_broker_restart_reads_the_new_log_from_its_start(make_settings, chdb_dir, caplog):
     """An in-memory broker restarted on the same port: new cluster id, offsets from 0."""
-    from infra.broker import free_port, start_broker
+    from infra.broker import start_broker
 
     port = free_port()
     broker = start_broker("127.0.0.1", port)
@@ -526,7 +526,10 @@ print(json.dumps({
 """
 
 
-def test_kill_9_mid_stream_loses_and_duplicates_nothing(make_settings, broker, tmp_path):
+@pytest.mark.parametrize(
+    "process", ["sinks.loader", "api"], ids=["loader-alone", "api-with-its-loader"]
+)
+def test_kill_9_mid_stream_loses_and_duplicates_nothing(make_settings, broker, tmp_path, process):
     chdb_path = tmp_path / "child-chdb"
     settings = make_settings(
         bootstrap_servers=broker.bootstrap_servers,
@@ -548,19 +551,17 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(make_settings, broker, t
         "AGENTWATCH_LOADER_BATCH_ROWS": str(settings.loader_batch_rows),
         "AGENTWATCH_LOADER_CONSUME_MESSAGES": str(settings.loader_consume_messages),
         "AGENTWATCH_LOADER_BATCH_AGE_S": str(settings.loader_batch_age_s),
+        "AGENTWATCH_API_PORT": str(free_port()),
     }
     heartbeats, anomalies = 60_000, 3_000
 
     def start_loader(name: str) -> tuple[subprocess.Popen, Path]:
         log_path = tmp_path / f"{name}.log"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "sinks.loader"],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log_path.open("wb"),
-        )
-        return process, log_path
+        with log_path.open("wb") as log:
+            started = subprocess.Popen(
+                [sys.executable, "-m", process], cwd=tmp_path, env=env, stdout=log, stderr=log
+            )
+        return started, log_path
 
     producing_done = threading.Event()
 

@@ -325,11 +325,15 @@ def test_offsets_of_another_cluster_restart_from_the_beginning(
     assert "stored_cluster_id=some-other-cluster" in caplog.text
     assert "reading the partition from the beginning" in caplog.text
     db = settings.clickhouse_database
-    stored = client.query(
-        f"SELECT DISTINCT cluster_id FROM {db}.loader_offsets FINAL "
-        f"WHERE topic = '{settings.topic('metrics')}'"
-    ).result_rows
-    assert stored == [(_cluster_id(settings),)]
+
+    def stored() -> list:
+        return client.query(
+            f"SELECT DISTINCT cluster_id FROM {db}.loader_offsets FINAL "
+            f"WHERE topic = '{settings.topic('metrics')}'"
+        ).result_rows
+
+    # the offsets are written just after the rows they cover
+    poll_until(loader, lambda: stored() == [(_cluster_id(settings),)], "offsets of this cluster")
 
 
 def test_offset_past_the_end_restarts_from_the_beginning(settings, client, topics, loaders, caplog):

@@ -18,6 +18,8 @@ from agentwatch.fleet import DetectorConfig, FleetBaselines
 from agentwatch.settings import Settings
 from infra.broker import ensure_topics, free_port, start_broker
 from schemas.heartbeats import parse_heartbeats
+from sinks.clickhouse import connect, create_schema
+from sinks.loader import Loader
 from tests.conftest import wait_until
 from tests.test_dataflow import stream
 
@@ -155,6 +157,10 @@ def test_kill_9_mid_stream_loses_and_invents_nothing(dataflow_settings: Settings
     flow.start()
     half = len(values) // 2
     reader = TopicReader(settings, ["anomalies", "baselines"])
+    client = connect(settings)
+    create_schema(client, settings)
+    loader = Loader(settings, client)
+    loader.start()
     try:
         produce(settings, values[:half], pause_every=100)
         wait_until(lambda: reader.poll()[settings.topic("baselines")], 60, "the first output")
@@ -171,7 +177,29 @@ def test_kill_9_mid_stream_loses_and_invents_nothing(dataflow_settings: Settings
             return {(a["agent_id"], a["timestamp"]): a["score"] for a in got} == want
 
         wait_until(all_found, 90, "every expected anomaly, with its score, after the restart")
+
+        # ClickHouse: replayed output collapses to one row per heartbeat, none missing
+        db = settings.clickhouse_database
+        valid = len(parse_heartbeats(values)[0])
+
+        def table_settled() -> bool:
+            loaded = client.query(
+                f"SELECT (SELECT count() FROM {db}.anomalies FINAL), "
+                f"(SELECT uniqExact(agent_id, timestamp) FROM {db}.anomalies), "
+                f"(SELECT count() FROM {db}.metrics FINAL)"
+            ).result_rows[0]
+            return loaded == (len(want), len(want), valid)
+
+        wait_until(table_settled, 60, "anomalies and metrics in ClickHouse, once each")
+        rows = client.query(
+            f"SELECT agent_id, toUnixTimestamp64Milli(timestamp) / 1000, score "
+            f"FROM {db}.anomalies FINAL"
+        ).result_rows
+        assert {(a, round(t, 3)): s for a, t, s in rows} == {
+            (a, round(t, 3)): s for (a, t), s in want.items()
+        }
     finally:
+        loader.stop()
         reader.close()
         flow.stop()
 

@@ -71,6 +71,15 @@ class Settings(BaseSettings):
     api_counts_cache_s: float = Field(
         10.0, ge=0, description="Table counts (health, /metrics) are redone at most this often."
     )
+    api_sql_enabled: bool = Field(
+        True, description="Serve POST /api/v1/sql: read-only SQL for analysts (agentwatch sql)."
+    )
+    api_sql_max_result_rows: int = Field(
+        10_000, ge=1, description="A query through /api/v1/sql may return at most this many rows."
+    )
+    api_sql_max_execution_time_s: float = Field(
+        10.0, gt=0, description="A query through /api/v1/sql may run at most this long (seconds)."
+    )
 
     # --- the dataflow -------------------------------------------------------
     dataflow_workers: int = Field(1, ge=1, description="Bytewax worker threads per process.")
@@ -94,6 +103,13 @@ class Settings(BaseSettings):
     recovery_partitions: int = Field(1, ge=1, description="Recovery database partitions.")
     snapshot_interval_s: float = Field(
         5.0, gt=0, description="Epoch length: state is snapshotted this often (seconds)."
+    )
+    gc_young_threshold: int = Field(
+        50_000,
+        ge=0,
+        description="Python's generation-0 garbage-collection threshold in the dataflow and "
+        "loader processes (0 keeps Python's default of 700). Their batches keep thousands of "
+        "objects alive at once, which at 700 makes the collector run many times per batch.",
     )
 
     # --- baselines and the detector (seed: 24 h learning period) -----------

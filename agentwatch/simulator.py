@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -666,6 +667,17 @@ def _concat(first: HeartbeatColumns, second: HeartbeatColumns) -> HeartbeatColum
     )
 
 
+class IncidentWindow(NamedTuple):
+    """Room for ``count`` incidents: each starts at or after ``not_before_s`` and ends by ``end_s``.
+
+    Times are simulated seconds since the start of the simulation.
+    """
+
+    count: int
+    not_before_s: float
+    end_s: float
+
+
 def plan_incidents(
     agent_ids: Sequence[str],
     count: int,
@@ -687,32 +699,58 @@ def plan_incidents(
     [('flapping', 'agent-000020', 3792.0), ('cpu_spike', 'agent-000041', 5357.0),
      ('saturation', 'agent-000013', 2077.0)]
     """
+    window = IncidentWindow(count, not_before_s, span_s)
+    return plan_incidents_in_windows(agent_ids, [window], seed=seed, kinds=kinds)
+
+
+def plan_incidents_in_windows(
+    agent_ids: Sequence[str],
+    windows: Sequence[IncidentWindow],
+    *,
+    seed: int = 0,
+    kinds: Sequence[str] | None = None,
+) -> list[Incident]:
+    """Random incidents in several windows of simulated time, e.g. some in history, some live.
+
+    As :func:`plan_incidents` (which is this with one window): kinds take
+    turns across all the windows, in window order, and every incident gets
+    its own agent while agents last.
+
+    >>> agents = [f"agent-{i:06d}" for i in range(50)]
+    >>> windows = [IncidentWindow(2, 3600, 7200), IncidentWindow(1, 9000, 9600)]
+    >>> [(i.kind, i.start_s) for i in plan_incidents_in_windows(agents, windows, seed=1)]
+    [('flapping', 5414.0), ('cpu_spike', 6245.0), ('saturation', 9000.0)]
+    """
     kinds = list(kinds or INCIDENT_KINDS)
     for kind in kinds:
         if kind not in INCIDENT_KINDS:
             raise ValueError(
                 f"unknown incident kind {kind!r}; use one of {', '.join(INCIDENT_KINDS)}"
             )
+    count = sum(window.count for window in windows)
     if count <= 0:
         return []
-    room = span_s - not_before_s
-    if room <= 0:
-        raise ValueError(
-            f"no room for incidents: they may start at {not_before_s:g} s but the run "
-            f"lasts {span_s:g} s of simulated time"
-        )
+    for window in windows:
+        if window.count > 0 and window.end_s <= window.not_before_s:
+            raise ValueError(
+                f"no room for incidents: they may start at {window.not_before_s:g} s but the "
+                f"run lasts {window.end_s:g} s of simulated time"
+            )
     rng = np.random.default_rng(seed)
     order = [kinds[i] for i in rng.permutation(len(kinds))]
     agents = rng.choice(len(agent_ids), size=count, replace=count > len(agent_ids))
-    plan = []
-    for n in range(count):
-        kind = order[n % len(order)]
-        duration = min(INCIDENT_KINDS[kind].default_duration_s, room)
-        start = not_before_s + float(rng.uniform(0.0, room - duration))
-        intensity = round(float(rng.uniform(1.0, 1.5)), 2)
-        plan.append(
-            Incident(kind, agent_ids[int(agents[n])], float(round(start)), duration, intensity)
-        )
+    plan: list[Incident] = []
+    for window in windows:
+        room = window.end_s - window.not_before_s
+        for _ in range(window.count):
+            n = len(plan)
+            kind = order[n % len(order)]
+            duration = min(INCIDENT_KINDS[kind].default_duration_s, room)
+            start = window.not_before_s + float(rng.uniform(0.0, room - duration))
+            intensity = round(float(rng.uniform(1.0, 1.5)), 2)
+            plan.append(
+                Incident(kind, agent_ids[int(agents[n])], float(round(start)), duration, intensity)
+            )
     return plan
 
 

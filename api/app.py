@@ -1,4 +1,4 @@
-"""The HTTP API: agent status and anomalies from ClickHouse, pipeline health, Prometheus metrics.
+"""The HTTP API: agent status and anomalies from ClickHouse, read-only SQL, health, Prometheus.
 
 ``create_app(settings)`` builds the FastAPI app. Its lifespan opens
 ClickHouse (in the embedded profile this process is the one that owns the
@@ -10,8 +10,9 @@ Endpoints are plain ``def`` functions: clickhouse-connect and the Kafka client
 block, so FastAPI runs them in its thread pool and the event loop stays free.
 
 >>> app = create_app(Settings(), client=None, run_loader=False)
->>> sorted(r.path for r in app.routes if r.path.startswith("/api"))
-['/api/v1/agents/{agent_id}/anomalies', '/api/v1/agents/{agent_id}/status', '/api/v1/system/health']
+>>> sorted(r.path for r in app.routes if r.path.startswith("/api")) # doctest: +NORMALIZE_WHITESPACE
+['/api/v1/agents/{agent_id}/anomalies', '/api/v1/agents/{agent_id}/status', '/api/v1/sql',
+ '/api/v1/system/health']
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pydantic import BaseModel, BeforeValidator
 from pydantic_core import PydanticCustomError
 
 from agentwatch.settings import Settings
-from api import prometheus, queries
+from api import prometheus, queries, sql
 from api.client_pool import ClientPool
 from api.health import SystemMonitor
 from api.responses import AgentStatus, AnomalyList, SystemHealth
@@ -125,6 +126,7 @@ class Runtime:
     loader: Loader | None
     loader_client: Client | None
     monitor: SystemMonitor
+    sql_clients: ClientPool | None  # read-only sessions for POST /api/v1/sql; None when off
 
     @classmethod
     def start(cls, settings: Settings, client: Client | None, run_loader: bool) -> Runtime:
@@ -143,13 +145,16 @@ class Runtime:
             loader = Loader(settings, loader_client)
             loader.start()
         monitor = SystemMonitor(settings, clients, loader, loader_expected=run_loader)
+        sql_clients = None
+        if settings.api_sql_enabled:  # opened on first use, after the schema exists
+            sql_clients = ClientPool(open_client=lambda: sql.open_read_only_client(settings))
         log.info(
             "api_started database=%s clickhouse=%s loader=%s",
             settings.clickhouse_database,
             settings.clickhouse_dsn,
             "on" if run_loader else "off",
         )
-        return cls(settings, clients, loader, loader_client, monitor)
+        return cls(settings, clients, loader, loader_client, monitor, sql_clients)
 
     def stop(self) -> None:
         """Stop the loader (it flushes), then release the clients."""
@@ -161,6 +166,8 @@ class Runtime:
             self.loader_client.close()
         self.monitor.close()
         self.clients.close()
+        if self.sql_clients is not None:
+            self.sql_clients.close()
         log.info("api_stopped")
 
 
@@ -277,6 +284,49 @@ def create_app(
             count=len(found),
             anomalies=found,
         )
+
+    @app.post(
+        f"{API_PREFIX}/sql",
+        response_model=sql.SqlAnswer,
+        responses={
+            200: {"content": {"text/csv": {}, "text/tab-separated-values": {}}},
+            400: {"model": ErrorMessage},
+            403: {"model": ErrorMessage},
+            422: {"model": ValidationErrorBody},
+        },
+        tags=["sql"],
+    )
+    def run_sql(request: sql.SqlRequest, runtime: RuntimeDep) -> Response:
+        """Run one read-only query on the ClickHouse data; answer in json, csv or tsv.
+
+        The query runs in a read-only ClickHouse session (``readonly=1``) that returns at
+        most ``AGENTWATCH_API_SQL_MAX_RESULT_ROWS`` rows and stops after
+        ``AGENTWATCH_API_SQL_MAX_EXECUTION_TIME_S`` seconds. Anything but one read
+        statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS) is a 403, and so are
+        ``INTO OUTFILE`` and ``file()``; a query ClickHouse rejects (syntax, unknown
+        table, too many rows, too slow) is a 400 that says why.
+        """
+        if runtime.sql_clients is None:
+            raise HTTPException(
+                403,
+                detail="SQL through the API is switched off (AGENTWATCH_API_SQL_ENABLED=false); "
+                "ask the operator, or stop the stack and run `agentwatch sql` on its data",
+            )
+        try:
+            query = sql.check_read_only(request.query)
+            with runtime.sql_clients.client() as client:
+                result = sql.run_read_query(client, query)
+        except sql.SqlRefused as refused:
+            log.info("sql_refused status=%d query=%r", refused.status, request.query[:200])
+            raise HTTPException(refused.status, detail=refused.message) from None
+        log.info(
+            "sql_query rows=%d elapsed_s=%.3f query=%r",
+            len(result.rows),
+            result.elapsed_s,
+            request.query[:200],
+        )
+        body = sql.render(result, request.format)
+        return Response(body, media_type=sql.MEDIA_TYPES[request.format])
 
     @app.get(f"{API_PREFIX}/system/health", response_model=SystemHealth, tags=["system"])
     def system_health(runtime: RuntimeDep) -> SystemHealth:

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -28,6 +28,13 @@ from rich.console import Console
 
 from agentwatch.settings import Settings
 from agentwatch.simulator import INCIDENT_KINDS
+from infra.simulate import (
+    DEFAULT_BACKFILL_RATE,
+    HISTORY_INCIDENTS_WITHIN_S,
+    SimulationError,
+    SimulationOptions,
+    warmup_s,
+)
 
 log = logging.getLogger("agentwatch.cli")
 
@@ -207,6 +214,22 @@ def simulate(
             show_default="now",
         ),
     ] = None,
+    backfill: Annotated[
+        str | None,
+        typer.Option(
+            help="Send this much history first, e.g. 25h (simulated time starts that long "
+            "ago), as fast as --backfill-rate allows; then go on in real time: every agent "
+            "beats once per heartbeat interval and event time is the wall clock.",
+            show_default="no history",
+        ),
+    ] = None,
+    backfill_rate: Annotated[
+        float,
+        typer.Option(
+            help="Heartbeats per second while the history goes out (with --backfill); "
+            "0 = as fast as possible."
+        ),
+    ] = DEFAULT_BACKFILL_RATE,
     ground_truth: Annotated[
         Path | None,
         typer.Option(
@@ -248,11 +271,14 @@ def simulate(
       agentwatch simulate -a 500 --duration 2h --speedup 60 \\
           -i saturation:agent-000042:30m:15m -i 3
 
+      [dim]# 25 h of history in about a minute, then live (what `agentwatch up --simulate` runs)[/]
+      agentwatch simulate -a 500 --backfill 25h -i 7
+
       [dim]# 1M heartbeats to a file (no broker needed)[/]
       agentwatch simulate -a 10000 --count 1000000 --rate 0 -o beats.jsonl
     """
     from agentwatch.simulator import Incident, parse_duration_s
-    from infra.simulate import SimulationError, SimulationOptions, parse_start, run_simulation
+    from infra.simulate import parse_start, run_simulation
 
     settings = Settings()
     if bootstrap_servers:
@@ -277,6 +303,8 @@ def simulate(
             incidents=tuple(explicit),
             random_incidents=random_count,
             incidents_after_s=parse_duration_s(incidents_after) if incidents_after else None,
+            backfill_s=parse_duration_s(backfill) if backfill else None,
+            backfill_rate=backfill_rate,
             ground_truth=ground_truth or settings.var_dir / "ground_truth.jsonl",
             output=output,
         )
@@ -295,6 +323,8 @@ def simulate(
             f"([bold]{result.rate:,.0f}/s[/]), {result.simulated_s / 3600:.2f} h of simulated "
             f"time, {result.incidents} incidents → {options.ground_truth}"
         )
+        if result.backfill_elapsed_s is not None:
+            console.print(f"history reached the present after {result.backfill_elapsed_s:.1f} s")
     if result.delivery_errors:
         fail(
             f"{result.delivery_errors} heartbeats were not delivered ({result.first_error}); "
@@ -318,14 +348,25 @@ def up(
     simulate: Annotated[
         bool, typer.Option("--simulate", help="Also run the fleet simulator.")
     ] = False,
-    agents: Annotated[int, typer.Option(help="Simulated agents (with --simulate).")] = 1000,
-    rate: Annotated[
-        float,
+    agents: Annotated[
+        int,
         typer.Option(
-            help="Simulated heartbeats per second (with --simulate); 1000 agents at 2000/s "
-            "run simulated time 60x faster than the clock."
+            help="Simulated agents (with --simulate); 500 agents × 25 h of history are "
+            "1.5M heartbeats, about 75 s at 20,000/s."
         ),
-    ] = 2000.0,
+    ] = 500,
+    backfill: Annotated[
+        str | None,
+        typer.Option(
+            help="History the simulator sends before it goes live (with --simulate), "
+            "e.g. 25h; 0 = start live.",
+            show_default="the detector's warm-up + 1h = 25h",
+        ),
+    ] = None,
+    backfill_rate: Annotated[
+        float,
+        typer.Option(help="Heartbeats per second while the history goes out (with --simulate)."),
+    ] = DEFAULT_BACKFILL_RATE,
     incidents: Annotated[
         int, typer.Option(help="Random incidents the simulator injects (with --simulate).")
     ] = 7,
@@ -349,7 +390,8 @@ def up(
       [dim]# the stack alone; send your own heartbeats to 127.0.0.1:9092[/]
       agentwatch up
 
-      [dim]# the stack and a simulated fleet of 1,000 agents with 7 incidents[/]
+      [dim]# the stack and a simulated fleet of 500 agents: 25 h of history in ~1.5 min,[/]
+      [dim]# then live, with 7 incidents (4 in the last hour of history, 3 in the next minutes)[/]
       agentwatch up --simulate
 
       [dim]# other ports[/]
@@ -382,54 +424,144 @@ def up(
                 f"the {name} module `{commands[name][2]}` is missing from this installation; "
                 "reinstall agentwatch (`make install`)"
             )
+    describe_simulator = None
     if simulate:
+        options = _simulation_options(settings, agents, backfill, backfill_rate, incidents, seed)
         commands["simulator"] = [
             sys.executable,
             "-m",
             "infra.simulate",
-            "--agents",
-            str(agents),
-            "--rate",
-            f"{rate:g}",
-            "--incidents",
-            str(incidents),
-            "--seed",
-            str(seed),
-            "--ground-truth",
-            str(settings.var_dir.resolve() / "ground_truth.jsonl"),
-            "--quiet",
+            *("--agents", str(agents), "--seed", str(seed), "--incidents", str(incidents)),
+            *("--backfill", f"{options.backfill_s:g}", "--backfill-rate", f"{backfill_rate:g}"),
+            *("--ground-truth", str(options.ground_truth), "--quiet"),
         ]
-        simulator_note = _simulator_note(settings, agents, rate, incidents)
+        started = time.time()
+        describe_simulator = lambda: _simulator_note(settings, options, started)  # noqa: E731
+    raise typer.Exit(run_stack(settings, commands, describe_simulator=describe_simulator))
+
+
+#: Incidents the anomaly detector sees in an agent's metrics (flapping and silence show in
+#: status and timing instead), so `up` suggests one of these to look at.
+METRIC_INCIDENT_KINDS = ("cpu_spike", "saturation", "error_burst", "memory_leak", "exfiltration")
+
+
+def _simulation_options(
+    settings: Settings,
+    agents: int,
+    backfill: str | None,
+    backfill_rate: float,
+    incidents: int,
+    seed: int,
+) -> SimulationOptions:
+    """What `up --simulate` asks of the simulator; a one-line error if it cannot work."""
+    from agentwatch.simulator import parse_duration_s
+
+    try:
+        backfill_s = (
+            parse_duration_s(backfill)
+            if backfill
+            else warmup_s(settings) + HISTORY_INCIDENTS_WITHIN_S
+        )
+        options = SimulationOptions(
+            agents=agents,
+            seed=seed,
+            random_incidents=incidents,
+            backfill_s=backfill_s,
+            backfill_rate=backfill_rate,
+            ground_truth=settings.var_dir.resolve() / "ground_truth.jsonl",
+        )
+        options.check_backfill_catches_up(settings.heartbeat_interval_s)
+    except (ValueError, SimulationError) as exc:
+        fail(str(exc))
+    return options
+
+
+def _simulator_note(settings: Settings, options: SimulationOptions, started: float) -> str:
+    """What the simulator of `up --simulate` does, when its history ends, what to look at."""
+    interval, rate = settings.heartbeat_interval_s, options.backfill_rate
+    history, warmup = _span(options.backfill_s), _span(warmup_s(settings))
+    lines = [
+        f"{options.agents:,} agents: {history} of history at up to {rate:,.0f} "
+        f"heartbeats/s, then live (each agent every {interval:g} s)"
+    ]
+    speedup = rate * interval / options.agents
+    if rate > 0:
+        ends = started + options.backfill_s / (speedup - 1)
+        left = ends - time.time()
+        lines.append(
+            f"history reaches the present at ~{_clock(ends)} "
+            + (f"(in ~{left:.0f} s if this machine keeps up; " if left >= 1 else "(")
+            + "the simulator log says when: backfill_done)"
+        )
+    if warmup_s(settings) > options.backfill_s:
+        lines.append(
+            f"baselines learn for {warmup} of event time, longer than the history: "
+            "anomalies fire only once they are warm"
+        )
     else:
-        simulator_note = None
-    raise typer.Exit(run_stack(settings, commands, simulator_note=simulator_note))
-
-
-def _simulator_note(settings: Settings, agents: int, rate: float, incidents: int) -> str:
-    """What the simulator of `up --simulate` does, and when its incidents come."""
-    truth = settings.var_dir.resolve() / "ground_truth.jsonl"
-    if rate <= 0:
-        return f"{agents:,} agents as fast as possible; ground truth {truth}"
-    interval = settings.heartbeat_interval_s
-    speedup = rate * interval / agents
-    warmup_s = max(settings.baseline_warmup_s, settings.baseline_warmup_heartbeats * interval)
-    return (
-        f"{agents:,} agents at {rate:,.0f} heartbeats/s, simulated time {speedup:g}x real time\n"
-        f"{incidents} incidents after the detector's {warmup_s / 3600:g} h warm-up of simulated "
-        f"time (~{warmup_s / speedup / 60:.0f} min from now); ground truth {truth}"
+        lines.append(f"baselines learn for {warmup} of event time: warm before the present")
+    records = _fresh_ground_truth(options.ground_truth, started)
+    if not records:
+        lines.append(f"{options.random_incidents} incidents; ground truth {options.ground_truth}")
+        return "\n".join(lines)
+    history = [r for r in records if r["start_s"] < options.backfill_s]
+    live = [r for r in records if r["start_s"] >= options.backfill_s]
+    lines.append(
+        f"{len(records)} incidents: {len(history)} in the last hour of history"
+        + (
+            f", {len(live)} live from {_clock(min(r['start_epoch'] for r in live))} "
+            f"to {_clock(max(r['end_epoch'] for r in live))}"
+            if live
+            else ""
+        )
+        + f"; ground truth {options.ground_truth}"
     )
+    seen = [r for r in history + live if r["kind"] in METRIC_INCIDENT_KINDS] or records
+    shown = seen[0]
+    url = f"{api_base_url(settings)}/api/v1/agents/{shown['agent_id']}/anomalies?limit=5"
+    lines.append(
+        f"look: curl -s '{url}'  ({shown['kind']} at {_clock(shown['start_epoch'])}"
+        + (", in the history)" if shown in history else ")")
+    )
+    return "\n".join(lines)
+
+
+def _fresh_ground_truth(path: Path, since: float, wait_s: float = 5.0) -> list[dict]:
+    """The incidents the simulator wrote to ``path`` after ``since`` (it writes them first)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            if path.stat().st_mtime >= since - 1.0:
+                lines = path.read_bytes().splitlines()
+                return [json.loads(line) for line in lines if line.strip()]
+        time.sleep(0.2)
+    return []
+
+
+def _span(seconds: float) -> str:
+    """``25 h``, ``1.5 h``, ``20 min``, ``45 s``."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.3g} h"
+    return f"{seconds / 60:.3g} min" if seconds >= 60 else f"{seconds:.3g} s"
+
+
+def _clock(epoch_s: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(epoch_s))
 
 
 def run_stack(
     settings: Settings,
     commands: dict[str, list[str]],
     *,
-    simulator_note: str | None = None,
+    describe_simulator: Callable[[], str] | None = None,
 ) -> int:
-    """Start the broker and ``commands``, supervise until a signal; return the exit code."""
+    """Start the broker and ``commands``, supervise until a signal; return the exit code.
+
+    ``describe_simulator`` gives the lines about the simulator in the ready summary.
+    """
     logs = logs_dir(settings)
     with structured_logging(logs / "supervisor.log"), stop_on_signals() as stop:
-        return _supervise(settings, commands, logs, stop, simulator_note)
+        return _supervise(settings, commands, logs, stop, describe_simulator)
 
 
 def _supervise(
@@ -437,7 +569,7 @@ def _supervise(
     commands: dict[str, list[str]],
     logs: Path,
     stop: threading.Event,
-    simulator_note: str | None,
+    describe_simulator: Callable[[], str] | None,
 ) -> int:
     """The body of :func:`run_stack`: start in order, watch, stop everything at the end."""
     from infra.broker import BrokerError, ensure_topics, start_broker
@@ -489,7 +621,7 @@ def _supervise(
             )
         if not stop.is_set():
             api_ready = _wait_for_api(settings, supervisor, stop, timeout_s=60.0)
-            _print_summary(settings, broker.cluster_id, supervisor, api_ready, simulator_note)
+            _print_summary(settings, broker.cluster_id, supervisor, api_ready, describe_simulator)
         while not stop.is_set():
             for exited in supervisor.poll():
                 if exited.name == "broker":
@@ -563,7 +695,7 @@ def _print_summary(
     cluster_id: str,
     supervisor: object,
     api_ready: bool,
-    simulator_note: str | None,
+    describe_simulator: Callable[[], str] | None,
 ) -> None:
     children = supervisor.children
     api = api_base_url(settings)
@@ -580,8 +712,8 @@ def _print_summary(
             continue
         detail = {"api": f"{api}/docs  ·  health {api}/api/v1/system/health  "}.get(name, "")
         more: list[str] = []
-        if name == "simulator" and simulator_note:
-            first, *more = simulator_note.splitlines()
+        if name == "simulator" and describe_simulator:
+            first, *more = describe_simulator().splitlines()
             detail = f"{first}  "
         lines.append(f"  {name:<10} {detail}pid {child.pid}")
         lines += [f"  {'':<10} {line}" for line in more]
@@ -591,6 +723,138 @@ def _print_summary(
         "  stop       Ctrl-C here, or `agentwatch down` from another terminal",
     ]
     console.print("\n".join(lines), soft_wrap=True)
+
+
+# --- agentwatch sql --------------------------------------------------------------------
+
+SQL_FORMATS = ("table", "csv", "tsv", "json")
+
+
+@app.command("sql")
+def run_sql(
+    query: Annotated[
+        str,
+        typer.Argument(
+            help="One read-only statement: SELECT, WITH, SHOW, DESCRIBE, EXPLAIN or EXISTS."
+        ),
+    ],
+    output_format: Annotated[
+        str,
+        typer.Option("--format", "-f", help="table (for people), or csv, tsv, json (for scripts)."),
+    ] = "table",
+) -> None:
+    """Run a read-only SQL query on the ClickHouse data and print the result.
+
+    While the stack runs, the API process owns the chDB data, so the query goes
+    to the API (POST /api/v1/sql at AGENTWATCH_API_HOST:AGENTWATCH_API_PORT). When
+    no API answers, this command opens the data itself (AGENTWATCH_CLICKHOUSE_DSN,
+    default var/clickhouse). Either way the session is read-only, with limits on
+    rows and time (AGENTWATCH_API_SQL_MAX_RESULT_ROWS, _MAX_EXECUTION_TIME_S).
+    Tables live in database agentwatch; it is also the default database.
+
+    [bold]Examples[/]
+
+      agentwatch sql "SHOW TABLES"
+
+      agentwatch sql "SELECT agent_id, count() AS anomalies FROM anomalies FINAL
+          WHERE is_anomaly GROUP BY agent_id ORDER BY anomalies DESC LIMIT 10"
+
+      agentwatch sql -f csv "SELECT * FROM metrics WHERE agent_id = 'agent-000001'
+          ORDER BY timestamp" > agent-000001.csv
+    """
+    settings = Settings()
+    output_format = output_format.lower()
+    if output_format not in SQL_FORMATS:
+        fail(f"--format {output_format!r} is not one of {', '.join(SQL_FORMATS)}")
+    wire_format = "json" if output_format == "table" else output_format
+    started = time.monotonic()
+    body = _sql_through_api(settings, query, wire_format)
+    source = f"through the API at {api_base_url(settings)}"
+    if body is None:
+        body = _sql_directly(settings, query, wire_format)
+        source = f"read directly from {settings.clickhouse_dsn} (no API answered)"
+    if output_format != "table":
+        sys.stdout.buffer.write(body)
+        sys.stdout.flush()
+        return
+    answer = json.loads(body)
+    _print_sql_table(answer)
+    rows = answer["row_count"]
+    console.print(
+        f"[dim]{rows:,} row{'s' if rows != 1 else ''} in {time.monotonic() - started:.2f} s, "
+        f"{source}[/]"
+    )
+
+
+def _sql_through_api(settings: Settings, query: str, wire_format: str) -> bytes | None:
+    """The API's answer, None when no API listens; a one-line error when it says no."""
+    import httpx
+
+    url = f"{api_base_url(settings)}/api/v1/sql"
+    try:
+        response = httpx.post(
+            url,
+            json={"query": query, "format": wire_format},
+            timeout=settings.api_sql_max_execution_time_s + 10.0,
+        )
+    except httpx.ConnectError:
+        return None
+    except httpx.HTTPError as exc:
+        fail(f"the API at {url} did not answer: {type(exc).__name__} {exc}")
+    if response.status_code == 200:
+        return response.content
+    try:
+        body = response.json()
+        message = body.get("message") or body.get("detail") or response.text
+    except ValueError:
+        message = response.text
+    fail(f"{message} (HTTP {response.status_code})")
+
+
+def _sql_directly(settings: Settings, query: str, wire_format: str) -> bytes:
+    """Open ClickHouse from this process (the stack is stopped) and run the query read-only."""
+    from api.sql import SqlRefused, check_read_only, open_read_only_client, render, run_read_query
+
+    dsn = settings.clickhouse_dsn
+    if dsn.startswith("chdb://") and not Path(dsn.removeprefix("chdb://") or ".").is_dir():
+        fail(
+            f"no API answers at {api_base_url(settings)} and there is no data at {dsn}; start "
+            "the stack with `agentwatch up`, or run this where its var/ directory is"
+        )
+    try:
+        checked = check_read_only(query)
+        client = open_read_only_client(settings)
+    except SqlRefused as refused:
+        fail(refused.message)
+    except Exception as exc:  # e.g. chDB's directory is held by a starting `agentwatch up`
+        fail(
+            f"no API answers at {api_base_url(settings)}, and {dsn} cannot be opened here "
+            f"({' '.join(str(exc).split())[:200]}); see `agentwatch status`"
+        )
+    try:
+        return render(run_read_query(client, checked), wire_format)
+    except SqlRefused as refused:
+        fail(refused.message)
+    finally:
+        client.close()
+
+
+def _print_sql_table(answer: dict) -> None:
+    """The json answer of a query as a rich table on stdout (column types under the names)."""
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    from api.sql import cell_text
+
+    table = Table(show_header=True, header_style="bold", show_lines=False)
+    for column in answer["columns"]:
+        table.add_column(
+            f"{escape(column['name'])}\n[dim]{escape(column['type'])}[/]", overflow="fold"
+        )
+    for row in answer["rows"]:
+        table.add_row(*(Text(cell_text(value, null="NULL")) for value in row))
+    Console(highlight=False).print(table)
 
 
 # --- agentwatch down -------------------------------------------------------------------

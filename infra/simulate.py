@@ -6,6 +6,13 @@ moves its bytes: keys are agent ids, values the contract's JSON, to the topic
 rate in heartbeats per wall-clock second; simulated time runs ``speedup``
 times faster than the wall clock (``rate = agents × speedup / interval``).
 
+With a backfill (``backfill_s``), simulated time starts that long before
+now: the history goes out as fast as ``backfill_rate`` allows, and once it
+reaches the present every heartbeat is sent at its own timestamp, so event
+time is the wall clock from then on. Planned incidents then fall in the last
+hour of the history (once baselines are warm) and a few minutes into the live
+part (:func:`backfill_incident_windows`).
+
 Run it with ``agentwatch simulate --help`` (or ``python -m infra.simulate``,
 which takes the same options).
 """
@@ -18,7 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,9 +35,11 @@ from agentwatch.settings import Settings
 from agentwatch.simulator import (
     FleetSimulator,
     Incident,
+    IncidentWindow,
     iso_ms,
     parse_duration_s,
     plan_incidents,
+    plan_incidents_in_windows,
     to_epoch_s,
     write_ground_truth,
 )
@@ -41,6 +50,13 @@ log = logging.getLogger("agentwatch.simulate")
 CHUNK_ROWS = 4096
 #: When pacing falls behind by more than this, it stops trying to catch up.
 MAX_PACE_DEBT_S = 1.0
+#: Heartbeats per wall-clock second while a backfill sends history (measured: this machine
+#: with the embedded stack running keeps up with it; see README).
+DEFAULT_BACKFILL_RATE = 20_000.0
+#: With a backfill, half the planned incidents fall in the history's last this-many seconds…
+HISTORY_INCIDENTS_WITHIN_S = 3600.0
+#: …and the other half in real time, this many seconds after the start (wall clock).
+LIVE_INCIDENTS_FROM_S, LIVE_INCIDENTS_UNTIL_S = 180.0, 900.0
 
 
 class SimulationError(RuntimeError):
@@ -62,6 +78,8 @@ class SimulationOptions:
     incidents: Sequence[Incident] = ()
     random_incidents: int = 0
     incidents_after_s: float | None = None  # None = after the baseline warm-up
+    backfill_s: float | None = None  # history to send first (from now - backfill_s), then live
+    backfill_rate: float = DEFAULT_BACKFILL_RATE  # heartbeats/s of the history; 0 = max
     ground_truth: Path | None = None
     output: Path | None = None  # JSON lines to this file instead of Kafka ("-" = stdout)
 
@@ -77,9 +95,38 @@ class SimulationOptions:
             raise SimulationError(f"--rate must be ≥ 0 (0 = as fast as possible); got {self.rate}")
         if self.speedup is not None and self.speedup <= 0:
             raise SimulationError(f"--speedup must be > 0; got {self.speedup}")
+        if self.backfill_s is not None:
+            if (self.rate, self.speedup, self.start) != (None, None, None):
+                raise SimulationError(
+                    "--backfill starts simulated time at now minus the backfill and paces it "
+                    "with --backfill-rate, then in real time; leave out --start, --rate and "
+                    "--speedup"
+                )
+            if self.backfill_s < 0 or self.backfill_rate < 0:
+                raise SimulationError(
+                    f"--backfill and --backfill-rate must be ≥ 0 (got {self.backfill_s:g}, "
+                    f"{self.backfill_rate:g})"
+                )
+
+    @property
+    def real_time(self) -> bool:
+        """True when no heartbeat may be sent before its timestamp (a backfill, then live)."""
+        return self.backfill_s is not None
+
+    def check_backfill_catches_up(self, heartbeat_interval_s: float) -> None:
+        """A backfill slower than the fleet's live rate would never reach the present."""
+        live_rate = self.agents / heartbeat_interval_s
+        if self.real_time and 0 < self.backfill_rate <= live_rate:
+            raise SimulationError(
+                f"--backfill-rate {self.backfill_rate:g} never catches up with the clock: "
+                f"{self.agents} agents beat {live_rate:g} times a second live; "
+                "raise --backfill-rate or use fewer --agents"
+            )
 
     def heartbeats_per_s(self, heartbeat_interval_s: float) -> float | None:
         """Wall-clock pace in heartbeats/s, or None for as fast as possible."""
+        if self.real_time:
+            return self.backfill_rate or None
         if self.rate is not None:
             return self.rate or None
         return self.agents * (self.speedup or 1.0) / heartbeat_interval_s
@@ -104,6 +151,7 @@ class SimulationResult:
     incidents: int
     delivery_errors: int = 0
     first_error: str | None = None
+    backfill_elapsed_s: float | None = None  # wall time until the history reached the present
 
     @property
     def rate(self) -> float:
@@ -142,6 +190,7 @@ class KafkaHeartbeatSink:
     topic: str
     delivery_errors: int = 0
     first_error: str | None = None
+    backfill_elapsed_s: float | None = None  # wall time until the history reached the present
     _producer: object = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -218,16 +267,63 @@ class FileHeartbeatSink:
             self._out.close()
 
 
+def warmup_s(settings: Settings) -> float:
+    """Simulated seconds an agent beats before its detector may fire (both warm-up settings)."""
+    interval = settings.heartbeat_interval_s
+    return max(settings.baseline_warmup_s, settings.baseline_warmup_heartbeats * interval)
+
+
+def backfill_incident_windows(
+    count: int, backfill_s: float, warmup_s: float, span_s: float | None = None
+) -> list[IncidentWindow]:
+    """Where planned incidents go with a backfill: half in history, half live.
+
+    Half (rounded up) fall in the last hour of the history, after the
+    detector's warm-up, so they are visible once the backfill is in; the rest
+    fall 3–15 minutes after the start, in real time. A window that the run
+    (``span_s``) or the warm-up leaves no room for hands its share to the other.
+
+    >>> [tuple(w) for w in backfill_incident_windows(7, 25 * 3600, 24 * 3600)]
+    [(4, 86400.0, 90000.0), (3, 90180.0, 90900.0)]
+    >>> [tuple(w) for w in backfill_incident_windows(3, 3600, 7200)]  # history not warm
+    [(0, 7200.0, 3600.0), (3, 3780.0, 4500.0)]
+    """
+    history = IncidentWindow(
+        (count + 1) // 2,
+        float(max(backfill_s - HISTORY_INCIDENTS_WITHIN_S, warmup_s)),
+        float(backfill_s),
+    )
+    live = IncidentWindow(
+        count - history.count,
+        backfill_s + LIVE_INCIDENTS_FROM_S,
+        backfill_s + LIVE_INCIDENTS_UNTIL_S,
+    )
+    windows = [w._replace(end_s=min(w.end_s, span_s or math.inf)) for w in (history, live)]
+    roomy = [w.end_s - w.not_before_s >= 60.0 for w in windows]
+    if not any(roomy):
+        return []
+    if not all(roomy):
+        keep = roomy.index(True)
+        windows[keep] = windows[keep]._replace(count=count)
+        windows[1 - keep] = windows[1 - keep]._replace(count=0)
+    return windows
+
+
 def build_fleet(settings: Settings, options: SimulationOptions) -> FleetSimulator:
     """The fleet with its incidents: the explicit ones plus ``random_incidents`` planned ones.
 
     Planned incidents start after the detector's warm-up (settings
     ``baseline_warmup_s`` and ``baseline_warmup_heartbeats``) unless
     ``incidents_after_s`` says otherwise; with no end, they fall in the two
-    hours after that.
+    hours after that. With a backfill they go where
+    :func:`backfill_incident_windows` puts them.
     """
     interval = settings.heartbeat_interval_s
-    start = options.start if options.start is not None else _now_whole_second()
+    options.check_backfill_catches_up(interval)
+    if options.real_time:
+        start = _now_whole_second() - options.backfill_s
+    else:
+        start = options.start if options.start is not None else _now_whole_second()
     try:
         fleet = FleetSimulator(
             options.agents,
@@ -239,8 +335,27 @@ def build_fleet(settings: Settings, options: SimulationOptions) -> FleetSimulato
         )
     except ValueError as exc:
         raise SimulationError(str(exc)) from None
-    if options.random_incidents:
-        warmup = max(settings.baseline_warmup_s, settings.baseline_warmup_heartbeats * interval)
+    if options.random_incidents and options.real_time and options.incidents_after_s is None:
+        warmup = warmup_s(settings)
+        if warmup > options.backfill_s:
+            log.warning(
+                "backfill_shorter_than_warmup backfill_s=%g warmup_s=%g: baselines are not warm "
+                "when the history ends, so early incidents may go unseen",
+                options.backfill_s,
+                warmup,
+            )
+        windows = backfill_incident_windows(
+            options.random_incidents,
+            options.backfill_s,
+            warmup,
+            options.simulated_span_s(interval),
+        )
+        if not windows:
+            log.warning("no_room_for_incidents: the run is too short; no incidents planned")
+        for incident in plan_incidents_in_windows(fleet.agent_ids, windows, seed=options.seed + 1):
+            fleet.add_incident(incident)
+    elif options.random_incidents:
+        warmup = warmup_s(settings)
         not_before = options.incidents_after_s if options.incidents_after_s is not None else warmup
         span = options.simulated_span_s(interval) or not_before + 7200.0
         if not_before + 600.0 > span:
@@ -299,15 +414,10 @@ def run_simulation(
         len(fleet.incidents),
         options.output or settings.topic("metrics"),
     )
-    chunk_rows = CHUNK_ROWS if pace is None else max(1, min(CHUNK_ROWS, int(pace / 20)))
-    batches = fleet.batches(max_heartbeats=options.count, until_s=options.duration_s)
-    chunks = (
-        (keys, values, fleet.start_epoch_s + float(batch.time_s.max()))
-        for batch in batches
-        for keys, values in batch.serialized_chunks(chunk_rows)
-    )
+    chunks = _chunks(fleet, options, pace)
     sent = 0
     started = time.monotonic()
+    backfill_elapsed_s: float | None = None
     origin, paced_rows = started, 0  # pacing: row n is due at origin + n / pace
     try:
         with _Progress(expected, fleet.start_epoch_s, enabled=show_progress) as progress:
@@ -318,6 +428,12 @@ def run_simulation(
                         origin, paced_rows = time.monotonic(), 0
                     elif behind < 0:
                         stop.wait(-behind)
+                early = event_time - time.time()
+                if options.real_time and early > 0:  # live: each heartbeat at its own time
+                    if backfill_elapsed_s is None:
+                        backfill_elapsed_s = time.monotonic() - started
+                        _log_backfill_done(sent, backfill_elapsed_s, event_time)
+                    stop.wait(early)
                 if stop.is_set():
                     break
                 sink.send(keys, values)
@@ -335,6 +451,7 @@ def run_simulation(
         incidents=len(fleet.incidents),
         delivery_errors=getattr(sink, "delivery_errors", 0),
         first_error=getattr(sink, "first_error", None),
+        backfill_elapsed_s=backfill_elapsed_s,
     )
     log.info(
         "simulate_done sent=%d elapsed_s=%.2f rate=%.0f simulated_s=%.0f delivery_errors=%d",
@@ -345,6 +462,39 @@ def run_simulation(
         result.delivery_errors,
     )
     return result
+
+
+def _chunks(
+    fleet: FleetSimulator, options: SimulationOptions, pace: float | None
+) -> Iterator[tuple[list[bytes], list[bytes], float]]:
+    """Kafka keys, JSON values and the newest event time (epoch seconds) of each chunk to send.
+
+    A chunk holds about 1/20 s of heartbeats at the pace: big while history
+    goes out, small once heartbeats are sent at their own time, so none waits
+    long for the rest of its chunk.
+    """
+    interval = fleet.heartbeat_interval_s
+    history_rows = CHUNK_ROWS if pace is None else max(1, min(CHUNK_ROWS, int(pace / 20)))
+    live_rows = max(1, min(CHUNK_ROWS, int(options.agents / interval / 20)))
+    for batch in fleet.batches(max_heartbeats=options.count, until_s=options.duration_s):
+        event_times = fleet.start_epoch_s + batch.time_s
+        live = options.real_time and float(event_times.max()) > time.time()
+        rows = live_rows if live else history_rows
+        for lo, (keys, values) in zip(
+            range(0, len(batch), rows), batch.serialized_chunks(rows), strict=True
+        ):
+            yield keys, values, float(event_times[lo : lo + rows].max())
+
+
+def _log_backfill_done(sent: int, elapsed_s: float, event_time: float) -> None:
+    log.info(
+        "backfill_done sent=%d elapsed_s=%.1f rate=%.0f live_from=%s: heartbeats now go out "
+        "at their own timestamps",
+        sent,
+        elapsed_s,
+        sent / elapsed_s if elapsed_s > 0 else 0.0,
+        iso_ms(event_time),
+    )
 
 
 def _open_sink(settings: Settings, options: SimulationOptions) -> HeartbeatSink:

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -432,18 +434,55 @@ FULL_STACK = all(importlib.util.find_spec(m) for m in ("dataflows.heartbeats", "
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not FULL_STACK, reason="dataflows.heartbeats or api is not written yet")
-def test_up_with_the_real_stack_shows_a_simulated_agent_and_stops_clean(
+def test_up_backfills_history_then_goes_live_and_shows_an_incident_from_the_history(
     run_up, stack_env: dict[str, str], tmp_path: Path
 ) -> None:
-    up = run_up("--simulate", "--agents", "50", "--rate", "500", "--incidents", "0")
+    """`up --simulate` in small: 20 agents, 1 h of history with a 20 min warm-up, then live."""
+    stack_env["AGENTWATCH_BASELINE_WARMUP_S"] = "1200"
+    up = run_up(
+        "--simulate",
+        *("--agents", "20", "--backfill", "1h", "--backfill-rate", "2000", "--incidents", "4"),
+    )
     state = up.wait_ready(timeout_s=90)
     assert set(state["processes"]) == {"broker", "dataflow", "api", "simulator"}
-    url = f"http://127.0.0.1:{stack_env['AGENTWATCH_API_PORT']}/api/v1/agents/agent-000001/status"
-    wait_until(
-        lambda: httpx.get(url, timeout=2).status_code == 200, 90, "the agent's status in the API"
-    )
-    status = agentwatch("status", env=stack_env, cwd=tmp_path)
-    assert status.returncode == 0, status.stdout
+    summary = up.output()
+    assert "1 h of history" in summary and "history reaches the present at" in summary
+    assert "baselines learn for 20 min of event time: warm before the present" in summary
+    truth = Path(stack_env["AGENTWATCH_VAR_DIR"]) / "ground_truth.jsonl"
+    records = [orjson.loads(line) for line in truth.read_bytes().splitlines()]
+    # Half the incidents after the warm-up in the history, half 3-15 minutes into the live part.
+    in_history = [
+        r for r in records if 1200 <= r["start_s"] < r["start_s"] + r["duration_s"] <= 3600
+    ]
+    live = [r for r in records if 3600 + 180 <= r["start_s"] < 3600 + 900]
+    assert (len(in_history), len(live)) == (2, 2), records
+    assert "4 incidents: 2 in the last hour of history, 2 live from" in summary
+
+    url = re.search(r"look: curl -s '([^']+)'", summary).group(1)
+    agent_id = url.split("/agents/")[1].split("/")[0]
+    shown = next(r for r in records if r["agent_id"] == agent_id)
+    assert shown in in_history
+
+    def incident_seen() -> list:
+        response = httpx.get(url, timeout=5)
+        found = response.json().get("anomalies", []) if response.status_code == 200 else []
+        return [a for a in found if a["is_anomaly"]]
+
+    anomalies = wait_until(incident_seen, 120, f"the {shown['kind']} of {agent_id} in the API")
+    when = [datetime.fromisoformat(a["timestamp"]).timestamp() for a in anomalies]
+    assert any(shown["start_epoch"] <= t < shown["end_epoch"] + 60 for t in when), anomalies
+    assert max(when) <= time.time()  # event time never runs ahead of the clock
+
+    api = f"http://127.0.0.1:{stack_env['AGENTWATCH_API_PORT']}/api/v1"
+
+    def live_heartbeat() -> bool:
+        status = httpx.get(f"{api}/agents/agent-000001/status", timeout=5).json()
+        age = status.get("seconds_since_heartbeat")
+        return age is not None and -1.0 <= age <= 60.0
+
+    wait_until(live_heartbeat, 60, "agent-000001's latest heartbeat to be recent")
+    simulator_log = (Path(stack_env["AGENTWATCH_VAR_DIR"]) / "logs" / "simulator.log").read_text()
+    assert "backfill_done" in simulator_log
     took = up.interrupt()
     assert took < 10 and up.process.returncode == 0, up.output()
     assert "Traceback" not in up.output()
@@ -537,9 +576,62 @@ def test_simulate_runs_a_simulated_duration_faster_than_the_clock(tmp_path: Path
     assert len(beats) == 20 * 20  # 10 minutes at one heartbeat per 30 s
 
 
+def test_simulate_backfills_history_then_sends_each_heartbeat_at_its_own_time(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "beats.jsonl"
+    started = time.time()
+    result = runner.invoke(
+        app,
+        ["simulate", "-a", "20", "--backfill", "10m", "--duration", "603s", "-q", "-o", str(out)],
+        env={"AGENTWATCH_VAR_DIR": str(tmp_path / "var"), "AGENTWATCH_HEARTBEAT_INTERVAL_S": "1"},
+    )
+    took = time.time() - started
+    assert result.exit_code == 0, result.output
+    stamps = [datetime.fromisoformat(orjson.loads(line)["timestamp"]).timestamp() for line in
+              out.read_bytes().splitlines()]  # fmt: skip
+    assert len([t for t in stamps if t < started]) >= 20 * 598  # 10 min of history at once
+    assert started - 601 < min(stamps) < started - 599
+    assert max(stamps) <= time.time() and any(t > started for t in stamps)  # then live
+    assert 1.5 < took < 10, f"2-3 s of live heartbeats took {took:.1f} s"
+
+
+class RecordingSink:
+    """A sink that notes when each chunk was sent and the newest timestamp in it."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[float, float]] = []
+
+    def send(self, keys: list[bytes], values: list[bytes]) -> None:
+        newest = max(orjson.loads(v)["timestamp"] for v in values)
+        self.sent.append((time.time(), datetime.fromisoformat(newest).timestamp()))
+
+    def close(self, timeout_s: float) -> None:
+        pass
+
+
+def test_after_the_backfill_no_heartbeat_leaves_before_its_timestamp(tmp_path: Path) -> None:
+    from infra.simulate import SimulationOptions, run_simulation
+
+    settings = Settings(heartbeat_interval_s=1.0, var_dir=tmp_path)
+    options = SimulationOptions(agents=40, backfill_s=60, backfill_rate=0, duration_s=63)
+    sink = RecordingSink()
+    result = run_simulation(settings, options, show_progress=False, sink=sink)
+    assert result.sent == 40 * 63
+    assert result.backfill_elapsed_s is not None and result.backfill_elapsed_s < 1.0
+    first_send = sink.sent[0][0]
+    history = [newest for _, newest in sink.sent if newest <= first_send]
+    delays = [sent - newest for sent, newest in sink.sent if newest > first_send]
+    assert history and delays
+    # Live: each at its time (timestamps are rounded to the millisecond), not before.
+    assert all(-0.002 < delay < 0.5 for delay in delays), delays
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--backfill", "1h", "--rate", "10"], "leave out --start, --rate and --speedup"),
+        (["--backfill", "1h", "--backfill-rate", "10"], "never catches up with the clock"),
         (["--rate", "10", "--speedup", "2"], "give --rate or --speedup, not both"),
         (["-i", "meltdown:agent-000001:60"], "unknown incident kind 'meltdown'"),
         (["-a", "5", "-i", "cpu_spike:agent-000099:60"], "agent 'agent-000099' is not in"),
@@ -571,6 +663,99 @@ def test_python_dash_m_infra_simulate_takes_the_same_options(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr
     assert len(out.read_bytes().splitlines()) == 7
+
+
+# --- agentwatch sql ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def sql_env(make_settings, chdb_dir: Path) -> Iterator[dict[str, str]]:
+    """A database with two heartbeats on the session's chDB, and no API listening."""
+    from sinks.clickhouse import connect, create_schema
+
+    settings = make_settings(clickhouse_dsn=f"chdb://{chdb_dir}")
+    client = connect(settings)
+    create_schema(client, settings)
+    client.command(
+        f"INSERT INTO {settings.clickhouse_database}.metrics (agent_id, tenant_id, timestamp, "
+        "cpu_usage, status) VALUES ('agent-1', 't1', now64(3), 41.5, 'active'), "
+        "('agent-2', 't1', now64(3), 12, '[bold]busy')"
+    )
+    try:
+        yield {**settings.as_env(), "AGENTWATCH_API_PORT": str(free_port()), "COLUMNS": "200"}
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+        client.close()
+
+
+def test_sql_without_an_api_reads_the_data_directly_as_a_table_or_csv(sql_env) -> None:
+    query = "SELECT agent_id, cpu_usage, status FROM metrics ORDER BY agent_id"
+    table = runner.invoke(app, ["sql", query], env=sql_env)
+    assert table.exit_code == 0, table.output
+    lines = table.output.splitlines()
+    assert any("agent_id" in line and "cpu_usage" in line for line in lines)
+    assert any("agent-2" in line and "[bold]busy" in line for line in lines)  # no markup
+    assert "2 rows" in table.output and "read directly from chdb://" in table.output
+
+    csv_out = runner.invoke(app, ["sql", "--format", "csv", query], env=sql_env)
+    assert csv_out.exit_code == 0, csv_out.output
+    assert csv_out.stdout.splitlines() == [
+        "agent_id,cpu_usage,status",
+        "agent-1,41.5,active",
+        "agent-2,12.0,[bold]busy",
+    ]
+    refused = runner.invoke(app, ["sql", "DROP TABLE metrics"], env=sql_env)
+    assert refused.exit_code == 1
+    assert refused.output.strip().splitlines() == [
+        "error: only read queries may run here (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS); "
+        "this one is DROP"
+    ]
+    nowhere = {**sql_env, "AGENTWATCH_CLICKHOUSE_DSN": "chdb:///nonexistent/agentwatch"}
+    missing = runner.invoke(app, ["sql", "SELECT 1"], env=nowhere)
+    assert missing.exit_code == 1 and "there is no data at" in missing.output
+
+
+def test_sql_goes_through_the_running_api(make_settings, tmp_path: Path) -> None:
+    port = free_port()
+    settings = make_settings(bootstrap_servers=f"127.0.0.1:{free_port()}")
+    env = {
+        **os.environ,
+        **settings.as_env(),
+        "AGENTWATCH_API_PORT": str(port),
+        "AGENTWATCH_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'api-chdb'}",  # the API's own
+        "COLUMNS": "200",
+    }
+    log_path = tmp_path / "api.log"
+    with open(log_path, "wb") as log:
+        api = subprocess.Popen(
+            [PYTHON, "-m", "api"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+
+        def answers() -> bool:
+            assert api.poll() is None, log_path.read_text()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/api/v1/system/health").is_success
+            except httpx.TransportError:
+                return False
+
+        wait_until(answers, 60, "python -m api to answer")
+        query = "SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name"
+        tables = agentwatch("sql", "-f", "tsv", query, env=env, cwd=tmp_path)
+        assert tables.returncode == 0, tables.stderr
+        assert tables.stdout.splitlines()[:3] == ["name", "anomalies", "baselines"]
+        table = agentwatch("sql", "SELECT count() AS beats FROM metrics", env=env, cwd=tmp_path)
+        assert table.returncode == 0 and "beats" in table.stdout
+        assert f"through the API at http://127.0.0.1:{port}" in table.stderr
+        refused = agentwatch("sql", "SELECT 1; DROP TABLE metrics", env=env, cwd=tmp_path)
+        assert refused.returncode == 1
+        assert refused.stderr.strip().splitlines() == [
+            "error: one statement at a time: the query holds more than one (HTTP 403)"
+        ]
+    finally:
+        api.send_signal(signal.SIGTERM)
+        api.wait(15)
 
 
 # --- agentwatch schemas ------------------------------------------------------------------

@@ -19,8 +19,10 @@ from agentwatch.simulator import (
     NORMAL_MAX_BYTES_PER_HOUR,
     FleetSimulator,
     Incident,
+    IncidentWindow,
     ground_truth_records,
     plan_incidents,
+    plan_incidents_in_windows,
     write_ground_truth,
 )
 from schemas.heartbeats import parse_heartbeats
@@ -311,3 +313,31 @@ def test_bad_incident_specs_say_what_is_wrong(spec: str, message: str) -> None:
 def test_an_incident_for_an_unknown_agent_names_the_fleets_range() -> None:
     with pytest.raises(ValueError, match="agent-000000 … agent-000009"):
         FleetSimulator(10, incidents=[Incident("cpu_spike", "agent-999999", 0, 60)])
+
+
+def test_incidents_planned_in_windows_stay_inside_them_on_distinct_agents() -> None:
+    agents = [f"agent-{i:06d}" for i in range(500)]
+    windows = [IncidentWindow(4, 86_400, 90_000), IncidentWindow(3, 90_180, 90_900)]
+    plan = plan_incidents_in_windows(agents, windows, seed=1)
+    assert plan == plan_incidents_in_windows(agents, windows, seed=1)  # deterministic
+    assert sorted(i.kind for i in plan) == sorted(INCIDENT_KINDS)  # every kind once
+    assert len({i.agent_id for i in plan}) == 7
+    history, live = plan[:4], plan[4:]
+    assert all(86_400 <= i.start_s < i.end_s <= 90_000.5 for i in history)
+    assert all(90_180 <= i.start_s < i.end_s <= 90_900.5 for i in live)
+    # One window is plan_incidents itself.
+    assert plan_incidents(agents, 3, 7200, seed=2, not_before_s=600) == plan_incidents_in_windows(
+        agents, [IncidentWindow(3, 600, 7200)], seed=2
+    )
+
+
+def test_a_backfilled_fleet_starts_that_long_ago_with_the_same_incidents_for_a_seed() -> None:
+    from agentwatch.settings import Settings as AgentwatchSettings
+    from infra.simulate import SimulationOptions, build_fleet
+
+    options = SimulationOptions(agents=500, seed=3, random_incidents=7, backfill_s=25 * 3600)
+    first = build_fleet(AgentwatchSettings(), options)
+    again = build_fleet(AgentwatchSettings(), options)
+    assert abs(first.start_epoch_s - (datetime.now().timestamp() - 25 * 3600)) < 2
+    assert first.incidents == again.incidents
+    assert sum(i.start_s < 25 * 3600 for i in first.incidents) == 4

@@ -163,6 +163,35 @@ class Settings(BaseSettings):
         300.0, gt=0, description="Event time between two baseline snapshots of an agent."
     )
 
+    # --- threat rules (seed: "Threat Detection Rules"; the default rule set) --
+    threat_window_buckets: int = Field(
+        12,
+        ge=2,
+        le=60,
+        description="A rule's window is kept as this many event-time buckets: it then spans "
+        "between (buckets-1)/buckets of its length and its whole length.",
+    )
+    threat_error_rate_max: float = Field(
+        0.2, gt=0, le=1, description="Excessive errors: average error_rate above this share..."
+    )
+    threat_error_rate_window_s: float = Field(300.0, gt=0, description="...over this window.")
+    threat_resource_max_percent: float = Field(
+        95.0, gt=0, le=100, description="Resource abuse: CPU or memory above this percent..."
+    )
+    threat_resource_for_s: float = Field(600.0, ge=0, description="...for at least this long.")
+    threat_abnormal_sigma: float = Field(
+        3.0, gt=0, description="Abnormal patterns: a metric this many std from its baseline..."
+    )
+    threat_abnormal_for_s: float = Field(0.0, ge=0, description="...for at least this long.")
+    threat_status_changes_max: int = Field(
+        10, ge=0, description="Rapid changes: more status changes than this..."
+    )
+    threat_status_changes_window_s: float = Field(300.0, gt=0, description="...within this window.")
+    threat_exfiltration_bytes: float = Field(
+        1e9, gt=0, description="Data exfiltration: more bytes_out than this..."
+    )
+    threat_exfiltration_window_s: float = Field(3600.0, gt=0, description="...within this window.")
+
     # --- the ClickHouse loader ---------------------------------------------
     loader_group_id: str = Field(
         "agentwatch-loader",

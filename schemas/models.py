@@ -19,7 +19,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictInt,
+    StrictStr,
+    Tag,
+    model_validator,
+)
 
 #: Seconds since the epoch that a heartbeat's timestamp must lie between (2000 … 2100).
 TIMESTAMP_RANGE = (946_684_800.0, 4_102_444_800.0)
@@ -152,6 +163,173 @@ class DeadLetter(BaseModel):
     received_at: float = Field(description="When the dataflow rejected it, epoch seconds.")
 
 
+#: What a threat rule may look at: every number of a heartbeat, and its ``status``.
+RULE_METRICS = tuple(
+    name for name in Heartbeat.model_fields if name not in ("agent_id", "tenant_id", "timestamp")
+)
+#: How a rule reduces a metric over its window (``last``: the heartbeat itself, no window).
+RULE_AGGREGATES = ("last", "avg", "max", "min", "sum", "rate_of_change", "count_changes")
+RULE_COMPARISONS = (">", ">=", "<", "<=")
+#: The seed's alert categories and severities (most severe first).
+THREAT_CATEGORIES = ("SYSTEM", "SECURITY", "PERFORMANCE", "COMPLIANCE")
+THREAT_SEVERITIES = ("EMERGENCY", "CRITICAL", "HIGH", "WARNING", "INFO")
+#: Longest window or for-duration a rule may ask for (seconds): a week.
+RULE_MAX_SECONDS = 7 * 86_400.0
+
+
+def _one_or_many(value: object) -> object:
+    """A single metric name may be written without the list around it."""
+    return [value] if isinstance(value, str) else value
+
+
+def _unique(names: list[str] | None) -> list[str] | None:
+    if names is not None and len(set(names)) != len(names):
+        raise ValueError(f"metric lists a name twice: {names}")
+    return names
+
+
+RuleMetrics = Annotated[
+    list[Literal[RULE_METRICS]],  # type: ignore[valid-type]
+    BeforeValidator(_one_or_many),
+    AfterValidator(_unique),
+    Field(min_length=1, max_length=len(RULE_METRICS)),
+]
+
+
+class MetricCondition(BaseModel):
+    """Holds when ``aggregate(metric) op value`` for any of the listed metrics.
+
+    ``{"metric": "error_rate", "aggregate": "avg", "window_s": 300, "op": ">", "value": 0.2}``
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: RuleMetrics = Field(description="One metric name, or a list: any of them may hold.")
+    aggregate: Literal[RULE_AGGREGATES] = Field(  # type: ignore[valid-type]
+        "last",
+        description="last: the heartbeat's own value; avg/max/min/sum over the window; "
+        "rate_of_change: change per second across the window; count_changes: how often "
+        "the value changed within the window.",
+    )
+    window_s: float | None = Field(
+        None, gt=0, le=RULE_MAX_SECONDS, description="Event-time window (not with 'last')."
+    )
+    op: Literal[RULE_COMPARISONS]  # type: ignore[valid-type]
+    value: Number
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MetricCondition:
+        if self.aggregate == "last" and self.window_s is not None:
+            raise ValueError(
+                "aggregate 'last' judges each heartbeat alone: drop window_s, or choose "
+                "avg, max, min, sum, rate_of_change or count_changes"
+            )
+        if self.aggregate != "last" and self.window_s is None:
+            raise ValueError(f"aggregate {self.aggregate!r} needs window_s (event-time seconds)")
+        if "status" in self.metric and (self.aggregate != "count_changes" or len(self.metric) > 1):
+            raise ValueError(
+                "status is text: it can only be counted alone (metric 'status', "
+                "aggregate 'count_changes')"
+            )
+        return self
+
+
+class BaselineCondition(BaseModel):
+    """Holds when any listed metric is more than ``baseline_sigma`` std from the
+    agent's own baseline (only once the baseline is warm).
+
+    ``{"baseline_sigma": 3}`` watches every metric that has a baseline.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    baseline_sigma: float = Field(gt=0, le=100, description="Deviations from the mean.")
+    metric: RuleMetrics | None = Field(
+        None, description="Metrics to watch; default every metric with a baseline."
+    )
+
+
+def _condition_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "baseline" if "baseline_sigma" in value else "threshold"
+    return "baseline" if isinstance(value, BaselineCondition) else "threshold"
+
+
+RuleCondition = Annotated[
+    Annotated[MetricCondition, Tag("threshold")] | Annotated[BaselineCondition, Tag("baseline")],
+    Discriminator(_condition_kind),
+]
+
+
+class ThreatRuleSpec(BaseModel):
+    """A threat rule, as operators write it (``/api/v1/rules``) and the dataflow runs it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = Field(
+        description="Lower-case letters, digits and _, starting with a letter (≤ 64)."
+    )
+    description: Annotated[StrictStr, Field(max_length=500)] = ""
+    condition: RuleCondition
+    for_s: float = Field(
+        0.0, ge=0, le=RULE_MAX_SECONDS, description="How long the condition must hold first."
+    )
+    category: Literal[THREAT_CATEGORIES]  # type: ignore[valid-type]
+    severity: Literal[THREAT_SEVERITIES]  # type: ignore[valid-type]
+    enabled: bool = True
+
+
+class RuleChange(BaseModel):
+    """A runtime change of the rule set: ``add``/``update`` carry the rule, the others its name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: Literal["add", "update", "enable", "disable", "delete"]
+    rule: ThreatRuleSpec | None = None
+    name: Identifier | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> RuleChange:
+        if self.action in ("add", "update"):
+            if self.rule is None:
+                raise ValueError(f"action {self.action!r} needs the whole rule in 'rule'")
+            if self.name not in (None, self.rule.name):
+                raise ValueError(f"name {self.name!r} differs from rule.name {self.rule.name!r}")
+        elif self.name is None or self.rule is not None:
+            raise ValueError(f"action {self.action!r} takes only the rule's 'name'")
+        return self
+
+    @property
+    def target(self) -> str:
+        """The name of the rule this change is about."""
+        return self.rule.name if self.rule is not None else str(self.name)
+
+
+class ThreatEvidence(BaseModel):
+    """Why a threat was raised: what the rule looked at, and over which span."""
+
+    condition: str = Field(description="The rule's condition, in words.")
+    values: dict[str, float] = Field(description="The judged value of each metric.")
+    baseline: list[FeatureDeviation] = Field(
+        default_factory=list, description="Metrics off their baseline (baseline rules)."
+    )
+    window_start: float = Field(description="Start of the judged span, epoch seconds.")
+    window_end: float = Field(description="End of the judged span, epoch seconds.")
+
+
+class Threat(BaseModel):
+    """A threat on ``agents.threats``: a rule (or detector) that held for an agent."""
+
+    agent_id: str
+    tenant_id: str
+    rule: str = Field(description="Name of the rule, or of the detector, that raised it.")
+    category: Literal[THREAT_CATEGORIES]  # type: ignore[valid-type]
+    severity: Literal[THREAT_SEVERITIES]  # type: ignore[valid-type]
+    evidence: ThreatEvidence
+    first_seen: float = Field(description="Event time the condition began to hold.")
+    last_seen: float = Field(description="Event time of the latest heartbeat it held for.")
+
+
 #: Every exported model, by file name under ``schemas/``.
 EXPORTED = {
     "heartbeat": Heartbeat,
@@ -159,4 +337,7 @@ EXPORTED = {
     "anomaly": AnomalyRecord,
     "baseline": BaselineRecord,
     "deadletter": DeadLetter,
+    "threat_rule": ThreatRuleSpec,
+    "rule_change": RuleChange,
+    "threat": Threat,
 }

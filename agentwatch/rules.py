@@ -1,0 +1,742 @@
+"""Threat rules: conditions on an agent's heartbeats, judged per agent in event time.
+
+A rule is data (:class:`schemas.models.ThreatRuleSpec`): a condition, how long
+it must hold (``for_s``), a category and a severity. Operators add, change,
+disable and delete rules at runtime (:meth:`RuleSet.apply`); the seed's five
+rules are the default set (:func:`default_rules`, every number from settings).
+
+A :class:`RuleSet` keeps the state of every rule for every agent of a shard as
+rows of numpy arrays, like :class:`agentwatch.fleet.FleetBaselines`, so a batch
+of thousands of heartbeats is judged in a few array operations per rule; Python
+only loops over the heartbeats whose rule starts to hold, stops holding, or
+fires. Within a batch an agent's heartbeats are taken in order (one pass per
+heartbeat of an agent), so the result does not depend on where batches are cut.
+
+Time is the heartbeats' own (event time). Per agent and rule the state is a
+few numbers:
+
+- Every rule keeps the time its condition began to hold (NaN: it does not
+  hold) and whether this episode has fired; ``last`` and baseline conditions
+  keep nothing more.
+- Windowed aggregates (``avg``, ``sum``, ``max``, ``min``, ``rate_of_change``,
+  ``count_changes``) keep a ring of ``buckets`` event-time buckets of width
+  ``window_s / buckets``, aligned to the epoch. At an agent's clock ``c`` the
+  window holds the buckets from ``floor(c / width) - buckets + 1`` to
+  ``floor(c / width)``: it reaches back between ``(buckets - 1) / buckets`` of
+  ``window_s`` and all of it (11/12 to 12/12 with the default 12 buckets).
+  Over that bucket-aligned window the aggregate is exact, not estimated: a
+  sum can miss at most the heartbeats of the oldest ``1 / buckets`` of
+  ``window_s``. A bucket's count saturates at 65535 heartbeats.
+- ``rate_of_change`` is the change per second between the average of the
+  newest and of the oldest non-empty bucket in the window.
+
+Heartbeats out of order: one with the agent's latest timestamp is a duplicate
+and is ignored; an older one is added to a windowed aggregate if its bucket is
+still in the window (the rule is then judged at the agent's clock), and is
+ignored by ``last``, ``count_changes`` and baseline conditions.
+
+>>> import orjson
+>>> from agentwatch.settings import Settings
+>>> from schemas.heartbeats import parse_heartbeats
+>>> def beat(t, cpu):
+...     return orjson.dumps({"agent_id": "a1", "tenant_id": "t1", "timestamp": t,
+...         "cpu_usage": cpu, "memory_usage": 50.0, "disk_usage": 30.0,
+...         "network_latency": 10.0, "active_tasks": 2, "completed_tasks": 0,
+...         "failed_tasks": 0, "error_rate": 0.0, "response_time_avg": 100.0,
+...         "uptime_seconds": 60, "bytes_out": 1000})
+>>> rules = RuleSet.default(Settings())
+>>> t0 = 1.8e9
+>>> out = rules.observe(parse_heartbeats([beat(t0 + 30 * i, 99.0) for i in range(20)])[0])
+>>> out.threats
+[]
+>>> out = rules.observe(parse_heartbeats([beat(t0 + 600, 99.0)])[0])
+>>> [(t["rule"], t["severity"], t["first_seen"] - t0, t["last_seen"] - t0) for t in out.threats]
+[('resource_abuse', 'HIGH', 0.0, 600.0)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agentwatch.baselines import FEATURES, deviations
+from agentwatch.fleet import FleetBaselines, _passes
+from agentwatch.settings import Settings
+from schemas.heartbeats import HeartbeatBatch
+from schemas.models import (
+    AGENT_STATES,
+    BaselineCondition,
+    MetricCondition,
+    RuleChange,
+    ThreatRuleSpec,
+)
+
+_OPS = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal}
+#: ``status`` as a number: its index among the lifecycle states, NaN when absent.
+_STATUS_CODE = {None: np.nan, **{state: float(i) for i, state in enumerate(AGENT_STATES)}}
+_COUNT_MAX = np.iinfo(np.uint16).max
+
+
+class RuleChangeError(ValueError):
+    """A rule change that cannot apply (unknown name, name taken, metric without baseline)."""
+
+
+def default_rules(settings: Settings) -> list[ThreatRuleSpec]:
+    """The seed's five threat rules, every number taken from ``settings``.
+
+    >>> [(r.name, r.severity, r.for_s) for r in default_rules(Settings())][:2]
+    [('excessive_errors', 'HIGH', 0.0), ('resource_abuse', 'HIGH', 600.0)]
+    """
+    s = settings
+    rules = [
+        {
+            "name": "excessive_errors",
+            "description": "Error rate above the limit over a window (seed: > 20 %).",
+            "condition": {
+                "metric": "error_rate",
+                "aggregate": "avg",
+                "window_s": s.threat_error_rate_window_s,
+                "op": ">",
+                "value": s.threat_error_rate_max,
+            },
+            "category": "PERFORMANCE",
+            "severity": "HIGH",
+        },
+        {
+            "name": "resource_abuse",
+            "description": "CPU or memory above the limit, sustained (seed: > 95 % for 10+ min).",
+            "condition": {
+                "metric": ["cpu_usage", "memory_usage"],
+                "op": ">",
+                "value": s.threat_resource_max_percent,
+            },
+            "for_s": s.threat_resource_for_s,
+            "category": "SECURITY",
+            "severity": "HIGH",
+        },
+        {
+            "name": "abnormal_patterns",
+            "description": "A metric far from the agent's own baseline (seed: 3σ), once warm.",
+            "condition": {"baseline_sigma": s.threat_abnormal_sigma},
+            "for_s": s.threat_abnormal_for_s,
+            "category": "SECURITY",
+            "severity": "WARNING",
+        },
+        {
+            "name": "rapid_changes",
+            "description": "Status changing too often (seed: > 10 changes in 5 minutes).",
+            "condition": {
+                "metric": "status",
+                "aggregate": "count_changes",
+                "window_s": s.threat_status_changes_window_s,
+                "op": ">",
+                "value": s.threat_status_changes_max,
+            },
+            "category": "SECURITY",
+            "severity": "HIGH",
+        },
+        {
+            "name": "data_exfiltration",
+            "description": "Too many bytes sent within a window (seed: > 1 GB in 1 hour).",
+            "condition": {
+                "metric": "bytes_out",
+                "aggregate": "sum",
+                "window_s": s.threat_exfiltration_window_s,
+                "op": ">",
+                "value": s.threat_exfiltration_bytes,
+            },
+            "category": "SECURITY",
+            "severity": "CRITICAL",
+        },
+    ]
+    return [ThreatRuleSpec.model_validate(rule) for rule in rules]
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineInputs:
+    """The baseline each heartbeat of a batch is judged against (one row per batch row).
+
+    ``mean`` and ``std`` are ``n × len(features)``; ``warm`` says whether the
+    agent's baseline had finished warming up. Baseline conditions only hold on
+    warm rows.
+
+    >>> inputs = BaselineInputs(mean=np.array([[50.0]]), std=np.array([[2.0]]),
+    ...                         warm=np.array([True]), features=("cpu_usage",))
+    >>> inputs.take(np.array([0, 0])).mean.tolist()
+    [[50.0], [50.0]]
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    warm: np.ndarray
+    features: tuple[str, ...] = FEATURES
+
+    @classmethod
+    def from_fleet(cls, fleet: FleetBaselines, batch: HeartbeatBatch) -> BaselineInputs:
+        """The baselines ``fleet`` holds now for the agents of ``batch``, with the
+        detector's std floors. Call it before ``fleet.observe(batch)``, so no
+        heartbeat is judged against a baseline that has already learned it."""
+        rows = np.fromiter((fleet.row_of.get(a, -1) for a in batch.agent_id), np.int64, len(batch))
+        known = rows >= 0
+        safe = np.where(known, rows, 0)
+        mean = np.where(known[:, None], fleet.mean[safe], 0.0)
+        var = np.where(known[:, None], fleet.var[safe], 0.0)
+        floor = np.asarray(fleet.config.std_floor)
+        _, std = deviations(mean, var, mean, floor, fleet.config.rel_floor)
+        return cls(mean=mean, std=std, warm=known & fleet.warm[safe])
+
+    def take(self, positions: np.ndarray) -> BaselineInputs:
+        """The rows at ``positions``."""
+        return BaselineInputs(
+            self.mean[positions], self.std[positions], self.warm[positions], self.features
+        )
+
+
+@dataclass(slots=True)
+class RuleOutput:
+    """What one batch produced.
+
+    ``threats``: a dict in the layout of :class:`schemas.models.Threat` for
+    every (agent, rule) whose condition has now held for the rule's ``for_s``
+    (once per episode). ``transitions``: every change of a condition's truth,
+    ``{agent_id, tenant_id, rule, holds, at, first_seen, fired}``, for an alert
+    state machine (pending when it starts to hold, resolved when it stops).
+    """
+
+    threats: list[dict] = field(default_factory=list)
+    transitions: list[dict] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Pass:
+    """One pass of a batch: at most one heartbeat per agent row."""
+
+    rows: np.ndarray
+    ts: np.ndarray
+    clock_before: np.ndarray  # the agent's latest event time before this heartbeat
+    clock: np.ndarray  # ... and after it
+    in_order: np.ndarray
+    columns: dict[str, np.ndarray]
+    baseline: BaselineInputs | None
+
+
+@dataclass(slots=True)
+class _Judgement:
+    """A condition's verdict on the rows of a pass (``values``: what it judged, n × metrics)."""
+
+    holds: np.ndarray
+    judged: np.ndarray
+    values: np.ndarray
+    z: np.ndarray | None = None
+    baseline: BaselineInputs | None = None
+
+
+class _Condition:
+    """State and verdict of one condition for every agent row (subclasses per kind)."""
+
+    metrics: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, tuple[np.dtype, float, tuple[int, ...]]] = {}
+        self._rings: list[str] = []  # arrays of shape (agents, metrics, buckets)
+
+    def _array(
+        self, name: str, dtype: type, fill: float, shape: tuple[int, ...] = (), ring: bool = False
+    ) -> None:
+        self._arrays[name] = (np.dtype(dtype), fill, shape)
+        if ring:
+            self._rings.append(name)
+
+    def allocate(self, capacity: int) -> None:
+        for name, (dtype, fill, shape) in self._arrays.items():
+            setattr(self, name, np.full((capacity, *shape), fill, dtype=dtype))
+
+    def grow(self, capacity: int) -> None:
+        for name, (dtype, fill, shape) in self._arrays.items():
+            old = getattr(self, name)
+            new = np.full((capacity, *shape), fill, dtype=dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+
+    def bytes_per_agent(self) -> int:
+        return sum(
+            dtype.itemsize * int(np.prod(shape)) for dtype, _, shape in self._arrays.values()
+        )
+
+    def judge(self, p: _Pass) -> _Judgement:
+        raise NotImplementedError
+
+    def window_start(self, clock: float) -> float | None:
+        """Start of the aggregation window at ``clock`` (None: not windowed)."""
+        return None
+
+
+class _Last(_Condition):
+    """``op`` on each in-order heartbeat's own value; holds if any metric does."""
+
+    def __init__(self, condition: MetricCondition) -> None:
+        super().__init__()
+        self.metrics = tuple(condition.metric)
+        self.op, self.value = _OPS[condition.op], condition.value
+        self.text = f"{' or '.join(self.metrics)} {condition.op} {condition.value:g}"
+
+    def judge(self, p: _Pass) -> _Judgement:
+        values = np.column_stack([p.columns[m] for m in self.metrics])
+        holds = self.op(values, self.value).any(axis=1)
+        return _Judgement(holds, p.in_order, values)
+
+
+class _Ring(_Condition):
+    """A window of ``buckets`` event-time buckets per agent and metric (see module doc)."""
+
+    def __init__(self, condition: MetricCondition, buckets: int) -> None:
+        super().__init__()
+        self.metrics = tuple(condition.metric)
+        self.op, self.value = _OPS[condition.op], condition.value
+        self.buckets = buckets
+        self.width = condition.window_s / buckets
+        self._back = np.arange(buckets)
+        self.text = (
+            f"{condition.aggregate}({', '.join(self.metrics)}) over {condition.window_s:g} s "
+            f"{condition.op} {condition.value:g}"
+        )
+
+    def window_start(self, clock: float) -> float:
+        return (np.floor(clock / self.width) - self.buckets + 1) * self.width
+
+    def _advance(self, p: _Pass) -> np.ndarray:
+        """Empty the buckets the agents' clocks moved past; the head bucket of each row."""
+        head_before = np.floor(p.clock_before / self.width)
+        head = np.floor(p.clock / self.width)
+        ids = head[:, None] - self._back
+        stale = ids > head_before[:, None]
+        if stale.any():
+            rows = np.broadcast_to(p.rows[:, None], ids.shape)[stale]
+            slots = (ids[stale] % self.buckets).astype(np.intp)
+            for name in self._rings:
+                getattr(self, name)[rows, :, slots] = self._arrays[name][1]
+        return head
+
+    def _slots(self, p: _Pass, head: np.ndarray, take: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Rows, bucket slots and positions of the heartbeats (among ``take``) inside the window."""
+        bucket = np.floor(p.ts / self.width)
+        inside = take & (bucket > head - self.buckets)
+        return p.rows[inside], (bucket[inside] % self.buckets).astype(np.intp), inside
+
+
+class _Window(_Ring):
+    """``avg``, ``sum``, ``max``, ``min`` or ``rate_of_change`` over the window."""
+
+    def __init__(self, condition: MetricCondition, buckets: int) -> None:
+        super().__init__(condition, buckets)
+        self.aggregate = condition.aggregate
+        shape = (len(self.metrics), buckets)
+        if self.aggregate in ("avg", "sum", "rate_of_change"):
+            self._array("total", np.float64, 0.0, shape, ring=True)
+        if self.aggregate in ("avg", "rate_of_change"):
+            self._array("count", np.uint16, 0, shape, ring=True)
+        if self.aggregate in ("max", "min"):
+            self._array(
+                "extreme",
+                np.float64,
+                -np.inf if self.aggregate == "max" else np.inf,
+                shape,
+                ring=True,
+            )
+
+    def judge(self, p: _Pass) -> _Judgement:
+        head = self._advance(p)
+        values = np.column_stack([p.columns[m] for m in self.metrics])
+        rows, slots, inside = self._slots(p, head, np.ones(len(p.rows), dtype=bool))
+        added = values[inside]
+        if "total" in self._arrays:
+            self.total[rows, :, slots] += added
+        if "count" in self._arrays:
+            count = self.count[rows, :, slots]
+            self.count[rows, :, slots] = count + (count < _COUNT_MAX)
+        if "extreme" in self._arrays:
+            pick = np.maximum if self.aggregate == "max" else np.minimum
+            self.extreme[rows, :, slots] = pick(self.extreme[rows, :, slots], added)
+        aggregated = self._aggregate(p.rows, head)
+        holds = self.op(aggregated, self.value).any(axis=1)
+        return _Judgement(holds, np.ones(len(p.rows), dtype=bool), aggregated)
+
+    def _aggregate(self, rows: np.ndarray, head: np.ndarray) -> np.ndarray:
+        """The aggregate of each row's window, ``n × metrics`` (NaN when it has no value)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if self.aggregate == "sum":
+                return self.total[rows].sum(axis=2)
+            if self.aggregate == "avg":
+                return self.total[rows].sum(axis=2) / self.count[rows].sum(axis=2)
+            if self.aggregate in ("max", "min"):
+                reduce = np.max if self.aggregate == "max" else np.min
+                extreme = reduce(self.extreme[rows], axis=2)
+                return np.where(np.isinf(extreme), np.nan, extreme)
+            # rate_of_change: buckets newest first, then (newest mean - oldest mean) / time
+            slots = ((head[:, None] - self._back) % self.buckets).astype(np.intp)
+            total = self.total[rows[:, None], :, slots]  # n × buckets × metrics
+            count = self.count[rows[:, None], :, slots].astype(np.float64)
+            mean = total / count
+            filled = count > 0
+            newest = filled.argmax(axis=1)  # n × metrics
+            oldest = self.buckets - 1 - filled[:, ::-1].argmax(axis=1)
+            pick = np.take_along_axis
+            rise = (
+                pick(mean, newest[:, None], axis=1)[:, 0]
+                - pick(mean, oldest[:, None], axis=1)[:, 0]
+            )
+            seconds = (oldest - newest) * self.width
+            return np.where(seconds > 0, rise / seconds, np.nan)
+
+
+class _Changes(_Ring):
+    """How often a metric's value changed within the window (``count_changes``)."""
+
+    def __init__(self, condition: MetricCondition, buckets: int) -> None:
+        super().__init__(condition, buckets)
+        self.codes = self.metrics == ("status",)  # a state's index fits a byte
+        if self.codes:
+            self._array("last", np.int8, -1, (1,))
+        else:
+            self._array("last", np.float64, np.nan, (len(self.metrics),))
+        self._array("changes", np.uint16, 0, (len(self.metrics), buckets), ring=True)
+
+    def judge(self, p: _Pass) -> _Judgement:
+        head = self._advance(p)
+        values = np.column_stack([p.columns[m] for m in self.metrics])
+        previous = self.last[p.rows].astype(np.float64)
+        if self.codes:
+            previous[previous < 0] = np.nan
+        seen = p.in_order[:, None] & ~np.isnan(values)
+        changed = (seen & ~np.isnan(previous) & (values != previous)).astype(np.uint16)
+        latest = np.where(seen, values, previous)
+        self.last[p.rows] = np.where(np.isnan(latest), -1, latest) if self.codes else latest
+        rows, slots, inside = self._slots(p, head, p.in_order)
+        count = self.changes[rows, :, slots]
+        self.changes[rows, :, slots] = np.minimum(count + changed[inside], _COUNT_MAX)
+        counted = self.changes[p.rows].sum(axis=2, dtype=np.float64)
+        holds = self.op(counted, self.value).any(axis=1)
+        return _Judgement(holds, np.ones(len(p.rows), dtype=bool), counted)
+
+
+class _Sigma(_Condition):
+    """Any metric more than ``sigma`` std from the agent's warm baseline."""
+
+    def __init__(self, condition: BaselineCondition) -> None:
+        super().__init__()
+        self.metrics = tuple(condition.metric or FEATURES)
+        unknown = [m for m in self.metrics if m not in FEATURES]
+        if unknown:
+            raise RuleChangeError(
+                f"metric {', '.join(unknown)} has no baseline; baselines are kept for "
+                f"{', '.join(FEATURES)}"
+            )
+        self.sigma = condition.baseline_sigma
+        watched = "a metric" if condition.metric is None else " or ".join(self.metrics)
+        self.text = f"{watched} beyond {self.sigma:g}σ of the agent's baseline"
+
+    def judge(self, p: _Pass) -> _Judgement:
+        values = np.column_stack([p.columns[m] for m in self.metrics])
+        if p.baseline is None:  # nothing to judge against: keep the last verdict
+            none = np.zeros(len(p.rows), dtype=bool)
+            return _Judgement(none, none, values)
+        columns = [p.baseline.features.index(m) for m in self.metrics]
+        mean, std = p.baseline.mean[:, columns], p.baseline.std[:, columns]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (values - mean) / std
+        holds = p.baseline.warm & (np.abs(z) > self.sigma).any(axis=1)
+        return _Judgement(holds, p.in_order, values, z=z, baseline=p.baseline)
+
+
+def _compile(spec: ThreatRuleSpec, buckets: int) -> _Condition:
+    condition = spec.condition
+    if isinstance(condition, BaselineCondition):
+        return _Sigma(condition)
+    if condition.aggregate == "last":
+        return _Last(condition)
+    if condition.aggregate == "count_changes":
+        return _Changes(condition, buckets)
+    return _Window(condition, buckets)
+
+
+@dataclass(slots=True)
+class _LiveRule:
+    """An enabled rule with its per-agent state: when its condition began to hold
+    (NaN: it does not hold) and whether this episode has fired."""
+
+    spec: ThreatRuleSpec
+    condition: _Condition
+    since: np.ndarray
+    fired: np.ndarray
+
+    @classmethod
+    def start(cls, spec: ThreatRuleSpec, buckets: int, capacity: int) -> _LiveRule:
+        condition = _compile(spec, buckets)
+        condition.allocate(capacity)
+        return cls(spec, condition, np.full(capacity, np.nan), np.zeros(capacity, dtype=bool))
+
+    def grow(self, capacity: int) -> None:
+        since = np.full(capacity, np.nan)
+        since[: len(self.since)] = self.since
+        fired = np.zeros(capacity, dtype=bool)
+        fired[: len(self.fired)] = self.fired
+        self.since, self.fired = since, fired
+        self.condition.grow(capacity)
+
+    def bytes_per_agent(self) -> int:
+        return self.since.itemsize + self.fired.itemsize + self.condition.bytes_per_agent()
+
+    def describe(self) -> str:
+        text = self.condition.text
+        return f"{text} for {self.spec.for_s:g} s" if self.spec.for_s else text
+
+
+class RuleSet:
+    """The threat rules of one shard of agents, with their state (one row per agent).
+
+    >>> rules = RuleSet([], buckets=12)
+    >>> rules.apply({"action": "add", "rule": {"name": "hot", "condition":
+    ...     {"metric": "cpu_usage", "op": ">", "value": 90}, "category": "PERFORMANCE",
+    ...     "severity": "WARNING"}})
+    >>> rules.apply({"action": "disable", "name": "hot"})
+    >>> [(r.name, r.enabled) for r in rules.rules()]
+    [('hot', False)]
+    >>> rules.apply({"action": "delete", "name": "nope"})
+    Traceback (most recent call last):
+    ...
+    agentwatch.rules.RuleChangeError: no rule 'nope' to delete; the rules are: hot
+    """
+
+    def __init__(self, rules: Iterable[ThreatRuleSpec] = (), buckets: int = 12, capacity: int = 64):
+        self.buckets = buckets
+        self._specs: dict[str, ThreatRuleSpec] = {}
+        self._live: dict[str, _LiveRule] = {}
+        self.row_of: dict[str, int] = {}
+        self.agent_ids: list[str] = []
+        self.tenant_names: list[str] = []
+        self._tenant_index: dict[str, int] = {}
+        self.tenant = np.zeros(capacity, dtype=np.int32)
+        self.latest = np.full(capacity, -np.inf)  # each agent's clock: its latest event time
+        for rule in rules:
+            self.apply(RuleChange(action="add", rule=rule))
+
+    @classmethod
+    def default(cls, settings: Settings) -> RuleSet:
+        """The seed's rules (:func:`default_rules`) with the settings' bucket count."""
+        return cls(default_rules(settings), buckets=settings.threat_window_buckets)
+
+    def __len__(self) -> int:
+        return len(self.agent_ids)
+
+    def rules(self) -> list[ThreatRuleSpec]:
+        """Every rule, enabled or not, in the order they were added."""
+        return list(self._specs.values())
+
+    def apply(self, change: RuleChange | dict) -> None:
+        """Add, update, enable, disable or delete a rule.
+
+        A rule that is added, updated or enabled starts with empty state for
+        every agent; a disabled rule keeps its definition but no state.
+        Raises :class:`RuleChangeError` when the change cannot apply (the rule
+        set is then unchanged), ``pydantic.ValidationError`` for a malformed one.
+        """
+        if isinstance(change, dict):
+            change = RuleChange.model_validate(change)
+        name, action = change.target, change.action
+        if action == "add" and name in self._specs:
+            raise RuleChangeError(f"rule {name!r} exists; send action 'update' to change it")
+        if action != "add" and name not in self._specs:
+            known = ", ".join(self._specs) or "(none)"
+            raise RuleChangeError(f"no rule {name!r} to {action}; the rules are: {known}")
+        if action in ("add", "update"):
+            spec = change.rule
+        elif action == "delete":
+            del self._specs[name]
+            self._live.pop(name, None)
+            return
+        else:
+            spec = self._specs[name].model_copy(update={"enabled": action == "enable"})
+            if spec == self._specs[name]:
+                return  # enabling an enabled rule keeps its state
+        live = _LiveRule.start(spec, self.buckets, len(self.latest)) if spec.enabled else None
+        self._specs[name] = spec
+        if live is None:
+            self._live.pop(name, None)
+        else:
+            self._live[name] = live
+
+    def observe(self, batch: HeartbeatBatch, baselines: BaselineInputs | None = None) -> RuleOutput:
+        """Judge every enabled rule on every heartbeat of ``batch``, in each agent's order.
+
+        ``baselines`` (one row per batch row) feeds the baseline conditions;
+        without it they keep their last verdict.
+        """
+        out = RuleOutput()
+        if not len(batch) or not self._live:
+            return out
+        rows = self._rows_for(batch.agent_id, batch.tenant_id)
+        columns = self._columns(batch)
+        for positions in _passes(rows):
+            fresh = batch.timestamp[positions] != self.latest[rows[positions]]
+            positions = positions[fresh]  # a repeat of the latest heartbeat is a duplicate
+            if not len(positions):
+                continue
+            pass_rows, ts = rows[positions], batch.timestamp[positions]
+            before = self.latest[pass_rows]
+            p = _Pass(
+                rows=pass_rows,
+                ts=ts,
+                clock_before=before,
+                clock=np.maximum(before, ts),
+                in_order=ts > before,
+                columns={name: col[positions] for name, col in columns.items()},
+                baseline=None if baselines is None else baselines.take(positions),
+            )
+            for live in self._live.values():
+                self._judge(live, p, out)
+            self.latest[pass_rows] = p.clock
+        return out
+
+    def _judge(self, live: _LiveRule, p: _Pass, out: RuleOutput) -> None:
+        verdict = live.condition.judge(p)
+        judged = np.flatnonzero(verdict.judged)
+        if not len(judged):
+            return
+        rows, clock, holds = p.rows[judged], p.clock[judged], verdict.holds[judged]
+        since_before = live.since[rows]
+        held = ~np.isnan(since_before)
+        since = np.where(holds, np.where(held, since_before, clock), np.nan)
+        fired_before = live.fired[rows]
+        fire = holds & ~fired_before & (clock - since >= live.spec.for_s)
+        live.since[rows] = since
+        live.fired[rows] = (fired_before | fire) & holds
+        for k in np.flatnonzero(holds != held).tolist():
+            row = int(rows[k])
+            out.transitions.append(
+                {
+                    **self._agent(row),
+                    "rule": live.spec.name,
+                    "holds": bool(holds[k]),
+                    "at": float(clock[k]),
+                    "first_seen": float(since[k] if holds[k] else since_before[k]),
+                    "fired": bool(fire[k] or fired_before[k]),
+                }
+            )
+        for k in np.flatnonzero(fire).tolist():
+            out.threats.append(
+                self._threat(live, verdict, int(judged[k]), int(rows[k]), since[k], clock[k])
+            )
+
+    def _threat(
+        self,
+        live: _LiveRule,
+        verdict: _Judgement,
+        i: int,
+        row: int,
+        since: float,
+        clock: float,
+    ) -> dict:
+        """A ``Threat`` dict for pass position ``i`` (agent ``row``)."""
+        metrics = live.condition.metrics
+        values = verdict.values[i]
+        deviating = []
+        if verdict.z is not None:
+            b = verdict.baseline
+            for j, metric in enumerate(metrics):
+                if abs(verdict.z[i, j]) > live.condition.sigma:
+                    column = b.features.index(metric)
+                    deviating.append(
+                        {
+                            "feature": metric,
+                            "value": float(values[j]),
+                            "baseline_mean": float(b.mean[i, column]),
+                            "baseline_std": float(b.std[i, column]),
+                            "z": float(verdict.z[i, j]),
+                        }
+                    )
+            shown = {d["feature"]: d["value"] for d in deviating}
+        else:
+            shown = dict(zip(metrics, values.tolist(), strict=True))
+        start = live.condition.window_start(clock)
+        return {
+            **self._agent(row),
+            "rule": live.spec.name,
+            "category": live.spec.category,
+            "severity": live.spec.severity,
+            "evidence": {
+                "condition": live.describe(),
+                "values": shown,
+                "baseline": deviating,
+                "window_start": float(since if start is None else min(start, since)),
+                "window_end": float(clock),
+            },
+            "first_seen": float(since),
+            "last_seen": float(clock),
+        }
+
+    def _agent(self, row: int) -> dict:
+        return {"agent_id": self.agent_ids[row], "tenant_id": self.tenant_names[self.tenant[row]]}
+
+    def _columns(self, batch: HeartbeatBatch) -> dict[str, np.ndarray]:
+        """The batch's columns that some enabled rule reads (``status`` as state codes)."""
+        needed = {m for live in self._live.values() for m in live.condition.metrics}
+        columns = {m: batch.metrics[m] for m in needed if m != "status"}
+        if "status" in needed:
+            status = batch.status or [None] * len(batch)
+            columns["status"] = np.fromiter(map(_STATUS_CODE.__getitem__, status), np.float64)
+        return columns
+
+    def holding(self, name: str) -> dict[str, float]:
+        """Agents whose condition of rule ``name`` holds now, with the time it began to.
+
+        >>> RuleSet.default(Settings()).holding("resource_abuse")
+        {}
+        """
+        live = self._live.get(name)
+        if live is None:
+            return {}
+        since = live.since[: len(self.agent_ids)]
+        return {self.agent_ids[r]: float(since[r]) for r in np.flatnonzero(~np.isnan(since))}
+
+    def bytes_per_agent(self) -> int:
+        """Bytes of numeric state per agent: its clock and tenant, and every enabled
+        rule's state (not counting the agent-id index, which a shard shares).
+
+        >>> RuleSet.default(Settings()).bytes_per_agent() <= 300
+        True
+        """
+        shared = self.latest.itemsize + self.tenant.itemsize
+        return shared + sum(live.bytes_per_agent() for live in self._live.values())
+
+    def _rows_for(self, agent_ids: list[str], tenant_ids: list[str]) -> np.ndarray:
+        """Row of each agent, adding rows for agents seen for the first time."""
+        row_of = self.row_of
+        rows = np.fromiter((row_of.get(a, -1) for a in agent_ids), np.int64, len(agent_ids))
+        for i in np.flatnonzero(rows < 0).tolist():
+            row = row_of.get(agent_ids[i])
+            rows[i] = self._add_agent(agent_ids[i], tenant_ids[i]) if row is None else row
+        return rows
+
+    def _add_agent(self, agent_id: str, tenant_id: str) -> int:
+        row = len(self.agent_ids)
+        if row == len(self.latest):
+            self._grow(2 * row)
+        tenant = self._tenant_index.get(tenant_id)
+        if tenant is None:
+            tenant = self._tenant_index[tenant_id] = len(self.tenant_names)
+            self.tenant_names.append(tenant_id)
+        self.row_of[agent_id] = row
+        self.agent_ids.append(agent_id)
+        self.tenant[row] = tenant
+        return row
+
+    def _grow(self, capacity: int) -> None:
+        latest = np.full(capacity, -np.inf)
+        latest[: len(self.latest)] = self.latest
+        tenant = np.zeros(capacity, dtype=np.int32)
+        tenant[: len(self.tenant)] = self.tenant
+        self.latest, self.tenant = latest, tenant
+        for live in self._live.values():
+            live.grow(capacity)

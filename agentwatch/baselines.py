@@ -43,26 +43,34 @@ def learn(
     rows: np.ndarray,
     values: np.ndarray,
     memory: int,
-    clip_sigma: float | None = None,
-    warm: np.ndarray | None = None,
+    clip_limit: np.ndarray | None = None,
 ) -> None:
     """Fold ``values[i]`` into the baseline of agent row ``rows[i]``, in place.
 
     ``rows`` must not repeat (one heartbeat per agent per call). With
-    ``clip_sigma``, rows marked ``warm`` learn a clipped value (see module doc).
+    ``clip_limit`` (per row and feature, ``inf`` for none), a value is learned
+    as if it stood at most that far from the mean (see :func:`clip_limits`).
     """
     old_mean = mean[rows]
     old_var = var[rows]
     delta = values - old_mean
-    if clip_sigma is not None and warm is not None and warm.any():
-        limit = clip_sigma * np.sqrt(old_var)
-        clipped = np.clip(delta, -limit, limit)
-        delta = np.where(warm[:, None], clipped, delta)
+    if clip_limit is not None:
+        delta = np.clip(delta, -clip_limit, clip_limit)
     n = count[rows] + 1
     weight = (1.0 / np.minimum(n, memory))[:, None]
     mean[rows] = old_mean + weight * delta
     var[rows] = (1.0 - weight) * (old_var + weight * delta * delta)
     count[rows] = n
+
+
+def clip_limits(std: np.ndarray, warm: np.ndarray, clip_sigma: float) -> np.ndarray:
+    """How far from the mean each warm row may learn: ``clip_sigma`` times the std the
+    row was judged with (floored, so a metric flat during warm-up still learns later).
+
+    >>> clip_limits(np.array([[2.0], [2.0]]), np.array([True, False]), 4.0).tolist()
+    [[8.0], [inf]]
+    """
+    return np.where(warm[:, None], clip_sigma * std, np.inf)
 
 
 def deviations(

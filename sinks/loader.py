@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gc
 import logging
 import re
 import signal
@@ -51,6 +52,7 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+from pydantic import BaseModel
 
 from agentwatch.settings import Settings
 from schemas.heartbeats import parse_heartbeats
@@ -176,9 +178,15 @@ class Loader:
     # --- public interface -------------------------------------------------
 
     def start(self) -> None:
-        """Run the loader in a daemon background thread until :meth:`stop`."""
+        """Run the loader in a daemon background thread until :meth:`stop`.
+
+        The loader is the hot path of the process it runs in, so this also
+        tunes the process's garbage collector for batch work (see
+        :func:`tune_garbage_collector`).
+        """
         if self._thread is not None:
             raise RuntimeError("the loader is already started")
+        tune_garbage_collector(self._settings.gc_young_threshold)
         self._thread = threading.Thread(target=self._run, name="clickhouse-loader", daemon=True)
         self._thread.start()
 
@@ -426,15 +434,25 @@ class Loader:
 
     def _take(self, messages: list[Message]) -> None:
         """Parse one consumed batch into the pending tables (all or nothing)."""
+        errors = list(map(Message.error, messages))
+        if errors.count(None) != len(errors):
+            for error in errors:
+                if error is not None:
+                    self._on_consume_error(error)
+            messages = [m for m, error in zip(messages, errors, strict=True) if error is None]
+        topics = list(map(Message.topic, messages))
         by_topic: dict[str, list[Message]] = {topic: [] for topic in self._pending}
-        next_offsets: dict[Partition, int] = {}
-        for message in messages:
-            if message.error() is not None:
-                self._on_consume_error(message.error())
-                continue
-            topic = message.topic()
+        for topic, message in zip(topics, messages, strict=True):
             by_topic[topic].append(message)
-            next_offsets[topic, message.partition()] = message.offset() + 1
+        # the last message read of each partition (a partition's messages come in order)
+        last_offsets = dict(
+            zip(
+                zip(topics, map(Message.partition, messages), strict=True),
+                map(Message.offset, messages),
+                strict=True,
+            )
+        )
+        next_offsets = {partition: offset + 1 for partition, offset in last_offsets.items()}
         try:
             parsed = {
                 topic: self._parse(topic, topic_messages)
@@ -470,7 +488,7 @@ class Loader:
         """(metrics frame, derived rows, messages skipped) of one topic's messages."""
         name = self._logical[topic]
         if name == "metrics":
-            values = [message.value() for message in messages]
+            values = list(map(Message.value, messages))
             if None in values:
                 values = [b"" if value is None else value for value in values]
             batch, rejected = parse_heartbeats(values, self._settings.max_message_bytes)
@@ -657,7 +675,7 @@ def anomaly_row(value: bytes) -> dict:
     """
     record = AnomalyRecord.model_validate(orjson.loads(value))
     _require_range("timestamp", record.timestamp, *TIMESTAMP_RANGE)
-    reasons = [reason.model_dump() for reason in record.reasons]
+    reasons = [_fields(reason) for reason in record.reasons]
     return {
         "agent_id": record.agent_id,
         "tenant_id": record.tenant_id,
@@ -676,7 +694,7 @@ def baseline_row(value: bytes) -> dict:
     record = BaselineRecord.model_validate(orjson.loads(value))
     _require_range("timestamp", record.timestamp, *TIMESTAMP_RANGE)
     _require_range("heartbeats", record.heartbeats, 0, _UINT64_MAX)
-    return record.model_dump()
+    return _fields(record)
 
 
 def deadletter_row(value: bytes) -> dict:
@@ -687,7 +705,13 @@ def deadletter_row(value: bytes) -> dict:
     _require_range("offset", record.offset, 0, _UINT64_MAX)
     _require_range("value_bytes", record.value_bytes, 0, _UINT32_MAX)
     base64.b64decode(record.value_b64, validate=True)  # refuse what could not be replayed
-    return record.model_dump()
+    return _fields(record)
+
+
+def _fields(record: BaseModel) -> dict:
+    """A validated record's fields as a dict: ``model_dump()`` without its serialisation
+    pass, which these records (plain values, dicts and lists of them) do not need."""
+    return dict(record.__dict__)
 
 
 _UINT32_MAX = 2**32 - 1
@@ -740,13 +764,29 @@ _DERIVED_FRAMES: dict[str, Callable[[list[dict]], pd.DataFrame]] = {
 # --- helpers of this module ---------------------------------------------------
 
 
+def tune_garbage_collector(young_threshold: int) -> None:
+    """Make Python's cyclic garbage collector cheap for batch work, process-wide.
+
+    Everything allocated so far (modules, clients) is frozen out of the
+    collector's view, and generation 0 is collected every ``young_threshold``
+    allocations instead of 700: a consumed batch keeps thousands of objects
+    alive at once (Kafka messages, decoded rows), and at 700 the collector ran
+    many times per batch (measured: a quarter of the loader's time).
+    """
+    gc.freeze()
+    if young_threshold > 0:
+        gc.set_threshold(young_threshold, *gc.get_threshold()[1:])
+
+
 def _consumer_config(settings: Settings) -> dict[str, object]:
     """One consumer for every topic: assigned partitions, manual offsets, deep prefetch.
 
     A prefetch queue deeper than librdkafka's default (``queued.min.messages``)
     keeps messages waiting while the loader parses and inserts: measured on
-    Tansu, ~185k instead of ~85k heartbeats/s. librdkafka's own log lines go
-    through Python logging, repeats suppressed.
+    Tansu, ~185k instead of ~85k heartbeats/s. A fetch waits for 1 MB (or
+    100 ms), so reading at the head of a live log does not cost the broker a
+    request per handful of messages. librdkafka's own log lines go through
+    Python logging, repeats suppressed.
     """
     return {
         "bootstrap.servers": settings.bootstrap_servers,
@@ -757,6 +797,7 @@ def _consumer_config(settings: Settings) -> dict[str, object]:
         "enable.partition.eof": False,
         "client.id": "agentwatch-loader",
         "fetch.wait.max.ms": 100,
+        "fetch.min.bytes": 1024 * 1024,
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 8 * 1024 * 1024,
         "queued.min.messages": 200_000,

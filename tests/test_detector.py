@@ -97,3 +97,13 @@ def test_fleet_scores_equal_the_single_series_detector(seed: int) -> None:
         if score >= 0.01:
             assert np.isclose(fleet_scores.pop(key), score, rtol=1e-9), key
     assert fleet_scores == {}
+
+
+def test_a_metric_flat_during_warm_up_still_learns_afterwards() -> None:
+    """Clipping uses the floored std: a zero variance must not freeze the baseline."""
+    detector = BaselineDetector(("error_rate",), {"error_rate": 0.01}, warmup=5)
+    for _ in range(10):
+        detector.learn_one({"error_rate": 0.0})
+    for _ in range(3000):
+        detector.learn_one({"error_rate": 0.05})
+    assert detector.score_one({"error_rate": 0.05}) < 0.5

@@ -81,3 +81,15 @@ def test_unparseable_values_are_rejected_with_a_reason(value: bytes | None) -> N
     batch, rejected = parse_heartbeats([value, orjson.dumps(GOOD)])
     assert batch.index.tolist() == [1]
     assert rejected[0][0] == 0 and rejected[0][1]
+
+
+def test_broken_messages_never_join_into_valid_ones() -> None:
+    """Each message is decoded on its own: an object cut across two messages, or two
+    objects in one message, never pass as heartbeats, whatever their neighbours."""
+    whole = orjson.dumps(GOOD)
+    cut = whole.index(b',"cpu_usage"')
+    head, tail = whole[:cut], whole[cut:]  # together they would make `whole` again
+    two_in_one = whole + b"," + whole
+    batch, rejected = parse_heartbeats([head, tail, two_in_one, whole])
+    assert batch.index.tolist() == [3]
+    assert [i for i, _ in rejected] == [0, 1, 2]

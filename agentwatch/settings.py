@@ -21,7 +21,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Logical topic names; the physical name is ``topic_prefix + "agents." + name``.
-TOPICS = ("metrics", "events", "anomalies", "baselines", "deadletter", "commands")
+TOPICS = ("metrics", "events", "anomalies", "baselines", "threats", "deadletter", "commands")
 
 
 class Settings(BaseSettings):

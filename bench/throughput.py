@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
-from agentwatch.fleet import DetectorConfig, FleetBaselines  # noqa: E402
 from agentwatch.settings import Settings  # noqa: E402
+from agentwatch.shard import ShardState  # noqa: E402
 from agentwatch.simulator import FleetSimulator  # noqa: E402
 from infra.broker import (  # noqa: E402
     die_with_parent_hook,
@@ -213,27 +213,37 @@ def run_pipeline(
     }
 
 
+def _index_bytes_per_agent(row_of: dict[str, int], agent_ids: list[str]) -> float:
+    """An agent-id index (dict + list) per agent: the dict, the id strings, a list slot and
+    the int each dict entry holds."""
+    agents = len(agent_ids)
+    return (sys.getsizeof(row_of) + sum(map(sys.getsizeof, agent_ids))) / agents + 8 + 28
+
+
 def state_per_agent(settings: Settings, values: list[bytes], agents: int) -> dict[str, float]:
-    """Bytes of per-agent dataflow state: pickled (snapshot) and in memory."""
-    fleet = FleetBaselines(DetectorConfig.from_settings(settings))
+    """Bytes of per-agent dataflow state (baselines, detector, threat rules): pickled, as a
+    recovery snapshot holds it, and in memory."""
+    shard = ShardState.new(settings)
     for lo in range(0, len(values), 50_000):
-        fleet.observe(parse_heartbeats(values[lo : lo + 50_000])[0])
-    pickled = len(pickle.dumps(fleet)) / len(fleet)
-    arrays = sum(
+        shard.observe(parse_heartbeats(values[lo : lo + 50_000])[0])
+    fleet, rules = shard.baselines, shard.rules
+    pickled = len(pickle.dumps(shard)) / len(fleet)
+    fleet_arrays = sum(
         getattr(fleet, name).nbytes / len(getattr(fleet, name))
         for name in ("tenant", "mean", "var", "count", "first_ts", "last_ts", "published_ts",
                      "warm")
     )  # fmt: skip
-    index = (
-        sys.getsizeof(fleet.row_of) / len(fleet)
-        + sum(sys.getsizeof(a) for a in fleet.agent_ids) / len(fleet)
-        + 8  # the agent_ids list slot
-        + 28  # the int row number held by row_of
+    memory = (
+        fleet_arrays
+        + _index_bytes_per_agent(fleet.row_of, fleet.agent_ids)
+        + rules.bytes_per_agent()
+        + _index_bytes_per_agent(rules.row_of, rules.agent_ids)
     )
     return {
         "agents": len(fleet),
         "pickled_bytes_per_agent": pickled,
-        "memory_bytes_per_agent": arrays + index,
+        "memory_bytes_per_agent": memory,
+        "rules_numeric_bytes_per_agent": rules.bytes_per_agent(),
     }
 
 

@@ -1,12 +1,13 @@
-"""The heartbeat dataflow: validate, keep per-agent baselines, score, publish.
+"""The heartbeat dataflow: validate, judge threat rules, keep baselines, score, publish.
 
 ```
 agents.metrics ─► read_heartbeats ─► validate ─┬─► dead_letters ──────────────────────────┐
   (a batch per partition read)                  └─► split_by_shard ─► agent_baselines     │
-                                                   (state keyed by shard of agents)  │      │
+                                       (state keyed by shard of agents: rules,       │      │
+                                        baselines, detector)                         │      │
                                                                         findings ◄───┘      │
                                                                             └──► publish ◄──┘
-                          to agents.deadletter · agents.anomalies · agents.baselines
+          to agents.deadletter · agents.anomalies · agents.baselines · agents.threats
 ```
 
 Run it with ``python -m dataflows.heartbeats`` (one process, settings from
@@ -36,8 +37,10 @@ from bytewax.outputs import Sink
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from agentwatch.fleet import DetectorConfig, FleetBaselines, FleetOutput
+from agentwatch.fleet import FleetBaselines
+from agentwatch.rules import RuleSet
 from agentwatch.settings import Settings
+from agentwatch.shard import ShardOutput, ShardState
 from dataflows.kafka_source import STOP, KafkaBatchSource, RawBatch
 from schemas.heartbeats import HeartbeatBatch, parse_heartbeats
 
@@ -127,28 +130,29 @@ def shards_of(agent_ids: list[str], shard_count: int) -> np.ndarray:
 
 
 def observe_shard(
-    config: DetectorConfig, state: FleetBaselines | None, heartbeats: HeartbeatBatch
-) -> tuple[FleetBaselines, FleetOutput]:
-    """Score and learn one shard's heartbeats (the state is the shard's baselines)."""
+    settings: Settings, state: ShardState | FleetBaselines | None, heartbeats: HeartbeatBatch
+) -> tuple[ShardState, ShardOutput]:
+    """Judge rules, score and learn one shard's heartbeats (the state is the shard's)."""
     if state is None:
-        state = FleetBaselines(config)
+        state = ShardState.new(settings)
+    elif isinstance(state, FleetBaselines):  # a snapshot from before threat rules existed
+        state = ShardState(state, RuleSet.default(settings))
     return state, state.observe(heartbeats)
 
 
-def findings(
-    anomalies_topic: str, baselines_topic: str, keyed: tuple[str, FleetOutput]
-) -> list[Message]:
-    """The shard's anomaly records and baseline snapshots as Kafka messages."""
+def findings(topics: dict[str, str], keyed: tuple[str, ShardOutput]) -> list[Message]:
+    """The shard's anomaly records, baseline snapshots and threats as Kafka messages;
+    ``topics`` names the topic of each kind."""
     _, output = keyed
-    messages = [
-        _message(key=a["agent_id"].encode(), value=orjson.dumps(a), topic=anomalies_topic)
-        for a in output.anomalies
+    return [
+        _message(key=record["agent_id"].encode(), value=orjson.dumps(record), topic=topics[kind])
+        for kind, records in (
+            ("anomalies", output.anomalies),
+            ("baselines", output.baselines),
+            ("threats", output.threats),
+        )
+        for record in records
     ]
-    messages.extend(
-        _message(key=b["agent_id"].encode(), value=orjson.dumps(b), topic=baselines_topic)
-        for b in output.baselines
-    )
-    return messages
 
 
 def build_flow(
@@ -169,8 +173,6 @@ def build_flow(
             topic=None,
             add_config={"linger.ms": "5", "enable.idempotence": "false"},
         )
-    config = DetectorConfig.from_settings(settings)
-
     flow = Dataflow("agentwatch_heartbeats")
     batches = op.input("read_heartbeats", flow, source)
     checked = op.map("validate", batches, partial(validate, settings.max_message_bytes))
@@ -178,10 +180,12 @@ def build_flow(
         "dead_letters", checked, partial(dead_letters, settings.topic("deadletter"))
     )
     by_shard = op.flat_map("split_by_shard", checked, partial(split_by_shard, settings.shard_count))
-    observed = op.stateful_map("agent_baselines", by_shard, partial(observe_shard, config))
+    # the step keeps its first name: recovery snapshots are filed under it
+    observed = op.stateful_map("agent_baselines", by_shard, partial(observe_shard, settings))
     found = op.flat_map(
         "findings", observed,
-        partial(findings, settings.topic("anomalies"), settings.topic("baselines")),
+        partial(findings, {kind: settings.topic(kind) for kind in ("anomalies", "baselines",
+                                                                    "threats")}),
     )  # fmt: skip
     op.output("publish", op.merge("outputs", rejected, found), sink)
     return flow

@@ -37,12 +37,21 @@ def heartbeat(agent: int, step: int, **overrides: object) -> dict:
     return beat
 
 
-def stream(agents: int, steps: int, spike: tuple[int, int] | None = None) -> list[bytes]:
-    """Heartbeats of ``agents`` agents over ``steps`` ticks, with a CPU spike and junk."""
+def stream(
+    agents: int,
+    steps: int,
+    spike: tuple[int, int] | None = None,
+    saturated: tuple[int, range] | None = None,
+) -> list[bytes]:
+    """Heartbeats of ``agents`` agents over ``steps`` ticks, with a CPU spike, a CPU
+    saturation (agent, steps) and junk."""
     values = []
     for step in range(steps):
         for agent in range(agents):
-            extra = {"cpu_usage": 99.0} if spike == (agent, step) else {}
+            hot = spike == (agent, step) or (
+                saturated is not None and saturated[0] == agent and step in saturated[1]
+            )
+            extra = {"cpu_usage": 99.0} if hot else {}
             values.append(orjson.dumps(heartbeat(agent, step, **extra)))
         values.append(b"{not json")
         values.append(orjson.dumps(heartbeat(0, step, cpu_usage=140.0)))
@@ -98,9 +107,20 @@ def test_baselines_are_published_per_agent():
     assert warm and 30 < warm[0]["mean"]["cpu_usage"] < 35
 
 
+def test_sustained_saturation_raises_one_resource_abuse_threat_after_ten_minutes():
+    records = run(stream(agents=5, steps=70, saturated=(4, range(30, 60))), workers=1)
+    threats = [r for topic, r in records if topic == "agents.threats"]
+    abuse = [t for t in threats if t["rule"] == "resource_abuse"]
+    assert [(t["agent_id"], t["first_seen"], t["last_seen"]) for t in abuse] == [
+        ("agent-0004", START + 900, START + 1500)  # held from step 30, fired 600 s later
+    ]
+    assert abuse[0]["severity"] == "HIGH" and abuse[0]["evidence"]["values"]["cpu_usage"] == 99.0
+    assert {t["agent_id"] for t in threats} == {"agent-0004"}
+
+
 @pytest.mark.parametrize("batch_size", [1, 97, 5000])
 def test_one_and_two_workers_give_the_same_result(batch_size: int):
-    values = stream(agents=12, steps=45, spike=(7, 33))
+    values = stream(agents=12, steps=45, spike=(7, 33), saturated=(3, range(21, 44)))
     assert run(values, workers=1, batch_size=batch_size) == run(
         values, workers=2, batch_size=batch_size
     )

@@ -38,11 +38,13 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from agentwatch.fleet import FleetBaselines
-from agentwatch.rules import RuleSet
+from agentwatch.rules import RuleChangeError, RuleSet
 from agentwatch.settings import Settings
 from agentwatch.shard import ShardOutput, ShardState
 from dataflows.kafka_source import STOP, KafkaBatchSource, RawBatch
+from schemas.events import EventError, parse_rule_change
 from schemas.heartbeats import HeartbeatBatch, parse_heartbeats
+from schemas.models import RuleChange
 
 log = logging.getLogger("agentwatch.dataflow")
 
@@ -67,8 +69,36 @@ def validate(max_message_bytes: int, raw: RawBatch) -> CheckedBatch:
     return CheckedBatch(raw, heartbeats, rejected)
 
 
-def dead_letters(deadletter_topic: str, checked: CheckedBatch) -> list[Message]:
-    """One dead-letter message per rejected heartbeat: reason, original bytes, position."""
+@dataclass(slots=True)
+class CheckedEvents:
+    """A raw batch of ``agents.events`` with the rule changes it carries, and its rejects."""
+
+    raw: RawBatch
+    changes: list[RuleChange]
+    rejected: list[tuple[int, str]]
+
+
+def read_rule_changes(raw: RawBatch) -> CheckedEvents:
+    """The rule changes of a batch of events; other event types pass by (never raises)."""
+    changes, rejected = [], []
+    for position, value in enumerate(raw.values):
+        try:
+            change = parse_rule_change(value)
+        except EventError as exc:
+            rejected.append((position, str(exc)))
+        else:
+            if change is not None:
+                changes.append(change)
+    return CheckedEvents(raw, changes, rejected)
+
+
+def to_every_shard(shard_count: int, checked: CheckedEvents) -> list[tuple[str, RuleChange]]:
+    """Each rule change, once for every shard: every shard keeps its own rule set."""
+    return [(str(shard), change) for change in checked.changes for shard in range(shard_count)]
+
+
+def dead_letters(deadletter_topic: str, checked: CheckedBatch | CheckedEvents) -> list[Message]:
+    """One dead-letter message per rejected message: reason, original bytes, position."""
     raw = checked.raw
     now = time.time()
     messages = []
@@ -130,14 +160,24 @@ def shards_of(agent_ids: list[str], shard_count: int) -> np.ndarray:
 
 
 def observe_shard(
-    settings: Settings, state: ShardState | FleetBaselines | None, heartbeats: HeartbeatBatch
+    settings: Settings,
+    state: ShardState | FleetBaselines | None,
+    item: HeartbeatBatch | RuleChange,
 ) -> tuple[ShardState, ShardOutput]:
-    """Judge rules, score and learn one shard's heartbeats (the state is the shard's)."""
+    """Judge rules, score and learn one shard's heartbeats, or change its rules
+    (the state is the shard's)."""
     if state is None:
         state = ShardState.new(settings)
     elif isinstance(state, FleetBaselines):  # a snapshot from before threat rules existed
         state = ShardState(state, RuleSet.default(settings))
-    return state, state.observe(heartbeats)
+    if isinstance(item, RuleChange):
+        try:
+            state.rules.apply(item)
+        except RuleChangeError as exc:
+            log.warning("rule_change_refused action=%s rule=%s reason=%s",
+                        item.action, item.target, exc)  # fmt: skip
+        return state, ShardOutput()
+    return state, state.observe(item)
 
 
 def findings(topics: dict[str, str], keyed: tuple[str, ShardOutput]) -> list[Message]:
@@ -156,16 +196,24 @@ def findings(topics: dict[str, str], keyed: tuple[str, ShardOutput]) -> list[Mes
 
 
 def build_flow(
-    settings: Settings, source: Source[RawBatch] | None = None, sink: Sink[Message] | None = None
+    settings: Settings,
+    source: Source[RawBatch] | None = None,
+    sink: Sink[Message] | None = None,
+    events: Source[RawBatch] | None = None,
 ) -> Dataflow:
-    """The heartbeat dataflow; ``source`` and ``sink`` default to Kafka."""
+    """The heartbeat dataflow. Without ``source``, heartbeats and events are read from
+    Kafka; with one (tests), events come from ``events`` if given. ``sink`` defaults
+    to Kafka."""
     if source is None:
-        source = KafkaBatchSource(
-            settings.bootstrap_servers,
-            settings.topic("metrics"),
-            settings.dataflow_group_id,
-            batch_size=settings.source_batch_size,
-            commit_interval_s=settings.dataflow_commit_interval_s,
+        source, events = (
+            KafkaBatchSource(
+                settings.bootstrap_servers,
+                settings.topic(name),
+                settings.dataflow_group_id,
+                batch_size=settings.source_batch_size,
+                commit_interval_s=settings.dataflow_commit_interval_s,
+            )
+            for name in ("metrics", "events")
         )
     if sink is None:
         sink = KafkaSink(
@@ -180,6 +228,18 @@ def build_flow(
         "dead_letters", checked, partial(dead_letters, settings.topic("deadletter"))
     )
     by_shard = op.flat_map("split_by_shard", checked, partial(split_by_shard, settings.shard_count))
+    if events is not None:
+        event_batches = op.input("read_events", flow, events)
+        changes = op.map("read_rule_changes", event_batches, read_rule_changes)
+        rejected = op.merge(
+            "all_dead_letters", rejected,
+            op.flat_map("event_dead_letters", changes,
+                        partial(dead_letters, settings.topic("deadletter"))),
+        )  # fmt: skip
+        to_shards = op.flat_map(
+            "to_every_shard", changes, partial(to_every_shard, settings.shard_count)
+        )
+        by_shard = op.merge("shard_inputs", by_shard, to_shards)
     # the step keeps its first name: recovery snapshots are filed under it
     observed = op.stateful_map("agent_baselines", by_shard, partial(observe_shard, settings))
     found = op.flat_map(

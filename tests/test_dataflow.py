@@ -124,3 +124,49 @@ def test_one_and_two_workers_give_the_same_result(batch_size: int):
     assert run(values, workers=1, batch_size=batch_size) == run(
         values, workers=2, batch_size=batch_size
     )
+
+
+def event_batch(events: list[bytes]) -> list[RawBatch]:
+    keys = [b"*"] * len(events)
+    return [RawBatch("agents.events", 0, list(range(len(events))), keys, events)]
+
+
+def test_rule_changes_on_the_events_topic_reach_every_shard():
+    from schemas.events import rule_change_event
+
+    hot = {
+        "name": "cpu_hot",
+        "condition": {"metric": "cpu_usage", "aggregate": "last", "op": ">", "value": 90},
+        "for_s": 0,
+        "category": "PERFORMANCE",
+        "severity": "WARNING",
+    }
+    events = [
+        orjson.dumps(rule_change_event({"action": "add", "rule": hot}, "ops", START)),
+        orjson.dumps(
+            rule_change_event({"action": "disable", "name": "resource_abuse"}, "ops", START)
+        ),
+        b'{"type": "rule_changed"}',  # not an event: dead letter
+        orjson.dumps(
+            rule_change_event({"action": "delete", "name": "abnormal_patterns"}, "o", START)
+        ),
+    ]
+    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8)
+    out: list = []
+    values = stream(agents=12, steps=70, saturated=(4, range(40, 60)))
+    flow = build_flow(
+        settings,
+        TestingSource(batches(values, 500)),
+        TestingSink(out),
+        TestingSource(event_batch(events)),
+    )
+    run_main(flow)
+    records = [(m.topic, orjson.loads(m.value)) for m in out]
+    threats = [r for topic, r in records if topic == "agents.threats"]
+    assert [(t["rule"], t["agent_id"], t["first_seen"]) for t in threats] == [
+        ("cpu_hot", "agent-0004", START + 1200)
+    ]
+    dead = [
+        r for topic, r in records if topic == "agents.deadletter" and r["topic"] == "agents.events"
+    ]
+    assert len(dead) == 1 and dead[0]["reason"].startswith("agent_id")

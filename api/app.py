@@ -1,4 +1,5 @@
-"""The HTTP API: agent status and anomalies from ClickHouse, read-only SQL, health, Prometheus.
+"""The HTTP API: agent status, anomalies and threats from ClickHouse, read-only SQL, health,
+Prometheus.
 
 ``create_app(settings)`` builds the FastAPI app. Its lifespan opens
 ClickHouse (in the embedded profile this process is the one that owns the
@@ -11,8 +12,8 @@ block, so FastAPI runs them in its thread pool and the event loop stays free.
 
 >>> app = create_app(Settings(), client=None, run_loader=False)
 >>> sorted(r.path for r in app.routes if r.path.startswith("/api")) # doctest: +NORMALIZE_WHITESPACE
-['/api/v1/agents/{agent_id}/anomalies', '/api/v1/agents/{agent_id}/status', '/api/v1/sql',
- '/api/v1/system/health']
+['/api/v1/agents/{agent_id}/anomalies', '/api/v1/agents/{agent_id}/status',
+ '/api/v1/agents/{agent_id}/threats', '/api/v1/sql', '/api/v1/system/health']
 """
 
 from __future__ import annotations
@@ -39,7 +40,14 @@ from agentwatch.settings import Settings
 from api import prometheus, queries, sql
 from api.client_pool import ClientPool
 from api.health import SystemMonitor
-from api.responses import AgentStatus, AnomalyList, SystemHealth
+from api.responses import (
+    AgentStatus,
+    AnomalyList,
+    SystemHealth,
+    ThreatCategory,
+    ThreatList,
+    ThreatSeverity,
+)
 from schemas.models import TIMESTAMP_RANGE
 from sinks.clickhouse import connect, create_schema
 from sinks.loader import Loader
@@ -47,6 +55,8 @@ from sinks.loader import Loader
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+#: How many of an agent's latest threats its status shows.
+STATUS_RECENT_THREATS = 5
 
 
 class ErrorMessage(BaseModel):
@@ -114,6 +124,60 @@ Instant = Annotated[datetime, BeforeValidator(parse_instant)]
 AgentId = Annotated[
     str,
     Path(min_length=1, max_length=128, description="The agent's id (1-128 characters)."),
+]
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """The ``since``, ``until`` and ``limit`` of a per-agent history query."""
+
+    since: datetime | None
+    until: datetime | None
+    limit: int
+
+
+def time_range(
+    since: Annotated[
+        Instant | None,
+        Query(description="Inclusive lower bound: ISO-8601 with a zone, or epoch seconds."),
+    ] = None,
+    until: Annotated[
+        Instant | None,
+        Query(description="Inclusive upper bound: ISO-8601 with a zone, or epoch seconds."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="Most items returned.")] = 100,
+) -> TimeRange:
+    """The query parameters of a history endpoint (a FastAPI dependency); 422 if since > until."""
+    if since is not None and until is not None and since > until:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "since"),
+                    "msg": f"{since.isoformat()} is after until={until.isoformat()}; "
+                    "swap them or leave one out",
+                    "input": since.isoformat(),
+                }
+            ]
+        )
+    return TimeRange(since, until, limit)
+
+
+TimeRangeDep = Annotated[TimeRange, Depends(time_range)]
+
+
+def _upper(value: object) -> object:
+    """Severities and categories are upper case; accept them in any case."""
+    return value.upper() if isinstance(value, str) else value
+
+
+SeverityFilter = Annotated[
+    list[Annotated[ThreatSeverity, BeforeValidator(_upper)]] | None,
+    Query(description="Keep only these severities (repeat the parameter for several)."),
+]
+CategoryFilter = Annotated[
+    list[Annotated[ThreatCategory, BeforeValidator(_upper)]] | None,
+    Query(description="Keep only these categories (repeat the parameter for several)."),
 ]
 
 
@@ -216,7 +280,7 @@ def create_app(
         tags=["agents"],
     )
     def agent_status(agent_id: AgentId, runtime: RuntimeDep) -> AgentStatus:
-        """Latest heartbeat, baseline and anomaly score (with its reasons) of one agent."""
+        """Latest heartbeat, baseline, anomaly score (with its reasons) and threats of one agent."""
         database = settings.clickhouse_database
         with runtime.clients.client() as client:
             latest = queries.latest_metrics(client, database, agent_id)
@@ -224,6 +288,9 @@ def create_app(
             if latest is None and baseline is None:
                 raise HTTPException(404, detail=_unknown_agent(agent_id))
             anomaly = queries.latest_anomaly(client, database, agent_id)
+            threats = queries.threats_between(
+                client, database, agent_id, None, None, STATUS_RECENT_THREATS
+            )
         tenant_id = latest[0] if latest else baseline[0]
         metrics = latest[1] if latest else None
         last_heartbeat = metrics.timestamp if metrics else None
@@ -237,6 +304,7 @@ def create_app(
             metrics=metrics,
             baseline=baseline[1] if baseline else None,
             latest_anomaly=anomaly,
+            recent_threats=threats,
         )
 
     @app.get(
@@ -245,44 +313,55 @@ def create_app(
         responses={404: {"model": ErrorMessage}, 422: {"model": ValidationErrorBody}},
         tags=["agents"],
     )
-    def agent_anomalies(
-        agent_id: AgentId,
-        runtime: RuntimeDep,
-        since: Annotated[
-            Instant | None,
-            Query(description="Inclusive lower bound: ISO-8601 with a zone, or epoch seconds."),
-        ] = None,
-        until: Annotated[
-            Instant | None,
-            Query(description="Inclusive upper bound: ISO-8601 with a zone, or epoch seconds."),
-        ] = None,
-        limit: Annotated[int, Query(ge=1, le=10_000, description="Most anomalies returned.")] = 100,
-    ) -> AnomalyList:
+    def agent_anomalies(agent_id: AgentId, runtime: RuntimeDep, span: TimeRangeDep) -> AnomalyList:
         """Scored heartbeats of one agent in a time range, newest first."""
-        if since is not None and until is not None and since > until:
-            raise RequestValidationError(
-                [
-                    {
-                        "type": "value_error",
-                        "loc": ("query", "since"),
-                        "msg": f"{since.isoformat()} is after until={until.isoformat()}; "
-                        "swap them or leave one out",
-                        "input": since.isoformat(),
-                    }
-                ]
-            )
         database = settings.clickhouse_database
         with runtime.clients.client() as client:
-            found = queries.anomalies_between(client, database, agent_id, since, until, limit)
+            found = queries.anomalies_between(
+                client, database, agent_id, span.since, span.until, span.limit
+            )
             if not found and not queries.agent_is_known(client, database, agent_id):
                 raise HTTPException(404, detail=_unknown_agent(agent_id))
         return AnomalyList(
             agent_id=agent_id,
-            since=since,
-            until=until,
-            limit=limit,
+            since=span.since,
+            until=span.until,
+            limit=span.limit,
             count=len(found),
             anomalies=found,
+        )
+
+    @app.get(
+        f"{API_PREFIX}/agents/{{agent_id}}/threats",
+        response_model=ThreatList,
+        responses={404: {"model": ErrorMessage}, 422: {"model": ValidationErrorBody}},
+        tags=["agents"],
+    )
+    def agent_threats(
+        agent_id: AgentId,
+        runtime: RuntimeDep,
+        span: TimeRangeDep,
+        severity: SeverityFilter = None,
+        category: CategoryFilter = None,
+    ) -> ThreatList:
+        """Threats of one agent that began (``first_seen``) in a time range, newest first,
+        each with its evidence: the values judged, the baseline, the window."""
+        database = settings.clickhouse_database
+        with runtime.clients.client() as client:
+            found = queries.threats_between(
+                client, database, agent_id, span.since, span.until, span.limit, severity, category
+            )
+            if not found and not queries.agent_is_known(client, database, agent_id):
+                raise HTTPException(404, detail=_unknown_agent(agent_id))
+        return ThreatList(
+            agent_id=agent_id,
+            since=span.since,
+            until=span.until,
+            severity=severity,
+            category=category,
+            limit=span.limit,
+            count=len(found),
+            threats=found,
         )
 
     @app.post(

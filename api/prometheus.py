@@ -142,6 +142,7 @@ class _HealthCollector(Collector):
             )
             table_rows.add_metric(["metrics"], counts.metrics_rows)
             table_rows.add_metric(["anomalies"], counts.anomalies)
+            table_rows.add_metric(["threats"], counts.threats)
             table_rows.add_metric(["deadletter"], counts.deadletter)
             yield table_rows
 

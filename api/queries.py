@@ -1,6 +1,7 @@
 """The ClickHouse reads behind the API, one function per question.
 
-Per-agent reads are point queries on the sort key ``(agent_id, timestamp)``:
+Per-agent reads are point queries on the sort key ``(agent_id, timestamp)``
+(threats: ``(agent_id, first_seen, rule)``):
 ``PREWHERE agent_id = …`` selects one granule range and
 ``ORDER BY timestamp DESC LIMIT 1`` reads it in order, so each costs a couple
 of milliseconds however large the table grows. Replays can leave identical
@@ -22,13 +23,21 @@ import orjson
 from clickhouse_connect.driver.client import Client
 from pydantic import ValidationError
 
-from api.responses import Anomaly, Baseline, LatestMetrics, TableCounts
-from schemas.models import FeatureDeviation
+from api.responses import (
+    AgentThreat,
+    Anomaly,
+    Baseline,
+    Evidence,
+    LatestMetrics,
+    TableCounts,
+)
+from schemas.models import FeatureDeviation, ThreatEvidence
 
 log = logging.getLogger(__name__)
 
 _METRIC_COLUMNS = ", ".join(name for name in LatestMetrics.model_fields)
 _ANOMALY_COLUMNS = "timestamp, score, threshold, is_anomaly, detector, top_feature, reasons"
+_THREAT_COLUMNS = "rule, category, severity, first_seen, last_seen, condition, evidence"
 
 
 def latest_metrics(
@@ -88,18 +97,58 @@ def anomalies_between(
     """The agent's anomalies with ``since <= timestamp <= until``, newest first."""
     conditions = ["agent_id = {agent_id:String}"]
     parameters: dict[str, object] = {"agent_id": agent_id, "limit": limit}
-    if since is not None:
-        conditions.append("timestamp >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC')")
-        parameters["since_ms"] = epoch_millis(since)
-    if until is not None:
-        conditions.append("timestamp <= fromUnixTimestamp64Milli({until_ms:Int64}, 'UTC')")
-        parameters["until_ms"] = epoch_millis(until)
+    conditions += _time_bounds("timestamp", since, until, parameters)
     result = client.query(
         f"SELECT {_ANOMALY_COLUMNS} FROM {database}.anomalies FINAL "
         f"WHERE {' AND '.join(conditions)} ORDER BY timestamp DESC LIMIT {{limit:UInt32}}",
         parameters=parameters,
     )
     return [_anomaly(row) for row in result.named_results()]
+
+
+def threats_between(
+    client: Client,
+    database: str,
+    agent_id: str,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    severities: list[str] | None = None,
+    categories: list[str] | None = None,
+) -> list[AgentThreat]:
+    """The agent's threats with ``since <= first_seen <= until``, newest first.
+
+    ``severities`` / ``categories``: keep only threats with one of these (None: any).
+    """
+    conditions = ["agent_id = {agent_id:String}"]
+    parameters: dict[str, object] = {"agent_id": agent_id, "limit": limit}
+    conditions += _time_bounds("first_seen", since, until, parameters)
+    if severities:
+        conditions.append("severity IN {severities:Array(String)}")
+        parameters["severities"] = severities
+    if categories:
+        conditions.append("category IN {categories:Array(String)}")
+        parameters["categories"] = categories
+    result = client.query(
+        f"SELECT {_THREAT_COLUMNS} FROM {database}.threats FINAL "
+        f"WHERE {' AND '.join(conditions)} ORDER BY first_seen DESC, rule LIMIT {{limit:UInt32}}",
+        parameters=parameters,
+    )
+    return [_threat(row) for row in result.named_results()]
+
+
+def _time_bounds(
+    column: str, since: datetime | None, until: datetime | None, parameters: dict[str, object]
+) -> list[str]:
+    """Conditions ``since <= column <= until`` (each only if given); binds their parameters."""
+    conditions = []
+    if since is not None:
+        conditions.append(f"{column} >= fromUnixTimestamp64Milli({{since_ms:Int64}}, 'UTC')")
+        parameters["since_ms"] = epoch_millis(since)
+    if until is not None:
+        conditions.append(f"{column} <= fromUnixTimestamp64Milli({{until_ms:Int64}}, 'UTC')")
+        parameters["until_ms"] = epoch_millis(until)
+    return conditions
 
 
 def agent_is_known(client: Client, database: str, agent_id: str) -> bool:
@@ -131,6 +180,7 @@ def table_counts(client: Client, database: str) -> TableCounts:
         f"(SELECT uniqExact(agent_id) FROM {database}.metrics) AS agents, "
         f"(SELECT count() FROM {database}.metrics) AS metrics_rows, "
         f"(SELECT count() FROM {database}.anomalies) AS anomalies, "
+        f"(SELECT count() FROM {database}.threats) AS threats, "
         f"(SELECT count() FROM {database}.deadletter) AS deadletter"
     )
     row = next(result.named_results())
@@ -182,3 +232,46 @@ def parse_reasons(text: str) -> list[FeatureDeviation]:
         except ValidationError:
             log.warning("anomaly_reason_invalid item=%r", str(item)[:80])
     return reasons
+
+
+def _threat(row: dict) -> AgentThreat:
+    first_seen, last_seen = as_utc(row["first_seen"]), as_utc(row["last_seen"])
+    evidence = parse_evidence(row["evidence"])
+    if evidence is None:  # keep the threat; say what is known of its evidence
+        evidence = ThreatEvidence(
+            condition=row["condition"],
+            values={},
+            window_start=first_seen.timestamp(),
+            window_end=last_seen.timestamp(),
+        )
+    return AgentThreat(
+        rule=row["rule"],
+        category=row["category"],
+        severity=row["severity"],
+        first_seen=first_seen,
+        last_seen=last_seen,
+        evidence=Evidence(
+            condition=evidence.condition,
+            values=evidence.values,
+            baseline=evidence.baseline,
+            window_start=datetime.fromtimestamp(evidence.window_start, UTC),
+            window_end=datetime.fromtimestamp(evidence.window_end, UTC),
+        ),
+    )
+
+
+def parse_evidence(text: str) -> ThreatEvidence | None:
+    """The JSON stored in ``threats.evidence``, or None (logged) if it does not parse.
+
+    >>> parse_evidence('{"condition": "cpu_usage > 95 for 600s", "values": {"cpu_usage": 97.5},'
+    ...                ' "window_start": 1764071400, "window_end": 1764072000}').values
+    {'cpu_usage': 97.5}
+    >>> parse_evidence("{}") is None
+    True
+    """
+    try:
+        return ThreatEvidence.model_validate_json(text)
+    except ValidationError as exc:
+        error = " ".join(str(exc).split())[:200]
+        log.warning("threat_evidence_unparsable text=%r error=%r", text[:80], error)
+        return None

@@ -12,7 +12,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from schemas.models import FeatureDeviation
+from schemas.models import THREAT_CATEGORIES, THREAT_SEVERITIES, FeatureDeviation
+
+#: A threat's category and severity, as the seed names them.
+ThreatCategory = Literal[THREAT_CATEGORIES]  # type: ignore[valid-type]
+ThreatSeverity = Literal[THREAT_SEVERITIES]  # type: ignore[valid-type]
 
 
 class LatestMetrics(BaseModel):
@@ -57,6 +61,29 @@ class Anomaly(BaseModel):
     )
 
 
+class Evidence(BaseModel):
+    """Why a threat was raised: what the rule judged, and over which span of event time."""
+
+    condition: str = Field(description="The rule's condition, in words.")
+    values: dict[str, float] = Field(description="The judged value of each metric.")
+    baseline: list[FeatureDeviation] = Field(
+        description="Metrics off the agent's baseline (baseline rules; otherwise empty)."
+    )
+    window_start: datetime = Field(description="Start of the judged span (UTC).")
+    window_end: datetime = Field(description="End of the judged span (UTC).")
+
+
+class AgentThreat(BaseModel):
+    """One threat episode of an agent, from table ``threats``."""
+
+    rule: str = Field(description="The rule, or detector, that raised it.")
+    category: ThreatCategory
+    severity: ThreatSeverity
+    first_seen: datetime = Field(description="Event time the condition began to hold (UTC).")
+    last_seen: datetime = Field(description="Event time of the latest heartbeat it held for.")
+    evidence: Evidence
+
+
 class AgentStatus(BaseModel):
     """What agentwatch knows about one agent now."""
 
@@ -71,6 +98,9 @@ class AgentStatus(BaseModel):
     latest_anomaly: Anomaly | None = Field(
         description="Most recent scored heartbeat; null if none was ever reported."
     )
+    recent_threats: list[AgentThreat] = Field(
+        description="The agent's latest threats (up to 5), newest first."
+    )
 
 
 class AnomalyList(BaseModel):
@@ -82,6 +112,19 @@ class AnomalyList(BaseModel):
     limit: int
     count: int = Field(description="Number of anomalies returned (at most ``limit``).")
     anomalies: list[Anomaly]
+
+
+class ThreatList(BaseModel):
+    """Threats of one agent that began in a time range, newest first."""
+
+    agent_id: str
+    since: datetime | None = Field(description="Inclusive lower bound of first_seen, if given.")
+    until: datetime | None = Field(description="Inclusive upper bound of first_seen, if given.")
+    severity: list[ThreatSeverity] | None = Field(description="Severities asked for, if any.")
+    category: list[ThreatCategory] | None = Field(description="Categories asked for, if any.")
+    limit: int
+    count: int = Field(description="Number of threats returned (at most ``limit``).")
+    threats: list[AgentThreat]
 
 
 class BrokerHealth(BaseModel):
@@ -126,6 +169,7 @@ class TableCounts(BaseModel):
     agents: int = Field(description="Distinct agents with at least one heartbeat.")
     metrics_rows: int
     anomalies: int
+    threats: int
     deadletter: int
     counted_at: datetime
 

@@ -5,10 +5,13 @@ One client library for both deployments: clickhouse-connect, with a
 ``http(s)://`` DSN for a ClickHouse server. The DDL is the same on both.
 
 Idempotency: every table is a ``ReplacingMergeTree`` whose sort key is the
-natural identity of a row (an agent's heartbeat is ``(agent_id, timestamp)``),
-so a replay of the same Kafka offsets, or a dataflow that re-emits after a
-crash, leaves one row per identity once parts merge; read with ``FINAL``
-where exact counts matter.
+natural identity of a row (an agent's heartbeat is ``(agent_id, timestamp)``,
+a threat episode ``(agent_id, first_seen, rule)``), so a replay of the same
+Kafka offsets, or a dataflow that re-emits after a crash, leaves one row per
+identity once parts merge; read with ``FINAL`` where exact counts matter.
+Where a row of the same identity can be re-published with more in it (a
+baseline, a threat whose ``last_seen`` moved on), the table's version column
+keeps the newest.
 """
 
 from __future__ import annotations
@@ -80,6 +83,23 @@ def schema_statements(settings: Settings) -> list[str]:
         PARTITION BY toYYYYMM(timestamp)
         ORDER BY (agent_id, timestamp)
         TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.threats (
+            agent_id String,
+            tenant_id LowCardinality(String),
+            rule LowCardinality(String),
+            category LowCardinality(String),
+            severity LowCardinality(String),
+            first_seen DateTime64(3, 'UTC'),
+            last_seen DateTime64(3, 'UTC'),
+            condition String,
+            evidence String COMMENT 'JSON {{condition, values, baseline, window_start, window_end}}'
+        )
+        ENGINE = ReplacingMergeTree(last_seen)
+        PARTITION BY toYYYYMM(first_seen)
+        ORDER BY (agent_id, first_seen, rule)
+        TTL toDateTime(first_seen) + INTERVAL {ttl} DAY
         """,
         f"""
         CREATE TABLE IF NOT EXISTS {db}.baselines (

@@ -1,7 +1,7 @@
 """The ClickHouse loader: Kafka topics → idempotent batches in ClickHouse.
 
 One consumer reads ``agents.metrics`` and the derived topics (``anomalies``,
-``baselines``, ``deadletter``) by partition assignment (consumer groups are
+``baselines``, ``threats``, ``deadletter``) by partition assignment (consumer groups are
 slow on the embedded broker) and copies each topic into the table of the same
 name, in batches of ``loader_batch_rows`` rows or ``loader_batch_age_s``
 seconds, whichever comes first.
@@ -56,13 +56,19 @@ from pydantic import BaseModel
 
 from agentwatch.settings import Settings
 from schemas.heartbeats import parse_heartbeats
-from schemas.models import TIMESTAMP_RANGE, AnomalyRecord, BaselineRecord, DeadLetter
+from schemas.models import (
+    TIMESTAMP_RANGE,
+    AnomalyRecord,
+    BaselineRecord,
+    DeadLetter,
+    Threat,
+)
 from sinks.clickhouse import connect, create_schema
 
 log = logging.getLogger("sinks.loader")  # also when run as __main__
 
 #: Logical topics the loader copies; each goes to the ClickHouse table of the same name.
-LOADED_TOPICS = ("metrics", "anomalies", "baselines", "deadletter")
+LOADED_TOPICS = ("metrics", "anomalies", "baselines", "threats", "deadletter")
 
 #: How often the loader looks for topics that do not exist yet (seconds).
 MISSING_TOPICS_RETRY_S = 1.0
@@ -697,6 +703,35 @@ def baseline_row(value: bytes) -> dict:
     return _fields(record)
 
 
+def threat_row(value: bytes) -> dict:
+    """Row of table ``threats`` from one ``agents.threats`` message.
+
+    The evidence is kept whole, as JSON; its condition also gets a column of its own.
+
+    >>> row = threat_row(b'{"agent_id":"a1","tenant_id":"t1","rule":"high_error_rate",'
+    ...     b'"category":"PERFORMANCE","severity":"HIGH","first_seen":1764072000,'
+    ...     b'"last_seen":1764072030,"evidence":{"condition":"avg(error_rate) over 300s > 0.2",'
+    ...     b'"values":{"error_rate":0.31},"window_start":1764071730,"window_end":1764072030}}')
+    >>> row["rule"], row["condition"], orjson.loads(row["evidence"])["values"]
+    ('high_error_rate', 'avg(error_rate) over 300s > 0.2', {'error_rate': 0.31})
+    """
+    record = Threat.model_validate(orjson.loads(value))
+    _require_range("first_seen", record.first_seen, *TIMESTAMP_RANGE)
+    _require_range("last_seen", record.last_seen, *TIMESTAMP_RANGE)
+    evidence = record.evidence
+    return {
+        "agent_id": record.agent_id,
+        "tenant_id": record.tenant_id,
+        "rule": record.rule,
+        "category": record.category,
+        "severity": record.severity,
+        "first_seen": record.first_seen,
+        "last_seen": record.last_seen,
+        "condition": evidence.condition,
+        "evidence": orjson.dumps(evidence.model_dump()).decode(),
+    }
+
+
 def deadletter_row(value: bytes) -> dict:
     """Row of table ``deadletter`` from one ``agents.deadletter`` message."""
     record = DeadLetter.model_validate(orjson.loads(value))
@@ -739,6 +774,7 @@ def _frame(columns: tuple[str, ...], time_columns: tuple[str, ...]) -> Callable:
 _DERIVED_ROWS: dict[str, Callable[[bytes], dict]] = {
     "anomalies": anomaly_row,
     "baselines": baseline_row,
+    "threats": threat_row,
     "deadletter": deadletter_row,
 }
 _DERIVED_FRAMES: dict[str, Callable[[list[dict]], pd.DataFrame]] = {
@@ -757,6 +793,20 @@ _DERIVED_FRAMES: dict[str, Callable[[list[dict]], pd.DataFrame]] = {
         ("timestamp",),
     ),
     "baselines": _frame(tuple(BaselineRecord.model_fields), ("timestamp",)),
+    "threats": _frame(
+        (
+            "agent_id",
+            "tenant_id",
+            "rule",
+            "category",
+            "severity",
+            "first_seen",
+            "last_seen",
+            "condition",
+            "evidence",
+        ),
+        ("first_seen", "last_seen"),
+    ),
     "deadletter": _frame(tuple(DeadLetter.model_fields), ("received_at",)),
 }
 

@@ -1,4 +1,4 @@
-"""The HTTP API on a real chDB: agent status, anomalies, health, /metrics, /docs.
+"""The HTTP API on a real chDB: agent status, anomalies, threats, health, /metrics, /docs.
 
 Most tests write fixture rows straight into the ClickHouse tables and run the
 app without the loader (``run_loader=False``) and with an unreachable broker.
@@ -43,6 +43,10 @@ ANOMALY_COLUMNS = (
     "top_feature", "reasons",
 )  # fmt: skip
 BASELINE_COLUMNS = ("agent_id", "tenant_id", "timestamp", "heartbeats", "warmed_up", "mean", "std")
+THREAT_COLUMNS = (
+    "agent_id", "tenant_id", "rule", "category", "severity", "first_seen", "last_seen",
+    "condition", "evidence",
+)  # fmt: skip
 
 
 def at(seconds_ago: float) -> datetime:
@@ -66,6 +70,27 @@ def baseline_row(agent: str, seconds_ago: float, heartbeats: int, warmed_up: boo
     mean = {"cpu_usage": 40.0, "memory_usage": 60.0}
     std = {"cpu_usage": 5.0, "memory_usage": 2.0}
     return (agent, "t1", at(seconds_ago), heartbeats, warmed_up, mean, std)
+
+
+def threat_row(
+    agent: str,
+    seconds_ago: float,
+    rule: str = "high_error_rate",
+    category: str = "PERFORMANCE",
+    severity: str = "HIGH",
+    evidence: str | None = None,
+) -> tuple:
+    """A threat that began ``seconds_ago`` and held for 30 s, as the loader stores it."""
+    first, last = at(seconds_ago), at(seconds_ago - 30)
+    condition = "avg(error_rate) over 300s > 0.2"
+    if evidence is None:
+        evidence = orjson.dumps({
+            "condition": condition, "values": {"error_rate": 0.31},
+            "baseline": [{"feature": "error_rate", "value": 0.31, "baseline_mean": 0.01,
+                          "baseline_std": 0.005, "z": 60.0}],
+            "window_start": first.timestamp() - 300, "window_end": last.timestamp(),
+        }).decode()  # fmt: skip
+    return (agent, "t1", rule, category, severity, first, last, condition, evidence)
 
 
 @pytest.fixture
@@ -119,6 +144,10 @@ def fleet(ch: Client, offline_settings: Settings) -> None:
         anomaly_row("a1", 600, score=0.991, cpu=70.0),
         anomaly_row("a1", 30, score=0.9995, cpu=97.0),
     ], ANOMALY_COLUMNS)  # fmt: skip
+    insert(ch, offline_settings, "threats", [
+        threat_row("a1", 900),
+        threat_row("a1", 60, rule="resource_exhaustion", category="SYSTEM", severity="CRITICAL"),
+    ], THREAT_COLUMNS)  # fmt: skip
 
 
 # --- /api/v1/agents/{id}/status ------------------------------------------------
@@ -144,6 +173,10 @@ def test_status_shows_latest_heartbeat_baseline_and_anomaly(api: TestClient, fle
         {"feature": "cpu_usage", "value": 97.0, "baseline_mean": 40.0, "baseline_std": 5.0,
          "z": pytest.approx(11.4)}
     ]  # fmt: skip
+    threats = body["recent_threats"]
+    assert [t["rule"] for t in threats] == ["resource_exhaustion", "high_error_rate"]
+    assert threats[0]["severity"] == "CRITICAL" and threats[0]["category"] == "SYSTEM"
+    assert datetime.fromisoformat(threats[0]["first_seen"]) == at(60)
 
 
 def test_status_of_agent_without_baseline_or_anomalies(api: TestClient, fleet: None):
@@ -151,6 +184,7 @@ def test_status_of_agent_without_baseline_or_anomalies(api: TestClient, fleet: N
     assert body["metrics"]["cpu_usage"] == 12.0
     assert body["metrics"]["status"] is None
     assert body["baseline"] is None and body["latest_anomaly"] is None
+    assert body["recent_threats"] == []
 
 
 def test_status_of_agent_with_only_a_baseline(api: TestClient, fleet: None):
@@ -161,7 +195,11 @@ def test_status_of_agent_with_only_a_baseline(api: TestClient, fleet: None):
 
 
 def test_unknown_agent_is_404_saying_which(api: TestClient, fleet: None):
-    for path in ("/api/v1/agents/ghost-7/status", "/api/v1/agents/ghost-7/anomalies"):
+    for path in (
+        "/api/v1/agents/ghost-7/status",
+        "/api/v1/agents/ghost-7/anomalies",
+        "/api/v1/agents/ghost-7/threats",
+    ):
         response = api.get(path)
         assert response.status_code == 404, path
         assert "ghost-7" in response.json()["detail"]
@@ -264,6 +302,161 @@ def test_bad_anomaly_parameters_are_422_with_a_message(
     assert body["detail"] and body["detail"][0]["loc"][0] == "query"
 
 
+# --- /api/v1/agents/{id}/threats ---------------------------------------------------
+
+
+#: a1's threat history: (minutes ago, rule, category, severity), oldest first.
+THREAT_HISTORY = [
+    (80, "high_error_rate", "PERFORMANCE", "HIGH"),
+    (70, "resource_exhaustion", "SYSTEM", "CRITICAL"),
+    (60, "abnormal_metric", "SECURITY", "WARNING"),
+    (50, "data_exfiltration", "SECURITY", "EMERGENCY"),
+    (40, "high_error_rate", "PERFORMANCE", "HIGH"),
+    (30, "status_flapping", "SYSTEM", "WARNING"),
+    (20, "abnormal_metric", "SECURITY", "HIGH"),
+    (10, "resource_exhaustion", "SYSTEM", "CRITICAL"),
+]
+
+
+@pytest.fixture
+def threat_history(ch: Client, offline_settings: Settings) -> list[datetime]:
+    """a1 has 8 threats ten minutes apart (written twice, as a replay would); a2 has one."""
+    rows = [
+        threat_row("a1", 60 * minutes, rule, category, severity)
+        for minutes, rule, category, severity in THREAT_HISTORY
+    ]
+    insert(ch, offline_settings, "threats", rows, THREAT_COLUMNS)
+    insert(ch, offline_settings, "threats", rows, THREAT_COLUMNS)  # the replay
+    insert(ch, offline_settings, "threats", [threat_row("a2", 60)], THREAT_COLUMNS)
+    insert(ch, offline_settings, "metrics", [heartbeat_row("a1", 5)], METRIC_COLUMNS)
+    return [row[5] for row in rows]
+
+
+def test_threats_come_newest_first_with_their_evidence(
+    api: TestClient, threat_history: list[datetime]
+):
+    response = api.get("/api/v1/agents/a1/threats")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["count"] == 8 and body["limit"] == 100  # no replayed duplicates
+    assert body["severity"] is None and body["category"] is None
+    stamps = [datetime.fromisoformat(t["first_seen"]) for t in body["threats"]]
+    assert stamps == sorted(threat_history, reverse=True)
+    newest = body["threats"][0]
+    assert (newest["rule"], newest["category"], newest["severity"]) == THREAT_HISTORY[-1][1:]
+    assert datetime.fromisoformat(newest["last_seen"]) == at(600 - 30)
+    evidence = newest["evidence"]
+    assert evidence["condition"] == "avg(error_rate) over 300s > 0.2"
+    assert evidence["values"] == {"error_rate": 0.31}
+    assert evidence["baseline"] == [
+        {"feature": "error_rate", "value": 0.31, "baseline_mean": 0.01, "baseline_std": 0.005,
+         "z": 60.0}
+    ]  # fmt: skip
+    start, end = (datetime.fromisoformat(evidence[k]) for k in ("window_start", "window_end"))
+    assert (end - start).total_seconds() == pytest.approx(330)
+    assert end == at(600 - 30)
+
+
+def test_threats_filter_by_first_seen_inclusive(api: TestClient, threat_history: list[datetime]):
+    since, until = threat_history[2], threat_history[5]
+    iso = api.get(
+        "/api/v1/agents/a1/threats",
+        params={"since": since.isoformat(), "until": until.isoformat().replace("+00:00", "Z")},
+    ).json()
+    stamps = [datetime.fromisoformat(t["first_seen"]) for t in iso["threats"]]
+    assert stamps == threat_history[5:1:-1]
+    epoch = api.get(
+        "/api/v1/agents/a1/threats",
+        params={"since": str(since.timestamp()), "until": str(until.timestamp())},
+    ).json()
+    assert epoch["threats"] == iso["threats"]
+    assert datetime.fromisoformat(epoch["until"]) == until
+    only_since = api.get("/api/v1/agents/a1/threats", params={"since": since.isoformat()})
+    assert only_since.json()["count"] == 6
+    limited = api.get("/api/v1/agents/a1/threats", params={"limit": 2}).json()
+    stamps = [datetime.fromisoformat(t["first_seen"]) for t in limited["threats"]]
+    assert stamps == threat_history[:-3:-1]  # the newest two
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"severity": "CRITICAL"}, ["resource_exhaustion", "resource_exhaustion"]),
+        ({"severity": ["EMERGENCY", "WARNING"]}, ["status_flapping", "data_exfiltration",
+                                                  "abnormal_metric"]),
+        ({"severity": "critical"}, ["resource_exhaustion", "resource_exhaustion"]),
+        ({"category": "SECURITY"}, ["abnormal_metric", "data_exfiltration", "abnormal_metric"]),
+        ({"category": ["SYSTEM", "PERFORMANCE"]}, ["resource_exhaustion", "status_flapping",
+                                                   "high_error_rate", "resource_exhaustion",
+                                                   "high_error_rate"]),
+        ({"category": "SECURITY", "severity": "HIGH"}, ["abnormal_metric"]),
+        ({"category": "COMPLIANCE"}, []),
+    ],
+)  # fmt: skip
+def test_threats_filter_by_severity_and_category(
+    api: TestClient, threat_history: list[datetime], params: dict, expected: list[str]
+):
+    response = api.get("/api/v1/agents/a1/threats", params=params)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [t["rule"] for t in body["threats"]] == expected
+    for name in ("severity", "category"):
+        if name in params:
+            asked = params[name] if isinstance(params[name], list) else [params[name]]
+            assert body[name] == [value.upper() for value in asked]
+            assert all(t[name] in body[name] for t in body["threats"])
+
+
+def test_filters_combine_with_the_time_range(api: TestClient, threat_history: list[datetime]):
+    body = api.get(
+        "/api/v1/agents/a1/threats",
+        params={"since": threat_history[3].isoformat(), "severity": "HIGH"},
+    ).json()
+    assert [datetime.fromisoformat(t["first_seen"]) for t in body["threats"]] == [
+        threat_history[6],
+        threat_history[4],
+    ]
+
+
+def test_status_shows_the_five_latest_threats(api: TestClient, threat_history: list[datetime]):
+    body = api.get("/api/v1/agents/a1/status").json()
+    stamps = [datetime.fromisoformat(t["first_seen"]) for t in body["recent_threats"]]
+    assert stamps == threat_history[:-6:-1]
+
+
+def test_threat_with_unreadable_evidence_is_still_shown(
+    api: TestClient, ch: Client, offline_settings: Settings
+):
+    insert(ch, offline_settings, "threats", [threat_row("a1", 60, evidence="{not json")],
+           THREAT_COLUMNS)  # fmt: skip
+    threats = api.get("/api/v1/agents/a1/threats").json()["threats"]
+    evidence = threats[0]["evidence"]
+    assert evidence["condition"] == "avg(error_rate) over 300s > 0.2"
+    assert evidence["values"] == {} and evidence["baseline"] == []
+    assert datetime.fromisoformat(evidence["window_start"]) == at(60)
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ({"severity": "SEVERE"}, "severity"),
+        ({"severity": ["HIGH", "urgent"]}, "severity"),
+        ({"category": "NETWORK"}, "category"),
+        ({"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, "is after until"),
+        ({"limit": 0}, "limit"),
+        ({"until": "2026-01-01T00:00:00"}, "no time zone"),
+    ],
+)
+def test_bad_threat_parameters_are_422_with_a_message(
+    api: TestClient, fleet: None, params: dict, words: str
+):
+    response = api.get("/api/v1/agents/a1/threats", params=params)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert words in body["message"], body
+    assert body["detail"] and body["detail"][0]["loc"][0] == "query"
+
+
 # --- health, /metrics, docs ---------------------------------------------------------
 
 
@@ -283,7 +476,7 @@ def test_health_is_degraded_but_fast_when_the_broker_is_down(api: TestClient, fl
     assert clickhouse["reachable"] is True and clickhouse["ping_ms"] > 0
     counts = clickhouse["counts"]
     assert (counts["agents"], counts["metrics_rows"], counts["anomalies"]) == (2, 4, 2)
-    assert counts["deadletter"] == 0
+    assert counts["threats"] == 2 and counts["deadletter"] == 0
     assert body["uptime_s"] >= 0
 
     started = time.monotonic()  # the broker's answer is cached: the second call is quick
@@ -320,13 +513,18 @@ def test_metrics_page_is_valid_prometheus_text(api: TestClient, fleet: None):
     assert families["agentwatch_loader_rows_inserted"].type == "counter"
     assert "agentwatch_dataflow_lag_messages" not in families  # unknown: left out
     rows = {s.labels["table"]: s.value for s in families["agentwatch_clickhouse_rows"].samples}
-    assert rows == {"metrics": 4, "anomalies": 2, "deadletter": 0}
+    assert rows == {"metrics": 4, "anomalies": 2, "threats": 2, "deadletter": 0}
 
 
 def test_docs_openapi_and_unknown_routes(api: TestClient):
     assert api.get("/docs").status_code == 200
     paths = api.get("/openapi.json").json()["paths"]
-    assert {"/api/v1/agents/{agent_id}/status", "/api/v1/system/health", "/metrics"} <= set(paths)
+    assert {
+        "/api/v1/agents/{agent_id}/status",
+        "/api/v1/agents/{agent_id}/threats",
+        "/api/v1/system/health",
+        "/metrics",
+    } <= set(paths)
     assert api.get("/api/v1/nothing-here").status_code == 404
 
 

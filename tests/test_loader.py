@@ -282,8 +282,77 @@ def test_derived_topics_land_in_their_tables(settings, client, topics, loaders):
     assert [(o, k) for o, k, _, _ in rows] == [(40, None), (41, "k"), (42, "k")]
     assert base64.b64decode(rows[0][2]) == original
     stats = loader.stats()
-    assert stats.skipped_invalid == {"metrics": 0, "anomalies": 2, "baselines": 1, "deadletter": 1}
-    assert stats.rows_inserted == {"metrics": 0, "anomalies": 31, "baselines": 5, "deadletter": 3}
+    assert stats.skipped_invalid == {
+        "metrics": 0, "anomalies": 2, "baselines": 1, "threats": 0, "deadletter": 1
+    }  # fmt: skip
+    assert stats.rows_inserted == {
+        "metrics": 0, "anomalies": 31, "baselines": 5, "threats": 0, "deadletter": 3
+    }  # fmt: skip
+
+
+def threat(seq: int, **overrides: object) -> dict:
+    """A threat episode of agent-<seq % 3>, starting at ``T0 + 60 * seq``."""
+    doc = {
+        "agent_id": f"agent-{seq % 3}",
+        "tenant_id": "tenant-0",
+        "rule": "abnormal_metric" if seq % 2 else "high_error_rate",
+        "category": "SECURITY" if seq % 2 else "PERFORMANCE",
+        "severity": "HIGH" if seq % 2 else "CRITICAL",
+        "evidence": {
+            "condition": "error_rate avg over 300s > 0.2",
+            "values": {"error_rate": 0.3 + seq / 100},
+            "baseline": [
+                {
+                    "feature": "error_rate",
+                    "value": 0.3,
+                    "baseline_mean": 0.01,
+                    "baseline_std": 0.005,
+                    "z": 58.0,
+                }
+            ],  # fmt: skip
+            "window_start": T0 + 60 * seq - 300,
+            "window_end": T0 + 60 * seq,
+        },
+        "first_seen": T0 + 60 * seq,
+        "last_seen": T0 + 60 * seq + 30,
+    }
+    doc.update(overrides)
+    return doc
+
+
+def test_threats_land_once_even_when_replayed(settings, client, topics, loaders):
+    threats = [threat(seq) for seq in range(12)]
+    invalid = [
+        b"{broken",
+        orjson.dumps(threat(50, severity="SEVERE")),
+        orjson.dumps(threat(51, category="security")),
+        orjson.dumps(threat(52, first_seen=1e12)),
+        orjson.dumps({**threat(53), "evidence": {"condition": "x"}}),
+    ]
+    produce(settings, "threats", threats + invalid, key=by_agent)
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    poll_until(loader, lambda: count(client, settings, "threats") == 12, "12 threats")
+    # a dataflow that crashed publishes again what it had sent: a later batch, a new part
+    produce(settings, "threats", threats[:4], key=by_agent)
+    poll_until(loader, lambda: loader.stats().rows_inserted["threats"] == 16, "the replay inserted")
+
+    assert count(client, settings, "threats") == 12  # collapsed on (agent_id, first_seen, rule)
+    db = settings.clickhouse_database
+    rows = client.query(
+        f"SELECT agent_id, tenant_id, rule, category, severity, toFloat64(first_seen), "
+        f"toFloat64(last_seen), condition, evidence FROM {db}.threats FINAL "
+        f"WHERE agent_id = 'agent-1' ORDER BY first_seen LIMIT 1"
+    ).result_rows
+    *columns, evidence = rows[0]
+    assert columns == [
+        "agent-1", "tenant-0", "abnormal_metric", "SECURITY", "HIGH", T0 + 60, T0 + 90,
+        "error_rate avg over 300s > 0.2",
+    ]  # fmt: skip
+    assert json.loads(evidence) == threat(1)["evidence"]
+    stats = loader.stats()
+    assert stats.skipped_invalid["threats"] == len(invalid)
+    assert stats.rows_inserted["threats"] == 16
 
 
 def test_restart_resumes_from_stored_offsets_without_duplicates(settings, client, topics):

@@ -24,11 +24,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -48,7 +48,8 @@ from api.responses import (
     ThreatList,
     ThreatSeverity,
 )
-from schemas.models import TIMESTAMP_RANGE
+from api.rules import RuleBook, RuleChangeError, RuleExists, RuleNotFound, RulePublishError
+from schemas.models import TIMESTAMP_RANGE, RuleChange, ThreatRuleSpec
 from sinks.clickhouse import connect, create_schema
 from sinks.loader import Loader
 
@@ -191,6 +192,7 @@ class Runtime:
     loader_client: Client | None
     monitor: SystemMonitor
     sql_clients: ClientPool | None  # read-only sessions for POST /api/v1/sql; None when off
+    rule_book: RuleBook
 
     @classmethod
     def start(cls, settings: Settings, client: Client | None, run_loader: bool) -> Runtime:
@@ -218,7 +220,9 @@ class Runtime:
             settings.clickhouse_dsn,
             "on" if run_loader else "off",
         )
-        return cls(settings, clients, loader, loader_client, monitor, sql_clients)
+        return cls(
+            settings, clients, loader, loader_client, monitor, sql_clients, RuleBook(settings)
+        )
 
     def stop(self) -> None:
         """Stop the loader (it flushes), then release the clients."""
@@ -228,11 +232,19 @@ class Runtime:
             log.info("loader_stopped seconds=%.2f", time.monotonic() - started)
         if self.loader_client is not None:
             self.loader_client.close()
+        self.rule_book.close()
         self.monitor.close()
         self.clients.close()
         if self.sql_clients is not None:
             self.sql_clients.close()
         log.info("api_stopped")
+
+
+ActorHeader = Annotated[
+    str,
+    Header(alias="X-Agentwatch-Actor", min_length=1, max_length=128,
+           description="Who makes the change (recorded with it)."),
+]  # fmt: skip
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -406,6 +418,67 @@ def create_app(
         )
         body = sql.render(result, request.format)
         return Response(body, media_type=sql.MEDIA_TYPES[request.format])
+
+    def change_rules(runtime: Runtime, change: RuleChange, actor: str) -> ThreatRuleSpec | None:
+        try:
+            with runtime.clients.client() as client:
+                return runtime.rule_book.apply(client, change, actor)
+        except RuleNotFound as exc:
+            raise HTTPException(404, detail=str(exc)) from None
+        except RuleExists as exc:
+            raise HTTPException(409, detail=str(exc)) from None
+        except RuleChangeError as exc:
+            raise HTTPException(422, detail=str(exc)) from None
+        except RulePublishError as exc:
+            raise HTTPException(503, detail=str(exc)) from None
+
+    @app.get(f"{API_PREFIX}/rules", response_model=list[ThreatRuleSpec], tags=["rules"])
+    def list_rules(runtime: RuntimeDep) -> list[ThreatRuleSpec]:
+        """The threat rules in force: the seed's defaults and every change made since."""
+        with runtime.clients.client() as client:
+            return runtime.rule_book.rules(client)
+
+    @app.post(
+        f"{API_PREFIX}/rules", response_model=ThreatRuleSpec, status_code=201, tags=["rules"],
+        responses={409: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+    )  # fmt: skip
+    def add_rule(rule: ThreatRuleSpec, runtime: RuntimeDep, actor: ActorHeader = "api"):
+        """Add a rule; the dataflow applies it from the next heartbeat on, without a restart."""
+        return change_rules(runtime, RuleChange(action="add", rule=rule), actor)
+
+    @app.put(
+        f"{API_PREFIX}/rules/{{name}}", response_model=ThreatRuleSpec, tags=["rules"],
+        responses={404: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+    )  # fmt: skip
+    def update_rule(
+        name: str, rule: ThreatRuleSpec, runtime: RuntimeDep, actor: ActorHeader = "api"
+    ):
+        """Replace a rule (its state starts afresh)."""
+        if rule.name != name:
+            raise HTTPException(422, detail=f"the body names rule {rule.name!r}, the path {name!r}")
+        return change_rules(runtime, RuleChange(action="update", rule=rule), actor)
+
+    @app.post(
+        f"{API_PREFIX}/rules/{{name}}/{{action}}", response_model=ThreatRuleSpec, tags=["rules"],
+        responses={404: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+    )  # fmt: skip
+    def switch_rule(
+        name: str,
+        action: Literal["enable", "disable"],
+        runtime: RuntimeDep,
+        actor: ActorHeader = "api",
+    ):
+        """Enable or disable a rule."""
+        return change_rules(runtime, RuleChange(action=action, name=name), actor)
+
+    @app.delete(
+        f"{API_PREFIX}/rules/{{name}}", status_code=204, tags=["rules"],
+        responses={404: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+    )  # fmt: skip
+    def delete_rule(name: str, runtime: RuntimeDep, actor: ActorHeader = "api") -> Response:
+        """Delete a rule."""
+        change_rules(runtime, RuleChange(action="delete", name=name), actor)
+        return Response(status_code=204)
 
     @app.get(f"{API_PREFIX}/system/health", response_model=SystemHealth, tags=["system"])
     def system_health(runtime: RuntimeDep) -> SystemHealth:

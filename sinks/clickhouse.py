@@ -131,6 +131,17 @@ def schema_statements(settings: Settings) -> list[str]:
         TTL toDateTime(received_at) + INTERVAL {ttl} DAY
         """,
         f"""
+        CREATE TABLE IF NOT EXISTS {db}.rules (
+            name String,
+            spec String COMMENT 'JSON of the rule (ThreatRuleSpec), as it was after the change',
+            deleted Bool,
+            version Float64 COMMENT 'when the change was made, epoch seconds',
+            updated_by String
+        )
+        ENGINE = ReplacingMergeTree
+        ORDER BY (name, version)
+        """,
+        f"""
         CREATE TABLE IF NOT EXISTS {db}.loader_offsets (
             cluster_id String,
             topic String,

@@ -64,3 +64,66 @@ def test_injected_cpu_spike_shows_in_the_api_and_survives_a_restart(
     again.wait_ready(timeout_s=90)
     assert spike_found() == found, "the ClickHouse history survives a restart"
     assert again.interrupt() < 10
+
+
+def test_a_rule_added_through_the_api_fires_without_a_restart(
+    run_up, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    import time
+
+    import orjson
+    from confluent_kafka import Producer
+
+    api = f"http://127.0.0.1:{stack_env['AGENTWATCH_API_PORT']}/api/v1"
+    up = run_up()
+    state = up.wait_ready(timeout_s=90)
+    producer = Producer({"bootstrap.servers": state["broker"]["bootstrap_servers"]})
+    now = time.time()
+
+    def beat(cpu: float, at: float) -> float:
+        value = {
+            "agent_id": "agent-x", "tenant_id": "t1", "timestamp": at, "cpu_usage": cpu,
+            "memory_usage": 40.0, "disk_usage": 20.0, "network_latency": 5.0,
+            "active_tasks": 1, "completed_tasks": 1, "failed_tasks": 0, "error_rate": 0.0,
+            "response_time_avg": 100.0, "uptime_seconds": 100.0, "bytes_out": 10,
+        }  # fmt: skip
+        producer.produce("agents.metrics", key=b"agent-x", value=orjson.dumps(value))
+        producer.flush(5)
+        return at
+
+    beat(50.0, now - 60)
+    wait_until(lambda: httpx.get(f"{api}/agents/agent-x/status", timeout=5).status_code == 200,
+               60, "the agent in the API")  # fmt: skip
+    rule = {
+        "name": "cpu_above_85",
+        "condition": {"metric": "cpu_usage", "aggregate": "last", "op": ">", "value": 85},
+        "for_s": 0, "category": "PERFORMANCE", "severity": "WARNING",
+    }  # fmt: skip
+    added = httpx.post(f"{api}/rules", json=rule, timeout=10)
+    assert added.status_code == 201, added.text
+
+    matching: list[float] = []
+    found: list = []
+    deadline = time.monotonic() + 60
+    while not found and time.monotonic() < deadline:
+        matching.append(beat(95.0, now + len(matching)))
+        found = wait_until_or_none(
+            lambda: [t for t in httpx.get(f"{api}/agents/agent-x/threats", timeout=5).json()
+                     ["threats"] if t["rule"] == "cpu_above_85"],
+            2.0,
+        )  # fmt: skip
+    assert found, "the new rule never fired"
+    assert len(matching) <= 2, f"fired only after {len(matching)} matching heartbeats"
+    assert up.interrupt() < 10
+
+
+def wait_until_or_none(predicate, timeout_s: float):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.05)
+    return None

@@ -6,6 +6,7 @@ keeps the ``rules`` projection for the API. Fleet-wide events use the agent
 and tenant id ``*`` (so they share one key, hence one partition, and keep
 their order).
 
+>>> import orjson
 >>> event = rule_change_event({"action": "disable", "name": "excessive_errors"},
 ...                           actor="ops-1", timestamp=1_795_608_000.0)
 >>> event["type"], event["agent_id"], event["payload"]["name"]
@@ -17,7 +18,6 @@ their order).
 
 from __future__ import annotations
 
-import orjson
 from pydantic import ValidationError
 
 from schemas.models import LifecycleEvent, RuleChange

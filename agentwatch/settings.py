@@ -207,6 +207,123 @@ class Settings(BaseSettings):
         64 * 1024, ge=256, description="Heartbeats larger than this go to the dead-letter topic."
     )
 
+    # --- security score (seed: "Agent Security Scoring") --------------------
+    security_initial_score: float = Field(
+        100.0, gt=0, le=100, description="Seed: every agent starts with this score (0…100)."
+    )
+    security_severity_points: dict[str, float] = Field(
+        {"EMERGENCY": 30.0, "CRITICAL": 30.0, "HIGH": 20.0, "WARNING": 15.0, "INFO": 15.0},
+        description="Seed: a threat takes 15–30 points by kind; points per severity "
+        "(a severity not listed takes security_default_points).",
+    )
+    security_default_points: float = Field(
+        15.0, ge=0, le=100, description="Points a threat of an unlisted severity takes."
+    )
+    security_rule_points: dict[str, float] = Field(
+        {},
+        description="Points by rule (or detector) name, overriding the severity's points, "
+        'e.g. {"data_exfiltration": 30}.',
+    )
+    security_recovery_points_per_hour: float = Field(
+        5.0, ge=0, description="A clean agent's score recovers this many points per hour..."
+    )
+    security_recovery_delay_s: float = Field(
+        3600.0, ge=0, description="...once this long (event time) has passed since its last threat."
+    )
+    security_recovery_report_interval_s: float = Field(
+        900.0,
+        gt=0,
+        description="Recovery is recorded in the score history at most once per agent per "
+        "this long (event time).",
+    )
+    security_quarantine_threshold: float = Field(
+        20.0, ge=0, le=100, description="Seed: a score falling below this quarantines the agent..."
+    )
+    security_auto_quarantine: bool = Field(
+        True, description="...when enabled (seed: enabled); otherwise the score only falls."
+    )
+    security_release_resets_score: bool = Field(
+        True,
+        description="Releasing a quarantined agent resets its score to the initial score "
+        "(false: it keeps its score and recovers from there).",
+    )
+    security_breakdown_size: int = Field(
+        8, ge=1, le=32, description="Latest deductions kept per agent to explain its score."
+    )
+
+    # --- trend alerts (a metric on course to cross its limit) ---------------
+    trend_limits: dict[str, float] = Field(
+        {"cpu_usage": 95.0, "memory_usage": 95.0, "disk_usage": 95.0, "error_rate": 0.2},
+        description="Metrics watched for trends, with the limit each must not reach "
+        "(default: the threat rules' limits; disk 95 %).",
+    )
+    trend_horizon_s: float = Field(
+        3600.0, gt=0, description="Warn when the fitted trend reaches the limit within this long."
+    )
+    trend_half_life_s: float = Field(
+        300.0,
+        gt=0,
+        description="The trend is a least-squares line with weights halving every this "
+        "long of event time (shorter: quicker to see a trend, noisier).",
+    )
+    trend_min_samples: int = Field(
+        20, ge=3, le=60_000, description="Heartbeats an agent sends before its trends are judged."
+    )
+    trend_min_r2: float = Field(
+        0.8,
+        gt=0,
+        lt=1,
+        description="The line must explain at least this share of the metric's weighted "
+        "variance (R²): noise and bumps do not make a trend.",
+    )
+    trend_rearm_factor: float = Field(
+        2.0,
+        ge=1,
+        description="After a warning, a metric warns again only once its trend no longer "
+        "reaches the limit within this many horizons (or it turned down).",
+    )
+
+    # --- alerts (lifecycle, flapping, coordinated threats, webhooks) --------
+    alert_resolve_after_s: float = Field(
+        300.0,
+        ge=0,
+        description="An alert resolves once its condition has stopped holding for this long "
+        "(event time): a hysteresis, so a condition that flickers does not resolve and refire.",
+    )
+    alert_flap_window_s: float = Field(
+        1800.0,
+        ge=0,
+        description="An alert that fires again within this long after it resolved counts a "
+        "flap; a flapping alert stays firing until its condition is calm this long.",
+    )
+    alert_flap_threshold: int = Field(
+        2, ge=1, description="Flaps in a row that mark an alert flapping (no more notifications)."
+    )
+    alert_silent_resolve_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="An alert of an agent not heard of for this long (event time) resolves, "
+        "so the alerts of agents that went away do not stay open forever.",
+    )
+    coordination_min_agents: int = Field(
+        5, ge=2, description="Coordinated threat: at least this many agents of one tenant..."
+    )
+    coordination_window_s: float = Field(
+        300.0, gt=0, description="...raise the same kind of threat within this long (event time)."
+    )
+    coordination_max_listed_agents: int = Field(
+        100, ge=2, description="Most agents an incident lists (beyond: marked truncated)."
+    )
+    webhook_retry_attempts: int = Field(
+        5, ge=0, description="A failed webhook delivery is retried this many times..."
+    )
+    webhook_retry_base_s: float = Field(
+        1.0, gt=0, description="...first after about this long, doubling each time..."
+    )
+    webhook_retry_max_s: float = Field(
+        60.0, gt=0, description="...but never waiting longer than this between attempts."
+    )
+
     # --- the seed's monitoring intervals -----------------------------------
     heartbeat_interval_s: float = Field(30.0, gt=0, description="Seed: agents beat every 30 s.")
 

@@ -330,6 +330,136 @@ class Threat(BaseModel):
     last_seen: float = Field(description="Event time of the latest heartbeat it held for.")
 
 
+class ScoreChange(BaseModel):
+    """A change of an agent's security score (the score history, ClickHouse ``security_scores``).
+
+    Each record's ``delta`` is the change since the agent's previous record, so the
+    history adds up: previous ``score`` + ``delta`` = ``score``.
+    """
+
+    agent_id: str
+    tenant_id: str
+    timestamp: float = Field(description="Event time of the change, epoch seconds.")
+    score: float = Field(ge=0, le=100, description="The score after the change.")
+    delta: float = Field(description="Change since the agent's previous record (< 0: a loss).")
+    cause: str = Field(
+        description="Name of the rule or detector whose threat took points, or "
+        "'recovery' (clean for long enough), or 'release' (an operator released it)."
+    )
+    first_seen: float | None = Field(
+        None, description="When the threat's condition began to hold (threats only)."
+    )
+
+
+class AgentCommand(BaseModel):
+    """An order to an agent's runtime on ``agents.commands`` (key = ``agent_id``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command_id: Identifier = Field(
+        description="Deterministic id: a replay of the same decision carries the same id."
+    )
+    agent_id: Identifier
+    tenant_id: Identifier
+    command: Identifier = Field(description="What to do: quarantine, …")
+    reason: Annotated[StrictStr, Field(max_length=2000)] = Field(description="Why, in words.")
+    issued_at: EpochSeconds = Field(description="Event time of the decision.")
+    actor: Identifier = Field("system", description="Who ordered it: a user id, or 'system'.")
+    score: float | None = Field(
+        None, ge=0, le=100, description="The agent's security score when it was ordered."
+    )
+
+
+#: The states of an alert (:mod:`agentwatch.alerts`): ``pending`` while its condition
+#: holds for less than the rule's for-duration, ``firing`` once the threat is raised,
+#: ``resolved`` once the condition has stopped holding for long enough.
+ALERT_STATES = ("pending", "firing", "resolved")
+
+
+class Alert(BaseModel):
+    """A change of an alert's state on ``agents.alerts`` (key = ``fingerprint``).
+
+    One alert per fingerprint (agent + rule); an event is published only when its
+    state, its flapping mark or its silencing changes, never per heartbeat.
+    """
+
+    fingerprint: str = Field(description="Stable id of agent + rule (16 hex digits).")
+    agent_id: str
+    tenant_id: str
+    rule: str = Field(description="Name of the rule, or of the detector, behind the alert.")
+    category: Literal[THREAT_CATEGORIES] | None = Field(  # type: ignore[valid-type]
+        description="Known once the threat is raised or the rule is known."
+    )
+    severity: Literal[THREAT_SEVERITIES] | None  # type: ignore[valid-type]
+    state: Literal[ALERT_STATES]  # type: ignore[valid-type]
+    started_at: float = Field(description="Event time the condition began to hold.")
+    fired_at: float | None = Field(description="Event time the threat was raised.")
+    resolved_at: float | None = Field(description="Event time the condition stopped holding.")
+    last_seen: float = Field(description="Latest event time the condition was known to hold.")
+    updated_at: float = Field(
+        description="Event time of this change (a resolution: resolved_at + the hold)."
+    )
+    flapping: bool = Field(description="Refired too often after resolving: held firing.")
+    flap_count: int = Field(ge=0, description="Refires within the flap window, in a row.")
+    summary: str
+    evidence: ThreatEvidence | None = Field(description="The threat's evidence, once fired.")
+    silenced: bool = Field(description="A silence matched it: delivery skips this event.")
+
+
+def _matcher(description: str) -> object:
+    return Field("*", min_length=1, max_length=128, description=description)
+
+
+class Silence(BaseModel):
+    """Mutes the alerts it matches from ``starts_at`` to ``ends_at`` (``/api/v1/silences``).
+
+    Every matcher is an exact value or ``*`` (anything). Silenced alerts still
+    change state; their events carry ``silenced: true`` and are not delivered.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Identifier
+    agent_id: StrictStr = _matcher("Agent id, or *.")
+    tenant_id: StrictStr = _matcher("Tenant id, or *.")
+    rule: StrictStr = _matcher("Rule or detector name, or *.")
+    category: StrictStr = _matcher("SYSTEM, SECURITY, PERFORMANCE, COMPLIANCE, or *.")
+    severity: StrictStr = _matcher("EMERGENCY, CRITICAL, HIGH, WARNING, INFO, or *.")
+    starts_at: EpochSeconds
+    ends_at: EpochSeconds
+    created_by: Identifier
+    comment: Annotated[StrictStr, Field(max_length=2000)] = ""
+
+    @model_validator(mode="after")
+    def _span(self) -> Silence:
+        if self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        for name, allowed in (("category", THREAT_CATEGORIES), ("severity", THREAT_SEVERITIES)):
+            value = getattr(self, name)
+            if value != "*" and value not in allowed:
+                raise ValueError(f"{name} {value!r} is none of {', '.join(allowed)} or *")
+        return self
+
+
+class Incident(BaseModel):
+    """A coordinated threat on ``agents.incidents`` (key = ``incident_id``): at least K
+    agents of one tenant raised the same kind of threat within a window.
+
+    Published when it opens, and again (same id, higher ``revision``) when more agents join.
+    """
+
+    incident_id: str = Field(description="Deterministic from tenant, rule and window start.")
+    tenant_id: str
+    rule: str
+    category: Literal[THREAT_CATEGORIES]  # type: ignore[valid-type]
+    severity: Literal[THREAT_SEVERITIES] = "EMERGENCY"  # type: ignore[valid-type]
+    agent_ids: list[str] = Field(description="The agents linked, in the order they joined.")
+    truncated: bool = Field(False, description="More agents joined than are listed.")
+    first_seen: float = Field(description="Event time of the earliest linked threat.")
+    last_seen: float = Field(description="Event time of the latest linked threat.")
+    revision: int = Field(0, ge=0, description="0 when opened, +1 per update.")
+
+
 #: Every exported model, by file name under ``schemas/``.
 EXPORTED = {
     "heartbeat": Heartbeat,
@@ -340,4 +470,9 @@ EXPORTED = {
     "threat_rule": ThreatRuleSpec,
     "rule_change": RuleChange,
     "threat": Threat,
+    "score_change": ScoreChange,
+    "agent_command": AgentCommand,
+    "alert": Alert,
+    "silence": Silence,
+    "incident": Incident,
 }

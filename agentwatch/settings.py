@@ -21,7 +21,18 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Logical topic names; the physical name is ``topic_prefix + "agents." + name``.
-TOPICS = ("metrics", "events", "anomalies", "baselines", "threats", "deadletter", "commands")
+TOPICS = (
+    "metrics",
+    "events",
+    "anomalies",
+    "baselines",
+    "threats",
+    "alerts",
+    "incidents",
+    "scores",
+    "deadletter",
+    "commands",
+)
 
 
 class Settings(BaseSettings):

@@ -1,9 +1,12 @@
 """Everything the dataflow keeps for one shard of agents, and one batch's way through it.
 
-A shard's state is its agents' baselines and detector (:class:`FleetBaselines`)
-and the threat rules' state (:class:`RuleSet`). Rules judge each heartbeat
-against the baseline as it stood before the batch; then the detector scores
-and learns it.
+A shard's state is its agents' baselines and detector (:class:`FleetBaselines`),
+the threat rules' state (:class:`RuleSet`), the trend fits
+(:class:`TrendWatch`), the security scores (:class:`SecurityScores`) and the
+alerts (:class:`AlertBook`). For each batch: rules judge every heartbeat
+against the baseline as it stood before the batch, trends look ahead, the
+detector scores and learns, threats cost security points (and may quarantine
+an agent), and alerts follow the rules' conditions.
 
 >>> from agentwatch.settings import Settings
 >>> shard = ShardState.new(Settings())
@@ -15,41 +18,96 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agentwatch.alerts import AlertBook
 from agentwatch.fleet import DetectorConfig, FleetBaselines
 from agentwatch.rules import BaselineInputs, RuleSet
+from agentwatch.security import SecurityScores
 from agentwatch.settings import Settings
+from agentwatch.trends import TrendWatch
 from schemas.heartbeats import HeartbeatBatch
+from schemas.models import RuleChange
 
 
 @dataclass(slots=True)
 class ShardOutput:
-    """What one batch produced, as plain dicts in the layouts of :mod:`schemas.models`:
-    ``AnomalyRecord``, ``BaselineRecord`` and ``Threat``."""
+    """What one batch produced, as plain dicts in the layouts of :mod:`schemas.models`.
+
+    ``anomalies``: ``AnomalyRecord``; ``baselines``: ``BaselineRecord``;
+    ``threats``: ``Threat``; ``alerts``: ``Alert``; ``scores``: ``ScoreChange``;
+    ``commands``: ``AgentCommand``; ``events``: ``LifecycleEvent`` (quarantines).
+    """
 
     anomalies: list[dict] = field(default_factory=list)
     baselines: list[dict] = field(default_factory=list)
     threats: list[dict] = field(default_factory=list)
+    alerts: list[dict] = field(default_factory=list)
+    scores: list[dict] = field(default_factory=list)
+    commands: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class ShardState:
-    """Baselines, detector and threat-rule state of one shard of agents."""
+    """The per-agent state of one shard of agents."""
 
     baselines: FleetBaselines
     rules: RuleSet
+    trends: TrendWatch
+    security: SecurityScores
+    alerts: AlertBook
 
     @classmethod
     def new(cls, settings: Settings) -> ShardState:
         """An empty shard with the default rule set of ``settings``."""
+        rules = RuleSet.default(settings)
         return cls(
-            FleetBaselines(DetectorConfig.from_settings(settings)), RuleSet.default(settings)
+            FleetBaselines(DetectorConfig.from_settings(settings)),
+            rules,
+            TrendWatch.from_settings(settings),
+            SecurityScores.from_settings(settings),
+            AlertBook(settings, rules.rules()),
         )
 
+    @classmethod
+    def carry_over(cls, state: object, settings: Settings) -> ShardState:
+        """A shard state from a recovery snapshot of an earlier version: what it holds
+        is kept, what it lacks starts empty."""
+        fresh = cls.new(settings)
+        if isinstance(state, FleetBaselines):
+            fresh.baselines = state
+            return fresh
+        for name in cls.__slots__:
+            if hasattr(state, name):
+                setattr(fresh, name, getattr(state, name))
+        fresh.alerts.set_rules(fresh.rules.rules())
+        return fresh
+
     def observe(self, batch: HeartbeatBatch) -> ShardOutput:
-        """Judge the rules, then score and learn, for every heartbeat of ``batch``."""
+        """Every step of the shard for every heartbeat of ``batch``."""
         if not len(batch):
             return ShardOutput()
         before = BaselineInputs.from_fleet(self.baselines, batch)
         judged = self.rules.observe(batch, before)
+        threats = judged.threats + self.trends.observe(batch)
         scored = self.baselines.observe(batch)
-        return ShardOutput(scored.anomalies, scored.baselines, judged.threats)
+        security = self.security.observe(batch, threats)
+        alerts = self.alerts.observe(judged.transitions, threats, batch.agent_id, batch.timestamp)
+        return ShardOutput(
+            anomalies=scored.anomalies,
+            baselines=scored.baselines,
+            threats=threats,
+            alerts=alerts,
+            scores=security.score_changes,
+            commands=security.commands,
+            events=security.lifecycle_events,
+        )
+
+    def change_rules(self, change: RuleChange) -> ShardOutput:
+        """Apply a rule change (raises ``RuleChangeError`` if it does not fit); a rule
+        disabled or deleted resolves its alerts."""
+        self.rules.apply(change)
+        self.alerts.set_rules(self.rules.rules())
+        retired = []
+        if change.action in ("disable", "delete"):
+            retired = self.alerts.retire_rule(change.target)
+        return ShardOutput(alerts=retired)

@@ -37,8 +37,8 @@ from bytewax.outputs import Sink
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from agentwatch.fleet import FleetBaselines
-from agentwatch.rules import RuleChangeError, RuleSet
+from agentwatch.alerts import CoordinationDetector
+from agentwatch.rules import RuleChangeError
 from agentwatch.settings import Settings
 from agentwatch.shard import ShardOutput, ShardState
 from dataflows.kafka_source import STOP, KafkaBatchSource, RawBatch
@@ -160,38 +160,67 @@ def shards_of(agent_ids: list[str], shard_count: int) -> np.ndarray:
 
 
 def observe_shard(
-    settings: Settings,
-    state: ShardState | FleetBaselines | None,
-    item: HeartbeatBatch | RuleChange,
+    settings: Settings, state: object | None, item: HeartbeatBatch | RuleChange
 ) -> tuple[ShardState, ShardOutput]:
-    """Judge rules, score and learn one shard's heartbeats, or change its rules
-    (the state is the shard's)."""
+    """One step of a shard (its state is the shard's): a batch of heartbeats, or a
+    change of the rules."""
     if state is None:
         state = ShardState.new(settings)
-    elif isinstance(state, FleetBaselines):  # a snapshot from before threat rules existed
-        state = ShardState(state, RuleSet.default(settings))
+    elif not isinstance(state, ShardState) or not hasattr(state, "alerts"):
+        state = ShardState.carry_over(state, settings)  # a snapshot of an earlier version
     if isinstance(item, RuleChange):
         try:
-            state.rules.apply(item)
+            return state, state.change_rules(item)
         except RuleChangeError as exc:
             log.warning("rule_change_refused action=%s rule=%s reason=%s",
                         item.action, item.target, exc)  # fmt: skip
-        return state, ShardOutput()
+            return state, ShardOutput()
     return state, state.observe(item)
 
 
+#: Which topic each kind of shard output goes to.
+OUTPUT_TOPICS = {
+    "anomalies": "anomalies",
+    "baselines": "baselines",
+    "threats": "threats",
+    "alerts": "alerts",
+    "scores": "scores",
+    "commands": "commands",
+    "events": "events",
+}
+
+
 def findings(topics: dict[str, str], keyed: tuple[str, ShardOutput]) -> list[Message]:
-    """The shard's anomaly records, baseline snapshots and threats as Kafka messages;
-    ``topics`` names the topic of each kind."""
+    """The shard's records as Kafka messages, keyed by agent; ``topics`` names the
+    topic of each kind of output (see :data:`OUTPUT_TOPICS`)."""
     _, output = keyed
     return [
-        _message(key=record["agent_id"].encode(), value=orjson.dumps(record), topic=topics[kind])
-        for kind, records in (
-            ("anomalies", output.anomalies),
-            ("baselines", output.baselines),
-            ("threats", output.threats),
-        )
-        for record in records
+        _message(key=record["agent_id"].encode(), value=orjson.dumps(record), topic=topic)
+        for kind, topic in topics.items()
+        for record in getattr(output, kind)
+    ]
+
+
+def by_tenant(threat_message: Message) -> list[tuple[str, dict]]:
+    """A published threat, keyed by its tenant (for the coordination step)."""
+    threat = orjson.loads(threat_message.value)
+    return [(threat["tenant_id"], threat)]
+
+
+def coordinate(
+    settings: Settings, state: CoordinationDetector | None, threat: dict
+) -> tuple[CoordinationDetector, list[dict]]:
+    """Threats of one tenant → coordinated incidents (≥ K agents, same rule, window W)."""
+    if state is None:
+        state = CoordinationDetector(settings)
+    return state, state.observe([threat])
+
+
+def incident_messages(topic: str, keyed: tuple[str, list[dict]]) -> list[Message]:
+    tenant, incidents = keyed
+    return [
+        _message(key=tenant.encode(), value=orjson.dumps(incident), topic=topic)
+        for incident in incidents
     ]
 
 
@@ -242,12 +271,16 @@ def build_flow(
         by_shard = op.merge("shard_inputs", by_shard, to_shards)
     # the step keeps its first name: recovery snapshots are filed under it
     observed = op.stateful_map("agent_baselines", by_shard, partial(observe_shard, settings))
-    found = op.flat_map(
-        "findings", observed,
-        partial(findings, {kind: settings.topic(kind) for kind in ("anomalies", "baselines",
-                                                                    "threats")}),
-    )  # fmt: skip
-    op.output("publish", op.merge("outputs", rejected, found), sink)
+    topics = {kind: settings.topic(name) for kind, name in OUTPUT_TOPICS.items()}
+    found = op.flat_map("findings", observed, partial(findings, topics))
+    threats = op.filter("threats", found, lambda m: m.topic == topics["threats"])
+    tenants = op.flat_map("by_tenant", threats, by_tenant)
+    incidents = op.flat_map(
+        "incidents",
+        op.stateful_map("coordinated_threats", tenants, partial(coordinate, settings)),
+        partial(incident_messages, settings.topic("incidents")),
+    )
+    op.output("publish", op.merge("outputs", rejected, found, incidents), sink)
     return flow
 
 

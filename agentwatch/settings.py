@@ -193,7 +193,13 @@ class Settings(BaseSettings):
     threat_abnormal_sigma: float = Field(
         3.0, gt=0, description="Abnormal patterns: a metric this many std from its baseline..."
     )
-    threat_abnormal_for_s: float = Field(0.0, ge=0, description="...for at least this long.")
+    threat_abnormal_for_s: float = Field(
+        60.0,
+        ge=0,
+        description="...for at least this long (the seed gives no duration; 60 s = three "
+        "heartbeats in a row at the seed's 30 s: a single 3σ heartbeat among 8 metrics "
+        "happens to ~2 % of normal heartbeats, three in a row to almost none).",
+    )
     threat_status_changes_max: int = Field(
         10, ge=0, description="Rapid changes: more status changes than this..."
     )
@@ -325,6 +331,13 @@ class Settings(BaseSettings):
     coordination_max_listed_agents: int = Field(
         100, ge=2, description="Most agents an incident lists (beyond: marked truncated)."
     )
+    alert_webhooks: list[str] = Field(
+        [],
+        description="URLs that alerts are POSTed to (firing, and resolved after firing; not "
+        "silenced). A URL prefixed 'slack:' (slack:https://hooks.slack.com/...) gets a "
+        "Slack-compatible message, any other the generic JSON envelope.",
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Longest wait for one delivery.")
     webhook_retry_attempts: int = Field(
         5, ge=0, description="A failed webhook delivery is retried this many times..."
     )

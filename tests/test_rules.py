@@ -123,7 +123,7 @@ def baseline_inputs(n: int, warm: bool = True) -> BaselineInputs:
 
 
 def test_abnormal_patterns_fires_beyond_three_sigma_of_a_warm_baseline_only() -> None:
-    rules = only("abnormal_patterns")
+    rules = only("abnormal_patterns", threat_abnormal_for_s=0)
     inputs = baseline_inputs(1)
     assert fired_at(rules, beats_every(30, 1, cpu_usage=46.0), "abnormal_patterns",
                     baselines=inputs) == []  # fmt: skip
@@ -133,7 +133,7 @@ def test_abnormal_patterns_fires_beyond_three_sigma_of_a_warm_baseline_only() ->
         {"feature": "cpu_usage", "value": 46.5, "baseline_mean": 40.0, "baseline_std": 2.0,
          "z": 3.25}
     ]  # fmt: skip
-    cold = only("abnormal_patterns")
+    cold = only("abnormal_patterns", threat_abnormal_for_s=0)
     assert not cold.observe(
         batch_of(beats_every(30, 1, cpu_usage=90.0)), baseline_inputs(1, False)
     ).threats
@@ -141,7 +141,7 @@ def test_abnormal_patterns_fires_beyond_three_sigma_of_a_warm_baseline_only() ->
 
 
 def test_baselines_can_be_read_from_the_fleet_before_it_learns_the_batch() -> None:
-    cfg = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20)
+    cfg = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20, threat_abnormal_for_s=0)
     fleet = FleetBaselines(DetectorConfig.from_settings(cfg))
     rules = RuleSet.default(cfg)
     history = beats_every(30, 30, cpu_usage=[40.0 + i % 3 for i in range(30)])

@@ -1,11 +1,13 @@
-"""The HTTP API: agent status, anomalies and threats from ClickHouse, read-only SQL, health,
-Prometheus.
+"""The HTTP API: agent status, anomalies, threats, alerts, security scores and incidents
+from ClickHouse; silences and quarantine requests published on ``agents.events``; read-only
+SQL, health, Prometheus.
 
 ``create_app(settings)`` builds the FastAPI app. Its lifespan opens
 ClickHouse (in the embedded profile this process is the one that owns the
 chDB directory), creates the schema, and runs the ClickHouse loader in a
-background thread; on shutdown (SIGTERM, Ctrl-C) it stops the loader, which
-flushes what it holds.
+background thread, next to the webhook deliverer (:mod:`sinks.webhooks`) when
+webhooks are configured; on shutdown (SIGTERM, Ctrl-C) it stops both (the
+loader flushes what it holds).
 
 Endpoints are plain ``def`` functions: clickhouse-connect and the Kafka client
 block, so FastAPI runs them in its thread pool and the event loop stays free.
@@ -33,31 +35,40 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, BeforeValidator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 from agentwatch.settings import Settings
 from api import prometheus, queries, sql
 from api.client_pool import ClientPool
 from api.health import SystemMonitor
+from api.publisher import EventPublisher, PublishError
 from api.responses import (
+    AgentSecurity,
     AgentStatus,
+    AlertList,
+    AlertStateName,
     AnomalyList,
+    IncidentList,
     SystemHealth,
     ThreatCategory,
     ThreatList,
     ThreatSeverity,
 )
 from api.rules import RuleBook, RuleChangeError, RuleExists, RuleNotFound, RulePublishError
-from schemas.models import TIMESTAMP_RANGE, RuleChange, ThreatRuleSpec
+from api.silences import NewSilence, SilenceBook, SilenceNotFound, StoredSilence
+from schemas.models import TIMESTAMP_RANGE, LifecycleEvent, RuleChange, Silence, ThreatRuleSpec
 from sinks.clickhouse import connect, create_schema
 from sinks.loader import Loader
+from sinks.webhooks import WebhookDeliverer
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
 #: How many of an agent's latest threats its status shows.
 STATUS_RECENT_THREATS = 5
+#: How many of an agent's latest score changes its security view shows.
+SECURITY_RECENT_CHANGES = 20
 
 
 class ErrorMessage(BaseModel):
@@ -182,6 +193,31 @@ CategoryFilter = Annotated[
 ]
 
 
+def _lower(value: object) -> object:
+    """Alert states are lower case; accept them in any case."""
+    return value.lower() if isinstance(value, str) else value
+
+
+StateFilter = Annotated[
+    list[Annotated[AlertStateName, BeforeValidator(_lower)]] | None,
+    Query(description="Keep only alerts now in these states (repeat for several)."),
+]
+Limit = Annotated[int, Query(ge=1, le=10_000, description="Most items returned.")]
+TenantFilter = Annotated[str | None, Query(min_length=1, max_length=128)]
+
+
+class QuarantineRequest(BaseModel):
+    """The body of ``POST /api/v1/agents/{id}/quarantine``."""
+
+    reason: str = Field(min_length=1, max_length=2000, description="Why, in words.")
+
+
+class ReleaseRequest(BaseModel):
+    """The body of ``POST /api/v1/agents/{id}/release`` (optional)."""
+
+    reason: str = Field("", max_length=2000, description="Why, in words.")
+
+
 @dataclass
 class Runtime:
     """What the app holds while it runs: its ClickHouse clients, the loader, the monitor."""
@@ -193,6 +229,10 @@ class Runtime:
     monitor: SystemMonitor
     sql_clients: ClientPool | None  # read-only sessions for POST /api/v1/sql; None when off
     rule_book: RuleBook
+    publisher: EventPublisher
+    silences: SilenceBook
+    webhooks: WebhookDeliverer | None = None
+    webhooks_client: Client | None = None
 
     @classmethod
     def start(cls, settings: Settings, client: Client | None, run_loader: bool) -> Runtime:
@@ -210,22 +250,34 @@ class Runtime:
             loader_client = connect(settings)
             loader = Loader(settings, loader_client)
             loader.start()
+        webhooks = webhooks_client = None
+        if run_loader and settings.alert_webhooks:
+            webhooks_client = connect(settings)  # its own connection, like the loader's
+            webhooks = WebhookDeliverer(settings, webhooks_client)
+            webhooks.start()
         monitor = SystemMonitor(settings, clients, loader, loader_expected=run_loader)
         sql_clients = None
         if settings.api_sql_enabled:  # opened on first use, after the schema exists
             sql_clients = ClientPool(open_client=lambda: sql.open_read_only_client(settings))
         log.info(
-            "api_started database=%s clickhouse=%s loader=%s",
+            "api_started database=%s clickhouse=%s loader=%s webhooks=%d",
             settings.clickhouse_database,
             settings.clickhouse_dsn,
             "on" if run_loader else "off",
+            len(settings.alert_webhooks) if webhooks is not None else 0,
         )
+        publisher = EventPublisher(settings)
         return cls(
-            settings, clients, loader, loader_client, monitor, sql_clients, RuleBook(settings)
-        )
+            settings, clients, loader, loader_client, monitor, sql_clients, RuleBook(settings),
+            publisher, SilenceBook(settings, publisher), webhooks, webhooks_client,
+        )  # fmt: skip
 
     def stop(self) -> None:
-        """Stop the loader (it flushes), then release the clients."""
+        """Stop the webhook deliverer and the loader (it flushes), then release the clients."""
+        if self.webhooks is not None:
+            self.webhooks.stop()
+        if self.webhooks_client is not None:
+            self.webhooks_client.close()
         if self.loader is not None:
             started = time.monotonic()
             self.loader.stop()
@@ -233,6 +285,7 @@ class Runtime:
         if self.loader_client is not None:
             self.loader_client.close()
         self.rule_book.close()
+        self.publisher.close()
         self.monitor.close()
         self.clients.close()
         if self.sql_clients is not None:
@@ -303,6 +356,8 @@ def create_app(
             threats = queries.threats_between(
                 client, database, agent_id, None, None, STATUS_RECENT_THREATS
             )
+            scores = queries.score_changes(client, database, agent_id, 1)
+            quarantine = quarantine_state(queries.quarantine_events(client, database, agent_id))
         tenant_id = latest[0] if latest else baseline[0]
         metrics = latest[1] if latest else None
         last_heartbeat = metrics.timestamp if metrics else None
@@ -317,6 +372,8 @@ def create_app(
             baseline=baseline[1] if baseline else None,
             latest_anomaly=anomaly,
             recent_threats=threats,
+            security_score=scores[0].score if scores else settings.security_initial_score,
+            quarantined=quarantine["quarantined"],
         )
 
     @app.get(
@@ -375,6 +432,206 @@ def create_app(
             count=len(found),
             threats=found,
         )
+
+    @app.get(
+        f"{API_PREFIX}/alerts",
+        response_model=AlertList,
+        responses={422: {"model": ValidationErrorBody}},
+        tags=["alerts"],
+    )
+    def list_alerts(
+        runtime: RuntimeDep,
+        state: StateFilter = None,
+        severity: SeverityFilter = None,
+        category: CategoryFilter = None,
+        tenant: TenantFilter = None,
+        limit: Limit = 100,
+    ) -> AlertList:
+        """Every alert (agent + rule) in its current state, most recently changed first;
+        the filters apply to the current state."""
+        with runtime.clients.client() as client:
+            found = queries.current_alerts(
+                client, settings.clickhouse_database, limit, tenant_id=tenant, states=state,
+                severities=severity, categories=category,
+            )  # fmt: skip
+        return AlertList(count=len(found), alerts=found)
+
+    @app.get(
+        f"{API_PREFIX}/agents/{{agent_id}}/alerts",
+        response_model=AlertList,
+        responses={404: {"model": ErrorMessage}, 422: {"model": ValidationErrorBody}},
+        tags=["agents", "alerts"],
+    )
+    def agent_alerts(
+        agent_id: AgentId, runtime: RuntimeDep, state: StateFilter = None, limit: Limit = 100
+    ) -> AlertList:
+        """One agent's alerts in their current state, most recently changed first."""
+        database = settings.clickhouse_database
+        with runtime.clients.client() as client:
+            found = queries.current_alerts(client, database, limit, agent_id=agent_id, states=state)
+            if not found and not queries.agent_is_known(client, database, agent_id):
+                raise HTTPException(404, detail=_unknown_agent(agent_id))
+        return AlertList(count=len(found), alerts=found)
+
+    @app.get(
+        f"{API_PREFIX}/agents/{{agent_id}}/security",
+        response_model=AgentSecurity,
+        responses={404: {"model": ErrorMessage}, 422: {"model": ValidationErrorBody}},
+        tags=["agents"],
+    )
+    def agent_security(
+        agent_id: AgentId, runtime: RuntimeDep, limit: Limit = SECURITY_RECENT_CHANGES
+    ) -> AgentSecurity:
+        """The agent's security score, the latest changes that made it (which threats
+        took what), and whether it is quarantined."""
+        database = settings.clickhouse_database
+        with runtime.clients.client() as client:
+            changes = queries.score_changes(client, database, agent_id, limit)
+            tenant_id = _tenant_of(client, database, agent_id)
+            if not changes and tenant_id is None:
+                raise HTTPException(404, detail=_unknown_agent(agent_id))
+            quarantine = quarantine_state(queries.quarantine_events(client, database, agent_id))
+        deductions: dict[str, float] = {}
+        for change in changes:
+            if change.delta < 0:
+                deductions[change.cause] = deductions.get(change.cause, 0.0) - change.delta
+        return AgentSecurity(
+            agent_id=agent_id,
+            tenant_id=tenant_id,
+            score=changes[0].score if changes else settings.security_initial_score,
+            as_of=changes[0].timestamp if changes else None,
+            deductions=deductions,
+            changes=changes,
+            **quarantine,
+        )
+
+    def publish_request(
+        runtime: Runtime, agent_id: str, kind: str, actor: str, payload: dict
+    ) -> LifecycleEvent:
+        with runtime.clients.client() as client:
+            tenant_id = _tenant_of(client, settings.clickhouse_database, agent_id)
+        if tenant_id is None:
+            raise HTTPException(404, detail=_unknown_agent(agent_id))
+        event = LifecycleEvent(
+            type=kind, agent_id=agent_id, tenant_id=tenant_id, actor=actor,
+            timestamp=time.time(), payload=payload,
+        )  # fmt: skip
+        try:
+            runtime.publisher.publish(event.model_dump(mode="json"), agent_id)
+        except PublishError as exc:
+            raise HTTPException(503, detail=str(exc)) from None
+        log.info("agent_request type=%s agent_id=%s actor=%s", kind, agent_id, actor)
+        return event
+
+    @app.post(
+        f"{API_PREFIX}/agents/{{agent_id}}/quarantine",
+        response_model=LifecycleEvent,
+        status_code=202,
+        responses={404: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+        tags=["agents"],
+    )
+    def quarantine_agent(
+        agent_id: AgentId,
+        request: QuarantineRequest,
+        runtime: RuntimeDep,
+        actor: ActorHeader = "api",
+    ) -> LifecycleEvent:
+        """Ask for the agent to be quarantined: publishes a ``quarantine_requested`` event
+        on agents.events (202: the request is in the log, not yet carried out)."""
+        payload = {"reason": request.reason}
+        return publish_request(runtime, agent_id, "quarantine_requested", actor, payload)
+
+    @app.post(
+        f"{API_PREFIX}/agents/{{agent_id}}/release",
+        response_model=LifecycleEvent,
+        status_code=202,
+        responses={404: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+        tags=["agents"],
+    )
+    def release_agent(
+        agent_id: AgentId,
+        runtime: RuntimeDep,
+        request: ReleaseRequest | None = None,
+        actor: ActorHeader = "api",
+    ) -> LifecycleEvent:
+        """Release the agent from quarantine: publishes a ``released`` event on agents.events."""
+        payload = {"reason": request.reason if request is not None else ""}
+        return publish_request(runtime, agent_id, "released", actor, payload)
+
+    @app.post(
+        f"{API_PREFIX}/silences",
+        response_model=Silence,
+        status_code=201,
+        responses={422: {"model": ValidationErrorBody}, 503: {"model": ErrorMessage}},
+        tags=["alerts"],
+    )
+    def create_silence(body: NewSilence, runtime: RuntimeDep, actor: ActorHeader = "api"):
+        """Mute the alerts a silence matches from ``starts_at`` (default now) to ``ends_at``.
+
+        The silence gets an id, is recorded, and is published on agents.events as a
+        ``silence_created`` event (agent and tenant ``*``) for the dataflow's alert book.
+        """
+        values = body.model_dump()
+        values["starts_at"] = values["starts_at"] or time.time()
+        values["created_by"] = values["created_by"] or actor
+        try:
+            silence = Silence(id=SilenceBook.new_id(), **values)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+            ) from None
+        try:
+            with runtime.clients.client() as client:
+                runtime.silences.create(client, silence, actor)
+        except PublishError as exc:
+            raise HTTPException(503, detail=str(exc)) from None
+        return silence
+
+    @app.get(f"{API_PREFIX}/silences", response_model=list[StoredSilence], tags=["alerts"])
+    def list_silences(
+        runtime: RuntimeDep,
+        include_expired: Annotated[
+            bool, Query(description="Also list silences whose end has passed.")
+        ] = False,
+    ) -> list[StoredSilence]:
+        """The silences not expired through DELETE, newest first."""
+        with runtime.clients.client() as client:
+            return runtime.silences.list(client, include_expired)
+
+    @app.delete(
+        f"{API_PREFIX}/silences/{{silence_id}}",
+        status_code=204,
+        responses={404: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+        tags=["alerts"],
+    )
+    def expire_silence(
+        silence_id: Annotated[str, Path(min_length=1, max_length=128)],
+        runtime: RuntimeDep,
+        actor: ActorHeader = "api",
+    ) -> Response:
+        """Expire a silence now (published as ``silence_expired``)."""
+        try:
+            with runtime.clients.client() as client:
+                runtime.silences.expire(client, silence_id, actor)
+        except SilenceNotFound as exc:
+            raise HTTPException(404, detail=str(exc)) from None
+        except PublishError as exc:
+            raise HTTPException(503, detail=str(exc)) from None
+        return Response(status_code=204)
+
+    @app.get(
+        f"{API_PREFIX}/incidents",
+        response_model=IncidentList,
+        responses={422: {"model": ValidationErrorBody}},
+        tags=["alerts"],
+    )
+    def list_incidents(
+        runtime: RuntimeDep, tenant: TenantFilter = None, limit: Limit = 100
+    ) -> IncidentList:
+        """Coordinated incidents (many agents of a tenant, one kind of threat), newest first."""
+        with runtime.clients.client() as client:
+            found = queries.incidents(client, settings.clickhouse_database, tenant, limit)
+        return IncidentList(count=len(found), incidents=found)
 
     @app.post(
         f"{API_PREFIX}/sql",
@@ -501,6 +758,51 @@ def create_app(
         return Response(body, media_type=prometheus.CONTENT_TYPE)
 
     return app
+
+
+def _tenant_of(client: Client, database: str, agent_id: str) -> str | None:
+    """The agent's tenant from its latest heartbeat or baseline; None if it is unknown."""
+    latest = queries.latest_metrics(client, database, agent_id)
+    if latest is not None:
+        return latest[0]
+    baseline = queries.latest_baseline(client, database, agent_id)
+    return baseline[0] if baseline is not None else None
+
+
+def quarantine_state(events: list[dict]) -> dict:
+    """The quarantine fields of :class:`AgentSecurity` from the agent's quarantine events,
+    newest first (:func:`api.queries.quarantine_events`). A ``quarantine_requested`` is a
+    request until the dataflow's ``status_changed`` (or a ``released``) follows it.
+
+    >>> t = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> state = quarantine_state([
+    ...     {"type": "quarantine_requested", "timestamp": t, "payload": {"reason": "again"}},
+    ...     {"type": "status_changed", "timestamp": t, "payload": {"to": "quarantined",
+    ...      "reason": "score 10 < 20"}}])
+    >>> state["quarantined"], state["quarantine_reason"], state["quarantine_requested"]
+    (True, 'score 10 < 20', True)
+    >>> quarantine_state([{"type": "released", "timestamp": t, "payload": {}}])["quarantined"]
+    False
+    """
+    requested = False
+    for event in events:
+        if event["type"] == "quarantine_requested":
+            requested = True
+            continue
+        if event["type"] == "status_changed" and event["payload"].get("to") == "quarantined":
+            return {
+                "quarantined": True,
+                "quarantined_since": event["timestamp"],
+                "quarantine_reason": event["payload"].get("reason"),
+                "quarantine_requested": requested,
+            }
+        break  # released, or a status change out of quarantine
+    return {
+        "quarantined": False,
+        "quarantined_since": None,
+        "quarantine_reason": None,
+        "quarantine_requested": requested,
+    }
 
 
 def _unknown_agent(agent_id: str) -> str:

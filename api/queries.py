@@ -24,11 +24,14 @@ from clickhouse_connect.driver.client import Client
 from pydantic import ValidationError
 
 from api.responses import (
+    AgentAlert,
+    AgentIncident,
     AgentThreat,
     Anomaly,
     Baseline,
     Evidence,
     LatestMetrics,
+    ScoreEntry,
     TableCounts,
 )
 from schemas.models import FeatureDeviation, ThreatEvidence
@@ -135,6 +138,139 @@ def threats_between(
         parameters=parameters,
     )
     return [_threat(row) for row in result.named_results()]
+
+
+_ALERT_COLUMNS = (
+    "fingerprint, agent_id, tenant_id, rule, category, severity, state, started_at, "
+    "fired_at, resolved_at, last_seen, updated_at, flapping, flap_count, summary, evidence, "
+    "silenced"
+)
+
+
+def current_alerts(
+    client: Client,
+    database: str,
+    limit: int,
+    agent_id: str | None = None,
+    tenant_id: str | None = None,
+    states: list[str] | None = None,
+    severities: list[str] | None = None,
+    categories: list[str] | None = None,
+) -> list[AgentAlert]:
+    """Each alert's latest state (one per fingerprint), most recently changed first.
+
+    The filters on state, severity and category apply to the current state, so an
+    alert that resolved is not listed as firing.
+    """
+    inner, outer = [], []
+    parameters: dict[str, object] = {"limit": limit}
+    if agent_id is not None:
+        inner.append("agent_id = {agent_id:String}")
+        parameters["agent_id"] = agent_id
+    if tenant_id is not None:
+        inner.append("tenant_id = {tenant_id:String}")
+        parameters["tenant_id"] = tenant_id
+    for column, values in (("state", states), ("severity", severities), ("category", categories)):
+        if values:
+            outer.append(f"{column} IN {{{column}:Array(String)}}")
+            parameters[column] = values
+    result = client.query(
+        f"SELECT * FROM (SELECT {_ALERT_COLUMNS} FROM {database}.alerts FINAL "
+        f"{_where(inner)} ORDER BY updated_at DESC, "
+        "indexOf(['pending', 'firing', 'resolved'], state) DESC LIMIT 1 BY fingerprint) "
+        f"{_where(outer)} ORDER BY updated_at DESC, fingerprint LIMIT {{limit:UInt32}}",
+        parameters=parameters,
+    )
+    return [_alert(row) for row in result.named_results()]
+
+
+def _where(conditions: list[str]) -> str:
+    return f"WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
+def _alert(row: dict) -> AgentAlert:
+    evidence = parse_evidence(row["evidence"]) if row["evidence"] else None
+    when = {
+        name: None if row[name] is None else as_utc(row[name])
+        for name in ("started_at", "fired_at", "resolved_at", "last_seen", "updated_at")
+    }
+    return AgentAlert(
+        **row
+        | when
+        | {
+            "category": row["category"] or None,
+            "severity": row["severity"] or None,
+            "evidence": None if evidence is None else _evidence(evidence),
+        }
+    )
+
+
+def score_changes(client: Client, database: str, agent_id: str, limit: int) -> list[ScoreEntry]:
+    """The agent's latest security score changes, newest first."""
+    result = client.query(
+        "SELECT timestamp, score, delta, cause, first_seen FROM "
+        f"{database}.security_scores FINAL PREWHERE agent_id = {{agent_id:String}} "
+        "ORDER BY timestamp DESC, cause LIMIT {limit:UInt32}",
+        parameters={"agent_id": agent_id, "limit": limit},
+    )
+    return [
+        ScoreEntry(
+            **row
+            | {
+                "timestamp": as_utc(row["timestamp"]),
+                "first_seen": None if row["first_seen"] is None else as_utc(row["first_seen"]),
+            }
+        )
+        for row in result.named_results()
+    ]
+
+
+#: Events that start or end a quarantine, or ask for one.
+_QUARANTINE_EVENTS = (
+    "(type IN ('quarantine_requested', 'released') OR (type = 'status_changed' AND "
+    "'quarantined' IN (JSONExtractString(payload, 'to'), JSONExtractString(payload, 'from'))))"
+)
+
+
+def quarantine_events(client: Client, database: str, agent_id: str, limit: int = 20) -> list[dict]:
+    """The agent's latest events about quarantine (type, actor, timestamp, payload), newest
+    first: ``status_changed`` to or from quarantined, ``quarantine_requested``, ``released``."""
+    result = client.query(
+        f"SELECT type, actor, timestamp, payload FROM {database}.agent_events FINAL "
+        f"PREWHERE agent_id = {{agent_id:String}} WHERE {_QUARANTINE_EVENTS} "
+        "ORDER BY timestamp DESC LIMIT {limit:UInt32}",
+        parameters={"agent_id": agent_id, "limit": limit},
+    )
+    events = []
+    for row in result.named_results():
+        try:
+            payload = orjson.loads(row["payload"])
+        except orjson.JSONDecodeError:
+            payload = {}
+        events.append({**row, "timestamp": as_utc(row["timestamp"]), "payload": payload})
+    return events
+
+
+def incidents(
+    client: Client, database: str, tenant_id: str | None, limit: int
+) -> list[AgentIncident]:
+    """Coordinated incidents (newest revision of each), latest activity first."""
+    parameters: dict[str, object] = {"limit": limit}
+    where = ""
+    if tenant_id is not None:
+        where, parameters["tenant_id"] = "WHERE tenant_id = {tenant_id:String}", tenant_id
+    result = client.query(
+        "SELECT incident_id, tenant_id, rule, category, severity, agent_ids, truncated, "
+        f"first_seen, last_seen, revision FROM {database}.incidents FINAL {where} "
+        "ORDER BY last_seen DESC, incident_id LIMIT {limit:UInt32}",
+        parameters=parameters,
+    )
+    return [
+        AgentIncident(
+            **row | {"first_seen": as_utc(row["first_seen"]), "last_seen": as_utc(row["last_seen"])}
+        )
+        for row in result.named_results()
+    ]
 
 
 def _time_bounds(
@@ -250,13 +386,17 @@ def _threat(row: dict) -> AgentThreat:
         severity=row["severity"],
         first_seen=first_seen,
         last_seen=last_seen,
-        evidence=Evidence(
-            condition=evidence.condition,
-            values=evidence.values,
-            baseline=evidence.baseline,
-            window_start=datetime.fromtimestamp(evidence.window_start, UTC),
-            window_end=datetime.fromtimestamp(evidence.window_end, UTC),
-        ),
+        evidence=_evidence(evidence),
+    )
+
+
+def _evidence(evidence: ThreatEvidence) -> Evidence:
+    return Evidence(
+        condition=evidence.condition,
+        values=evidence.values,
+        baseline=evidence.baseline,
+        window_start=datetime.fromtimestamp(evidence.window_start, UTC),
+        window_end=datetime.fromtimestamp(evidence.window_end, UTC),
     )
 
 

@@ -12,11 +12,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from schemas.models import THREAT_CATEGORIES, THREAT_SEVERITIES, FeatureDeviation
+from schemas.models import ALERT_STATES, THREAT_CATEGORIES, THREAT_SEVERITIES, FeatureDeviation
 
 #: A threat's category and severity, as the seed names them.
 ThreatCategory = Literal[THREAT_CATEGORIES]  # type: ignore[valid-type]
 ThreatSeverity = Literal[THREAT_SEVERITIES]  # type: ignore[valid-type]
+#: An alert's state.
+AlertStateName = Literal[ALERT_STATES]  # type: ignore[valid-type]
 
 
 class LatestMetrics(BaseModel):
@@ -101,6 +103,11 @@ class AgentStatus(BaseModel):
     recent_threats: list[AgentThreat] = Field(
         description="The agent's latest threats (up to 5), newest first."
     )
+    security_score: float = Field(
+        description="The agent's security score (0-100) after its latest recorded change; "
+        "the initial score if it never changed."
+    )
+    quarantined: bool = Field(description="Whether the agent is quarantined now.")
 
 
 class AnomalyList(BaseModel):
@@ -125,6 +132,86 @@ class ThreatList(BaseModel):
     limit: int
     count: int = Field(description="Number of threats returned (at most ``limit``).")
     threats: list[AgentThreat]
+
+
+class AgentAlert(BaseModel):
+    """An alert (agent + rule) in its current state, from table ``alerts``."""
+
+    fingerprint: str = Field(description="Stable id of agent + rule.")
+    agent_id: str
+    tenant_id: str
+    rule: str
+    category: ThreatCategory | None = Field(description="Null until the rule's threat is known.")
+    severity: ThreatSeverity | None = Field(description="Null until the rule's threat is known.")
+    state: AlertStateName
+    started_at: datetime = Field(description="Event time the condition began to hold.")
+    fired_at: datetime | None = Field(description="Event time the threat was raised.")
+    resolved_at: datetime | None = Field(description="Event time the condition stopped holding.")
+    last_seen: datetime = Field(description="Latest event time the condition was known to hold.")
+    updated_at: datetime = Field(description="Event time of this state.")
+    flapping: bool
+    flap_count: int
+    summary: str
+    evidence: Evidence | None = Field(description="The threat's evidence, once fired.")
+    silenced: bool
+
+
+class AlertList(BaseModel):
+    """Alerts in their current state, most recently changed first."""
+
+    count: int
+    alerts: list[AgentAlert]
+
+
+class ScoreEntry(BaseModel):
+    """One change of an agent's security score, from table ``security_scores``."""
+
+    timestamp: datetime = Field(description="Event time of the change.")
+    score: float = Field(description="The score after the change.")
+    delta: float = Field(description="Points gained (> 0) or lost (< 0).")
+    cause: str = Field(description="The rule or detector that took points, recovery or release.")
+    first_seen: datetime | None = Field(description="When the threat's condition began to hold.")
+
+
+class AgentSecurity(BaseModel):
+    """An agent's security score, why it stands where it does, and its quarantine."""
+
+    agent_id: str
+    tenant_id: str | None
+    score: float = Field(description="The current score (0-100).")
+    as_of: datetime | None = Field(description="Event time of the latest change; null if none.")
+    quarantined: bool
+    quarantined_since: datetime | None = Field(description="When the quarantine began.")
+    quarantine_reason: str | None
+    quarantine_requested: bool = Field(
+        description="An operator asked for a quarantine that has not taken effect yet."
+    )
+    deductions: dict[str, float] = Field(
+        description="Points taken per rule or detector, over the changes listed."
+    )
+    changes: list[ScoreEntry] = Field(description="The latest changes of the score, newest first.")
+
+
+class AgentIncident(BaseModel):
+    """A coordinated threat: many agents of a tenant raised the same kind of threat."""
+
+    incident_id: str
+    tenant_id: str
+    rule: str
+    category: ThreatCategory
+    severity: ThreatSeverity
+    agent_ids: list[str]
+    truncated: bool = Field(description="More agents joined than are listed.")
+    first_seen: datetime
+    last_seen: datetime
+    revision: int = Field(description="0 when opened, +1 per agent that joined.")
+
+
+class IncidentList(BaseModel):
+    """Incidents, most recent first."""
+
+    count: int
+    incidents: list[AgentIncident]
 
 
 class BrokerHealth(BaseModel):

@@ -6,12 +6,13 @@ One client library for both deployments: clickhouse-connect, with a
 
 Idempotency: every table is a ``ReplacingMergeTree`` whose sort key is the
 natural identity of a row (an agent's heartbeat is ``(agent_id, timestamp)``,
-a threat episode ``(agent_id, first_seen, rule)``), so a replay of the same
+a threat episode ``(agent_id, first_seen, rule)``, an alert's change of state
+``(agent_id, fingerprint, updated_at, state)``), so a replay of the same
 Kafka offsets, or a dataflow that re-emits after a crash, leaves one row per
 identity once parts merge; read with ``FINAL`` where exact counts matter.
 Where a row of the same identity can be re-published with more in it (a
-baseline, a threat whose ``last_seen`` moved on), the table's version column
-keeps the newest.
+baseline, a threat whose ``last_seen`` moved on, an incident that more agents
+joined, a silence that was expired), the table's version column keeps the newest.
 """
 
 from __future__ import annotations
@@ -140,6 +141,124 @@ def schema_statements(settings: Settings) -> list[str]:
         )
         ENGINE = ReplacingMergeTree
         ORDER BY (name, version)
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.alerts (
+            fingerprint String,
+            agent_id String,
+            tenant_id LowCardinality(String),
+            rule LowCardinality(String),
+            category LowCardinality(String) COMMENT '"" until known',
+            severity LowCardinality(String) COMMENT '"" until known',
+            state LowCardinality(String) COMMENT 'pending, firing or resolved',
+            started_at DateTime64(3, 'UTC'),
+            fired_at Nullable(DateTime64(3, 'UTC')),
+            resolved_at Nullable(DateTime64(3, 'UTC')),
+            last_seen DateTime64(3, 'UTC'),
+            updated_at DateTime64(3, 'UTC'),
+            flapping Bool,
+            flap_count UInt32,
+            summary String,
+            evidence String COMMENT 'JSON of the threat evidence once fired, else ""',
+            silenced Bool
+        )
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(updated_at)
+        ORDER BY (agent_id, fingerprint, updated_at, state)
+        TTL toDateTime(updated_at) + INTERVAL {ttl} DAY
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.security_scores (
+            agent_id String,
+            tenant_id LowCardinality(String),
+            timestamp DateTime64(3, 'UTC'),
+            score Float64,
+            delta Float64,
+            cause LowCardinality(String),
+            first_seen Nullable(DateTime64(3, 'UTC'))
+        )
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(timestamp)
+        ORDER BY (agent_id, timestamp, cause)
+        TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.commands (
+            command_id String,
+            agent_id String,
+            tenant_id LowCardinality(String),
+            command LowCardinality(String),
+            reason String,
+            issued_at DateTime64(3, 'UTC'),
+            actor String,
+            score Nullable(Float64)
+        )
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(issued_at)
+        ORDER BY (agent_id, command_id)
+        TTL toDateTime(issued_at) + INTERVAL {ttl} DAY
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.incidents (
+            incident_id String,
+            tenant_id LowCardinality(String),
+            rule LowCardinality(String),
+            category LowCardinality(String),
+            severity LowCardinality(String),
+            agent_ids Array(String),
+            truncated Bool,
+            first_seen DateTime64(3, 'UTC'),
+            last_seen DateTime64(3, 'UTC'),
+            revision UInt32
+        )
+        ENGINE = ReplacingMergeTree(revision)
+        PARTITION BY toYYYYMM(first_seen)
+        ORDER BY (tenant_id, incident_id)
+        TTL toDateTime(first_seen) + INTERVAL {ttl} DAY
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.agent_events (
+            type LowCardinality(String),
+            agent_id String COMMENT '* for events about the whole fleet',
+            tenant_id LowCardinality(String),
+            actor String,
+            timestamp DateTime64(3, 'UTC'),
+            payload String COMMENT 'JSON object'
+        )
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(timestamp)
+        ORDER BY (agent_id, timestamp, type)
+        TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.silences (
+            id String,
+            agent_id String,
+            tenant_id String,
+            rule String,
+            category String,
+            severity String,
+            starts_at DateTime64(3, 'UTC'),
+            ends_at DateTime64(3, 'UTC'),
+            created_by String,
+            comment String,
+            deleted Bool COMMENT 'expired early through DELETE /api/v1/silences/{{id}}',
+            version Float64 COMMENT 'when the row was written, epoch seconds',
+            updated_by String
+        )
+        ENGINE = ReplacingMergeTree(version)
+        ORDER BY id
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.webhook_offsets (
+            cluster_id String,
+            topic String,
+            partition UInt32,
+            next_offset UInt64,
+            updated_at DateTime64(6, 'UTC')
+        )
+        ENGINE = ReplacingMergeTree(updated_at)
+        ORDER BY (topic, partition)
         """,
         f"""
         CREATE TABLE IF NOT EXISTS {db}.loader_offsets (

@@ -1,9 +1,11 @@
 """The ClickHouse loader: Kafka topics → idempotent batches in ClickHouse.
 
 One consumer reads ``agents.metrics`` and the derived topics (``anomalies``,
-``baselines``, ``threats``, ``deadletter``) by partition assignment (consumer groups are
-slow on the embedded broker) and copies each topic into the table of the same
-name, in batches of ``loader_batch_rows`` rows or ``loader_batch_age_s``
+``baselines``, ``threats``, ``alerts``, ``scores``, ``commands``, ``incidents``,
+``events``, ``deadletter``) by partition assignment (consumer groups are slow on
+the embedded broker) and copies each topic into its table (:data:`TABLES`: the
+table of the same name, but ``scores`` → ``security_scores`` and ``events`` →
+``agent_events``), in batches of ``loader_batch_rows`` rows or ``loader_batch_age_s``
 seconds, whichever comes first.
 
 Offsets of record live in ClickHouse (table ``loader_offsets``), written right
@@ -58,17 +60,39 @@ from agentwatch.settings import Settings
 from schemas.heartbeats import parse_heartbeats
 from schemas.models import (
     TIMESTAMP_RANGE,
+    AgentCommand,
+    Alert,
     AnomalyRecord,
     BaselineRecord,
     DeadLetter,
+    Incident,
+    LifecycleEvent,
+    ScoreChange,
     Threat,
 )
 from sinks.clickhouse import connect, create_schema
 
 log = logging.getLogger("sinks.loader")  # also when run as __main__
 
-#: Logical topics the loader copies; each goes to the ClickHouse table of the same name.
-LOADED_TOPICS = ("metrics", "anomalies", "baselines", "threats", "deadletter")
+#: Logical topics the loader copies, each into its ClickHouse table (:data:`TABLES`).
+LOADED_TOPICS = (
+    "metrics",
+    "anomalies",
+    "baselines",
+    "threats",
+    "alerts",
+    "scores",
+    "commands",
+    "incidents",
+    "events",
+    "deadletter",
+)
+#: The table of each loaded topic: the topic's own name, unless named here.
+TABLES = {
+    **{name: name for name in LOADED_TOPICS},
+    "scores": "security_scores",
+    "events": "agent_events",
+}
 
 #: How often the loader looks for topics that do not exist yet (seconds).
 MISSING_TOPICS_RETRY_S = 1.0
@@ -91,8 +115,8 @@ Partition = tuple[str, int]  # (physical topic, partition number)
 class LoaderStats:
     """What the loader has done, for ``/metrics`` and ``/system/health``.
 
-    Topic-keyed dicts use logical topic names (``metrics``, ``anomalies`` …),
-    which are also the table names.
+    Topic-keyed dicts use logical topic names (``metrics``, ``anomalies`` …;
+    the table of each is :data:`TABLES`).
     """
 
     started_at: float
@@ -115,6 +139,7 @@ class LoaderStats:
 class _PendingTable:
     """Rows read from one topic and not yet in ClickHouse, with the offsets they cover."""
 
+    name: str  # the logical topic
     table: str
     frames: list[pd.DataFrame] = field(default_factory=list)  # metrics: parsed batches
     records: list[dict] = field(default_factory=list)  # derived topics: one dict per row
@@ -130,7 +155,7 @@ class _PendingTable:
             return self.frames[0]
         if self.frames:
             return pd.concat(self.frames, ignore_index=True)
-        return _DERIVED_FRAMES[self.table](self.records)
+        return _DERIVED_FRAMES[self.name](self.records)
 
     def clear_rows(self) -> None:
         self.frames, self.records, self.rows = [], [], 0
@@ -150,7 +175,9 @@ class Loader:
         self._client = client
         self._database = settings.clickhouse_database
         self._logical = {settings.topic(name): name for name in LOADED_TOPICS}
-        self._pending = {topic: _PendingTable(name) for topic, name in self._logical.items()}
+        self._pending = {
+            topic: _PendingTable(name, TABLES[name]) for topic, name in self._logical.items()
+        }
         self._consumer = Consumer(_consumer_config(settings))
         self._cluster_id: str | None = None
         self._assigned: dict[str, list[int]] = {}  # physical topic → partitions
@@ -581,8 +608,8 @@ class Loader:
         rows -= dropped
         with self._stats_lock:
             stats = self._stats
-            stats.skipped_invalid[pending.table] += dropped
-            stats.rows_inserted[pending.table] += rows
+            stats.skipped_invalid[pending.name] += dropped
+            stats.rows_inserted[pending.name] += rows
             stats.batches_inserted += 1
             stats.last_batch_rows = rows
             stats.batch_rows_sum += rows
@@ -620,7 +647,7 @@ class Loader:
         """Record in ClickHouse, then commit to Kafka, where each partition continues."""
         if not pending.next_offsets:
             return
-        topic = self._settings.topic(pending.table)
+        topic = self._settings.topic(pending.name)
         stamp = max(datetime.now(UTC), self._last_offsets_stamp + timedelta(microseconds=1))
         self._last_offsets_stamp = stamp
         offsets = sorted(pending.next_offsets.items())
@@ -732,6 +759,76 @@ def threat_row(value: bytes) -> dict:
     }
 
 
+def alert_row(value: bytes) -> dict:
+    """Row of table ``alerts`` from one ``agents.alerts`` message (one change of state).
+
+    A category or severity not yet known is stored as ``""``, evidence not yet known
+    as ``""``; the evidence is kept whole, as JSON.
+
+    >>> row = alert_row(b'{"fingerprint":"00ff","agent_id":"a1","tenant_id":"t1",'
+    ...     b'"rule":"hot","category":null,"severity":null,"state":"pending",'
+    ...     b'"started_at":1764072000,"fired_at":null,"resolved_at":null,'
+    ...     b'"last_seen":1764072000,"updated_at":1764072000,"flapping":false,'
+    ...     b'"flap_count":0,"summary":"hot pending on agent a1","evidence":null,'
+    ...     b'"silenced":false}')
+    >>> row["state"], row["category"], row["fired_at"], row["evidence"]
+    ('pending', '', None, '')
+    """
+    record = Alert.model_validate(orjson.loads(value))
+    for name in ("started_at", "fired_at", "resolved_at", "last_seen", "updated_at"):
+        moment = getattr(record, name)
+        if moment is not None:
+            _require_range(name, moment, *TIMESTAMP_RANGE)
+    _require_range("flap_count", record.flap_count, 0, _UINT32_MAX)
+    row = _fields(record)
+    row["category"] = record.category or ""
+    row["severity"] = record.severity or ""
+    evidence = record.evidence
+    row["evidence"] = "" if evidence is None else orjson.dumps(evidence.model_dump()).decode()
+    return row
+
+
+def score_row(value: bytes) -> dict:
+    """Row of table ``security_scores`` from one ``agents.scores`` message.
+
+    >>> score_row(b'{"agent_id":"a1","tenant_id":"t1","timestamp":1764072000,'
+    ...     b'"score":80,"delta":-20,"cause":"excessive_errors","first_seen":1764071700}')["delta"]
+    -20.0
+    """
+    record = ScoreChange.model_validate(orjson.loads(value))
+    _require_range("timestamp", record.timestamp, *TIMESTAMP_RANGE)
+    if record.first_seen is not None:
+        _require_range("first_seen", record.first_seen, *TIMESTAMP_RANGE)
+    return _fields(record)
+
+
+def command_row(value: bytes) -> dict:
+    """Row of table ``commands`` from one ``agents.commands`` message."""
+    return _fields(AgentCommand.model_validate(orjson.loads(value)))
+
+
+def incident_row(value: bytes) -> dict:
+    """Row of table ``incidents`` from one ``agents.incidents`` message (any revision)."""
+    record = Incident.model_validate(orjson.loads(value))
+    _require_range("first_seen", record.first_seen, *TIMESTAMP_RANGE)
+    _require_range("last_seen", record.last_seen, *TIMESTAMP_RANGE)
+    _require_range("revision", record.revision, 0, _UINT32_MAX)
+    return _fields(record)
+
+
+def event_row(value: bytes) -> dict:
+    """Row of table ``agent_events`` from one ``agents.events`` message; the payload as JSON.
+
+    >>> event_row(b'{"type":"released","agent_id":"a1","tenant_id":"t1","actor":"ops",'
+    ...     b'"timestamp":1764072000,"payload":{"reason":"fixed"}}')["payload"]
+    '{"reason":"fixed"}'
+    """
+    record = LifecycleEvent.model_validate(orjson.loads(value))
+    row = _fields(record)
+    row["payload"] = orjson.dumps(record.payload).decode()
+    return row
+
+
 def deadletter_row(value: bytes) -> dict:
     """Row of table ``deadletter`` from one ``agents.deadletter`` message."""
     record = DeadLetter.model_validate(orjson.loads(value))
@@ -775,6 +872,11 @@ _DERIVED_ROWS: dict[str, Callable[[bytes], dict]] = {
     "anomalies": anomaly_row,
     "baselines": baseline_row,
     "threats": threat_row,
+    "alerts": alert_row,
+    "scores": score_row,
+    "commands": command_row,
+    "incidents": incident_row,
+    "events": event_row,
     "deadletter": deadletter_row,
 }
 _DERIVED_FRAMES: dict[str, Callable[[list[dict]], pd.DataFrame]] = {
@@ -807,6 +909,14 @@ _DERIVED_FRAMES: dict[str, Callable[[list[dict]], pd.DataFrame]] = {
         ),
         ("first_seen", "last_seen"),
     ),
+    "alerts": _frame(
+        tuple(Alert.model_fields),
+        ("started_at", "fired_at", "resolved_at", "last_seen", "updated_at"),
+    ),
+    "scores": _frame(tuple(ScoreChange.model_fields), ("timestamp", "first_seen")),
+    "commands": _frame(tuple(AgentCommand.model_fields), ("issued_at",)),
+    "incidents": _frame(tuple(Incident.model_fields), ("first_seen", "last_seen")),
+    "events": _frame(tuple(LifecycleEvent.model_fields), ("timestamp",)),
     "deadletter": _frame(tuple(DeadLetter.model_fields), ("received_at",)),
 }
 

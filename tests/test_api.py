@@ -822,3 +822,250 @@ def test_python_m_api_serves_and_stops_cleanly_on_a_signal(
     assert any('logger=sinks.loader msg="loader_stopped' in line for line in lines), lines
     assert 'msg="api_stopped"' in lines[-3], lines
     assert "Traceback" not in log_path.read_text()
+
+
+# --- alerts, security, incidents (rows as the loader writes them) ---------------------
+
+
+def insert_docs(ch: Client, settings: Settings, table: str, to_row, docs: list[dict]) -> None:
+    """Insert topic messages through the loader's row builder (epoch seconds → datetimes)."""
+    rows = [to_row(orjson.dumps(doc)) for doc in docs]
+    columns = list(rows[0])
+    stamps = {"timestamp", "first_seen", "last_seen", "started_at", "fired_at",
+              "resolved_at", "updated_at", "issued_at"}  # fmt: skip
+    values = [
+        tuple(
+            datetime.fromtimestamp(v, UTC) if c in stamps and v is not None else v
+            for c, v in row.items()
+        )
+        for row in rows
+    ]
+    ch.insert(table, values, column_names=columns, database=settings.clickhouse_database)
+
+
+def alert_doc(agent: str, rule: str, state: str, seconds_ago: float, **extra: object) -> dict:
+    fired = state != "pending"
+    t = NOW - seconds_ago
+    return {
+        "fingerprint": f"{agent}-{rule}", "agent_id": agent, "tenant_id": extra.pop("tenant", "t1"),
+        "rule": rule, "category": "SECURITY" if fired else None,
+        "severity": extra.pop("severity", "HIGH") if fired else None, "state": state,
+        "started_at": t - 600, "fired_at": t - 300 if fired else None,
+        "resolved_at": t if state == "resolved" else None, "last_seen": t, "updated_at": t,
+        "flapping": False, "flap_count": 0, "summary": f"{rule} {state} on {agent}",
+        "evidence": {"condition": "cpu_usage > 95", "values": {"cpu_usage": 97.0},
+                     "window_start": t - 600, "window_end": t} if fired else None,
+        "silenced": False, **extra,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def surveillance(ch: Client, offline_settings: Settings, fleet: None) -> None:
+    """Alerts of a1 and a2 (some resolved since), a1's score history and quarantine, incidents."""
+    from sinks.loader import alert_row, event_row, incident_row, score_row
+
+    insert_docs(ch, offline_settings, "alerts", alert_row, [
+        alert_doc("a1", "hot", "pending", 900),
+        alert_doc("a1", "hot", "firing", 800),
+        alert_doc("a1", "hot", "resolved", 100),
+        alert_doc("a1", "exfil", "firing", 300, severity="CRITICAL"),
+        alert_doc("a2", "errors", "firing", 200, tenant="t2"),
+        alert_doc("a2", "slow", "pending", 50, tenant="t2"),
+    ])  # fmt: skip
+    insert_docs(ch, offline_settings, "security_scores", score_row, [
+        {"agent_id": "a1", "tenant_id": "t1", "timestamp": NOW - 600 + 60 * i,
+         "score": 100.0 - 30 * (i + 1), "delta": -30.0, "cause": cause, "first_seen": NOW - 900}
+        for i, cause in enumerate(["exfil", "exfil", "hot"])
+    ])  # fmt: skip
+    insert_docs(ch, offline_settings, "agent_events", event_row, [
+        {"type": "status_changed", "agent_id": "a1", "tenant_id": "t1", "actor": "system",
+         "timestamp": NOW - 480, "payload": {"from": "active", "to": "quarantined",
+                                               "reason": "score 10 fell below 20"}},
+        {"type": "rule_changed", "agent_id": "*", "tenant_id": "*", "actor": "ops",
+         "timestamp": NOW - 400, "payload": {"action": "disable", "name": "x"}},
+    ])  # fmt: skip
+    incident = {"incident_id": "i1", "tenant_id": "t1", "rule": "exfil", "category": "SECURITY",
+                "severity": "EMERGENCY", "agent_ids": ["a1", "a2", "a3"], "truncated": False,
+                "first_seen": NOW - 700, "last_seen": NOW - 600, "revision": 0}  # fmt: skip
+    insert_docs(ch, offline_settings, "incidents", incident_row, [
+        incident, {**incident, "agent_ids": [*incident["agent_ids"], "a4"], "revision": 1},
+        {**incident, "incident_id": "i2", "tenant_id": "t2", "last_seen": NOW - 100},
+    ])  # fmt: skip
+
+
+def test_alerts_show_each_fingerprint_once_in_its_current_state(api: TestClient, surveillance):
+    body = api.get("/api/v1/alerts").json()
+    assert [(a["fingerprint"], a["state"]) for a in body["alerts"]] == [
+        ("a2-slow", "pending"), ("a1-hot", "resolved"), ("a2-errors", "firing"),
+        ("a1-exfil", "firing"),
+    ]  # fmt: skip
+    assert body["count"] == 4
+    exfil = body["alerts"][3]
+    assert exfil["severity"] == "CRITICAL" and exfil["evidence"]["values"] == {"cpu_usage": 97.0}
+    assert body["alerts"][0]["category"] is None and body["alerts"][0]["evidence"] is None
+
+    def fingerprints(**params: object) -> list[str]:
+        response = api.get("/api/v1/alerts", params=params)
+        assert response.status_code == 200, response.text
+        return [a["fingerprint"] for a in response.json()["alerts"]]
+
+    assert fingerprints(state="firing") == ["a2-errors", "a1-exfil"]  # hot resolved since
+    assert fingerprints(state="FIRING", severity="critical") == ["a1-exfil"]
+    assert fingerprints(category="SECURITY", tenant="t1") == ["a1-hot", "a1-exfil"]
+    assert fingerprints(state=["pending", "resolved"], limit=1) == ["a2-slow"]
+    assert fingerprints(tenant="nobody") == []
+
+
+def test_agent_alerts_and_their_404_and_422(api: TestClient, surveillance):
+    body = api.get("/api/v1/agents/a1/alerts").json()
+    assert [(a["rule"], a["state"]) for a in body["alerts"]] == [
+        ("hot", "resolved"), ("exfil", "firing")
+    ]  # fmt: skip
+    assert api.get("/api/v1/agents/a3/alerts").json() == {"count": 0, "alerts": []}
+    missing = api.get("/api/v1/agents/ghost/alerts")
+    assert missing.status_code == 404 and "ghost" in missing.json()["detail"]
+    for params in ({"state": "burning"}, {"limit": 0}, {"severity": "SEVERE"}):
+        response = api.get("/api/v1/alerts", params=params)
+        assert response.status_code == 422, params
+        assert next(iter(params)) in response.json()["message"]
+
+
+def test_security_shows_score_breakdown_and_quarantine(api: TestClient, surveillance):
+    body = api.get("/api/v1/agents/a1/security").json()
+    assert body["score"] == 10.0 and body["tenant_id"] == "t1"
+    assert body["quarantined"] is True and body["quarantine_requested"] is False
+    assert body["quarantine_reason"] == "score 10 fell below 20"
+    assert body["deductions"] == {"exfil": 60.0, "hot": 30.0}
+    assert [(c["cause"], c["delta"], c["score"]) for c in body["changes"]] == [
+        ("hot", -30.0, 10.0), ("exfil", -30.0, 40.0), ("exfil", -30.0, 70.0),
+    ]  # fmt: skip
+    assert len(api.get("/api/v1/agents/a1/security", params={"limit": 1}).json()["changes"]) == 1
+    clean = api.get("/api/v1/agents/a2/security").json()
+    assert (clean["score"], clean["quarantined"], clean["changes"]) == (100.0, False, [])
+    assert api.get("/api/v1/agents/ghost/security").status_code == 404
+    status = api.get("/api/v1/agents/a1/status").json()
+    assert (status["security_score"], status["quarantined"]) == (10.0, True)
+    status = api.get("/api/v1/agents/a2/status").json()
+    assert (status["security_score"], status["quarantined"]) == (100.0, False)
+
+
+def test_incidents_newest_revision_filtered_by_tenant(api: TestClient, surveillance):
+    body = api.get("/api/v1/incidents").json()
+    assert [(i["incident_id"], i["revision"]) for i in body["incidents"]] == [("i2", 0), ("i1", 1)]
+    only = api.get("/api/v1/incidents", params={"tenant": "t1"}).json()["incidents"]
+    assert [i["agent_ids"] for i in only] == [["a1", "a2", "a3", "a4"]]
+    assert api.get("/api/v1/incidents", params={"limit": 0}).status_code == 422
+
+
+def test_silences_and_quarantine_need_the_broker_503_says_so(api: TestClient, fleet: None):
+    response = api.post("/api/v1/silences", json={"rule": "hot", "ends_at": NOW + 3600})
+    assert response.status_code == 503 and "retry" in response.json()["detail"]
+    assert api.get("/api/v1/silences").json() == []  # nothing recorded
+
+
+# --- silences and operator requests, published on agents.events (real broker) --------
+
+
+@pytest.fixture
+def broker_api(settings: Settings) -> Iterator[tuple[TestClient, Client, Settings]]:
+    """The app without a loader on the session's broker; a1 is known (one heartbeat)."""
+    ensure_topics(settings)
+    ch = connect(settings)
+    create_schema(ch, settings)
+    insert(ch, settings, "metrics", [heartbeat_row("a1", 10)], METRIC_COLUMNS)
+    try:
+        with TestClient(create_app(settings, client=ch, run_loader=False)) as test_client:
+            yield test_client, ch, settings
+    finally:
+        ch.close()
+
+
+def read_events(settings: Settings, count: int) -> list[tuple[bytes, dict]]:
+    """The first ``count`` messages of agents.events (key, value), in offset order per key."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "t",
+                         "enable.auto.commit": False})  # fmt: skip
+    topic = settings.topic("events")
+    partitions = consumer.list_topics(topic, timeout=5).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    found: list[tuple[bytes, dict]] = []
+    deadline = time.monotonic() + 10
+    while len(found) < count and time.monotonic() < deadline:
+        message = consumer.poll(0.2)
+        if message is not None and message.error() is None:
+            found.append((message.key(), orjson.loads(message.value())))
+    consumer.close()
+    return found
+
+
+@pytest.mark.integration
+def test_silences_are_created_listed_and_expired_as_events(broker_api):
+    api, _, settings = broker_api
+    created = api.post(
+        "/api/v1/silences",
+        json={"rule": "hot", "severity": "high", "ends_at": NOW + 3600, "comment": "deploy"},
+        headers={"X-Agentwatch-Actor": "ops-1"},
+    )
+    assert created.status_code == 422  # severity is upper case, as the seed writes it
+    created = api.post(
+        "/api/v1/silences",
+        json={"rule": "hot", "severity": "HIGH", "ends_at": NOW + 3600, "comment": "deploy"},
+        headers={"X-Agentwatch-Actor": "ops-1"},
+    )
+    assert created.status_code == 201, created.text
+    silence = created.json()
+    assert silence["id"] and silence["created_by"] == "ops-1" and silence["agent_id"] == "*"
+    assert abs(silence["starts_at"] - time.time()) < 60
+    listed = api.get("/api/v1/silences").json()
+    assert [(s["id"], s["active"]) for s in listed] == [(silence["id"], True)]
+    assert api.delete(f"/api/v1/silences/{silence['id']}").status_code == 204
+    assert api.get("/api/v1/silences").json() == []
+    assert api.delete(f"/api/v1/silences/{silence['id']}").status_code == 404
+    events = read_events(settings, 2)
+    assert [(key, e["type"], e["agent_id"]) for key, e in events] == [
+        (b"*", "silence_created", "*"), (b"*", "silence_expired", "*"),
+    ]  # fmt: skip
+    assert events[0][1]["payload"] == silence and events[0][1]["actor"] == "ops-1"
+    assert events[1][1]["payload"] == {"id": silence["id"]} and events[1][1]["actor"] == "api"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"ends_at": NOW - 10}, "ends_at must be after starts_at"),
+        ({"ends_at": NOW + 60, "category": "NOISE"}, "category 'NOISE' is none of"),
+        ({"ends_at": NOW + 60, "id": "mine"}, "id"),
+        ({}, "ends_at"),
+    ],
+)
+def test_bad_silences_are_422_and_publish_nothing(broker_api, body: dict, says: str):
+    api, _, settings = broker_api
+    response = api.post("/api/v1/silences", json=body)
+    assert response.status_code == 422
+    assert says in response.json()["message"], response.json()
+    assert api.get("/api/v1/silences").json() == []
+
+
+@pytest.mark.integration
+def test_quarantine_and_release_requests_are_published_with_the_actor(broker_api):
+    api, _, settings = broker_api
+    response = api.post(
+        "/api/v1/agents/a1/quarantine", json={"reason": "talks to an unknown host"},
+        headers={"X-Agentwatch-Actor": "ops-2"},
+    )  # fmt: skip
+    assert response.status_code == 202, response.text
+    event = response.json()
+    assert (event["type"], event["tenant_id"], event["actor"]) == (
+        "quarantine_requested",
+        "t1",
+        "ops-2",
+    )
+    assert api.post("/api/v1/agents/a1/release").status_code == 202
+    assert api.post("/api/v1/agents/ghost/quarantine", json={"reason": "x"}).status_code == 404
+    assert api.post("/api/v1/agents/a1/quarantine", json={"reason": ""}).status_code == 422
+    assert api.post("/api/v1/agents/a1/quarantine", json={}).status_code == 422
+    events = read_events(settings, 2)
+    assert [(key, e["type"], e["actor"], e["payload"]) for key, e in events] == [
+        (b"a1", "quarantine_requested", "ops-2", {"reason": "talks to an unknown host"}),
+        (b"a1", "released", "api", {"reason": ""}),
+    ]

@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from agentwatch.settings import Settings
 from infra.broker import ensure_topics, free_port
 from sinks.clickhouse import connect, create_schema
-from sinks.loader import Loader
+from sinks.loader import LOADED_TOPICS, Loader
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -282,12 +282,9 @@ def test_derived_topics_land_in_their_tables(settings, client, topics, loaders):
     assert [(o, k) for o, k, _, _ in rows] == [(40, None), (41, "k"), (42, "k")]
     assert base64.b64decode(rows[0][2]) == original
     stats = loader.stats()
-    assert stats.skipped_invalid == {
-        "metrics": 0, "anomalies": 2, "baselines": 1, "threats": 0, "deadletter": 1
-    }  # fmt: skip
-    assert stats.rows_inserted == {
-        "metrics": 0, "anomalies": 31, "baselines": 5, "threats": 0, "deadletter": 3
-    }  # fmt: skip
+    none = dict.fromkeys(LOADED_TOPICS, 0)
+    assert stats.skipped_invalid == {**none, "anomalies": 2, "baselines": 1, "deadletter": 1}
+    assert stats.rows_inserted == {**none, "anomalies": 31, "baselines": 5, "deadletter": 3}
 
 
 def threat(seq: int, **overrides: object) -> dict:
@@ -353,6 +350,111 @@ def test_threats_land_once_even_when_replayed(settings, client, topics, loaders)
     stats = loader.stats()
     assert stats.skipped_invalid["threats"] == len(invalid)
     assert stats.rows_inserted["threats"] == 16
+
+
+def alert(seq: int, state: str = "firing", **overrides: object) -> dict:
+    """A change of state of agent-<seq % 3>'s alert of rule r<seq>."""
+    fired = state != "pending"
+    doc = {
+        "fingerprint": f"{seq:016x}",
+        "agent_id": f"agent-{seq % 3}",
+        "tenant_id": "tenant-0",
+        "rule": f"r{seq}",
+        "category": "SECURITY" if fired else None,
+        "severity": "HIGH" if fired else None,
+        "state": state,
+        "started_at": T0 + seq,
+        "fired_at": T0 + seq + 60 if fired else None,
+        "resolved_at": T0 + seq + 600 if state == "resolved" else None,
+        "last_seen": T0 + seq + 60,
+        "updated_at": T0 + seq + {"pending": 0, "firing": 60, "resolved": 900}[state],
+        "flapping": False,
+        "flap_count": 0,
+        "summary": f"r{seq} {state} on agent-{seq % 3}",
+        "evidence": threat(seq)["evidence"] if fired else None,
+        "silenced": False,
+    }
+    doc.update(overrides)
+    return doc
+
+
+def test_alerts_scores_commands_incidents_and_events_land_once(settings, client, topics, loaders):
+    alerts = [alert(1, "pending"), alert(1, "firing"), alert(1, "resolved"), alert(2)]
+    scores = [
+        {"agent_id": "agent-1", "tenant_id": "tenant-0", "timestamp": T0 + 60 * i,
+         "score": 100.0 - 20 * (i + 1), "delta": -20.0, "cause": "excessive_errors",
+         "first_seen": T0 + 60 * i - 300}
+        for i in range(3)
+    ] + [{"agent_id": "agent-1", "tenant_id": "tenant-0", "timestamp": T0 + 900,
+          "score": 45.0, "delta": 5.0, "cause": "recovery", "first_seen": None}]  # fmt: skip
+    command = {
+        "command_id": "c-1", "agent_id": "agent-1", "tenant_id": "tenant-0",
+        "command": "quarantine", "reason": "score 10 < 20", "issued_at": T0 + 120,
+        "actor": "system", "score": 10.0,
+    }  # fmt: skip
+    incident = {
+        "incident_id": "i-1", "tenant_id": "tenant-0", "rule": "data_exfiltration",
+        "category": "SECURITY", "severity": "EMERGENCY", "agent_ids": ["a1", "a2", "a3"],
+        "truncated": False, "first_seen": T0, "last_seen": T0 + 60, "revision": 0,
+    }  # fmt: skip
+    joined = {**incident, "agent_ids": ["a1", "a2", "a3", "a4"], "revision": 1}
+    events = [
+        {"type": "status_changed", "agent_id": "agent-1", "tenant_id": "tenant-0",
+         "actor": "system", "timestamp": T0 + 120,
+         "payload": {"from": "active", "to": "quarantined", "score": 10.0}},
+        {"type": "rule_changed", "agent_id": "*", "tenant_id": "*", "actor": "ops",
+         "timestamp": T0 + 5, "payload": {"action": "disable", "name": "x"}},
+    ]  # fmt: skip
+    produce(settings, "alerts", alerts + [b"{", orjson.dumps({**alert(3), "state": "gone"})])
+    produce(settings, "scores", scores + [orjson.dumps({**scores[0], "score": 101})])
+    produce(settings, "commands", [command, command, b"null"])
+    produce(settings, "incidents", [incident, joined, orjson.dumps({**incident, "revision": -1})])
+    produce(settings, "events", events + [orjson.dumps({**events[0], "actor": ""})])
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    expected = {"alerts": 4, "scores": 4, "commands": 2, "incidents": 2, "events": 2}
+    poll_until(
+        loader,
+        lambda: all(loader.stats().rows_inserted[t] == n for t, n in expected.items()),
+        "rows of every new topic",
+    )
+    db = settings.clickhouse_database
+    assert count(client, settings, "alerts") == 4
+    assert count(client, settings, "security_scores") == 4
+    assert count(client, settings, "commands") == 1  # the replayed command collapsed
+    assert count(client, settings, "agent_events") == 2
+    assert client.query(
+        f"SELECT state, category, fired_at IS NULL, evidence = '' FROM {db}.alerts FINAL "
+        f"WHERE rule = 'r1' ORDER BY updated_at"
+    ).result_rows == [
+        ("pending", "", True, True), ("firing", "SECURITY", False, False),
+        ("resolved", "SECURITY", False, False),
+    ]  # fmt: skip
+    assert client.query(
+        f"SELECT toFloat64(resolved_at), evidence FROM {db}.alerts FINAL WHERE state = 'resolved'"
+    ).result_rows == [(T0 + 601, orjson.dumps(threat(1)["evidence"]).decode())]
+    assert client.query(
+        f"SELECT score, delta, cause, first_seen IS NULL FROM {db}.security_scores FINAL "
+        f"ORDER BY timestamp"
+    ).result_rows == [
+        (80.0, -20.0, "excessive_errors", False), (60.0, -20.0, "excessive_errors", False),
+        (40.0, -20.0, "excessive_errors", False), (45.0, 5.0, "recovery", True),
+    ]  # fmt: skip
+    assert client.query(f"SELECT command, score FROM {db}.commands FINAL").result_rows == [
+        ("quarantine", 10.0)
+    ]
+    assert client.query(f"SELECT agent_ids, revision FROM {db}.incidents FINAL").result_rows == [
+        (["a1", "a2", "a3", "a4"], 1)
+    ]  # the newest revision
+    rows = client.query(
+        f"SELECT type, agent_id, payload FROM {db}.agent_events FINAL ORDER BY timestamp"
+    ).result_rows
+    assert [(t, a) for t, a, _ in rows] == [("rule_changed", "*"), ("status_changed", "agent-1")]
+    assert json.loads(rows[1][2])["to"] == "quarantined"
+    skipped = loader.stats().skipped_invalid
+    assert {t: skipped[t] for t in expected} == {
+        "alerts": 2, "scores": 1, "commands": 1, "incidents": 1, "events": 1
+    }  # fmt: skip
 
 
 def test_restart_resumes_from_stored_offsets_without_duplicates(settings, client, topics):

@@ -127,3 +127,52 @@ def wait_until_or_none(predicate, timeout_s: float):
             return result
         time.sleep(0.05)
     return None
+
+
+def test_auto_quarantine_end_to_end(run_up, stack_env: dict[str, str], tmp_path: Path) -> None:
+    """An agent misbehaving twice: threats cost its security score until it falls under 20;
+    then the API shows it quarantined and a quarantine order is on agents.commands."""
+    import time
+
+    import orjson
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    api = f"http://127.0.0.1:{stack_env['AGENTWATCH_API_PORT']}/api/v1"
+    up = run_up()
+    state = up.wait_ready(timeout_s=90)
+    bootstrap = state["broker"]["bootstrap_servers"]
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    start = time.time() - 4 * 3600
+
+    def beat(step: int, bad: bool) -> None:
+        value = {
+            "agent_id": "agent-q", "tenant_id": "t1", "timestamp": start + 30 * step,
+            "cpu_usage": 99.0 if bad else 30.0, "memory_usage": 40.0, "disk_usage": 20.0,
+            "network_latency": 5.0, "active_tasks": 1, "completed_tasks": step,
+            "failed_tasks": 0, "error_rate": 0.5 if bad else 0.01, "response_time_avg": 100.0,
+            "uptime_seconds": 30.0 * step, "bytes_out": 300_000_000 if bad else 10_000,
+        }  # fmt: skip
+        producer.produce("agents.metrics", key=b"agent-q", value=orjson.dumps(value))
+
+    # normal, incident (cpu, errors, exfiltration for 12 min), normal 2 h, incident again
+    for step in range(400):
+        beat(step, 40 <= step < 64 or 330 <= step < 354)
+    producer.flush(10)
+
+    def quarantined() -> dict | None:
+        response = httpx.get(f"{api}/agents/agent-q/security", timeout=5)
+        body = response.json() if response.status_code == 200 else {}
+        return body if body.get("quarantined") else None
+
+    security = wait_until(quarantined, 90, "agent-q quarantined in the API")
+    assert security["score"] < 20
+    status = httpx.get(f"{api}/agents/agent-q/status", timeout=5).json()
+    assert status["quarantined"] is True and status["security_score"] < 20
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-commands"})
+    parts = consumer.list_topics("agents.commands", timeout=5).topics["agents.commands"].partitions
+    consumer.assign([TopicPartition("agents.commands", p, 0) for p in parts])
+    orders = [orjson.loads(m.value()) for m in consumer.consume(100, timeout=5) if not m.error()]
+    consumer.close()
+    assert [(o["agent_id"], o["command"]) for o in orders] == [("agent-q", "quarantine")]
+    assert up.interrupt() < 10

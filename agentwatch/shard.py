@@ -25,7 +25,7 @@ from agentwatch.security import SecurityScores
 from agentwatch.settings import Settings
 from agentwatch.trends import TrendWatch
 from schemas.heartbeats import HeartbeatBatch
-from schemas.models import RuleChange
+from schemas.models import RuleChange, Silence
 
 
 @dataclass(slots=True)
@@ -44,6 +44,26 @@ class ShardOutput:
     scores: list[dict] = field(default_factory=list)
     commands: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SilenceExpiry:
+    """An operator ended silence ``silence_id`` at ``at`` (event time)."""
+
+    silence_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """An operator released ``agent_id`` from quarantine at ``at``."""
+
+    agent_id: str
+    at: float
+
+
+#: What an operator can tell a shard, besides heartbeats.
+ShardCommand = RuleChange | Silence | SilenceExpiry | Release
 
 
 @dataclass(slots=True)
@@ -101,6 +121,20 @@ class ShardState:
             commands=security.commands,
             events=security.lifecycle_events,
         )
+
+    def apply(self, command: ShardCommand) -> ShardOutput:
+        """Apply an operator's command (a ``RuleChange`` may raise ``RuleChangeError``)."""
+        if isinstance(command, RuleChange):
+            return self.change_rules(command)
+        if isinstance(command, Silence):
+            return ShardOutput(alerts=self.alerts.apply_silence(command, command.starts_at))
+        if isinstance(command, SilenceExpiry):
+            return ShardOutput(alerts=self.alerts.expire(command.silence_id, command.at))
+        released = self.security.release(command.agent_id, command.at)
+        return ShardOutput(
+            scores=released.score_changes, commands=released.commands,
+            events=released.lifecycle_events,
+        )  # fmt: skip
 
     def change_rules(self, change: RuleChange) -> ShardOutput:
         """Apply a rule change (raises ``RuleChangeError`` if it does not fit); a rule

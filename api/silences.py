@@ -21,12 +21,10 @@ from pydantic import ConfigDict, Field, create_model
 
 from agentwatch.settings import Settings
 from api.publisher import EventPublisher
-from schemas.events import FLEET
+from schemas.events import FLEET, SILENCE_CREATED, SILENCE_EXPIRED
 from schemas.models import EpochSeconds, Identifier, LifecycleEvent, Silence
 
 #: ``type`` of the events this module publishes.
-SILENCE_CREATED = "silence_created"
-SILENCE_EXPIRED = "silence_expired"
 
 _COLUMNS = tuple(Silence.model_fields)
 

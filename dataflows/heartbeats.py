@@ -36,15 +36,23 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
+from pydantic import ValidationError
 
 from agentwatch.alerts import CoordinationDetector
 from agentwatch.rules import RuleChangeError
 from agentwatch.settings import Settings
-from agentwatch.shard import ShardOutput, ShardState
+from agentwatch.shard import Release, ShardCommand, ShardOutput, ShardState, SilenceExpiry
 from dataflows.kafka_source import STOP, KafkaBatchSource, RawBatch
-from schemas.events import EventError, parse_rule_change
+from schemas.events import (
+    RELEASED,
+    RULE_CHANGED,
+    SILENCE_CREATED,
+    SILENCE_EXPIRED,
+    EventError,
+    parse_event,
+)
 from schemas.heartbeats import HeartbeatBatch, parse_heartbeats
-from schemas.models import RuleChange
+from schemas.models import RuleChange, Silence
 
 log = logging.getLogger("agentwatch.dataflow")
 
@@ -71,30 +79,47 @@ def validate(max_message_bytes: int, raw: RawBatch) -> CheckedBatch:
 
 @dataclass(slots=True)
 class CheckedEvents:
-    """A raw batch of ``agents.events`` with the rule changes it carries, and its rejects."""
+    """A raw batch of ``agents.events``: the operators' commands for the shards (rule
+    changes and silences go to every shard; a release to its agent's), and the rejects."""
 
     raw: RawBatch
-    changes: list[RuleChange]
+    to_every_shard: list[ShardCommand]
+    to_agent_shard: list[Release]
     rejected: list[tuple[int, str]]
 
 
-def read_rule_changes(raw: RawBatch) -> CheckedEvents:
-    """The rule changes of a batch of events; other event types pass by (never raises)."""
-    changes, rejected = [], []
+def read_events(raw: RawBatch) -> CheckedEvents:
+    """The shard commands of a batch of events; other event types pass by (never raises)."""
+    checked = CheckedEvents(raw, [], [], [])
     for position, value in enumerate(raw.values):
         try:
-            change = parse_rule_change(value)
+            event = parse_event(value)
+            if event.type == RULE_CHANGED:
+                checked.to_every_shard.append(RuleChange.model_validate(event.payload))
+            elif event.type == SILENCE_CREATED:
+                checked.to_every_shard.append(Silence.model_validate(event.payload))
+            elif event.type == SILENCE_EXPIRED:
+                silence_id = str(event.payload.get("id", ""))
+                if not silence_id:
+                    raise EventError("silence_expired payload: id is missing")
+                checked.to_every_shard.append(SilenceExpiry(silence_id, event.timestamp))
+            elif event.type == RELEASED:
+                checked.to_agent_shard.append(Release(event.agent_id, event.timestamp))
         except EventError as exc:
-            rejected.append((position, str(exc)))
-        else:
-            if change is not None:
-                changes.append(change)
-    return CheckedEvents(raw, changes, rejected)
+            checked.rejected.append((position, str(exc)))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"]) or "payload"
+            checked.rejected.append((position, f"{event.type} payload: {where}: {error['msg']}"))
+    return checked
 
 
-def to_every_shard(shard_count: int, checked: CheckedEvents) -> list[tuple[str, RuleChange]]:
-    """Each rule change, once for every shard: every shard keeps its own rule set."""
-    return [(str(shard), change) for change in checked.changes for shard in range(shard_count)]
+def to_shards(shard_count: int, checked: CheckedEvents) -> list[tuple[str, ShardCommand]]:
+    """Fleet-wide commands once for every shard (each keeps its own rules and alert
+    book); a release to the shard of its agent."""
+    return [
+        (str(shard), command) for command in checked.to_every_shard for shard in range(shard_count)
+    ] + [(str(shard_of(r.agent_id, shard_count)), r) for r in checked.to_agent_shard]
 
 
 def dead_letters(deadletter_topic: str, checked: CheckedBatch | CheckedEvents) -> list[Message]:
@@ -160,17 +185,17 @@ def shards_of(agent_ids: list[str], shard_count: int) -> np.ndarray:
 
 
 def observe_shard(
-    settings: Settings, state: object | None, item: HeartbeatBatch | RuleChange
+    settings: Settings, state: object | None, item: HeartbeatBatch | ShardCommand
 ) -> tuple[ShardState, ShardOutput]:
-    """One step of a shard (its state is the shard's): a batch of heartbeats, or a
-    change of the rules."""
+    """One step of a shard (its state is the shard's): a batch of heartbeats, or an
+    operator's command (rule change, silence, release)."""
     if state is None:
         state = ShardState.new(settings)
     elif not isinstance(state, ShardState) or not hasattr(state, "alerts"):
         state = ShardState.carry_over(state, settings)  # a snapshot of an earlier version
-    if isinstance(item, RuleChange):
+    if not isinstance(item, HeartbeatBatch):
         try:
-            return state, state.change_rules(item)
+            return state, state.apply(item)
         except RuleChangeError as exc:
             log.warning("rule_change_refused action=%s rule=%s reason=%s",
                         item.action, item.target, exc)  # fmt: skip
@@ -259,16 +284,14 @@ def build_flow(
     by_shard = op.flat_map("split_by_shard", checked, partial(split_by_shard, settings.shard_count))
     if events is not None:
         event_batches = op.input("read_events", flow, events)
-        changes = op.map("read_rule_changes", event_batches, read_rule_changes)
+        changes = op.map("read_commands", event_batches, read_events)
         rejected = op.merge(
             "all_dead_letters", rejected,
             op.flat_map("event_dead_letters", changes,
                         partial(dead_letters, settings.topic("deadletter"))),
         )  # fmt: skip
-        to_shards = op.flat_map(
-            "to_every_shard", changes, partial(to_every_shard, settings.shard_count)
-        )
-        by_shard = op.merge("shard_inputs", by_shard, to_shards)
+        commands = op.flat_map("to_shards", changes, partial(to_shards, settings.shard_count))
+        by_shard = op.merge("shard_inputs", by_shard, commands)
     # the step keeps its first name: recovery snapshots are filed under it
     observed = op.stateful_map("agent_baselines", by_shard, partial(observe_shard, settings))
     topics = {kind: settings.topic(name) for kind, name in OUTPUT_TOPICS.items()}

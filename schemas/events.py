@@ -26,6 +26,11 @@ from schemas.models import LifecycleEvent, RuleChange
 FLEET = "*"
 #: ``type`` of an event that adds, updates, enables, disables or deletes a threat rule.
 RULE_CHANGED = "rule_changed"
+#: ``type`` of the events of silences (payload: the ``Silence``; or ``{"id": …}``).
+SILENCE_CREATED = "silence_created"
+SILENCE_EXPIRED = "silence_expired"
+#: ``type`` of an operator's release of an agent from quarantine.
+RELEASED = "released"
 
 
 class EventError(ValueError):

@@ -188,3 +188,40 @@ def test_repeated_incidents_cost_security_points_until_the_agent_is_quarantined(
     firing = sorted((a for a in alerts if a["state"] == "firing"), key=lambda a: a["fired_at"])
     # episodes 30 min apart at most: the third firing is marked flapping, the fourth damped
     assert [a["flapping"] for a in firing] == [False, False, True]
+
+
+def test_silences_mark_alerts_and_commands_reach_their_shards():
+    silence = {
+        "id": "quiet-2", "agent_id": "agent-0002", "starts_at": START, "ends_at": START + 86400,
+        "created_by": "ops", "comment": "maintenance",
+    }  # fmt: skip
+    event = {"agent_id": "*", "tenant_id": "*", "actor": "ops", "timestamp": START}
+    events = [
+        orjson.dumps({**event, "type": "silence_created", "payload": silence}),
+        orjson.dumps({**event, "type": "released", "agent_id": "agent-0003",
+                      "tenant_id": "tenant-0", "timestamp": START + 10, "payload": {}}),
+        orjson.dumps({**event, "type": "silence_created", "payload": {"id": "x"}}),  # bad
+    ]  # fmt: skip
+    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8)
+    out: list = []
+    values = stream(agents=4, steps=70, saturated=(2, range(30, 60)))
+    flow = build_flow(
+        settings, TestingSource(batches(values, 50)), TestingSink(out),
+        TestingSource(event_batch(events)),
+    )  # fmt: skip
+    run_main(flow)
+    records = [(m.topic, orjson.loads(m.value)) for m in out]
+    firing = [r for t, r in records if t == "agents.alerts" and r["state"] == "firing"]
+    assert firing and all(a["silenced"] for a in firing if a["agent_id"] == "agent-0002")
+    dead = [r for t, r in records if t == "agents.deadletter" and r["topic"] == "agents.events"]
+    assert len(dead) == 1 and dead[0]["reason"].startswith("silence_created payload")
+
+    from dataflows.heartbeats import read_events, shard_of, to_shards
+
+    routed = to_shards(8, read_events(event_batch(events)[0]))
+    assert [key for key, command in routed if type(command).__name__ == "Release"] == [
+        str(shard_of("agent-0003", 8))
+    ]
+    assert sorted(key for key, command in routed if type(command).__name__ == "Silence") == [
+        str(shard) for shard in range(8)
+    ]

@@ -55,7 +55,7 @@ from api.responses import (
     ThreatList,
     ThreatSeverity,
 )
-from api.rules import RuleBook, RuleChangeError, RuleExists, RuleNotFound, RulePublishError
+from api.rules import RuleBook, RuleChangeError, RuleExists, RuleNotFound
 from api.silences import NewSilence, SilenceBook, SilenceNotFound, StoredSilence
 from schemas.models import TIMESTAMP_RANGE, LifecycleEvent, RuleChange, Silence, ThreatRuleSpec
 from sinks.clickhouse import connect, create_schema
@@ -268,7 +268,8 @@ class Runtime:
         )
         publisher = EventPublisher(settings)
         return cls(
-            settings, clients, loader, loader_client, monitor, sql_clients, RuleBook(settings),
+            settings, clients, loader, loader_client, monitor, sql_clients,
+            RuleBook(settings, publisher),
             publisher, SilenceBook(settings, publisher), webhooks, webhooks_client,
         )  # fmt: skip
 
@@ -284,7 +285,6 @@ class Runtime:
             log.info("loader_stopped seconds=%.2f", time.monotonic() - started)
         if self.loader_client is not None:
             self.loader_client.close()
-        self.rule_book.close()
         self.publisher.close()
         self.monitor.close()
         self.clients.close()
@@ -686,7 +686,7 @@ def create_app(
             raise HTTPException(409, detail=str(exc)) from None
         except RuleChangeError as exc:
             raise HTTPException(422, detail=str(exc)) from None
-        except RulePublishError as exc:
+        except PublishError as exc:
             raise HTTPException(503, detail=str(exc)) from None
 
     @app.get(f"{API_PREFIX}/rules", response_model=list[ThreatRuleSpec], tags=["rules"])

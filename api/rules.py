@@ -13,12 +13,11 @@ from __future__ import annotations
 import threading
 import time
 
-import orjson
 from clickhouse_connect.driver.client import Client
-from confluent_kafka import KafkaException, Producer
 
 from agentwatch.rules import RuleChangeError, RuleSet, default_rules
 from agentwatch.settings import Settings
+from api.publisher import EventPublisher
 from schemas.events import FLEET, rule_change_event
 from schemas.models import RuleChange, ThreatRuleSpec
 
@@ -31,10 +30,6 @@ class RuleExists(RuleChangeError):
     """A rule of that name exists already."""
 
 
-class RulePublishError(RuntimeError):
-    """The change could not be written to Kafka; nothing was changed."""
-
-
 class RuleBook:
     """The API's side of the rule set: reads the ``rules`` projection, publishes changes.
 
@@ -42,10 +37,10 @@ class RuleBook:
     add the same rule.
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, publisher: EventPublisher):
         self.settings = settings
+        self.publisher = publisher
         self._lock = threading.Lock()
-        self._producer: Producer | None = None
 
     def rules(self, client: Client) -> list[ThreatRuleSpec]:
         """The rule set as it stands: defaults overlaid with the recorded changes."""
@@ -65,7 +60,7 @@ class RuleBook:
         """Check, publish and record one change; the rule as it now is (None if deleted).
 
         Raises :class:`RuleChangeError` if the change does not fit the rule set,
-        :class:`RulePublishError` if Kafka did not take it.
+        :class:`api.publisher.PublishError` if Kafka did not take it.
         """
         with self._lock:
             current = {rule.name: rule for rule in self.rules(client)}
@@ -81,7 +76,7 @@ class RuleBook:
             trial.apply(change)  # raises RuleChangeError, leaving everything as it was
             after = {rule.name: rule for rule in trial.rules()}.get(change.target)
             now = time.time()
-            self._publish(rule_change_event(change, actor, now))
+            self.publisher.publish(rule_change_event(change, actor, now), FLEET)
             client.insert(
                 "rules",
                 [
@@ -98,34 +93,5 @@ class RuleBook:
             )
             return after
 
-    def _publish(self, event: dict) -> None:
-        if self._producer is None:
-            self._producer = Producer(
-                {"bootstrap.servers": self.settings.bootstrap_servers, "acks": "all"}
-            )
-        failures: list[str] = []
 
-        def delivered(error: object, _message: object) -> None:
-            if error is not None:
-                failures.append(str(error))
-
-        try:
-            self._producer.produce(
-                self.settings.topic("events"), key=FLEET.encode(), value=orjson.dumps(event),
-                on_delivery=delivered,
-            )  # fmt: skip
-        except (KafkaException, BufferError) as exc:
-            raise RulePublishError(f"Kafka refused the rule change: {exc}") from None
-        left = self._producer.flush(self.settings.api_broker_timeout_s * 10)
-        if left or failures:
-            reason = failures[0] if failures else "no answer from the broker"
-            raise RulePublishError(f"the rule change was not published ({reason}); retry")
-
-    def close(self) -> None:
-        """Deliver what is pending and let go of the producer."""
-        if self._producer is not None:
-            self._producer.flush(5)
-            self._producer = None
-
-
-__all__ = ["RuleBook", "RuleChangeError", "RuleExists", "RuleNotFound", "RulePublishError"]
+__all__ = ["RuleBook", "RuleChangeError", "RuleExists", "RuleNotFound"]

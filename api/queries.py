@@ -43,12 +43,10 @@ _ANOMALY_COLUMNS = "timestamp, score, threshold, is_anomaly, detector, top_featu
 _THREAT_COLUMNS = "rule, category, severity, first_seen, last_seen, condition, evidence"
 
 
-def latest_metrics(
-    client: Client, database: str, agent_id: str
-) -> tuple[str, LatestMetrics] | None:
-    """The agent's newest heartbeat and its tenant, or None if it never sent one."""
+def _newest_row(client: Client, table: str, columns: str, agent_id: str) -> dict | None:
+    """The agent's newest row of ``table`` (read on the sort key), timestamp in UTC."""
     result = client.query(
-        f"SELECT tenant_id, {_METRIC_COLUMNS} FROM {database}.metrics "
+        f"SELECT {columns} FROM {table} "
         "PREWHERE agent_id = {agent_id:String} ORDER BY timestamp DESC LIMIT 1",
         parameters={"agent_id": agent_id},
     )
@@ -56,25 +54,29 @@ def latest_metrics(
     if not rows:
         return None
     row = rows[0]
-    tenant_id = row.pop("tenant_id")
     row["timestamp"] = as_utc(row["timestamp"])
+    return row
+
+
+def latest_metrics(
+    client: Client, database: str, agent_id: str
+) -> tuple[str, LatestMetrics] | None:
+    """The agent's newest heartbeat and its tenant, or None if it never sent one."""
+    row = _newest_row(client, f"{database}.metrics", f"tenant_id, {_METRIC_COLUMNS}", agent_id)
+    if row is None:
+        return None
+    tenant_id = row.pop("tenant_id")
     row["status"] = row["status"] or None
     return tenant_id, LatestMetrics(**row)
 
 
 def latest_baseline(client: Client, database: str, agent_id: str) -> tuple[str, Baseline] | None:
     """The agent's newest baseline snapshot and its tenant, or None before the first one."""
-    result = client.query(
-        f"SELECT tenant_id, timestamp, heartbeats, warmed_up, mean, std FROM {database}.baselines "
-        "PREWHERE agent_id = {agent_id:String} ORDER BY timestamp DESC LIMIT 1",
-        parameters={"agent_id": agent_id},
-    )
-    rows = list(result.named_results())
-    if not rows:
+    columns = "tenant_id, timestamp, heartbeats, warmed_up, mean, std"
+    row = _newest_row(client, f"{database}.baselines", columns, agent_id)
+    if row is None:
         return None
-    row = rows[0]
     tenant_id = row.pop("tenant_id")
-    row["timestamp"] = as_utc(row["timestamp"])
     return tenant_id, Baseline(**row)
 
 

@@ -29,12 +29,12 @@ agent in one pass, the second in the next, and so on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import repeat
 
 import numpy as np
 
 from agentwatch.baselines import FEATURES, clip_limits, deviations, learn
 from agentwatch.detector import reasons, scores_from_deviations
+from agentwatch.rows import AgentIndex, ArraySpec, RowArrays
 from agentwatch.settings import Settings
 from schemas.heartbeats import HeartbeatBatch
 
@@ -82,35 +82,34 @@ class FleetOutput:
     baselines: list[dict] = field(default_factory=list)
 
 
-class FleetBaselines:
+class FleetBaselines(RowArrays):
     """Baselines and detector state of one shard of agents (one row per agent)."""
 
-    def __init__(self, config: DetectorConfig, capacity: int = 64):
+    def __init__(self, config: DetectorConfig, index: AgentIndex | None = None, capacity: int = 64):
         self.config = config
         self._floor = np.asarray(config.std_floor)
-        self.row_of: dict[str, int] = {}
-        self.tenant_names: list[str] = []
-        self._tenant_index: dict[str, int] = {}
-        features = len(FEATURES)
-        self.agent_ids: list[str] = []
-        self.tenant = np.zeros(capacity, dtype=np.int32)
-        self.mean = np.zeros((capacity, features))
-        self.var = np.zeros((capacity, features))
-        self.count = np.zeros(capacity)
-        self.first_ts = np.zeros(capacity)
-        self.last_ts = np.zeros(capacity)
-        self.published_ts = np.full(capacity, -np.inf)
-        self.warm = np.zeros(capacity, dtype=bool)
+        f64, per_feature = np.dtype(np.float64), (len(FEATURES),)
+        arrays: dict[str, ArraySpec] = {
+            "mean": (f64, 0.0, per_feature),
+            "var": (f64, 0.0, per_feature),
+            "count": (f64, 0.0, ()),
+            "first_ts": (f64, 0.0, ()),
+            "last_ts": (f64, 0.0, ()),
+            "published_ts": (f64, -np.inf, ()),
+            "warm": (np.dtype(np.bool_), False, ()),
+        }
+        self._setup(arrays, index, capacity)
 
-    def __len__(self) -> int:
-        return len(self.agent_ids)
+    def rows(self, batch: HeartbeatBatch) -> np.ndarray:
+        """The row of each heartbeat's agent (new agents get fresh, cold rows)."""
+        return self._rows(batch.agent_id, batch.tenant_id)
 
     def observe(self, batch: HeartbeatBatch) -> FleetOutput:
         """Score every heartbeat of ``batch`` against its agent's baseline, then learn it."""
         out = FleetOutput()
         if not len(batch):
             return out
-        rows = self._rows_for(batch.agent_id, batch.tenant_id)
+        rows = self.rows(batch)
         values = np.column_stack([batch.metrics[f] for f in FEATURES])
         for positions in _passes(rows):
             self._observe_pass(rows[positions], values[positions], batch.timestamp[positions], out)
@@ -132,8 +131,7 @@ class FleetBaselines:
             row = rows[i]
             out.anomalies.append(
                 {
-                    "agent_id": self.agent_ids[row],
-                    "tenant_id": self.tenant_names[self.tenant[row]],
+                    **self.index.agent(row),
                     "timestamp": float(ts[i]),
                     "score": float(scores[i]),
                     "threshold": cfg.threshold,
@@ -156,7 +154,7 @@ class FleetBaselines:
 
     def baseline_records(self, rows: np.ndarray) -> list[dict]:
         """The baselines of these agent rows, as ``BaselineRecord`` dicts."""
-        agent_ids, tenant_names = self.agent_ids, self.tenant_names
+        agent_ids, tenant_names = self.index.agent_ids, self.index.tenant_names
         return [
             {
                 "agent_id": agent_ids[row],
@@ -169,7 +167,7 @@ class FleetBaselines:
             }
             for row, tenant, timestamp, count, warm, mean, std in zip(
                 rows.tolist(),
-                self.tenant[rows].tolist(),
+                self.index.tenant[rows].tolist(),
                 self.last_ts[rows].tolist(),
                 self.count[rows].tolist(),
                 self.warm[rows].tolist(),
@@ -178,40 +176,6 @@ class FleetBaselines:
                 strict=True,
             )
         ]
-
-    def _rows_for(self, agent_ids: list[str], tenant_ids: list[str]) -> np.ndarray:
-        """Row of each agent, adding rows for agents seen for the first time."""
-        rows = np.fromiter(map(self.row_of.get, agent_ids, repeat(-1)), np.int64, len(agent_ids))
-        for i in np.flatnonzero(rows < 0):
-            agent = agent_ids[i]
-            row = self.row_of.get(agent)
-            if row is None:
-                row = self._add_agent(agent, tenant_ids[i])
-            rows[i] = row
-        return rows
-
-    def _add_agent(self, agent_id: str, tenant_id: str) -> int:
-        row = len(self.agent_ids)
-        if row == len(self.count):
-            self._grow()
-        tenant = self._tenant_index.get(tenant_id)
-        if tenant is None:
-            tenant = self._tenant_index[tenant_id] = len(self.tenant_names)
-            self.tenant_names.append(tenant_id)
-        self.row_of[agent_id] = row
-        self.agent_ids.append(agent_id)
-        self.tenant[row] = tenant
-        return row
-
-    def _grow(self) -> None:
-        for name in ("tenant", "mean", "var", "count", "first_ts", "last_ts", "published_ts",
-                     "warm"):  # fmt: skip
-            old = getattr(self, name)
-            new = np.zeros((2 * len(old), *old.shape[1:]), dtype=old.dtype)
-            if name == "published_ts":
-                new[:] = -np.inf
-            new[: len(old)] = old
-            setattr(self, name, new)
 
 
 def _passes(rows: np.ndarray) -> list[np.ndarray]:

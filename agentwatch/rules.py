@@ -63,6 +63,7 @@ import numpy as np
 
 from agentwatch.baselines import FEATURES, deviations
 from agentwatch.fleet import FleetBaselines, _passes
+from agentwatch.rows import AgentIndex, ArraySpec, RowArrays, allocate, bytes_per_row, grow
 from agentwatch.settings import Settings
 from schemas.heartbeats import HeartbeatBatch
 from schemas.models import (
@@ -178,14 +179,11 @@ class BaselineInputs:
         """The baselines ``fleet`` holds now for the agents of ``batch``, with the
         detector's std floors. Call it before ``fleet.observe(batch)``, so no
         heartbeat is judged against a baseline that has already learned it."""
-        rows = np.fromiter((fleet.row_of.get(a, -1) for a in batch.agent_id), np.int64, len(batch))
-        known = rows >= 0
-        safe = np.where(known, rows, 0)
-        mean = np.where(known[:, None], fleet.mean[safe], 0.0)
-        var = np.where(known[:, None], fleet.var[safe], 0.0)
+        rows = fleet.rows(batch)
+        mean, var = fleet.mean[rows], fleet.var[rows]
         floor = np.asarray(fleet.config.std_floor)
         _, std = deviations(mean, var, mean, floor, fleet.config.rel_floor)
-        return cls(mean=mean, std=std, warm=known & fleet.warm[safe])
+        return cls(mean=mean, std=std, warm=fleet.warm[rows])
 
     def take(self, positions: np.ndarray) -> BaselineInputs:
         """The rows at ``positions``."""
@@ -239,7 +237,7 @@ class _Condition:
     metrics: tuple[str, ...] = ()
 
     def __init__(self) -> None:
-        self._arrays: dict[str, tuple[np.dtype, float, tuple[int, ...]]] = {}
+        self._arrays: dict[str, ArraySpec] = {}
         self._rings: list[str] = []  # arrays of shape (agents, metrics, buckets)
 
     def _array(
@@ -250,20 +248,13 @@ class _Condition:
             self._rings.append(name)
 
     def allocate(self, capacity: int) -> None:
-        for name, (dtype, fill, shape) in self._arrays.items():
-            setattr(self, name, np.full((capacity, *shape), fill, dtype=dtype))
+        allocate(self, self._arrays, capacity)
 
     def grow(self, capacity: int) -> None:
-        for name, (dtype, fill, shape) in self._arrays.items():
-            old = getattr(self, name)
-            new = np.full((capacity, *shape), fill, dtype=dtype)
-            new[: len(old)] = old
-            setattr(self, name, new)
+        grow(self, self._arrays, capacity)
 
     def bytes_per_agent(self) -> int:
-        return sum(
-            dtype.itemsize * int(np.prod(shape)) for dtype, _, shape in self._arrays.values()
-        )
+        return bytes_per_row(self._arrays)
 
     def judge(self, p: _Pass) -> _Judgement:
         raise NotImplementedError
@@ -493,7 +484,7 @@ class _LiveRule:
         return f"{text} for {self.spec.for_s:g} s" if self.spec.for_s else text
 
 
-class RuleSet:
+class RuleSet(RowArrays):
     """The threat rules of one shard of agents, with their state (one row per agent).
 
     >>> rules = RuleSet([], buckets=12)
@@ -509,26 +500,25 @@ class RuleSet:
     agentwatch.rules.RuleChangeError: no rule 'nope' to delete; the rules are: hot
     """
 
-    def __init__(self, rules: Iterable[ThreatRuleSpec] = (), buckets: int = 12, capacity: int = 64):
+    def __init__(
+        self,
+        rules: Iterable[ThreatRuleSpec] = (),
+        buckets: int = 12,
+        index: AgentIndex | None = None,
+        capacity: int = 64,
+    ):
         self.buckets = buckets
         self._specs: dict[str, ThreatRuleSpec] = {}
         self._live: dict[str, _LiveRule] = {}
-        self.row_of: dict[str, int] = {}
-        self.agent_ids: list[str] = []
-        self.tenant_names: list[str] = []
-        self._tenant_index: dict[str, int] = {}
-        self.tenant = np.zeros(capacity, dtype=np.int32)
-        self.latest = np.full(capacity, -np.inf)  # each agent's clock: its latest event time
+        # each agent's clock: its latest event time
+        self._setup({"latest": (np.dtype(np.float64), -np.inf, ())}, index, capacity)
         for rule in rules:
             self.apply(RuleChange(action="add", rule=rule))
 
     @classmethod
-    def default(cls, settings: Settings) -> RuleSet:
+    def default(cls, settings: Settings, index: AgentIndex | None = None) -> RuleSet:
         """The seed's rules (:func:`default_rules`) with the settings' bucket count."""
-        return cls(default_rules(settings), buckets=settings.threat_window_buckets)
-
-    def __len__(self) -> int:
-        return len(self.agent_ids)
+        return cls(default_rules(settings), settings.threat_window_buckets, index)
 
     def rules(self) -> list[ThreatRuleSpec]:
         """Every rule, enabled or not, in the order they were added."""
@@ -560,7 +550,7 @@ class RuleSet:
             spec = self._specs[name].model_copy(update={"enabled": action == "enable"})
             if spec == self._specs[name]:
                 return  # enabling an enabled rule keeps its state
-        live = _LiveRule.start(spec, self.buckets, len(self.latest)) if spec.enabled else None
+        live = _LiveRule.start(spec, self.buckets, self.capacity) if spec.enabled else None
         self._specs[name] = spec
         if live is None:
             self._live.pop(name, None)
@@ -576,7 +566,7 @@ class RuleSet:
         out = RuleOutput()
         if not len(batch) or not self._live:
             return out
-        rows = self._rows_for(batch.agent_id, batch.tenant_id)
+        rows = self._rows(batch.agent_id, batch.tenant_id)
         columns = self._columns(batch)
         for positions in _passes(rows):
             fresh = batch.timestamp[positions] != self.latest[rows[positions]]
@@ -616,7 +606,7 @@ class RuleSet:
             row = int(rows[k])
             out.transitions.append(
                 {
-                    **self._agent(row),
+                    **self.index.agent(row),
                     "rule": live.spec.name,
                     "holds": bool(holds[k]),
                     "at": float(clock[k]),
@@ -661,7 +651,7 @@ class RuleSet:
             shown = dict(zip(metrics, values.tolist(), strict=True))
         start = live.condition.window_start(clock)
         return {
-            **self._agent(row),
+            **self.index.agent(row),
             "rule": live.spec.name,
             "category": live.spec.category,
             "severity": live.spec.severity,
@@ -675,9 +665,6 @@ class RuleSet:
             "first_seen": float(since),
             "last_seen": float(clock),
         }
-
-    def _agent(self, row: int) -> dict:
-        return {"agent_id": self.agent_ids[row], "tenant_id": self.tenant_names[self.tenant[row]]}
 
     def _columns(self, batch: HeartbeatBatch) -> dict[str, np.ndarray]:
         """The batch's columns that some enabled rule reads (``status`` as state codes)."""
@@ -697,46 +684,22 @@ class RuleSet:
         live = self._live.get(name)
         if live is None:
             return {}
-        since = live.since[: len(self.agent_ids)]
-        return {self.agent_ids[r]: float(since[r]) for r in np.flatnonzero(~np.isnan(since))}
+        agent_ids = self.index.agent_ids
+        since = live.since[: len(agent_ids)]
+        return {agent_ids[r]: float(since[r]) for r in np.flatnonzero(~np.isnan(since))}
 
     def bytes_per_agent(self) -> int:
-        """Bytes of numeric state per agent: its clock and tenant, and every enabled
-        rule's state (not counting the agent-id index, which a shard shares).
+        """Bytes of numeric state per agent: its clock and every enabled rule's state
+        (not counting the agent-id index, which a shard shares).
 
         >>> RuleSet.default(Settings()).bytes_per_agent() <= 300
         True
         """
-        shared = self.latest.itemsize + self.tenant.itemsize
-        return shared + sum(live.bytes_per_agent() for live in self._live.values())
-
-    def _rows_for(self, agent_ids: list[str], tenant_ids: list[str]) -> np.ndarray:
-        """Row of each agent, adding rows for agents seen for the first time."""
-        row_of = self.row_of
-        rows = np.fromiter((row_of.get(a, -1) for a in agent_ids), np.int64, len(agent_ids))
-        for i in np.flatnonzero(rows < 0).tolist():
-            row = row_of.get(agent_ids[i])
-            rows[i] = self._add_agent(agent_ids[i], tenant_ids[i]) if row is None else row
-        return rows
-
-    def _add_agent(self, agent_id: str, tenant_id: str) -> int:
-        row = len(self.agent_ids)
-        if row == len(self.latest):
-            self._grow(2 * row)
-        tenant = self._tenant_index.get(tenant_id)
-        if tenant is None:
-            tenant = self._tenant_index[tenant_id] = len(self.tenant_names)
-            self.tenant_names.append(tenant_id)
-        self.row_of[agent_id] = row
-        self.agent_ids.append(agent_id)
-        self.tenant[row] = tenant
-        return row
+        return super().bytes_per_agent() + sum(
+            live.bytes_per_agent() for live in self._live.values()
+        )
 
     def _grow(self, capacity: int) -> None:
-        latest = np.full(capacity, -np.inf)
-        latest[: len(self.latest)] = self.latest
-        tenant = np.zeros(capacity, dtype=np.int32)
-        tenant[: len(self.tenant)] = self.tenant
-        self.latest, self.tenant = latest, tenant
+        super()._grow(capacity)
         for live in self._live.values():
             live.grow(capacity)

@@ -55,6 +55,7 @@ from itertools import repeat
 import numpy as np
 
 from agentwatch.fleet import _passes
+from agentwatch.rows import AgentIndex, ArraySpec, RowArrays
 from agentwatch.settings import Settings
 from schemas.heartbeats import HeartbeatBatch
 from schemas.models import AGENT_STATES
@@ -122,7 +123,7 @@ class SecurityOutput:
     commands: list[dict] = field(default_factory=list)
 
 
-class SecurityScores:
+class SecurityScores(RowArrays):
     """The security scores of one shard of agents (one row per agent).
 
     Per agent: the score and its clock, the time of its last threat, the last
@@ -135,17 +136,12 @@ class SecurityScores:
     True
     """
 
-    def __init__(self, config: SecurityConfig, capacity: int = 64):
+    def __init__(self, config: SecurityConfig, index: AgentIndex | None = None, capacity: int = 64):
         self.config = config
-        self.row_of: dict[str, int] = {}
-        self.agent_ids: list[str] = []
-        self.tenant_names: list[str] = []
-        self._tenant_index: dict[str, int] = {}
         self.rule_names: list[str] = []  # rule code → name (shared by the shard)
         self._rule_code: dict[str, int] = {}
         size = config.breakdown_size
-        self._arrays: dict[str, tuple[np.dtype, float, tuple[int, ...]]] = {
-            "tenant": (np.dtype(np.int32), 0, ()),
+        arrays: dict[str, ArraySpec] = {
             "score": (np.dtype(np.float64), config.initial_score, ()),
             "clock": (np.dtype(np.float64), -np.inf, ()),  # latest event time seen
             "last_threat": (np.dtype(np.float64), -np.inf, ()),
@@ -158,16 +154,12 @@ class SecurityScores:
             "ring_at": (np.dtype(np.uint32), 0, (size,)),  # whole epoch seconds (0: empty)
             "ring_next": (np.dtype(np.uint8), 0, ()),
         }
-        for name, (dtype, fill, shape) in self._arrays.items():
-            setattr(self, name, np.full((capacity, *shape), fill, dtype=dtype))
+        self._setup(arrays, index, capacity)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SecurityScores:
-        """An empty shard with the settings' tunables."""
-        return cls(SecurityConfig.from_settings(settings))
-
-    def __len__(self) -> int:
-        return len(self.agent_ids)
+    def from_settings(cls, settings: Settings, index: AgentIndex | None = None) -> SecurityScores:
+        """An empty shard with the settings' tunables (rows from ``index`` if given)."""
+        return cls(SecurityConfig.from_settings(settings), index)
 
     # --- the stream ---------------------------------------------------------
     def observe(self, batch: HeartbeatBatch | None, threats: Iterable[dict] = ()) -> SecurityOutput:
@@ -183,7 +175,7 @@ class SecurityScores:
         n = 0 if batch is None else len(batch)
         if not n and not threats:
             return out
-        rows = self._rows_for(
+        rows = self._rows(
             [*(batch.agent_id if n else ()), *(t["agent_id"] for t in threats)],
             [*(batch.tenant_id if n else ()), *(t["tenant_id"] for t in threats)],
         )
@@ -275,7 +267,7 @@ class SecurityScores:
         first_seen: float | None = None,
     ) -> dict:
         return {
-            **self._agent(row),
+            **self.index.agent(row),
             "timestamp": float(at),
             "score": float(score),
             "delta": float(delta),
@@ -285,7 +277,7 @@ class SecurityScores:
 
     def _quarantine(self, row: int, at: float, score: float, out: SecurityOutput) -> None:
         """The lifecycle event and the order that quarantine agent ``row``."""
-        agent = self._agent(row)
+        agent = self.index.agent(row)
         deductions = self._deductions(row)
         named = ", ".join(f"{d['rule']} -{d['points']:g}" for d in deductions)
         reason = (
@@ -359,11 +351,11 @@ class SecurityScores:
          'quarantined': False,
          'deductions': [{'rule': 'excessive_errors', 'points': 20, 'at': 1800000000.0}]}
         """
-        row = self.row_of.get(agent_id)
+        row = self.index.row(agent_id)
         if row is None:
             return None
         return {
-            **self._agent(row),
+            **self.index.agent(row),
             "score": float(self.score[row]),
             "as_of": float(self.clock[row]),
             "quarantined": bool(self.quarantined[row]),
@@ -372,7 +364,7 @@ class SecurityScores:
 
     def score_of(self, agent_id: str) -> float:
         """The agent's score as of its clock (the initial score for an unknown agent)."""
-        row = self.row_of.get(agent_id)
+        row = self.index.row(agent_id)
         return self.config.initial_score if row is None else float(self.score[row])
 
     # --- operators ----------------------------------------------------------
@@ -390,7 +382,7 @@ class SecurityScores:
         [('release', 100.0)]
         """
         out = SecurityOutput()
-        row = self.row_of.get(agent_id)
+        row = self.index.row(agent_id)
         if row is None:
             return out
         now = max(float(self.clock[row]), float(at))
@@ -408,14 +400,6 @@ class SecurityScores:
                 out.score_changes.append(self._change(row, now, score, delta, "release"))
         return out
 
-    # --- rows ---------------------------------------------------------------
-    def bytes_per_agent(self) -> int:
-        """Bytes of numeric state per agent (not counting the agent-id index,
-        which a shard shares)."""
-        return sum(
-            dtype.itemsize * int(np.prod(shape)) for dtype, _, shape in self._arrays.values()
-        )
-
     def _note_status(self, rows: np.ndarray, batch: HeartbeatBatch) -> None:
         """Remember each agent's latest reported lifecycle status (for ``from``)."""
         codes = np.fromiter(
@@ -424,34 +408,3 @@ class SecurityScores:
         known = codes != _NO_STATUS
         if known.any():  # the last in batch order wins
             self.status[rows[known]] = codes[known]
-
-    def _agent(self, row: int) -> dict:
-        return {"agent_id": self.agent_ids[row], "tenant_id": self.tenant_names[self.tenant[row]]}
-
-    def _rows_for(self, agent_ids: list[str], tenant_ids: list[str]) -> np.ndarray:
-        """Row of each agent, adding rows for agents seen for the first time."""
-        rows = np.fromiter(map(self.row_of.get, agent_ids, repeat(-1)), np.int64, len(agent_ids))
-        for i in np.flatnonzero(rows < 0).tolist():
-            row = self.row_of.get(agent_ids[i])
-            rows[i] = self._add_agent(agent_ids[i], tenant_ids[i]) if row is None else row
-        return rows
-
-    def _add_agent(self, agent_id: str, tenant_id: str) -> int:
-        row = len(self.agent_ids)
-        if row == len(self.score):
-            self._grow(2 * row)
-        tenant = self._tenant_index.get(tenant_id)
-        if tenant is None:
-            tenant = self._tenant_index[tenant_id] = len(self.tenant_names)
-            self.tenant_names.append(tenant_id)
-        self.row_of[agent_id] = row
-        self.agent_ids.append(agent_id)
-        self.tenant[row] = tenant
-        return row
-
-    def _grow(self, capacity: int) -> None:
-        for name, (dtype, fill, shape) in self._arrays.items():
-            old = getattr(self, name)
-            new = np.full((capacity, *shape), fill, dtype=dtype)
-            new[: len(old)] = old
-            setattr(self, name, new)

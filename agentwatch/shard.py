@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from agentwatch.alerts import AlertBook
 from agentwatch.fleet import DetectorConfig, FleetBaselines
+from agentwatch.rows import AgentIndex
 from agentwatch.rules import BaselineInputs, RuleSet
 from agentwatch.security import SecurityScores
 from agentwatch.settings import Settings
@@ -68,8 +69,9 @@ ShardCommand = RuleChange | Silence | SilenceExpiry | Release
 
 @dataclass(slots=True)
 class ShardState:
-    """The per-agent state of one shard of agents."""
+    """The per-agent state of one shard of agents (its components share one index)."""
 
+    index: AgentIndex
     baselines: FleetBaselines
     rules: RuleSet
     trends: TrendWatch
@@ -79,14 +81,26 @@ class ShardState:
     @classmethod
     def new(cls, settings: Settings) -> ShardState:
         """An empty shard with the default rule set of ``settings``."""
-        rules = RuleSet.default(settings)
+        index = AgentIndex()
+        rules = RuleSet.default(settings, index)
         return cls(
-            FleetBaselines(DetectorConfig.from_settings(settings)),
+            index,
+            FleetBaselines(DetectorConfig.from_settings(settings), index),
             rules,
-            TrendWatch.from_settings(settings),
-            SecurityScores.from_settings(settings),
+            TrendWatch.from_settings(settings, index),
+            SecurityScores.from_settings(settings, index),
             AlertBook(settings, rules.rules()),
         )
+
+    @classmethod
+    def restore(cls, state: object | None, settings: Settings) -> ShardState:
+        """The state a shard goes on with: ``state`` itself if it is current, a new one
+        for None, and what :meth:`carry_over` makes of a snapshot of an earlier version."""
+        if state is None:
+            return cls.new(settings)
+        if isinstance(state, cls) and all(hasattr(state, name) for name in cls.__slots__):
+            return state
+        return cls.carry_over(state, settings)
 
     @classmethod
     def carry_over(cls, state: object, settings: Settings) -> ShardState:
@@ -94,11 +108,14 @@ class ShardState:
         is kept, what it lacks starts empty."""
         fresh = cls.new(settings)
         if isinstance(state, FleetBaselines):
-            fresh.baselines = state
-            return fresh
-        for name in cls.__slots__:
-            if hasattr(state, name):
-                setattr(fresh, name, getattr(state, name))
+            state = {"baselines": state}
+        old = state if isinstance(state, dict) else {
+            name: getattr(state, name) for name in cls.__slots__ if hasattr(state, name)
+        }  # fmt: skip
+        if "baselines" in old and not hasattr(old["baselines"], "index"):
+            _share_one_index(old, fresh)
+        for name, part in old.items():
+            setattr(fresh, name, part)
         fresh.alerts.set_rules(fresh.rules.rules())
         return fresh
 
@@ -145,3 +162,20 @@ class ShardState:
         if change.action in ("disable", "delete"):
             retired = self.alerts.retire_rule(change.target)
         return ShardOutput(alerts=retired)
+
+
+def _share_one_index(old: dict, fresh: ShardState) -> None:
+    """Give the parts of a snapshot from before the index was shared (each kept its own
+    ``row_of``, ``agent_ids``, ``tenant_names`` and ``tenant``) the baselines' index.
+    A part whose agents were in another order starts empty."""
+    index = fresh.index = AgentIndex.adopt(old["baselines"])
+    for name in ("baselines", "rules", "trends", "security"):
+        part, new = old.get(name), getattr(fresh, name)
+        if part is None or getattr(part, "agent_ids", None) != index.agent_ids:
+            part = new
+        for stale in ("row_of", "agent_ids", "tenant_names", "_tenant_index", "tenant"):
+            vars(part).pop(stale, None)
+        part._arrays = new._arrays
+        part.index = index
+        part._fit()
+        old[name] = part

@@ -47,11 +47,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from itertools import repeat
 
 import numpy as np
 
 from agentwatch.fleet import _passes
+from agentwatch.rows import AgentIndex, ArraySpec, RowArrays
 from agentwatch.settings import Settings
 from schemas.heartbeats import FLOAT_FIELDS, HeartbeatBatch
 
@@ -98,26 +98,21 @@ class TrendConfig:
         )
 
 
-class TrendWatch:
+class TrendWatch(RowArrays):
     """Online trend lines of the watched metrics of one shard of agents (one row per agent).
 
     >>> TrendWatch.from_settings(Settings()).bytes_per_agent()
-    135
+    131
     """
 
-    def __init__(self, config: TrendConfig, capacity: int = 64):
+    def __init__(self, config: TrendConfig, index: AgentIndex | None = None, capacity: int = 64):
         self.config = config
         self._limit = np.asarray(config.limits)
         self._decay_per_s = math.log(2.0) / config.half_life_s
         #: How far back the window an evidence names reaches (90 % of the weight).
         self._window_s = -math.log(1.0 - _WINDOW_WEIGHT) / self._decay_per_s
-        self.row_of: dict[str, int] = {}
-        self.agent_ids: list[str] = []
-        self.tenant_names: list[str] = []
-        self._tenant_index: dict[str, int] = {}
         m = len(config.metrics)
-        self._arrays: dict[str, tuple[np.dtype, float, tuple[int, ...]]] = {
-            "tenant": (np.dtype(np.int32), 0, ()),
+        arrays: dict[str, ArraySpec] = {
             "clock": (np.dtype(np.float64), -np.inf, ()),
             "count": (np.dtype(np.uint16), 0, ()),
             "sw": (np.dtype(np.float64), 0.0, ()),  # Σw
@@ -128,16 +123,12 @@ class TrendWatch:
             "swxy": (np.dtype(np.float64), 0.0, (m,)),
             "warned": (np.dtype(np.uint8), 0, ()),  # bit j: metric j warned this episode
         }
-        for name, (dtype, fill, shape) in self._arrays.items():
-            setattr(self, name, np.full((capacity, *shape), fill, dtype=dtype))
+        self._setup(arrays, index, capacity)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TrendWatch:
-        """An empty shard with the settings' tunables."""
-        return cls(TrendConfig.from_settings(settings))
-
-    def __len__(self) -> int:
-        return len(self.agent_ids)
+    def from_settings(cls, settings: Settings, index: AgentIndex | None = None) -> TrendWatch:
+        """An empty shard with the settings' tunables (rows from ``index`` if given)."""
+        return cls(TrendConfig.from_settings(settings), index)
 
     def observe(self, batch: HeartbeatBatch) -> list[dict]:
         """Learn every heartbeat of ``batch`` in each agent's order; the WARNING threats
@@ -145,7 +136,7 @@ class TrendWatch:
         threats: list[dict] = []
         if not len(batch):
             return threats
-        rows = self._rows_for(batch.agent_id, batch.tenant_id)
+        rows = self._rows(batch.agent_id, batch.tenant_id)
         values = np.column_stack([batch.metrics[m] for m in self.config.metrics])
         for positions in _passes(rows):
             fresh = batch.timestamp[positions] > self.clock[rows[positions]]
@@ -228,8 +219,7 @@ class TrendWatch:
         cfg = self.config
         metric, limit, clock = cfg.metrics[j], cfg.limits[j], float(self.clock[row])
         return {
-            "agent_id": self.agent_ids[row],
-            "tenant_id": self.tenant_names[self.tenant[row]],
+            **self.index.agent(row),
             "rule": f"trend_{metric}",
             "category": "PERFORMANCE",
             "severity": "WARNING",
@@ -253,37 +243,3 @@ class TrendWatch:
             "first_seen": clock,
             "last_seen": clock,
         }
-
-    def bytes_per_agent(self) -> int:
-        """Bytes of numeric state per agent (not counting the agent-id index)."""
-        return sum(
-            dtype.itemsize * int(np.prod(shape)) for dtype, _, shape in self._arrays.values()
-        )
-
-    def _rows_for(self, agent_ids: list[str], tenant_ids: list[str]) -> np.ndarray:
-        """Row of each agent, adding rows for agents seen for the first time."""
-        rows = np.fromiter(map(self.row_of.get, agent_ids, repeat(-1)), np.int64, len(agent_ids))
-        for i in np.flatnonzero(rows < 0).tolist():
-            row = self.row_of.get(agent_ids[i])
-            rows[i] = self._add_agent(agent_ids[i], tenant_ids[i]) if row is None else row
-        return rows
-
-    def _add_agent(self, agent_id: str, tenant_id: str) -> int:
-        row = len(self.agent_ids)
-        if row == len(self.clock):
-            self._grow(2 * row)
-        tenant = self._tenant_index.get(tenant_id)
-        if tenant is None:
-            tenant = self._tenant_index[tenant_id] = len(self.tenant_names)
-            self.tenant_names.append(tenant_id)
-        self.row_of[agent_id] = row
-        self.agent_ids.append(agent_id)
-        self.tenant[row] = tenant
-        return row
-
-    def _grow(self, capacity: int) -> None:
-        for name, (dtype, fill, shape) in self._arrays.items():
-            old = getattr(self, name)
-            new = np.full((capacity, *shape), fill, dtype=dtype)
-            new[: len(old)] = old
-            setattr(self, name, new)

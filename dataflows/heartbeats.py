@@ -189,10 +189,7 @@ def observe_shard(
 ) -> tuple[ShardState, ShardOutput]:
     """One step of a shard (its state is the shard's): a batch of heartbeats, or an
     operator's command (rule change, silence, release)."""
-    if state is None:
-        state = ShardState.new(settings)
-    elif not isinstance(state, ShardState) or not hasattr(state, "alerts"):
-        state = ShardState.carry_over(state, settings)  # a snapshot of an earlier version
+    state = ShardState.restore(state, settings)
     if not isinstance(item, HeartbeatBatch):
         try:
             return state, state.apply(item)

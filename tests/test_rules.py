@@ -548,7 +548,7 @@ def test_state_stays_within_300_bytes_per_agent_for_the_default_rules() -> None:
     n = 10_000
     beats = [{"agent_id": f"a{i}", "timestamp": T0, "status": "active"} for i in range(n)]
     rules.observe(batch_of(beats), baseline_inputs(n))
-    arrays = [rules.latest, rules.tenant]
+    arrays = [rules.latest]
     for live in rules._live.values():
         arrays += [live.since, live.fired]
         arrays += [getattr(live.condition, name) for name in live.condition._arrays]

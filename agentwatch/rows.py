@@ -1,0 +1,175 @@
+"""One row per agent: the index a shard's components share, and their growable arrays.
+
+Every part of a shard's state (baselines, rules, trends, security scores)
+keeps its per-agent numbers as rows of numpy arrays. :class:`AgentIndex` gives
+each agent its row once for the whole shard, so the agent-id dictionary and the
+tenant table exist once, not once per component, and a batch's rows are looked
+up once (the index remembers the rows of the last id list it was given).
+:class:`RowArrays` is the base of a component: named arrays, each with its
+fill value, grown together when the index outgrows them.
+
+>>> index = AgentIndex()
+>>> index.rows_for(["a1", "a2", "a1"], ["t1", "t2", "t1"]).tolist()
+[0, 1, 0]
+>>> index.row("a2"), index.row("nobody"), index.agent(1)
+(1, None, {'agent_id': 'a2', 'tenant_id': 't2'})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import repeat
+
+import numpy as np
+
+#: A per-agent array's layout: its dtype, the value of a fresh row, the shape of one row.
+ArraySpec = tuple[np.dtype, float, tuple[int, ...]]
+
+
+def allocate(holder: object, arrays: dict[str, ArraySpec], capacity: int) -> None:
+    """Set each array of ``arrays`` on ``holder``, ``capacity`` fresh rows long."""
+    for name, (dtype, fill, shape) in arrays.items():
+        setattr(holder, name, np.full((capacity, *shape), fill, dtype=dtype))
+
+
+def grow(holder: object, arrays: dict[str, ArraySpec], capacity: int) -> None:
+    """Lengthen each array of ``arrays`` on ``holder`` to ``capacity`` rows (new rows fresh)."""
+    for name, (dtype, fill, shape) in arrays.items():
+        old = getattr(holder, name)
+        new = np.full((capacity, *shape), fill, dtype=dtype)
+        new[: len(old)] = old
+        setattr(holder, name, new)
+
+
+def bytes_per_row(arrays: dict[str, ArraySpec]) -> int:
+    """Bytes one row of ``arrays`` takes."""
+    return sum(dtype.itemsize * int(np.prod(shape)) for dtype, _, shape in arrays.values())
+
+
+class AgentIndex:
+    """The rows of a shard's agents and the tenant of each."""
+
+    def __init__(self, capacity: int = 64):
+        self.row_of: dict[str, int] = {}
+        self.agent_ids: list[str] = []
+        self.tenant_names: list[str] = []
+        self._tenant_code: dict[str, int] = {}
+        self.tenant = np.zeros(capacity, dtype=np.int32)
+        self._last_ids: Sequence[str] | None = None
+        self._last_rows = np.empty(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.agent_ids)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_last_ids"], state["_last_rows"] = None, np.empty(0, dtype=np.int64)
+        return state
+
+    def rows_for(self, agent_ids: Sequence[str], tenant_ids: Sequence[str]) -> np.ndarray:
+        """Row of each agent (read-only), adding rows for agents seen for the first time.
+
+        Asked again for the same list object (the next component looking at the
+        same batch), it answers from memory.
+        """
+        if agent_ids is self._last_ids and len(self._last_rows) == len(agent_ids):
+            return self._last_rows
+        row_of = self.row_of
+        rows = np.fromiter(map(row_of.get, agent_ids, repeat(-1)), np.int64, len(agent_ids))
+        for i in np.flatnonzero(rows < 0).tolist():
+            row = row_of.get(agent_ids[i])
+            rows[i] = self._add(agent_ids[i], tenant_ids[i]) if row is None else row
+        rows.flags.writeable = False
+        self._last_ids, self._last_rows = agent_ids, rows
+        return rows
+
+    def row(self, agent_id: str) -> int | None:
+        """The agent's row, None if it was never seen."""
+        return self.row_of.get(agent_id)
+
+    def agent(self, row: int) -> dict[str, str]:
+        """``{"agent_id": …, "tenant_id": …}`` of a row (the start of every record about it)."""
+        return {"agent_id": self.agent_ids[row], "tenant_id": self.tenant_names[self.tenant[row]]}
+
+    def tenant_of(self, row: int) -> str:
+        """The tenant id of a row's agent."""
+        return self.tenant_names[self.tenant[row]]
+
+    def _add(self, agent_id: str, tenant_id: str) -> int:
+        row = len(self.agent_ids)
+        if row == len(self.tenant):
+            tenant = np.zeros(2 * row, dtype=np.int32)
+            tenant[:row] = self.tenant
+            self.tenant = tenant
+        code = self._tenant_code.get(tenant_id)
+        if code is None:
+            code = self._tenant_code[tenant_id] = len(self.tenant_names)
+            self.tenant_names.append(tenant_id)
+        self.row_of[agent_id] = row
+        self.agent_ids.append(agent_id)
+        self.tenant[row] = code
+        return row
+
+    @classmethod
+    def adopt(cls, holder: object) -> AgentIndex:
+        """The index of a component pickled before indexes were shared (it kept its
+        own ``row_of``, ``agent_ids``, ``tenant_names`` and ``tenant``)."""
+        index = cls()
+        index.row_of = holder.row_of
+        index.agent_ids = holder.agent_ids
+        index.tenant_names = holder.tenant_names
+        index._tenant_code = {name: code for code, name in enumerate(holder.tenant_names)}
+        index.tenant = np.asarray(holder.tenant, dtype=np.int32).copy()
+        return index
+
+
+class RowArrays:
+    """Base of a shard component keeping per-agent numbers as rows of named arrays.
+
+    A subclass declares its arrays (:data:`ArraySpec` by name) and calls
+    :meth:`_rows` to find a batch's rows: the arrays grow with the index.
+
+    >>> class Counts(RowArrays):
+    ...     def __init__(self):
+    ...         self._setup({"seen": (np.dtype(np.uint32), 0, ())}, AgentIndex(), capacity=2)
+    >>> counts = Counts()
+    >>> rows = counts._rows(["a", "b", "c"], ["t", "t", "t"])
+    >>> counts.seen[rows] += 1
+    >>> len(counts.seen), counts.bytes_per_agent()
+    (4, 4)
+    """
+
+    index: AgentIndex
+    _arrays: dict[str, ArraySpec]
+
+    def _setup(self, arrays: dict[str, ArraySpec], index: AgentIndex | None, capacity: int) -> None:
+        self.index = AgentIndex() if index is None else index
+        self._arrays = arrays
+        allocate(self, arrays, capacity)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def capacity(self) -> int:
+        """Rows the arrays have room for."""
+        return len(getattr(self, next(iter(self._arrays))))
+
+    def _rows(self, agent_ids: Sequence[str], tenant_ids: Sequence[str]) -> np.ndarray:
+        """Each agent's row, with room in the arrays for agents new to the index."""
+        rows = self.index.rows_for(agent_ids, tenant_ids)
+        self._fit()
+        return rows
+
+    def _fit(self) -> None:
+        """Grow the arrays (doubling) until every agent of the index has a row."""
+        needed = len(self.index)
+        if needed > self.capacity:
+            self._grow(max(needed, 2 * self.capacity))
+
+    def _grow(self, capacity: int) -> None:
+        grow(self, self._arrays, capacity)
+
+    def bytes_per_agent(self) -> int:
+        """Bytes of numeric state per agent (the shared index not counted)."""
+        return bytes_per_row(self._arrays)

@@ -63,14 +63,18 @@ class AgentIndex:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_last_ids"], state["_last_rows"] = None, np.empty(0, dtype=np.int64)
+        del state["_last_ids"], state["_last_rows"]
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.forget()
 
     def rows_for(self, agent_ids: Sequence[str], tenant_ids: Sequence[str]) -> np.ndarray:
         """Row of each agent (read-only), adding rows for agents seen for the first time.
 
         Asked again for the same list object (the next component looking at the
-        same batch), it answers from memory.
+        same batch), it answers from memory, until :meth:`forget`.
         """
         if agent_ids is self._last_ids and len(self._last_rows) == len(agent_ids):
             return self._last_rows
@@ -82,6 +86,10 @@ class AgentIndex:
         rows.flags.writeable = False
         self._last_ids, self._last_rows = agent_ids, rows
         return rows
+
+    def forget(self) -> None:
+        """Let go of the last id list (a batch's worth of strings) and its rows."""
+        self._last_ids, self._last_rows = None, np.empty(0, dtype=np.int64)
 
     def row(self, agent_id: str) -> int | None:
         """The agent's row, None if it was never seen."""
@@ -136,7 +144,7 @@ class RowArrays:
     >>> rows = counts._rows(["a", "b", "c"], ["t", "t", "t"])
     >>> counts.seen[rows] += 1
     >>> len(counts.seen), counts.bytes_per_agent()
-    (4, 4)
+    (66, 4)
     """
 
     index: AgentIndex
@@ -162,10 +170,11 @@ class RowArrays:
         return rows
 
     def _fit(self) -> None:
-        """Grow the arrays (doubling) until every agent of the index has a row."""
+        """Grow the arrays until every agent of the index has a row: by a quarter at a
+        time, so at most a fifth of the rows are spare (doubling would leave up to half)."""
         needed = len(self.index)
         if needed > self.capacity:
-            self._grow(max(needed, 2 * self.capacity))
+            self._grow(max(needed, self.capacity + max(64, self.capacity // 4)))
 
     def _grow(self, capacity: int) -> None:
         grow(self, self._arrays, capacity)

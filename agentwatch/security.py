@@ -175,9 +175,11 @@ class SecurityScores(RowArrays):
         n = 0 if batch is None else len(batch)
         if not n and not threats:
             return out
-        rows = self._rows(
-            [*(batch.agent_id if n else ()), *(t["agent_id"] for t in threats)],
-            [*(batch.tenant_id if n else ()), *(t["tenant_id"] for t in threats)],
+        rows = np.concatenate(
+            [
+                self._rows(batch.agent_id, batch.tenant_id) if n else np.empty(0, np.int64),
+                self._rows([t["agent_id"] for t in threats], [t["tenant_id"] for t in threats]),
+            ]
         )
         times = np.concatenate(
             [
@@ -275,21 +277,31 @@ class SecurityScores(RowArrays):
             "first_seen": None if first_seen is None else float(first_seen),
         }
 
-    def _quarantine(self, row: int, at: float, score: float, out: SecurityOutput) -> None:
-        """The lifecycle event and the order that quarantine agent ``row``."""
+    def _quarantine(
+        self,
+        row: int,
+        at: float,
+        score: float,
+        out: SecurityOutput,
+        reason: str | None = None,
+        actor: str = "system",
+    ) -> None:
+        """The lifecycle event and the order that quarantine agent ``row`` (the reason
+        is the score's unless an operator gave one)."""
         agent = self.index.agent(row)
         deductions = self._deductions(row)
-        named = ", ".join(f"{d['rule']} -{d['points']:g}" for d in deductions)
-        reason = (
-            f"security score {score:g} fell below the quarantine threshold "
-            f"{self.config.quarantine_threshold:g}; latest deductions: {named}"
-        )
+        if reason is None:
+            named = ", ".join(f"{d['rule']} -{d['points']:g}" for d in deductions)
+            reason = (
+                f"security score {score:g} fell below the quarantine threshold "
+                f"{self.config.quarantine_threshold:g}; latest deductions: {named}"
+            )
         status = int(self.status[row])
         out.lifecycle_events.append(
             {
                 "type": "status_changed",
                 **agent,
-                "actor": "system",
+                "actor": actor,
                 "timestamp": at,
                 "payload": {
                     "from": AGENT_STATES[status] if status >= 0 else None,
@@ -308,7 +320,7 @@ class SecurityScores(RowArrays):
                 "command": "quarantine",
                 "reason": reason,
                 "issued_at": at,
-                "actor": "system",
+                "actor": actor,
                 "score": score,
             }
         )
@@ -368,6 +380,29 @@ class SecurityScores(RowArrays):
         return self.config.initial_score if row is None else float(self.score[row])
 
     # --- operators ----------------------------------------------------------
+    def quarantine(
+        self, agent_id: str, tenant_id: str, at: float, reason: str, actor: str
+    ) -> SecurityOutput:
+        """An operator asked for the agent to be quarantined: the same lifecycle event
+        and order as an automatic quarantine, with the operator's reason and name.
+        Nothing for an agent already in quarantine.
+
+        >>> scores = SecurityScores.from_settings(Settings())
+        >>> out = scores.quarantine("a1", "t1", 1.8e9, "leaked a key", "ops-1")
+        >>> [(c["command"], c["reason"], c["actor"]) for c in out.commands]
+        [('quarantine', 'leaked a key', 'ops-1')]
+        >>> scores.quarantine("a1", "t1", 1.8e9 + 5, "again", "ops-2").commands
+        []
+        """
+        out = SecurityOutput()
+        row = int(self._rows([agent_id], [tenant_id])[0])
+        if self.quarantined[row]:
+            return out
+        self.quarantined[row] = True
+        at = max(float(self.clock[row]), float(at))
+        self._quarantine(row, at, float(self.score[row]), out, reason, actor)
+        return out
+
     def release(self, agent_id: str, at: float) -> SecurityOutput:
         """An operator released the agent from quarantine: it may be quarantined again.
 

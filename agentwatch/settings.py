@@ -15,9 +15,11 @@ windows, intervals) are defaults here and nowhere else.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Logical topic names; the physical name is ``topic_prefix + "agents." + name``.
@@ -347,6 +349,139 @@ class Settings(BaseSettings):
     webhook_retry_max_s: float = Field(
         60.0, gt=0, description="...but never waiting longer than this between attempts."
     )
+
+    # --- conversation monitoring (``conversation`` events on agents.events) ---
+    # Patterns are Python regular expressions, by name; a hit raises a SECURITY threat
+    # ``conversation_<check>`` (e.g. ``conversation_secret``) naming the patterns that
+    # matched, with redacted excerpts. An empty dict switches a check off.
+    conversation_monitoring: bool = Field(
+        True, description="Check conversation events at all (false: they are only validated)."
+    )
+    conversation_injection_patterns: dict[str, str] = Field(
+        {
+            "ignore_instructions": r"\b(?:ignore|disregard|forget|override|bypass)\s+"
+            r"(?:(?:all|any|the|your|my|these|those)\s+)*(?:previous|prior|above|earlier|"
+            r"preceding|original|system)\s+(?:instructions?|prompts?|rules|directions|"
+            r"guidelines|directives)",
+            "jailbreak_persona": r"\b(?:you\s+are\s+now\s+(?:DAN|an?\s+unrestricted|"
+            r"free\s+of|no\s+longer\s+bound)|do\s+anything\s+now|(?:developer|jailbreak|god)"
+            r"\s+mode\s+(?:is\s+)?(?:enabled|on|activated))",
+            "system_prompt_exfiltration": r"\b(?:reveal|show|print|repeat|output|leak|dump|"
+            r"tell\s+me|what\s+(?:is|are))\s+(?:me\s+)?(?:your|the)\s+(?:(?:full|entire|"
+            r"original|hidden|initial|secret)\s+)*(?:system\s+(?:prompt|message)|initial\s+"
+            r"instructions|hidden\s+instructions)",
+            "fake_system_turn": r"(?:<\|im_start\|>\s*system|<\|system\|>|\[/?INST\]|"
+            r"(?:^|\n)\s*(?:###\s*)?system\s*:)",
+            "new_instructions": r"\b(?:new|updated|real|actual)\s+instructions\s*:",
+        },
+        description="Prompt-injection markers (matched ignoring case).",
+    )
+    conversation_secret_patterns: dict[str, str] = Field(
+        {
+            "aws_access_key": r"(?:AKIA|ASIA)(?<![A-Za-z0-9].{4})[0-9A-Z]{16}\b",
+            "aws_secret_key": r"(?i)aws_?secret_?access_?key\s*[:=]\s*[\"']?"
+            r"(?P<secret>[A-Za-z0-9/+=]{40})",
+            "private_key": r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----",
+            "github_token": r"(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",
+            "slack_token": r"xox[abprs]-[A-Za-z0-9-]{10,}",
+            "llm_api_key": r"sk-(?<![\w-]sk-)(?:proj-|ant-(?:api\d\d-)?)?[A-Za-z0-9_-]{20,}",
+            "bearer_token": r"(?:[Bb]earer|BEARER)\s+(?P<secret>[A-Za-z0-9\-._~+/]{20,}=*)",
+            "jwt": r"eyJ(?<![\w-]eyJ)[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\."
+            r"[A-Za-z0-9_-]{10,}",
+            "password_assignment": r"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|"
+            r"access[_-]?token|client[_-]?secret)\s*[:=]\s*[\"']?(?P<secret>[^\s\"',;]{6,})",
+            "credentials_in_url": r"://[^\s:/@]+:(?P<secret>[^\s:/@]{3,})@",
+        },
+        description="Secrets (credentials, keys, tokens). A group named 'secret' marks the "
+        "part to redact (default: the whole match); the evidence names only the pattern.",
+    )
+    conversation_personal_data_patterns: dict[str, str] = Field(
+        {
+            "email": r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
+            "credit_card": r"\b\d(?:[ -]?\d){12,18}\b",
+            "phone": r"(?:(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4})"
+            r"{2,4}\b|(?<![\w-])\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b)",
+            "us_ssn": r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b",
+            "iban": r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
+        },
+        description="Personal data; never shown, only their pattern.",
+    )
+    conversation_checksums: dict[str, Literal["luhn", "iban"]] = Field(
+        {"credit_card": "luhn", "iban": "iban"},
+        description="Patterns whose matches count only if they pass a checksum (luhn: card "
+        "numbers; iban: ISO 13616 mod 97), which keeps order numbers and ids from matching.",
+    )
+    conversation_allowed_counterparts: dict[str, list[str]] = Field(
+        {},
+        description="Per tenant, the counterparts its agents may talk to (shell-style "
+        'patterns: {"t1": ["agent-*", "api.openai.com"]}); the key "*" applies to every '
+        "tenant. Any other counterpart raises conversation_unknown_counterpart. Tenants "
+        "without a list fall back to learning (conversation_learn_counterparts).",
+    )
+    conversation_learn_counterparts: bool = Field(
+        True,
+        description="Without an allow-list, learn each agent's counterparts during its first "
+        "conversation_counterpart_learning_s; after that a counterpart it never talked to "
+        "raises conversation_unknown_counterpart (once: then it is known).",
+    )
+    conversation_counterpart_learning_s: float = Field(
+        86_400.0, ge=0, description="Event time after an agent's first conversation (seed: 24 h)."
+    )
+    conversation_max_known_counterparts: int = Field(
+        64, ge=1, le=4096, description="Counterparts remembered per agent (oldest forgotten)."
+    )
+    conversation_max_tokens: int = Field(
+        100_000,
+        ge=0,
+        description="tokens_in + tokens_out above this in one conversation "
+        "raises conversation_excessive_tokens (0: off).",
+    )
+    conversation_max_tokens_per_hour: int = Field(
+        2_000_000,
+        ge=0,
+        description="An agent's tokens above this within one event-time hour (tumbling, "
+        "aligned to the hour) raise conversation_excessive_tokens once that hour (0: off).",
+    )
+    conversation_severities: dict[
+        Literal[
+            "prompt_injection", "secret", "personal_data", "unknown_counterpart",
+            "excessive_tokens",
+        ],
+        Literal["EMERGENCY", "CRITICAL", "HIGH", "WARNING", "INFO"],
+    ] = Field(
+        {
+            "prompt_injection": "HIGH",
+            "secret": "CRITICAL",
+            "personal_data": "WARNING",
+            "unknown_counterpart": "WARNING",
+            "excessive_tokens": "WARNING",
+        },
+        description="Severity of each check's threats (a check not listed: WARNING); the "
+        "security score takes the severity's points.",
+    )  # fmt: skip
+    conversation_excerpt_chars: int = Field(
+        40, ge=0, le=500, description="Characters of context shown each side of a match."
+    )
+    conversation_max_excerpts: int = Field(
+        3, ge=0, le=20, description="Excerpts a threat's evidence shows at most."
+    )
+
+    @field_validator(
+        "conversation_injection_patterns",
+        "conversation_secret_patterns",
+        "conversation_personal_data_patterns",
+    )
+    @classmethod
+    def _patterns_compile(cls, patterns: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        for name, pattern in patterns.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"{info.field_name}[{name!r}] is not a regular expression ({exc}); fix "
+                    f"AGENTWATCH_{info.field_name.upper()}"
+                ) from None
+        return patterns
 
     # --- the seed's monitoring intervals -----------------------------------
     heartbeat_interval_s: float = Field(30.0, gt=0, description="Seed: agents beat every 30 s.")

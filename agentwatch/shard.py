@@ -2,11 +2,13 @@
 
 A shard's state is its agents' baselines and detector (:class:`FleetBaselines`),
 the threat rules' state (:class:`RuleSet`), the trend fits
-(:class:`TrendWatch`), the security scores (:class:`SecurityScores`) and the
-alerts (:class:`AlertBook`). For each batch: rules judge every heartbeat
+(:class:`TrendWatch`), the security scores (:class:`SecurityScores`), the
+alerts (:class:`AlertBook`) and the conversation checks
+(:class:`ConversationMonitor`). For each batch: rules judge every heartbeat
 against the baseline as it stood before the batch, trends look ahead, the
 detector scores and learns, threats cost security points (and may quarantine
-an agent), and alerts follow the rules' conditions.
+an agent), and alerts follow the rules' conditions. A conversation's threats
+take the same way to the security score and the alerts.
 
 >>> from agentwatch.settings import Settings
 >>> shard = ShardState.new(Settings())
@@ -19,14 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agentwatch.alerts import AlertBook
+from agentwatch.conversations import Conversation, ConversationMonitor
 from agentwatch.fleet import DetectorConfig, FleetBaselines
 from agentwatch.rows import AgentIndex
 from agentwatch.rules import BaselineInputs, RuleSet
 from agentwatch.security import SecurityScores
 from agentwatch.settings import Settings
 from agentwatch.trends import TrendWatch
+from schemas.events import EventError
 from schemas.heartbeats import HeartbeatBatch
-from schemas.models import RuleChange, Silence
+from schemas.models import LifecycleEvent, RuleChange, Silence
 
 
 @dataclass(slots=True)
@@ -63,8 +67,38 @@ class Release:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class QuarantineOrder:
+    """An operator (``actor``) asked at ``at`` for ``agent_id`` to be quarantined."""
+
+    agent_id: str
+    tenant_id: str
+    at: float
+    reason: str
+    actor: str
+
+    @classmethod
+    def from_event(cls, event: LifecycleEvent) -> QuarantineOrder:
+        """The order a ``quarantine_requested`` event carries (:class:`EventError` if its
+        payload has no reason).
+
+        >>> event = LifecycleEvent(type="quarantine_requested", agent_id="a1", tenant_id="t1",
+        ...     actor="ops-1", timestamp=1.8e9, payload={"reason": "leaked a key"})
+        >>> QuarantineOrder.from_event(event).reason
+        'leaked a key'
+        >>> QuarantineOrder.from_event(event.model_copy(update={"payload": {}}))
+        Traceback (most recent call last):
+        ...
+        schemas.events.EventError: quarantine_requested payload: reason must be a non-empty string
+        """
+        reason = event.payload.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise EventError(f"{event.type} payload: reason must be a non-empty string")
+        return cls(event.agent_id, event.tenant_id, event.timestamp, reason, event.actor)
+
+
 #: What an operator can tell a shard, besides heartbeats.
-ShardCommand = RuleChange | Silence | SilenceExpiry | Release
+ShardCommand = RuleChange | Silence | SilenceExpiry | Release | QuarantineOrder | Conversation
 
 
 @dataclass(slots=True)
@@ -77,6 +111,7 @@ class ShardState:
     trends: TrendWatch
     security: SecurityScores
     alerts: AlertBook
+    conversations: ConversationMonitor
 
     @classmethod
     def new(cls, settings: Settings) -> ShardState:
@@ -90,6 +125,7 @@ class ShardState:
             TrendWatch.from_settings(settings, index),
             SecurityScores.from_settings(settings, index),
             AlertBook(settings, rules.rules()),
+            ConversationMonitor.from_settings(settings),
         )
 
     @classmethod
@@ -128,6 +164,7 @@ class ShardState:
         threats = judged.threats + self.trends.observe(batch)
         scored = self.baselines.observe(batch)
         security = self.security.observe(batch, threats)
+        self.index.forget()
         alerts = self.alerts.observe(judged.transitions, threats, batch.agent_id, batch.timestamp)
         return ShardOutput(
             anomalies=scored.anomalies,
@@ -140,18 +177,40 @@ class ShardState:
         )
 
     def apply(self, command: ShardCommand) -> ShardOutput:
-        """Apply an operator's command (a ``RuleChange`` may raise ``RuleChangeError``)."""
+        """Apply an operator's command (a ``RuleChange`` may raise ``RuleChangeError``),
+        or check an agent's conversation."""
+        if isinstance(command, Conversation):
+            return self.converse(command)
         if isinstance(command, RuleChange):
             return self.change_rules(command)
         if isinstance(command, Silence):
             return ShardOutput(alerts=self.alerts.apply_silence(command, command.starts_at))
         if isinstance(command, SilenceExpiry):
             return ShardOutput(alerts=self.alerts.expire(command.silence_id, command.at))
-        released = self.security.release(command.agent_id, command.at)
+        if isinstance(command, QuarantineOrder):
+            done = self.security.quarantine(
+                command.agent_id, command.tenant_id, command.at, command.reason, command.actor
+            )
+        else:
+            done = self.security.release(command.agent_id, command.at)
         return ShardOutput(
-            scores=released.score_changes, commands=released.commands,
-            events=released.lifecycle_events,
-        )  # fmt: skip
+            scores=done.score_changes, commands=done.commands, events=done.lifecycle_events
+        )
+
+    def converse(self, conversation: Conversation) -> ShardOutput:
+        """Check an agent's conversation: its threats cost security points (and may
+        quarantine the agent) and open alerts, like the threats of a heartbeat."""
+        threats = self.conversations.check(conversation)
+        if not threats:
+            return ShardOutput()
+        security = self.security.apply_threats(threats)
+        return ShardOutput(
+            threats=threats,
+            alerts=self.alerts.observe(threats=threats),
+            scores=security.score_changes,
+            commands=security.commands,
+            events=security.lifecycle_events,
+        )
 
     def change_rules(self, change: RuleChange) -> ShardOutput:
         """Apply a rule change (raises ``RuleChangeError`` if it does not fit); a rule

@@ -537,7 +537,8 @@ def create_app(
         actor: ActorHeader = "api",
     ) -> LifecycleEvent:
         """Ask for the agent to be quarantined: publishes a ``quarantine_requested`` event
-        on agents.events (202: the request is in the log, not yet carried out)."""
+        on agents.events (202: the request is in the log). The dataflow carries it out: a
+        ``status_changed`` to quarantined and a quarantine order on agents.commands."""
         payload = {"reason": request.reason}
         return publish_request(runtime, agent_id, "quarantine_requested", actor, payload)
 

@@ -399,6 +399,7 @@ def _evidence(evidence: ThreatEvidence) -> Evidence:
         baseline=evidence.baseline,
         window_start=datetime.fromtimestamp(evidence.window_start, UTC),
         window_end=datetime.fromtimestamp(evidence.window_end, UTC),
+        excerpts=evidence.excerpts,
     )
 
 

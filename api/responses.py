@@ -73,6 +73,11 @@ class Evidence(BaseModel):
     )
     window_start: datetime = Field(description="Start of the judged span (UTC).")
     window_end: datetime = Field(description="End of the judged span (UTC).")
+    excerpts: list[str] = Field(
+        default_factory=list,
+        description="Passages that matched (conversation monitoring), secrets and personal "
+        "data replaced by [REDACTED:<pattern>].",
+    )
 
 
 class AgentThreat(BaseModel):

@@ -39,16 +39,27 @@ from bytewax.run import cli_main
 from pydantic import ValidationError
 
 from agentwatch.alerts import CoordinationDetector
+from agentwatch.conversations import Conversation
 from agentwatch.rules import RuleChangeError
 from agentwatch.settings import Settings
-from agentwatch.shard import Release, ShardCommand, ShardOutput, ShardState, SilenceExpiry
+from agentwatch.shard import (
+    QuarantineOrder,
+    Release,
+    ShardCommand,
+    ShardOutput,
+    ShardState,
+    SilenceExpiry,
+)
 from dataflows.kafka_source import STOP, KafkaBatchSource, RawBatch
 from schemas.events import (
+    CONVERSATION,
+    QUARANTINE_REQUESTED,
     RELEASED,
     RULE_CHANGED,
     SILENCE_CREATED,
     SILENCE_EXPIRED,
     EventError,
+    conversation_of,
     parse_event,
 )
 from schemas.heartbeats import HeartbeatBatch, parse_heartbeats
@@ -80,11 +91,12 @@ def validate(max_message_bytes: int, raw: RawBatch) -> CheckedBatch:
 @dataclass(slots=True)
 class CheckedEvents:
     """A raw batch of ``agents.events``: the operators' commands for the shards (rule
-    changes and silences go to every shard; a release to its agent's), and the rejects."""
+    changes and silences go to every shard; a release, a quarantine order or a
+    conversation to its agent's), and the rejects."""
 
     raw: RawBatch
     to_every_shard: list[ShardCommand]
-    to_agent_shard: list[Release]
+    to_agent_shard: list[Release | QuarantineOrder | Conversation]
     rejected: list[tuple[int, str]]
 
 
@@ -105,6 +117,13 @@ def read_events(raw: RawBatch) -> CheckedEvents:
                 checked.to_every_shard.append(SilenceExpiry(silence_id, event.timestamp))
             elif event.type == RELEASED:
                 checked.to_agent_shard.append(Release(event.agent_id, event.timestamp))
+            elif event.type == QUARANTINE_REQUESTED:
+                checked.to_agent_shard.append(QuarantineOrder.from_event(event))
+            elif event.type == CONVERSATION:
+                conversation = conversation_of(event)
+                checked.to_agent_shard.append(
+                    Conversation(event.agent_id, event.tenant_id, event.timestamp, conversation)
+                )
         except EventError as exc:
             checked.rejected.append((position, str(exc)))
         except ValidationError as exc:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from schemas.models import LifecycleEvent, RuleChange
+from schemas.models import ConversationPayload, LifecycleEvent, RuleChange
 
 #: Agent and tenant id of events about the whole fleet.
 FLEET = "*"
@@ -31,6 +31,10 @@ SILENCE_CREATED = "silence_created"
 SILENCE_EXPIRED = "silence_expired"
 #: ``type`` of an operator's release of an agent from quarantine.
 RELEASED = "released"
+#: ``type`` of an operator's request to quarantine an agent (payload: ``{"reason": …}``).
+QUARANTINE_REQUESTED = "quarantine_requested"
+#: ``type`` of an exchange of an agent with a counterpart (payload: ``ConversationPayload``).
+CONVERSATION = "conversation"
 
 
 class EventError(ValueError):
@@ -71,6 +75,59 @@ def parse_rule_change(value: bytes | None) -> RuleChange | None:
         return RuleChange.model_validate(event.payload)
     except ValidationError as exc:
         raise EventError(f"rule_changed payload: {_first_error(exc)}") from None
+
+
+def conversation_event(
+    agent_id: str,
+    tenant_id: str,
+    conversation: ConversationPayload | dict,
+    timestamp: float,
+    actor: str | None = None,
+) -> dict:
+    """The ``agents.events`` record of an agent's conversation (validated); the actor
+    defaults to the agent itself.
+
+    >>> event = conversation_event("a1", "t1", {"counterpart": "a2", "text": "hi"}, 1.8e9)
+    >>> event["type"], event["actor"], event["payload"]["tokens_in"]
+    ('conversation', 'a1', 0)
+    """
+    if isinstance(conversation, dict):
+        conversation = ConversationPayload.model_validate(conversation)
+    event = LifecycleEvent(
+        type=CONVERSATION,
+        agent_id=agent_id,
+        tenant_id=tenant_id,
+        actor=actor or agent_id,
+        timestamp=timestamp,
+        payload=conversation.model_dump(mode="json"),
+    )
+    return event.model_dump(mode="json")
+
+
+def conversation_of(event: LifecycleEvent) -> ConversationPayload:
+    """The conversation a ``conversation`` event carries; :class:`EventError` says what
+    is wrong with it.
+
+    >>> event = LifecycleEvent(type="conversation", agent_id="a1", tenant_id="t1",
+    ...     actor="a1", timestamp=1.8e9, payload={"counterpart": "a2"})
+    >>> conversation_of(event)
+    Traceback (most recent call last):
+    ...
+    schemas.events.EventError: conversation payload: a conversation needs its text or a \
+summary (both are empty)
+    """
+    if event.agent_id == FLEET:
+        raise EventError(
+            f"conversation payload: a conversation belongs to one agent, not to {FLEET!r}: "
+            "set agent_id to the agent that talked"
+        )
+    try:
+        return ConversationPayload.model_validate(event.payload)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = "".join(f"{part}: " for part in error["loc"][:1])
+        message = error["msg"].removeprefix("Value error, ")
+        raise EventError(f"conversation payload: {where}{message}") from None
 
 
 def _first_error(exc: ValidationError) -> str:

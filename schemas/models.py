@@ -115,6 +115,48 @@ class LifecycleEvent(BaseModel):
     payload: dict[str, object] = Field(default_factory=dict)
 
 
+#: Longest ``text`` (characters) a ``conversation`` event may carry; it is scanned whole.
+CONVERSATION_MAX_TEXT_CHARS = 256 * 1024
+#: Longest ``summary`` (characters) of a ``conversation`` event.
+CONVERSATION_MAX_SUMMARY_CHARS = 16 * 1024
+
+
+class ConversationPayload(BaseModel):
+    """The payload of a ``conversation`` event on ``agents.events``: one exchange of
+    the agent (the event's ``agent_id``) with a counterpart, as text or a summary.
+
+    >>> ConversationPayload.model_validate({"counterpart": "agent-7", "text": "hi",
+    ...     "tokens_in": 12, "tokens_out": 30}).direction
+    'both'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    counterpart: Identifier = Field(
+        description="Who the agent talked to: another agent's id, a user id, a host or a model."
+    )
+    conversation_id: Identifier | None = Field(None, description="Groups the events of a thread.")
+    direction: Literal["inbound", "outbound", "both"] = Field(
+        "both",
+        description="inbound: the counterpart's words to the agent; outbound: the agent's "
+        "words to the counterpart; both: the whole exchange.",
+    )
+    text: Annotated[StrictStr, Field(max_length=CONVERSATION_MAX_TEXT_CHARS)] = Field(
+        "", description="The words exchanged (scanned whole)."
+    )
+    summary: Annotated[StrictStr, Field(max_length=CONVERSATION_MAX_SUMMARY_CHARS)] = Field(
+        "", description="A summary, when the words themselves are not shipped (scanned too)."
+    )
+    tokens_in: Count = Field(0, description="Tokens the agent read in this exchange.")
+    tokens_out: Count = Field(0, description="Tokens the agent wrote in this exchange.")
+
+    @model_validator(mode="after")
+    def _has_words(self) -> ConversationPayload:
+        if not self.text.strip() and not self.summary.strip():
+            raise ValueError("a conversation needs its text or a summary (both are empty)")
+        return self
+
+
 class FeatureDeviation(BaseModel):
     """How far one metric of a heartbeat stood from the agent's baseline."""
 
@@ -315,6 +357,11 @@ class ThreatEvidence(BaseModel):
     )
     window_start: float = Field(description="Start of the judged span, epoch seconds.")
     window_end: float = Field(description="End of the judged span, epoch seconds.")
+    excerpts: list[str] = Field(
+        default_factory=list,
+        description="Passages that matched (conversation monitoring), secrets and personal "
+        "data in them replaced by [REDACTED:<pattern>].",
+    )
 
 
 class Threat(BaseModel):
@@ -464,6 +511,7 @@ class Incident(BaseModel):
 EXPORTED = {
     "heartbeat": Heartbeat,
     "lifecycle_event": LifecycleEvent,
+    "conversation": ConversationPayload,
     "anomaly": AnomalyRecord,
     "baseline": BaselineRecord,
     "deadletter": DeadLetter,

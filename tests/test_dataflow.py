@@ -225,3 +225,35 @@ def test_silences_mark_alerts_and_commands_reach_their_shards():
     assert sorted(key for key, command in routed if type(command).__name__ == "Silence") == [
         str(shard) for shard in range(8)
     ]
+
+
+def test_an_operators_quarantine_request_quarantines_the_agent_once():
+    request = {
+        "type": "quarantine_requested", "agent_id": "agent-0001", "tenant_id": "tenant-1",
+        "actor": "ops-7", "timestamp": START + 600, "payload": {"reason": "leaked a key"},
+    }  # fmt: skip
+    events = [
+        orjson.dumps(request),
+        orjson.dumps({**request, "timestamp": START + 900}),  # again: already quarantined
+        orjson.dumps({**request, "agent_id": "agent-0002", "payload": {}}),  # no reason
+    ]
+    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8)
+    out: list = []
+    flow = build_flow(
+        settings, TestingSource(batches(stream(agents=4, steps=40), 50)), TestingSink(out),
+        TestingSource(event_batch(events)),
+    )  # fmt: skip
+    run_main(flow)
+    records = [(m.topic, orjson.loads(m.value)) for m in out]
+    commands = [r for t, r in records if t == "agents.commands"]
+    assert [(c["agent_id"], c["command"], c["reason"], c["actor"]) for c in commands] == [
+        ("agent-0001", "quarantine", "leaked a key", "ops-7")
+    ]
+    changed = [r for t, r in records if t == "agents.events"]
+    assert [(e["agent_id"], e["payload"]["to"], e["actor"]) for e in changed] == [
+        ("agent-0001", "quarantined", "ops-7")
+    ]
+    dead = [r for t, r in records if t == "agents.deadletter" and r["topic"] == "agents.events"]
+    assert [d["reason"] for d in dead] == [
+        "quarantine_requested payload: reason must be a non-empty string"
+    ]

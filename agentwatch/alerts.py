@@ -163,14 +163,18 @@ class AlertBook:
     """
 
     def __init__(self, settings: Settings, rules: Iterable[ThreatRuleSpec] = ()) -> None:
-        self.resolve_after_s = settings.alert_resolve_after_s
-        self.flap_window_s = settings.alert_flap_window_s
-        self.flap_threshold = settings.alert_flap_threshold
-        self.silent_resolve_s = settings.alert_silent_resolve_s
+        self.configure(settings)
         self.alerts: dict[str, dict[str, AlertState]] = {}  # agent → rule → alert
         self.silences: dict[str, Silence] = {}
         self.catalog: dict[str, tuple[str, str]] = {}
         self.set_rules(rules)
+
+    def configure(self, settings: Settings) -> None:
+        """Take the lifecycle's tunables from ``settings`` (again after a restart)."""
+        self.resolve_after_s = settings.alert_resolve_after_s
+        self.flap_window_s = settings.alert_flap_window_s
+        self.flap_threshold = settings.alert_flap_threshold
+        self.silent_resolve_s = settings.alert_silent_resolve_s
 
     def __len__(self) -> int:
         """Alerts kept (live, or resolved within the flap window)."""

@@ -299,6 +299,10 @@ class ConversationMonitor:
         self.config = config
         self.agents: dict[str, AgentMemory] = {}
 
+    def configure(self, config: ConversationConfig) -> None:
+        """Go on with new patterns and limits (settings changed across a restart)."""
+        self.config = config
+
     @classmethod
     def from_settings(cls, settings: Settings) -> ConversationMonitor:
         """A monitor with the settings' patterns and limits, knowing no agent yet."""

@@ -100,6 +100,11 @@ class FleetBaselines(RowArrays):
         }
         self._setup(arrays, index, capacity)
 
+    def configure(self, config: DetectorConfig) -> None:
+        """Go on with new tunables (settings changed across a restart)."""
+        self.config = config
+        self._floor = np.asarray(config.std_floor)
+
     def rows(self, batch: HeartbeatBatch) -> np.ndarray:
         """The row of each heartbeat's agent (new agents get fresh, cold rows)."""
         return self._rows(batch.agent_id, batch.tenant_id)

@@ -17,7 +17,7 @@ fill value, grown together when the index outgrows them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import repeat
 
 import numpy as np
@@ -178,6 +178,19 @@ class RowArrays:
 
     def _grow(self, capacity: int) -> None:
         grow(self, self._arrays, capacity)
+
+    def _relayout(self, arrays: dict[str, ArraySpec], fresh: Iterable[str] = ()) -> None:
+        """Take a new layout of the arrays (settings changed): an array whose dtype or
+        row shape changed, or that ``fresh`` names, starts over with fresh rows; the
+        others keep their values (a new fill value applies to new rows)."""
+        old, capacity = self._arrays, self.capacity
+        redo = {
+            name: spec
+            for name, spec in arrays.items()
+            if name in fresh or name not in old or old[name][::2] != spec[::2]
+        }
+        self._arrays = arrays
+        allocate(self, redo, capacity)
 
     def bytes_per_agent(self) -> int:
         """Bytes of numeric state per agent (the shared index not counted)."""

@@ -140,21 +140,23 @@ class SecurityScores(RowArrays):
         self.config = config
         self.rule_names: list[str] = []  # rule code → name (shared by the shard)
         self._rule_code: dict[str, int] = {}
-        size = config.breakdown_size
-        arrays: dict[str, ArraySpec] = {
-            "score": (np.dtype(np.float64), config.initial_score, ()),
-            "clock": (np.dtype(np.float64), -np.inf, ()),  # latest event time seen
-            "last_threat": (np.dtype(np.float64), -np.inf, ()),
-            "reported": (np.dtype(np.float64), config.initial_score, ()),  # last recorded
-            "reported_at": (np.dtype(np.float64), -np.inf, ()),
-            "quarantined": (np.dtype(np.bool_), False, ()),
-            "status": (np.dtype(np.int8), _NO_STATUS, ()),
-            "ring_rule": (np.dtype(np.uint16), 0, (size,)),
-            "ring_points": (np.dtype(np.uint8), 0, (size,)),  # whole points, rounded
-            "ring_at": (np.dtype(np.uint32), 0, (size,)),  # whole epoch seconds (0: empty)
-            "ring_next": (np.dtype(np.uint8), 0, ()),
-        }
-        self._setup(arrays, index, capacity)
+        self._setup(_layout(config), index, capacity)
+
+    def configure(self, config: SecurityConfig) -> None:
+        """Go on with new tunables (settings changed across a restart); a new
+        breakdown size forgets the remembered deductions.
+
+        >>> scores = SecurityScores.from_settings(Settings())
+        >>> _ = scores.apply_threats([{"agent_id": "a1", "tenant_id": "t1", "rule": "x",
+        ...     "severity": "HIGH", "last_seen": 1.8e9}])
+        >>> scores.configure(SecurityConfig.from_settings(Settings(security_breakdown_size=4)))
+        >>> after = scores.breakdown("a1")
+        >>> after["score"], after["deductions"], scores.ring_at.shape
+        (80.0, [], (64, 4))
+        """
+        resized = config.breakdown_size != self.config.breakdown_size
+        self.config = config
+        self._relayout(_layout(config), fresh=("ring_next",) if resized else ())
 
     @classmethod
     def from_settings(cls, settings: Settings, index: AgentIndex | None = None) -> SecurityScores:
@@ -443,3 +445,21 @@ class SecurityScores(RowArrays):
         known = codes != _NO_STATUS
         if known.any():  # the last in batch order wins
             self.status[rows[known]] = codes[known]
+
+
+def _layout(config: SecurityConfig) -> dict[str, ArraySpec]:
+    """The per-agent arrays of :class:`SecurityScores` under ``config``."""
+    size = config.breakdown_size
+    return {
+        "score": (np.dtype(np.float64), config.initial_score, ()),
+        "clock": (np.dtype(np.float64), -np.inf, ()),  # latest event time seen
+        "last_threat": (np.dtype(np.float64), -np.inf, ()),
+        "reported": (np.dtype(np.float64), config.initial_score, ()),  # last recorded
+        "reported_at": (np.dtype(np.float64), -np.inf, ()),
+        "quarantined": (np.dtype(np.bool_), False, ()),
+        "status": (np.dtype(np.int8), _NO_STATUS, ()),
+        "ring_rule": (np.dtype(np.uint16), 0, (size,)),
+        "ring_points": (np.dtype(np.uint8), 0, (size,)),  # whole points, rounded
+        "ring_at": (np.dtype(np.uint32), 0, (size,)),  # whole epoch seconds (0: empty)
+        "ring_next": (np.dtype(np.uint8), 0, ()),
+    }

@@ -21,13 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agentwatch.alerts import AlertBook
-from agentwatch.conversations import Conversation, ConversationMonitor
+from agentwatch.conversations import Conversation, ConversationConfig, ConversationMonitor
 from agentwatch.fleet import DetectorConfig, FleetBaselines
 from agentwatch.rows import AgentIndex
 from agentwatch.rules import BaselineInputs, RuleSet
-from agentwatch.security import SecurityScores
+from agentwatch.security import SecurityConfig, SecurityScores
 from agentwatch.settings import Settings
-from agentwatch.trends import TrendWatch
+from agentwatch.trends import TrendConfig, TrendWatch
 from schemas.events import EventError
 from schemas.heartbeats import HeartbeatBatch
 from schemas.models import LifecycleEvent, RuleChange, Silence
@@ -101,6 +101,35 @@ class QuarantineOrder:
 ShardCommand = RuleChange | Silence | SilenceExpiry | Release | QuarantineOrder | Conversation
 
 
+@dataclass(frozen=True, slots=True)
+class ShardConfig:
+    """The tunables of every part of a shard, made once per ``Settings`` object (so a
+    shard tells by identity whether its parts have them)."""
+
+    settings: Settings
+    detector: DetectorConfig
+    trends: TrendConfig
+    security: SecurityConfig
+    conversations: ConversationConfig
+
+    @classmethod
+    def of(cls, settings: Settings) -> ShardConfig:
+        """The config of ``settings`` (the same object each time for the same settings)."""
+        made = _CONFIGS.get(id(settings))
+        if made is None or made.settings is not settings:
+            made = _CONFIGS[id(settings)] = cls(
+                settings,
+                DetectorConfig.from_settings(settings),
+                TrendConfig.from_settings(settings),
+                SecurityConfig.from_settings(settings),
+                ConversationConfig.from_settings(settings),
+            )
+        return made
+
+
+_CONFIGS: dict[int, ShardConfig] = {}
+
+
 @dataclass(slots=True)
 class ShardState:
     """The per-agent state of one shard of agents (its components share one index)."""
@@ -116,27 +145,46 @@ class ShardState:
     @classmethod
     def new(cls, settings: Settings) -> ShardState:
         """An empty shard with the default rule set of ``settings``."""
+        config = ShardConfig.of(settings)
         index = AgentIndex()
         rules = RuleSet.default(settings, index)
         return cls(
             index,
-            FleetBaselines(DetectorConfig.from_settings(settings), index),
+            FleetBaselines(config.detector, index),
             rules,
-            TrendWatch.from_settings(settings, index),
-            SecurityScores.from_settings(settings, index),
+            TrendWatch(config.trends, index),
+            SecurityScores(config.security, index),
             AlertBook(settings, rules.rules()),
-            ConversationMonitor.from_settings(settings),
+            ConversationMonitor(config.conversations),
         )
 
     @classmethod
     def restore(cls, state: object | None, settings: Settings) -> ShardState:
-        """The state a shard goes on with: ``state`` itself if it is current, a new one
-        for None, and what :meth:`carry_over` makes of a snapshot of an earlier version."""
+        """The state a shard goes on with: a new one for None, what :meth:`carry_over`
+        makes of a snapshot of an earlier version, and ``state`` itself otherwise —
+        with the tunables of ``settings`` (which may have changed across a restart).
+
+        >>> old = ShardState.new(Settings(security_quarantine_threshold=20))
+        >>> state = ShardState.restore(old, Settings(security_quarantine_threshold=30))
+        >>> state.security.config.quarantine_threshold
+        30.0
+        """
         if state is None:
             return cls.new(settings)
-        if isinstance(state, cls) and all(hasattr(state, name) for name in cls.__slots__):
-            return state
-        return cls.carry_over(state, settings)
+        if not isinstance(state, cls) or not all(hasattr(state, n) for n in cls.__slots__):
+            state = cls.carry_over(state, settings)
+        config = ShardConfig.of(settings)
+        if state.security.config is not config.security:
+            state.configure(config)
+        return state
+
+    def configure(self, config: ShardConfig) -> None:
+        """Give every part its tunables from ``config``."""
+        self.baselines.configure(config.detector)
+        self.trends.configure(config.trends)
+        self.security.configure(config.security)
+        self.conversations.configure(config.conversations)
+        self.alerts.configure(config.settings)
 
     @classmethod
     def carry_over(cls, state: object, settings: Settings) -> ShardState:

@@ -106,24 +106,27 @@ class TrendWatch(RowArrays):
     """
 
     def __init__(self, config: TrendConfig, index: AgentIndex | None = None, capacity: int = 64):
+        self._setup(_layout(config), index, capacity)
+        self.config = config
+        self.configure(config)
+
+    def configure(self, config: TrendConfig) -> None:
+        """Go on with new tunables (settings changed across a restart); other watched
+        metrics start every trend over.
+
+        >>> trends = TrendWatch.from_settings(Settings())
+        >>> trends.configure(TrendConfig.from_settings(Settings(trend_limits={"cpu_usage": 95})))
+        >>> trends.swy.shape
+        (64, 1)
+        """
+        again = config.metrics != self.config.metrics
         self.config = config
         self._limit = np.asarray(config.limits)
         self._decay_per_s = math.log(2.0) / config.half_life_s
         #: How far back the window an evidence names reaches (90 % of the weight).
         self._window_s = -math.log(1.0 - _WINDOW_WEIGHT) / self._decay_per_s
-        m = len(config.metrics)
-        arrays: dict[str, ArraySpec] = {
-            "clock": (np.dtype(np.float64), -np.inf, ()),
-            "count": (np.dtype(np.uint16), 0, ()),
-            "sw": (np.dtype(np.float64), 0.0, ()),  # Σw
-            "swx": (np.dtype(np.float64), 0.0, ()),  # Σw·x, x = t - clock ≤ 0
-            "swxx": (np.dtype(np.float64), 0.0, ()),  # Σw·x²
-            "swy": (np.dtype(np.float64), 0.0, (m,)),  # Σw·y per metric
-            "swyy": (np.dtype(np.float64), 0.0, (m,)),
-            "swxy": (np.dtype(np.float64), 0.0, (m,)),
-            "warned": (np.dtype(np.uint8), 0, ()),  # bit j: metric j warned this episode
-        }
-        self._setup(arrays, index, capacity)
+        layout = _layout(config)
+        self._relayout(layout, fresh=layout if again else ())
 
     @classmethod
     def from_settings(cls, settings: Settings, index: AgentIndex | None = None) -> TrendWatch:
@@ -243,3 +246,19 @@ class TrendWatch(RowArrays):
             "first_seen": clock,
             "last_seen": clock,
         }
+
+
+def _layout(config: TrendConfig) -> dict[str, ArraySpec]:
+    """The per-agent arrays of :class:`TrendWatch` under ``config``."""
+    m = len(config.metrics)
+    return {
+        "clock": (np.dtype(np.float64), -np.inf, ()),
+        "count": (np.dtype(np.uint16), 0, ()),
+        "sw": (np.dtype(np.float64), 0.0, ()),  # Σw
+        "swx": (np.dtype(np.float64), 0.0, ()),  # Σw·x, x = t - clock ≤ 0
+        "swxx": (np.dtype(np.float64), 0.0, ()),  # Σw·x²
+        "swy": (np.dtype(np.float64), 0.0, (m,)),  # Σw·y per metric
+        "swyy": (np.dtype(np.float64), 0.0, (m,)),
+        "swxy": (np.dtype(np.float64), 0.0, (m,)),
+        "warned": (np.dtype(np.uint8), 0, ()),  # bit j: metric j warned this episode
+    }

@@ -110,3 +110,28 @@ def test_restore_keeps_a_current_state_and_starts_an_absent_one() -> None:
     shard = ShardState.new(SETTINGS)
     assert ShardState.restore(shard, SETTINGS) is shard
     assert len(ShardState.restore(None, SETTINGS).index) == 0
+
+
+def test_a_snapshot_restored_under_changed_settings_keeps_its_state_and_takes_the_new_tunables():
+    shard = ShardState.new(SETTINGS)
+    for batch in batches(30):
+        shard.observe(batch)
+    shard.security.apply_threats(
+        [{"agent_id": "agent-000003", "tenant_id": "tenant-000", "rule": "x",
+          "severity": "HIGH", "last_seen": START + 1800}]
+    )  # fmt: skip
+    changed = SETTINGS.model_copy(
+        update={"security_quarantine_threshold": 90.0, "alert_flap_threshold": 7,
+                "trend_limits": {"memory_usage": 95.0}}
+    )  # fmt: skip
+
+    restored = ShardState.restore(pickle.loads(pickle.dumps(shard)), changed)
+
+    assert restored.security.config.quarantine_threshold == 90.0
+    assert restored.alerts.flap_threshold == 7
+    assert restored.trends.config.metrics == ("memory_usage",)
+    assert restored.trends.swy.shape[1] == 1 and restored.trends.count.max() == 0
+    assert restored.security.score_of("agent-000003") == shard.security.score_of("agent-000003")
+    assert restored.baselines.count[:40].tolist() == shard.baselines.count[:40].tolist()
+    again = ShardState.restore(restored, changed)
+    assert again is restored and again.security.config is restored.security.config

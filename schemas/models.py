@@ -278,7 +278,8 @@ class MetricCondition(BaseModel):
 
 class BaselineCondition(BaseModel):
     """Holds when any listed metric is more than ``baseline_sigma`` std from the
-    agent's own baseline (only once the baseline is warm).
+    agent's own baseline (only once the baseline is warm). A rule's ``for_s``
+    counts per metric: one metric must stay beyond for that long.
 
     ``{"baseline_sigma": 3}`` watches every metric that has a baseline.
     """
@@ -288,6 +289,13 @@ class BaselineCondition(BaseModel):
     baseline_sigma: float = Field(gt=0, le=100, description="Deviations from the mean.")
     metric: RuleMetrics | None = Field(
         None, description="Metrics to watch; default every metric with a baseline."
+    )
+    log_metrics: RuleMetrics | None = Field(
+        None,
+        description="Metrics whose rise is judged on a log scale: a value above the mean is "
+        "beyond when it is beyond baseline_sigma of a log-normal law with the baseline's mean "
+        "and std (for right-skewed metrics such as latencies and byte counts, whose normal "
+        "rises pass a symmetric band far more often). Default: none.",
     )
 
 

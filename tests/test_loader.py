@@ -309,6 +309,7 @@ def threat(seq: int, **overrides: object) -> dict:
             ],  # fmt: skip
             "window_start": T0 + 60 * seq - 300,
             "window_end": T0 + 60 * seq,
+            "excerpts": [],  # conversations' redacted excerpts; stored empty for the others
         },
         "first_seen": T0 + 60 * seq,
         "last_seen": T0 + 60 * seq + 30,

@@ -11,6 +11,12 @@ Learning is robust: once a baseline is warm, a value further than
 distance, so a spike barely moves the baseline it is judged against while a
 lasting change of level is still learned, a little at a time.
 
+Beside this slow baseline (what the threat rules judge against) each row keeps
+a *local level*, an exponentially weighted mean that follows a daily cycle or
+a new level within tens of heartbeats, with the variance of values about it,
+and the range of values seen so far: what the anomaly detector judges
+against (:mod:`agentwatch.detector`).
+
 >>> import numpy as np
 >>> mean, var, count = np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(1)
 >>> for value in [10.0, 12.0, 14.0]:
@@ -71,6 +77,75 @@ def clip_limits(std: np.ndarray, warm: np.ndarray, clip_sigma: float) -> np.ndar
     [[8.0], [inf]]
     """
     return np.where(warm[:, None], clip_sigma * std, np.inf)
+
+
+def learn_level(
+    level: np.ndarray,
+    resid_var: np.ndarray,
+    rows: np.ndarray,
+    values: np.ndarray,
+    n: np.ndarray,
+    weight: float,
+    memory: int,
+    clip_limit: np.ndarray | None = None,
+    level_clip_limit: np.ndarray | None = None,
+) -> None:
+    """Follow the local level of agent row ``rows[i]``, in place: an exponentially
+    weighted mean giving ``values[i]`` the share ``weight``, and the mean square of
+    the residuals, each value less the level as it stood before it (exact up to
+    ``memory`` values, then forgetting like :func:`learn`). ``n`` counts the values
+    learned, these included: a row's first value is its level (residual 0).
+    ``clip_limit`` bounds the residual the variance learns; ``level_clip_limit`` (wider)
+    the one the level moves by, so a spike barely drags the level while a new level is
+    still followed.
+
+    >>> level, resid_var = np.zeros((1, 1)), np.zeros((1, 1))
+    >>> for n, value in enumerate([10.0, 12.0, 10.0], start=1):
+    ...     learn_level(level, resid_var, np.array([0]), np.array([[value]]),
+    ...                 np.array([n]), weight=0.5, memory=100)
+    >>> float(level[0, 0]), round(float(resid_var[0, 0]), 3)  # residuals 0, 2, -1
+    (10.5, 1.667)
+    """
+    first = (n == 1)[:, None]
+    old = level[rows]
+    resid = np.where(first, 0.0, values - old)
+    clipped = resid if clip_limit is None else np.clip(resid, -clip_limit, clip_limit)
+    share = (1.0 / np.minimum(n, memory))[:, None]
+    old_var = resid_var[rows]
+    resid_var[rows] = old_var + share * (clipped * clipped - old_var)
+    step = (
+        resid if level_clip_limit is None else np.clip(resid, -level_clip_limit, level_clip_limit)
+    )
+    level[rows] = np.where(first, values, old + weight * step)
+
+
+def widen_range(low: np.ndarray, high: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """Stretch the range seen so far of agent row ``rows[i]`` to take in ``values[i]``
+    (a fresh row's range is NaN, and takes the first value).
+
+    >>> low, high = np.full((1, 1), np.nan), np.full((1, 1), np.nan)
+    >>> for value in [5.0, 3.0, 4.0]:
+    ...     widen_range(low, high, np.array([0]), np.array([[value]]))
+    >>> float(low[0, 0]), float(high[0, 0])
+    (3.0, 5.0)
+    """
+    low[rows] = np.fmin(low[rows], values)
+    high[rows] = np.fmax(high[rows], values)
+
+
+def beyond_range(
+    low: np.ndarray, high: np.ndarray, values: np.ndarray, margin: float, floor: np.ndarray
+) -> np.ndarray:
+    """Whether each value leaves the range seen so far by more than ``margin`` times
+    its span, and by more than ``floor`` (so a metric flat until now does not turn
+    its first wiggle into a new extreme). A fresh (NaN) range holds everything.
+
+    >>> beyond_range(np.array([[0.0, 0.0]]), np.array([[10.0, 10.0]]),
+    ...              np.array([[10.4, 11.0]]), margin=0.05, floor=np.array([0.1, 0.1])).tolist()
+    [[False, True]]
+    """
+    reach = np.maximum(margin * (high - low), floor)
+    return (values > high + reach) | (values < low - reach)
 
 
 def deviations(

@@ -1,22 +1,41 @@
-"""Anomaly scores from deviations against an agent's own baseline.
+"""Anomaly scores from deviations against an agent's own local level, with an
+adaptive threshold.
 
-A heartbeat's score is the probability, under the agent's baseline, that none
-of its metrics is as far out as the furthest one, with a Bonferroni
-correction for looking at several metrics at once:
-``score = 1 - min(1, F · erfc(max|z| / √2))``. So it lies in [0, 1], 0.997
-at 3σ for one metric, and it names the feature that drove it.
+Each heartbeat is judged in three steps, the same for every agent row at once:
+
+1. **Deviation.** Each metric's z-score against the agent's *local level* (an
+   exponentially weighted mean that follows daily cycles and absorbs a new level
+   within tens of heartbeats) and the spread of values about it
+   (:func:`agentwatch.baselines.learn_level`). The heartbeat's *surprise* is
+   ``-ln p``, ``p = min(1, F · erfc(max|z| / √2))``: the Bonferroni-corrected chance
+   of a metric this far out; about Exp(1) for ordinary heartbeats.
+2. **Adaptive threshold (anomaly likelihood, as HTM's).** A short exponentially
+   weighted average of the surprise is compared with the agent's own history of
+   that average (its mean and variance, learned robustly from a cautious prior):
+   ``likelihood`` is how many standard deviations the recent surprise stands above
+   what is usual *for this agent*, so a noisy agent needs a larger deviation than a
+   quiet one. The score is its tail probability on a log scale,
+   ``min(1, -log10(tail) / 10)``, in [0, 1]; the default threshold, 0.99, is a tail
+   of 10^-9.9. A value beyond the range the agent has shown so far (by a margin of
+   its span, once it has shown enough) scores 1 at once.
+3. **Decision.** A heartbeat is anomalous when its score reaches the threshold
+   and the agent is not in its quiet period: after an anomaly fires, the next
+   ``quiet`` heartbeats of that agent do not fire again (their scores are still
+   reported), so one incident raises one anomaly.
+
+Every anomaly names the metrics that drove it (:func:`reasons`).
 
 :class:`BaselineDetector` is the same detector for one series, with River's
-anomaly-detector API (``learn_one`` / ``score_one``), for evaluation on
-recorded data; the dataflow runs the array form (:mod:`agentwatch.fleet`)
-over thousands of agents at once. Both call the same functions.
+anomaly-detector API (``learn_one`` / ``score_one``), for evaluation on recorded
+data; the dataflow runs the array form (:mod:`agentwatch.fleet`) over thousands
+of agents at once. Both call :func:`judge` and :func:`learn_judged`.
 
 >>> detector = BaselineDetector(features=("cpu",), std_floor={"cpu": 1.0}, warmup=5)
->>> for value in [40.0, 42.0, 41.0, 39.0, 40.0, 41.0]:
+>>> for value in [40.0, 42.0, 41.0, 39.0, 40.0, 41.0] * 3:
 ...     detector.learn_one({"cpu": value})
 >>> detector.score_one({"cpu": 41.0}) < 0.5
 True
->>> round(detector.score_one({"cpu": 60.0}), 3)
+>>> detector.score_one({"cpu": 60.0})
 1.0
 >>> detector.explain_one({"cpu": 60.0})[0]["feature"]
 'cpu'
@@ -24,11 +43,28 @@ True
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from river.base import AnomalyDetector
 from scipy.special import erfc
 
-from agentwatch.baselines import clip_limits, deviations, learn
+from agentwatch.baselines import (
+    beyond_range,
+    clip_limits,
+    deviations,
+    learn,
+    learn_level,
+    widen_range,
+)
+from agentwatch.rows import ArraySpec, allocate
+
+#: A score of 1 is a recent surprise whose tail probability is 10**-SCORE_DECADES or less.
+SCORE_DECADES = 10.0
+#: The mean a surprise history starts from (a surprise is about Exp(1)).
+SURPRISE_PRIOR_MEAN = 1.0
+#: The smallest chance a surprise or a tail is taken from, so logarithms stay finite.
+_SMALLEST_P = 1e-300
 
 
 def scores_from_deviations(z: np.ndarray) -> np.ndarray:
@@ -42,6 +78,182 @@ def scores_from_deviations(z: np.ndarray) -> np.ndarray:
     return 1.0 - np.minimum(1.0, features * erfc(furthest / np.sqrt(2.0)))
 
 
+def surprises(z: np.ndarray) -> np.ndarray:
+    """Surprise ``-ln p`` of rows of signed z-scores (``n × F``), where
+    ``p = min(1, F · erfc(max|z| / √2))``; capped near 690 (``p`` of 1e-300).
+
+    >>> surprises(np.array([[0.0, 0.5], [0.0, 6.0]])).round(2).tolist()
+    [0.0, 19.35]
+    """
+    features = z.shape[1]
+    furthest = np.abs(z).max(axis=1)
+    p = np.minimum(1.0, features * erfc(furthest / np.sqrt(2.0)))
+    return np.maximum(-np.log(np.maximum(p, _SMALLEST_P)), 0.0)
+
+
+def recent_surprise(
+    average: np.ndarray, surprise: np.ndarray, weight: float, first: np.ndarray
+) -> np.ndarray:
+    """The short exponentially weighted average of surprises, this heartbeat's included
+    (``first`` rows start it afresh).
+
+    >>> recent_surprise(np.array([1.0, 1.0]), np.array([11.0, 11.0]), 0.1,
+    ...                 np.array([False, True])).tolist()
+    [2.0, 11.0]
+    """
+    return np.where(first, surprise, average + weight * (surprise - average))
+
+
+def likelihood_scores(likelihood: np.ndarray, extreme: np.ndarray) -> np.ndarray:
+    """Scores in [0, 1] from how many std the recent surprise stands above its usual
+    level: ``min(1, -log10(tail) / SCORE_DECADES)`` of the normal tail; 1 for rows
+    with a value beyond the range seen so far.
+
+    >>> likelihood_scores(np.array([0.0, 6.0, 9.0, 0.0]),
+    ...                   np.array([False, False, False, True])).round(3).tolist()
+    [0.03, 0.901, 1.0, 1.0]
+    """
+    tail = np.maximum(0.5 * erfc(likelihood / np.sqrt(2.0)), _SMALLEST_P)
+    scores = np.minimum(1.0, -np.log10(tail) / SCORE_DECADES)
+    return np.where(extreme, 1.0, scores)
+
+
+def detector_arrays(features: int) -> dict[str, ArraySpec]:
+    """The detector's per-agent arrays beside the slow baseline's ``mean``, ``var``
+    and ``count`` (dtype, value of a fresh row, shape of a row): 4 per-feature
+    arrays and 4 scalars, ``(4 F + 4) × 8`` bytes per agent (288 for F = 8).
+
+    >>> from agentwatch.rows import bytes_per_row
+    >>> bytes_per_row(detector_arrays(8))
+    288
+    """
+    f64, per_feature = np.dtype(np.float64), (features,)
+    return {
+        "level": (f64, 0.0, per_feature),
+        "resid_var": (f64, 0.0, per_feature),
+        "low": (f64, np.nan, per_feature),
+        "high": (f64, np.nan, per_feature),
+        "surprise_avg": (f64, 0.0, ()),
+        "surprise_mean": (f64, 0.0, ()),
+        "surprise_var": (f64, 0.0, ()),
+        "quiet_until": (f64, 0.0, ()),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorParams:
+    """The numbers :func:`judge` and :func:`learn_judged` work with (settings' defaults
+    in :class:`agentwatch.settings.Settings`, ``baseline_*`` and ``anomaly_*``)."""
+
+    std_floor: np.ndarray
+    rel_floor: float = 0.05
+    warmup: int = 30
+    memory: int = 2880
+    clip_sigma: float = 4.0
+    level_weight: float = 0.05
+    level_clip_sigma: float = 8.0
+    extreme_margin: float = 0.05
+    extreme_after: int = 600
+    surprise_weight: float = 0.1
+    likelihood_std_floor: float = 0.05
+    likelihood_prior_std: float = 0.5
+    threshold: float = 0.99
+    quiet: int = 200
+
+
+@dataclass(slots=True)
+class Judgement:
+    """What :func:`judge` found for each row of a pass.
+
+    ``z``/``std``: deviations from the local level and the std used (``n × F``);
+    ``base_std``: the slow baseline's std (to clip its learning); ``extreme``: values
+    beyond the range seen so far; ``recent``: recent surprise; ``likelihood``: how
+    many std it stands above the row's usual one (``likelihood_std``); ``scores``
+    (0 until judged); ``quiet``: rows in a quiet period; ``fire``: the runtime decision.
+    """
+
+    z: np.ndarray
+    std: np.ndarray
+    base_std: np.ndarray
+    extreme: np.ndarray
+    recent: np.ndarray
+    likelihood: np.ndarray
+    likelihood_std: np.ndarray
+    judged: np.ndarray
+    scores: np.ndarray
+    quiet: np.ndarray
+    fire: np.ndarray
+
+
+def judge(
+    state: object, rows: np.ndarray, values: np.ndarray, warm: np.ndarray, p: DetectorParams
+) -> Judgement:
+    """Score ``values[i]`` against the state of agent row ``rows[i]``, without learning.
+
+    ``state`` holds the slow baseline (``mean``, ``var``, ``count``) and the arrays
+    of :func:`detector_arrays`; ``warm`` says which rows have finished warming up.
+    A row is judged once warm; its surprise history starts halfway through the
+    warm-up's ``warmup`` heartbeats (once the local spread has something to go on).
+    """
+    count = state.count[rows]
+    level = state.level[rows]
+    z, std = deviations(level, state.resid_var[rows], values, p.std_floor, p.rel_floor)
+    _, base_std = deviations(state.mean[rows], state.var[rows], values, p.std_floor, p.rel_floor)
+    floor = np.maximum(p.std_floor, p.rel_floor * np.abs(level))
+    extreme = beyond_range(state.low[rows], state.high[rows], values, p.extreme_margin, floor)
+    extreme &= (warm & (count >= p.extreme_after))[:, None]
+    recent = recent_surprise(state.surprise_avg[rows], surprises(z), p.surprise_weight,
+                             count <= p.warmup // 2)  # fmt: skip
+    likelihood_std = np.maximum(np.sqrt(state.surprise_var[rows]), p.likelihood_std_floor)
+    likelihood = (recent - state.surprise_mean[rows]) / likelihood_std
+    judged = warm
+    scores = np.where(judged, likelihood_scores(likelihood, extreme.any(axis=1)), 0.0)
+    quiet = count < state.quiet_until[rows]
+    fire = (scores >= p.threshold) & ~quiet
+    return Judgement(z, std, base_std, extreme, recent, likelihood, likelihood_std, judged,
+                     scores, quiet, fire)  # fmt: skip
+
+
+def learn_judged(
+    state: object,
+    rows: np.ndarray,
+    values: np.ndarray,
+    warm: np.ndarray,
+    judgement: Judgement,
+    p: DetectorParams,
+) -> None:
+    """Learn ``values`` into the state of ``rows`` after :func:`judge`, in place: local
+    level and spread, surprise history, slow baseline, range, and a quiet period of
+    ``p.quiet`` heartbeats for the rows that fired. Learning is clipped at
+    ``p.clip_sigma`` std once warm (the level's step at ``p.level_clip_sigma``, wider, so
+    it follows a new level)."""
+    j = judgement
+    count = state.count[rows]
+    n = count + 1
+    learn_level(state.level, state.resid_var, rows, values, n, p.level_weight, p.memory,
+                clip_limits(j.std, warm, p.clip_sigma),
+                clip_limits(j.std, warm, p.level_clip_sigma))  # fmt: skip
+    # The surprise history starts in the warm-up's second half from a cautious prior
+    # (mean 1, std ``likelihood_prior_std``, worth ``warmup`` heartbeats), so a history
+    # of a few dozen heartbeats does not make an ordinary surprise look extraordinary.
+    seen = count - p.warmup // 2 + 1
+    delta = j.recent - state.surprise_mean[rows]
+    # once judged, a burst of surprise is learned at most clip_sigma std at a time
+    delta = np.where(j.judged, np.minimum(delta, p.clip_sigma * j.likelihood_std), delta)
+    share = 1.0 / np.minimum(np.maximum(seen, 0) + p.warmup, p.memory)
+    state.surprise_avg[rows] = j.recent
+    prior = seen <= 0
+    mean, var = state.surprise_mean[rows], state.surprise_var[rows]
+    state.surprise_mean[rows] = np.where(prior, SURPRISE_PRIOR_MEAN, mean + share * delta)
+    state.surprise_var[rows] = np.where(
+        prior, p.likelihood_prior_std**2, (1.0 - share) * (var + share * delta * delta)
+    )
+    learn(state.mean, state.var, state.count, rows, values, p.memory,
+          clip_limits(j.base_std, warm, p.clip_sigma))  # fmt: skip
+    widen_range(state.low, state.high, rows, values)
+    state.quiet_until[rows[j.fire]] = n[j.fire] + p.quiet
+
+
 def reasons(
     features: tuple[str, ...],
     values: np.ndarray,
@@ -50,14 +262,23 @@ def reasons(
     z: np.ndarray,
     min_sigma: float,
     most: int = 3,
+    beyond: np.ndarray | None = None,
 ) -> list[dict[str, float | str]]:
     """The features of one heartbeat that drove its score, furthest first.
 
-    Names every feature at least ``min_sigma`` from baseline (at most
-    ``most``), and always the furthest one.
+    Names every feature at least ``min_sigma`` from baseline or ``beyond`` the
+    range seen so far (at most ``most``), and always the furthest one.
+
+    >>> [r["feature"] for r in reasons(("cpu", "mem"), np.array([50.0, 9.0]),
+    ...  np.array([40.0, 8.0]), np.array([2.0, 1.0]), np.array([5.0, 1.0]), 3.0,
+    ...  beyond=np.array([False, True]))]
+    ['cpu', 'mem']
     """
     order = np.argsort(-np.abs(z))
-    picked = [i for i in order[:most] if abs(z[i]) >= min_sigma] or [int(order[0])]
+    named = np.abs(z) >= min_sigma
+    if beyond is not None:
+        named |= beyond
+    picked = [int(i) for i in order if named[i]][:most] or [int(order[0])]
     return [
         {
             "feature": features[i],
@@ -71,10 +292,12 @@ def reasons(
 
 
 class BaselineDetector(AnomalyDetector):
-    """One series' baseline detector, with River's anomaly-detector API.
+    """One series' detector, with River's anomaly-detector API.
 
     Scores are 0 until ``warmup`` values have been learned. Score before you
-    learn, so a point never hides its own anomaly.
+    learn, so a point never hides its own anomaly. :meth:`judge_one` gives the
+    whole judgement (score, runtime decision, likelihood); :meth:`learn_one`
+    learns the point and, if it fired, starts the quiet period.
     """
 
     def __init__(
@@ -86,6 +309,15 @@ class BaselineDetector(AnomalyDetector):
         rel_floor: float = 0.05,
         clip_sigma: float = 4.0,
         reason_sigma: float = 3.0,
+        level_weight: float = 0.05,
+        level_clip_sigma: float = 8.0,
+        extreme_margin: float = 0.05,
+        extreme_after: int = 600,
+        surprise_weight: float = 0.1,
+        likelihood_std_floor: float = 0.05,
+        likelihood_prior_std: float = 0.5,
+        threshold: float = 0.99,
+        quiet: int = 200,
     ):
         self.features = tuple(features)
         self.std_floor = dict(std_floor or {})
@@ -94,11 +326,40 @@ class BaselineDetector(AnomalyDetector):
         self.rel_floor = rel_floor
         self.clip_sigma = clip_sigma
         self.reason_sigma = reason_sigma
-        self._floor = np.array([self.std_floor.get(f, 0.0) for f in self.features])
-        self._mean = np.zeros((1, len(self.features)))
-        self._var = np.zeros((1, len(self.features)))
-        self._count = np.zeros(1)
+        self.level_weight = level_weight
+        self.level_clip_sigma = level_clip_sigma
+        self.extreme_margin = extreme_margin
+        self.extreme_after = extreme_after
+        self.surprise_weight = surprise_weight
+        self.likelihood_std_floor = likelihood_std_floor
+        self.likelihood_prior_std = likelihood_prior_std
+        self.threshold = threshold
+        self.quiet = quiet
+        self._params = DetectorParams(
+            std_floor=np.array([self.std_floor.get(f, 0.0) for f in self.features]),
+            rel_floor=rel_floor,
+            warmup=warmup,
+            memory=memory,
+            clip_sigma=clip_sigma,
+            level_weight=level_weight,
+            level_clip_sigma=level_clip_sigma,
+            extreme_margin=extreme_margin,
+            extreme_after=extreme_after,
+            surprise_weight=surprise_weight,
+            likelihood_std_floor=likelihood_std_floor,
+            likelihood_prior_std=likelihood_prior_std,
+            threshold=threshold,
+            quiet=quiet,
+        )
+        f64, per_feature = np.dtype(np.float64), (len(self.features),)
+        slow: dict[str, ArraySpec] = {
+            "mean": (f64, 0.0, per_feature),
+            "var": (f64, 0.0, per_feature),
+            "count": (f64, 0.0, ()),
+        }
+        allocate(self, {**slow, **detector_arrays(len(self.features))}, capacity=1)
         self._row = np.zeros(1, dtype=np.int64)
+        self._last: tuple[np.ndarray | None, Judgement | None] = (None, None)
 
     def _vector(self, x: dict) -> np.ndarray:
         return np.array([[float(x[f]) for f in self.features]])
@@ -106,27 +367,31 @@ class BaselineDetector(AnomalyDetector):
     @property
     def warmed_up(self) -> bool:
         """Whether enough values were learned for scores to count."""
-        return self._count[0] >= self.warmup
+        return self.count[0] >= self.warmup
+
+    def judge_one(self, x: dict) -> Judgement:
+        """The whole judgement of ``x`` (one row), without learning it."""
+        values = self._vector(x)
+        judgement = judge(self, self._row, values, np.array([self.warmed_up]), self._params)
+        self._last = (values, judgement)  # learn_one(x) next need not judge x again
+        return judgement
 
     def learn_one(self, x: dict) -> None:
-        """Fold one observation into the baseline."""
-        values, _, std = self._deviations(x)
-        limit = clip_limits(std, np.array([self.warmed_up]), self.clip_sigma)
-        learn(self._mean, self._var, self._count, self._row, values, self.memory, limit)
-
-    def _deviations(self, x: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fold one observation into the detector's state."""
         values = self._vector(x)
-        z, std = deviations(self._mean, self._var, values, self._floor, self.rel_floor)
-        return values, z, std
+        warm = np.array([self.warmed_up])
+        last_values, judgement = self._last
+        if not np.array_equal(values, last_values):
+            judgement = judge(self, self._row, values, warm, self._params)
+        self._last = (None, None)
+        learn_judged(self, self._row, values, warm, judgement, self._params)
 
     def score_one(self, x: dict) -> float:
         """Anomaly score of ``x`` in [0, 1] (0 while warming up)."""
-        if not self.warmed_up:
-            return 0.0
-        _, z, _ = self._deviations(x)
-        return float(scores_from_deviations(z)[0])
+        return float(self.judge_one(x).scores[0])
 
     def explain_one(self, x: dict) -> list[dict[str, float | str]]:
-        """The features that drove the score of ``x``, furthest from baseline first."""
-        values, z, std = self._deviations(x)
-        return reasons(self.features, values[0], self._mean[0], std[0], z[0], self.reason_sigma)
+        """The features that drove the score of ``x``, furthest from the local level first."""
+        j = self.judge_one(x)
+        return reasons(self.features, self._vector(x)[0], self.level[0], j.std[0], j.z[0],
+                       self.reason_sigma, beyond=j.extreme[0])  # fmt: skip

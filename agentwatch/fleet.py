@@ -17,28 +17,36 @@ agent in one pass, the second in the next, and so on.
 ...         "uptime_seconds": t - 1.8e9, "bytes_out": 1000})
 >>> fleet = FleetBaselines(DetectorConfig.from_settings(
 ...     Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20)))
->>> normal = [beat(1.8e9 + 30 * i, 40.0 + i % 3) for i in range(30)]
+>>> normal = [beat(1.8e9 + 30 * i, 40.0 + i % 3) for i in range(50)]
 >>> out = fleet.observe(parse_heartbeats(normal)[0])
 >>> out.anomalies
 []
->>> out = fleet.observe(parse_heartbeats([beat(1.8e9 + 900, 99.0)])[0])
+>>> out = fleet.observe(parse_heartbeats([beat(1.8e9 + 1500, 99.0)])[0])
 >>> [(a["agent_id"], a["is_anomaly"], a["reasons"][0]["feature"]) for a in out.anomalies]
 [('a1', True, 'cpu_usage')]
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from agentwatch.baselines import FEATURES, clip_limits, deviations, learn
-from agentwatch.detector import reasons, scores_from_deviations
-from agentwatch.rows import AgentIndex, ArraySpec, RowArrays
+from agentwatch.baselines import FEATURES
+from agentwatch.detector import (
+    SURPRISE_PRIOR_MEAN,
+    DetectorParams,
+    detector_arrays,
+    judge,
+    learn_judged,
+    reasons,
+)
+from agentwatch.rows import AgentIndex, ArraySpec, RowArrays, allocate
 from agentwatch.settings import Settings
 from schemas.heartbeats import HeartbeatBatch
 
-DETECTOR_NAME = "baseline_z"
+DETECTOR_NAME = "baseline_likelihood"
+_DEFAULTS = Settings.model_fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +63,42 @@ class DetectorConfig:
     reason_sigma: float
     clip_sigma: float
     publish_interval_s: float
+    # added after the first snapshots: a config unpickled without them takes the
+    # settings' defaults (see __setstate__)
+    level_weight: float = _DEFAULTS["baseline_level_weight"].default
+    level_clip_sigma: float = _DEFAULTS["baseline_level_clip_sigma"].default
+    extreme_margin: float = _DEFAULTS["anomaly_extreme_margin"].default
+    extreme_after: int = _DEFAULTS["anomaly_extreme_after_heartbeats"].default
+    surprise_weight: float = _DEFAULTS["anomaly_surprise_weight"].default
+    likelihood_std_floor: float = _DEFAULTS["anomaly_likelihood_std_floor"].default
+    likelihood_prior_std: float = _DEFAULTS["anomaly_likelihood_prior_std"].default
+    quiet_heartbeats: int = _DEFAULTS["anomaly_quiet_heartbeats"].default
+
+    def __setstate__(self, state: list) -> None:
+        # a slots dataclass pickles its field values in order; older ones had fewer
+        for f, value in zip(fields(self), state, strict=False):
+            object.__setattr__(self, f.name, value)
+        for f in fields(self)[len(state) :]:
+            object.__setattr__(self, f.name, f.default)
+
+    def params(self) -> DetectorParams:
+        """The numbers the detector's scoring and learning use."""
+        return DetectorParams(
+            std_floor=np.asarray(self.std_floor),
+            rel_floor=self.rel_floor,
+            warmup=self.warmup_heartbeats,
+            memory=self.memory_heartbeats,
+            clip_sigma=self.clip_sigma,
+            level_weight=self.level_weight,
+            level_clip_sigma=self.level_clip_sigma,
+            extreme_margin=self.extreme_margin,
+            extreme_after=self.extreme_after,
+            surprise_weight=self.surprise_weight,
+            likelihood_std_floor=self.likelihood_std_floor,
+            likelihood_prior_std=self.likelihood_prior_std,
+            threshold=self.threshold,
+            quiet=self.quiet_heartbeats,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DetectorConfig:
@@ -70,6 +114,14 @@ class DetectorConfig:
             reason_sigma=settings.anomaly_reason_sigma,
             clip_sigma=settings.baseline_learn_clip_sigma,
             publish_interval_s=settings.baseline_publish_interval_s,
+            level_weight=settings.baseline_level_weight,
+            level_clip_sigma=settings.baseline_level_clip_sigma,
+            extreme_margin=settings.anomaly_extreme_margin,
+            extreme_after=settings.anomaly_extreme_after_heartbeats,
+            surprise_weight=settings.anomaly_surprise_weight,
+            likelihood_std_floor=settings.anomaly_likelihood_std_floor,
+            likelihood_prior_std=settings.anomaly_likelihood_prior_std,
+            quiet_heartbeats=settings.anomaly_quiet_heartbeats,
         )
 
 
@@ -87,7 +139,7 @@ class FleetBaselines(RowArrays):
 
     def __init__(self, config: DetectorConfig, index: AgentIndex | None = None, capacity: int = 64):
         self.config = config
-        self._floor = np.asarray(config.std_floor)
+        self._params = config.params()
         f64, per_feature = np.dtype(np.float64), (len(FEATURES),)
         arrays: dict[str, ArraySpec] = {
             "mean": (f64, 0.0, per_feature),
@@ -98,12 +150,34 @@ class FleetBaselines(RowArrays):
             "published_ts": (f64, -np.inf, ()),
             "warm": (np.dtype(np.bool_), False, ()),
         }
-        self._setup(arrays, index, capacity)
+        self._setup({**arrays, **detector_arrays(len(FEATURES))}, index, capacity)
+
+    def _upgrade(self) -> None:
+        """Bring a state pickled before the local level and the anomaly likelihood up to
+        date: their arrays start from what the slow baseline knows (level = mean,
+        spread = variance, range = mean ± clip_sigma std) and the surprise history
+        from its prior."""
+        missing = detector_arrays(len(FEATURES))
+        missing = {name: spec for name, spec in missing.items() if not hasattr(self, name)}
+        if missing:
+            allocate(self, missing, len(self.count))
+            self.level[:] = self.mean
+            self.resid_var[:] = self.var
+            reach = self.config.clip_sigma * np.sqrt(self.var)
+            known = (self.count > 0)[:, None]
+            self.low[:] = np.where(known, self.mean - reach, np.nan)
+            self.high[:] = np.where(known, self.mean + reach, np.nan)
+            self.surprise_avg[:] = self.surprise_mean[:] = SURPRISE_PRIOR_MEAN
+            self.surprise_var[:] = self.config.likelihood_prior_std**2
+        self._arrays = {**self._arrays, **detector_arrays(len(FEATURES))}
+        self._params = self.config.params()
 
     def configure(self, config: DetectorConfig) -> None:
         """Go on with new tunables (settings changed across a restart)."""
+        if "_params" not in vars(self):
+            self._upgrade()
         self.config = config
-        self._floor = np.asarray(config.std_floor)
+        self._params = config.params()
 
     def rows(self, batch: HeartbeatBatch) -> np.ndarray:
         """The row of each heartbeat's agent (new agents get fresh, cold rows)."""
@@ -114,6 +188,8 @@ class FleetBaselines(RowArrays):
         out = FleetOutput()
         if not len(batch):
             return out
+        if "_params" not in vars(self):
+            self._upgrade()
         rows = self.rows(batch)
         values = np.column_stack([batch.metrics[f] for f in FEATURES])
         for positions in _passes(rows):
@@ -129,26 +205,30 @@ class FleetBaselines(RowArrays):
         warm = (self.count[rows] >= cfg.warmup_heartbeats) & (
             ts - self.first_ts[rows] >= cfg.warmup_s
         )
-        mean, var = self.mean[rows], self.var[rows]
-        z, std = deviations(mean, var, values, self._floor, cfg.rel_floor)
-        scores = np.where(warm, scores_from_deviations(z), 0.0)
-        for i in np.flatnonzero(scores >= cfg.report_threshold):
-            row = rows[i]
+        level = self.level[rows]
+        j = judge(self, rows, values, warm, self._params)
+        stands_out = j.fire | j.extreme.any(axis=1) | (np.abs(j.z).max(axis=1) >= cfg.reason_sigma)
+        for i in np.flatnonzero((j.scores >= cfg.report_threshold) & stands_out):
             out.anomalies.append(
                 {
-                    **self.index.agent(row),
+                    **self.index.agent(rows[i]),
                     "timestamp": float(ts[i]),
-                    "score": float(scores[i]),
+                    "score": float(j.scores[i]),
                     "threshold": cfg.threshold,
-                    "is_anomaly": bool(scores[i] >= cfg.threshold),
+                    "is_anomaly": bool(j.fire[i]),
                     "detector": DETECTOR_NAME,
                     "reasons": reasons(
-                        FEATURES, values[i], mean[i], std[i], z[i], cfg.reason_sigma
-                    ),
+                        FEATURES,
+                        values[i],
+                        level[i],
+                        j.std[i],
+                        j.z[i],
+                        cfg.reason_sigma,
+                        beyond=j.extreme[i],
+                    ),  # fmt: skip
                 }
             )
-        learn(self.mean, self.var, self.count, rows, values, cfg.memory_heartbeats,
-              clip_limits(std, warm, cfg.clip_sigma))  # fmt: skip
+        learn_judged(self, rows, values, warm, j, self._params)
         self.last_ts[rows] = np.maximum(self.last_ts[rows], ts)
         changed = warm != self.warm[rows]
         self.warm[rows] = warm

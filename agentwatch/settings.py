@@ -138,11 +138,77 @@ class Settings(BaseSettings):
         description="After this many heartbeats the baseline forgets exponentially "
         "(2880 = 24 h at the seed's 30 s heartbeat).",
     )
+    baseline_level_weight: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Share of each heartbeat in a metric's local level (an exponentially "
+        "weighted mean the detector judges against): 0.05 follows a daily cycle and "
+        "absorbs a new level within a few dozen heartbeats.",
+    )
+    baseline_level_clip_sigma: float = Field(
+        8.0,
+        gt=0,
+        description="Once warm, the local level moves by at most this many std of the spread "
+        "about it per heartbeat (times baseline_level_weight): a spike of a few heartbeats "
+        "barely drags it, so the heartbeats after the spike are not judged against a level "
+        "it pulled up, while a lasting new level is still followed within tens of heartbeats.",
+    )
     anomaly_threshold: float = Field(
-        0.999, gt=0, lt=1, description="Score at or above which a heartbeat is anomalous."
+        0.99,
+        gt=0,
+        le=1,
+        description="Score at or above which a heartbeat is anomalous. The score is "
+        "-log10(tail) / 10 of the agent's recent surprise against its own history "
+        "(anomaly likelihood): 0.99 is a tail probability of 10^-9.9, so the threshold "
+        "on the raw deviation adapts to how noisy each agent is.",
     )
     anomaly_report_threshold: float = Field(
-        0.99, gt=0, lt=1, description="Scores at or above this are published to agents.anomalies."
+        0.5,
+        gt=0,
+        le=1,
+        description="Scores at or above this are published to agents.anomalies "
+        "(0.5: tail probability 1e-5), anomalous or not, when the heartbeat itself stands "
+        "out (it fires, a metric is anomaly_reason_sigma from the local level, or beyond the "
+        "range seen): the echo of a spike in the recent surprise is not published.",
+    )
+    anomaly_surprise_weight: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Share of each heartbeat's surprise in the recent average the anomaly "
+        "likelihood judges (0.1: about the last 10 heartbeats).",
+    )
+    anomaly_likelihood_std_floor: float = Field(
+        0.05,
+        gt=0,
+        description="Smallest std of an agent's recent surprise assumed by the anomaly "
+        "likelihood (a surprise is about Exp(1): mean 1, std 1).",
+    )
+    anomaly_likelihood_prior_std: float = Field(
+        0.5,
+        gt=0,
+        description="Std of recent surprise an agent's surprise history starts from (worth "
+        "baseline_warmup_heartbeats heartbeats), about twice the usual 0.23, so a short "
+        "history right after warm-up does not fire on ordinary heartbeats.",
+    )
+    anomaly_extreme_margin: float = Field(
+        0.05,
+        ge=0,
+        description="A metric beyond the range the agent has shown so far by more than this "
+        "share of the range's span (and more than its std floor) scores 1 at once.",
+    )
+    anomaly_extreme_after_heartbeats: int = Field(
+        600,
+        ge=0,
+        description="New extremes count only once the agent has this many heartbeats: a "
+        "range seen over a few dozen is no range, and its new records are routine.",
+    )
+    anomaly_quiet_heartbeats: int = Field(
+        200,
+        ge=0,
+        description="After an anomaly fires, this many of the agent's next heartbeats do not fire "
+        "again (scores still reported), so one incident raises one anomaly.",
     )
     anomaly_min_relative_std: float = Field(
         0.05,

@@ -81,10 +81,11 @@ def latest_baseline(client: Client, database: str, agent_id: str) -> tuple[str, 
 
 
 def latest_anomaly(client: Client, database: str, agent_id: str) -> Anomaly | None:
-    """The agent's most recent scored heartbeat, or None."""
+    """The agent's most recent anomaly (``is_anomaly``), or None."""
     result = client.query(
         f"SELECT {_ANOMALY_COLUMNS} FROM {database}.anomalies "
-        "PREWHERE agent_id = {agent_id:String} ORDER BY timestamp DESC LIMIT 1",
+        "PREWHERE agent_id = {agent_id:String} WHERE is_anomaly "
+        "ORDER BY timestamp DESC LIMIT 1",
         parameters={"agent_id": agent_id},
     )
     rows = [_anomaly(row) for row in result.named_results()]

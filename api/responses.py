@@ -103,7 +103,8 @@ class AgentStatus(BaseModel):
     metrics: LatestMetrics | None = Field(description="Latest heartbeat; null if none stored.")
     baseline: Baseline | None = Field(description="Latest baseline; null before the first one.")
     latest_anomaly: Anomaly | None = Field(
-        description="Most recent scored heartbeat; null if none was ever reported."
+        description="Most recent anomaly (a heartbeat the detector decided is anomalous; "
+        "the scored heartbeats around it are at /anomalies); null if none."
     )
     recent_threats: list[AgentThreat] = Field(
         description="The agent's latest threats (up to 5), newest first."

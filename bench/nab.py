@@ -9,23 +9,28 @@ The one thing NAB needs that the dataflow's settings cannot give is a std
 floor in the series' own unit: it is 1 % of the span (max - min) of the
 series' probationary period (its first 15 %, at most 750 points, which NAB
 does not score), as the settings' floors are about 1 % of each metric's range
-(1 point of CPU %). Nothing is tuned on the labels.
+(1 point of CPU %). Nothing is tuned per series: every other number is a
+settings default, the same for the whole corpus (docs/detection.md says how
+they were chosen).
 
-Each series is then scored (:mod:`agentwatch.evaluation`) two ways, under
+Each series is then scored (:mod:`agentwatch.evaluation`) three ways, under
 each profile:
 
-- **sweep**: the one threshold that maximises the corpus score, as NAB's
-  optimizer picks it — comparable to the published leaderboard;
-- **runtime**: the detector's own decision, score ≥ ``Settings().anomaly_threshold``,
-  fixed in advance — what an operator gets.
+- **sweep on score** / **sweep on likelihood**: the one threshold on the emitted
+  score (or on the likelihood behind it, which has no ties at 1.0) that
+  maximises the corpus score, as NAB's optimizer picks it — comparable to the
+  published leaderboard. Points in the detector's quiet period (after it fired)
+  are emitted as 0;
+- **runtime**: the detector's own decision, score ≥ ``Settings().anomaly_threshold``
+  outside a quiet period, fixed in advance — what an operator gets.
 
 Both for the whole corpus and for the machine-metric subset (as the data's
 ``SCORING.md`` defines it: realAWSCloudwatch, five realKnownCause series and
 the artificial series); the subset's sweep picks its own threshold.
 
 With ``--out DIR`` it writes each series' points in NAB's results layout,
-``DIR/<group>/<name>.csv`` with ``timestamp,value,anomaly_score,label`` and the
-runtime ``decision`` (0/1), so any NAB scorer can re-score them, and the
+``DIR/<group>/<name>.csv`` with ``timestamp,value,anomaly_score,label``, the
+runtime ``decision`` (0/1) and the ``likelihood``, so any NAB scorer can re-score them, and the
 figures to ``DIR/summary.json``. ``--score-results DIR`` scores such a
 directory (or NAB's own ``results/<detector>``) instead of running the detector.
 """
@@ -120,26 +125,47 @@ def detector_for(series: LabelledSeries, settings: Settings) -> BaselineDetector
         rel_floor=settings.anomaly_min_relative_std,
         clip_sigma=settings.baseline_learn_clip_sigma,
         reason_sigma=settings.anomaly_reason_sigma,
+        level_weight=settings.baseline_level_weight,
+        level_clip_sigma=settings.baseline_level_clip_sigma,
+        extreme_margin=settings.anomaly_extreme_margin,
+        extreme_after=settings.anomaly_extreme_after_heartbeats,
+        surprise_weight=settings.anomaly_surprise_weight,
+        likelihood_std_floor=settings.anomaly_likelihood_std_floor,
+        likelihood_prior_std=settings.anomaly_likelihood_prior_std,
+        threshold=settings.anomaly_threshold,
+        quiet=settings.anomaly_quiet_heartbeats,
     )
 
 
-def detector_scores(series: LabelledSeries, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
-    """The detector's score of every point, each scored before it is learned, and its |z|.
+#: Where a point with a value beyond the range seen so far ranks in "sweep on likelihood".
+EXTREME_RANK = 1e3
 
-    The score is ``1 - erfc(|z| / √2)`` of the deviation ``z`` the detector
-    explains it with; in float64 it reaches exactly 1.0 from about 8.3σ on,
-    so the deviation is kept as well: the same ranking, without the ties.
+
+def detector_scores(
+    series: LabelledSeries, settings: Settings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per point, each judged before it is learned: the score, the runtime decision
+    (0/1) and the likelihood (std of recent surprise above the series' usual one).
+
+    Points in a quiet period (after a runtime detection) are the detector saying it
+    will not raise them: their score and likelihood are written as 0. The score is
+    on a log scale that reaches 1.0 at a tail of 1e-10; the likelihood ranks the
+    same points without those ties (a value beyond the range seen so far, which
+    scores 1 at once, ranks first: ``EXTREME_RANK``).
     """
     detector = detector_for(series, settings)
-    scores = np.empty(len(series.values))
-    deviations = np.zeros(len(series.values))
+    scores = np.zeros(len(series.values))
+    decisions = np.zeros(len(series.values), dtype=bool)
+    likelihood = np.zeros(len(series.values))
     for i, value in enumerate(series.values.tolist()):
         point = {"value": value}
-        scores[i] = detector.score_one(point)
-        if detector.warmed_up:
-            deviations[i] = abs(detector.explain_one(point)[0]["z"])
+        j = detector.judge_one(point)
+        if j.judged[0] and not j.quiet[0]:
+            scores[i] = j.scores[0]
+            decisions[i] = j.fire[0]
+            likelihood[i] = EXTREME_RANK if j.extreme[0].any() else j.likelihood[0]
         detector.learn_one(point)
-    return scores, deviations
+    return scores, decisions, likelihood
 
 
 def write_results(
@@ -147,19 +173,20 @@ def write_results(
     series: LabelledSeries,
     scores: np.ndarray,
     decisions: np.ndarray,
-    deviations: np.ndarray,
+    likelihood: np.ndarray,
 ) -> Path:
-    """One series' points in NAB's results layout, plus the runtime decision and |z|."""
+    """One series' points in NAB's results layout, plus the runtime decision and the
+    likelihood."""
     path = out_dir / series.name
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["timestamp", "value", "anomaly_score", "label", "decision", "deviation"])
+        writer.writerow(["timestamp", "value", "anomaly_score", "label", "decision", "likelihood"])
         rows = zip(series.timestamps, series.values.tolist(), scores.tolist(),
                    series.labels().tolist(), decisions.astype(int).tolist(),
-                   deviations.tolist(), strict=True)  # fmt: skip
-        for timestamp, value, score, label, decision, deviation in rows:
-            writer.writerow([timestamp, repr(value), repr(score), label, decision, repr(deviation)])
+                   likelihood.tolist(), strict=True)  # fmt: skip
+        for timestamp, value, score, label, decision, lik in rows:
+            writer.writerow([timestamp, repr(value), repr(score), label, decision, repr(lik)])
     return path
 
 
@@ -322,22 +349,26 @@ def main(argv: list[str] | None = None) -> dict:
     running_detector = args.score_results is None
     threshold = settings.anomaly_threshold
     scores: list[np.ndarray] = []
-    deviations: list[np.ndarray] = []
+    likelihoods: list[np.ndarray] = []
+    decisions_of: list[np.ndarray] = []
     detector_seconds = 0.0
     with Progress(transient=True) as progress:
         task = progress.add_task("detector" if running_detector else "reading", total=points)
         for series in corpus:
             tic = time.perf_counter()
             if running_detector:
-                series_scores, series_deviations = detector_scores(series, settings)
-                deviations.append(series_deviations)
+                series_scores, series_decisions, series_likelihood = detector_scores(
+                    series, settings
+                )
+                likelihoods.append(series_likelihood)
+                decisions_of.append(series_decisions)
             else:
                 series_scores = read_results(args.score_results, series)
             detector_seconds += time.perf_counter() - tic
             scores.append(series_scores)
             if args.out and running_detector:
-                write_results(args.out, series, series_scores, series_scores >= threshold,
-                              series_deviations)  # fmt: skip
+                write_results(args.out, series, series_scores, series_decisions,
+                              series_likelihood)  # fmt: skip
             progress.advance(task, len(series.values))
     log("scored_points", seconds=f"{detector_seconds:.1f}",
         us_per_point=f"{1e6 * detector_seconds / max(points, 1):.1f}")  # fmt: skip
@@ -352,7 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
     for scope, members in scope_members.items():
         rankings = {"sweep on score": [scores[k] for k in members]}
         if running_detector:
-            rankings["sweep on deviation"] = [deviations[k] for k in members]
+            rankings["sweep on likelihood"] = [likelihoods[k] for k in members]
         runtime = ([scores[k] for k in members], threshold) if running_detector else None
         scopes[scope] = summarise([credits[k] for k in members], rankings, profiles, runtime)
 
@@ -361,9 +392,9 @@ def main(argv: list[str] | None = None) -> dict:
     decisions = {"sweep": (scores, ThresholdSweep(credits, scores).best(standard)[0])}
     if running_detector:
         decisions = {
-            "sweep on deviation": (
-                deviations,
-                ThresholdSweep(credits, deviations).best(standard)[0],
+            "sweep on likelihood": (
+                likelihoods,
+                ThresholdSweep(credits, likelihoods).best(standard)[0],
             ),
             "runtime": (scores, threshold),
         }
@@ -391,6 +422,14 @@ def main(argv: list[str] | None = None) -> dict:
             "baseline_memory_heartbeats": settings.baseline_memory_heartbeats,
             "anomaly_min_relative_std": settings.anomaly_min_relative_std,
             "baseline_learn_clip_sigma": settings.baseline_learn_clip_sigma,
+            "baseline_level_weight": settings.baseline_level_weight,
+            "baseline_level_clip_sigma": settings.baseline_level_clip_sigma,
+            "anomaly_surprise_weight": settings.anomaly_surprise_weight,
+            "anomaly_likelihood_std_floor": settings.anomaly_likelihood_std_floor,
+            "anomaly_likelihood_prior_std": settings.anomaly_likelihood_prior_std,
+            "anomaly_extreme_margin": settings.anomaly_extreme_margin,
+            "anomaly_extreme_after_heartbeats": settings.anomaly_extreme_after_heartbeats,
+            "anomaly_quiet_heartbeats": settings.anomaly_quiet_heartbeats,
             "std_floor_share_of_probation_span": STD_FLOOR_SHARE_OF_SPAN,
         },
         "points": points,

@@ -143,6 +143,7 @@ def fleet(ch: Client, offline_settings: Settings) -> None:
     insert(ch, offline_settings, "anomalies", [
         anomaly_row("a1", 600, score=0.991, cpu=70.0),
         anomaly_row("a1", 30, score=0.9995, cpu=97.0),
+        anomaly_row("a1", 20, score=0.995, cpu=90.0),  # scored high, not an anomaly
     ], ANOMALY_COLUMNS)  # fmt: skip
     insert(ch, offline_settings, "threats", [
         threat_row("a1", 900),
@@ -475,7 +476,7 @@ def test_health_is_degraded_but_fast_when_the_broker_is_down(api: TestClient, fl
     clickhouse = body["clickhouse"]
     assert clickhouse["reachable"] is True and clickhouse["ping_ms"] > 0
     counts = clickhouse["counts"]
-    assert (counts["agents"], counts["metrics_rows"], counts["anomalies"]) == (2, 4, 2)
+    assert (counts["agents"], counts["metrics_rows"], counts["anomalies"]) == (2, 4, 3)
     assert counts["threats"] == 2 and counts["deadletter"] == 0
     assert body["uptime_s"] >= 0
 
@@ -513,7 +514,7 @@ def test_metrics_page_is_valid_prometheus_text(api: TestClient, fleet: None):
     assert families["agentwatch_loader_rows_inserted"].type == "counter"
     assert "agentwatch_dataflow_lag_messages" not in families  # unknown: left out
     rows = {s.labels["table"]: s.value for s in families["agentwatch_clickhouse_rows"].samples}
-    assert rows == {"metrics": 4, "anomalies": 2, "threats": 2, "deadletter": 0}
+    assert rows == {"metrics": 4, "anomalies": 3, "threats": 2, "deadletter": 0}
 
 
 def test_docs_openapi_and_unknown_routes(api: TestClient):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from river import stats
@@ -12,7 +15,8 @@ from agentwatch.baselines import FEATURES, learn
 from agentwatch.detector import BaselineDetector, scores_from_deviations
 from agentwatch.fleet import DetectorConfig, FleetBaselines
 from agentwatch.settings import Settings
-from schemas.heartbeats import parse_heartbeats
+from agentwatch.simulator import FleetSimulator, Incident
+from schemas.heartbeats import HeartbeatBatch, parse_heartbeats
 
 values = st.lists(
     st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), min_size=2, max_size=60
@@ -71,14 +75,22 @@ def beat(agent: str, t: float, rng: np.random.Generator) -> dict:
 @settings(max_examples=20, deadline=None)
 @given(st.integers(0, 2**32 - 1))
 def test_fleet_scores_equal_the_single_series_detector(seed: int) -> None:
-    """The array form (dataflow) and River-API form agree, heartbeat by heartbeat."""
+    """The array form (dataflow) and River-API form agree, heartbeat by heartbeat:
+    score and runtime decision (quiet periods included)."""
     rng = np.random.default_rng(seed)
+    # a tiny reason sigma makes every heartbeat stand out: every score is published
     config = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=10,
-                      anomaly_report_threshold=0.01, anomaly_threshold=0.5)  # fmt: skip
+                      anomaly_report_threshold=0.01, anomaly_threshold=0.5,
+                      anomaly_reason_sigma=1e-9)  # fmt: skip
     fleet = FleetBaselines(DetectorConfig.from_settings(config))
     singles = {
         a: BaselineDetector(
-            FEATURES, config.anomaly_std_floor, warmup=10, memory=config.baseline_memory_heartbeats
+            FEATURES,
+            config.anomaly_std_floor,
+            warmup=10,
+            memory=config.baseline_memory_heartbeats,
+            threshold=0.5,
+            quiet=config.anomaly_quiet_heartbeats,
         )  # fmt: skip
         for a in ("a", "b")
     }
@@ -88,14 +100,18 @@ def test_fleet_scores_equal_the_single_series_detector(seed: int) -> None:
     for lo in range(0, len(beats), 7):  # batches cut anywhere
         chunk = parse_heartbeats([orjson.dumps(b) for b in beats[lo : lo + 7]])[0]
         for record in fleet.observe(chunk).anomalies:
-            fleet_scores[(record["agent_id"], record["timestamp"])] = record["score"]
+            key = (record["agent_id"], record["timestamp"])
+            fleet_scores[key] = (record["score"], record["is_anomaly"])
     for b in beats:
         detector = singles[b["agent_id"]]
+        judgement = detector.judge_one(b)
         score = detector.score_one(b)
         detector.learn_one(b)
         key = (b["agent_id"], b["timestamp"])
         if score >= 0.01:
-            assert np.isclose(fleet_scores.pop(key), score, rtol=1e-9), key
+            fleet_score, fleet_fired = fleet_scores.pop(key)
+            assert np.isclose(fleet_score, score, rtol=1e-9), key
+            assert fleet_fired == bool(judgement.fire[0]), key
     assert fleet_scores == {}
 
 
@@ -107,3 +123,183 @@ def test_a_metric_flat_during_warm_up_still_learns_afterwards() -> None:
     for _ in range(3000):
         detector.learn_one({"error_rate": 0.05})
     assert detector.score_one({"error_rate": 0.05}) < 0.5
+
+
+# --- the adaptive detector: level shifts, daily cycles, noisy agents, reasons, snapshots ---
+
+DAY = 2880  # heartbeats in a day at the seed's 30 s
+
+
+def one_agent(fleet: FleetBaselines, cpu: np.ndarray, seed: int = 0) -> list[dict]:
+    """Feed one agent's heartbeats (``cpu`` varies, the other metrics are calm noise)
+    through ``fleet`` in batches of 500; the anomaly records, each with its position."""
+    rng = np.random.default_rng(seed)
+    n = len(cpu)
+    metrics = {f: 50.0 + rng.normal(0, 2, n) for f in FEATURES}
+    metrics["cpu_usage"] = cpu
+    timestamps = 1.8e9 + 30.0 * np.arange(n)
+    records = []
+    for lo in range(0, n, 500):
+        part = slice(lo, min(n, lo + 500))
+        size = part.stop - part.start
+        batch = HeartbeatBatch(index=np.arange(size), agent_id=["a"] * size,
+                               tenant_id=["t"] * size, timestamp=timestamps[part],
+                               metrics={f: v[part] for f, v in metrics.items()})  # fmt: skip
+        for record in fleet.observe(batch).anomalies:
+            record["position"] = int(round((record["timestamp"] - 1.8e9) / 30.0))
+            records.append(record)
+    return records
+
+
+def daily_cycle(days: int, seed: int = 1) -> np.ndarray:
+    """CPU following a daily sine, 50 ± 20 %, with noise of 1 point."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(days * DAY)
+    return 50.0 + 20.0 * np.sin(2 * np.pi * t / DAY) + rng.normal(0, 1, len(t))
+
+
+def test_a_daily_cycle_raises_no_anomaly() -> None:
+    """The dataflow's defaults (24 h warm-up): three days of a daily cycle after it, none fire."""
+    fleet = FleetBaselines(DetectorConfig.from_settings(Settings()))
+    records = one_agent(fleet, daily_cycle(days=4))
+    assert [r for r in records if r["is_anomaly"]] == []
+
+
+def test_a_spike_on_top_of_a_daily_cycle_fires_and_names_its_metric() -> None:
+    """At the cycle's trough, a value the cycle reaches every day (so not a new extreme)
+    is anomalous against the local level; one anomaly, naming cpu_usage."""
+    cpu = daily_cycle(days=4)
+    trough = 3 * DAY + 3 * DAY // 4
+    cpu[trough] = 50.0  # the trough is at ~30; 50 is the cycle's middle
+    fleet = FleetBaselines(DetectorConfig.from_settings(Settings()))
+    fired = [r for r in one_agent(fleet, cpu) if r["is_anomaly"]]
+    assert [r["position"] for r in fired] == [trough]
+    assert fired[0]["reasons"][0]["feature"] == "cpu_usage"
+    assert fired[0]["reasons"][0]["z"] > 5
+
+
+def test_a_level_shift_fires_once_and_is_absorbed_within_100_heartbeats() -> None:
+    rng = np.random.default_rng(2)
+    values = np.r_[rng.normal(50, 1, 1000), rng.normal(70, 1, 1000)]
+    detector = BaselineDetector(("cpu",), {"cpu": 0.1}, warmup=30)
+    scores, fired = [], []
+    for value in values:
+        judgement = detector.judge_one({"cpu": value})
+        scores.append(judgement.scores[0])
+        fired.append(bool(judgement.fire[0]))
+        detector.learn_one({"cpu": value})
+    assert np.flatnonzero(fired).tolist() == [1000]
+    report = Settings().anomaly_report_threshold
+    assert max(scores[1100:]) < report  # absorbed: not even reported any more
+
+
+def test_the_threshold_adapts_to_a_noisy_series() -> None:
+    """On heavy-tailed noise (Student t, 3 degrees of freedom) a fixed 3.29σ threshold
+    fires on about 1.5 % of points; the adaptive one learns that this series is
+    surprising as a rule and fires on far fewer. On Gaussian noise it is all but silent."""
+    rng = np.random.default_rng(3)
+    learned_spread = {}
+    for name, noise in (("gauss", rng.normal(0, 1, 20_000)), ("t3", rng.standard_t(3, 20_000))):
+        detector = BaselineDetector(("x",), {"x": 0.01}, warmup=30, rel_floor=0.0)
+        fired = fixed = 0
+        for i, value in enumerate((100 + noise).tolist()):
+            judgement = detector.judge_one({"x": value})
+            if i >= 1000:
+                fired += int(judgement.fire[0])
+                fixed += int(scores_from_deviations(judgement.z)[0] >= 0.999)
+            detector.learn_one({"x": value})
+        learned_spread[name] = float(np.sqrt(detector.surprise_var[0]))
+        if name == "gauss":
+            assert fired <= 2  # in 19,000 heartbeats
+        else:
+            assert fixed > 200 and fired < fixed / 5
+    assert learned_spread["t3"] > 1.5 * learned_spread["gauss"]
+
+
+def test_an_anomaly_names_every_metric_that_drove_it() -> None:
+    """Two metrics far out: the anomaly names both."""
+    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=100)
+    fleet = FleetBaselines(DetectorConfig.from_settings(settings))
+    rng = np.random.default_rng(4)
+    calm = 40.0 + rng.normal(0, 1, 600)
+    assert [r for r in one_agent(fleet, calm) if r["is_anomaly"]] == []
+    batch = HeartbeatBatch(
+        index=np.arange(1), agent_id=["a"], tenant_id=["t"], timestamp=np.array([1.8e9 + 18000.0]),
+        metrics={**{f: np.array([50.0]) for f in FEATURES},
+                 "cpu_usage": np.array([90.0]), "error_rate": np.array([80.0])},
+    )  # fmt: skip
+    (record,) = fleet.observe(batch).anomalies
+    assert record["is_anomaly"] and record["score"] == 1.0
+    assert {r["feature"] for r in record["reasons"]} == {"cpu_usage", "error_rate"}
+
+
+def test_a_snapshot_from_before_the_adaptive_detector_carries_on() -> None:
+    """A FleetBaselines pickled before the local level and anomaly likelihood existed
+    (no such arrays, a config with fewer fields) unpickles, takes them up, and goes on
+    without a burst of false anomalies."""
+    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20)
+    fleet = FleetBaselines(DetectorConfig.from_settings(settings))
+    rng = np.random.default_rng(5)
+    one_agent(fleet, 40.0 + rng.normal(0, 1, 300))
+    # make it look like an older snapshot
+    new_arrays = ("level", "resid_var", "low", "high", "surprise_avg", "surprise_mean",
+                  "surprise_var", "quiet_until")  # fmt: skip
+    for name in (*new_arrays, "_params"):
+        del fleet.__dict__[name]
+    fleet._arrays = {k: v for k, v in fleet._arrays.items() if k not in new_arrays}
+    old_fields = [getattr(fleet.config, f) for f in DetectorConfig.__dataclass_fields__][:10]
+    old_config = object.__new__(DetectorConfig)
+    old_config.__setstate__(old_fields)
+    fleet.config = old_config
+    restored = pickle.loads(pickle.dumps(fleet))
+
+    assert restored.config.quiet_heartbeats == Settings().anomaly_quiet_heartbeats
+    records = one_agent(restored, 40.0 + rng.normal(0, 1, 300), seed=6)
+    assert [r for r in records if r["is_anomaly"]] == []
+    assert restored.level.shape == restored.mean.shape
+    assert abs(restored.level[0, 0] - 40.0) < 2.0
+    assert restored.count[0] == 600
+    # and it grows with new agents like any array of it
+    for k in range(70):
+        restored.observe(HeartbeatBatch(
+            index=np.arange(1), agent_id=[f"n{k}"], tenant_id=["t"], timestamp=np.array([2e9]),
+            metrics={f: np.array([1.0]) for f in FEATURES}))  # fmt: skip
+    assert len(restored.quiet_until) == len(restored.count) >= 71
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_after_a_short_warm_up_only_the_injected_spike_fires(seed: int) -> None:
+    """30 simulated agents, 20 heartbeats of warm-up, a CPU spike at 25 minutes (as the
+    end-to-end test has it): the one anomaly of the fleet is the spike, naming cpu_usage.
+    A short history must not make ordinary heartbeats, or their new records, look
+    anomalous (and a false anomaly's quiet period would hide the spike)."""
+    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20)
+    spike = Incident.parse("cpu_spike:agent-000007:25m:60")
+    simulator = FleetSimulator(agents=30, seed=seed, incidents=[spike])
+    fleet = FleetBaselines(DetectorConfig.from_settings(settings))
+    fired = []
+    for _ in range(80):
+        beats = [orjson.dumps(b) for b in simulator.next_tick().to_dicts()]
+        fired += [a for a in fleet.observe(parse_heartbeats(beats)[0]).anomalies if a["is_anomaly"]]
+    assert [(a["agent_id"], a["reasons"][0]["feature"]) for a in fired] == [
+        ("agent-000007", "cpu_usage")
+    ]
+    assert 1500 <= fired[0]["timestamp"] - simulator.start_epoch_s < 1560
+
+
+def test_a_short_spike_publishes_its_own_heartbeats_not_their_echo() -> None:
+    """After a 3-heartbeat CPU spike the recent surprise stays high for a while; the
+    heartbeats after it are normal and are not published as anomaly records."""
+    rng = np.random.default_rng(4)
+    fleet = FleetBaselines(DetectorConfig.from_settings(
+        Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=30)))  # fmt: skip
+    beats = [beat("a", 1.8e9 + 30 * i, rng) for i in range(200)]
+    for i in (150, 151, 152):
+        beats[i]["cpu_usage"] = 99.0
+    records = []
+    for lo in range(0, len(beats), 25):
+        chunk = parse_heartbeats([orjson.dumps(b) for b in beats[lo : lo + 25]])[0]
+        records += fleet.observe(chunk).anomalies
+    spike = {1.8e9 + 30 * i for i in (150, 151, 152)}
+    assert {r["timestamp"] for r in records} == spike
+    assert [r["is_anomaly"] for r in records] == [True, False, False]

@@ -212,7 +212,7 @@ def test_out_writes_nab_results_layout(tmp_path, capsys):
             "anomaly_score",
             "label",
             "decision",
-            "deviation",
+            "likelihood",
         ]
         assert len(rows) == 300
         threshold = report["settings"]["anomaly_threshold"]

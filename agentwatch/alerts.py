@@ -14,8 +14,10 @@ agent's own heartbeats), so the events do not depend on where batches are cut.
 
 The rules of the book:
 
-- **Pending.** A condition that starts to hold opens a ``pending`` alert
-  (skipped when the rule fires on the same heartbeat, ``for_s = 0``).
+- **Pending.** A condition that starts to hold opens a ``pending`` alert,
+  published once a later heartbeat of the agent finds the condition still
+  holding (and ``alert_pending_announce_s`` has passed); a condition that holds
+  on one heartbeat only is never published, and neither is its end.
 - **Firing.** The rule's threat (raised once its condition has held for the
   rule's ``for_s``) makes it ``firing``, with the threat's evidence. A threat
   of a rule the book has no transitions for (a detector's) opens a firing alert
@@ -52,7 +54,9 @@ raised by at least ``coordination_min_agents`` agents of a tenant within
 >>> t0 = 1.8e9
 >>> holds = {"agent_id": "a1", "tenant_id": "t1", "rule": "hot", "holds": True,
 ...          "at": t0, "first_seen": t0, "fired": False}
->>> [e["state"] for e in book.observe(transitions=[holds])]
+>>> book.observe(transitions=[holds], agent_ids=["a1"], timestamps=[t0])
+[]
+>>> [e["state"] for e in book.observe(agent_ids=["a1"], timestamps=[t0 + 30])]
 ['pending']
 >>> threat = {"agent_id": "a1", "tenant_id": "t1", "rule": "hot", "category": "PERFORMANCE",
 ...     "severity": "HIGH", "first_seen": t0, "last_seen": t0 + 120, "evidence": {
@@ -171,6 +175,7 @@ class AlertBook:
 
     def configure(self, settings: Settings) -> None:
         """Take the lifecycle's tunables from ``settings`` (again after a restart)."""
+        self.pending_announce_s = settings.alert_pending_announce_s
         self.resolve_after_s = settings.alert_resolve_after_s
         self.flap_window_s = settings.alert_flap_window_s
         self.flap_threshold = settings.alert_flap_threshold
@@ -238,10 +243,10 @@ class AlertBook:
         >>> book = AlertBook(Settings(alert_resolve_after_s=60))
         >>> stops = {"agent_id": "a1", "tenant_id": "t1", "rule": "hot", "at": 1.8e9,
         ...          "first_seen": 1.8e9, "fired": False}
-        >>> _ = book.observe([{**stops, "holds": True}])
-        >>> book.observe([{**stops, "holds": False, "at": 1.8e9 + 30}])
+        >>> _ = book.observe([{**stops, "holds": True}], [], ["a1", "a1"], [1.8e9, 1.8e9 + 30])
+        >>> book.observe([{**stops, "holds": False, "at": 1.8e9 + 60}])
         []
-        >>> [e["state"] for e in book.tick(1.8e9 + 90)], len(book)
+        >>> [e["state"] for e in book.tick(1.8e9 + 120)], len(book)
         (['resolved'], 0)
         """
         events: list[dict] = []
@@ -401,8 +406,6 @@ class AlertBook:
         alert = self._new(agent, tenant, rule, tracked=True)
         alert.started_at = float(t["first_seen"])
         alert.last_seen = alert.heard = at
-        if not t["fired"]:  # when it fires on this very heartbeat, its threat follows
-            events.append(self._emit(agent, rule, alert, at))
 
     def _threat(
         self, agent: str, rule: str, alert: AlertState | None, threat: dict, events: list[dict]
@@ -436,6 +439,13 @@ class AlertBook:
         if math.isnan(alert.cleared_at):
             if alert.tracked:
                 alert.last_seen = max(alert.last_seen, at)
+            if (
+                alert.state == "pending"
+                and not alert.announced
+                and at > alert.started_at
+                and at - alert.started_at >= self.pending_announce_s
+            ):
+                events.append(self._emit(agent, rule, alert, at))
         elif at - alert.cleared_at >= self._hold(alert):
             self._resolve(agent, rule, alert, events)
 

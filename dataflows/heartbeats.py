@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import gc
+import json
 import logging
 import signal
 import time
@@ -325,13 +326,44 @@ def build_flow(
 
 def get_flow() -> Dataflow:
     """The flow with settings from the environment (for ``python -m bytewax.run``)."""
-    return build_flow(Settings())
+    return build_flow(with_recorded_layout(Settings()))
+
+
+#: The shard count of recovery directories made before the layout was recorded.
+LEGACY_SHARD_COUNT = 16
+#: The file in the recovery directory that records how its state is sharded.
+LAYOUT_FILE = "layout.json"
+
+
+def with_recorded_layout(settings: Settings) -> Settings:
+    """``settings`` with the shard count the state in the recovery directory was made
+    with: the state of an agent lives in the shard its id hashes to, so a different
+    count would judge agents against other agents' state, or none. A directory without
+    a record gets one (the settings' count for a new directory, the old default for
+    state made before the record existed)."""
+    path = settings.recovery_path
+    layout = path / LAYOUT_FILE
+    if layout.exists():
+        recorded = int(json.loads(layout.read_text())["shard_count"])
+    else:
+        has_state = path.exists() and any(p.name != LAYOUT_FILE for p in path.iterdir())
+        recorded = LEGACY_SHARD_COUNT if has_state else settings.shard_count
+        path.mkdir(parents=True, exist_ok=True)
+        layout.write_text(json.dumps({"shard_count": recorded}) + "\n")
+    if recorded != settings.shard_count:
+        log.warning(
+            "shard_count_kept recorded=%d setting=%d dir=%s: the state is sharded by %d; "
+            "clear the recovery directory (state is learned again) to change it",
+            recorded, settings.shard_count, path, recorded,
+        )  # fmt: skip
+        settings = settings.model_copy(update={"shard_count": recorded})
+    return settings
 
 
 def recovery_config(settings: Settings) -> RecoveryConfig:
     """Bytewax recovery in ``settings.recovery_path``, created on first use."""
     path = settings.recovery_path
-    if not path.exists() or not any(path.iterdir()):
+    if not path.exists() or not any(p.name != LAYOUT_FILE for p in path.iterdir()):
         path.mkdir(parents=True, exist_ok=True)
         init_db_dir(path, settings.recovery_partitions)
         log.info("recovery_initialized dir=%s partitions=%d", path, settings.recovery_partitions)
@@ -365,12 +397,14 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    settings = with_recorded_layout(settings)
     flow = build_flow(settings)
     tune_garbage_collector(settings.gc_young_threshold)
     log.info(
-        "dataflow_starting bootstrap=%s topic=%s workers=%d snapshot_interval_s=%g recovery=%s",
+        "dataflow_starting bootstrap=%s topic=%s workers=%d shards=%d snapshot_interval_s=%g "
+        "recovery=%s",
         settings.bootstrap_servers, settings.topic("metrics"), settings.dataflow_workers,
-        settings.snapshot_interval_s, settings.recovery_path,
+        settings.shard_count, settings.snapshot_interval_s, settings.recovery_path,
     )  # fmt: skip
     cli_main(
         flow,

@@ -99,6 +99,14 @@ def test_a_condition_that_holds_shorter_than_its_for_duration_only_goes_pending(
     assert events[1]["fired_at"] is None and not should_notify(events[1])
 
 
+@pytest.mark.parametrize("cuts", [[], [11], [10, 11, 12]])
+def test_a_condition_true_on_one_heartbeat_only_publishes_nothing(cuts: list[int]) -> None:
+    assert run(incident_beats(range(10, 11), 40), cuts) == []
+    pending, resolved = run(incident_beats(range(10, 12), 40), cuts)  # two: announced
+    assert (pending["state"], pending["updated_at"]) == ("pending", T0 + 330)
+    assert resolved["state"] == "resolved" and resolved["fired_at"] is None
+
+
 def at(agent: str, rule: str, t: float, holds: bool, first_seen: float, fired: bool) -> dict:
     return {
         "agent_id": agent,

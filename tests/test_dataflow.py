@@ -257,3 +257,19 @@ def test_an_operators_quarantine_request_quarantines_the_agent_once():
     assert [d["reason"] for d in dead] == [
         "quarantine_requested payload: reason must be a non-empty string"
     ]
+
+
+def test_the_recovery_directory_keeps_the_shard_count_its_state_was_made_with(tmp_path, caplog):
+    from dataflows.heartbeats import LAYOUT_FILE, LEGACY_SHARD_COUNT, with_recorded_layout
+
+    fresh = Settings(var_dir=tmp_path / "new", shard_count=4)
+    assert with_recorded_layout(fresh).shard_count == 4
+    later = Settings(var_dir=tmp_path / "new", shard_count=8)
+    assert with_recorded_layout(later).shard_count == 4  # the state's layout wins
+    assert "shard_count_kept recorded=4 setting=8" in caplog.text
+
+    legacy = Settings(var_dir=tmp_path / "old", shard_count=4)
+    legacy.recovery_path.mkdir(parents=True)
+    (legacy.recovery_path / "part-0.sqlite3").write_bytes(b"")  # state from before the record
+    assert with_recorded_layout(legacy).shard_count == LEGACY_SHARD_COUNT
+    assert (legacy.recovery_path / LAYOUT_FILE).read_text() == '{"shard_count": 16}\n'

@@ -121,22 +121,27 @@ def likelihood_scores(likelihood: np.ndarray, extreme: np.ndarray) -> np.ndarray
 def detector_arrays(features: int) -> dict[str, ArraySpec]:
     """The detector's per-agent arrays beside the slow baseline's ``mean``, ``var``
     and ``count`` (dtype, value of a fresh row, shape of a row): 4 per-feature
-    arrays and 4 scalars, ``(4 F + 4) × 8`` bytes per agent (288 for F = 8).
+    arrays and 4 scalars, ``(4 F + 4) × 4`` bytes per agent (144 for F = 8).
+
+    They are float32: all arithmetic is done in float64 and only the result is
+    stored, rounded to 7 significant digits — far finer than the spread the level
+    is judged with (a level of 1e9 bytes is kept to ~64 bytes), and the quiet
+    period's end is a heartbeat count, exact in float32 up to 16 million.
 
     >>> from agentwatch.rows import bytes_per_row
     >>> bytes_per_row(detector_arrays(8))
-    288
+    144
     """
-    f64, per_feature = np.dtype(np.float64), (features,)
+    f32, per_feature = np.dtype(np.float32), (features,)
     return {
-        "level": (f64, 0.0, per_feature),
-        "resid_var": (f64, 0.0, per_feature),
-        "low": (f64, np.nan, per_feature),
-        "high": (f64, np.nan, per_feature),
-        "surprise_avg": (f64, 0.0, ()),
-        "surprise_mean": (f64, 0.0, ()),
-        "surprise_var": (f64, 0.0, ()),
-        "quiet_until": (f64, 0.0, ()),
+        "level": (f32, 0.0, per_feature),
+        "resid_var": (f32, 0.0, per_feature),
+        "low": (f32, np.nan, per_feature),
+        "high": (f32, np.nan, per_feature),
+        "surprise_avg": (f32, 0.0, ()),
+        "surprise_mean": (f32, 0.0, ()),
+        "surprise_var": (f32, 0.0, ()),
+        "quiet_until": (f32, 0.0, ()),
     }
 
 

@@ -425,17 +425,20 @@ class _Changes(_Ring):
 class _Sigma(_Condition):
     """Any metric more than ``sigma`` std from the agent's warm baseline.
 
-    The condition holds while any metric is beyond; the rule's ``for_s`` is
-    counted per metric: it fires once *one* metric has been beyond on every
-    heartbeat for ``for_s`` (``held``: how long each metric has been, NaN when
-    it is not). A run of heartbeats on which different metrics take turns
-    beyond ``sigma`` is noise, not a pattern: with eight metrics, some of them
-    heavy-tailed, one of them is beyond 3σ on ~3 % of normal heartbeats, and
-    three such heartbeats in a row were every false alert on the simulated fleet.
+    The rule's ``for_s`` is counted per metric: it fires once *one* metric has
+    been beyond on every heartbeat for ``for_s`` (``held``: how long each metric
+    has been, NaN when it is not). The condition holds (a pending alert opens,
+    from the time that metric went beyond) once one metric is beyond on two
+    heartbeats in a row — or on one, for a rule with ``for_s = 0``. A single
+    reading beyond is no news, and a run of heartbeats on which different metrics
+    take turns beyond ``sigma`` is noise, not a pattern: with eight metrics, some
+    of them heavy-tailed, one of them is beyond 3σ on ~3 % of normal heartbeats,
+    and three such heartbeats in a row were every false alert on the simulated fleet.
     """
 
-    def __init__(self, condition: BaselineCondition) -> None:
+    def __init__(self, condition: BaselineCondition, for_s: float = 0.0) -> None:
         super().__init__()
+        self.instant = for_s == 0
         self.metrics = tuple(condition.metric or FEATURES)
         self._array("held", np.float32, np.nan, (len(self.metrics),))
         unknown = [m for m in self.metrics if m not in FEATURES]
@@ -477,7 +480,7 @@ class _Sigma(_Condition):
         held = np.where(beyond, np.where(np.isnan(before), 0.0, before + step), np.nan)
         self.held[p.rows[judged]] = held[judged]
         longest = np.where(beyond, held, -np.inf).max(axis=1)  # -inf: no metric is beyond
-        holds = beyond.any(axis=1)
+        holds = beyond.any(axis=1) if self.instant else longest > 0
         return _Judgement(holds, judged, values, z=z, baseline=p.baseline, held_s=longest)
 
 
@@ -500,7 +503,7 @@ def log_normal_deviations(values: np.ndarray, mean: np.ndarray, std: np.ndarray)
 def _compile(spec: ThreatRuleSpec, buckets: int) -> _Condition:
     condition = spec.condition
     if isinstance(condition, BaselineCondition):
-        return _Sigma(condition)
+        return _Sigma(condition, spec.for_s)
     if condition.aggregate == "last":
         return _Last(condition)
     if condition.aggregate == "count_changes":
@@ -653,7 +656,9 @@ class RuleSet(RowArrays):
         rows, clock, holds = p.rows[judged], p.clock[judged], verdict.holds[judged]
         since_before = live.since[rows]
         held = ~np.isnan(since_before)
-        since = np.where(holds, np.where(held, since_before, clock), np.nan)
+        # a condition that counts how long it has held (per metric) began that long ago
+        began = clock if verdict.held_s is None else clock - np.maximum(verdict.held_s[judged], 0)
+        since = np.where(holds, np.where(held, since_before, began), np.nan)
         fired_before = live.fired[rows]
         held_for = clock - since if verdict.held_s is None else verdict.held_s[judged]
         fire = holds & ~fired_before & (held_for >= live.spec.for_s)

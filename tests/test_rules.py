@@ -174,18 +174,20 @@ def test_abnormal_patterns_ignores_a_late_heartbeat_within_sigma() -> None:
 
 def sigma_reference(beats: list[dict], for_s: float) -> list[tuple[float, float]]:
     """(first_seen, last_seen) of each threat of a 3σ rule over cpu and memory against
-    QUIET ± 2: an episode lasts while some metric is beyond; it fires once one metric
-    has been beyond on every heartbeat for ``for_s``."""
+    QUIET ± 2: an episode lasts while some metric has been beyond on two heartbeats in a
+    row (on one, for ``for_s = 0``), and began when the earliest of those runs did; it
+    fires once one metric has been beyond on every heartbeat for ``for_s``."""
     since: dict[str, float] = {}
     episode, fired, threats = None, False, []
     for b in beats:
         t = b["timestamp"]
         beyond = [m for m in ("cpu_usage", "memory_usage") if abs(b[m] - QUIET[m]) > 6.0]
         since = {m: since.get(m, t) for m in beyond}
-        if not beyond:
+        holds = bool(since) if for_s == 0 else any(start < t for start in since.values())
+        if not holds:
             episode, fired = None, False
             continue
-        episode = t if episode is None else episode
+        episode = min(since.values()) if episode is None else episode
         if not fired and any(t - start >= for_s for start in since.values()):
             fired = True
             threats.append((episode, t))
@@ -687,3 +689,17 @@ def test_judging_a_10k_agent_batch_costs_a_few_microseconds_per_heartbeat() -> N
     per_heartbeat_us = best / n * 1e6
     print(f"\ndefault rules: {per_heartbeat_us:.2f} µs/heartbeat over a 10k-agent batch")
     assert per_heartbeat_us < 20
+
+
+def test_the_3_sigma_condition_holds_from_a_metrics_second_heartbeat_beyond() -> None:
+    """One reading beyond 3σ opens nothing; the same metric beyond on two heartbeats in a
+    row makes the condition hold, from the first of them."""
+    rules = only("abnormal_patterns")
+    warm = baseline_inputs(1)
+    one = rules.observe(batch_of([{"timestamp": T0, "cpu_usage": 99.0}]), warm)
+    back = rules.observe(batch_of([{"timestamp": T0 + 30, "cpu_usage": 40.0}]), warm)
+    assert one.transitions == [] and back.transitions == []
+    rules.observe(batch_of([{"timestamp": T0 + 60, "cpu_usage": 99.0}]), warm)
+    second = rules.observe(batch_of([{"timestamp": T0 + 90, "cpu_usage": 99.0}]), warm)
+    [opened] = second.transitions
+    assert opened["holds"] and opened["first_seen"] == T0 + 60

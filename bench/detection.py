@@ -372,6 +372,19 @@ def main() -> None:
         "false_alerts": len(false_alerts),
         "false_alerts_per_100_agent_days": round(100 * len(false_alerts) / agent_days, 2),
         "false_alerts_by_rule": dict(Counter(a["rule"] for a in false_alerts)),
+        # published pending alerts that resolved without firing: they page no one, but
+        # fill the alert list (per agent-day of watched time)
+        "never_fired_pending_per_agent_day": round(
+            sum(
+                1
+                for a in alerts
+                if a["state"] == "resolved"
+                and a["fired_at"] is None
+                and a["updated_at"] < watched_until
+            )
+            / agent_days,
+            3,
+        ),  # fmt: skip
         "false_alert_details": [
             {
                 "agent_id": a["agent_id"],

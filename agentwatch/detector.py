@@ -43,7 +43,7 @@ True
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from river.base import AnomalyDetector
@@ -58,6 +58,7 @@ from agentwatch.baselines import (
     widen_range,
 )
 from agentwatch.rows import ArraySpec, allocate
+from agentwatch.settings import Settings
 
 #: A score of 1 is a recent surprise whose tail probability is 10**-SCORE_DECADES or less.
 SCORE_DECADES = 10.0
@@ -147,23 +148,44 @@ def detector_arrays(features: int) -> dict[str, ArraySpec]:
 
 @dataclass(frozen=True, slots=True)
 class DetectorParams:
-    """The numbers :func:`judge` and :func:`learn_judged` work with (settings' defaults
-    in :class:`agentwatch.settings.Settings`, ``baseline_*`` and ``anomaly_*``)."""
+    """The numbers :func:`judge` and :func:`learn_judged` work with, taken from
+    :class:`agentwatch.settings.Settings` (``baseline_*`` and ``anomaly_*``) by
+    :meth:`from_settings`, the one place that maps settings to the detector."""
 
     std_floor: np.ndarray
-    rel_floor: float = 0.05
-    warmup: int = 30
-    memory: int = 2880
-    clip_sigma: float = 4.0
-    level_weight: float = 0.05
-    level_clip_sigma: float = 8.0
-    extreme_margin: float = 0.05
-    extreme_after: int = 600
-    surprise_weight: float = 0.1
-    likelihood_std_floor: float = 0.05
-    likelihood_prior_std: float = 0.5
-    threshold: float = 0.99
-    quiet: int = 200
+    rel_floor: float
+    warmup: int
+    memory: int
+    clip_sigma: float
+    level_weight: float
+    level_clip_sigma: float
+    extreme_margin: float
+    extreme_after: int
+    surprise_weight: float
+    likelihood_std_floor: float
+    likelihood_prior_std: float
+    threshold: float
+    quiet: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings, std_floor: np.ndarray) -> DetectorParams:
+        """The detector's numbers in ``settings``, with ``std_floor`` per feature."""
+        return cls(
+            std_floor=np.asarray(std_floor, dtype=np.float64),
+            rel_floor=settings.anomaly_min_relative_std,
+            warmup=settings.baseline_warmup_heartbeats,
+            memory=settings.baseline_memory_heartbeats,
+            clip_sigma=settings.baseline_learn_clip_sigma,
+            level_weight=settings.baseline_level_weight,
+            level_clip_sigma=settings.baseline_level_clip_sigma,
+            extreme_margin=settings.anomaly_extreme_margin,
+            extreme_after=settings.anomaly_extreme_after_heartbeats,
+            surprise_weight=settings.anomaly_surprise_weight,
+            likelihood_std_floor=settings.anomaly_likelihood_std_floor,
+            likelihood_prior_std=settings.anomaly_likelihood_prior_std,
+            threshold=settings.anomaly_threshold,
+            quiet=settings.anomaly_quiet_heartbeats,
+        )
 
 
 @dataclass(slots=True)
@@ -309,53 +331,18 @@ class BaselineDetector(AnomalyDetector):
         self,
         features: tuple[str, ...],
         std_floor: dict[str, float] | None = None,
-        warmup: int = 30,
-        memory: int = 2880,
-        rel_floor: float = 0.05,
-        clip_sigma: float = 4.0,
-        reason_sigma: float = 3.0,
-        level_weight: float = 0.05,
-        level_clip_sigma: float = 8.0,
-        extreme_margin: float = 0.05,
-        extreme_after: int = 600,
-        surprise_weight: float = 0.1,
-        likelihood_std_floor: float = 0.05,
-        likelihood_prior_std: float = 0.5,
-        threshold: float = 0.99,
-        quiet: int = 200,
+        settings: Settings | None = None,
+        **overrides: float,
     ):
+        """``settings`` (default: the settings' defaults) give the numbers, as the
+        dataflow takes them; ``overrides`` replace single ones by their
+        :class:`DetectorParams` name (``warmup=5``), and ``reason_sigma``."""
+        settings = settings or Settings.model_construct()
         self.features = tuple(features)
         self.std_floor = dict(std_floor or {})
-        self.warmup = warmup
-        self.memory = memory
-        self.rel_floor = rel_floor
-        self.clip_sigma = clip_sigma
-        self.reason_sigma = reason_sigma
-        self.level_weight = level_weight
-        self.level_clip_sigma = level_clip_sigma
-        self.extreme_margin = extreme_margin
-        self.extreme_after = extreme_after
-        self.surprise_weight = surprise_weight
-        self.likelihood_std_floor = likelihood_std_floor
-        self.likelihood_prior_std = likelihood_prior_std
-        self.threshold = threshold
-        self.quiet = quiet
-        self._params = DetectorParams(
-            std_floor=np.array([self.std_floor.get(f, 0.0) for f in self.features]),
-            rel_floor=rel_floor,
-            warmup=warmup,
-            memory=memory,
-            clip_sigma=clip_sigma,
-            level_weight=level_weight,
-            level_clip_sigma=level_clip_sigma,
-            extreme_margin=extreme_margin,
-            extreme_after=extreme_after,
-            surprise_weight=surprise_weight,
-            likelihood_std_floor=likelihood_std_floor,
-            likelihood_prior_std=likelihood_prior_std,
-            threshold=threshold,
-            quiet=quiet,
-        )
+        self.reason_sigma = overrides.pop("reason_sigma", settings.anomaly_reason_sigma)
+        floor = np.array([self.std_floor.get(f, 0.0) for f in self.features])
+        self._params = replace(DetectorParams.from_settings(settings, floor), **overrides)
         f64, per_feature = np.dtype(np.float64), (len(self.features),)
         slow: dict[str, ArraySpec] = {
             "mean": (f64, 0.0, per_feature),
@@ -372,7 +359,7 @@ class BaselineDetector(AnomalyDetector):
     @property
     def warmed_up(self) -> bool:
         """Whether enough values were learned for scores to count."""
-        return self.count[0] >= self.warmup
+        return self.count[0] >= self._params.warmup
 
     def judge_one(self, x: dict) -> Judgement:
         """The whole judgement of ``x`` (one row), without learning it."""

@@ -46,82 +46,39 @@ from agentwatch.settings import Settings
 from schemas.heartbeats import HeartbeatBatch
 
 DETECTOR_NAME = "baseline_likelihood"
-_DEFAULTS = Settings.model_fields
 
 
 @dataclass(frozen=True, slots=True)
 class DetectorConfig:
-    """The detector's tunables, taken from :class:`Settings`."""
+    """The detector's tunables, taken from :class:`Settings`: the detector's own numbers
+    (``params``) and what the fleet adds around them."""
 
+    params: DetectorParams
     warmup_s: float
-    warmup_heartbeats: int
-    memory_heartbeats: int
-    threshold: float
     report_threshold: float
-    rel_floor: float
-    std_floor: tuple[float, ...]
     reason_sigma: float
-    clip_sigma: float
     publish_interval_s: float
-    # added after the first snapshots: a config unpickled without them takes the
-    # settings' defaults (see __setstate__)
-    level_weight: float = _DEFAULTS["baseline_level_weight"].default
-    level_clip_sigma: float = _DEFAULTS["baseline_level_clip_sigma"].default
-    extreme_margin: float = _DEFAULTS["anomaly_extreme_margin"].default
-    extreme_after: int = _DEFAULTS["anomaly_extreme_after_heartbeats"].default
-    surprise_weight: float = _DEFAULTS["anomaly_surprise_weight"].default
-    likelihood_std_floor: float = _DEFAULTS["anomaly_likelihood_std_floor"].default
-    likelihood_prior_std: float = _DEFAULTS["anomaly_likelihood_prior_std"].default
-    quiet_heartbeats: int = _DEFAULTS["anomaly_quiet_heartbeats"].default
 
     def __setstate__(self, state: list) -> None:
-        # a slots dataclass pickles its field values in order; older ones had fewer
-        for f, value in zip(fields(self), state, strict=False):
+        # A snapshot from before ``params`` held the numbers one by one. Any config is
+        # replaced by the current settings' when a shard is restored
+        # (``ShardState.restore``); until then an old one stands for the defaults.
+        if len(state) != len(fields(self)) or not isinstance(state[0], DetectorParams):
+            defaults = DetectorConfig.from_settings(Settings.model_construct())
+            state = [getattr(defaults, f.name) for f in fields(self)]
+        for f, value in zip(fields(self), state, strict=True):
             object.__setattr__(self, f.name, value)
-        for f in fields(self)[len(state) :]:
-            object.__setattr__(self, f.name, f.default)
-
-    def params(self) -> DetectorParams:
-        """The numbers the detector's scoring and learning use."""
-        return DetectorParams(
-            std_floor=np.asarray(self.std_floor),
-            rel_floor=self.rel_floor,
-            warmup=self.warmup_heartbeats,
-            memory=self.memory_heartbeats,
-            clip_sigma=self.clip_sigma,
-            level_weight=self.level_weight,
-            level_clip_sigma=self.level_clip_sigma,
-            extreme_margin=self.extreme_margin,
-            extreme_after=self.extreme_after,
-            surprise_weight=self.surprise_weight,
-            likelihood_std_floor=self.likelihood_std_floor,
-            likelihood_prior_std=self.likelihood_prior_std,
-            threshold=self.threshold,
-            quiet=self.quiet_heartbeats,
-        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DetectorConfig:
         """Pick the detector's numbers out of the settings."""
+        floor = [settings.anomaly_std_floor.get(f, 0.0) for f in FEATURES]
         return cls(
+            params=DetectorParams.from_settings(settings, np.array(floor)),
             warmup_s=settings.baseline_warmup_s,
-            warmup_heartbeats=settings.baseline_warmup_heartbeats,
-            memory_heartbeats=settings.baseline_memory_heartbeats,
-            threshold=settings.anomaly_threshold,
             report_threshold=min(settings.anomaly_report_threshold, settings.anomaly_threshold),
-            rel_floor=settings.anomaly_min_relative_std,
-            std_floor=tuple(settings.anomaly_std_floor.get(f, 0.0) for f in FEATURES),
             reason_sigma=settings.anomaly_reason_sigma,
-            clip_sigma=settings.baseline_learn_clip_sigma,
             publish_interval_s=settings.baseline_publish_interval_s,
-            level_weight=settings.baseline_level_weight,
-            level_clip_sigma=settings.baseline_level_clip_sigma,
-            extreme_margin=settings.anomaly_extreme_margin,
-            extreme_after=settings.anomaly_extreme_after_heartbeats,
-            surprise_weight=settings.anomaly_surprise_weight,
-            likelihood_std_floor=settings.anomaly_likelihood_std_floor,
-            likelihood_prior_std=settings.anomaly_likelihood_prior_std,
-            quiet_heartbeats=settings.anomaly_quiet_heartbeats,
         )
 
 
@@ -139,7 +96,6 @@ class FleetBaselines(RowArrays):
 
     def __init__(self, config: DetectorConfig, index: AgentIndex | None = None, capacity: int = 64):
         self.config = config
-        self._params = config.params()
         f64, per_feature = np.dtype(np.float64), (len(FEATURES),)
         arrays: dict[str, ArraySpec] = {
             "mean": (f64, 0.0, per_feature),
@@ -163,21 +119,20 @@ class FleetBaselines(RowArrays):
             allocate(self, missing, len(self.count))
             self.level[:] = self.mean
             self.resid_var[:] = self.var
-            reach = self.config.clip_sigma * np.sqrt(self.var)
+            reach = self.config.params.clip_sigma * np.sqrt(self.var)
             known = (self.count > 0)[:, None]
             self.low[:] = np.where(known, self.mean - reach, np.nan)
             self.high[:] = np.where(known, self.mean + reach, np.nan)
             self.surprise_avg[:] = self.surprise_mean[:] = SURPRISE_PRIOR_MEAN
-            self.surprise_var[:] = self.config.likelihood_prior_std**2
+            self.surprise_var[:] = self.config.params.likelihood_prior_std**2
         self._arrays = {**self._arrays, **detector_arrays(len(FEATURES))}
-        self._params = self.config.params()
 
     def configure(self, config: DetectorConfig) -> None:
         """Go on with new tunables (settings changed across a restart)."""
-        if "_params" not in vars(self):
-            self._upgrade()
         self.config = config
-        self._params = config.params()
+        vars(self).pop("_params", None)  # kept by snapshots of the detector's first version
+        if not hasattr(self, "level"):
+            self._upgrade()
 
     def rows(self, batch: HeartbeatBatch) -> np.ndarray:
         """The row of each heartbeat's agent (new agents get fresh, cold rows)."""
@@ -188,7 +143,7 @@ class FleetBaselines(RowArrays):
         out = FleetOutput()
         if not len(batch):
             return out
-        if "_params" not in vars(self):
+        if not hasattr(self, "level"):
             self._upgrade()
         rows = self.rows(batch)
         values = np.column_stack([batch.metrics[f] for f in FEATURES])
@@ -202,11 +157,9 @@ class FleetBaselines(RowArrays):
         cfg = self.config
         fresh = self.count[rows] == 0
         self.first_ts[rows[fresh]] = ts[fresh]
-        warm = (self.count[rows] >= cfg.warmup_heartbeats) & (
-            ts - self.first_ts[rows] >= cfg.warmup_s
-        )
+        warm = (self.count[rows] >= cfg.params.warmup) & (ts - self.first_ts[rows] >= cfg.warmup_s)
         level = self.level[rows]
-        j = judge(self, rows, values, warm, self._params)
+        j = judge(self, rows, values, warm, cfg.params)
         stands_out = j.fire | j.extreme.any(axis=1) | (np.abs(j.z).max(axis=1) >= cfg.reason_sigma)
         for i in np.flatnonzero((j.scores >= cfg.report_threshold) & stands_out):
             out.anomalies.append(
@@ -214,7 +167,7 @@ class FleetBaselines(RowArrays):
                     **self.index.agent(rows[i]),
                     "timestamp": float(ts[i]),
                     "score": float(j.scores[i]),
-                    "threshold": cfg.threshold,
+                    "threshold": cfg.params.threshold,
                     "is_anomaly": bool(j.fire[i]),
                     "detector": DETECTOR_NAME,
                     "reasons": reasons(
@@ -228,7 +181,7 @@ class FleetBaselines(RowArrays):
                     ),  # fmt: skip
                 }
             )
-        learn_judged(self, rows, values, warm, j, self._params)
+        learn_judged(self, rows, values, warm, j, cfg.params)
         self.last_ts[rows] = np.maximum(self.last_ts[rows], ts)
         changed = warm != self.warm[rows]
         self.warm[rows] = warm

@@ -188,8 +188,8 @@ class BaselineInputs:
         heartbeat is judged against a baseline that has already learned it."""
         rows = fleet.rows(batch)
         mean, var = fleet.mean[rows], fleet.var[rows]
-        floor = np.asarray(fleet.config.std_floor)
-        _, std = deviations(mean, var, mean, floor, fleet.config.rel_floor)
+        params = fleet.config.params
+        _, std = deviations(mean, var, mean, params.std_floor, params.rel_floor)
         return cls(mean=mean, std=std, warm=fleet.warm[rows])
 
     def take(self, positions: np.ndarray) -> BaselineInputs:

@@ -114,10 +114,11 @@ class ShardConfig:
 
     @classmethod
     def of(cls, settings: Settings) -> ShardConfig:
-        """The config of ``settings`` (the same object each time for the same settings)."""
-        made = _CONFIGS.get(id(settings))
+        """The config of ``settings`` (the same object each time for the same settings,
+        as long as no other settings came between: a process runs with one)."""
+        made = _LAST_CONFIG[0]
         if made is None or made.settings is not settings:
-            made = _CONFIGS[id(settings)] = cls(
+            made = _LAST_CONFIG[0] = cls(
                 settings,
                 DetectorConfig.from_settings(settings),
                 TrendConfig.from_settings(settings),
@@ -127,7 +128,7 @@ class ShardConfig:
         return made
 
 
-_CONFIGS: dict[int, ShardConfig] = {}
+_LAST_CONFIG: list[ShardConfig | None] = [None]
 
 
 @dataclass(slots=True)

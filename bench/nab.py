@@ -117,24 +117,7 @@ def detector_for(series: LabelledSeries, settings: Settings) -> BaselineDetector
     probation = series.values[: max(probation_length(len(series.values)), 1)]
     span = float(probation.max() - probation.min())
     scale = span if span > 0 else max(abs(float(probation[0])), 1.0)
-    return BaselineDetector(
-        features=("value",),
-        std_floor={"value": STD_FLOOR_SHARE_OF_SPAN * scale},
-        warmup=settings.baseline_warmup_heartbeats,
-        memory=settings.baseline_memory_heartbeats,
-        rel_floor=settings.anomaly_min_relative_std,
-        clip_sigma=settings.baseline_learn_clip_sigma,
-        reason_sigma=settings.anomaly_reason_sigma,
-        level_weight=settings.baseline_level_weight,
-        level_clip_sigma=settings.baseline_level_clip_sigma,
-        extreme_margin=settings.anomaly_extreme_margin,
-        extreme_after=settings.anomaly_extreme_after_heartbeats,
-        surprise_weight=settings.anomaly_surprise_weight,
-        likelihood_std_floor=settings.anomaly_likelihood_std_floor,
-        likelihood_prior_std=settings.anomaly_likelihood_prior_std,
-        threshold=settings.anomaly_threshold,
-        quiet=settings.anomaly_quiet_heartbeats,
-    )
+    return BaselineDetector(("value",), {"value": STD_FLOOR_SHARE_OF_SPAN * scale}, settings)
 
 
 #: Where a point with a value beyond the range seen so far ranks in "sweep on likelihood".

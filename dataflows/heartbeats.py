@@ -27,6 +27,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
+from pathlib import Path
 
 import bytewax.operators as op
 import numpy as np
@@ -346,8 +347,7 @@ def with_recorded_layout(settings: Settings) -> Settings:
     if layout.exists():
         recorded = int(json.loads(layout.read_text())["shard_count"])
     else:
-        has_state = path.exists() and any(p.name != LAYOUT_FILE for p in path.iterdir())
-        recorded = LEGACY_SHARD_COUNT if has_state else settings.shard_count
+        recorded = LEGACY_SHARD_COUNT if _holds_state(path) else settings.shard_count
         path.mkdir(parents=True, exist_ok=True)
         layout.write_text(json.dumps({"shard_count": recorded}) + "\n")
     if recorded != settings.shard_count:
@@ -360,10 +360,15 @@ def with_recorded_layout(settings: Settings) -> Settings:
     return settings
 
 
+def _holds_state(recovery_path: Path) -> bool:
+    """Whether the recovery directory holds Bytewax state (more than the layout record)."""
+    return recovery_path.exists() and any(p.name != LAYOUT_FILE for p in recovery_path.iterdir())
+
+
 def recovery_config(settings: Settings) -> RecoveryConfig:
     """Bytewax recovery in ``settings.recovery_path``, created on first use."""
     path = settings.recovery_path
-    if not path.exists() or not any(p.name != LAYOUT_FILE for p in path.iterdir()):
+    if not _holds_state(path):
         path.mkdir(parents=True, exist_ok=True)
         init_db_dir(path, settings.recovery_partitions)
         log.info("recovery_initialized dir=%s partitions=%d", path, settings.recovery_partitions)

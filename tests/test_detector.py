@@ -244,16 +244,19 @@ def test_a_snapshot_from_before_the_adaptive_detector_carries_on() -> None:
     # make it look like an older snapshot
     new_arrays = ("level", "resid_var", "low", "high", "surprise_avg", "surprise_mean",
                   "surprise_var", "quiet_until")  # fmt: skip
-    for name in (*new_arrays, "_params"):
+    for name in new_arrays:
         del fleet.__dict__[name]
     fleet._arrays = {k: v for k, v in fleet._arrays.items() if k not in new_arrays}
-    old_fields = [getattr(fleet.config, f) for f in DetectorConfig.__dataclass_fields__][:10]
+    # the config of then: its numbers one by one (warm-up s and heartbeats, memory,
+    # thresholds, floors, reason and clip sigma, publish interval)
+    old_fields = [0.0, 20, 2880, 0.999, 0.99, 0.05, (1.0,) * len(FEATURES), 3.0, 4.0, 300.0]
     old_config = object.__new__(DetectorConfig)
     old_config.__setstate__(old_fields)
     fleet.config = old_config
     restored = pickle.loads(pickle.dumps(fleet))
 
-    assert restored.config.quiet_heartbeats == Settings().anomaly_quiet_heartbeats
+    assert restored.config.params.quiet == Settings().anomaly_quiet_heartbeats
+    restored.configure(DetectorConfig.from_settings(settings))  # as ShardState.restore does
     records = one_agent(restored, 40.0 + rng.normal(0, 1, 300), seed=6)
     assert [r for r in records if r["is_anomaly"]] == []
     assert restored.level.shape == restored.mean.shape

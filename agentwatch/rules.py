@@ -162,6 +162,67 @@ def default_rules(settings: Settings) -> list[ThreatRuleSpec]:
     return [ThreatRuleSpec.model_validate(rule) for rule in rules]
 
 
+def restoring_changes(
+    current: Iterable[ThreatRuleSpec],
+    defaults: Iterable[ThreatRuleSpec],
+    names: Iterable[str] | None = None,
+) -> list[RuleChange]:
+    """The changes that put the default rules (all, or those in ``names``) back as they
+    were shipped, enabled: ``add`` for a deleted one, ``update`` for a changed or
+    disabled one, nothing for one already as shipped. Other rules are left alone.
+
+    Raises :class:`RuleChangeError` for a name that is not a default rule.
+
+    >>> defaults = default_rules(Settings())
+    >>> current = [r for r in defaults if r.name != "data_exfiltration"]
+    >>> current[0] = current[0].model_copy(update={"enabled": False})
+    >>> [(c.action, c.target) for c in restoring_changes(current, defaults)]
+    [('update', 'excessive_errors'), ('add', 'data_exfiltration')]
+    >>> restoring_changes(current, defaults, ["resource_abuse"])
+    []
+    """
+    shipped = {rule.name: rule for rule in defaults}
+    wanted = list(shipped) if names is None else list(dict.fromkeys(names))
+    unknown = [name for name in wanted if name not in shipped]
+    if unknown:
+        raise RuleChangeError(
+            f"{', '.join(map(repr, unknown))} is not a default rule; the default rules are: "
+            f"{', '.join(shipped)}"
+        )
+    present = {rule.name: rule for rule in current}
+    changes = []
+    for name in wanted:
+        if name not in present:
+            changes.append(RuleChange(action="add", rule=shipped[name]))
+        elif present[name] != shipped[name]:
+            changes.append(RuleChange(action="update", rule=shipped[name]))
+    return changes
+
+
+def categories_left_unwatched(
+    before: Iterable[ThreatRuleSpec],
+    after: Iterable[ThreatRuleSpec],
+    defaults: Iterable[ThreatRuleSpec],
+) -> list[str]:
+    """The categories of the default rules that had an enabled rule ``before`` a change
+    and have none ``after`` it: such a change stops a whole kind of threat from being
+    seen, so it is made only when the operator confirms it.
+
+    >>> defaults = default_rules(Settings())
+    >>> after = [r for r in defaults if r.name != "excessive_errors"]
+    >>> categories_left_unwatched(defaults, after, defaults)
+    ['PERFORMANCE']
+    >>> categories_left_unwatched(defaults, defaults[1:] + defaults[:1], defaults)
+    []
+    """
+    watched = {rule.category for rule in defaults}
+
+    def enabled(rules: Iterable[ThreatRuleSpec]) -> set[str]:
+        return {rule.category for rule in rules if rule.enabled} & watched
+
+    return sorted(enabled(before) - enabled(after))
+
+
 @dataclass(frozen=True, slots=True)
 class BaselineInputs:
     """The baseline each heartbeat of a batch is judged against (one row per batch row).

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     # --- the API ------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="API listen host.")
     api_port: int = Field(8000, description="API listen port.")
+    api_allow_remote_mutations: bool = Field(
+        False,
+        description="Accept requests that change something (POST, PUT, DELETE…) from other "
+        "machines. Off: until the API authenticates its callers, only loopback may change "
+        "rules, silences or quarantines, whatever AGENTWATCH_API_HOST listens on.",
+    )
     api_broker_timeout_s: float = Field(
         0.5, gt=0, description="Longest one health check waits for the broker (all questions)."
     )

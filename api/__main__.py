@@ -19,6 +19,7 @@ import time
 import uvicorn
 
 from agentwatch.settings import Settings
+from api.access import is_loopback
 from api.app import create_app
 from sinks.clickhouse import connect
 
@@ -69,6 +70,26 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def log_access_policy(settings: Settings) -> None:
+    """Say at start-up who may change things, and warn when the API listens beyond loopback."""
+    log = logging.getLogger("api")
+    if settings.api_allow_remote_mutations:
+        log.warning(
+            "api_access changes=from-anywhere: AGENTWATCH_API_ALLOW_REMOTE_MUTATIONS=true and "
+            "the API does not authenticate yet; anyone who reaches %s:%d can change rules, "
+            "silences and quarantines",
+            settings.api_host, settings.api_port,
+        )  # fmt: skip
+    else:
+        reads = "loopback" if is_loopback(settings.api_host) else settings.api_host
+        log.info(
+            "api_access changes=loopback-only reads=%s: requests that change something are "
+            "accepted from this machine only (AGENTWATCH_API_ALLOW_REMOTE_MUTATIONS=true lifts "
+            "it)",
+            reads,
+        )
+
+
 def main() -> int:
     """Run the API until SIGTERM or Ctrl-C; return the exit code (0 after a requested stop)."""
     # uvicorn handles both signals while it serves, then re-raises them once it has shut
@@ -99,6 +120,7 @@ def main() -> int:
         return 1
     if stop_requests:
         return 0
+    log_access_policy(settings)
     app = create_app(settings, run_loader=True)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on")

@@ -35,11 +35,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 from agentwatch.settings import Settings
 from api import prometheus, queries, sql
+from api.access import LoopbackMutations
 from api.client_pool import ClientPool
 from api.health import SystemMonitor
 from api.publisher import EventPublisher, PublishError
@@ -55,7 +56,13 @@ from api.responses import (
     ThreatList,
     ThreatSeverity,
 )
-from api.rules import RuleBook, RuleChangeError, RuleExists, RuleNotFound
+from api.rules import (
+    RuleBook,
+    RuleChangeError,
+    RuleExists,
+    RuleNeedsConfirmation,
+    RuleNotFound,
+)
 from api.silences import NewSilence, SilenceBook, SilenceNotFound, StoredSilence
 from schemas.models import TIMESTAMP_RANGE, LifecycleEvent, RuleChange, Silence, ThreatRuleSpec
 from sinks.clickhouse import connect, create_schema
@@ -218,6 +225,32 @@ class ReleaseRequest(BaseModel):
     reason: str = Field("", max_length=2000, description="Why, in words.")
 
 
+class RestoreRequest(BaseModel):
+    """The body of ``POST /api/v1/rules/restore`` (optional: without it, every default rule)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    names: list[str] | None = Field(
+        None, min_length=1, description="The default rules to restore (default: all of them)."
+    )
+
+
+class RestoredRules(BaseModel):
+    """The answer to a restore: which rules changed, and the rule set now in force."""
+
+    restored: list[str] = Field(description="Rules put back (empty: all were as shipped).")
+    rules: list[ThreatRuleSpec]
+
+
+Confirm = Annotated[
+    bool,
+    Query(
+        description="Confirm a change that leaves a category of the default rules "
+        "(SECURITY, PERFORMANCE) without any enabled rule."
+    ),
+]
+
+
 @dataclass
 class Runtime:
     """What the app holds while it runs: its ClickHouse clients, the loader, the monitor."""
@@ -335,6 +368,7 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.add_middleware(LoopbackMutations, settings=settings)
     app.exception_handler(RequestValidationError)(_validation_error)
     app.exception_handler(ClickHouseError)(_clickhouse_error)
 
@@ -677,13 +711,15 @@ def create_app(
         body = sql.render(result, request.format)
         return Response(body, media_type=sql.MEDIA_TYPES[request.format])
 
-    def change_rules(runtime: Runtime, change: RuleChange, actor: str) -> ThreatRuleSpec | None:
+    def change_rules(
+        runtime: Runtime, change: RuleChange, actor: str, confirm: bool = False
+    ) -> ThreatRuleSpec | None:
         try:
             with runtime.clients.client() as client:
-                return runtime.rule_book.apply(client, change, actor)
+                return runtime.rule_book.apply(client, change, actor, confirm)
         except RuleNotFound as exc:
             raise HTTPException(404, detail=str(exc)) from None
-        except RuleExists as exc:
+        except (RuleExists, RuleNeedsConfirmation) as exc:
             raise HTTPException(409, detail=str(exc)) from None
         except RuleChangeError as exc:
             raise HTTPException(422, detail=str(exc)) from None
@@ -709,12 +745,53 @@ def create_app(
         responses={404: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
     )  # fmt: skip
     def update_rule(
-        name: str, rule: ThreatRuleSpec, runtime: RuntimeDep, actor: ActorHeader = "api"
+        name: str,
+        rule: ThreatRuleSpec,
+        runtime: RuntimeDep,
+        actor: ActorHeader = "api",
+        confirm: Confirm = False,
     ):
         """Replace a rule (its state starts afresh)."""
         if rule.name != name:
             raise HTTPException(422, detail=f"the body names rule {rule.name!r}, the path {name!r}")
-        return change_rules(runtime, RuleChange(action="update", rule=rule), actor)
+        return change_rules(runtime, RuleChange(action="update", rule=rule), actor, confirm)
+
+    @app.post(
+        f"{API_PREFIX}/rules/restore",
+        response_model=RestoredRules,
+        tags=["rules"],
+        responses={422: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+    )
+    def restore_rules(
+        runtime: RuntimeDep, request: RestoreRequest | None = None, actor: ActorHeader = "api"
+    ) -> RestoredRules:
+        """Put the seed's default rules back as shipped and enabled: all of them, or those
+        in ``names``. A deleted one is added again, a changed or disabled one replaced;
+        rules of your own are left alone. Each restored rule is a recorded rule change."""
+        names = request.names if request is not None else None
+        return restore(runtime, names, actor)
+
+    @app.post(
+        f"{API_PREFIX}/rules/{{name}}/restore",
+        response_model=RestoredRules,
+        tags=["rules"],
+        responses={422: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+    )
+    def restore_rule(name: str, runtime: RuntimeDep, actor: ActorHeader = "api") -> RestoredRules:
+        """Put one of the seed's default rules back as shipped and enabled."""
+        return restore(runtime, [name], actor)
+
+    def restore(runtime: Runtime, names: list[str] | None, actor: str) -> RestoredRules:
+        try:
+            with runtime.clients.client() as client:
+                restored = runtime.rule_book.restore(client, actor, names)
+                rules = runtime.rule_book.rules(client)
+        except RuleChangeError as exc:
+            raise HTTPException(422, detail=str(exc)) from None
+        except PublishError as exc:
+            raise HTTPException(503, detail=str(exc)) from None
+        log.info("rules_restored actor=%s restored=%s", actor, ",".join(restored) or "-")
+        return RestoredRules(restored=restored, rules=rules)
 
     @app.post(
         f"{API_PREFIX}/rules/{{name}}/{{action}}", response_model=ThreatRuleSpec, tags=["rules"],
@@ -725,17 +802,22 @@ def create_app(
         action: Literal["enable", "disable"],
         runtime: RuntimeDep,
         actor: ActorHeader = "api",
+        confirm: Confirm = False,
     ):
-        """Enable or disable a rule."""
-        return change_rules(runtime, RuleChange(action=action, name=name), actor)
+        """Enable or disable a rule (disabling the last enabled rule of a default category
+        needs ``?confirm=true``)."""
+        return change_rules(runtime, RuleChange(action=action, name=name), actor, confirm)
 
     @app.delete(
         f"{API_PREFIX}/rules/{{name}}", status_code=204, tags=["rules"],
         responses={404: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
     )  # fmt: skip
-    def delete_rule(name: str, runtime: RuntimeDep, actor: ActorHeader = "api") -> Response:
-        """Delete a rule."""
-        change_rules(runtime, RuleChange(action="delete", name=name), actor)
+    def delete_rule(
+        name: str, runtime: RuntimeDep, actor: ActorHeader = "api", confirm: Confirm = False
+    ) -> Response:
+        """Delete a rule (deleting the last enabled rule of a default category needs
+        ``?confirm=true``; ``POST /api/v1/rules/restore`` puts the default rules back)."""
+        change_rules(runtime, RuleChange(action="delete", name=name), actor, confirm)
         return Response(status_code=204)
 
     @app.get(f"{API_PREFIX}/system/health", response_model=SystemHealth, tags=["system"])

@@ -17,6 +17,10 @@ import pytest
 
 from agentwatch.settings import Settings
 
+#: The peer address a TestClient claims: loopback, which may change things
+#: (api/access.py refuses changes from other machines).
+LOOPBACK_CLIENT = ("127.0.0.1", 50000)
+
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:

@@ -30,7 +30,7 @@ from agentwatch.settings import Settings
 from api.app import create_app
 from infra.broker import ensure_topics, free_port
 from sinks.clickhouse import connect, create_schema
-from tests.conftest import wait_until
+from tests.conftest import LOOPBACK_CLIENT, wait_until
 
 NOW = time.time()
 METRIC_COLUMNS = (
@@ -118,7 +118,9 @@ def ch(offline_settings: Settings) -> Iterator[Client]:
 @pytest.fixture
 def api(offline_settings: Settings, ch: Client) -> Iterator[TestClient]:
     """The app without a loader, reading through ``ch``; lifespan runs on enter and exit."""
-    with TestClient(create_app(offline_settings, client=ch, run_loader=False)) as test_client:
+    with TestClient(
+        create_app(offline_settings, client=ch, run_loader=False), client=LOOPBACK_CLIENT
+    ) as test_client:
         yield test_client
 
 
@@ -553,7 +555,9 @@ def test_health_is_ok_and_reports_dataflow_lag_with_a_real_broker(settings: Sett
     ensure_topics(settings)
     client = connect(settings)
     try:
-        with TestClient(create_app(settings, client=client, run_loader=False)) as api:
+        with TestClient(
+            create_app(settings, client=client, run_loader=False), client=LOOPBACK_CLIENT
+        ) as api:
             body = api.get("/api/v1/system/health").json()
             assert body["status"] == "ok", body["problems"]
             assert body["broker"]["reachable"] is True
@@ -590,7 +594,7 @@ def test_app_runs_the_loader_and_serves_what_it_loads(
     """The full lifespan: the app opens ClickHouse itself, loads heartbeats, stops cleanly."""
     ensure_topics(settings)
     app = create_app(settings)
-    with TestClient(app) as api:
+    with TestClient(app, client=LOOPBACK_CLIENT) as api:
         produce_heartbeats(settings, "loaded-agent", 50)
 
         def loaded():
@@ -719,7 +723,9 @@ def test_sql_limits_rows_and_time_with_a_400_that_names_the_setting(
     limited = offline_settings.model_copy(
         update={"api_sql_max_result_rows": 5, "api_sql_max_execution_time_s": 0.5}
     )
-    with TestClient(create_app(limited, client=ch, run_loader=False)) as api:
+    with TestClient(
+        create_app(limited, client=ch, run_loader=False), client=LOOPBACK_CLIENT
+    ) as api:
         many = api.post("/api/v1/sql", json={"query": "SELECT number FROM numbers(6)"})
         assert many.status_code == 400, many.text
         assert "AGENTWATCH_API_SQL_MAX_RESULT_ROWS" in many.json()["detail"]
@@ -751,7 +757,7 @@ def test_bad_sql_requests_say_what_is_wrong(api: TestClient, body: dict, status:
 
 def test_sql_can_be_switched_off(offline_settings: Settings, ch: Client):
     off = offline_settings.model_copy(update={"api_sql_enabled": False})
-    with TestClient(create_app(off, client=ch, run_loader=False)) as api:
+    with TestClient(create_app(off, client=ch, run_loader=False), client=LOOPBACK_CLIENT) as api:
         response = api.post("/api/v1/sql", json={"query": "SELECT 1"})
     assert response.status_code == 403
     assert "AGENTWATCH_API_SQL_ENABLED=false" in response.json()["detail"]
@@ -975,7 +981,9 @@ def broker_api(settings: Settings) -> Iterator[tuple[TestClient, Client, Setting
     create_schema(ch, settings)
     insert(ch, settings, "metrics", [heartbeat_row("a1", 10)], METRIC_COLUMNS)
     try:
-        with TestClient(create_app(settings, client=ch, run_loader=False)) as test_client:
+        with TestClient(
+            create_app(settings, client=ch, run_loader=False), client=LOOPBACK_CLIENT
+        ) as test_client:
             yield test_client, ch, settings
     finally:
         ch.close()

@@ -11,6 +11,7 @@ from api.app import create_app
 from infra.broker import ensure_topics
 from schemas.events import parse_rule_change
 from sinks.clickhouse import connect
+from tests.conftest import LOOPBACK_CLIENT
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,9 @@ HOT = {
 @pytest.fixture
 def api(settings):
     ensure_topics(settings)
-    with TestClient(create_app(settings, client=connect(settings), run_loader=False)) as client:
+    with TestClient(
+        create_app(settings, client=connect(settings), run_loader=False), client=LOOPBACK_CLIENT
+    ) as client:
         yield client
 
 
@@ -81,3 +84,86 @@ def test_bad_changes_get_clear_errors_and_publish_nothing(api, settings):
     assert published(settings) == []
     body = orjson.loads(api.delete("/api/v1/rules/nope").content)
     assert "the rules are" in body["detail"]
+
+
+def test_leaving_a_default_category_without_enabled_rules_needs_confirmation(api, settings):
+    # excessive_errors is the only PERFORMANCE rule of the default set
+    refused = api.delete("/api/v1/rules/excessive_errors")
+    assert refused.status_code == 409
+    assert "no enabled PERFORMANCE rule" in refused.json()["detail"]
+    assert "confirm=true" in refused.json()["detail"]
+    assert api.post("/api/v1/rules/excessive_errors/disable").status_code == 409
+    assert published(settings) == []
+    # SECURITY has four: the first three go without a word, the last needs the confirmation
+    for name in ("resource_abuse", "abnormal_patterns", "rapid_changes"):
+        assert api.delete(f"/api/v1/rules/{name}").status_code == 204
+    last = api.put(
+        "/api/v1/rules/data_exfiltration",
+        json={**api.get("/api/v1/rules").json()[0], "enabled": False},
+    )
+    assert last.status_code == 409 and "SECURITY" in last.json()["detail"]
+    confirmed = api.delete("/api/v1/rules/excessive_errors", params={"confirm": "true"})
+    assert confirmed.status_code == 204
+    assert [rule["name"] for rule in api.get("/api/v1/rules").json()] == ["data_exfiltration"]
+
+
+def test_the_default_rules_can_be_put_back_all_or_one(api, settings):
+    shipped = api.get("/api/v1/rules").json()
+    assert api.post("/api/v1/rules", json=HOT).status_code == 201
+    for name in ("excessive_errors", "resource_abuse", "abnormal_patterns", "rapid_changes"):
+        assert api.delete(f"/api/v1/rules/{name}", params={"confirm": True}).status_code == 204
+    loose = {**shipped[1], "condition": {**shipped[1]["condition"], "value": 5e12}}
+    assert loose["name"] == "data_exfiltration"
+    assert api.put("/api/v1/rules/data_exfiltration", json=loose).status_code == 200
+    published(settings)  # the changes so far
+
+    one = api.post("/api/v1/rules/excessive_errors/restore", headers={"X-Agentwatch-Actor": "o2"})
+    assert one.status_code == 200, one.text
+    assert one.json()["restored"] == ["excessive_errors"]
+
+    restored = api.post("/api/v1/rules/restore", headers={"X-Agentwatch-Actor": "ops-2"})
+    assert restored.status_code == 200, restored.text
+    assert restored.json()["restored"] == [
+        "resource_abuse", "abnormal_patterns", "rapid_changes", "data_exfiltration"
+    ]  # fmt: skip
+    listed = api.get("/api/v1/rules").json()
+    assert [rule for rule in listed if rule["name"] != "cpu_hot"] == shipped  # as shipped
+    assert "cpu_hot" in {rule["name"] for rule in listed}  # an operator's own rule stays
+    assert api.post("/api/v1/rules/restore").json()["restored"] == []  # nothing left to do
+
+    changes = [(c.action, c.target) for c in published(settings)][-5:]
+    assert changes == [
+        ("add", "excessive_errors"), ("add", "resource_abuse"), ("add", "abnormal_patterns"),
+        ("add", "rapid_changes"), ("update", "data_exfiltration"),
+    ]  # fmt: skip
+    audit = connect(settings).query(
+        f"SELECT name, updated_by FROM {settings.clickhouse_database}.rules "
+        "WHERE updated_by IN ('o2', 'ops-2') ORDER BY version"
+    )
+    assert [row[1] for row in audit.result_rows] == ["o2"] + ["ops-2"] * 4
+
+
+def test_restoring_a_rule_that_is_not_a_default_is_a_clear_422(api, settings):
+    answer = api.post("/api/v1/rules/cpu_hot/restore")
+    assert answer.status_code == 422
+    assert "not a default rule" in answer.json()["detail"]
+    assert api.post("/api/v1/rules/restore", json={"names": []}).status_code == 422
+    assert published(settings) == []
+
+
+@pytest.mark.parametrize("allow_remote", [False, True])
+def test_changes_from_another_machine_are_refused_unless_allowed(settings, allow_remote):
+    settings = settings.model_copy(update={"api_allow_remote_mutations": allow_remote})
+    ensure_topics(settings)
+    app = create_app(settings, client=connect(settings), run_loader=False)
+    with TestClient(app, client=("203.0.113.9", 40000)) as remote:
+        assert remote.get("/api/v1/rules").status_code == 200  # reads are open
+        answer = remote.delete("/api/v1/rules/resource_abuse")
+        if allow_remote:
+            assert answer.status_code == 204
+        else:
+            assert answer.status_code == 403
+            assert "only this machine (loopback) may change" in answer.json()["detail"]
+            assert "AGENTWATCH_API_ALLOW_REMOTE_MUTATIONS" in answer.json()["detail"]
+            assert remote.post("/api/v1/rules/restore").status_code == 403
+            assert published(settings) == []

@@ -15,7 +15,7 @@ from agentwatch.settings import Settings
 from infra.broker import ensure_topics
 from sinks.clickhouse import connect, create_schema
 from sinks.webhooks import WebhookDeliverer
-from tests.conftest import wait_until
+from tests.conftest import LOOPBACK_CLIENT, wait_until
 from tests.test_loader import alert, by_agent, produce
 
 pytestmark = pytest.mark.integration
@@ -169,7 +169,7 @@ def test_the_api_process_runs_the_deliverer_next_to_the_loader(
     )
     ensure_topics(settings)
     produce(settings, "alerts", [alert(7, "firing")], key=by_agent)
-    with TestClient(create_app(settings)) as api:
+    with TestClient(create_app(settings), client=LOOPBACK_CLIENT) as api:
         wait_until(lambda: hook.received, 30, "the alert at the webhook")
         alerts = wait_until(
             lambda: api.get("/api/v1/alerts").json()["alerts"], 30, "the loader to load the alert"

@@ -1,0 +1,82 @@
+"""Who may change things, until the API has authentication: only this machine.
+
+Every request that is not a read (any method but GET, HEAD, OPTIONS) is refused
+with a 403 unless it comes from a loopback address, or the operator turned
+``AGENTWATCH_API_ALLOW_REMOTE_MUTATIONS`` on. The API also listens on loopback
+by default (``AGENTWATCH_API_HOST=127.0.0.1``); this guard holds when someone
+changes that. The peer address is the TCP peer as uvicorn reports it (uvicorn
+takes ``X-Forwarded-For`` only from the proxies in its ``forwarded_allow_ips``,
+127.0.0.1 by default, so a remote client cannot claim to be local; a reverse
+proxy on this machine makes every request local, so put none in front of the
+API until it authenticates).
+
+>>> refusal("GET", "203.0.113.9", allow_remote=False) is None
+True
+>>> refusal("POST", "::1", allow_remote=False) is None
+True
+>>> refusal("DELETE", "203.0.113.9", allow_remote=False)[:60]
+'DELETE from 203.0.113.9 refused: until the API authenticates'
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from agentwatch.settings import Settings
+
+#: Methods that read only.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` is a loopback IP address (127.0.0.0/8, ::1, ::ffff:127.x.y.z).
+
+    Anything that is not an IP address (a missing peer, a Unix socket, a name)
+    is not loopback.
+
+    >>> [is_loopback(h) for h in ("127.0.0.1", "127.8.0.1", "::1", "::ffff:127.0.0.1")]
+    [True, True, True, True]
+    >>> [is_loopback(h) for h in ("10.0.0.1", "localhost", "", None, "0.0.0.0")]
+    [False, False, False, False, False]
+    """
+    if not host:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def refusal(method: str, client_host: str | None, allow_remote: bool) -> str | None:
+    """Why a request may not run (None: it may)."""
+    if method.upper() in SAFE_METHODS or allow_remote or is_loopback(client_host):
+        return None
+    return (
+        f"{method.upper()} from {client_host or 'an unknown address'} refused: until the API "
+        "authenticates its callers, only this machine (loopback) may change anything; send it "
+        "from the API's host, or set AGENTWATCH_API_ALLOW_REMOTE_MUTATIONS=true to accept "
+        "changes from anywhere"
+    )
+
+
+class LoopbackMutations:
+    """ASGI middleware: answer 403 (:func:`refusal`) to a change from another machine."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.allow_remote = settings.api_allow_remote_mutations
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            client = scope.get("client")
+            reason = refusal(scope["method"], client[0] if client else None, self.allow_remote)
+            if reason is not None:
+                await JSONResponse({"detail": reason}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
+from agentwatch.secrets import redact
 from agentwatch.settings import Settings
 from api import prometheus, queries, sql
 from api.client_pool import ClientPool
@@ -262,7 +263,7 @@ class Runtime:
         log.info(
             "api_started database=%s clickhouse=%s loader=%s webhooks=%d",
             settings.clickhouse_database,
-            settings.clickhouse_dsn,
+            settings.clickhouse_dsn,  # a SecretDsn: shown with its password as ***
             "on" if run_loader else "off",
             len(settings.alert_webhooks) if webhooks is not None else 0,
         )
@@ -824,5 +825,6 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 async def _clickhouse_error(request: Request, exc: ClickHouseError) -> JSONResponse:
     """ClickHouse failed to answer: 503, so callers retry instead of trusting an empty answer."""
     log.error("clickhouse_query_failed path=%s error=%s", request.url.path, exc)
-    message = " ".join(str(exc).split())[:300]
+    secrets = get_runtime(request).settings.secret_values()  # the driver's text may quote them
+    message = " ".join(redact(str(exc), secrets).split())[:300]
     return JSONResponse({"detail": f"ClickHouse did not answer: {message}"}, status_code=503)

@@ -40,7 +40,7 @@ from pydantic_core import PydanticCustomError
 
 from agentwatch.secrets import redact
 from agentwatch.settings import Settings
-from api import prometheus, queries, sql
+from api import docs, prometheus, queries, sql
 from api.client_pool import ClientPool
 from api.health import SystemMonitor
 from api.publisher import EventPublisher, PublishError
@@ -335,7 +335,10 @@ def create_app(
         summary="Surveillance of a fleet of AI agents: status, anomalies, pipeline health.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from api.docs, with local assets
+        redoc_url=None,
     )
+    docs.install(app)
     app.exception_handler(RequestValidationError)(_validation_error)
     app.exception_handler(ClickHouseError)(_clickhouse_error)
 

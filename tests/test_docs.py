@@ -105,7 +105,7 @@ def api_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Clie
             process.wait(5)
 
 
-@pytest.fixture(params=["in-process", "python -m api"])
+@pytest.fixture(params=["in-process", pytest.param("python -m api", marks=pytest.mark.e2e)])
 def docs_client(request: pytest.FixtureRequest) -> TestClient | httpx.Client:
     return request.getfixturevalue("app_client" if request.param == "in-process" else "api_process")
 

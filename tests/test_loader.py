@@ -702,6 +702,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.e2e  # starts processes
 @pytest.mark.parametrize(
     "process", ["sinks.loader", "api"], ids=["loader-alone", "api-with-its-loader"]
 )

@@ -47,6 +47,7 @@ def clean_env() -> dict[str, str]:
 # --- the types --------------------------------------------------------------------------
 
 
+@pytest.mark.e2e  # starts processes
 def test_settings_show_masked_secrets_and_children_get_the_real_ones() -> None:
     settings = Settings(clickhouse_dsn=DSN, alert_webhooks=[SLACK, "http://127.0.0.1:9/h"])
     shown = [repr(settings), str(settings), settings.model_dump_json(), str(settings.model_dump())]
@@ -71,6 +72,7 @@ def test_settings_show_masked_secrets_and_children_get_the_real_ones() -> None:
     assert {PASSWORD, DSN, SLACK, SLACK.removeprefix("slack:")} <= set(settings.secret_values())
 
 
+@pytest.mark.e2e  # starts processes
 @pytest.mark.parametrize(
     ("variable", "value", "says"),
     [
@@ -170,6 +172,7 @@ def echoing_clickhouse() -> Iterator[EchoingServer]:
     server.close()
 
 
+@pytest.mark.e2e  # starts processes
 def test_the_api_and_the_sql_command_name_a_dsn_they_cannot_open_without_its_password(
     echoing_clickhouse: EchoingServer, tmp_path: Path
 ) -> None:
@@ -201,6 +204,7 @@ def test_the_api_and_the_sql_command_name_a_dsn_they_cannot_open_without_its_pas
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(300)  # its own deadlines add up to more than the default
 def test_a_running_stack_never_writes_or_answers_its_secrets(
     run_up,  # noqa: F811
     stack_env: dict[str, str],  # noqa: F811

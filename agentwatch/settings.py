@@ -22,6 +22,8 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agentwatch.secrets import SLACK_PREFIX, SecretDsn, SecretUrl, reveal, secret_strings
+
 #: Logical topic names; the physical name is ``topic_prefix + "agents." + name``.
 TOPICS = (
     "metrics",
@@ -41,7 +43,12 @@ class Settings(BaseSettings):
     """agentwatch configuration (environment prefix ``AGENTWATCH_``)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="AGENTWATCH_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="AGENTWATCH_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        # a validation error never quotes the value it refused: it may be a secret
+        hide_input_in_errors=True,
     )
 
     # --- where things live -------------------------------------------------
@@ -51,10 +58,11 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("", description="Prefix put before every topic name.")
     metrics_partitions: int = Field(4, ge=1, description="Partitions of agents.metrics.")
     derived_partitions: int = Field(2, ge=1, description="Partitions of each derived topic.")
-    clickhouse_dsn: str = Field(
-        "chdb://var/clickhouse",
+    clickhouse_dsn: SecretDsn = Field(
+        SecretDsn("chdb://var/clickhouse"),
         description="clickhouse-connect DSN: chdb://relative/path or chdb:///absolute/path "
-        "(embedded chDB), or http(s)://user:password@host:port (ClickHouse server).",
+        "(embedded chDB), or http(s)://user:password@host:port (ClickHouse server). A secret: "
+        "shown with the password as ***; .get_secret_value() gives the real one.",
     )
     clickhouse_database: str = Field("agentwatch", description="ClickHouse database name.")
     clickhouse_ttl_days: int = Field(90, ge=1, description="Rows older than this are dropped.")
@@ -432,11 +440,12 @@ class Settings(BaseSettings):
     coordination_max_listed_agents: int = Field(
         100, ge=2, description="Most agents an incident lists (beyond: marked truncated)."
     )
-    alert_webhooks: list[str] = Field(
+    alert_webhooks: list[SecretUrl] = Field(
         [],
         description="URLs that alerts are POSTed to (firing, and resolved after firing; not "
         "silenced). A URL prefixed 'slack:' (slack:https://hooks.slack.com/...) gets a "
-        "Slack-compatible message, any other the generic JSON envelope.",
+        "Slack-compatible message, any other the generic JSON envelope. Secrets (a Slack "
+        "webhook URL is the credential): logs show scheme and host only.",
     )
     webhook_timeout_s: float = Field(5.0, gt=0, description="Longest wait for one delivery.")
     webhook_retry_attempts: int = Field(
@@ -585,21 +594,57 @@ class Settings(BaseSettings):
     # --- the seed's monitoring intervals -----------------------------------
     heartbeat_interval_s: float = Field(30.0, gt=0, description="Seed: agents beat every 30 s.")
 
+    @field_validator("clickhouse_dsn")
+    @classmethod
+    def _dsn_scheme(cls, dsn: SecretDsn) -> SecretDsn:
+        scheme = dsn.get_secret_value().partition("://")[0].lower()
+        if scheme not in ("chdb", "http", "https"):
+            raise ValueError(
+                f"the ClickHouse DSN {dsn} is neither chdb://path nor http(s)://host:port; "
+                "fix AGENTWATCH_CLICKHOUSE_DSN"
+            )
+        return dsn
+
+    @field_validator("alert_webhooks")
+    @classmethod
+    def _webhook_schemes(cls, urls: list[SecretUrl]) -> list[SecretUrl]:
+        for index, url in enumerate(urls):
+            text = url.get_secret_value().removeprefix(SLACK_PREFIX)
+            if not text.lower().startswith(("http://", "https://")):
+                raise ValueError(
+                    f"webhook {url.label(index)} is not an http(s):// URL (optionally after "
+                    f"{SLACK_PREFIX!r}); fix AGENTWATCH_ALERT_WEBHOOKS"
+                )
+        return urls
+
     def as_env(self) -> dict[str, str]:
         """The fields set on this object as ``AGENTWATCH_*`` variables, for a child process.
 
+        Secrets are passed as their real values (the child must use them).
+
         >>> Settings(api_port=8001).as_env()
         {'AGENTWATCH_API_PORT': '8001'}
+        >>> Settings(clickhouse_dsn="http://u:pw@h:8123").as_env()
+        {'AGENTWATCH_CLICKHOUSE_DSN': 'http://u:pw@h:8123'}
         """
         env = {}
         for name in sorted(self.model_fields_set):
-            value = getattr(self, name)
+            value = reveal(getattr(self, name))
             if value is None:
                 continue  # unset means the default; an empty variable would mean ""
             if isinstance(value, dict | list):
                 value = json.dumps(value)
             env[f"AGENTWATCH_{name.upper()}"] = str(value)
         return env
+
+    def secret_values(self) -> list[str]:
+        """Every secret of this configuration (and its parts), longest first: the strings
+        logs and error messages must not contain (see :mod:`agentwatch.secrets`).
+
+        >>> Settings(clickhouse_dsn="http://u:hunter22@h:8123").secret_values()
+        ['http://u:hunter22@h:8123', 'hunter22']
+        """
+        return secret_strings([getattr(self, name) for name in type(self).model_fields])
 
     def topic(self, name: str) -> str:
         """Physical name of a logical topic (``metrics`` → ``agents.metrics``)."""

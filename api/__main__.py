@@ -18,6 +18,7 @@ import time
 
 import uvicorn
 
+from agentwatch.secrets import redact, redact_handlers
 from agentwatch.settings import Settings
 from api.access import is_loopback
 from api.app import create_app
@@ -41,16 +42,18 @@ class KeyValueFormatter(logging.Formatter):
             f"ts={stamp}.{millis:03d}Z level={record.levelname.lower()} "
             f'logger={record.name} msg="{message}"'
         )
-        if record.exc_info:
-            error = self.formatException(record.exc_info).replace("\n", "\\n")
-            line += f' exc="{error}"'
+        if record.exc_info:  # exc_text: the traceback already formatted (and redacted)
+            error = record.exc_text or self.formatException(record.exc_info)
+            line += ' exc="' + error.replace("\n", "\\n") + '"'
         return line
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    """Send every logger (uvicorn's too) to stdout through :class:`KeyValueFormatter`."""
+def configure_logging(level: int = logging.INFO, secrets: list[str] | None = None) -> None:
+    """Send every logger (uvicorn's too) to stdout through :class:`KeyValueFormatter`,
+    with ``secrets`` (``Settings.secret_values()``) replaced by ``***``."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(KeyValueFormatter())
+    redact_handlers([handler], secrets or [])
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -99,7 +102,7 @@ def main() -> int:
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda signum, _frame: stop_requests.append(signum))
     settings = Settings()
-    configure_logging()
+    configure_logging(secrets=settings.secret_values())
     host, port = settings.api_host, settings.api_port
     if not port_is_free(host, port):
         print(
@@ -110,8 +113,8 @@ def main() -> int:
         return 1
     try:  # fail fast, in one line, if the chDB directory is held by another process
         connect(settings).close()
-    except Exception as exc:
-        reason = " ".join(str(exc).split())[:200]
+    except Exception as exc:  # the DSN shows as a SecretDsn does; the reason is redacted
+        reason = " ".join(redact(str(exc), settings.secret_values()).split())[:200]
         print(
             f"agentwatch api: cannot open ClickHouse at {settings.clickhouse_dsn} ({reason}); "
             "is another agentwatch API using it? stop it, or set AGENTWATCH_CLICKHOUSE_DSN",

@@ -38,8 +38,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
+from agentwatch.secrets import redact
 from agentwatch.settings import Settings
-from api import prometheus, queries, sql
+from api import docs, prometheus, queries, sql
 from api.access import LoopbackMutations
 from api.client_pool import ClientPool
 from api.health import SystemMonitor
@@ -295,7 +296,7 @@ class Runtime:
         log.info(
             "api_started database=%s clickhouse=%s loader=%s webhooks=%d",
             settings.clickhouse_database,
-            settings.clickhouse_dsn,
+            settings.clickhouse_dsn,  # a SecretDsn: shown with its password as ***
             "on" if run_loader else "off",
             len(settings.alert_webhooks) if webhooks is not None else 0,
         )
@@ -367,8 +368,11 @@ def create_app(
         summary="Surveillance of a fleet of AI agents: status, anomalies, pipeline health.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from api.docs, with local assets
+        redoc_url=None,
     )
     app.add_middleware(LoopbackMutations, settings=settings)
+    docs.install(app)
     app.exception_handler(RequestValidationError)(_validation_error)
     app.exception_handler(ClickHouseError)(_clickhouse_error)
 
@@ -906,5 +910,6 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 async def _clickhouse_error(request: Request, exc: ClickHouseError) -> JSONResponse:
     """ClickHouse failed to answer: 503, so callers retry instead of trusting an empty answer."""
     log.error("clickhouse_query_failed path=%s error=%s", request.url.path, exc)
-    message = " ".join(str(exc).split())[:300]
+    secrets = get_runtime(request).settings.secret_values()  # the driver's text may quote them
+    message = " ".join(redact(str(exc), secrets).split())[:300]
     return JSONResponse({"detail": f"ClickHouse did not answer: {message}"}, status_code=503)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from clickhouse_connect.driver.client import Client
 
+from agentwatch.secrets import redact
 from agentwatch.settings import Settings
 from api import queries
 from api.broker_probe import BrokerProbe, BrokerProbeResult
@@ -141,14 +142,16 @@ class SystemMonitor:
                     reachable=False,
                     database=database,
                     ping_ms=None,
-                    error=_one_line(exc),
+                    error=redact(_one_line(exc), self.settings.secret_values()),
                     counts=self._counts,
                 )
             error = None
             try:
                 counts = self._table_counts(client)
             except Exception as exc:
-                error = f"counting rows failed: {_one_line(exc)}"
+                error = redact(
+                    f"counting rows failed: {_one_line(exc)}", self.settings.secret_values()
+                )
                 counts = self._counts
         return ClickHouseHealth(
             reachable=True,

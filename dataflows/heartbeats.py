@@ -43,6 +43,7 @@ from pydantic import ValidationError
 from agentwatch.alerts import CoordinationDetector
 from agentwatch.conversations import Conversation
 from agentwatch.rules import RuleChangeError
+from agentwatch.secrets import redact_handlers
 from agentwatch.settings import Settings
 from agentwatch.shard import (
     QuarantineOrder,
@@ -395,6 +396,7 @@ def main() -> None:
         level=logging.INFO, format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
     )
     settings = Settings()
+    redact_handlers(logging.getLogger().handlers, settings.secret_values())
 
     def stop(signum: int, _frame: object) -> None:
         log.info("dataflow_stopping signal=%s", signal.Signals(signum).name)

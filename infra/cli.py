@@ -26,6 +26,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from agentwatch.secrets import redact, redact_handlers
 from agentwatch.settings import Settings
 from agentwatch.simulator import INCIDENT_KINDS
 from infra.simulate import (
@@ -68,14 +69,18 @@ class KeyValueFormatter(logging.Formatter):
             f"ts={stamp}.{millis:03d}Z level={record.levelname.lower()} "
             f'logger={record.name} msg="{message}"'
         )
-        if record.exc_info:
-            line += ' exc="' + self.formatException(record.exc_info).replace("\n", "\\n") + '"'
+        if record.exc_info:  # exc_text: the traceback already formatted (and redacted)
+            error = record.exc_text or self.formatException(record.exc_info)
+            line += ' exc="' + error.replace("\n", "\\n") + '"'
         return line
 
 
 @contextlib.contextmanager
-def structured_logging(log_file: Path | None = None) -> Iterator[None]:
-    """Structured logs to stderr and, if given, to ``log_file`` (the file gets tracebacks).
+def structured_logging(
+    log_file: Path | None = None, secrets: list[str] | None = None
+) -> Iterator[None]:
+    """Structured logs to stderr and, if given, to ``log_file`` (the file gets tracebacks),
+    with ``secrets`` (``Settings.secret_values()``) replaced by ``***``.
 
     Adds its handlers to the root logger for the ``with`` block only, so the
     commands also behave when called in-process (tests).
@@ -86,6 +91,7 @@ def structured_logging(log_file: Path | None = None) -> Iterator[None]:
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))
+    redact_handlers(handlers, secrets or [])
     root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
     levels = root.level, httpx_logger.level
     for handler in handlers:
@@ -311,7 +317,7 @@ def simulate(
     except (ValueError, SimulationError) as exc:
         fail(str(exc))
     try:
-        with structured_logging(), stop_on_signals() as stop:
+        with structured_logging(secrets=settings.secret_values()), stop_on_signals() as stop:
             result = run_simulation(settings, options, show_progress=not quiet, stop=stop)
     except (ValueError, SimulationError) as exc:
         fail(str(exc))
@@ -560,7 +566,10 @@ def run_stack(
     ``describe_simulator`` gives the lines about the simulator in the ready summary.
     """
     logs = logs_dir(settings)
-    with structured_logging(logs / "supervisor.log"), stop_on_signals() as stop:
+    with (
+        structured_logging(logs / "supervisor.log", settings.secret_values()),
+        stop_on_signals() as stop,
+    ):
         return _supervise(settings, commands, logs, stop, describe_simulator)
 
 
@@ -638,9 +647,9 @@ def _supervise(
         exit_code = 1
     except Exception as exc:  # one line at the terminal, the traceback in the log file
         log.exception("up_failed error=%s", exc)
+        error = redact(f"{type(exc).__name__}: {exc}", settings.secret_values())
         console.print(
-            f"[bold red]error:[/] {type(exc).__name__}: {exc} "
-            f"(details in {logs / 'supervisor.log'})",
+            f"[bold red]error:[/] {error} (details in {logs / 'supervisor.log'})",
             soft_wrap=True,
         )
         exit_code = 1
@@ -815,8 +824,9 @@ def _sql_directly(settings: Settings, query: str, wire_format: str) -> bytes:
     """Open ClickHouse from this process (the stack is stopped) and run the query read-only."""
     from api.sql import SqlRefused, check_read_only, open_read_only_client, render, run_read_query
 
-    dsn = settings.clickhouse_dsn
-    if dsn.startswith("chdb://") and not Path(dsn.removeprefix("chdb://") or ".").is_dir():
+    dsn = settings.clickhouse_dsn  # shown with its password as ***
+    path = dsn.get_secret_value().removeprefix("chdb://")
+    if dsn.get_secret_value().startswith("chdb://") and not Path(path or ".").is_dir():
         fail(
             f"no API answers at {api_base_url(settings)} and there is no data at {dsn}; start "
             "the stack with `agentwatch up`, or run this where its var/ directory is"
@@ -829,7 +839,8 @@ def _sql_directly(settings: Settings, query: str, wire_format: str) -> bytes:
     except Exception as exc:  # e.g. chDB's directory is held by a starting `agentwatch up`
         fail(
             f"no API answers at {api_base_url(settings)}, and {dsn} cannot be opened here "
-            f"({' '.join(str(exc).split())[:200]}); see `agentwatch status`"
+            f"({' '.join(redact(str(exc), settings.secret_values()).split())[:200]}); "
+            "see `agentwatch status`"
         )
     try:
         return render(run_read_query(client, checked), wire_format)

@@ -30,8 +30,9 @@ def connect(settings: Settings) -> Client:
 
     ``chdb://var/clickhouse`` is relative to the working directory,
     ``chdb:///srv/clickhouse`` absolute; the directory is created if missing.
+    The DSN is a secret (it may hold a password): only this function reads it.
     """
-    dsn = settings.clickhouse_dsn
+    dsn = settings.clickhouse_dsn.get_secret_value()
     if dsn.startswith("chdb://"):
         path = Path(dsn.removeprefix("chdb://") or ".")
         path.mkdir(parents=True, exist_ok=True)

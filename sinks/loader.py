@@ -56,6 +56,7 @@ from confluent_kafka import (
 )
 from pydantic import BaseModel
 
+from agentwatch.secrets import redact_handlers
 from agentwatch.settings import Settings
 from schemas.heartbeats import parse_heartbeats
 from schemas.models import (
@@ -1016,6 +1017,7 @@ def main() -> None:
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
     settings = Settings()
+    redact_handlers(logging.getLogger().handlers, settings.secret_values())
     client = connect(settings)
     create_schema(client, settings)
     stop_requested = threading.Event()

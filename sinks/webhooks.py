@@ -36,13 +36,12 @@ from clickhouse_connect.driver.client import Client
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from agentwatch.alerts import backoff_delays, generic_payload, should_notify, slack_payload
+from agentwatch.secrets import SLACK_PREFIX, SecretUrl, redact
 from agentwatch.settings import Settings
 from schemas.models import Alert
 
 log = logging.getLogger("sinks.webhooks")
 
-#: Prefix of a URL in ``alert_webhooks`` that wants Slack's message layout.
-SLACK_PREFIX = "slack:"
 #: Most alert events read in one batch, and the longest wait for them (seconds).
 BATCH_MESSAGES = 100
 CONSUME_WAIT_S = 0.2
@@ -52,23 +51,29 @@ TOPIC_RETRY_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class Webhook:
-    """One delivery target: where, and in which layout."""
+    """One delivery target: where, in which layout, and how logs name it.
 
-    url: str
+    The URL is a credential (a Slack webhook URL is all it takes to post to a
+    channel): logs and errors show ``label`` (its position and host), never ``url``.
+    """
+
+    url: str = field(repr=False)
     slack: bool
+    label: str
 
     @classmethod
-    def parse(cls, text: str) -> Webhook:
+    def parse(cls, secret: SecretUrl, index: int = 0) -> Webhook:
         """``slack:https://…`` → a Slack target; anything else → a generic one.
 
-        >>> Webhook.parse("slack:https://hooks.example/T1")
-        Webhook(url='https://hooks.example/T1', slack=True)
-        >>> Webhook.parse("http://127.0.0.1:9000/alerts").slack
-        False
+        >>> Webhook.parse(SecretUrl("slack:https://hooks.example/T1"))
+        Webhook(slack=True, label='#0 slack:https://hooks.example/***')
+        >>> Webhook.parse(SecretUrl("http://127.0.0.1:9000/alerts"), 1).url
+        'http://127.0.0.1:9000/alerts'
         """
+        text, label = secret.get_secret_value(), secret.label(index)
         if text.startswith(SLACK_PREFIX):
-            return cls(text.removeprefix(SLACK_PREFIX), True)
-        return cls(text, False)
+            return cls(text.removeprefix(SLACK_PREFIX), True, label)
+        return cls(text, False, label)
 
     def payload(self, alert: dict) -> dict:
         """The body posted for an ``Alert`` dict."""
@@ -103,7 +108,10 @@ class WebhookDeliverer:
         self._client = client
         self._database = settings.clickhouse_database
         self._topic = settings.topic("alerts")
-        self._webhooks = [Webhook.parse(url) for url in settings.alert_webhooks]
+        self._webhooks = [
+            Webhook.parse(url, index) for index, url in enumerate(settings.alert_webhooks)
+        ]
+        self._secrets = settings.secret_values()
         self._delays = backoff_delays(
             settings.webhook_retry_attempts,
             settings.webhook_retry_base_s,
@@ -215,19 +223,19 @@ class WebhookDeliverer:
                         self._stats.retries += attempt
                     return 1
                 error = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
+            except httpx.HTTPError as exc:  # its text may quote the URL: redacted
+                error = redact(f"{type(exc).__name__}: {exc}", self._secrets)
             log.warning(
-                "webhook_failed url=%s fingerprint=%s state=%s attempt=%d error=%r",
-                webhook.url, alert["fingerprint"], alert["state"], attempt + 1, error[:200],
+                "webhook_failed webhook=%s fingerprint=%s state=%s attempt=%d error=%r",
+                webhook.label, alert["fingerprint"], alert["state"], attempt + 1, error[:200],
             )  # fmt: skip
         with self._stats_lock:
             self._stats.dropped += 1
             self._stats.retries += len(self._delays)
         log.error(
-            "webhook_dropped url=%s fingerprint=%s attempts=%d action=giving up on this alert; "
-            "check the receiver, or raise AGENTWATCH_WEBHOOK_RETRY_ATTEMPTS",
-            webhook.url, alert["fingerprint"], len(self._delays) + 1,
+            "webhook_dropped webhook=%s fingerprint=%s attempts=%d action=giving up on this "
+            "alert; check the receiver, or raise AGENTWATCH_WEBHOOK_RETRY_ATTEMPTS",
+            webhook.label, alert["fingerprint"], len(self._delays) + 1,
         )  # fmt: skip
         return 0
 

@@ -4,10 +4,18 @@ Tests isolate themselves by name, not by process: each test that asks for
 ``settings`` gets its own topic prefix and its own ClickHouse database, on the
 one broker and the one chDB directory of the session (a process can open only
 one chDB path in its lifetime).
+
+Lanes: a test that uses the broker or chDB is marked ``integration`` (by its
+fixtures, below); a test that starts processes of its own (the stack, the API,
+the CLI, supervised children) is marked ``e2e``, and one that is not marked
+``e2e`` and starts any process but the broker fails, so
+``pytest -m "not integration and not e2e"`` (unit) and ``pytest -m "not e2e"``
+stay what they say. (Environment isolation: the repository's root conftest.py.)
 """
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +28,42 @@ from agentwatch.settings import Settings
 #: The peer address a TestClient claims: loopback, which may change things
 #: (api/access.py refuses changes from other machines).
 LOOPBACK_CLIENT = ("127.0.0.1", 50000)
+
+#: Fixtures that start the session's real parts: a test using one is an integration test.
+INTEGRATION_FIXTURES = frozenset({"broker", "chdb_dir", "settings"})
+#: Fixtures that start processes: a test using one is an end-to-end test.
+E2E_FIXTURES = frozenset({"run_up", "api_process"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & INTEGRATION_FIXTURES:
+            item.add_marker(pytest.mark.integration)
+        if fixtures & E2E_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(autouse=True)
+def processes_only_in_e2e(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Outside ``e2e`` tests, starting a process (other than the broker) fails the test."""
+    if request.node.get_closest_marker("e2e") is None:
+        original = subprocess.Popen.__init__
+
+        def guarded(self: subprocess.Popen, args: object, *more: object, **options: object):
+            command = [args] if isinstance(args, str | bytes | Path) else list(args)
+            if "tansu" not in Path(str(command[0]).split()[0]).name:
+                pytest.fail(
+                    f"{request.node.nodeid} starts a process ({' '.join(map(str, command))[:80]}"
+                    "); mark it @pytest.mark.e2e, so the fast lanes stay fast",
+                    pytrace=False,
+                )
+            original(self, args, *more, **options)
+
+        monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -776,6 +776,7 @@ def api_process_env(settings: Settings, tmp_path, port: int) -> dict[str, str]:
     }
 
 
+@pytest.mark.e2e  # starts processes
 def test_python_m_api_refuses_a_busy_port_in_one_line(offline_settings: Settings, tmp_path):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -795,6 +796,7 @@ def test_python_m_api_refuses_a_busy_port_in_one_line(offline_settings: Settings
     ]
 
 
+@pytest.mark.e2e  # starts processes
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_python_m_api_serves_and_stops_cleanly_on_a_signal(
     offline_settings: Settings, tmp_path, stop_signal: signal.Signals

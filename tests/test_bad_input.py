@@ -22,7 +22,7 @@ from tests.conftest import wait_until
 from tests.test_dataflow import heartbeat
 from tests.test_dataflow_kafka import DataflowProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]  # the dataflow runs as a process
 
 AGENTS = 20
 STEPS = 60
@@ -63,6 +63,7 @@ def malformed(i: int, rng: random.Random) -> tuple[bytes | None, str]:
     return kinds[i % len(kinds)]
 
 
+@pytest.mark.timeout(300)  # its own deadlines add up to more than the default
 def test_thousand_malformed_messages_are_dead_lettered_and_the_rest_processed(
     settings: Settings, tmp_path: Path
 ):

@@ -43,6 +43,7 @@ SLEEPER = [PYTHON, "-c", "import time; time.sleep(60)"]
 runner = CliRunner()
 
 
+@pytest.mark.e2e  # the supervisor's example starts a process
 def test_docstring_examples_of_infra_run() -> None:
     for module in (infra.supervisor, infra.simulate):
         assert doctest.testmod(module).failed == 0, module.__name__
@@ -66,6 +67,7 @@ def stubborn_child(ready: Path) -> list[str]:
     return [PYTHON, "-c", code]
 
 
+@pytest.mark.e2e  # starts processes
 def test_stop_all_ends_every_child_and_its_process_group_within_the_deadline(
     tmp_path: Path,
 ) -> None:
@@ -87,6 +89,7 @@ def test_stop_all_ends_every_child_and_its_process_group_within_the_deadline(
     assert not (tmp_path / "run" / "state.json").exists()
 
 
+@pytest.mark.e2e  # starts processes
 def test_the_state_file_records_pid_command_and_start_of_each_child(tmp_path: Path) -> None:
     supervisor = Supervisor(tmp_path / "state.json")
     supervisor.extra_state = {"broker": {"cluster_id": "agentwatch-test"}}
@@ -124,6 +127,7 @@ def poll_until(supervisor: Supervisor, predicate, timeout_s: float, what: str) -
     return exits
 
 
+@pytest.mark.e2e  # starts processes
 def test_a_crashed_child_is_restarted_after_a_backoff(tmp_path: Path) -> None:
     supervisor = Supervisor(tmp_path / "state.json", backoff_s=0.2)
     try:
@@ -139,6 +143,7 @@ def test_a_crashed_child_is_restarted_after_a_backoff(tmp_path: Path) -> None:
         supervisor.stop_all(grace_s=2.0)
 
 
+@pytest.mark.e2e  # starts processes
 def test_backoff_doubles_while_a_child_keeps_crashing_and_policies_are_kept(tmp_path: Path) -> None:
     supervisor = Supervisor(backoff_s=0.05, max_backoff_s=0.15)
     try:
@@ -154,6 +159,7 @@ def test_backoff_doubles_while_a_child_keeps_crashing_and_policies_are_kept(tmp_
         supervisor.stop_all(grace_s=2.0)
 
 
+@pytest.mark.e2e  # starts processes
 def test_adopted_processes_are_never_restarted_and_stop_last(tmp_path: Path) -> None:
     process = subprocess.Popen(SLEEPER, start_new_session=True)
     supervisor = Supervisor()
@@ -380,6 +386,7 @@ def test_when_the_broker_dies_up_says_so_and_stops_everything(
     assert_all_gone(state)
 
 
+@pytest.mark.e2e  # starts processes
 @pytest.mark.parametrize("which", ["BROKER", "API"])
 def test_a_busy_port_is_a_one_line_error(
     which: str, stack_env: dict[str, str], tmp_path: Path
@@ -423,6 +430,7 @@ def test_a_missing_binary_or_module_is_a_one_line_error(
     assert "dataflows.not_there" in result.output and "make install" in result.output
 
 
+@pytest.mark.e2e  # starts processes
 def test_status_says_not_running_with_exit_code_3(stack_env: dict[str, str], tmp_path) -> None:
     result = agentwatch("status", env=stack_env, cwd=tmp_path)
     assert result.returncode == 3
@@ -433,6 +441,7 @@ FULL_STACK = all(importlib.util.find_spec(m) for m in ("dataflows.heartbeats", "
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(300)  # its own deadlines add up to more than the default
 @pytest.mark.skipif(not FULL_STACK, reason="dataflows.heartbeats or api is not written yet")
 def test_up_backfills_history_then_goes_live_and_shows_an_incident_from_the_history(
     run_up, stack_env: dict[str, str], tmp_path: Path
@@ -652,6 +661,7 @@ def test_simulate_bad_options_are_one_line_errors(
     assert len(lines) == 1 and message in lines[0], result.output
 
 
+@pytest.mark.e2e  # starts processes
 def test_python_dash_m_infra_simulate_takes_the_same_options(tmp_path: Path) -> None:
     out = tmp_path / "beats.jsonl"
     result = subprocess.run(
@@ -715,6 +725,7 @@ def test_sql_without_an_api_reads_the_data_directly_as_a_table_or_csv(sql_env) -
     assert missing.exit_code == 1 and "there is no data at" in missing.output
 
 
+@pytest.mark.e2e  # starts processes
 def test_sql_goes_through_the_running_api(make_settings, tmp_path: Path) -> None:
     port = free_port()
     settings = make_settings(bootstrap_servers=f"127.0.0.1:{free_port()}")

@@ -16,7 +16,7 @@ from schemas.events import conversation_event
 from tests.conftest import wait_until
 from tests.test_dataflow_kafka import DataflowProcess, TopicReader
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]  # the dataflow runs as a process
 
 T0 = 1_800_000_000.0
 

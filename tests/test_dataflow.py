@@ -121,9 +121,21 @@ def test_sustained_saturation_raises_one_resource_abuse_threat_after_ten_minutes
 @pytest.mark.parametrize("batch_size", [1, 97, 5000])
 def test_one_and_two_workers_give_the_same_result(batch_size: int):
     values = stream(agents=12, steps=45, spike=(7, 33), saturated=(3, range(21, 44)))
-    assert run(values, workers=1, batch_size=batch_size) == run(
-        values, workers=2, batch_size=batch_size
-    )
+    one, two = (run(values, workers=w, batch_size=batch_size) for w in (1, 2))
+    assert one == two
+    # ...and that result is not the empty one: each kind of output is there, as expected
+    for records in (one, two):
+        by_topic = {topic: [r for t, r in records if t == topic] for topic, _ in records}
+        assert len(by_topic["agents.deadletter"]) == 90  # two bad messages per step
+        assert {b["agent_id"] for b in by_topic["agents.baselines"]} == {
+            f"agent-{a:04d}" for a in range(12)
+        }
+        fired = {a["agent_id"] for a in by_topic["agents.anomalies"] if a["is_anomaly"]}
+        assert fired == {"agent-0003", "agent-0007"}  # the saturation and the spike
+        assert ("agent-0003", "resource_abuse") in {
+            (t["agent_id"], t["rule"]) for t in by_topic["agents.threats"]
+        }
+        assert by_topic["agents.alerts"] and by_topic["agents.scores"]
 
 
 def event_batch(events: list[bytes]) -> list[RawBatch]:

@@ -23,7 +23,7 @@ from sinks.loader import Loader
 from tests.conftest import wait_until
 from tests.test_dataflow import stream
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]  # the dataflow runs as a process
 
 
 class DataflowProcess:
@@ -142,6 +142,7 @@ def test_dataflow_process_publishes_anomalies_baselines_and_dead_letters(
         assert flow.stop() == 0, flow.log()
 
 
+@pytest.mark.timeout(300)  # its own deadlines add up to more than the default
 def test_kill_9_mid_stream_loses_and_invents_nothing(dataflow_settings: Settings, tmp_path: Path):
     settings = dataflow_settings
     values = stream(agents=40, steps=60, spike=(11, 45))

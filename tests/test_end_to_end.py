@@ -15,6 +15,7 @@ from tests.test_cli import FULL_STACK, agentwatch, assert_all_gone, run_up, stac
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.timeout(300),  # their own deadlines add up to more than the default
     pytest.mark.skipif(not FULL_STACK, reason="dataflows.heartbeats or api is missing"),
 ]
 

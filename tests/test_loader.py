@@ -702,6 +702,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.e2e  # starts processes
 @pytest.mark.parametrize(
     "process", ["sinks.loader", "api"], ids=["loader-alone", "api-with-its-loader"]
 )
@@ -721,7 +722,7 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(make_settings, broker, t
         "PYTHONPATH": str(REPO),
         "AGENTWATCH_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "AGENTWATCH_TOPIC_PREFIX": settings.topic_prefix,
-        "AGENTWATCH_CLICKHOUSE_DSN": settings.clickhouse_dsn,
+        "AGENTWATCH_CLICKHOUSE_DSN": settings.clickhouse_dsn.get_secret_value(),
         "AGENTWATCH_CLICKHOUSE_DATABASE": settings.clickhouse_database,
         "AGENTWATCH_LOADER_GROUP_ID": settings.loader_group_id,
         "AGENTWATCH_LOADER_BATCH_ROWS": str(settings.loader_batch_rows),

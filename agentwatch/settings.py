@@ -23,9 +23,13 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Logical topic names; the physical name is ``topic_prefix + "agents." + name``.
+#: ``events`` carries agents' facts, ``control`` operators' commands (only the API
+#: writes it), ``state`` the facts the dataflow derives (``schemas.events.CHANNELS``).
 TOPICS = (
     "metrics",
     "events",
+    "control",
+    "state",
     "anomalies",
     "baselines",
     "threats",
@@ -51,6 +55,13 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("", description="Prefix put before every topic name.")
     metrics_partitions: int = Field(4, ge=1, description="Partitions of agents.metrics.")
     derived_partitions: int = Field(2, ge=1, description="Partitions of each derived topic.")
+    control_partitions: int = Field(
+        1,
+        ge=1,
+        description="Partitions of agents.control, the operators' commands. One keeps every "
+        "command in the order the API published it (fleet-wide commands share the key '*' "
+        "and so one partition whatever the count); commands are few.",
+    )
     clickhouse_dsn: str = Field(
         "chdb://var/clickhouse",
         description="clickhouse-connect DSN: chdb://relative/path or chdb:///absolute/path "

@@ -1,7 +1,7 @@
 """Silences at runtime: create, list, expire (``/api/v1/silences``).
 
-A new silence gets an id, is published on ``agents.events`` as a
-``silence_created`` event (fleet-wide: agent and tenant ``*``) and recorded in
+A new silence gets an id, is published on ``agents.control`` as a
+``silence_created`` command (fleet-wide: agent and tenant ``*``) and recorded in
 the ClickHouse table ``silences``, the API's view. Expiring one early
 publishes ``silence_expired`` and records the silence as deleted. The
 dataflow's alert book (:meth:`agentwatch.alerts.AlertBook.apply_silence` and

@@ -36,13 +36,15 @@ STOP = threading.Event()
 
 @dataclass(slots=True)
 class RawBatch:
-    """Messages read from one partition, in offset order."""
+    """Messages read from one partition, in offset order; ``cluster_id`` names the log
+    they were read from (offsets restart at 0 in a new log of the embedded broker)."""
 
     topic: str
     partition: int
     offsets: list[int]
     keys: list[bytes | None]
     values: list[bytes | None]
+    cluster_id: str = ""
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -114,7 +116,7 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, PartitionPosition]):
             self._awake = datetime.now(UTC) + IDLE_WAIT
             return []
         self._awake = None
-        return [RawBatch(self._topic, self._partition, offsets, keys, values)]
+        return [RawBatch(self._topic, self._partition, offsets, keys, values, self._cluster_id)]
 
     def _readable(self, message: Message) -> bool:
         """Whether a consumed message carries data; errors other than EOF are logged."""

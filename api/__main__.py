@@ -99,7 +99,7 @@ def main() -> int:
         return 1
     if stop_requests:
         return 0
-    app = create_app(settings, run_loader=True)
+    app = create_app(settings, run_loader=settings.api_run_loader)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on")
     )

@@ -53,9 +53,7 @@ class EventPublisher:
 
         with self._lock:
             if self._producer is None:
-                self._producer = Producer(
-                    {"bootstrap.servers": self.settings.bootstrap_servers, "acks": "all"}
-                )
+                self._producer = Producer({**self.settings.kafka_config(), "acks": "all"})
             try:
                 self._producer.produce(
                     topic, key=key.encode(), value=orjson.dumps(event), on_delivery=delivered

@@ -302,14 +302,16 @@ def build_flow(
                 settings.dataflow_group_id,
                 batch_size=settings.source_batch_size,
                 commit_interval_s=settings.dataflow_commit_interval_s,
+                client_config=settings.kafka_config(),
             )
             for name in ("metrics", AGENT_CHANNEL, CONTROL_CHANNEL)
         )
     if sink is None:
+        login = {k: v for k, v in settings.kafka_config().items() if k != "bootstrap.servers"}
         sink = KafkaSink(
             settings.bootstrap_servers.split(","),
             topic=None,
-            add_config={"linger.ms": "5", "enable.idempotence": "false"},
+            add_config={**login, "linger.ms": "5", "enable.idempotence": "false"},
         )
     flow = Dataflow("agentwatch_heartbeats")
     batches = op.input("read_heartbeats", flow, source)

@@ -157,7 +157,8 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, PartitionPosition]):
 
 
 class KafkaBatchSource(FixedPartitionedSource[RawBatch, PartitionPosition]):
-    """Every partition of ``topic``, read in batches of up to ``batch_size`` messages."""
+    """Every partition of ``topic``, read in batches of up to ``batch_size`` messages;
+    ``client_config`` adds librdkafka settings (the SASL login of the cluster profile)."""
 
     def __init__(
         self,
@@ -166,11 +167,13 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, PartitionPosition]):
         group_id: str,
         batch_size: int = 5000,
         commit_interval_s: float = 1.0,
+        client_config: dict[str, str] | None = None,
     ):
         self._topic = topic
         self._batch_size = batch_size
         self._commit_interval_s = commit_interval_s
         self._config = {
+            **(client_config or {}),
             "bootstrap.servers": bootstrap_servers,
             "group.id": group_id,
             "enable.auto.commit": False,

@@ -192,7 +192,7 @@ def partitions(settings: Settings, name: str) -> int:
 
 def ensure_topics(settings: Settings, timeout_s: float = 10.0) -> list[str]:
     """Create every agentwatch topic that does not exist yet; return the created names."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(settings.kafka_config())
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [
         NewTopic(settings.topic(name), partitions(settings, name), 1)

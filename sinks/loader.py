@@ -1003,7 +1003,7 @@ def _consumer_config(settings: Settings) -> dict[str, object]:
     Python logging, repeats suppressed.
     """
     return {
-        "bootstrap.servers": settings.bootstrap_servers,
+        **settings.kafka_config(),
         "group.id": settings.loader_group_id,  # commits only (lag tooling); no subscribe
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,

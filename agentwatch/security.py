@@ -57,6 +57,7 @@ import numpy as np
 from agentwatch.fleet import _passes
 from agentwatch.rows import AgentIndex, ArraySpec, RowArrays
 from agentwatch.settings import Settings
+from schemas.events import STATUS_CHANGED
 from schemas.heartbeats import HeartbeatBatch
 from schemas.models import AGENT_STATES
 
@@ -116,7 +117,7 @@ class SecurityConfig:
 class SecurityOutput:
     """What one call produced, as plain dicts in the layouts of :mod:`schemas.models`:
     ``ScoreChange`` (the score history), ``LifecycleEvent`` (``status_changed`` to
-    quarantined, for ``agents.events``) and ``AgentCommand`` (for ``agents.commands``)."""
+    quarantined, for ``agents.state``) and ``AgentCommand`` (for ``agents.commands``)."""
 
     score_changes: list[dict] = field(default_factory=list)
     lifecycle_events: list[dict] = field(default_factory=list)
@@ -301,7 +302,7 @@ class SecurityScores(RowArrays):
         status = int(self.status[row])
         out.lifecycle_events.append(
             {
-                "type": "status_changed",
+                "type": STATUS_CHANGED,
                 **agent,
                 "actor": actor,
                 "timestamp": at,

@@ -19,15 +19,19 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentwatch.secrets import SLACK_PREFIX, SecretDsn, SecretUrl, reveal, secret_strings
 
 #: Logical topic names; the physical name is ``topic_prefix + "agents." + name``.
+#: ``events`` carries agents' facts, ``control`` operators' commands (only the API
+#: writes it), ``state`` the facts the dataflow derives (``schemas.events.CHANNELS``).
 TOPICS = (
     "metrics",
     "events",
+    "control",
+    "state",
     "anomalies",
     "baselines",
     "threats",
@@ -58,6 +62,30 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("", description="Prefix put before every topic name.")
     metrics_partitions: int = Field(4, ge=1, description="Partitions of agents.metrics.")
     derived_partitions: int = Field(2, ge=1, description="Partitions of each derived topic.")
+    control_partitions: int = Field(
+        1,
+        ge=1,
+        description="Partitions of agents.control, the operators' commands. One keeps every "
+        "command in the order the API published it (fleet-wide commands share the key '*' "
+        "and so one partition whatever the count); commands are few.",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How Kafka clients connect: PLAINTEXT (the embedded broker), or with a "
+        "SASL login (the cluster profile, whose ACLs say what each principal may read and "
+        "write: docs/security.md).",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = Field(
+        "SCRAM-SHA-256", description="SASL mechanism of the Kafka login."
+    )
+    kafka_sasl_username: str = Field(
+        "",
+        description="Kafka principal of this process: agent, api, dataflow or loader in the "
+        "cluster profile (only the api principal may write agents.control).",
+    )
+    kafka_sasl_password: SecretStr = Field(
+        SecretStr(""), description="Password of the Kafka principal (never logged)."
+    )
     clickhouse_dsn: SecretDsn = Field(
         SecretDsn("chdb://var/clickhouse"),
         description="clickhouse-connect DSN: chdb://relative/path or chdb:///absolute/path "
@@ -97,6 +125,12 @@ class Settings(BaseSettings):
     )
     api_counts_cache_s: float = Field(
         10.0, ge=0, description="Table counts (health, /metrics) are redone at most this often."
+    )
+    api_run_loader: bool = Field(
+        True,
+        description="Run the Kafka → ClickHouse loader inside the API process. The embedded "
+        "profile must (one process may open chDB); the cluster profile runs it as its own "
+        "process (python -m sinks.loader) under its own Kafka principal.",
     )
     api_sql_enabled: bool = Field(
         True, description="Serve POST /api/v1/sql: read-only SQL for analysts (agentwatch sql)."
@@ -645,6 +679,25 @@ class Settings(BaseSettings):
         ['http://u:hunter22@h:8123', 'hunter22']
         """
         return secret_strings([getattr(self, name) for name in type(self).model_fields])
+
+    def kafka_config(self) -> dict[str, str]:
+        """The librdkafka settings every Kafka client of agentwatch starts from: where the
+        brokers are and, with a SASL protocol, the login.
+
+        >>> Settings(bootstrap_servers="k:9092").kafka_config()
+        {'bootstrap.servers': 'k:9092'}
+        >>> config = Settings(kafka_security_protocol="SASL_PLAINTEXT",
+        ...     kafka_sasl_username="api", kafka_sasl_password="s3cret").kafka_config()
+        >>> config["security.protocol"], config["sasl.username"], config["sasl.password"]
+        ('SASL_PLAINTEXT', 'api', 's3cret')
+        """
+        config = {"bootstrap.servers": self.bootstrap_servers}
+        if self.kafka_security_protocol != "PLAINTEXT":
+            config["security.protocol"] = self.kafka_security_protocol
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+            config["sasl.username"] = self.kafka_sasl_username
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        return config
 
     def topic(self, name: str) -> str:
         """Physical name of a logical topic (``metrics`` → ``agents.metrics``)."""

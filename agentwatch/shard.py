@@ -39,7 +39,8 @@ class ShardOutput:
 
     ``anomalies``: ``AnomalyRecord``; ``baselines``: ``BaselineRecord``;
     ``threats``: ``Threat``; ``alerts``: ``Alert``; ``scores``: ``ScoreChange``;
-    ``commands``: ``AgentCommand``; ``events``: ``LifecycleEvent`` (quarantines).
+    ``commands``: ``AgentCommand``; ``events``: ``LifecycleEvent`` (quarantines, for
+    ``agents.state``).
     """
 
     anomalies: list[dict] = field(default_factory=list)

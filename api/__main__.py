@@ -124,7 +124,7 @@ def main() -> int:
     if stop_requests:
         return 0
     log_access_policy(settings)
-    app = create_app(settings, run_loader=True)
+    app = create_app(settings, run_loader=settings.api_run_loader)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on")
     )

@@ -1,5 +1,5 @@
 """The HTTP API: agent status, anomalies, threats, alerts, security scores and incidents
-from ClickHouse; silences and quarantine requests published on ``agents.events``; read-only
+from ClickHouse; silences and quarantine requests published on ``agents.control``; read-only
 SQL, health, Prometheus.
 
 ``create_app(settings)`` builds the FastAPI app. Its lifespan opens
@@ -574,8 +574,8 @@ def create_app(
         runtime: RuntimeDep,
         actor: ActorHeader = "api",
     ) -> LifecycleEvent:
-        """Ask for the agent to be quarantined: publishes a ``quarantine_requested`` event
-        on agents.events (202: the request is in the log). The dataflow carries it out: a
+        """Ask for the agent to be quarantined: publishes a ``quarantine_requested`` command
+        on agents.control (202: the request is in the log). The dataflow carries it out: a
         ``status_changed`` to quarantined and a quarantine order on agents.commands."""
         payload = {"reason": request.reason}
         return publish_request(runtime, agent_id, "quarantine_requested", actor, payload)
@@ -593,7 +593,8 @@ def create_app(
         request: ReleaseRequest | None = None,
         actor: ActorHeader = "api",
     ) -> LifecycleEvent:
-        """Release the agent from quarantine: publishes a ``released`` event on agents.events."""
+        """Release the agent from quarantine: publishes a ``released`` command on
+        agents.control."""
         payload = {"reason": request.reason if request is not None else ""}
         return publish_request(runtime, agent_id, "released", actor, payload)
 
@@ -607,7 +608,7 @@ def create_app(
     def create_silence(body: NewSilence, runtime: RuntimeDep, actor: ActorHeader = "api"):
         """Mute the alerts a silence matches from ``starts_at`` (default now) to ``ends_at``.
 
-        The silence gets an id, is recorded, and is published on agents.events as a
+        The silence gets an id, is recorded, and is published on agents.control as a
         ``silence_created`` event (agent and tenant ``*``) for the dataflow's alert book.
         """
         values = body.model_dump()

@@ -132,7 +132,7 @@ class BrokerProbe:
 
     def _client_config(self) -> dict[str, object]:
         return {
-            "bootstrap.servers": self.settings.bootstrap_servers,
+            **self.settings.kafka_config(),
             "client.id": "agentwatch-api-health",
             "log_level": _CLIENT_LOG_LEVEL,
         }

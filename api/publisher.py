@@ -1,8 +1,11 @@
-"""Publishing ``agents.events`` from the API: operators' requests and silences.
+"""Publishing ``agents.control`` from the API: operators' commands.
 
-The API never changes the dataflow's state itself; it publishes an event on
-``agents.events`` (key = the agent id, or ``*`` for fleet-wide events) and the
-dataflow, the loader and anyone else reads it from there.
+The API never changes the dataflow's state itself; it publishes a command
+(rule change, silence, quarantine request, release) on ``agents.control``
+(key = the agent id, or ``*`` for fleet-wide commands) and the dataflow, the
+loader and anyone else reads it from there. Only the API writes that topic (in
+the cluster profile a Kafka ACL says so); the dataflow applies a command only
+when it arrives there, never from the agents' ``agents.events``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import orjson
 from confluent_kafka import KafkaException, Producer
 
 from agentwatch.settings import Settings
+from schemas.events import CONTROL_CHANNEL, refusal
 
 
 class PublishError(RuntimeError):
@@ -20,7 +24,7 @@ class PublishError(RuntimeError):
 
 
 class EventPublisher:
-    """One idempotent producer for ``agents.events``, opened on first use.
+    """One producer for ``agents.control``, opened on first use.
 
     :meth:`publish` waits until the broker has the event (``acks=all``), so an
     answer of 202 means the event is in the log.
@@ -32,7 +36,15 @@ class EventPublisher:
         self._lock = threading.Lock()
 
     def publish(self, event: dict, key: str) -> None:
-        """Write one event (a ``LifecycleEvent`` dict) and wait for the broker to take it."""
+        """Write one command (a ``LifecycleEvent`` dict) and wait for the broker to take it.
+
+        A type that is not an operator's command is refused here (a ``ValueError``: the
+        dataflow would dead-letter it), so the API cannot publish what it should not.
+        """
+        reason = refusal(CONTROL_CHANNEL, str(event.get("type")))
+        if reason is not None:
+            raise ValueError(f"not published: {reason}")
+        topic = self.settings.topic(CONTROL_CHANNEL)
         failures: list[str] = []
 
         def delivered(error: object, _message: object) -> None:
@@ -41,21 +53,18 @@ class EventPublisher:
 
         with self._lock:
             if self._producer is None:
-                self._producer = Producer(
-                    {"bootstrap.servers": self.settings.bootstrap_servers, "acks": "all"}
-                )
+                self._producer = Producer({**self.settings.kafka_config(), "acks": "all"})
             try:
                 self._producer.produce(
-                    self.settings.topic("events"), key=key.encode(), value=orjson.dumps(event),
-                    on_delivery=delivered,
-                )  # fmt: skip
+                    topic, key=key.encode(), value=orjson.dumps(event), on_delivery=delivered
+                )
             except (KafkaException, BufferError) as exc:
                 raise PublishError(f"Kafka refused the event: {exc}") from None
             left = self._producer.flush(self.settings.api_broker_timeout_s * 10)
         if left or failures:
             reason = failures[0] if failures else "no answer from the broker"
             raise PublishError(
-                f"the event was not published to {self.settings.topic('events')} ({reason}); "
+                f"the command was not published to {topic} ({reason}); "
                 "check that the broker runs (AGENTWATCH_BOOTSTRAP_SERVERS) and retry"
             )
 

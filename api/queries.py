@@ -228,8 +228,12 @@ def score_changes(client: Client, database: str, agent_id: str, limit: int) -> l
     ]
 
 
-#: Events that start or end a quarantine, or ask for one.
+#: Events that start or end a quarantine, or ask for one: operators' commands from
+#: agents.control, the dataflow's status changes from agents.state. Never a row from the
+#: agents' agents.events (the loader stores none of these types from there anyway); rows
+#: without a channel were stored before the channels were split, from the one topic of then.
 _QUARANTINE_EVENTS = (
+    "channel IN ('control', 'state', '') AND "
     "(type IN ('quarantine_requested', 'released') OR (type = 'status_changed' AND "
     "'quarantined' IN (JSONExtractString(payload, 'to'), JSONExtractString(payload, 'from'))))"
 )

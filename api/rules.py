@@ -2,7 +2,7 @@
 
 A change is checked against the current rule set with the same domain code
 the dataflow runs (:class:`agentwatch.rules.RuleSet`), published on
-``agents.events`` as a ``rule_changed`` event — the dataflow applies it to
+``agents.control`` as a ``rule_changed`` command — the dataflow applies it to
 every shard without a restart — and recorded in the ClickHouse table
 ``rules``, which is the API's view of the rule set: the seed's default rules,
 overlaid with every change made since.

@@ -1,12 +1,11 @@
 """Silences at runtime: create, list, expire (``/api/v1/silences``).
 
-A new silence gets an id, is published on ``agents.events`` as a
-``silence_created`` event (fleet-wide: agent and tenant ``*``) and recorded in
+A new silence gets an id, is published on ``agents.control`` as a
+``silence_created`` command (fleet-wide: agent and tenant ``*``) and recorded in
 the ClickHouse table ``silences``, the API's view. Expiring one early
 publishes ``silence_expired`` and records the silence as deleted. The
 dataflow's alert book (:meth:`agentwatch.alerts.AlertBook.apply_silence` and
-``expire``) is meant to read these events; until it does, silences are
-recorded and published but do not yet mark alerts.
+``expire``) applies them: alerts a silence matches are marked ``silenced``.
 """
 
 from __future__ import annotations

@@ -1,14 +1,22 @@
 """The heartbeat dataflow: validate, judge threat rules, keep baselines, score, publish.
 
 ```
-agents.metrics ─► read_heartbeats ─► validate ─┬─► dead_letters ──────────────────────────┐
-  (a batch per partition read)                  └─► split_by_shard ─► agent_baselines     │
-                                       (state keyed by shard of agents: rules,       │      │
-                                        baselines, detector)                         │      │
-                                                                        findings ◄───┘      │
-                                                                            └──► publish ◄──┘
-          to agents.deadletter · agents.anomalies · agents.baselines · agents.threats
+agents.metrics ─► read_heartbeats ─► validate ─┬─► dead_letters ───────────────────────────┐
+  (a batch per partition read)                  └─► split_by_shard ──┐                      │
+agents.events  ─► read_events  ─► check_events  ─┬─► to_shards ──────┤                      │
+agents.control ─► read_control ─► check_control ─┴─► event_dead_letters ───────────────────┤
+                                                                     ▼                      │
+                                          agent_baselines (state keyed by shard of agents:  │
+                                          rules, baselines, detector, security, alerts)     │
+                                                                     │                      │
+                                                                  findings ──► publish ◄────┘
+  to agents.deadletter · agents.anomalies · agents.baselines · agents.threats · agents.state …
 ```
+
+Operators' commands (rule changes, silences, releases, quarantine requests) are
+applied only when they arrive on ``agents.control``, which only the API writes;
+the same command on ``agents.events``, which agents write, is dead-lettered with
+the reason (``schemas.events.CHANNELS`` says which type belongs where).
 
 Run it with ``python -m dataflows.heartbeats`` (one process, settings from
 ``AGENTWATCH_*``), or as a Bytewax cluster with
@@ -55,6 +63,8 @@ from agentwatch.shard import (
 )
 from dataflows.kafka_source import STOP, KafkaBatchSource, RawBatch
 from schemas.events import (
+    AGENT_CHANNEL,
+    CONTROL_CHANNEL,
     CONVERSATION,
     QUARANTINE_REQUESTED,
     RELEASED,
@@ -93,8 +103,8 @@ def validate(max_message_bytes: int, raw: RawBatch) -> CheckedBatch:
 
 @dataclass(slots=True)
 class CheckedEvents:
-    """A raw batch of ``agents.events``: the operators' commands for the shards (rule
-    changes and silences go to every shard; a release, a quarantine order or a
+    """A raw batch of ``agents.events`` or ``agents.control``: what the shards must apply
+    (rule changes and silences go to every shard; a release, a quarantine order or a
     conversation to its agent's), and the rejects."""
 
     raw: RawBatch
@@ -103,12 +113,16 @@ class CheckedEvents:
     rejected: list[tuple[int, str]]
 
 
-def read_events(raw: RawBatch) -> CheckedEvents:
-    """The shard commands of a batch of events; other event types pass by (never raises)."""
+def read_events(channel: str, raw: RawBatch) -> CheckedEvents:
+    """The shard commands of a batch read from ``channel`` (a logical topic name:
+    ``events`` or ``control``); an event whose type is not accepted on that channel
+    (an operator's command on ``events``, an agent's fact on ``control``, an unknown
+    type), or that is invalid, is rejected with the reason (never raises). Accepted
+    types the shards have nothing to do with (``task_completed``) pass by."""
     checked = CheckedEvents(raw, [], [], [])
     for position, value in enumerate(raw.values):
         try:
-            event = parse_event(value)
+            event = parse_event(value, channel)
             if event.type == RULE_CHANGED:
                 checked.to_every_shard.append(RuleChange.model_validate(event.payload))
             elif event.type == SILENCE_CREATED:
@@ -156,6 +170,7 @@ def dead_letters(deadletter_topic: str, checked: CheckedBatch | CheckedEvents) -
             "topic": raw.topic,
             "partition": raw.partition,
             "offset": raw.offsets[position],
+            "cluster_id": raw.cluster_id,
             "reason": reason,
             "key": key.decode("utf-8", "replace") if key is not None else None,
             "value_b64": base64.b64encode(value).decode("ascii"),
@@ -222,7 +237,9 @@ def observe_shard(
     return state, state.observe(item)
 
 
-#: Which topic each kind of shard output goes to.
+#: Which topic each kind of shard output goes to (the lifecycle events the shards
+#: derive, such as ``status_changed``, go to ``agents.state``, never back onto the
+#: agents' ``agents.events``).
 OUTPUT_TOPICS = {
     "anomalies": "anomalies",
     "baselines": "baselines",
@@ -230,7 +247,7 @@ OUTPUT_TOPICS = {
     "alerts": "alerts",
     "scores": "scores",
     "commands": "commands",
-    "events": "events",
+    "events": "state",
 }
 
 
@@ -273,26 +290,29 @@ def build_flow(
     source: Source[RawBatch] | None = None,
     sink: Sink[Message] | None = None,
     events: Source[RawBatch] | None = None,
+    control: Source[RawBatch] | None = None,
 ) -> Dataflow:
-    """The heartbeat dataflow. Without ``source``, heartbeats and events are read from
-    Kafka; with one (tests), events come from ``events`` if given. ``sink`` defaults
-    to Kafka."""
+    """The heartbeat dataflow. Without ``source``, heartbeats, agents' events and
+    operators' commands are read from Kafka; with one (tests), agents' events come from
+    ``events`` and commands from ``control``, if given. ``sink`` defaults to Kafka."""
     if source is None:
-        source, events = (
+        source, events, control = (
             KafkaBatchSource(
                 settings.bootstrap_servers,
                 settings.topic(name),
                 settings.dataflow_group_id,
                 batch_size=settings.source_batch_size,
                 commit_interval_s=settings.dataflow_commit_interval_s,
+                client_config=settings.kafka_config(),
             )
-            for name in ("metrics", "events")
+            for name in ("metrics", AGENT_CHANNEL, CONTROL_CHANNEL)
         )
     if sink is None:
+        login = {k: v for k, v in settings.kafka_config().items() if k != "bootstrap.servers"}
         sink = KafkaSink(
             settings.bootstrap_servers.split(","),
             topic=None,
-            add_config={"linger.ms": "5", "enable.idempotence": "false"},
+            add_config={**login, "linger.ms": "5", "enable.idempotence": "false"},
         )
     flow = Dataflow("agentwatch_heartbeats")
     batches = op.input("read_heartbeats", flow, source)
@@ -301,9 +321,19 @@ def build_flow(
         "dead_letters", checked, partial(dead_letters, settings.topic("deadletter"))
     )
     by_shard = op.flat_map("split_by_shard", checked, partial(split_by_shard, settings.shard_count))
-    if events is not None:
-        event_batches = op.input("read_events", flow, events)
-        changes = op.map("read_commands", event_batches, read_events)
+    # inputs are named read_events (its first name: its read positions are snapshotted
+    # under it) and read_control
+    checked_inputs = [
+        op.map(
+            f"check_{channel}",
+            op.input(f"read_{channel}", flow, lifecycle),
+            partial(read_events, channel),
+        )
+        for channel, lifecycle in ((AGENT_CHANNEL, events), (CONTROL_CHANNEL, control))
+        if lifecycle is not None
+    ]
+    if checked_inputs:
+        changes = op.merge("lifecycle_inputs", *checked_inputs)
         rejected = op.merge(
             "all_dead_letters", rejected,
             op.flat_map("event_dead_letters", changes,

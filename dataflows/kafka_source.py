@@ -36,13 +36,15 @@ STOP = threading.Event()
 
 @dataclass(slots=True)
 class RawBatch:
-    """Messages read from one partition, in offset order."""
+    """Messages read from one partition, in offset order; ``cluster_id`` names the log
+    they were read from (offsets restart at 0 in a new log of the embedded broker)."""
 
     topic: str
     partition: int
     offsets: list[int]
     keys: list[bytes | None]
     values: list[bytes | None]
+    cluster_id: str = ""
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -114,7 +116,7 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, PartitionPosition]):
             self._awake = datetime.now(UTC) + IDLE_WAIT
             return []
         self._awake = None
-        return [RawBatch(self._topic, self._partition, offsets, keys, values)]
+        return [RawBatch(self._topic, self._partition, offsets, keys, values, self._cluster_id)]
 
     def _readable(self, message: Message) -> bool:
         """Whether a consumed message carries data; errors other than EOF are logged."""
@@ -155,7 +157,8 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, PartitionPosition]):
 
 
 class KafkaBatchSource(FixedPartitionedSource[RawBatch, PartitionPosition]):
-    """Every partition of ``topic``, read in batches of up to ``batch_size`` messages."""
+    """Every partition of ``topic``, read in batches of up to ``batch_size`` messages;
+    ``client_config`` adds librdkafka settings (the SASL login of the cluster profile)."""
 
     def __init__(
         self,
@@ -164,11 +167,13 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, PartitionPosition]):
         group_id: str,
         batch_size: int = 5000,
         commit_interval_s: float = 1.0,
+        client_config: dict[str, str] | None = None,
     ):
         self._topic = topic
         self._batch_size = batch_size
         self._commit_interval_s = commit_interval_s
         self._config = {
+            **(client_config or {}),
             "bootstrap.servers": bootstrap_servers,
             "group.id": group_id,
             "enable.auto.commit": False,

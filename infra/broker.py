@@ -175,18 +175,27 @@ def cluster_id(bootstrap_servers: str, timeout_s: float = 10.0) -> str:
     return wait_for_broker(bootstrap_servers, timeout_s)
 
 
+def partitions(settings: Settings, name: str) -> int:
+    """Partitions of the logical topic ``name``: what agents write is spread like the
+    heartbeats; operators' commands keep one order; derived topics have their own count.
+
+    >>> s = Settings(metrics_partitions=4, derived_partitions=2)
+    >>> partitions(s, "events"), partitions(s, "control"), partitions(s, "state")
+    (4, 1, 2)
+    """
+    if name in ("metrics", "events"):
+        return settings.metrics_partitions
+    if name == "control":
+        return settings.control_partitions
+    return settings.derived_partitions
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 10.0) -> list[str]:
     """Create every agentwatch topic that does not exist yet; return the created names."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(settings.kafka_config())
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [
-        NewTopic(
-            settings.topic(name),
-            settings.metrics_partitions
-            if name in ("metrics", "events")
-            else settings.derived_partitions,
-            1,
-        )
+        NewTopic(settings.topic(name), partitions(settings, name), 1)
         for name in TOPICS
         if settings.topic(name) not in existing
     ]

@@ -188,6 +188,8 @@ class KafkaHeartbeatSink:
 
     bootstrap_servers: str
     topic: str
+    #: More librdkafka settings (the SASL login of the cluster profile's agent principal).
+    client_config: dict[str, str] = field(default_factory=dict)
     delivery_errors: int = 0
     first_error: str | None = None
     backfill_elapsed_s: float | None = None  # wall time until the history reached the present
@@ -196,7 +198,7 @@ class KafkaHeartbeatSink:
     def __post_init__(self) -> None:
         from confluent_kafka import Producer
 
-        config = producer_config(self.bootstrap_servers)
+        config = {**self.client_config, **producer_config(self.bootstrap_servers)}
         config["on_delivery"] = self._on_delivery
         config["error_cb"] = self._on_error
         self._producer = Producer(config)
@@ -500,7 +502,9 @@ def _log_backfill_done(sent: int, elapsed_s: float, event_time: float) -> None:
 def _open_sink(settings: Settings, options: SimulationOptions) -> HeartbeatSink:
     if options.output is not None:
         return FileHeartbeatSink(options.output)
-    sink = KafkaHeartbeatSink(settings.bootstrap_servers, settings.topic("metrics"))
+    sink = KafkaHeartbeatSink(
+        settings.bootstrap_servers, settings.topic("metrics"), settings.kafka_config()
+    )
     if not sink.check_topic():
         from infra.broker import ensure_topics
 

@@ -1,10 +1,24 @@
-"""Events on ``agents.events`` that change how the fleet is watched.
+"""Lifecycle events, and the channel each kind may travel on.
 
-A change of the threat rules is an event like any other change: the API
-publishes it, the dataflow applies it to every shard's rule set, the loader
-keeps the ``rules`` projection for the API. Fleet-wide events use the agent
-and tenant id ``*`` (so they share one key, hence one partition, and keep
-their order).
+Three topics carry :class:`~schemas.models.LifecycleEvent` records, named by what
+flows on them (:data:`CHANNELS`):
+
+- ``agents.events``: what agents say about themselves (``conversation``,
+  ``task_completed``, ``task_failed``). Anything that runs as an agent may write it.
+- ``agents.control``: operators' commands (``rule_changed``, ``silence_created``,
+  ``released``, …). Only the API writes it.
+- ``agents.state``: what the dataflow derives (``status_changed``). Only the
+  dataflow writes it.
+
+An event is accepted only on its own channel (:func:`refusal` says why not),
+so an agent cannot release itself from quarantine, delete the threat rules or
+forge a status change by writing the agents' topic: the dataflow dead-letters
+such an event and the loader does not store it.
+
+A change of the threat rules is a command like any other: the API publishes
+it, the dataflow applies it to every shard's rule set, the loader keeps the
+``rules`` projection for the API. Fleet-wide events use the agent and tenant id
+``*`` (so they share one key, hence one partition, and keep their order).
 
 >>> import orjson
 >>> event = rule_change_event({"action": "disable", "name": "excessive_errors"},
@@ -35,14 +49,104 @@ RELEASED = "released"
 QUARANTINE_REQUESTED = "quarantine_requested"
 #: ``type`` of an exchange of an agent with a counterpart (payload: ``ConversationPayload``).
 CONVERSATION = "conversation"
+#: ``type`` of an agent's report that it finished a task, or that the task failed.
+TASK_COMPLETED = "task_completed"
+TASK_FAILED = "task_failed"
+#: ``type`` of the dataflow's record that an agent's status changed (e.g. to quarantined).
+STATUS_CHANGED = "status_changed"
+
+#: Logical topic of agents' facts, of operators' commands, of the dataflow's derived facts.
+AGENT_CHANNEL = "events"
+CONTROL_CHANNEL = "control"
+STATE_CHANNEL = "state"
+
+#: The event types accepted on each channel (logical topic name → types). A type is
+#: listed under one channel only; a new kind of event is added here, and nowhere else
+#: decides where it may travel.
+CHANNELS: dict[str, frozenset[str]] = {
+    AGENT_CHANNEL: frozenset({CONVERSATION, TASK_COMPLETED, TASK_FAILED}),
+    CONTROL_CHANNEL: frozenset(
+        {RULE_CHANGED, SILENCE_CREATED, SILENCE_EXPIRED, RELEASED, QUARANTINE_REQUESTED}
+    ),
+    STATE_CHANNEL: frozenset({STATUS_CHANGED}),
+}
+
+#: What each channel carries and who writes it, for the reasons of refusals.
+_CHANNEL_ROLES = {
+    AGENT_CHANNEL: ("an agent's fact", "which agents write"),
+    CONTROL_CHANNEL: ("an operator's command", "which only the API writes"),
+    STATE_CHANNEL: ("a fact the dataflow derives", "which only the dataflow writes"),
+}
 
 
 class EventError(ValueError):
     """An event that cannot be accepted; the message says why (for the dead-letter topic)."""
 
 
+def channel_of(event_type: str) -> str | None:
+    """The channel an event type belongs on; None for a type no channel accepts.
+
+    >>> channel_of("released"), channel_of("conversation"), channel_of("teleported")
+    ('control', 'events', None)
+    """
+    for channel, types in CHANNELS.items():
+        if event_type in types:
+            return channel
+    return None
+
+
+def refusal(channel: str, event_type: str) -> str | None:
+    """Why an event of ``event_type`` may not arrive on ``channel`` (a logical topic
+    name); None when it may.
+
+    >>> refusal("control", "released") is None
+    True
+    >>> print(refusal("events", "released"))
+    'released' is an operator's command; it is accepted only on agents.control, which \
+only the API writes
+    >>> print(refusal("control", "conversation"))
+    'conversation' is an agent's fact; it is accepted only on agents.events, which \
+agents write
+    >>> print(refusal("events", "teleported"))
+    unknown event type 'teleported' on agents.events; accepted there: conversation, \
+task_completed, task_failed
+    """
+    allowed = CHANNELS.get(channel)
+    if allowed is None:
+        raise ValueError(f"no channel {channel!r}; the channels are {', '.join(CHANNELS)}")
+    if event_type in allowed:
+        return None
+    home = channel_of(event_type)
+    if home is None:
+        return (
+            f"unknown event type {event_type!r} on agents.{channel}; accepted there: "
+            f"{', '.join(sorted(allowed))}"
+        )
+    what, writers = _CHANNEL_ROLES[home]
+    return f"{event_type!r} is {what}; it is accepted only on agents.{home}, {writers}"
+
+
+def check_channel(channel: str, event: LifecycleEvent) -> LifecycleEvent:
+    """``event`` if its type may arrive on ``channel``; else :class:`EventError` says why.
+
+    >>> event = LifecycleEvent(type="released", agent_id="a1", tenant_id="t1",
+    ...     actor="a1", timestamp=1.8e9)
+    >>> check_channel("control", event).type
+    'released'
+    >>> check_channel("events", event)
+    Traceback (most recent call last):
+    ...
+    schemas.events.EventError: 'released' is an operator's command; it is accepted only on \
+agents.control, which only the API writes
+    """
+    reason = refusal(channel, event.type)
+    if reason is not None:
+        raise EventError(reason)
+    return event
+
+
 def rule_change_event(change: RuleChange | dict, actor: str, timestamp: float) -> dict:
-    """The ``agents.events`` record of a rule change (validated)."""
+    """The ``agents.control`` record of a rule change (validated)."""
     if isinstance(change, dict):
         change = RuleChange.model_validate(change)
     event = LifecycleEvent(
@@ -56,14 +160,16 @@ def rule_change_event(change: RuleChange | dict, actor: str, timestamp: float) -
     return event.model_dump(mode="json")
 
 
-def parse_event(value: bytes | None) -> LifecycleEvent:
-    """Validate one ``agents.events`` message; :class:`EventError` says what is wrong."""
+def parse_event(value: bytes | None, channel: str | None = None) -> LifecycleEvent:
+    """Validate one message of a lifecycle channel, and, given the ``channel`` it
+    arrived on, that its type may travel there; :class:`EventError` says what is wrong."""
     if value is None:
         raise EventError("empty message (no value)")
     try:
-        return LifecycleEvent.model_validate_json(value)
+        event = LifecycleEvent.model_validate_json(value)
     except ValidationError as exc:
         raise EventError(_first_error(exc)) from None
+    return event if channel is None else check_channel(channel, event)
 
 
 def parse_rule_change(value: bytes | None) -> RuleChange | None:

@@ -103,7 +103,9 @@ class Heartbeat(BaseModel):
 
 
 class LifecycleEvent(BaseModel):
-    """One command or fact on ``agents.events`` (key = ``agent_id``)."""
+    """One event on a lifecycle channel (key = ``agent_id``): an agent's fact on
+    ``agents.events``, an operator's command on ``agents.control``, a fact the dataflow
+    derives on ``agents.state`` (``schemas.events.CHANNELS`` says which type goes where)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -203,6 +205,11 @@ class DeadLetter(BaseModel):
     value_b64: str = Field(description="The original value bytes, base64.")
     value_bytes: int = Field(description="Size of the original value.")
     received_at: float = Field(description="When the dataflow rejected it, epoch seconds.")
+    cluster_id: str = Field(
+        "",
+        description="Cluster id of the broker whose log held the message (offsets restart "
+        "at 0 in a new log of the embedded broker); empty if unknown.",
+    )
 
 
 #: What a threat rule may look at: every number of a heartbeat, and its ``status``.

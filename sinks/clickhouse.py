@@ -40,6 +40,44 @@ def connect(settings: Settings) -> Client:
     return clickhouse_connect.get_client(dsn=dsn)
 
 
+#: Columns added to a table after it was first released, with how each is added to an
+#: existing table: created with the table now, added by :func:`create_schema` to a
+#: table made before (``ADD COLUMN`` adds it, with its type's default in the rows there).
+_DEADLETTER_CLUSTER_ID = (
+    "cluster_id LowCardinality(String) COMMENT 'broker log the message was read from; "
+    "empty for rows stored before the column existed'"
+)
+#: The dead letters' sort key: the message's place in its log, its bytes, and the log
+#: (offsets restart at 0 in a new log of the embedded broker). The cluster id comes last:
+#: a table made before can only add a new column at the end of its sort key.
+_DEADLETTER_KEY = "topic, partition, offset, cityHash64(value_b64), cluster_id"
+_AGENT_EVENTS_CHANNEL = (
+    "channel LowCardinality(String) COMMENT 'topic it came from: events (agents), control "
+    "(operators, through the API), state (the dataflow); empty for rows stored before the "
+    "column existed, from the one agents.events of then'"
+)
+
+
+def upgrade_statements(settings: Settings) -> list[tuple[str, str, str]]:
+    """(table, column, ALTER) that brings a table made by an earlier release up to
+    :func:`schema_statements`; each is run by :func:`create_schema` only when the
+    table lacks the column."""
+    db = settings.clickhouse_database
+    return [
+        (
+            "deadletter",
+            "cluster_id",
+            f"ALTER TABLE {db}.deadletter ADD COLUMN IF NOT EXISTS {_DEADLETTER_CLUSTER_ID}, "
+            f"MODIFY ORDER BY ({_DEADLETTER_KEY})",
+        ),
+        (
+            "agent_events",
+            "channel",
+            f"ALTER TABLE {db}.agent_events ADD COLUMN IF NOT EXISTS {_AGENT_EVENTS_CHANNEL}",
+        ),
+    ]
+
+
 def schema_statements(settings: Settings) -> list[str]:
     """DDL of the database and every table, in creation order."""
     db = settings.clickhouse_database
@@ -125,11 +163,13 @@ def schema_statements(settings: Settings) -> list[str]:
             key Nullable(String),
             value_b64 String,
             value_bytes UInt32,
-            received_at DateTime64(3, 'UTC')
+            received_at DateTime64(3, 'UTC'),
+            {_DEADLETTER_CLUSTER_ID}
         )
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(received_at)
-        ORDER BY (topic, partition, offset, cityHash64(value_b64))
+        PRIMARY KEY (topic, partition, offset, cityHash64(value_b64))
+        ORDER BY ({_DEADLETTER_KEY})
         TTL toDateTime(received_at) + INTERVAL {ttl} DAY
         """,
         f"""
@@ -224,7 +264,8 @@ def schema_statements(settings: Settings) -> list[str]:
             tenant_id LowCardinality(String),
             actor String,
             timestamp DateTime64(3, 'UTC'),
-            payload String COMMENT 'JSON object'
+            payload String COMMENT 'JSON object',
+            {_AGENT_EVENTS_CHANNEL}
         )
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(timestamp)
@@ -276,6 +317,16 @@ def schema_statements(settings: Settings) -> list[str]:
 
 
 def create_schema(client: Client, settings: Settings) -> None:
-    """Create the database and tables if they do not exist (safe to repeat)."""
+    """Create the database and tables if they do not exist, and add the columns an
+    earlier release's tables lack (safe to repeat)."""
     for statement in schema_statements(settings):
         client.command(statement)
+    present = set(
+        client.query(
+            "SELECT table, name FROM system.columns WHERE database = {db:String}",
+            parameters={"db": settings.clickhouse_database},
+        ).result_rows
+    )
+    for table, column, statement in upgrade_statements(settings):
+        if (table, column) not in present:
+            client.command(statement)

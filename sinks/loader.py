@@ -2,11 +2,24 @@
 
 One consumer reads ``agents.metrics`` and the derived topics (``anomalies``,
 ``baselines``, ``threats``, ``alerts``, ``scores``, ``commands``, ``incidents``,
-``events``, ``deadletter``) by partition assignment (consumer groups are slow on
-the embedded broker) and copies each topic into its table (:data:`TABLES`: the
-table of the same name, but ``scores`` → ``security_scores`` and ``events`` →
-``agent_events``), in batches of ``loader_batch_rows`` rows or ``loader_batch_age_s``
-seconds, whichever comes first.
+``deadletter``) and the three lifecycle channels (``events``: agents' facts,
+``control``: operators' commands, ``state``: the dataflow's derived facts) by
+partition assignment (consumer groups are slow on the embedded broker) and copies
+each topic into its table (:data:`LOADED`, one entry per topic: the table of the
+same name, but ``scores`` → ``security_scores`` and the three channels →
+``agent_events``), in batches of ``loader_batch_rows`` rows or
+``loader_batch_age_s`` seconds, whichever comes first.
+
+From a lifecycle channel only the event types accepted on it are stored
+(``schemas.events.CHANNELS``), with the channel in the row: a ``released`` or a
+``status_changed`` forged on the agents' ``agents.events`` is skipped (and
+dead-lettered by the dataflow), so ``agent_events`` holds no command that the API
+did not publish.
+
+A dead letter is stored with the cluster id of the log its message was read
+from (the dataflow stamps it; records without one get the cluster id the loader
+reads under): offsets restart at 0 in a new log of the embedded broker, and the
+table's sort key must not merge two different messages found at the same offset.
 
 Offsets of record live in ClickHouse (table ``loader_offsets``), written right
 after the rows they cover; on start the loader seeks there. A crash between
@@ -41,6 +54,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import orjson
 import pandas as pd
@@ -58,6 +72,7 @@ from pydantic import BaseModel
 
 from agentwatch.secrets import redact_handlers
 from agentwatch.settings import Settings
+from schemas.events import CHANNELS, check_channel
 from schemas.heartbeats import parse_heartbeats
 from schemas.models import (
     TIMESTAMP_RANGE,
@@ -74,26 +89,6 @@ from schemas.models import (
 from sinks.clickhouse import connect, create_schema
 
 log = logging.getLogger("sinks.loader")  # also when run as __main__
-
-#: Logical topics the loader copies, each into its ClickHouse table (:data:`TABLES`).
-LOADED_TOPICS = (
-    "metrics",
-    "anomalies",
-    "baselines",
-    "threats",
-    "alerts",
-    "scores",
-    "commands",
-    "incidents",
-    "events",
-    "deadletter",
-)
-#: The table of each loaded topic: the topic's own name, unless named here.
-TABLES = {
-    **{name: name for name in LOADED_TOPICS},
-    "scores": "security_scores",
-    "events": "agent_events",
-}
 
 #: How often the loader looks for topics that do not exist yet (seconds).
 MISSING_TOPICS_RETRY_S = 1.0
@@ -156,7 +151,7 @@ class _PendingTable:
             return self.frames[0]
         if self.frames:
             return pd.concat(self.frames, ignore_index=True)
-        return _DERIVED_FRAMES[self.name](self.records)
+        return LOADED[self.name].frame(self.records)
 
     def clear_rows(self) -> None:
         self.frames, self.records, self.rows = [], [], 0
@@ -521,13 +516,14 @@ class Loader:
     ) -> tuple[pd.DataFrame | None, list[dict], int]:
         """(metrics frame, derived rows, messages skipped) of one topic's messages."""
         name = self._logical[topic]
-        if name == "metrics":
+        loaded = LOADED[name]
+        if loaded.row is None:
             values = list(map(Message.value, messages))
             if None in values:
                 values = [b"" if value is None else value for value in values]
             batch, rejected = parse_heartbeats(values, self._settings.max_message_bytes)
             return batch.to_frame(), [], len(rejected)
-        to_row = _DERIVED_ROWS[name]
+        to_row = loaded.row
         rows, skipped = [], 0
         for message in messages:
             value = message.value()
@@ -543,6 +539,9 @@ class Loader:
                     len(value or b""),
                     _one_line(exc),
                 )
+        if loaded.stamps_cluster_id:
+            for row in rows:
+                row["cluster_id"] = row["cluster_id"] or self._cluster_id or ""
         return None, rows, skipped
 
     def _rewind(self, partitions: Iterable[Partition]) -> None:
@@ -817,16 +816,26 @@ def incident_row(value: bytes) -> dict:
     return _fields(record)
 
 
-def event_row(value: bytes) -> dict:
-    """Row of table ``agent_events`` from one ``agents.events`` message; the payload as JSON.
+def event_row(channel: str, value: bytes) -> dict:
+    """Row of table ``agent_events`` from one message of the lifecycle channel
+    ``channel`` (``events``, ``control`` or ``state``); the payload as JSON. A type not
+    accepted on that channel is refused (``EventError``, a ``ValueError``, says why).
 
-    >>> event_row(b'{"type":"released","agent_id":"a1","tenant_id":"t1","actor":"ops",'
-    ...     b'"timestamp":1764072000,"payload":{"reason":"fixed"}}')["payload"]
-    '{"reason":"fixed"}'
+    >>> released = (b'{"type":"released","agent_id":"a1","tenant_id":"t1","actor":"ops",'
+    ...     b'"timestamp":1764072000,"payload":{"reason":"fixed"}}')
+    >>> row = event_row("control", released)
+    >>> row["payload"], row["channel"]
+    ('{"reason":"fixed"}', 'control')
+    >>> event_row("events", released)
+    Traceback (most recent call last):
+    ...
+    schemas.events.EventError: 'released' is an operator's command; it is accepted only on \
+agents.control, which only the API writes
     """
-    record = LifecycleEvent.model_validate(orjson.loads(value))
+    record = check_channel(channel, LifecycleEvent.model_validate(orjson.loads(value)))
     row = _fields(record)
     row["payload"] = orjson.dumps(record.payload).decode()
+    row["channel"] = channel
     return row
 
 
@@ -869,57 +878,102 @@ def _frame(columns: tuple[str, ...], time_columns: tuple[str, ...]) -> Callable:
     return build
 
 
-_DERIVED_ROWS: dict[str, Callable[[bytes], dict]] = {
-    "anomalies": anomaly_row,
-    "baselines": baseline_row,
-    "threats": threat_row,
-    "alerts": alert_row,
-    "scores": score_row,
-    "commands": command_row,
-    "incidents": incident_row,
-    "events": event_row,
-    "deadletter": deadletter_row,
-}
-_DERIVED_FRAMES: dict[str, Callable[[list[dict]], pd.DataFrame]] = {
-    "anomalies": _frame(
-        (
-            "agent_id",
-            "tenant_id",
-            "timestamp",
-            "score",
-            "threshold",
-            "is_anomaly",
-            "detector",
-            "top_feature",
-            "reasons",
+@dataclass(frozen=True, slots=True)
+class LoadedTopic:
+    """How the loader copies one topic into ClickHouse."""
+
+    #: The table it goes to.
+    table: str
+    #: One message → one row (raises on a message the table must not hold). None for
+    #: ``metrics``, whose heartbeats are parsed a batch at a time.
+    row: Callable[[bytes], dict] | None = None
+    #: Rows → the DataFrame inserted (the table's columns, times as UTC timestamps).
+    frame: Callable[[list[dict]], pd.DataFrame] | None = None
+    #: A row's empty ``cluster_id`` is filled with the cluster id the loader reads under.
+    stamps_cluster_id: bool = False
+
+
+_event_frame = _frame((*LifecycleEvent.model_fields, "channel"), ("timestamp",))
+
+#: Every topic the loader copies (logical name → how); adding an output kind is one
+#: entry here (and its table in ``sinks.clickhouse``).
+LOADED: dict[str, LoadedTopic] = {
+    "metrics": LoadedTopic("metrics"),
+    "anomalies": LoadedTopic(
+        "anomalies",
+        anomaly_row,
+        _frame(
+            (
+                "agent_id",
+                "tenant_id",
+                "timestamp",
+                "score",
+                "threshold",
+                "is_anomaly",
+                "detector",
+                "top_feature",
+                "reasons",
+            ),
+            ("timestamp",),
         ),
-        ("timestamp",),
     ),
-    "baselines": _frame(tuple(BaselineRecord.model_fields), ("timestamp",)),
-    "threats": _frame(
-        (
-            "agent_id",
-            "tenant_id",
-            "rule",
-            "category",
-            "severity",
-            "first_seen",
-            "last_seen",
-            "condition",
-            "evidence",
+    "baselines": LoadedTopic(
+        "baselines", baseline_row, _frame(tuple(BaselineRecord.model_fields), ("timestamp",))
+    ),
+    "threats": LoadedTopic(
+        "threats",
+        threat_row,
+        _frame(
+            (
+                "agent_id",
+                "tenant_id",
+                "rule",
+                "category",
+                "severity",
+                "first_seen",
+                "last_seen",
+                "condition",
+                "evidence",
+            ),
+            ("first_seen", "last_seen"),
         ),
-        ("first_seen", "last_seen"),
     ),
-    "alerts": _frame(
-        tuple(Alert.model_fields),
-        ("started_at", "fired_at", "resolved_at", "last_seen", "updated_at"),
+    "alerts": LoadedTopic(
+        "alerts",
+        alert_row,
+        _frame(
+            tuple(Alert.model_fields),
+            ("started_at", "fired_at", "resolved_at", "last_seen", "updated_at"),
+        ),
     ),
-    "scores": _frame(tuple(ScoreChange.model_fields), ("timestamp", "first_seen")),
-    "commands": _frame(tuple(AgentCommand.model_fields), ("issued_at",)),
-    "incidents": _frame(tuple(Incident.model_fields), ("first_seen", "last_seen")),
-    "events": _frame(tuple(LifecycleEvent.model_fields), ("timestamp",)),
-    "deadletter": _frame(tuple(DeadLetter.model_fields), ("received_at",)),
+    "scores": LoadedTopic(
+        "security_scores",
+        score_row,
+        _frame(tuple(ScoreChange.model_fields), ("timestamp", "first_seen")),
+    ),
+    "commands": LoadedTopic(
+        "commands", command_row, _frame(tuple(AgentCommand.model_fields), ("issued_at",))
+    ),
+    "incidents": LoadedTopic(
+        "incidents",
+        incident_row,
+        _frame(tuple(Incident.model_fields), ("first_seen", "last_seen")),
+    ),
+    # the lifecycle channels (events, control, state), each checked against its allowlist
+    **{
+        channel: LoadedTopic("agent_events", partial(event_row, channel), _event_frame)
+        for channel in CHANNELS
+    },
+    "deadletter": LoadedTopic(
+        "deadletter",
+        deadletter_row,
+        _frame(tuple(DeadLetter.model_fields), ("received_at",)),
+        stamps_cluster_id=True,
+    ),
 }
+#: Logical topics the loader copies, and the table of each.
+LOADED_TOPICS = tuple(LOADED)
+TABLES = {name: loaded.table for name, loaded in LOADED.items()}
 
 
 # --- helpers of this module ---------------------------------------------------
@@ -950,7 +1004,7 @@ def _consumer_config(settings: Settings) -> dict[str, object]:
     Python logging, repeats suppressed.
     """
     return {
-        "bootstrap.servers": settings.bootstrap_servers,
+        **settings.kafka_config(),
         "group.id": settings.loader_group_id,  # commits only (lag tooling); no subscribe
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,

@@ -120,7 +120,7 @@ class WebhookDeliverer:
         self._http = httpx.Client(timeout=settings.webhook_timeout_s)
         self._consumer = Consumer(
             {
-                "bootstrap.servers": settings.bootstrap_servers,
+                **settings.kafka_config(),
                 "group.id": f"{settings.loader_group_id}-webhooks",  # never subscribes
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,

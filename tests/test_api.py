@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 
 import httpx
 import orjson
@@ -886,10 +887,12 @@ def surveillance(ch: Client, offline_settings: Settings, fleet: None) -> None:
          "score": 100.0 - 30 * (i + 1), "delta": -30.0, "cause": cause, "first_seen": NOW - 900}
         for i, cause in enumerate(["exfil", "exfil", "hot"])
     ])  # fmt: skip
-    insert_docs(ch, offline_settings, "agent_events", event_row, [
+    insert_docs(ch, offline_settings, "agent_events", partial(event_row, "state"), [
         {"type": "status_changed", "agent_id": "a1", "tenant_id": "t1", "actor": "system",
          "timestamp": NOW - 480, "payload": {"from": "active", "to": "quarantined",
                                                "reason": "score 10 fell below 20"}},
+    ])  # fmt: skip
+    insert_docs(ch, offline_settings, "agent_events", partial(event_row, "control"), [
         {"type": "rule_changed", "agent_id": "*", "tenant_id": "*", "actor": "ops",
          "timestamp": NOW - 400, "payload": {"action": "disable", "name": "x"}},
     ])  # fmt: skip
@@ -958,6 +961,27 @@ def test_security_shows_score_breakdown_and_quarantine(api: TestClient, surveill
     assert (status["security_score"], status["quarantined"]) == (100.0, False)
 
 
+def test_quarantine_trusts_commands_and_derived_facts_never_the_agents_topic(
+    api: TestClient, ch: Client, offline_settings: Settings, surveillance
+):
+    """A ``released`` row that claims to come from agents.events (the loader stores none:
+    one could only get there by writing the table) does not release a1; a row stored
+    before the channels were split (no channel) still counts, as it did then."""
+    from sinks.loader import event_row
+
+    released = {"type": "released", "agent_id": "a1", "tenant_id": "t1", "actor": "a1",
+                "timestamp": NOW - 100, "payload": {}}  # fmt: skip
+    forged = {**event_row("control", orjson.dumps(released)), "channel": "events"}
+    stamps = {"timestamp": datetime.fromtimestamp(NOW - 100, UTC)}
+    ch.insert("agent_events", [tuple({**forged, **stamps}.values())], column_names=list(forged),
+              database=offline_settings.clickhouse_database)  # fmt: skip
+    assert api.get("/api/v1/agents/a1/security").json()["quarantined"] is True
+    legacy = {**forged, **stamps, "channel": "", "timestamp": datetime.fromtimestamp(NOW - 90, UTC)}
+    ch.insert("agent_events", [tuple(legacy.values())], column_names=list(legacy),
+              database=offline_settings.clickhouse_database)  # fmt: skip
+    assert api.get("/api/v1/agents/a1/security").json()["quarantined"] is False
+
+
 def test_incidents_newest_revision_filtered_by_tenant(api: TestClient, surveillance):
     body = api.get("/api/v1/incidents").json()
     assert [(i["incident_id"], i["revision"]) for i in body["incidents"]] == [("i2", 0), ("i1", 1)]
@@ -972,7 +996,7 @@ def test_silences_and_quarantine_need_the_broker_503_says_so(api: TestClient, fl
     assert api.get("/api/v1/silences").json() == []  # nothing recorded
 
 
-# --- silences and operator requests, published on agents.events (real broker) --------
+# --- silences and operator requests, published on agents.control (real broker) -------
 
 
 @pytest.fixture
@@ -992,10 +1016,10 @@ def broker_api(settings: Settings) -> Iterator[tuple[TestClient, Client, Setting
 
 
 def read_events(settings: Settings, count: int) -> list[tuple[bytes, dict]]:
-    """The first ``count`` messages of agents.events (key, value), in offset order per key."""
+    """The first ``count`` messages of agents.control (key, value), in offset order per key."""
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "t",
                          "enable.auto.commit": False})  # fmt: skip
-    topic = settings.topic("events")
+    topic = settings.topic("control")
     partitions = consumer.list_topics(topic, timeout=5).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     found: list[tuple[bytes, dict]] = []

@@ -138,12 +138,17 @@ def test_one_and_two_workers_give_the_same_result(batch_size: int):
         assert by_topic["agents.alerts"] and by_topic["agents.scores"]
 
 
-def event_batch(events: list[bytes]) -> list[RawBatch]:
+def event_batch(events: list[bytes], topic: str = "agents.events") -> list[RawBatch]:
     keys = [b"*"] * len(events)
-    return [RawBatch("agents.events", 0, list(range(len(events))), keys, events)]
+    return [RawBatch(topic, 0, list(range(len(events))), keys, events, "cluster-a")]
 
 
-def test_rule_changes_on_the_events_topic_reach_every_shard():
+def control_batch(commands: list[bytes]) -> list[RawBatch]:
+    """Operators' commands as read from agents.control."""
+    return event_batch(commands, "agents.control")
+
+
+def test_rule_changes_on_the_control_topic_reach_every_shard():
     from schemas.events import rule_change_event
 
     hot = {
@@ -170,7 +175,7 @@ def test_rule_changes_on_the_events_topic_reach_every_shard():
         settings,
         TestingSource(batches(values, 500)),
         TestingSink(out),
-        TestingSource(event_batch(events)),
+        control=TestingSource(control_batch(events)),
     )
     run_main(flow)
     records = [(m.topic, orjson.loads(m.value)) for m in out]
@@ -179,16 +184,17 @@ def test_rule_changes_on_the_events_topic_reach_every_shard():
         ("cpu_hot", "agent-0004", START + 1200)
     ]
     dead = [
-        r for topic, r in records if topic == "agents.deadletter" and r["topic"] == "agents.events"
+        r for topic, r in records if topic == "agents.deadletter" and r["topic"] == "agents.control"
     ]
     assert len(dead) == 1 and dead[0]["reason"].startswith("agent_id")
+    assert (dead[0]["offset"], dead[0]["cluster_id"]) == (2, "cluster-a")
 
 
 def test_repeated_incidents_cost_security_points_until_the_agent_is_quarantined():
     episodes = set(range(30, 55)) | set(range(70, 95)) | set(range(110, 135)) | set(range(150, 175))
     records = run(stream(agents=4, steps=180, saturated=(2, episodes)), workers=1)
     commands = [r for topic, r in records if topic == "agents.commands"]
-    events = [r for topic, r in records if topic == "agents.events"]
+    events = [r for topic, r in records if topic == "agents.state"]
     scores = [r for topic, r in records if topic == "agents.scores"]
     assert [(c["agent_id"], c["command"]) for c in commands] == [("agent-0002", "quarantine")]
     assert [(e["type"], e["payload"]["to"]) for e in events] == [("status_changed", "quarantined")]
@@ -219,18 +225,18 @@ def test_silences_mark_alerts_and_commands_reach_their_shards():
     values = stream(agents=4, steps=70, saturated=(2, range(30, 60)))
     flow = build_flow(
         settings, TestingSource(batches(values, 50)), TestingSink(out),
-        TestingSource(event_batch(events)),
+        control=TestingSource(control_batch(events)),
     )  # fmt: skip
     run_main(flow)
     records = [(m.topic, orjson.loads(m.value)) for m in out]
     firing = [r for t, r in records if t == "agents.alerts" and r["state"] == "firing"]
     assert firing and all(a["silenced"] for a in firing if a["agent_id"] == "agent-0002")
-    dead = [r for t, r in records if t == "agents.deadletter" and r["topic"] == "agents.events"]
+    dead = [r for t, r in records if t == "agents.deadletter" and r["topic"] == "agents.control"]
     assert len(dead) == 1 and dead[0]["reason"].startswith("silence_created payload")
 
     from dataflows.heartbeats import read_events, shard_of, to_shards
 
-    routed = to_shards(8, read_events(event_batch(events)[0]))
+    routed = to_shards(8, read_events("control", control_batch(events)[0]))
     assert [key for key, command in routed if type(command).__name__ == "Release"] == [
         str(shard_of("agent-0003", 8))
     ]
@@ -253,7 +259,7 @@ def test_an_operators_quarantine_request_quarantines_the_agent_once():
     out: list = []
     flow = build_flow(
         settings, TestingSource(batches(stream(agents=4, steps=40), 50)), TestingSink(out),
-        TestingSource(event_batch(events)),
+        control=TestingSource(control_batch(events)),
     )  # fmt: skip
     run_main(flow)
     records = [(m.topic, orjson.loads(m.value)) for m in out]
@@ -261,14 +267,126 @@ def test_an_operators_quarantine_request_quarantines_the_agent_once():
     assert [(c["agent_id"], c["command"], c["reason"], c["actor"]) for c in commands] == [
         ("agent-0001", "quarantine", "leaked a key", "ops-7")
     ]
-    changed = [r for t, r in records if t == "agents.events"]
+    changed = [r for t, r in records if t == "agents.state"]
     assert [(e["agent_id"], e["payload"]["to"], e["actor"]) for e in changed] == [
         ("agent-0001", "quarantined", "ops-7")
     ]
-    dead = [r for t, r in records if t == "agents.deadletter" and r["topic"] == "agents.events"]
+    assert not [r for t, r in records if t == "agents.events"], "derived events go to state"
+    dead = [r for t, r in records if t == "agents.deadletter" and r["topic"] == "agents.control"]
     assert [d["reason"] for d in dead] == [
         "quarantine_requested payload: reason must be a non-empty string"
     ]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_commands_on_the_agents_topic_are_dead_lettered_and_change_nothing(workers: int):
+    from schemas.events import refusal, rule_change_event
+
+    def event(kind: str, agent: str = "*", tenant: str = "*", **payload: object) -> dict:
+        return {
+            "type": kind,
+            "agent_id": agent,
+            "tenant_id": tenant,
+            "actor": agent,
+            "timestamp": START + 1000,
+            "payload": payload,
+        }
+
+    # an agent writing agents.events: it tries to undo its quarantine, the rules, ...
+    forged = [
+        event("released", "agent-0001", "tenant-1"),
+        rule_change_event({"action": "disable", "name": "resource_abuse"}, "agent-0001", START),
+        event("quarantine_requested", "agent-0003", "tenant-0", reason="framed"),
+        event("silence_created", id="s1", starts_at=START, ends_at=START + 86400),
+        event("status_changed", "agent-0001", "tenant-1", to="active", **{"from": "quarantined"}),
+        event("teleported", "agent-0001", "tenant-1"),
+    ]
+    facts = [
+        event("conversation", "agent-0002", "tenant-2", counterpart="agent-0001", text="hi"),
+        event("task_completed", "agent-0002", "tenant-2", task_id="t-1"),
+    ]
+    quarantine = event("quarantine_requested", "agent-0001", "tenant-1", reason="leaked a key")
+    settings = Settings(
+        baseline_warmup_s=0,
+        baseline_warmup_heartbeats=20,
+        shard_count=8,
+        conversation_learn_counterparts=False,
+    )
+    out: list = []
+    heartbeats = stream(agents=4, steps=70, saturated=(2, range(30, 60)))
+    flow = build_flow(
+        settings,
+        TestingSource(batches(heartbeats, 50)),
+        TestingSink(out),
+        events=TestingSource(event_batch([orjson.dumps(e) for e in forged + facts])),
+        control=TestingSource(control_batch([orjson.dumps(e) for e in (quarantine, facts[0])])),
+    )
+    if workers == 1:
+        run_main(flow)
+    else:
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    records = [(m.topic, orjson.loads(m.value)) for m in out]
+
+    dead = sorted(
+        ((r["topic"], r["offset"]), r["reason"])
+        for t, r in records
+        if t == "agents.deadletter" and r["topic"] != "agents.metrics"
+    )
+    assert dead == [
+        (("agents.control", 1), refusal("control", "conversation")),
+        *((("agents.events", i), refusal("events", e["type"])) for i, e in enumerate(forged)),
+    ]
+    assert dead[1][1] == (
+        "'released' is an operator's command; it is accepted only on agents.control, "
+        "which only the API writes"
+    )
+    assert dead[5][1] == (
+        "'status_changed' is a fact the dataflow derives; it is accepted only on "
+        "agents.state, which only the dataflow writes"
+    )
+    # the rule was not disabled, nor the alert silenced; only the operator's quarantine
+    threats = [(t["rule"], t["agent_id"]) for topic, t in records if topic == "agents.threats"]
+    assert ("resource_abuse", "agent-0002") in threats
+    firing = [r for t, r in records if t == "agents.alerts" and r["state"] == "firing"]
+    assert firing and not any(a["silenced"] for a in firing)
+    commands = [(c["agent_id"], c["command"]) for t, c in records if t == "agents.commands"]
+    assert commands == [("agent-0001", "quarantine")]
+    state = [(e["agent_id"], e["payload"]["to"]) for t, e in records if t == "agents.state"]
+    assert state == [("agent-0001", "quarantined")]
+    causes = {s["cause"] for t, s in records if t == "agents.scores"}
+    assert "release" not in causes
+
+
+def test_a_recovery_directory_made_before_the_control_input_resumes_with_it(tmp_path):
+    """State snapshotted by a flow that read only agents.metrics and agents.events (as
+    before agents.control existed) is resumed by the flow that also reads control: the
+    baselines stay warm and the heartbeats already read are not read again."""
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8)
+    init_db_dir(tmp_path, 1)
+    recovery = RecoveryConfig(str(tmp_path))
+    warm = batches(stream(agents=3, steps=30), 50)
+    before: list = []
+    run_main(
+        build_flow(settings, TestingSource(warm), TestingSink(before),
+                   events=TestingSource(event_batch([]))),
+        recovery_config=recovery,
+    )  # fmt: skip
+    spike = stream(agents=3, steps=31, spike=(1, 30))[-5:-2]
+    after: list = []
+    run_main(
+        build_flow(settings, TestingSource(warm + batches(spike, 50)), TestingSink(after),
+                   events=TestingSource(event_batch([])),
+                   control=TestingSource(control_batch([]))),
+        recovery_config=recovery,
+    )  # fmt: skip
+    found = [orjson.loads(m.value) for m in after if m.topic == "agents.anomalies"]
+    assert [(a["agent_id"], a["timestamp"]) for a in found if a["is_anomaly"]] == [
+        ("agent-0001", START + 900)
+    ]
+    baselines = [orjson.loads(m.value) for m in after if m.topic == "agents.baselines"]
+    assert min(b["timestamp"] for b in baselines) >= START + 900, "nothing read twice"
 
 
 def test_the_recovery_directory_keeps_the_shard_count_its_state_was_made_with(tmp_path, caplog):

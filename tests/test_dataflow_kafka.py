@@ -21,7 +21,7 @@ from schemas.heartbeats import parse_heartbeats
 from sinks.clickhouse import connect, create_schema
 from sinks.loader import Loader
 from tests.conftest import wait_until
-from tests.test_dataflow import stream
+from tests.test_dataflow import heartbeat, stream
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]  # the dataflow runs as a process
 
@@ -239,3 +239,51 @@ def test_broker_restart_resumes_from_new_log_keeping_state(make_settings, tmp_pa
     finally:
         flow.stop()
         broker.stop()
+
+
+def test_the_same_bad_payload_at_a_reused_offset_is_two_dead_letters(
+    make_settings, chdb_dir, tmp_path: Path
+):
+    """The embedded broker restarts with an empty log: an identical bad payload lands at
+    the same offset again, and is kept as a second dead letter (its log differs)."""
+    port = free_port()
+    broker = start_broker("127.0.0.1", port)
+    settings = make_settings(
+        bootstrap_servers=broker.bootstrap_servers, clickhouse_dsn=f"chdb://{chdb_dir}"
+    )
+    dead_letters = (
+        f"SELECT partition, offset, value_b64, cluster_id "
+        f"FROM {settings.clickhouse_database}.deadletter FINAL ORDER BY received_at"
+    )
+    client = connect(settings)
+    create_schema(client, settings)
+    loader = Loader(settings, client)
+    flow = DataflowProcess(settings, tmp_path / "dataflow.log")
+    values = [orjson.dumps(heartbeat(0, 1)), b"{not json", orjson.dumps(heartbeat(1, 1))]
+    logs = [broker.cluster_id]
+    try:
+        ensure_topics(settings)
+        loader.start()
+        flow.start()
+        produce(settings, values)
+
+        def loaded(count: int) -> list[tuple] | None:
+            rows = client.query(dead_letters).result_rows
+            return rows if len(rows) == count else None
+
+        wait_until(lambda: loaded(1), 60, "the dead letter of the first log")
+        assert flow.stop() == 0, flow.log()
+        broker.stop()
+        broker = start_broker("127.0.0.1", port)
+        logs.append(broker.cluster_id)
+        ensure_topics(settings)
+        flow.start()
+        produce(settings, values)
+        rows = wait_until(lambda: loaded(2), 60, "the dead letter of the second log")
+        assert rows[0][:3] == rows[1][:3], "the same bytes at the same place of each log"
+        assert [row[3] for row in rows] == logs
+    finally:
+        flow.stop()
+        loader.stop()
+        broker.stop()
+        client.close()

@@ -399,21 +399,31 @@ def test_alerts_scores_commands_incidents_and_events_land_once(settings, client,
         "truncated": False, "first_seen": T0, "last_seen": T0 + 60, "revision": 0,
     }  # fmt: skip
     joined = {**incident, "agent_ids": ["a1", "a2", "a3", "a4"], "revision": 1}
-    events = [
-        {"type": "status_changed", "agent_id": "agent-1", "tenant_id": "tenant-0",
-         "actor": "system", "timestamp": T0 + 120,
-         "payload": {"from": "active", "to": "quarantined", "score": 10.0}},
-        {"type": "rule_changed", "agent_id": "*", "tenant_id": "*", "actor": "ops",
-         "timestamp": T0 + 5, "payload": {"action": "disable", "name": "x"}},
-    ]  # fmt: skip
+    changed = {"type": "status_changed", "agent_id": "agent-1", "tenant_id": "tenant-0",
+               "actor": "system", "timestamp": T0 + 120,
+               "payload": {"from": "active", "to": "quarantined", "score": 10.0}}  # fmt: skip
+    rule = {"type": "rule_changed", "agent_id": "*", "tenant_id": "*", "actor": "ops",
+            "timestamp": T0 + 5, "payload": {"action": "disable", "name": "x"}}  # fmt: skip
+    said = {"type": "conversation", "agent_id": "agent-2", "tenant_id": "tenant-0",
+            "actor": "agent-2", "timestamp": T0 + 7,
+            "payload": {"counterpart": "agent-1", "text": "hi"}}  # fmt: skip
+    # what an agent may not write on its topic: forged commands and a forged status change
+    forged = [
+        {**changed, "timestamp": T0 + 130, "payload": {"from": "quarantined", "to": "active"}},
+        {**rule, "timestamp": T0 + 6, "payload": {"action": "delete", "name": "y"}},
+        {**changed, "type": "released", "timestamp": T0 + 140, "payload": {}},
+    ]
     produce(settings, "alerts", alerts + [b"{", orjson.dumps({**alert(3), "state": "gone"})])
     produce(settings, "scores", scores + [orjson.dumps({**scores[0], "score": 101})])
     produce(settings, "commands", [command, command, b"null"])
     produce(settings, "incidents", [incident, joined, orjson.dumps({**incident, "revision": -1})])
-    produce(settings, "events", events + [orjson.dumps({**events[0], "actor": ""})])
+    produce(settings, "state", [changed, orjson.dumps({**changed, "actor": ""}), rule])
+    produce(settings, "control", [rule, said])
+    produce(settings, "events", [said, *forged])
     loader = Loader(settings, client)
     loaders.append(loader)
-    expected = {"alerts": 4, "scores": 4, "commands": 2, "incidents": 2, "events": 2}
+    expected = {"alerts": 4, "scores": 4, "commands": 2, "incidents": 2, "events": 1,
+                "control": 1, "state": 1}  # fmt: skip
     poll_until(
         loader,
         lambda: all(loader.stats().rows_inserted[t] == n for t, n in expected.items()),
@@ -423,7 +433,7 @@ def test_alerts_scores_commands_incidents_and_events_land_once(settings, client,
     assert count(client, settings, "alerts") == 4
     assert count(client, settings, "security_scores") == 4
     assert count(client, settings, "commands") == 1  # the replayed command collapsed
-    assert count(client, settings, "agent_events") == 2
+    assert count(client, settings, "agent_events") == 3
     assert client.query(
         f"SELECT state, category, fired_at IS NULL, evidence = '' FROM {db}.alerts FINAL "
         f"WHERE rule = 'r1' ORDER BY updated_at"
@@ -448,13 +458,17 @@ def test_alerts_scores_commands_incidents_and_events_land_once(settings, client,
         (["a1", "a2", "a3", "a4"], 1)
     ]  # the newest revision
     rows = client.query(
-        f"SELECT type, agent_id, payload FROM {db}.agent_events FINAL ORDER BY timestamp"
+        f"SELECT type, agent_id, channel, payload FROM {db}.agent_events FINAL ORDER BY timestamp"
     ).result_rows
-    assert [(t, a) for t, a, _ in rows] == [("rule_changed", "*"), ("status_changed", "agent-1")]
-    assert json.loads(rows[1][2])["to"] == "quarantined"
+    assert [(t, a, c) for t, a, c, _ in rows] == [
+        ("rule_changed", "*", "control"), ("conversation", "agent-2", "events"),
+        ("status_changed", "agent-1", "state"),
+    ]  # fmt: skip
+    assert json.loads(rows[2][3])["to"] == "quarantined"
     skipped = loader.stats().skipped_invalid
     assert {t: skipped[t] for t in expected} == {
-        "alerts": 2, "scores": 1, "commands": 1, "incidents": 1, "events": 1
+        "alerts": 2, "scores": 1, "commands": 1, "incidents": 1, "events": 3, "control": 1,
+        "state": 2,
     }  # fmt: skip
 
 
@@ -627,6 +641,83 @@ def test_broker_restart_reads_the_new_log_from_its_start(make_settings, chdb_dir
         loader.stop()
         broker.stop()
         ch.close()
+
+
+#: ``deadletter`` and ``agent_events`` as the release before the control topic made them.
+PREVIOUS_RELEASE_TABLES = (
+    """CREATE TABLE {db}.deadletter (
+        topic LowCardinality(String), partition UInt32, offset UInt64, reason String,
+        key Nullable(String), value_b64 String, value_bytes UInt32,
+        received_at DateTime64(3, 'UTC'))
+    ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(received_at)
+    ORDER BY (topic, partition, offset, cityHash64(value_b64))
+    TTL toDateTime(received_at) + INTERVAL 90 DAY""",
+    """CREATE TABLE {db}.agent_events (
+        type LowCardinality(String), agent_id String, tenant_id LowCardinality(String),
+        actor String, timestamp DateTime64(3, 'UTC'), payload String)
+    ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(timestamp)
+    ORDER BY (agent_id, timestamp, type)
+    TTL toDateTime(timestamp) + INTERVAL 90 DAY""",
+)
+
+
+def test_tables_of_the_previous_release_are_upgraded_in_place(make_settings, chdb_dir):
+    """A database made before dead letters carried their log and events their channel:
+    the schema step adds both columns (the cluster id to the end of the sort key),
+    keeps the rows, and a second dead letter at a reused offset no longer merges away."""
+    settings = make_settings(clickhouse_dsn=f"chdb://{chdb_dir}")
+    db = settings.clickhouse_database
+    ch = connect(settings)
+    try:
+        ch.command(f"CREATE DATABASE {db}")
+        for statement in PREVIOUS_RELEASE_TABLES:
+            ch.command(statement.format(db=db))
+        letter = ("agents.metrics", 0, 7, "invalid JSON", None, "e30=", 2, datetime.now(UTC))
+        ch.insert("deadletter", [letter], database=db)
+        ch.insert("agent_events", [("released", "a1", "t1", "ops", datetime.now(UTC), "{}")],
+                  database=db)  # fmt: skip
+
+        create_schema(ch, settings)
+        create_schema(ch, settings)  # again: nothing left to do
+
+        keys = dict(ch.query(
+            f"SELECT name, sorting_key FROM system.tables WHERE database = '{db}'"
+        ).result_rows)  # fmt: skip
+        assert keys["deadletter"].endswith("cityHash64(value_b64), cluster_id")
+        assert ch.query(f"SELECT cluster_id FROM {db}.deadletter").result_rows == [("",)]
+        assert ch.query(f"SELECT type, channel FROM {db}.agent_events").result_rows == [
+            ("released", "")
+        ]
+        again = dict(zip(DEAD_LETTER_COLUMNS, letter, strict=True)) | {"cluster_id": "new-log"}
+        ch.insert("deadletter", [tuple(again.values())], column_names=list(again), database=db)
+        assert count(ch, settings, "deadletter") == 2
+    finally:
+        ch.command(f"DROP DATABASE IF EXISTS {db}")
+        ch.close()
+
+
+DEAD_LETTER_COLUMNS = (
+    "topic", "partition", "offset", "reason", "key", "value_b64", "value_bytes", "received_at",
+)  # fmt: skip
+
+
+def test_dead_letters_without_a_cluster_id_get_the_one_the_loader_reads_under(
+    settings, client, topics, loaders
+):
+    original = b"{not json"
+    letter = {
+        "topic": settings.topic("metrics"), "partition": 0, "offset": 3, "reason": "bad",
+        "key": None, "value_b64": base64.b64encode(original).decode(),
+        "value_bytes": len(original), "received_at": T0,
+    }  # fmt: skip
+    produce(settings, "deadletter", [letter, {**letter, "cluster_id": "the-old-log"}])
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    poll_until(loader, lambda: count(client, settings, "deadletter") == 2, "both dead letters")
+    rows = client.query(
+        f"SELECT cluster_id FROM {settings.clickhouse_database}.deadletter ORDER BY cluster_id"
+    ).result_rows
+    assert sorted(r[0] for r in rows) == sorted([_cluster_id(settings), "the-old-log"])
 
 
 class OffsetsNeverWritten:

@@ -1,4 +1,4 @@
-"""Rules at runtime through the API: checked, published on agents.events, listed back."""
+"""Rules at runtime through the API: checked, published on agents.control, listed back."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def api(settings):
 
 
 def published(settings) -> list:
-    topic = settings.topic("events")
+    topic = settings.topic("control")
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "t"})
     parts = consumer.list_topics(topic, timeout=5).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])

@@ -1,0 +1,120 @@
+"""Which event type may travel on which lifecycle channel (pure logic, no broker)."""
+
+from __future__ import annotations
+
+from itertools import product
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agentwatch.settings import TOPICS, Settings
+from api.publisher import EventPublisher
+from dataflows.heartbeats import OUTPUT_TOPICS, read_events
+from dataflows.kafka_source import RawBatch
+from infra.broker import partitions
+from schemas.events import CHANNELS, EventError, channel_of, check_channel, parse_event, refusal
+from schemas.models import LifecycleEvent
+from sinks.loader import LOADED, TABLES
+
+KNOWN = sorted(set().union(*CHANNELS.values()))
+COMMANDS = ["rule_changed", "silence_created", "silence_expired", "released",
+            "quarantine_requested"]  # fmt: skip
+
+
+def event(kind: str, agent_id: str = "a1", **payload: object) -> LifecycleEvent:
+    return LifecycleEvent(
+        type=kind, agent_id=agent_id, tenant_id="t1", actor=agent_id, timestamp=1.8e9,
+        payload=payload,
+    )  # fmt: skip
+
+
+def test_the_channels_are_the_topics_and_share_no_type():
+    assert set(CHANNELS) == {"events", "control", "state"} <= set(TOPICS)
+    assert sum(len(types) for types in CHANNELS.values()) == len(KNOWN)
+    assert sorted(CHANNELS["control"]) == sorted(COMMANDS)
+    assert CHANNELS["events"] == {"conversation", "task_completed", "task_failed"}
+    assert CHANNELS["state"] == {"status_changed"}
+
+
+@pytest.mark.parametrize(("channel", "kind"), list(product(CHANNELS, [*KNOWN, "teleported"])))
+def test_a_type_is_accepted_on_its_own_channel_only(channel: str, kind: str):
+    reason = refusal(channel, kind)
+    if kind in CHANNELS[channel]:
+        assert reason is None
+        assert check_channel(channel, event(kind)).type == kind
+        return
+    home = channel_of(kind)
+    assert reason.startswith(f"'{kind}' is " if home else f"unknown event type '{kind}'")
+    assert f"agents.{home or channel}" in reason
+    with pytest.raises(EventError, match="accepted"):
+        check_channel(channel, event(kind))
+
+
+@pytest.mark.parametrize("kind", COMMANDS)
+def test_a_command_on_the_agents_topic_says_where_it_belongs(kind: str):
+    assert refusal("events", kind) == (
+        f"'{kind}' is an operator's command; it is accepted only on agents.control, "
+        "which only the API writes"
+    )
+
+
+def test_facts_on_the_control_topic_and_forged_status_changes_say_who_writes_where():
+    assert refusal("control", "task_failed") == (
+        "'task_failed' is an agent's fact; it is accepted only on agents.events, which agents write"
+    )
+    assert refusal("events", "status_changed") == (
+        "'status_changed' is a fact the dataflow derives; it is accepted only on agents.state, "
+        "which only the dataflow writes"
+    )
+    with pytest.raises(ValueError, match="no channel 'metrics'"):
+        refusal("metrics", "conversation")
+
+
+@given(st.sampled_from(sorted(CHANNELS)), st.text(min_size=1, max_size=30))
+def test_any_type_is_accepted_exactly_where_the_allowlist_says(channel: str, kind: str):
+    assert (refusal(channel, kind) is None) == (kind in CHANNELS[channel])
+
+
+def test_parse_event_checks_the_channel_only_when_told_it():
+    value = event("released").model_dump_json().encode()
+    assert parse_event(value).type == "released"
+    assert parse_event(value, "control").type == "released"
+    with pytest.raises(EventError, match="operator's command"):
+        parse_event(value, "events")
+
+
+def test_the_dataflow_rejects_by_channel_and_sends_derived_events_to_state():
+    talk = event("conversation", counterpart="a2", text="hi")
+    values = [e.model_dump_json().encode() for e in (event("released"), talk)]
+    batch = RawBatch("agents.events", 0, [0, 1], [b"a1", b"a1"], values)
+    on_events = read_events("events", batch)
+    assert [p for p, _ in on_events.rejected] == [0] and not on_events.to_every_shard
+    on_control = read_events("control", batch)
+    assert [p for p, _ in on_control.rejected] == [1]
+    assert [type(c).__name__ for c in on_control.to_agent_shard] == ["Release"]
+    assert OUTPUT_TOPICS["events"] == "state"
+
+
+def test_the_loader_reads_every_channel_into_agent_events_and_checks_it():
+    assert {name: TABLES[name] for name in CHANNELS} == dict.fromkeys(CHANNELS, "agent_events")
+    released = event("released").model_dump_json().encode()
+    assert LOADED["control"].row(released)["channel"] == "control"
+    with pytest.raises(EventError):
+        LOADED["events"].row(released)
+    with pytest.raises(EventError):
+        LOADED["state"].row(released)
+
+
+def test_the_api_publishes_only_commands():
+    publisher = EventPublisher(Settings(bootstrap_servers="127.0.0.1:1"))
+    with pytest.raises(ValueError, match="not published: 'status_changed' is a fact"):
+        publisher.publish(orjson.loads(event("status_changed").model_dump_json()), "a1")
+
+
+def test_commands_keep_one_order_on_one_partition_by_default():
+    settings = Settings(metrics_partitions=4, derived_partitions=2)
+    assert [partitions(settings, n) for n in ("metrics", "events", "control", "state")] == [
+        4, 4, 1, 2,
+    ]  # fmt: skip

@@ -25,7 +25,7 @@ from sinks.clickhouse import connect, create_schema
 from tests.conftest import wait_until
 from tests.test_dataflow_kafka import DataflowProcess, TopicReader
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]  # starts the dataflow process
 
 #: Event time of the first heartbeat: an hour ago (inside the tables' TTL, not ahead of now).
 BASE = float(int(time.time()) - 3600)

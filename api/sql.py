@@ -15,9 +15,10 @@ Guards, outermost first (docs/sql.md says why each one is there):
    of words, so `` `file`(…) `` and ``file/**/(…)`` are the call they are.
 2. **ClickHouse's own reading**: the engine formats the query as it parses it
    (``formatQuerySingleLine``: its own lexer, no comments, canonical quoting);
-   the policy checks that text again, and that text is what runs. Whatever the
-   two lexers might disagree on (comments, quotes, unicode), what runs is what
-   was checked.
+   the policy checks that text again, and that text is what runs (as
+   ``SELECT * FROM (…)``: ClickHouse applies the result caps only to a query
+   that reads FROM something). Whatever the two lexers might disagree on
+   (comments, quotes, unicode), what runs is what was checked.
 3. **The session's limits**: the query runs on a client of its own whose
    session has ClickHouse's limits on memory, threads, rows and bytes read,
    result size and time, and last ``readonly=1`` so none can be lifted. They are
@@ -188,7 +189,8 @@ def prepare(client: Client, text: str, database: str) -> CheckedQuery:
     """The SQL to run for ``text``: checked as written, then as ClickHouse itself reads it.
 
     Raises :class:`SqlRefused` when either reading is refused; what runs is
-    ClickHouse's canonical text of the query, the one the second check saw.
+    ClickHouse's canonical text of the query, the one the second check saw, as a
+    subquery (so that the result caps hold for a query without FROM too).
     """
     as_written = check_query(text, database)
     if as_written.kind != "select":
@@ -208,7 +210,10 @@ def prepare(client: Client, text: str, database: str) -> CheckedQuery:
         ) from None
     if as_read.kind != "select":
         raise SqlRefused(403, f"ClickHouse reads the query as something else: {canonical[:300]}")
-    return as_read
+    # ClickHouse applies max_result_rows/_bytes only to a query that reads FROM something:
+    # `SELECT range(100000000)` or `SELECT arrayJoin(range(1e9))` would pass both caps and be
+    # turned into Python objects here. As a subquery, every query reads FROM something.
+    return CheckedQuery("select", f"SELECT * FROM ({as_read.sql})")
 
 
 def run_read_query(client: Client, query: str) -> SqlResult:

@@ -498,6 +498,12 @@ def test_up_backfills_history_then_goes_live_and_shows_an_incident_from_the_hist
         return age is not None and -1.0 <= age <= 60.0
 
     wait_until(live_heartbeat, 60, "agent-000001's latest heartbeat to be recent")
+    # `agentwatch sql` out of the box, from a shell that knows only the var dir.
+    shell = {**stack_env, "AGENTWATCH_API_PORT": str(free_port())}
+    query = "SELECT count() > 0 AS has_rows FROM metrics"
+    sql = agentwatch("sql", "-f", "csv", query, env=shell, cwd=tmp_path)
+    assert sql.returncode == 0, sql.stdout + sql.stderr
+    assert sql.stdout.splitlines() == ["has_rows", "1"]
     simulator_log = (Path(stack_env["AGENTWATCH_VAR_DIR"]) / "logs" / "simulator.log").read_text()
     assert "backfill_done" in simulator_log
     took = up.interrupt()

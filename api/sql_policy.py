@@ -431,10 +431,11 @@ def _check_select(tree: exp.Expression, database: str) -> None:
         elif kind is exp.TableAlias and node.columns:
             # ClickHouse has no column lists after an alias; sqlglot reads some table
             # functions that way (`dictionary('d')` as table `dictionary` with columns).
+            name = node.parent.name if isinstance(node.parent, exp.Table) else node.alias_or_name
             raise SqlRefused(
                 403,
-                f"{(node.parent or node).sql(DIALECT)} is not allowed here: no table functions, "
-                "and no column lists after a table name",
+                f"{name}(…) is not allowed here: ClickHouse reads a name with a list after it "
+                "as a table function; no table functions, and no column lists after an alias",
             )
         elif kind in _SYNTAX_TYPES:
             continue

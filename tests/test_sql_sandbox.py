@@ -83,7 +83,7 @@ HOSTILE: list[tuple[str, int, str]] = [
     ("SELECT * FROM jdbc('jdbc:x', 'd', 't')", 403, "table function jdbc()"),
     ("SELECT * FROM mysql('127.0.0.1:3306', 'd', 't', 'u', 'p')", 403, "mysql()"),
     ("SELECT * FROM postgresql('127.0.0.1:5432', 'd', 't', 'u', 'p')", 403, "postgresql()"),
-    ("SELECT * FROM dictionary('d')", 403, "no table functions"),  # sqlglot: table + columns
+    ("SELECT * FROM dictionary('d')", 403, "dictionary(…) is not allowed"),  # sqlglot: a table
     ("SELECT * FROM merge('system', '.*')", 403, "table function merge()"),
     ("SELECT * FROM cluster('default', system.one)", 403, "table function cluster()"),
     ("SELECT * FROM python(secret)", 403, "table function python()"),  # chDB: a Python object
@@ -756,3 +756,92 @@ def test_heavy_queries_are_stopped_while_ingestion_and_health_go_on(
         "heartbeats_produced": produced[0],
     }
     print("heavy-query figures:", orjson.dumps(report).decode())
+
+
+# --- the cluster profile's ClickHouse users: ClickHouse's own parser reads every statement ---
+
+CLUSTER_SQL = Path(__file__).resolve().parents[1] / "infra" / "cluster" / "clickhouse"
+
+
+def statements(sql: str) -> list[str]:
+    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
+    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+
+
+def assert_clickhouse_parses(client: Client, sql: str) -> list[str]:
+    """Each statement formatted by ClickHouse's parser (chDB cannot run access DDL: no
+    access storage is writable there; the statements are checked, not executed)."""
+    formatted = []
+    for statement in statements(sql):
+        formatted.append(
+            client.query(
+                "SELECT formatQuerySingleLine({q:String})", parameters={"q": statement}
+            ).result_rows[0][0]
+        )
+    return formatted
+
+
+def captured_client_input(script: list[str], tmp_path: Path, env: dict[str, str]) -> str:
+    """Run a shell script with a stand-in `clickhouse` that records what it was sent."""
+    stub = tmp_path / "bin" / "clickhouse"
+    stub.parent.mkdir(exist_ok=True)
+    stub.write_text(f'#!/bin/sh\ncat > "{tmp_path}/sent.sql"\necho "$@" > "{tmp_path}/args"\n')
+    stub.chmod(0o755)
+    path = f"{stub.parent}:{os.environ['PATH']}"
+    done = subprocess.run(
+        ["sh", *script], env={"PATH": path, **env}, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    return (tmp_path / "sent.sql").read_text()
+
+
+def test_the_analyst_roles_profile_quota_and_policies_parse_in_clickhouse(
+    fleet_db: Client,
+) -> None:
+    sql = (CLUSTER_SQL / "initdb" / "10-analyst.sql").read_text()
+    formatted = assert_clickhouse_parses(fleet_db, sql)
+    text = "\n".join(formatted)
+    assert "readonly = 2" in text and "max_memory_usage = 1073741824" in text
+    grants = [f for f in formatted if f.startswith("GRANT SELECT")]
+    assert all(" ON agentwatch." in grant for grant in grants) and len(grants) == 14
+    for forbidden in ("SOURCES", "FILE", "URL", "S3", "REMOTE", "ALL ON", "dictGet"):
+        assert not any(forbidden in grant for grant in formatted if grant.startswith("GRANT"))
+    policy = next(f for f in formatted if f.startswith("CREATE ROW POLICY"))
+    assert "USING 1 TO default, agentwatch_analyst_fleet" in policy
+
+
+def test_the_analyst_users_take_their_password_from_the_environment(
+    fleet_db: Client, tmp_path: Path
+) -> None:
+    password = "s3cret-'quote\"-" + uuid.uuid4().hex
+    sent = captured_client_input(
+        [str(CLUSTER_SQL / "initdb" / "20-analyst-user.sh")],
+        tmp_path,
+        {"AGENTWATCH_ANALYST_PASSWORD": password},
+    )
+    assert password not in sent  # only its SHA-256
+    formatted = assert_clickhouse_parses(fleet_db, sent)
+    assert formatted[0].startswith("CREATE USER IF NOT EXISTS analyst IDENTIFIED WITH sha256_hash")
+    assert "DEFAULT ROLE agentwatch_analyst_fleet" in formatted[0]
+
+    tenant = captured_client_input(
+        [str(CLUSTER_SQL / "add-tenant-analyst.sh"), "tenant-1", "alice", "--host", "ch"],
+        tmp_path,
+        {"AGENTWATCH_TENANT_ANALYST_PASSWORD": password},
+    )
+    assert password not in tenant
+    formatted = assert_clickhouse_parses(fleet_db, tenant)
+    assert "USING tenant_id = 'tenant-1' TO `agentwatch_tenant_tenant-1`" in formatted[1]
+    assert "DEFAULT ROLE agentwatch_analyst, `agentwatch_tenant_tenant-1`" in formatted[2]
+    assert (tmp_path / "args").read_text().split() == ["client", "--multiquery", "--host", "ch"]
+
+
+def test_a_tenant_name_that_could_inject_sql_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["sh", str(CLUSTER_SQL / "add-tenant-analyst.sh"), "t1' OR 1 --", "alice"],
+        env={"PATH": os.environ["PATH"], "AGENTWATCH_TENANT_ANALYST_PASSWORD": "x"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and "bad name" in done.stderr

@@ -428,6 +428,8 @@ def _check_select(tree: exp.Expression, database: str) -> None:
             _check_table(node, database)
         elif kind is exp.In:
             _check_in(node, database)
+        elif kind is exp.Column:
+            _check_column(node, database)
         elif kind is exp.TableAlias and node.columns:
             # ClickHouse has no column lists after an alias; sqlglot reads some table
             # functions that way (`dictionary('d')` as table `dictionary` with columns).
@@ -488,6 +490,18 @@ def _check_table(table: exp.Table, database: str) -> None:
             403,
             f"table {_dotted(table)} is not allowed here: only tables of database {database} "
             "(unqualified names resolve there) and the query's own WITH names",
+        )
+
+
+def _check_column(column: exp.Column, database: str) -> None:
+    """``db.table.column`` may only name the project's database."""
+    db = column.args.get("db")
+    if column.args.get("catalog") or (db is not None and db.name != database):
+        raise SqlRefused(
+            403,
+            f"column {column.sql(DIALECT)}: a name in three parts reads as database.table.column,"
+            f" and only tables of database {database} are allowed here (for an element of a "
+            "tuple, write tupleElement(column, 'name'))",
         )
 
 

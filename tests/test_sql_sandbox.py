@@ -99,6 +99,7 @@ HOSTILE: list[tuple[str, int, str]] = [
     ("SELECT * FROM metrics WHERE agent_id IN system.one", 403, "table system.one"),
     ("SELECT * FROM metrics JOIN system.one ON 1", 403, "table system.one"),
     ("SELECT (SELECT name FROM system.users LIMIT 1)", 403, "table system.users"),
+    ("SELECT system.one.dummy", 403, "column system.one.dummy"),
     ("DESCRIBE system.tables", 403, "table system.tables is not allowed"),
     ("SHOW TABLES FROM system", 403, "this one is SHOW"),
     ("SHOW DATABASES", 403, "this one is SHOW"),

@@ -133,13 +133,55 @@ class Settings(BaseSettings):
         "process (python -m sinks.loader) under its own Kafka principal.",
     )
     api_sql_enabled: bool = Field(
-        True, description="Serve POST /api/v1/sql: read-only SQL for analysts (agentwatch sql)."
+        False,
+        description="Serve POST /api/v1/sql: read-only SQL for analysts (agentwatch sql). Off "
+        "unless enabled (`agentwatch up` enables it for its loopback demo); once the API has "
+        "authentication, for the analyst role only.",
     )
     api_sql_max_result_rows: int = Field(
         10_000, ge=1, description="A query through /api/v1/sql may return at most this many rows."
     )
+    api_sql_max_result_bytes: int = Field(
+        32 * 2**20,
+        ge=1,
+        description="A query through /api/v1/sql may return at most this many bytes (uncompressed"
+        "; ClickHouse's max_result_bytes): the row cap alone does not bound one huge row.",
+    )
     api_sql_max_execution_time_s: float = Field(
         10.0, gt=0, description="A query through /api/v1/sql may run at most this long (seconds)."
+    )
+    api_sql_max_memory_bytes: int = Field(
+        2**30,
+        ge=2**20,
+        description="Memory one query through /api/v1/sql may use (ClickHouse's max_memory_usage).",
+    )
+    api_sql_max_threads: int = Field(
+        1,
+        ge=1,
+        description="Threads one query through /api/v1/sql may use (max_threads): the loader and "
+        "the API share the machine with it.",
+    )
+    api_sql_max_rows_to_read: int = Field(
+        100_000_000,
+        ge=1,
+        description="Rows one query through /api/v1/sql may read from tables (max_rows_to_read).",
+    )
+    api_sql_max_bytes_to_read: int = Field(
+        10 * 2**30,
+        ge=1,
+        description="Bytes one query through /api/v1/sql may read from tables (max_bytes_to_read, "
+        "uncompressed).",
+    )
+    api_sql_max_concurrent_queries: int = Field(
+        1,
+        ge=1,
+        description="Queries through /api/v1/sql that run at once; more are answered 429.",
+    )
+    api_sql_request_grace_s: float = Field(
+        5.0,
+        gt=0,
+        description="A request to /api/v1/sql answers 504 when no result came this long after "
+        "the query's time limit (the query goes on holding its slot until ClickHouse stops it).",
     )
 
     # --- the dataflow -------------------------------------------------------

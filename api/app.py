@@ -261,7 +261,7 @@ class Runtime:
     loader: Loader | None
     loader_client: Client | None
     monitor: SystemMonitor
-    sql_clients: ClientPool | None  # read-only sessions for POST /api/v1/sql; None when off
+    sql_sandbox: sql.SqlSandbox | None  # where POST /api/v1/sql runs queries; None when off
     rule_book: RuleBook
     publisher: EventPublisher
     silences: SilenceBook
@@ -290,9 +290,9 @@ class Runtime:
             webhooks = WebhookDeliverer(settings, webhooks_client)
             webhooks.start()
         monitor = SystemMonitor(settings, clients, loader, loader_expected=run_loader)
-        sql_clients = None
-        if settings.api_sql_enabled:  # opened on first use, after the schema exists
-            sql_clients = ClientPool(open_client=lambda: sql.open_read_only_client(settings))
+        sandbox = None
+        if settings.api_sql_enabled:  # its clients open on first use, after the schema exists
+            sandbox = sql.SqlSandbox(settings)
         log.info(
             "api_started database=%s clickhouse=%s loader=%s webhooks=%d",
             settings.clickhouse_database,
@@ -302,7 +302,7 @@ class Runtime:
         )
         publisher = EventPublisher(settings)
         return cls(
-            settings, clients, loader, loader_client, monitor, sql_clients,
+            settings, clients, loader, loader_client, monitor, sandbox,
             RuleBook(settings, publisher),
             publisher, SilenceBook(settings, publisher), webhooks, webhooks_client,
         )  # fmt: skip
@@ -322,8 +322,8 @@ class Runtime:
         self.publisher.close()
         self.monitor.close()
         self.clients.close()
-        if self.sql_clients is not None:
-            self.sql_clients.close()
+        if self.sql_sandbox is not None:
+            self.sql_sandbox.close()
         log.info("api_stopped")
 
 
@@ -681,32 +681,35 @@ def create_app(
             400: {"model": ErrorMessage},
             403: {"model": ErrorMessage},
             422: {"model": ValidationErrorBody},
+            429: {"model": ErrorMessage},
+            504: {"model": ErrorMessage},
         },
         tags=["sql"],
     )
     def run_sql(request: sql.SqlRequest, runtime: RuntimeDep) -> Response:
         """Run one read-only query on the ClickHouse data; answer in json, csv or tsv.
 
-        The query runs in a read-only ClickHouse session (``readonly=1``) that returns at
-        most ``AGENTWATCH_API_SQL_MAX_RESULT_ROWS`` rows and stops after
-        ``AGENTWATCH_API_SQL_MAX_EXECUTION_TIME_S`` seconds. Anything but one read
-        statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS) is a 403, and so are
-        ``INTO OUTFILE`` and ``file()``; a query ClickHouse rejects (syntax, unknown
-        table, too many rows, too slow) is a 400 that says why.
+        Off unless ``AGENTWATCH_API_SQL_ENABLED``; once the API has authentication, for
+        the analyst role only. Allowed: one SELECT (WITH, JOIN, subqueries, UNION) on the
+        project's tables with allowlisted functions, SHOW TABLES, DESCRIBE <table>; no
+        table functions, ``system.*``, other databases, SETTINGS, FORMAT or INTO OUTFILE
+        (docs/sql.md). A refusal is a 403 that says what and why; a query that cannot be
+        parsed, or that hits a limit (memory, threads, rows and bytes read, result size,
+        time: ``AGENTWATCH_API_SQL_MAX_*``), a 400 that names it; 429 when
+        ``AGENTWATCH_API_SQL_MAX_CONCURRENT_QUERIES`` queries run already.
         """
-        if runtime.sql_clients is None:
+        if runtime.sql_sandbox is None:
             raise HTTPException(
                 403,
                 detail="SQL through the API is switched off (AGENTWATCH_API_SQL_ENABLED=false); "
                 "ask the operator, or stop the stack and run `agentwatch sql` on its data",
             )
         try:
-            query = sql.check_read_only(request.query)
-            with runtime.sql_clients.client() as client:
-                result = sql.run_read_query(client, query)
+            result = runtime.sql_sandbox.run(request.query)
         except sql.SqlRefused as refused:
             log.info("sql_refused status=%d query=%r", refused.status, request.query[:200])
-            raise HTTPException(refused.status, detail=refused.message) from None
+            headers = {"Retry-After": "1"} if refused.status == 429 else None
+            raise HTTPException(refused.status, detail=refused.message, headers=headers) from None
         log.info(
             "sql_query rows=%d elapsed_s=%.3f query=%r",
             len(result.rows),

@@ -3,34 +3,38 @@
 In the embedded profile the API process owns the chDB directory, so nobody
 else can open it while the stack runs; ``POST /api/v1/sql`` (and
 ``agentwatch sql``, which calls it) runs an analyst's query there instead.
+The endpoint is off unless ``AGENTWATCH_API_SQL_ENABLED`` turns it on
+(``agentwatch up`` does, for its loopback demo); once the API has
+authentication it is for the analyst role only.
 
-Three guards, because ClickHouse's ``readonly`` alone is not enough in chDB:
+Guards, outermost first (docs/sql.md says why each one is there):
 
-1. The query runs on its own client whose session is read-only:
-   ``max_result_rows``, ``result_overflow_mode``, ``max_execution_time`` and
-   last ``readonly=1`` are set on it once, so ClickHouse refuses every write,
-   DDL, ``SYSTEM`` statement, any ``SETTINGS`` that would lift a limit, and
-   table functions that reach outside (``file()``, ``url()``, ``s3()``…).
-   (With an ``http(s)://`` DSN clickhouse-connect sends them with every query.)
-   They are not passed per call: clickhouse-connect's chdb backend applies
-   per-call settings of a write with ``SET`` and restores them afterwards, and
-   after a refused write that restore fails, leaving a shared client stuck in
-   read-only mode with the analyst's limits.
-2. What ``readonly=1`` lets through in chDB (ClickHouse as a library, where
-   client features run inside the engine) is refused here before it runs:
-   ``INTO OUTFILE`` (writes a file on the API's machine), the ``file()``
-   function (reads any file the API can), ``KILL`` (could stop the loader's
-   inserts) and more than one statement.
-3. Only statements that start with a read keyword (:data:`READ_STATEMENTS`)
-   are sent at all, so the error says what is allowed.
+1. **The policy** (:mod:`api.sql_policy`): sqlglot parses the query with its
+   ClickHouse dialect and allows one SELECT over the project's tables with
+   allowlisted functions, or ``SHOW TABLES``/``DESCRIBE``. A parser, not a scan
+   of words, so `` `file`(…) `` and ``file/**/(…)`` are the call they are.
+2. **ClickHouse's own reading**: the engine formats the query as it parses it
+   (``formatQuerySingleLine``: its own lexer, no comments, canonical quoting);
+   the policy checks that text again, and that text is what runs (as
+   ``SELECT * FROM (…)``: ClickHouse applies the result caps only to a query
+   that reads FROM something). Whatever the two lexers might disagree on
+   (comments, quotes, unicode), what runs is what was checked.
+3. **The session's limits**: the query runs on a client of its own whose
+   session has ClickHouse's limits on memory, threads, rows and bytes read,
+   result size and time, and last ``readonly=1`` so none can be lifted. They are
+   set on the client once, not per call: clickhouse-connect's chdb backend
+   applies per-call settings of a write with ``SET`` and restores them
+   afterwards, and after a refused write that restore fails, leaving a shared
+   client stuck in read-only mode with the analyst's limits. (With an
+   ``http(s)://`` DSN clickhouse-connect sends them with every query.)
+4. **The process**: the API process also runs the loader, so at most
+   ``AGENTWATCH_API_SQL_MAX_CONCURRENT_QUERIES`` queries run at once (more get
+   429), each on one thread by default, and a request that has no answer
+   ``AGENTWATCH_API_SQL_REQUEST_GRACE_S`` after the time limit gets 504. chDB
+   releases the GIL while it works, so the loader and the health endpoint go on.
 
->>> check_read_only("  -- top agents\\n SELECT 1;  ")
-'-- top agents\\n SELECT 1'
->>> try:
-...     check_read_only("DROP TABLE agentwatch.metrics")
-... except SqlRefused as refused:
-...     print(refused.status, refused.message)
-403 only read queries may run here (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS); this one is DROP
+>>> read_only_settings(Settings())["readonly"], list(read_only_settings(Settings()))[-1]
+('1', 'readonly')
 """
 
 from __future__ import annotations
@@ -38,23 +42,32 @@ from __future__ import annotations
 import csv
 import io
 import re
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import date, datetime
-from itertools import pairwise
 from typing import Literal
 
 import orjson
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import DatabaseError
+from clickhouse_connect.driver.exceptions import (
+    DatabaseError,
+    DataError,
+    NotSupportedError,
+    ProgrammingError,
+)
 from pydantic import BaseModel, Field
 
 from agentwatch.settings import Settings
+from api.client_pool import ClientPool
+from api.sql_policy import CheckedQuery, SqlRefused, check_query
 from sinks.clickhouse import connect
 
-#: Statements an analyst may run (by their first keyword).
-READ_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
+__all__ = ["SqlRefused", "SqlSandbox", "open_read_only_client", "prepare", "run_read_query"]
+
 #: Result formats, and their media types.
 MEDIA_TYPES = {
     "json": "application/json",
@@ -63,23 +76,15 @@ MEDIA_TYPES = {
 }
 SqlFormat = Literal["json", "csv", "tsv"]
 
-# ClickHouse error codes that mean "this query", not "ClickHouse is down".
-_READONLY, _TIMEOUT_EXCEEDED, _TOO_MANY_ROWS = 164, 159, 396
-
-# Tokens as ClickHouse's lexer sees them, as far as these checks need: comments and quoted
-# text are skipped, so `SELECT 'a;b'` is one statement and `INTO/**/OUTFILE` is caught.
-# Where this lexer and ClickHouse's could differ (nested comments, heredocs), this one sees
-# more words and semicolons than ClickHouse does, so it refuses more, never less.
-_TOKEN = re.compile(
-    r"""
-      (?P<space>\s+)
-    | (?P<comment>--[^\n]*|/\*.*?\*/)
-    | (?P<quoted>'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.|"")*"|`(?:[^`\\]|\\.|``)*`)
-    | (?P<word>[A-Za-z_][A-Za-z_0-9]*)
-    | (?P<other>.)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
+#: ClickHouse error codes that mean "this query hit a limit": the setting that says how much.
+_LIMITS = {
+    158: ("rows read", "AGENTWATCH_API_SQL_MAX_ROWS_TO_READ"),  # TOO_MANY_ROWS
+    307: ("bytes read", "AGENTWATCH_API_SQL_MAX_BYTES_TO_READ"),  # TOO_MANY_BYTES
+    241: ("memory", "AGENTWATCH_API_SQL_MAX_MEMORY_BYTES"),  # MEMORY_LIMIT_EXCEEDED
+    159: ("time", "AGENTWATCH_API_SQL_MAX_EXECUTION_TIME_S"),  # TIMEOUT_EXCEEDED
+    160: ("time", "AGENTWATCH_API_SQL_MAX_EXECUTION_TIME_S"),  # TOO_SLOW (estimated)
+}
+_READONLY, _TOO_MANY_ROWS_OR_BYTES = 164, 396
 
 
 class SqlRequest(BaseModel):
@@ -88,9 +93,9 @@ class SqlRequest(BaseModel):
     query: str = Field(
         min_length=1,
         max_length=100_000,
-        description="One read-only statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS); "
-        "no FORMAT clause: choose the format below.",
-        examples=["SELECT agent_id, count() FROM agentwatch.anomalies GROUP BY agent_id"],
+        description="One SELECT (WITH, JOIN, subqueries, UNION allowed) on the project's tables, "
+        "SHOW TABLES, or DESCRIBE <table>; no FORMAT clause: choose the format below.",
+        examples=["SELECT agent_id, count() FROM anomalies FINAL GROUP BY agent_id"],
     )
     format: SqlFormat = Field(
         "json", description="json (columns, types, rows), csv or tsv (with a header row)."
@@ -113,15 +118,6 @@ class SqlAnswer(BaseModel):
     elapsed_s: float
 
 
-class SqlRefused(Exception):
-    """The query may not run, or ClickHouse refused it; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 @dataclass(frozen=True)
 class SqlResult:
     """What a query returned."""
@@ -138,13 +134,24 @@ def read_only_settings(settings: Settings) -> dict[str, str]:
     ``readonly`` comes last: after it, no setting can change.
 
     >>> read_only_settings(Settings())  # doctest: +NORMALIZE_WHITESPACE
-    {'max_result_rows': '10000', 'result_overflow_mode': 'throw',
-     'max_execution_time': '10', 'readonly': '1'}
+    {'max_memory_usage': '1073741824', 'max_threads': '1', 'max_rows_to_read': '100000000',
+     'max_bytes_to_read': '10737418240', 'read_overflow_mode': 'throw',
+     'max_result_rows': '10000', 'max_result_bytes': '33554432',
+     'result_overflow_mode': 'throw', 'max_execution_time': '10',
+     'timeout_overflow_mode': 'throw', 'allow_introspection_functions': '0', 'readonly': '1'}
     """
     return {
+        "max_memory_usage": str(settings.api_sql_max_memory_bytes),
+        "max_threads": str(settings.api_sql_max_threads),
+        "max_rows_to_read": str(settings.api_sql_max_rows_to_read),
+        "max_bytes_to_read": str(settings.api_sql_max_bytes_to_read),
+        "read_overflow_mode": "throw",
         "max_result_rows": str(settings.api_sql_max_result_rows),
+        "max_result_bytes": str(settings.api_sql_max_result_bytes),
         "result_overflow_mode": "throw",
         "max_execution_time": f"{settings.api_sql_max_execution_time_s:g}",
+        "timeout_overflow_mode": "throw",
+        "allow_introspection_functions": "0",
         "readonly": "1",
     }
 
@@ -152,8 +159,9 @@ def read_only_settings(settings: Settings) -> dict[str, str]:
 def open_read_only_client(settings: Settings) -> Client:
     """A client of its own on ``settings.clickhouse_dsn`` whose session can only read.
 
-    Its default database is ``settings.clickhouse_database`` when that exists,
-    so ``SELECT … FROM metrics`` works as well as ``agentwatch.metrics``.
+    Its default database is ``settings.clickhouse_database`` (so ``SELECT … FROM
+    metrics`` works as well as ``agentwatch.metrics``, and an unqualified name can
+    only mean a table of the project); :class:`SqlRefused` (503) when it does not exist.
     """
     client = connect(settings)
     try:
@@ -162,8 +170,13 @@ def open_read_only_client(settings: Settings) -> Client:
             "SELECT count() FROM system.databases WHERE name = {database:String}",
             parameters={"database": database},
         )
-        if exists:
-            client.database = database
+        if not exists:
+            raise SqlRefused(
+                503,
+                f"there is no database {database} at {settings.clickhouse_dsn} yet: the API "
+                "creates it when it starts (agentwatch up)",
+            )
+        client.database = database
         for name, value in read_only_settings(settings).items():
             client.set_client_setting(name, value)
     except Exception:
@@ -172,39 +185,35 @@ def open_read_only_client(settings: Settings) -> Client:
     return client
 
 
-def check_read_only(query: str) -> str:
-    """The query to run (trailing semicolons and comments cut off), if it may run.
+def prepare(client: Client, text: str, database: str) -> CheckedQuery:
+    """The SQL to run for ``text``: checked as written, then as ClickHouse itself reads it.
 
-    Raises :class:`SqlRefused`: 403 for anything but one read statement, 400
-    for an empty query or a ``FORMAT`` clause (the request's format replaces it).
+    Raises :class:`SqlRefused` when either reading is refused; what runs is
+    ClickHouse's canonical text of the query, the one the second check saw, as a
+    subquery (so that the result caps hold for a query without FROM too).
     """
-    tokens = [m for m in _TOKEN.finditer(query) if m.lastgroup not in ("space", "comment")]
-    while tokens and tokens[-1].group() == ";":
-        tokens.pop()
-    if not tokens:
-        raise SqlRefused(400, "the query is empty")
-    texts = [token.group() for token in tokens]
-    if ";" in texts:
-        raise SqlRefused(403, "one statement at a time: the query holds more than one")
-    keyword = next((text for text in texts if text != "("), "(").upper()
-    if keyword not in READ_STATEMENTS:
-        allowed = ", ".join(name for name in READ_STATEMENTS if name != "DESC")
-        raise SqlRefused(403, f"only read queries may run here ({allowed}); this one is {keyword}")
-    words = [token.group().upper() for token in tokens if token.lastgroup == "word"]
-    if any(pair == ("INTO", "OUTFILE") for pair in pairwise(words)):
+    as_written = check_query(text, database)
+    if as_written.kind != "select":
+        return as_written  # a statement written by the policy, not the caller's text
+    try:
+        canonical = client.query(
+            "SELECT formatQuerySingleLine({query:String})", parameters={"query": as_written.sql}
+        ).result_rows[0][0]
+    except DatabaseError as exc:
+        raise SqlRefused(400, f"ClickHouse cannot parse the query: {_one_line(exc)}") from None
+    try:
+        as_read = check_query(canonical, database)
+    except SqlRefused as refused:
         raise SqlRefused(
-            403, "INTO OUTFILE would write a file on the server; ask for format csv or tsv instead"
-        )
-    called = {word.lower() for word, after in pairwise(texts) if after == "("}
-    if "file" in called:
-        raise SqlRefused(403, "file() reads files on the server's disk; it is not allowed here")
-    if len(words) >= 2 and words[-2] == "FORMAT" and texts[-1].upper() == words[-1]:
-        raise SqlRefused(
-            400,
-            f"leave out FORMAT {texts[-1]}: choose json, csv or tsv with the request's format "
-            "(agentwatch sql --format)",
-        )
-    return query[: tokens[-1].end()].strip()
+            refused.status,
+            f"{refused.message} (as ClickHouse reads the query: {canonical[:300]})",
+        ) from None
+    if as_read.kind != "select":
+        raise SqlRefused(403, f"ClickHouse reads the query as something else: {canonical[:300]}")
+    # ClickHouse applies max_result_rows/_bytes only to a query that reads FROM something:
+    # `SELECT range(100000000)` or `SELECT arrayJoin(range(1e9))` would pass both caps and be
+    # turned into Python objects here. As a subquery, every query reads FROM something.
+    return CheckedQuery("select", f"SELECT * FROM ({as_read.sql})")
 
 
 def run_read_query(client: Client, query: str) -> SqlResult:
@@ -215,6 +224,12 @@ def run_read_query(client: Client, query: str) -> SqlResult:
     started = time.perf_counter()
     try:
         result = client.query(query)
+    except (NotSupportedError, DataError, ProgrammingError) as exc:  # e.g. AggregateFunction
+        raise SqlRefused(
+            400,
+            f"the result cannot be sent: {_one_line(exc)} (finish -State columns with -Merge, "
+            "or cast the column to String)",
+        ) from None
     except DatabaseError as exc:
         raise _refusal(exc) from None
     columns = list(result.column_names)
@@ -226,28 +241,90 @@ def run_read_query(client: Client, query: str) -> SqlResult:
     )
 
 
+class SqlSandbox:
+    """Where analysts' queries run: the policy, read-only sessions, a few at a time.
+
+    :meth:`run` checks and runs one query on a read-only client of its own
+    (opened on first use, reused after) in a worker thread; at most
+    ``api_sql_max_concurrent_queries`` run at once (a query beyond is refused
+    with 429 at once, it does not queue), and a caller waits at most the time
+    limit plus ``api_sql_request_grace_s`` (then 504; the query keeps its slot
+    until ClickHouse stops it, so stuck queries cannot pile up).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.deadline_s = settings.api_sql_max_execution_time_s + settings.api_sql_request_grace_s
+        self._clients = ClientPool(open_client=lambda: open_read_only_client(settings))
+        self._slots = threading.BoundedSemaphore(settings.api_sql_max_concurrent_queries)
+        self._workers = ThreadPoolExecutor(
+            settings.api_sql_max_concurrent_queries, thread_name_prefix="sql"
+        )
+
+    def run(self, text: str) -> SqlResult:
+        """Check and run ``text``; :class:`SqlRefused` (4xx, 429, 504) if it may not or did not."""
+        if not self._slots.acquire(blocking=False):
+            limit = self.settings.api_sql_max_concurrent_queries
+            raise SqlRefused(
+                429,
+                f"{limit} SQL quer{'y is' if limit == 1 else 'ies are'} running already, the most "
+                "at once (AGENTWATCH_API_SQL_MAX_CONCURRENT_QUERIES); try again when "
+                f"{'it finishes' if limit == 1 else 'one finishes'}",
+            )
+        try:
+            future = self._workers.submit(self._check_and_run, text)
+        except RuntimeError:  # shut down
+            self._slots.release()
+            raise SqlRefused(503, "the API is stopping; try again when it is back") from None
+        future.add_done_callback(lambda _done: self._slots.release())
+        try:
+            return future.result(timeout=self.deadline_s)
+        except FutureTimeout:
+            raise SqlRefused(
+                504,
+                f"no answer within {self.deadline_s:g} s (AGENTWATCH_API_SQL_MAX_EXECUTION_TIME_S "
+                "+ _REQUEST_GRACE_S); ClickHouse stops the query at its time limit, and it "
+                "holds its slot until then",
+            ) from None
+
+    def _check_and_run(self, text: str) -> SqlResult:
+        with self._clients.client() as client:
+            checked = prepare(client, text, self.settings.clickhouse_database)
+            return run_read_query(client, checked.sql)
+
+    def close(self) -> None:
+        """Wait for running queries (ClickHouse's time limit ends them), close the clients."""
+        self._workers.shutdown(wait=True, cancel_futures=True)
+        self._clients.close()
+
+
 def _refusal(exc: DatabaseError) -> SqlRefused | DatabaseError:
     """A readable 4xx for ClickHouse's answer to a bad query."""
     code = getattr(exc, "code", None)
-    message = " ".join(str(exc).split())
-    message = re.sub(r"\s*\(version [\d.]+\)\.?", "", message)[:500]
+    message = _one_line(exc)
     if code == _READONLY:
         return SqlRefused(403, f"read-only: ClickHouse refused the query: {message}")
-    if code == _TOO_MANY_ROWS:
+    if code == _TOO_MANY_ROWS_OR_BYTES:
         return SqlRefused(
             400,
-            "the result has more rows than allowed (AGENTWATCH_API_SQL_MAX_RESULT_ROWS); "
-            f"add a LIMIT or aggregate: {message}",
+            "the result is larger than allowed (AGENTWATCH_API_SQL_MAX_RESULT_ROWS, "
+            f"_MAX_RESULT_BYTES); add a LIMIT or aggregate: {message}",
         )
-    if code == _TIMEOUT_EXCEEDED:
+    if code in _LIMITS:
+        what, setting = _LIMITS[code]
         return SqlRefused(
             400,
-            "the query ran longer than allowed (AGENTWATCH_API_SQL_MAX_EXECUTION_TIME_S); "
-            f"narrow it down: {message}",
+            f"the query needs more {what} than allowed ({setting}); narrow it down "
+            f"(a WHERE on the sort key, a shorter time range, FINAL only where needed): {message}",
         )
     if code is not None:
         return SqlRefused(400, f"ClickHouse refused the query: {message}")
     return exc
+
+
+def _one_line(exc: Exception) -> str:
+    message = " ".join(str(exc).split())
+    return re.sub(r"\s*\(version [\d.]+\)\.?", "", message)[:500]
 
 
 def render(result: SqlResult, fmt: SqlFormat) -> bytes:

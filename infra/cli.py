@@ -406,6 +406,10 @@ def up(
     from infra.broker import BrokerError, port_is_free, tansu_binary
 
     settings = Settings()
+    if "api_sql_enabled" not in settings.model_fields_set:
+        # The demo runs on this machine, its API on loopback by default: `agentwatch sql`
+        # works out of the box (the sandbox of docs/sql.md); the summary says so.
+        settings = settings.model_copy(update={"api_sql_enabled": True})
     state_path = state_file(settings)
     _refuse_if_running(state_path)
     for what, host, port, variable in (
@@ -616,8 +620,10 @@ def _supervise(
         env = {
             **os.environ,
             "AGENTWATCH_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "AGENTWATCH_API_SQL_ENABLED": "true" if settings.api_sql_enabled else "false",
             "PYTHONUNBUFFERED": "1",
         }
+        log.info("api_sql enabled=%s", settings.api_sql_enabled)
         for name, command in commands.items():
             if stop.is_set():
                 break
@@ -726,6 +732,13 @@ def _print_summary(
             detail = f"{first}  "
         lines.append(f"  {name:<10} {detail}pid {child.pid}")
         lines += [f"  {'':<10} {line}" for line in more]
+    lines.append(
+        '  sql        agentwatch sql "SHOW TABLES"  (read-only SQL through the API, on for this '
+        "demo; AGENTWATCH_API_SQL_ENABLED=false turns it off)"
+        if settings.api_sql_enabled
+        else "  sql        off (AGENTWATCH_API_SQL_ENABLED=false); `agentwatch sql` reads the "
+        "data once the stack is stopped"
+    )
     lines += [
         f"  logs       {logs_dir(settings)}/<process>.log",
         "  status     agentwatch status",
@@ -744,7 +757,8 @@ def run_sql(
     query: Annotated[
         str,
         typer.Argument(
-            help="One read-only statement: SELECT, WITH, SHOW, DESCRIBE, EXPLAIN or EXISTS."
+            help="One SELECT (WITH, JOIN, subqueries, UNION) on the project's tables, "
+            "SHOW TABLES, or DESCRIBE <table>."
         ),
     ],
     output_format: Annotated[
@@ -755,11 +769,16 @@ def run_sql(
     """Run a read-only SQL query on the ClickHouse data and print the result.
 
     While the stack runs, the API process owns the chDB data, so the query goes
-    to the API (POST /api/v1/sql at AGENTWATCH_API_HOST:AGENTWATCH_API_PORT). When
-    no API answers, this command opens the data itself (AGENTWATCH_CLICKHOUSE_DSN,
-    default var/clickhouse). Either way the session is read-only, with limits on
-    rows and time (AGENTWATCH_API_SQL_MAX_RESULT_ROWS, _MAX_EXECUTION_TIME_S).
-    Tables live in database agentwatch; it is also the default database.
+    to the running stack's API (found like `agentwatch status` finds it, from
+    var/run; else AGENTWATCH_API_HOST:AGENTWATCH_API_PORT), POST /api/v1/sql,
+    which `agentwatch up` switches on. When no stack runs and no API answers,
+    this command opens the data itself (AGENTWATCH_CLICKHOUSE_DSN, default
+    var/clickhouse). Either way the same sandbox decides: one read query over
+    the project's tables with allowlisted functions (no table functions,
+    system.*, SETTINGS, FORMAT or INTO OUTFILE), in a read-only session with
+    limits on memory, threads, rows and bytes read, result size and time
+    (AGENTWATCH_API_SQL_MAX_*); docs/sql.md has the details. Tables live in
+    database agentwatch; it is also the default database.
 
     [bold]Examples[/]
 
@@ -777,10 +796,11 @@ def run_sql(
         fail(f"--format {output_format!r} is not one of {', '.join(SQL_FORMATS)}")
     wire_format = "json" if output_format == "table" else output_format
     started = time.monotonic()
-    body = _sql_through_api(settings, query, wire_format)
-    source = f"through the API at {api_base_url(settings)}"
+    api_url, stack_pid = _running_api(settings)
+    body = _sql_through_api(settings, api_url, stack_pid, query, wire_format)
+    source = f"through the API at {api_url}"
     if body is None:
-        body = _sql_directly(settings, query, wire_format)
+        body = _sql_directly(settings, api_url, query, wire_format)
         source = f"read directly from {settings.clickhouse_dsn} (no API answered)"
     if output_format != "table":
         sys.stdout.buffer.write(body)
@@ -795,19 +815,40 @@ def run_sql(
     )
 
 
-def _sql_through_api(settings: Settings, query: str, wire_format: str) -> bytes | None:
+def _running_api(settings: Settings) -> tuple[str, int | None]:
+    """The API of the running stack and its supervisor's pid, as `status` finds them.
+
+    Without a running `agentwatch up`: the address of the settings, and no pid.
+    """
+    from infra.supervisor import pid_alive, read_state
+
+    state = read_state(state_file(settings))
+    pid = (state or {}).get("supervisor", {}).get("pid")
+    if state and pid_alive(pid):
+        return state.get("api_url") or api_base_url(settings), pid
+    return api_base_url(settings), None
+
+
+def _sql_through_api(
+    settings: Settings, api_url: str, stack_pid: int | None, query: str, wire_format: str
+) -> bytes | None:
     """The API's answer, None when no API listens; a one-line error when it says no."""
     import httpx
 
-    url = f"{api_base_url(settings)}/api/v1/sql"
+    url = f"{api_url}/api/v1/sql"
     try:
         response = httpx.post(
             url,
             json={"query": query, "format": wire_format},
-            timeout=settings.api_sql_max_execution_time_s + 10.0,
+            timeout=settings.api_sql_max_execution_time_s + settings.api_sql_request_grace_s + 5,
         )
     except httpx.ConnectError:
-        return None
+        if stack_pid is None:
+            return None
+        fail(
+            f"agentwatch runs (supervisor pid {stack_pid}) but its API at {api_url} does not "
+            "answer yet; wait a moment, or see `agentwatch status`"
+        )
     except httpx.HTTPError as exc:
         fail(f"the API at {url} did not answer: {type(exc).__name__} {exc}")
     if response.status_code == 200:
@@ -820,34 +861,30 @@ def _sql_through_api(settings: Settings, query: str, wire_format: str) -> bytes 
     fail(f"{message} (HTTP {response.status_code})")
 
 
-def _sql_directly(settings: Settings, query: str, wire_format: str) -> bytes:
-    """Open ClickHouse from this process (the stack is stopped) and run the query read-only."""
-    from api.sql import SqlRefused, check_read_only, open_read_only_client, render, run_read_query
+def _sql_directly(settings: Settings, api_url: str, query: str, wire_format: str) -> bytes:
+    """Open ClickHouse from this process (the stack is stopped): the API's sandbox, here."""
+    from api.sql import SqlRefused, SqlSandbox, render
 
     dsn = settings.clickhouse_dsn  # shown with its password as ***
     path = dsn.get_secret_value().removeprefix("chdb://")
     if dsn.get_secret_value().startswith("chdb://") and not Path(path or ".").is_dir():
         fail(
-            f"no API answers at {api_base_url(settings)} and there is no data at {dsn}; start "
+            f"no API answers at {api_url} and there is no data at {dsn}; start "
             "the stack with `agentwatch up`, or run this where its var/ directory is"
         )
+    sandbox = SqlSandbox(settings)
     try:
-        checked = check_read_only(query)
-        client = open_read_only_client(settings)
+        return render(sandbox.run(query), wire_format)
     except SqlRefused as refused:
         fail(refused.message)
     except Exception as exc:  # e.g. chDB's directory is held by a starting `agentwatch up`
         fail(
-            f"no API answers at {api_base_url(settings)}, and {dsn} cannot be opened here "
+            f"no API answers at {api_url}, and {dsn} cannot be opened here "
             f"({' '.join(redact(str(exc), settings.secret_values()).split())[:200]}); "
             "see `agentwatch status`"
         )
-    try:
-        return render(run_read_query(client, checked), wire_format)
-    except SqlRefused as refused:
-        fail(refused.message)
     finally:
-        client.close()
+        sandbox.close()
 
 
 def _print_sql_table(answer: dict) -> None:

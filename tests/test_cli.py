@@ -188,6 +188,15 @@ FAKE_API = textwrap.dedent(
             self.send_header("Content-Type", "application/json")
             self.end_headers()
             self.wfile.write(body)
+        def do_POST(self):  # /api/v1/sql: says whether `up` switched SQL on for it
+            self.rfile.read(int(self.headers["Content-Length"]))
+            enabled = os.environ.get("AGENTWATCH_API_SQL_ENABLED", "unset")
+            body = json.dumps({"columns": [{"name": "sql_enabled", "type": "String"}],
+                "rows": [[enabled]], "row_count": 1, "elapsed_s": 0.0}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
         def log_message(self, *args):
             pass
     signal.signal(signal.SIGTERM, lambda *args: sys.exit(0))
@@ -314,6 +323,14 @@ def test_up_supervises_reports_status_and_stops_cleanly_on_ctrl_c(
     status = agentwatch("status", env=stack_env, cwd=tmp_path)
     assert status.returncode == 0, status.stdout + status.stderr
     assert "answers" in status.stdout and "HTTP 200" in status.stdout
+
+    # `agentwatch sql` finds the running stack's API the way `status` does (from var/run),
+    # whatever AGENTWATCH_API_PORT says in this shell; `up` switched SQL on for its demo.
+    assert 'agentwatch sql "SHOW TABLES"' in output and "on for this demo" in output
+    elsewhere = {**stack_env, "AGENTWATCH_API_PORT": str(free_port())}
+    sql = agentwatch("sql", "-f", "json", "SHOW TABLES", env=elsewhere, cwd=tmp_path)
+    assert sql.returncode == 0, sql.stdout + sql.stderr
+    assert json.loads(sql.stdout)["rows"] == [["true"]]
 
     # A crashed child comes back.
     dataflow_pid = state["processes"]["dataflow"]["pid"]
@@ -490,6 +507,12 @@ def test_up_backfills_history_then_goes_live_and_shows_an_incident_from_the_hist
         return age is not None and -1.0 <= age <= 60.0
 
     wait_until(live_heartbeat, 60, "agent-000001's latest heartbeat to be recent")
+    # `agentwatch sql` out of the box, from a shell that knows only the var dir.
+    shell = {**stack_env, "AGENTWATCH_API_PORT": str(free_port())}
+    query = "SELECT count() > 0 AS has_rows FROM metrics"
+    sql = agentwatch("sql", "-f", "csv", query, env=shell, cwd=tmp_path)
+    assert sql.returncode == 0, sql.stdout + sql.stderr
+    assert sql.stdout.splitlines() == ["has_rows", "1"]
     simulator_log = (Path(stack_env["AGENTWATCH_VAR_DIR"]) / "logs" / "simulator.log").read_text()
     assert "backfill_done" in simulator_log
     took = up.interrupt()
@@ -717,9 +740,17 @@ def test_sql_without_an_api_reads_the_data_directly_as_a_table_or_csv(sql_env) -
     refused = runner.invoke(app, ["sql", "DROP TABLE metrics"], env=sql_env)
     assert refused.exit_code == 1
     assert refused.output.strip().splitlines() == [
-        "error: only read queries may run here (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS); "
-        "this one is DROP"
+        "error: only read queries may run here (one SELECT (WITH, JOIN, subqueries and UNION "
+        "allowed), SHOW TABLES, or DESCRIBE <table>); this one is DROP"
     ]
+    # The same sandbox as the API's: policy first, then the session's limits.
+    leak = runner.invoke(
+        app, ["sql", "SELECT `file`('/etc/hostname', 'LineAsString')"], env=sql_env
+    )
+    assert leak.exit_code == 1 and "function file() is not allowed here" in leak.output
+    limited = {**sql_env, "AGENTWATCH_API_SQL_MAX_RESULT_ROWS": "1"}
+    too_many = runner.invoke(app, ["sql", query], env=limited)
+    assert too_many.exit_code == 1 and "AGENTWATCH_API_SQL_MAX_RESULT_ROWS" in too_many.output
     nowhere = {**sql_env, "AGENTWATCH_CLICKHOUSE_DSN": "chdb:///nonexistent/agentwatch"}
     missing = runner.invoke(app, ["sql", "SELECT 1"], env=nowhere)
     assert missing.exit_code == 1 and "there is no data at" in missing.output
@@ -734,6 +765,7 @@ def test_sql_goes_through_the_running_api(make_settings, tmp_path: Path) -> None
         **settings.as_env(),
         "AGENTWATCH_API_PORT": str(port),
         "AGENTWATCH_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'api-chdb'}",  # the API's own
+        "AGENTWATCH_API_SQL_ENABLED": "true",
         "COLUMNS": "200",
     }
     log_path = tmp_path / "api.log"
@@ -752,8 +784,7 @@ def test_sql_goes_through_the_running_api(make_settings, tmp_path: Path) -> None
                 return False
 
         wait_until(answers, 60, "python -m api to answer")
-        query = "SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name"
-        tables = agentwatch("sql", "-f", "tsv", query, env=env, cwd=tmp_path)
+        tables = agentwatch("sql", "-f", "tsv", "SHOW TABLES", env=env, cwd=tmp_path)
         assert tables.returncode == 0, tables.stderr
         lines = tables.stdout.splitlines()
         assert lines[0] == "name" and {"anomalies", "baselines", "metrics"} <= set(lines[1:])

@@ -87,9 +87,10 @@ def test_secrets_come_from_the_environment_never_from_the_file(compose: dict):
 def test_the_analysts_sql_is_run_by_the_clickhouse_server(compose: dict):
     volumes = compose["services"]["clickhouse"]["volumes"]
     assert any(
-        v.split(":")[:2] == ["./clickhouse/analyst.sql", "/docker-entrypoint-initdb.d/analyst.sql"]
-        for v in volumes
+        v.split(":")[:2] == ["./clickhouse/initdb", "/docker-entrypoint-initdb.d"] for v in volumes
     )
+    initdb = Path(__file__).parents[1] / "infra/cluster/clickhouse/initdb"
+    assert {p.name for p in initdb.iterdir()} >= {"10-analyst.sql", "20-analyst-user.sh"}
 
 
 def test_only_the_api_writes_operators_commands_and_agents_write_only_their_topics(compose):

@@ -814,7 +814,7 @@ def test_the_analyst_roles_profile_quota_and_policies_parse_in_clickhouse(
     for forbidden in ("SOURCES", "FILE", "URL", "S3", "REMOTE", "ALL ON", "dictGet"):
         assert not any(forbidden in grant for grant in formatted if grant.startswith("GRANT"))
     policy = next(f for f in formatted if f.startswith("CREATE ROW POLICY"))
-    assert "USING 1 TO default, agentwatch_analyst_fleet" in policy
+    assert "USING 1 TO default, agentwatch, agentwatch_analyst_fleet" in policy
 
 
 def test_the_analyst_users_take_their_password_from_the_environment(

@@ -61,11 +61,12 @@ CREATE QUOTA OR REPLACE agentwatch_analyst_quota KEYED BY user_name
     TO agentwatch_analyst, agentwatch_analyst_fleet;
 
 -- Once a table has a row policy, a user none of its policies names sees no row of it:
--- so the service users (the API and its loader connect as default) and fleet analysts
+-- so the service users (the API and the loader connect as agentwatch, the compose
+-- file's CLICKHOUSE_USER; default is the server's own) and fleet analysts
 -- get every row here, and a tenant's analyst only what a tenant role adds. A service
 -- user of your own (Grafana's, say) belongs in this TO list, or in the fleet role.
 CREATE ROW POLICY OR REPLACE agentwatch_every_tenant ON agentwatch.metrics,
     agentwatch.anomalies, agentwatch.threats, agentwatch.baselines, agentwatch.alerts,
     agentwatch.security_scores, agentwatch.commands, agentwatch.incidents,
     agentwatch.agent_events, agentwatch.silences
-    AS PERMISSIVE FOR SELECT USING 1 TO default, agentwatch_analyst_fleet;
+    AS PERMISSIVE FOR SELECT USING 1 TO default, agentwatch, agentwatch_analyst_fleet;

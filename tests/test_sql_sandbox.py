@@ -817,6 +817,7 @@ def test_the_analyst_roles_profile_quota_and_policies_parse_in_clickhouse(
     assert "USING 1 TO default, agentwatch, agentwatch_analyst_fleet" in policy
 
 
+@pytest.mark.e2e  # runs the init shell scripts
 def test_the_analyst_users_take_their_password_from_the_environment(
     fleet_db: Client, tmp_path: Path
 ) -> None:

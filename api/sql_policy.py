@@ -36,6 +36,7 @@ was refused and what is allowed.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -45,6 +46,10 @@ from clickhouse_connect.driver.binding import quote_identifier
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType
+
+# sqlglot warns, with the query's text, when it falls back to a generic command (SET,
+# INSERT…); the API logs each refusal itself, once, so its warnings are only noise.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 DIALECT = "clickhouse"
 

@@ -22,7 +22,7 @@ from api.app import create_app
 from infra.broker import ensure_topics
 from schemas.events import refusal, rule_change_event
 from sinks.clickhouse import connect, create_schema
-from tests.conftest import wait_until
+from tests.conftest import LOOPBACK_CLIENT, wait_until
 from tests.test_dataflow_kafka import DataflowProcess, TopicReader
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]  # starts the dataflow process
@@ -80,7 +80,7 @@ def stack(make_settings, broker, chdb_dir, tmp_path: Path) -> Iterator[tuple]:
     flow = DataflowProcess(settings, tmp_path / "dataflow.log")
     flow.start()
     try:
-        with TestClient(create_app(settings, client=client)) as api:
+        with TestClient(create_app(settings, client=client), client=LOOPBACK_CLIENT) as api:
             yield settings, api, client, flow
     finally:
         assert flow.stop() == 0, flow.log()

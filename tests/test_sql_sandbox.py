@@ -844,6 +844,7 @@ def test_the_analyst_users_take_their_password_from_the_environment(
     assert (tmp_path / "args").read_text().split() == ["client", "--multiquery", "--host", "ch"]
 
 
+@pytest.mark.e2e  # runs the tenant script
 def test_a_tenant_name_that_could_inject_sql_is_refused(tmp_path: Path) -> None:
     done = subprocess.run(
         ["sh", str(CLUSTER_SQL / "add-tenant-analyst.sh"), "t1' OR 1 --", "alice"],

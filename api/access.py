@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentwatch.settings import Settings
+from api.publisher import request_origin
 
 #: Methods that read only.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -75,7 +76,9 @@ class LoopbackMutations:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             client = scope.get("client")
-            reason = refusal(scope["method"], client[0] if client else None, self.allow_remote)
+            host = client[0] if client else None
+            request_origin.set(host or "")  # the audit trail's "from where"
+            reason = refusal(scope["method"], host, self.allow_remote)
             if reason is not None:
                 await JSONResponse({"detail": reason}, status_code=403)(scope, receive, send)
                 return

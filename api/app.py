@@ -40,7 +40,7 @@ from pydantic_core import PydanticCustomError
 
 from agentwatch.secrets import redact
 from agentwatch.settings import Settings
-from api import docs, prometheus, queries, sql
+from api import audit, docs, prometheus, queries, sql
 from api.access import LoopbackMutations
 from api.client_pool import ClientPool
 from api.health import SystemMonitor
@@ -66,6 +66,7 @@ from api.rules import (
 )
 from api.silences import NewSilence, SilenceBook, SilenceNotFound, StoredSilence
 from schemas.models import TIMESTAMP_RANGE, LifecycleEvent, RuleChange, Silence, ThreatRuleSpec
+from sinks.audit import AuditWriter
 from sinks.clickhouse import connect, create_schema
 from sinks.loader import Loader
 from sinks.webhooks import WebhookDeliverer
@@ -267,6 +268,8 @@ class Runtime:
     silences: SilenceBook
     webhooks: WebhookDeliverer | None = None
     webhooks_client: Client | None = None
+    audit: AuditWriter | None = None
+    audit_client: Client | None = None
 
     @classmethod
     def start(cls, settings: Settings, client: Client | None, run_loader: bool) -> Runtime:
@@ -289,6 +292,11 @@ class Runtime:
             webhooks_client = connect(settings)  # its own connection, like the loader's
             webhooks = WebhookDeliverer(settings, webhooks_client)
             webhooks.start()
+        audit = audit_client = None
+        if run_loader:  # the audit trail is written where the loader runs
+            audit_client = connect(settings)
+            audit = AuditWriter(settings, audit_client)
+            audit.start()
         monitor = SystemMonitor(settings, clients, loader, loader_expected=run_loader)
         sandbox = None
         if settings.api_sql_enabled:  # its clients open on first use, after the schema exists
@@ -305,10 +313,15 @@ class Runtime:
             settings, clients, loader, loader_client, monitor, sandbox,
             RuleBook(settings, publisher),
             publisher, SilenceBook(settings, publisher), webhooks, webhooks_client,
+            audit, audit_client,
         )  # fmt: skip
 
     def stop(self) -> None:
         """Stop the webhook deliverer and the loader (it flushes), then release the clients."""
+        if self.audit is not None:
+            self.audit.stop()
+        if self.audit_client is not None:
+            self.audit_client.close()
         if self.webhooks is not None:
             self.webhooks.stop()
         if self.webhooks_client is not None:
@@ -373,6 +386,7 @@ def create_app(
     )
     app.add_middleware(LoopbackMutations, settings=settings)
     docs.install(app)
+    audit.install(app, settings)
     app.exception_handler(RequestValidationError)(_validation_error)
     app.exception_handler(ClickHouseError)(_clickhouse_error)
 

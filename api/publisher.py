@@ -6,17 +6,26 @@ The API never changes the dataflow's state itself; it publishes a command
 loader and anyone else reads it from there. Only the API writes that topic (in
 the cluster profile a Kafka ACL says so); the dataflow applies a command only
 when it arrives there, never from the agents' ``agents.events``.
+
+Each command carries, in its ``origin`` header, the address of the caller whose
+request published it (:data:`request_origin`, set per request by
+:class:`api.access.LoopbackMutations`), for the audit trail (:mod:`sinks.audit`).
 """
 
 from __future__ import annotations
 
 import threading
+from contextvars import ContextVar
 
 import orjson
 from confluent_kafka import KafkaException, Producer
 
 from agentwatch.settings import Settings
 from schemas.events import CONTROL_CHANNEL, refusal
+from sinks.audit import ORIGIN_HEADER
+
+#: The address of the caller of the request being served ("" outside a request).
+request_origin: ContextVar[str] = ContextVar("request_origin", default="")
 
 
 class PublishError(RuntimeError):
@@ -56,7 +65,11 @@ class EventPublisher:
                 self._producer = Producer({**self.settings.kafka_config(), "acks": "all"})
             try:
                 self._producer.produce(
-                    topic, key=key.encode(), value=orjson.dumps(event), on_delivery=delivered
+                    topic,
+                    key=key.encode(),
+                    value=orjson.dumps(event),
+                    headers=[(ORIGIN_HEADER, request_origin.get().encode())],
+                    on_delivery=delivered,
                 )
             except (KafkaException, BufferError) as exc:
                 raise PublishError(f"Kafka refused the event: {exc}") from None

@@ -905,6 +905,81 @@ def _print_sql_table(answer: dict) -> None:
     Console(highlight=False).print(table)
 
 
+# --- agentwatch audit -----------------------------------------------------------------
+
+audit_app = typer.Typer(help="The audit trail: every command and status change, hash-chained.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", "-t", help="Only this tenant's chain ('*': fleet).")
+    ] = None,
+) -> None:
+    """Check that no row of the audit trail was edited, inserted or deleted.
+
+    Every tenant's rows form a hash chain (docs/security.md); this walks them and
+    prints each broken link, exiting 1 if there is any. While the stack runs it
+    asks the running API (GET /api/v1/audit/verify); otherwise it opens the data
+    itself (AGENTWATCH_CLICKHOUSE_DSN, default var/clickhouse).
+
+    [bold]Examples[/]
+
+      agentwatch audit verify
+
+      agentwatch audit verify --tenant tenant-1
+    """
+    import httpx
+
+    settings = Settings()
+    api_url, stack_pid = _running_api(settings)
+    params = {"tenant": tenant} if tenant is not None else {}
+    try:
+        response = httpx.get(f"{api_url}/api/v1/audit/verify", params=params, timeout=60.0)
+        if response.status_code != 200:
+            fail(f"the API at {api_url} said {response.status_code}: {response.text[:300]}")
+        verdict = response.json()
+        source = f"through the API at {api_url}"
+    except httpx.ConnectError:
+        if stack_pid is not None:
+            fail(f"agentwatch runs (supervisor pid {stack_pid}) but its API at {api_url} does "
+                 "not answer yet; wait a moment, or see `agentwatch status`")  # fmt: skip
+        verdict = _verify_directly(settings, tenant)
+        source = f"read directly from {settings.clickhouse_dsn}"
+    for problem in verdict["problems"]:
+        print(problem)
+    summary = f"{verdict['rows']} rows in {verdict['tenants']} chains, {source}: " + (
+        "every chain is whole" if verdict["ok"] else f"{len(verdict['problems'])} broken"
+    )
+    print(summary, file=sys.stderr)
+    raise typer.Exit(0 if verdict["ok"] else 1)
+
+
+def _verify_directly(settings: Settings, tenant: str | None) -> dict:
+    """The verdict of ``/api/v1/audit/verify``, computed here (no API runs)."""
+    from agentwatch.audit import verify
+    from sinks.audit import read_rows
+    from sinks.clickhouse import connect
+
+    try:
+        client = connect(settings)
+        rows = read_rows(client, settings.clickhouse_database, tenant)
+    except Exception as exc:
+        fail(
+            f"no API answers and {settings.clickhouse_dsn} cannot be read here "
+            f"({' '.join(redact(str(exc), settings.secret_values()).split())[:200]}); "
+            "see `agentwatch status`"
+        )
+    problems = verify(rows)
+    return {
+        "ok": not problems,
+        "rows": len(rows),
+        "tenants": len({row.tenant_id for row in rows}),
+        "problems": problems,
+    }
+
+
 # --- agentwatch down -------------------------------------------------------------------
 
 

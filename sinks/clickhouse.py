@@ -273,6 +273,27 @@ def schema_statements(settings: Settings) -> list[str]:
         TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
         """,
         f"""
+        CREATE TABLE IF NOT EXISTS {db}.audit_log (
+            tenant_id LowCardinality(String) COMMENT 'the chain: * for fleet-wide changes',
+            seq UInt64 COMMENT 'position in the tenant''s chain, from 1',
+            at_ms Int64 COMMENT 'when the change was asked for or derived, epoch ms',
+            at DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(at_ms, 'UTC'),
+            actor String,
+            action LowCardinality(String) COMMENT 'the event type: rule_changed, released…',
+            target String COMMENT 'the agent, rule or silence it is about',
+            origin String COMMENT 'where a command came from: the API caller''s address',
+            before String COMMENT 'JSON, empty when the event does not say',
+            after String COMMENT 'JSON',
+            reason String,
+            source String COMMENT 'the log message: cluster/topic/partition/offset',
+            prev_hash String COMMENT 'hash of the tenant''s previous row',
+            hash String COMMENT 'SHA-256 of prev_hash and this row (agentwatch.audit)',
+            recorded_at DateTime64(3, 'UTC') DEFAULT now64(3)
+        )
+        ENGINE = MergeTree
+        ORDER BY (tenant_id, seq)
+        """,
+        f"""
         CREATE TABLE IF NOT EXISTS {db}.silences (
             id String,
             agent_id String,

@@ -86,6 +86,7 @@ from schemas.models import (
     ScoreChange,
     Threat,
 )
+from sinks.audit import AuditWriter
 from sinks.clickhouse import connect, create_schema
 
 log = logging.getLogger("sinks.loader")  # also when run as __main__
@@ -1065,7 +1066,8 @@ def _format_counts(counts: dict[str, int]) -> str:
 
 
 def main() -> None:
-    """Run the loader alone until SIGTERM or SIGINT; creates the schema first."""
+    """Run the loader (and the audit writer beside it) alone until SIGTERM or SIGINT;
+    creates the schema first."""
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
@@ -1084,8 +1086,13 @@ def main() -> None:
     signal.signal(signal.SIGINT, request_stop)
     loader = Loader(settings, client)
     loader.start()
+    audit_client = connect(settings)  # the audit trail is written where the loader runs
+    audit = AuditWriter(settings, audit_client)
+    audit.start()
     while not stop_requested.wait(1.0):
         pass
+    audit.stop()
+    audit_client.close()
     loader.stop()
     client.close()
 

@@ -810,7 +810,7 @@ def test_the_analyst_roles_profile_quota_and_policies_parse_in_clickhouse(
     text = "\n".join(formatted)
     assert "readonly = 2" in text and "max_memory_usage = 1073741824" in text
     grants = [f for f in formatted if f.startswith("GRANT SELECT")]
-    assert all(" ON agentwatch." in grant for grant in grants) and len(grants) == 14
+    assert all(" ON agentwatch." in grant for grant in grants) and len(grants) == 15
     for forbidden in ("SOURCES", "FILE", "URL", "S3", "REMOTE", "ALL ON", "dictGet"):
         assert not any(forbidden in grant for grant in formatted if grant.startswith("GRANT"))
     policy = next(f for f in formatted if f.startswith("CREATE ROW POLICY"))

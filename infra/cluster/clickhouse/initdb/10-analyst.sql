@@ -54,6 +54,7 @@ GRANT agentwatch_analyst TO agentwatch_analyst_fleet;
 GRANT SELECT ON agentwatch.deadletter TO agentwatch_analyst_fleet;
 GRANT SELECT ON agentwatch.loader_offsets TO agentwatch_analyst_fleet;
 GRANT SELECT ON agentwatch.webhook_offsets TO agentwatch_analyst_fleet;
+GRANT SELECT ON agentwatch.audit_log TO agentwatch_analyst_fleet;
 
 CREATE QUOTA OR REPLACE agentwatch_analyst_quota KEYED BY user_name
     FOR INTERVAL 1 hour MAX queries = 2000, errors = 200, result_rows = 10000000,

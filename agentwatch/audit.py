@@ -1,0 +1,220 @@
+"""The audit trail: every change, chained per tenant so that tampering shows.
+
+Every operator's command (``agents.control``) and every fact the dataflow
+derives (``agents.state``) becomes one :class:`AuditEntry`: who (the actor),
+what (the event type and its target), when, from where (the API caller's
+address, for commands), before → after, and which message of the log it was
+read from. Entries are written from the log, never beside it, so the trail
+says what the system was told, in the order it was told.
+
+Each tenant's entries form a hash chain (:class:`AuditChain`): entry ``n``
+carries its sequence number, the hash of entry ``n-1`` and its own hash, a
+SHA-256 over the previous hash and every field of the entry. :func:`verify`
+walks a tenant's rows in order and reports an edited row (its hash no longer
+matches its fields), a deleted row (a gap in the sequence, and the next row's
+``prev_hash`` no longer matches), an inserted row (a sequence number twice, or
+a ``prev_hash`` that matches nothing before it). Fleet-wide events (rules,
+silences: tenant ``*``) have a chain of their own.
+
+>>> chain = AuditChain()
+>>> first = chain.append(AuditEntry(tenant_id="t1", at=1.8e9, actor="ops", action="released",
+...     target="a1", after='{"reason":"fixed"}'))
+>>> second = chain.append(AuditEntry(tenant_id="t1", at=1.8e9 + 1, actor="system",
+...     action="status_changed", target="a1", before='{"status":"quarantined"}',
+...     after='{"status":"active"}'))
+>>> (first.seq, second.seq, second.prev_hash == first.hash)
+(1, 2, True)
+>>> verify([first, second])
+[]
+>>> edited = replace(first, actor="someone-else")
+>>> verify([edited, second])[0]
+"tenant 't1' row 1 (released a1 by someone-else): edited: its hash does not match its fields"
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+
+import orjson
+
+#: The hash a tenant's first entry points back to.
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One change, before it takes its place in a chain.
+
+    ``before`` and ``after`` are JSON texts (empty when unknown); ``source``
+    names the log message it was read from (``cluster/topic/partition/offset``).
+    """
+
+    tenant_id: str
+    at: float
+    actor: str
+    action: str
+    target: str
+    origin: str = ""
+    before: str = ""
+    after: str = ""
+    reason: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """An entry in its chain: its tenant's sequence number and the hashes."""
+
+    tenant_id: str
+    seq: int
+    at: float
+    actor: str
+    action: str
+    target: str
+    origin: str
+    before: str
+    after: str
+    reason: str
+    source: str
+    prev_hash: str
+    hash: str = field(default="")
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        """The fields in table order.
+
+        >>> AuditRow.columns()[:3], AuditRow.columns()[-1]
+        (('tenant_id', 'seq', 'at'), 'hash')
+        """
+        return tuple(cls.__dataclass_fields__)
+
+
+def entry_hash(row: AuditRow) -> str:
+    """SHA-256 (hex) of the previous hash and every field of the row but its own hash.
+
+    The fields are serialized as one JSON array in table order, with ``at`` in
+    whole milliseconds (as the table stores it), so a row read back hashes alike.
+    """
+    values = asdict(row)
+    values.pop("hash")
+    values["at"] = round(values["at"] * 1000)
+    return hashlib.sha256(orjson.dumps(list(values.values()))).hexdigest()
+
+
+class AuditChain:
+    """The heads of every tenant's chain; appends entries to them.
+
+    Start it from the last stored row of each tenant (:meth:`resume`) so a
+    restarted writer goes on where the table ends.
+    """
+
+    def __init__(self) -> None:
+        self.heads: dict[str, tuple[int, str]] = {}
+
+    def resume(self, last_rows: Iterable[AuditRow]) -> None:
+        """Continue each tenant's chain after its stored last row."""
+        for row in last_rows:
+            self.heads[row.tenant_id] = (row.seq, row.hash)
+
+    def append(self, entry: AuditEntry) -> AuditRow:
+        """The entry as the next row of its tenant's chain."""
+        seq, prev_hash = self.heads.get(entry.tenant_id, (0, GENESIS_HASH))
+        row = AuditRow(**asdict(entry), seq=seq + 1, prev_hash=prev_hash)
+        row = replace(row, hash=entry_hash(row))
+        self.heads[entry.tenant_id] = (row.seq, row.hash)
+        return row
+
+
+def verify(rows: Iterable[AuditRow]) -> list[str]:
+    """What is wrong with the chains of ``rows`` (any tenants, any order): one sentence a
+    problem, empty when every chain is whole.
+
+    >>> chain = AuditChain()
+    >>> rows = [chain.append(AuditEntry("t1", 1.8e9 + i, "ops", "released", f"a{i}"))
+    ...         for i in range(3)]
+    >>> verify([rows[0], rows[2]])  # the middle row deleted
+    ["tenant 't1' row 3 (released a2 by ops): deleted: rows 2..2 are missing"]
+    >>> forged = replace(rows[1], actor="x")
+    >>> any("inserted" in problem for problem in verify(rows + [forged]))
+    True
+    >>> rewritten = replace(forged, hash=entry_hash(forged))  # fields and hash redone
+    >>> verify([rows[0], rewritten, rows[2]])
+    ["tenant 't1' row 3 (released a2 by ops): does not point back to the row before it: \
+that row was rewritten (hash and all), or rows were replaced"]
+    """
+    problems: list[str] = []
+    by_tenant: dict[str, list[AuditRow]] = {}
+    for row in rows:
+        by_tenant.setdefault(row.tenant_id, []).append(row)
+    for tenant, chain in sorted(by_tenant.items()):
+        chain.sort(key=lambda row: (row.seq, row.hash))
+        expected_seq, prev_hash = 1, GENESIS_HASH
+        for row in chain:
+            name = f"tenant {tenant!r} row {row.seq} ({row.action} {row.target} by {row.actor})"
+            if row.seq < expected_seq:
+                problems.append(f"{name}: inserted: a second row with this sequence number")
+                continue
+            if entry_hash(row) != row.hash:
+                problems.append(f"{name}: edited: its hash does not match its fields")
+            elif row.seq > expected_seq:
+                problems.append(f"{name}: deleted: rows {expected_seq}..{row.seq - 1} are missing")
+            elif row.prev_hash != prev_hash:
+                problems.append(
+                    f"{name}: does not point back to the row before it: that row was rewritten "
+                    "(hash and all), or rows were replaced"
+                )
+            expected_seq, prev_hash = row.seq + 1, row.hash
+    return problems
+
+
+def entry_of(event: dict, source: str, origin: str = "") -> AuditEntry:
+    """The audit entry of one lifecycle event (a ``LifecycleEvent`` as a dict): the
+    target is the rule, the silence or the agent it is about; ``before``/``after``
+    what the event says of them.
+
+    >>> entry = entry_of({"type": "status_changed", "agent_id": "a1", "tenant_id": "t1",
+    ...     "actor": "system", "timestamp": 1.8e9,
+    ...     "payload": {"from": "active", "to": "quarantined", "reason": "score 10 < 20"}},
+    ...     source="c/agents.state/0/7")
+    >>> entry.target, entry.before, entry.after, entry.reason
+    ('a1', '{"status":"active"}', '{"status":"quarantined"}', 'score 10 < 20')
+    >>> entry_of({"type": "rule_changed", "agent_id": "*", "tenant_id": "*", "actor": "ops",
+    ...     "timestamp": 1.8e9, "payload": {"action": "delete", "name": "rapid_changes"}},
+    ...     source="").target
+    'rapid_changes'
+    """
+    payload = dict(event.get("payload") or {})
+    kind = event["type"]
+    target = event["agent_id"]
+    before = after = ""
+    reason = str(payload.pop("reason", "") or "")
+    if kind == "status_changed":
+        before = _json({"status": payload.get("from")})
+        after = _json({"status": payload.get("to")})
+    elif kind == "rule_changed":
+        rule = payload.get("rule") or {}
+        target = str(payload.get("name") or rule.get("name") or target)
+        after = _json(payload)
+    elif kind in ("silence_created", "silence_expired"):
+        target = str(payload.get("id") or target)
+        after = _json(payload)
+    elif payload:
+        after = _json(payload)
+    return AuditEntry(
+        tenant_id=event["tenant_id"],
+        at=float(event["timestamp"]),
+        actor=event["actor"],
+        action=kind,
+        target=target,
+        origin=origin or str(event.get("origin") or ""),
+        before=before,
+        after=after,
+        reason=reason,
+        source=source,
+    )
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()

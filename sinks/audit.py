@@ -1,0 +1,234 @@
+"""The audit writer: ``agents.control`` and ``agents.state`` → the chained ``audit_log``.
+
+An :class:`AuditWriter` reads the operators' commands and the dataflow's
+derived facts by partition assignment, on its own consumer and thread (like
+the webhook deliverer), turns each into an :class:`agentwatch.audit.AuditEntry`
+and appends it to its tenant's hash chain in the ClickHouse table
+``audit_log``. The trail is written from the log, not beside it: the API
+never writes an audit row itself, so what the trail says is what the system
+was told. Where the command came from (the API caller's address) travels in
+the message's ``origin`` header, which the API sets.
+
+The table is its own record of progress: each row names the message it was
+read from (``cluster/topic/partition/offset``), and on start the writer seeks
+past the last message of each partition it has written (under the broker's
+current cluster id; a new log is read from its start) and resumes every
+tenant's chain from its last row. A crash between reading and writing re-reads
+and writes those events once; a crash after writing skips them. The table is a
+plain ``MergeTree`` (nothing merges away) and has no TTL: the audit trail is
+never shortened.
+
+    writer = AuditWriter(settings, connect(settings))
+    writer.start()
+    ...
+    writer.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import orjson
+from clickhouse_connect.driver.client import Client
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+from agentwatch.audit import AuditChain, AuditRow, entry_of
+from agentwatch.settings import Settings
+from schemas.events import CONTROL_CHANNEL, STATE_CHANNEL, refusal
+
+log = logging.getLogger("sinks.audit")
+
+#: The channels whose events are audited: every change the system is told of.
+AUDITED_CHANNELS = (CONTROL_CHANNEL, STATE_CHANNEL)
+#: Most events read in one batch, and the longest wait for them (seconds).
+BATCH_MESSAGES = 1000
+CONSUME_WAIT_S = 0.2
+#: How often to look for the topics while they do not exist (seconds).
+TOPIC_RETRY_S = 1.0
+#: The Kafka header that carries where a command came from.
+ORIGIN_HEADER = "origin"
+
+
+#: Columns the writer fills: the row's fields, with ``at`` as epoch milliseconds
+#: (``at_ms``, exactly what the hash covers; the table derives ``at`` from it).
+TABLE_COLUMNS = tuple("at_ms" if c == "at" else c for c in AuditRow.columns())
+
+
+def table_row(row: AuditRow) -> tuple:
+    """The row's values in :data:`TABLE_COLUMNS` order."""
+    return tuple(round(row.at * 1000) if c == "at" else getattr(row, c) for c in AuditRow.columns())
+
+
+def read_rows(
+    client: Client,
+    database: str,
+    tenant_id: str | None = None,
+    last_per_tenant: bool = False,
+) -> list[AuditRow]:
+    """Stored rows as :class:`AuditRow` (every tenant's, or one's), in chain order; with
+    ``last_per_tenant`` only the last row of each chain."""
+    columns = [f"{c}_ms / 1000" if c == "at" else c for c in AuditRow.columns()]
+    where = "WHERE tenant_id = {tenant:String}" if tenant_id is not None else ""
+    if last_per_tenant:
+        query = (
+            f"SELECT {', '.join(f'argMax({c}, seq)' for c in columns)} "
+            f"FROM {database}.audit_log {where} GROUP BY tenant_id"
+        )
+    else:
+        query = (
+            f"SELECT {', '.join(columns)} FROM {database}.audit_log {where} ORDER BY tenant_id, seq"
+        )
+    result = client.query(query, parameters={"tenant": tenant_id})
+    return [AuditRow(*values) for values in result.result_rows]
+
+
+class AuditWriter:
+    """Appends the audited channels' events to ``audit_log`` (see the module docstring).
+
+    ``poll_once`` is one read-and-write cycle (tests drive it directly);
+    ``start`` runs it in a daemon thread until ``stop``.
+    """
+
+    def __init__(self, settings: Settings, client: Client) -> None:
+        self._client = client
+        self._database = settings.clickhouse_database
+        self._channels = {settings.topic(name): name for name in AUDITED_CHANNELS}
+        self._consumer = Consumer(
+            {
+                **settings.kafka_config(),
+                "group.id": f"{settings.loader_group_id}-audit",  # never subscribes
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "client.id": "agentwatch-audit",
+            }
+        )
+        self._chain = AuditChain()
+        self._cluster_id = ""
+        self._assigned = False
+        self._next_topic_check = 0.0
+        self.written = 0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        """Write in a daemon background thread until :meth:`stop`."""
+        if self._thread is not None:
+            raise RuntimeError("the audit writer is already started")
+        self._thread = threading.Thread(target=self._run, name="audit", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop after the batch in hand is written."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("audit_stop_timeout waited_s=%g", timeout_s)
+                return
+        self._close()
+
+    def poll_once(self) -> int:
+        """Read one batch of events and append them to the trail; rows written."""
+        if self._closed:
+            return 0
+        if not self._assigned and (time.monotonic() < self._next_topic_check or not self._assign()):
+            return 0
+        rows = []
+        for message in self._consumer.consume(BATCH_MESSAGES, CONSUME_WAIT_S):
+            if message.error() is not None:
+                log.warning("audit_consume_error error=%r", message.error().str())
+                continue
+            row = self._row(message)
+            if row is not None:
+                rows.append(row)
+        if rows:
+            self._client.insert(
+                "audit_log",
+                [table_row(row) for row in rows],
+                column_names=TABLE_COLUMNS,
+                database=self._database,
+            )
+            self.written += len(rows)
+        return len(rows)
+
+    def _row(self, message: object) -> AuditRow | None:
+        """The chained row of one message; None (logged) for what is not an audited event.
+
+        Events the dataflow refuses (a type off its channel) are not audited: they
+        changed nothing, and the dead-letter table records them.
+        """
+        topic = message.topic()
+        source = f"{self._cluster_id}/{topic}/{message.partition()}/{message.offset()}"
+        try:
+            event = orjson.loads(message.value() or b"")
+            reason = refusal(self._channels[topic], str(event["type"]))
+            if reason is not None:
+                raise ValueError(reason)
+            headers = dict(message.headers() or [])
+            origin = (headers.get(ORIGIN_HEADER) or b"").decode("utf-8", "replace")[:128]
+            entry = entry_of(event, source, origin)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("audit_event_skipped source=%s reason=%r", source, str(exc)[:200])
+            return None
+        return self._chain.append(entry)
+
+    def _assign(self) -> bool:
+        """Assign every partition of the audited topics after the last written message,
+        and resume each tenant's chain from its last row."""
+        self._next_topic_check = time.monotonic() + TOPIC_RETRY_S
+        try:
+            metadata = self._consumer.list_topics(timeout=1.0)
+        except KafkaException as exc:
+            log.warning("audit_broker_unreachable error=%r", str(exc)[:200])
+            return False
+        topics = {name: metadata.topics.get(name) for name in self._channels}
+        if any(t is None or t.error is not None or not t.partitions for t in topics.values()):
+            return False
+        self._cluster_id = metadata.cluster_id or ""
+        written = {
+            (topic, int(partition)): int(offset)
+            for topic, partition, offset in self._client.query(
+                "SELECT parts[2], parts[3], max(toUInt64(parts[4])) FROM ("
+                f"  SELECT splitByChar('/', source) AS parts FROM {self._database}.audit_log"
+                "   WHERE startsWith(source, {prefix:String})"
+                ") GROUP BY parts[2], parts[3]",
+                parameters={"prefix": f"{self._cluster_id}/"},
+            ).result_rows
+        }
+        self._chain.resume(read_rows(self._client, self._database, last_per_tenant=True))
+        assignment = []
+        for name, topic in topics.items():
+            for partition in sorted(topic.partitions):
+                last = written.get((name, partition))
+                start = OFFSET_BEGINNING if last is None else last + 1
+                assignment.append(TopicPartition(name, partition, start))
+        self._consumer.assign(assignment)
+        self._assigned = True
+        log.info(
+            "audit_assigned topics=%s partitions=%d tenants=%d",
+            ",".join(self._channels), len(assignment), len(self._chain.heads),
+        )  # fmt: skip
+        return True
+
+    def _run(self) -> None:
+        log.info("audit_started topics=%s", ",".join(self._channels))
+        while not self._stopping.is_set():
+            try:
+                if not self.poll_once() and not self._assigned:
+                    self._stopping.wait(CONSUME_WAIT_S)
+            except Exception:
+                log.exception("audit_loop_error action=retrying in 1 s")
+                self._assigned = False  # re-seek from what the table holds
+                self._stopping.wait(1.0)
+        self._close()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._consumer.close()
+        log.info("audit_stopped written=%d", self.written)

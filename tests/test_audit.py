@@ -1,0 +1,147 @@
+"""The audit trail: written from agents.control and agents.state, chained per tenant,
+served by the API, and tampering found by `agentwatch audit verify`."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from agentwatch.audit import AuditChain, AuditEntry, verify
+from agentwatch.settings import Settings
+from api.app import create_app
+from infra.broker import ensure_topics
+from sinks.clickhouse import connect
+from tests.conftest import LOOPBACK_CLIENT, wait_until
+from tests.test_loader import by_agent, produce
+
+HOT = {
+    "name": "cpu_hot",
+    "condition": {"metric": "cpu_usage", "aggregate": "last", "op": ">", "value": 90},
+    "for_s": 0,
+    "category": "PERFORMANCE",
+    "severity": "WARNING",
+}
+
+
+def status_changed(agent: str, old: str, new: str, at: float) -> dict:
+    """What the dataflow publishes on agents.state when an agent's status changes."""
+    return {
+        "type": "status_changed", "agent_id": agent, "tenant_id": "tenant-1", "actor": "system",
+        "timestamp": at, "payload": {"from": old, "to": new, "reason": "score 10 < 20"},
+    }  # fmt: skip
+
+
+def audit(api: TestClient, **params: object) -> list[dict]:
+    return api.get("/api/v1/audit", params=params).json()["records"]
+
+
+def test_every_change_is_audited_once_in_a_chain_that_survives_a_restart(settings: Settings):
+    ensure_topics(settings)
+    now = time.time()
+    with TestClient(create_app(settings), client=LOOPBACK_CLIENT) as api:
+        ops = {"X-Agentwatch-Actor": "ops-1"}
+        assert api.post("/api/v1/rules", json=HOT, headers=ops).status_code == 201
+        assert api.post("/api/v1/rules/cpu_hot/disable", headers=ops).status_code == 200
+        silence = {"rule": "cpu_hot", "ends_at": now + 3600}
+        assert api.post("/api/v1/silences", json=silence, headers=ops).status_code == 201
+        produce(settings, "state", [status_changed("a1", "active", "quarantined", now)], by_agent)
+        # an agent's fact is not a change of anyone's: not audited
+        produce(settings, "events", [{**status_changed("a1", "x", "y", now), "type": "x"}])
+        records = wait_until(lambda: len(r := audit(api)) >= 4 and r, 30, "four audit rows")
+        assert len(records) == 4
+        fleet = sorted((r for r in records if r["tenant_id"] == "*"), key=lambda r: r["seq"])
+        assert [(r["seq"], r["action"], r["target"], r["actor"]) for r in fleet] == [
+            (1, "rule_changed", "cpu_hot", "ops-1"),
+            (2, "rule_changed", "cpu_hot", "ops-1"),
+            (3, "silence_created", fleet[2]["target"], "ops-1"),
+        ]
+        assert all(r["origin"] == "127.0.0.1" for r in fleet)  # from where: the caller
+        assert orjson.loads(fleet[1]["after"]) == {"action": "disable", "name": "cpu_hot"}
+        assert fleet[1]["prev_hash"] == fleet[0]["hash"]
+        (quarantine,) = audit(api, tenant="tenant-1")
+        assert (quarantine["seq"], quarantine["actor"], quarantine["target"]) == (1, "system", "a1")
+        assert orjson.loads(quarantine["before"]) == {"status": "active"}
+        assert orjson.loads(quarantine["after"]) == {"status": "quarantined"}
+        assert quarantine["reason"] == "score 10 < 20"
+        assert audit(api, actor="ops-1", action="silence_created")[0]["seq"] == 3
+        assert api.get("/api/v1/audit/verify").json() == {
+            "ok": True, "rows": 4, "tenants": 2, "problems": []
+        }  # fmt: skip
+
+    # a restart resumes each chain where it ended, and writes nothing twice
+    with TestClient(create_app(settings), client=LOOPBACK_CLIENT) as api:
+        assert api.post("/api/v1/rules/cpu_hot/enable").status_code == 200
+        # the commands share agents.control's one partition, in order: a re-read of the
+        # old ones would land before the new one does
+        records = wait_until(lambda: (r := audit(api, tenant="*")) and r[0]["seq"] >= 4 and r,
+                             30, "the restarted writer's row")  # fmt: skip
+        assert len(records) == 4 and len({r["source"] for r in records}) == 4
+        assert len(audit(api)) == 5
+        assert audit(api, tenant="*")[0]["seq"] == 4
+        assert api.get("/api/v1/audit/verify").json()["ok"] is True
+
+
+def test_tampering_with_the_trail_is_found(settings: Settings):
+    ensure_topics(settings)
+    with TestClient(create_app(settings), client=LOOPBACK_CLIENT) as api:
+        for name in ("a", "b", "c"):
+            rule = {**HOT, "name": f"hot_{name}"}
+            assert api.post("/api/v1/rules", json=rule).status_code == 201
+        wait_until(lambda: len(audit(api)) == 3, 30, "three audit rows")
+        client = connect(settings)
+        table = f"{settings.clickhouse_database}.audit_log"
+
+        def problems() -> list[str]:
+            verdict = api.get("/api/v1/audit/verify").json()
+            assert verdict["ok"] is (not verdict["problems"])
+            return verdict["problems"]
+
+        def change(statement: str) -> None:
+            client.command(statement, settings={"mutations_sync": 2})
+
+        assert problems() == []
+        change(f"ALTER TABLE {table} UPDATE actor = 'mallory' WHERE seq = 2")
+        assert problems() == [
+            "tenant '*' row 2 (rule_changed hot_b by mallory): edited: its hash does not match "
+            "its fields"
+        ]
+        change(f"ALTER TABLE {table} UPDATE actor = 'api' WHERE seq = 2")
+        assert problems() == []
+
+        client.command(
+            f"INSERT INTO {table} (tenant_id, seq, at_ms, actor, action, target, prev_hash, hash)"
+            " SELECT tenant_id, seq, at_ms, 'forger', action, 'hot_x', prev_hash, hash "
+            f"FROM {table} WHERE seq = 2"
+        )
+        assert any("inserted" in p or "edited" in p for p in problems())
+        change(f"ALTER TABLE {table} DELETE WHERE actor = 'forger'")
+        assert problems() == []
+
+        change(f"ALTER TABLE {table} DELETE WHERE seq = 2")
+        assert problems() == [
+            "tenant '*' row 3 (rule_changed hot_c by api): deleted: rows 2..2 are missing"
+        ]
+
+
+@pytest.mark.parametrize("tamper", ["edit", "delete", "insert", "rewrite"])
+def test_verify_finds_every_kind_of_tampering(tamper: str):
+    chain = AuditChain()
+    rows = [chain.append(AuditEntry("t1", 1.8e9 + i, "ops", "released", f"a{i}")) for i in range(4)]
+    assert verify(rows) == []
+    from dataclasses import replace
+
+    from agentwatch.audit import entry_hash
+
+    if tamper == "edit":
+        rows[1] = replace(rows[1], after='{"reason":"nothing to see"}')
+    elif tamper == "delete":
+        del rows[2]
+    elif tamper == "insert":
+        rows.append(replace(rows[1], target="a9"))
+    else:  # fields and hash redone: the next row no longer points back to it
+        forged = replace(rows[1], actor="x")
+        rows[1] = replace(forged, hash=entry_hash(forged))
+    assert verify(rows), f"{tamper} went unnoticed"

@@ -342,10 +342,12 @@ COMMANDS: Mapping[str, Trigger] = {
 class AgentRecord:
     """One agent's lifecycle: its state and since when, where it came from and why,
     who moved it, when its quarantine ends, and how many transitions it made. An
-    agent not registered yet has ``state`` None.
+    agent not registered yet has ``state`` None. About 100 bytes (the strings are shared
+    with the shard's index and the reasons' constants).
 
-    >>> AgentRecord.unregistered("a1", "t1").state is None
-    True
+    >>> import sys
+    >>> AgentRecord.unregistered("a1", "t1").state is None, sys.getsizeof(AgentRecord("a", "t"))
+    (True, 104)
     """
 
     agent_id: str
@@ -362,6 +364,30 @@ class AgentRecord:
     def unregistered(cls, agent_id: str, tenant_id: str) -> AgentRecord:
         """The record of an agent nothing has happened to yet."""
         return cls(agent_id, tenant_id)
+
+    @classmethod
+    def from_row(cls, row: Mapping) -> AgentRecord:
+        """The record of a row of the ``agents`` projection (the inverse of :meth:`row`).
+
+        >>> record = AgentRecord("a1", "t1", State.BUSY, 1.8e9, State.IDLE, "x", "system")
+        >>> AgentRecord.from_row(record.row()) == record
+        True
+        """
+
+        def state(name: str | None) -> State | None:
+            return None if name is None else State(name)
+
+        return cls(
+            agent_id=row["agent_id"],
+            tenant_id=row["tenant_id"],
+            state=state(row["state"]),
+            since=float(row["since"]),
+            previous=state(row["previous_state"]),
+            reason=row["reason"],
+            actor=row["actor"],
+            quarantine_until=row["quarantine_until"],
+            transitions=int(row["transitions"]),
+        )
 
     def row(self) -> dict:
         """The agent's row of the ``agents`` projection.
@@ -450,17 +476,19 @@ def transition(
     >>> transition(step.record, "quarantine_expired", 1.8e9 + 3600).record.state
     <State.ACTIVE: 'active'>
     """
-    trigger = Trigger(trigger)
+    if type(trigger) is not Trigger:
+        trigger = Trigger(trigger)
     if until is not None and trigger is not Trigger.QUARANTINED:
         raise ValueError(f"an expiry (until) goes with a quarantine, not with {trigger}")
-    at = max(float(at), record.since)
     target = TRANSITIONS.get((record.state, trigger))
     if target is None:
         return Refusal(record, trigger, _why_not(record, trigger))
-    refused = _guard(record, trigger, at, until)
-    if refused is not None:
-        return Refusal(record, trigger, refused)
-    if target is record.state:
+    at = float(at) if at > record.since else record.since
+    if trigger in _GUARDED:
+        refused = _guard(record, trigger, at, until)
+        if refused is not None:
+            return Refusal(record, trigger, refused)
+    if target == record.state:
         return Transition(record, trigger, None)
     reason = reason or _REASONS[trigger]
     actor = actor or "system"
@@ -494,11 +522,14 @@ def transition(
     return Transition(after, trigger, event)
 
 
+_GUARDED = frozenset({Trigger.QUARANTINED, Trigger.QUARANTINE_EXPIRED})
+
+
 def _why_not(record: AgentRecord, trigger: Trigger) -> str:
     agent = record.agent_id
     if record.state is None:
         return f"{agent} is not registered; register it first ({trigger} needs a registered agent)"
-    if record.state is State.DECOMMISSIONED:
+    if record.state == State.DECOMMISSIONED:
         return f"{agent} is decommissioned; no transition leaves decommissioned"
     if trigger is Trigger.REGISTERED:
         return f"{agent} is already registered (it is {record.state})"
@@ -510,7 +541,7 @@ def _why_not(record: AgentRecord, trigger: Trigger) -> str:
 def _guard(record: AgentRecord, trigger: Trigger, at: float, until: float | None) -> str | None:
     """Why a trigger the table accepts cannot happen now (times), None when it can."""
     agent = record.agent_id
-    if trigger is Trigger.QUARANTINE_EXPIRED and record.state is State.QUARANTINED:
+    if trigger is Trigger.QUARANTINE_EXPIRED and record.state == State.QUARANTINED:
         if record.quarantine_until is None:
             return f"{agent}'s quarantine has no expiry; only an operator's release ends it"
         if at < record.quarantine_until:
@@ -542,7 +573,7 @@ def heartbeat_trigger(
     >>> heartbeat_trigger(State.DECOMMISSIONING, "busy", active_tasks=0)
     <Trigger.DRAINED: 'drained'>
     """
-    if state is State.DECOMMISSIONING and active_tasks == 0:
+    if state == State.DECOMMISSIONING and active_tasks == 0:
         return Trigger.DRAINED
     return _REPORTED.get(status, Trigger.HEARTBEAT)
 

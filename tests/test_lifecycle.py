@@ -419,6 +419,7 @@ def test_replaying_the_events_gives_the_live_projection_in_any_batching(script, 
         project(events[lo:hi], into=folded)
     assert folded == live
     assert {a: r.row() for a, r in folded.items()} == {a: r.row() for a, r in live.items()}
+    assert {a: AgentRecord.from_row(r.row()) for a, r in folded.items()} == live
 
 
 @given(st.lists(st.sampled_from(list(Trigger)), max_size=30))

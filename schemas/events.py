@@ -47,6 +47,12 @@ SILENCE_EXPIRED = "silence_expired"
 RELEASED = "released"
 #: ``type`` of an operator's request to quarantine an agent (payload: ``{"reason": …}``).
 QUARANTINE_REQUESTED = "quarantine_requested"
+#: ``type`` of an operator's lifecycle commands (payload: ``{"reason": …}``); the dataflow
+#: applies them through ``agentwatch.lifecycle.on_command`` (which maps each to its trigger).
+MAINTENANCE_REQUESTED = "maintenance_requested"
+MAINTENANCE_ENDED = "maintenance_ended"
+COMPROMISE_DECLARED = "compromise_declared"
+DECOMMISSION_REQUESTED = "decommission_requested"
 #: ``type`` of an exchange of an agent with a counterpart (payload: ``ConversationPayload``).
 CONVERSATION = "conversation"
 #: ``type`` of an agent's report that it finished a task, or that the task failed.
@@ -66,7 +72,17 @@ STATE_CHANNEL = "state"
 CHANNELS: dict[str, frozenset[str]] = {
     AGENT_CHANNEL: frozenset({CONVERSATION, TASK_COMPLETED, TASK_FAILED}),
     CONTROL_CHANNEL: frozenset(
-        {RULE_CHANGED, SILENCE_CREATED, SILENCE_EXPIRED, RELEASED, QUARANTINE_REQUESTED}
+        {
+            RULE_CHANGED,
+            SILENCE_CREATED,
+            SILENCE_EXPIRED,
+            RELEASED,
+            QUARANTINE_REQUESTED,
+            MAINTENANCE_REQUESTED,
+            MAINTENANCE_ENDED,
+            COMPROMISE_DECLARED,
+            DECOMMISSION_REQUESTED,
+        }
     ),
     STATE_CHANNEL: frozenset({STATUS_CHANGED}),
 }

@@ -27,7 +27,6 @@ never shortened.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import orjson
@@ -37,6 +36,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from agentwatch.audit import AuditChain, AuditRow, entry_of
 from agentwatch.settings import Settings
 from schemas.events import CONTROL_CHANNEL, STATE_CHANNEL, refusal
+from sinks.background import BackgroundReader
 
 log = logging.getLogger("sinks.audit")
 
@@ -84,14 +84,17 @@ def read_rows(
     return [AuditRow(*values) for values in result.result_rows]
 
 
-class AuditWriter:
+class AuditWriter(BackgroundReader):
     """Appends the audited channels' events to ``audit_log`` (see the module docstring).
 
     ``poll_once`` is one read-and-write cycle (tests drive it directly);
     ``start`` runs it in a daemon thread until ``stop``.
     """
 
+    name = "audit"
+
     def __init__(self, settings: Settings, client: Client) -> None:
+        super().__init__()
         self._client = client
         self._database = settings.clickhouse_database
         self._channels = {settings.topic(name): name for name in AUDITED_CHANNELS}
@@ -110,26 +113,6 @@ class AuditWriter:
         self._assigned = False
         self._next_topic_check = 0.0
         self.written = 0
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def start(self) -> None:
-        """Write in a daemon background thread until :meth:`stop`."""
-        if self._thread is not None:
-            raise RuntimeError("the audit writer is already started")
-        self._thread = threading.Thread(target=self._run, name="audit", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop after the batch in hand is written."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                log.warning("audit_stop_timeout waited_s=%g", timeout_s)
-                return
-        self._close()
 
     def poll_once(self) -> int:
         """Read one batch of events and append them to the trail; rows written."""
@@ -214,21 +197,12 @@ class AuditWriter:
         )  # fmt: skip
         return True
 
-    def _run(self) -> None:
-        log.info("audit_started topics=%s", ",".join(self._channels))
-        while not self._stopping.is_set():
-            try:
-                if not self.poll_once() and not self._assigned:
-                    self._stopping.wait(CONSUME_WAIT_S)
-            except Exception:
-                log.exception("audit_loop_error action=retrying in 1 s")
-                self._assigned = False  # re-seek from what the table holds
-                self._stopping.wait(1.0)
-        self._close()
+    def _ready(self) -> bool:
+        return self._assigned
 
-    def _close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    def _recover(self) -> None:
+        self._assigned = False  # re-seek from what the table holds, resume the chains
+
+    def _release(self) -> None:
         self._consumer.close()
         log.info("audit_stopped written=%d", self.written)

@@ -39,6 +39,7 @@ from agentwatch.alerts import backoff_delays, generic_payload, should_notify, sl
 from agentwatch.secrets import SLACK_PREFIX, SecretUrl, redact
 from agentwatch.settings import Settings
 from schemas.models import Alert
+from sinks.background import BackgroundReader
 
 log = logging.getLogger("sinks.webhooks")
 
@@ -96,14 +97,18 @@ class _Partitions:
     assigned: dict[int, int] = field(default_factory=dict)  # partition → next offset
 
 
-class WebhookDeliverer:
+class WebhookDeliverer(BackgroundReader):
     """Delivers alert events to the configured webhooks (see the module's docstring).
 
     ``poll_once`` is one read-and-deliver cycle (tests drive it directly);
-    ``start`` runs it in a daemon thread until ``stop``.
+    ``start`` runs it in a daemon thread until ``stop`` (a retry in progress is then
+    abandoned: its batch is delivered on the next start).
     """
 
+    name = "webhooks"
+
     def __init__(self, settings: Settings, client: Client) -> None:
+        super().__init__()
         self._settings = settings
         self._client = client
         self._database = settings.clickhouse_database
@@ -134,28 +139,8 @@ class WebhookDeliverer:
         self._last_stamp = datetime.fromtimestamp(0, UTC)
         self._stats = WebhookStats()
         self._stats_lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._closed = False
 
     # --- public interface -------------------------------------------------
-
-    def start(self) -> None:
-        """Deliver in a daemon background thread until :meth:`stop`."""
-        if self._thread is not None:
-            raise RuntimeError("the webhook deliverer is already started")
-        self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop: a retry in progress is abandoned (its batch is delivered on next start)."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                log.warning("webhooks_stop_timeout waited_s=%g", timeout_s)
-                return
-        self._close()
 
     def stats(self) -> WebhookStats:
         """A snapshot of the counters (safe from any thread)."""
@@ -287,21 +272,10 @@ class WebhookDeliverer:
 
     # --- the loop ---------------------------------------------------------------
 
-    def _run(self) -> None:
-        log.info("webhooks_started topic=%s webhooks=%d", self._topic, len(self._webhooks))
-        while not self._stopping.is_set():
-            try:
-                if not self.poll_once() and not self._partitions.assigned:
-                    self._stopping.wait(CONSUME_WAIT_S)
-            except Exception:
-                log.exception("webhooks_loop_error action=retrying in 1 s")
-                self._stopping.wait(1.0)
-        self._close()
+    def _ready(self) -> bool:
+        return bool(self._partitions.assigned)
 
-    def _close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    def _release(self) -> None:
         self._consumer.close()
         self._http.close()
         stats = self.stats()

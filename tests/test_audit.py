@@ -16,14 +16,7 @@ from infra.broker import ensure_topics
 from sinks.clickhouse import connect
 from tests.conftest import LOOPBACK_CLIENT, wait_until
 from tests.test_loader import by_agent, produce
-
-HOT = {
-    "name": "cpu_hot",
-    "condition": {"metric": "cpu_usage", "aggregate": "last", "op": ">", "value": 90},
-    "for_s": 0,
-    "category": "PERFORMANCE",
-    "severity": "WARNING",
-}
+from tests.test_rules_api import HOT
 
 
 def status_changed(agent: str, old: str, new: str, at: float) -> dict:

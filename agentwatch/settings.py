@@ -111,6 +111,19 @@ class Settings(BaseSettings):
     # --- the API ------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="API listen host.")
     api_port: int = Field(8000, description="API listen port.")
+    api_auth_required: bool = Field(
+        True,
+        description="Every request presents an API key ('Authorization: Bearer aw_…'), whose "
+        "role and tenant decide what it may do. False: a request without a key acts as an "
+        "admin of every tenant (the embedded demo on loopback; keys are still checked when "
+        "sent).",
+    )
+    api_key_cache_s: float = Field(
+        5.0,
+        ge=0,
+        description="An API key looked up is trusted this long before it is looked up again "
+        "(a revocation takes effect on every API process within this time).",
+    )
     api_allow_remote_mutations: bool = Field(
         False,
         description="Accept requests that change something (POST, PUT, DELETE…) from other "

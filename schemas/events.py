@@ -61,6 +61,11 @@ TASK_FAILED = "task_failed"
 #: ``type`` of the dataflow's record that an agent's status changed (e.g. to quarantined).
 STATUS_CHANGED = "status_changed"
 
+#: ``type`` of an operator's making or revoking of an API key (payload: the key's id,
+#: role, tenant, agent, name, times; never its secret nor the secret's hash).
+KEY_CREATED = "key_created"
+KEY_REVOKED = "key_revoked"
+
 #: Logical topic of agents' facts, of operators' commands, of the dataflow's derived facts.
 AGENT_CHANNEL = "events"
 CONTROL_CHANNEL = "control"
@@ -82,6 +87,8 @@ CHANNELS: dict[str, frozenset[str]] = {
             MAINTENANCE_ENDED,
             COMPROMISE_DECLARED,
             DECOMMISSION_REQUESTED,
+            KEY_CREATED,
+            KEY_REVOKED,
         }
     ),
     STATE_CHANNEL: frozenset({STATUS_CHANGED}),

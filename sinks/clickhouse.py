@@ -273,6 +273,23 @@ def schema_statements(settings: Settings) -> list[str]:
         TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
         """,
         f"""
+        CREATE TABLE IF NOT EXISTS {db}.api_keys (
+            key_id String,
+            role LowCardinality(String) COMMENT 'admin, operator, analyst or agent',
+            tenant_id LowCardinality(String) COMMENT '* for an admin of every tenant',
+            agent_id String COMMENT 'an agent key''s agent; empty for the other roles',
+            name String,
+            secret_hash String COMMENT 'SHA-256 of the key''s secret (never the secret)',
+            created_at DateTime64(3, 'UTC'),
+            expires_at Nullable(DateTime64(3, 'UTC')),
+            revoked_at Nullable(DateTime64(3, 'UTC')),
+            created_by String,
+            version Float64 COMMENT 'when this row was written, epoch seconds'
+        )
+        ENGINE = ReplacingMergeTree(version)
+        ORDER BY key_id
+        """,
+        f"""
         CREATE TABLE IF NOT EXISTS {db}.audit_log (
             tenant_id LowCardinality(String) COMMENT 'the chain: * for fleet-wide changes',
             seq UInt64 COMMENT 'position in the tenant''s chain, from 1',

@@ -21,7 +21,7 @@ from sinks.loader import LOADED, TABLES
 KNOWN = sorted(set().union(*CHANNELS.values()))
 COMMANDS = ["rule_changed", "silence_created", "silence_expired", "released",
             "quarantine_requested", "maintenance_requested", "maintenance_ended",
-            "compromise_declared", "decommission_requested"]  # fmt: skip
+            "compromise_declared", "decommission_requested", "key_created", "key_revoked"]  # fmt: skip
 
 
 def event(kind: str, agent_id: str = "a1", **payload: object) -> LifecycleEvent:

@@ -1,0 +1,192 @@
+"""API keys at rest and at the door: the key book, and the principal of a request.
+
+Keys are made and revoked as commands like any other change: a ``key_created``
+or ``key_revoked`` event on ``agents.control`` (carrying the key's id, role,
+tenant and the hash of its secret, never the secret), which the audit trail
+records, and a row of the ClickHouse table ``api_keys``, the API's view (every
+API process reads it). A key's token is shown once, when it is made.
+
+A request presents its key as ``Authorization: Bearer aw_…``.
+:meth:`KeyBook.authenticate` parses it (:func:`agentwatch.identity.parse_key`),
+looks its id up (cached for ``api_key_cache_s``) and compares the secret's hash
+in constant time; an unknown, revoked or expired key, or a malformed header, is
+a 401 that says which. Without a key, a request is refused too, unless
+``AGENTWATCH_API_AUTH_REQUIRED=false``: then it acts as the loopback operator
+of the embedded demo (an admin of every tenant; the loopback guard of
+:mod:`api.access` still keeps changes to this machine).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from clickhouse_connect.driver.client import Client
+
+from agentwatch.identity import ALL_TENANTS, NewKey, Principal, Role, new_key, parse_key
+from agentwatch.identity import secret_matches as _matches
+from agentwatch.settings import Settings
+from api.publisher import EventPublisher
+from schemas.events import FLEET, KEY_CREATED, KEY_REVOKED
+from schemas.models import LifecycleEvent
+
+#: The principal of a request without a key when keys are not required (the embedded demo).
+LOOPBACK_OPERATOR = Principal(key_id="loopback", role=Role.ADMIN, tenant_id=ALL_TENANTS)
+_COLUMNS = (
+    "key_id", "role", "tenant_id", "agent_id", "name", "secret_hash", "created_at",
+    "expires_at", "revoked_at", "created_by", "version",
+)  # fmt: skip
+
+
+class AuthError(Exception):
+    """The request's key is missing or not good; ``message`` says which (for a 401)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """A key as the book keeps it (the hash of its secret, never the secret)."""
+
+    key_id: str
+    role: Role
+    tenant_id: str
+    agent_id: str
+    name: str
+    secret_hash: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+    created_by: str
+
+    def principal(self) -> Principal:
+        return Principal(self.key_id, self.role, self.tenant_id, self.agent_id or None)
+
+
+class KeyBook:
+    """Makes, revokes and checks API keys (thread-safe)."""
+
+    def __init__(self, settings: Settings, publisher: EventPublisher) -> None:
+        self.settings = settings
+        self.publisher = publisher
+        self._cache: dict[str, tuple[float, StoredKey | None]] = {}
+        self._lock = threading.Lock()
+
+    def create(
+        self,
+        client: Client,
+        role: Role,
+        tenant_id: str,
+        actor: str,
+        name: str = "",
+        agent_id: str | None = None,
+        ttl_s: float | None = None,
+    ) -> tuple[StoredKey, str]:
+        """A new key and its token (shown once). Raises ``ValueError`` for a key that
+        cannot be (an agent key without its agent, a key of every tenant below admin)."""
+        if (role is Role.AGENT) != (agent_id is not None):
+            raise ValueError("an agent's key names its agent (agent_id), and only an agent's key")
+        if tenant_id == ALL_TENANTS and role is not Role.ADMIN:
+            raise ValueError(f"only an admin's key may span every tenant ({ALL_TENANTS!r})")
+        made: NewKey = new_key()
+        now = time.time()
+        stored = StoredKey(
+            made.key_id, role, tenant_id, agent_id or "", name, made.secret_hash, now,
+            now + ttl_s if ttl_s else None, None, actor,
+        )  # fmt: skip
+        self._publish(KEY_CREATED, stored, actor)
+        self._record(client, stored)
+        return stored, made.token
+
+    def revoke(self, client: Client, key_id: str, actor: str) -> StoredKey:
+        """Revoke a key now; ``KeyError`` if there is no such key."""
+        stored = self._read(client, key_id)
+        if stored is None:
+            raise KeyError(f"no key {key_id!r}")
+        if stored.revoked_at is None:
+            stored = StoredKey(**{**_fields(stored), "revoked_at": time.time()})
+            self._publish(KEY_REVOKED, stored, actor)
+            self._record(client, stored)
+        return stored
+
+    def authenticate(self, client: Client, authorization: str | None) -> Principal:
+        """The principal of a request's ``Authorization`` header; :class:`AuthError` says
+        why not. Without a header: :data:`LOOPBACK_OPERATOR` when keys are not required."""
+        if not authorization:
+            if not self.settings.api_auth_required:
+                return LOOPBACK_OPERATOR
+            raise AuthError("no API key: send 'Authorization: Bearer aw_…'")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError("the Authorization header must be 'Bearer <API key>'")
+        parsed = parse_key(token.strip())
+        if parsed is None:
+            raise AuthError("that is not an agentwatch API key (aw_<12 hex>_<43 characters>)")
+        stored = self._cached(client, parsed.key_id)
+        if stored is None or not _matches(parsed.secret, stored.secret_hash):
+            raise AuthError(f"key {parsed.key_id} is not known")  # same answer: no oracle
+        now = time.time()
+        if stored.revoked_at is not None and stored.revoked_at <= now:
+            raise AuthError(f"key {parsed.key_id} was revoked")
+        if stored.expires_at is not None and stored.expires_at <= now:
+            raise AuthError(f"key {parsed.key_id} expired; ask for a new one")
+        return stored.principal()
+
+    def _cached(self, client: Client, key_id: str) -> StoredKey | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key_id)
+        if hit is not None and now - hit[0] < self.settings.api_key_cache_s:
+            return hit[1]
+        stored = self._read(client, key_id)
+        with self._lock:
+            self._cache[key_id] = (now, stored)
+        return stored
+
+    def _read(self, client: Client, key_id: str) -> StoredKey | None:
+        columns = ", ".join(
+            f"toFloat64({c})" if c.endswith("_at") else c for c in _COLUMNS if c != "version"
+        )
+        rows = client.query(
+            f"SELECT {columns} FROM {self.settings.clickhouse_database}.api_keys FINAL "
+            "WHERE key_id = {key_id:String}",
+            parameters={"key_id": key_id},
+        ).result_rows
+        if not rows:
+            return None
+        values = dict(zip(_COLUMNS, rows[0], strict=False))
+        values["role"] = Role(values["role"])
+        return StoredKey(**values)
+
+    def _record(self, client: Client, stored: StoredKey) -> None:
+        values = _fields(stored)
+        for name in ("created_at", "expires_at", "revoked_at"):
+            if values[name] is not None:
+                values[name] = datetime.fromtimestamp(values[name], UTC)
+        values["role"] = stored.role.value
+        client.insert(
+            "api_keys",
+            [(*(values[c] for c in _COLUMNS[:-1]), time.time())],
+            column_names=_COLUMNS,
+            database=self.settings.clickhouse_database,
+        )
+        with self._lock:
+            self._cache.pop(stored.key_id, None)
+
+    def _publish(self, kind: str, stored: StoredKey, actor: str) -> None:
+        payload = {k: v for k, v in _fields(stored).items() if k != "secret_hash"}
+        payload["role"] = stored.role.value
+        tenant = stored.tenant_id if stored.tenant_id != ALL_TENANTS else FLEET
+        event = LifecycleEvent(
+            type=kind, agent_id=stored.agent_id or FLEET, tenant_id=tenant, actor=actor,
+            timestamp=time.time(), payload=payload,
+        )  # fmt: skip
+        self.publisher.publish(event.model_dump(mode="json"), event.agent_id)
+
+
+def _fields(stored: StoredKey) -> dict:
+    return {name: getattr(stored, name) for name in StoredKey.__dataclass_fields__}

@@ -1,0 +1,84 @@
+"""The key book: keys made and revoked as audited commands, checked at the door."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from agentwatch.identity import ALL_TENANTS, Role
+from agentwatch.settings import Settings
+from api.identity import LOOPBACK_OPERATOR, AuthError, KeyBook
+from api.publisher import EventPublisher
+from infra.broker import ensure_topics
+from sinks.clickhouse import connect, create_schema
+
+
+@pytest.fixture
+def book(settings: Settings):
+    ensure_topics(settings)
+    client = connect(settings)
+    create_schema(client, settings)
+    publisher = EventPublisher(settings)
+    yield KeyBook(settings.model_copy(update={"api_key_cache_s": 0.0}), publisher), client
+    publisher.close()
+    client.close()
+
+
+def control_events(settings: Settings) -> list[dict]:
+    topic = settings.topic("control")
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "t"})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    events = [orjson.loads(m.value()) for m in consumer.consume(100, timeout=2) if not m.error()]
+    consumer.close()
+    return events
+
+
+def test_a_key_opens_the_door_once_made_and_not_after_it_is_revoked(book, settings):
+    keys, client = book
+    stored, token = keys.create(client, Role.OPERATOR, "tenant-1", actor="admin-1", name="ops")
+    principal = keys.authenticate(client, f"Bearer {token}")
+    assert (principal.role, principal.tenant_id, principal.key_id) == (
+        Role.OPERATOR, "tenant-1", stored.key_id
+    )  # fmt: skip
+    wrong = token[:-1] + ("A" if token[-1] != "A" else "B")
+    for header, says in [
+        (f"Bearer {wrong}", "is not known"),
+        ("Bearer aw_0123456789ab_" + "x" * 43, "is not known"),
+        (f"Basic {token}", "must be 'Bearer <API key>'"),
+        ("Bearer not-a-key", "not an agentwatch API key"),
+        (None, "no API key"),
+    ]:
+        with pytest.raises(AuthError, match=says):
+            keys.authenticate(client, header)
+    keys.revoke(client, stored.key_id, actor="admin-1")
+    with pytest.raises(AuthError, match="was revoked"):
+        keys.authenticate(client, f"Bearer {token}")
+
+    events = control_events(settings)
+    assert [e["type"] for e in events] == ["key_created", "key_revoked"]
+    text = orjson.dumps(events).decode()
+    assert token not in text and stored.secret_hash not in text  # neither secret nor hash
+    assert events[0]["payload"]["role"] == "operator" and events[0]["actor"] == "admin-1"
+
+
+def test_expired_keys_and_keys_that_cannot_be(book):
+    keys, client = book
+    _, token = keys.create(client, Role.ANALYST, "t1", actor="a", ttl_s=0.001)
+    with pytest.raises(AuthError, match="expired"):
+        keys.authenticate(client, f"Bearer {token}")
+    with pytest.raises(ValueError, match="names its agent"):
+        keys.create(client, Role.AGENT, "t1", actor="a")
+    with pytest.raises(ValueError, match="only an admin's key may span every tenant"):
+        keys.create(client, Role.OPERATOR, ALL_TENANTS, actor="a")
+    stored, token = keys.create(client, Role.AGENT, "t1", actor="a", agent_id="agent-7")
+    assert keys.authenticate(client, f"Bearer {token}").agent_id == "agent-7"
+
+
+def test_without_a_key_the_demo_acts_as_the_loopback_operator_only_when_allowed(book):
+    keys, client = book
+    assert keys.settings.api_auth_required is True  # the default
+    relaxed = KeyBook(keys.settings.model_copy(update={"api_auth_required": False}), None)
+    assert relaxed.authenticate(client, None) == LOOPBACK_OPERATOR
+    with pytest.raises(AuthError):  # a key sent is still checked
+        relaxed.authenticate(client, "Bearer aw_0123456789ab_" + "x" * 43)

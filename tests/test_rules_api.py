@@ -143,10 +143,15 @@ def test_the_default_rules_can_be_put_back_all_or_one(api, settings):
     assert [row[1] for row in audit.result_rows] == ["o2"] + ["ops-2"] * 4
 
 
-def test_restoring_a_rule_that_is_not_a_default_is_a_clear_422(api, settings):
+def test_restoring_a_rule_that_is_not_a_default_says_so(api, settings):
+    # The path names no default rule: 404. A body naming one: 422 like every body that
+    # does not fit its schema (which lists the default rules).
     answer = api.post("/api/v1/rules/cpu_hot/restore")
-    assert answer.status_code == 422
+    assert answer.status_code == 404
     assert "not a default rule" in answer.json()["detail"]
+    answer = api.post("/api/v1/rules/restore", json={"names": ["cpu_hot"]})
+    assert answer.status_code == 422
+    assert "names.0: Input should be 'excessive_errors'" in answer.json()["message"]
     assert api.post("/api/v1/rules/restore", json={"names": []}).status_code == 422
     assert published(settings) == []
 

@@ -215,7 +215,10 @@ def time_range(
     ] = None,
     until: Annotated[
         Instant | None,
-        Query(description="Inclusive upper bound: ISO-8601 with a zone, or epoch seconds."),
+        Query(
+            description="Inclusive upper bound: ISO-8601 with a zone, or epoch seconds; "
+            "not before `since` (422)."
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000, description="Most items returned.")] = 100,
 ) -> TimeRange:
@@ -658,7 +661,8 @@ def create_app(
         tags=["alerts"],
     )
     def create_silence(body: NewSilence, runtime: RuntimeDep, actor: ActorHeader = "api"):
-        """Mute the alerts a silence matches from ``starts_at`` (default now) to ``ends_at``.
+        """Mute the alerts a silence matches from ``starts_at`` (default now) to ``ends_at``,
+        which must be after it (otherwise 422).
 
         The silence gets an id, is recorded, and is published on agents.control as a
         ``silence_created`` event (agent and tenant ``*``) for the dataflow's alert book.
@@ -818,7 +822,8 @@ def create_app(
         actor: ActorHeader = "api",
         confirm: Confirm = False,
     ):
-        """Replace a rule (its state starts afresh)."""
+        """Replace a rule (its state starts afresh); the body names the rule of the path
+        (otherwise 422)."""
         if rule.name != name:
             message = f"the body names rule {rule.name!r}, the path {name!r}"
             raise unprocessable(message, "body", "name")

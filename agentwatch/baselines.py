@@ -29,17 +29,10 @@ from __future__ import annotations
 
 import numpy as np
 
-#: The metrics a baseline is kept for, in column order.
-FEATURES: tuple[str, ...] = (
-    "cpu_usage",
-    "memory_usage",
-    "disk_usage",
-    "network_latency",
-    "active_tasks",
-    "error_rate",
-    "response_time_avg",
-    "bytes_out",
-)
+from schemas.models import BASELINE_METRICS
+
+#: The metrics a baseline is kept for, in column order (the rule schema states them too).
+FEATURES: tuple[str, ...] = BASELINE_METRICS
 
 
 def learn(

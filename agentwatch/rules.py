@@ -88,11 +88,23 @@ class RuleChangeError(ValueError):
     """A rule change that cannot apply (unknown name, name taken, metric without baseline)."""
 
 
+#: The names of the seed's default rules (what ``POST /api/v1/rules/restore`` may name).
+DEFAULT_RULE_NAMES = (
+    "excessive_errors",
+    "resource_abuse",
+    "abnormal_patterns",
+    "rapid_changes",
+    "data_exfiltration",
+)
+
+
 def default_rules(settings: Settings) -> list[ThreatRuleSpec]:
     """The seed's five threat rules, every number taken from ``settings``.
 
     >>> [(r.name, r.severity, r.for_s) for r in default_rules(Settings())][:2]
     [('excessive_errors', 'HIGH', 0.0), ('resource_abuse', 'HIGH', 600.0)]
+    >>> tuple(r.name for r in default_rules(Settings())) == DEFAULT_RULE_NAMES
+    True
     """
     s = settings
     rules = [

@@ -33,17 +33,21 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agentwatch.rules import DEFAULT_RULE_NAMES
 from agentwatch.secrets import redact
 from agentwatch.settings import Settings
 from api import audit, docs, prometheus, queries, sql
 from api.access import LoopbackMutations
 from api.client_pool import ClientPool
 from api.health import SystemMonitor
+from api.methods import AllowedMethods
 from api.publisher import EventPublisher, PublishError
 from api.responses import (
     AgentSecurity,
@@ -81,16 +85,61 @@ SECURITY_RECENT_CHANGES = 20
 
 
 class ErrorMessage(BaseModel):
-    """The body of a 404 or 503 answer."""
+    """The body of every error answer but 422: ``detail`` says what was wrong and what to do."""
 
-    detail: str
+    detail: str = Field(description="What was wrong, and what to do about it.")
 
 
 class ValidationErrorBody(BaseModel):
-    """The body of a 422 answer: FastAPI's list of errors plus one readable sentence."""
+    """The body of every 422 answer: one readable sentence, and where each problem is."""
 
-    message: str
-    detail: list[dict]
+    message: str = Field(description="Every problem in one sentence: where, and what.")
+    detail: list[dict] = Field(
+        description="One entry per problem (FastAPI's form): type, loc (where: body, query, "
+        "path or header, then the field), msg (what), input."
+    )
+
+
+#: What each error status of the API means (the descriptions in the OpenAPI schema).
+ERROR_STATUSES = {
+    400: "The query cannot run as asked (SQL: not parsed, or it hit a limit).",
+    403: "Refused: a change from another machine (the API is loopback-only until it "
+    "authenticates), or a query the SQL policy does not allow.",
+    404: "No such agent, rule or silence.",
+    409: "Conflicts with the current state: the rule exists, or the change needs ?confirm=true.",
+    422: "The request does not fit the schema, or the rules the schema cannot state "
+    "(one field against another): `message` says where and what.",
+    429: "Too many queries run already; retry after Retry-After seconds.",
+    503: "ClickHouse or the broker did not answer; nothing was changed, retry.",
+    504: "The query took longer than its time limit.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict]:
+    """The ``responses=`` of a route that may answer ``statuses``: a 422 with
+    :class:`ValidationErrorBody`, the others with :class:`ErrorMessage`.
+
+    >>> sorted(error_responses(404, 422))
+    [404, 422]
+    >>> error_responses(422)[422]["model"].__name__
+    'ValidationErrorBody'
+    """
+    return {
+        status: {
+            "model": ValidationErrorBody if status == 422 else ErrorMessage,
+            "description": ERROR_STATUSES[status],
+        }
+        for status in statuses
+    }
+
+
+def unprocessable(message: str, *loc: str | int) -> RequestValidationError:
+    """A 422 for a rule the schema cannot state, in the same form as every other 422.
+
+    >>> unprocessable("since is after until", "query", "since").errors()[0]["loc"]
+    ('query', 'since')
+    """
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": message}])
 
 
 def parse_instant(value: object) -> object:
@@ -160,26 +209,26 @@ class TimeRange:
 def time_range(
     since: Annotated[
         Instant | None,
-        Query(description="Inclusive lower bound: ISO-8601 with a zone, or epoch seconds."),
+        Query(
+            description="Inclusive lower bound: ISO-8601 with a zone, or epoch seconds; "
+            "not after `until` (422)."
+        ),
     ] = None,
     until: Annotated[
         Instant | None,
-        Query(description="Inclusive upper bound: ISO-8601 with a zone, or epoch seconds."),
+        Query(
+            description="Inclusive upper bound: ISO-8601 with a zone, or epoch seconds; "
+            "not before `since` (422)."
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000, description="Most items returned.")] = 100,
 ) -> TimeRange:
     """The query parameters of a history endpoint (a FastAPI dependency); 422 if since > until."""
     if since is not None and until is not None and since > until:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "value_error",
-                    "loc": ("query", "since"),
-                    "msg": f"{since.isoformat()} is after until={until.isoformat()}; "
-                    "swap them or leave one out",
-                    "input": since.isoformat(),
-                }
-            ]
+        raise unprocessable(
+            f"{since.isoformat()} is after until={until.isoformat()}; swap them or leave one out",
+            "query",
+            "since",
         )
     return TimeRange(since, until, limit)
 
@@ -227,12 +276,16 @@ class ReleaseRequest(BaseModel):
     reason: str = Field("", max_length=2000, description="Why, in words.")
 
 
+#: The name of one of the seed's default rules.
+DefaultRuleName = Literal[DEFAULT_RULE_NAMES]  # type: ignore[valid-type]
+
+
 class RestoreRequest(BaseModel):
     """The body of ``POST /api/v1/rules/restore`` (optional: without it, every default rule)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    names: list[str] | None = Field(
+    names: list[DefaultRuleName] | None = Field(
         None, min_length=1, description="The default rules to restore (default: all of them)."
     )
 
@@ -385,15 +438,17 @@ def create_app(
         redoc_url=None,
     )
     app.add_middleware(LoopbackMutations, settings=settings)
+    app.add_middleware(AllowedMethods, router=app.router)
     docs.install(app)
     audit.install(app, settings)
     app.exception_handler(RequestValidationError)(_validation_error)
     app.exception_handler(ClickHouseError)(_clickhouse_error)
+    app.exception_handler(StarletteHTTPException)(_http_error)
 
     @app.get(
         f"{API_PREFIX}/agents/{{agent_id}}/status",
         response_model=AgentStatus,
-        responses={404: {"model": ErrorMessage}, 422: {"model": ValidationErrorBody}},
+        responses=error_responses(404, 422, 503),
         tags=["agents"],
     )
     def agent_status(agent_id: AgentId, runtime: RuntimeDep) -> AgentStatus:
@@ -431,7 +486,7 @@ def create_app(
     @app.get(
         f"{API_PREFIX}/agents/{{agent_id}}/anomalies",
         response_model=AnomalyList,
-        responses={404: {"model": ErrorMessage}, 422: {"model": ValidationErrorBody}},
+        responses=error_responses(404, 422, 503),
         tags=["agents"],
     )
     def agent_anomalies(agent_id: AgentId, runtime: RuntimeDep, span: TimeRangeDep) -> AnomalyList:
@@ -455,7 +510,7 @@ def create_app(
     @app.get(
         f"{API_PREFIX}/agents/{{agent_id}}/threats",
         response_model=ThreatList,
-        responses={404: {"model": ErrorMessage}, 422: {"model": ValidationErrorBody}},
+        responses=error_responses(404, 422, 503),
         tags=["agents"],
     )
     def agent_threats(
@@ -488,7 +543,7 @@ def create_app(
     @app.get(
         f"{API_PREFIX}/alerts",
         response_model=AlertList,
-        responses={422: {"model": ValidationErrorBody}},
+        responses=error_responses(422, 503),
         tags=["alerts"],
     )
     def list_alerts(
@@ -511,7 +566,7 @@ def create_app(
     @app.get(
         f"{API_PREFIX}/agents/{{agent_id}}/alerts",
         response_model=AlertList,
-        responses={404: {"model": ErrorMessage}, 422: {"model": ValidationErrorBody}},
+        responses=error_responses(404, 422, 503),
         tags=["agents", "alerts"],
     )
     def agent_alerts(
@@ -528,7 +583,7 @@ def create_app(
     @app.get(
         f"{API_PREFIX}/agents/{{agent_id}}/security",
         response_model=AgentSecurity,
-        responses={404: {"model": ErrorMessage}, 422: {"model": ValidationErrorBody}},
+        responses=error_responses(404, 422, 503),
         tags=["agents"],
     )
     def agent_security(
@@ -579,7 +634,7 @@ def create_app(
         f"{API_PREFIX}/agents/{{agent_id}}/quarantine",
         response_model=LifecycleEvent,
         status_code=202,
-        responses={404: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+        responses=error_responses(403, 404, 422, 503),
         tags=["agents"],
     )
     def quarantine_agent(
@@ -598,7 +653,7 @@ def create_app(
         f"{API_PREFIX}/agents/{{agent_id}}/release",
         response_model=LifecycleEvent,
         status_code=202,
-        responses={404: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+        responses=error_responses(403, 404, 422, 503),
         tags=["agents"],
     )
     def release_agent(
@@ -616,11 +671,12 @@ def create_app(
         f"{API_PREFIX}/silences",
         response_model=Silence,
         status_code=201,
-        responses={422: {"model": ValidationErrorBody}, 503: {"model": ErrorMessage}},
+        responses=error_responses(403, 422, 503),
         tags=["alerts"],
     )
     def create_silence(body: NewSilence, runtime: RuntimeDep, actor: ActorHeader = "api"):
-        """Mute the alerts a silence matches from ``starts_at`` (default now) to ``ends_at``.
+        """Mute the alerts a silence matches from ``starts_at`` (default now) to ``ends_at``,
+        which must be after it (otherwise 422).
 
         The silence gets an id, is recorded, and is published on agents.control as a
         ``silence_created`` event (agent and tenant ``*``) for the dataflow's alert book.
@@ -641,7 +697,12 @@ def create_app(
             raise HTTPException(503, detail=str(exc)) from None
         return silence
 
-    @app.get(f"{API_PREFIX}/silences", response_model=list[StoredSilence], tags=["alerts"])
+    @app.get(
+        f"{API_PREFIX}/silences",
+        response_model=list[StoredSilence],
+        responses=error_responses(422, 503),
+        tags=["alerts"],
+    )
     def list_silences(
         runtime: RuntimeDep,
         include_expired: Annotated[
@@ -655,7 +716,7 @@ def create_app(
     @app.delete(
         f"{API_PREFIX}/silences/{{silence_id}}",
         status_code=204,
-        responses={404: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+        responses=error_responses(403, 404, 422, 503),
         tags=["alerts"],
     )
     def expire_silence(
@@ -676,7 +737,7 @@ def create_app(
     @app.get(
         f"{API_PREFIX}/incidents",
         response_model=IncidentList,
-        responses={422: {"model": ValidationErrorBody}},
+        responses=error_responses(422, 503),
         tags=["alerts"],
     )
     def list_incidents(
@@ -692,11 +753,7 @@ def create_app(
         response_model=sql.SqlAnswer,
         responses={
             200: {"content": {"text/csv": {}, "text/tab-separated-values": {}}},
-            400: {"model": ErrorMessage},
-            403: {"model": ErrorMessage},
-            422: {"model": ValidationErrorBody},
-            429: {"model": ErrorMessage},
-            504: {"model": ErrorMessage},
+            **error_responses(400, 403, 422, 429, 503, 504),
         },
         tags=["sql"],
     )
@@ -743,12 +800,18 @@ def create_app(
             raise HTTPException(404, detail=str(exc)) from None
         except (RuleExists, RuleNeedsConfirmation) as exc:
             raise HTTPException(409, detail=str(exc)) from None
-        except RuleChangeError as exc:
-            raise HTTPException(422, detail=str(exc)) from None
+        except RuleChangeError as exc:  # fits the schema, not the rule set
+            loc = ("body",) if change.rule is not None else ("path", "name")
+            raise unprocessable(str(exc), *loc) from None
         except PublishError as exc:
             raise HTTPException(503, detail=str(exc)) from None
 
-    @app.get(f"{API_PREFIX}/rules", response_model=list[ThreatRuleSpec], tags=["rules"])
+    @app.get(
+        f"{API_PREFIX}/rules",
+        response_model=list[ThreatRuleSpec],
+        responses=error_responses(503),
+        tags=["rules"],
+    )
     def list_rules(runtime: RuntimeDep) -> list[ThreatRuleSpec]:
         """The threat rules in force: the seed's defaults and every change made since."""
         with runtime.clients.client() as client:
@@ -756,7 +819,7 @@ def create_app(
 
     @app.post(
         f"{API_PREFIX}/rules", response_model=ThreatRuleSpec, status_code=201, tags=["rules"],
-        responses={409: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+        responses=error_responses(403, 409, 422, 503),
     )  # fmt: skip
     def add_rule(rule: ThreatRuleSpec, runtime: RuntimeDep, actor: ActorHeader = "api"):
         """Add a rule; the dataflow applies it from the next heartbeat on, without a restart."""
@@ -764,7 +827,7 @@ def create_app(
 
     @app.put(
         f"{API_PREFIX}/rules/{{name}}", response_model=ThreatRuleSpec, tags=["rules"],
-        responses={404: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+        responses=error_responses(403, 404, 409, 422, 503),
     )  # fmt: skip
     def update_rule(
         name: str,
@@ -773,16 +836,18 @@ def create_app(
         actor: ActorHeader = "api",
         confirm: Confirm = False,
     ):
-        """Replace a rule (its state starts afresh)."""
+        """Replace a rule (its state starts afresh); the body names the rule of the path
+        (otherwise 422)."""
         if rule.name != name:
-            raise HTTPException(422, detail=f"the body names rule {rule.name!r}, the path {name!r}")
+            message = f"the body names rule {rule.name!r}, the path {name!r}"
+            raise unprocessable(message, "body", "name")
         return change_rules(runtime, RuleChange(action="update", rule=rule), actor, confirm)
 
     @app.post(
         f"{API_PREFIX}/rules/restore",
         response_model=RestoredRules,
         tags=["rules"],
-        responses={422: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+        responses=error_responses(403, 422, 503),
     )
     def restore_rules(
         runtime: RuntimeDep, request: RestoreRequest | None = None, actor: ActorHeader = "api"
@@ -797,10 +862,17 @@ def create_app(
         f"{API_PREFIX}/rules/{{name}}/restore",
         response_model=RestoredRules,
         tags=["rules"],
-        responses={422: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+        responses=error_responses(403, 404, 422, 503),
     )
     def restore_rule(name: str, runtime: RuntimeDep, actor: ActorHeader = "api") -> RestoredRules:
-        """Put one of the seed's default rules back as shipped and enabled."""
+        """Put one of the seed's default rules back as shipped and enabled (404 for a name
+        that is not one of them)."""
+        if name not in DEFAULT_RULE_NAMES:
+            raise HTTPException(
+                404,
+                detail=f"{name!r} is not a default rule; the default rules are: "
+                f"{', '.join(DEFAULT_RULE_NAMES)}",
+            )
         return restore(runtime, [name], actor)
 
     def restore(runtime: Runtime, names: list[str] | None, actor: str) -> RestoredRules:
@@ -817,7 +889,7 @@ def create_app(
 
     @app.post(
         f"{API_PREFIX}/rules/{{name}}/{{action}}", response_model=ThreatRuleSpec, tags=["rules"],
-        responses={404: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+        responses=error_responses(403, 404, 409, 422, 503),
     )  # fmt: skip
     def switch_rule(
         name: str,
@@ -832,7 +904,7 @@ def create_app(
 
     @app.delete(
         f"{API_PREFIX}/rules/{{name}}", status_code=204, tags=["rules"],
-        responses={404: {"model": ErrorMessage}, 503: {"model": ErrorMessage}},
+        responses=error_responses(403, 404, 409, 422, 503),
     )  # fmt: skip
     def delete_rule(
         name: str, runtime: RuntimeDep, actor: ActorHeader = "api", confirm: Confirm = False
@@ -923,6 +995,17 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         sentences.append(f"{where}: {error.get('msg', 'invalid')}")
     body = {"message": "; ".join(sentences), "detail": jsonable_encoder(errors)}
     return JSONResponse(body, status_code=422)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's answers to HTTP errors, but a body it could not decode (FastAPI's bare 400
+    "There was an error parsing the body", raised from the decoding error) is a 422 like
+    every other request that does not fit, saying what was wrong."""
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+        cause = " ".join(str(exc.__cause__).split())[:200]
+        message = f"the body could not be read ({cause}); send JSON in UTF-8"
+        return await _validation_error(request, unprocessable(message, "body"))
+    return await http_exception_handler(request, exc)
 
 
 async def _clickhouse_error(request: Request, exc: ClickHouseError) -> JSONResponse:

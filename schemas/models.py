@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
     StrictInt,
     StrictStr,
     Tag,
@@ -71,8 +72,9 @@ def _epoch_seconds(value: object) -> float:
 
 EpochSeconds = Annotated[
     float,
-    BeforeValidator(_epoch_seconds),
+    # The bounds before the validator, so the JSON schema states them (minimum, maximum).
     Field(ge=TIMESTAMP_RANGE[0], le=TIMESTAMP_RANGE[1]),
+    BeforeValidator(_epoch_seconds),
 ]
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Percent = Annotated[float, Field(strict=True, ge=0, le=100, allow_inf_nan=False)]
@@ -245,13 +247,81 @@ RuleMetrics = Annotated[
 ]
 
 
+#: The metrics an agent's baseline is kept for (``agentwatch.baselines.FEATURES``).
+BASELINE_METRICS = (
+    "cpu_usage",
+    "memory_usage",
+    "disk_usage",
+    "network_latency",
+    "active_tasks",
+    "error_rate",
+    "response_time_avg",
+    "bytes_out",
+)
+
+
+def _metric_list(names: tuple[str, ...]) -> dict:
+    """The JSON schema of a list of distinct metric names taken from ``names``."""
+    return {
+        "type": "array",
+        "items": {"type": "string", "enum": list(names)},
+        "minItems": 1,
+        "maxItems": len(names),
+        "uniqueItems": True,
+    }
+
+
+def _state_metric_condition_rules(schema: dict) -> None:
+    """Make :class:`MetricCondition`'s JSON schema say what its validator enforces: a
+    numeric metric judged on the heartbeat itself (``last``, no window) or over a window,
+    or ``status`` alone, counted over a window."""
+    numbers = tuple(name for name in RULE_METRICS if name != "status")
+    window = {"type": "number", "exclusiveMinimum": 0, "maximum": RULE_MAX_SECONDS}
+    windowed = [a for a in RULE_AGGREGATES if a != "last"]
+    schema["properties"]["metric"].update(_metric_list(RULE_METRICS))
+    schema["anyOf"] = [
+        {
+            "properties": {
+                "metric": _metric_list(numbers),
+                "aggregate": {"const": "last"},
+                "window_s": {"type": "null"},
+            }
+        },
+        {
+            "properties": {
+                "metric": _metric_list(numbers),
+                "aggregate": {"enum": windowed},
+                "window_s": window,
+            },
+            "required": ["aggregate", "window_s"],
+        },
+        {
+            "properties": {
+                "metric": {**_metric_list(("status",)), "maxItems": 1},
+                "aggregate": {"const": "count_changes"},
+                "window_s": window,
+            },
+            "required": ["aggregate", "window_s"],
+        },
+    ]
+
+
+def _state_baseline_metrics(schema: dict) -> None:
+    """Make :class:`BaselineCondition`'s JSON schema say which metrics have a baseline."""
+    for name in ("metric", "log_metrics"):
+        schema["properties"][name]["anyOf"] = [_metric_list(BASELINE_METRICS), {"type": "null"}]
+
+
 class MetricCondition(BaseModel):
     """Holds when ``aggregate(metric) op value`` for any of the listed metrics.
 
     ``{"metric": "error_rate", "aggregate": "avg", "window_s": 300, "op": ">", "value": 0.2}``
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a number is a number, not "5" or false, as the schema says
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, json_schema_extra=_state_metric_condition_rules
+    )
 
     metric: RuleMetrics = Field(description="One metric name, or a list: any of them may hold.")
     aggregate: Literal[RULE_AGGREGATES] = Field(  # type: ignore[valid-type]
@@ -291,7 +361,9 @@ class BaselineCondition(BaseModel):
     ``{"baseline_sigma": 3}`` watches every metric that has a baseline.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, json_schema_extra=_state_baseline_metrics
+    )
 
     baseline_sigma: float = Field(gt=0, le=100, description="Deviations from the mean.")
     metric: RuleMetrics | None = Field(
@@ -302,7 +374,8 @@ class BaselineCondition(BaseModel):
         description="Metrics whose rise is judged on a log scale: a value above the mean is "
         "beyond when it is beyond baseline_sigma of a log-normal law with the baseline's mean "
         "and std (for right-skewed metrics such as latencies and byte counts, whose normal "
-        "rises pass a symmetric band far more often). Default: none.",
+        "rises pass a symmetric band far more often). Each must be one the rule watches "
+        "(in `metric`, when given; otherwise 422). Default: none.",
     )
 
 
@@ -321,7 +394,7 @@ RuleCondition = Annotated[
 class ThreatRuleSpec(BaseModel):
     """A threat rule, as operators write it (``/api/v1/rules``) and the dataflow runs it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = Field(
         description="Lower-case letters, digits and _, starting with a letter (≤ 64)."
@@ -333,7 +406,7 @@ class ThreatRuleSpec(BaseModel):
     )
     category: Literal[THREAT_CATEGORIES]  # type: ignore[valid-type]
     severity: Literal[THREAT_SEVERITIES]  # type: ignore[valid-type]
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
 class RuleChange(BaseModel):

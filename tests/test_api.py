@@ -1067,3 +1067,25 @@ def test_quarantine_and_release_requests_are_published_with_the_actor(broker_api
         (b"a1", "quarantine_requested", "ops-2", {"reason": "talks to an unknown host"}),
         (b"a1", "released", "api", {"reason": ""}),
     ]
+
+
+def test_options_lists_every_method_of_a_path_and_a_wrong_method_is_a_405(api):
+    assert api.options("/api/v1/rules").status_code == 204
+    assert api.options("/api/v1/rules").headers["allow"] == "GET, OPTIONS, POST"
+    # the concrete path, not /rules/{name} with the name "restore" (as OpenAPI matches)
+    assert api.options("/api/v1/rules/restore").headers["allow"] == "OPTIONS, POST"
+    assert api.options("/api/v1/rules/cpu_hot").headers["allow"] == "DELETE, OPTIONS, PUT"
+    wrong = api.patch("/api/v1/silences")
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "GET, OPTIONS, POST"
+    assert wrong.json()["detail"].startswith("PATCH is not allowed on /api/v1/silences")
+    assert api.options("/api/v1/nowhere").status_code == 404
+
+
+def test_a_body_that_cannot_be_decoded_is_a_422_that_says_so(api):
+    answer = api.post(
+        "/api/v1/silences", content=b"\xff\xfe{", headers={"content-type": "application/json"}
+    )
+    assert answer.status_code == 422
+    assert answer.json()["message"].startswith("request: the body could not be read")
+    assert answer.json()["detail"][0]["loc"] == ["body"]

@@ -143,10 +143,15 @@ def test_the_default_rules_can_be_put_back_all_or_one(api, settings):
     assert [row[1] for row in audit.result_rows] == ["o2"] + ["ops-2"] * 4
 
 
-def test_restoring_a_rule_that_is_not_a_default_is_a_clear_422(api, settings):
+def test_restoring_a_rule_that_is_not_a_default_says_so(api, settings):
+    # The path names no default rule: 404. A body naming one: 422 like every body that
+    # does not fit its schema (which lists the default rules).
     answer = api.post("/api/v1/rules/cpu_hot/restore")
-    assert answer.status_code == 422
+    assert answer.status_code == 404
     assert "not a default rule" in answer.json()["detail"]
+    answer = api.post("/api/v1/rules/restore", json={"names": ["cpu_hot"]})
+    assert answer.status_code == 422
+    assert "names.0: Input should be 'excessive_errors'" in answer.json()["message"]
     assert api.post("/api/v1/rules/restore", json={"names": []}).status_code == 422
     assert published(settings) == []
 
@@ -167,3 +172,19 @@ def test_changes_from_another_machine_are_refused_unless_allowed(settings, allow
             assert "AGENTWATCH_API_ALLOW_REMOTE_MUTATIONS" in answer.json()["detail"]
             assert remote.post("/api/v1/rules/restore").status_code == 403
             assert published(settings) == []
+
+
+def test_a_change_that_does_not_fit_the_rule_set_is_a_422_like_any_other(api, settings):
+    # The schema cannot say that log_metrics must be among metric: the domain refuses it,
+    # in the same form as a request that does not fit the schema (message + detail list).
+    rule = HOT | {"condition": {"baseline_sigma": 3, "metric": ["cpu_usage"],
+                                "log_metrics": ["bytes_out"]}}  # fmt: skip
+    answer = api.post("/api/v1/rules", json=rule)
+    assert answer.status_code == 422
+    body = answer.json()
+    assert "log_metrics bytes_out not watched by the rule" in body["message"]
+    assert body["detail"][0]["loc"] == ["body"]
+    mismatch = api.put("/api/v1/rules/cpu_hot", json=HOT | {"name": "other"}).json()
+    assert mismatch["detail"][0]["loc"] == ["body", "name"]
+    assert "the body names rule 'other', the path 'cpu_hot'" in mismatch["message"]
+    assert published(settings) == []

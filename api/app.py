@@ -25,7 +25,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from clickhouse_connect.driver.client import Client
@@ -36,8 +35,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agentwatch.rules import DEFAULT_RULE_NAMES
@@ -46,20 +44,27 @@ from agentwatch.settings import Settings
 from api import audit, docs, prometheus, queries, sql
 from api.access import LoopbackMutations
 from api.client_pool import ClientPool
+from api.errors import error_responses, unprocessable
 from api.health import SystemMonitor
 from api.methods import AllowedMethods
+from api.params import (
+    AgentId,
+    CategoryFilter,
+    Limit,
+    SeverityFilter,
+    StateFilter,
+    TenantFilter,
+    TimeRangeDep,
+)
 from api.publisher import EventPublisher, PublishError
 from api.responses import (
     AgentSecurity,
     AgentStatus,
     AlertList,
-    AlertStateName,
     AnomalyList,
     IncidentList,
     SystemHealth,
-    ThreatCategory,
     ThreatList,
-    ThreatSeverity,
 )
 from api.rules import (
     RuleBook,
@@ -69,7 +74,7 @@ from api.rules import (
     RuleNotFound,
 )
 from api.silences import NewSilence, SilenceBook, SilenceNotFound, StoredSilence
-from schemas.models import TIMESTAMP_RANGE, LifecycleEvent, RuleChange, Silence, ThreatRuleSpec
+from schemas.models import LifecycleEvent, RuleChange, Silence, ThreatRuleSpec
 from sinks.audit import AuditWriter
 from sinks.clickhouse import connect, create_schema
 from sinks.loader import Loader
@@ -82,186 +87,6 @@ API_PREFIX = "/api/v1"
 STATUS_RECENT_THREATS = 5
 #: How many of an agent's latest score changes its security view shows.
 SECURITY_RECENT_CHANGES = 20
-
-
-class ErrorMessage(BaseModel):
-    """The body of every error answer but 422: ``detail`` says what was wrong and what to do."""
-
-    detail: str = Field(description="What was wrong, and what to do about it.")
-
-
-class ValidationErrorBody(BaseModel):
-    """The body of every 422 answer: one readable sentence, and where each problem is."""
-
-    message: str = Field(description="Every problem in one sentence: where, and what.")
-    detail: list[dict] = Field(
-        description="One entry per problem (FastAPI's form): type, loc (where: body, query, "
-        "path or header, then the field), msg (what), input."
-    )
-
-
-#: What each error status of the API means (the descriptions in the OpenAPI schema).
-ERROR_STATUSES = {
-    400: "The query cannot run as asked (SQL: not parsed, or it hit a limit).",
-    403: "Refused: a change from another machine (the API is loopback-only until it "
-    "authenticates), or a query the SQL policy does not allow.",
-    404: "No such agent, rule or silence.",
-    409: "Conflicts with the current state: the rule exists, or the change needs ?confirm=true.",
-    422: "The request does not fit the schema, or the rules the schema cannot state "
-    "(one field against another): `message` says where and what.",
-    429: "Too many queries run already; retry after Retry-After seconds.",
-    503: "ClickHouse or the broker did not answer; nothing was changed, retry.",
-    504: "The query took longer than its time limit.",
-}
-
-
-def error_responses(*statuses: int) -> dict[int | str, dict]:
-    """The ``responses=`` of a route that may answer ``statuses``: a 422 with
-    :class:`ValidationErrorBody`, the others with :class:`ErrorMessage`.
-
-    >>> sorted(error_responses(404, 422))
-    [404, 422]
-    >>> error_responses(422)[422]["model"].__name__
-    'ValidationErrorBody'
-    """
-    return {
-        status: {
-            "model": ValidationErrorBody if status == 422 else ErrorMessage,
-            "description": ERROR_STATUSES[status],
-        }
-        for status in statuses
-    }
-
-
-def unprocessable(message: str, *loc: str | int) -> RequestValidationError:
-    """A 422 for a rule the schema cannot state, in the same form as every other 422.
-
-    >>> unprocessable("since is after until", "query", "since").errors()[0]["loc"]
-    ('query', 'since')
-    """
-    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": message}])
-
-
-def parse_instant(value: object) -> object:
-    """A query parameter in ISO-8601 with a zone, or epoch seconds, as an aware datetime.
-
-    >>> parse_instant("1764072000")
-    datetime.datetime(2025, 11, 25, 12, 0, tzinfo=datetime.timezone.utc)
-    >>> parse_instant("2025-11-25T13:00:00+01:00").isoformat()
-    '2025-11-25T13:00:00+01:00'
-    >>> try:
-    ...     parse_instant("2025-11-25T12:00:00")
-    ... except ValueError as exc:
-    ...     print(exc)
-    '2025-11-25T12:00:00' has no time zone; add Z or an offset such as +00:00
-    """
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = None
-    if seconds is not None:
-        low, high = TIMESTAMP_RANGE
-        if not low <= seconds <= high:
-            raise PydanticCustomError(
-                "instant_out_of_range",
-                "{input} epoch seconds is outside the years 2000-2100",
-                {"input": text},
-            )
-        return datetime.fromtimestamp(seconds, UTC)
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise PydanticCustomError(
-            "instant_format",
-            "'{input}' is neither ISO-8601 (2025-11-25T12:00:00Z) nor epoch seconds",
-            {"input": text[:60]},
-        ) from None
-    if parsed.tzinfo is None:
-        raise PydanticCustomError(
-            "instant_no_zone",
-            "'{input}' has no time zone; add Z or an offset such as +00:00",
-            {"input": text[:60]},
-        )
-    return parsed
-
-
-#: A point in time given as ISO-8601 with a zone, or epoch seconds.
-Instant = Annotated[datetime, BeforeValidator(parse_instant)]
-
-AgentId = Annotated[
-    str,
-    Path(min_length=1, max_length=128, description="The agent's id (1-128 characters)."),
-]
-
-
-@dataclass(frozen=True)
-class TimeRange:
-    """The ``since``, ``until`` and ``limit`` of a per-agent history query."""
-
-    since: datetime | None
-    until: datetime | None
-    limit: int
-
-
-def time_range(
-    since: Annotated[
-        Instant | None,
-        Query(
-            description="Inclusive lower bound: ISO-8601 with a zone, or epoch seconds; "
-            "not after `until` (422)."
-        ),
-    ] = None,
-    until: Annotated[
-        Instant | None,
-        Query(
-            description="Inclusive upper bound: ISO-8601 with a zone, or epoch seconds; "
-            "not before `since` (422)."
-        ),
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000, description="Most items returned.")] = 100,
-) -> TimeRange:
-    """The query parameters of a history endpoint (a FastAPI dependency); 422 if since > until."""
-    if since is not None and until is not None and since > until:
-        raise unprocessable(
-            f"{since.isoformat()} is after until={until.isoformat()}; swap them or leave one out",
-            "query",
-            "since",
-        )
-    return TimeRange(since, until, limit)
-
-
-TimeRangeDep = Annotated[TimeRange, Depends(time_range)]
-
-
-def _upper(value: object) -> object:
-    """Severities and categories are upper case; accept them in any case."""
-    return value.upper() if isinstance(value, str) else value
-
-
-SeverityFilter = Annotated[
-    list[Annotated[ThreatSeverity, BeforeValidator(_upper)]] | None,
-    Query(description="Keep only these severities (repeat the parameter for several)."),
-]
-CategoryFilter = Annotated[
-    list[Annotated[ThreatCategory, BeforeValidator(_upper)]] | None,
-    Query(description="Keep only these categories (repeat the parameter for several)."),
-]
-
-
-def _lower(value: object) -> object:
-    """Alert states are lower case; accept them in any case."""
-    return value.lower() if isinstance(value, str) else value
-
-
-StateFilter = Annotated[
-    list[Annotated[AlertStateName, BeforeValidator(_lower)]] | None,
-    Query(description="Keep only alerts now in these states (repeat for several)."),
-]
-Limit = Annotated[int, Query(ge=1, le=10_000, description="Most items returned.")]
-TenantFilter = Annotated[str | None, Query(min_length=1, max_length=128)]
 
 
 class QuarantineRequest(BaseModel):
@@ -951,6 +776,7 @@ def quarantine_state(events: list[dict]) -> dict:
     newest first (:func:`api.queries.quarantine_events`). A ``quarantine_requested`` is a
     request until the dataflow's ``status_changed`` (or a ``released``) follows it.
 
+    >>> from datetime import UTC, datetime
     >>> t = datetime(2026, 1, 1, tzinfo=UTC)
     >>> state = quarantine_state([
     ...     {"type": "quarantine_requested", "timestamp": t, "payload": {"reason": "again"}},

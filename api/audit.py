@@ -22,6 +22,8 @@ from pydantic import BaseModel, Field
 
 from agentwatch.audit import verify
 from agentwatch.settings import Settings
+from api.errors import error_responses
+from api.params import TimeRangeDep
 from sinks.audit import read_rows
 
 PREFIX = "/api/v1/audit"
@@ -65,23 +67,21 @@ def install(app: FastAPI, settings: Settings) -> None:
     """Add the audit routes to ``app`` (its ``state.runtime`` lends the ClickHouse clients)."""
     database = settings.clickhouse_database
 
-    @app.get(PREFIX, response_model=AuditList, tags=["audit"])
+    @app.get(PREFIX, response_model=AuditList, tags=["audit"], responses=error_responses(422, 503))
     def list_audit(
         request: Request,
+        span: TimeRangeDep,
         tenant: Annotated[str | None, Query(max_length=128)] = None,
         actor: Annotated[str | None, Query(max_length=128)] = None,
         action: Annotated[str | None, Query(max_length=64)] = None,
         target: Annotated[str | None, Query(max_length=128)] = None,
-        since: Annotated[datetime | None, Query(description="Inclusive, ISO-8601.")] = None,
-        until: Annotated[datetime | None, Query(description="Inclusive, ISO-8601.")] = None,
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     ) -> AuditList:
         """The audit trail, newest first: every operator's command and every status change,
         who asked, from where, before → after."""
         filters = {"tenant_id": tenant, "actor": actor, "action": action, "target": target}
         where = [f"{column} = {{{column}:String}}" for column, v in filters.items() if v]
         parameters: dict[str, object] = {c: v for c, v in filters.items() if v}
-        for name, value, op in (("since", since, ">="), ("until", until, "<=")):
+        for name, value, op in (("since", span.since, ">="), ("until", span.until, "<=")):
             if value is not None:
                 where.append(f"at {op} {{{name}:DateTime64(3, 'UTC')}}")
                 parameters[name] = value.astimezone(UTC).replace(tzinfo=None)
@@ -91,7 +91,7 @@ def install(app: FastAPI, settings: Settings) -> None:
                 f"SELECT {columns} FROM {database}.audit_log "
                 f"{'WHERE ' + ' AND '.join(where) if where else ''} "
                 "ORDER BY at DESC, tenant_id, seq DESC LIMIT {limit:UInt32}",
-                parameters={**parameters, "limit": limit},
+                parameters={**parameters, "limit": span.limit},
             )
         records = [
             AuditRecord(**{**row, "at": row["at"].replace(tzinfo=UTC)})
@@ -99,7 +99,12 @@ def install(app: FastAPI, settings: Settings) -> None:
         ]
         return AuditList(count=len(records), records=records)
 
-    @app.get(f"{PREFIX}/verify", response_model=AuditVerdict, tags=["audit"])
+    @app.get(
+        f"{PREFIX}/verify",
+        response_model=AuditVerdict,
+        tags=["audit"],
+        responses=error_responses(422, 503),
+    )
     def verify_audit(
         request: Request, tenant: Annotated[str | None, Query(max_length=128)] = None
     ) -> AuditVerdict:

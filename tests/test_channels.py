@@ -19,9 +19,11 @@ from schemas.models import LifecycleEvent
 from sinks.loader import LOADED, TABLES
 
 KNOWN = sorted(set().union(*CHANNELS.values()))
-COMMANDS = ["rule_changed", "silence_created", "silence_expired", "released",
-            "quarantine_requested", "maintenance_requested", "maintenance_ended",
-            "compromise_declared", "decommission_requested", "key_created", "key_revoked"]  # fmt: skip
+COMMANDS = [
+    "rule_changed", "silence_created", "silence_expired", "released", "quarantine_requested",
+    "maintenance_requested", "maintenance_ended", "compromise_declared", "decommission_requested",
+    "key_created", "key_revoked",
+]  # fmt: skip
 
 
 def event(kind: str, agent_id: str = "a1", **payload: object) -> LifecycleEvent:

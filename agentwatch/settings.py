@@ -118,6 +118,17 @@ class Settings(BaseSettings):
         "admin of every tenant (the embedded demo on loopback; keys are still checked when "
         "sent).",
     )
+    api_admin_key_file: Path | None = Field(
+        None,
+        description="The API makes an admin key of every tenant and writes it to this file "
+        "(mode 0600) when the file holds no working one: the first key of a new stack "
+        "(`agentwatch up` uses <var_dir>/run/admin.key and prints it).",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="The API key the `agentwatch` commands (sql, status, audit) send; default: "
+        "the running stack's admin key file.",
+    )
     api_key_cache_s: float = Field(
         5.0,
         ge=0,

@@ -38,14 +38,16 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agentwatch.identity import ALL_TENANTS, Permission, Principal, authorize
 from agentwatch.rules import DEFAULT_RULE_NAMES
 from agentwatch.secrets import redact
 from agentwatch.settings import Settings
-from api import audit, docs, prometheus, queries, sql
+from api import audit, docs, keys, prometheus, queries, sql
 from api.access import LoopbackMutations
 from api.client_pool import ClientPool
 from api.errors import error_responses, unprocessable
 from api.health import SystemMonitor
+from api.identity import KeyBook, actor_of, document_key_errors, needs, tenant_filter
 from api.methods import AllowedMethods
 from api.params import (
     AgentId,
@@ -74,6 +76,7 @@ from api.rules import (
     RuleNotFound,
 )
 from api.silences import NewSilence, SilenceBook, SilenceNotFound, StoredSilence
+from schemas.events import FLEET
 from schemas.models import LifecycleEvent, RuleChange, Silence, ThreatRuleSpec
 from sinks.audit import AuditWriter
 from sinks.clickhouse import connect, create_schema
@@ -144,6 +147,7 @@ class Runtime:
     rule_book: RuleBook
     publisher: EventPublisher
     silences: SilenceBook
+    keys: KeyBook
     webhooks: WebhookDeliverer | None = None
     webhooks_client: Client | None = None
     audit: AuditWriter | None = None
@@ -187,11 +191,14 @@ class Runtime:
             len(settings.alert_webhooks) if webhooks is not None else 0,
         )
         publisher = EventPublisher(settings)
+        keys = KeyBook(settings, publisher)
+        if settings.api_admin_key_file is not None:
+            with clients.client() as first:
+                keys.ensure_admin_key(first, settings.api_admin_key_file)
         return cls(
             settings, clients, loader, loader_client, monitor, sandbox,
-            RuleBook(settings, publisher),
-            publisher, SilenceBook(settings, publisher), webhooks, webhooks_client,
-            audit, audit_client,
+            RuleBook(settings, publisher), publisher, SilenceBook(settings, publisher), keys,
+            webhooks, webhooks_client, audit, audit_client,
         )  # fmt: skip
 
     def stop(self) -> None:
@@ -223,6 +230,13 @@ ActorHeader = Annotated[
     Header(alias="X-Agentwatch-Actor", min_length=1, max_length=128,
            description="Who makes the change (recorded with it)."),
 ]  # fmt: skip
+
+
+#: The caller of a route that reads, operates, or changes what every tenant shares.
+Reader = Annotated[Principal, needs(Permission.READ)]
+Operator = Annotated[Principal, needs(Permission.OPERATE)]
+FleetOperator = Annotated[Principal, needs(Permission.OPERATE, fleet=True)]
+SqlAnalyst = Annotated[Principal, needs(Permission.QUERY_SQL, fleet=True)]
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -276,7 +290,7 @@ def create_app(
         responses=error_responses(404, 422, 503),
         tags=["agents"],
     )
-    def agent_status(agent_id: AgentId, runtime: RuntimeDep) -> AgentStatus:
+    def agent_status(agent_id: AgentId, runtime: RuntimeDep, caller: Reader) -> AgentStatus:
         """Latest heartbeat, baseline, anomaly score (with its reasons) and threats of one agent."""
         database = settings.clickhouse_database
         with runtime.clients.client() as client:
@@ -284,6 +298,7 @@ def create_app(
             baseline = queries.latest_baseline(client, database, agent_id)
             if latest is None and baseline is None:
                 raise HTTPException(404, detail=_unknown_agent(agent_id))
+            in_scope(caller, Permission.READ, latest[0] if latest else baseline[0], agent_id)
             anomaly = queries.latest_anomaly(client, database, agent_id)
             threats = queries.threats_between(
                 client, database, agent_id, None, None, STATUS_RECENT_THREATS
@@ -314,10 +329,13 @@ def create_app(
         responses=error_responses(404, 422, 503),
         tags=["agents"],
     )
-    def agent_anomalies(agent_id: AgentId, runtime: RuntimeDep, span: TimeRangeDep) -> AnomalyList:
+    def agent_anomalies(
+        agent_id: AgentId, runtime: RuntimeDep, span: TimeRangeDep, caller: Reader
+    ) -> AnomalyList:
         """Scored heartbeats of one agent in a time range, newest first."""
         database = settings.clickhouse_database
         with runtime.clients.client() as client:
+            scope_agent(client, database, caller, Permission.READ, agent_id)
             found = queries.anomalies_between(
                 client, database, agent_id, span.since, span.until, span.limit
             )
@@ -342,6 +360,7 @@ def create_app(
         agent_id: AgentId,
         runtime: RuntimeDep,
         span: TimeRangeDep,
+        caller: Reader,
         severity: SeverityFilter = None,
         category: CategoryFilter = None,
     ) -> ThreatList:
@@ -349,6 +368,7 @@ def create_app(
         each with its evidence: the values judged, the baseline, the window."""
         database = settings.clickhouse_database
         with runtime.clients.client() as client:
+            scope_agent(client, database, caller, Permission.READ, agent_id)
             found = queries.threats_between(
                 client, database, agent_id, span.since, span.until, span.limit, severity, category
             )
@@ -373,6 +393,7 @@ def create_app(
     )
     def list_alerts(
         runtime: RuntimeDep,
+        caller: Reader,
         state: StateFilter = None,
         severity: SeverityFilter = None,
         category: CategoryFilter = None,
@@ -381,6 +402,7 @@ def create_app(
     ) -> AlertList:
         """Every alert (agent + rule) in its current state, most recently changed first;
         the filters apply to the current state."""
+        tenant = tenant_filter(caller, tenant)
         with runtime.clients.client() as client:
             found = queries.current_alerts(
                 client, settings.clickhouse_database, limit, tenant_id=tenant, states=state,
@@ -395,11 +417,16 @@ def create_app(
         tags=["agents", "alerts"],
     )
     def agent_alerts(
-        agent_id: AgentId, runtime: RuntimeDep, state: StateFilter = None, limit: Limit = 100
+        agent_id: AgentId,
+        runtime: RuntimeDep,
+        caller: Reader,
+        state: StateFilter = None,
+        limit: Limit = 100,
     ) -> AlertList:
         """One agent's alerts in their current state, most recently changed first."""
         database = settings.clickhouse_database
         with runtime.clients.client() as client:
+            scope_agent(client, database, caller, Permission.READ, agent_id)
             found = queries.current_alerts(client, database, limit, agent_id=agent_id, states=state)
             if not found and not queries.agent_is_known(client, database, agent_id):
                 raise HTTPException(404, detail=_unknown_agent(agent_id))
@@ -412,7 +439,10 @@ def create_app(
         tags=["agents"],
     )
     def agent_security(
-        agent_id: AgentId, runtime: RuntimeDep, limit: Limit = SECURITY_RECENT_CHANGES
+        agent_id: AgentId,
+        runtime: RuntimeDep,
+        caller: Reader,
+        limit: Limit = SECURITY_RECENT_CHANGES,
     ) -> AgentSecurity:
         """The agent's security score, the latest changes that made it (which threats
         took what), and whether it is quarantined."""
@@ -422,6 +452,7 @@ def create_app(
             tenant_id = _tenant_of(client, database, agent_id)
             if not changes and tenant_id is None:
                 raise HTTPException(404, detail=_unknown_agent(agent_id))
+            in_scope(caller, Permission.READ, tenant_id or changes[0].tenant_id, agent_id)
             quarantine = quarantine_state(queries.quarantine_events(client, database, agent_id))
         deductions: dict[str, float] = {}
         for change in changes:
@@ -438,12 +469,14 @@ def create_app(
         )
 
     def publish_request(
-        runtime: Runtime, agent_id: str, kind: str, actor: str, payload: dict
+        runtime: Runtime, caller: Principal, agent_id: str, kind: str, said: str, payload: dict
     ) -> LifecycleEvent:
         with runtime.clients.client() as client:
             tenant_id = _tenant_of(client, settings.clickhouse_database, agent_id)
         if tenant_id is None:
             raise HTTPException(404, detail=_unknown_agent(agent_id))
+        in_scope(caller, Permission.OPERATE, tenant_id, agent_id)
+        actor = actor_of(caller, said)
         event = LifecycleEvent(
             type=kind, agent_id=agent_id, tenant_id=tenant_id, actor=actor,
             timestamp=time.time(), payload=payload,
@@ -466,13 +499,14 @@ def create_app(
         agent_id: AgentId,
         request: QuarantineRequest,
         runtime: RuntimeDep,
+        caller: Operator,
         actor: ActorHeader = "api",
     ) -> LifecycleEvent:
         """Ask for the agent to be quarantined: publishes a ``quarantine_requested`` command
         on agents.control (202: the request is in the log). The dataflow carries it out: a
         ``status_changed`` to quarantined and a quarantine order on agents.commands."""
         payload = {"reason": request.reason}
-        return publish_request(runtime, agent_id, "quarantine_requested", actor, payload)
+        return publish_request(runtime, caller, agent_id, "quarantine_requested", actor, payload)
 
     @app.post(
         f"{API_PREFIX}/agents/{{agent_id}}/release",
@@ -484,13 +518,14 @@ def create_app(
     def release_agent(
         agent_id: AgentId,
         runtime: RuntimeDep,
+        caller: Operator,
         request: ReleaseRequest | None = None,
         actor: ActorHeader = "api",
     ) -> LifecycleEvent:
         """Release the agent from quarantine: publishes a ``released`` command on
         agents.control."""
         payload = {"reason": request.reason if request is not None else ""}
-        return publish_request(runtime, agent_id, "released", actor, payload)
+        return publish_request(runtime, caller, agent_id, "released", actor, payload)
 
     @app.post(
         f"{API_PREFIX}/silences",
@@ -499,7 +534,9 @@ def create_app(
         responses=error_responses(403, 422, 503),
         tags=["alerts"],
     )
-    def create_silence(body: NewSilence, runtime: RuntimeDep, actor: ActorHeader = "api"):
+    def create_silence(
+        body: NewSilence, runtime: RuntimeDep, caller: Operator, actor: ActorHeader = "api"
+    ):
         """Mute the alerts a silence matches from ``starts_at`` (default now) to ``ends_at``,
         which must be after it (otherwise 422).
 
@@ -507,6 +544,8 @@ def create_app(
         ``silence_created`` event (agent and tenant ``*``) for the dataflow's alert book.
         """
         values = body.model_dump()
+        in_scope(caller, Permission.OPERATE, values["tenant_id"], None, status=403)
+        actor = actor_of(caller, actor)
         values["starts_at"] = values["starts_at"] or time.time()
         values["created_by"] = values["created_by"] or actor
         try:
@@ -530,13 +569,16 @@ def create_app(
     )
     def list_silences(
         runtime: RuntimeDep,
+        caller: Reader,
         include_expired: Annotated[
             bool, Query(description="Also list silences whose end has passed.")
         ] = False,
     ) -> list[StoredSilence]:
         """The silences not expired through DELETE, newest first."""
         with runtime.clients.client() as client:
-            return runtime.silences.list(client, include_expired)
+            found = runtime.silences.list(client, include_expired)
+        own = tenant_filter(caller, None)
+        return [s for s in found if own is None or s.tenant_id in (own, FLEET)]
 
     @app.delete(
         f"{API_PREFIX}/silences/{{silence_id}}",
@@ -547,12 +589,16 @@ def create_app(
     def expire_silence(
         silence_id: Annotated[str, Path(min_length=1, max_length=128)],
         runtime: RuntimeDep,
+        caller: Operator,
         actor: ActorHeader = "api",
     ) -> Response:
         """Expire a silence now (published as ``silence_expired``)."""
         try:
             with runtime.clients.client() as client:
-                runtime.silences.expire(client, silence_id, actor)
+                runtime.silences.expire(
+                    client, silence_id, actor_of(caller, actor),
+                    allowed=lambda s: in_scope(caller, Permission.OPERATE, s.tenant_id, None),
+                )  # fmt: skip
         except SilenceNotFound as exc:
             raise HTTPException(404, detail=str(exc)) from None
         except PublishError as exc:
@@ -566,9 +612,10 @@ def create_app(
         tags=["alerts"],
     )
     def list_incidents(
-        runtime: RuntimeDep, tenant: TenantFilter = None, limit: Limit = 100
+        runtime: RuntimeDep, caller: Reader, tenant: TenantFilter = None, limit: Limit = 100
     ) -> IncidentList:
         """Coordinated incidents (many agents of a tenant, one kind of threat), newest first."""
+        tenant = tenant_filter(caller, tenant)
         with runtime.clients.client() as client:
             found = queries.incidents(client, settings.clickhouse_database, tenant, limit)
         return IncidentList(count=len(found), incidents=found)
@@ -582,7 +629,7 @@ def create_app(
         },
         tags=["sql"],
     )
-    def run_sql(request: sql.SqlRequest, runtime: RuntimeDep) -> Response:
+    def run_sql(request: sql.SqlRequest, runtime: RuntimeDep, caller: SqlAnalyst) -> Response:
         """Run one read-only query on the ClickHouse data; answer in json, csv or tsv.
 
         Off unless ``AGENTWATCH_API_SQL_ENABLED``; once the API has authentication, for
@@ -637,7 +684,7 @@ def create_app(
         responses=error_responses(503),
         tags=["rules"],
     )
-    def list_rules(runtime: RuntimeDep) -> list[ThreatRuleSpec]:
+    def list_rules(runtime: RuntimeDep, caller: Reader) -> list[ThreatRuleSpec]:
         """The threat rules in force: the seed's defaults and every change made since."""
         with runtime.clients.client() as client:
             return runtime.rule_book.rules(client)
@@ -646,9 +693,12 @@ def create_app(
         f"{API_PREFIX}/rules", response_model=ThreatRuleSpec, status_code=201, tags=["rules"],
         responses=error_responses(403, 409, 422, 503),
     )  # fmt: skip
-    def add_rule(rule: ThreatRuleSpec, runtime: RuntimeDep, actor: ActorHeader = "api"):
-        """Add a rule; the dataflow applies it from the next heartbeat on, without a restart."""
-        return change_rules(runtime, RuleChange(action="add", rule=rule), actor)
+    def add_rule(
+        rule: ThreatRuleSpec, runtime: RuntimeDep, caller: FleetOperator, actor: ActorHeader = "api"
+    ):
+        """Add a rule; the dataflow applies it from the next heartbeat on, without a restart.
+        Rules apply to every tenant: changing them takes a key of every tenant."""
+        return change_rules(runtime, RuleChange(action="add", rule=rule), actor_of(caller, actor))
 
     @app.put(
         f"{API_PREFIX}/rules/{{name}}", response_model=ThreatRuleSpec, tags=["rules"],
@@ -658,6 +708,7 @@ def create_app(
         name: str,
         rule: ThreatRuleSpec,
         runtime: RuntimeDep,
+        caller: FleetOperator,
         actor: ActorHeader = "api",
         confirm: Confirm = False,
     ):
@@ -666,7 +717,8 @@ def create_app(
         if rule.name != name:
             message = f"the body names rule {rule.name!r}, the path {name!r}"
             raise unprocessable(message, "body", "name")
-        return change_rules(runtime, RuleChange(action="update", rule=rule), actor, confirm)
+        change = RuleChange(action="update", rule=rule)
+        return change_rules(runtime, change, actor_of(caller, actor), confirm)
 
     @app.post(
         f"{API_PREFIX}/rules/restore",
@@ -675,13 +727,16 @@ def create_app(
         responses=error_responses(403, 422, 503),
     )
     def restore_rules(
-        runtime: RuntimeDep, request: RestoreRequest | None = None, actor: ActorHeader = "api"
+        runtime: RuntimeDep,
+        caller: FleetOperator,
+        request: RestoreRequest | None = None,
+        actor: ActorHeader = "api",
     ) -> RestoredRules:
         """Put the seed's default rules back as shipped and enabled: all of them, or those
         in ``names``. A deleted one is added again, a changed or disabled one replaced;
         rules of your own are left alone. Each restored rule is a recorded rule change."""
         names = request.names if request is not None else None
-        return restore(runtime, names, actor)
+        return restore(runtime, names, actor_of(caller, actor))
 
     @app.post(
         f"{API_PREFIX}/rules/{{name}}/restore",
@@ -689,7 +744,9 @@ def create_app(
         tags=["rules"],
         responses=error_responses(403, 404, 422, 503),
     )
-    def restore_rule(name: str, runtime: RuntimeDep, actor: ActorHeader = "api") -> RestoredRules:
+    def restore_rule(
+        name: str, runtime: RuntimeDep, caller: FleetOperator, actor: ActorHeader = "api"
+    ) -> RestoredRules:
         """Put one of the seed's default rules back as shipped and enabled (404 for a name
         that is not one of them)."""
         if name not in DEFAULT_RULE_NAMES:
@@ -698,7 +755,7 @@ def create_app(
                 detail=f"{name!r} is not a default rule; the default rules are: "
                 f"{', '.join(DEFAULT_RULE_NAMES)}",
             )
-        return restore(runtime, [name], actor)
+        return restore(runtime, [name], actor_of(caller, actor))
 
     def restore(runtime: Runtime, names: list[str] | None, actor: str) -> RestoredRules:
         try:
@@ -720,27 +777,34 @@ def create_app(
         name: str,
         action: Literal["enable", "disable"],
         runtime: RuntimeDep,
+        caller: FleetOperator,
         actor: ActorHeader = "api",
         confirm: Confirm = False,
     ):
         """Enable or disable a rule (disabling the last enabled rule of a default category
         needs ``?confirm=true``)."""
-        return change_rules(runtime, RuleChange(action=action, name=name), actor, confirm)
+        change = RuleChange(action=action, name=name)
+        return change_rules(runtime, change, actor_of(caller, actor), confirm)
 
     @app.delete(
         f"{API_PREFIX}/rules/{{name}}", status_code=204, tags=["rules"],
         responses=error_responses(403, 404, 409, 422, 503),
     )  # fmt: skip
     def delete_rule(
-        name: str, runtime: RuntimeDep, actor: ActorHeader = "api", confirm: Confirm = False
+        name: str,
+        runtime: RuntimeDep,
+        caller: FleetOperator,
+        actor: ActorHeader = "api",
+        confirm: Confirm = False,
     ) -> Response:
         """Delete a rule (deleting the last enabled rule of a default category needs
         ``?confirm=true``; ``POST /api/v1/rules/restore`` puts the default rules back)."""
-        change_rules(runtime, RuleChange(action="delete", name=name), actor, confirm)
+        change = RuleChange(action="delete", name=name)
+        change_rules(runtime, change, actor_of(caller, actor), confirm)
         return Response(status_code=204)
 
     @app.get(f"{API_PREFIX}/system/health", response_model=SystemHealth, tags=["system"])
-    def system_health(runtime: RuntimeDep) -> SystemHealth:
+    def system_health(runtime: RuntimeDep, caller: Reader) -> SystemHealth:
         """Broker, dataflow lag, loader, ClickHouse and uptime; ``status`` is ok or degraded.
 
         Answers within about a second even when the broker is down (its answer is cached
@@ -754,12 +818,44 @@ def create_app(
         tags=["system"],
         responses={200: {"content": {prometheus.CONTENT_TYPE: {}}}},
     )
-    def prometheus_metrics(runtime: RuntimeDep) -> Response:
+    def prometheus_metrics(runtime: RuntimeDep, caller: Reader) -> Response:
         """Ingest rate, lags, dead letters, batch sizes and more in Prometheus text format."""
         body = prometheus.render(runtime.monitor.health())
         return Response(body, media_type=prometheus.CONTENT_TYPE)
 
+    keys.install(app)
+    document_key_errors(app)
     return app
+
+
+def in_scope(
+    caller: Principal,
+    permission: Permission,
+    tenant_id: str,
+    agent_id: str | None,
+    status: int = 404,
+) -> None:
+    """Refuse a caller whose key may not act on ``tenant_id``: 404 for an agent (as if it
+    did not exist, so other tenants' agents cannot be probed), ``status`` otherwise."""
+    reason = authorize(caller, permission, tenant_id, caller.agent_id)
+    if reason is None:
+        return
+    if agent_id is not None:
+        raise HTTPException(404, detail=_unknown_agent(agent_id))
+    raise HTTPException(status, detail=reason)
+
+
+def scope_agent(
+    client: Client, database: str, caller: Principal, permission: Permission, agent_id: str
+) -> None:
+    """:func:`in_scope` for an agent whose tenant is to be looked up (not for keys of every
+    tenant, which may read any agent: no lookup then)."""
+    if caller.tenant_id == ALL_TENANTS:
+        return
+    tenant_id = _tenant_of(client, database, agent_id)
+    if tenant_id is None:
+        raise HTTPException(404, detail=_unknown_agent(agent_id))
+    in_scope(caller, permission, tenant_id, agent_id)
 
 
 def _tenant_of(client: Client, database: str, agent_id: str) -> str | None:

@@ -21,8 +21,10 @@ from fastapi import FastAPI, Query, Request
 from pydantic import BaseModel, Field
 
 from agentwatch.audit import verify
+from agentwatch.identity import Permission, Principal
 from agentwatch.settings import Settings
 from api.errors import error_responses
+from api.identity import needs, tenant_filter
 from api.params import TimeRangeDep
 from sinks.audit import read_rows
 
@@ -71,13 +73,15 @@ def install(app: FastAPI, settings: Settings) -> None:
     def list_audit(
         request: Request,
         span: TimeRangeDep,
+        caller: Annotated[Principal, needs(Permission.READ)],
         tenant: Annotated[str | None, Query(max_length=128)] = None,
         actor: Annotated[str | None, Query(max_length=128)] = None,
         action: Annotated[str | None, Query(max_length=64)] = None,
         target: Annotated[str | None, Query(max_length=128)] = None,
     ) -> AuditList:
         """The audit trail, newest first: every operator's command and every status change,
-        who asked, from where, before → after."""
+        who asked, from where, before → after. A tenant's key reads its tenant's chain."""
+        tenant = tenant_filter(caller, tenant)
         filters = {"tenant_id": tenant, "actor": actor, "action": action, "target": target}
         where = [f"{column} = {{{column}:String}}" for column, v in filters.items() if v]
         parameters: dict[str, object] = {c: v for c, v in filters.items() if v}
@@ -106,10 +110,13 @@ def install(app: FastAPI, settings: Settings) -> None:
         responses=error_responses(422, 503),
     )
     def verify_audit(
-        request: Request, tenant: Annotated[str | None, Query(max_length=128)] = None
+        request: Request,
+        caller: Annotated[Principal, needs(Permission.READ)],
+        tenant: Annotated[str | None, Query(max_length=128)] = None,
     ) -> AuditVerdict:
         """Walk every tenant's chain (or one's) and report any row edited, inserted or
-        deleted since it was written."""
+        deleted since it was written. A tenant's key verifies its tenant's chain."""
+        tenant = tenant_filter(caller, tenant)
         with request.app.state.runtime.clients.client() as client:
             rows = read_rows(client, database, tenant)
         problems = verify(rows)

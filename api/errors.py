@@ -33,8 +33,9 @@ class ValidationErrorBody(BaseModel):
 #: What each error status of the API means (the descriptions in the OpenAPI schema).
 ERROR_STATUSES = {
     400: "The query cannot run as asked (SQL: not parsed, or it hit a limit).",
-    403: "Refused: a change from another machine (the API is loopback-only until it "
-    "authenticates), or a query the SQL policy does not allow.",
+    401: "No API key, or a key that is unknown, revoked or expired ('Authorization: Bearer aw_…').",
+    403: "Refused: the key's role or tenant does not allow it, a change from another machine "
+    "(changes are loopback-only unless allowed), or a query the SQL policy does not allow.",
     404: "No such agent, rule or silence.",
     409: "Conflicts with the current state: the rule exists, or the change needs ?confirm=true.",
     422: "The request does not fit the schema, or the rules the schema cannot state "

@@ -18,19 +18,36 @@ of the embedded demo (an admin of every tenant; the loopback guard of
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
 
 from clickhouse_connect.driver.client import Client
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.routing import APIRoute
 
-from agentwatch.identity import ALL_TENANTS, NewKey, Principal, Role, new_key, parse_key
+from agentwatch.identity import (
+    ALL_TENANTS,
+    NewKey,
+    Permission,
+    Principal,
+    Role,
+    authorize,
+    new_key,
+    parse_key,
+)
 from agentwatch.identity import secret_matches as _matches
 from agentwatch.settings import Settings
+from api.errors import error_responses
 from api.publisher import EventPublisher
 from schemas.events import FLEET, KEY_CREATED, KEY_REVOKED
 from schemas.models import LifecycleEvent
+
+log = logging.getLogger("api.identity")
 
 #: The principal of a request without a key when keys are not required (the embedded demo).
 LOOPBACK_OPERATOR = Principal(key_id="loopback", role=Role.ADMIN, tenant_id=ALL_TENANTS)
@@ -113,6 +130,25 @@ class KeyBook:
             self._record(client, stored)
         return stored
 
+    def ensure_admin_key(self, client: Client, path: Path) -> None:
+        """Make sure ``path`` holds a working admin key of every tenant (made and written,
+        readable by its owner only, when it holds none): the first key of a new stack."""
+        if path.exists():
+            parsed = parse_key(path.read_text().strip())
+            stored = self._read(client, parsed.key_id) if parsed else None
+            if (
+                stored is not None
+                and stored.revoked_at is None
+                and _matches(parsed.secret, stored.secret_hash)
+            ):
+                return
+        stored, token = self.create(client, Role.ADMIN, ALL_TENANTS, "system", name="bootstrap")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(token + "\n")
+        log.info("admin_key_created key_id=%s file=%s", stored.key_id, path)
+
     def authenticate(self, client: Client, authorization: str | None) -> Principal:
         """The principal of a request's ``Authorization`` header; :class:`AuthError` says
         why not. Without a header: :data:`LOOPBACK_OPERATOR` when keys are not required."""
@@ -146,6 +182,10 @@ class KeyBook:
         with self._lock:
             self._cache[key_id] = (now, stored)
         return stored
+
+    def get(self, client: Client, key_id: str) -> StoredKey | None:
+        """The key of that id as stored now (None: no such key)."""
+        return self._read(client, key_id)
 
     def _read(self, client: Client, key_id: str) -> StoredKey | None:
         columns = ", ".join(
@@ -190,3 +230,74 @@ class KeyBook:
 
 def _fields(stored: StoredKey) -> dict:
     return {name: getattr(stored, name) for name in StoredKey.__dataclass_fields__}
+
+
+def needs(permission: Permission, fleet: bool = False) -> Any:
+    """The dependency of a route that needs ``permission``: the request's
+    :class:`~agentwatch.identity.Principal`, or a 401 (no good key) or 403 (the
+    role may not). ``fleet``: the route acts on every tenant (rules, SQL), so only a
+    key of every tenant passes; otherwise the route checks the tenant of what it
+    touches itself (:func:`require_tenant`).
+    """
+
+    def caller(
+        request: Request,
+        authorization: Annotated[
+            str | None,
+            Header(description="'Bearer <API key>'; its role and tenant decide what it may do."),
+        ] = None,
+    ) -> Principal:
+        book: KeyBook = request.app.state.runtime.keys
+        try:
+            with request.app.state.runtime.clients.client() as client:
+                principal = book.authenticate(client, authorization)
+        except AuthError as exc:
+            raise HTTPException(
+                401, detail=exc.message, headers={"WWW-Authenticate": "Bearer"}
+            ) from None
+        tenant = ALL_TENANTS if fleet else principal.tenant_id
+        reason = authorize(principal, permission, tenant, principal.agent_id)
+        if reason is not None:
+            raise HTTPException(403, detail=reason)
+        return principal
+
+    caller.asks_for_key = True  # see document_key_errors
+    return Depends(caller)
+
+
+def document_key_errors(app: FastAPI) -> None:
+    """Declare 401 and 403 on every route that asks for a key (through :func:`needs`), so
+    the OpenAPI schema says what the door may answer. Call it once the routes exist."""
+
+    def asks(dependant: Any) -> bool:
+        return any(
+            getattr(d.call, "asks_for_key", False) or asks(d) for d in dependant.dependencies
+        )
+
+    for route in app.routes:
+        if isinstance(route, APIRoute) and asks(route.dependant):
+            for status in (401, 403):
+                route.responses.setdefault(status, error_responses(status)[status])
+
+
+def require_tenant(principal: Principal, permission: Permission, tenant_id: str, what: str) -> None:
+    """Refuse (404, as if it did not exist: no oracle for other tenants' names) when
+    ``principal`` may not act on ``tenant_id``; ``what`` names the thing."""
+    if authorize(principal, permission, tenant_id, principal.agent_id) is not None:
+        raise HTTPException(404, detail=f"{what} is unknown")
+
+
+def tenant_filter(principal: Principal, asked: str | None) -> str | None:
+    """The tenant a list answers for: the one asked, which must be the key's own unless
+    the key spans every tenant (403 otherwise); a tenant key's own when none is asked."""
+    if principal.tenant_id == ALL_TENANTS:
+        return asked
+    if asked is not None and asked != principal.tenant_id:
+        raise HTTPException(403, detail=f"{principal} may not read tenant {asked}")
+    return principal.tenant_id
+
+
+def actor_of(principal: Principal, said: str) -> str:
+    """Who a change is recorded as: the key (``key:<id>``), or, without a key on the
+    embedded demo, what the caller said in ``X-Agentwatch-Actor``."""
+    return said if principal == LOOPBACK_OPERATOR else f"key:{principal.key_id}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from clickhouse_connect.driver.client import Client
@@ -67,13 +68,22 @@ class SilenceBook:
             self.publisher.publish(self._event(SILENCE_CREATED, silence.model_dump(), actor), FLEET)
             self._record(client, silence, deleted=False, version=now, actor=actor)
 
-    def expire(self, client: Client, silence_id: str, actor: str) -> Silence:
-        """Expire a silence now; raises :class:`SilenceNotFound` for an unknown id."""
+    def expire(
+        self,
+        client: Client,
+        silence_id: str,
+        actor: str,
+        allowed: Callable[[Silence], None] | None = None,
+    ) -> Silence:
+        """Expire a silence now; raises :class:`SilenceNotFound` for an unknown id.
+        ``allowed`` is called with the silence first and may raise to refuse."""
         with self._lock:
             found = self._read(client, silence_id)
             if not found:
                 raise SilenceNotFound(f"no silence {silence_id!r}; GET /api/v1/silences lists them")
             silence = found[0]
+            if allowed is not None:
+                allowed(silence)
             self.publisher.publish(self._event(SILENCE_EXPIRED, {"id": silence.id}, actor), FLEET)
             self._record(client, silence, deleted=True, version=time.time(), actor=actor)
             return silence

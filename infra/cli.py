@@ -148,6 +148,24 @@ def state_file(settings: Settings) -> Path:
     return run_dir(settings) / "agentwatch.json"
 
 
+def admin_key_file(settings: Settings) -> Path:
+    """Where `agentwatch up` has the API keep the stack's first admin key (mode 0600)."""
+    return run_dir(settings) / "admin.key"
+
+
+def api_headers(settings: Settings) -> dict[str, str]:
+    """The Authorization header the commands send: AGENTWATCH_API_KEY, else the running
+    stack's admin key file, else none (an API that requires keys then answers 401)."""
+    if settings.api_key is not None:
+        token = settings.api_key.get_secret_value()
+    else:
+        try:
+            token = admin_key_file(settings).read_text().strip()
+        except OSError:
+            return {}
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def api_base_url(settings: Settings) -> str:
     return f"http://{settings.api_host}:{settings.api_port}"
 
@@ -530,7 +548,8 @@ def _simulator_note(settings: Settings, options: SimulationOptions, started: flo
     shown = seen[0]
     url = f"{api_base_url(settings)}/api/v1/agents/{shown['agent_id']}/anomalies?limit=5"
     lines.append(
-        f"look: curl -s '{url}'  ({shown['kind']} at {_clock(shown['start_epoch'])}"
+        f"look: curl -s -H \"Authorization: Bearer $(cat {admin_key_file(settings)})\" "
+        f"'{url}'  ({shown['kind']} at {_clock(shown['start_epoch'])}"
         + (", in the history)" if shown in history else ")")
     )
     return "\n".join(lines)
@@ -621,6 +640,7 @@ def _supervise(
             **os.environ,
             "AGENTWATCH_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "AGENTWATCH_API_SQL_ENABLED": "true" if settings.api_sql_enabled else "false",
+            "AGENTWATCH_API_ADMIN_KEY_FILE": str(admin_key_file(settings).absolute()),
             "PYTHONUNBUFFERED": "1",
         }
         log.info("api_sql enabled=%s", settings.api_sql_enabled)
@@ -739,6 +759,14 @@ def _print_summary(
         else "  sql        off (AGENTWATCH_API_SQL_ENABLED=false); `agentwatch sql` reads the "
         "data once the stack is stopped"
     )
+    key_file = admin_key_file(settings)
+    lines.append(
+        f"  key        admin key in {key_file} (mode 0600): send it as "
+        f'-H "Authorization: Bearer $(cat {key_file})"; the agentwatch commands read it'
+        if settings.api_auth_required
+        else "  key        none needed (AGENTWATCH_API_AUTH_REQUIRED=false: requests without a "
+        "key act as an admin of every tenant)"
+    )
     lines += [
         f"  logs       {logs_dir(settings)}/<process>.log",
         "  status     agentwatch status",
@@ -839,6 +867,7 @@ def _sql_through_api(
     try:
         response = httpx.post(
             url,
+            headers=api_headers(settings),
             json={"query": query, "format": wire_format},
             timeout=settings.api_sql_max_execution_time_s + settings.api_sql_request_grace_s + 5,
         )
@@ -936,7 +965,12 @@ def audit_verify(
     api_url, stack_pid = _running_api(settings)
     params = {"tenant": tenant} if tenant is not None else {}
     try:
-        response = httpx.get(f"{api_url}/api/v1/audit/verify", params=params, timeout=60.0)
+        response = httpx.get(
+            f"{api_url}/api/v1/audit/verify",
+            params=params,
+            headers=api_headers(settings),
+            timeout=60.0,
+        )
         if response.status_code != 200:
             fail(f"the API at {api_url} said {response.status_code}: {response.text[:300]}")
         verdict = response.json()
@@ -1069,7 +1103,7 @@ def status() -> None:
         healthy = False
     url = f"{state.get('api_url', api_base_url(settings))}/api/v1/system/health"
     try:
-        response = httpx.get(url, timeout=2.0)
+        response = httpx.get(url, headers=api_headers(settings), timeout=2.0)
         verdict = ""
         with contextlib.suppress(ValueError, AttributeError):
             verdict = str(response.json().get("status", ""))

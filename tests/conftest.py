@@ -99,6 +99,9 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "baseline_warmup_heartbeats": 20,
             "snapshot_interval_s": 0.5,
             "loader_batch_age_s": 0.1,
+            # without a key a request acts as the loopback admin; tests/test_rbac.py and
+            # tests/test_keys.py turn keys on
+            "api_auth_required": False,
         }
         values.update(overrides)
         return Settings(**values)

@@ -20,7 +20,8 @@ def book(settings: Settings):
     client = connect(settings)
     create_schema(client, settings)
     publisher = EventPublisher(settings)
-    yield KeyBook(settings.model_copy(update={"api_key_cache_s": 0.0}), publisher), client
+    strict = settings.model_copy(update={"api_key_cache_s": 0.0, "api_auth_required": True})
+    yield KeyBook(strict, publisher), client
     publisher.close()
     client.close()
 
@@ -77,7 +78,7 @@ def test_expired_keys_and_keys_that_cannot_be(book):
 
 def test_without_a_key_the_demo_acts_as_the_loopback_operator_only_when_allowed(book):
     keys, client = book
-    assert keys.settings.api_auth_required is True  # the default
+    assert Settings().api_auth_required is True  # the default
     relaxed = KeyBook(keys.settings.model_copy(update={"api_auth_required": False}), None)
     assert relaxed.authenticate(client, None) == LOOPBACK_OPERATOR
     with pytest.raises(AuthError):  # a key sent is still checked

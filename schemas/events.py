@@ -54,6 +54,8 @@ TASK_COMPLETED = "task_completed"
 TASK_FAILED = "task_failed"
 #: ``type`` of the dataflow's record that an agent's status changed (e.g. to quarantined).
 STATUS_CHANGED = "status_changed"
+#: ``type`` of the dataflow's warning that an agent missed heartbeats (not yet offline).
+HEARTBEAT_LATE = "heartbeat_late"
 
 #: Logical topic of agents' facts, of operators' commands, of the dataflow's derived facts.
 AGENT_CHANNEL = "events"
@@ -68,7 +70,7 @@ CHANNELS: dict[str, frozenset[str]] = {
     CONTROL_CHANNEL: frozenset(
         {RULE_CHANGED, SILENCE_CREATED, SILENCE_EXPIRED, RELEASED, QUARANTINE_REQUESTED}
     ),
-    STATE_CHANNEL: frozenset({STATUS_CHANGED}),
+    STATE_CHANNEL: frozenset({STATUS_CHANGED, HEARTBEAT_LATE}),
 }
 
 #: What each channel carries and who writes it, for the reasons of refusals.

@@ -182,6 +182,26 @@ class Liveness(RowArrays):
         """Empty, with the timeouts of ``settings`` (rows from ``index`` if given)."""
         return cls(LivenessConfig.from_settings(settings), index)
 
+    @classmethod
+    def resume(cls, config: LivenessConfig, index: AgentIndex, heard: np.ndarray) -> Liveness:
+        """The timeouts of a shard whose state was kept before they existed: each agent's
+        latest heartbeat is the latest event time the shard knew of it (``heard``, by
+        row); its partition is unknown until it beats, so it is judged by the shard's
+        most advanced clock.
+
+        >>> index = AgentIndex()
+        >>> _ = index.rows_for(["a1"], ["t1"])
+        >>> live = Liveness.resume(LivenessConfig(60.0, 120.0, 10.0), index, np.array([5.0]))
+        >>> [e["agent_id"] for e in live.observe(["a2"], ["t1"], [65.0], 0, 0.0).events]
+        ['a1']
+        """
+        live = cls(config, index)
+        live._fit()
+        count = min(len(index), len(heard))
+        live.last_beat[:count] = heard[:count]
+        live.due = -math.inf
+        return live
+
     def configure(self, config: LivenessConfig) -> None:
         """Go on with new timeouts (settings changed across a restart)."""
         self.config = config
@@ -253,19 +273,24 @@ class Liveness(RowArrays):
         if not count:
             self.due = math.inf
             return
+        self._fit()  # (rows other parts of the shard added)
         cfg = self.config
         part = self.partition[:count]
         clocks = np.full(count, -np.inf)
         for partition, known in self.clock.partitions.items():
             clocks[part == partition] = known[2]
+        unknown = part < 0  # (agents carried over from an older snapshot, not yet heard)
+        if unknown.any() and self.clock.partitions:
+            clocks[unknown] = max(k[2] for k in self.clock.partitions.values())
         level, last = self.level[:count], self.last_beat[:count]
         late_at, offline_at = last + cfg.late_after_s, last + cfg.offline_after_s
-        for row in np.flatnonzero((level < OFFLINE) & (clocks >= late_at)).tolist():
+        heard = np.isfinite(last)  # (a row made by an operator's command has no heartbeat)
+        for row in np.flatnonzero(heard & (level < OFFLINE) & (clocks >= late_at)).tolist():
             if self.level[row] == ON_TIME:
                 self._late(row, float(last[row]), out)
             if clocks[row] >= offline_at[row]:
                 self._offline(row, float(last[row]), quarantined, out)
-        pending = level < OFFLINE
+        pending = heard & (level < OFFLINE)
         next_at = np.where(level == ON_TIME, late_at, offline_at)[pending]
         self.due = float(next_at.min()) if len(next_at) else math.inf
 

@@ -210,8 +210,9 @@ class ShardState:
         for name, part in old.items():
             setattr(fresh, name, part)
         if "liveness" not in old:  # (snapshots from before the heartbeat timeouts)
-            fresh.liveness = Liveness(ShardConfig.of(settings).liveness, fresh.index)
-            fresh.liveness._fit()
+            fresh.liveness = Liveness.resume(
+                ShardConfig.of(settings).liveness, fresh.index, fresh.security.clock
+            )
         fresh.alerts.set_rules(fresh.rules.rules())
         return fresh
 

@@ -403,3 +403,35 @@ def test_the_recovery_directory_keeps_the_shard_count_its_state_was_made_with(tm
     (legacy.recovery_path / "part-0.sqlite3").write_bytes(b"")  # state from before the record
     assert with_recorded_layout(legacy).shard_count == LEGACY_SHARD_COUNT
     assert (legacy.recovery_path / LAYOUT_FILE).read_text() == '{"shard_count": 16}\n'
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_agent_that_goes_silent_while_others_beat_goes_offline_by_event_time(workers):
+    """No tick, no processing time: the others' heartbeats move the clock."""
+    values = [
+        orjson.dumps(heartbeat(agent, step))
+        for step in range(30)
+        for agent in range(4)
+        if not (agent == 2 and 5 <= step < 15)  # agent 2 silent for 300 s
+    ]
+    records = run(values, workers=workers, batch_size=7)
+    events = sorted(
+        (r["timestamp"] - START, r["type"], r["payload"].get("to"))
+        for topic, r in records
+        if topic == "agents.state" and r["agent_id"] == "agent-0002"
+    )
+    assert events == [
+        (180.0, "heartbeat_late", None),  # last beat at step 4 (120 s) + 60 s
+        (240.0, "status_changed", "offline"),
+        (450.0, "status_changed", "active"),  # back at step 15
+    ]
+    alerts = sorted(
+        (r["updated_at"] - START, r["agent_id"], r["rule"], r["state"])
+        for topic, r in records
+        if topic == "agents.alerts"
+    )
+    assert alerts == [
+        (240.0, "agent-0002", "agent_offline", "firing"),
+        (750.0, "agent-0002", "agent_offline", "resolved"),  # the return + alert_resolve_after_s
+    ]
+    assert {r["agent_id"] for topic, r in records if topic == "agents.state"} == {"agent-0002"}

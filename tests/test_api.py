@@ -1067,3 +1067,26 @@ def test_quarantine_and_release_requests_are_published_with_the_actor(broker_api
         (b"a1", "quarantine_requested", "ops-2", {"reason": "talks to an unknown host"}),
         (b"a1", "released", "api", {"reason": ""}),
     ]
+
+
+def test_status_shows_the_lifecycle_state_the_dataflow_derived_last(
+    api: TestClient, ch: Client, offline_settings: Settings, surveillance
+):
+    from sinks.loader import event_row
+
+    assert api.get("/api/v1/agents/a1/status").json()["lifecycle_state"] == "quarantined"
+    assert api.get("/api/v1/agents/a2/status").json()["lifecycle_state"] is None
+
+    def changed(to: str, ago: float) -> dict:
+        return {"type": "status_changed", "agent_id": "a2", "tenant_id": "t2", "actor": "system",
+                "timestamp": NOW - ago, "payload": {"from": "active", "to": to}}  # fmt: skip
+
+    insert_docs(ch, offline_settings, "agent_events", partial(event_row, "state"), [
+        changed("offline", 300),
+        {**changed("offline", 360), "type": "heartbeat_late", "payload": {"late_after_s": 60}},
+    ])  # fmt: skip
+    assert api.get("/api/v1/agents/a2/status").json()["lifecycle_state"] == "offline"
+    insert_docs(ch, offline_settings, "agent_events", partial(event_row, "state"), [
+        {**changed("active", 200), "payload": {"from": "offline", "to": "active"}},
+    ])  # fmt: skip
+    assert api.get("/api/v1/agents/a2/status").json()["lifecycle_state"] == "active"

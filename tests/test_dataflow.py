@@ -11,6 +11,7 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from agentwatch.settings import Settings
 from dataflows.heartbeats import build_flow
 from dataflows.kafka_source import RawBatch
+from schemas.heartbeats import parse_heartbeats
 
 START = 1_800_000_000.0
 
@@ -435,3 +436,34 @@ def test_an_agent_that_goes_silent_while_others_beat_goes_offline_by_event_time(
         (750.0, "agent-0002", "agent_offline", "resolved"),  # the return + alert_resolve_after_s
     ]
     assert {r["agent_id"] for topic, r in records if topic == "agents.state"} == {"agent-0002"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_simulators_silence_incident_goes_offline_within_the_grace_and_active_after(workers):
+    """The fleet simulator's heartbeats (each agent at its own offset in the interval, so
+    a batch is not in time order across agents) with a silence of 300 s: its agent,
+    and only it, goes late, offline at its last heartbeat + the grace, active again."""
+    from agentwatch.simulator import FleetSimulator, Incident
+
+    silence = Incident("silence", "agent-000007", 1800.0, 300.0, 1.0)
+    fleet = FleetSimulator(40, seed=3, start=START, incidents=[silence])
+    values = []
+    for batch in fleet.batches(until_s=3600.0):
+        values += batch.serialize()[1]
+    parsed = parse_heartbeats(values)[0]
+    pairs = zip(parsed.agent_id, parsed.timestamp.tolist(), strict=True)
+    times = sorted(t for agent, t in pairs if agent == silence.agent_id)
+    last = max(t for t in times if t < START + 1800)
+    back = min(t for t in times if t >= START + 2100)
+    records = run(values, workers=workers, batch_size=997)
+    events = sorted(
+        (r["timestamp"], r["agent_id"], r["type"], r["payload"].get("to"))
+        for topic, r in records
+        if topic == "agents.state"
+    )
+    grace = Settings().heartbeat_interval_s * Settings().heartbeat_offline_missed
+    assert events == [
+        (last + 60, "agent-000007", "heartbeat_late", None),
+        (last + grace, "agent-000007", "status_changed", "offline"),
+        (back, "agent-000007", "status_changed", "active"),
+    ]

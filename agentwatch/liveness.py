@@ -348,7 +348,7 @@ class Liveness(RowArrays):
             {
                 **agent,
                 "rule": AGENT_OFFLINE_RULE,
-                "category": "AVAILABILITY",
+                "category": "SYSTEM",
                 "severity": "HIGH",
                 "first_seen": at,
                 "last_seen": at,

@@ -693,6 +693,33 @@ class Settings(BaseSettings):
 
     # --- the seed's monitoring intervals -----------------------------------
     heartbeat_interval_s: float = Field(30.0, gt=0, description="Seed: agents beat every 30 s.")
+    heartbeat_late_missed: int = Field(
+        2,
+        ge=1,
+        description="An agent with no heartbeat for this many intervals (event time; 2 × 30 s = "
+        "60 s) gets a `heartbeat_late` warning on agents.state: the first rung of the ladder.",
+    )
+    heartbeat_offline_missed: int = Field(
+        4,
+        ge=1,
+        description="An agent with no heartbeat for this many intervals (4 × 30 s = 120 s) goes "
+        "offline: `status_changed` to offline on agents.state and an `agent_offline` alert; both "
+        "end when its heartbeats return. Must be at least heartbeat_late_missed.",
+    )
+    clock_tick_s: float = Field(
+        1.0,
+        gt=0,
+        description="The dataflow's clock ticks every shard this often (processing time), so "
+        "time passes without input: heartbeat timeouts are judged on ticks as well as on input.",
+    )
+    clock_idle_advance_s: float = Field(
+        10.0,
+        gt=0,
+        description="A shard's event clock follows the heartbeats it reads (event time, so a "
+        "replay decides the same); a source partition it has heard nothing from for this long "
+        "(processing time) advances by the processing time since, so a silent fleet still "
+        "times out: offline within the grace plus this. Keep it below the grace.",
+    )
 
     @field_validator("clickhouse_dsn")
     @classmethod

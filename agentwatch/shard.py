@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from agentwatch.alerts import AlertBook
 from agentwatch.conversations import Conversation, ConversationConfig, ConversationMonitor
 from agentwatch.fleet import DetectorConfig, FleetBaselines
+from agentwatch.liveness import Liveness, LivenessConfig, LivenessOutput
 from agentwatch.rows import AgentIndex
 from agentwatch.rules import BaselineInputs, RuleSet
 from agentwatch.security import SecurityConfig, SecurityScores
@@ -112,6 +113,7 @@ class ShardConfig:
     trends: TrendConfig
     security: SecurityConfig
     conversations: ConversationConfig
+    liveness: LivenessConfig
 
     @classmethod
     def of(cls, settings: Settings) -> ShardConfig:
@@ -125,6 +127,7 @@ class ShardConfig:
                 TrendConfig.from_settings(settings),
                 SecurityConfig.from_settings(settings),
                 ConversationConfig.from_settings(settings),
+                LivenessConfig.from_settings(settings),
             )
         return made
 
@@ -143,6 +146,7 @@ class ShardState:
     security: SecurityScores
     alerts: AlertBook
     conversations: ConversationMonitor
+    liveness: Liveness
 
     @classmethod
     def new(cls, settings: Settings) -> ShardState:
@@ -158,6 +162,7 @@ class ShardState:
             SecurityScores(config.security, index),
             AlertBook(settings, rules.rules()),
             ConversationMonitor(config.conversations),
+            Liveness(config.liveness, index),
         )
 
     @classmethod
@@ -187,6 +192,8 @@ class ShardState:
         self.security.configure(config.security)
         self.conversations.configure(config.conversations)
         self.alerts.configure(config.settings)
+        if self.liveness.config != config.liveness:
+            self.liveness.configure(config.liveness)
 
     @classmethod
     def carry_over(cls, state: object, settings: Settings) -> ShardState:
@@ -202,11 +209,17 @@ class ShardState:
             _share_one_index(old, fresh)
         for name, part in old.items():
             setattr(fresh, name, part)
+        if "liveness" not in old:  # (snapshots from before the heartbeat timeouts)
+            fresh.liveness = Liveness.resume(
+                ShardConfig.of(settings).liveness, fresh.index, fresh.security.clock
+            )
         fresh.alerts.set_rules(fresh.rules.rules())
         return fresh
 
-    def observe(self, batch: HeartbeatBatch) -> ShardOutput:
-        """Every step of the shard for every heartbeat of ``batch``."""
+    def observe(self, batch: HeartbeatBatch, wall: float | None = None) -> ShardOutput:
+        """Every step of the shard for every heartbeat of ``batch``, read at processing
+        time ``wall`` (None: the batch's latest event time, for callers without a clock
+        such as a replay benchmark)."""
         if not len(batch):
             return ShardOutput()
         before = BaselineInputs.from_fleet(self.baselines, batch)
@@ -214,8 +227,17 @@ class ShardState:
         threats = judged.threats + self.trends.observe(batch)
         scored = self.baselines.observe(batch)
         security = self.security.observe(batch, threats)
+        if wall is None:
+            wall = float(batch.timestamp.max())
+        live = self.liveness.observe(
+            batch.agent_id, batch.tenant_id, batch.timestamp, batch.partition, wall,
+            self.security.quarantined,
+        )  # fmt: skip
         self.index.forget()
-        alerts = self.alerts.observe(judged.transitions, threats, batch.agent_id, batch.timestamp)
+        alerts = self.alerts.observe(
+            judged.transitions + live.transitions, threats + live.threats,
+            batch.agent_id, batch.timestamp,
+        )  # fmt: skip
         return ShardOutput(
             anomalies=scored.anomalies,
             baselines=scored.baselines,
@@ -223,8 +245,21 @@ class ShardState:
             alerts=alerts,
             scores=security.score_changes,
             commands=security.commands,
-            events=security.lifecycle_events,
+            events=security.lifecycle_events + live.events,
         )
+
+    def tick(self, wall: float) -> ShardOutput:
+        """The clock ticked at processing time ``wall``: the heartbeat timeouts of agents
+        left behind by their partition's clock (see :mod:`agentwatch.liveness`). Costs one
+        comparison when no agent is due."""
+        live = self.liveness.tick(wall, self.security.quarantined)
+        return self._timed_out(live)
+
+    def _timed_out(self, live: LivenessOutput) -> ShardOutput:
+        if not (live.events or live.transitions):
+            return ShardOutput()
+        alerts = self.alerts.observe(live.transitions, live.threats)
+        return ShardOutput(alerts=alerts, events=live.events)
 
     def apply(self, command: ShardCommand) -> ShardOutput:
         """Apply an operator's command (a ``RuleChange`` may raise ``RuleChangeError``),

@@ -305,6 +305,7 @@ def create_app(
             )
             scores = queries.score_changes(client, database, agent_id, 1)
             quarantine = quarantine_state(queries.quarantine_events(client, database, agent_id))
+            lifecycle = queries.lifecycle_state(client, database, agent_id)
         tenant_id = latest[0] if latest else baseline[0]
         metrics = latest[1] if latest else None
         last_heartbeat = metrics.timestamp if metrics else None
@@ -321,6 +322,7 @@ def create_app(
             recent_threats=threats,
             security_score=scores[0].score if scores else settings.security_initial_score,
             quarantined=quarantine["quarantined"],
+            lifecycle_state=lifecycle,
         )
 
     @app.get(

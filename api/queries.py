@@ -258,6 +258,20 @@ def quarantine_events(client: Client, database: str, agent_id: str, limit: int =
     return events
 
 
+def lifecycle_state(client: Client, database: str, agent_id: str) -> str | None:
+    """The status the agent's latest ``status_changed`` (from the dataflow, on agents.state)
+    moved it to; None if there is none."""
+    result = client.query(
+        f"SELECT JSONExtractString(payload, 'to') FROM {database}.agent_events FINAL "
+        "PREWHERE agent_id = {agent_id:String} "
+        "WHERE type = 'status_changed' AND channel IN ('state', '') "
+        "ORDER BY timestamp DESC LIMIT 1",
+        parameters={"agent_id": agent_id},
+    )
+    rows = result.result_rows
+    return (rows[0][0] or None) if rows else None
+
+
 def incidents(
     client: Client, database: str, tenant_id: str | None, limit: int
 ) -> list[AgentIncident]:

@@ -114,6 +114,13 @@ class AgentStatus(BaseModel):
         "the initial score if it never changed."
     )
     quarantined: bool = Field(description="Whether the agent is quarantined now.")
+    lifecycle_state: str | None = Field(
+        None,
+        description="The agent's status as the dataflow last changed it (the latest "
+        "`status_changed` on agents.state): `offline` after no heartbeat for the grace "
+        "(AGENTWATCH_HEARTBEAT_OFFLINE_MISSED intervals), `active` once heartbeats return, "
+        "`quarantined`…; null if it never changed.",
+    )
 
 
 class AnomalyList(BaseModel):

@@ -5,6 +5,7 @@ agents.metrics ─► read_heartbeats ─► validate ─┬─► dead_letters 
   (a batch per partition read)                  └─► split_by_shard ──┐                      │
 agents.events  ─► read_events  ─► check_events  ─┬─► to_shards ──────┤                      │
 agents.control ─► read_control ─► check_control ─┴─► event_dead_letters ───────────────────┤
+clock (a tick every clock_tick_s) ─► tick_every_shard ──────────────┤                      │
                                                                      ▼                      │
                                           agent_baselines (state keyed by shard of agents:  │
                                           rules, baselines, detector, security, alerts)     │
@@ -17,6 +18,11 @@ Operators' commands (rule changes, silences, releases, quarantine requests) are
 applied only when they arrive on ``agents.control``, which only the API writes;
 the same command on ``agents.events``, which agents write, is dead-lettered with
 the reason (``schemas.events.CHANNELS`` says which type belongs where).
+
+The clock's ticks let time pass in the shards without input (heartbeat timeouts:
+an agent that stops beating goes late, then offline); the shards judge in event
+time, processing time only moves a source partition that has been quiet for
+``clock_idle_advance_s`` (see :mod:`agentwatch.liveness`).
 
 Run it with ``python -m dataflows.heartbeats`` (one process, settings from
 ``AGENTWATCH_*``), or as a Bytewax cluster with
@@ -32,6 +38,7 @@ import logging
 import signal
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -61,6 +68,7 @@ from agentwatch.shard import (
     ShardState,
     SilenceExpiry,
 )
+from dataflows.clock import ClockSource, Tick, to_every_shard
 from dataflows.kafka_source import STOP, KafkaBatchSource, RawBatch
 from schemas.events import (
     AGENT_CHANNEL,
@@ -199,6 +207,7 @@ def split_by_shard(shard_count: int, checked: CheckedBatch) -> list[tuple[str, H
     heartbeats = checked.heartbeats
     if not len(heartbeats):
         return []
+    heartbeats.partition = checked.raw.partition
     shards = shards_of(heartbeats.agent_id, shard_count)
     first = shards[0]
     if (shards == first).all():
@@ -222,11 +231,17 @@ def shards_of(agent_ids: list[str], shard_count: int) -> np.ndarray:
 
 
 def observe_shard(
-    settings: Settings, state: object | None, item: HeartbeatBatch | ShardCommand
+    settings: Settings,
+    wall_clock: Callable[[], float],
+    state: object | None,
+    item: HeartbeatBatch | ShardCommand | Tick,
 ) -> tuple[ShardState, ShardOutput]:
-    """One step of a shard (its state is the shard's): a batch of heartbeats, or an
-    operator's command (rule change, silence, release)."""
+    """One step of a shard (its state is the shard's): a batch of heartbeats (read at
+    ``wall_clock()``), an operator's command (rule change, silence, release), or a tick
+    of the clock."""
     state = ShardState.restore(state, settings)
+    if isinstance(item, Tick):
+        return state, state.tick(item.wall)
     if not isinstance(item, HeartbeatBatch):
         try:
             return state, state.apply(item)
@@ -234,7 +249,7 @@ def observe_shard(
             log.warning("rule_change_refused action=%s rule=%s reason=%s",
                         item.action, item.target, exc)  # fmt: skip
             return state, ShardOutput()
-    return state, state.observe(item)
+    return state, state.observe(item, wall_clock())
 
 
 #: Which topic each kind of shard output goes to (the lifecycle events the shards
@@ -291,10 +306,14 @@ def build_flow(
     sink: Sink[Message] | None = None,
     events: Source[RawBatch] | None = None,
     control: Source[RawBatch] | None = None,
+    clock: Source[Tick] | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> Dataflow:
     """The heartbeat dataflow. Without ``source``, heartbeats, agents' events and
-    operators' commands are read from Kafka; with one (tests), agents' events come from
-    ``events`` and commands from ``control``, if given. ``sink`` defaults to Kafka."""
+    operators' commands are read from Kafka and the clock ticks every ``clock_tick_s``;
+    with one (tests), agents' events come from ``events``, commands from ``control`` and
+    ticks from ``clock``, if given. ``sink`` defaults to Kafka. ``wall_clock`` reads the
+    processing time at which a batch of heartbeats is taken (a test may drive it)."""
     if source is None:
         source, events, control = (
             KafkaBatchSource(
@@ -307,6 +326,7 @@ def build_flow(
             )
             for name in ("metrics", AGENT_CHANNEL, CONTROL_CHANNEL)
         )
+        clock = ClockSource(settings.clock_tick_s, wall_clock)
     if sink is None:
         login = {k: v for k, v in settings.kafka_config().items() if k != "bootstrap.servers"}
         sink = KafkaSink(
@@ -341,8 +361,17 @@ def build_flow(
         )  # fmt: skip
         commands = op.flat_map("to_shards", changes, partial(to_shards, settings.shard_count))
         by_shard = op.merge("shard_inputs", by_shard, commands)
+    if clock is not None:
+        ticks = op.flat_map(
+            "tick_every_shard",
+            op.input("read_clock", flow, clock),
+            partial(to_every_shard, settings.shard_count),
+        )
+        by_shard = op.merge("clocked_inputs", by_shard, ticks)
     # the step keeps its first name: recovery snapshots are filed under it
-    observed = op.stateful_map("agent_baselines", by_shard, partial(observe_shard, settings))
+    observed = op.stateful_map(
+        "agent_baselines", by_shard, partial(observe_shard, settings, wall_clock)
+    )
     topics = {kind: settings.topic(name) for kind, name in OUTPUT_TOPICS.items()}
     found = op.flat_map("findings", observed, partial(findings, topics))
     threats = op.filter("threats", found, lambda m: m.topic == topics["threats"])

@@ -548,7 +548,7 @@ def _simulator_note(settings: Settings, options: SimulationOptions, started: flo
     shown = seen[0]
     url = f"{api_base_url(settings)}/api/v1/agents/{shown['agent_id']}/anomalies?limit=5"
     lines.append(
-        f"look: curl -s -H \"Authorization: Bearer $(cat {admin_key_file(settings)})\" "
+        f'look: curl -s -H "Authorization: Bearer $(cat {admin_key_file(settings)})" '
         f"'{url}'  ({shown['kind']} at {_clock(shown['start_epoch'])}"
         + (", in the history)" if shown in history else ")")
     )

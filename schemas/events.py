@@ -60,6 +60,8 @@ TASK_COMPLETED = "task_completed"
 TASK_FAILED = "task_failed"
 #: ``type`` of the dataflow's record that an agent's status changed (e.g. to quarantined).
 STATUS_CHANGED = "status_changed"
+#: ``type`` of the dataflow's warning that an agent missed heartbeats (not yet offline).
+HEARTBEAT_LATE = "heartbeat_late"
 
 #: ``type`` of an operator's making or revoking of an API key (payload: the key's id,
 #: role, tenant, agent, name, times; never its secret nor the secret's hash).
@@ -91,7 +93,7 @@ CHANNELS: dict[str, frozenset[str]] = {
             KEY_REVOKED,
         }
     ),
-    STATE_CHANNEL: frozenset({STATUS_CHANGED}),
+    STATE_CHANNEL: frozenset({STATUS_CHANGED, HEARTBEAT_LATE}),
 }
 
 #: What each channel carries and who writes it, for the reasons of refusals.

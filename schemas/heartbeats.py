@@ -82,6 +82,9 @@ class HeartbeatBatch:
     timestamp: np.ndarray  # epoch seconds, float64
     metrics: dict[str, np.ndarray]  # NUMERIC_FIELDS → float64 column
     status: list[str | None] = field(default_factory=list)
+    #: The source partition the batch was read from (a partition is read in order: the
+    #: shards' event clocks are kept per partition, see :mod:`agentwatch.liveness`).
+    partition: int = 0
 
     def __len__(self) -> int:
         return len(self.agent_id)
@@ -96,6 +99,7 @@ class HeartbeatBatch:
             timestamp=self.timestamp[rows],
             metrics={name: col[rows] for name, col in self.metrics.items()},
             status=[self.status[i] for i in positions],
+            partition=self.partition,
         )
 
     def to_frame(self) -> pd.DataFrame:

@@ -1089,3 +1089,26 @@ def test_a_body_that_cannot_be_decoded_is_a_422_that_says_so(api):
     assert answer.status_code == 422
     assert answer.json()["message"].startswith("request: the body could not be read")
     assert answer.json()["detail"][0]["loc"] == ["body"]
+
+
+def test_status_shows_the_lifecycle_state_the_dataflow_derived_last(
+    api: TestClient, ch: Client, offline_settings: Settings, surveillance
+):
+    from sinks.loader import event_row
+
+    assert api.get("/api/v1/agents/a1/status").json()["lifecycle_state"] == "quarantined"
+    assert api.get("/api/v1/agents/a2/status").json()["lifecycle_state"] is None
+
+    def changed(to: str, ago: float) -> dict:
+        return {"type": "status_changed", "agent_id": "a2", "tenant_id": "t2", "actor": "system",
+                "timestamp": NOW - ago, "payload": {"from": "active", "to": to}}  # fmt: skip
+
+    insert_docs(ch, offline_settings, "agent_events", partial(event_row, "state"), [
+        changed("offline", 300),
+        {**changed("offline", 360), "type": "heartbeat_late", "payload": {"late_after_s": 60}},
+    ])  # fmt: skip
+    assert api.get("/api/v1/agents/a2/status").json()["lifecycle_state"] == "offline"
+    insert_docs(ch, offline_settings, "agent_events", partial(event_row, "state"), [
+        {**changed("active", 200), "payload": {"from": "offline", "to": "active"}},
+    ])  # fmt: skip
+    assert api.get("/api/v1/agents/a2/status").json()["lifecycle_state"] == "active"

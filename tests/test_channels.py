@@ -38,7 +38,7 @@ def test_the_channels_are_the_topics_and_share_no_type():
     assert sum(len(types) for types in CHANNELS.values()) == len(KNOWN)
     assert sorted(CHANNELS["control"]) == sorted(COMMANDS)
     assert CHANNELS["events"] == {"conversation", "task_completed", "task_failed"}
-    assert CHANNELS["state"] == {"status_changed"}
+    assert CHANNELS["state"] == {"status_changed", "heartbeat_late"}
 
 
 @pytest.mark.parametrize(("channel", "kind"), list(product(CHANNELS, [*KNOWN, "teleported"])))

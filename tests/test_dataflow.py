@@ -11,6 +11,7 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from agentwatch.settings import Settings
 from dataflows.heartbeats import build_flow
 from dataflows.kafka_source import RawBatch
+from schemas.heartbeats import parse_heartbeats
 
 START = 1_800_000_000.0
 
@@ -403,3 +404,66 @@ def test_the_recovery_directory_keeps_the_shard_count_its_state_was_made_with(tm
     (legacy.recovery_path / "part-0.sqlite3").write_bytes(b"")  # state from before the record
     assert with_recorded_layout(legacy).shard_count == LEGACY_SHARD_COUNT
     assert (legacy.recovery_path / LAYOUT_FILE).read_text() == '{"shard_count": 16}\n'
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_agent_that_goes_silent_while_others_beat_goes_offline_by_event_time(workers):
+    """No tick, no processing time: the others' heartbeats move the clock."""
+    values = [
+        orjson.dumps(heartbeat(agent, step))
+        for step in range(30)
+        for agent in range(4)
+        if not (agent == 2 and 5 <= step < 15)  # agent 2 silent for 300 s
+    ]
+    records = run(values, workers=workers, batch_size=7)
+    events = sorted(
+        (r["timestamp"] - START, r["type"], r["payload"].get("to"))
+        for topic, r in records
+        if topic == "agents.state" and r["agent_id"] == "agent-0002"
+    )
+    assert events == [
+        (180.0, "heartbeat_late", None),  # last beat at step 4 (120 s) + 60 s
+        (240.0, "status_changed", "offline"),
+        (450.0, "status_changed", "active"),  # back at step 15
+    ]
+    alerts = sorted(
+        (r["updated_at"] - START, r["agent_id"], r["rule"], r["state"])
+        for topic, r in records
+        if topic == "agents.alerts"
+    )
+    assert alerts == [
+        (240.0, "agent-0002", "agent_offline", "firing"),
+        (750.0, "agent-0002", "agent_offline", "resolved"),  # the return + alert_resolve_after_s
+    ]
+    assert {r["agent_id"] for topic, r in records if topic == "agents.state"} == {"agent-0002"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_simulators_silence_incident_goes_offline_within_the_grace_and_active_after(workers):
+    """The fleet simulator's heartbeats (each agent at its own offset in the interval, so
+    a batch is not in time order across agents) with a silence of 300 s: its agent,
+    and only it, goes late, offline at its last heartbeat + the grace, active again."""
+    from agentwatch.simulator import FleetSimulator, Incident
+
+    silence = Incident("silence", "agent-000007", 1800.0, 300.0, 1.0)
+    fleet = FleetSimulator(40, seed=3, start=START, incidents=[silence])
+    values = []
+    for batch in fleet.batches(until_s=3600.0):
+        values += batch.serialize()[1]
+    parsed = parse_heartbeats(values)[0]
+    pairs = zip(parsed.agent_id, parsed.timestamp.tolist(), strict=True)
+    times = sorted(t for agent, t in pairs if agent == silence.agent_id)
+    last = max(t for t in times if t < START + 1800)
+    back = min(t for t in times if t >= START + 2100)
+    records = run(values, workers=workers, batch_size=997)
+    events = sorted(
+        (r["timestamp"], r["agent_id"], r["type"], r["payload"].get("to"))
+        for topic, r in records
+        if topic == "agents.state"
+    )
+    grace = Settings().heartbeat_interval_s * Settings().heartbeat_offline_missed
+    assert events == [
+        (last + 60, "agent-000007", "heartbeat_late", None),
+        (last + grace, "agent-000007", "status_changed", "offline"),
+        (back, "agent-000007", "status_changed", "active"),
+    ]

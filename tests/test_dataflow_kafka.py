@@ -287,3 +287,66 @@ def test_the_same_bad_payload_at_a_reused_offset_is_two_dead_letters(
         loader.stop()
         broker.stop()
         client.close()
+
+
+def test_a_silent_fleet_goes_offline_by_processing_time_and_comes_back(
+    make_settings, broker, tmp_path: Path
+):
+    """Every agent stops beating and no input at all arrives: the bounded wait on
+    processing time (clock_idle_advance_s) still moves the clock, so the agents go
+    offline within the grace plus the wait; one that beats again is active again."""
+    settings = make_settings(
+        bootstrap_servers=broker.bootstrap_servers,
+        heartbeat_interval_s=1.0,  # late after 2 s, offline after 4 s
+        clock_tick_s=0.2,
+        clock_idle_advance_s=2.0,
+    )
+    ensure_topics(settings)
+    grace = settings.heartbeat_interval_s * settings.heartbeat_offline_missed
+    flow = DataflowProcess(settings, tmp_path / "dataflow.log")
+    flow.start()
+    reader = TopicReader(settings, ["state", "alerts"])
+    state, alerts = settings.topic("state"), settings.topic("alerts")
+
+    def beat(agents: range) -> float:
+        now = time.time()
+        produce(settings, [orjson.dumps(heartbeat(a, 0, timestamp=now)) for a in agents])
+        return now
+
+    try:
+        for _ in range(6):
+            last = beat(range(3))
+            time.sleep(1.0)  # the agents' own pace (event time = wall time here)
+        offline = wait_until(
+            lambda: (
+                len(
+                    found := [
+                        e for e in reader.poll()[state] if e["payload"].get("to") == "offline"
+                    ]
+                )
+                == 3
+                and found
+            ),
+            60,
+            "three agents offline",
+        )
+        seen = time.time()
+        assert {e["agent_id"] for e in offline} == {f"agent-{a:04d}" for a in range(3)}
+        assert all(e["timestamp"] == pytest.approx(last + grace, abs=0.5) for e in offline)
+        assert seen - last <= grace + settings.clock_idle_advance_s + 10  # 10 s: a loaded machine
+        late = [e for e in reader.by_topic[state] if e["type"] == "heartbeat_late"]
+        assert len(late) == 3
+        back = beat(range(1))
+        active = wait_until(
+            lambda: [e for e in reader.poll()[state] if e["payload"].get("to") == "active"],
+            30,
+            "agent 0 active again",
+        )
+        assert [(e["agent_id"], e["timestamp"]) for e in active] == [("agent-0000", back)]
+        fired = [a for a in reader.poll()[alerts] if a["rule"] == "agent_offline"]
+        assert {a["agent_id"] for a in fired if a["state"] == "firing"} == {
+            f"agent-{a:04d}" for a in range(3)
+        }
+    finally:
+        reader.close()
+        assert flow.stop() == 0, flow.log()

@@ -215,6 +215,8 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
         AGENTWATCH_API_PORT=str(free_port()),
         AGENTWATCH_VAR_DIR=str(tmp_path / "var"),
         AGENTWATCH_SHUTDOWN_GRACE_S="3",
+        # requests without a key act as the loopback admin (tests/test_rbac.py tries keys)
+        AGENTWATCH_API_AUTH_REQUIRED="false",
     )
     return env
 
@@ -484,7 +486,7 @@ def test_up_backfills_history_then_goes_live_and_shows_an_incident_from_the_hist
     assert (len(in_history), len(live)) == (2, 2), records
     assert "4 incidents: 2 in the last hour of history, 2 live from" in summary
 
-    url = re.search(r"look: curl -s '([^']+)'", summary).group(1)
+    url = re.search(r"look: curl -s -H \"Authorization: Bearer [^\"]+\" '([^']+)'", summary)[1]
     agent_id = url.split("/agents/")[1].split("/")[0]
     shown = next(r for r in records if r["agent_id"] == agent_id)
     assert shown in in_history

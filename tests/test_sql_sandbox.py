@@ -231,6 +231,7 @@ def sandbox_settings(chdb_dir: Path, var_dir: Path, **overrides: object) -> Sett
         "api_broker_timeout_s": 0.3,
         "var_dir": var_dir,
         "api_sql_enabled": True,
+        "api_auth_required": False,  # tests/test_rbac.py tries keys on this route
         "api_sql_max_memory_bytes": 256 * 2**20,
         "api_sql_max_execution_time_s": 2.0,
     }

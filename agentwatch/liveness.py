@@ -18,19 +18,20 @@ the partition it arrives on, and the rung it has reached. With
 ``offline_after_s = heartbeat_interval_s × heartbeat_offline_missed``:
 
     on time ─ no heartbeat for late_after_s ─▶ late (``heartbeat_late`` event)
-            ─ no heartbeat for offline_after_s ─▶ offline (``status_changed`` to
-              offline, and an ``agent_offline`` alert)
-            ─ a heartbeat ─▶ on time (``status_changed`` offline → active; the
-              alert's condition stops)
+            ─ no heartbeat for offline_after_s ─▶ offline (a ``heartbeat_timeout``
+              for the lifecycle, and an ``agent_offline`` alert)
+            ─ a heartbeat ─▶ on time (the alert's condition stops)
 
 Every event is stamped with the time the threshold was crossed (the last heartbeat
 plus the threshold) or the heartbeat that came back, so events do not depend on
 when the check ran: a gap is judged when the clock passes the threshold, or, if
 the next heartbeat comes first (a batch that holds both), on that heartbeat.
 
-A quarantined agent can still be late and offline (warning and alert), but its
-status stays ``quarantined``: no ``status_changed`` to offline nor back to active,
-so a timeout never hides or lifts a quarantine.
+The ladder does not own the agent's status: a timeout is a trigger the shard gives
+the lifecycle table (:mod:`agentwatch.lifecycle`), which decides (a running agent
+goes offline, a quarantined one stays quarantined) and emits the ``status_changed``;
+the heartbeat that comes back brings it back the same way. A quarantined agent can
+still be late and offline here (warning and alert).
 
 >>> from agentwatch.settings import Settings
 >>> live = Liveness.from_settings(Settings())   # late after 60 s, offline after 120 s
@@ -41,13 +42,13 @@ so a timeout never hides or lifts a quarantine.
 ...                                                  [t0 + 30, t0 + 60], 0, 1.0).events]
 [('a1', 'heartbeat_late')]
 >>> out = live.observe(["a2", "a2"], ["t1", "t1"], [t0 + 90, t0 + 120], 0, 2.0)
->>> [(e["type"], e["payload"]["to"], e["timestamp"] - t0) for e in out.events]
-[('status_changed', 'offline', 120.0)]
+>>> [(e["agent_id"], e["at"] - t0) for e in out.timeouts]
+[('a1', 120.0)]
 >>> [(t["agent_id"], t["holds"]) for t in out.transitions]
 [('a1', True)]
 >>> out = live.observe(["a1"], ["t1"], [t0 + 150], 0, 3.0)
->>> [(e["payload"]["from"], e["payload"]["to"]) for e in out.events]
-[('offline', 'active')]
+>>> out.events, out.timeouts, [(t["agent_id"], t["holds"]) for t in out.transitions]
+([], [], [('a1', False)])
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ import numpy as np
 
 from agentwatch.rows import AgentIndex, ArraySpec, RowArrays
 from agentwatch.settings import Settings
-from schemas.events import HEARTBEAT_LATE, STATUS_CHANGED
+from schemas.events import HEARTBEAT_LATE
 
 #: The rule name of the alert an offline agent raises (it resolves when it beats again).
 AGENT_OFFLINE_RULE = "agent_offline"
@@ -151,12 +152,16 @@ class ShardClock:
 
 @dataclass(slots=True)
 class LivenessOutput:
-    """``events``: ``LifecycleEvent`` dicts for agents.state (``heartbeat_late``,
-    ``status_changed``); ``transitions``: the ``agent_offline`` condition starting
-    (``holds``) or stopping, in the layout the alert book takes from the rules;
-    ``threats``: the threat that makes an offline alert fire."""
+    """``events``: ``heartbeat_late`` ``LifecycleEvent`` dicts for agents.state;
+    ``timeouts``: the agents that reached offline (agent and tenant ids, ``at``, and
+    ``last_heartbeat``), which the shard gives the lifecycle as ``heartbeat_timeout``
+    triggers (the lifecycle owns the status; a heartbeat that comes back is the way
+    back, see :func:`agentwatch.lifecycle.observe_heartbeat`); ``transitions``: the
+    ``agent_offline`` condition starting (``holds``) or stopping, in the layout the
+    alert book takes from the rules; ``threats``: the threat that makes an offline alert fire."""
 
     events: list[dict] = field(default_factory=list)
+    timeouts: list[dict] = field(default_factory=list)
     transitions: list[dict] = field(default_factory=list)
     threats: list[dict] = field(default_factory=list)
 
@@ -216,14 +221,11 @@ class Liveness(RowArrays):
         timestamps: Sequence[float] | np.ndarray,
         partition: int,
         wall: float,
-        quarantined: np.ndarray | None = None,
     ) -> LivenessOutput:
         """Heartbeats read from source ``partition`` at processing time ``wall``: each
         agent's gap since its previous heartbeat is judged (an agent that comes back
         after the clock made it offline goes back to active), then the clock moves
-        to the batch's latest time and the agents it leaves behind are judged.
-        ``quarantined`` (by row of the shared index) keeps statuses of quarantined
-        agents as they are."""
+        to the batch's latest time and the agents it leaves behind are judged."""
         out = LivenessOutput()
         n = len(agent_ids)
         if not n:
@@ -243,7 +245,7 @@ class Liveness(RowArrays):
         )
         for k in judged.tolist():
             self._return(int(r[k]), float(previous[k]), float(t[k]), int(level[k]),
-                         quarantined, out)  # fmt: skip
+                         out)  # fmt: skip
         last = first.copy()
         last[:-1] = first[1:]
         last[-1] = True
@@ -254,20 +256,20 @@ class Liveness(RowArrays):
         self.due = min(self.due, float(newest.min()) + self.config.late_after_s)
         now = self.clock.observe(partition, float(ts.max()), wall)
         if now >= self.due:
-            self._judge(quarantined, out)
+            self._judge(out)
         return out
 
-    def tick(self, wall: float, quarantined: np.ndarray | None = None) -> LivenessOutput:
+    def tick(self, wall: float) -> LivenessOutput:
         """Processing time is ``wall``: quiet partitions' clocks move on (see
         :class:`ShardClock`) and the agents they leave behind are judged."""
         out = LivenessOutput()
         self.clock.tick(wall)
         if self.due <= max((k[2] for k in self.clock.partitions.values()), default=-math.inf):
-            self._judge(quarantined, out)
+            self._judge(out)
         return out
 
     # --- the ladder -------------------------------------------------------------
-    def _judge(self, quarantined: np.ndarray | None, out: LivenessOutput) -> None:
+    def _judge(self, out: LivenessOutput) -> None:
         """Move every agent whose partition's clock passed its next rung; set ``due``."""
         count = len(self.index)
         if not count:
@@ -289,7 +291,7 @@ class Liveness(RowArrays):
             if self.level[row] == ON_TIME:
                 self._late(row, float(last[row]), out)
             if clocks[row] >= offline_at[row]:
-                self._offline(row, float(last[row]), quarantined, out)
+                self._offline(row, float(last[row]), out)
         pending = heard & (level < OFFLINE)
         next_at = np.where(level == ON_TIME, late_at, offline_at)[pending]
         self.due = float(next_at.min()) if len(next_at) else math.inf
@@ -300,7 +302,6 @@ class Liveness(RowArrays):
         previous: float,
         at: float,
         level: int,
-        quarantined: np.ndarray | None,
         out: LivenessOutput,
     ) -> None:
         """A heartbeat at ``at`` after one at ``previous``: the rungs the gap reached that
@@ -310,13 +311,11 @@ class Liveness(RowArrays):
             self._late(row, previous, out)
             level = LATE
         if level == LATE and gap >= self.config.offline_after_s:
-            self._offline(row, previous, quarantined, out)
+            self._offline(row, previous, out)
             level = OFFLINE
-        if level == OFFLINE:
+        if level == OFFLINE:  # (the heartbeat itself is the lifecycle's way back)
             agent = self.index.agent(row)
             out.transitions.append(self._condition(agent, False, at, previous))
-            if not _is_quarantined(quarantined, row):
-                out.events.append(self._status(agent, "offline", "active", at, previous))
         self.level[row] = ON_TIME
 
     def _late(self, row: int, last: float, out: LivenessOutput) -> None:
@@ -336,13 +335,10 @@ class Liveness(RowArrays):
         )
         self.level[row] = LATE
 
-    def _offline(
-        self, row: int, last: float, quarantined: np.ndarray | None, out: LivenessOutput
-    ) -> None:
+    def _offline(self, row: int, last: float, out: LivenessOutput) -> None:
         at = last + self.config.offline_after_s
         agent = self.index.agent(row)
-        if not _is_quarantined(quarantined, row):
-            out.events.append(self._status(agent, "active", "offline", at, last))
+        out.timeouts.append({**agent, "at": at, "last_heartbeat": last})
         out.transitions.append(self._condition(agent, True, at, last))
         out.threats.append(
             {
@@ -362,20 +358,6 @@ class Liveness(RowArrays):
             }
         )
         self.level[row] = OFFLINE
-
-    def _status(self, agent: dict, before: str, after: str, at: float, last: float) -> dict:
-        reason = (
-            f"no heartbeat for {self.config.offline_after_s:g} s"
-            if after == "offline"
-            else f"heartbeats returned after {at - last:g} s of silence"
-        )
-        return {
-            "type": STATUS_CHANGED,
-            **agent,
-            "actor": "system",
-            "timestamp": at,
-            "payload": {"from": before, "to": after, "reason": reason, "last_heartbeat": last},
-        }
 
     def _condition(self, agent: dict, holds: bool, at: float, last: float) -> dict:
         return {
@@ -398,10 +380,6 @@ class Liveness(RowArrays):
         if row is None:
             return None
         return ("on_time", "late", "offline")[int(self.level[row])]
-
-
-def _is_quarantined(quarantined: np.ndarray | None, row: int) -> bool:
-    return quarantined is not None and row < len(quarantined) and bool(quarantined[row])
 
 
 _LAYOUT: dict[str, ArraySpec] = {

@@ -10,6 +10,14 @@ detector scores and learns, threats cost security points (and may quarantine
 an agent), and alerts follow the rules' conditions. A conversation's threats
 take the same way to the security score and the alerts.
 
+An agent's status has one owner, the lifecycle table (:mod:`agentwatch.lifecycle`):
+the shard keeps each agent's :class:`~agentwatch.lifecycle.AgentRecord`
+(:class:`Lifecycles`) and gives the table every trigger — a heartbeat, a heartbeat
+timeout from the ladder (:mod:`agentwatch.liveness`), a quarantine by the security
+score, an operator's command — in event-time order; only the table emits
+``status_changed``. A refused trigger changes nothing and is reported in
+``ShardOutput.refusals`` (the dataflow logs each one).
+
 >>> from agentwatch.settings import Settings
 >>> shard = ShardState.new(Settings())
 >>> len(shard.rules.rules()), len(shard.baselines)
@@ -18,12 +26,15 @@ take the same way to the security score and the alerts.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from agentwatch import lifecycle
 from agentwatch.alerts import AlertBook
 from agentwatch.conversations import Conversation, ConversationConfig, ConversationMonitor
 from agentwatch.fleet import DetectorConfig, FleetBaselines
-from agentwatch.liveness import Liveness, LivenessConfig, LivenessOutput
+from agentwatch.lifecycle import AgentRecord, Refusal, State, Transition, Trigger
+from agentwatch.liveness import OFFLINE, Liveness, LivenessConfig, LivenessOutput
 from agentwatch.rows import AgentIndex
 from agentwatch.rules import BaselineInputs, RuleSet
 from agentwatch.security import SecurityConfig, SecurityScores
@@ -40,8 +51,10 @@ class ShardOutput:
 
     ``anomalies``: ``AnomalyRecord``; ``baselines``: ``BaselineRecord``;
     ``threats``: ``Threat``; ``alerts``: ``Alert``; ``scores``: ``ScoreChange``;
-    ``commands``: ``AgentCommand``; ``events``: ``LifecycleEvent`` (quarantines, for
-    ``agents.state``).
+    ``commands``: ``AgentCommand``; ``events``: ``LifecycleEvent`` (``status_changed``
+    from the lifecycle table, ``heartbeat_late``, for ``agents.state``); ``refusals``:
+    the triggers the lifecycle table refused (agent and tenant ids, ``trigger``,
+    ``reason``, ``actor``, ``timestamp``), logged by the dataflow, published nowhere.
     """
 
     anomalies: list[dict] = field(default_factory=list)
@@ -51,6 +64,7 @@ class ShardOutput:
     scores: list[dict] = field(default_factory=list)
     commands: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
+    refusals: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +77,13 @@ class SilenceExpiry:
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """An operator released ``agent_id`` from quarantine at ``at``."""
+    """An operator (``actor``) released ``agent_id`` from quarantine at ``at``."""
 
     agent_id: str
     at: float
+    tenant_id: str = ""
+    actor: str = "system"
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +95,7 @@ class QuarantineOrder:
     at: float
     reason: str
     actor: str
+    until: float | None = None
 
     @classmethod
     def from_event(cls, event: LifecycleEvent) -> QuarantineOrder:
@@ -96,11 +114,154 @@ class QuarantineOrder:
         reason = event.payload.get("reason")
         if not isinstance(reason, str) or not reason.strip():
             raise EventError(f"{event.type} payload: reason must be a non-empty string")
-        return cls(event.agent_id, event.tenant_id, event.timestamp, reason, event.actor)
+        until = event.payload.get("until")
+        if until is not None and (isinstance(until, bool) or not isinstance(until, int | float)):
+            raise EventError(f"{event.type} payload: until must be epoch seconds or absent")
+        return cls(
+            event.agent_id, event.tenant_id, event.timestamp, reason, event.actor,
+            None if until is None else float(until),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleCommand:
+    """An operator's other lifecycle command (``maintenance_requested``,
+    ``maintenance_ended``, ``compromise_declared``, ``decommission_requested``), as read
+    from ``agents.control``; the lifecycle table's :func:`~agentwatch.lifecycle.on_command`
+    decides what it does."""
+
+    event: LifecycleEvent
+
+    @property
+    def agent_id(self) -> str:
+        return self.event.agent_id
 
 
 #: What an operator can tell a shard, besides heartbeats.
-ShardCommand = RuleChange | Silence | SilenceExpiry | Release | QuarantineOrder | Conversation
+ShardCommand = (
+    RuleChange | Silence | SilenceExpiry | Release | QuarantineOrder | LifecycleCommand
+    | Conversation
+)  # fmt: skip
+
+#: Heartbeat statuses that may move an agent whose record is active (``active`` and the
+#: states an agent may not claim leave an active agent as it is).
+_CLAIMS = frozenset({"idle", "busy"})
+#: What a trigger's own event may not carry over from the component that asked for it.
+_OWN = frozenset({"from", "to", "reason", "trigger", "quarantine_until"})
+
+
+class Lifecycles:
+    """The lifecycle records of one shard's agents, and the way every trigger goes
+    through the table. An agent without a record is active (no heartbeat, timeout,
+    quarantine or command has moved it yet): records are made on an agent's first
+    trigger that is not a plain heartbeat of an active agent. ``unsettled`` names the
+    agents whose state is not active, the only ones whose every heartbeat the table
+    must see (the others' only when they claim idle or busy): the hot path stays a
+    set look-up per heartbeat.
+
+    >>> book = Lifecycles()
+    >>> out = ShardOutput()
+    >>> book.step(book.record("a1", "t1"), "quarantined", 1.8e9, out, reason="score 10")
+    True
+    >>> book.step(book.record("a1", "t1"), "heartbeat_timeout", 1.8e9 + 120, out)
+    False
+    >>> book.step(book.record("a1", "t1"), "released", 1.8e9 + 200, out, actor="ops-1")
+    True
+    >>> [(e["payload"]["from"], e["payload"]["to"]) for e in out.events], book.unsettled
+    ([('active', 'quarantined'), ('quarantined', 'active')], set())
+    >>> book.step(book.record("a1", "t1"), "released", 1.8e9 + 300, out, actor="ops-1")
+    False
+    >>> print(out.refusals[0]["reason"])
+    a1 is active; released is accepted only when it is quarantined or compromised
+    """
+
+    __slots__ = ("records", "unsettled")
+
+    def __init__(self) -> None:
+        self.records: dict[str, AgentRecord] = {}
+        self.unsettled: set[str] = set()
+
+    def __getstate__(self) -> dict:
+        return {"records": self.records}
+
+    def __setstate__(self, state: dict) -> None:
+        self.records = state["records"]
+        self.unsettled = {a for a, r in self.records.items() if r.state is not State.ACTIVE}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def record(self, agent_id: str, tenant_id: str) -> AgentRecord:
+        """The agent's record (a new one, active, for an agent without)."""
+        record = self.records.get(agent_id)
+        if record is None:
+            record = AgentRecord(agent_id, tenant_id, State.ACTIVE)
+        return record
+
+    def state_of(self, agent_id: str) -> State:
+        """The agent's state (active for an agent without a record)."""
+        record = self.records.get(agent_id)
+        return State.ACTIVE if record is None else record.state
+
+    def seed(self, agents: Iterable[tuple[str, str, State]]) -> None:
+        """Records for agents known before the lifecycle existed (a snapshot's)."""
+        for agent_id, tenant_id, state in agents:
+            if agent_id not in self.records and state is not State.ACTIVE:
+                self.records[agent_id] = AgentRecord(agent_id, tenant_id, state)
+                self.unsettled.add(agent_id)
+
+    def step(
+        self,
+        record: AgentRecord,
+        trigger: Trigger | str,
+        at: float,
+        out: ShardOutput,
+        actor: str = "",
+        reason: str = "",
+        until: float | None = None,
+        extra: dict | None = None,
+    ) -> bool:
+        """Give the table ``trigger`` for ``record``'s agent; keep the record it answers,
+        put its ``status_changed`` (with ``extra`` payload fields) or its refusal in
+        ``out``. True when the state changed."""
+        result = lifecycle.transition(record, trigger, at, actor, reason, until)
+        self.settle(result, out, extra, at, actor)
+        return result.changed
+
+    def settle(
+        self,
+        result: Transition | Refusal,
+        out: ShardOutput,
+        extra: dict | None = None,
+        at: float | None = None,
+        actor: str = "",
+    ) -> None:
+        """Keep what the table answered (see :meth:`step`)."""
+        record = result.record
+        if isinstance(result, Refusal):
+            out.refusals.append(
+                {
+                    "agent_id": record.agent_id,
+                    "tenant_id": record.tenant_id,
+                    "trigger": str(result.trigger),
+                    "reason": result.reason,
+                    "actor": actor or "system",
+                    "timestamp": at,
+                }
+            )
+            return
+        if result.event is None:
+            return
+        agent_id = record.agent_id
+        self.records[agent_id] = record
+        if record.state is State.ACTIVE:
+            self.unsettled.discard(agent_id)
+        else:
+            self.unsettled.add(agent_id)
+        if extra:
+            payload = result.event["payload"]
+            payload.update({k: v for k, v in extra.items() if k not in _OWN})
+        out.events.append(result.event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +308,7 @@ class ShardState:
     alerts: AlertBook
     conversations: ConversationMonitor
     liveness: Liveness
+    lifecycle: Lifecycles
 
     @classmethod
     def new(cls, settings: Settings) -> ShardState:
@@ -163,6 +325,7 @@ class ShardState:
             AlertBook(settings, rules.rules()),
             ConversationMonitor(config.conversations),
             Liveness(config.liveness, index),
+            Lifecycles(),
         )
 
     @classmethod
@@ -213,8 +376,30 @@ class ShardState:
             fresh.liveness = Liveness.resume(
                 ShardConfig.of(settings).liveness, fresh.index, fresh.security.clock
             )
+        if "lifecycle" not in old:  # (snapshots from before the lifecycle table owned status)
+            fresh.lifecycle.seed(fresh.known_states())
         fresh.alerts.set_rules(fresh.rules.rules())
         return fresh
+
+    def known_states(self) -> list[tuple[str, str, State]]:
+        """Each agent's state as the parts of the shard know it without a lifecycle
+        record: quarantined if its security score quarantined it, offline if the
+        heartbeat ladder says so, else active."""
+        count = len(self.index)
+        self.security._fit()
+        self.liveness._fit()
+        quarantined = self.security.quarantined[:count].tolist()
+        offline = (self.liveness.level[:count] >= OFFLINE).tolist()
+        states = []
+        for row in range(count):
+            state = (
+                State.QUARANTINED if quarantined[row]
+                else State.OFFLINE if offline[row]
+                else State.ACTIVE
+            )  # fmt: skip
+            agent = self.index.agent(row)
+            states.append((agent["agent_id"], agent["tenant_id"], state))
+        return states
 
     def observe(self, batch: HeartbeatBatch, wall: float | None = None) -> ShardOutput:
         """Every step of the shard for every heartbeat of ``batch``, read at processing
@@ -230,36 +415,98 @@ class ShardState:
         if wall is None:
             wall = float(batch.timestamp.max())
         live = self.liveness.observe(
-            batch.agent_id, batch.tenant_id, batch.timestamp, batch.partition, wall,
-            self.security.quarantined,
-        )  # fmt: skip
+            batch.agent_id, batch.tenant_id, batch.timestamp, batch.partition, wall
+        )
         self.index.forget()
         alerts = self.alerts.observe(
             judged.transitions + live.transitions, threats + live.threats,
             batch.agent_id, batch.timestamp,
         )  # fmt: skip
-        return ShardOutput(
+        out = ShardOutput(
             anomalies=scored.anomalies,
             baselines=scored.baselines,
             threats=threats,
             alerts=alerts,
             scores=security.score_changes,
             commands=security.commands,
-            events=security.lifecycle_events + live.events,
+            events=live.events,
         )
+        self._lifecycle(out, live.timeouts, security.lifecycle_events, batch)
+        return out
+
+    def _lifecycle(
+        self,
+        out: ShardOutput,
+        timeouts: list[dict],
+        quarantines: list[dict],
+        batch: HeartbeatBatch | None = None,
+    ) -> None:
+        """Give the lifecycle table the triggers of one step in event-time order
+        (at one time: timeouts, quarantines, heartbeats): the ladder's timeouts, the
+        security score's quarantines (its ``status_changed`` proposals: the table
+        decides, and its event keeps their score and threats) and the heartbeats of
+        agents that are not active or claim idle or busy."""
+        book = self.lifecycle
+        pending: list[tuple[float, int, int, object]] = []
+        for k, timeout in enumerate(timeouts):
+            pending.append((timeout["at"], 0, k, timeout))
+        for k, proposal in enumerate(quarantines):
+            pending.append((proposal["timestamp"], 1, k, proposal))
+        if batch is not None and len(batch):
+            touched = book.unsettled
+            if timeouts or quarantines:
+                touched = touched | {t["agent_id"] for t in timeouts + quarantines}
+            statuses = batch.status or [None] * len(batch)
+            rows = [
+                k
+                for k, (agent, status) in enumerate(zip(batch.agent_id, statuses, strict=True))
+                if status in _CLAIMS or agent in touched
+            ]
+            if rows:
+                times = batch.timestamp.tolist()
+                pending += [(times[k], 2, k, None) for k in rows]
+        if not pending:
+            return
+        pending.sort(key=lambda p: p[:3])
+        for at, kind, k, what in pending:
+            if kind == 0:
+                record = book.record(what["agent_id"], what["tenant_id"])
+                reason = f"no heartbeat for {self.liveness.config.offline_after_s:g} s"
+                book.step(record, Trigger.HEARTBEAT_TIMEOUT, at, out, reason=reason,
+                          extra={"last_heartbeat": what["last_heartbeat"]})  # fmt: skip
+            elif kind == 1:
+                record = book.record(what["agent_id"], what["tenant_id"])
+                book.step(record, Trigger.QUARANTINED, at, out, what["actor"],
+                          what["payload"]["reason"], extra=what["payload"])  # fmt: skip
+            else:
+                self._heartbeat(batch, k, at, out)
+
+    def _heartbeat(self, batch: HeartbeatBatch, k: int, at: float, out: ShardOutput) -> None:
+        agent_id = batch.agent_id[k]
+        book = self.lifecycle
+        record = book.record(agent_id, batch.tenant_id[k])
+        status = batch.status[k] if batch.status else None
+        if record.state is not State.DECOMMISSIONING and status == record.state:
+            return  # (the table's self-loop, without the call)
+        tasks = None
+        if record.state is State.DECOMMISSIONING and "active_tasks" in batch.metrics:
+            tasks = int(batch.metrics["active_tasks"][k])
+        book.settle(lifecycle.observe_heartbeat(record, at, status, tasks), out, None, at)
 
     def tick(self, wall: float) -> ShardOutput:
         """The clock ticked at processing time ``wall``: the heartbeat timeouts of agents
         left behind by their partition's clock (see :mod:`agentwatch.liveness`). Costs one
         comparison when no agent is due."""
-        live = self.liveness.tick(wall, self.security.quarantined)
+        live = self.liveness.tick(wall)
         return self._timed_out(live)
 
     def _timed_out(self, live: LivenessOutput) -> ShardOutput:
-        if not (live.events or live.transitions):
+        if not (live.events or live.transitions or live.timeouts):
             return ShardOutput()
         alerts = self.alerts.observe(live.transitions, live.threats)
-        return ShardOutput(alerts=alerts, events=live.events)
+        out = ShardOutput(alerts=alerts, events=live.events)
+        self._lifecycle(out, live.timeouts, [])
+        return out
 
     def apply(self, command: ShardCommand) -> ShardOutput:
         """Apply an operator's command (a ``RuleChange`` may raise ``RuleChangeError``),
@@ -272,15 +519,41 @@ class ShardState:
             return ShardOutput(alerts=self.alerts.apply_silence(command, command.starts_at))
         if isinstance(command, SilenceExpiry):
             return ShardOutput(alerts=self.alerts.expire(command.silence_id, command.at))
+        out = ShardOutput()
         if isinstance(command, QuarantineOrder):
-            done = self.security.quarantine(
-                command.agent_id, command.tenant_id, command.at, command.reason, command.actor
+            record = self.lifecycle.record(command.agent_id, command.tenant_id)
+            step = lifecycle.transition(
+                record, Trigger.QUARANTINED, command.at, command.actor, command.reason,
+                command.until,
+            )  # fmt: skip
+            extra = None
+            if step.changed:  # (the security score's flag and the order to the agent)
+                done = self.security.quarantine(
+                    command.agent_id, command.tenant_id, command.at, command.reason,
+                    command.actor,
+                )  # fmt: skip
+                out.scores, out.commands = done.score_changes, done.commands
+                extra = done.lifecycle_events[0]["payload"] if done.lifecycle_events else None
+            self.lifecycle.settle(step, out, extra, command.at, command.actor)
+        elif isinstance(command, Release):
+            tenant = command.tenant_id or self._tenant_of(command.agent_id)
+            record = self.lifecycle.record(command.agent_id, tenant)
+            released = self.lifecycle.step(
+                record, Trigger.RELEASED, command.at, out, command.actor, command.reason
             )
-        else:
-            done = self.security.release(command.agent_id, command.at)
-        return ShardOutput(
-            scores=done.score_changes, commands=done.commands, events=done.lifecycle_events
-        )
+            if released:  # (the score may quarantine it again; with the setting, reset)
+                done = self.security.release(command.agent_id, command.at)
+                out.scores = done.score_changes
+        elif isinstance(command, LifecycleCommand):
+            event = command.event
+            record = self.lifecycle.record(event.agent_id, event.tenant_id)
+            step = lifecycle.on_command(record, event)
+            self.lifecycle.settle(step, out, None, event.timestamp, event.actor)
+        return out
+
+    def _tenant_of(self, agent_id: str) -> str:
+        row = self.index.row(agent_id)
+        return "" if row is None else self.index.agent(row)["tenant_id"]
 
     def converse(self, conversation: Conversation) -> ShardOutput:
         """Check an agent's conversation: its threats cost security points (and may
@@ -289,13 +562,14 @@ class ShardState:
         if not threats:
             return ShardOutput()
         security = self.security.apply_threats(threats)
-        return ShardOutput(
+        out = ShardOutput(
             threats=threats,
             alerts=self.alerts.observe(threats=threats),
             scores=security.score_changes,
             commands=security.commands,
-            events=security.lifecycle_events,
         )
+        self._lifecycle(out, [], security.lifecycle_events)
+        return out
 
     def change_rules(self, change: RuleChange) -> ShardOutput:
         """Apply a rule change (raises ``RuleChangeError`` if it does not fit); a rule

@@ -57,10 +57,12 @@ from pydantic import ValidationError
 
 from agentwatch.alerts import CoordinationDetector
 from agentwatch.conversations import Conversation
+from agentwatch.lifecycle import COMMANDS
 from agentwatch.rules import RuleChangeError
 from agentwatch.secrets import redact_handlers
 from agentwatch.settings import Settings
 from agentwatch.shard import (
+    LifecycleCommand,
     QuarantineOrder,
     Release,
     ShardCommand,
@@ -87,6 +89,10 @@ from schemas.heartbeats import HeartbeatBatch, parse_heartbeats
 from schemas.models import RuleChange, Silence
 
 log = logging.getLogger("agentwatch.dataflow")
+
+#: The operators' lifecycle commands besides a release and a quarantine (which the
+#: security score takes part in): the lifecycle table alone decides what they do.
+LIFECYCLE_COMMANDS = frozenset(COMMANDS) - {RELEASED, QUARANTINE_REQUESTED}
 
 Message = KafkaSinkMessage[bytes | None, bytes]
 #: Messages are made with the plain class: calling the subscripted alias ``Message``
@@ -117,7 +123,7 @@ class CheckedEvents:
 
     raw: RawBatch
     to_every_shard: list[ShardCommand]
-    to_agent_shard: list[Release | QuarantineOrder | Conversation]
+    to_agent_shard: list[Release | QuarantineOrder | LifecycleCommand | Conversation]
     rejected: list[tuple[int, str]]
 
 
@@ -141,7 +147,13 @@ def read_events(channel: str, raw: RawBatch) -> CheckedEvents:
                     raise EventError("silence_expired payload: id is missing")
                 checked.to_every_shard.append(SilenceExpiry(silence_id, event.timestamp))
             elif event.type == RELEASED:
-                checked.to_agent_shard.append(Release(event.agent_id, event.timestamp))
+                reason = event.payload.get("reason")
+                checked.to_agent_shard.append(
+                    Release(event.agent_id, event.timestamp, event.tenant_id, event.actor,
+                            reason if isinstance(reason, str) else "")
+                )  # fmt: skip
+            elif event.type in LIFECYCLE_COMMANDS:
+                checked.to_agent_shard.append(LifecycleCommand(event))
             elif event.type == QUARANTINE_REQUESTED:
                 checked.to_agent_shard.append(QuarantineOrder.from_event(event))
             elif event.type == CONVERSATION:
@@ -244,12 +256,20 @@ def observe_shard(
         return state, state.tick(item.wall)
     if not isinstance(item, HeartbeatBatch):
         try:
-            return state, state.apply(item)
+            output = state.apply(item)
         except RuleChangeError as exc:
             log.warning("rule_change_refused action=%s rule=%s reason=%s",
                         item.action, item.target, exc)  # fmt: skip
             return state, ShardOutput()
-    return state, state.observe(item, wall_clock())
+    else:
+        output = state.observe(item, wall_clock())
+    for refused in output.refusals:  # (the lifecycle table said no: nothing changed)
+        log.warning(
+            "lifecycle_refused agent=%s tenant=%s trigger=%s actor=%s reason=%s",
+            refused["agent_id"], refused["tenant_id"], refused["trigger"],
+            refused["actor"], refused["reason"],
+        )  # fmt: skip
+    return state, output
 
 
 #: Which topic each kind of shard output goes to (the lifecycle events the shards

@@ -467,3 +467,60 @@ def test_the_simulators_silence_incident_goes_offline_within_the_grace_and_activ
         (last + grace, "agent-000007", "status_changed", "offline"),
         (back, "agent-000007", "status_changed", "active"),
     ]
+
+
+@pytest.mark.parametrize("batch_size", [7, 97])
+def test_every_status_change_comes_from_the_lifecycle_table_the_same_at_one_and_two_workers(
+    batch_size: int,
+):
+    """Score quarantine, timeouts and claimed statuses, all through the table: a quarantined
+    agent that goes silent stays quarantined (no offline, no active on its return)."""
+    episodes = set(range(30, 55)) | set(range(70, 95)) | set(range(110, 135)) | set(range(150, 175))
+    values = []
+    for step in range(200):
+        for agent in range(4):
+            if (agent == 1 and 100 <= step < 110) or (agent == 2 and 180 <= step < 190):
+                continue  # agent 1, then (quarantined) agent 2, silent for 300 s
+            extra: dict = {}
+            if agent == 2 and step in episodes:
+                extra["cpu_usage"] = 99.0
+            if agent == 3:
+                extra["status"] = "busy" if step % 50 < 25 else "idle"
+            values.append(orjson.dumps(heartbeat(agent, step, **extra)))
+    one, two = (run(values, workers=w, batch_size=batch_size) for w in (1, 2))
+    assert one == two
+
+    def changes(agent: str) -> list[tuple]:
+        return [
+            (e["payload"]["from"], e["payload"]["to"], e["payload"]["trigger"])
+            for t, e in sorted(one, key=lambda r: r[1].get("timestamp", 0))
+            if t == "agents.state" and e["type"] == "status_changed" and e["agent_id"] == agent
+        ]
+
+    assert changes("agent-0000") == []
+    assert changes("agent-0001") == [
+        ("active", "offline", "heartbeat_timeout"),
+        ("offline", "active", "heartbeat"),
+    ]
+    assert changes("agent-0002") == [("active", "quarantined", "quarantined")]
+    assert changes("agent-0003") == [("active", "busy", "reported_busy")] + [
+        ("busy", "idle", "reported_idle"),
+        ("idle", "busy", "reported_busy"),
+    ] * 3 + [("busy", "idle", "reported_idle")]
+
+
+def test_a_refused_operator_command_is_logged_with_its_reason(caplog):
+    from agentwatch.shard import Release
+    from dataflows.heartbeats import observe_shard
+
+    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20)
+    state, _ = observe_shard(settings, lambda: 0.0, None, parse_heartbeats(stream(2, 1))[0])
+    state, out = observe_shard(
+        settings, lambda: 0.0, state, Release("agent-0001", START + 60, "tenant-1", "ops-7")
+    )
+    assert out.events == [] and len(out.refusals) == 1
+    assert (
+        "lifecycle_refused agent=agent-0001 tenant=tenant-1 trigger=released actor=ops-7 "
+        "reason=agent-0001 is active; released is accepted only when it is quarantined or "
+        "compromised"
+    ) in caplog.text

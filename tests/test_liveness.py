@@ -5,7 +5,6 @@ from __future__ import annotations
 import pickle
 import random
 
-import numpy as np
 import orjson
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
@@ -13,7 +12,7 @@ from hypothesis import strategies as st
 
 from agentwatch.liveness import AGENT_OFFLINE_RULE, Liveness, ShardClock
 from agentwatch.settings import Settings
-from agentwatch.shard import ShardState
+from agentwatch.shard import QuarantineOrder, ShardState
 from schemas.heartbeats import parse_heartbeats
 from schemas.models import Alert, LifecycleEvent
 from tests.test_dataflow import heartbeat
@@ -27,9 +26,11 @@ def beats(live: Liveness, agents: list[str], at: float, wall: float = 0.0, parti
 
 
 def kinds(out) -> list[tuple]:
-    return [
+    """The ladder's warnings and timeouts (the triggers it gives the lifecycle), by time."""
+    told = [
         (e["agent_id"], e["type"], e["payload"].get("to"), e["timestamp"] - T0) for e in out.events
-    ]
+    ] + [(t["agent_id"], "heartbeat_timeout", None, t["at"] - T0) for t in out.timeouts]
+    return sorted(told, key=lambda k: k[3])
 
 
 def test_late_exactly_at_the_threshold_and_not_before():
@@ -46,15 +47,14 @@ def test_offline_exactly_at_the_threshold_then_active_when_it_beats_again():
     beats(live, ["a2"], T0 + 60)
     assert beats(live, ["a2"], T0 + 119.9).events == []
     out = beats(live, ["a2"], T0 + 120)
-    assert kinds(out) == [("a1", "status_changed", "offline", 120.0)]
-    assert out.events[0]["payload"]["from"] == "active"
+    assert kinds(out) == [("a1", "heartbeat_timeout", None, 120.0)]
+    assert out.timeouts[0]["last_heartbeat"] == T0
     assert [(t["rule"], t["holds"], t["at"] - T0) for t in out.transitions] == [
         (AGENT_OFFLINE_RULE, True, 120.0)
     ]
     assert [(t["rule"], t["severity"]) for t in out.threats] == [(AGENT_OFFLINE_RULE, "HIGH")]
     back = beats(live, ["a1", "a2"], T0 + 150)
-    assert kinds(back) == [("a1", "status_changed", "active", 150.0)]
-    assert back.events[0]["payload"]["from"] == "offline"
+    assert kinds(back) == []  # (the heartbeat is the return: the lifecycle's to decide)
     assert [(t["holds"], t["at"] - T0) for t in back.transitions] == [(False, 150.0)]
     assert live.state_of("a1") == "on_time"
 
@@ -65,8 +65,7 @@ def test_a_gap_inside_one_batch_gives_the_whole_ladder_at_the_same_times():
     out = live.observe(["a1", "a1"], ["t1", "t1"], [T0 + 300, T0 + 330], 0, 1.0)
     assert kinds(out) == [
         ("a1", "heartbeat_late", None, 60.0),
-        ("a1", "status_changed", "offline", 120.0),
-        ("a1", "status_changed", "active", 300.0),
+        ("a1", "heartbeat_timeout", None, 120.0),
     ]
 
 
@@ -75,13 +74,10 @@ def test_repeated_ticks_and_batches_tell_each_rung_once():
     beats(live, ["a1", "a2"], T0, wall=0.0)
     events = []
     for k in range(1, 20):
-        events += beats(live, ["a2"], T0 + 10 * k, wall=float(k)).events
+        events += kinds(beats(live, ["a2"], T0 + 10 * k, wall=float(k)))
         for _ in range(3):
-            events += live.tick(float(k)).events
-    assert [(e["agent_id"], e["type"], e["payload"].get("to")) for e in events] == [
-        ("a1", "heartbeat_late", None),
-        ("a1", "status_changed", "offline"),
-    ]
+            events += kinds(live.tick(float(k)))
+    assert [e[:2] for e in events] == [("a1", "heartbeat_late"), ("a1", "heartbeat_timeout")]
 
 
 def test_a_silent_fleet_times_out_by_processing_time_after_the_idle_wait():
@@ -94,7 +90,7 @@ def test_a_silent_fleet_times_out_by_processing_time_after_the_idle_wait():
     ]
     assert live.tick(1119.0).events == []
     offline = live.tick(1120.0)
-    assert [e["payload"]["to"] for e in offline.events] == ["offline", "offline"]
+    assert [t["agent_id"] for t in offline.timeouts] == ["a1", "a2"]
     assert live.tick(1500.0).events == []
 
 
@@ -109,16 +105,21 @@ def test_the_clock_of_a_partition_waits_for_that_partition():
 
 
 def test_a_quarantined_agent_keeps_its_status_but_still_warns_and_alerts():
-    live = Liveness.from_settings(SETTINGS)
-    beats(live, ["a1", "a2"], T0)
-    quarantined = np.zeros(len(live.last_beat), dtype=bool)
-    quarantined[live.index.row("a1")] = True
-    times = [T0 + 30, T0 + 60, T0 + 90, T0 + 120, T0 + 130]
-    out = live.observe(["a2"] * 5, ["t1"] * 5, times, 0, 1.0, quarantined)
-    assert [e["type"] for e in out.events] == ["heartbeat_late"]
-    assert [t["holds"] for t in out.transitions] == [True]
-    back = live.observe(["a1"], ["t1"], [T0 + 160], 0, 2.0, quarantined)
-    assert back.events == [] and [t["holds"] for t in back.transitions] == [False]
+    """Through the shard: the timeout and the return go to the lifecycle table, which
+    keeps a quarantined agent quarantined (no offline, and no active on its return)."""
+    shard = ShardState.new(SETTINGS)
+    shard.observe(parse_heartbeats(shard_beats([0, 1], 0))[0], wall=0.0)
+    ordered = shard.apply(QuarantineOrder("agent-0000", "tenant-0", T0 + 10, "leak", "ops-1"))
+    assert [e["payload"]["to"] for e in ordered.events] == ["quarantined"]
+    events, alerts = [], []
+    for step in range(1, 16):  # agent 0 silent for 420 s
+        agents = [1] if step < 15 else [0, 1]
+        out = shard.observe(parse_heartbeats(shard_beats(agents, step))[0], wall=float(step))
+        events += [(e["type"], e["payload"].get("to")) for e in out.events]
+        alerts += [a["state"] for a in out.alerts if a["agent_id"] == "agent-0000"]
+    assert events == [("heartbeat_late", None)]
+    assert alerts[0] == "firing"
+    assert shard.lifecycle.state_of("agent-0000") == "quarantined"
 
 
 def test_shard_clock_never_goes_back_and_advances_once_per_quiet_spell():
@@ -199,9 +200,11 @@ def _replay(stream: list[tuple[int, float]], cuts: list[int], ticks: list[float]
             continue
         agents = [f"a{a}" for a, _ in part]
         latest = max(latest, max(t for _, t in part))
-        events += live.observe(agents, ["t1"] * len(part), [t for _, t in part], 0, 0.0).events
+        out = live.observe(agents, ["t1"] * len(part), [t for _, t in part], 0, 0.0)
+        events += out.events + out.timeouts
         for _ in range(ticks.count(lo)):
-            events += live.tick(0.0).events
+            out = live.tick(0.0)
+            events += out.events + out.timeouts
     return sorted(orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in events)
 
 
@@ -215,6 +218,7 @@ def test_a_replay_gives_the_same_events_whatever_the_batch_cuts_and_ticks(seed, 
     rng = random.Random(seed)
     stream = []
     silent = {a: (rng.randrange(20), rng.randrange(1, 12)) for a in range(4)}
+    silent[0] = (silent[0][0], rng.randrange(4, 12))  # (one at least goes offline: ≥ 120 s)
     for step in range(60):
         for agent in range(4):
             start, length = silent[agent]
@@ -222,7 +226,7 @@ def test_a_replay_gives_the_same_events_whatever_the_batch_cuts_and_ticks(seed, 
                 stream.append((agent, T0 + 30 * step + rng.random()))
     stream.sort(key=lambda beat: beat[1])  # a partition is read in (about) event-time order
     whole = _replay(stream, [], [])
-    assert any(b'"offline"' in e for e in whole)
+    assert any(b'"last_heartbeat"' in e and b'"at"' in e for e in whole)  # timeouts
     assert _replay(stream, cuts, ticks) == whole
 
 

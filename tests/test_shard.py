@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import orjson
 
 from agentwatch.settings import Settings
 from agentwatch.shard import ShardState
@@ -13,6 +14,7 @@ from agentwatch.simulator import FleetSimulator, Incident
 from schemas.heartbeats import HeartbeatBatch, parse_heartbeats
 
 START = 1_795_000_000.0
+T0 = 1_800_000_000.0  # (tests.test_dataflow.START: the time of its heartbeat() at step 0)
 SETTINGS = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20)
 
 
@@ -135,3 +137,235 @@ def test_a_snapshot_restored_under_changed_settings_keeps_its_state_and_takes_th
     assert restored.baselines.count[:40].tolist() == shard.baselines.count[:40].tolist()
     again = ShardState.restore(restored, changed)
     assert again is restored and again.security.config is restored.security.config
+
+
+# --- the lifecycle table owns the status ---------------------------------------------------------
+
+LIFE = Settings(
+    baseline_warmup_s=0, baseline_warmup_heartbeats=20, security_quarantine_threshold=99
+)
+
+
+def beats_at(
+    step: int, agents: range | list[int] = range(3), overrides: dict | None = None
+) -> HeartbeatBatch:
+    """One heartbeat per agent at ``step`` (30 s apart; ``overrides`` by agent), parsed."""
+    overrides = overrides or {}
+    from tests.test_dataflow import heartbeat
+
+    values = [orjson.dumps(heartbeat(a, step, **overrides.get(a, {}))) for a in agents]
+    parsed, rejected = parse_heartbeats(values)
+    assert not rejected
+    return parsed
+
+
+def command(kind: str, agent: int, step: float, **payload: object) -> object:
+    """An operator's command on agents.control, as the dataflow reads it."""
+    from dataflows.heartbeats import read_events
+    from dataflows.kafka_source import RawBatch
+
+    event = {
+        "type": kind, "agent_id": f"agent-{agent:04d}", "tenant_id": f"tenant-{agent % 3}",
+        "actor": "ops-1", "timestamp": T0 + 30 * step, "payload": payload,
+    }  # fmt: skip
+    checked = read_events(
+        "control", RawBatch("agents.control", 0, [0], [None], [orjson.dumps(event)])
+    )
+    assert not checked.rejected, checked.rejected
+    (order,) = checked.to_agent_shard
+    return order
+
+
+def statuses(events: list[dict]) -> list[tuple]:
+    return [
+        (e["agent_id"][-1], e["payload"]["from"], e["payload"]["to"], e["payload"]["trigger"])
+        for e in events
+        if e["type"] == "status_changed"
+    ]
+
+
+def saturated_until_quarantined(shard: ShardState) -> tuple[list[dict], int]:
+    """Agent 1 saturates its CPU until its security score quarantines it."""
+    events = []
+    for step in range(60):
+        out = shard.observe(beats_at(step, overrides={1: {"cpu_usage": 99.0}} if step >= 2 else {}))
+        events += out.events
+        if out.commands:
+            return events, step
+    raise AssertionError("never quarantined")
+
+
+def test_a_score_quarantine_then_an_operators_release_go_through_the_table() -> None:
+    shard = ShardState.new(LIFE)
+    events, step = saturated_until_quarantined(shard)
+    assert statuses(events) == [("1", "active", "quarantined", "quarantined")]
+    quarantine = events[-1]["payload"]
+    assert quarantine["reason"].startswith("security score") and quarantine["score"] < 99
+    assert quarantine["threats"], "the score's evidence stays in the event"
+    assert shard.lifecycle.state_of("agent-0001") == "quarantined"
+    # its heartbeats (claiming busy, even) don't lift it; the operator's release does
+    out = shard.observe(beats_at(step + 1, overrides={1: {"status": "busy"}}))
+    assert statuses(out.events) == []
+    released = shard.apply(command("released", 1, step + 2, reason="false alarm"))
+    assert statuses(released.events) == [("1", "quarantined", "active", "released")]
+    assert released.events[0]["actor"] == "ops-1"
+    assert released.events[0]["payload"]["reason"] == "false alarm"
+    assert not shard.security.breakdown("agent-0001")["quarantined"]
+    assert shard.lifecycle.unsettled == set()
+
+
+def test_an_illegal_command_changes_nothing_and_is_reported() -> None:
+    shard = ShardState.new(LIFE)
+    shard.observe(beats_at(0))
+    score = shard.security.score_of("agent-0002")
+    out = shard.apply(command("released", 2, 1))  # agent 2 is active
+    assert out.events == [] and out.scores == []
+    assert [(r["agent_id"], r["trigger"], r["actor"]) for r in out.refusals] == [
+        ("agent-0002", "released", "ops-1")
+    ]
+    assert out.refusals[0]["reason"] == (
+        "agent-0002 is active; released is accepted only when it is quarantined or compromised"
+    )
+    assert shard.lifecycle.state_of("agent-0002") == "active"
+    assert shard.security.score_of("agent-0002") == score
+    ended = shard.apply(command("maintenance_ended", 2, 2))
+    assert ended.events == [] and ended.refusals[0]["trigger"] == "maintenance_ended"
+
+
+def test_the_new_operator_commands_go_through_the_table() -> None:
+    shard = ShardState.new(LIFE)
+    shard.observe(beats_at(0))
+    out = shard.apply(command("maintenance_requested", 0, 1, reason="kernel upgrade"))
+    assert statuses(out.events) == [("0", "active", "maintenance", "maintenance_started")]
+    events = []
+    for step in range(2, 12):  # agent 0 silent for 300 s, then beating busy: stays in maintenance
+        agents = [1, 2] if step < 11 else [0, 1, 2]
+        events += shard.observe(beats_at(step, agents, overrides={0: {"status": "busy"}})).events
+    assert statuses(events) == []
+    assert [e["type"] for e in events if e["agent_id"] == "agent-0000"] == ["heartbeat_late"]
+    assert shard.liveness.state_of("agent-0000") == "on_time"  # (it went offline, and back)
+    out = shard.apply(command("maintenance_ended", 0, 12))
+    assert statuses(out.events) == [("0", "maintenance", "active", "maintenance_ended")]
+    out = shard.apply(command("compromise_declared", 2, 12, reason="stolen key"))
+    assert statuses(out.events) == [("2", "active", "compromised", "compromised")]
+    out = shard.apply(command("decommission_requested", 1, 13))
+    assert statuses(out.events) == [("1", "active", "decommissioning", "decommission_requested")]
+    out = shard.observe(beats_at(14, [1], overrides={1: {"active_tasks": 0}}))
+    assert statuses(out.events) == [("1", "decommissioning", "decommissioned", "drained")]
+    out = shard.observe(beats_at(15, [1]))  # decommissioned is terminal: refused, reported
+    assert not [e for e in out.events if e["agent_id"] == "agent-0001"]
+    assert [(r["agent_id"], r["trigger"]) for r in out.refusals] == [("agent-0001", "heartbeat")]
+
+
+def test_heartbeats_claiming_idle_or_busy_move_a_running_agent_and_nothing_else_does() -> None:
+    shard = ShardState.new(LIFE)
+    events = []
+    for step in range(6):
+        claim = ["busy", "busy", "idle", None, "degraded", "active"][step]
+        events += shard.observe(beats_at(step, overrides={0: {"status": claim}})).events
+    assert statuses(events) == [
+        ("0", "active", "busy", "reported_busy"),
+        ("0", "busy", "idle", "reported_idle"),
+        ("0", "idle", "active", "reported_active"),
+    ]
+    assert len(shard.lifecycle) == 1  # agents nothing moved have no record (they are active)
+
+
+def _lifecycle_replay(cut: int) -> list[bytes]:
+    shard = ShardState.new(LIFE)
+    steps: list = []
+    for step in range(40):
+        overrides = {0: {"status": "busy" if step % 10 < 5 else "idle"}}
+        if step >= 2:
+            overrides[1] = {"cpu_usage": 99.0}
+        agents = [0, 1] if 20 <= step < 32 else [0, 1, 2]  # agent 2 silent for 360 s
+        steps.append(beats_at(step, agents, overrides))
+        if step == 25:
+            steps.append(command("released", 1, step))
+        if step == 30:
+            steps.append(command("maintenance_requested", 0, step, reason="patch"))
+    events: list[dict] = []
+    pending: list[HeartbeatBatch] = []
+
+    def flush() -> None:
+        if pending:
+            batch = pending[0]
+            for more in pending[1:]:
+                batch = _concat(batch, more)
+            events.extend(shard.observe(batch).events)
+            pending.clear()
+
+    for item in steps:
+        if isinstance(item, HeartbeatBatch):
+            pending.append(item)
+            if len(pending) >= cut:
+                flush()
+        else:
+            flush()
+            events.extend(shard.apply(item).events)
+    flush()
+    return [orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in events]
+
+
+def _concat(a: HeartbeatBatch, b: HeartbeatBatch) -> HeartbeatBatch:
+    return HeartbeatBatch(
+        index=np.concatenate([a.index, b.index + len(a)]),
+        agent_id=a.agent_id + b.agent_id,
+        tenant_id=a.tenant_id + b.tenant_id,
+        timestamp=np.concatenate([a.timestamp, b.timestamp]),
+        metrics={name: np.concatenate([a.metrics[name], b.metrics[name]]) for name in a.metrics},
+        status=a.status + b.status,
+        partition=a.partition,
+    )
+
+
+def test_a_replay_of_the_same_input_gives_the_same_status_events_whatever_the_batch_cuts() -> None:
+    whole = _lifecycle_replay(1)
+    kinds = [orjson.loads(e)["payload"].get("trigger") for e in whole]
+    assert {"reported_busy", "reported_idle", "quarantined", "released"} <= set(kinds)
+    assert {"heartbeat_timeout", "maintenance_started"} <= set(kinds)
+    assert _lifecycle_replay(1) == whole
+    for cut in (3, 7, 100):
+        assert sorted(_lifecycle_replay(cut)) == sorted(whole)
+
+
+def test_a_snapshot_from_before_the_lifecycle_gives_known_agents_a_record_in_their_state() -> None:
+    shard = ShardState.new(LIFE)
+    saturated_until_quarantined(shard)  # agent 1 quarantined by its score
+    for step in range(60, 66):  # agent 2 silent for 180 s: offline
+        shard.observe(beats_at(step, [0, 1]))
+    assert shard.liveness.state_of("agent-0002") == "offline"
+    old = object.__new__(ShardState)
+    for name in ShardState.__slots__:
+        if name != "lifecycle":
+            setattr(old, name, getattr(shard, name))
+    restored = ShardState.restore(pickle.loads(pickle.dumps(old)), LIFE)
+    assert [restored.lifecycle.state_of(f"agent-000{a}") for a in range(3)] == [
+        "active", "quarantined", "offline"
+    ]  # fmt: skip
+    back = restored.observe(beats_at(66))
+    assert statuses(back.events) == [("2", "offline", "active", "heartbeat")]
+    released = restored.apply(command("released", 1, 67))
+    assert statuses(released.events) == [("1", "quarantined", "active", "released")]
+    again = pickle.loads(pickle.dumps(restored))  # a current snapshot keeps the records
+    assert again.lifecycle.records == restored.lifecycle.records
+    assert again.lifecycle.unsettled == restored.lifecycle.unsettled
+
+
+def test_lifecycle_records_stay_small() -> None:
+    """Only agents some trigger moved have a record; measure what one costs."""
+    import tracemalloc
+
+    from agentwatch.shard import Lifecycles, ShardOutput
+
+    book = Lifecycles()
+    ids = [f"agent-{i:06d}" for i in range(10_000)]
+    out = ShardOutput()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for agent in ids:
+        book.step(book.record(agent, "t1"), "reported_busy", T0, out)
+    out.events.clear()
+    size = (tracemalloc.get_traced_memory()[0] - before) / len(ids)
+    tracemalloc.stop()
+    assert size < 250, f"{size:.0f} bytes per agent"  # (about 185 measured)

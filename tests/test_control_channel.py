@@ -24,19 +24,13 @@ from schemas.events import refusal, rule_change_event
 from sinks.clickhouse import connect, create_schema
 from tests.conftest import LOOPBACK_CLIENT, wait_until
 from tests.test_dataflow_kafka import DataflowProcess, TopicReader
+from tests.test_rules_api import HOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]  # starts the dataflow process
 
 #: Event time of the first heartbeat: an hour ago (inside the tables' TTL, not ahead of now).
 BASE = float(int(time.time()) - 3600)
 TENANT = "tenant-1"
-HOT = {
-    "name": "cpu_hot",
-    "condition": {"metric": "cpu_usage", "aggregate": "last", "op": ">", "value": 90},
-    "for_s": 0,
-    "category": "PERFORMANCE",
-    "severity": "WARNING",
-}
 
 
 class Agent:

@@ -31,12 +31,12 @@ import time
 
 import orjson
 from clickhouse_connect.driver.client import Client
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from agentwatch.audit import AuditChain, AuditRow, entry_of
 from agentwatch.settings import Settings
 from schemas.events import CONTROL_CHANNEL, STATE_CHANNEL, refusal
-from sinks.background import BackgroundReader
+from sinks.background import BackgroundReader, assigned_consumer
 
 log = logging.getLogger("sinks.audit")
 
@@ -98,16 +98,7 @@ class AuditWriter(BackgroundReader):
         self._client = client
         self._database = settings.clickhouse_database
         self._channels = {settings.topic(name): name for name in AUDITED_CHANNELS}
-        self._consumer = Consumer(
-            {
-                **settings.kafka_config(),
-                "group.id": f"{settings.loader_group_id}-audit",  # never subscribes
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "client.id": "agentwatch-audit",
-            }
-        )
+        self._consumer = assigned_consumer(settings, "audit")
         self._chain = AuditChain()
         self._cluster_id = ""
         self._assigned = False

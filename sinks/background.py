@@ -28,12 +28,32 @@ from __future__ import annotations
 import logging
 import threading
 
+from confluent_kafka import Consumer
+
+from agentwatch.settings import Settings
+
 log = logging.getLogger("sinks.background")
 
 #: How long the loop waits after a poll that found nothing to do while not ready.
 IDLE_WAIT_S = 0.2
 #: How long the loop waits after a failed poll before it tries again.
 RETRY_WAIT_S = 1.0
+
+
+def assigned_consumer(settings: Settings, name: str) -> Consumer:
+    """A consumer that is assigned its partitions and keeps its offsets elsewhere (in
+    ClickHouse): it never subscribes nor commits; its group id
+    (``<loader_group_id>-<name>``) only names it to the broker."""
+    return Consumer(
+        {
+            **settings.kafka_config(),
+            "group.id": f"{settings.loader_group_id}-{name}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "client.id": f"agentwatch-{name}",
+        }
+    )
 
 
 class BackgroundReader:

@@ -33,13 +33,13 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 from clickhouse_connect.driver.client import Client
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from agentwatch.alerts import backoff_delays, generic_payload, should_notify, slack_payload
 from agentwatch.secrets import SLACK_PREFIX, SecretUrl, redact
 from agentwatch.settings import Settings
 from schemas.models import Alert
-from sinks.background import BackgroundReader
+from sinks.background import BackgroundReader, assigned_consumer
 
 log = logging.getLogger("sinks.webhooks")
 
@@ -123,16 +123,7 @@ class WebhookDeliverer(BackgroundReader):
             settings.webhook_retry_max_s,
         )
         self._http = httpx.Client(timeout=settings.webhook_timeout_s)
-        self._consumer = Consumer(
-            {
-                **settings.kafka_config(),
-                "group.id": f"{settings.loader_group_id}-webhooks",  # never subscribes
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "client.id": "agentwatch-webhooks",
-            }
-        )
+        self._consumer = assigned_consumer(settings, "webhooks")
         self._cluster_id = ""
         self._partitions = _Partitions()
         self._next_topic_check = 0.0

@@ -43,6 +43,9 @@ RULE_CHANGED = "rule_changed"
 #: ``type`` of the events of silences (payload: the ``Silence``; or ``{"id": …}``).
 SILENCE_CREATED = "silence_created"
 SILENCE_EXPIRED = "silence_expired"
+#: ``type`` of an agent's registration (payload: ``schemas.models.Registration``); the
+#: only trigger an unknown agent accepts.
+REGISTERED = "registered"
 #: ``type`` of an operator's release of an agent from quarantine.
 RELEASED = "released"
 #: ``type`` of an operator's request to quarantine an agent (payload: ``{"reason": …}``).
@@ -81,6 +84,7 @@ CHANNELS: dict[str, frozenset[str]] = {
     CONTROL_CHANNEL: frozenset(
         {
             RULE_CHANGED,
+            REGISTERED,
             SILENCE_CREATED,
             SILENCE_EXPIRED,
             RELEASED,

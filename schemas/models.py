@@ -119,6 +119,51 @@ class LifecycleEvent(BaseModel):
     payload: dict[str, object] = Field(default_factory=dict)
 
 
+#: How many capabilities, resources and tags a registration may declare (each).
+REGISTRATION_MAX_ITEMS = 64
+#: A word naming a kind, a capability, a resource or a tag: letters, digits, ``_.:/-``.
+Label = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:/-]+$")]
+#: A name in words, on one line (no control characters).
+OneLine = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class Registration(BaseModel):
+    """The payload of a ``registered`` event on ``agents.control`` (the envelope carries
+    the agent and tenant ids, the actor and the time): what an operator declared about
+    an agent when it was registered through ``POST /api/v1/agents/register``.
+
+    >>> Registration.model_validate({"name": "Agent-001", "agent_type": "ml_processor",
+    ...     "owner": "team-ml", "capabilities": ["ml_inference"]}).max_concurrent_tasks
+    1
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: OneLine = Field(description="Unique within its tenant.")
+    agent_type: Label = Field(description="What kind of agent: llm_worker, bot, ml_processor, …")
+    owner: OneLine = Field(
+        description="Who answers for it: a person or team (an agent must have one)."
+    )
+    version: Annotated[StrictStr, Field(max_length=64)] = ""
+    capabilities: list[Label] = Field(
+        default_factory=list,
+        max_length=REGISTRATION_MAX_ITEMS,
+        description="Task types it can do (the seed's capabilities.types).",
+    )
+    max_concurrent_tasks: Annotated[StrictInt, Field(ge=1, le=100_000)] = 1
+    resources: dict[Label, Annotated[Number, Field(ge=0)]] = Field(
+        default_factory=dict,
+        max_length=REGISTRATION_MAX_ITEMS,
+        description="What it has: cpu_cores, memory_gb, gpu (1/0), …",
+    )
+    tags: dict[Label, Annotated[StrictStr, Field(max_length=256)]] = Field(
+        default_factory=dict, max_length=REGISTRATION_MAX_ITEMS
+    )
+    endpoint: Annotated[StrictStr, Field(max_length=2048)] | None = Field(
+        None, description="Where it can be reached (http, https, grpc or ws URL)."
+    )
+
+
 #: Longest ``text`` (characters) a ``conversation`` event may carry; it is scanned whole.
 CONVERSATION_MAX_TEXT_CHARS = 256 * 1024
 #: Longest ``summary`` (characters) of a ``conversation`` event.
@@ -600,6 +645,7 @@ EXPORTED = {
     "heartbeat": Heartbeat,
     "lifecycle_event": LifecycleEvent,
     "conversation": ConversationPayload,
+    "registration": Registration,
     "anomaly": AnomalyRecord,
     "baseline": BaselineRecord,
     "deadletter": DeadLetter,

@@ -20,7 +20,7 @@ from sinks.loader import LOADED, TABLES
 
 KNOWN = sorted(set().union(*CHANNELS.values()))
 COMMANDS = [
-    "rule_changed", "silence_created", "silence_expired", "released", "quarantine_requested",
+    "rule_changed", "registered", "silence_created", "silence_expired", "released", "quarantine_requested",
     "maintenance_requested", "maintenance_ended", "compromise_declared", "decommission_requested",
     "key_created", "key_revoked",
 ]  # fmt: skip

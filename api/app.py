@@ -24,12 +24,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
@@ -44,10 +43,8 @@ from agentwatch.secrets import redact
 from agentwatch.settings import Settings
 from api import audit, docs, keys, prometheus, queries, sql
 from api.access import LoopbackMutations
-from api.client_pool import ClientPool
 from api.errors import error_responses, unprocessable
-from api.health import SystemMonitor
-from api.identity import KeyBook, actor_of, document_key_errors, needs, tenant_filter
+from api.identity import actor_of, document_key_errors, tenant_filter
 from api.methods import AllowedMethods
 from api.params import (
     AgentId,
@@ -58,7 +55,7 @@ from api.params import (
     TenantFilter,
     TimeRangeDep,
 )
-from api.publisher import EventPublisher, PublishError
+from api.publisher import PublishError
 from api.responses import (
     AgentSecurity,
     AgentStatus,
@@ -69,23 +66,28 @@ from api.responses import (
     ThreatList,
 )
 from api.rules import (
-    RuleBook,
     RuleChangeError,
     RuleExists,
     RuleNeedsConfirmation,
     RuleNotFound,
 )
+from api.runtime import (
+    API_PREFIX,
+    ActorHeader,
+    FleetOperator,
+    Operator,
+    Reader,
+    Runtime,
+    RuntimeDep,
+    SqlAnalyst,
+    get_runtime,
+)
 from api.silences import NewSilence, SilenceBook, SilenceNotFound, StoredSilence
 from schemas.events import FLEET
 from schemas.models import LifecycleEvent, RuleChange, Silence, ThreatRuleSpec
-from sinks.audit import AuditWriter
-from sinks.clickhouse import connect, create_schema
-from sinks.loader import Loader
-from sinks.webhooks import WebhookDeliverer
 
 log = logging.getLogger(__name__)
 
-API_PREFIX = "/api/v1"
 #: How many of an agent's latest threats its status shows.
 STATUS_RECENT_THREATS = 5
 #: How many of an agent's latest score changes its security view shows.
@@ -132,119 +134,6 @@ Confirm = Annotated[
         "(SECURITY, PERFORMANCE) without any enabled rule."
     ),
 ]
-
-
-@dataclass
-class Runtime:
-    """What the app holds while it runs: its ClickHouse clients, the loader, the monitor."""
-
-    settings: Settings
-    clients: ClientPool
-    loader: Loader | None
-    loader_client: Client | None
-    monitor: SystemMonitor
-    sql_sandbox: sql.SqlSandbox | None  # where POST /api/v1/sql runs queries; None when off
-    rule_book: RuleBook
-    publisher: EventPublisher
-    silences: SilenceBook
-    keys: KeyBook
-    webhooks: WebhookDeliverer | None = None
-    webhooks_client: Client | None = None
-    audit: AuditWriter | None = None
-    audit_client: Client | None = None
-
-    @classmethod
-    def start(cls, settings: Settings, client: Client | None, run_loader: bool) -> Runtime:
-        """Open ClickHouse, create the schema, start the loader (blocking; run in a thread)."""
-        if client is None:
-            clients = ClientPool(open_client=lambda: connect(settings))
-        else:
-            clients = ClientPool(shared=client)
-        with clients.client() as first:
-            create_schema(first, settings)
-        loader = loader_client = None
-        if run_loader:
-            # The loader writes through its own connection: a chDB client
-            # serializes its calls, and reads must not queue behind a batch.
-            loader_client = connect(settings)
-            loader = Loader(settings, loader_client)
-            loader.start()
-        webhooks = webhooks_client = None
-        if run_loader and settings.alert_webhooks:
-            webhooks_client = connect(settings)  # its own connection, like the loader's
-            webhooks = WebhookDeliverer(settings, webhooks_client)
-            webhooks.start()
-        audit = audit_client = None
-        if run_loader:  # the audit trail is written where the loader runs
-            audit_client = connect(settings)
-            audit = AuditWriter(settings, audit_client)
-            audit.start()
-        monitor = SystemMonitor(settings, clients, loader, loader_expected=run_loader)
-        sandbox = None
-        if settings.api_sql_enabled:  # its clients open on first use, after the schema exists
-            sandbox = sql.SqlSandbox(settings)
-        log.info(
-            "api_started database=%s clickhouse=%s loader=%s webhooks=%d",
-            settings.clickhouse_database,
-            settings.clickhouse_dsn,  # a SecretDsn: shown with its password as ***
-            "on" if run_loader else "off",
-            len(settings.alert_webhooks) if webhooks is not None else 0,
-        )
-        publisher = EventPublisher(settings)
-        keys = KeyBook(settings, publisher)
-        if settings.api_admin_key_file is not None:
-            with clients.client() as first:
-                keys.ensure_admin_key(first, settings.api_admin_key_file)
-        return cls(
-            settings, clients, loader, loader_client, monitor, sandbox,
-            RuleBook(settings, publisher), publisher, SilenceBook(settings, publisher), keys,
-            webhooks, webhooks_client, audit, audit_client,
-        )  # fmt: skip
-
-    def stop(self) -> None:
-        """Stop the webhook deliverer and the loader (it flushes), then release the clients."""
-        if self.audit is not None:
-            self.audit.stop()
-        if self.audit_client is not None:
-            self.audit_client.close()
-        if self.webhooks is not None:
-            self.webhooks.stop()
-        if self.webhooks_client is not None:
-            self.webhooks_client.close()
-        if self.loader is not None:
-            started = time.monotonic()
-            self.loader.stop()
-            log.info("loader_stopped seconds=%.2f", time.monotonic() - started)
-        if self.loader_client is not None:
-            self.loader_client.close()
-        self.publisher.close()
-        self.monitor.close()
-        self.clients.close()
-        if self.sql_sandbox is not None:
-            self.sql_sandbox.close()
-        log.info("api_stopped")
-
-
-ActorHeader = Annotated[
-    str,
-    Header(alias="X-Agentwatch-Actor", min_length=1, max_length=128,
-           description="Who makes the change (recorded with it)."),
-]  # fmt: skip
-
-
-#: The caller of a route that reads, operates, or changes what every tenant shares.
-Reader = Annotated[Principal, needs(Permission.READ)]
-Operator = Annotated[Principal, needs(Permission.OPERATE)]
-FleetOperator = Annotated[Principal, needs(Permission.OPERATE, fleet=True)]
-SqlAnalyst = Annotated[Principal, needs(Permission.QUERY_SQL, fleet=True)]
-
-
-def get_runtime(request: Request) -> Runtime:
-    """The running app's :class:`Runtime` (a FastAPI dependency)."""
-    return request.app.state.runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 def create_app(

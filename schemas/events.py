@@ -43,6 +43,9 @@ RULE_CHANGED = "rule_changed"
 #: ``type`` of the events of silences (payload: the ``Silence``; or ``{"id": …}``).
 SILENCE_CREATED = "silence_created"
 SILENCE_EXPIRED = "silence_expired"
+#: ``type`` of an operator's order to restart an agent (payload: ``{"reason": …}``); the
+#: dataflow turns it into an ``AgentCommand`` (``restart``) on ``agents.commands``.
+RESTART_REQUESTED = "restart_requested"
 #: ``type`` of an agent's registration (payload: ``schemas.models.Registration``); the
 #: only trigger an unknown agent accepts.
 REGISTERED = "registered"
@@ -65,6 +68,9 @@ TASK_FAILED = "task_failed"
 STATUS_CHANGED = "status_changed"
 #: ``type`` of the dataflow's warning that an agent missed heartbeats (not yet offline).
 HEARTBEAT_LATE = "heartbeat_late"
+#: ``type`` of the dataflow's record that an agent's health score moved to another band
+#: (payload: ``{"health": 0…100, "band": …}``).
+HEALTH_CHANGED = "health_changed"
 
 #: ``type`` of an operator's making or revoking of an API key (payload: the key's id,
 #: role, tenant, agent, name, times; never its secret nor the secret's hash).
@@ -85,6 +91,7 @@ CHANNELS: dict[str, frozenset[str]] = {
         {
             RULE_CHANGED,
             REGISTERED,
+            RESTART_REQUESTED,
             SILENCE_CREATED,
             SILENCE_EXPIRED,
             RELEASED,
@@ -97,7 +104,7 @@ CHANNELS: dict[str, frozenset[str]] = {
             KEY_REVOKED,
         }
     ),
-    STATE_CHANNEL: frozenset({STATUS_CHANGED, HEARTBEAT_LATE}),
+    STATE_CHANNEL: frozenset({STATUS_CHANGED, HEARTBEAT_LATE, HEALTH_CHANGED}),
 }
 
 #: What each channel carries and who writes it, for the reasons of refusals.

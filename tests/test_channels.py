@@ -20,7 +20,8 @@ from sinks.loader import LOADED, TABLES
 
 KNOWN = sorted(set().union(*CHANNELS.values()))
 COMMANDS = [
-    "rule_changed", "registered", "silence_created", "silence_expired", "released", "quarantine_requested",
+    "rule_changed", "registered", "restart_requested", "silence_created", "silence_expired",
+    "released", "quarantine_requested",
     "maintenance_requested", "maintenance_ended", "compromise_declared", "decommission_requested",
     "key_created", "key_revoked",
 ]  # fmt: skip
@@ -38,7 +39,7 @@ def test_the_channels_are_the_topics_and_share_no_type():
     assert sum(len(types) for types in CHANNELS.values()) == len(KNOWN)
     assert sorted(CHANNELS["control"]) == sorted(COMMANDS)
     assert CHANNELS["events"] == {"conversation", "task_completed", "task_failed"}
-    assert CHANNELS["state"] == {"status_changed", "heartbeat_late"}
+    assert CHANNELS["state"] == {"status_changed", "heartbeat_late", "health_changed"}
 
 
 @pytest.mark.parametrize(("channel", "kind"), list(product(CHANNELS, [*KNOWN, "teleported"])))

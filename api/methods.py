@@ -23,9 +23,27 @@ with that same list and a body that says so. Unknown paths go on to the 404.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from fastapi.routing import iter_route_contexts
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match, Router
+from starlette.routing import BaseRoute, Match, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+def flat_routes(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
+    """Every route of ``routes``, with those of the included routers in their place
+    (``app.routes`` holds an included router as one entry without a path; our routers
+    have no prefix, so their routes keep their own full paths).
+
+    >>> from fastapi import APIRouter, FastAPI
+    >>> app, router = FastAPI(), APIRouter()
+    >>> _ = router.get("/items")(lambda: [])
+    >>> app.include_router(router)
+    >>> [r.path for r in flat_routes(app.routes) if r.path.startswith("/items")]
+    ['/items']
+    """
+    return [context.original_route for context in iter_route_contexts(routes)]
 
 
 def allowed_methods(router: Router, path: str) -> list[str]:
@@ -36,7 +54,7 @@ def allowed_methods(router: Router, path: str) -> list[str]:
     """
     matching: dict[int, set[str]] = {}
     probe = {"type": "http", "path": path, "root_path": "", "method": "OPTIONS"}
-    for route in router.routes:
+    for route in flat_routes(router.routes):
         route_methods = getattr(route, "methods", None)
         if route_methods and route.matches(probe)[0] != Match.NONE:
             parameters = getattr(route, "path_format", "").count("{")

@@ -1,0 +1,90 @@
+"""Who may touch which agent: an agent's tenant, and the refusals that do not reveal
+another tenant's agents (404, as if they did not exist)."""
+
+from __future__ import annotations
+
+from clickhouse_connect.driver.client import Client
+from fastapi import HTTPException
+
+from agentwatch.identity import ALL_TENANTS, Permission, Principal, authorize
+from api import queries
+
+
+def in_scope(
+    caller: Principal,
+    permission: Permission,
+    tenant_id: str,
+    agent_id: str | None,
+    status: int = 404,
+) -> None:
+    """Refuse a caller whose key may not act on ``tenant_id``: 404 for an agent (as if it
+    did not exist, so other tenants' agents cannot be probed), ``status`` otherwise."""
+    reason = authorize(caller, permission, tenant_id, caller.agent_id)
+    if reason is None:
+        return
+    if agent_id is not None:
+        raise HTTPException(404, detail=unknown_agent(agent_id))
+    raise HTTPException(status, detail=reason)
+
+
+def scope_agent(
+    client: Client, database: str, caller: Principal, permission: Permission, agent_id: str
+) -> None:
+    """:func:`in_scope` for an agent whose tenant is to be looked up (not for keys of every
+    tenant, which may read any agent: no lookup then)."""
+    if caller.tenant_id == ALL_TENANTS:
+        return
+    tenant_id = tenant_of(client, database, agent_id)
+    if tenant_id is None:
+        raise HTTPException(404, detail=unknown_agent(agent_id))
+    in_scope(caller, permission, tenant_id, agent_id)
+
+
+def tenant_of(client: Client, database: str, agent_id: str) -> str | None:
+    """The agent's tenant from its latest heartbeat or baseline; None if it is unknown."""
+    latest = queries.latest_metrics(client, database, agent_id)
+    if latest is not None:
+        return latest[0]
+    baseline = queries.latest_baseline(client, database, agent_id)
+    return baseline[0] if baseline is not None else None
+
+
+def quarantine_state(events: list[dict]) -> dict:
+    """The quarantine fields of :class:`AgentSecurity` from the agent's quarantine events,
+    newest first (:func:`api.queries.quarantine_events`). A ``quarantine_requested`` is a
+    request until the dataflow's ``status_changed`` (or a ``released``) follows it.
+
+    >>> from datetime import UTC, datetime
+    >>> t = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> state = quarantine_state([
+    ...     {"type": "quarantine_requested", "timestamp": t, "payload": {"reason": "again"}},
+    ...     {"type": "status_changed", "timestamp": t, "payload": {"to": "quarantined",
+    ...      "reason": "score 10 < 20"}}])
+    >>> state["quarantined"], state["quarantine_reason"], state["quarantine_requested"]
+    (True, 'score 10 < 20', True)
+    >>> quarantine_state([{"type": "released", "timestamp": t, "payload": {}}])["quarantined"]
+    False
+    """
+    requested = False
+    for event in events:
+        if event["type"] == "quarantine_requested":
+            requested = True
+            continue
+        if event["type"] == "status_changed" and event["payload"].get("to") == "quarantined":
+            return {
+                "quarantined": True,
+                "quarantined_since": event["timestamp"],
+                "quarantine_reason": event["payload"].get("reason"),
+                "quarantine_requested": requested,
+            }
+        break  # released, or a status change out of quarantine
+    return {
+        "quarantined": False,
+        "quarantined_since": None,
+        "quarantine_reason": None,
+        "quarantine_requested": requested,
+    }
+
+
+def unknown_agent(agent_id: str) -> str:
+    return f"agent {agent_id!r} is unknown: no heartbeat and no baseline stored for it"

@@ -1046,7 +1046,7 @@ def test_bad_silences_are_422_and_publish_nothing(broker_api, body: dict, says: 
 
 @pytest.mark.integration
 def test_quarantine_and_release_requests_are_published_with_the_actor(broker_api):
-    api, _, settings = broker_api
+    api, ch, settings = broker_api
     response = api.post(
         "/api/v1/agents/a1/quarantine", json={"reason": "talks to an unknown host"},
         headers={"X-Agentwatch-Actor": "ops-2"},
@@ -1058,6 +1058,13 @@ def test_quarantine_and_release_requests_are_published_with_the_actor(broker_api
         "t1",
         "ops-2",
     )
+    # the dataflow has not quarantined it yet: as far as anyone knows it is active
+    early = api.post("/api/v1/agents/a1/release")
+    assert early.status_code == 409, early.text
+    assert early.json()["detail"] == (
+        "a1 is active; released is accepted only when it is quarantined or compromised"
+    )
+    became_quarantined(ch, settings, "a1")
     assert api.post("/api/v1/agents/a1/release").status_code == 202
     assert api.post("/api/v1/agents/ghost/quarantine", json={"reason": "x"}).status_code == 404
     assert api.post("/api/v1/agents/a1/quarantine", json={"reason": ""}).status_code == 422
@@ -1067,6 +1074,54 @@ def test_quarantine_and_release_requests_are_published_with_the_actor(broker_api
         (b"a1", "quarantine_requested", "ops-2", {"reason": "talks to an unknown host"}),
         (b"a1", "released", "api", {"reason": ""}),
     ]
+
+
+def became_quarantined(ch: Client, settings: Settings, agent_id: str) -> None:
+    """Record what the dataflow would: ``agent_id`` went from active to quarantined."""
+    from sinks.loader import event_row
+
+    insert_docs(ch, settings, "agent_events", partial(event_row, "state"), [
+        {"type": "status_changed", "agent_id": agent_id, "tenant_id": "t1", "actor": "system",
+         "timestamp": time.time(), "payload": {"from": "active", "to": "quarantined",
+                                                "reason": "requested"}},
+    ])  # fmt: skip
+
+
+@pytest.mark.integration
+def test_lifecycle_commands_are_published_or_refused_by_the_table_with_its_reason(broker_api):
+    api, ch, settings = broker_api
+    ops = {"X-Agentwatch-Actor": "ops-3"}
+    sent = []
+    for method, path, body in [
+        ("POST", "maintenance", {"reason": "kernel upgrade"}),
+        ("DELETE", "maintenance", None),
+        ("POST", "restart", {"reason": "stuck"}),
+        ("POST", "compromise", {"reason": "key leaked"}),
+        ("POST", "decommission", {"reason": "retired"}),
+    ]:
+        answer = api.request(method, f"/api/v1/agents/a1/{path}", json=body, headers=ops)
+        if (method, path) == ("DELETE", "maintenance"):  # it is active, not in maintenance
+            assert answer.status_code == 409, answer.text
+            assert (
+                "maintenance_ended is accepted only when it is maintenance"
+                in (answer.json()["detail"])
+            )
+            continue
+        assert answer.status_code == 202, (path, answer.text)
+        sent.append((answer.json()["type"], answer.json()["payload"]["reason"]))
+    assert api.post("/api/v1/agents/a1/restart", json={}).status_code == 422  # reason needed
+    assert api.post("/api/v1/agents/ghost/restart", json={"reason": "x"}).status_code == 404
+    became_quarantined(ch, settings, "a1")
+    refused = api.post("/api/v1/agents/a1/maintenance", json={"reason": "x"}, headers=ops)
+    assert refused.status_code == 409 and "a1 is quarantined" in refused.json()["detail"]
+    events = read_events(settings, len(sent))
+    assert [(e["type"], e["payload"]["reason"], e["actor"]) for _, e in events] == [
+        (kind, reason, "ops-3") for kind, reason in sent
+    ]
+    assert [kind for kind, _ in sent] == [
+        "maintenance_requested", "restart_requested", "compromise_declared",
+        "decommission_requested",
+    ]  # fmt: skip
 
 
 def test_options_lists_every_method_of_a_path_and_a_wrong_method_is_a_405(api):

@@ -54,6 +54,11 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission, str]]:
         ("GET", f"/api/v1/audit/verify?tenant={tenant}", None, read, tenant),
         ("POST", f"{a}/quarantine", {"reason": "matrix"}, operate, tenant),
         ("POST", f"{a}/release", {"reason": "matrix"}, operate, tenant),
+        ("POST", f"{a}/maintenance", {"reason": "matrix"}, operate, tenant),
+        ("DELETE", f"{a}/maintenance", None, operate, tenant),
+        ("POST", f"{a}/restart", {"reason": "matrix"}, operate, tenant),
+        ("POST", f"{a}/compromise", {"reason": "matrix"}, operate, tenant),
+        ("POST", f"{a}/decommission", {"reason": "matrix"}, operate, tenant),
         ("POST", "/api/v1/silences", silence, operate, tenant),
         ("POST", "/api/v1/keys", key, Permission.MANAGE_KEYS, tenant),
         # shared by every tenant

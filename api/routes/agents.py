@@ -7,9 +7,11 @@ import logging
 import time
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from agentwatch import lifecycle
 from agentwatch.identity import Permission, Principal
+from agentwatch.lifecycle import AgentRecord, Refusal, State
 from api import queries
 from api.errors import error_responses
 from api.identity import actor_of
@@ -18,6 +20,13 @@ from api.publisher import PublishError
 from api.responses import AgentSecurity, AgentStatus, AlertList, AnomalyList, ThreatList
 from api.runtime import API_PREFIX, ActorHeader, Operator, Reader, Runtime, RuntimeDep
 from api.scope import in_scope, quarantine_state, scope_agent, tenant_of, unknown_agent
+from schemas.events import (
+    COMPROMISE_DECLARED,
+    DECOMMISSION_REQUESTED,
+    MAINTENANCE_ENDED,
+    MAINTENANCE_REQUESTED,
+    RESTART_REQUESTED,
+)
 from schemas.models import LifecycleEvent
 
 log = logging.getLogger("api.app")
@@ -211,16 +220,26 @@ def agent_alerts(
 def publish_request(
     runtime: Runtime, caller: Principal, agent_id: str, kind: str, said: str, payload: dict
 ) -> LifecycleEvent:
+    """Publish an operator's command about one agent on agents.control (202), after
+    checking the caller may operate on its tenant (404 otherwise) and that the lifecycle
+    table accepts the command in the agent's state as last recorded (409 with the
+    table's reason otherwise). The dataflow applies the command and has the last word:
+    a state that changed meanwhile may still refuse it (logged, ``lifecycle_refused``)."""
+    database = runtime.settings.clickhouse_database
     with runtime.clients.client() as client:
-        tenant_id = tenant_of(client, runtime.settings.clickhouse_database, agent_id)
-    if tenant_id is None:
-        raise HTTPException(404, detail=unknown_agent(agent_id))
-    in_scope(caller, Permission.OPERATE, tenant_id, agent_id)
+        tenant_id = tenant_of(client, database, agent_id)
+        if tenant_id is None:
+            raise HTTPException(404, detail=unknown_agent(agent_id))
+        in_scope(caller, Permission.OPERATE, tenant_id, agent_id)
+        state = queries.lifecycle_state(client, database, agent_id)
     actor = actor_of(caller, said)
     event = LifecycleEvent(
         type=kind, agent_id=agent_id, tenant_id=tenant_id, actor=actor,
         timestamp=time.time(), payload=payload,
     )  # fmt: skip
+    refusal = lifecycle_refusal(agent_id, tenant_id, state, event)
+    if refusal is not None:
+        raise HTTPException(409, detail=refusal)
     try:
         runtime.publisher.publish(event.model_dump(mode="json"), agent_id)
     except PublishError as exc:
@@ -229,11 +248,38 @@ def publish_request(
     return event
 
 
+_STATES = frozenset(s.value for s in State)
+
+
+def lifecycle_refusal(
+    agent_id: str, tenant_id: str, state: str | None, event: LifecycleEvent
+) -> str | None:
+    """Why the lifecycle table refuses ``event`` (an operator's command) for an agent in
+    ``state`` (None: no recorded change, so active); None when it accepts it. A restart
+    is not a transition: it is refused only once the agent is decommissioned.
+
+    >>> event = LifecycleEvent(type="released", agent_id="a1", tenant_id="t1",
+    ...     actor="ops", timestamp=1.8e9, payload={"reason": ""})
+    >>> print(lifecycle_refusal("a1", "t1", None, event))
+    a1 is active; released is accepted only when it is quarantined or compromised
+    >>> lifecycle_refusal("a1", "t1", "quarantined", event) is None
+    True
+    """
+    current = State(state) if state in _STATES else State.ACTIVE
+    if event.type == RESTART_REQUESTED:
+        if current is State.DECOMMISSIONED:
+            return f"{agent_id} is decommissioned; there is nothing to restart"
+        return None
+    record = AgentRecord(agent_id, tenant_id, current)
+    result = lifecycle.on_command(record, event)
+    return result.reason if isinstance(result, Refusal) else None
+
+
 @router.post(
     f"{API_PREFIX}/agents/{{agent_id}}/quarantine",
     response_model=LifecycleEvent,
     status_code=202,
-    responses=error_responses(403, 404, 422, 503),
+    responses=error_responses(403, 404, 409, 422, 503),
     tags=["agents"],
 )
 def quarantine_agent(
@@ -254,7 +300,7 @@ def quarantine_agent(
     f"{API_PREFIX}/agents/{{agent_id}}/release",
     response_model=LifecycleEvent,
     status_code=202,
-    responses=error_responses(403, 404, 422, 503),
+    responses=error_responses(403, 404, 409, 422, 503),
     tags=["agents"],
 )
 def release_agent(
@@ -268,3 +314,64 @@ def release_agent(
     agents.control."""
     payload = {"reason": request.reason if request is not None else ""}
     return publish_request(runtime, caller, agent_id, "released", actor, payload)
+
+
+class CommandRequest(BaseModel):
+    """The body of an operator's lifecycle command about one agent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=2000, description="Why, in words.")
+
+
+#: The operators' lifecycle commands with a route of their own: (path, method, event
+#: type, summary). Quarantine and release have theirs above.
+LIFECYCLE_ROUTES = (
+    ("maintenance", "POST", MAINTENANCE_REQUESTED,
+     "Put the agent in maintenance: no remediation, no timeouts, no assignments."),
+    ("maintenance", "DELETE", MAINTENANCE_ENDED, "End the agent's maintenance (back to active)."),
+    ("compromise", "POST", COMPROMISE_DECLARED,
+     "Declare the agent compromised (left only by a release or a decommission)."),
+    ("decommission", "POST", DECOMMISSION_REQUESTED,
+     "Retire the agent: decommissioning until its tasks drain, then decommissioned."),
+    ("restart", "POST", RESTART_REQUESTED,
+     "Order the agent's runtime to restart (an AgentCommand on agents.commands)."),
+)  # fmt: skip
+
+
+def _command_route(kind: str, summary: str, with_body: bool):
+    def with_reason(
+        agent_id: AgentId,
+        request: CommandRequest,
+        runtime: RuntimeDep,
+        caller: Operator,
+        actor: ActorHeader = "api",
+    ) -> LifecycleEvent:
+        payload = {"reason": request.reason}
+        return publish_request(runtime, caller, agent_id, kind, actor, payload)
+
+    def without_body(
+        agent_id: AgentId, runtime: RuntimeDep, caller: Operator, actor: ActorHeader = "api"
+    ) -> LifecycleEvent:
+        return publish_request(runtime, caller, agent_id, kind, actor, {"reason": ""})
+
+    route = with_reason if with_body else without_body
+    route.__doc__ = (
+        f"{summary} Publishes ``{kind}`` on agents.control (202: the command is in the "
+        "log; the dataflow applies it). 409 when the lifecycle table refuses it in the "
+        "agent's current state, with the reason."
+    )
+    route.__name__ = kind
+    return route
+
+
+for _path, _method, _kind, _summary in LIFECYCLE_ROUTES:
+    router.add_api_route(
+        f"{API_PREFIX}/agents/{{agent_id}}/{_path}",
+        _command_route(_kind, _summary, with_body=_method == "POST"),
+        methods=[_method],
+        response_model=LifecycleEvent,
+        status_code=202,
+        responses=error_responses(403, 404, 409, 422, 503),
+        tags=["agents"],
+    )

@@ -166,3 +166,22 @@ def test_a_revoked_key_is_refused_and_the_token_is_shown_once(door):
     app_keys._cache.clear()  # as after AGENTWATCH_API_KEY_CACHE_S
     refused = api.get("/api/v1/rules", headers=mine)
     assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
+
+
+def test_a_key_is_revoked_only_by_an_admin_of_its_tenant(door):
+    api, tokens = door
+    book = api.app.state.runtime.keys
+    for tenant in (OWN, OTHER):
+        for name, (role, key_tenant, _) in KEYS.items():
+            with api.app.state.runtime.clients.client() as client:
+                victim, _ = book.create(client, Role.ANALYST, tenant, "test", name="victim")
+            headers = {"Authorization": f"Bearer {tokens[name]}"}
+            answer = api.delete(f"/api/v1/keys/{victim.key_id}", headers=headers)
+            where = f"{name} revoking a key of {tenant}: {answer.status_code} {answer.text}"
+            if may(role, key_tenant, Permission.MANAGE_KEYS, tenant):
+                assert answer.status_code == 204, where
+            else:  # another tenant's key does not exist for this caller
+                assert answer.status_code in (403, 404), where
+                assert answer.json()["detail"], where
+                with api.app.state.runtime.clients.client() as client:
+                    assert book.get(client, victim.key_id).revoked_at is None, where

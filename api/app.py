@@ -183,19 +183,24 @@ def create_app(
         """Latest heartbeat, baseline, anomaly score (with its reasons) and threats of one agent."""
         database = settings.clickhouse_database
         with runtime.clients.client() as client:
-            latest = queries.latest_metrics(client, database, agent_id)
-            baseline = queries.latest_baseline(client, database, agent_id)
+            own = _own_tenant(caller)
+            latest = queries.latest_metrics(client, database, agent_id, tenant_id=own)
+            baseline = queries.latest_baseline(
+                client, database, agent_id, tenant_id=latest[0] if latest else own
+            )
             if latest is None and baseline is None:
                 raise HTTPException(404, detail=_unknown_agent(agent_id))
-            in_scope(caller, Permission.READ, latest[0] if latest else baseline[0], agent_id)
-            anomaly = queries.latest_anomaly(client, database, agent_id)
+            tenant_id = latest[0] if latest else baseline[0]
+            in_scope(caller, Permission.READ, tenant_id, agent_id)
+            anomaly = queries.latest_anomaly(client, database, agent_id, tenant_id=tenant_id)
             threats = queries.threats_between(
-                client, database, agent_id, None, None, STATUS_RECENT_THREATS
+                client, database, agent_id, None, None, STATUS_RECENT_THREATS, tenant_id=tenant_id
             )
-            scores = queries.score_changes(client, database, agent_id, 1)
-            quarantine = quarantine_state(queries.quarantine_events(client, database, agent_id))
-            lifecycle = queries.lifecycle_state(client, database, agent_id)
-        tenant_id = latest[0] if latest else baseline[0]
+            scores = queries.score_changes(client, database, agent_id, 1, tenant_id=tenant_id)
+            quarantine = quarantine_state(
+                queries.quarantine_events(client, database, agent_id, tenant_id=tenant_id)
+            )
+            lifecycle = queries.lifecycle_state(client, database, agent_id, tenant_id=tenant_id)
         metrics = latest[1] if latest else None
         last_heartbeat = metrics.timestamp if metrics else None
         return AgentStatus(
@@ -226,11 +231,13 @@ def create_app(
         """Scored heartbeats of one agent in a time range, newest first."""
         database = settings.clickhouse_database
         with runtime.clients.client() as client:
-            scope_agent(client, database, caller, Permission.READ, agent_id)
+            tenant_id = scope_agent(client, database, caller, Permission.READ, agent_id)
             found = queries.anomalies_between(
-                client, database, agent_id, span.since, span.until, span.limit
+                client, database, agent_id, span.since, span.until, span.limit, tenant_id=tenant_id
             )
-            if not found and not queries.agent_is_known(client, database, agent_id):
+            if not found and not queries.agent_is_known(
+                client, database, agent_id, tenant_id=tenant_id
+            ):
                 raise HTTPException(404, detail=_unknown_agent(agent_id))
         return AnomalyList(
             agent_id=agent_id,
@@ -259,11 +266,14 @@ def create_app(
         each with its evidence: the values judged, the baseline, the window."""
         database = settings.clickhouse_database
         with runtime.clients.client() as client:
-            scope_agent(client, database, caller, Permission.READ, agent_id)
+            tenant_id = scope_agent(client, database, caller, Permission.READ, agent_id)
             found = queries.threats_between(
-                client, database, agent_id, span.since, span.until, span.limit, severity, category
-            )
-            if not found and not queries.agent_is_known(client, database, agent_id):
+                client, database, agent_id, span.since, span.until, span.limit, severity, category,
+                tenant_id=tenant_id,
+            )  # fmt: skip
+            if not found and not queries.agent_is_known(
+                client, database, agent_id, tenant_id=tenant_id
+            ):
                 raise HTTPException(404, detail=_unknown_agent(agent_id))
         return ThreatList(
             agent_id=agent_id,
@@ -317,9 +327,13 @@ def create_app(
         """One agent's alerts in their current state, most recently changed first."""
         database = settings.clickhouse_database
         with runtime.clients.client() as client:
-            scope_agent(client, database, caller, Permission.READ, agent_id)
-            found = queries.current_alerts(client, database, limit, agent_id=agent_id, states=state)
-            if not found and not queries.agent_is_known(client, database, agent_id):
+            tenant_id = scope_agent(client, database, caller, Permission.READ, agent_id)
+            found = queries.current_alerts(
+                client, database, limit, agent_id=agent_id, tenant_id=tenant_id, states=state
+            )
+            if not found and not queries.agent_is_known(
+                client, database, agent_id, tenant_id=tenant_id
+            ):
                 raise HTTPException(404, detail=_unknown_agent(agent_id))
         return AlertList(count=len(found), alerts=found)
 
@@ -339,12 +353,15 @@ def create_app(
         took what), and whether it is quarantined."""
         database = settings.clickhouse_database
         with runtime.clients.client() as client:
-            changes = queries.score_changes(client, database, agent_id, limit)
-            tenant_id = _tenant_of(client, database, agent_id)
-            if not changes and tenant_id is None:
+            tenant_id = _tenant_of(client, database, agent_id, _own_tenant(caller))
+            changes = queries.score_changes(client, database, agent_id, limit, tenant_id=tenant_id)
+            if tenant_id is None and (not changes or caller.tenant_id != ALL_TENANTS):
                 raise HTTPException(404, detail=_unknown_agent(agent_id))
-            in_scope(caller, Permission.READ, tenant_id or changes[0].tenant_id, agent_id)
-            quarantine = quarantine_state(queries.quarantine_events(client, database, agent_id))
+            if tenant_id is not None:
+                in_scope(caller, Permission.READ, tenant_id, agent_id)
+            quarantine = quarantine_state(
+                queries.quarantine_events(client, database, agent_id, tenant_id=tenant_id)
+            )
         deductions: dict[str, float] = {}
         for change in changes:
             if change.delta < 0:
@@ -363,7 +380,9 @@ def create_app(
         runtime: Runtime, caller: Principal, agent_id: str, kind: str, said: str, payload: dict
     ) -> LifecycleEvent:
         with runtime.clients.client() as client:
-            tenant_id = _tenant_of(client, settings.clickhouse_database, agent_id)
+            tenant_id = _tenant_of(
+                client, settings.clickhouse_database, agent_id, _own_tenant(caller)
+            )
         if tenant_id is None:
             raise HTTPException(404, detail=_unknown_agent(agent_id))
         in_scope(caller, Permission.OPERATE, tenant_id, agent_id)
@@ -738,23 +757,35 @@ def in_scope(
 
 def scope_agent(
     client: Client, database: str, caller: Principal, permission: Permission, agent_id: str
-) -> None:
-    """:func:`in_scope` for an agent whose tenant is to be looked up (not for keys of every
-    tenant, which may read any agent: no lookup then)."""
-    if caller.tenant_id == ALL_TENANTS:
-        return
-    tenant_id = _tenant_of(client, database, agent_id)
+) -> str | None:
+    """:func:`in_scope` for an agent whose tenant is to be looked up; returns the tenant,
+    for the reads that follow to name it (None: the agent is unknown and the caller's key
+    is of every tenant, which may read any agent's rows: the reads name the agent only)."""
+    tenant_id = _tenant_of(client, database, agent_id, _own_tenant(caller))
     if tenant_id is None:
+        if caller.tenant_id == ALL_TENANTS:
+            return None
         raise HTTPException(404, detail=_unknown_agent(agent_id))
     in_scope(caller, permission, tenant_id, agent_id)
+    return tenant_id
 
 
-def _tenant_of(client: Client, database: str, agent_id: str) -> str | None:
-    """The agent's tenant from its latest heartbeat or baseline; None if it is unknown."""
-    latest = queries.latest_metrics(client, database, agent_id)
+def _own_tenant(caller: Principal) -> str | None:
+    """The one tenant whose agents the caller's key may see (None: a key of every tenant).
+    A read that names it finds no agent of another tenant: the same 404 as :func:`in_scope`."""
+    return None if caller.tenant_id == ALL_TENANTS else caller.tenant_id
+
+
+def _tenant_of(
+    client: Client, database: str, agent_id: str, tenant_id: str | None = None
+) -> str | None:
+    """The agent's tenant from its latest heartbeat or baseline; None if it is unknown
+    (or not of ``tenant_id``, when given). How the tenant of an agent asked for by its id
+    is resolved: the one read that does not name it (api/queries.py)."""
+    latest = queries.latest_metrics(client, database, agent_id, tenant_id=tenant_id)
     if latest is not None:
         return latest[0]
-    baseline = queries.latest_baseline(client, database, agent_id)
+    baseline = queries.latest_baseline(client, database, agent_id, tenant_id=tenant_id)
     return baseline[0] if baseline is not None else None
 
 

@@ -22,9 +22,11 @@ has the new key: nothing more to do). A migration is recorded only once all its 
 done. A fresh database (none of its tables existed) is created at today's layout and
 marked with every version without running any.
 
-Rows are copied as they are (no ``FINAL``): a table's new sort key must keep its identity
-(the same rows collapse in its ``ReplacingMergeTree`` as before), so unmerged duplicates
-are copied and merge away later, as they would have.
+Rows are copied as they are (no ``FINAL``, ``optimize_on_insert = 0``, merges of both
+tables stopped during the copy, so that the counts compare): a table's new sort key must
+keep its identity (the same rows collapse in its ``ReplacingMergeTree`` as before), so
+unmerged duplicates, and rows past their TTL not yet dropped, are copied and merge away
+later, as they would have.
 
 Writers must not write while a rebuild runs (rows written to the old table after its
 partition was copied would be lost; the count check refuses the exchange then). Each
@@ -267,31 +269,41 @@ def rebuild_table(client: Client, database: str, table: str, create: str) -> int
     )
     started = time.perf_counter()
     copied = 0
-    for partition_id, rows in partitions:
-        client.command(
-            f"INSERT INTO {database}.{staging} ({columns}) SELECT {columns} "
-            f"FROM {database}.{table} WHERE _partition_id = {{partition:String}}",
-            parameters={"partition": partition_id},
-        )
-        copied += rows
-        log.info(
-            "schema_rebuild_progress table=%s.%s partition=%s rows=%d copied=%d/%d seconds=%.2f",
-            database,
-            table,
-            partition_id,
-            rows,
-            copied,
-            total,
-            time.perf_counter() - started,
-        )
-    before, after = (_count(client, database, name) for name in (table, staging))
-    if before != after:
-        client.command(f"DROP TABLE {database}.{staging} SYNC")
-        raise RuntimeError(
-            f"rebuilding {database}.{table}: copied {after} rows of {before}; something "
-            "wrote to the table during the migration. Stop the loader and run it again"
-        )
-    client.command(f"EXCHANGE TABLES {database}.{table} AND {database}.{staging}")
+    # Rows as stored, so that the counts compare: no merges (they would collapse
+    # duplicates, or drop rows past their TTL, in one table and not yet in the other) and
+    # no collapsing of the duplicates an inserted block holds (optimize_on_insert).
+    _merges(client, database, (table, staging), "STOP")
+    try:
+        for partition_id, rows in partitions:
+            client.command(
+                f"INSERT INTO {database}.{staging} ({columns}) SELECT {columns} "
+                f"FROM {database}.{table} WHERE _partition_id = {{partition:String}}",
+                parameters={"partition": partition_id},
+                settings={"optimize_on_insert": 0},
+            )
+            copied += rows
+            log.info(
+                "schema_rebuild_progress table=%s.%s partition=%s rows=%d copied=%d/%d "
+                "seconds=%.2f",
+                database,
+                table,
+                partition_id,
+                rows,
+                copied,
+                total,
+                time.perf_counter() - started,
+            )
+        before, after = (_count(client, database, name) for name in (table, staging))
+        if before != after:
+            client.command(f"DROP TABLE {database}.{staging} SYNC")
+            raise RuntimeError(
+                f"rebuilding {database}.{table}: copied {after} rows of {before}, so the "
+                "table changed during the copy (a loader, or another process migrating?); "
+                "stop every writer and start again: the rebuild starts over"
+            )
+        client.command(f"EXCHANGE TABLES {database}.{table} AND {database}.{staging}")
+    finally:
+        _merges(client, database, (table,), "START")  # the new layout, once exchanged
     client.command(f"DROP TABLE {database}.{staging} SYNC")  # now the old layout
     log.info(
         "schema_rebuild_done table=%s.%s rows=%d seconds=%.2f",
@@ -359,6 +371,15 @@ def _shared_columns(client: Client, database: str, source: str, target: str) -> 
     rows = result.result_rows
     present = {name for table, name in rows if table == source}
     return [f"`{name}`" for table, name in rows if table == target and name in present]
+
+
+def _merges(client: Client, database: str, tables: tuple[str, ...], action: str) -> None:
+    """``SYSTEM STOP``/``START`` the merges and TTL merges of ``tables`` (a lock held by
+    this server process on the table itself: it moves with ``EXCHANGE`` and is gone after a
+    restart)."""
+    for table in tables:
+        client.command(f"SYSTEM {action} MERGES {database}.{table}")
+        client.command(f"SYSTEM {action} TTL MERGES {database}.{table}")
 
 
 def _count(client: Client, database: str, table: str) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -35,6 +36,8 @@ TENANT_FIRST_KEYS = {
     "incidents": "tenant_id, incident_id",
 }
 ROWS_PER_TABLE = 300  # 6 hours apart: 75 days, 3 or 4 monthly partitions, within the TTL
+#: The newest row's time: the same in every insert (the same rows twice are duplicates).
+ANCHOR = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @pytest.fixture
@@ -78,7 +81,7 @@ def value_of(name: str, kind: str) -> str:
         return "concat('tenant-', toString(number % 50 % 3))"  # one tenant per agent
     base = kind.removeprefix("Nullable(").removeprefix("LowCardinality(").rstrip(")")
     if base.startswith("DateTime64"):
-        return "now64(3, 'UTC') - toIntervalSecond(number * 21600)"
+        return f"toDateTime64('{ANCHOR}', 3, 'UTC') - toIntervalSecond(number * 21600)"
     if base.startswith("Map("):
         return "map('cpu_usage', toFloat64(number))"
     if base.startswith("Array("):
@@ -234,3 +237,37 @@ def test_a_process_that_may_not_migrate_refuses_a_database_with_one_pending(sett
     finally:
         client.command(f"DROP DATABASE IF EXISTS {db}")
         client.close()
+
+
+def test_duplicates_not_merged_yet_and_rows_past_their_ttl_are_copied_as_stored(old_database):
+    """The copy neither collapses duplicates nor drops expired rows (so its count check
+    holds while merges would do either); once exchanged, they merge away as before."""
+    client, settings = old_database
+    db = settings.clickhouse_database
+    client.command(f"SYSTEM STOP MERGES {db}.metrics")
+    client.command(f"SYSTEM STOP TTL MERGES {db}.metrics")
+    fill(client, db, "metrics")  # the same rows again: duplicates in another part
+    client.command(
+        f"INSERT INTO {db}.metrics (agent_id, tenant_id, timestamp) SELECT 'agent-1', "
+        "'tenant-1', now64(3, 'UTC') - toIntervalDay(200 + number) FROM numbers(20)"
+    )
+    stored = client.query(f"SELECT count() FROM {db}.metrics").result_rows[0][0]
+    assert stored == 2 * ROWS_PER_TABLE + 20
+    live = (
+        "SELECT count(), sum(cityHash64(agent_id, tenant_id, timestamp, cpu_usage)) "
+        f"FROM {db}.metrics FINAL WHERE timestamp > now64(3, 'UTC') - toIntervalDay(80)"
+    )
+    identities = client.query(live).result_rows[0]
+    assert identities[0] == ROWS_PER_TABLE
+
+    create_schema(client, settings)
+
+    copied = client.query(
+        f"SELECT rows_copied FROM {db}.{MIGRATIONS_TABLE} WHERE version = 3"
+    ).result_rows[0][0]
+    others = 50 + ROWS_PER_TABLE * (len(TENANT_TABLES) - 2)  # baselines and the rest
+    assert copied == stored + others
+    assert sorting_keys(client, db)["metrics"] == TENANT_FIRST_KEYS["metrics"]
+    assert client.query(live).result_rows[0] == identities
+    client.command(f"OPTIMIZE TABLE {db}.metrics FINAL")  # merges run again on the new table
+    assert client.query(f"SELECT count() FROM {db}.metrics").result_rows[0][0] == ROWS_PER_TABLE

@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     )
     clickhouse_database: str = Field("agentwatch", description="ClickHouse database name.")
     clickhouse_ttl_days: int = Field(90, ge=1, description="Rows older than this are dropped.")
+    clickhouse_migrate: bool = Field(
+        True,
+        description="Apply pending schema migrations at start (sinks/migrations.py). Set false "
+        "on every process but one when several share a ClickHouse server (the cluster profile "
+        "migrates in its own job): such a process then refuses to start while one is pending.",
+    )
     var_dir: Path = Field(Path("var"), description="Run directory: logs, pids, recovery.")
 
     # --- the embedded broker (Tansu) ----------------------------------------

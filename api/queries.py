@@ -1,12 +1,17 @@
 """The ClickHouse reads behind the API, one function per question.
 
-Per-agent reads are point queries on the sort key ``(agent_id, timestamp)``
-(threats: ``(agent_id, first_seen, rule)``):
-``PREWHERE agent_id = …`` selects one granule range and
-``ORDER BY timestamp DESC LIMIT 1`` reads it in order, so each costs a couple
-of milliseconds however large the table grows. Replays can leave identical
-duplicate rows until ClickHouse merges them; a ``LIMIT 1`` read does not care,
-and range reads use ``FINAL`` so that no duplicate ever reaches a caller.
+Per-agent reads are point queries on the sort key ``(tenant_id, agent_id, timestamp)``
+(threats: ``(tenant_id, agent_id, first_seen, rule)``): every function takes the
+agent's tenant, and ``PREWHERE tenant_id = … AND agent_id = …`` selects one granule
+range that ``ORDER BY timestamp DESC LIMIT 1`` reads in order, so each costs a couple
+of milliseconds however large the table grows. ``tenant_id=None`` means the tenant is
+not known yet (an operator asks about an agent by its id): the read then names the
+agent only, which ClickHouse still narrows with the key (its generic exclusion search
+over the few tenants), but not to one range; the API resolves the tenant once
+(:func:`latest_metrics` returns it) and passes it to the reads that follow.
+
+Replays can leave identical duplicate rows until ClickHouse merges them; a ``LIMIT 1``
+read does not care, and range reads use ``FINAL`` so that no duplicate reaches a caller.
 
 Every value from a caller is bound as a query parameter (``{name:Type}``);
 only the database name, which comes from the settings, is part of the SQL text.
@@ -43,12 +48,33 @@ _ANOMALY_COLUMNS = "timestamp, score, threshold, is_anomaly, detector, top_featu
 _THREAT_COLUMNS = "rule, category, severity, first_seen, last_seen, condition, evidence"
 
 
-def _newest_row(client: Client, table: str, columns: str, agent_id: str) -> dict | None:
+def _agent(agent_id: str, tenant_id: str | None, parameters: dict[str, object]) -> str:
+    """The condition that selects one agent's rows on the sort key (its tenant and its id;
+    the id alone while the tenant is unknown); binds their parameters.
+
+    >>> parameters = {}
+    >>> _agent("a1", "t1", parameters), parameters
+    ('tenant_id = {tenant_id:String} AND agent_id = {agent_id:String}', \
+{'agent_id': 'a1', 'tenant_id': 't1'})
+    >>> _agent("a1", None, {})
+    'agent_id = {agent_id:String}'
+    """
+    parameters["agent_id"] = agent_id
+    if tenant_id is None:
+        return "agent_id = {agent_id:String}"
+    parameters["tenant_id"] = tenant_id
+    return "tenant_id = {tenant_id:String} AND agent_id = {agent_id:String}"
+
+
+def _newest_row(
+    client: Client, table: str, columns: str, agent_id: str, tenant_id: str | None
+) -> dict | None:
     """The agent's newest row of ``table`` (read on the sort key), timestamp in UTC."""
+    parameters: dict[str, object] = {}
     result = client.query(
         f"SELECT {columns} FROM {table} "
-        "PREWHERE agent_id = {agent_id:String} ORDER BY timestamp DESC LIMIT 1",
-        parameters={"agent_id": agent_id},
+        f"PREWHERE {_agent(agent_id, tenant_id, parameters)} ORDER BY timestamp DESC LIMIT 1",
+        parameters=parameters,
     )
     rows = list(result.named_results())
     if not rows:
@@ -59,10 +85,11 @@ def _newest_row(client: Client, table: str, columns: str, agent_id: str) -> dict
 
 
 def latest_metrics(
-    client: Client, database: str, agent_id: str
+    client: Client, database: str, agent_id: str, *, tenant_id: str | None
 ) -> tuple[str, LatestMetrics] | None:
     """The agent's newest heartbeat and its tenant, or None if it never sent one."""
-    row = _newest_row(client, f"{database}.metrics", f"tenant_id, {_METRIC_COLUMNS}", agent_id)
+    columns = f"tenant_id, {_METRIC_COLUMNS}"
+    row = _newest_row(client, f"{database}.metrics", columns, agent_id, tenant_id)
     if row is None:
         return None
     tenant_id = row.pop("tenant_id")
@@ -70,23 +97,28 @@ def latest_metrics(
     return tenant_id, LatestMetrics(**row)
 
 
-def latest_baseline(client: Client, database: str, agent_id: str) -> tuple[str, Baseline] | None:
+def latest_baseline(
+    client: Client, database: str, agent_id: str, *, tenant_id: str | None
+) -> tuple[str, Baseline] | None:
     """The agent's newest baseline snapshot and its tenant, or None before the first one."""
     columns = "tenant_id, timestamp, heartbeats, warmed_up, mean, std"
-    row = _newest_row(client, f"{database}.baselines", columns, agent_id)
+    row = _newest_row(client, f"{database}.baselines", columns, agent_id, tenant_id)
     if row is None:
         return None
     tenant_id = row.pop("tenant_id")
     return tenant_id, Baseline(**row)
 
 
-def latest_anomaly(client: Client, database: str, agent_id: str) -> Anomaly | None:
+def latest_anomaly(
+    client: Client, database: str, agent_id: str, *, tenant_id: str | None
+) -> Anomaly | None:
     """The agent's most recent anomaly (``is_anomaly``), or None."""
+    parameters: dict[str, object] = {}
     result = client.query(
         f"SELECT {_ANOMALY_COLUMNS} FROM {database}.anomalies "
-        "PREWHERE agent_id = {agent_id:String} WHERE is_anomaly "
+        f"PREWHERE {_agent(agent_id, tenant_id, parameters)} WHERE is_anomaly "
         "ORDER BY timestamp DESC LIMIT 1",
-        parameters={"agent_id": agent_id},
+        parameters=parameters,
     )
     rows = [_anomaly(row) for row in result.named_results()]
     return rows[0] if rows else None
@@ -99,10 +131,12 @@ def anomalies_between(
     since: datetime | None,
     until: datetime | None,
     limit: int,
+    *,
+    tenant_id: str | None,
 ) -> list[Anomaly]:
     """The agent's anomalies with ``since <= timestamp <= until``, newest first."""
-    conditions = ["agent_id = {agent_id:String}"]
-    parameters: dict[str, object] = {"agent_id": agent_id, "limit": limit}
+    parameters: dict[str, object] = {"limit": limit}
+    conditions = [_agent(agent_id, tenant_id, parameters)]
     conditions += _time_bounds("timestamp", since, until, parameters)
     result = client.query(
         f"SELECT {_ANOMALY_COLUMNS} FROM {database}.anomalies FINAL "
@@ -121,13 +155,15 @@ def threats_between(
     limit: int,
     severities: list[str] | None = None,
     categories: list[str] | None = None,
+    *,
+    tenant_id: str | None,
 ) -> list[AgentThreat]:
     """The agent's threats with ``since <= first_seen <= until``, newest first.
 
     ``severities`` / ``categories``: keep only threats with one of these (None: any).
     """
-    conditions = ["agent_id = {agent_id:String}"]
-    parameters: dict[str, object] = {"agent_id": agent_id, "limit": limit}
+    parameters: dict[str, object] = {"limit": limit}
+    conditions = [_agent(agent_id, tenant_id, parameters)]
     conditions += _time_bounds("first_seen", since, until, parameters)
     if severities:
         conditions.append("severity IN {severities:Array(String)}")
@@ -162,6 +198,7 @@ def current_alerts(
 ) -> list[AgentAlert]:
     """Each alert's latest state (one per fingerprint), most recently changed first.
 
+    ``tenant_id`` (with or without ``agent_id``) reads on the sort key; None: every tenant.
     The filters on state, severity and category apply to the current state, so an
     alert that resolved is not listed as firing.
     """
@@ -208,13 +245,16 @@ def _alert(row: dict) -> AgentAlert:
     )
 
 
-def score_changes(client: Client, database: str, agent_id: str, limit: int) -> list[ScoreEntry]:
+def score_changes(
+    client: Client, database: str, agent_id: str, limit: int, *, tenant_id: str | None
+) -> list[ScoreEntry]:
     """The agent's latest security score changes, newest first."""
+    parameters: dict[str, object] = {"limit": limit}
     result = client.query(
         "SELECT timestamp, score, delta, cause, first_seen FROM "
-        f"{database}.security_scores FINAL PREWHERE agent_id = {{agent_id:String}} "
+        f"{database}.security_scores FINAL PREWHERE {_agent(agent_id, tenant_id, parameters)} "
         "ORDER BY timestamp DESC, cause LIMIT {limit:UInt32}",
-        parameters={"agent_id": agent_id, "limit": limit},
+        parameters=parameters,
     )
     return [
         ScoreEntry(
@@ -239,14 +279,17 @@ _QUARANTINE_EVENTS = (
 )
 
 
-def quarantine_events(client: Client, database: str, agent_id: str, limit: int = 20) -> list[dict]:
+def quarantine_events(
+    client: Client, database: str, agent_id: str, limit: int = 20, *, tenant_id: str | None
+) -> list[dict]:
     """The agent's latest events about quarantine (type, actor, timestamp, payload), newest
     first: ``status_changed`` to or from quarantined, ``quarantine_requested``, ``released``."""
+    parameters: dict[str, object] = {"limit": limit}
     result = client.query(
         f"SELECT type, actor, timestamp, payload FROM {database}.agent_events FINAL "
-        f"PREWHERE agent_id = {{agent_id:String}} WHERE {_QUARANTINE_EVENTS} "
+        f"PREWHERE {_agent(agent_id, tenant_id, parameters)} WHERE {_QUARANTINE_EVENTS} "
         "ORDER BY timestamp DESC LIMIT {limit:UInt32}",
-        parameters={"agent_id": agent_id, "limit": limit},
+        parameters=parameters,
     )
     events = []
     for row in result.named_results():
@@ -258,15 +301,18 @@ def quarantine_events(client: Client, database: str, agent_id: str, limit: int =
     return events
 
 
-def lifecycle_state(client: Client, database: str, agent_id: str) -> str | None:
+def lifecycle_state(
+    client: Client, database: str, agent_id: str, *, tenant_id: str | None
+) -> str | None:
     """The status the agent's latest ``status_changed`` (from the dataflow, on agents.state)
     moved it to; None if there is none."""
+    parameters: dict[str, object] = {}
     result = client.query(
         f"SELECT JSONExtractString(payload, 'to') FROM {database}.agent_events FINAL "
-        "PREWHERE agent_id = {agent_id:String} "
+        f"PREWHERE {_agent(agent_id, tenant_id, parameters)} "
         "WHERE type = 'status_changed' AND channel IN ('state', '') "
         "ORDER BY timestamp DESC LIMIT 1",
-        parameters={"agent_id": agent_id},
+        parameters=parameters,
     )
     rows = result.result_rows
     return (rows[0][0] or None) if rows else None
@@ -308,13 +354,15 @@ def _time_bounds(
     return conditions
 
 
-def agent_is_known(client: Client, database: str, agent_id: str) -> bool:
+def agent_is_known(client: Client, database: str, agent_id: str, *, tenant_id: str | None) -> bool:
     """True if the agent has a heartbeat or a baseline stored."""
+    parameters: dict[str, object] = {}
+    agent = _agent(agent_id, tenant_id, parameters)
     result = client.query(
-        f"SELECT 1 FROM {database}.metrics PREWHERE agent_id = {{agent_id:String}} LIMIT 1 "
+        f"SELECT 1 FROM {database}.metrics PREWHERE {agent} LIMIT 1 "
         "UNION ALL "
-        f"SELECT 1 FROM {database}.baselines PREWHERE agent_id = {{agent_id:String}} LIMIT 1",
-        parameters={"agent_id": agent_id},
+        f"SELECT 1 FROM {database}.baselines PREWHERE {agent} LIMIT 1",
+        parameters=parameters,
     )
     return bool(result.result_rows)
 

@@ -29,23 +29,35 @@ def in_scope(
 
 def scope_agent(
     client: Client, database: str, caller: Principal, permission: Permission, agent_id: str
-) -> None:
-    """:func:`in_scope` for an agent whose tenant is to be looked up (not for keys of every
-    tenant, which may read any agent: no lookup then)."""
-    if caller.tenant_id == ALL_TENANTS:
-        return
-    tenant_id = tenant_of(client, database, agent_id)
+) -> str | None:
+    """:func:`in_scope` for an agent whose tenant is to be looked up; returns the tenant,
+    for the reads that follow to name it (None: the agent is unknown and the caller's key
+    is of every tenant, which may read any agent's rows: the reads name the agent only)."""
+    tenant_id = tenant_of(client, database, agent_id, own_tenant(caller))
     if tenant_id is None:
+        if caller.tenant_id == ALL_TENANTS:
+            return None
         raise HTTPException(404, detail=unknown_agent(agent_id))
     in_scope(caller, permission, tenant_id, agent_id)
+    return tenant_id
 
 
-def tenant_of(client: Client, database: str, agent_id: str) -> str | None:
-    """The agent's tenant from its latest heartbeat or baseline; None if it is unknown."""
-    latest = queries.latest_metrics(client, database, agent_id)
+def own_tenant(caller: Principal) -> str | None:
+    """The one tenant whose agents the caller's key may see (None: a key of every tenant).
+    A read that names it finds no agent of another tenant: the same 404 as :func:`in_scope`."""
+    return None if caller.tenant_id == ALL_TENANTS else caller.tenant_id
+
+
+def tenant_of(
+    client: Client, database: str, agent_id: str, tenant_id: str | None = None
+) -> str | None:
+    """The agent's tenant from its latest heartbeat or baseline; None if it is unknown
+    (or not of ``tenant_id``, when given). How the tenant of an agent asked for by its id
+    is resolved: the one read that does not name it (api/queries.py)."""
+    latest = queries.latest_metrics(client, database, agent_id, tenant_id=tenant_id)
     if latest is not None:
         return latest[0]
-    baseline = queries.latest_baseline(client, database, agent_id)
+    baseline = queries.latest_baseline(client, database, agent_id, tenant_id=tenant_id)
     return baseline[0] if baseline is not None else None
 
 

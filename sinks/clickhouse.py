@@ -7,22 +7,29 @@ One client library for both deployments: clickhouse-connect, with a
 Idempotency: every table is a ``ReplacingMergeTree`` whose sort key is the
 natural identity of a row (an agent's heartbeat is ``(agent_id, timestamp)``,
 a threat episode ``(agent_id, first_seen, rule)``, an alert's change of state
-``(agent_id, fingerprint, updated_at, state)``), so a replay of the same
+``(agent_id, fingerprint, updated_at, state)``), led by ``tenant_id`` where the table
+is read per tenant (an agent has one tenant, so that changes no identity: reads
+that name the tenant and the agent select one granule range), so a replay of the same
 Kafka offsets, or a dataflow that re-emits after a crash, leaves one row per
 identity once parts merge; read with ``FINAL`` where exact counts matter.
 Where a row of the same identity can be re-published with more in it (a
 baseline, a threat whose ``last_seen`` moved on, an incident that more agents
 joined, a silence that was expired), the table's version column keeps the newest.
+
+Changes to the layout of a released table are versioned migrations
+(:data:`MIGRATIONS`, run by :func:`create_schema`; sinks/migrations.py, docs/migrations.md).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from agentwatch.settings import Settings
+from sinks.migrations import AddColumn, Migration, apply_migrations
 
 
 def connect(settings: Settings) -> Client:
@@ -40,9 +47,8 @@ def connect(settings: Settings) -> Client:
     return clickhouse_connect.get_client(dsn=dsn)
 
 
-#: Columns added to a table after it was first released, with how each is added to an
-#: existing table: created with the table now, added by :func:`create_schema` to a
-#: table made before (``ADD COLUMN`` adds it, with its type's default in the rows there).
+#: The dead letters' cluster id: a column added after the table was first released
+#: (:data:`MIGRATIONS` version 1 adds it to a table made before).
 _DEADLETTER_CLUSTER_ID = (
     "cluster_id LowCardinality(String) COMMENT 'broker log the message was read from; "
     "empty for rows stored before the column existed'"
@@ -57,25 +63,46 @@ _AGENT_EVENTS_CHANNEL = (
     "column existed, from the one agents.events of then'"
 )
 
+#: Tables read per tenant whose sort key ``tenant_id`` leads (:data:`MIGRATIONS` version 3).
+#: Not here: ``incidents`` and ``audit_log`` (tenant first from the start), ``deadletter``
+#: (bytes that did not parse have no tenant one could trust; fleet-wide reads only),
+#: ``rules`` (fleet-wide), ``silences`` and ``api_keys`` (read whole or by id; small),
+#: the offsets tables (not agent data).
+TENANT_TABLES = (
+    "metrics",
+    "anomalies",
+    "threats",
+    "baselines",
+    "alerts",
+    "security_scores",
+    "commands",
+    "agent_events",
+)
 
-def upgrade_statements(settings: Settings) -> list[tuple[str, str, str]]:
-    """(table, column, ALTER) that brings a table made by an earlier release up to
-    :func:`schema_statements`; each is run by :func:`create_schema` only when the
-    table lacks the column."""
-    db = settings.clickhouse_database
-    return [
-        (
-            "deadletter",
-            "cluster_id",
-            f"ALTER TABLE {db}.deadletter ADD COLUMN IF NOT EXISTS {_DEADLETTER_CLUSTER_ID}, "
-            f"MODIFY ORDER BY ({_DEADLETTER_KEY})",
-        ),
-        (
-            "agent_events",
-            "channel",
-            f"ALTER TABLE {db}.agent_events ADD COLUMN IF NOT EXISTS {_AGENT_EVENTS_CHANNEL}",
-        ),
-    ]
+#: What changed in the schema since the first release, in order; each is applied once
+#: to a database made before it (``schema_migrations`` records it). Never edit a
+#: released one: add the next version (docs/migrations.md).
+MIGRATIONS = (
+    Migration(
+        1,
+        "deadletter_cluster_id",
+        add_columns=(AddColumn("deadletter", _DEADLETTER_CLUSTER_ID, order_by=_DEADLETTER_KEY),),
+        why="dead letters at a reused offset of a new broker log must not merge away",
+    ),
+    Migration(
+        2,
+        "agent_events_channel",
+        add_columns=(AddColumn("agent_events", _AGENT_EVENTS_CHANNEL),),
+        why="events say which topic (events, control, state) they came from",
+    ),
+    Migration(
+        3,
+        "tenant_id_leads_sort_keys",
+        rebuild=TENANT_TABLES,
+        why="every query takes the tenant; an agent has one tenant, so prepending it keeps "
+        "each table's identity (no two rows merge that did not before, and none stop merging)",
+    ),
+)
 
 
 def schema_statements(settings: Settings) -> list[str]:
@@ -104,7 +131,7 @@ def schema_statements(settings: Settings) -> list[str]:
         )
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(timestamp)
-        ORDER BY (agent_id, timestamp)
+        ORDER BY (tenant_id, agent_id, timestamp)
         TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
         """,
         f"""
@@ -121,7 +148,7 @@ def schema_statements(settings: Settings) -> list[str]:
         )
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(timestamp)
-        ORDER BY (agent_id, timestamp)
+        ORDER BY (tenant_id, agent_id, timestamp)
         TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
         """,
         f"""
@@ -138,7 +165,7 @@ def schema_statements(settings: Settings) -> list[str]:
         )
         ENGINE = ReplacingMergeTree(last_seen)
         PARTITION BY toYYYYMM(first_seen)
-        ORDER BY (agent_id, first_seen, rule)
+        ORDER BY (tenant_id, agent_id, first_seen, rule)
         TTL toDateTime(first_seen) + INTERVAL {ttl} DAY
         """,
         f"""
@@ -152,7 +179,7 @@ def schema_statements(settings: Settings) -> list[str]:
             std Map(String, Float64)
         )
         ENGINE = ReplacingMergeTree(timestamp)
-        ORDER BY agent_id
+        ORDER BY (tenant_id, agent_id)
         """,
         f"""
         CREATE TABLE IF NOT EXISTS {db}.deadletter (
@@ -205,7 +232,7 @@ def schema_statements(settings: Settings) -> list[str]:
         )
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(updated_at)
-        ORDER BY (agent_id, fingerprint, updated_at, state)
+        ORDER BY (tenant_id, agent_id, fingerprint, updated_at, state)
         TTL toDateTime(updated_at) + INTERVAL {ttl} DAY
         """,
         f"""
@@ -220,7 +247,7 @@ def schema_statements(settings: Settings) -> list[str]:
         )
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(timestamp)
-        ORDER BY (agent_id, timestamp, cause)
+        ORDER BY (tenant_id, agent_id, timestamp, cause)
         TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
         """,
         f"""
@@ -236,7 +263,7 @@ def schema_statements(settings: Settings) -> list[str]:
         )
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(issued_at)
-        ORDER BY (agent_id, command_id)
+        ORDER BY (tenant_id, agent_id, command_id)
         TTL toDateTime(issued_at) + INTERVAL {ttl} DAY
         """,
         f"""
@@ -269,7 +296,7 @@ def schema_statements(settings: Settings) -> list[str]:
         )
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(timestamp)
-        ORDER BY (agent_id, timestamp, type)
+        ORDER BY (tenant_id, agent_id, timestamp, type)
         TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
         """,
         f"""
@@ -355,16 +382,35 @@ def schema_statements(settings: Settings) -> list[str]:
 
 
 def create_schema(client: Client, settings: Settings) -> None:
-    """Create the database and tables if they do not exist, and add the columns an
-    earlier release's tables lack (safe to repeat)."""
-    for statement in schema_statements(settings):
-        client.command(statement)
-    present = set(
-        client.query(
-            "SELECT table, name FROM system.columns WHERE database = {db:String}",
-            parameters={"db": settings.clickhouse_database},
-        ).result_rows
+    """Create the database and tables at today's layout if they do not exist, and apply
+    the :data:`MIGRATIONS` a database made by an earlier release lacks (safe to repeat).
+
+    With ``settings.clickhouse_migrate`` false it changes nothing and raises
+    :class:`sinks.migrations.SchemaNotCurrent` if a migration is pending.
+    """
+    apply_migrations(
+        client,
+        settings.clickhouse_database,
+        schema_statements(settings),
+        MIGRATIONS,
+        migrate=settings.clickhouse_migrate,
     )
-    for table, column, statement in upgrade_statements(settings):
-        if (table, column) not in present:
-            client.command(statement)
+
+
+def main() -> None:
+    """``python -m sinks.clickhouse``: create or migrate the schema, then exit (the cluster
+    profile's one-off job that runs before the loader and the API)."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+    settings = Settings().model_copy(update={"clickhouse_migrate": True})
+    client = connect(settings)
+    try:
+        create_schema(client, settings)
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1155,7 +1155,7 @@ def test_status_shows_the_lifecycle_state_the_dataflow_derived_last(
     assert api.get("/api/v1/agents/a2/status").json()["lifecycle_state"] is None
 
     def changed(to: str, ago: float) -> dict:
-        return {"type": "status_changed", "agent_id": "a2", "tenant_id": "t2", "actor": "system",
+        return {"type": "status_changed", "agent_id": "a2", "tenant_id": "t1", "actor": "system",
                 "timestamp": NOW - ago, "payload": {"from": "active", "to": to}}  # fmt: skip
 
     insert_docs(ch, offline_settings, "agent_events", partial(event_row, "state"), [

@@ -121,7 +121,17 @@ def test_each_process_logs_in_as_its_own_principal(compose: dict):
     }
     assert logins == {
         "topics": "admin", "dataflow-0": "dataflow", "dataflow-1": "dataflow",
-        "loader": "loader", "api": "api",
+        "loader": "loader", "api": "api", "schema": None,  # schema: ClickHouse only
     }  # fmt: skip
     api = compose["services"]["api"]["environment"]
     assert api["AGENTWATCH_API_RUN_LOADER"] == "false"
+
+
+def test_one_job_migrates_the_schema_before_the_loader_and_the_api_start(compose: dict):
+    services = compose["services"]
+    assert services["schema"]["command"] == "python -m sinks.clickhouse"
+    for name in ("loader", "api"):
+        assert services[name]["environment"]["AGENTWATCH_CLICKHOUSE_MIGRATE"] == "false"
+        assert services[name]["depends_on"]["schema"] == {
+            "condition": "service_completed_successfully"
+        }

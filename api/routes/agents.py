@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentwatch import lifecycle
-from agentwatch.identity import Permission, Principal
+from agentwatch.identity import ALL_TENANTS, Permission, Principal
 from agentwatch.lifecycle import AgentRecord, Refusal, State
 from api import queries
 from api.errors import error_responses
@@ -19,7 +19,14 @@ from api.params import AgentId, CategoryFilter, Limit, SeverityFilter, StateFilt
 from api.publisher import PublishError
 from api.responses import AgentSecurity, AgentStatus, AlertList, AnomalyList, ThreatList
 from api.runtime import API_PREFIX, ActorHeader, Operator, Reader, Runtime, RuntimeDep
-from api.scope import in_scope, quarantine_state, scope_agent, tenant_of, unknown_agent
+from api.scope import (
+    in_scope,
+    own_tenant,
+    quarantine_state,
+    scope_agent,
+    tenant_of,
+    unknown_agent,
+)
 from schemas.events import (
     COMPROMISE_DECLARED,
     DECOMMISSION_REQUESTED,
@@ -61,19 +68,24 @@ def agent_status(agent_id: AgentId, runtime: RuntimeDep, caller: Reader) -> Agen
     """Latest heartbeat, baseline, anomaly score (with its reasons) and threats of one agent."""
     database = runtime.settings.clickhouse_database
     with runtime.clients.client() as client:
-        latest = queries.latest_metrics(client, database, agent_id)
-        baseline = queries.latest_baseline(client, database, agent_id)
+        own = own_tenant(caller)
+        latest = queries.latest_metrics(client, database, agent_id, tenant_id=own)
+        baseline = queries.latest_baseline(
+            client, database, agent_id, tenant_id=latest[0] if latest else own
+        )
         if latest is None and baseline is None:
             raise HTTPException(404, detail=unknown_agent(agent_id))
-        in_scope(caller, Permission.READ, latest[0] if latest else baseline[0], agent_id)
-        anomaly = queries.latest_anomaly(client, database, agent_id)
+        tenant_id = latest[0] if latest else baseline[0]
+        in_scope(caller, Permission.READ, tenant_id, agent_id)
+        anomaly = queries.latest_anomaly(client, database, agent_id, tenant_id=tenant_id)
         threats = queries.threats_between(
-            client, database, agent_id, None, None, STATUS_RECENT_THREATS
+            client, database, agent_id, None, None, STATUS_RECENT_THREATS, tenant_id=tenant_id
         )
-        scores = queries.score_changes(client, database, agent_id, 1)
-        quarantine = quarantine_state(queries.quarantine_events(client, database, agent_id))
-        lifecycle = queries.lifecycle_state(client, database, agent_id)
-    tenant_id = latest[0] if latest else baseline[0]
+        scores = queries.score_changes(client, database, agent_id, 1, tenant_id=tenant_id)
+        quarantine = quarantine_state(
+            queries.quarantine_events(client, database, agent_id, tenant_id=tenant_id)
+        )
+        lifecycle_state = queries.lifecycle_state(client, database, agent_id, tenant_id=tenant_id)
     metrics = latest[1] if latest else None
     last_heartbeat = metrics.timestamp if metrics else None
     return AgentStatus(
@@ -89,7 +101,7 @@ def agent_status(agent_id: AgentId, runtime: RuntimeDep, caller: Reader) -> Agen
         recent_threats=threats,
         security_score=scores[0].score if scores else runtime.settings.security_initial_score,
         quarantined=quarantine["quarantined"],
-        lifecycle_state=lifecycle,
+        lifecycle_state=lifecycle_state,
     )
 
 
@@ -105,11 +117,13 @@ def agent_anomalies(
     """Scored heartbeats of one agent in a time range, newest first."""
     database = runtime.settings.clickhouse_database
     with runtime.clients.client() as client:
-        scope_agent(client, database, caller, Permission.READ, agent_id)
+        tenant_id = scope_agent(client, database, caller, Permission.READ, agent_id)
         found = queries.anomalies_between(
-            client, database, agent_id, span.since, span.until, span.limit
+            client, database, agent_id, span.since, span.until, span.limit, tenant_id=tenant_id
         )
-        if not found and not queries.agent_is_known(client, database, agent_id):
+        if not found and not queries.agent_is_known(
+            client, database, agent_id, tenant_id=tenant_id
+        ):
             raise HTTPException(404, detail=unknown_agent(agent_id))
     return AnomalyList(
         agent_id=agent_id,
@@ -139,11 +153,14 @@ def agent_threats(
     each with its evidence: the values judged, the baseline, the window."""
     database = runtime.settings.clickhouse_database
     with runtime.clients.client() as client:
-        scope_agent(client, database, caller, Permission.READ, agent_id)
+        tenant_id = scope_agent(client, database, caller, Permission.READ, agent_id)
         found = queries.threats_between(
-            client, database, agent_id, span.since, span.until, span.limit, severity, category
-        )
-        if not found and not queries.agent_is_known(client, database, agent_id):
+            client, database, agent_id, span.since, span.until, span.limit, severity, category,
+            tenant_id=tenant_id,
+        )  # fmt: skip
+        if not found and not queries.agent_is_known(
+            client, database, agent_id, tenant_id=tenant_id
+        ):
             raise HTTPException(404, detail=unknown_agent(agent_id))
     return ThreatList(
         agent_id=agent_id,
@@ -173,12 +190,15 @@ def agent_security(
     took what), and whether it is quarantined."""
     database = runtime.settings.clickhouse_database
     with runtime.clients.client() as client:
-        changes = queries.score_changes(client, database, agent_id, limit)
-        tenant_id = tenant_of(client, database, agent_id)
-        if not changes and tenant_id is None:
+        tenant_id = tenant_of(client, database, agent_id, own_tenant(caller))
+        changes = queries.score_changes(client, database, agent_id, limit, tenant_id=tenant_id)
+        if tenant_id is None and (not changes or caller.tenant_id != ALL_TENANTS):
             raise HTTPException(404, detail=unknown_agent(agent_id))
-        in_scope(caller, Permission.READ, tenant_id or changes[0].tenant_id, agent_id)
-        quarantine = quarantine_state(queries.quarantine_events(client, database, agent_id))
+        if tenant_id is not None:
+            in_scope(caller, Permission.READ, tenant_id, agent_id)
+        quarantine = quarantine_state(
+            queries.quarantine_events(client, database, agent_id, tenant_id=tenant_id)
+        )
     deductions: dict[str, float] = {}
     for change in changes:
         if change.delta < 0:
@@ -210,9 +230,13 @@ def agent_alerts(
     """One agent's alerts in their current state, most recently changed first."""
     database = runtime.settings.clickhouse_database
     with runtime.clients.client() as client:
-        scope_agent(client, database, caller, Permission.READ, agent_id)
-        found = queries.current_alerts(client, database, limit, agent_id=agent_id, states=state)
-        if not found and not queries.agent_is_known(client, database, agent_id):
+        tenant_id = scope_agent(client, database, caller, Permission.READ, agent_id)
+        found = queries.current_alerts(
+            client, database, limit, agent_id=agent_id, tenant_id=tenant_id, states=state
+        )
+        if not found and not queries.agent_is_known(
+            client, database, agent_id, tenant_id=tenant_id
+        ):
             raise HTTPException(404, detail=unknown_agent(agent_id))
     return AlertList(count=len(found), alerts=found)
 
@@ -227,11 +251,11 @@ def publish_request(
     a state that changed meanwhile may still refuse it (logged, ``lifecycle_refused``)."""
     database = runtime.settings.clickhouse_database
     with runtime.clients.client() as client:
-        tenant_id = tenant_of(client, database, agent_id)
+        tenant_id = tenant_of(client, database, agent_id, own_tenant(caller))
         if tenant_id is None:
             raise HTTPException(404, detail=unknown_agent(agent_id))
         in_scope(caller, Permission.OPERATE, tenant_id, agent_id)
-        state = queries.lifecycle_state(client, database, agent_id)
+        state = queries.lifecycle_state(client, database, agent_id, tenant_id=tenant_id)
     actor = actor_of(caller, said)
     event = LifecycleEvent(
         type=kind, agent_id=agent_id, tenant_id=tenant_id, actor=actor,

@@ -65,6 +65,7 @@ from api.responses import (
     SystemHealth,
     ThreatList,
 )
+from api.routes import bridge, credentials
 from api.rules import (
     RuleChangeError,
     RuleExists,
@@ -715,6 +716,8 @@ def create_app(
         return Response(body, media_type=prometheus.CONTENT_TYPE)
 
     keys.install(app)
+    app.include_router(credentials.router)
+    app.include_router(bridge.router)
     document_key_errors(app)
     return app
 

@@ -36,7 +36,7 @@ def allowed_methods(router: Router, path: str) -> list[str]:
     """
     matching: dict[int, set[str]] = {}
     probe = {"type": "http", "path": path, "root_path": "", "method": "OPTIONS"}
-    for route in router.routes:
+    for route in _flat(router.routes):
         route_methods = getattr(route, "methods", None)
         if route_methods and route.matches(probe)[0] != Match.NONE:
             parameters = getattr(route, "path_format", "").count("{")
@@ -44,6 +44,16 @@ def allowed_methods(router: Router, path: str) -> list[str]:
     if not matching:
         return []
     return sorted(matching[min(matching)] | {"OPTIONS"})
+
+
+def _flat(routes: list) -> list:
+    """The routes, with those of included routers (``app.include_router``: FastAPI keeps
+    them behind one entry, whose effective routes carry the prefix) in their place."""
+    flat = []
+    for route in routes:
+        candidates = getattr(route, "effective_candidates", None)
+        flat.extend(_flat(candidates()) if candidates is not None else [route])
+    return flat
 
 
 class AllowedMethods:

@@ -10,13 +10,24 @@ stub is not mounted.
 
 from __future__ import annotations
 
+import gc
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
+import uvicorn
 from fastapi import APIRouter, HTTPException, Request
 
 from agentwatch.client import AgentClient, AgentClientError
 from agentwatch.identity import Role
+from agentwatch.settings import Settings
+from api.app import create_app
+from infra.broker import ensure_topics, free_port
+from infra.cli import _registers, admin_key_file
+from infra.simulate import SimulationError, SimulationOptions, register_fleet, run_simulation
+from tests.conftest import wait_until
 from tests.test_bridge import consume
 from tests.test_credentials import Door, door  # noqa: F401  (the fixture)
 
@@ -112,3 +123,65 @@ def test_heartbeats_and_events_straight_to_kafka(door: Door):
     [(_, event)] = consume(door.settings, "events", 1)
     assert event["type"] == "conversation" and event["actor"] == "agent-k"
     agent.close()
+
+
+@pytest.fixture
+def served(settings: Settings) -> Iterator[tuple[str, Settings, object]]:
+    """The API (keys required, the stack's admin key file) under uvicorn in a thread."""
+    port = free_port()
+    settings = settings.model_copy(
+        update={
+            "api_auth_required": True,
+            "api_admin_key_file": admin_key_file(settings),
+            "api_port": port,
+        }
+    )
+    ensure_topics(settings)
+    app = create_app(settings, run_loader=False)
+    stub_register(app)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="client-api", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 30, "the API under uvicorn")
+        yield f"http://127.0.0.1:{port}", settings, app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        assert not thread.is_alive(), "the API did not stop within 20 s"
+
+
+def test_the_simulator_registers_its_fleet_before_its_heartbeats(served):
+    url, settings, app = served
+    agents = 100
+    options = SimulationOptions(
+        agents=agents, count=agents, rate=0, tenants=2, register_api_url=url
+    )
+    started = time.monotonic()
+    result = run_simulation(settings, options, show_progress=False)
+    elapsed = time.monotonic() - started
+    assert result.sent == agents and result.delivery_errors == 0
+    runtime = app.state.runtime
+    with runtime.clients.client() as client:
+        keys = [runtime.keys.of_agent(client, f"agent-{i:06d}") for i in range(agents)]
+    assert all(len(k) == 1 and k[0].role is Role.AGENT for k in keys)
+    assert {k[0].tenant_id for k in keys} == {"tenant-000", "tenant-001"}
+    print(f"registered and sent {agents} agents in {elapsed:.2f} s")
+    # a second run finds them registered (409) and goes on
+    assert run_simulation(settings, options, show_progress=False).sent == agents
+    gc.collect()  # the simulator's Kafka sink and its producer form a cycle: let them go now
+
+
+def test_the_simulator_registers_when_the_dataflow_does_not():
+    assert _registers(Settings(), None) is False or hasattr(Settings(), "agents_auto_register")
+    assert _registers(Settings(), True) and not _registers(Settings(), False)
+
+
+def test_the_simulator_says_what_to_do_when_the_api_is_not_there(settings: Settings):
+    from agentwatch.simulator import FleetSimulator
+
+    with pytest.raises(SimulationError, match="AGENTS_AUTO_REGISTER"):
+        register_fleet(
+            settings, FleetSimulator(2), f"http://127.0.0.1:{free_port()}",
+            threading.Event(), show_progress=False, wait_s=0.5,
+        )  # fmt: skip

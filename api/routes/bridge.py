@@ -38,7 +38,14 @@ from api.routes.credentials import (
     remote_agents_only,
 )
 from api.runtime import API_PREFIX, Runtime, RuntimeDep
-from schemas.events import AGENT_CHANNEL, CONVERSATION, EventError, conversation_of, refusal
+from schemas.events import (
+    AGENT_CHANNEL,
+    CHANNELS,
+    CONVERSATION,
+    EventError,
+    conversation_of,
+    refusal,
+)
 from schemas.heartbeats import parse_heartbeats
 from schemas.models import EpochSeconds, Heartbeat, Identifier, LifecycleEvent
 
@@ -64,7 +71,10 @@ class AgentEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Identifier = Field(description="conversation, task_completed or task_failed.")
+    type: Identifier = Field(
+        description="An agent's fact: what agents.events accepts (schemas.events.CHANNELS).",
+        json_schema_extra={"enum": sorted(CHANNELS[AGENT_CHANNEL])},
+    )
     payload: dict[str, object] = Field(default_factory=dict)
     timestamp: EpochSeconds | None = Field(None, description="Default: when it arrives.")
 

@@ -20,8 +20,9 @@ or straight to Kafka.
 
 ``transport="bridge"`` (default) posts to ``/api/v1/agents/{id}/metrics`` and
 ``/events`` with the agent's key; ``transport="kafka"`` writes ``agents.metrics`` and
-``agents.events`` itself (``bootstrap_servers``, ``topic_prefix``; confluent-kafka is
-imported only then). Either way each message is checked against the contract
+``agents.events`` itself (``bootstrap_servers``, ``topic_prefix``, and ``kafka_options``
+for librdkafka, e.g. the SASL login of the cluster profile's ``agent`` principal;
+confluent-kafka is imported only then). Either way each message is checked against the contract
 (:class:`schemas.models.Heartbeat`, the channel allowlist) before it leaves, and a
 refusal (:class:`AgentClientError`) says why. Save ``agent.agent_id`` and
 ``agent.token`` (a secret) to reconnect later with ``AgentClient(...)``.
@@ -73,6 +74,7 @@ class AgentClient:
         transport: Transport = "bridge",
         bootstrap_servers: str | None = None,
         topic_prefix: str = "",
+        kafka_options: dict[str, object] | None = None,
         expires_at: float | None = None,
         http: httpx.Client | None = None,
         timeout_s: float = 10.0,
@@ -89,6 +91,7 @@ class AgentClient:
         self.expires_at = expires_at
         self.bootstrap_servers = bootstrap_servers
         self.topic_prefix = topic_prefix
+        self.kafka_options = dict(kafka_options or {})
         self.timeout_s = timeout_s
         self._http = http
         self._own_http = http is None
@@ -228,7 +231,8 @@ class AgentClient:
         if self._producer is None:
             from confluent_kafka import Producer  # only agents that write Kafka need it
 
-            self._producer = Producer({"bootstrap.servers": self.bootstrap_servers})
+            config = {"bootstrap.servers": self.bootstrap_servers, **self.kafka_options}
+            self._producer = Producer(config)
         self._producer.produce(
             f"{self.topic_prefix}agents.{channel}", key=self.agent_id.encode(),
             value=orjson.dumps(message),

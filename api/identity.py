@@ -356,7 +356,14 @@ def document_key_errors(app: FastAPI) -> None:
             getattr(d.call, "asks_for_key", False) or asks(d) for d in dependant.dependencies
         )
 
-    for route in app.routes:
+    def routes(entries: list) -> list:  # with those of included routers (app.include_router)
+        flat = []
+        for entry in entries:
+            inner = getattr(entry, "original_router", None)
+            flat.extend(routes(inner.routes) if inner is not None else [entry])
+        return flat
+
+    for route in routes(app.routes):
         if isinstance(route, APIRoute) and asks(route.dependant):
             for status in (401, 403):
                 route.responses.setdefault(status, error_responses(status)[status])

@@ -114,7 +114,7 @@ def _scope(
     f"{API_PREFIX}/agents/{{agent_id}}/metrics",
     response_model=Accepted,
     status_code=202,
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=error_responses(404, 422, 503),
 )
 def post_metrics(
     agent_id: AgentId,
@@ -164,7 +164,7 @@ def post_metrics(
     f"{API_PREFIX}/agents/{{agent_id}}/events",
     response_model=Accepted,
     status_code=202,
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=error_responses(404, 422, 503),
 )
 def post_event(
     agent_id: AgentId,

@@ -108,7 +108,7 @@ def unknown_agent(agent_id: str) -> str:
     f"{API_PREFIX}/agents/{{agent_id}}/credentials",
     response_model=CreatedKey,
     status_code=201,
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=error_responses(404, 422, 503),
 )
 def rotate_credential(
     agent_id: AgentId, request: Request, runtime: RuntimeDep, caller: AgentOrOperator
@@ -141,7 +141,7 @@ def rotate_credential(
 @router.get(
     f"{API_PREFIX}/agents/{{agent_id}}/credentials",
     response_model=list[KeyInfo],
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(404, 422),
 )
 def list_credentials(
     agent_id: AgentId, runtime: RuntimeDep, caller: AgentOrReader

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 import uvicorn
@@ -173,8 +174,11 @@ def test_the_simulator_registers_its_fleet_before_its_heartbeats(served):
 
 
 def test_the_simulator_registers_when_the_dataflow_does_not():
-    assert _registers(Settings(), None) is False or hasattr(Settings(), "agents_auto_register")
-    assert _registers(Settings(), True) and not _registers(Settings(), False)
+    assert _registers(SimpleNamespace(agents_auto_register=False), None) is True
+    assert _registers(SimpleNamespace(agents_auto_register=True), None) is False
+    assert _registers(SimpleNamespace(), None) is False  # before the setting exists: auto
+    assert _registers(SimpleNamespace(agents_auto_register=True), True) is True  # as asked
+    assert _registers(SimpleNamespace(agents_auto_register=False), False) is False
 
 
 def test_the_simulator_says_what_to_do_when_the_api_is_not_there(settings: Settings):

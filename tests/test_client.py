@@ -102,6 +102,7 @@ def test_register_then_heartbeats_and_events_over_the_bridge(door: Door):
     assert duplicate.value.status == 409
 
     old = agent.token
+    door.now[0] += 1  # (the door's clock stands still otherwise: keys list by creation)
     key_id = agent.rotate()
     assert agent.token != old and agent.token.startswith(f"aw_{key_id}_")
     agent.heartbeat(**METRICS)  # with the new key

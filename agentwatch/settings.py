@@ -141,6 +141,12 @@ class Settings(BaseSettings):
         description="An API key looked up is trusted this long before it is looked up again "
         "(a revocation takes effect on every API process within this time).",
     )
+    agent_credential_overlap_s: float = Field(
+        3600.0,
+        ge=0,
+        description="When an agent's credential is rotated, its older keys stay good this long "
+        "(at most until their own expiry), so the agent can switch without a gap.",
+    )
     api_allow_remote_mutations: bool = Field(
         False,
         description="Accept requests that change something (POST, PUT, DELETE…) from other "

@@ -21,6 +21,7 @@ True
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -30,6 +31,10 @@ from api.publisher import request_origin
 
 #: Methods that read only.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The routes agents post to from their own hosts (the REST bridge, their credentials):
+#: a request to one with a key passes this guard, and the route lets a remote caller
+#: through only with an agent's key (``api.routes.credentials.remote_agents_only``).
+AGENT_ROUTES = re.compile(r"/api/v1/agents/[^/]+/(?:metrics|events|credentials)")
 
 
 def is_loopback(host: str | None) -> bool:
@@ -79,7 +84,16 @@ class LoopbackMutations:
             host = client[0] if client else None
             request_origin.set(host or "")  # the audit trail's "from where"
             reason = refusal(scope["method"], host, self.allow_remote)
+            if reason is not None and _keyed_agent_route(scope):
+                reason = None  # the route decides: agents' keys only
             if reason is not None:
                 await JSONResponse({"detail": reason}, status_code=403)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _keyed_agent_route(scope: Scope) -> bool:
+    """A request to one of :data:`AGENT_ROUTES` that presents a key."""
+    if AGENT_ROUTES.fullmatch(scope.get("path", "")) is None:
+        return False
+    return any(name == b"authorization" for name, _ in scope.get("headers", ()))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +46,8 @@ from agentwatch.settings import Settings
 from api.errors import error_responses
 from api.methods import flat_routes
 from api.publisher import EventPublisher
-from schemas.events import FLEET, KEY_CREATED, KEY_REVOKED
+from api.revocation import RevocationLookup, instant
+from schemas.events import FLEET, KEY_CREATED, KEY_EXPIRY_CHANGED, KEY_REVOKED
 from schemas.models import LifecycleEvent
 
 log = logging.getLogger("api.identity")
@@ -86,11 +88,24 @@ class StoredKey:
 
 
 class KeyBook:
-    """Makes, revokes and checks API keys (thread-safe)."""
+    """Makes, revokes and checks API keys (thread-safe).
 
-    def __init__(self, settings: Settings, publisher: EventPublisher) -> None:
+    ``revocations`` tells whether an agent's lifecycle revoked its keys (quarantine,
+    compromise, decommission; :mod:`api.revocation`); ``clock`` is the wall clock
+    (epoch seconds) that expiries are judged by (a test passes its own).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        publisher: EventPublisher,
+        revocations: RevocationLookup | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.publisher = publisher
+        self.revocations = revocations
+        self.clock = clock
         self._cache: dict[str, tuple[float, StoredKey | None]] = {}
         self._lock = threading.Lock()
 
@@ -111,7 +126,7 @@ class KeyBook:
         if tenant_id == ALL_TENANTS and role is not Role.ADMIN:
             raise ValueError(f"only an admin's key may span every tenant ({ALL_TENANTS!r})")
         made: NewKey = new_key()
-        now = time.time()
+        now = self.clock()
         stored = StoredKey(
             made.key_id, role, tenant_id, agent_id or "", name, made.secret_hash, now,
             now + ttl_s if ttl_s else None, None, actor,
@@ -126,7 +141,7 @@ class KeyBook:
         if stored is None:
             raise KeyError(f"no key {key_id!r}")
         if stored.revoked_at is None:
-            stored = StoredKey(**{**_fields(stored), "revoked_at": time.time()})
+            stored = StoredKey(**{**_fields(stored), "revoked_at": self.clock()})
             self._publish(KEY_REVOKED, stored, actor)
             self._record(client, stored)
         return stored
@@ -166,11 +181,23 @@ class KeyBook:
         stored = self._cached(client, parsed.key_id)
         if stored is None or not _matches(parsed.secret, stored.secret_hash):
             raise AuthError(f"key {parsed.key_id} is not known")  # same answer: no oracle
-        now = time.time()
+        now = self.clock()
         if stored.revoked_at is not None and stored.revoked_at <= now:
             raise AuthError(f"key {parsed.key_id} was revoked")
         if stored.expires_at is not None and stored.expires_at <= now:
-            raise AuthError(f"key {parsed.key_id} expired; ask for a new one")
+            renew = (
+                f"rotate it before it expires (POST /api/v1/agents/{stored.agent_id}/credentials)"
+                f" or ask an operator for a new one"
+                if stored.agent_id
+                else "ask for a new one"
+            )
+            raise AuthError(f"key {parsed.key_id} expired at {instant(stored.expires_at)}; {renew}")
+        if stored.role is Role.AGENT and self.revocations is not None:
+            revocation = self.revocations.revoked_since(stored.agent_id)
+            if revocation is not None and revocation.revokes(stored.created_at):
+                raise AuthError(
+                    f"key {parsed.key_id} is revoked: {revocation.reason(stored.agent_id)}"
+                )
         return stored.principal()
 
     def _cached(self, client: Client, key_id: str) -> StoredKey | None:
@@ -188,20 +215,42 @@ class KeyBook:
         """The key of that id as stored now (None: no such key)."""
         return self._read(client, key_id)
 
+    def of_agent(self, client: Client, agent_id: str) -> list[StoredKey]:
+        """Every key of an agent (revoked and expired ones too), oldest first."""
+        return self._select(client, "agent_id = {agent_id:String}", {"agent_id": agent_id})
+
+    def expire_by(
+        self, client: Client, stored: StoredKey, expires_at: float, actor: str
+    ) -> StoredKey:
+        """Bring ``stored``'s expiry forward to ``expires_at`` (never later than it was):
+        a ``key_expiry_changed`` event for the audit trail, and the new row."""
+        if stored.expires_at is not None and stored.expires_at <= expires_at:
+            return stored
+        before = stored.expires_at
+        stored = StoredKey(**{**_fields(stored), "expires_at": expires_at})
+        self._publish(KEY_EXPIRY_CHANGED, stored, actor, expires_before=before)
+        self._record(client, stored)
+        return stored
+
     def _read(self, client: Client, key_id: str) -> StoredKey | None:
+        found = self._select(client, "key_id = {key_id:String}", {"key_id": key_id})
+        return found[0] if found else None
+
+    def _select(self, client: Client, where: str, parameters: dict) -> list[StoredKey]:
         columns = ", ".join(
             f"toFloat64({c})" if c.endswith("_at") else c for c in _COLUMNS if c != "version"
         )
         rows = client.query(
             f"SELECT {columns} FROM {self.settings.clickhouse_database}.api_keys FINAL "
-            "WHERE key_id = {key_id:String}",
-            parameters={"key_id": key_id},
+            f"WHERE {where} ORDER BY created_at, key_id",
+            parameters=parameters,
         ).result_rows
-        if not rows:
-            return None
-        values = dict(zip(_COLUMNS, rows[0], strict=False))
-        values["role"] = Role(values["role"])
-        return StoredKey(**values)
+        keys = []
+        for row in rows:
+            values = dict(zip(_COLUMNS, row, strict=False))
+            values["role"] = Role(values["role"])
+            keys.append(StoredKey(**values))
+        return keys
 
     def _record(self, client: Client, stored: StoredKey) -> None:
         values = _fields(stored)
@@ -218,13 +267,14 @@ class KeyBook:
         with self._lock:
             self._cache.pop(stored.key_id, None)
 
-    def _publish(self, kind: str, stored: StoredKey, actor: str) -> None:
+    def _publish(self, kind: str, stored: StoredKey, actor: str, **extra: object) -> None:
         payload = {k: v for k, v in _fields(stored).items() if k != "secret_hash"}
         payload["role"] = stored.role.value
+        payload.update(extra)
         tenant = stored.tenant_id if stored.tenant_id != ALL_TENANTS else FLEET
         event = LifecycleEvent(
             type=kind, agent_id=stored.agent_id or FLEET, tenant_id=tenant, actor=actor,
-            timestamp=time.time(), payload=payload,
+            timestamp=self.clock(), payload=payload,
         )  # fmt: skip
         self.publisher.publish(event.model_dump(mode="json"), event.agent_id)
 
@@ -260,6 +310,38 @@ def needs(permission: Permission, fleet: bool = False) -> Any:
         reason = authorize(principal, permission, tenant, principal.agent_id)
         if reason is not None:
             raise HTTPException(403, detail=reason)
+        return principal
+
+    caller.asks_for_key = True  # see document_key_errors
+    return Depends(caller)
+
+
+def needs_any(*permissions: Permission) -> Any:
+    """The dependency of a route that one of several roles may use (an agent's own
+    credentials: the agent itself, or an operator of its tenant): the request's
+    principal if its role has any of ``permissions``; the route then checks the agent
+    and the tenant it touches itself."""
+
+    def caller(
+        request: Request,
+        authorization: Annotated[
+            str | None,
+            Header(description="'Bearer <API key>'; its role and tenant decide what it may do."),
+        ] = None,
+    ) -> Principal:
+        book: KeyBook = request.app.state.runtime.keys
+        try:
+            with request.app.state.runtime.clients.client() as client:
+                principal = book.authenticate(client, authorization)
+        except AuthError as exc:
+            raise HTTPException(
+                401, detail=exc.message, headers={"WWW-Authenticate": "Bearer"}
+            ) from None
+        reasons = [
+            authorize(principal, p, principal.tenant_id, principal.agent_id) for p in permissions
+        ]
+        if all(reasons):
+            raise HTTPException(403, detail=reasons[0])
         return principal
 
     caller.asks_for_key = True  # see document_key_errors

@@ -28,6 +28,8 @@ from api.client_pool import ClientPool
 from api.health import SystemMonitor
 from api.identity import KeyBook, needs
 from api.publisher import EventPublisher
+from api.relay import AgentRelay
+from api.revocation import StoredRevocations
 from api.rules import RuleBook
 from api.silences import SilenceBook
 from sinks.audit import AuditWriter
@@ -58,6 +60,7 @@ class Runtime:
     webhooks_client: Client | None = None
     audit: AuditWriter | None = None
     audit_client: Client | None = None
+    relay: AgentRelay | None = None  # the REST bridge's producer (agents.metrics, agents.events)
 
     @classmethod
     def start(cls, settings: Settings, client: Client | None, run_loader: bool) -> Runtime:
@@ -97,14 +100,17 @@ class Runtime:
             len(settings.alert_webhooks) if webhooks is not None else 0,
         )
         publisher = EventPublisher(settings)
-        keys = KeyBook(settings, publisher)
+        revocations = StoredRevocations(
+            settings.clickhouse_database, clients.client, settings.api_key_cache_s
+        )
+        keys = KeyBook(settings, publisher, revocations)
         if settings.api_admin_key_file is not None:
             with clients.client() as first:
                 keys.ensure_admin_key(first, settings.api_admin_key_file)
         return cls(
             settings, clients, loader, loader_client, monitor, sandbox,
             RuleBook(settings, publisher), publisher, SilenceBook(settings, publisher), keys,
-            webhooks, webhooks_client, audit, audit_client,
+            webhooks, webhooks_client, audit, audit_client, AgentRelay(settings),
         )  # fmt: skip
 
     def stop(self) -> None:
@@ -124,6 +130,8 @@ class Runtime:
         if self.loader_client is not None:
             self.loader_client.close()
         self.publisher.close()
+        if self.relay is not None:
+            self.relay.close()
         self.monitor.close()
         self.clients.close()
         if self.sql_sandbox is not None:

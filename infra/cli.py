@@ -276,6 +276,15 @@ def simulate(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress display (for scripts and CI).")
     ] = False,
+    register: Annotated[
+        bool | None,
+        typer.Option(
+            "--register/--no-register",
+            help="Register every agent through the API (POST /api/v1/agents/register, with "
+            "AGENTWATCH_API_KEY or the stack's admin key) before its first heartbeat.",
+            show_default="when AGENTWATCH_AGENTS_AUTO_REGISTER is false",
+        ),
+    ] = None,
 ) -> None:
     """Send heartbeats of a simulated fleet to Kafka (topic agents.metrics).
 
@@ -331,6 +340,7 @@ def simulate(
             backfill_rate=backfill_rate,
             ground_truth=ground_truth or settings.var_dir / "ground_truth.jsonl",
             output=output,
+            register_api_url=api_base_url(settings) if _registers(settings, register) else None,
         )
     except (ValueError, SimulationError) as exc:
         fail(str(exc))
@@ -354,6 +364,14 @@ def simulate(
             f"{result.delivery_errors} heartbeats were not delivered ({result.first_error}); "
             "check that the broker runs (`agentwatch status`)"
         )
+
+
+def _registers(settings: Settings, asked: bool | None) -> bool:
+    """Whether the simulator registers its fleet: as asked, else when the dataflow does not
+    register agents from their heartbeats (AGENTWATCH_AGENTS_AUTO_REGISTER=false)."""
+    if asked is not None:
+        return asked
+    return not getattr(settings, "agents_auto_register", True)
 
 
 # --- agentwatch up -----------------------------------------------------------------------

@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,6 +83,9 @@ class SimulationOptions:
     backfill_rate: float = DEFAULT_BACKFILL_RATE  # heartbeats/s of the history; 0 = max
     ground_truth: Path | None = None
     output: Path | None = None  # JSON lines to this file instead of Kafka ("-" = stdout)
+    #: The API to register every agent with before its first heartbeat (None: don't; the
+    #: dataflow then registers agents from their heartbeats, AGENTWATCH_AGENTS_AUTO_REGISTER).
+    register_api_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.agents < 1:
@@ -398,6 +402,8 @@ def run_simulation(
     if options.ground_truth is not None:
         written = write_ground_truth(options.ground_truth, fleet)
         log.info("ground_truth_written path=%s incidents=%d", options.ground_truth, written)
+    if options.register_api_url is not None and options.output is None:
+        register_fleet(settings, fleet, options.register_api_url, stop, show_progress)
     if sink is None:
         sink = _open_sink(settings, options)
     pace = options.heartbeats_per_s(interval)
@@ -464,6 +470,133 @@ def run_simulation(
         result.delivery_errors,
     )
     return result
+
+
+#: Registrations in flight at once (the API answers each in milliseconds).
+REGISTER_CONCURRENCY = 8
+#: How long the simulator waits for the API (and its admin key) before registering.
+REGISTER_WAIT_S = 60.0
+
+
+def register_fleet(
+    settings: Settings,
+    fleet: FleetSimulator,
+    api_url: str,
+    stop: threading.Event,
+    show_progress: bool = True,
+    wait_s: float = REGISTER_WAIT_S,
+) -> int:
+    """Register every agent of ``fleet`` through ``POST /api/v1/agents/register`` (with
+    the stack's admin key: AGENTWATCH_API_KEY, else ``<var_dir>/run/admin.key``), each
+    under its own id in its own tenant; an agent registered already (409, a restart) is
+    left as it is. Waits up to ``wait_s`` for the API and its key. Returns how many were
+    registered now."""
+    import httpx
+
+    from agentwatch.client import AgentClient, AgentClientError
+
+    http = httpx.Client(timeout=10.0, limits=httpx.Limits(max_connections=REGISTER_CONCURRENCY))
+    try:
+        key = _wait_for_api_key(settings, http, api_url, stop, wait_s)
+
+        def register(agent_id: str) -> bool:
+            registration = {
+                "name": agent_id, "agent_type": "simulated", "owner": "simulator",
+                "version": "1", "capabilities": ["heartbeat"],
+            }  # fmt: skip
+            try:
+                AgentClient.register(
+                    api_url, key, registration, fleet.tenant_of(agent_id), agent_id=agent_id,
+                    http=http,
+                )  # fmt: skip
+            except AgentClientError as exc:
+                if exc.status == 409:
+                    return False  # registered by an earlier run
+                raise SimulationError(f"registering {agent_id} failed: {exc}") from None
+            return True
+
+        made = done = 0
+        started = time.monotonic()
+        total = len(fleet.agent_ids)
+        log.info("fleet_registering agents=%d api=%s", total, api_url)
+        with (
+            _Counter(total, "register", enabled=show_progress) as progress,
+            ThreadPoolExecutor(REGISTER_CONCURRENCY) as pool,
+        ):
+            for fresh in pool.map(register, fleet.agent_ids):
+                made += fresh
+                done += 1
+                progress.update(done)
+                if not show_progress and done % max(1, total // 10) == 0:
+                    log.info("fleet_registering done=%d of=%d", done, total)
+                if stop.is_set():
+                    break
+        log.info(
+            "fleet_registered agents=%d new=%d seconds=%.2f api=%s",
+            done, made, time.monotonic() - started, api_url,
+        )  # fmt: skip
+        return made
+    finally:
+        http.close()
+
+
+def _wait_for_api_key(
+    settings: Settings, http: object, api_url: str, stop: threading.Event, wait_s: float
+) -> str:
+    """The key to register with, once the API answers with it (the API writes the stack's
+    admin key file when it starts, so both may come a little after the simulator)."""
+    from infra.cli import api_headers
+
+    deadline = time.monotonic() + wait_s
+    last = "no answer"
+    while time.monotonic() < deadline and not stop.is_set():
+        headers = api_headers(settings)
+        if headers:
+            try:
+                answer = http.get(f"{api_url}/api/v1/system/health", headers=headers)
+                if answer.status_code < 500 and answer.status_code != 401:
+                    return headers["Authorization"].removeprefix("Bearer ")
+                last = f"{answer.status_code} {answer.text[:200]}"
+            except Exception as exc:  # httpx.HTTPError: not up yet
+                last = str(exc)
+        else:
+            last = "no API key (AGENTWATCH_API_KEY or the stack's admin key file)"
+        stop.wait(0.3)
+    raise SimulationError(
+        f"cannot register the fleet: the API at {api_url} did not answer within {wait_s:g} s "
+        f"({last}); start it (`agentwatch up`), or let the dataflow register agents from their "
+        "heartbeats (AGENTWATCH_AGENTS_AUTO_REGISTER=true)"
+    )
+
+
+class _Counter:
+    """A rich progress bar on stderr for a counted chore (off when quiet)."""
+
+    def __init__(self, total: int, what: str, *, enabled: bool) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self._progress = Progress(
+            f"[bold]{what}[/]", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=Console(stderr=True),
+        )  # fmt: skip
+        self._task = self._progress.add_task(what, total=total)
+
+    def __enter__(self) -> _Counter:
+        if self.enabled:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._progress.stop()
+
+    def update(self, done: int) -> None:
+        if self.enabled:
+            self._progress.update(self._task, completed=done)
 
 
 def _chunks(

@@ -76,6 +76,10 @@ HEALTH_CHANGED = "health_changed"
 #: role, tenant, agent, name, times; never its secret nor the secret's hash).
 KEY_CREATED = "key_created"
 KEY_REVOKED = "key_revoked"
+#: ``type`` of a key's expiry brought forward (payload as ``key_created``'s, with the new
+#: ``expires_at`` and the one it replaces, ``expires_before``): an agent's older keys when
+#: its credential is rotated (they stay good for the overlap window only).
+KEY_EXPIRY_CHANGED = "key_expiry_changed"
 
 #: Logical topic of agents' facts, of operators' commands, of the dataflow's derived facts.
 AGENT_CHANNEL = "events"
@@ -102,6 +106,7 @@ CHANNELS: dict[str, frozenset[str]] = {
             DECOMMISSION_REQUESTED,
             KEY_CREATED,
             KEY_REVOKED,
+            KEY_EXPIRY_CHANGED,
         }
     ),
     STATE_CHANNEL: frozenset({STATUS_CHANGED, HEARTBEAT_LATE, HEALTH_CHANGED}),

@@ -23,7 +23,7 @@ COMMANDS = [
     "rule_changed", "registered", "restart_requested", "silence_created", "silence_expired",
     "released", "quarantine_requested",
     "maintenance_requested", "maintenance_ended", "compromise_declared", "decommission_requested",
-    "key_created", "key_revoked",
+    "key_created", "key_revoked", "key_expiry_changed",
 ]  # fmt: skip
 
 

@@ -34,14 +34,25 @@ KEYS = {  # name: (role, tenant, agent)
 }
 
 
-def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission, str]]:
-    """(method, path, body, permission, tenant acted on) of every route, aimed at ``tenant``
-    (fleet-wide routes act on every tenant: ``*``)."""
+#: What the routes an agent uses for itself need: its own key, or an operator's (a reader's).
+SELF_OR_OPERATE = frozenset({Permission.REPORT_SELF, Permission.OPERATE})
+SELF_OR_READ = frozenset({Permission.REPORT_SELF, Permission.READ})
+
+
+def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozenset, str]]:
+    """(method, path, body, permission (or any of a set), tenant acted on) of every route,
+    aimed at ``tenant`` (fleet-wide routes act on every tenant: ``*``)."""
     agent = AGENTS[tenant]
     a = f"/api/v1/agents/{agent}"
     silence = {"tenant_id": tenant, "rule": "cpu_hot", "ends_at": time.time() + 600}
     key = {"role": "analyst", "tenant_id": tenant, "name": "made in the matrix"}
     read, operate = Permission.READ, Permission.OPERATE
+    heartbeat = {
+        "timestamp": time.time(), "cpu_usage": 1.0, "memory_usage": 1.0, "disk_usage": 1.0,
+        "network_latency": 1.0, "active_tasks": 0, "completed_tasks": 0, "failed_tasks": 0,
+        "error_rate": 0.0, "response_time_avg": 1.0, "uptime_seconds": 1.0,
+    }  # fmt: skip
+    talk = {"type": "conversation", "payload": {"counterpart": "x", "text": "matrix"}}
     return [
         ("GET", f"{a}/status", None, read, tenant),
         ("GET", f"{a}/anomalies", None, read, tenant),
@@ -61,6 +72,11 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission, str]]:
         ("POST", f"{a}/decommission", {"reason": "matrix"}, operate, tenant),
         ("POST", "/api/v1/silences", silence, operate, tenant),
         ("POST", "/api/v1/keys", key, Permission.MANAGE_KEYS, tenant),
+        ("POST", f"{a}/metrics", heartbeat, SELF_OR_OPERATE, tenant),
+        ("POST", f"{a}/metrics", [heartbeat, heartbeat], SELF_OR_OPERATE, tenant),
+        ("POST", f"{a}/events", talk, SELF_OR_OPERATE, tenant),
+        ("GET", f"{a}/credentials", None, SELF_OR_READ, tenant),
+        ("POST", f"{a}/credentials", None, SELF_OR_OPERATE, tenant),
         # shared by every tenant
         ("GET", "/api/v1/rules", None, read, OWN),
         ("GET", "/api/v1/silences", None, read, OWN),
@@ -72,9 +88,11 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission, str]]:
     ]
 
 
-def may(role: Role, key_tenant: str, permission: Permission, tenant: str) -> bool:
-    """The oracle, written apart from the code under test."""
-    if permission not in ROLE_PERMISSIONS[role]:
+def may(role: Role, key_tenant: str, permission: Permission | frozenset, tenant: str) -> bool:
+    """The oracle, written apart from the code under test (an agent's key is of the one
+    agent of its tenant, so its tenant is its agent here)."""
+    wanted = permission if isinstance(permission, frozenset) else {permission}
+    if not wanted & ROLE_PERMISSIONS[role]:
         return False
     return key_tenant in (ALL_TENANTS, tenant)
 

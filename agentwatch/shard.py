@@ -26,6 +26,8 @@ score, an operator's command — in event-time order; only the table emits
 
 from __future__ import annotations
 
+import math
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -33,11 +35,12 @@ from agentwatch import lifecycle
 from agentwatch.alerts import AlertBook
 from agentwatch.conversations import Conversation, ConversationConfig, ConversationMonitor
 from agentwatch.fleet import DetectorConfig, FleetBaselines
+from agentwatch.health import HealthConfig, HealthPending, HealthWatch
 from agentwatch.lifecycle import AgentRecord, Refusal, State, Transition, Trigger
 from agentwatch.liveness import OFFLINE, Liveness, LivenessConfig, LivenessOutput
 from agentwatch.rows import AgentIndex
 from agentwatch.rules import BaselineInputs, RuleSet
-from agentwatch.security import SecurityConfig, SecurityScores
+from agentwatch.security import COMMAND_NAMESPACE, SecurityConfig, SecurityScores
 from agentwatch.settings import Settings
 from agentwatch.trends import TrendConfig, TrendWatch
 from schemas.events import EventError
@@ -124,6 +127,45 @@ class QuarantineOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartOrder:
+    """An operator (``actor``) asked at ``at`` for ``agent_id`` to be restarted
+    (``restart_requested`` on ``agents.control``)."""
+
+    agent_id: str
+    tenant_id: str
+    at: float
+    reason: str
+    actor: str
+
+    @classmethod
+    def from_event(cls, event: LifecycleEvent) -> RestartOrder:
+        """The order a ``restart_requested`` event carries (its reason may be empty).
+
+        >>> event = LifecycleEvent(type="restart_requested", agent_id="a1", tenant_id="t1",
+        ...     actor="ops-1", timestamp=1.8e9, payload={"reason": "stuck"})
+        >>> RestartOrder.from_event(event).actor
+        'ops-1'
+        """
+        reason = event.payload.get("reason", "")
+        if not isinstance(reason, str):
+            raise EventError(f"{event.type} payload: reason must be a string")
+        return cls(event.agent_id, event.tenant_id, event.timestamp, reason, event.actor)
+
+    def command(self) -> dict:
+        """The ``AgentCommand`` (``restart``) it becomes, with a deterministic id."""
+        key = f"restart|{self.tenant_id}|{self.agent_id}|{self.at!r}|{self.actor}"
+        return {
+            "command_id": str(uuid.uuid5(COMMAND_NAMESPACE, key)),
+            "agent_id": self.agent_id,
+            "tenant_id": self.tenant_id,
+            "command": "restart",
+            "reason": self.reason or "restart requested by an operator",
+            "issued_at": self.at,
+            "actor": self.actor,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class LifecycleCommand:
     """An operator's other lifecycle command (``maintenance_requested``,
     ``maintenance_ended``, ``compromise_declared``, ``decommission_requested``), as read
@@ -140,7 +182,7 @@ class LifecycleCommand:
 #: What an operator can tell a shard, besides heartbeats.
 ShardCommand = (
     RuleChange | Silence | SilenceExpiry | Release | QuarantineOrder | LifecycleCommand
-    | Conversation
+    | Conversation | RestartOrder
 )  # fmt: skip
 
 #: Heartbeat statuses that may move an agent whose record is active (``active`` and the
@@ -175,11 +217,13 @@ class Lifecycles:
     a1 is active; released is accepted only when it is quarantined or compromised
     """
 
-    __slots__ = ("records", "unsettled")
+    __slots__ = ("records", "unsettled", "next_expiry")
 
     def __init__(self) -> None:
         self.records: dict[str, AgentRecord] = {}
         self.unsettled: set[str] = set()
+        #: The earliest quarantine expiry of the records (inf: none).
+        self.next_expiry = math.inf
 
     def __getstate__(self) -> dict:
         return {"records": self.records}
@@ -187,6 +231,37 @@ class Lifecycles:
     def __setstate__(self, state: dict) -> None:
         self.records = state["records"]
         self.unsettled = {a for a, r in self.records.items() if r.state is not State.ACTIVE}
+        self.next_expiry = math.inf
+        self._note_expiries(self.records.values())
+
+    def _note_expiries(self, records: Iterable[AgentRecord]) -> None:
+        for record in records:
+            if record.state is State.QUARANTINED and record.quarantine_until is not None:
+                self.next_expiry = min(self.next_expiry, record.quarantine_until)
+
+    def expired(self, now: float) -> list[AgentRecord]:
+        """The quarantined records whose expiry is at or before ``now`` (event time),
+        earliest first. Costs one comparison while none is due.
+
+        >>> book = Lifecycles()
+        >>> book.step(book.record("a1", "t1"), "quarantined", 100.0, ShardOutput(),
+        ...           reason="leak", until=160.0)
+        True
+        >>> book.expired(150.0), [r.agent_id for r in book.expired(160.0)]
+        ([], ['a1'])
+        """
+        if now < self.next_expiry:
+            return []
+        due, self.next_expiry = [], math.inf
+        for agent_id in self.unsettled:
+            record = self.records[agent_id]
+            if record.state is not State.QUARANTINED or record.quarantine_until is None:
+                continue
+            if record.quarantine_until <= now:
+                due.append(record)
+            else:
+                self.next_expiry = min(self.next_expiry, record.quarantine_until)
+        return sorted(due, key=lambda r: (r.quarantine_until, r.agent_id))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -258,6 +333,8 @@ class Lifecycles:
             self.unsettled.discard(agent_id)
         else:
             self.unsettled.add(agent_id)
+            if record.quarantine_until is not None:
+                self._note_expiries((record,))
         if extra:
             payload = result.event["payload"]
             payload.update({k: v for k, v in extra.items() if k not in _OWN})
@@ -275,6 +352,7 @@ class ShardConfig:
     security: SecurityConfig
     conversations: ConversationConfig
     liveness: LivenessConfig
+    health: HealthConfig
 
     @classmethod
     def of(cls, settings: Settings) -> ShardConfig:
@@ -289,6 +367,7 @@ class ShardConfig:
                 SecurityConfig.from_settings(settings),
                 ConversationConfig.from_settings(settings),
                 LivenessConfig.from_settings(settings),
+                HealthConfig.from_settings(settings),
             )
         return made
 
@@ -309,6 +388,7 @@ class ShardState:
     conversations: ConversationMonitor
     liveness: Liveness
     lifecycle: Lifecycles
+    health: HealthWatch
 
     @classmethod
     def new(cls, settings: Settings) -> ShardState:
@@ -326,6 +406,7 @@ class ShardState:
             ConversationMonitor(config.conversations),
             Liveness(config.liveness, index),
             Lifecycles(),
+            HealthWatch(config.health, index),
         )
 
     @classmethod
@@ -357,6 +438,7 @@ class ShardState:
         self.alerts.configure(config.settings)
         if self.liveness.config != config.liveness:
             self.liveness.configure(config.liveness)
+        self.health.configure(config.health)
 
     @classmethod
     def carry_over(cls, state: object, settings: Settings) -> ShardState:
@@ -378,6 +460,8 @@ class ShardState:
             )
         if "lifecycle" not in old:  # (snapshots from before the lifecycle table owned status)
             fresh.lifecycle.seed(fresh.known_states())
+        if "health" not in old:  # (snapshots from before the health score)
+            fresh.health = HealthWatch(ShardConfig.of(settings).health, fresh.index)
         fresh.alerts.set_rules(fresh.rules.rules())
         return fresh
 
@@ -417,6 +501,7 @@ class ShardState:
         live = self.liveness.observe(
             batch.agent_id, batch.tenant_id, batch.timestamp, batch.partition, wall
         )
+        health = self.health.score(batch)
         self.index.forget()
         alerts = self.alerts.observe(
             judged.transitions + live.transitions, threats + live.threats,
@@ -432,7 +517,36 @@ class ShardState:
             events=live.events,
         )
         self._lifecycle(out, live.timeouts, security.lifecycle_events, batch)
+        if len(health):
+            self._health(health, out)
+        if self.lifecycle.next_expiry <= self.liveness.clock.latest():
+            self._expire(out)
         return out
+
+    def _health(self, pending: HealthPending, out: ShardOutput) -> None:
+        """Walk the heartbeats the health score picked (after the lifecycle took the
+        batch's other triggers): band changes, the lifecycle's health triggers,
+        remediation orders and the ``agent_unhealthy`` alert."""
+        book = self.lifecycle
+
+        def move(agent_id: str, tenant_id: str, trigger: Trigger, at: float, reason: str) -> State:
+            record = book.record(agent_id, tenant_id)
+            book.step(record, trigger, at, out, reason=reason)
+            return book.state_of(agent_id)
+
+        health = self.health.walk(pending, book.state_of, move)
+        out.events += health.events
+        out.commands += health.commands
+        if health.transitions or health.threats:
+            out.alerts += self.alerts.observe(health.transitions, health.threats)
+
+    def _expire(self, out: ShardOutput) -> None:
+        """End the quarantines whose expiry the shard's event clock has passed, each at
+        its expiry (so the event does not depend on when the check ran)."""
+        for record in self.lifecycle.expired(self.liveness.clock.latest()):
+            at = record.quarantine_until
+            if self.lifecycle.step(record, Trigger.QUARANTINE_EXPIRED, at, out):
+                out.scores += self.security.release(record.agent_id, at).score_changes
 
     def _lifecycle(
         self,
@@ -498,7 +612,10 @@ class ShardState:
         left behind by their partition's clock (see :mod:`agentwatch.liveness`). Costs one
         comparison when no agent is due."""
         live = self.liveness.tick(wall)
-        return self._timed_out(live)
+        out = self._timed_out(live)
+        if self.lifecycle.next_expiry <= self.liveness.clock.latest():
+            self._expire(out)
+        return out
 
     def _timed_out(self, live: LivenessOutput) -> ShardOutput:
         if not (live.events or live.transitions or live.timeouts):
@@ -544,6 +661,21 @@ class ShardState:
             if released:  # (the score may quarantine it again; with the setting, reset)
                 done = self.security.release(command.agent_id, command.at)
                 out.scores = done.score_changes
+        elif isinstance(command, RestartOrder):
+            record = self.lifecycle.record(command.agent_id, command.tenant_id)
+            if record.state is State.DECOMMISSIONED:
+                out.refusals.append(
+                    {
+                        "agent_id": command.agent_id,
+                        "tenant_id": command.tenant_id,
+                        "trigger": "restart_requested",
+                        "reason": f"{command.agent_id} is decommissioned; it cannot restart",
+                        "actor": command.actor,
+                        "timestamp": command.at,
+                    }
+                )
+            else:
+                out.commands.append(command.command())
         elif isinstance(command, LifecycleCommand):
             event = command.event
             record = self.lifecycle.record(event.agent_id, event.tenant_id)

@@ -84,7 +84,7 @@ from api.runtime import (
 )
 from api.silences import NewSilence, SilenceBook, SilenceNotFound, StoredSilence
 from schemas.events import FLEET
-from schemas.models import LifecycleEvent, RuleChange, Silence, ThreatRuleSpec
+from schemas.models import EpochSeconds, LifecycleEvent, RuleChange, Silence, ThreatRuleSpec
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,11 @@ class QuarantineRequest(BaseModel):
     """The body of ``POST /api/v1/agents/{id}/quarantine``."""
 
     reason: str = Field(min_length=1, max_length=2000, description="Why, in words.")
+    until: EpochSeconds | None = Field(
+        None,
+        description="When the quarantine ends by itself (ISO-8601 with zone, or epoch "
+        "seconds; must be in the future); none: until an operator releases the agent.",
+    )
 
 
 class ReleaseRequest(BaseModel):
@@ -397,6 +402,10 @@ def create_app(
         on agents.control (202: the request is in the log). The dataflow carries it out: a
         ``status_changed`` to quarantined and a quarantine order on agents.commands."""
         payload = {"reason": request.reason}
+        if request.until is not None:  # (the table refuses an expiry before the quarantine)
+            if request.until <= time.time():
+                raise unprocessable("until must be in the future (or absent)", "body", "until")
+            payload["until"] = request.until
         return publish_request(runtime, caller, agent_id, "quarantine_requested", actor, payload)
 
     @app.post(

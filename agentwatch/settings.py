@@ -728,9 +728,9 @@ class Settings(BaseSettings):
             "cpu_usage": 20.0,
             "memory_usage": 20.0,
             "disk_usage": 5.0,
-            "error_rate": 35.0,
+            "error_rate": 40.0,
             "response_time_avg": 10.0,
-            "network_latency": 10.0,
+            "network_latency": 5.0,
         },
         description="How much of the health score (0–100) each heartbeat metric can take away "
         "(weights, normalised to sum 100): a metric at or past its bad threshold takes its "
@@ -771,7 +771,7 @@ class Settings(BaseSettings):
     )
     health_degraded_after: int = Field(
         3, ge=1, le=100, description="Heartbeats in a row below health_degraded_below that make "
-        "an agent degraded (3 × 30 s: about the seed's 60 s health check and a half).",
+        "an agent degraded (3 heartbeats: 90 s at the seed's 30 s interval).",
     )  # fmt: skip
     health_recovered_above: float = Field(
         80.0,

@@ -3,8 +3,9 @@
 A shard's state is its agents' baselines and detector (:class:`FleetBaselines`),
 the threat rules' state (:class:`RuleSet`), the trend fits
 (:class:`TrendWatch`), the security scores (:class:`SecurityScores`), the
-alerts (:class:`AlertBook`) and the conversation checks
-(:class:`ConversationMonitor`). For each batch: rules judge every heartbeat
+alerts (:class:`AlertBook`), the conversation checks
+(:class:`ConversationMonitor`) and the health scores (:class:`HealthWatch`, which
+also sends remediation orders to degraded agents). For each batch: rules judge every heartbeat
 against the baseline as it stood before the batch, trends look ahead, the
 detector scores and learns, threats cost security points (and may quarantine
 an agent), and alerts follow the rules' conditions. A conversation's threats
@@ -54,8 +55,9 @@ class ShardOutput:
 
     ``anomalies``: ``AnomalyRecord``; ``baselines``: ``BaselineRecord``;
     ``threats``: ``Threat``; ``alerts``: ``Alert``; ``scores``: ``ScoreChange``;
-    ``commands``: ``AgentCommand``; ``events``: ``LifecycleEvent`` (``status_changed``
-    from the lifecycle table, ``heartbeat_late``, for ``agents.state``); ``refusals``:
+    ``commands``: ``AgentCommand`` (quarantine, remediation, an operator's restart);
+    ``events``: ``LifecycleEvent`` (``status_changed`` from the lifecycle table,
+    ``heartbeat_late``, ``health_changed``, for ``agents.state``); ``refusals``:
     the triggers the lifecycle table refused (agent and tenant ids, ``trigger``,
     ``reason``, ``actor``, ``timestamp``), logged by the dataflow, published nowhere.
     """

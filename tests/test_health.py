@@ -319,3 +319,22 @@ def test_a_restart_request_on_the_control_topic_is_read_as_an_order() -> None:
     raw = RawBatch("agents.control", 0, [0], [None], [orjson.dumps(bad)])
     checked = read_events("control", raw)
     assert checked.rejected == [(0, "restart_requested payload: reason must be a string")]
+
+
+def test_snapshots_keep_expiries_and_one_from_before_health_starts_it_empty() -> None:
+    import pickle
+
+    shard = ShardState.new(SHARD)
+    shard.observe(beats_at(0, overrides={1: SICK}))
+    shard.apply(command("quarantine_requested", 2, 1, reason="leak", until=T0 + 100))
+    copy = pickle.loads(pickle.dumps(shard))
+    assert copy.lifecycle.next_expiry == T0 + 100
+    assert copy.health.health_of("agent-0001")["band"] == "degraded"
+    old = object.__new__(ShardState)
+    for name in ShardState.__slots__:
+        if name != "health":
+            setattr(old, name, getattr(copy, name))
+    restored = ShardState.restore(old, SHARD)
+    assert restored.health.index is restored.index and restored.health.health_of("agent-0001")
+    out = restored.observe(beats_at(5))
+    assert ("2", "quarantined", "active", "quarantine_expired") in statuses(out.events)

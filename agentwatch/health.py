@@ -330,24 +330,22 @@ class HealthWatch(RowArrays):
         lifecycle's health triggers (through ``move``) and remediation (for agents whose
         lifecycle state, ``state_of``, is degraded)."""
         out = HealthOutput()
-        for row, agent, tenant, at, health in zip(
-            pending.rows, pending.agents, pending.tenants, pending.times, pending.scores,
-            strict=True,
-        ):  # fmt: skip
-            self._step(row, agent, tenant, at, health, state_of, move, out)
+        for k in range(len(pending)):
+            self.step(pending, k, state_of, move, out)
         return out
 
-    def _step(
+    def step(
         self,
-        row: int,
-        agent: str,
-        tenant: str,
-        at: float,
-        health: float,
+        pending: HealthPending,
+        k: int,
         state_of: Callable[[str], State],
         move: Move,
         out: HealthOutput,
     ) -> None:
+        """Take the ``k``-th picked heartbeat (see :meth:`walk`; a shard calls it in
+        event-time order among the lifecycle's other triggers)."""
+        row, agent, tenant = pending.rows[k], pending.agents[k], pending.tenants[k]
+        at, health = pending.times[k], pending.scores[k]
         cfg = self.config
         band = int(self.band[row])
         new_band = cfg.next_band(health, band)

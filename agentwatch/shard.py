@@ -36,7 +36,7 @@ from agentwatch import lifecycle
 from agentwatch.alerts import AlertBook
 from agentwatch.conversations import Conversation, ConversationConfig, ConversationMonitor
 from agentwatch.fleet import DetectorConfig, FleetBaselines
-from agentwatch.health import HealthConfig, HealthPending, HealthWatch
+from agentwatch.health import HealthConfig, HealthOutput, HealthPending, HealthWatch, Move
 from agentwatch.lifecycle import AgentRecord, Refusal, State, Transition, Trigger
 from agentwatch.liveness import OFFLINE, Liveness, LivenessConfig, LivenessOutput
 from agentwatch.rows import AgentIndex
@@ -505,42 +505,33 @@ class ShardState:
         )
         health = self.health.score(batch)
         self.index.forget()
-        alerts = self.alerts.observe(
-            judged.transitions + live.transitions, threats + live.threats,
-            batch.agent_id, batch.timestamp,
-        )  # fmt: skip
         out = ShardOutput(
             anomalies=scored.anomalies,
             baselines=scored.baselines,
             threats=threats,
-            alerts=alerts,
             scores=security.score_changes,
             commands=security.commands,
             events=live.events,
         )
-        self._lifecycle(out, live.timeouts, security.lifecycle_events, batch)
-        if len(health):
-            self._health(health, out)
+        walked = self._lifecycle(out, live.timeouts, security.lifecycle_events, batch, health)
+        conditions, raised = judged.transitions + live.transitions, threats + live.threats
+        if walked is not None:  # (the agent_unhealthy alert, with the batch's time)
+            conditions, raised = conditions + walked.transitions, raised + walked.threats
+        out.alerts = self.alerts.observe(conditions, raised, batch.agent_id, batch.timestamp)
         if self.lifecycle.next_expiry <= self.liveness.clock.latest():
             self._expire(out)
         return out
 
-    def _health(self, pending: HealthPending, out: ShardOutput) -> None:
-        """Walk the heartbeats the health score picked (after the lifecycle took the
-        batch's other triggers): band changes, the lifecycle's health triggers,
-        remediation orders and the ``agent_unhealthy`` alert."""
+    def _health_walk(self, out: ShardOutput) -> tuple[HealthOutput, Move]:
+        """Where the health walk's records go (``out``'s events and commands, in step
+        with the lifecycle's), and its way to give the lifecycle table a trigger."""
         book = self.lifecycle
 
         def move(agent_id: str, tenant_id: str, trigger: Trigger, at: float, reason: str) -> State:
-            record = book.record(agent_id, tenant_id)
-            book.step(record, trigger, at, out, reason=reason)
+            book.step(book.record(agent_id, tenant_id), trigger, at, out, reason=reason)
             return book.state_of(agent_id)
 
-        health = self.health.walk(pending, book.state_of, move)
-        out.events += health.events
-        out.commands += health.commands
-        if health.transitions or health.threats:
-            out.alerts += self.alerts.observe(health.transitions, health.threats)
+        return HealthOutput(events=out.events, commands=out.commands), move
 
     def _expire(self, out: ShardOutput) -> None:
         """End the quarantines whose expiry the shard's event clock has passed, each at
@@ -556,12 +547,15 @@ class ShardState:
         timeouts: list[dict],
         quarantines: list[dict],
         batch: HeartbeatBatch | None = None,
-    ) -> None:
+        health: HealthPending | None = None,
+    ) -> HealthOutput | None:
         """Give the lifecycle table the triggers of one step in event-time order
-        (at one time: timeouts, quarantines, heartbeats): the ladder's timeouts, the
-        security score's quarantines (its ``status_changed`` proposals: the table
-        decides, and its event keeps their score and threats) and the heartbeats of
-        agents that are not active or claim idle or busy."""
+        (at one time: timeouts, quarantines, heartbeats, health): the ladder's timeouts,
+        the security score's quarantines (its ``status_changed`` proposals: the table
+        decides, and its event keeps their score and threats), the heartbeats of
+        agents that are not active or claim idle or busy, and the heartbeats the health
+        score picked (bands, health triggers, remediation: :mod:`agentwatch.health`).
+        Returns what the health walk left for the alert book (None if it did not walk)."""
         book = self.lifecycle
         pending: list[tuple[float, int, int, object]] = []
         for k, timeout in enumerate(timeouts):
@@ -581,9 +575,12 @@ class ShardState:
             if rows:
                 times = batch.timestamp.tolist()
                 pending += [(times[k], 2, k, None) for k in rows]
+        if health is not None and len(health):
+            pending += [(at, 3, k, None) for k, at in enumerate(health.times)]
         if not pending:
-            return
+            return None
         pending.sort(key=lambda p: p[:3])
+        walked: HealthOutput | None = None
         for at, kind, k, what in pending:
             if kind == 0:
                 record = book.record(what["agent_id"], what["tenant_id"])
@@ -594,8 +591,13 @@ class ShardState:
                 record = book.record(what["agent_id"], what["tenant_id"])
                 book.step(record, Trigger.QUARANTINED, at, out, what["actor"],
                           what["payload"]["reason"], extra=what["payload"])  # fmt: skip
-            else:
+            elif kind == 2:
                 self._heartbeat(batch, k, at, out)
+            else:
+                if walked is None:
+                    walked, move = self._health_walk(out)
+                self.health.step(health, k, book.state_of, move, walked)
+        return walked
 
     def _heartbeat(self, batch: HeartbeatBatch, k: int, at: float, out: ShardOutput) -> None:
         agent_id = batch.agent_id[k]

@@ -338,3 +338,61 @@ def test_snapshots_keep_expiries_and_one_from_before_health_starts_it_empty() ->
     assert restored.health.index is restored.index and restored.health.health_of("agent-0001")
     out = restored.observe(beats_at(5))
     assert ("2", "quarantined", "active", "quarantine_expired") in statuses(out.events)
+
+
+def _health_replay(cut: int) -> list[bytes]:
+    """Agents 0 and 1 fall ill and recover while claiming busy or idle, agent 2 falls ill in
+    maintenance; the heartbeats fed ``cut`` steps per batch."""
+    from tests.test_shard import _concat
+
+    shard = ShardState.new(SHARD)
+    steps: list = []
+    for step in range(45):
+        claim = {"status": "busy" if step % 4 < 2 else "idle"}
+        overrides = {0: dict(claim), 1: dict(claim), 2: {}}
+        if 3 <= step < 30:
+            overrides[1].update(SICK)
+        if 6 <= step < 9 or 14 <= step < 20:
+            overrides[0].update(SICK)
+        if step >= 8:
+            overrides[2].update(SICK)
+        steps.append(beats_at(step, [0, 1, 2], overrides))
+        if step == 7:
+            steps.append(command("maintenance_requested", 2, step, reason="patch"))
+        if step == 20:
+            steps.append(command("maintenance_ended", 2, step))
+    found: list[dict] = []
+    pending: list[HeartbeatBatch] = []
+
+    def flush() -> None:
+        if pending:
+            batch = pending[0]
+            for more in pending[1:]:
+                batch = _concat(batch, more)
+            out = shard.observe(batch)
+            found.extend(out.events + out.commands + out.alerts)
+            pending.clear()
+
+    for item in steps:
+        if isinstance(item, HeartbeatBatch):
+            pending.append(item)
+            if len(pending) >= cut:
+                flush()
+        else:
+            flush()
+            found.extend(shard.apply(item).events)
+    flush()
+    return [orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in found]
+
+
+def test_a_replay_gives_the_same_health_events_orders_and_alerts_whatever_the_batch_cuts() -> None:
+    whole = _health_replay(1)
+    records = [orjson.loads(r) for r in whole]
+    triggers = {r["payload"].get("trigger") for r in records if r.get("type") == "status_changed"}
+    assert {"health_degraded", "health_recovered", "reported_busy"} <= triggers
+    assert {r["command"] for r in records if "command" in r} == {
+        "restart", "clear_cache", "reduce_load"
+    }  # fmt: skip
+    assert any(r.get("rule") == "agent_unhealthy" for r in records)
+    for cut in (2, 3, 7, 100):
+        assert sorted(_health_replay(cut)) == sorted(whole), cut

@@ -26,7 +26,8 @@ maintenance, quarantined, compromised or decommissioning), orders go to
 clear_cache → reduce_load), the first when it becomes degraded, each next one
 after an exponential backoff (``health_remediation_backoff_s`` ×
 ``health_remediation_backoff_factor`` ^ k, at most ``health_remediation_backoff_max_s``),
-at most ``health_remediation_max_attempts``. When the wait after the last order has
+at most ``health_remediation_max_attempts`` (a heartbeat that counts towards recovery
+sends none). When the wait after the last order has
 passed and the agent is still degraded, an ``agent_unhealthy`` alert fires and
 remediation stops until the agent recovers (the alert resolves then). Orders carry a
 deterministic ``command_id`` (agent, attempt, time), and everything runs in event
@@ -401,7 +402,7 @@ class HealthWatch(RowArrays):
             reason = f"health {health:.0f} still below {cfg.degraded_below:g}"
             if move(agent, tenant, Trigger.HEALTH_DEGRADED, at, reason) is State.DEGRADED:
                 self._remediate(row, agent, tenant, at, health, out, first=True)
-        elif state is State.DEGRADED:
+        elif state is State.DEGRADED and not streak:  # (no order while it recovers)
             self._remediate(row, agent, tenant, at, health, out)
 
     def _remediate(

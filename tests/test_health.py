@@ -68,6 +68,7 @@ def run(watch: HealthWatch, table: Table, batches: list[list[tuple[float, float]
 # --- the score and the bands ------------------------------------------------------------------
 
 
+@settings(deadline=None)  # (two shared cores: a slow example is not a wrong one)
 @given(
     st.fixed_dictionaries(
         {
@@ -396,3 +397,25 @@ def test_a_replay_gives_the_same_health_events_orders_and_alerts_whatever_the_ba
     assert any(r.get("rule") == "agent_unhealthy" for r in records)
     for cut in (2, 3, 7, 100):
         assert sorted(_health_replay(cut)) == sorted(whole), cut
+
+
+def test_the_dataflow_gives_the_same_health_events_and_orders_at_one_and_two_workers() -> None:
+    from tests.test_dataflow import heartbeat, run
+
+    hot = {"cpu_usage": 99.0, "memory_usage": 99.0}  # health 62: below 65, 4 minutes long
+    values = [
+        orjson.dumps(heartbeat(agent, step, **(hot if agent == 1 and 10 <= step < 18 else {})))
+        for step in range(30)
+        for agent in range(4)
+    ]
+    one, two = (run(values, workers=w, batch_size=7) for w in (1, 2))
+    assert one == two
+    orders = [(r["agent_id"], r["command"]) for t, r in one if t == "agents.commands"]
+    assert sorted(orders) == [("agent-0001", "clear_cache"), ("agent-0001", "restart")]
+    state = [r for t, r in one if t == "agents.state" and r["agent_id"] == "agent-0001"]
+    assert sorted((r["type"], r["payload"].get("band") or r["payload"]["to"]) for r in state) == [
+        ("health_changed", "degraded"),
+        ("health_changed", "healthy"),
+        ("status_changed", "active"),
+        ("status_changed", "degraded"),
+    ]

@@ -540,6 +540,20 @@ class ShardState:
             at = record.quarantine_until
             if self.lifecycle.step(record, Trigger.QUARANTINE_EXPIRED, at, out):
                 out.scores += self.security.release(record.agent_id, at).score_changes
+                self._still_silent(record.agent_id, record.tenant_id, at, out)
+
+    def _still_silent(self, agent_id: str, tenant_id: str, at: float, out: ShardOutput) -> None:
+        """An agent made active at ``at`` by an expiry or an operator while the heartbeat
+        ladder has it offline (it went silent while held) is offline again at once: the
+        ladder times an agent out once per silence, and the silence goes on."""
+        self.liveness._fit()
+        if self.liveness.state_of(agent_id) != "offline":
+            return
+        last = float(self.liveness.last_beat[self.index.row(agent_id)])
+        record = self.lifecycle.record(agent_id, tenant_id)
+        reason = f"no heartbeat for {self.liveness.config.offline_after_s:g} s"
+        extra = {"last_heartbeat": last}
+        self.lifecycle.step(record, Trigger.HEARTBEAT_TIMEOUT, at, out, reason=reason, extra=extra)
 
     def _lifecycle(
         self,
@@ -665,6 +679,7 @@ class ShardState:
             if released:  # (the score may quarantine it again; with the setting, reset)
                 done = self.security.release(command.agent_id, command.at)
                 out.scores = done.score_changes
+                self._still_silent(command.agent_id, tenant, command.at, out)
         elif isinstance(command, RestartOrder):
             record = self.lifecycle.record(command.agent_id, command.tenant_id)
             if record.state is State.DECOMMISSIONED:
@@ -685,6 +700,8 @@ class ShardState:
             record = self.lifecycle.record(event.agent_id, event.tenant_id)
             step = lifecycle.on_command(record, event)
             self.lifecycle.settle(step, out, None, event.timestamp, event.actor)
+            if step.changed and step.record.state is State.ACTIVE:  # (maintenance ended)
+                self._still_silent(event.agent_id, event.tenant_id, step.record.since, out)
         return out
 
     def _tenant_of(self, agent_id: str) -> str:

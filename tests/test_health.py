@@ -95,8 +95,11 @@ def test_the_score_stays_in_0_100_and_a_worse_metric_never_raises_it(metrics, wo
 def test_bands_move_to_worse_at_once_and_back_only_past_the_margin() -> None:
     watch, table = HealthWatch.from_settings(PLAIN), Table()
     # healthy → 79 warning → 82 (within the margin: still warning) → 86 healthy → 30 critical
-    seen = run(watch, table, [[(T0, 90.0)], [(T0 + 30, 79.0)], [(T0 + 60, 82.0)],
-                              [(T0 + 90, 86.0)], [(T0 + 120, 30.0)]])  # fmt: skip
+    seen = run(
+        watch,
+        table,
+        [[(T0, 90.0)], [(T0 + 30, 79.0)], [(T0 + 60, 82.0)], [(T0 + 90, 86.0)], [(T0 + 120, 30.0)]],
+    )
     assert [(e["payload"]["previous"], e["payload"]["band"]) for e in seen["events"]] == [
         ("healthy", "warning"),
         ("warning", "healthy"),
@@ -223,12 +226,15 @@ def test_a_degraded_agent_gets_orders_then_recovers_through_the_table() -> None:
         ("1", "degraded", "active", "health_recovered"),
     ]
     assert [(o["agent_id"], o["command"]) for o in orders] == [
-        ("agent-0001", "restart"), ("agent-0001", "clear_cache"), ("agent-0001", "reduce_load"),
-    ]  # fmt: skip
+        ("agent-0001", "restart"),
+        ("agent-0001", "clear_cache"),
+        ("agent-0001", "reduce_load"),
+    ]
     assert [(o["issued_at"] - T0) / 30 for o in orders] == [5.0, 7.0, 11.0]
     assert [e["payload"]["band"] for e in events if e["type"] == "health_changed"] == [
-        "degraded", "healthy"
-    ]  # fmt: skip
+        "degraded",
+        "healthy",
+    ]
     assert [a["state"] for a in alerts] == ["firing", "resolved"]  # (gave up at step 19)
     assert shard.lifecycle.state_of("agent-0001") == "active"
 
@@ -254,8 +260,10 @@ def test_an_operators_restart_becomes_an_order_with_the_operator_as_actor() -> N
     out = shard.apply(order)
     (restart,) = out.commands
     assert (restart["command"], restart["actor"], restart["reason"]) == (
-        "restart", "ops-1", "stuck on a lock"
-    )  # fmt: skip
+        "restart",
+        "ops-1",
+        "stuck on a lock",
+    )
     AgentCommand.model_validate(restart)
     assert shard.apply(order).commands[0]["command_id"] == restart["command_id"]  # replay
     shard.apply(command("decommission_requested", 2, 2))
@@ -268,20 +276,30 @@ def test_a_quarantine_with_an_expiry_ends_on_the_clock_tick_without_a_heartbeat(
     shard = ShardState.new(SHARD)
     wall = 1000.0
     shard.observe(beats_at(0), wall=wall)
-    until = T0 + 30 * 1 + 90
+    until = T0 + 200
     out = shard.apply(command("quarantine_requested", 1, 1, reason="leak", until=until))
     assert statuses(out.events) == [("1", "active", "quarantined", "quarantined")]
     assert out.events[0]["payload"]["quarantine_until"] == until
     assert shard.tick(wall + 5).events == []  # event clock at T0: not yet
-    # the fleet goes quiet: the clock moves on with processing time and the expiry passes
-    ended = []
-    for k in range(1, 20):
-        ended += statuses(shard.tick(wall + 10 * k).events)
-    assert ("1", "quarantined", "active", "quarantine_expired") in ended
-    expired = next(e for e in ended if e[3] == "quarantine_expired")
-    assert expired and shard.lifecycle.state_of("agent-0001") in ("active", "offline")
+    # the fleet goes quiet: the clock moves on with processing time; the others go offline
+    # at T0 + 120, agent 1 stays quarantined until its expiry, then (still silent) offline
+    changed = []
+    for k in range(1, 40):
+        changed += [e for e in shard.tick(wall + 10 * k).events if e["type"] == "status_changed"]
+    mine = [
+        (e["payload"]["trigger"], e["payload"]["to"], e["timestamp"] - T0)
+        for e in changed
+        if e["agent_id"] == "agent-0001"
+    ]
+    assert mine == [
+        ("quarantine_expired", "active", 200.0),
+        ("heartbeat_timeout", "offline", 200.0),
+    ]
     assert shard.lifecycle.next_expiry == float("inf")
     assert not shard.security.breakdown("agent-0001")["quarantined"]
+    # its next heartbeat brings it back
+    back = shard.observe(beats_at(10, [1]), wall=wall + 400)
+    assert statuses(back.events) == [("1", "offline", "active", "heartbeat")]
 
 
 def test_a_quarantine_expiry_is_stamped_at_its_time_when_heartbeats_pass_it() -> None:
@@ -315,8 +333,14 @@ def test_a_restart_request_on_the_control_topic_is_read_as_an_order() -> None:
     from dataflows.heartbeats import read_events
     from dataflows.kafka_source import RawBatch
 
-    bad = {"type": "restart_requested", "agent_id": "a1", "tenant_id": "t1", "actor": "ops",
-           "timestamp": T0, "payload": {"reason": 7}}  # fmt: skip
+    bad = {
+        "type": "restart_requested",
+        "agent_id": "a1",
+        "tenant_id": "t1",
+        "actor": "ops",
+        "timestamp": T0,
+        "payload": {"reason": 7},
+    }
     raw = RawBatch("agents.control", 0, [0], [None], [orjson.dumps(bad)])
     checked = read_events("control", raw)
     assert checked.rejected == [(0, "restart_requested payload: reason must be a string")]
@@ -392,8 +416,10 @@ def test_a_replay_gives_the_same_health_events_orders_and_alerts_whatever_the_ba
     triggers = {r["payload"].get("trigger") for r in records if r.get("type") == "status_changed"}
     assert {"health_degraded", "health_recovered", "reported_busy"} <= triggers
     assert {r["command"] for r in records if "command" in r} == {
-        "restart", "clear_cache", "reduce_load"
-    }  # fmt: skip
+        "restart",
+        "clear_cache",
+        "reduce_load",
+    }
     assert any(r.get("rule") == "agent_unhealthy" for r in records)
     for cut in (2, 3, 7, 100):
         assert sorted(_health_replay(cut)) == sorted(whole), cut
@@ -418,4 +444,27 @@ def test_the_dataflow_gives_the_same_health_events_and_orders_at_one_and_two_wor
         ("health_changed", "healthy"),
         ("status_changed", "active"),
         ("status_changed", "degraded"),
+    ]
+
+
+def test_an_agent_released_or_out_of_maintenance_while_silent_is_offline_again() -> None:
+    shard = ShardState.new(SHARD)
+    wall = 1000.0
+    shard.observe(beats_at(0), wall=wall)
+    shard.apply(command("quarantine_requested", 1, 1, reason="leak"))
+    shard.apply(command("maintenance_requested", 2, 1, reason="patch"))
+    for k in range(1, 30):  # all silent past the grace: 0 offline, 1 and 2 held
+        shard.tick(wall + 10 * k)
+    assert [shard.lifecycle.state_of(f"agent-000{a}") for a in range(3)] == [
+        "offline",
+        "quarantined",
+        "maintenance",
+    ]
+    released = shard.apply(command("released", 1, 10))
+    ended = shard.apply(command("maintenance_ended", 2, 10))
+    assert statuses(released.events + ended.events) == [
+        ("1", "quarantined", "active", "released"),
+        ("1", "active", "offline", "heartbeat_timeout"),
+        ("2", "maintenance", "active", "maintenance_ended"),
+        ("2", "active", "offline", "heartbeat_timeout"),
     ]

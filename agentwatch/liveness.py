@@ -144,6 +144,18 @@ class ShardClock:
                 moved.append(partition)
         return moved
 
+    def latest(self) -> float:
+        """The most advanced partition's clock (-inf if none was heard): the shard's
+        event time for what belongs to no partition (expiries).
+
+        >>> clock = ShardClock(idle_advance_s=10)
+        >>> clock.latest(), clock.observe(1, 50.0, 0.0), clock.observe(0, 20.0, 0.0)
+        (-inf, 50.0, 20.0)
+        >>> clock.latest()
+        50.0
+        """
+        return max((known[2] for known in self.partitions.values()), default=-math.inf)
+
     def now(self, partition: int) -> float:
         """The partition's clock (-inf if never heard)."""
         known = self.partitions.get(partition)

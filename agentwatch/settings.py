@@ -733,6 +733,99 @@ class Settings(BaseSettings):
         "times out: offline within the grace plus this. Keep it below the grace.",
     )
 
+    # --- health and remediation (seed: "Health checks: 60s", "Automated remediation for
+    # performance issues (restart, clear cache, reduce load)"); see docs/health.md -----------
+    health_weights: dict[str, float] = Field(
+        {
+            "cpu_usage": 20.0,
+            "memory_usage": 20.0,
+            "disk_usage": 5.0,
+            "error_rate": 40.0,
+            "response_time_avg": 10.0,
+            "network_latency": 5.0,
+        },
+        description="How much of the health score (0–100) each heartbeat metric can take away "
+        "(weights, normalised to sum 100): a metric at or past its bad threshold takes its "
+        "whole weight, one at or below its good threshold nothing, linearly in between.",
+    )
+    health_thresholds: dict[str, tuple[float, float]] = Field(
+        {
+            "cpu_usage": (80.0, 100.0),
+            "memory_usage": (80.0, 100.0),
+            "disk_usage": (90.0, 100.0),
+            "error_rate": (0.05, 0.25),
+            "response_time_avg": (2000.0, 10000.0),
+            "network_latency": (250.0, 2000.0),
+        },
+        description="Per weighted metric: (good, bad) values; good must be below bad "
+        "(percent, share 0…1, milliseconds).",
+    )
+    health_warning_below: float = Field(
+        80.0, ge=0, le=100, description="Health below this is in the `warning` band."
+    )
+    health_degraded_below: float = Field(
+        65.0,
+        ge=0,
+        le=100,
+        description="Health below this is in the `degraded` band; health_degraded_after such "
+        "heartbeats in a row make a running agent degraded (lifecycle).",
+    )
+    health_critical_below: float = Field(
+        40.0, ge=0, le=100, description="Health below this is in the `critical` band."
+    )
+    health_band_margin: float = Field(
+        5.0,
+        ge=0,
+        le=50,
+        description="Hysteresis of the bands: an agent moves to a worse band as soon as its "
+        "health is below the band's threshold, back to a better one only once its health is "
+        "this many points above it (a `health_changed` per band change, not per heartbeat).",
+    )
+    health_degraded_after: int = Field(
+        3, ge=1, le=100, description="Heartbeats in a row below health_degraded_below that make "
+        "an agent degraded (3 heartbeats: 90 s at the seed's 30 s interval).",
+    )  # fmt: skip
+    health_recovered_above: float = Field(
+        80.0,
+        ge=0,
+        le=100,
+        description="A degraded agent recovers (back to active) after health_recovered_after "
+        "heartbeats in a row at or above this; must be above health_degraded_below.",
+    )
+    health_recovered_after: int = Field(
+        3, ge=1, le=100, description="Heartbeats in a row at or above health_recovered_above "
+        "that end an agent's degradation.",
+    )  # fmt: skip
+    health_remediation: bool = Field(
+        True,
+        description="Send remediation orders on agents.commands while an agent is degraded "
+        "(never to agents in maintenance, quarantined, compromised or decommissioning).",
+    )
+    health_remediation_actions: list[str] = Field(
+        ["restart", "clear_cache", "reduce_load"],
+        min_length=1,
+        description="The orders sent to a degraded agent, in order of escalation (attempts "
+        "past the list repeat its last order).",
+    )
+    health_remediation_backoff_s: float = Field(
+        60.0, gt=0, description="Event time between the first order and the next (seed: "
+        "health checks every 60 s); each wait is health_remediation_backoff_factor times the last.",
+    )  # fmt: skip
+    health_remediation_backoff_factor: float = Field(
+        2.0, ge=1, description="Exponential backoff between remediation orders."
+    )
+    health_remediation_backoff_max_s: float = Field(
+        900.0, gt=0, description="The longest wait between two remediation orders."
+    )
+    health_remediation_max_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Orders sent per degradation at most; when the wait after the last has "
+        "passed and the agent is still degraded, an `agent_unhealthy` alert fires and "
+        "remediation stops until the agent recovers (the alert resolves then).",
+    )
+
     @field_validator("clickhouse_dsn")
     @classmethod
     def _dsn_scheme(cls, dsn: SecretDsn) -> SecretDsn:

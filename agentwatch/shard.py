@@ -3,8 +3,9 @@
 A shard's state is its agents' baselines and detector (:class:`FleetBaselines`),
 the threat rules' state (:class:`RuleSet`), the trend fits
 (:class:`TrendWatch`), the security scores (:class:`SecurityScores`), the
-alerts (:class:`AlertBook`) and the conversation checks
-(:class:`ConversationMonitor`). For each batch: rules judge every heartbeat
+alerts (:class:`AlertBook`), the conversation checks
+(:class:`ConversationMonitor`) and the health scores (:class:`HealthWatch`, which
+also sends remediation orders to degraded agents). For each batch: rules judge every heartbeat
 against the baseline as it stood before the batch, trends look ahead, the
 detector scores and learns, threats cost security points (and may quarantine
 an agent), and alerts follow the rules' conditions. A conversation's threats
@@ -26,6 +27,8 @@ score, an operator's command — in event-time order; only the table emits
 
 from __future__ import annotations
 
+import math
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -33,11 +36,12 @@ from agentwatch import lifecycle
 from agentwatch.alerts import AlertBook
 from agentwatch.conversations import Conversation, ConversationConfig, ConversationMonitor
 from agentwatch.fleet import DetectorConfig, FleetBaselines
+from agentwatch.health import HealthConfig, HealthOutput, HealthPending, HealthWatch, Move
 from agentwatch.lifecycle import AgentRecord, Refusal, State, Transition, Trigger
 from agentwatch.liveness import OFFLINE, Liveness, LivenessConfig, LivenessOutput
 from agentwatch.rows import AgentIndex
 from agentwatch.rules import BaselineInputs, RuleSet
-from agentwatch.security import SecurityConfig, SecurityScores
+from agentwatch.security import COMMAND_NAMESPACE, SecurityConfig, SecurityScores
 from agentwatch.settings import Settings
 from agentwatch.trends import TrendConfig, TrendWatch
 from schemas.events import EventError
@@ -51,8 +55,9 @@ class ShardOutput:
 
     ``anomalies``: ``AnomalyRecord``; ``baselines``: ``BaselineRecord``;
     ``threats``: ``Threat``; ``alerts``: ``Alert``; ``scores``: ``ScoreChange``;
-    ``commands``: ``AgentCommand``; ``events``: ``LifecycleEvent`` (``status_changed``
-    from the lifecycle table, ``heartbeat_late``, for ``agents.state``); ``refusals``:
+    ``commands``: ``AgentCommand`` (quarantine, remediation, an operator's restart);
+    ``events``: ``LifecycleEvent`` (``status_changed`` from the lifecycle table,
+    ``heartbeat_late``, ``health_changed``, for ``agents.state``); ``refusals``:
     the triggers the lifecycle table refused (agent and tenant ids, ``trigger``,
     ``reason``, ``actor``, ``timestamp``), logged by the dataflow, published nowhere.
     """
@@ -124,6 +129,45 @@ class QuarantineOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartOrder:
+    """An operator (``actor``) asked at ``at`` for ``agent_id`` to be restarted
+    (``restart_requested`` on ``agents.control``)."""
+
+    agent_id: str
+    tenant_id: str
+    at: float
+    reason: str
+    actor: str
+
+    @classmethod
+    def from_event(cls, event: LifecycleEvent) -> RestartOrder:
+        """The order a ``restart_requested`` event carries (its reason may be empty).
+
+        >>> event = LifecycleEvent(type="restart_requested", agent_id="a1", tenant_id="t1",
+        ...     actor="ops-1", timestamp=1.8e9, payload={"reason": "stuck"})
+        >>> RestartOrder.from_event(event).actor
+        'ops-1'
+        """
+        reason = event.payload.get("reason", "")
+        if not isinstance(reason, str):
+            raise EventError(f"{event.type} payload: reason must be a string")
+        return cls(event.agent_id, event.tenant_id, event.timestamp, reason, event.actor)
+
+    def command(self) -> dict:
+        """The ``AgentCommand`` (``restart``) it becomes, with a deterministic id."""
+        key = f"restart|{self.tenant_id}|{self.agent_id}|{self.at!r}|{self.actor}"
+        return {
+            "command_id": str(uuid.uuid5(COMMAND_NAMESPACE, key)),
+            "agent_id": self.agent_id,
+            "tenant_id": self.tenant_id,
+            "command": "restart",
+            "reason": self.reason or "restart requested by an operator",
+            "issued_at": self.at,
+            "actor": self.actor,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class LifecycleCommand:
     """An operator's other lifecycle command (``maintenance_requested``,
     ``maintenance_ended``, ``compromise_declared``, ``decommission_requested``), as read
@@ -140,7 +184,7 @@ class LifecycleCommand:
 #: What an operator can tell a shard, besides heartbeats.
 ShardCommand = (
     RuleChange | Silence | SilenceExpiry | Release | QuarantineOrder | LifecycleCommand
-    | Conversation
+    | Conversation | RestartOrder
 )  # fmt: skip
 
 #: Heartbeat statuses that may move an agent whose record is active (``active`` and the
@@ -175,11 +219,13 @@ class Lifecycles:
     a1 is active; released is accepted only when it is quarantined or compromised
     """
 
-    __slots__ = ("records", "unsettled")
+    __slots__ = ("records", "unsettled", "next_expiry")
 
     def __init__(self) -> None:
         self.records: dict[str, AgentRecord] = {}
         self.unsettled: set[str] = set()
+        #: The earliest quarantine expiry of the records (inf: none).
+        self.next_expiry = math.inf
 
     def __getstate__(self) -> dict:
         return {"records": self.records}
@@ -187,6 +233,37 @@ class Lifecycles:
     def __setstate__(self, state: dict) -> None:
         self.records = state["records"]
         self.unsettled = {a for a, r in self.records.items() if r.state is not State.ACTIVE}
+        self.next_expiry = math.inf
+        self._note_expiries(self.records.values())
+
+    def _note_expiries(self, records: Iterable[AgentRecord]) -> None:
+        for record in records:
+            if record.state is State.QUARANTINED and record.quarantine_until is not None:
+                self.next_expiry = min(self.next_expiry, record.quarantine_until)
+
+    def expired(self, now: float) -> list[AgentRecord]:
+        """The quarantined records whose expiry is at or before ``now`` (event time),
+        earliest first. Costs one comparison while none is due.
+
+        >>> book = Lifecycles()
+        >>> book.step(book.record("a1", "t1"), "quarantined", 100.0, ShardOutput(),
+        ...           reason="leak", until=160.0)
+        True
+        >>> book.expired(150.0), [r.agent_id for r in book.expired(160.0)]
+        ([], ['a1'])
+        """
+        if now < self.next_expiry:
+            return []
+        due, self.next_expiry = [], math.inf
+        for agent_id in self.unsettled:
+            record = self.records[agent_id]
+            if record.state is not State.QUARANTINED or record.quarantine_until is None:
+                continue
+            if record.quarantine_until <= now:
+                due.append(record)
+            else:
+                self.next_expiry = min(self.next_expiry, record.quarantine_until)
+        return sorted(due, key=lambda r: (r.quarantine_until, r.agent_id))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -258,6 +335,8 @@ class Lifecycles:
             self.unsettled.discard(agent_id)
         else:
             self.unsettled.add(agent_id)
+            if record.quarantine_until is not None:
+                self._note_expiries((record,))
         if extra:
             payload = result.event["payload"]
             payload.update({k: v for k, v in extra.items() if k not in _OWN})
@@ -275,6 +354,7 @@ class ShardConfig:
     security: SecurityConfig
     conversations: ConversationConfig
     liveness: LivenessConfig
+    health: HealthConfig
 
     @classmethod
     def of(cls, settings: Settings) -> ShardConfig:
@@ -289,6 +369,7 @@ class ShardConfig:
                 SecurityConfig.from_settings(settings),
                 ConversationConfig.from_settings(settings),
                 LivenessConfig.from_settings(settings),
+                HealthConfig.from_settings(settings),
             )
         return made
 
@@ -309,6 +390,7 @@ class ShardState:
     conversations: ConversationMonitor
     liveness: Liveness
     lifecycle: Lifecycles
+    health: HealthWatch
 
     @classmethod
     def new(cls, settings: Settings) -> ShardState:
@@ -326,6 +408,7 @@ class ShardState:
             ConversationMonitor(config.conversations),
             Liveness(config.liveness, index),
             Lifecycles(),
+            HealthWatch(config.health, index),
         )
 
     @classmethod
@@ -357,6 +440,7 @@ class ShardState:
         self.alerts.configure(config.settings)
         if self.liveness.config != config.liveness:
             self.liveness.configure(config.liveness)
+        self.health.configure(config.health)
 
     @classmethod
     def carry_over(cls, state: object, settings: Settings) -> ShardState:
@@ -378,6 +462,8 @@ class ShardState:
             )
         if "lifecycle" not in old:  # (snapshots from before the lifecycle table owned status)
             fresh.lifecycle.seed(fresh.known_states())
+        if "health" not in old:  # (snapshots from before the health score)
+            fresh.health = HealthWatch(ShardConfig.of(settings).health, fresh.index)
         fresh.alerts.set_rules(fresh.rules.rules())
         return fresh
 
@@ -417,22 +503,57 @@ class ShardState:
         live = self.liveness.observe(
             batch.agent_id, batch.tenant_id, batch.timestamp, batch.partition, wall
         )
+        health = self.health.score(batch)
         self.index.forget()
-        alerts = self.alerts.observe(
-            judged.transitions + live.transitions, threats + live.threats,
-            batch.agent_id, batch.timestamp,
-        )  # fmt: skip
         out = ShardOutput(
             anomalies=scored.anomalies,
             baselines=scored.baselines,
             threats=threats,
-            alerts=alerts,
             scores=security.score_changes,
             commands=security.commands,
             events=live.events,
         )
-        self._lifecycle(out, live.timeouts, security.lifecycle_events, batch)
+        walked = self._lifecycle(out, live.timeouts, security.lifecycle_events, batch, health)
+        conditions, raised = judged.transitions + live.transitions, threats + live.threats
+        if walked is not None:  # (the agent_unhealthy alert, with the batch's time)
+            conditions, raised = conditions + walked.transitions, raised + walked.threats
+        out.alerts = self.alerts.observe(conditions, raised, batch.agent_id, batch.timestamp)
+        if self.lifecycle.next_expiry <= self.liveness.clock.latest():
+            self._expire(out)
         return out
+
+    def _health_walk(self, out: ShardOutput) -> tuple[HealthOutput, Move]:
+        """Where the health walk's records go (``out``'s events and commands, in step
+        with the lifecycle's), and its way to give the lifecycle table a trigger."""
+        book = self.lifecycle
+
+        def move(agent_id: str, tenant_id: str, trigger: Trigger, at: float, reason: str) -> State:
+            book.step(book.record(agent_id, tenant_id), trigger, at, out, reason=reason)
+            return book.state_of(agent_id)
+
+        return HealthOutput(events=out.events, commands=out.commands), move
+
+    def _expire(self, out: ShardOutput) -> None:
+        """End the quarantines whose expiry the shard's event clock has passed, each at
+        its expiry (so the event does not depend on when the check ran)."""
+        for record in self.lifecycle.expired(self.liveness.clock.latest()):
+            at = record.quarantine_until
+            if self.lifecycle.step(record, Trigger.QUARANTINE_EXPIRED, at, out):
+                out.scores += self.security.release(record.agent_id, at).score_changes
+                self._still_silent(record.agent_id, record.tenant_id, at, out)
+
+    def _still_silent(self, agent_id: str, tenant_id: str, at: float, out: ShardOutput) -> None:
+        """An agent made active at ``at`` by an expiry or an operator while the heartbeat
+        ladder has it offline (it went silent while held) is offline again at once: the
+        ladder times an agent out once per silence, and the silence goes on."""
+        self.liveness._fit()
+        if self.liveness.state_of(agent_id) != "offline":
+            return
+        last = float(self.liveness.last_beat[self.index.row(agent_id)])
+        record = self.lifecycle.record(agent_id, tenant_id)
+        reason = f"no heartbeat for {self.liveness.config.offline_after_s:g} s"
+        extra = {"last_heartbeat": last}
+        self.lifecycle.step(record, Trigger.HEARTBEAT_TIMEOUT, at, out, reason=reason, extra=extra)
 
     def _lifecycle(
         self,
@@ -440,12 +561,15 @@ class ShardState:
         timeouts: list[dict],
         quarantines: list[dict],
         batch: HeartbeatBatch | None = None,
-    ) -> None:
+        health: HealthPending | None = None,
+    ) -> HealthOutput | None:
         """Give the lifecycle table the triggers of one step in event-time order
-        (at one time: timeouts, quarantines, heartbeats): the ladder's timeouts, the
-        security score's quarantines (its ``status_changed`` proposals: the table
-        decides, and its event keeps their score and threats) and the heartbeats of
-        agents that are not active or claim idle or busy."""
+        (at one time: timeouts, quarantines, heartbeats, health): the ladder's timeouts,
+        the security score's quarantines (its ``status_changed`` proposals: the table
+        decides, and its event keeps their score and threats), the heartbeats of
+        agents that are not active or claim idle or busy, and the heartbeats the health
+        score picked (bands, health triggers, remediation: :mod:`agentwatch.health`).
+        Returns what the health walk left for the alert book (None if it did not walk)."""
         book = self.lifecycle
         pending: list[tuple[float, int, int, object]] = []
         for k, timeout in enumerate(timeouts):
@@ -465,9 +589,12 @@ class ShardState:
             if rows:
                 times = batch.timestamp.tolist()
                 pending += [(times[k], 2, k, None) for k in rows]
+        if health is not None and len(health):
+            pending += [(at, 3, k, None) for k, at in enumerate(health.times)]
         if not pending:
-            return
+            return None
         pending.sort(key=lambda p: p[:3])
+        walked: HealthOutput | None = None
         for at, kind, k, what in pending:
             if kind == 0:
                 record = book.record(what["agent_id"], what["tenant_id"])
@@ -478,8 +605,13 @@ class ShardState:
                 record = book.record(what["agent_id"], what["tenant_id"])
                 book.step(record, Trigger.QUARANTINED, at, out, what["actor"],
                           what["payload"]["reason"], extra=what["payload"])  # fmt: skip
-            else:
+            elif kind == 2:
                 self._heartbeat(batch, k, at, out)
+            else:
+                if walked is None:
+                    walked, move = self._health_walk(out)
+                self.health.step(health, k, book.state_of, move, walked)
+        return walked
 
     def _heartbeat(self, batch: HeartbeatBatch, k: int, at: float, out: ShardOutput) -> None:
         agent_id = batch.agent_id[k]
@@ -498,7 +630,10 @@ class ShardState:
         left behind by their partition's clock (see :mod:`agentwatch.liveness`). Costs one
         comparison when no agent is due."""
         live = self.liveness.tick(wall)
-        return self._timed_out(live)
+        out = self._timed_out(live)
+        if self.lifecycle.next_expiry <= self.liveness.clock.latest():
+            self._expire(out)
+        return out
 
     def _timed_out(self, live: LivenessOutput) -> ShardOutput:
         if not (live.events or live.transitions or live.timeouts):
@@ -544,11 +679,29 @@ class ShardState:
             if released:  # (the score may quarantine it again; with the setting, reset)
                 done = self.security.release(command.agent_id, command.at)
                 out.scores = done.score_changes
+                self._still_silent(command.agent_id, tenant, command.at, out)
+        elif isinstance(command, RestartOrder):
+            record = self.lifecycle.record(command.agent_id, command.tenant_id)
+            if record.state is State.DECOMMISSIONED:
+                out.refusals.append(
+                    {
+                        "agent_id": command.agent_id,
+                        "tenant_id": command.tenant_id,
+                        "trigger": "restart_requested",
+                        "reason": f"{command.agent_id} is decommissioned; it cannot restart",
+                        "actor": command.actor,
+                        "timestamp": command.at,
+                    }
+                )
+            else:
+                out.commands.append(command.command())
         elif isinstance(command, LifecycleCommand):
             event = command.event
             record = self.lifecycle.record(event.agent_id, event.tenant_id)
             step = lifecycle.on_command(record, event)
             self.lifecycle.settle(step, out, None, event.timestamp, event.actor)
+            if step.changed and step.record.state is State.ACTIVE:  # (maintenance ended)
+                self._still_silent(event.agent_id, event.tenant_id, step.record.since, out)
         return out
 
     def _tenant_of(self, agent_id: str) -> str:

@@ -93,6 +93,7 @@ def create_app(
     app.exception_handler(StarletteHTTPException)(_http_error)
 
     for module in (agents, alerts, rules, sql_routes, system, credentials, bridge):
+        document_key_errors(module.router)
         app.include_router(module.router)
     keys.install(app)
     document_key_errors(app)

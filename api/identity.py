@@ -29,7 +29,7 @@ from typing import Annotated, Any
 
 from clickhouse_connect.driver.client import Client
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIRouter
 
 from agentwatch.identity import (
     ALL_TENANTS,
@@ -348,9 +348,11 @@ def needs_any(*permissions: Permission) -> Any:
     return Depends(caller)
 
 
-def document_key_errors(app: FastAPI) -> None:
+def document_key_errors(app: FastAPI | APIRouter) -> None:
     """Declare 401 and 403 on every route that asks for a key (through :func:`needs`), so
-    the OpenAPI schema says what the door may answer. Call it once the routes exist."""
+    the OpenAPI schema says what the door may answer. Call it on a router before it is
+    included (FastAPI 0.165 copies an included router's routes as they are then), and on
+    the app once its own routes exist."""
 
     def asks(dependant: Any) -> bool:
         return any(

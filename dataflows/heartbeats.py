@@ -14,7 +14,7 @@ clock (a tick every clock_tick_s) ─► tick_every_shard ───────�
   to agents.deadletter · agents.anomalies · agents.baselines · agents.threats · agents.state …
 ```
 
-Operators' commands (rule changes, silences, releases, quarantine requests) are
+Operators' commands (rule changes, silences, releases, quarantine and restart requests) are
 applied only when they arrive on ``agents.control``, which only the API writes;
 the same command on ``agents.events``, which agents write, is dead-lettered with
 the reason (``schemas.events.CHANNELS`` says which type belongs where).
@@ -65,6 +65,7 @@ from agentwatch.shard import (
     LifecycleCommand,
     QuarantineOrder,
     Release,
+    RestartOrder,
     ShardCommand,
     ShardOutput,
     ShardState,
@@ -78,6 +79,7 @@ from schemas.events import (
     CONVERSATION,
     QUARANTINE_REQUESTED,
     RELEASED,
+    RESTART_REQUESTED,
     RULE_CHANGED,
     SILENCE_CREATED,
     SILENCE_EXPIRED,
@@ -123,7 +125,7 @@ class CheckedEvents:
 
     raw: RawBatch
     to_every_shard: list[ShardCommand]
-    to_agent_shard: list[Release | QuarantineOrder | LifecycleCommand | Conversation]
+    to_agent_shard: list[Release | QuarantineOrder | LifecycleCommand | RestartOrder | Conversation]
     rejected: list[tuple[int, str]]
 
 
@@ -156,6 +158,8 @@ def read_events(channel: str, raw: RawBatch) -> CheckedEvents:
                 checked.to_agent_shard.append(LifecycleCommand(event))
             elif event.type == QUARANTINE_REQUESTED:
                 checked.to_agent_shard.append(QuarantineOrder.from_event(event))
+            elif event.type == RESTART_REQUESTED:
+                checked.to_agent_shard.append(RestartOrder.from_event(event))
             elif event.type == CONVERSATION:
                 conversation = conversation_of(event)
                 checked.to_agent_shard.append(

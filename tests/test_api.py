@@ -1045,6 +1045,20 @@ def test_bad_silences_are_422_and_publish_nothing(broker_api, body: dict, says: 
 
 
 @pytest.mark.integration
+def test_a_quarantine_may_carry_an_expiry_in_the_future(broker_api):
+    api, _, settings = broker_api
+    past = api.post("/api/v1/agents/a1/quarantine", json={"reason": "x", "until": NOW - 10})
+    assert past.status_code == 422
+    assert "until must be in the future" in past.json()["message"], past.json()
+    until = time.time() + 3600
+    response = api.post("/api/v1/agents/a1/quarantine", json={"reason": "leak", "until": until})
+    assert response.status_code == 202, response.text
+    assert response.json()["payload"] == {"reason": "leak", "until": until}
+    ((key, event),) = read_events(settings, 1)
+    assert (key, event["type"], event["payload"]["until"]) == (b"a1", "quarantine_requested", until)
+
+
+@pytest.mark.integration
 def test_quarantine_and_release_requests_are_published_with_the_actor(broker_api):
     api, ch, settings = broker_api
     response = api.post(

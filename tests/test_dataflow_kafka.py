@@ -350,3 +350,62 @@ def test_a_silent_fleet_goes_offline_by_processing_time_and_comes_back(
     finally:
         reader.close()
         assert flow.stop() == 0, flow.log()
+
+
+def test_a_degraded_agent_gets_a_restart_and_a_health_change_and_an_operator_can_order_one(
+    make_settings, broker, tmp_path: Path
+):
+    """Agent 1's health falls (errors and CPU) for three heartbeats: the dataflow makes it
+    degraded, says so on agents.state (health_changed, status_changed) and orders a restart
+    on agents.commands; an operator's restart_requested for agent 2 becomes a restart order
+    with the operator as actor."""
+    settings = make_settings(
+        bootstrap_servers=broker.bootstrap_servers, security_auto_quarantine=False
+    )
+    ensure_topics(settings)
+    flow = DataflowProcess(settings, tmp_path / "dataflow.log")
+    flow.start()
+    reader = TopicReader(settings, ["state", "commands"])
+    state, commands = settings.topic("state"), settings.topic("commands")
+    sick = {"error_rate": 0.5, "cpu_usage": 99.0}
+    try:
+        beats = [
+            orjson.dumps(heartbeat(a, step, **(sick if a == 1 and step >= 2 else {})))
+            for step in range(6)
+            for a in range(3)
+        ]
+        produce(settings, beats)
+        restart = {
+            "type": "restart_requested",
+            "agent_id": "agent-0002",
+            "tenant_id": "tenant-2",
+            "actor": "ops-9",
+            "timestamp": time.time(),
+            "payload": {"reason": "stuck"},
+        }
+        producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+        producer.produce(settings.topic("control"), key=b"agent-0002", value=orjson.dumps(restart))
+        producer.flush()
+        orders = wait_until(
+            lambda: len(found := reader.poll()[commands]) >= 2 and found,
+            60,
+            "a remediation restart and an operator's restart on agents.commands",
+        )
+        assert sorted((o["agent_id"], o["command"], o["actor"]) for o in orders) == [
+            ("agent-0001", "restart", "system"),
+            ("agent-0002", "restart", "ops-9"),
+        ]
+        events = wait_until(
+            lambda: [e for e in reader.poll()[state] if e["agent_id"] == "agent-0001"],
+            30,
+            "agent 1's state events",
+        )
+        assert ("health_changed", "degraded") in [
+            (e["type"], e["payload"].get("band")) for e in events
+        ]
+        assert ("status_changed", "degraded") in [
+            (e["type"], e["payload"].get("to")) for e in events
+        ]
+    finally:
+        reader.close()
+        assert flow.stop() == 0, flow.log()

@@ -175,5 +175,9 @@ def test_auto_quarantine_end_to_end(run_up, stack_env: dict[str, str], tmp_path:
     consumer.assign([TopicPartition("agents.commands", p, 0) for p in parts])
     orders = [orjson.loads(m.value()) for m in consumer.consume(100, timeout=5) if not m.error()]
     consumer.close()
-    assert [(o["agent_id"], o["command"]) for o in orders] == [("agent-q", "quarantine")]
+    quarantines = [o for o in orders if o["command"] == "quarantine"]
+    assert [(o["agent_id"], o["command"]) for o in quarantines] == [("agent-q", "quarantine")]
+    # the incidents also degraded its health: remediation orders came first (docs/health.md)
+    remediation = [o["command"] for o in orders if o["command"] != "quarantine"]
+    assert remediation[:3] == ["restart", "clear_cache", "reduce_load"], remediation
     assert up.interrupt() < 10

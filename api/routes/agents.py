@@ -13,7 +13,7 @@ from agentwatch import lifecycle
 from agentwatch.identity import ALL_TENANTS, Permission, Principal
 from agentwatch.lifecycle import AgentRecord, Refusal, State
 from api import queries
-from api.errors import error_responses
+from api.errors import error_responses, unprocessable
 from api.identity import actor_of
 from api.params import AgentId, CategoryFilter, Limit, SeverityFilter, StateFilter, TimeRangeDep
 from api.publisher import PublishError
@@ -34,7 +34,7 @@ from schemas.events import (
     MAINTENANCE_REQUESTED,
     RESTART_REQUESTED,
 )
-from schemas.models import LifecycleEvent
+from schemas.models import EpochSeconds, LifecycleEvent
 
 log = logging.getLogger("api.app")
 
@@ -50,6 +50,11 @@ class QuarantineRequest(BaseModel):
     """The body of ``POST /api/v1/agents/{id}/quarantine``."""
 
     reason: str = Field(min_length=1, max_length=2000, description="Why, in words.")
+    until: EpochSeconds | None = Field(
+        None,
+        description="When the quarantine ends by itself (ISO-8601 with zone, or epoch "
+        "seconds; must be in the future); none: until an operator releases the agent.",
+    )
 
 
 class ReleaseRequest(BaseModel):
@@ -317,6 +322,10 @@ def quarantine_agent(
     on agents.control (202: the request is in the log). The dataflow carries it out: a
     ``status_changed`` to quarantined and a quarantine order on agents.commands."""
     payload = {"reason": request.reason}
+    if request.until is not None:  # (the table refuses an expiry before the quarantine)
+        if request.until <= time.time():
+            raise unprocessable("until must be in the future (or absent)", "body", "until")
+        payload["until"] = request.until
     return publish_request(runtime, caller, agent_id, "quarantine_requested", actor, payload)
 
 

@@ -18,6 +18,14 @@ score, an operator's command — in event-time order; only the table emits
 ``status_changed``. A refused trigger changes nothing and is reported in
 ``ShardOutput.refusals`` (the dataflow logs each one).
 
+An agent exists from its registration (:class:`AgentRegistration`, the table's
+``registered`` trigger); the shard's :class:`~agentwatch.registry.Registry` keeps
+its registered tenant (one byte per agent beside the index) and screens every
+batch first: a heartbeat of an agent that was never registered (unless
+``agents_auto_register``), of another tenant than its registration's, or of a
+decommissioned agent, goes no further and is reported in ``ShardOutput.rejected``
+(the dataflow dead-letters it with the reason).
+
 >>> from agentwatch.settings import Settings
 >>> shard = ShardState.new(Settings())
 >>> len(shard.rules.rules()), len(shard.baselines)
@@ -29,12 +37,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from agentwatch import lifecycle
 from agentwatch.alerts import AlertBook
 from agentwatch.conversations import Conversation, ConversationConfig, ConversationMonitor
 from agentwatch.fleet import DetectorConfig, FleetBaselines
 from agentwatch.lifecycle import AgentRecord, Refusal, State, Transition, Trigger
 from agentwatch.liveness import OFFLINE, Liveness, LivenessConfig, LivenessOutput
+from agentwatch.registry import UNKNOWN, Registry
 from agentwatch.rows import AgentIndex
 from agentwatch.rules import BaselineInputs, RuleSet
 from agentwatch.security import SecurityConfig, SecurityScores
@@ -42,7 +53,7 @@ from agentwatch.settings import Settings
 from agentwatch.trends import TrendConfig, TrendWatch
 from schemas.events import EventError
 from schemas.heartbeats import HeartbeatBatch
-from schemas.models import LifecycleEvent, RuleChange, Silence
+from schemas.models import LifecycleEvent, Registration, RuleChange, Silence
 
 
 @dataclass(slots=True)
@@ -54,7 +65,11 @@ class ShardOutput:
     ``commands``: ``AgentCommand``; ``events``: ``LifecycleEvent`` (``status_changed``
     from the lifecycle table, ``heartbeat_late``, for ``agents.state``); ``refusals``:
     the triggers the lifecycle table refused (agent and tenant ids, ``trigger``,
-    ``reason``, ``actor``, ``timestamp``), logged by the dataflow, published nowhere.
+    ``reason``, ``actor``, ``timestamp``), logged by the dataflow, published nowhere;
+    ``rejected``: the heartbeats the registry refused, as ``(position, reason)`` (the
+    position in the raw batch they were read from: ``HeartbeatBatch.index``);
+    ``dead_letters``: the ``DeadLetter`` records the dataflow made of them (it has the
+    raw messages).
     """
 
     anomalies: list[dict] = field(default_factory=list)
@@ -65,6 +80,8 @@ class ShardOutput:
     commands: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
     refusals: list[dict] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    dead_letters: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +154,36 @@ class LifecycleCommand:
         return self.event.agent_id
 
 
+@dataclass(frozen=True, slots=True)
+class AgentRegistration:
+    """An operator (``actor``) registered ``agent_id`` to ``tenant_id`` at ``at`` with
+    what ``registration`` declares (a ``registered`` event on ``agents.control``)."""
+
+    agent_id: str
+    tenant_id: str
+    at: float
+    actor: str
+    registration: Registration
+
+    @classmethod
+    def from_event(cls, event: LifecycleEvent) -> AgentRegistration:
+        """The registration a ``registered`` event carries (pydantic's ``ValidationError``
+        if its payload is not a :class:`~schemas.models.Registration`).
+
+        >>> event = LifecycleEvent(type="registered", agent_id="a1", tenant_id="t1",
+        ...     actor="ops-1", timestamp=1.8e9,
+        ...     payload={"name": "Agent-001", "agent_type": "bot", "owner": "team-ml"})
+        >>> AgentRegistration.from_event(event).registration.owner
+        'team-ml'
+        """
+        registration = Registration.model_validate(event.payload)
+        return cls(event.agent_id, event.tenant_id, event.timestamp, event.actor, registration)
+
+
 #: What an operator can tell a shard, besides heartbeats.
 ShardCommand = (
     RuleChange | Silence | SilenceExpiry | Release | QuarantineOrder | LifecycleCommand
-    | Conversation
+    | AgentRegistration | Conversation
 )  # fmt: skip
 
 #: Heartbeat statuses that may move an agent whose record is active (``active`` and the
@@ -175,11 +218,13 @@ class Lifecycles:
     a1 is active; released is accepted only when it is quarantined or compromised
     """
 
-    __slots__ = ("records", "unsettled")
+    __slots__ = ("records", "unsettled", "retired")
 
     def __init__(self) -> None:
         self.records: dict[str, AgentRecord] = {}
         self.unsettled: set[str] = set()
+        #: Agents decommissioned since the shard last looked (it refuses their heartbeats).
+        self.retired: list[str] = []
 
     def __getstate__(self) -> dict:
         return {"records": self.records}
@@ -187,6 +232,9 @@ class Lifecycles:
     def __setstate__(self, state: dict) -> None:
         self.records = state["records"]
         self.unsettled = {a for a, r in self.records.items() if r.state is not State.ACTIVE}
+        self.retired = [
+            a for a, r in self.records.items() if r.state is State.DECOMMISSIONED
+        ]  # (told again after a restore: retiring is idempotent)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -258,6 +306,8 @@ class Lifecycles:
             self.unsettled.discard(agent_id)
         else:
             self.unsettled.add(agent_id)
+            if record.state is State.DECOMMISSIONED:
+                self.retired.append(agent_id)
         if extra:
             payload = result.event["payload"]
             payload.update({k: v for k, v in extra.items() if k not in _OWN})
@@ -309,6 +359,7 @@ class ShardState:
     conversations: ConversationMonitor
     liveness: Liveness
     lifecycle: Lifecycles
+    registry: Registry
 
     @classmethod
     def new(cls, settings: Settings) -> ShardState:
@@ -326,6 +377,7 @@ class ShardState:
             ConversationMonitor(config.conversations),
             Liveness(config.liveness, index),
             Lifecycles(),
+            Registry(index, settings.agents_auto_register),
         )
 
     @classmethod
@@ -357,6 +409,7 @@ class ShardState:
         self.alerts.configure(config.settings)
         if self.liveness.config != config.liveness:
             self.liveness.configure(config.liveness)
+        self.registry.auto_register = config.settings.agents_auto_register
 
     @classmethod
     def carry_over(cls, state: object, settings: Settings) -> ShardState:
@@ -378,6 +431,11 @@ class ShardState:
             )
         if "lifecycle" not in old:  # (snapshots from before the lifecycle table owned status)
             fresh.lifecycle.seed(fresh.known_states())
+        if "registry" not in old:  # (snapshots from before registration: known = registered)
+            fresh.registry = Registry.of_known(fresh.index, settings.agents_auto_register)
+            fresh.lifecycle.retired = [
+                a for a, r in fresh.lifecycle.records.items() if r.state is State.DECOMMISSIONED
+            ]
         fresh.alerts.set_rules(fresh.rules.rules())
         return fresh
 
@@ -404,9 +462,13 @@ class ShardState:
     def observe(self, batch: HeartbeatBatch, wall: float | None = None) -> ShardOutput:
         """Every step of the shard for every heartbeat of ``batch``, read at processing
         time ``wall`` (None: the batch's latest event time, for callers without a clock
-        such as a replay benchmark)."""
+        such as a replay benchmark). Heartbeats the registry refuses go no further (see
+        :meth:`screen`)."""
         if not len(batch):
             return ShardOutput()
+        batch, rejected = self.screen(batch)
+        if not len(batch):
+            return ShardOutput(rejected=rejected)
         before = BaselineInputs.from_fleet(self.baselines, batch)
         judged = self.rules.observe(batch, before)
         threats = judged.threats + self.trends.observe(batch)
@@ -430,9 +492,27 @@ class ShardState:
             scores=security.score_changes,
             commands=security.commands,
             events=live.events,
+            rejected=rejected,
         )
         self._lifecycle(out, live.timeouts, security.lifecycle_events, batch)
         return out
+
+    def screen(self, batch: HeartbeatBatch) -> tuple[HeartbeatBatch, list[tuple[int, str]]]:
+        """The heartbeats of ``batch`` the registry accepts (the batch itself when it
+        accepts all), and ``(position, reason)`` of each refused one (its position in the
+        raw batch: ``batch.index``): never registered (unless ``agents_auto_register``),
+        of another tenant than its registration's, or decommissioned."""
+        registry = self.registry
+        if self.lifecycle.retired:
+            for agent_id in self.lifecycle.retired:
+                registry.retire(agent_id)
+            self.lifecycle.retired.clear()
+        keep, refused = registry.screen(batch.agent_id, batch.tenant_id)
+        if keep is None:
+            return batch, []
+        positions = batch.index.tolist()
+        rejected = [(positions[k], reason) for k, reason in refused]
+        return batch.take(np.flatnonzero(keep)), rejected
 
     def _lifecycle(
         self,
@@ -544,12 +624,33 @@ class ShardState:
             if released:  # (the score may quarantine it again; with the setting, reset)
                 done = self.security.release(command.agent_id, command.at)
                 out.scores = done.score_changes
+        elif isinstance(command, AgentRegistration):
+            self.register(command, out)
         elif isinstance(command, LifecycleCommand):
             event = command.event
             record = self.lifecycle.record(event.agent_id, event.tenant_id)
             step = lifecycle.on_command(record, event)
             self.lifecycle.settle(step, out, None, event.timestamp, event.actor)
         return out
+
+    def register(self, command: AgentRegistration, out: ShardOutput) -> None:
+        """Give the table the agent's ``registered`` trigger: an agent the shard has never
+        known is registered (its record made, in state registered, and its tenant kept);
+        a second registration is refused (an agent known by its heartbeats, with
+        ``agents_auto_register``, is already registered: active). The ``status_changed``
+        carries the registration (``payload["registration"]``) for the projections."""
+        book = self.lifecycle
+        record = book.records.get(command.agent_id)
+        if record is None:
+            if self.registry.standing_of(command.agent_id) == UNKNOWN:
+                record = AgentRecord.unregistered(command.agent_id, command.tenant_id)
+            else:
+                record = book.record(command.agent_id, self._tenant_of(command.agent_id))
+        step = lifecycle.transition(record, Trigger.REGISTERED, command.at, command.actor)
+        if step.changed:
+            self.registry.register(command.agent_id, command.tenant_id)
+        registration = command.registration.model_dump()
+        book.settle(step, out, {"registration": registration}, command.at, command.actor)
 
     def _tenant_of(self, agent_id: str) -> str:
         row = self.index.row(agent_id)

@@ -227,9 +227,31 @@ class Lifecycles:
         self.retired: list[str] = []
 
     def __getstate__(self) -> dict:
-        return {"records": self.records}
+        """The records as columns (pickled, about 40 bytes an agent besides its id, against
+        85 as objects: every registered agent has one)."""
+        records = list(self.records.values())
+        states = list(State)
+        code = {state: k for k, state in enumerate(states)}
+        return {
+            "columns": {
+                "agent_id": [r.agent_id for r in records],
+                "tenant_id": _coded([r.tenant_id for r in records]),
+                "state": np.array([code.get(r.state, -1) for r in records], np.int8),
+                "since": np.array([r.since for r in records], np.float64),
+                "previous": np.array([code.get(r.previous, -1) for r in records], np.int8),
+                "reason": _coded([r.reason for r in records]),
+                "actor": _coded([r.actor for r in records]),
+                "quarantine_until": np.array(
+                    [np.nan if r.quarantine_until is None else r.quarantine_until for r in records],
+                    np.float64,
+                ),
+                "transitions": np.array([r.transitions for r in records], np.uint32),
+            }
+        }
 
     def __setstate__(self, state: dict) -> None:
+        if "columns" in state:
+            state = {"records": _records_of(state["columns"])}
         self.records = state["records"]
         self.unsettled = {a for a, r in self.records.items() if r.state is not State.ACTIVE}
         self.retired = [
@@ -312,6 +334,37 @@ class Lifecycles:
             payload = result.event["payload"]
             payload.update({k: v for k, v in extra.items() if k not in _OWN})
         out.events.append(result.event)
+
+
+def _coded(values: list[str]) -> tuple[list[str], np.ndarray]:
+    """A column of few distinct strings as (those strings, each value's code)."""
+    code: dict[str, int] = {}
+    codes = np.fromiter((code.setdefault(v, len(code)) for v in values), np.int32, len(values))
+    return list(code), codes
+
+
+def _decoded(column: tuple[list[str], np.ndarray]) -> list[str]:
+    names, codes = column
+    return [names[k] for k in codes.tolist()]
+
+
+def _records_of(columns: dict) -> dict[str, AgentRecord]:
+    """The records :meth:`Lifecycles.__getstate__` wrote as columns."""
+    states = list(State)
+    records = {}
+    for agent_id, tenant_id, state, since, previous, reason, actor, until, transitions in zip(
+        columns["agent_id"], _decoded(columns["tenant_id"]), columns["state"].tolist(),
+        columns["since"].tolist(), columns["previous"].tolist(), _decoded(columns["reason"]),
+        _decoded(columns["actor"]), columns["quarantine_until"].tolist(),
+        columns["transitions"].tolist(),
+        strict=True,
+    ):  # fmt: skip
+        records[agent_id] = AgentRecord(
+            agent_id, tenant_id, None if state < 0 else states[state], since,
+            None if previous < 0 else states[previous], reason, actor,
+            None if until != until else until, transitions,
+        )  # fmt: skip
+    return records
 
 
 @dataclass(frozen=True, slots=True)

@@ -265,3 +265,22 @@ def test_the_dataflow_dead_letters_refused_heartbeats_with_their_bytes_and_offse
     assert base64.b64decode(first["value_b64"]) == values[0]
     assert not [m for m in out if m.topic == settings.topic("baselines")]
     assert START  # (the heartbeats' times: tests.test_dataflow)
+
+
+def test_lifecycle_records_pickle_as_columns_and_the_old_layout_still_loads() -> None:
+    from agentwatch.shard import Lifecycles
+
+    shard = ShardState.new(STRICT)
+    for agent in range(300):
+        shard.apply(registration(agent))
+    shard.observe(beats_at(0, list(range(300))))
+    shard.apply(command("quarantine_requested", 5, 1, reason="leaked a key", until=T0 + 3600))
+    book = shard.lifecycle
+    data = pickle.dumps(book)
+    assert len(data) < 0.8 * len(pickle.dumps(book.records))  # (the agent ids are most of it)
+    again = pickle.loads(data)
+    assert again.records == book.records and again.unsettled == book.unsettled
+    assert again.records["agent-0005"].quarantine_until == T0 + 3600
+    old = Lifecycles.__new__(Lifecycles)
+    old.__setstate__({"records": book.records})  # (snapshots from before the columns)
+    assert old.records == book.records and old.unsettled == book.unsettled

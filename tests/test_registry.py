@@ -7,7 +7,7 @@ import pickle
 
 import orjson
 import pytest
-from bytewax.testing import TestingSink, TestingSource, run_main
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from agentwatch.registry import AUTO, REGISTERED, RETIRED, UNKNOWN
 from agentwatch.settings import Settings
@@ -244,14 +244,18 @@ def test_a_pickled_sub_batch_keeps_only_its_own_raw_messages() -> None:
     assert copy.index.tolist() == [0, 1] and copy.agent_id == part.agent_id
 
 
-@pytest.mark.parametrize("auto_register", [False, True])
+@pytest.mark.parametrize(("auto_register", "workers"), [(False, 1), (False, 2), (True, 1)])
 def test_the_dataflow_dead_letters_refused_heartbeats_with_their_bytes_and_offsets(
-    auto_register: bool,
+    auto_register: bool, workers: int
 ) -> None:
     settings = STRICT.model_copy(update={"shard_count": 4, "agents_auto_register": auto_register})
     values = [orjson.dumps(heartbeat(a, step)) for step in range(3) for a in range(5)]
     out: list = []
-    run_main(build_flow(settings, TestingSource(batches(values, 4)), TestingSink(out)))
+    flow = build_flow(settings, TestingSource(batches(values, 4)), TestingSink(out))
+    if workers == 1:
+        run_main(flow)
+    else:
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
     dead = [orjson.loads(m.value) for m in out if m.topic == settings.topic("deadletter")]
     if auto_register:
         assert dead == []

@@ -471,7 +471,7 @@ def transition(
     ...                   until=1.8e9 + 3600)
     >>> step.event["payload"]  # doctest: +NORMALIZE_WHITESPACE
     {'from': 'active', 'to': 'quarantined', 'reason': 'leaked a key',
-     'trigger': 'quarantined', 'quarantine_until': 1800003600.0}
+     'trigger': 'quarantined', 'transitions': 1, 'quarantine_until': 1800003600.0}
     >>> print(transition(step.record, "quarantine_expired", 1.8e9 + 120).reason)
     a1's quarantine lasts until 2027-01-15T09:00:00Z; quarantine_expired at \
 2027-01-15T08:02:00Z is too early
@@ -510,6 +510,7 @@ def transition(
         "to": str(target),
         "reason": reason,
         "trigger": str(trigger),
+        "transitions": after.transitions,
     }
     if kept_until is not None:
         payload["quarantine_until"] = float(kept_until)

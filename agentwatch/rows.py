@@ -87,6 +87,43 @@ class AgentIndex:
         self._last_ids, self._last_rows = agent_ids, rows
         return rows
 
+    def known_rows(self, agent_ids: Sequence[str]) -> np.ndarray:
+        """Row of each agent, -1 for an agent the index does not know (none is added).
+        When every agent is known, the rows are remembered as :meth:`rows_for`'s.
+
+        >>> index = AgentIndex()
+        >>> _ = index.rows_for(["a1"], ["t1"])
+        >>> index.known_rows(["a1", "a9"]).tolist()
+        [0, -1]
+        """
+        if agent_ids is self._last_ids and len(self._last_rows) == len(agent_ids):
+            return self._last_rows
+        rows = np.fromiter(map(self.row_of.get, agent_ids, repeat(-1)), np.int64, len(agent_ids))
+        if len(rows) and rows.min() >= 0:
+            rows.flags.writeable = False
+            self._last_ids, self._last_rows = agent_ids, rows
+        return rows
+
+    def tenant_codes(self, tenant_ids: Sequence[str]) -> np.ndarray:
+        """The index's code of each tenant id (what :attr:`tenant` holds), -1 for a tenant
+        it does not know.
+
+        >>> index = AgentIndex()
+        >>> _ = index.rows_for(["a1", "a2"], ["t1", "t2"])
+        >>> index.tenant_codes(["t2", "t1", "t3"]).tolist()
+        [1, 0, -1]
+        """
+        codes = self._tenant_code
+        return np.fromiter(map(codes.get, tenant_ids, repeat(-1)), np.int32, len(tenant_ids))
+
+    def assign_tenant(self, row: int, tenant_id: str) -> None:
+        """Make ``tenant_id`` the tenant of a row's agent (a registration says so)."""
+        code = self._tenant_code.get(tenant_id)
+        if code is None:
+            code = self._tenant_code[tenant_id] = len(self.tenant_names)
+            self.tenant_names.append(tenant_id)
+        self.tenant[row] = code
+
     def forget(self) -> None:
         """Let go of the last id list (a batch's worth of strings) and its rows."""
         self._last_ids, self._last_rows = None, np.empty(0, dtype=np.int64)

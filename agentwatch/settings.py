@@ -251,6 +251,15 @@ class Settings(BaseSettings):
     snapshot_interval_s: float = Field(
         5.0, gt=0, description="Epoch length: state is snapshotted this often (seconds)."
     )
+    agents_auto_register: bool = Field(
+        False,
+        description="Whether a heartbeat of an agent that was never registered registers it "
+        "(in the tenant that heartbeat names): the behaviour before registration existed, for "
+        "demos and benchmarks. When false (the default) such a heartbeat is dead-lettered with "
+        "the reason, and an agent must be registered first (`POST /api/v1/agents/register`). "
+        "Either way, a heartbeat whose tenant_id disagrees with the agent's registration, or "
+        "of a decommissioned agent, is dead-lettered.",
+    )
     gc_young_threshold: int = Field(
         50_000,
         ge=0,

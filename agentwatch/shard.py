@@ -19,6 +19,14 @@ score, an operator's command — in event-time order; only the table emits
 ``status_changed``. A refused trigger changes nothing and is reported in
 ``ShardOutput.refusals`` (the dataflow logs each one).
 
+An agent exists from its registration (:class:`AgentRegistration`, the table's
+``registered`` trigger); the shard's :class:`~agentwatch.registry.Registry` keeps
+its registered tenant (one byte per agent beside the index) and screens every
+batch first: a heartbeat of an agent that was never registered (unless
+``agents_auto_register``), of another tenant than its registration's, or of a
+decommissioned agent, goes no further and is reported in ``ShardOutput.rejected``
+(the dataflow dead-letters it with the reason).
+
 >>> from agentwatch.settings import Settings
 >>> shard = ShardState.new(Settings())
 >>> len(shard.rules.rules()), len(shard.baselines)
@@ -32,6 +40,8 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from agentwatch import lifecycle
 from agentwatch.alerts import AlertBook
 from agentwatch.conversations import Conversation, ConversationConfig, ConversationMonitor
@@ -39,6 +49,7 @@ from agentwatch.fleet import DetectorConfig, FleetBaselines
 from agentwatch.health import HealthConfig, HealthOutput, HealthPending, HealthWatch, Move
 from agentwatch.lifecycle import AgentRecord, Refusal, State, Transition, Trigger
 from agentwatch.liveness import OFFLINE, Liveness, LivenessConfig, LivenessOutput
+from agentwatch.registry import UNKNOWN, Registry
 from agentwatch.rows import AgentIndex
 from agentwatch.rules import BaselineInputs, RuleSet
 from agentwatch.security import COMMAND_NAMESPACE, SecurityConfig, SecurityScores
@@ -46,7 +57,7 @@ from agentwatch.settings import Settings
 from agentwatch.trends import TrendConfig, TrendWatch
 from schemas.events import EventError
 from schemas.heartbeats import HeartbeatBatch
-from schemas.models import LifecycleEvent, RuleChange, Silence
+from schemas.models import LifecycleEvent, Registration, RuleChange, Silence
 
 
 @dataclass(slots=True)
@@ -59,7 +70,11 @@ class ShardOutput:
     ``events``: ``LifecycleEvent`` (``status_changed`` from the lifecycle table,
     ``heartbeat_late``, ``health_changed``, for ``agents.state``); ``refusals``:
     the triggers the lifecycle table refused (agent and tenant ids, ``trigger``,
-    ``reason``, ``actor``, ``timestamp``), logged by the dataflow, published nowhere.
+    ``reason``, ``actor``, ``timestamp``), logged by the dataflow, published nowhere;
+    ``rejected``: the heartbeats the registry refused, as ``(position, reason)`` (the
+    position in the raw batch they were read from: ``HeartbeatBatch.index``);
+    ``dead_letters``: the ``DeadLetter`` records the dataflow made of them (it has the
+    raw messages).
     """
 
     anomalies: list[dict] = field(default_factory=list)
@@ -70,6 +85,8 @@ class ShardOutput:
     commands: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
     refusals: list[dict] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    dead_letters: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,10 +198,36 @@ class LifecycleCommand:
         return self.event.agent_id
 
 
+@dataclass(frozen=True, slots=True)
+class AgentRegistration:
+    """An operator (``actor``) registered ``agent_id`` to ``tenant_id`` at ``at`` with
+    what ``registration`` declares (a ``registered`` event on ``agents.control``)."""
+
+    agent_id: str
+    tenant_id: str
+    at: float
+    actor: str
+    registration: Registration
+
+    @classmethod
+    def from_event(cls, event: LifecycleEvent) -> AgentRegistration:
+        """The registration a ``registered`` event carries (pydantic's ``ValidationError``
+        if its payload is not a :class:`~schemas.models.Registration`).
+
+        >>> event = LifecycleEvent(type="registered", agent_id="a1", tenant_id="t1",
+        ...     actor="ops-1", timestamp=1.8e9,
+        ...     payload={"name": "Agent-001", "agent_type": "bot", "owner": "team-ml"})
+        >>> AgentRegistration.from_event(event).registration.owner
+        'team-ml'
+        """
+        registration = Registration.model_validate(event.payload)
+        return cls(event.agent_id, event.tenant_id, event.timestamp, event.actor, registration)
+
+
 #: What an operator can tell a shard, besides heartbeats.
 ShardCommand = (
     RuleChange | Silence | SilenceExpiry | Release | QuarantineOrder | LifecycleCommand
-    | Conversation | RestartOrder
+    | AgentRegistration | Conversation | RestartOrder
 )  # fmt: skip
 
 #: Heartbeat statuses that may move an agent whose record is active (``active`` and the
@@ -219,22 +262,49 @@ class Lifecycles:
     a1 is active; released is accepted only when it is quarantined or compromised
     """
 
-    __slots__ = ("records", "unsettled", "next_expiry")
+    __slots__ = ("records", "unsettled", "next_expiry", "retired")
 
     def __init__(self) -> None:
         self.records: dict[str, AgentRecord] = {}
         self.unsettled: set[str] = set()
         #: The earliest quarantine expiry of the records (inf: none).
         self.next_expiry = math.inf
+        #: Agents decommissioned since the shard last looked (it refuses their heartbeats).
+        self.retired: list[str] = []
 
     def __getstate__(self) -> dict:
-        return {"records": self.records}
+        """The records as columns (pickled, about 40 bytes an agent besides its id, against
+        85 as objects: every registered agent has one)."""
+        records = list(self.records.values())
+        states = list(State)
+        code = {state: k for k, state in enumerate(states)}
+        return {
+            "columns": {
+                "agent_id": [r.agent_id for r in records],
+                "tenant_id": _coded([r.tenant_id for r in records]),
+                "state": np.array([code.get(r.state, -1) for r in records], np.int8),
+                "since": np.array([r.since for r in records], np.float64),
+                "previous": np.array([code.get(r.previous, -1) for r in records], np.int8),
+                "reason": _coded([r.reason for r in records]),
+                "actor": _coded([r.actor for r in records]),
+                "quarantine_until": np.array(
+                    [np.nan if r.quarantine_until is None else r.quarantine_until for r in records],
+                    np.float64,
+                ),
+                "transitions": np.array([r.transitions for r in records], np.uint32),
+            }
+        }
 
     def __setstate__(self, state: dict) -> None:
+        if "columns" in state:
+            state = {"records": _records_of(state["columns"])}
         self.records = state["records"]
         self.unsettled = {a for a, r in self.records.items() if r.state is not State.ACTIVE}
         self.next_expiry = math.inf
         self._note_expiries(self.records.values())
+        self.retired = [
+            a for a, r in self.records.items() if r.state is State.DECOMMISSIONED
+        ]  # (told again after a restore: retiring is idempotent)
 
     def _note_expiries(self, records: Iterable[AgentRecord]) -> None:
         for record in records:
@@ -337,10 +407,43 @@ class Lifecycles:
             self.unsettled.add(agent_id)
             if record.quarantine_until is not None:
                 self._note_expiries((record,))
+            if record.state is State.DECOMMISSIONED:
+                self.retired.append(agent_id)
         if extra:
             payload = result.event["payload"]
             payload.update({k: v for k, v in extra.items() if k not in _OWN})
         out.events.append(result.event)
+
+
+def _coded(values: list[str]) -> tuple[list[str], np.ndarray]:
+    """A column of few distinct strings as (those strings, each value's code)."""
+    code: dict[str, int] = {}
+    codes = np.fromiter((code.setdefault(v, len(code)) for v in values), np.int32, len(values))
+    return list(code), codes
+
+
+def _decoded(column: tuple[list[str], np.ndarray]) -> list[str]:
+    names, codes = column
+    return [names[k] for k in codes.tolist()]
+
+
+def _records_of(columns: dict) -> dict[str, AgentRecord]:
+    """The records :meth:`Lifecycles.__getstate__` wrote as columns."""
+    states = list(State)
+    records = {}
+    for agent_id, tenant_id, state, since, previous, reason, actor, until, transitions in zip(
+        columns["agent_id"], _decoded(columns["tenant_id"]), columns["state"].tolist(),
+        columns["since"].tolist(), columns["previous"].tolist(), _decoded(columns["reason"]),
+        _decoded(columns["actor"]), columns["quarantine_until"].tolist(),
+        columns["transitions"].tolist(),
+        strict=True,
+    ):  # fmt: skip
+        records[agent_id] = AgentRecord(
+            agent_id, tenant_id, None if state < 0 else states[state], since,
+            None if previous < 0 else states[previous], reason, actor,
+            None if until != until else until, transitions,
+        )  # fmt: skip
+    return records
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +494,7 @@ class ShardState:
     liveness: Liveness
     lifecycle: Lifecycles
     health: HealthWatch
+    registry: Registry
 
     @classmethod
     def new(cls, settings: Settings) -> ShardState:
@@ -409,6 +513,7 @@ class ShardState:
             Liveness(config.liveness, index),
             Lifecycles(),
             HealthWatch(config.health, index),
+            Registry(index, settings.agents_auto_register),
         )
 
     @classmethod
@@ -441,6 +546,7 @@ class ShardState:
         if self.liveness.config != config.liveness:
             self.liveness.configure(config.liveness)
         self.health.configure(config.health)
+        self.registry.auto_register = config.settings.agents_auto_register
 
     @classmethod
     def carry_over(cls, state: object, settings: Settings) -> ShardState:
@@ -464,6 +570,11 @@ class ShardState:
             fresh.lifecycle.seed(fresh.known_states())
         if "health" not in old:  # (snapshots from before the health score)
             fresh.health = HealthWatch(ShardConfig.of(settings).health, fresh.index)
+        if "registry" not in old:  # (snapshots from before registration: known = registered)
+            fresh.registry = Registry.of_known(fresh.index, settings.agents_auto_register)
+            fresh.lifecycle.retired = [
+                a for a, r in fresh.lifecycle.records.items() if r.state is State.DECOMMISSIONED
+            ]
         fresh.alerts.set_rules(fresh.rules.rules())
         return fresh
 
@@ -490,9 +601,13 @@ class ShardState:
     def observe(self, batch: HeartbeatBatch, wall: float | None = None) -> ShardOutput:
         """Every step of the shard for every heartbeat of ``batch``, read at processing
         time ``wall`` (None: the batch's latest event time, for callers without a clock
-        such as a replay benchmark)."""
+        such as a replay benchmark). Heartbeats the registry refuses go no further (see
+        :meth:`screen`)."""
         if not len(batch):
             return ShardOutput()
+        batch, rejected = self.screen(batch)
+        if not len(batch):
+            return ShardOutput(rejected=rejected)
         before = BaselineInputs.from_fleet(self.baselines, batch)
         judged = self.rules.observe(batch, before)
         threats = judged.threats + self.trends.observe(batch)
@@ -512,6 +627,7 @@ class ShardState:
             scores=security.score_changes,
             commands=security.commands,
             events=live.events,
+            rejected=rejected,
         )
         walked = self._lifecycle(out, live.timeouts, security.lifecycle_events, batch, health)
         conditions, raised = judged.transitions + live.transitions, threats + live.threats
@@ -554,6 +670,23 @@ class ShardState:
         reason = f"no heartbeat for {self.liveness.config.offline_after_s:g} s"
         extra = {"last_heartbeat": last}
         self.lifecycle.step(record, Trigger.HEARTBEAT_TIMEOUT, at, out, reason=reason, extra=extra)
+
+    def screen(self, batch: HeartbeatBatch) -> tuple[HeartbeatBatch, list[tuple[int, str]]]:
+        """The heartbeats of ``batch`` the registry accepts (the batch itself when it
+        accepts all), and ``(position, reason)`` of each refused one (its position in the
+        raw batch: ``batch.index``): never registered (unless ``agents_auto_register``),
+        of another tenant than its registration's, or decommissioned."""
+        registry = self.registry
+        if self.lifecycle.retired:
+            for agent_id in self.lifecycle.retired:
+                registry.retire(agent_id)
+            self.lifecycle.retired.clear()
+        keep, refused = registry.screen(batch.agent_id, batch.tenant_id)
+        if keep is None:
+            return batch, []
+        positions = batch.index.tolist()
+        rejected = [(positions[k], reason) for k, reason in refused]
+        return batch.take(np.flatnonzero(keep)), rejected
 
     def _lifecycle(
         self,
@@ -695,6 +828,8 @@ class ShardState:
                 )
             else:
                 out.commands.append(command.command())
+        elif isinstance(command, AgentRegistration):
+            self.register(command, out)
         elif isinstance(command, LifecycleCommand):
             event = command.event
             record = self.lifecycle.record(event.agent_id, event.tenant_id)
@@ -703,6 +838,25 @@ class ShardState:
             if step.changed and step.record.state is State.ACTIVE:  # (maintenance ended)
                 self._still_silent(event.agent_id, event.tenant_id, step.record.since, out)
         return out
+
+    def register(self, command: AgentRegistration, out: ShardOutput) -> None:
+        """Give the table the agent's ``registered`` trigger: an agent the shard has never
+        known is registered (its record made, in state registered, and its tenant kept);
+        a second registration is refused (an agent known by its heartbeats, with
+        ``agents_auto_register``, is already registered: active). The ``status_changed``
+        carries the registration (``payload["registration"]``) for the projections."""
+        book = self.lifecycle
+        record = book.records.get(command.agent_id)
+        if record is None:
+            if self.registry.standing_of(command.agent_id) == UNKNOWN:
+                record = AgentRecord.unregistered(command.agent_id, command.tenant_id)
+            else:
+                record = book.record(command.agent_id, self._tenant_of(command.agent_id))
+        step = lifecycle.transition(record, Trigger.REGISTERED, command.at, command.actor)
+        if step.changed:
+            self.registry.register(command.agent_id, command.tenant_id)
+        registration = command.registration.model_dump()
+        book.settle(step, out, {"registration": registration}, command.at, command.actor)
 
     def _tenant_of(self, agent_id: str) -> str:
         row = self.index.row(agent_id)

@@ -270,6 +270,8 @@ def main() -> None:
             dataflow_commit_interval_s=0.1,
             # agents are warm, as in steady state: anomalies are scored and published
             baseline_warmup_s=0,
+            # the generated fleet is not registered: its heartbeats register it
+            agents_auto_register=True,
         )
         raw = Settings(
             topic_prefix="raw.", clickhouse_database="bench_raw", var_dir=workdir / "var", **base

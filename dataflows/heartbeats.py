@@ -14,15 +14,22 @@ clock (a tick every clock_tick_s) ─► tick_every_shard ───────�
   to agents.deadletter · agents.anomalies · agents.baselines · agents.threats · agents.state …
 ```
 
-Operators' commands (rule changes, silences, releases, quarantine and restart requests) are
-applied only when they arrive on ``agents.control``, which only the API writes;
-the same command on ``agents.events``, which agents write, is dead-lettered with
+Operators' commands (rule changes, silences, releases, quarantine and restart requests,
+registrations) are applied only when they arrive on ``agents.control``, which only the API
+writes; the same command on ``agents.events``, which agents write, is dead-lettered with
 the reason (``schemas.events.CHANNELS`` says which type belongs where).
 
 The clock's ticks let time pass in the shards without input (heartbeat timeouts:
 an agent that stops beating goes late, then offline); the shards judge in event
 time, processing time only moves a source partition that has been quiet for
 ``clock_idle_advance_s`` (see :mod:`agentwatch.liveness`).
+
+An agent exists from its registration (a ``registered`` event on
+``agents.control``, applied by its shard); a heartbeat of an agent never
+registered (unless ``agents_auto_register``), of another tenant than its
+registration's, or of a decommissioned agent is refused by the shard and
+dead-lettered like a malformed one: the same record (raw bytes, topic, partition,
+offset, reason) on ``agents.deadletter``.
 
 Run it with ``python -m dataflows.heartbeats`` (one process, settings from
 ``AGENTWATCH_*``), or as a Bytewax cluster with
@@ -62,6 +69,7 @@ from agentwatch.rules import RuleChangeError
 from agentwatch.secrets import redact_handlers
 from agentwatch.settings import Settings
 from agentwatch.shard import (
+    AgentRegistration,
     LifecycleCommand,
     QuarantineOrder,
     Release,
@@ -78,6 +86,7 @@ from schemas.events import (
     CONTROL_CHANNEL,
     CONVERSATION,
     QUARANTINE_REQUESTED,
+    REGISTERED,
     RELEASED,
     RESTART_REQUESTED,
     RULE_CHANGED,
@@ -125,7 +134,14 @@ class CheckedEvents:
 
     raw: RawBatch
     to_every_shard: list[ShardCommand]
-    to_agent_shard: list[Release | QuarantineOrder | LifecycleCommand | RestartOrder | Conversation]
+    to_agent_shard: list[
+        Release
+        | QuarantineOrder
+        | LifecycleCommand
+        | RestartOrder
+        | AgentRegistration
+        | Conversation
+    ]
     rejected: list[tuple[int, str]]
 
 
@@ -160,6 +176,8 @@ def read_events(channel: str, raw: RawBatch) -> CheckedEvents:
                 checked.to_agent_shard.append(QuarantineOrder.from_event(event))
             elif event.type == RESTART_REQUESTED:
                 checked.to_agent_shard.append(RestartOrder.from_event(event))
+            elif event.type == REGISTERED:
+                checked.to_agent_shard.append(AgentRegistration.from_event(event))
             elif event.type == CONVERSATION:
                 conversation = conversation_of(event)
                 checked.to_agent_shard.append(
@@ -185,24 +203,41 @@ def to_shards(shard_count: int, checked: CheckedEvents) -> list[tuple[str, Shard
 def dead_letters(deadletter_topic: str, checked: CheckedBatch | CheckedEvents) -> list[Message]:
     """One dead-letter message per rejected message: reason, original bytes, position."""
     raw = checked.raw
+    records = dead_letter_records(raw, checked.rejected)
+    return [
+        dead_letter_message(deadletter_topic, record, raw.keys[position])
+        for record, (position, _) in zip(records, checked.rejected, strict=True)
+    ]
+
+
+def dead_letter_records(raw: RawBatch, rejected: list[tuple[int, str]]) -> list[dict]:
+    """The ``DeadLetter`` record of each ``(position, reason)`` of ``raw``: the reason,
+    the original bytes and where they were read (the one layout of every dead letter:
+    a malformed message, a refused event, a heartbeat the shard's registry refused)."""
     now = time.time()
-    messages = []
-    for position, reason in checked.rejected:
+    records = []
+    for position, reason in rejected:
         value = raw.values[position] or b""
         key = raw.keys[position]
-        record = {
-            "topic": raw.topic,
-            "partition": raw.partition,
-            "offset": raw.offsets[position],
-            "cluster_id": raw.cluster_id,
-            "reason": reason,
-            "key": key.decode("utf-8", "replace") if key is not None else None,
-            "value_b64": base64.b64encode(value).decode("ascii"),
-            "value_bytes": len(value),
-            "received_at": now,
-        }
-        messages.append(_message(key=key, value=orjson.dumps(record), topic=deadletter_topic))
-    return messages
+        records.append(
+            {
+                "topic": raw.topic,
+                "partition": raw.partition,
+                "offset": raw.offsets[position],
+                "cluster_id": raw.cluster_id,
+                "reason": reason,
+                "key": key.decode("utf-8", "replace") if key is not None else None,
+                "value_b64": base64.b64encode(value).decode("ascii"),
+                "value_bytes": len(value),
+                "received_at": now,
+            }
+        )
+    return records
+
+
+def dead_letter_message(deadletter_topic: str, record: dict, key: bytes | None) -> Message:
+    """A dead-letter record as a message, keyed like the message it holds (``key``)."""
+    return _message(key=key, value=orjson.dumps(record), topic=deadletter_topic)
 
 
 def shard_of(agent_id: str, shard_count: int) -> int:
@@ -224,6 +259,7 @@ def split_by_shard(shard_count: int, checked: CheckedBatch) -> list[tuple[str, H
     if not len(heartbeats):
         return []
     heartbeats.partition = checked.raw.partition
+    heartbeats.source = checked.raw
     shards = shards_of(heartbeats.agent_id, shard_count)
     first = shards[0]
     if (shards == first).all():
@@ -267,6 +303,8 @@ def observe_shard(
             return state, ShardOutput()
     else:
         output = state.observe(item, wall_clock())
+        if output.rejected and item.source is not None:
+            output.dead_letters = dead_letter_records(item.source, output.rejected)
     for refused in output.refusals:  # (the lifecycle table said no: nothing changed)
         log.warning(
             "lifecycle_refused agent=%s tenant=%s trigger=%s actor=%s reason=%s",
@@ -290,15 +328,23 @@ OUTPUT_TOPICS = {
 }
 
 
-def findings(topics: dict[str, str], keyed: tuple[str, ShardOutput]) -> list[Message]:
+def findings(
+    topics: dict[str, str], deadletter_topic: str, keyed: tuple[str, ShardOutput]
+) -> list[Message]:
     """The shard's records as Kafka messages, keyed by agent; ``topics`` names the
-    topic of each kind of output (see :data:`OUTPUT_TOPICS`)."""
+    topic of each kind of output (see :data:`OUTPUT_TOPICS`); the dead letters of the
+    heartbeats it refused go to ``deadletter_topic``."""
     _, output = keyed
-    return [
+    messages = [
         _message(key=record["agent_id"].encode(), value=orjson.dumps(record), topic=topic)
         for kind, topic in topics.items()
         for record in getattr(output, kind)
     ]
+    if output.dead_letters:
+        for record in output.dead_letters:
+            key = None if record["key"] is None else record["key"].encode()
+            messages.append(dead_letter_message(deadletter_topic, record, key))
+    return messages
 
 
 def by_tenant(threat_message: Message) -> list[tuple[str, dict]]:
@@ -397,7 +443,9 @@ def build_flow(
         "agent_baselines", by_shard, partial(observe_shard, settings, wall_clock)
     )
     topics = {kind: settings.topic(name) for kind, name in OUTPUT_TOPICS.items()}
-    found = op.flat_map("findings", observed, partial(findings, topics))
+    found = op.flat_map(
+        "findings", observed, partial(findings, topics, settings.topic("deadletter"))
+    )
     threats = op.filter("threats", found, lambda m: m.topic == topics["threats"])
     tenants = op.flat_map("by_tenant", threats, by_tenant)
     incidents = op.flat_map(

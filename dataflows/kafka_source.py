@@ -49,6 +49,21 @@ class RawBatch:
     def __len__(self) -> int:
         return len(self.offsets)
 
+    def only(self, positions: list[int]) -> RawBatch:
+        """The batch of the messages at ``positions`` (in that order).
+
+        >>> RawBatch("t", 0, [7, 8, 9], [None, b"k", None], [b"a", b"b", b"c"]).only([1]).offsets
+        [8]
+        """
+        return RawBatch(
+            self.topic,
+            self.partition,
+            [self.offsets[i] for i in positions],
+            [self.keys[i] for i in positions],
+            [self.values[i] for i in positions],
+            self.cluster_id,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionPosition:

@@ -446,6 +446,9 @@ def up(
         # The demo runs on this machine, its API on loopback by default: `agentwatch sql`
         # works out of the box (the sandbox of docs/sql.md); the summary says so.
         settings = settings.model_copy(update={"api_sql_enabled": True})
+    if "agents_auto_register" not in settings.model_fields_set:
+        # The demo's simulated fleet is not registered: its heartbeats register it.
+        settings = settings.model_copy(update={"agents_auto_register": True})
     state_path = state_file(settings)
     _refuse_if_running(state_path)
     for what, host, port, variable in (
@@ -659,6 +662,7 @@ def _supervise(
             "AGENTWATCH_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "AGENTWATCH_API_SQL_ENABLED": "true" if settings.api_sql_enabled else "false",
             "AGENTWATCH_API_ADMIN_KEY_FILE": str(admin_key_file(settings).absolute()),
+            "AGENTWATCH_AGENTS_AUTO_REGISTER": "true" if settings.agents_auto_register else "false",
             "PYTHONUNBUFFERED": "1",
         }
         log.info("api_sql enabled=%s", settings.api_sql_enabled)

@@ -85,9 +85,25 @@ class HeartbeatBatch:
     #: The source partition the batch was read from (a partition is read in order: the
     #: shards' event clocks are kept per partition, see :mod:`agentwatch.liveness`).
     partition: int = 0
+    #: The raw messages the batch was parsed from (the dataflow's ``RawBatch``: topic,
+    #: partition, offsets, keys, values), so a heartbeat refused later (by the shard's
+    #: registry) can be dead-lettered with its original bytes; None when not known.
+    #: Pickled (to another worker), it keeps only the messages of the batch's rows.
+    source: object | None = None
 
     def __len__(self) -> int:
         return len(self.agent_id)
+
+    def __getstate__(self) -> dict:
+        state = {name: getattr(self, name) for name in self.__slots__}
+        if self.source is not None:  # (not a whole raw batch for every sub-batch)
+            state["source"] = self.source.only(self.index.tolist())
+            state["index"] = np.arange(len(self.index), dtype=np.int64)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
 
     def take(self, rows: np.ndarray) -> HeartbeatBatch:
         """The sub-batch of the given row positions."""
@@ -100,6 +116,7 @@ class HeartbeatBatch:
             metrics={name: col[rows] for name, col in self.metrics.items()},
             status=[self.status[i] for i in positions],
             partition=self.partition,
+            source=self.source,
         )
 
     def to_frame(self) -> pd.DataFrame:

@@ -357,6 +357,43 @@ def schema_statements(settings: Settings) -> list[str]:
         ORDER BY id
         """,
         f"""
+        CREATE TABLE IF NOT EXISTS {db}.agents (
+            tenant_id LowCardinality(String),
+            agent_id String,
+            state LowCardinality(String) COMMENT 'one of the 12 lifecycle states',
+            since DateTime64(3, 'UTC') COMMENT 'event time of the change',
+            previous_state LowCardinality(Nullable(String)) COMMENT 'NULL: it was not registered',
+            reason String,
+            actor String,
+            trigger LowCardinality(String) COMMENT 'what moved it (agentwatch.lifecycle.Trigger)',
+            quarantine_until Nullable(DateTime64(3, 'UTC')),
+            transitions UInt32 COMMENT 'changes of state so far, this one included: the version'
+        )
+        ENGINE = ReplacingMergeTree(transitions)
+        ORDER BY (tenant_id, agent_id)
+        COMMENT 'latest lifecycle state per agent: one row per status_changed, the newest wins'
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.agent_registry (
+            tenant_id LowCardinality(String),
+            agent_id String,
+            name String,
+            agent_type LowCardinality(String),
+            owner String,
+            version String,
+            capabilities Array(String),
+            max_concurrent_tasks UInt32,
+            resources Map(String, Float64),
+            tags Map(String, String),
+            endpoint Nullable(String),
+            registered_at DateTime64(3, 'UTC'),
+            actor String
+        )
+        ENGINE = ReplacingMergeTree(registered_at)
+        ORDER BY (tenant_id, agent_id)
+        COMMENT 'one row per registration the dataflow accepted (status_changed to registered)'
+        """,
+        f"""
         CREATE TABLE IF NOT EXISTS {db}.webhook_offsets (
             cluster_id String,
             topic String,

@@ -16,6 +16,12 @@ From a lifecycle channel only the event types accepted on it are stored
 dead-lettered by the dataflow), so ``agent_events`` holds no command that the API
 did not publish.
 
+From ``agents.state`` the loader also keeps two projections (:data:`PROJECTIONS`):
+``agents``, one row per ``status_changed`` in the layout of
+``agentwatch.lifecycle.AgentRecord.row`` (the newest per agent wins: its
+``transitions`` is the version), and ``agent_registry``, one row per registration
+the dataflow accepted (the ``status_changed`` to ``registered`` carries it).
+
 A dead letter is stored with the cluster id of the log its message was read
 from (the dataflow stamps it; records without one get the cluster id the loader
 reads under): offsets restart at 0 in a new log of the embedded broker, and the
@@ -72,7 +78,7 @@ from pydantic import BaseModel
 
 from agentwatch.secrets import redact_handlers
 from agentwatch.settings import Settings
-from schemas.events import CHANNELS, check_channel
+from schemas.events import CHANNELS, REGISTERED, STATE_CHANNEL, STATUS_CHANGED, check_channel
 from schemas.heartbeats import parse_heartbeats
 from schemas.models import (
     TIMESTAMP_RANGE,
@@ -83,6 +89,7 @@ from schemas.models import (
     DeadLetter,
     Incident,
     LifecycleEvent,
+    Registration,
     ScoreChange,
     Threat,
 )
@@ -140,6 +147,8 @@ class _PendingTable:
     table: str
     frames: list[pd.DataFrame] = field(default_factory=list)  # metrics: parsed batches
     records: list[dict] = field(default_factory=list)  # derived topics: one dict per row
+    #: projection table → its rows (made from the same messages; see LoadedTopic.projections)
+    projected: dict[str, list[dict]] = field(default_factory=dict)
     rows: int = 0
     #: partition → offset after the last message read (valid or skipped).
     next_offsets: dict[int, int] = field(default_factory=dict)
@@ -156,6 +165,7 @@ class _PendingTable:
 
     def clear_rows(self) -> None:
         self.frames, self.records, self.rows = [], [], 0
+        self.projected = {}
 
 
 class Loader:
@@ -501,6 +511,10 @@ class Loader:
             if records:
                 pending.records.extend(records)
                 pending.rows += len(records)
+                for projection in LOADED[pending.name].projections:
+                    rows = [r for r in map(projection.row, records) if r is not None]
+                    if rows:
+                        pending.projected.setdefault(projection.table, []).extend(rows)
             if pending.since is None:
                 pending.since = now
             name = self._logical[topic]
@@ -604,6 +618,10 @@ class Loader:
             return 0
         started = time.perf_counter()
         dropped = self._insert_frame(pending.table, pending.frame())
+        for projection in LOADED[pending.name].projections:  # (before the offsets, too)
+            projected = pending.projected.get(projection.table)
+            if projected:
+                self._insert_frame(projection.table, projection.frame(projected))
         elapsed_ms = (time.perf_counter() - started) * 1000
         pending.clear_rows()
         rows -= dropped
@@ -879,6 +897,106 @@ def _frame(columns: tuple[str, ...], time_columns: tuple[str, ...]) -> Callable:
     return build
 
 
+def agent_row(event: dict) -> dict | None:
+    """Row of the ``agents`` projection from an ``agent_events`` row of a ``status_changed``
+    (None for other types): the layout of ``AgentRecord.row()``, plus the trigger.
+
+    >>> from agentwatch.lifecycle import AgentRecord, Trigger, transition
+    >>> step = transition(AgentRecord.unregistered("a1", "t1"), Trigger.REGISTERED, 1.8e9)
+    >>> event = {**step.event, "payload": orjson.dumps(step.event["payload"]).decode()}
+    >>> row = agent_row(event)
+    >>> AgentRecord.from_row(row) == step.record, row["trigger"]
+    (True, 'registered')
+    >>> agent_row({**event, "type": "heartbeat_late"}) is None
+    True
+    """
+    if event["type"] != STATUS_CHANGED:
+        return None
+    payload = orjson.loads(event["payload"])
+    until = payload.get("quarantine_until")
+    return {
+        "tenant_id": event["tenant_id"],
+        "agent_id": event["agent_id"],
+        "state": str(payload["to"]),
+        "since": event["timestamp"],
+        "previous_state": payload.get("from"),
+        "reason": str(payload.get("reason") or ""),
+        "actor": event["actor"],
+        "trigger": str(payload.get("trigger") or ""),
+        "quarantine_until": None if until is None else float(until),
+        "transitions": int(payload.get("transitions") or 0),
+    }
+
+
+def registry_row(event: dict) -> dict | None:
+    """Row of ``agent_registry`` from an ``agent_events`` row of the ``status_changed``
+    that registered an agent (it carries the ``Registration``); None for other rows.
+
+    >>> payload = {"from": None, "to": "registered", "trigger": "registered", "registration":
+    ...     {"name": "A-1", "agent_type": "bot", "owner": "team", "tags": {"zone": "eu"}}}
+    >>> row = registry_row({"type": "status_changed", "agent_id": "a1", "tenant_id": "t1",
+    ...     "actor": "ops-1", "timestamp": 1.8e9, "payload": orjson.dumps(payload).decode()})
+    >>> row["name"], row["tags"], row["capabilities"], row["registered_at"]
+    ('A-1', {'zone': 'eu'}, [], 1800000000.0)
+    """
+    if event["type"] != STATUS_CHANGED or '"registration"' not in event["payload"]:
+        return None
+    payload = orjson.loads(event["payload"])
+    card = payload.get("registration")
+    if payload.get("trigger") != REGISTERED or not isinstance(card, dict):
+        return None
+    card = Registration.model_validate(card)
+    return {
+        "tenant_id": event["tenant_id"],
+        "agent_id": event["agent_id"],
+        **_fields(card),
+        "resources": {k: float(v) for k, v in card.resources.items()},
+        "registered_at": event["timestamp"],
+        "actor": event["actor"],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """A table kept from the rows of a topic's table (one row or none per row)."""
+
+    table: str
+    row: Callable[[dict], dict | None]
+    frame: Callable[[list[dict]], pd.DataFrame]
+
+
+#: The projections of ``agents.state`` (see the module).
+PROJECTIONS = (
+    Projection(
+        "agents",
+        agent_row,
+        _frame(
+            (
+                "tenant_id",
+                "agent_id",
+                "state",
+                "since",
+                "previous_state",
+                "reason",
+                "actor",
+                "trigger",
+                "quarantine_until",
+                "transitions",
+            ),
+            ("since", "quarantine_until"),
+        ),  # fmt: skip
+    ),
+    Projection(
+        "agent_registry",
+        registry_row,
+        _frame(
+            ("tenant_id", "agent_id", *Registration.model_fields, "registered_at", "actor"),
+            ("registered_at",),
+        ),
+    ),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedTopic:
     """How the loader copies one topic into ClickHouse."""
@@ -892,6 +1010,8 @@ class LoadedTopic:
     frame: Callable[[list[dict]], pd.DataFrame] | None = None
     #: A row's empty ``cluster_id`` is filled with the cluster id the loader reads under.
     stamps_cluster_id: bool = False
+    #: Tables kept from this topic's rows as well (inserted with them, before the offsets).
+    projections: tuple[Projection, ...] = ()
 
 
 _event_frame = _frame((*LifecycleEvent.model_fields, "channel"), ("timestamp",))
@@ -962,7 +1082,12 @@ LOADED: dict[str, LoadedTopic] = {
     ),
     # the lifecycle channels (events, control, state), each checked against its allowlist
     **{
-        channel: LoadedTopic("agent_events", partial(event_row, channel), _event_frame)
+        channel: LoadedTopic(
+            "agent_events",
+            partial(event_row, channel),
+            _event_frame,
+            projections=PROJECTIONS if channel == STATE_CHANNEL else (),
+        )
         for channel in CHANNELS
     },
     "deadletter": LoadedTopic(

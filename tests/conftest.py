@@ -102,6 +102,9 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             # without a key a request acts as the loopback admin; tests/test_rbac.py and
             # tests/test_keys.py turn keys on
             "api_auth_required": False,
+            # heartbeats register their agents (the behaviour before registration);
+            # tests of registration turn it off
+            "agents_auto_register": True,
         }
         values.update(overrides)
         return Settings(**values)

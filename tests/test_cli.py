@@ -217,6 +217,8 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
         AGENTWATCH_SHUTDOWN_GRACE_S="3",
         # requests without a key act as the loopback admin (tests/test_rbac.py tries keys)
         AGENTWATCH_API_AUTH_REQUIRED="false",
+        # heartbeats register their agents (the simulator does not register its fleet yet)
+        AGENTWATCH_AGENTS_AUTO_REGISTER="true",
     )
     return env
 

@@ -337,6 +337,7 @@ def test_conversation_events_flow_to_threats_scores_and_dead_letters(workers: in
     from tests.test_dataflow import batches, event_batch, stream
 
     settings = Settings(
+        agents_auto_register=True,
         baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8,
         conversation_learn_counterparts=False,
     )  # fmt: skip

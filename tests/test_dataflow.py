@@ -68,7 +68,9 @@ def batches(values: list[bytes], size: int) -> list[RawBatch]:
 
 
 def run(values: list[bytes], workers: int, batch_size: int = 97) -> list[tuple[str, dict]]:
-    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8)
+    settings = Settings(
+        agents_auto_register=True, baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8
+    )
     out: list = []
     flow = build_flow(settings, TestingSource(batches(values, batch_size)), TestingSink(out))
     if workers == 1:
@@ -169,7 +171,9 @@ def test_rule_changes_on_the_control_topic_reach_every_shard():
             rule_change_event({"action": "delete", "name": "abnormal_patterns"}, "o", START)
         ),
     ]
-    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8)
+    settings = Settings(
+        agents_auto_register=True, baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8
+    )
     out: list = []
     values = stream(agents=12, steps=70, saturated=(4, range(40, 60)))
     flow = build_flow(
@@ -221,7 +225,9 @@ def test_silences_mark_alerts_and_commands_reach_their_shards():
                       "tenant_id": "tenant-0", "timestamp": START + 10, "payload": {}}),
         orjson.dumps({**event, "type": "silence_created", "payload": {"id": "x"}}),  # bad
     ]  # fmt: skip
-    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8)
+    settings = Settings(
+        agents_auto_register=True, baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8
+    )
     out: list = []
     values = stream(agents=4, steps=70, saturated=(2, range(30, 60)))
     flow = build_flow(
@@ -256,7 +262,9 @@ def test_an_operators_quarantine_request_quarantines_the_agent_once():
         orjson.dumps({**request, "timestamp": START + 900}),  # again: already quarantined
         orjson.dumps({**request, "agent_id": "agent-0002", "payload": {}}),  # no reason
     ]
-    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8)
+    settings = Settings(
+        agents_auto_register=True, baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8
+    )
     out: list = []
     flow = build_flow(
         settings, TestingSource(batches(stream(agents=4, steps=40), 50)), TestingSink(out),
@@ -308,6 +316,7 @@ def test_commands_on_the_agents_topic_are_dead_lettered_and_change_nothing(worke
     ]
     quarantine = event("quarantine_requested", "agent-0001", "tenant-1", reason="leaked a key")
     settings = Settings(
+        agents_auto_register=True,
         baseline_warmup_s=0,
         baseline_warmup_heartbeats=20,
         shard_count=8,
@@ -364,7 +373,9 @@ def test_a_recovery_directory_made_before_the_control_input_resumes_with_it(tmp_
     baselines stay warm and the heartbeats already read are not read again."""
     from bytewax.recovery import RecoveryConfig, init_db_dir
 
-    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8)
+    settings = Settings(
+        agents_auto_register=True, baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8
+    )
     init_db_dir(tmp_path, 1)
     recovery = RecoveryConfig(str(tmp_path))
     warm = batches(stream(agents=3, steps=30), 50)
@@ -513,7 +524,9 @@ def test_a_refused_operator_command_is_logged_with_its_reason(caplog):
     from agentwatch.shard import Release
     from dataflows.heartbeats import observe_shard
 
-    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20)
+    settings = Settings(
+        agents_auto_register=True, baseline_warmup_s=0, baseline_warmup_heartbeats=20
+    )
     state, _ = observe_shard(settings, lambda: 0.0, None, parse_heartbeats(stream(2, 1))[0])
     state, out = observe_shard(
         settings, lambda: 0.0, state, Release("agent-0001", START + 60, "tenant-1", "ops-7")

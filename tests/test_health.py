@@ -208,7 +208,12 @@ def test_remediation_never_exceeds_the_cap_waits_its_backoff_and_replays_the_sam
 
 # --- through a shard ---------------------------------------------------------------------------
 
-SHARD = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20, security_auto_quarantine=False)
+SHARD = Settings(
+    baseline_warmup_s=0,
+    baseline_warmup_heartbeats=20,
+    security_auto_quarantine=False,
+    agents_auto_register=True,
+)
 SICK = {"error_rate": 0.5, "cpu_usage": 99.0}  # health 54: the degraded band
 
 

@@ -170,6 +170,7 @@ def test_a_silent_agent_goes_offline_and_comes_back_with_its_next_heartbeat():
         "to": "active",
         "reason": "heartbeat received",
         "trigger": "heartbeat",
+        "transitions": agent.transitions + 1,
     }
 
 

@@ -18,7 +18,9 @@ from schemas.models import Alert, LifecycleEvent
 from tests.test_dataflow import heartbeat
 
 T0 = 1_800_000_000.0
-SETTINGS = Settings()  # late after 60 s, offline after 120 s, idle advance after 10 s
+SETTINGS = Settings(
+    agents_auto_register=True
+)  # late after 60 s, offline after 120 s, idle advance after 10 s
 
 
 def beats(live: Liveness, agents: list[str], at: float, wall: float = 0.0, partition: int = 0):

@@ -906,3 +906,43 @@ def _committed(settings: Settings, topic: str) -> int:
         return sum(max(tp.offset, 0) for tp in committed)
     finally:
         consumer.close()
+
+
+def test_the_agents_projection_keeps_the_newest_state_and_the_registry_its_cards(
+    settings, client, topics, loaders
+):
+    from agentwatch.lifecycle import AgentRecord, Trigger, observe_heartbeat, transition
+
+    card = {"name": "Agent-1", "agent_type": "bot", "owner": "team-ml", "tags": {"zone": "eu"}}
+    record = AgentRecord.unregistered("agent-1", "tenant-0")
+    steps = [transition(record, Trigger.REGISTERED, T0, "ops-1")]
+    steps[0].event["payload"]["registration"] = card
+    steps.append(observe_heartbeat(steps[-1].record, T0 + 30, status="busy"))
+    steps.append(transition(steps[-1].record, "quarantined", T0 + 60, "ops-1", "leaked a key",
+                            until=T0 + 3600))  # fmt: skip
+    events = [step.event for step in steps]
+    late = {
+        "type": "heartbeat_late",
+        "agent_id": "agent-1",
+        "tenant_id": "tenant-0",
+        "actor": "system",
+        "timestamp": T0 + 90,
+        "payload": {"last_heartbeat": T0 + 30},
+    }
+    # the newest first, then the older ones and a replay: the newest still wins
+    produce(settings, "state", [events[2], late, events[0], events[1], *events], key=by_agent)
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    db = settings.clickhouse_database
+    poll_until(loader, lambda: count(client, settings, "agent_events") == 4, "the events")
+    rows = list(client.query(f"SELECT * FROM {db}.agents FINAL").named_results())
+    assert len(rows) == 1 and rows[0]["trigger"] == "quarantined"
+    rows[0]["since"] = rows[0]["since"].timestamp()
+    rows[0]["quarantine_until"] = rows[0]["quarantine_until"].timestamp()
+    assert AgentRecord.from_row(rows[0]) == steps[-1].record
+    assert client.query(
+        f"SELECT tenant_id, agent_id, name, agent_type, owner, tags, actor, "
+        f"toUnixTimestamp64Milli(registered_at) / 1000 FROM {db}.agent_registry FINAL"
+    ).result_rows == [
+        ("tenant-0", "agent-1", "Agent-1", "bot", "team-ml", {"zone": "eu"}, "ops-1", T0)
+    ]

@@ -15,7 +15,7 @@ from schemas.heartbeats import HeartbeatBatch, parse_heartbeats
 
 START = 1_795_000_000.0
 T0 = 1_800_000_000.0  # (tests.test_dataflow.START: the time of its heartbeat() at step 0)
-SETTINGS = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=20)
+SETTINGS = Settings(agents_auto_register=True, baseline_warmup_s=0, baseline_warmup_heartbeats=20)
 
 
 def batches(minutes: float) -> list[HeartbeatBatch]:
@@ -142,7 +142,10 @@ def test_a_snapshot_restored_under_changed_settings_keeps_its_state_and_takes_th
 # --- the lifecycle table owns the status ---------------------------------------------------------
 
 LIFE = Settings(
-    baseline_warmup_s=0, baseline_warmup_heartbeats=20, security_quarantine_threshold=99
+    agents_auto_register=True,
+    baseline_warmup_s=0,
+    baseline_warmup_heartbeats=20,
+    security_quarantine_threshold=99,
 )
 
 
@@ -252,9 +255,12 @@ def test_the_new_operator_commands_go_through_the_table() -> None:
     assert statuses(out.events) == [("1", "active", "decommissioning", "decommission_requested")]
     out = shard.observe(beats_at(14, [1], overrides={1: {"active_tasks": 0}}))
     assert statuses(out.events) == [("1", "decommissioning", "decommissioned", "drained")]
-    out = shard.observe(beats_at(15, [1]))  # decommissioned is terminal: refused, reported
-    assert not [e for e in out.events if e["agent_id"] == "agent-0001"]
-    assert [(r["agent_id"], r["trigger"]) for r in out.refusals] == [("agent-0001", "heartbeat")]
+    out = shard.observe(beats_at(15, [1]))  # decommissioned is terminal: its beats rejected
+    assert not [e for e in out.events if e["agent_id"] == "agent-0001"] and not out.refusals
+    assert [reason for _, reason in out.rejected] == [
+        "agent agent-0001 is decommissioned; its heartbeats are no longer accepted "
+        "(register a new agent to bring it back)"
+    ]
 
 
 def test_heartbeats_claiming_idle_or_busy_move_a_running_agent_and_nothing_else_does() -> None:

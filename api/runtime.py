@@ -30,6 +30,7 @@ from api.identity import KeyBook, needs
 from api.publisher import EventPublisher
 from api.rules import RuleBook
 from api.silences import SilenceBook
+from api.tenants import TenantLookup
 from sinks.audit import AuditWriter
 from sinks.clickhouse import connect, create_schema
 from sinks.loader import Loader
@@ -58,6 +59,8 @@ class Runtime:
     webhooks_client: Client | None = None
     audit: AuditWriter | None = None
     audit_client: Client | None = None
+    #: Whose agents are these (bulk operations); None: one ClickHouse query per request.
+    tenant_lookup: TenantLookup | None = None
 
     @classmethod
     def start(cls, settings: Settings, client: Client | None, run_loader: bool) -> Runtime:

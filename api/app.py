@@ -65,6 +65,7 @@ from api.responses import (
     SystemHealth,
     ThreatList,
 )
+from api.routes import bulk
 from api.rules import (
     RuleChangeError,
     RuleExists,
@@ -714,6 +715,7 @@ def create_app(
         body = prometheus.render(runtime.monitor.health())
         return Response(body, media_type=prometheus.CONTENT_TYPE)
 
+    app.include_router(bulk.router)
     keys.install(app)
     document_key_errors(app)
     return app

@@ -43,6 +43,7 @@ from agentwatch.identity import (
 from agentwatch.identity import secret_matches as _matches
 from agentwatch.settings import Settings
 from api.errors import error_responses
+from api.methods import every_route
 from api.publisher import EventPublisher
 from schemas.events import FLEET, KEY_CREATED, KEY_REVOKED
 from schemas.models import LifecycleEvent
@@ -274,7 +275,7 @@ def document_key_errors(app: FastAPI) -> None:
             getattr(d.call, "asks_for_key", False) or asks(d) for d in dependant.dependencies
         )
 
-    for route in app.routes:
+    for route in every_route(app.routes):
         if isinstance(route, APIRoute) and asks(route.dependant):
             for status in (401, 403):
                 route.responses.setdefault(status, error_responses(status)[status])

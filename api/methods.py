@@ -23,9 +23,33 @@ with that same list and a body that says so. Unknown paths go on to the 404.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match, Router
+from starlette.routing import BaseRoute, Match, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+def every_route(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """The routes of an app, with those of the routers it includes (FastAPI keeps an
+    included ``APIRouter`` as one entry of ``app.routes``, its routes inside).
+
+    >>> from fastapi import APIRouter, FastAPI
+    >>> router = APIRouter()
+    >>> _ = router.get("/inside")(lambda: 1)
+    >>> app = FastAPI()
+    >>> app.include_router(router)
+    >>> [route.path for route in every_route(app.routes) if route.path == "/inside"]
+    ['/inside']
+    >>> allowed_methods(app.router, "/inside")
+    ['GET', 'OPTIONS']
+    """
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from every_route(included.routes)
+        else:
+            yield route
 
 
 def allowed_methods(router: Router, path: str) -> list[str]:
@@ -36,7 +60,7 @@ def allowed_methods(router: Router, path: str) -> list[str]:
     """
     matching: dict[int, set[str]] = {}
     probe = {"type": "http", "path": path, "root_path": "", "method": "OPTIONS"}
-    for route in router.routes:
+    for route in every_route(router.routes):
         route_methods = getattr(route, "methods", None)
         if route_methods and route.matches(probe)[0] != Match.NONE:
             parameters = getattr(route, "path_format", "").count("{")

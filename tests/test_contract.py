@@ -62,6 +62,8 @@ CROSS_FIELD_RULES = {
     ("GET", "/api/v1/agents/{agent_id}/anomalies"): "since is not after until",
     ("GET", "/api/v1/agents/{agent_id}/threats"): "since is not after until",
     ("POST", "/api/v1/silences"): "ends_at is after starts_at",
+    ("GET", "/api/v1/reports/{kind}"): "since is not after until",
+    ("POST", "/api/v1/agents/bulk-operation"): "a quarantine's until is in the future",
     ("POST", "/api/v1/rules"): "log_metrics are among the watched metrics",
     ("PUT", "/api/v1/rules/{name}"): "log_metrics are among the watched metrics; "
     "the body names the rule of the path",

@@ -56,6 +56,8 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission, str]]:
         ("POST", f"{a}/release", {"reason": "matrix"}, operate, tenant),
         ("POST", "/api/v1/silences", silence, operate, tenant),
         ("POST", "/api/v1/keys", key, Permission.MANAGE_KEYS, tenant),
+        ("POST", BULK, {"operation": "release", "agent_ids": [agent]}, operate, tenant),
+        ("GET", f"/api/v1/reports/full?tenant={tenant}", None, read, tenant),
         # shared by every tenant
         ("GET", "/api/v1/rules", None, read, OWN),
         ("GET", "/api/v1/silences", None, read, OWN),
@@ -65,6 +67,19 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission, str]]:
         ("POST", "/api/v1/rules/excessive_errors/disable", None, operate, ALL_TENANTS),
         ("POST", "/api/v1/sql", {"query": "SELECT 1"}, Permission.QUERY_SQL, ALL_TENANTS),
     ]
+
+
+#: The bulk route answers 200 with a result per id: another tenant's agent is refused
+#: there (as unknown), not with the request's status.
+BULK = "/api/v1/agents/bulk-operation"
+
+
+def refused_per_id(path: str, answer) -> bool:
+    """A bulk answer whose every id was refused, saying why."""
+    if path != BULK or answer.status_code != 200:
+        return False
+    body = answer.json()
+    return body["totals"]["successful"] == 0 and all(r["reason"] for r in body["results"])
 
 
 def may(role: Role, key_tenant: str, permission: Permission, tenant: str) -> bool:
@@ -110,6 +125,9 @@ def test_every_role_on_every_route_of_its_own_tenant_and_another(door):
                 if may(role, key_tenant, permission, acted_on):
                     assert answer.status_code not in (401, 403, 404), where
                     assert answer.status_code < 500, where
+                    assert not refused_per_id(path, answer), where
+                elif refused_per_id(path, answer):
+                    pass  # refused, id by id
                 else:
                     assert answer.status_code in (403, 404), where
                     assert answer.json()["detail"], where  # says why (or that it is unknown)

@@ -86,7 +86,8 @@ class EventPublisher:
         """Write many commands (``(event, key)`` pairs) as one batch: produce them all,
         then wait once for the broker to take them (one flush, not one per event).
 
-        Answers, per event in order, None when the broker has it, or why not. A type
+        Answers, per event in order, None when the broker has it, or why not (what it
+        did not take within the wait is purged from the producer's queue). A type
         that is not an operator's command is refused before anything is written
         (``ValueError``), as in :meth:`publish`.
         """
@@ -125,7 +126,11 @@ class EventPublisher:
                     except KafkaException as exc:
                         outcome[index] = f"Kafka refused the event: {exc}"
                         break
-            producer.flush(timeout_s)
+            if producer.flush(timeout_s):
+                # What the broker did not take in time is dropped from the queue, so it
+                # cannot land later, after the caller was told it was not published.
+                producer.purge(in_queue=True, in_flight=False)
+                producer.poll(0)
         return outcome
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from api.app import create_app
 from api.client_pool import ClientPool
 from api.routes.bulk import BULK_MAX_AGENTS, BulkOperationResult
 from api.tenants import ClickHouseTenants
-from infra.broker import ensure_topics
+from infra.broker import ensure_topics, free_port
 from sinks.audit import AuditWriter
 from sinks.clickhouse import connect
 from tests.conftest import LOOPBACK_CLIENT, wait_until
@@ -251,3 +251,28 @@ def test_tenants_of_many_ids_in_one_query(door):
     found = lookup.tenants_of([OWN[0], OTHER, "ghost", REGISTERED_ONLY])
     assert found == {OWN[0]: "t1", OTHER: "t2", REGISTERED_ONLY: "t1"}
     assert lookup.tenants_of([]) == {}
+
+
+def test_without_a_broker_nothing_is_accepted_and_the_answer_says_so(make_settings, chdb_dir):
+    settings = make_settings(
+        clickhouse_dsn=f"chdb://{chdb_dir}",
+        bootstrap_servers=f"127.0.0.1:{free_port()}",  # nothing listens there
+        api_broker_timeout_s=0.2,
+    )
+    client = connect(settings)
+    try:
+        with TestClient(
+            create_app(settings, client=client, run_loader=False), client=LOOPBACK_CLIENT
+        ) as api:
+            client.insert(
+                "metrics",
+                heartbeats("t1", OWN),
+                column_names=METRIC_COLUMNS,
+                database=settings.clickhouse_database,
+            )
+            answer = api.post(PATH, json={"operation": "restart", "agent_ids": OWN, "reason": "r"})
+            assert answer.status_code == 503, answer.text
+            assert "no command was published" in answer.json()["detail"]
+            assert len(api.app.state.runtime.publisher._producer) == 0  # purged, not pending
+    finally:
+        client.close()

@@ -12,8 +12,9 @@ loader flushes what it holds).
 Endpoints are plain ``def`` functions: clickhouse-connect and the Kafka client
 block, so FastAPI runs them in its thread pool and the event loop stays free.
 
+>>> from api.methods import every_route
 >>> app = create_app(Settings(), client=None, run_loader=False)
->>> paths = {r.path for r in app.routes}
+>>> paths = {r.path for r in every_route(app.routes)}
 >>> {"/api/v1/agents/{agent_id}/status", "/api/v1/system/health", "/docs"} <= paths
 True
 """

@@ -215,6 +215,12 @@ class Settings(BaseSettings):
     report_top_agents: int = Field(
         10, ge=1, le=1000, description="Agents listed in a security report's top by threats."
     )
+    report_query_threads: int = Field(
+        3,
+        ge=1,
+        le=16,
+        description="Queries of one report that run at once, each on its own ClickHouse client.",
+    )
     report_score_bands: dict[str, float] = Field(
         {"high": 80.0, "medium": 50.0, "low": 20.0, "critical": 0.0},
         description="Security-score bands of the reports: an agent's latest score falls in the "

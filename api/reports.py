@@ -31,12 +31,15 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Literal
 
 from clickhouse_connect.driver.client import Client
 from pydantic import BaseModel, Field
 
+from api.client_pool import ClientPool
 from api.queries import as_utc, epoch_millis
 from api.responses import AgentIncident
 from schemas.events import FLEET
@@ -195,32 +198,45 @@ _TASKS = (
 
 
 def build(
-    client: Client,
+    clients: ClientPool,
     scope: Scope,
     kind: str,
     limit: int,
     bands: dict[str, float],
     top: int,
+    threads: int = 1,
     **header: object,
 ) -> Report:
-    """The report of ``kind``: each query it needs, once.
+    """The report of ``kind``: each query it needs, once, up to ``threads`` at a time,
+    each on a client of its own from ``clients``.
 
     ``header``: the report's ``tenant_id``, ``since``, ``until`` and ``generated_at``.
     """
-    states = _states(client, scope)
-    report = Report(kind=kind, **header)
-    if kind in ("performance", "full"):
-        report.performance = performance(client, scope, limit, states[0])
-    if kind in ("security", "full"):
-        report.security = security(client, scope, bands, top, states)
-    if kind == "full":
-        report.anomalies = anomalies(client, scope)
-        report.incidents = incidents(client, scope, limit)
-    return report
+
+    def on_own_client(section: Callable, *args: object) -> object:
+        with clients.client() as client:
+            return section(client, scope, *args)
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="report") as pool:
+        # submitted first, so it runs first: the sections wait for it only to assemble
+        states = pool.submit(on_own_client, _states)
+        sections: dict[str, Future] = {}
+        if kind in ("performance", "full"):
+
+            def agent_states() -> dict[str, int]:
+                return states.result()[0]
+
+            sections["performance"] = pool.submit(on_own_client, performance, limit, agent_states)
+        if kind in ("security", "full"):
+            sections["security"] = pool.submit(on_own_client, security, bands, top, states.result)
+        if kind == "full":
+            sections["anomalies"] = pool.submit(on_own_client, anomalies)
+            sections["incidents"] = pool.submit(on_own_client, incidents, limit)
+        return Report(kind=kind, **header, **{name: f.result() for name, f in sections.items()})
 
 
 def performance(
-    client: Client, scope: Scope, limit: int, states: dict[str, int]
+    client: Client, scope: Scope, limit: int, states: Callable[[], dict[str, int]]
 ) -> PerformanceSection:
     """The performance section: three aggregate queries (and the agents' states).
 
@@ -260,7 +276,7 @@ def performance(
     )
     return PerformanceSection(
         fleet=FleetPerformance(**_numbers(fleet | light)),
-        states=states,
+        states=states(),
         agents=[
             AgentPerformance(
                 **_numbers(row)
@@ -307,7 +323,7 @@ def security(
     scope: Scope,
     bands: dict[str, float],
     top: int,
-    states: tuple[dict[str, int], QuarantineCounts],
+    states: Callable[[], tuple[dict[str, int], QuarantineCounts]],
 ) -> SecuritySection:
     """The security section: four aggregate queries (and the agents' states)."""
     threats = f"{scope.db}.threats FINAL WHERE {scope.period('first_seen')}"
@@ -344,7 +360,7 @@ def security(
         f"{_between('assumeNotNull(resolved_at)')}) AS resolved "
         f"FROM {scope.db}.alerts WHERE {scope.period('updated_at')}",
     )
-    now, quarantines = states
+    now, quarantines = states()
     return SecuritySection(
         threats=sum(row["threats"] for row in threats_by),
         threats_by=[ThreatCount(**row) for row in threats_by],

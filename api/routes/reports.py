@@ -70,12 +70,11 @@ def report(
     since = span.since or until - timedelta(seconds=settings.report_default_period_s)
     started = time.perf_counter()
     scope = reports.Scope(settings.clickhouse_database, tenant, since, until)
-    with runtime.clients.client() as client:
-        built = reports.build(
-            client, scope, kind, span.limit, settings.report_score_bands,
-            settings.report_top_agents, tenant_id=tenant, since=since, until=until,
-            generated_at=datetime.now(UTC),
-        )  # fmt: skip
+    built = reports.build(
+        runtime.clients, scope, kind, span.limit, settings.report_score_bands,
+        settings.report_top_agents, settings.report_query_threads, tenant_id=tenant,
+        since=since, until=until, generated_at=datetime.now(UTC),
+    )  # fmt: skip
     log.info(
         "report kind=%s tenant=%s seconds=%.3f",
         kind, tenant or "*", time.perf_counter() - started,

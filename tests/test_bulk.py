@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -139,28 +140,44 @@ def test_each_id_gets_its_result_in_order_and_each_accepted_one_its_event(door):
         assert event["payload"] == {"reason": "incident 42", "until": until}
 
 
+def record_state(client: Client, settings: Settings, agent: str, tenant: str, state: str) -> None:
+    """Write the dataflow's ``status_changed`` of the agent (it does not run here)."""
+    client.insert(
+        "agent_events",
+        [("status_changed", agent, tenant, "system", datetime.now(UTC), orjson.dumps(
+            {"to": state}).decode(), "state")],
+        column_names=("type", "agent_id", "tenant_id", "actor", "timestamp", "payload", "channel"),
+        database=settings.clickhouse_database,
+    )  # fmt: skip
+    time.sleep(0.002)  # the next one is later
+
+
 def test_every_operation_publishes_the_single_routes_event(door):
-    api, headers, _, settings = door
+    api, headers, client, settings = door
+    # operation: (its event, the state the dataflow would record after it)
     expected = {
-        "quarantine": "quarantine_requested",
-        "release": "released",
-        "maintenance": "maintenance_requested",
-        "end_maintenance": "maintenance_ended",
-        "decommission": "decommission_requested",
-        "restart": "restart_requested",
+        "quarantine": ("quarantine_requested", "quarantined"),
+        "release": ("released", "active"),
+        "maintenance": ("maintenance_requested", "maintenance"),
+        "end_maintenance": ("maintenance_ended", "active"),
+        "decommission": ("decommission_requested", "decommissioning"),
+        "restart": ("restart_requested", None),
     }
-    for operation in expected:
+    for operation, (_, then) in expected.items():
         answer = api.post(
             PATH,
             json={"operation": operation, "agent_ids": [OWN[2]], "reason": f"why {operation}"},
             headers=auth(headers["admin"]),
         )
         assert answer.status_code == 200, answer.text
-        assert answer.json()["totals"]["successful"] == 1
+        assert answer.json()["totals"]["successful"] == 1, answer.text
+        if then is not None:
+            record_state(client, settings, OWN[2], "t1", then)
     events = control_events(settings, len(expected))
-    assert [e["type"] for e in events] == list(expected.values())  # one key: one partition
+    assert [e["type"] for e in events] == [kind for kind, _ in expected.values()]  # one key
     assert [e["payload"] for e in events] == [{"reason": f"why {op}"} for op in expected]
     # the admin of every tenant acts on any tenant's agent
+    record_state(client, settings, OTHER, "t2", "quarantined")
     answer = api.post(
         PATH,
         json={"operation": "release", "agent_ids": [OTHER]},
@@ -169,6 +186,33 @@ def test_every_operation_publishes_the_single_routes_event(door):
     assert answer.json()["totals"]["successful"] == 1
     (released,) = [e for e in control_events(settings, 7) if e["key"] == OTHER]
     assert released["tenant_id"] == "t2" and released["payload"] == {"reason": ""}
+
+
+def test_an_id_the_lifecycle_table_refuses_is_refused_with_its_reason(door):
+    api, headers, client, settings = door
+    record_state(client, settings, OWN[1], "t1", "quarantined")
+    record_state(client, settings, OWN[2], "t1", "decommissioned")
+    answer = api.post(
+        PATH,
+        json={"operation": "release", "agent_ids": OWN},
+        headers=auth(headers["operator"]),
+    )
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == ["refused", "accepted", "refused"]
+    assert "own-1 is active; released is accepted only when" in results[0]["reason"]
+    assert results[2]["reason"].startswith("own-3 is decommissioned")
+    answer = api.post(
+        PATH,
+        json={"operation": "restart", "agent_ids": OWN, "reason": "stuck"},
+        headers=auth(headers["operator"]),
+    )
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == ["accepted", "accepted", "refused"]
+    assert results[2]["reason"] == "own-3 is decommissioned; there is nothing to restart"
+    events = control_events(settings, 3)
+    assert sorted((e["type"], e["key"]) for e in events) == [
+        ("released", "own-2"), ("restart_requested", "own-1"), ("restart_requested", "own-2")
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(

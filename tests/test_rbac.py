@@ -41,6 +41,7 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission, str]]:
     a = f"/api/v1/agents/{agent}"
     silence = {"tenant_id": tenant, "rule": "cpu_hot", "ends_at": time.time() + 600}
     key = {"role": "analyst", "tenant_id": tenant, "name": "made in the matrix"}
+    restart = {"operation": "restart", "agent_ids": [agent], "reason": "matrix"}
     read, operate = Permission.READ, Permission.OPERATE
     return [
         ("GET", f"{a}/status", None, read, tenant),
@@ -56,7 +57,7 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission, str]]:
         ("POST", f"{a}/release", {"reason": "matrix"}, operate, tenant),
         ("POST", "/api/v1/silences", silence, operate, tenant),
         ("POST", "/api/v1/keys", key, Permission.MANAGE_KEYS, tenant),
-        ("POST", BULK, {"operation": "release", "agent_ids": [agent]}, operate, tenant),
+        ("POST", BULK, restart, operate, tenant),
         ("GET", f"/api/v1/reports/full?tenant={tenant}", None, read, tenant),
         # shared by every tenant
         ("GET", "/api/v1/rules", None, read, OWN),

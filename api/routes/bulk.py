@@ -5,7 +5,9 @@ its end, decommission, restart), as the same ``agents.control`` events, one per
 agent: the answer says, per id and in the order given, whether its event was
 published (``accepted``) or why not (``refused``). An id the caller may not act on
 (another tenant's agent) is refused exactly as an unknown one, so a bulk request
-cannot probe which agents exist elsewhere.
+cannot probe which agents exist elsewhere; one whose last recorded lifecycle state
+does not take the command (a release of an agent that is not quarantined) is refused
+with the lifecycle table's reason, as the single routes answer 409.
 
 How it stays fast for 10,000 ids: the tenants of all ids come from one call of a
 :class:`api.tenants.TenantLookup` (one ClickHouse query, or the in-memory
@@ -13,9 +15,9 @@ projection when the runtime has one), and the events go to the broker as one bat
 with one flush (:meth:`api.publisher.EventPublisher.publish_many`).
 
 Accepted means published, not applied: the dataflow applies each event through the
-lifecycle table (``agentwatch.lifecycle``) and may still refuse a transition (a
-release of an agent that is not quarantined, a maintenance of a decommissioned
-one); such a refusal is dead-lettered with its reason, as for the single routes.
+lifecycle table (``agentwatch.lifecycle``) in the agent's state at that moment, which
+may have changed since it was last recorded; a refusal then is dead-lettered with its
+reason, as for the single routes.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from agentwatch.identity import Permission, authorize
+from agentwatch import lifecycle
+from agentwatch.identity import ALL_TENANTS, Permission, authorize
+from agentwatch.lifecycle import AgentRecord, Refusal, State
 from api.errors import error_responses, unprocessable
 from api.identity import actor_of
 from api.runtime import API_PREFIX, ActorHeader, Operator, Runtime, RuntimeDep
@@ -66,8 +70,9 @@ EVENT_TYPES: dict[str, str] = {
 #: What ``accepted`` means (said in every answer).
 ACCEPTED_MEANS = (
     "accepted: the command is published on agents.control; the dataflow applies it through "
-    "the lifecycle table, which may still refuse the transition (e.g. releasing an agent "
-    "that is not quarantined): see the agent's status and the dead-letter topic"
+    "the lifecycle table in the agent's state of that moment, which may still refuse it if "
+    "the state changed since it was last recorded: see the agent's status and the "
+    "dead-letter topic"
 )
 
 
@@ -165,7 +170,9 @@ class BulkItem(BaseModel):
 class BulkTotals(BaseModel):
     requested: int
     successful: int = Field(description="Accepted: published on agents.control.")
-    failed: int = Field(description="Refused: unknown agent, or not published.")
+    failed: int = Field(
+        description="Refused: unknown agent, refused by the lifecycle table, or not published."
+    )
 
 
 class BulkOperationResult(BaseModel):
@@ -186,6 +193,33 @@ def tenant_lookup(runtime: Runtime) -> TenantLookup:
     return ClickHouseTenants(runtime.settings, runtime.clients)
 
 
+_STATES = frozenset(state.value for state in State)
+
+
+def lifecycle_refusal(
+    agent_id: str, tenant_id: str, state: str | None, command: LifecycleEvent
+) -> str | None:
+    """Why the lifecycle table refuses ``command`` for an agent last recorded in
+    ``state`` (None: no recorded change, so active); None when it accepts it. A restart
+    is not a transition: it is refused only once the agent is decommissioned. (The
+    single-agent routes ask the same question; the dataflow has the last word.)
+
+    >>> event = LifecycleEvent(type="released", agent_id="*", tenant_id="*",
+    ...     actor="ops", timestamp=1.8e9, payload={"reason": ""})
+    >>> print(lifecycle_refusal("a1", "t1", None, event))
+    a1 is active; released is accepted only when it is quarantined or compromised
+    >>> lifecycle_refusal("a1", "t1", "quarantined", event) is None
+    True
+    """
+    current = State(state) if state in _STATES else State.ACTIVE
+    if command.type == RESTART_REQUESTED:
+        if current is State.DECOMMISSIONED:
+            return f"{agent_id} is decommissioned; there is nothing to restart"
+        return None
+    result = lifecycle.on_command(AgentRecord(agent_id, tenant_id, current), command)
+    return result.reason if isinstance(result, Refusal) else None
+
+
 def _unknown(agent_id: str) -> str:
     return f"agent {agent_id!r} is unknown: no registration, heartbeat or baseline stored for it"
 
@@ -203,12 +237,14 @@ def bulk_operation(
     routes publish them, with one result per id in the order given.
 
     An id is refused when the agent is unknown, or when it belongs to a tenant the key
-    may not act on (said the same way: unknown). **accepted means published**: the
-    dataflow applies each event through the lifecycle table, which may still refuse the
-    transition (a release of an agent that is not quarantined); the answer's ``note``
-    says so. A reason is required for quarantine, maintenance, decommission and restart;
-    ``until`` (quarantine only) is its expiry, which must be in the future (otherwise
-    422). 503 when the broker took none of them.
+    may not act on (said the same way: unknown), or when the lifecycle table refuses
+    the command in the agent's last recorded state (its reason, as the single routes'
+    409). **accepted means published**: the dataflow applies each event in the agent's
+    state of that moment and may still refuse it; the answer's ``note`` says so.
+
+    A reason is required for quarantine, maintenance, decommission and restart; ``until``
+    (quarantine only) is its expiry, which must be in the future (otherwise 422). 503
+    when the broker took none of them.
     """
     started = time.perf_counter()
     until = request.until if isinstance(request, BulkQuarantine) else None
@@ -219,18 +255,20 @@ def bulk_operation(
             "body", "until",
         )  # fmt: skip
     ids = request.agent_ids
-    tenants = tenant_lookup(runtime).tenants_of(ids)
+    lookup = tenant_lookup(runtime)
+    tenants = lookup.tenants_of(ids, None if caller.tenant_id == ALL_TENANTS else caller.tenant_id)
     who = actor_of(caller, actor)
     kind = EVENT_TYPES[request.operation]
     payload: dict[str, object] = {"reason": request.reason}
     if until is not None:
         payload["until"] = until
-    template = LifecycleEvent(
+    command = LifecycleEvent(
         type=kind, agent_id=FLEET, tenant_id=FLEET, actor=who, timestamp=time.time(),
         payload=payload,
-    ).model_dump(mode="json")  # fmt: skip
+    )  # fmt: skip
+    template = command.model_dump(mode="json")
     refused: dict[str, str] = {}
-    events: list[tuple[dict, str]] = []
+    allowed: list[tuple[str, str]] = []
     for agent_id in ids:
         tenant_id = tenants.get(agent_id)
         if (
@@ -239,6 +277,14 @@ def bulk_operation(
             or authorize(caller, Permission.OPERATE, tenant_id) is not None
         ):
             refused[agent_id] = _unknown(agent_id)
+        else:
+            allowed.append((agent_id, tenant_id))
+    states = lookup.states_of([agent_id for agent_id, _ in allowed]) if allowed else {}
+    events: list[tuple[dict, str]] = []
+    for agent_id, tenant_id in allowed:
+        refusal = lifecycle_refusal(agent_id, tenant_id, states.get(agent_id), command)
+        if refusal is not None:
+            refused[agent_id] = refusal
             continue
         events.append(({**template, "agent_id": agent_id, "tenant_id": tenant_id}, agent_id))
     if events:

@@ -12,9 +12,10 @@ a chDB directory of its own:
    score changes for one agent in 20, alerts for one in 50, a quarantine for one in
    100, a few incidents. Agents are spread over ``--tenants`` tenants.
 2. Starts the API in-process (``TestClient``; the loader off: the rows are there).
-3. ``bulk``: ``POST /api/v1/agents/bulk-operation`` with 10,000 ids (a different
-   10,000 each run), each published to the real broker; agents/s per run, and the
-   events counted back on agents.control.
+3. ``bulk``: ``POST /api/v1/agents/bulk-operation`` (maintenance) with 10,000 ids (a
+   different 10,000 each run): tenants and lifecycle states looked up, each id put to the
+   lifecycle table (the quarantined ones are refused), the accepted ones published to
+   the real broker; ids decided per second, and the events counted back on agents.control.
 4. ``reports``: ``GET /api/v1/reports/{full,performance,security}`` of every tenant
    (the whole fleet) and of one tenant, ``--runs`` times each: p50 and max.
 
@@ -208,7 +209,7 @@ def main() -> None:
 
         app = create_app(settings, client=None, run_loader=False)
         with TestClient(app, client=LOOPBACK) as api:
-            walls, cpus = [], []
+            walls, cpus, accepted = [], [], 0
             for run in range(args.runs):
                 first = (run * BULK_IDS) % args.agents
                 ids = [f"agent-{(first + n) % args.agents:06d}" for n in range(BULK_IDS)]
@@ -218,12 +219,16 @@ def main() -> None:
                 )
                 assert answer.status_code == 200, answer.text[:300]
                 totals = answer.json()["totals"]
-                assert totals["successful"] == BULK_IDS, totals
+                # agents the lifecycle table refuses maintenance (quarantined: 1 in 7) are
+                # decided too: each id gets its result
+                assert totals["requested"] == BULK_IDS and totals["successful"] > 0, totals
+                accepted += totals["successful"]
                 walls.append(wall)
                 cpus.append(cpu)
-            expected = BULK_IDS * args.runs
+            expected = accepted
             results["bulk"] = {
                 "ids_per_request": BULK_IDS,
+                "accepted_per_request": accepted // args.runs,
                 "agents_per_s_p50": round(BULK_IDS / statistics.median(walls) * 1000),
                 "agents_per_s_min": round(BULK_IDS / max(walls) * 1000),
                 "agents_per_cpu_s_p50": round(BULK_IDS / statistics.median(cpus) * 1000),

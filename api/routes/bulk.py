@@ -281,10 +281,13 @@ def bulk_operation(
             allowed.append((agent_id, tenant_id))
     states = lookup.states_of([agent_id for agent_id, _ in allowed]) if allowed else {}
     events: list[tuple[dict, str]] = []
+    takes: dict[str | None, bool] = {}  # per state: does the table take the command?
     for agent_id, tenant_id in allowed:
-        refusal = lifecycle_refusal(agent_id, tenant_id, states.get(agent_id), command)
-        if refusal is not None:
-            refused[agent_id] = refusal
+        state = states.get(agent_id)
+        if state not in takes:
+            takes[state] = lifecycle_refusal(agent_id, tenant_id, state, command) is None
+        if not takes[state]:  # the reason names the agent: asked again for each
+            refused[agent_id] = lifecycle_refusal(agent_id, tenant_id, state, command)
             continue
         events.append(({**template, "agent_id": agent_id, "tenant_id": tenant_id}, agent_id))
     if events:

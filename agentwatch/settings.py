@@ -220,6 +220,25 @@ class Settings(BaseSettings):
         "the query's time limit (the query goes on holding its slot until ClickHouse stops it).",
     )
 
+    # --- reports (GET /api/v1/reports/{kind}) --------------------------------
+    report_default_period_s: float = Field(
+        86_400.0, gt=0, description="A report without `since` covers this long before `until`."
+    )
+    report_top_agents: int = Field(
+        10, ge=1, le=1000, description="Agents listed in a security report's top by threats."
+    )
+    report_query_threads: int = Field(
+        3,
+        ge=1,
+        le=16,
+        description="Queries of one report that run at once, each on its own ClickHouse client.",
+    )
+    report_score_bands: dict[str, float] = Field(
+        {"high": 80.0, "medium": 50.0, "low": 20.0, "critical": 0.0},
+        description="Security-score bands of the reports: an agent's latest score falls in the "
+        "band with the highest floor at or below it (name: floor, 0…100).",
+    )
+
     # --- the dataflow -------------------------------------------------------
     dataflow_workers: int = Field(1, ge=1, description="Bytewax worker threads per process.")
     source_batch_size: int = Field(

@@ -15,6 +15,7 @@ request published it (:data:`request_origin`, set per request by
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from contextvars import ContextVar
 
 import orjson
@@ -80,6 +81,57 @@ class EventPublisher:
                 f"the command was not published to {topic} ({reason}); "
                 "check that the broker runs (AGENTWATCH_BOOTSTRAP_SERVERS) and retry"
             )
+
+    def publish_many(self, events: Sequence[tuple[dict, str]]) -> list[str | None]:
+        """Write many commands (``(event, key)`` pairs) as one batch: produce them all,
+        then wait once for the broker to take them (one flush, not one per event).
+
+        Answers, per event in order, None when the broker has it, or why not (what it
+        did not take within the wait is purged from the producer's queue). A type
+        that is not an operator's command is refused before anything is written
+        (``ValueError``), as in :meth:`publish`.
+        """
+        for event, _key in events:
+            reason = refusal(CONTROL_CHANNEL, str(event.get("type")))
+            if reason is not None:
+                raise ValueError(f"not published: {reason}")
+        topic = self.settings.topic(CONTROL_CHANNEL)
+        outcome: list[str | None] = ["no answer from the broker"] * len(events)
+        origin = [(ORIGIN_HEADER, request_origin.get().encode())]
+        timeout_s = self.settings.api_broker_timeout_s * 10
+
+        def delivered_as(index: int):
+            def delivered(error: object, _message: object) -> None:
+                outcome[index] = None if error is None else str(error)
+
+            return delivered
+
+        with self._lock:
+            if self._producer is None:
+                self._producer = Producer({**self.settings.kafka_config(), "acks": "all"})
+            producer = self._producer
+            for index, (event, key) in enumerate(events):
+                value = orjson.dumps(event)
+                while True:
+                    try:
+                        producer.produce(
+                            topic, key=key.encode(), value=value, headers=origin,
+                            on_delivery=delivered_as(index),
+                        )  # fmt: skip
+                        break
+                    except BufferError:  # the local queue is full: let the broker catch up
+                        if producer.poll(timeout_s) == 0 and len(producer) > 0:
+                            outcome[index] = "the producer's queue stayed full"
+                            break
+                    except KafkaException as exc:
+                        outcome[index] = f"Kafka refused the event: {exc}"
+                        break
+            if producer.flush(timeout_s):
+                # What the broker did not take in time is dropped from the queue, so it
+                # cannot land later, after the caller was told it was not published.
+                producer.purge(in_queue=True, in_flight=False)
+                producer.poll(0)
+        return outcome
 
     def close(self) -> None:
         """Deliver what is pending and let go of the producer."""

@@ -32,6 +32,7 @@ from api.relay import AgentRelay
 from api.revocation import StoredRevocations
 from api.rules import RuleBook
 from api.silences import SilenceBook
+from api.tenants import TenantLookup
 from sinks.audit import AuditWriter
 from sinks.clickhouse import connect, create_schema
 from sinks.loader import Loader
@@ -61,6 +62,8 @@ class Runtime:
     audit: AuditWriter | None = None
     audit_client: Client | None = None
     relay: AgentRelay | None = None  # the REST bridge's producer (agents.metrics, agents.events)
+    #: Whose agents are these (bulk operations); None: one ClickHouse query per request.
+    tenant_lookup: TenantLookup | None = None
 
     @classmethod
     def start(cls, settings: Settings, client: Client | None, run_loader: bool) -> Runtime:

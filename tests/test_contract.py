@@ -63,6 +63,8 @@ CROSS_FIELD_RULES = {
     ("GET", "/api/v1/agents/{agent_id}/threats"): "since is not after until",
     ("POST", "/api/v1/silences"): "ends_at is after starts_at",
     ("POST", "/api/v1/agents/{agent_id}/quarantine"): "until is in the future",
+    ("GET", "/api/v1/reports/{kind}"): "since is not after until",
+    ("POST", "/api/v1/agents/bulk-operation"): "a quarantine's until is in the future",
     ("POST", "/api/v1/rules"): "log_metrics are among the watched metrics",
     ("PUT", "/api/v1/rules/{name}"): "log_metrics are among the watched metrics; "
     "the body names the rule of the path",

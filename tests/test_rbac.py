@@ -46,6 +46,7 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
     a = f"/api/v1/agents/{agent}"
     silence = {"tenant_id": tenant, "rule": "cpu_hot", "ends_at": time.time() + 600}
     key = {"role": "analyst", "tenant_id": tenant, "name": "made in the matrix"}
+    restart = {"operation": "restart", "agent_ids": [agent], "reason": "matrix"}
     read, operate = Permission.READ, Permission.OPERATE
     heartbeat = {
         "timestamp": time.time(), "cpu_usage": 1.0, "memory_usage": 1.0, "disk_usage": 1.0,
@@ -77,6 +78,8 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
         ("POST", f"{a}/events", talk, SELF_OR_OPERATE, tenant),
         ("GET", f"{a}/credentials", None, SELF_OR_READ, tenant),
         ("POST", f"{a}/credentials", None, SELF_OR_OPERATE, tenant),
+        ("POST", BULK, restart, operate, tenant),
+        ("GET", f"/api/v1/reports/full?tenant={tenant}", None, read, tenant),
         # shared by every tenant
         ("GET", "/api/v1/rules", None, read, OWN),
         ("GET", "/api/v1/silences", None, read, OWN),
@@ -86,6 +89,19 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
         ("POST", "/api/v1/rules/excessive_errors/disable", None, operate, ALL_TENANTS),
         ("POST", "/api/v1/sql", {"query": "SELECT 1"}, Permission.QUERY_SQL, ALL_TENANTS),
     ]
+
+
+#: The bulk route answers 200 with a result per id: another tenant's agent is refused
+#: there (as unknown), not with the request's status.
+BULK = "/api/v1/agents/bulk-operation"
+
+
+def refused_per_id(path: str, answer) -> bool:
+    """A bulk answer whose every id was refused, saying why."""
+    if path != BULK or answer.status_code != 200:
+        return False
+    body = answer.json()
+    return body["totals"]["successful"] == 0 and all(r["reason"] for r in body["results"])
 
 
 def may(role: Role, key_tenant: str, permission: Permission | frozenset, tenant: str) -> bool:
@@ -133,6 +149,9 @@ def test_every_role_on_every_route_of_its_own_tenant_and_another(door):
                 if may(role, key_tenant, permission, acted_on):
                     assert answer.status_code not in (401, 403, 404), where
                     assert answer.status_code < 500, where
+                    assert not refused_per_id(path, answer), where
+                elif refused_per_id(path, answer):
+                    pass  # refused, id by id
                 else:
                     assert answer.status_code in (403, 404), where
                     assert answer.json()["detail"], where  # says why (or that it is unknown)

@@ -41,7 +41,7 @@ from agentwatch.identity import ALL_TENANTS, Permission, Principal, authorize
 from agentwatch.rules import DEFAULT_RULE_NAMES
 from agentwatch.secrets import redact
 from agentwatch.settings import Settings
-from api import audit, docs, keys, prometheus, queries, sql
+from api import audit, docs, keys, prometheus, queries, sql, status
 from api.access import LoopbackMutations
 from api.errors import error_responses, unprocessable
 from api.identity import actor_of, document_key_errors, tenant_filter
@@ -65,6 +65,7 @@ from api.responses import (
     SystemHealth,
     ThreatList,
 )
+from api.routes import registry
 from api.rules import (
     RuleChangeError,
     RuleExists,
@@ -180,39 +181,9 @@ def create_app(
         tags=["agents"],
     )
     def agent_status(agent_id: AgentId, runtime: RuntimeDep, caller: Reader) -> AgentStatus:
-        """Latest heartbeat, baseline, anomaly score (with its reasons) and threats of one agent."""
-        database = settings.clickhouse_database
-        with runtime.clients.client() as client:
-            latest = queries.latest_metrics(client, database, agent_id)
-            baseline = queries.latest_baseline(client, database, agent_id)
-            if latest is None and baseline is None:
-                raise HTTPException(404, detail=_unknown_agent(agent_id))
-            in_scope(caller, Permission.READ, latest[0] if latest else baseline[0], agent_id)
-            anomaly = queries.latest_anomaly(client, database, agent_id)
-            threats = queries.threats_between(
-                client, database, agent_id, None, None, STATUS_RECENT_THREATS
-            )
-            scores = queries.score_changes(client, database, agent_id, 1)
-            quarantine = quarantine_state(queries.quarantine_events(client, database, agent_id))
-            lifecycle = queries.lifecycle_state(client, database, agent_id)
-        tenant_id = latest[0] if latest else baseline[0]
-        metrics = latest[1] if latest else None
-        last_heartbeat = metrics.timestamp if metrics else None
-        return AgentStatus(
-            agent_id=agent_id,
-            tenant_id=tenant_id,
-            last_heartbeat=last_heartbeat,
-            seconds_since_heartbeat=(
-                round(time.time() - last_heartbeat.timestamp(), 3) if last_heartbeat else None
-            ),
-            metrics=metrics,
-            baseline=baseline[1] if baseline else None,
-            latest_anomaly=anomaly,
-            recent_threats=threats,
-            security_score=scores[0].score if scores else settings.security_initial_score,
-            quarantined=quarantine["quarantined"],
-            lifecycle_state=lifecycle,
-        )
+        """Lifecycle state, health, registration, latest heartbeat, baseline, anomaly score
+        (with its reasons) and threats of one agent, from the in-memory projection."""
+        return status.agent_status(runtime, caller, agent_id)
 
     @app.get(
         f"{API_PREFIX}/agents/{{agent_id}}/anomalies",
@@ -714,6 +685,7 @@ def create_app(
         body = prometheus.render(runtime.monitor.health())
         return Response(body, media_type=prometheus.CONTENT_TYPE)
 
+    app.include_router(registry.router)
     keys.install(app)
     document_key_errors(app)
     return app

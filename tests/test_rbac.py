@@ -41,6 +41,7 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission, str]]:
     a = f"/api/v1/agents/{agent}"
     silence = {"tenant_id": tenant, "rule": "cpu_hot", "ends_at": time.time() + 600}
     key = {"role": "analyst", "tenant_id": tenant, "name": "made in the matrix"}
+    registration = {"name": "matrix", "agent_type": "bot", "owner": "ops", "tenant_id": tenant}
     read, operate = Permission.READ, Permission.OPERATE
     return [
         ("GET", f"{a}/status", None, read, tenant),
@@ -56,6 +57,8 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission, str]]:
         ("POST", f"{a}/release", {"reason": "matrix"}, operate, tenant),
         ("POST", "/api/v1/silences", silence, operate, tenant),
         ("POST", "/api/v1/keys", key, Permission.MANAGE_KEYS, tenant),
+        ("GET", f"/api/v1/agents/search?tenant={tenant}", None, read, tenant),
+        ("POST", "/api/v1/agents/register", registration, operate, tenant),
         # shared by every tenant
         ("GET", "/api/v1/rules", None, read, OWN),
         ("GET", "/api/v1/silences", None, read, OWN),

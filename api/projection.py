@@ -111,6 +111,8 @@ class AgentProjection(BackgroundReader):
         self._ends: dict[tuple[str, int], int] = {}
         self._complete = threading.Event()
         self._assigned = False
+        self._topics_assigned: set[str] = set()
+        self._missing: set[str] = set()
         self._next_topic_check = 0.0
         self.messages: dict[str, int] = dict.fromkeys(self._logical.values(), 0)
         self.skipped = 0
@@ -123,6 +125,8 @@ class AgentProjection(BackgroundReader):
             return 0
         if not self._assigned and (time.monotonic() < self._next_topic_check or not self._assign()):
             return 0
+        if self._missing and time.monotonic() >= self._next_topic_check:
+            self._add_new_topics()
         messages = self._consumer.consume(BATCH_MESSAGES, CONSUME_WAIT_S)
         started = time.thread_time()
         heartbeats = self._heartbeats
@@ -182,22 +186,45 @@ class AgentProjection(BackgroundReader):
             del self._ends[(topic, partition)]
 
     def _assign(self) -> bool:
-        """Assign every partition: the registry's topics from their beginning (noting the
-        ends to reach before the projection is ready), the others from their end."""
+        """Assign every partition of the topics that exist: the registry's from their
+        beginning (noting the ends to reach before the projection is ready), the others
+        from their end. A topic that does not exist yet holds nothing to catch up on; it
+        is added (from its beginning) when it appears (:meth:`_add_new_topics`)."""
         self._next_topic_check = time.monotonic() + TOPIC_RETRY_S
         try:
             metadata = self._consumer.list_topics(timeout=1.0)
         except KafkaException as exc:
             log.warning("projection_broker_unreachable error=%r", str(exc)[:200])
             return False
-        topics = {name: metadata.topics.get(name) for name in self._logical}
-        if any(t is None or t.error is not None or not t.partitions for t in topics.values()):
-            return False
+        assignment, ends = self._partitions(metadata, initial=True)
+        self._ends = ends
+        self._consumer.assign(assignment)
+        self._assigned = True
+        log.info(
+            "projection_assigned partitions=%d to_catch_up=%d missing_topics=%s",
+            len(assignment),
+            len(ends),
+            ",".join(sorted(self._missing)) or "-",
+        )
+        return True
+
+    def _partitions(
+        self, metadata: object, initial: bool
+    ) -> tuple[list[TopicPartition], dict[tuple[str, int], int]]:
+        """The partitions to assign of the topics not assigned yet, and the registry's
+        ends to reach (on the first assignment only)."""
         assignment, ends = [], {}
-        for topic_name, topic in topics.items():
-            from_beginning = self._logical[topic_name] in FROM_BEGINNING
+        missing = set()
+        for topic_name in self._logical:
+            if topic_name in self._topics_assigned:
+                continue
+            topic = metadata.topics.get(topic_name)
+            if topic is None or topic.error is not None or not topic.partitions:
+                missing.add(topic_name)
+                continue
+            from_beginning = not initial or self._logical[topic_name] in FROM_BEGINNING
             for partition in sorted(topic.partitions):
-                if from_beginning:
+                if initial and from_beginning:
                     low, high = self._consumer.get_watermark_offsets(
                         TopicPartition(topic_name, partition), timeout=5.0
                     )
@@ -205,17 +232,28 @@ class AgentProjection(BackgroundReader):
                         ends[(topic_name, partition)] = high
                 start = OFFSET_BEGINNING if from_beginning else OFFSET_END
                 assignment.append(TopicPartition(topic_name, partition, start))
-        self._ends = ends
-        self._consumer.assign(assignment)
-        self._assigned = True
-        log.info("projection_assigned partitions=%d to_catch_up=%d", len(assignment), len(ends))
-        return True
+            self._topics_assigned.add(topic_name)
+        self._missing = missing
+        return assignment, ends
+
+    def _add_new_topics(self) -> None:
+        """Assign the topics that appeared since (read from their beginning: all is new)."""
+        self._next_topic_check = time.monotonic() + TOPIC_RETRY_S
+        try:
+            metadata = self._consumer.list_topics(timeout=1.0)
+        except KafkaException:
+            return
+        assignment, _ = self._partitions(metadata, initial=False)
+        if assignment:
+            self._consumer.incremental_assign(assignment)
+            log.info("projection_topics_added partitions=%d", len(assignment))
 
     def _ready(self) -> bool:
         return self._assigned
 
     def _recover(self) -> None:
         self._assigned = False
+        self._topics_assigned.clear()
 
     def _release(self) -> None:
         self._consumer.close()

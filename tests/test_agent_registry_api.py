@@ -302,3 +302,30 @@ def test_the_projection_reads_registrations_from_the_beginning(api):
         refused = second.post("/api/v1/agents/register", json=body())
         assert refused.status_code == 409
     client.close()
+
+
+def test_the_projection_is_ready_without_the_topics_and_adds_them_when_they_appear(
+    settings: Settings,
+):
+    client = connect(settings)
+    with TestClient(create_app(settings, client=client, run_loader=False)) as test_client:
+        projection = test_client.app.state.runtime.projection
+        wait_until(lambda: projection.ready, 30, "projection ready without its topics")
+        ensure_topics(settings)
+        produce(
+            settings,
+            "control",
+            [
+                {
+                    "type": "registered",
+                    "agent_id": "late-1",
+                    "tenant_id": "t1",
+                    "actor": "ops",
+                    "timestamp": time.time(),
+                    "payload": {"name": "late", "agent_type": "bot", "owner": "o"},
+                }
+            ],
+            "late-1",
+        )
+        wait_until(lambda: projection.view("late-1"), 30, "the registration on the new topic")
+    client.close()

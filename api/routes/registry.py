@@ -154,7 +154,7 @@ def _projection(runtime: Runtime):
     f"{API_PREFIX}/agents/register",
     response_model=RegisteredAgent,
     status_code=201,
-    responses=error_responses(403, 409, 422, 503),
+    responses=error_responses(401, 403, 409, 422, 503),
 )
 def register_agent(
     body: RegistrationRequest, runtime: RuntimeDep, caller: Operator, actor: ActorHeader = "api"
@@ -235,7 +235,9 @@ TagFilter = Annotated[
 
 
 @router.get(
-    f"{API_PREFIX}/agents/search", response_model=AgentPage, responses=error_responses(422, 503)
+    f"{API_PREFIX}/agents/search",
+    response_model=AgentPage,
+    responses=error_responses(401, 403, 422, 503),
 )
 def search_agents(
     runtime: RuntimeDep,

@@ -29,9 +29,10 @@ from agentwatch.registry import (
     AgentView,
     Registry,
     agent_id_for,
+    matching,
+    ordered,
     orphan_reason,
 )
-from agentwatch.registry import search as search_views
 from api.errors import error_responses
 from api.identity import actor_of, tenant_filter
 from api.publisher import PublishError
@@ -287,9 +288,10 @@ def search_agents(
     def why_orphaned(view: AgentView) -> str | None:
         return orphan_reason(view, now, horizon, projection.heartbeat_at(view.agent_id))
 
-    found = search_views(projection.views(), query, initial, why_orphaned)
-    page = [_summary(v, initial, why_orphaned(v)) for v in found[offset : offset + limit]]
-    return AgentPage(total=len(found), limit=limit, offset=offset, items=page)
+    found = matching(projection.views(), query, initial, why_orphaned)
+    page = ordered(found, query, initial, limit, offset)
+    items = [_summary(v, initial, why_orphaned(v)) for v in page]
+    return AgentPage(total=len(found), limit=limit, offset=offset, items=items)
 
 
 def _summary(view: AgentView, initial_score: float, orphaned: str | None) -> AgentSummary:

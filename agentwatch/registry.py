@@ -103,6 +103,8 @@ class Registry:
 
     def __init__(self) -> None:
         self.views: dict[str, AgentView] = {}
+        #: The same views by tenant (a view's tenant never changes), for tenant searches.
+        self.by_tenant: dict[str, dict[str, AgentView]] = {}
         self._names: dict[tuple[str, str], str] = {}
         self._counts: dict[str, int] = {}
         self._counted: set[str] = set()
@@ -170,6 +172,7 @@ class Registry:
         view = self.views.get(agent_id)
         if view is None:
             view = self.views[agent_id] = AgentView(agent_id, tenant_id)
+            self.by_tenant.setdefault(tenant_id, {})[agent_id] = view
         return view
 
     def _recount(self, view: AgentView) -> None:

@@ -286,10 +286,13 @@ class AgentProjection(BackgroundReader):
         folded at that moment may show some fields before and some after the event)."""
         return self.registry.views.get(agent_id)
 
-    def views(self) -> list[AgentView]:
-        """Every agent's view, listed under the lock (then read without it, as :meth:`view`)."""
+    def views(self, tenant_id: str | None = None) -> list[AgentView]:
+        """Every agent's view (or every one of a tenant's), listed under the lock (then
+        read without it, as :meth:`view`)."""
         with self.lock:
-            return list(self.registry.views.values())
+            if tenant_id is None:
+                return list(self.registry.views.values())
+            return list(self.registry.by_tenant.get(tenant_id, {}).values())
 
     def heartbeat_at(self, agent_id: str) -> float | None:
         """Broker time (epoch seconds) of the agent's latest heartbeat read since start."""

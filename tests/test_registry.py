@@ -332,6 +332,9 @@ def test_a_replay_gives_the_same_views_whatever_the_interleaving_of_agents(log, 
             if v.tenant_id == tenant and v.registered and v.state != "decommissioned"
         )
         assert once.counted(tenant) == expected
+        assert once.by_tenant.get(tenant, {}) == {
+            a: v for a, v in once.views.items() if v.tenant_id == tenant
+        }
 
 
 def _names_contended(log: list[tuple[str, dict]]) -> bool:

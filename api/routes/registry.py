@@ -288,7 +288,7 @@ def search_agents(
     def why_orphaned(view: AgentView) -> str | None:
         return orphan_reason(view, now, horizon, projection.heartbeat_at(view.agent_id))
 
-    found = matching(projection.views(), query, initial, why_orphaned)
+    found = matching(projection.views(tenant), query, initial, why_orphaned)
     page = ordered(found, query, initial, limit, offset)
     items = [_summary(v, initial, why_orphaned(v)) for v in page]
     return AgentPage(total=len(found), limit=limit, offset=offset, items=items)

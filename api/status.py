@@ -78,6 +78,15 @@ def agent_status(runtime: object, caller: Principal, agent_id: str) -> AgentStat
         raise HTTPException(404, detail=unknown_agent(agent_id))
     _in_scope(caller, tenant, agent_id)
     metrics = _newer(heartbeat[1] if heartbeat else None, seed.metrics)
+    baseline = _newer(latest.baseline if latest else None, seed.baseline)
+    anomaly = _newer(latest.anomaly if latest else None, seed.anomaly)
+    # what the topics superseded, the kept seed need not hold (bounded memory per agent)
+    if metrics is not seed.metrics:
+        seed.metrics = None
+    if baseline is not seed.baseline:
+        seed.baseline = None
+    if anomaly is not seed.anomaly:
+        seed.anomaly = None
     last = metrics.timestamp if metrics is not None else None
     state = view.state if view is not None and view.state else seed.lifecycle_state
     score = view.security_score if view is not None else None
@@ -95,8 +104,8 @@ def agent_status(runtime: object, caller: Principal, agent_id: str) -> AgentStat
         last_heartbeat=last,
         seconds_since_heartbeat=round(time.time() - last.timestamp(), 3) if last else None,
         metrics=metrics,
-        baseline=_newer(latest.baseline if latest else None, seed.baseline),
-        latest_anomaly=_newer(latest.anomaly if latest else None, seed.anomaly),
+        baseline=baseline,
+        latest_anomaly=anomaly,
         recent_threats=_threats(view, seed.threats),
         security_score=settings.security_initial_score if score is None else score,
         quarantined=(state == "quarantined") if view is not None and view.state

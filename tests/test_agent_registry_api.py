@@ -329,3 +329,22 @@ def test_the_projection_is_ready_without_the_topics_and_adds_them_when_they_appe
         )
         wait_until(lambda: projection.view("late-1"), 30, "the registration on the new topic")
     client.close()
+
+
+def test_an_agent_id_the_projection_knows_cannot_be_registered(api):
+    test_client, _, settings = api
+    beat = {
+        "type": "status_changed",
+        "agent_id": "auto-1",
+        "tenant_id": "t1",
+        "actor": "system",
+        "timestamp": time.time(),
+        "payload": {"to": "active", "reason": "first heartbeat"},
+    }
+    produce(settings, "state", [beat], "auto-1")
+    projection = test_client.app.state.runtime.projection
+    wait_until(lambda: projection.view("auto-1"), 30, "the auto-registered agent")
+    refused = test_client.post("/api/v1/agents/register", json=body(agent_id="auto-1"))
+    assert refused.status_code == 409 and "known already" in refused.json()["detail"]
+    status = test_client.get("/api/v1/agents/auto-1/status").json()
+    assert status["orphaned"] and "no owner" in status["orphan_reason"]

@@ -217,9 +217,10 @@ def _judge(registry: Registry, tenant: str, name: str, agent_id: str, limit: int
             detail=f"tenant {tenant!r} already has an agent named {name!r} ({taken}); "
             "choose another name",
         )
-    existing = registry.views.get(agent_id)
-    if existing is not None and (existing.registered or existing.tenant_id != tenant):
-        raise HTTPException(409, detail=f"agent id {agent_id!r} is taken; choose another agent_id")
+    if agent_id in registry.views:  # the dataflow registers only an agent it does not know
+        raise HTTPException(
+            409, detail=f"agent id {agent_id!r} is known already; choose another agent_id"
+        )
     held = registry.counted(tenant)
     if held >= limit:
         raise HTTPException(

@@ -147,6 +147,31 @@ class Settings(BaseSettings):
         description="When an agent's credential is rotated, its older keys stay good this long "
         "(at most until their own expiry), so the agent can switch without a gap.",
     )
+    # --- the agent registry (POST /api/v1/agents/register, search, status) ---
+    agents_per_tenant_limit: int = Field(
+        10_000,
+        ge=1,
+        description="Most agents a tenant may hold (registered and not decommissioned); "
+        "a registration past it is refused (409) until agents are decommissioned or this "
+        "is raised.",
+    )
+    agent_credential_ttl_s: float = Field(
+        30 * 86_400.0,
+        gt=0,
+        description="Lifetime of the API key (role agent) made for an agent at registration.",
+    )
+    agent_orphan_after_s: float = Field(
+        7 * 86_400.0,
+        gt=0,
+        description="An agent silent this long (no heartbeat, not in a state in which it "
+        "beats) is flagged orphaned, like one without an owner.",
+    )
+    api_projection_ready_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        description="How long a registration or search waits for the API's agent "
+        "projection to have read the registry topics to their end, before a 503.",
+    )
     api_allow_remote_mutations: bool = Field(
         False,
         description="Accept requests that change something (POST, PUT, DELETE…) from other "

@@ -48,7 +48,17 @@ from api.access import LoopbackMutations
 from api.errors import unprocessable
 from api.identity import document_key_errors
 from api.methods import AllowedMethods
-from api.routes import agents, alerts, bridge, bulk, credentials, reports, rules, system
+from api.routes import (
+    agents,
+    alerts,
+    bridge,
+    bulk,
+    credentials,
+    registry,
+    reports,
+    rules,
+    system,
+)
 from api.routes import sql as sql_routes
 from api.runtime import Runtime, get_runtime
 
@@ -92,7 +102,9 @@ def create_app(
     app.exception_handler(ClickHouseError)(_clickhouse_error)
     app.exception_handler(StarletteHTTPException)(_http_error)
 
-    for module in (agents, alerts, rules, sql_routes, system, credentials, bridge, bulk, reports):
+    routers = (agents, alerts, rules, sql_routes, system, credentials, bridge, bulk, reports,
+               registry)  # fmt: skip
+    for module in routers:
         document_key_errors(module.router)
         app.include_router(module.router)
     keys.install(app)

@@ -121,6 +121,25 @@ class AgentStatus(BaseModel):
         "(AGENTWATCH_HEARTBEAT_OFFLINE_MISSED intervals), `active` once heartbeats return, "
         "`quarantined`…; null if it never changed.",
     )
+    lifecycle_since: datetime | None = Field(
+        None, description="When the agent entered its lifecycle state (event time)."
+    )
+    health: float | None = Field(
+        None, description="The agent's health score (0-100) as the dataflow last banded it."
+    )
+    health_band: str | None = Field(None, description="The band of that health score.")
+    name: str | None = Field(None, description="Its registered name (null: never registered).")
+    agent_type: str | None = Field(None, description="Its registered type.")
+    owner: str | None = Field(None, description="Who answers for it (null: no owner).")
+    registered_at: datetime | None = Field(
+        None, description="When it was registered (null: it registered itself by beating)."
+    )
+    orphaned: bool = Field(
+        False,
+        description="No owner (it registered itself with its first heartbeat), or silent "
+        "past AGENTWATCH_AGENT_ORPHAN_AFTER_S.",
+    )
+    orphan_reason: str | None = Field(None, description="Why it is orphaned.")
 
 
 class AnomalyList(BaseModel):

@@ -27,6 +27,7 @@ from api import sql
 from api.client_pool import ClientPool
 from api.health import SystemMonitor
 from api.identity import KeyBook, needs
+from api.projection import AgentProjection
 from api.publisher import EventPublisher
 from api.relay import AgentRelay
 from api.revocation import StoredRevocations
@@ -64,6 +65,7 @@ class Runtime:
     relay: AgentRelay | None = None  # the REST bridge's producer (agents.metrics, agents.events)
     #: Whose agents are these (bulk operations); None: one ClickHouse query per request.
     tenant_lookup: TenantLookup | None = None
+    projection: AgentProjection | None = None  # the agents in memory (api.projection)
 
     @classmethod
     def start(cls, settings: Settings, client: Client | None, run_loader: bool) -> Runtime:
@@ -110,14 +112,19 @@ class Runtime:
         if settings.api_admin_key_file is not None:
             with clients.client() as first:
                 keys.ensure_admin_key(first, settings.api_admin_key_file)
+        projection = AgentProjection(settings)
+        projection.start()
         return cls(
             settings, clients, loader, loader_client, monitor, sandbox,
             RuleBook(settings, publisher), publisher, SilenceBook(settings, publisher), keys,
-            webhooks, webhooks_client, audit, audit_client, AgentRelay(settings),
+            webhooks, webhooks_client, audit, audit_client, relay=AgentRelay(settings),
+            projection=projection,
         )  # fmt: skip
 
     def stop(self) -> None:
         """Stop the webhook deliverer and the loader (it flushes), then release the clients."""
+        if self.projection is not None:
+            self.projection.stop()
         if self.audit is not None:
             self.audit.stop()
         if self.audit_client is not None:

@@ -47,6 +47,7 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
     silence = {"tenant_id": tenant, "rule": "cpu_hot", "ends_at": time.time() + 600}
     key = {"role": "analyst", "tenant_id": tenant, "name": "made in the matrix"}
     restart = {"operation": "restart", "agent_ids": [agent], "reason": "matrix"}
+    registration = {"name": "matrix", "agent_type": "bot", "owner": "ops", "tenant_id": tenant}
     read, operate = Permission.READ, Permission.OPERATE
     heartbeat = {
         "timestamp": time.time(), "cpu_usage": 1.0, "memory_usage": 1.0, "disk_usage": 1.0,
@@ -80,6 +81,8 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
         ("POST", f"{a}/credentials", None, SELF_OR_OPERATE, tenant),
         ("POST", BULK, restart, operate, tenant),
         ("GET", f"/api/v1/reports/full?tenant={tenant}", None, read, tenant),
+        ("GET", f"/api/v1/agents/search?tenant={tenant}", None, read, tenant),
+        ("POST", "/api/v1/agents/register", registration, operate, tenant),
         # shared by every tenant
         ("GET", "/api/v1/rules", None, read, OWN),
         ("GET", "/api/v1/silences", None, read, OWN),

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentwatch import lifecycle
 from agentwatch.identity import ALL_TENANTS, Permission, Principal
 from agentwatch.lifecycle import AgentRecord, Refusal, State
-from api import queries
+from api import queries, status
 from api.errors import error_responses, unprocessable
 from api.identity import actor_of
 from api.params import AgentId, CategoryFilter, Limit, SeverityFilter, StateFilter, TimeRangeDep
@@ -70,44 +70,9 @@ class ReleaseRequest(BaseModel):
     tags=["agents"],
 )
 def agent_status(agent_id: AgentId, runtime: RuntimeDep, caller: Reader) -> AgentStatus:
-    """Latest heartbeat, baseline, anomaly score (with its reasons) and threats of one agent."""
-    database = runtime.settings.clickhouse_database
-    with runtime.clients.client() as client:
-        own = own_tenant(caller)
-        latest = queries.latest_metrics(client, database, agent_id, tenant_id=own)
-        baseline = queries.latest_baseline(
-            client, database, agent_id, tenant_id=latest[0] if latest else own
-        )
-        if latest is None and baseline is None:
-            raise HTTPException(404, detail=unknown_agent(agent_id))
-        tenant_id = latest[0] if latest else baseline[0]
-        in_scope(caller, Permission.READ, tenant_id, agent_id)
-        anomaly = queries.latest_anomaly(client, database, agent_id, tenant_id=tenant_id)
-        threats = queries.threats_between(
-            client, database, agent_id, None, None, STATUS_RECENT_THREATS, tenant_id=tenant_id
-        )
-        scores = queries.score_changes(client, database, agent_id, 1, tenant_id=tenant_id)
-        quarantine = quarantine_state(
-            queries.quarantine_events(client, database, agent_id, tenant_id=tenant_id)
-        )
-        lifecycle_state = queries.lifecycle_state(client, database, agent_id, tenant_id=tenant_id)
-    metrics = latest[1] if latest else None
-    last_heartbeat = metrics.timestamp if metrics else None
-    return AgentStatus(
-        agent_id=agent_id,
-        tenant_id=tenant_id,
-        last_heartbeat=last_heartbeat,
-        seconds_since_heartbeat=(
-            round(time.time() - last_heartbeat.timestamp(), 3) if last_heartbeat else None
-        ),
-        metrics=metrics,
-        baseline=baseline[1] if baseline else None,
-        latest_anomaly=anomaly,
-        recent_threats=threats,
-        security_score=scores[0].score if scores else runtime.settings.security_initial_score,
-        quarantined=quarantine["quarantined"],
-        lifecycle_state=lifecycle_state,
-    )
+    """Lifecycle state, health, registration, latest heartbeat, baseline, anomaly score
+    (with its reasons) and threats of one agent, from the in-memory projection."""
+    return status.agent_status(runtime, caller, agent_id)
 
 
 @router.get(

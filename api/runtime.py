@@ -33,7 +33,7 @@ from api.relay import AgentRelay
 from api.revocation import StoredRevocations
 from api.rules import RuleBook
 from api.silences import SilenceBook
-from api.tenants import TenantLookup
+from api.tenants import ClickHouseTenants, ProjectedTenants, TenantLookup
 from sinks.audit import AuditWriter
 from sinks.clickhouse import connect, create_schema
 from sinks.loader import Loader
@@ -114,11 +114,12 @@ class Runtime:
                 keys.ensure_admin_key(first, settings.api_admin_key_file)
         projection = AgentProjection(settings)
         projection.start()
+        tenants = ProjectedTenants(projection, ClickHouseTenants(settings, clients))
         return cls(
             settings, clients, loader, loader_client, monitor, sandbox,
             RuleBook(settings, publisher), publisher, SilenceBook(settings, publisher), keys,
             webhooks, webhooks_client, audit, audit_client, relay=AgentRelay(settings),
-            projection=projection,
+            tenant_lookup=tenants, projection=projection,
         )  # fmt: skip
 
     def stop(self) -> None:

@@ -89,3 +89,53 @@ class ClickHouseTenants:
         with self.clients.client() as client:
             rows = client.query(query, parameters={"ids": list(agent_ids)}).result_rows
         return {agent_id: state for agent_id, state in rows if state}
+
+
+class ProjectedTenants:
+    """:class:`TenantLookup` from the API's agent projection (:mod:`api.projection`),
+    asking ``fallback`` (one query) only about the agents the projection does not hold
+    (agents known only from heartbeats sent before this process started). While the
+    projection is not ready, everything is asked of ``fallback``."""
+
+    def __init__(self, projection: object, fallback: TenantLookup) -> None:
+        self.projection = projection
+        self.fallback = fallback
+
+    def tenants_of(self, agent_ids: Sequence[str], within: str | None = None) -> dict[str, str]:
+        found: dict[str, str] = {}
+        missing = self._split(agent_ids, found, lambda view: view.tenant_id, within)
+        if missing:
+            found.update(self.fallback.tenants_of(missing, within))
+        return found
+
+    def states_of(self, agent_ids: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        missing = self._split(agent_ids, found, lambda view: view.state)
+        if missing:
+            found.update(self.fallback.states_of(missing))
+        return found
+
+    def _split(self, agent_ids, found: dict, value, within: str | None = None) -> list[str]:
+        """Fill ``found`` with ``value(view)`` of the agents the projection holds (left
+        out when None or of another tenant than ``within``); the others' ids."""
+        if not self.projection.ready:
+            return list(agent_ids)
+        missing = []
+        with self.projection.locked() as directory:
+            for agent_id in agent_ids:
+                view = directory.views.get(agent_id)
+                if view is None:
+                    missing.append(agent_id)
+                elif within is None or view.tenant_id == within:
+                    answer = value(view)
+                    if answer is not None:
+                        found[agent_id] = answer
+        return missing
+
+
+def tenant_lookup(runtime: object) -> TenantLookup:
+    """The running API's lookup (``Runtime.tenant_lookup``: the projection's), or one
+    over ClickHouse for an app without it."""
+    if runtime.tenant_lookup is not None:
+        return runtime.tenant_lookup
+    return ClickHouseTenants(runtime.settings, runtime.clients)

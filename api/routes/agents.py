@@ -27,6 +27,7 @@ from api.scope import (
     tenant_of,
     unknown_agent,
 )
+from api.tenants import tenant_lookup
 from schemas.events import (
     COMPROMISE_DECLARED,
     DECOMMISSION_REQUESTED,
@@ -219,13 +220,12 @@ def publish_request(
     table accepts the command in the agent's state as last recorded (409 with the
     table's reason otherwise). The dataflow applies the command and has the last word:
     a state that changed meanwhile may still refuse it (logged, ``lifecycle_refused``)."""
-    database = runtime.settings.clickhouse_database
-    with runtime.clients.client() as client:
-        tenant_id = tenant_of(client, database, agent_id, own_tenant(caller))
-        if tenant_id is None:
-            raise HTTPException(404, detail=unknown_agent(agent_id))
-        in_scope(caller, Permission.OPERATE, tenant_id, agent_id)
-        state = queries.lifecycle_state(client, database, agent_id, tenant_id=tenant_id)
+    lookup = tenant_lookup(runtime)
+    tenant_id = lookup.tenants_of([agent_id], own_tenant(caller)).get(agent_id)
+    if tenant_id is None:
+        raise HTTPException(404, detail=unknown_agent(agent_id))
+    in_scope(caller, Permission.OPERATE, tenant_id, agent_id)
+    state = lookup.states_of([agent_id]).get(agent_id)
     actor = actor_of(caller, said)
     event = LifecycleEvent(
         type=kind, agent_id=agent_id, tenant_id=tenant_id, actor=actor,

@@ -36,8 +36,8 @@ from agentwatch.identity import ALL_TENANTS, Permission, authorize
 from api.errors import error_responses, unprocessable
 from api.identity import actor_of
 from api.routes.agents import lifecycle_refusal
-from api.runtime import API_PREFIX, ActorHeader, Operator, Runtime, RuntimeDep
-from api.tenants import ClickHouseTenants, TenantLookup
+from api.runtime import API_PREFIX, ActorHeader, Operator, RuntimeDep
+from api.tenants import tenant_lookup
 from schemas.events import (
     DECOMMISSION_REQUESTED,
     FLEET,
@@ -183,13 +183,6 @@ class BulkOperationResult(BaseModel):
     totals: BulkTotals
     results: list[BulkItem]
     note: str = Field(ACCEPTED_MEANS, description="What accepted means.")
-
-
-def tenant_lookup(runtime: Runtime) -> TenantLookup:
-    """The runtime's lookup of agents' tenants, or one over ClickHouse."""
-    if runtime.tenant_lookup is not None:
-        return runtime.tenant_lookup
-    return ClickHouseTenants(runtime.settings, runtime.clients)
 
 
 def _unknown(agent_id: str) -> str:

@@ -180,7 +180,7 @@ def register_agent(
         timestamp=time.time(), payload=registration,
     ).model_dump(mode="json")  # fmt: skip
     with projection.registering:  # judge, publish and record as one: no race in-process
-        _judge(projection.registry, tenant, name, agent_id, settings.agents_per_tenant_limit)
+        _judge(projection.directory, tenant, name, agent_id, settings.agents_per_tenant_limit)
         try:
             runtime.publisher.publish(event, agent_id)
         except PublishError as exc:
@@ -208,20 +208,20 @@ def register_agent(
     )
 
 
-def _judge(registry: Directory, tenant: str, name: str, agent_id: str, limit: int) -> None:
+def _judge(directory: Directory, tenant: str, name: str, agent_id: str, limit: int) -> None:
     """409 for a name or id taken, or a tenant at its limit."""
-    taken = registry.agent_named(tenant, name)
+    taken = directory.agent_named(tenant, name)
     if taken is not None:
         raise HTTPException(
             409,
             detail=f"tenant {tenant!r} already has an agent named {name!r} ({taken}); "
             "choose another name",
         )
-    if agent_id in registry.views:  # the dataflow registers only an agent it does not know
+    if agent_id in directory.views:  # the dataflow registers only an agent it does not know
         raise HTTPException(
             409, detail=f"agent id {agent_id!r} is known already; choose another agent_id"
         )
-    held = registry.counted(tenant)
+    held = directory.counted(tenant)
     if held >= limit:
         raise HTTPException(
             409,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +45,7 @@ from agentwatch.identity import secret_matches as _matches
 from agentwatch.settings import Settings
 from api.errors import error_responses
 from api.methods import flat_routes
-from api.publisher import EventPublisher
+from api.publisher import EventPublisher, PublishError
 from api.revocation import RevocationLookup, instant
 from schemas.events import FLEET, KEY_CREATED, KEY_EXPIRY_CHANGED, KEY_REVOKED
 from schemas.models import LifecycleEvent
@@ -118,9 +118,12 @@ class KeyBook:
         name: str = "",
         agent_id: str | None = None,
         ttl_s: float | None = None,
+        along: Sequence[tuple[dict, str]] = (),
     ) -> tuple[StoredKey, str]:
         """A new key and its token (shown once). Raises ``ValueError`` for a key that
-        cannot be (an agent key without its agent, a key of every tenant below admin)."""
+        cannot be (an agent key without its agent, a key of every tenant below admin).
+        ``along``: commands (``(event, key)``) published before ``key_created`` in the
+        same batch, with one wait for the broker (a registration and its credential)."""
         if (role is Role.AGENT) != (agent_id is not None):
             raise ValueError("an agent's key names its agent (agent_id), and only an agent's key")
         if tenant_id == ALL_TENANTS and role is not Role.ADMIN:
@@ -131,7 +134,13 @@ class KeyBook:
             made.key_id, role, tenant_id, agent_id or "", name, made.secret_hash, now,
             now + ttl_s if ttl_s else None, None, actor,
         )  # fmt: skip
-        self._publish(KEY_CREATED, stored, actor)
+        if along:
+            batch = [*along, self._event(KEY_CREATED, stored, actor)]
+            failures = [f for f in self.publisher.publish_many(batch) if f is not None]
+            if failures:
+                raise PublishError(f"the broker did not take the events: {failures[0]}")
+        else:
+            self._publish(KEY_CREATED, stored, actor)
         self._record(client, stored)
         return stored, made.token
 
@@ -268,6 +277,10 @@ class KeyBook:
             self._cache.pop(stored.key_id, None)
 
     def _publish(self, kind: str, stored: StoredKey, actor: str, **extra: object) -> None:
+        self.publisher.publish(*self._event(kind, stored, actor, **extra))
+
+    def _event(self, kind: str, stored: StoredKey, actor: str, **extra: object) -> tuple[dict, str]:
+        """The ``(event, key)`` that records ``kind`` of ``stored`` (never its secret)."""
         payload = {k: v for k, v in _fields(stored).items() if k != "secret_hash"}
         payload["role"] = stored.role.value
         payload.update(extra)
@@ -276,7 +289,7 @@ class KeyBook:
             type=kind, agent_id=stored.agent_id or FLEET, tenant_id=tenant, actor=actor,
             timestamp=self.clock(), payload=payload,
         )  # fmt: skip
-        self.publisher.publish(event.model_dump(mode="json"), event.agent_id)
+        return event.model_dump(mode="json"), event.agent_id
 
 
 def _fields(stored: StoredKey) -> dict:

@@ -181,23 +181,15 @@ def register_agent(
     ).model_dump(mode="json")  # fmt: skip
     with projection.registering:  # judge, publish and record as one: no race in-process
         _judge(projection.directory, tenant, name, agent_id, settings.agents_per_tenant_limit)
-        try:
-            runtime.publisher.publish(event, agent_id)
+        try:  # the registration and its credential's key_created: one wait for the broker
+            with runtime.clients.client() as client:
+                stored, token = runtime.keys.create(
+                    client, Role.AGENT, tenant, who, name=f"agent {name}", agent_id=agent_id,
+                    ttl_s=settings.agent_credential_ttl_s, along=[(event, agent_id)],
+                )  # fmt: skip
         except PublishError as exc:
             raise HTTPException(503, detail=str(exc)) from None
         projection.record(event)
-    try:
-        with runtime.clients.client() as client:
-            stored, token = runtime.keys.create(
-                client, Role.AGENT, tenant, who, name=f"agent {name}", agent_id=agent_id,
-                ttl_s=settings.agent_credential_ttl_s,
-            )  # fmt: skip
-    except PublishError as exc:
-        raise HTTPException(
-            503,
-            detail=f"agent {agent_id!r} is registered but its credential could not be made "
-            f"({exc}); make one with POST /api/v1/keys (role agent, agent_id {agent_id})",
-        ) from None
     log.info("agent_registered agent_id=%s tenant_id=%s actor=%s", agent_id, tenant, who)
     expires = None if stored.expires_at is None else datetime.fromtimestamp(stored.expires_at, UTC)
     return RegisteredAgent(

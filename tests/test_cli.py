@@ -545,7 +545,7 @@ def test_simulate_sends_the_count_to_kafka_with_agent_keys_and_ground_truth(
         app,
         [
             "simulate",
-            *("--agents", "50", "--count", "777", "--rate", "0", "--quiet"),
+            *("--agents", "50", "--count", "777", "--rate", "0", "--quiet", "--no-register"),
             *("--bootstrap-servers", settings.bootstrap_servers),
             *("-i", "2", "-i", "cpu_spike:agent-000003:60:60", "--incidents-after", "2m"),
             *("--ground-truth", str(truth), "--start", "2026-01-01T00:00:00Z"),

@@ -93,8 +93,9 @@ def test_a_rule_added_through_the_api_fires_without_a_restart(
         return at
 
     beat(50.0, now - 60)
-    wait_until(lambda: httpx.get(f"{api}/agents/agent-x/status", timeout=5).status_code == 200,
-               60, "the agent in the API")  # fmt: skip
+    # (its status may come from the API's projection first; its threats are ClickHouse's)
+    wait_until(lambda: httpx.get(f"{api}/agents/agent-x/threats", timeout=5).status_code == 200,
+               60, "the agent in ClickHouse")  # fmt: skip
     rule = {
         "name": "cpu_above_85",
         "condition": {"metric": "cpu_usage", "aggregate": "last", "op": ">", "value": 85},

@@ -39,6 +39,14 @@ SELF_OR_OPERATE = frozenset({Permission.REPORT_SELF, Permission.OPERATE})
 SELF_OR_READ = frozenset({Permission.REPORT_SELF, Permission.READ})
 
 
+#: A rule the matrix adds and replaces (rules apply to every tenant).
+MATRIX_RULE = {
+    "name": "matrix_rule",
+    "condition": {"metric": "cpu_usage", "aggregate": "last", "op": ">", "value": 99},
+    "for_s": 0, "category": "PERFORMANCE", "severity": "WARNING",
+}  # fmt: skip
+
+
 def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozenset, str]]:
     """(method, path, body, permission (or any of a set), tenant acted on) of every route,
     aimed at ``tenant`` (fleet-wide routes act on every tenant: ``*``)."""
@@ -88,6 +96,9 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
         ("GET", "/api/v1/silences", None, read, OWN),
         ("GET", "/api/v1/system/health", None, read, OWN),
         ("GET", "/metrics", None, read, OWN),
+        ("POST", "/api/v1/rules", MATRIX_RULE, operate, ALL_TENANTS),  # 201, then 409
+        ("PUT", "/api/v1/rules/matrix_rule", MATRIX_RULE, operate, ALL_TENANTS),
+        ("POST", "/api/v1/rules/excessive_errors/restore", None, operate, ALL_TENANTS),
         ("POST", "/api/v1/rules/restore", None, operate, ALL_TENANTS),
         ("POST", "/api/v1/rules/excessive_errors/disable", None, operate, ALL_TENANTS),
         ("POST", "/api/v1/sql", {"query": "SELECT 1"}, Permission.QUERY_SQL, ALL_TENANTS),

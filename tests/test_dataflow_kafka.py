@@ -127,10 +127,11 @@ def test_dataflow_process_publishes_anomalies_baselines_and_dead_letters(
             lambda: (
                 (out := reader.poll())[settings.topic("deadletter")].__len__() == 80
                 and any(a["is_anomaly"] for a in out[settings.topic("anomalies")])
+                and len({b["agent_id"] for b in out[settings.topic("baselines")]}) == 6
                 and out
             ),
             60,
-            "dead letters and the spike",
+            "dead letters, the spike and every agent's baseline",
         )
         spike = [a for a in topics[settings.topic("anomalies")] if a["is_anomaly"]]
         assert {(a["agent_id"], a["timestamp"]) for a in spike} == {("agent-0002", 1.8e9 + 930)}

@@ -220,7 +220,8 @@ def test_a_replay_gives_the_same_events_whatever_the_batch_cuts_and_ticks(seed, 
     rng = random.Random(seed)
     stream = []
     silent = {a: (rng.randrange(20), rng.randrange(1, 12)) for a in range(4)}
-    silent[0] = (silent[0][0], rng.randrange(4, 12))  # (one at least goes offline: ≥ 120 s)
+    # one at least goes offline: silent ≥ 120 s after a first heartbeat (so not from step 0)
+    silent[0] = (max(1, silent[0][0]), rng.randrange(4, 12))
     for step in range(60):
         for agent in range(4):
             start, length = silent[agent]

@@ -236,3 +236,42 @@ def test_a_key_is_revoked_only_by_an_admin_of_its_tenant(door):
                 assert answer.json()["detail"], where
                 with api.app.state.runtime.clients.client() as client:
                     assert book.get(client, victim.key_id).revoked_at is None, where
+
+
+def test_deletions_are_tried_by_every_role_on_a_fresh_target_each_time(door):
+    """DELETE of a silence (of its own tenant or another's) and of a rule (every tenant's):
+    each attempt on a target made for it, so one caller's success does not decide the
+    next one's answer."""
+    api, tokens = door
+    admin = {"Authorization": f"Bearer {tokens['admin of all']}"}
+    checked = 0
+    for n, (name, (role, key_tenant, _)) in enumerate(KEYS.items()):
+        headers = {"Authorization": f"Bearer {tokens[name]}"}
+        for tenant in (OWN, OTHER):
+            made = api.post(
+                "/api/v1/silences",
+                json={"tenant_id": tenant, "rule": "cpu_hot", "ends_at": time.time() + 600},
+                headers=admin,
+            )
+            assert made.status_code == 201, made.text
+            answer = api.delete(f"/api/v1/silences/{made.json()['id']}", headers=headers)
+            where = f"{name} expiring a silence of {tenant}: {answer.status_code} {answer.text}"
+            if may(role, key_tenant, Permission.OPERATE, tenant):
+                assert answer.status_code == 204, where
+            else:
+                assert answer.status_code in (403, 404), where
+                assert answer.json()["detail"], where
+            checked += 1
+        rule = {**MATRIX_RULE, "name": f"doomed_{n}"}
+        assert api.post("/api/v1/rules", json=rule, headers=admin).status_code == 201
+        answer = api.delete(f"/api/v1/rules/doomed_{n}", headers=headers)
+        where = f"{name} deleting a rule: {answer.status_code} {answer.text}"
+        if may(role, key_tenant, Permission.OPERATE, ALL_TENANTS):
+            assert answer.status_code == 204, where
+        else:
+            assert answer.status_code in (403, 404), where
+            assert answer.json()["detail"], where
+            listed = api.get("/api/v1/rules", headers=admin).json()
+            assert f"doomed_{n}" in {r["name"] for r in listed}, where
+        checked += 1
+    assert checked == 3 * len(KEYS)

@@ -493,7 +493,7 @@ def register_fleet(
     registered now."""
     import httpx
 
-    from agentwatch.client import AgentClient, AgentClientError
+    from api.client import AgentClient, AgentClientError
 
     http = httpx.Client(timeout=10.0, limits=httpx.Limits(max_connections=REGISTER_CONCURRENCY))
     try:

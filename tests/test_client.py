@@ -21,10 +21,10 @@ import pytest
 import uvicorn
 from fastapi import APIRouter, HTTPException, Request
 
-from agentwatch.client import AgentClient, AgentClientError
 from agentwatch.identity import Role
 from agentwatch.settings import Settings
 from api.app import create_app
+from api.client import AgentClient, AgentClientError
 from infra.broker import ensure_topics, free_port
 from infra.cli import _registers, admin_key_file
 from infra.simulate import SimulationError, SimulationOptions, register_fleet, run_simulation

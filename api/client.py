@@ -1,10 +1,11 @@
 """A small synchronous client for an agent: register it, then send its heartbeats,
 conversations and task outcomes with its own credential, over the API's REST bridge
-or straight to Kafka.
+or straight to Kafka. It lives beside the API it talks to (not in the domain package
+``agentwatch``, which imports neither Kafka nor Bytewax), and imports no server code.
 
 ::
 
-    from agentwatch.client import AgentClient
+    from api.client import AgentClient
 
     agent = AgentClient.register(
         "http://127.0.0.1:8000", admin_key,  # an admin's or an operator's key

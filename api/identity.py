@@ -296,6 +296,18 @@ def _fields(stored: StoredKey) -> dict:
     return {name: getattr(stored, name) for name in StoredKey.__dataclass_fields__}
 
 
+def authenticated(request: Request, authorization: str | None) -> Principal:
+    """The principal of the request's key (through the running app's key book), or a 401
+    that says why and asks for a bearer token."""
+    book: KeyBook = request.app.state.runtime.keys
+    try:
+        with request.app.state.runtime.clients.client() as client:
+            return book.authenticate(client, authorization)
+    except AuthError as exc:
+        challenge = {"WWW-Authenticate": "Bearer"}
+        raise HTTPException(401, detail=exc.message, headers=challenge) from None
+
+
 def needs(permission: Permission, fleet: bool = False) -> Any:
     """The dependency of a route that needs ``permission``: the request's
     :class:`~agentwatch.identity.Principal`, or a 401 (no good key) or 403 (the
@@ -311,14 +323,7 @@ def needs(permission: Permission, fleet: bool = False) -> Any:
             Header(description="'Bearer <API key>'; its role and tenant decide what it may do."),
         ] = None,
     ) -> Principal:
-        book: KeyBook = request.app.state.runtime.keys
-        try:
-            with request.app.state.runtime.clients.client() as client:
-                principal = book.authenticate(client, authorization)
-        except AuthError as exc:
-            raise HTTPException(
-                401, detail=exc.message, headers={"WWW-Authenticate": "Bearer"}
-            ) from None
+        principal = authenticated(request, authorization)
         tenant = ALL_TENANTS if fleet else principal.tenant_id
         reason = authorize(principal, permission, tenant, principal.agent_id)
         if reason is not None:
@@ -342,14 +347,7 @@ def needs_any(*permissions: Permission) -> Any:
             Header(description="'Bearer <API key>'; its role and tenant decide what it may do."),
         ] = None,
     ) -> Principal:
-        book: KeyBook = request.app.state.runtime.keys
-        try:
-            with request.app.state.runtime.clients.client() as client:
-                principal = book.authenticate(client, authorization)
-        except AuthError as exc:
-            raise HTTPException(
-                401, detail=exc.message, headers={"WWW-Authenticate": "Bearer"}
-            ) from None
+        principal = authenticated(request, authorization)
         reasons = [
             authorize(principal, p, principal.tenant_id, principal.agent_id) for p in permissions
         ]

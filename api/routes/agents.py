@@ -41,8 +41,6 @@ log = logging.getLogger("api.app")
 
 router = APIRouter()
 
-#: How many of an agent's latest threats its status shows.
-STATUS_RECENT_THREATS = 5
 #: How many of an agent's latest score changes its security view shows.
 SECURITY_RECENT_CHANGES = 20
 

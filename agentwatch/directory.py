@@ -130,7 +130,7 @@ class Directory:
         return handler(self, agent_id, event, event.get("payload") or {})
 
     def apply_score(self, record: Mapping) -> bool:
-        """Fold one security score change (``ScoreChange`` dict from agents.scores): the
+        """Fold one security score change (``ScoreChange`` dict from agents.security): the
         latest by event time wins.
 
         >>> registry = Directory()

@@ -37,7 +37,8 @@ TOPICS = (
     "threats",
     "alerts",
     "incidents",
-    "scores",
+    "security",
+    "assignment_scores",
     "deadletter",
     "commands",
 )
@@ -879,6 +880,40 @@ class Settings(BaseSettings):
         "remediation stops until the agent recovers (the alert resolves then).",
     )
 
+    # --- orchestration (seed: "Intelligent Orchestration"; docs/orchestration.md) ---------
+    orchestration_weight_performance: float = Field(
+        0.4, ge=0, le=1, description="Seed: performance weighs 40 % of the assignment score."
+    )
+    orchestration_weight_cost: float = Field(
+        0.3, ge=0, le=1, description="Seed: cost weighs 30 % of the assignment score."
+    )
+    orchestration_weight_availability: float = Field(
+        0.2, ge=0, le=1, description="Seed: availability weighs 20 % of the assignment score."
+    )
+    orchestration_weight_sla: float = Field(
+        0.1, ge=0, le=1, description="Seed: SLA compliance weighs 10 % of the assignment score."
+    )
+    orchestration_score_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="On heartbeats alone, an agent's assignment score is published at most "
+        "this often (event time); a task's change, a state change or new weights publish it "
+        "at once.",
+    )
+    orchestration_score_min_change: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="On heartbeats alone, an assignment score is published only when it moved "
+        "by at least this much (0…1) since the agent's last published one.",
+    )
+    orchestration_failure_horizon_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Predictive maintenance: p_fail is the probability that an agent degrades, "
+        "goes offline or is quarantined within this long.",
+    )
+
     @field_validator("clickhouse_dsn")
     @classmethod
     def _dsn_scheme(cls, dsn: SecretDsn) -> SecretDsn:
@@ -949,6 +984,20 @@ class Settings(BaseSettings):
             config["sasl.username"] = self.kafka_sasl_username
             config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
         return config
+
+    def scoring_weights(self) -> dict[str, float]:
+        """The default weights of the assignment score's components (``ScoringWeights``'s
+        fields), before any ``weights_changed``.
+
+        >>> Settings().scoring_weights()
+        {'performance': 0.4, 'cost': 0.3, 'availability': 0.2, 'sla': 0.1}
+        """
+        return {
+            "performance": self.orchestration_weight_performance,
+            "cost": self.orchestration_weight_cost,
+            "availability": self.orchestration_weight_availability,
+            "sla": self.orchestration_weight_sla,
+        }
 
     def topic(self, name: str) -> str:
         """Physical name of a logical topic (``metrics`` → ``agents.metrics``)."""

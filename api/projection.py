@@ -4,7 +4,7 @@ An :class:`AgentProjection` reads, on its own consumer and thread (a
 :class:`sinks.background.BackgroundReader`, by partition assignment, never
 committing), the topics an agent's status is made of, and folds them:
 
-- ``agents.control``, ``agents.state``, ``agents.scores`` (low volume: one event per
+- ``agents.control``, ``agents.state``, ``agents.security`` (low volume: one event per
   registration, command, change of state, health band or score) **from their
   beginning**, into :class:`agentwatch.directory.Directory`: registration, lifecycle
   state, health, security score, quarantine. The projection is *ready* once it has
@@ -53,7 +53,7 @@ from sinks.background import BackgroundReader, assigned_consumer
 log = logging.getLogger("api.projection")
 
 #: Topics read from their beginning (the registry), and from their end (latest values).
-FROM_BEGINNING = (CONTROL_CHANNEL, STATE_CHANNEL, "scores")
+FROM_BEGINNING = (CONTROL_CHANNEL, STATE_CHANNEL, "security")
 FROM_END = ("metrics", "baselines", "anomalies", "threats")
 #: Most messages read in one batch, and the longest wait for them (seconds).
 BATCH_MESSAGES = 5000
@@ -165,7 +165,7 @@ class AgentProjection(BackgroundReader):
             if name in (CONTROL_CHANNEL, STATE_CHANNEL):
                 if refusal(name, str(value.get("type"))) is None:  # off-channel: never applied
                     self.directory.apply(value)
-            elif name == "scores":
+            elif name == "security":
                 self.directory.apply_score(value)
             elif name == "threats":
                 self.directory.apply_threat(value)

@@ -322,7 +322,7 @@ OUTPUT_TOPICS = {
     "baselines": "baselines",
     "threats": "threats",
     "alerts": "alerts",
-    "scores": "scores",
+    "scores": "security",
     "commands": "commands",
     "events": "state",
 }

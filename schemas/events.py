@@ -72,6 +72,26 @@ HEARTBEAT_LATE = "heartbeat_late"
 #: (payload: ``{"health": 0…100, "band": …}``).
 HEALTH_CHANGED = "health_changed"
 
+#: Orchestration (docs/orchestration.md). ``type`` of the API's assignment of a task to an
+#: agent (payload: ``schemas.models.TaskAssignment``; key = the chosen agent): the agent's
+#: shard accepts it or refuses it (no free capacity) with a ``task_changed``.
+TASK_ASSIGNED = "task_assigned"
+#: ``type`` of the API's withdrawal of a task from an agent (payload: ``{"task_id": …,
+#: "reason": …}``): a load-balancing move or a cancellation; the shard frees the slot.
+TASK_RELEASED = "task_released"
+#: ``type`` of an operator's change of the assignment weights (payload:
+#: ``schemas.models.ScoringWeights``; agent and tenant id ``*``).
+WEIGHTS_CHANGED = "weights_changed"
+#: ``type`` of the dataflow's record of a task's new status (payload:
+#: ``schemas.models.TaskRecord``, the whole task as the shard knows it).
+TASK_CHANGED = "task_changed"
+#: ``type`` of the dataflow's record that an agent moved to another behaviour cluster
+#: (payload: ``{"cluster": int, "distance": float}``).
+CLUSTER_CHANGED = "cluster_changed"
+#: ``type`` of a shard's report of its online models' rolling accuracy (payload:
+#: ``schemas.models.ModelStats``; agent and tenant id ``*``).
+MODEL_STATS = "model_stats"
+
 #: ``type`` of an operator's making or revoking of an API key (payload: the key's id,
 #: role, tenant, agent, name, times; never its secret nor the secret's hash).
 KEY_CREATED = "key_created"
@@ -107,9 +127,14 @@ CHANNELS: dict[str, frozenset[str]] = {
             KEY_CREATED,
             KEY_REVOKED,
             KEY_EXPIRY_CHANGED,
+            TASK_ASSIGNED,
+            TASK_RELEASED,
+            WEIGHTS_CHANGED,
         }
     ),
-    STATE_CHANNEL: frozenset({STATUS_CHANGED, HEARTBEAT_LATE, HEALTH_CHANGED}),
+    STATE_CHANNEL: frozenset(
+        {STATUS_CHANGED, HEARTBEAT_LATE, HEALTH_CHANGED, TASK_CHANGED, CLUSTER_CHANGED, MODEL_STATS}
+    ),
 }
 
 #: What each channel carries and who writes it, for the reasons of refusals.

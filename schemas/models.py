@@ -548,6 +548,9 @@ class AgentCommand(BaseModel):
     score: float | None = Field(
         None, ge=0, le=100, description="The agent's security score when it was ordered."
     )
+    task_id: Identifier | None = Field(
+        None, description="The task it concerns (run_task, cancel_task), if any."
+    )
 
 
 #: The states of an alert (:mod:`agentwatch.alerts`): ``pending`` while its condition
@@ -640,6 +643,223 @@ class Incident(BaseModel):
     revision: int = Field(0, ge=0, description="0 when opened, +1 per update.")
 
 
+# --- orchestration (docs/orchestration.md) ----------------------------------------
+
+#: A task's priorities, lowest first.
+TASK_PRIORITIES = ("low", "normal", "high", "critical")
+#: A task's statuses (``TaskRecord.status``): ``assigned`` by the API (not yet confirmed),
+#: ``accepted`` or ``refused`` by the agent's shard, then ``completed``, ``failed``,
+#: ``released`` (withdrawn by the API: moved or cancelled) or ``expired`` (no outcome came).
+TASK_STATUSES = ("assigned", "accepted", "refused", "completed", "failed", "released", "expired")
+#: The components of an assignment score, in the order of the seed's weights.
+SCORE_COMPONENTS = ("performance", "cost", "availability", "sla")
+Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class TaskRequest(BaseModel):
+    """A task to place, as ``POST /api/v1/tasks/assign`` takes it (the seed's task_data).
+
+    >>> TaskRequest.model_validate({"task_type": "data_processing",
+    ...     "required_capabilities": ["data_processing"], "priority": "high"}).priority
+    'high'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_id: Identifier | None = Field(None, description="Made by the API when absent.")
+    task_type: Label = Field(
+        "default", description="What kind of task (the models predict per type)."
+    )
+    required_capabilities: list[Label] = Field(
+        default_factory=list,
+        max_length=REGISTRATION_MAX_ITEMS,
+        description="Every one must be among the agent's registered capabilities.",
+    )
+    priority: Literal[TASK_PRIORITIES] = "normal"  # type: ignore[valid-type]
+    resource_requirements: dict[Label, Annotated[Number, Field(ge=0)]] = Field(
+        default_factory=dict,
+        max_length=REGISTRATION_MAX_ITEMS,
+        description="Each must be covered by the agent's registered resources.",
+    )
+    estimated_duration: Annotated[Number, Field(gt=0)] | None = Field(None, description="Seconds.")
+    deadline: EpochSeconds | None = Field(None, description="When it must be done (SLA).")
+    tenant_id: Identifier | None = Field(None, description="The caller's tenant when absent.")
+    exclude_agents: list[Identifier] = Field(
+        default_factory=list, max_length=1000, description="Agents not to choose."
+    )
+
+
+class ScoringWeights(BaseModel):
+    """The weight of each component of the assignment score (the seed's 40/30/20/10);
+    the payload of ``weights_changed``. Not all zero; they need not sum to 1 (the score
+    divides by their sum).
+
+    >>> ScoringWeights().performance, ScoringWeights(cost=0).total
+    (0.4, 0.7)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    performance: Share = 0.4
+    cost: Share = 0.3
+    availability: Share = 0.2
+    sla: Share = 0.1
+
+    @property
+    def total(self) -> float:
+        return round(self.performance + self.cost + self.availability + self.sla, 12)
+
+    @model_validator(mode="after")
+    def _not_all_zero(self) -> ScoringWeights:
+        if self.total <= 0:
+            raise ValueError("at least one weight must be above 0")
+        return self
+
+
+class ScoreComponents(BaseModel):
+    """An assignment score's components, each 0 (worst) … 1 (best)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    performance: Share
+    cost: Share
+    availability: Share
+    sla: Share
+
+
+class TaskAssignment(BaseModel):
+    """The payload of ``task_assigned`` on ``agents.control`` (key = the chosen agent):
+    the task, and what the API decided with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_id: Identifier
+    task_type: Label = "default"
+    priority: Literal[TASK_PRIORITIES] = "normal"  # type: ignore[valid-type]
+    required_capabilities: list[Label] = Field(default_factory=list)
+    resource_requirements: dict[Label, Annotated[Number, Field(ge=0)]] = Field(default_factory=dict)
+    estimated_duration: Annotated[Number, Field(gt=0)] | None = None
+    deadline: EpochSeconds | None = None
+    attempt: Annotated[StrictInt, Field(ge=1, le=1000)] = Field(
+        1, description="1, then +1 each time the task is placed again (refused, moved)."
+    )
+    score: Share = Field(description="The chosen agent's combined score.")
+    components: ScoreComponents
+    weights: ScoringWeights
+    p_success: Share | None = Field(None, description="Predicted success, if known.")
+    expected_duration_s: Annotated[Number, Field(ge=0)] | None = Field(
+        None, description="Predicted completion time, if known."
+    )
+    assigned_by: Identifier = Field(description="The API process that decided.")
+    moved_from: Identifier | None = Field(None, description="The agent it was moved from.")
+
+
+class TaskOutcome(BaseModel):
+    """The payload of an agent's ``task_completed`` or ``task_failed`` on ``agents.events``
+    (other fields an agent adds are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    task_id: Identifier
+    task_type: Label | None = Field(None, description="Known to the shard if it assigned it.")
+    duration_s: Annotated[Number, Field(ge=0)] | None = Field(
+        None, description="How long it ran; the shard's own count from acceptance if absent."
+    )
+    reason: Annotated[StrictStr, Field(max_length=2000)] = ""
+
+
+class TaskRecord(BaseModel):
+    """A task as its agent's shard knows it: the payload of ``task_changed`` on
+    ``agents.state`` (one per change of status) and a row of the ``tasks`` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_id: Identifier
+    agent_id: Identifier
+    tenant_id: Identifier
+    task_type: Label = "default"
+    priority: Literal[TASK_PRIORITIES] = "normal"  # type: ignore[valid-type]
+    status: Literal[TASK_STATUSES]  # type: ignore[valid-type]
+    attempt: int = 1
+    required_capabilities: list[str] = Field(default_factory=list)
+    score: float | None = None
+    components: ScoreComponents | None = None
+    p_success: float | None = None
+    expected_duration_s: float | None = None
+    deadline: float | None = None
+    assigned_at: float = Field(description="Event time of the task_assigned.")
+    accepted_at: float | None = None
+    finished_at: float | None = None
+    duration_s: float | None = None
+    sla_met: bool | None = Field(None, description="Finished by its deadline (None: no deadline).")
+    reason: str = Field("", description="Why refused, failed, released or expired.")
+    agent_active_tasks: int = Field(ge=0, description="The agent's open tasks after the change.")
+    capacity: int = Field(ge=0, description="The agent's max_concurrent_tasks.")
+    assigned_by: str = ""
+    updated_at: float = Field(description="Event time of this change.")
+
+
+class TypeEstimate(BaseModel):
+    """What the models predict for an agent on one task type."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    p_success: Share
+    expected_duration_s: float | None = None
+    outcomes: int = Field(ge=0, description="Outcomes of this agent on this type seen.")
+
+
+class AssignmentScore(BaseModel):
+    """An agent's assignment score and its parts, on ``agents.assignment_scores``
+    (key = ``agent_id``) and in the ``assignment_scores`` table. Published when it moved
+    (by ``orchestration_score_min_change``, at most every ``orchestration_score_interval_s``
+    on heartbeats alone) or at once on a task's change, a state change or new weights."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agent_id: str
+    tenant_id: str
+    timestamp: float = Field(description="Event time, epoch seconds.")
+    score: Share = Field(description="Weighted sum of the components / sum of the weights.")
+    performance: Share
+    cost: Share
+    availability: Share
+    sla: Share
+    weights: ScoringWeights
+    state: str = Field(description="The agent's lifecycle state.")
+    active_tasks: int = Field(ge=0, description="Tasks accepted and not finished.")
+    capacity: int = Field(ge=0, description="max_concurrent_tasks.")
+    success_rate: Share = Field(description="Smoothed share of tasks completed.")
+    response_time_ms: float = Field(ge=0, description="Smoothed response_time_avg.")
+    sla_met_rate: Share = Field(description="Smoothed share of deadlines met.")
+    tasks_completed: int = Field(ge=0)
+    tasks_failed: int = Field(ge=0)
+    p_fail: Share | None = Field(
+        None, description="Probability the agent fails within orchestration_failure_horizon_s."
+    )
+    by_type: dict[str, TypeEstimate] = Field(
+        default_factory=dict, description="Predictions per task type it has done."
+    )
+    cause: str = Field(description="heartbeat, task, state or weights.")
+
+
+class ModelStats(BaseModel):
+    """One shard's online models and their rolling accuracy over the latest outcomes:
+    the payload of ``model_stats`` on ``agents.state``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shard: str
+    outcomes: int = Field(ge=0, description="Outcomes learned from since start.")
+    success_accuracy: Share | None = Field(None, description="Rolling, predicted p ≥ 0.5.")
+    success_log_loss: float | None = None
+    duration_mae_s: float | None = Field(None, description="Rolling mean absolute error.")
+    failure_accuracy: Share | None = None
+    failure_samples: int = Field(0, ge=0)
+    window: int = Field(description="How many latest outcomes the rolling figures cover.")
+    timestamp: float
+
+
 #: Every exported model, by file name under ``schemas/``.
 EXPORTED = {
     "heartbeat": Heartbeat,
@@ -657,4 +877,10 @@ EXPORTED = {
     "alert": Alert,
     "silence": Silence,
     "incident": Incident,
+    "task_request": TaskRequest,
+    "task_assignment": TaskAssignment,
+    "task_outcome": TaskOutcome,
+    "task_record": TaskRecord,
+    "assignment_score": AssignmentScore,
+    "scoring_weights": ScoringWeights,
 }

@@ -62,6 +62,9 @@ _AGENT_EVENTS_CHANNEL = (
     "(operators, through the API), state (the dataflow); empty for rows stored before the "
     "column existed, from the one agents.events of then'"
 )
+_COMMANDS_TASK_ID = (
+    "task_id Nullable(String) COMMENT 'the task it concerns (run_task, cancel_task), if any'"
+)
 
 #: Tables read per tenant whose sort key ``tenant_id`` leads (:data:`MIGRATIONS` version 3).
 #: Not here: ``incidents`` and ``audit_log`` (tenant first from the start), ``deadletter``
@@ -101,6 +104,12 @@ MIGRATIONS = (
         rebuild=TENANT_TABLES,
         why="every query takes the tenant; an agent has one tenant, so prepending it keeps "
         "each table's identity (no two rows merge that did not before, and none stop merging)",
+    ),
+    Migration(
+        4,
+        "commands_task_id",
+        add_columns=(AddColumn("commands", _COMMANDS_TASK_ID),),
+        why="orders to run or cancel a task name the task (orchestration)",
     ),
 )
 
@@ -259,7 +268,8 @@ def schema_statements(settings: Settings) -> list[str]:
             reason String,
             issued_at DateTime64(3, 'UTC'),
             actor String,
-            score Nullable(Float64)
+            score Nullable(Float64),
+            {_COMMANDS_TASK_ID}
         )
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(issued_at)

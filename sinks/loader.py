@@ -808,7 +808,7 @@ def alert_row(value: bytes) -> dict:
 
 
 def score_row(value: bytes) -> dict:
-    """Row of table ``security_scores`` from one ``agents.scores`` message.
+    """Row of table ``security_scores`` from one ``agents.security`` message.
 
     >>> score_row(b'{"agent_id":"a1","tenant_id":"t1","timestamp":1764072000,'
     ...     b'"score":80,"delta":-20,"cause":"excessive_errors","first_seen":1764071700}')["delta"]
@@ -1067,7 +1067,7 @@ LOADED: dict[str, LoadedTopic] = {
             ("started_at", "fired_at", "resolved_at", "last_seen", "updated_at"),
         ),
     ),
-    "scores": LoadedTopic(
+    "security": LoadedTopic(
         "security_scores",
         score_row,
         _frame(tuple(ScoreChange.model_fields), ("timestamp", "first_seen")),

@@ -218,7 +218,7 @@ def test_status_is_answered_from_memory_without_a_query_per_request(api):
         "delta": -30.0,
         "cause": "data_exfiltration",
     }
-    produce(settings, "scores", [score], agent_id)
+    produce(settings, "security", [score], agent_id)
     projection = test_client.app.state.runtime.projection
 
     def folded():

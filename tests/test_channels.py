@@ -24,6 +24,7 @@ COMMANDS = [
     "released", "quarantine_requested",
     "maintenance_requested", "maintenance_ended", "compromise_declared", "decommission_requested",
     "key_created", "key_revoked", "key_expiry_changed",
+    "task_assigned", "task_released", "weights_changed",
 ]  # fmt: skip
 
 
@@ -39,7 +40,10 @@ def test_the_channels_are_the_topics_and_share_no_type():
     assert sum(len(types) for types in CHANNELS.values()) == len(KNOWN)
     assert sorted(CHANNELS["control"]) == sorted(COMMANDS)
     assert CHANNELS["events"] == {"conversation", "task_completed", "task_failed"}
-    assert CHANNELS["state"] == {"status_changed", "heartbeat_late", "health_changed"}
+    assert CHANNELS["state"] == {
+        "status_changed", "heartbeat_late", "health_changed", "task_changed", "cluster_changed",
+        "model_stats",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(("channel", "kind"), list(product(CHANNELS, [*KNOWN, "teleported"])))

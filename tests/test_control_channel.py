@@ -132,7 +132,7 @@ def test_commands_forged_on_the_agents_topic_are_refused_and_through_the_api_obe
     forged = forged_commands("agent-0001")
     for event in forged:
         agent.say(event)
-    reader = TopicReader(settings, ["deadletter", "commands", "scores"])
+    reader = TopicReader(settings, ["deadletter", "commands", "security"])
     try:
         events_topic = settings.topic("events")
         dead = wait_until(

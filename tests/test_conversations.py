@@ -360,7 +360,7 @@ def test_conversation_events_flow_to_threats_scores_and_dead_letters(workers: in
         ("agent-0001", "conversation_prompt_injection"),
         ("agent-0002", "conversation_secret"),
     ]
-    scores = {(s["agent_id"], s["cause"]): s["score"] for t, s in records if t == "agents.scores"}
+    scores = {(s["agent_id"], s["cause"]): s["score"] for t, s in records if t == "agents.security"}
     assert scores == {("agent-0001", "conversation_prompt_injection"): 80.0,
                       ("agent-0002", "conversation_secret"): 70.0}  # fmt: skip
     dead = [r for t, r in records if t == "agents.deadletter" and r["topic"] == "agents.events"]

@@ -39,7 +39,7 @@ def test_an_injection_marker_becomes_a_threat_and_a_bad_event_a_dead_letter(
     bad = {**clean, "payload": {"counterpart": "agent-0001", "tokens_in": -5, "text": "hi"}}
     flow = DataflowProcess(settings, tmp_path / "dataflow.log")
     flow.start()
-    reader = TopicReader(settings, ["threats", "deadletter", "scores"])
+    reader = TopicReader(settings, ["threats", "deadletter", "security"])
     try:
         producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
         for event in (clean, injected, bad):
@@ -62,7 +62,7 @@ def test_an_injection_marker_becomes_a_threat_and_a_bad_event_a_dead_letter(
         dead = out[settings.topic("deadletter")]
         assert [(d["topic"], d["key"]) for d in dead] == [(settings.topic("events"), "agent-0002")]
         assert dead[0]["reason"].startswith("conversation payload: tokens_in:")
-        scores = wait_until(lambda: reader.poll()[settings.topic("scores")], 30, "the score")
+        scores = wait_until(lambda: reader.poll()[settings.topic("security")], 30, "the score")
         assert [(s["agent_id"], s["cause"], s["score"]) for s in scores] == [
             ("agent-0001", "conversation_prompt_injection", 80.0)
         ]

@@ -138,7 +138,7 @@ def test_one_and_two_workers_give_the_same_result(batch_size: int):
         assert ("agent-0003", "resource_abuse") in {
             (t["agent_id"], t["rule"]) for t in by_topic["agents.threats"]
         }
-        assert by_topic["agents.alerts"] and by_topic["agents.scores"]
+        assert by_topic["agents.alerts"] and by_topic["agents.security"]
 
 
 def event_batch(events: list[bytes], topic: str = "agents.events") -> list[RawBatch]:
@@ -200,7 +200,7 @@ def test_repeated_incidents_cost_security_points_until_the_agent_is_quarantined(
     records = run(stream(agents=4, steps=180, saturated=(2, episodes)), workers=1)
     commands = [r for topic, r in records if topic == "agents.commands"]
     events = [r for topic, r in records if topic == "agents.state"]
-    scores = [r for topic, r in records if topic == "agents.scores"]
+    scores = [r for topic, r in records if topic == "agents.security"]
     assert [(c["agent_id"], c["command"]) for c in commands] == [("agent-0002", "quarantine")]
     assert [(e["type"], e["payload"]["to"]) for e in events] == [("status_changed", "quarantined")]
     assert "resource_abuse" in commands[0]["reason"]
@@ -363,7 +363,7 @@ def test_commands_on_the_agents_topic_are_dead_lettered_and_change_nothing(worke
     assert commands == [("agent-0001", "quarantine")]
     state = [(e["agent_id"], e["payload"]["to"]) for t, e in records if t == "agents.state"]
     assert state == [("agent-0001", "quarantined")]
-    causes = {s["cause"] for t, s in records if t == "agents.scores"}
+    causes = {s["cause"] for t, s in records if t == "agents.security"}
     assert "release" not in causes
 
 

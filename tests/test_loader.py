@@ -414,7 +414,7 @@ def test_alerts_scores_commands_incidents_and_events_land_once(settings, client,
         {**changed, "type": "released", "timestamp": T0 + 140, "payload": {}},
     ]
     produce(settings, "alerts", alerts + [b"{", orjson.dumps({**alert(3), "state": "gone"})])
-    produce(settings, "scores", scores + [orjson.dumps({**scores[0], "score": 101})])
+    produce(settings, "security", scores + [orjson.dumps({**scores[0], "score": 101})])
     produce(settings, "commands", [command, command, b"null"])
     produce(settings, "incidents", [incident, joined, orjson.dumps({**incident, "revision": -1})])
     produce(settings, "state", [changed, orjson.dumps({**changed, "actor": ""}), rule])
@@ -422,7 +422,7 @@ def test_alerts_scores_commands_incidents_and_events_land_once(settings, client,
     produce(settings, "events", [said, *forged])
     loader = Loader(settings, client)
     loaders.append(loader)
-    expected = {"alerts": 4, "scores": 4, "commands": 2, "incidents": 2, "events": 1,
+    expected = {"alerts": 4, "security": 4, "commands": 2, "incidents": 2, "events": 1,
                 "control": 1, "state": 1}  # fmt: skip
     poll_until(
         loader,
@@ -467,7 +467,7 @@ def test_alerts_scores_commands_incidents_and_events_land_once(settings, client,
     assert json.loads(rows[2][3])["to"] == "quarantined"
     skipped = loader.stats().skipped_invalid
     assert {t: skipped[t] for t in expected} == {
-        "alerts": 2, "scores": 1, "commands": 1, "incidents": 1, "events": 3, "control": 1,
+        "alerts": 2, "security": 1, "commands": 1, "incidents": 1, "events": 3, "control": 1,
         "state": 2,
     }  # fmt: skip
 

@@ -404,6 +404,95 @@ def schema_statements(settings: Settings) -> list[str]:
         COMMENT 'one row per registration the dataflow accepted (status_changed to registered)'
         """,
         f"""
+        CREATE TABLE IF NOT EXISTS {db}.assignment_scores (
+            agent_id String,
+            tenant_id LowCardinality(String),
+            timestamp DateTime64(3, 'UTC'),
+            score Float32 COMMENT 'weighted sum of the components / sum of the weights, 0…1',
+            performance Float32,
+            cost Float32,
+            availability Float32,
+            sla Float32,
+            weights String COMMENT 'JSON: ScoringWeights',
+            state LowCardinality(String),
+            active_tasks UInt32,
+            capacity UInt32,
+            success_rate Float32,
+            response_time_ms Float32,
+            sla_met_rate Float32,
+            tasks_completed UInt64,
+            tasks_failed UInt64,
+            p_fail Nullable(Float32),
+            by_type String COMMENT 'JSON: task type → TypeEstimate',
+            cause LowCardinality(String) COMMENT 'heartbeat, task, state or weights'
+        )
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(timestamp)
+        ORDER BY (tenant_id, agent_id, timestamp, cause)
+        TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
+        COMMENT 'history of every agent''s assignment score (agents.assignment_scores)'
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.assignment_scores_latest (
+            agent_id String,
+            tenant_id LowCardinality(String),
+            timestamp DateTime64(3, 'UTC'),
+            score Float32,
+            performance Float32,
+            cost Float32,
+            availability Float32,
+            sla Float32,
+            weights String,
+            state LowCardinality(String),
+            active_tasks UInt32,
+            capacity UInt32,
+            success_rate Float32,
+            response_time_ms Float32,
+            sla_met_rate Float32,
+            tasks_completed UInt64,
+            tasks_failed UInt64,
+            p_fail Nullable(Float32),
+            by_type String,
+            cause LowCardinality(String)
+        )
+        ENGINE = ReplacingMergeTree(timestamp)
+        ORDER BY (tenant_id, agent_id)
+        COMMENT 'latest assignment score per agent (read with FINAL)'
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {db}.tasks (
+            task_id String,
+            tenant_id LowCardinality(String),
+            agent_id String,
+            task_type LowCardinality(String),
+            priority LowCardinality(String),
+            status LowCardinality(String) COMMENT 'schemas.models.TASK_STATUSES',
+            attempt UInt16,
+            required_capabilities Array(String),
+            score Nullable(Float32),
+            components String COMMENT 'JSON: ScoreComponents, or empty',
+            p_success Nullable(Float32) COMMENT 'predicted when assigned',
+            expected_duration_s Nullable(Float64) COMMENT 'predicted when assigned',
+            deadline Nullable(DateTime64(3, 'UTC')),
+            assigned_at DateTime64(3, 'UTC'),
+            accepted_at Nullable(DateTime64(3, 'UTC')),
+            finished_at Nullable(DateTime64(3, 'UTC')),
+            duration_s Nullable(Float64),
+            sla_met Nullable(Bool),
+            reason String,
+            agent_active_tasks UInt32,
+            capacity UInt32,
+            assigned_by String,
+            updated_at DateTime64(3, 'UTC'),
+            version UInt64 COMMENT 'updated_at in ms × 8 + the status''s rank: the latest wins'
+        )
+        ENGINE = ReplacingMergeTree(version)
+        PARTITION BY toYYYYMM(assigned_at)
+        ORDER BY (tenant_id, task_id)
+        TTL toDateTime(assigned_at) + INTERVAL {ttl} DAY
+        COMMENT 'latest status per task: task_assigned (control) and task_changed (state)'
+        """,
+        f"""
         CREATE TABLE IF NOT EXISTS {db}.webhook_offsets (
             cluster_id String,
             topic String,

@@ -22,6 +22,10 @@ PREFIX = "/api/v1/keys"
 KeyAdmin = Annotated[Principal, needs(Permission.MANAGE_KEYS)]
 
 
+#: The longest life a key may be given (100 years): an expiry must stay a date.
+MAX_KEY_TTL_S = 100 * 365.25 * 86400
+
+
 class NewKeyRequest(BaseModel):
     """The body of ``POST /api/v1/keys``."""
 
@@ -31,7 +35,9 @@ class NewKeyRequest(BaseModel):
     tenant_id: Identifier = Field(description=f"The tenant it acts for ({ALL_TENANTS!r}: all).")
     agent_id: Identifier | None = Field(None, description="An agent's key: its agent.")
     name: str = Field("", max_length=128, description="What it is for, in words.")
-    ttl_s: float | None = Field(None, gt=0, description="Expires after this long (seconds).")
+    ttl_s: float | None = Field(
+        None, gt=0, le=MAX_KEY_TTL_S, description="Expires after this long (seconds, ≤ 100 years)."
+    )
 
 
 class KeyInfo(BaseModel):

@@ -42,6 +42,11 @@ TOPICS = (
     "deadletter",
     "commands",
 )
+#: Topics renamed since an earlier release: old logical name → the new one. A deployment
+#: upgraded from before may still hold unread records on the old topic, so the loader and
+#: the API's projection also read it, when it exists, exactly as the new one (never
+#: created, never waited for: a new deployment has none). docs/migrations.md, "Topics".
+RENAMED_TOPICS = {"scores": "security"}
 
 
 class Settings(BaseSettings):

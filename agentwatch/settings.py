@@ -918,6 +918,15 @@ class Settings(BaseSettings):
         description="Predictive maintenance: p_fail is the probability that an agent degrades, "
         "goes offline or is quarantined within this long.",
     )
+    orchestration_accuracy_tasks: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Seed: 'Rolling 100 tasks'. GET /api/v1/orchestration/models computes the "
+        "models' accuracy (success: p_success >= 0.5 against completed, Brier score; duration: "
+        "MAE and MAPE against expected_duration_s) over this many latest finished tasks that "
+        "had predictions.",
+    )
 
     @field_validator("clickhouse_dsn")
     @classmethod

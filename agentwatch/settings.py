@@ -42,6 +42,11 @@ TOPICS = (
     "deadletter",
     "commands",
 )
+#: Topics renamed since an earlier release: old logical name → the new one. A deployment
+#: upgraded from before may still hold unread records on the old topic, so the loader and
+#: the API's projection also read it, when it exists, exactly as the new one (never
+#: created, never waited for: a new deployment has none). docs/migrations.md, "Topics".
+RENAMED_TOPICS = {"scores": "security"}
 
 
 class Settings(BaseSettings):
@@ -912,6 +917,15 @@ class Settings(BaseSettings):
         gt=0,
         description="Predictive maintenance: p_fail is the probability that an agent degrades, "
         "goes offline or is quarantined within this long.",
+    )
+    orchestration_accuracy_tasks: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Seed: 'Rolling 100 tasks'. GET /api/v1/orchestration/models computes the "
+        "models' accuracy (success: p_success >= 0.5 against completed, Brier score; duration: "
+        "MAE and MAPE against expected_duration_s) over this many latest finished tasks that "
+        "had predictions.",
     )
 
     @field_validator("clickhouse_dsn")

@@ -9,7 +9,11 @@ committing), the topics an agent's status is made of, and folds them:
   beginning**, into :class:`agentwatch.directory.Directory`: registration, lifecycle
   state, health, security score, quarantine. The projection is *ready* once it has
   read these to the ends they had when it was assigned; from then on the registry
-  is complete, and registration and search (which need all of it) answer.
+  is complete, and registration and search (which need all of it) answer. A renamed
+  topic's old name (``agents.scores``, ``agentwatch.settings.RENAMED_TOPICS``) is read
+  the same way as the new one when it exists at the first assignment (an upgraded
+  deployment's security scores from before the rename); when it does not, it is not
+  looked for again.
 - ``agents.metrics`` (30k+ heartbeats/s), ``agents.baselines``,
   ``agents.anomalies``, ``agents.threats`` **from their end**: the latest heartbeat
   of each agent is kept as its raw bytes and Kafka timestamp, read by the message
@@ -44,7 +48,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
 
 from agentwatch.directory import AgentView, Directory
-from agentwatch.settings import Settings
+from agentwatch.settings import RENAMED_TOPICS, Settings
 from api.responses import AgentThreat, Anomaly, Baseline, Evidence, LatestMetrics
 from schemas.events import CONTROL_CHANNEL, STATE_CHANNEL, refusal
 from schemas.models import AnomalyRecord, BaselineRecord, Heartbeat, Threat, ThreatEvidence
@@ -55,6 +59,8 @@ log = logging.getLogger("api.projection")
 #: Topics read from their beginning (the registry), and from their end (latest values).
 FROM_BEGINNING = (CONTROL_CHANNEL, STATE_CHANNEL, "security")
 FROM_END = ("metrics", "baselines", "anomalies", "threats")
+#: Old names of topics read from their beginning: read as the new name, if they exist.
+RENAMED = {old: new for old, new in RENAMED_TOPICS.items() if new in FROM_BEGINNING}
 #: Most messages read in one batch, and the longest wait for them (seconds).
 BATCH_MESSAGES = 5000
 CONSUME_WAIT_S = 0.2
@@ -103,7 +109,7 @@ class AgentProjection(BackgroundReader):
         #: Held by a registration from its check to its record (one at a time per process).
         self.registering = threading.Lock()
         self._consumer = assigned_consumer(settings, "projection")
-        self._logical = {settings.topic(n): n for n in (*FROM_BEGINNING, *FROM_END)}
+        self._logical = {settings.topic(n): n for n in (*FROM_BEGINNING, *FROM_END, *RENAMED)}
         self._heartbeats: dict[bytes, tuple[bytes, int]] = {}
         self._baselines: dict[str, Baseline] = {}
         self._anomalies: dict[str, Anomaly] = {}
@@ -115,6 +121,7 @@ class AgentProjection(BackgroundReader):
         self._missing: set[str] = set()
         self._next_topic_check = 0.0
         self.messages: dict[str, int] = dict.fromkeys(self._logical.values(), 0)
+        self._renamed = {settings.topic(old) for old in RENAMED}
         self.skipped = 0
         self.fold_cpu_s = 0.0  # CPU time of this thread spent folding messages
 
@@ -147,7 +154,7 @@ class AgentProjection(BackgroundReader):
                     beats += 1
                     continue
                 name = self._logical[topic]
-                self._fold(name, message)
+                self._fold(RENAMED.get(name, name), message)
                 self.messages[name] += 1
                 folded += 1
                 if self._ends:
@@ -220,9 +227,11 @@ class AgentProjection(BackgroundReader):
                 continue
             topic = metadata.topics.get(topic_name)
             if topic is None or topic.error is not None or not topic.partitions:
-                missing.add(topic_name)
+                if topic_name not in self._renamed:  # an old name absent at start: none
+                    missing.add(topic_name)
                 continue
-            from_beginning = not initial or self._logical[topic_name] in FROM_BEGINNING
+            name = self._logical[topic_name]
+            from_beginning = not initial or RENAMED.get(name, name) in FROM_BEGINNING
             for partition in sorted(topic.partitions):
                 if initial and from_beginning:
                     low, high = self._consumer.get_watermark_offsets(

@@ -33,13 +33,18 @@ from api.responses import (
     AgentIncident,
     AgentThreat,
     Anomaly,
+    AssignmentScoreEntry,
     Baseline,
     Evidence,
     LatestMetrics,
+    RollingAccuracy,
     ScoreEntry,
+    ShardModels,
     TableCounts,
+    TaskView,
 )
-from schemas.models import FeatureDeviation, ThreatEvidence
+from schemas.events import MODEL_STATS, STATE_CHANNEL
+from schemas.models import FeatureDeviation, ModelStats, ThreatEvidence
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +343,184 @@ def incidents(
         )
         for row in result.named_results()
     ]
+
+
+# --- orchestration: tasks, assignment scores, the models' accuracy -----------------------
+
+_TASK_COLUMNS = ", ".join(TaskView.model_fields)
+_TASK_TIMES = ("deadline", "assigned_at", "accepted_at", "finished_at", "updated_at")
+#: Float32 columns, shown rounded (0.7 is stored as 0.699999988…).
+_FLOAT32_DIGITS = 6
+
+
+def task(client: Client, database: str, task_id: str, *, tenant_id: str | None) -> TaskView | None:
+    """The task's latest row (FINAL), or None. ``tenant_id`` (the caller's, if its key is of
+    one tenant): another tenant's task is not found, exactly like a missing one."""
+    parameters: dict[str, object] = {"task_id": task_id}
+    conditions = ["task_id = {task_id:String}"]
+    if tenant_id is not None:
+        conditions.insert(0, "tenant_id = {tenant_id:String}")
+        parameters["tenant_id"] = tenant_id
+    result = client.query(
+        f"SELECT {_TASK_COLUMNS} FROM {database}.tasks FINAL WHERE {' AND '.join(conditions)} "
+        "ORDER BY version DESC LIMIT 1",
+        parameters=parameters,
+    )
+    rows = [_task(row) for row in result.named_results()]
+    return rows[0] if rows else None
+
+
+def tasks(
+    client: Client,
+    database: str,
+    limit: int,
+    agent_id: str | None = None,
+    statuses: list[str] | None = None,
+    *,
+    tenant_id: str | None,
+) -> list[TaskView]:
+    """Tasks in their latest status, newest assignment first. ``tenant_id`` reads on the
+    sort key (None: every tenant); the agent and status filters apply to the latest row
+    (a task moved to another agent is that agent's; a completed one is not listed as
+    accepted), so they are applied after ``FINAL``."""
+    inner, outer = [], []
+    parameters: dict[str, object] = {"limit": limit}
+    if tenant_id is not None:
+        inner.append("tenant_id = {tenant_id:String}")
+        parameters["tenant_id"] = tenant_id
+    if agent_id is not None:
+        outer.append("agent_id = {agent_id:String}")
+        parameters["agent_id"] = agent_id
+    if statuses:
+        outer.append("status IN {statuses:Array(String)}")
+        parameters["statuses"] = statuses
+    result = client.query(
+        f"SELECT * FROM (SELECT {_TASK_COLUMNS} FROM {database}.tasks FINAL {_where(inner)}) "
+        f"{_where(outer)} ORDER BY assigned_at DESC, task_id LIMIT {{limit:UInt32}}",
+        parameters=parameters,
+    )
+    return [_task(row) for row in result.named_results()]
+
+
+def _task(row: dict) -> TaskView:
+    for name in _TASK_TIMES:
+        if row[name] is not None:
+            row[name] = as_utc(row[name])
+    for name in ("score", "p_success"):
+        if row[name] is not None:
+            row[name] = round(row[name], _FLOAT32_DIGITS)
+    row["components"] = orjson.loads(row["components"]) if row["components"] else None
+    return TaskView(**row)
+
+
+_SCORE_COLUMNS = ", ".join(AssignmentScoreEntry.model_fields)
+_SCORE_FLOAT32 = ("score", "performance", "cost", "availability", "sla", "success_rate",
+                  "response_time_ms", "sla_met_rate", "p_fail")  # fmt: skip
+
+
+def assignment_scores_between(
+    client: Client,
+    database: str,
+    agent_id: str,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    *,
+    tenant_id: str | None,
+) -> list[AssignmentScoreEntry]:
+    """The agent's published assignment scores with ``since <= timestamp <= until``,
+    newest first."""
+    parameters: dict[str, object] = {"limit": limit}
+    conditions = [_agent(agent_id, tenant_id, parameters)]
+    conditions += _time_bounds("timestamp", since, until, parameters)
+    result = client.query(
+        f"SELECT {_SCORE_COLUMNS} FROM {database}.assignment_scores FINAL "
+        f"WHERE {' AND '.join(conditions)} ORDER BY timestamp DESC, cause LIMIT {{limit:UInt32}}",
+        parameters=parameters,
+    )
+    entries = []
+    for row in result.named_results():
+        row["timestamp"] = as_utc(row["timestamp"])
+        for name in _SCORE_FLOAT32:
+            if row[name] is not None:
+                row[name] = round(row[name], _FLOAT32_DIGITS)
+        row["weights"] = orjson.loads(row["weights"]) if row["weights"] else {}
+        row["by_type"] = orjson.loads(row["by_type"]) if row["by_type"] else {}
+        entries.append(AssignmentScoreEntry(**row))
+    return entries
+
+
+def rolling_accuracy(
+    client: Client, database: str, window: int, *, tenant_id: str | None
+) -> RollingAccuracy:
+    """The predictions made at assignment against the outcomes, over the latest ``window``
+    finished tasks (completed or failed, by when they finished) that had a prediction
+    (``p_success`` or ``expected_duration_s``), one ClickHouse query: success accuracy
+    (``p_success >= 0.5`` against completed) and Brier score over those with a
+    ``p_success``; duration MAE and MAPE against ``expected_duration_s`` over the completed
+    ones (a failed task's time is not a completion time). ``tenant_id``: that tenant's
+    tasks (None: every tenant's)."""
+    parameters: dict[str, object] = {"window": window}
+    where = ""
+    if tenant_id is not None:
+        where, parameters["tenant_id"] = "WHERE tenant_id = {tenant_id:String}", tenant_id
+    timed = "status = 'completed' AND expected_duration_s IS NOT NULL AND duration_s IS NOT NULL"
+    result = client.query(
+        "SELECT count() AS tasks, "
+        "countIf(p_success IS NOT NULL) AS success_predictions, "
+        "avgIf(toFloat64((p_success >= 0.5) = (status = 'completed')), p_success IS NOT NULL) "
+        "AS success_accuracy, "
+        "avgIf(pow(toFloat64(p_success) - (status = 'completed'), 2), p_success IS NOT NULL) "
+        "AS brier_score, "
+        f"countIf({timed}) AS duration_predictions, "
+        f"avgIf(abs(duration_s - expected_duration_s), {timed}) AS duration_mae_s, "
+        f"avgIf(abs(duration_s - expected_duration_s) / duration_s, {timed} AND duration_s > 0) "
+        "AS duration_mape, "
+        "if(count() = 0, NULL, min(finished)) AS oldest, "
+        "if(count() = 0, NULL, max(finished)) AS newest "
+        "FROM (SELECT status, p_success, expected_duration_s, duration_s, "
+        "coalesce(finished_at, updated_at) AS finished "
+        f"FROM (SELECT * FROM {database}.tasks FINAL {where}) "
+        "WHERE status IN ('completed', 'failed') "
+        "AND (p_success IS NOT NULL OR expected_duration_s IS NOT NULL) "
+        "ORDER BY finished DESC, task_id LIMIT {window:UInt32})",
+        parameters=parameters,
+    )
+    row = next(result.named_results())
+    for name in ("success_accuracy", "brier_score", "duration_mae_s", "duration_mape"):
+        value = row[name]
+        row[name] = None if value is None or value != value else round(value, 6)  # NaN: none
+    for name in ("oldest", "newest"):
+        row[name] = None if row[name] is None else as_utc(row[name])
+    return RollingAccuracy(window=window, **row)
+
+
+#: Most shards whose model reports are listed.
+MAX_SHARDS = 1000
+
+
+def shard_models(client: Client, database: str) -> list[ShardModels]:
+    """Each shard's latest ``model_stats`` (fleet-wide events: agent and tenant ``*``, from
+    agents.state only), by shard name; reports that do not parse are skipped (logged)."""
+    result = client.query(
+        f"SELECT payload FROM {database}.agent_events FINAL "
+        "PREWHERE tenant_id = '*' AND agent_id = '*' "
+        "WHERE type = {type:String} AND channel = {channel:String} "
+        "ORDER BY timestamp DESC LIMIT 1 BY JSONExtractString(payload, 'shard') "
+        "LIMIT {shards:UInt32}",
+        parameters={"type": MODEL_STATS, "channel": STATE_CHANNEL, "shards": MAX_SHARDS},
+    )
+    shards = []
+    for (payload,) in result.result_rows:
+        try:
+            stats = ModelStats.model_validate_json(payload)
+        except ValidationError as exc:
+            log.warning("model_stats_unparsable error=%r", " ".join(str(exc).split())[:200])
+            continue
+        fields = stats.model_dump()
+        fields["timestamp"] = datetime.fromtimestamp(stats.timestamp, UTC)
+        shards.append(ShardModels(**fields))
+    return sorted(shards, key=lambda s: s.shard)
 
 
 def _time_bounds(

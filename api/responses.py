@@ -12,7 +12,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from schemas.models import ALERT_STATES, THREAT_CATEGORIES, THREAT_SEVERITIES, FeatureDeviation
+from schemas.models import (
+    ALERT_STATES,
+    TASK_PRIORITIES,
+    TASK_STATUSES,
+    THREAT_CATEGORIES,
+    THREAT_SEVERITIES,
+    FeatureDeviation,
+    ScoreComponents,
+    TypeEstimate,
+)
 
 #: A threat's category and severity, as the seed names them.
 ThreatCategory = Literal[THREAT_CATEGORIES]  # type: ignore[valid-type]
@@ -244,6 +253,138 @@ class IncidentList(BaseModel):
 
     count: int
     incidents: list[AgentIncident]
+
+
+#: A task's status and priority (schemas.models).
+TaskStatusName = Literal[TASK_STATUSES]  # type: ignore[valid-type]
+TaskPriorityName = Literal[TASK_PRIORITIES]  # type: ignore[valid-type]
+
+
+class TaskView(BaseModel):
+    """A task in its latest status, from table ``tasks`` (the API's ``task_assigned``, then
+    each ``task_changed`` of the agent's shard; the latest wins)."""
+
+    task_id: str
+    tenant_id: str
+    agent_id: str = Field(description="The agent it was assigned to last.")
+    task_type: str
+    priority: TaskPriorityName
+    status: TaskStatusName = Field(
+        description="assigned (by the API, not yet confirmed), accepted or refused (by the "
+        "agent's shard), then completed, failed, released (moved or cancelled) or expired."
+    )
+    attempt: int = Field(description="1, then +1 each time the task was placed again.")
+    required_capabilities: list[str]
+    score: float | None = Field(description="The agent's assignment score when chosen.")
+    components: ScoreComponents | None = Field(description="That score's components.")
+    p_success: float | None = Field(description="Predicted success when assigned, if known.")
+    expected_duration_s: float | None = Field(
+        description="Predicted completion time when assigned, if known."
+    )
+    deadline: datetime | None = Field(description="When it must be done (SLA), if any.")
+    assigned_at: datetime
+    accepted_at: datetime | None = Field(description="When the agent's shard accepted it.")
+    finished_at: datetime | None = Field(description="When its outcome came (or it expired).")
+    duration_s: float | None = Field(description="How long it ran.")
+    sla_met: bool | None = Field(description="Finished by its deadline (null: no deadline).")
+    reason: str = Field(description="Why refused, failed, released or expired.")
+    agent_active_tasks: int = Field(
+        description="The agent's open tasks after this change, as its shard counts them (0 "
+        "while only the API's assignment is known)."
+    )
+    capacity: int = Field(description="The agent's max_concurrent_tasks (0: not known yet).")
+    assigned_by: str = Field(description="The API process that decided.")
+    updated_at: datetime = Field(description="Event time of the latest change.")
+
+
+class TaskList(BaseModel):
+    """Tasks in their latest status, newest assignment first."""
+
+    count: int
+    tasks: list[TaskView]
+
+
+class AssignmentScoreEntry(BaseModel):
+    """One published assignment score of an agent, from table ``assignment_scores``."""
+
+    timestamp: datetime = Field(description="Event time.")
+    score: float = Field(description="Weighted sum of the components / sum of the weights, 0…1.")
+    performance: float
+    cost: float
+    availability: float
+    sla: float
+    weights: dict[str, float] = Field(description="The weights the score was made with.")
+    state: str = Field(description="The agent's lifecycle state.")
+    active_tasks: int
+    capacity: int
+    success_rate: float
+    response_time_ms: float
+    sla_met_rate: float
+    tasks_completed: int
+    tasks_failed: int
+    p_fail: float | None = Field(description="Probability the agent fails within the horizon.")
+    by_type: dict[str, TypeEstimate] = Field(description="Predictions per task type.")
+    cause: str = Field(description="What published it: heartbeat, task, state or weights.")
+
+
+class AssignmentScoreList(BaseModel):
+    """An agent's assignment scores in a time range, newest first."""
+
+    agent_id: str
+    since: datetime | None = Field(description="Inclusive lower bound, if given.")
+    until: datetime | None = Field(description="Inclusive upper bound, if given.")
+    limit: int
+    count: int
+    scores: list[AssignmentScoreEntry]
+
+
+class RollingAccuracy(BaseModel):
+    """How well the predictions made at assignment matched the outcomes, over the latest
+    finished tasks (completed or failed) that had a prediction; computed in ClickHouse."""
+
+    window: int = Field(description="At most this many latest tasks (the setting).")
+    tasks: int = Field(description="Tasks in the window.")
+    success_predictions: int = Field(description="Of those, tasks with a p_success.")
+    success_accuracy: float | None = Field(
+        description="Share where p_success >= 0.5 matched completed (null: no prediction)."
+    )
+    brier_score: float | None = Field(
+        description="Mean of (p_success - 1 if completed else 0)²: 0 is perfect, 0.25 is a coin's."
+    )
+    duration_predictions: int = Field(
+        description="Completed tasks in the window with an expected_duration_s and a duration."
+    )
+    duration_mae_s: float | None = Field(
+        description="Mean absolute error of expected_duration_s, seconds (completed tasks)."
+    )
+    duration_mape: float | None = Field(
+        description="Mean absolute percentage error of expected_duration_s, as a fraction "
+        "(0.12 = 12 %), over completed tasks that took more than 0 s."
+    )
+    oldest: datetime | None = Field(description="When the oldest task in the window finished.")
+    newest: datetime | None = Field(description="When the newest one finished.")
+
+
+class ShardModels(BaseModel):
+    """One shard's online models as it last reported them (``model_stats`` on agents.state)."""
+
+    shard: str
+    outcomes: int = Field(description="Outcomes learned from since the shard started.")
+    success_accuracy: float | None
+    success_log_loss: float | None
+    duration_mae_s: float | None
+    failure_accuracy: float | None
+    failure_samples: int
+    window: int = Field(description="How many latest outcomes its rolling figures cover.")
+    timestamp: datetime = Field(description="Event time of the report.")
+
+
+class OrchestrationModels(BaseModel):
+    """The outcome models' accuracy: measured on the tasks table, and as each shard reports."""
+
+    tenant_id: str | None = Field(description="The tenant the tasks are of (null: every one).")
+    rolling: RollingAccuracy
+    shards: list[ShardModels] = Field(description="The latest report of each shard (fleet-wide).")
 
 
 class BrokerHealth(BaseModel):

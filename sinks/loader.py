@@ -1,14 +1,20 @@
 """The ClickHouse loader: Kafka topics → idempotent batches in ClickHouse.
 
 One consumer reads ``agents.metrics`` and the derived topics (``anomalies``,
-``baselines``, ``threats``, ``alerts``, ``scores``, ``commands``, ``incidents``,
-``deadletter``) and the three lifecycle channels (``events``: agents' facts,
-``control``: operators' commands, ``state``: the dataflow's derived facts) by
-partition assignment (consumer groups are slow on the embedded broker) and copies
-each topic into its table (:data:`LOADED`, one entry per topic: the table of the
-same name, but ``scores`` → ``security_scores`` and the three channels →
-``agent_events``), in batches of ``loader_batch_rows`` rows or
+``baselines``, ``threats``, ``alerts``, ``security``, ``assignment_scores``,
+``commands``, ``incidents``, ``deadletter``) and the three lifecycle channels
+(``events``: agents' facts, ``control``: operators' commands, ``state``: the
+dataflow's derived facts) by partition assignment (consumer groups are slow on the
+embedded broker) and copies each topic into its table (:data:`LOADED`, one entry per
+topic: the table of the same name, but ``security`` → ``security_scores`` and the
+three channels → ``agent_events``), in batches of ``loader_batch_rows`` rows or
 ``loader_batch_age_s`` seconds, whichever comes first.
+
+A topic renamed since an earlier release (``agentwatch.settings.RENAMED_TOPICS``:
+``agents.scores`` → ``agents.security``) is read under its old name too, into the
+same table, when it exists: an upgraded deployment may hold records there that were
+never loaded; a new one has no such topic, and the loader neither waits nor asks
+for it (it is picked up if it ever appears).
 
 From a lifecycle channel only the event types accepted on it are stored
 (``schemas.events.CHANNELS``), with the channel in the row: a ``released`` or a
@@ -21,6 +27,13 @@ From ``agents.state`` the loader also keeps two projections (:data:`PROJECTIONS`
 ``agentwatch.lifecycle.AgentRecord.row`` (the newest per agent wins: its
 ``transitions`` is the version), and ``agent_registry``, one row per registration
 the dataflow accepted (the ``status_changed`` to ``registered`` carries it).
+Orchestration adds two more: ``tasks`` (:func:`task_row`), from the API's
+``task_assigned`` on ``agents.control`` and the shards' ``task_changed`` on
+``agents.state``, one row per change, the latest status winning whatever order the
+two topics are read in; and ``assignment_scores_latest``, the newest row of
+``assignment_scores`` per agent. A message a projection cannot make its row from is
+refused whole, like any message its table cannot hold: logged
+(``derived_message_skipped``), counted in ``skipped_invalid``, and not stored.
 
 A dead letter is stored with the cluster id of the log its message was read
 from (the dataflow stamps it; records without one get the cluster id the loader
@@ -77,20 +90,33 @@ from confluent_kafka import (
 from pydantic import BaseModel
 
 from agentwatch.secrets import redact_handlers
-from agentwatch.settings import Settings
-from schemas.events import CHANNELS, REGISTERED, STATE_CHANNEL, STATUS_CHANGED, check_channel
+from agentwatch.settings import RENAMED_TOPICS, Settings
+from schemas.events import (
+    CHANNELS,
+    CONTROL_CHANNEL,
+    REGISTERED,
+    STATE_CHANNEL,
+    STATUS_CHANGED,
+    TASK_ASSIGNED,
+    TASK_CHANGED,
+    check_channel,
+)
 from schemas.heartbeats import parse_heartbeats
 from schemas.models import (
+    TASK_STATUSES,
     TIMESTAMP_RANGE,
     AgentCommand,
     Alert,
     AnomalyRecord,
+    AssignmentScore,
     BaselineRecord,
     DeadLetter,
     Incident,
     LifecycleEvent,
     Registration,
     ScoreChange,
+    TaskAssignment,
+    TaskRecord,
     Threat,
 )
 from sinks.audit import AuditWriter
@@ -182,6 +208,9 @@ class Loader:
         self._client = client
         self._database = settings.clickhouse_database
         self._logical = {settings.topic(name): name for name in LOADED_TOPICS}
+        #: The topics waited for (and asked for in the log) until they exist; the others
+        #: (a renamed topic's old name) are read only if they exist.
+        self._required = {t for t, name in self._logical.items() if not LOADED[name].optional}
         self._pending = {
             topic: _PendingTable(name, TABLES[name]) for topic, name in self._logical.items()
         }
@@ -335,7 +364,7 @@ class Loader:
 
     def _check_metadata(self, now: float) -> None:
         """Assign topics that appeared, and notice a broker that restarted."""
-        all_assigned = len(self._assigned) == len(self._logical)
+        all_assigned = self._required <= self._assigned.keys()
         self._next_metadata_check = now + (
             CLUSTER_CHECK_INTERVAL_S if all_assigned else MISSING_TOPICS_RETRY_S
         )
@@ -369,7 +398,7 @@ class Loader:
         }
         if appeared:
             self._assign(appeared)
-        missing = sorted(set(self._logical) - set(self._assigned))
+        missing = sorted(self._required - set(self._assigned))
         if missing and not self._said_waiting:
             log.info("loader_waiting_for_topics topics=%s", ",".join(missing))
         self._said_waiting = bool(missing)
@@ -503,7 +532,7 @@ class Loader:
             self._rewind({tp for tp in next_offsets})
             raise
         now = time.monotonic()
-        for topic, (frame, records, skipped) in parsed.items():
+        for topic, (frame, records, projected, skipped) in parsed.items():
             pending = self._pending[topic]
             if frame is not None and len(frame):
                 pending.frames.append(frame)
@@ -511,10 +540,8 @@ class Loader:
             if records:
                 pending.records.extend(records)
                 pending.rows += len(records)
-                for projection in LOADED[pending.name].projections:
-                    rows = [r for r in map(projection.row, records) if r is not None]
-                    if rows:
-                        pending.projected.setdefault(projection.table, []).extend(rows)
+            for table, rows in projected.items():
+                pending.projected.setdefault(table, []).extend(rows)
             if pending.since is None:
                 pending.since = now
             name = self._logical[topic]
@@ -528,8 +555,10 @@ class Loader:
 
     def _parse(
         self, topic: str, messages: list[Message]
-    ) -> tuple[pd.DataFrame | None, list[dict], int]:
-        """(metrics frame, derived rows, messages skipped) of one topic's messages."""
+    ) -> tuple[pd.DataFrame | None, list[dict], dict[str, list[dict]], int]:
+        """(metrics frame, derived rows, projected rows by table, messages skipped) of one
+        topic's messages. A message is taken whole or refused whole: its row and the row
+        of each projection, or nothing."""
         name = self._logical[topic]
         loaded = LOADED[name]
         if loaded.row is None:
@@ -537,13 +566,19 @@ class Loader:
             if None in values:
                 values = [b"" if value is None else value for value in values]
             batch, rejected = parse_heartbeats(values, self._settings.max_message_bytes)
-            return batch.to_frame(), [], len(rejected)
-        to_row = loaded.row
+            return batch.to_frame(), [], {}, len(rejected)
+        to_row, projections = loaded.row, loaded.projections
         rows, skipped = [], 0
+        projected: dict[str, list[dict]] = {p.table: [] for p in projections}
         for message in messages:
             value = message.value()
             try:
-                rows.append(to_row(value))
+                row = to_row(value)
+                made = [(p.table, p.row(row)) for p in projections]
+                rows.append(row)
+                for table, projected_row in made:
+                    if projected_row is not None:
+                        projected[table].append(projected_row)
             except Exception as exc:
                 skipped += 1
                 log.warning(
@@ -557,7 +592,7 @@ class Loader:
         if loaded.stamps_cluster_id:
             for row in rows:
                 row["cluster_id"] = row["cluster_id"] or self._cluster_id or ""
-        return None, rows, skipped
+        return None, rows, {t: r for t, r in projected.items() if r}, skipped
 
     def _rewind(self, partitions: Iterable[Partition]) -> None:
         """Seek back to the first message not yet taken, so a failed batch is read again."""
@@ -821,6 +856,33 @@ def score_row(value: bytes) -> dict:
     return _fields(record)
 
 
+def assignment_score_row(value: bytes) -> dict:
+    """Row of table ``assignment_scores`` from one ``agents.assignment_scores`` message
+    (``AssignmentScore``); ``weights`` and ``by_type`` as JSON.
+
+    >>> row = assignment_score_row(b'{"agent_id":"a1","tenant_id":"t1","timestamp":1764072000,'
+    ...     b'"score":0.7,"performance":0.8,"cost":0.5,"availability":1,"sla":0.5,'
+    ...     b'"weights":{"performance":0.4,"cost":0.3,"availability":0.2,"sla":0.1},'
+    ...     b'"state":"active","active_tasks":1,"capacity":4,"success_rate":0.9,'
+    ...     b'"response_time_ms":120,"sla_met_rate":1,"tasks_completed":9,"tasks_failed":1,'
+    ...     b'"by_type":{"etl":{"p_success":0.9,"outcomes":10}},"cause":"task"}')
+    >>> row["weights"][:19], orjson.loads(row["by_type"])["etl"]["p_success"], row["p_fail"]
+    ('{"performance":0.4,', 0.9, None)
+    """
+    record = AssignmentScore.model_validate(orjson.loads(value))
+    _require_range("timestamp", record.timestamp, *TIMESTAMP_RANGE)
+    for name in ("active_tasks", "capacity"):
+        _require_range(name, getattr(record, name), 0, _UINT32_MAX)
+    for name in ("tasks_completed", "tasks_failed"):
+        _require_range(name, getattr(record, name), 0, _UINT64_MAX)
+    row = _fields(record)
+    row["weights"] = record.weights.model_dump_json()
+    row["by_type"] = orjson.dumps(
+        {task_type: estimate.model_dump() for task_type, estimate in record.by_type.items()}
+    ).decode()
+    return row
+
+
 def command_row(value: bytes) -> dict:
     """Row of table ``commands`` from one ``agents.commands`` message."""
     return _fields(AgentCommand.model_validate(orjson.loads(value)))
@@ -855,6 +917,92 @@ agents.control, which only the API writes
     row = _fields(record)
     row["payload"] = orjson.dumps(record.payload).decode()
     row["channel"] = channel
+    return row
+
+
+#: A task's statuses in the order a later one wins over an earlier one of the same
+#: millisecond (``tasks.version``): ``assigned`` lowest, so the shard's ``accepted`` or
+#: ``refused``, which carries the time of the ``task_assigned`` it answers, replaces it.
+_STATUS_RANK = {status: rank for rank, status in enumerate(TASK_STATUSES)}
+#: ``tasks.version`` = updated_at in ms × this + the status's rank (8 > len(TASK_STATUSES)).
+_VERSION_STEP = 8
+_UINT16_MAX = 2**16 - 1
+_TASK_TIMES = ("deadline", "assigned_at", "accepted_at", "finished_at", "updated_at")
+
+
+def task_version(updated_at: float, status: str) -> int:
+    """The ``tasks`` row's version: the latest change wins, and of two changes of one
+    millisecond, the later status (:data:`_STATUS_RANK`).
+
+    >>> task_version(1764072000.0, "accepted") - task_version(1764072000.0, "assigned")
+    1
+    >>> task_version(1764072000.001, "assigned") > task_version(1764072000.0, "expired")
+    True
+    """
+    return round(updated_at * 1000) * _VERSION_STEP + _STATUS_RANK[status]
+
+
+def task_row(event: dict) -> dict | None:
+    """Row of ``tasks`` from an ``agent_events`` row: the API's ``task_assigned`` (on
+    agents.control; status ``assigned``, what its ``TaskAssignment`` says, the agent and
+    tenant of the event) or a shard's ``task_changed`` (on agents.state; its whole
+    ``TaskRecord``); None for other types. A payload that is not one raises (the message
+    is refused).
+
+    >>> assigned = {"type": "task_assigned", "agent_id": "a1", "tenant_id": "t1",
+    ...     "actor": "api", "timestamp": 1764072000.0, "payload": orjson.dumps({
+    ...     "task_id": "k1", "score": 0.8, "assigned_by": "api-1", "weights": {},
+    ...     "components": {"performance": 1, "cost": 1, "availability": 0.5, "sla": 0}}
+    ...     ).decode()}
+    >>> row = task_row(assigned)
+    >>> row["status"], row["agent_id"], row["capacity"], row["version"] % 8
+    ('assigned', 'a1', 0, 0)
+    >>> task_row({**assigned, "type": "status_changed"}) is None
+    True
+    """
+    kind = event["type"]
+    if kind == TASK_CHANGED:
+        record = TaskRecord.model_validate(orjson.loads(event["payload"]))
+        row = _fields(record)
+    elif kind == TASK_ASSIGNED:
+        assignment = TaskAssignment.model_validate(orjson.loads(event["payload"]))
+        at = event["timestamp"]
+        row = {
+            "task_id": assignment.task_id,
+            "tenant_id": event["tenant_id"],
+            "agent_id": event["agent_id"],
+            "task_type": assignment.task_type,
+            "priority": assignment.priority,
+            "status": "assigned",
+            "attempt": assignment.attempt,
+            "required_capabilities": list(assignment.required_capabilities),
+            "score": assignment.score,
+            "components": assignment.components,
+            "p_success": assignment.p_success,
+            "expected_duration_s": assignment.expected_duration_s,
+            "deadline": assignment.deadline,
+            "assigned_at": at,
+            "accepted_at": None,
+            "finished_at": None,
+            "duration_s": None,
+            "sla_met": None,
+            "reason": "",
+            "agent_active_tasks": 0,
+            "capacity": 0,
+            "assigned_by": assignment.assigned_by,
+            "updated_at": at,
+        }
+    else:
+        return None
+    for name in _TASK_TIMES:
+        if row[name] is not None:
+            _require_range(name, row[name], *TIMESTAMP_RANGE)
+    _require_range("attempt", row["attempt"], 0, _UINT16_MAX)
+    for name in ("agent_active_tasks", "capacity"):
+        _require_range(name, row[name], 0, _UINT32_MAX)
+    components = row["components"]
+    row["components"] = "" if components is None else components.model_dump_json()
+    row["version"] = task_version(row["updated_at"], row["status"])
     return row
 
 
@@ -997,6 +1145,50 @@ PROJECTIONS = (
 )
 
 
+#: ``tasks``, from ``task_assigned`` (agents.control) and ``task_changed`` (agents.state).
+TASKS = Projection(
+    "tasks",
+    task_row,
+    _frame(
+        (
+            "task_id",
+            "tenant_id",
+            "agent_id",
+            "task_type",
+            "priority",
+            "status",
+            "attempt",
+            "required_capabilities",
+            "score",
+            "components",
+            "p_success",
+            "expected_duration_s",
+            "deadline",
+            "assigned_at",
+            "accepted_at",
+            "finished_at",
+            "duration_s",
+            "sla_met",
+            "reason",
+            "agent_active_tasks",
+            "capacity",
+            "assigned_by",
+            "updated_at",
+            "version",
+        ),
+        _TASK_TIMES,
+    ),
+)
+#: The projections of each lifecycle channel.
+CHANNEL_PROJECTIONS = {CONTROL_CHANNEL: (TASKS,), STATE_CHANNEL: (*PROJECTIONS, TASKS)}
+
+_assignment_score_frame = _frame(tuple(AssignmentScore.model_fields), ("timestamp",))
+
+
+def _same_row(row: dict) -> dict:
+    return row
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedTopic:
     """How the loader copies one topic into ClickHouse."""
@@ -1012,6 +1204,8 @@ class LoadedTopic:
     stamps_cluster_id: bool = False
     #: Tables kept from this topic's rows as well (inserted with them, before the offsets).
     projections: tuple[Projection, ...] = ()
+    #: Read only if it exists, never waited for (a renamed topic's old name).
+    optional: bool = False
 
 
 _event_frame = _frame((*LifecycleEvent.model_fields, "channel"), ("timestamp",))
@@ -1072,6 +1266,12 @@ LOADED: dict[str, LoadedTopic] = {
         score_row,
         _frame(tuple(ScoreChange.model_fields), ("timestamp", "first_seen")),
     ),
+    "assignment_scores": LoadedTopic(
+        "assignment_scores",
+        assignment_score_row,
+        _assignment_score_frame,
+        projections=(Projection("assignment_scores_latest", _same_row, _assignment_score_frame),),
+    ),
     "commands": LoadedTopic(
         "commands", command_row, _frame(tuple(AgentCommand.model_fields), ("issued_at",))
     ),
@@ -1086,7 +1286,7 @@ LOADED: dict[str, LoadedTopic] = {
             "agent_events",
             partial(event_row, channel),
             _event_frame,
-            projections=PROJECTIONS if channel == STATE_CHANNEL else (),
+            projections=CHANNEL_PROJECTIONS.get(channel, ()),
         )
         for channel in CHANNELS
     },
@@ -1097,6 +1297,10 @@ LOADED: dict[str, LoadedTopic] = {
         stamps_cluster_id=True,
     ),
 }
+# a renamed topic's old name: read, when it exists, exactly as the new one
+LOADED.update(
+    {old: dataclasses.replace(LOADED[new], optional=True) for old, new in RENAMED_TOPICS.items()}
+)
 #: Logical topics the loader copies, and the table of each.
 LOADED_TOPICS = tuple(LOADED)
 TABLES = {name: loaded.table for name, loaded in LOADED.items()}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agentwatch.settings import TOPICS
+from agentwatch.settings import RENAMED_TOPICS, TOPICS
 from dataflows.heartbeats import OUTPUT_TOPICS
 from sinks.loader import LOADED_TOPICS
 
@@ -104,13 +104,18 @@ def test_only_the_api_writes_operators_commands_and_agents_write_only_their_topi
 
 
 def test_the_acls_cover_what_each_process_reads_and_writes(compose: dict):
-    derived = set(OUTPUT_TOPICS.values()) | {"incidents", "deadletter"}
+    derived = set(OUTPUT_TOPICS.values()) | {"incidents", "deadletter", "assignment_scores"}
     assert granted(compose, "dataflow", "write") == derived
     assert granted(compose, "dataflow", "read") == {"metrics", "events", "control"}
     assert granted(compose, "loader", "read") == set(LOADED_TOPICS)
     every_topic = {t for who in ("agent", "api", "dataflow", "loader")
                    for op in ("read", "write") for t in granted(compose, who, op)}  # fmt: skip
-    assert every_topic == set(TOPICS), "every topic has its readers and writers"
+    # an old name is only read (what an upgraded cluster still holds), never written
+    assert every_topic == set(TOPICS) | set(RENAMED_TOPICS), (
+        "every topic has its readers and writers"
+    )
+    for old in RENAMED_TOPICS:
+        assert all(old not in granted(compose, who, "write") for who in ("api", "dataflow"))
 
 
 def test_each_process_logs_in_as_its_own_principal(compose: dict):

@@ -27,6 +27,7 @@ Every other check stays on for them.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -40,6 +41,7 @@ from agentwatch.settings import Settings
 from api.app import create_app
 from infra.broker import free_port
 from sinks.clickhouse import connect
+from sinks.loader import assignment_score_row
 from tests.conftest import wait_until
 from tests.test_api import (
     ANOMALY_COLUMNS,
@@ -49,8 +51,11 @@ from tests.test_api import (
     anomaly_row,
     baseline_row,
     heartbeat_row,
+    insert_docs,
     threat_row,
 )
+from tests.test_tasks_api import assigned, finished, insert_tasks
+from tests.test_tasks_api import score as assignment_score
 
 #: Generated requests per operation and phase: enough to reach every documented
 #: status of this API, small enough for ~30 s on two shared cores.
@@ -61,6 +66,7 @@ MAX_EXAMPLES = 25
 CROSS_FIELD_RULES = {
     ("GET", "/api/v1/agents/{agent_id}/anomalies"): "since is not after until",
     ("GET", "/api/v1/agents/{agent_id}/threats"): "since is not after until",
+    ("GET", "/api/v1/agents/{agent_id}/assignment-scores"): "since is not after until",
     ("POST", "/api/v1/silences"): "ends_at is after starts_at",
     ("POST", "/api/v1/agents/{agent_id}/quarantine"): "until is in the future",
     ("GET", "/api/v1/reports/{kind}"): "since is not after until",
@@ -74,6 +80,8 @@ CROSS_FIELD_RULES = {
 #: The agent the run asks about (its rows are written before the run), so the agent
 #: operations answer with data, not only with 404 (tests/test_api.py covers the 404s).
 AGENT = "agent-contract"
+#: The task the run asks about (assigned to :data:`AGENT` before the run).
+TASK = "task-contract"
 
 
 @schemathesis.check
@@ -92,7 +100,7 @@ def schemathesis_config() -> str:
     """The run's configuration (TOML): the agent to ask about; 422 accepted for valid
     data on the operations of :data:`CROSS_FIELD_RULES` only."""
     accepted = '["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]'
-    blocks = [f'[parameters]\n"path.agent_id" = "{AGENT}"\n']
+    blocks = [f'[parameters]\n"path.agent_id" = "{AGENT}"\n"path.task_id" = "{TASK}"\n']
     blocks += [
         f'[[operations]]\ninclude-method = "{method}"\ninclude-path = "{path}"\n'
         f"checks.positive_data_acceptance.expected-statuses = {accepted}\n"
@@ -131,8 +139,9 @@ def served_api(settings: Settings) -> Iterator[str]:
 
 
 def seed_agent(settings: Settings) -> None:
-    """Write :data:`AGENT`'s heartbeats, baseline, anomaly and threat into the test's
-    database (the app created its tables on start)."""
+    """Write :data:`AGENT`'s heartbeats, baseline, anomaly and threat, its assignment
+    score, and :data:`TASK` (assigned to it, then completed) into the test's database (the
+    app created its tables on start)."""
     client = connect(settings)
     try:
         for table, rows, columns in (
@@ -142,6 +151,13 @@ def seed_agent(settings: Settings) -> None:
             ("threats", [threat_row(AGENT, 120)], THREAT_COLUMNS),
         ):
             client.insert(table, rows, column_names=columns, database=settings.clickhouse_database)
+        now = time.time()
+        insert_tasks(client, settings, [
+            assigned(TASK, AGENT, now - 60),
+            finished(TASK, "completed", 0.9, 30.0, 25.0, now - 30, agent=AGENT),
+        ])  # fmt: skip
+        insert_docs(client, settings, "assignment_scores", assignment_score_row,
+                    [assignment_score(AGENT, now - 30, 0.7)])  # fmt: skip
     finally:
         client.close()
 

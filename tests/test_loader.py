@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from agentwatch.settings import Settings
 from infra.broker import ensure_topics, free_port
 from sinks.clickhouse import connect, create_schema
-from sinks.loader import LOADED_TOPICS, Loader
+from sinks.loader import CLUSTER_CHECK_INTERVAL_S, LOADED_TOPICS, Loader
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -946,3 +946,233 @@ def test_the_agents_projection_keeps_the_newest_state_and_the_registry_its_cards
     ).result_rows == [
         ("tenant-0", "agent-1", "Agent-1", "bot", "team-ml", {"zone": "eu"}, "ops-1", T0)
     ]
+
+
+# --- orchestration: assignment scores and tasks -----------------------------------------
+
+WEIGHTS = {"performance": 0.4, "cost": 0.3, "availability": 0.2, "sla": 0.1}
+COMPONENTS = {"performance": 0.9, "cost": 0.5, "availability": 0.75, "sla": 1.0}
+
+
+def assignment_score(agent: str, at: float, score: float, **overrides: object) -> dict:
+    """An ``AssignmentScore`` of ``agent`` (tenant-0) at ``at``."""
+    doc = {
+        "agent_id": agent, "tenant_id": "tenant-0", "timestamp": at, "score": score,
+        **COMPONENTS, "weights": WEIGHTS, "state": "active", "active_tasks": 1, "capacity": 4,
+        "success_rate": 0.9, "response_time_ms": 120.0, "sla_met_rate": 1.0,
+        "tasks_completed": 9, "tasks_failed": 1, "p_fail": 0.05,
+        "by_type": {"etl": {"p_success": 0.9, "expected_duration_s": 30.0, "outcomes": 10}},
+        "cause": "heartbeat",
+    }  # fmt: skip
+    doc.update(overrides)
+    return doc
+
+
+def test_assignment_scores_land_in_the_history_and_the_latest_per_agent(
+    settings, client, topics, loaders
+):
+    first = [assignment_score("agent-1", T0 + 60 * i, 0.5 + i / 10) for i in range(3)]
+    other = assignment_score("agent-2", T0, 0.4, p_fail=None, by_type={}, cause="state")
+    bad = [
+        orjson.dumps(assignment_score("agent-1", T0 + 999, 1.5)),  # a score above 1
+        orjson.dumps(assignment_score("agent-1", T0 + 999, 0.5, capacity=-1)),
+        b"{",
+    ]
+    # the newest first, then the rest and a replay: the newest still wins the latest table
+    produce(settings, "assignment_scores", [first[2], other, first[0], first[1], *first, *bad],
+            key=lambda d: d["agent_id"].encode())  # fmt: skip
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    poll_until(
+        loader,
+        lambda: loader.stats().rows_inserted["assignment_scores"] == 7,
+        "the assignment scores",
+    )
+    db = settings.clickhouse_database
+    assert count(client, settings, "assignment_scores") == 4  # the replays collapsed
+    latest = client.query(
+        f"SELECT agent_id, round(toFloat64(score), 3), toFloat64(timestamp), weights, by_type, "
+        f"p_fail, cause FROM {db}.assignment_scores_latest FINAL ORDER BY agent_id"
+    ).result_rows
+    assert [(a, s, t, c) for a, s, t, _, _, _, c in latest] == [
+        ("agent-1", 0.7, T0 + 120, "heartbeat"), ("agent-2", 0.4, T0, "state")
+    ]  # fmt: skip
+    assert json.loads(latest[0][3]) == WEIGHTS
+    assert json.loads(latest[0][4]) == first[2]["by_type"]
+    assert (json.loads(latest[1][4]), latest[1][5]) == ({}, None)
+    assert loader.stats().skipped_invalid["assignment_scores"] == len(bad)
+
+
+def task_assigned(task: str, agent: str, at: float, **payload: object) -> dict:
+    """The API's ``task_assigned`` of ``task`` to ``agent`` (tenant-0), on agents.control."""
+    return {
+        "type": "task_assigned", "agent_id": agent, "tenant_id": "tenant-0", "actor": "api",
+        "timestamp": at,
+        "payload": {"task_id": task, "task_type": "etl", "priority": "high",
+                    "required_capabilities": ["etl"], "deadline": at + 600, "score": 0.8,
+                    "components": COMPONENTS, "weights": WEIGHTS, "p_success": 0.9,
+                    "expected_duration_s": 30.0, "assigned_by": "api-1", **payload},
+    }  # fmt: skip
+
+
+def task_changed(task: str, agent: str, status: str, assigned_at: float, at: float,
+                 **fields: object) -> dict:  # fmt: skip
+    """A shard's ``task_changed`` (the whole ``TaskRecord``), on agents.state."""
+    record = {
+        "task_id": task, "agent_id": agent, "tenant_id": "tenant-0", "task_type": "etl",
+        "priority": "high", "status": status, "required_capabilities": ["etl"], "score": 0.8,
+        "components": COMPONENTS, "p_success": 0.9, "expected_duration_s": 30.0,
+        "deadline": assigned_at + 600, "assigned_at": assigned_at, "accepted_at": assigned_at,
+        "agent_active_tasks": 1, "capacity": 4, "assigned_by": "api-1", "updated_at": at,
+        **fields,
+    }  # fmt: skip
+    return {"type": "task_changed", "agent_id": agent, "tenant_id": "tenant-0",
+            "actor": "system", "timestamp": at, "payload": record}  # fmt: skip
+
+
+def lifecycle_of(task: str, at: float) -> tuple[dict, dict, dict]:
+    """A task's assigned (control), accepted (state, at the same time) and completed."""
+    return (
+        task_assigned(task, "agent-1", at),
+        task_changed(task, "agent-1", "accepted", at, at),
+        task_changed(task, "agent-1", "completed", at, at + 25, finished_at=at + 25,
+                     duration_s=25.0, sla_met=True, agent_active_tasks=0),
+    )  # fmt: skip
+
+
+def inserted(loader: Loader, *topics: str) -> int:
+    """Rows the loader inserted from these topics (their projections' rows with them)."""
+    rows = loader.stats().rows_inserted
+    return sum(rows[topic] for topic in topics)
+
+
+def task_rows(client, settings: Settings) -> dict[str, dict]:
+    rows = client.query(
+        f"SELECT * FROM {settings.clickhouse_database}.tasks FINAL ORDER BY task_id"
+    ).named_results()
+    return {row["task_id"]: row for row in rows}
+
+
+def test_a_tasks_changes_end_in_one_row_with_its_latest_status(settings, client, topics, loaders):
+    assigned, accepted, completed = lifecycle_of("task-1", T0)
+    produce(settings, "control", [assigned], key=by_agent)
+    produce(settings, "state", [accepted, completed, accepted], key=by_agent)  # and a replay
+    # only assigned and accepted so far (same millisecond): accepted wins
+    only_accepted = lifecycle_of("task-2", T0 + 10)[:2]
+    produce(settings, "control", [only_accepted[0]], key=by_agent)
+    produce(settings, "state", [only_accepted[1]], key=by_agent)
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    # (a projection's rows are inserted with the rows of their topic, before the offsets)
+    poll_until(loader, lambda: inserted(loader, "control", "state") == 6, "the task events")
+    rows = task_rows(client, settings)
+    assert {task: row["status"] for task, row in rows.items()} == {
+        "task-1": "completed", "task-2": "accepted"
+    }  # fmt: skip
+    done = rows["task-1"]
+    assert (done["agent_id"], done["tenant_id"], done["task_type"], done["priority"]) == (
+        "agent-1", "tenant-0", "etl", "high"
+    )  # fmt: skip
+    assert (done["duration_s"], done["sla_met"], done["attempt"]) == (25.0, True, 1)
+    assert done["finished_at"].timestamp() == T0 + 25
+    assert done["assigned_at"].timestamp() == done["accepted_at"].timestamp() == T0
+    assert json.loads(done["components"]) == COMPONENTS
+    assert round(done["p_success"], 3) == 0.9
+    assert done["version"] == round((T0 + 25) * 1000) * 8 + 3  # completed's rank
+
+
+def test_a_tasks_latest_status_wins_whatever_order_the_topics_are_read_in(
+    settings, client, topics, loaders
+):
+    assigned, accepted, completed = lifecycle_of("task-1", T0)
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    # the shard's verdicts are loaded first, the API's assignment later (another topic)
+    produce(settings, "state", [completed, accepted], key=by_agent)
+    poll_until(loader, lambda: inserted(loader, "state") == 2, "the shard's rows")
+    assert task_rows(client, settings)["task-1"]["status"] == "completed"
+    produce(settings, "control", [assigned], key=by_agent)
+    poll_until(loader, lambda: inserted(loader, "control") == 1, "the assignment")
+    row = task_rows(client, settings)["task-1"]
+    assert (row["status"], row["agent_active_tasks"], row["capacity"]) == ("completed", 0, 4)
+
+
+def test_task_events_that_do_not_hold_a_task_are_refused(settings, client, topics, loaders):
+    good = task_assigned("task-ok", "agent-1", T0)
+    no_status = task_changed("task-x", "agent-1", "accepted", T0, T0)
+    del no_status["payload"]["status"]
+    bad_assignments = [
+        task_assigned("task-y", "agent-1", T0, score=2.0),  # a score above 1
+        {**good, "payload": {"task_id": "task-z"}},  # no score, components, weights…
+    ]
+    bad_changes = [
+        no_status,
+        task_changed("task-x", "agent-1", "lost", T0, T0),  # not a status
+        task_changed("task-x", "agent-1", "accepted", T0, T0, attempt=70_000),  # > UInt16
+    ]
+    produce(settings, "control", [*bad_assignments, good], key=by_agent)
+    produce(settings, "state", bad_changes, key=by_agent)
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    poll_until(
+        loader,
+        lambda: (
+            sum(loader.stats().skipped_invalid[t] for t in ("control", "state")) == 5
+            and loader.stats().rows_inserted["control"] == 1
+        ),
+        "the refusals and the one good assignment",
+    )
+    assert list(task_rows(client, settings)) == ["task-ok"]
+    assert count(client, settings, "agent_events") == 1  # refused whole, not only its task
+    assert loader.stats().errors == 0
+
+
+# --- the security scores' old topic (agents.scores → agents.security) ----------------------
+
+
+def score_change(agent: str, at: float, score: float) -> dict:
+    return {"agent_id": agent, "tenant_id": "tenant-0", "timestamp": at, "score": score,
+            "delta": score - 100.0, "cause": "excessive_errors", "first_seen": at - 60}  # fmt: skip
+
+
+def test_security_scores_left_on_the_old_topic_are_loaded_too(settings, client, topics, loaders):
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(settings.kafka_config())
+    legacy = settings.topic("scores")
+    admin.create_topics([NewTopic(legacy, 2, 1)])[legacy].result(10)
+    before = [score_change("agent-1", T0 + i, 90.0 - i) for i in range(3)]
+    after = [score_change("agent-1", T0 + 100, 70.0)]
+    produce(settings, "scores", [*before, before[0], b"{"], key=by_agent)  # and a replay
+    produce(settings, "security", [*after, before[2]], key=by_agent)  # one copied before too
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    poll_until(
+        loader,
+        lambda: (
+            loader.stats().rows_inserted["scores"] == 4
+            and loader.stats().rows_inserted["security"] == 2
+        ),
+        "both topics",
+    )
+    db = settings.clickhouse_database
+    assert client.query(
+        f"SELECT toFloat64(timestamp), score FROM {db}.security_scores FINAL ORDER BY timestamp"
+    ).result_rows == [(T0, 90.0), (T0 + 1, 89.0), (T0 + 2, 88.0), (T0 + 100, 70.0)]
+    assert loader.stats().skipped_invalid["scores"] == 1
+
+
+def test_a_new_deployment_neither_waits_nor_asks_for_the_old_topic(
+    settings, client, topics, loaders, caplog
+):
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    produce(settings, "security", [score_change("agent-1", T0, 80.0)], key=by_agent)
+    with caplog.at_level(logging.INFO, logger="sinks.loader"):
+        poll_until(loader, lambda: count(client, settings, "security_scores") == 1, "the score")
+    assert "loader_waiting_for_topics" not in caplog.text
+    assert settings.topic("scores") not in loader._assigned
+    # every topic it needs is there: it looks for new ones at the slow pace, not every second
+    now = time.monotonic()
+    loader._check_metadata(now)
+    assert loader._next_metadata_check == now + CLUSTER_CHECK_INTERVAL_S

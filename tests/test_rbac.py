@@ -22,6 +22,7 @@ from infra.broker import ensure_topics
 from sinks.clickhouse import connect
 from tests.conftest import LOOPBACK_CLIENT
 from tests.test_api import METRIC_COLUMNS, heartbeat_row
+from tests.test_tasks_api import assigned, insert_tasks
 
 OWN, OTHER = "t1", "t2"
 AGENTS = {OWN: "agent-own", OTHER: "agent-other"}
@@ -91,6 +92,10 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
         ("GET", f"/api/v1/reports/full?tenant={tenant}", None, read, tenant),
         ("GET", f"/api/v1/agents/search?tenant={tenant}", None, read, tenant),
         ("POST", "/api/v1/agents/register", registration, operate, tenant),
+        ("GET", f"/api/v1/tasks/task-{tenant}", None, read, tenant),  # another's: 404
+        ("GET", f"/api/v1/tasks?tenant={tenant}", None, read, tenant),
+        ("GET", f"{a}/assignment-scores", None, read, tenant),
+        ("GET", f"/api/v1/orchestration/models?tenant={tenant}", None, read, tenant),
         # shared by every tenant
         ("GET", "/api/v1/rules", None, read, OWN),
         ("GET", "/api/v1/silences", None, read, OWN),
@@ -142,6 +147,10 @@ def door(settings: Settings) -> Iterator[tuple[TestClient, dict[str, str]]]:
                 column_names=METRIC_COLUMNS,
                 database=settings.clickhouse_database,
             )
+        now = time.time()
+        insert_tasks(client, settings, [
+            assigned(f"task-{tenant}", agent, now, tenant) for tenant, agent in AGENTS.items()
+        ])  # fmt: skip
         book = app.state.runtime.keys
         tokens = {
             name: book.create(client, role, tenant, "test", name=name, agent_id=agent)[1]

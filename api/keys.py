@@ -31,7 +31,13 @@ class NewKeyRequest(BaseModel):
     tenant_id: Identifier = Field(description=f"The tenant it acts for ({ALL_TENANTS!r}: all).")
     agent_id: Identifier | None = Field(None, description="An agent's key: its agent.")
     name: str = Field("", max_length=128, description="What it is for, in words.")
-    ttl_s: float | None = Field(None, gt=0, description="Expires after this long (seconds).")
+    ttl_s: float | None = Field(
+        None,
+        gt=0,
+        le=100 * 365 * 86_400,
+        description="Expires after this long (seconds; at most 100 years: omit it for a key "
+        "that never expires).",
+    )
 
 
 class KeyInfo(BaseModel):

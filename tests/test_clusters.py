@@ -213,3 +213,34 @@ def test_a_profile_stays_in_the_unit_box(success, ms, active, capacity, cost, p_
     assert all(0.0 <= v <= 1.0 for v in profile.values())
     assert ("failure_risk" in profile) == (p_fail is not None)
     assert describe(profile)
+
+
+def test_the_directory_folds_moves_and_descriptions_latest_first():
+    from agentwatch.directory import AgentSearch, Directory, matching
+
+    directory = Directory()
+    model = BehaviourClusters(n_clusters=4)
+    for event in run(model, fleet_records()):
+        assert directory.apply(event)
+    assert {a: v.cluster for a, v in directory.views.items()} == {
+        a: m.cluster for a, m in model.members.items()
+    }
+    assert sorted(directory.clusters) == [0, 1, 2, 3]
+    assert directory.clusters[0]["description"].startswith("fast, reliable")
+    at = directory.clusters_at
+    moved = {"type": "cluster_changed", "agent_id": "fast-0", "tenant_id": "t0",
+             "actor": "system", "timestamp": START + 1e5, "payload": {"cluster": 3,
+             "distance": 0.1}}  # fmt: skip
+    assert directory.apply(moved)
+    older = {**moved, "timestamp": START, "payload": {"cluster": 1, "distance": 0.2}}
+    assert not directory.apply(older)  # a replayed older move changes nothing
+    assert not directory.apply({**moved, "payload": {"cluster": True}})
+    view = directory.views["fast-0"]
+    assert (view.cluster, view.cluster_distance, view.cluster_since) == (3, 0.1, START + 1e5)
+    stale = {"type": "cluster_summary", "agent_id": "*", "tenant_id": "*", "actor": "system",
+             "timestamp": at - 1, "payload": {"clusters": []}}  # fmt: skip
+    assert not directory.apply(stale) and directory.clusters_at == at
+    found = matching(directory.views.values(), AgentSearch(cluster=3, tenant_id="t0"), 100.0,
+                     lambda v: None)  # fmt: skip
+    assert "fast-0" in {v.agent_id for v in found}
+    assert all(v.cluster == 3 and v.tenant_id == "t0" for v in found)

@@ -90,6 +90,7 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
         ("POST", BULK, restart, operate, tenant),
         ("GET", f"/api/v1/reports/full?tenant={tenant}", None, read, tenant),
         ("GET", f"/api/v1/agents/search?tenant={tenant}", None, read, tenant),
+        ("GET", f"/api/v1/orchestration/clusters?tenant={tenant}", None, read, tenant),
         ("POST", "/api/v1/agents/register", registration, operate, tenant),
         # shared by every tenant
         ("GET", "/api/v1/rules", None, read, OWN),

@@ -247,18 +247,17 @@ class BehaviourClusters:
                 return []
             return self._place_centres(at)
         events = []
-        moved = self._assign(agent_id, tenant_id, profile, at)
+        nearest = self._nearest(profile)
+        moved = self._assign(agent_id, tenant_id, profile, at, nearest)
         if moved is not None:
             events.append(moved)
-        nearest = self._nearest(profile)[0]
-        self.wins[nearest] += 1
+        self.wins[nearest[0]] += 1
         for feature, value in profile.items():  # (a feature new to the model, p_fail once
             for centre in self.kmeans.centers.values():  # predicted, starts where it is)
                 centre.setdefault(feature, value)
-        self.kmeans.learn_one(profile)
-        summary = self._summary_if_due(at)
-        if summary is not None:
-            events.append(summary)
+        self.kmeans.learn_one(profile)  # (River moves the nearest centre: nearest[0])
+        if self._summary_due(at, nearest[0]):
+            events.append(self.summary(at))
         return events
 
     # --- asking it -----------------------------------------------------------------
@@ -314,10 +313,16 @@ class BehaviourClusters:
         return best, distances[best]
 
     def _assign(
-        self, agent_id: str, tenant_id: str, profile: Mapping[str, float], at: float
+        self,
+        agent_id: str,
+        tenant_id: str,
+        profile: Mapping[str, float],
+        at: float,
+        nearest: tuple[int, float],
     ) -> dict | None:
-        """The agent's membership after this profile; its ``cluster_changed`` if it moved."""
-        nearest, nearest_distance = self._nearest(profile)
+        """The agent's membership after this profile (``nearest``: the nearest centre and
+        its distance); its ``cluster_changed`` if it moved."""
+        nearest, nearest_distance = nearest
         member = self.members.get(agent_id)
         if member is None:
             self.members[agent_id] = Membership(tenant_id, nearest)
@@ -354,18 +359,18 @@ class BehaviourClusters:
             self.kmeans.centers[i].update(centre)
         events = []
         for agent_id, (tenant_id, profile) in warmup.items():
-            moved = self._assign(agent_id, tenant_id, profile, at)
+            moved = self._assign(agent_id, tenant_id, profile, at, self._nearest(profile))
             if moved is not None:
                 events.append(moved)
         events.append(self.summary(at))
         return events
 
-    def _summary_if_due(self, at: float) -> dict | None:
-        words = [describe(c) for c in self.centroids()]
-        due = self.summarized_at is None or at - self.summarized_at >= self.summary_interval_s
-        if words != self.described or due:
-            return self.summary(at)
-        return None
+    def _summary_due(self, at: float, moved: int) -> bool:
+        """Whether a summary is due: the interval has passed, or the words of the centre
+        that just ``moved`` changed."""
+        if self.summarized_at is None or at - self.summarized_at >= self.summary_interval_s:
+            return True
+        return describe(self.kmeans.centers[moved]) != self.described[moved]
 
 
 def _changed(agent_id: str, tenant_id: str, at: float, cluster_id: int, away: float) -> dict:

@@ -20,16 +20,27 @@ passes (best of :data:`SEEDINGS`), and from then on moves them with River's own 
 (``KMeans.learn_one``: the nearest centre moves by ``halflife`` toward each profile).
 Seeded so, the same runs found the four groups every time (ARI 1.00).
 
-**Stable ids.** A cluster's id is the slot of its centre in the River model. After the
-warm-up a centre is never placed again, only moved a ``halflife`` step toward each
-profile it wins, so the id follows its group as the group drifts; the seeded centres
-are numbered in order of reliability (0: the most reliable), so a replay of the same
-records gives the same ids.
+**Dead centres.** A warm-up need not show every behaviour (at a fleet's start no agent
+has done a task yet): a centre may then win no profile while groups share another. Every
+``cluster_revival_records`` records, a centre that won less than :data:`DEAD_SHARE` of
+its fair share is placed on the profile of that block served worst (farthest from its
+nearest centre), if that one is farther than ``cluster_revival_distance``: a behaviour no
+centre stands for gets one; a fleet with fewer behaviours than centres is left alone.
+
+**Stable ids.** A cluster's id is the slot of its centre in the River model. A centre is
+only moved a ``halflife`` step toward each profile it wins, so the id follows its group
+as the group drifts. A centre is placed anew only when dead (its group had almost no
+records for a whole block): then its id names the new group, and the summary says so.
+The seeded centres are numbered in order of reliability (0: the most reliable), so a
+replay of the same records gives the same ids.
 
 **Hysteresis.** An agent moves to another cluster only when that cluster's centre is
-nearer than its own by the share ``cluster_switch_margin`` of its own distance, on
-``cluster_switch_confirmations`` records in a row (a record in between that does not
-confirm starts the count again); an agent near a border keeps its cluster.
+nearer than its own by the share ``cluster_switch_margin`` of its own distance and by
+``cluster_switch_min_gain`` at least, on ``cluster_switch_confirmations`` records in a row
+(a record in between that does not confirm starts the count again): an agent near a
+border keeps its cluster, and two centres closer than ``cluster_switch_min_gain`` (one
+behaviour split in two, when the fleet has fewer behaviours than clusters) never trade
+agents (an agent's distances to them differ by less than the distance between them).
 
 What it says: a ``cluster_changed`` event (key = the agent; payload ``{"cluster",
 "distance"}``) when an agent's cluster changes (its first cluster included), and a
@@ -74,6 +85,9 @@ ACTOR = "system"
 SEEDINGS = 5
 #: Lloyd passes over the warm-up after each seeding.
 LLOYD_PASSES = 10
+#: A centre that wins less than this share of its fair share of a block's records
+#: (``1 / n_clusters`` of them) is dead.
+DEAD_SHARE = 0.05
 #: How a centroid is put in words: feature → ((at most, word), (at least, word)), on the
 #: profile's 0…1 scale; a feature between the two says nothing. Slowness 0.4 is 158 ms,
 #: 0.6 is 631 ms with the default floor (10 ms) and ceiling (10 s).
@@ -177,9 +191,10 @@ class BehaviourClusters:
 
     ``n_clusters`` centres; ``halflife``: how far a centre moves toward each profile it
     wins; ``warmup_records``: records read before the centres are placed (at least
-    ``n_clusters`` agents must have sent one); ``switch_margin`` and
+    ``n_clusters`` agents must have sent one); ``switch_margin``, ``switch_min_gain`` and
     ``switch_confirmations``: the hysteresis; ``summary_interval_s``: the longest event
-    time between two summaries; ``floor_ms``/``ceiling_ms``: the response-time scale.
+    time between two summaries; ``floor_ms``/``ceiling_ms``: the response-time scale;
+    ``revival_records`` and ``revival_distance``: when a dead centre is placed anew.
     """
 
     def __init__(
@@ -189,14 +204,18 @@ class BehaviourClusters:
         warmup_records: int = 200,
         switch_margin: float = 0.15,
         switch_confirmations: int = 2,
+        switch_min_gain: float = 0.05,
         summary_interval_s: float = 300.0,
         floor_ms: float = 10.0,
         ceiling_ms: float = 10_000.0,
+        revival_records: int = 1000,
+        revival_distance: float = 0.25,
         seed: int = 0,
     ) -> None:
         self.n_clusters = n_clusters
         self.switch_margin = switch_margin
         self.switch_confirmations = switch_confirmations
+        self.switch_min_gain = switch_min_gain
         self.summary_interval_s = summary_interval_s
         self.warmup_records = warmup_records
         self.floor_ms, self.ceiling_ms = floor_ms, ceiling_ms
@@ -208,6 +227,12 @@ class BehaviourClusters:
         self.records = 0
         #: How many profiles each centre has won since it was placed.
         self.wins = [0] * n_clusters
+        self.revival_records, self.revival_distance = revival_records, revival_distance
+        #: The current block: its records, each centre's wins, the worst-served profile.
+        self.block_records = 0
+        self.block_wins = [0] * n_clusters
+        self.worst: tuple[float, dict[str, float]] = (0.0, {})
+        self.revived = 0
         self.members: dict[str, Membership] = {}
         self.described: list[str] = []
         self.summarized_at: float | None = None
@@ -221,9 +246,12 @@ class BehaviourClusters:
             warmup_records=settings.cluster_warmup_records,
             switch_margin=settings.cluster_switch_margin,
             switch_confirmations=settings.cluster_switch_confirmations,
+            switch_min_gain=settings.cluster_switch_min_gain,
             summary_interval_s=settings.cluster_summary_interval_s,
             floor_ms=settings.cluster_response_time_floor_ms,
             ceiling_ms=settings.cluster_response_time_ceiling_ms,
+            revival_records=settings.cluster_revival_records,
+            revival_distance=settings.cluster_revival_distance,
         )
 
     # --- the step ------------------------------------------------------------------
@@ -252,10 +280,16 @@ class BehaviourClusters:
         if moved is not None:
             events.append(moved)
         self.wins[nearest[0]] += 1
+        self.block_wins[nearest[0]] += 1
+        self.block_records += 1
+        if nearest[1] > self.worst[0]:
+            self.worst = (nearest[1], dict(profile))
         for feature, value in profile.items():  # (a feature new to the model, p_fail once
             for centre in self.kmeans.centers.values():  # predicted, starts where it is)
                 centre.setdefault(feature, value)
         self.kmeans.learn_one(profile)  # (River moves the nearest centre: nearest[0])
+        if self.block_records >= self.revival_records:
+            self._revive_dead_centre()
         if self._summary_due(at, nearest[0]):
             events.append(self.summary(at))
         return events
@@ -331,7 +365,7 @@ class BehaviourClusters:
             member.pending, member.confirmations = None, 0
             return None
         own = distance(profile, self.kmeans.centers[member.cluster])
-        if nearest_distance > own * (1.0 - self.switch_margin):
+        if nearest_distance > min(own * (1.0 - self.switch_margin), own - self.switch_min_gain):
             member.pending, member.confirmations = None, 0  # near the border: stay
             return None
         if member.pending != nearest:
@@ -365,10 +399,32 @@ class BehaviourClusters:
         events.append(self.summary(at))
         return events
 
+    def _revive_dead_centre(self) -> None:
+        """End of a block: the deadest centre, if one is dead, is placed on the block's
+        worst-served profile when no centre is near it (the summary then follows: its words
+        are forgotten)."""
+        fair = self.block_records / self.n_clusters
+        dead = [i for i in range(self.n_clusters) if self.block_wins[i] < DEAD_SHARE * fair]
+        away, profile = self.worst
+        if dead and away > self.revival_distance:
+            chosen = min(dead, key=lambda i: (self.block_wins[i], i))
+            centre = self.kmeans.centers[chosen]
+            placed = {**centre, **profile}
+            centre.clear()
+            centre.update(placed)
+            self.wins[chosen] = 0
+            self.described[chosen] = ""
+            self.revived += 1
+        self.block_records = 0
+        self.block_wins = [0] * self.n_clusters
+        self.worst = (0.0, {})
+
     def _summary_due(self, at: float, moved: int) -> bool:
         """Whether a summary is due: the interval has passed, or the words of the centre
         that just ``moved`` changed."""
         if self.summarized_at is None or at - self.summarized_at >= self.summary_interval_s:
+            return True
+        if "" in self.described:  # a centre placed anew
             return True
         return describe(self.kmeans.centers[moved]) != self.described[moved]
 

@@ -942,6 +942,12 @@ class Settings(BaseSettings):
         description="Hysteresis: an agent moves to another cluster only when that cluster's "
         "centre is nearer than its own by this share of its own distance.",
     )
+    cluster_switch_min_gain: float = Field(
+        0.05,
+        ge=0,
+        description="Hysteresis: ... and by this much at least (profiles are 6 numbers in "
+        "0-1): two centres closer than this never trade agents.",
+    )
     cluster_switch_confirmations: int = Field(
         2,
         ge=1,
@@ -963,6 +969,20 @@ class Settings(BaseSettings):
         10_000.0,
         gt=0,
         description="... and this slow or slower is 1.",
+    )
+    cluster_revival_records: int = Field(
+        1000,
+        ge=1,
+        description="Every this many records, a cluster centre that won (almost) none of them "
+        "is placed on the profile that was farthest from every centre: a behaviour the "
+        "warm-up did not show gets a cluster.",
+    )
+    cluster_revival_distance: float = Field(
+        0.25,
+        gt=0,
+        description="... only when that profile is farther than this from its nearest centre "
+        "(profiles are 6 numbers in 0-1): a fleet with fewer behaviours than clusters is left "
+        "alone.",
     )
 
     @field_validator("cluster_response_time_ceiling_ms")

@@ -6,7 +6,9 @@ as it comes and as :mod:`agentwatch.clusters` seeds it, and what the model costs
 
 1. ``quality``: four synthetic behaviours (fast and reliable; slow and busy; flaky;
    cheap), ``--per-group`` agents each, ``--rounds`` assignment-score records per agent
-   in a shuffled order, each record jittered. Each way of clustering reads the same
+   in a shuffled order, each record jittered; once from the start, once after two rounds
+   in which every agent looks alike (a fleet's start: no task done yet, so the warm-up
+   shows none of the behaviours). Each way of clustering reads the same
    records; the table gives, over ``--seeds`` seeds, the adjusted Rand index of the
    agents' final clusters against their behaviours (1: the groups found exactly, 0: no
    better than chance), how many clusters hold an agent, and how often an agent's
@@ -38,14 +40,23 @@ GROUPS = {
 }
 
 
-def records(per_group: int, rounds: int, seed: int) -> list[tuple[str, dict]]:
+#: How every agent looks before it has done a task (the start of a fleet).
+NEWCOMER = (0.95, 300.0, 0, 0.95, 0.5, None)
+
+
+def records(
+    per_group: int, rounds: int, seed: int, alike_rounds: int = 0
+) -> list[tuple[str, dict]]:
+    """``alike_rounds`` rounds of every agent as a newcomer, then ``rounds`` rounds of
+    each behaving as its group does."""
     rng = random.Random(seed)
     agents = [(f"{g}-{i}", g) for g in GROUPS for i in range(per_group)]
     out = []
-    for r in range(rounds):
+    for r in range(alike_rounds + rounds):
         rng.shuffle(agents)
         for n, (agent, group) in enumerate(agents):
-            success, ms, active, sla, cost, p_fail = GROUPS[group]
+            behaviour = NEWCOMER if r < alike_rounds else GROUPS[group]
+            success, ms, active, sla, cost, p_fail = behaviour
             out.append(
                 (
                     group,
@@ -86,14 +97,17 @@ def river_as_is(**params: float) -> Callable[[int], Callable[[dict], int]]:
     return make
 
 
-def seeded(seed: int) -> Callable[[dict], int | None]:
-    model = BehaviourClusters(n_clusters=4, seed=seed)
+def seeded(**params: float) -> Callable[[int], Callable[[dict], int | None]]:
+    def make(seed: int) -> Callable[[dict], int | None]:
+        model = BehaviourClusters(n_clusters=4, seed=seed, **params)
 
-    def step(record: dict) -> int | None:
-        model.observe(record)
-        return model.cluster_of(record["agent_id"])
+        def step(record: dict) -> int | None:
+            model.observe(record)
+            return model.cluster_of(record["agent_id"])
 
-    return step
+        return step
+
+    return make
 
 
 def quality(args: argparse.Namespace) -> list[dict]:
@@ -102,16 +116,17 @@ def quality(args: argparse.Namespace) -> list[dict]:
         "River KMeans, centres ~ N(0.5, 0.25), halflife 0.05": river_as_is(
             halflife=0.05, mu=0.5, sigma=0.25
         ),
-        "agentwatch: River KMeans seeded by k-means++ on a warm-up, hysteresis": seeded,
+        "seeded by k-means++ on a warm-up, hysteresis, no revival": seeded(revival_records=10**9),
+        "agentwatch (seeded, hysteresis, dead centres revived)": seeded(),
     }
     rows = []
-    for name, make in ways.items():
+    for (name, make), alike in ((w, a) for a in (0, 2) for w in ways.items()):
         scores, used, flips, later = [], [], 0, 0
         for seed in range(args.seeds):
             step = make(seed)
             last: dict[str, int | None] = {}
             truth: dict[str, str] = {}
-            for group, record in records(args.per_group, args.rounds, seed):
+            for group, record in records(args.per_group, args.rounds, seed, alike):
                 agent = record["agent_id"]
                 found = step(record)
                 if last.get(agent) is not None:
@@ -123,6 +138,7 @@ def quality(args: argparse.Namespace) -> list[dict]:
             used.append(len({last[a] for a in agents}))
         rows.append(
             {
+                "agents alike at first": f"{alike} rounds",
                 "way": name,
                 "ARI mean": round(sum(scores) / len(scores), 2),
                 "ARI min": round(min(scores), 2),

@@ -130,9 +130,14 @@ def test_ids_stay_with_their_groups_as_the_centroids_drift():
 
 
 def test_an_agent_near_a_border_keeps_its_cluster_and_a_real_move_is_one_event():
-    def border_run(margin: float, confirmations: int) -> tuple[list[dict], BehaviourClusters]:
+    def border_run(
+        margin: float, confirmations: int, gain: float
+    ) -> tuple[list[dict], BehaviourClusters]:
         model = BehaviourClusters(
-            n_clusters=4, switch_margin=margin, switch_confirmations=confirmations
+            n_clusters=4,
+            switch_margin=margin,
+            switch_confirmations=confirmations,
+            switch_min_gain=gain,
         )
         run(model, fleet_records())
         fast, cheap = GROUPS["fast"], GROUPS["cheap"]
@@ -151,9 +156,11 @@ def test_an_agent_near_a_border_keeps_its_cluster_and_a_real_move_is_one_event()
         assert fast != cheap
         return [e for e in events if e["type"] == "cluster_changed"], model
 
-    flips, _ = border_run(margin=0.0, confirmations=1)  # no hysteresis: it flips
+    flips, _ = border_run(margin=0.0, confirmations=1, gain=0.0)  # no hysteresis: it flips
     assert len(flips) >= 10
-    kept, model = border_run(margin=0.15, confirmations=2)
+    kept, _ = border_run(margin=0.0, confirmations=2, gain=0.0)  # an alternation never confirms
+    assert kept == []
+    kept, model = border_run(margin=0.15, confirmations=2, gain=0.05)  # the defaults
     assert kept == []
     # a real move: the agent becomes flaky; one event after two records, then no more
     before = model.cluster_of("fast-0")
@@ -244,3 +251,38 @@ def test_the_directory_folds_moves_and_descriptions_latest_first():
                      lambda v: None)  # fmt: skip
     assert "fast-0" in {v.agent_id for v in found}
     assert all(v.cluster == 3 and v.tenant_id == "t0" for v in found)
+
+
+def test_behaviours_the_warmup_did_not_show_get_a_cluster_of_their_own():
+    """At a fleet's start every agent looks alike (no task done yet): the centres seeded
+    then leave some dead once behaviours diverge; dead centres are placed anew until each
+    behaviour has one."""
+    rng = random.Random(3)
+    agents = [(f"{g}-{i}", g) for g in GROUPS for i in range(30)]
+    newcomer = (0.95, 300.0, 0, 0.95, 0.5, None)
+    model = BehaviourClusters(n_clusters=4, revival_records=500)
+    at = START
+    for rounds, diverged in ((2, False), (25, True)):
+        for _ in range(rounds):
+            rng.shuffle(agents)
+            for agent, group in agents:
+                at += 1
+                model.observe(record(agent, at, GROUPS[group] if diverged else newcomer, rng))
+    by_group = {g: {m.cluster for a, m in model.members.items() if a.startswith(g)} for g in GROUPS}
+    assert all(len(ids) == 1 for ids in by_group.values()), by_group
+    assert len(set.union(*by_group.values())) == 4 and model.revived >= 1
+
+
+def test_a_fleet_with_fewer_behaviours_than_clusters_is_left_alone():
+    model = BehaviourClusters(n_clusters=4, revival_records=200)
+    two = {k: v for k, v in list(GROUPS.items())[:2]}
+    rng = random.Random(5)
+    agents = [(f"{g}-{i}", g) for g in two for i in range(40)]
+    changes = []
+    for r in range(20):
+        rng.shuffle(agents)
+        for n, (agent, group) in enumerate(agents):
+            events = model.observe(record(agent, START + 60 * r + n, GROUPS[group], rng))
+            changes += [e for e in events if e["type"] == "cluster_changed"]
+    assert model.revived == 0
+    assert len(changes) == len(agents)  # each agent's first cluster, and no move since

@@ -13,7 +13,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from agentwatch.settings import Settings
-from dataflows.heartbeats import behaviour_clusters
+from dataflows.heartbeats import behaviour_clusters, shard_of
 from schemas.models import AssignmentScore
 from tests.test_clusters import GROUPS, fleet_records
 
@@ -112,3 +112,42 @@ def test_the_model_survives_recovery(tmp_path):
     assert [e for e in resumed if e["type"] == "cluster_changed"] == []  # nobody moved
     assert resumed, "the resumed model still publishes (its summaries)"
     assert all(len(e["payload"]["clusters"]) == 4 for e in resumed)
+
+
+def sharded_flow(records: list[dict], out: list) -> Dataflow:
+    """The scores published by keyed shard steps (as in the real flow: at two workers the
+    shards' outputs reach the fleet's one model in an order that varies run to run)."""
+    flow = Dataflow("clusters_sharded_test")
+    keyed = op.key_on(
+        "shard",
+        op.input("scores", flow, TestingSource(records, batch_size=50)),
+        lambda r: str(shard_of(r["agent_id"], 8)),
+    )
+    shards = op.stateful_map("shards", keyed, lambda state, r: (state, [score_message(r)]))
+    found = op.flat_map("findings", shards, lambda keyed: keyed[1])
+    op.output("publish", behaviour_clusters(SETTINGS, found), TestingSink(out))
+    return flow
+
+
+def test_with_shards_on_two_workers_every_agent_ends_in_the_same_cluster():
+    """The fleet's model is online, so the order in which the shards' scores reach it
+    moves its centres a little differently (distances and summaries may differ between
+    runs at two workers); the clusters every agent ends in, ids included, do not."""
+    records = fleet_records(per_group=15, rounds=6)
+
+    def final(workers: int) -> dict[str, int]:
+        out: list = []
+        if workers == 1:
+            run_main(sharded_flow(records, out))
+        else:
+            cluster_main(sharded_flow(records, out), [], 0, worker_count_per_proc=workers)
+        last = {}
+        for event in published(out):
+            if event["type"] == "cluster_changed":
+                last[event["agent_id"]] = event["payload"]["cluster"]
+        return last
+
+    one = final(1)
+    assert len(one) == 60 and len(set(one.values())) == 4
+    assert final(2) == one
+    assert final(2) == one

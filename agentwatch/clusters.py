@@ -45,8 +45,9 @@ agents (an agent's distances to them differ by less than the distance between th
 What it says: a ``cluster_changed`` event (key = the agent; payload ``{"cluster",
 "distance"}``) when an agent's cluster changes (its first cluster included), and a
 ``cluster_summary`` (agent and tenant ``*``; payload: every cluster's centroid and its
-description in words, :func:`describe`) after the warm-up, whenever a description's
-words change, and at most every ``cluster_summary_interval_s`` of event time otherwise.
+description in words, :func:`describe`) after the warm-up, when a description's words
+change (no sooner than a tenth of ``cluster_summary_interval_s`` after the previous one),
+and at least every ``cluster_summary_interval_s`` of event time while records flow.
 
 >>> model = BehaviourClusters(n_clusters=2, warmup_records=4, switch_confirmations=1)
 >>> def record(agent, success, ms, t):
@@ -88,6 +89,10 @@ LLOYD_PASSES = 10
 #: A centre that wins less than this share of its fair share of a block's records
 #: (``1 / n_clusters`` of them) is dead.
 DEAD_SHARE = 0.05
+#: New words (or a centre placed anew) publish a summary no sooner than this share of
+#: ``cluster_summary_interval_s`` after the last one: a centre hovering at the edge of a
+#: word's band does not flood agents.state (and the audit log) with summaries.
+WORDS_MIN_GAP_SHARE = 0.1
 #: How a centroid is put in words: feature → ((at most, word), (at least, word)), on the
 #: profile's 0…1 scale; a feature between the two says nothing. Slowness 0.4 is 158 ms,
 #: 0.6 is 631 ms with the default floor (10 ms) and ceiling (10 s).
@@ -421,9 +426,12 @@ class BehaviourClusters:
 
     def _summary_due(self, at: float, moved: int) -> bool:
         """Whether a summary is due: the interval has passed, or the words of the centre
-        that just ``moved`` changed."""
+        that just ``moved`` changed (or a centre was placed anew) and the last summary is
+        older than :data:`WORDS_MIN_GAP_SHARE` of the interval."""
         if self.summarized_at is None or at - self.summarized_at >= self.summary_interval_s:
             return True
+        if at - self.summarized_at < WORDS_MIN_GAP_SHARE * self.summary_interval_s:
+            return False
         if "" in self.described:  # a centre placed anew
             return True
         return describe(self.kmeans.centers[moved]) != self.described[moved]

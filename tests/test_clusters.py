@@ -286,3 +286,20 @@ def test_a_fleet_with_fewer_behaviours_than_clusters_is_left_alone():
             changes += [e for e in events if e["type"] == "cluster_changed"]
     assert model.revived == 0
     assert len(changes) == len(agents)  # each agent's first cluster, and no move since
+
+
+def test_a_centre_at_the_edge_of_a_word_does_not_flood_summaries():
+    model = BehaviourClusters(n_clusters=4, summary_interval_s=300)
+    run(model, fleet_records())
+    at = model.summarized_at
+    fast = model.cluster_of("fast-0")
+    summaries = []
+    for step in range(200):  # its centre's reliability crosses 0.95 back and forth
+        success = 0.99 if step % 2 else 0.90
+        behaviour = (success, *GROUPS["fast"][1:])
+        events = model.observe(record("fast-0", at + step, behaviour))
+        summaries += [e for e in events if e["type"] == "cluster_summary"]
+    assert model.cluster_of("fast-0") == fast
+    times = [s["timestamp"] for s in summaries]
+    assert len(summaries) <= 200 / 30 + 1
+    assert all(b - a >= 30 for a, b in zip([at, *times], times, strict=False))

@@ -411,7 +411,7 @@ def behaviour_clusters(settings: Settings, found: Stream[Message]) -> Stream[Mes
     tenant, and a small tenant's agents are grouped with the fleet's data) → events on
     ``agents.state``. Its state, the model, is snapshotted with the rest."""
     scores_topic = settings.topic("assignment_scores")
-    scores = op.filter("assignment_scores", found, lambda m: m.topic == scores_topic)
+    scores = op.filter("published_scores", found, lambda m: m.topic == scores_topic)
     return op.flat_map(
         "cluster_events",
         op.stateful_map(

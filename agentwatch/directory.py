@@ -93,6 +93,11 @@ class AgentView:
     quarantine_reason: str | None = None
     #: The latest threats, newest ``first_seen`` first: ``(first_seen, rule, record)``.
     threats: tuple[tuple[float, str, dict], ...] = ()
+    #: Its behaviour cluster (``cluster_changed``; None: not clustered yet), its distance
+    #: from the cluster's centre then, and when it joined (event time).
+    cluster: int | None = None
+    cluster_distance: float | None = None
+    cluster_since: float | None = None
 
     @property
     def registered(self) -> bool:
@@ -110,6 +115,10 @@ class Directory:
         self._names: dict[tuple[str, str], str] = {}
         self._counts: dict[str, int] = {}
         self._counted: set[str] = set()
+        #: The behaviour clusters as last described (``cluster_summary``): id → its
+        #: description, centroid, profile and records; and when (event time).
+        self.clusters: dict[int, dict] = {}
+        self.clusters_at: float | None = None
 
     # --- the fold ------------------------------------------------------------
     def apply(self, event: Mapping) -> bool:
@@ -123,6 +132,8 @@ class Directory:
         False
         """
         kind = event.get("type")
+        if kind == "cluster_summary":
+            return self._cluster_summary(event, event.get("payload") or {})
         handler = _HANDLERS.get(kind)
         agent_id = event.get("agent_id")
         if handler is None or not agent_id or agent_id == "*":
@@ -254,6 +265,35 @@ class Directory:
         view.quarantine_requested = False
         return True
 
+    def _cluster_changed(self, agent_id: str, event: Mapping, payload: Mapping) -> bool:
+        cluster = payload.get("cluster")
+        if isinstance(cluster, bool) or not isinstance(cluster, int):
+            return False
+        view = self._view(agent_id, event["tenant_id"])
+        at = float(event["timestamp"])
+        if view.cluster_since is not None and at < view.cluster_since:
+            return False
+        away = payload.get("distance")
+        view.cluster, view.cluster_since = cluster, at
+        view.cluster_distance = float(away) if isinstance(away, int | float) else None
+        return True
+
+    def _cluster_summary(self, event: Mapping, payload: Mapping) -> bool:
+        """The clusters' descriptions (a fleet-wide event): the latest by event time."""
+        at = float(event["timestamp"])
+        clusters = payload.get("clusters")
+        if not isinstance(clusters, list) or (
+            self.clusters_at is not None and at < self.clusters_at
+        ):
+            return False
+        self.clusters = {
+            int(c["cluster"]): dict(c)
+            for c in clusters
+            if isinstance(c, Mapping) and "cluster" in c
+        }
+        self.clusters_at = at
+        return True
+
 
 _HANDLERS: dict[str, Callable[[Directory, str, Mapping, Mapping], bool]] = {
     "registered": Directory._registered,
@@ -261,6 +301,7 @@ _HANDLERS: dict[str, Callable[[Directory, str, Mapping, Mapping], bool]] = {
     "health_changed": Directory._health_changed,
     "quarantine_requested": Directory._quarantine_requested,
     "released": Directory._released,
+    "cluster_changed": Directory._cluster_changed,
 }
 
 
@@ -311,6 +352,7 @@ class AgentSearch:
     max_score: float | None = None
     text: str | None = None
     orphaned: bool | None = None
+    cluster: int | None = None
     sort: SortKey = "name"
     descending: bool = False
 
@@ -399,8 +441,25 @@ def matching(
             continue
         if query.orphaned is not None and (orphaned(view) is not None) != query.orphaned:
             continue
+        if query.cluster is not None and view.cluster != query.cluster:
+            continue
         found.append(view)
     return found
+
+
+def cluster_sizes(views: Iterable[AgentView]) -> dict[int, int]:
+    """How many agents (not decommissioned) each behaviour cluster holds.
+
+    >>> cluster_sizes([AgentView("a1", "t1", cluster=0), AgentView("a2", "t1", cluster=0),
+    ...     AgentView("a3", "t1", cluster=2), AgentView("a4", "t1"),
+    ...     AgentView("a5", "t1", cluster=2, state="decommissioned")])
+    {0: 2, 2: 1}
+    """
+    sizes: dict[int, int] = {}
+    for view in views:
+        if view.cluster is not None and view.state != GONE:
+            sizes[view.cluster] = sizes.get(view.cluster, 0) + 1
+    return dict(sorted(sizes.items()))
 
 
 def _sort_key(sort: str, initial_score: float) -> Callable[[AgentView], tuple]:

@@ -928,6 +928,88 @@ class Settings(BaseSettings):
         "had predictions.",
     )
 
+    # --- behaviour clusters (agentwatch/clusters.py; docs/orchestration-clusters.md) -------
+    cluster_count: int = Field(
+        4,
+        ge=1,
+        le=32,
+        description="How many behaviour clusters the fleet's agents are grouped into (River's "
+        "online k-means on their assignment-score profiles).",
+    )
+    cluster_halflife: float = Field(
+        0.02,
+        gt=0,
+        le=1,
+        description="How far a cluster's centre moves toward each profile it wins (River "
+        "KMeans' halflife): about the last 1/halflife profiles shape a centre.",
+    )
+    cluster_warmup_records: int = Field(
+        200,
+        ge=1,
+        description="Assignment-score records read before the centres are placed (k-means++ "
+        "on the latest profile of each agent seen); no agent has a cluster before.",
+    )
+    cluster_switch_margin: float = Field(
+        0.15,
+        ge=0,
+        lt=1,
+        description="Hysteresis: an agent moves to another cluster only when that cluster's "
+        "centre is nearer than its own by this share of its own distance.",
+    )
+    cluster_switch_min_gain: float = Field(
+        0.05,
+        ge=0,
+        description="Hysteresis: ... and by this much at least (profiles are 6 numbers in "
+        "0-1): two centres closer than this never trade agents.",
+    )
+    cluster_switch_confirmations: int = Field(
+        2,
+        ge=1,
+        description="Hysteresis: ... and on this many of its records in a row.",
+    )
+    cluster_summary_interval_s: float = Field(
+        300.0,
+        gt=0,
+        description="The clusters' centroids and descriptions (cluster_summary on agents.state) "
+        "are published when a description changes, and at least this often (event time) "
+        "while records flow.",
+    )
+    cluster_response_time_floor_ms: float = Field(
+        10.0,
+        gt=0,
+        description="Profiles put response times on a log scale: this fast or faster is 0.",
+    )
+    cluster_response_time_ceiling_ms: float = Field(
+        10_000.0,
+        gt=0,
+        description="... and this slow or slower is 1.",
+    )
+    cluster_revival_records: int = Field(
+        1000,
+        ge=1,
+        description="Every this many records, a cluster centre that won (almost) none of them "
+        "is placed on the profile that was farthest from every centre: a behaviour the "
+        "warm-up did not show gets a cluster.",
+    )
+    cluster_revival_distance: float = Field(
+        0.25,
+        gt=0,
+        description="... only when that profile is farther than this from its nearest centre "
+        "(profiles are 6 numbers in 0-1): a fleet with fewer behaviours than clusters is left "
+        "alone.",
+    )
+
+    @field_validator("cluster_response_time_ceiling_ms")
+    @classmethod
+    def _ceiling_above_floor(cls, ceiling: float, info: ValidationInfo) -> float:
+        floor = info.data.get("cluster_response_time_floor_ms")
+        if floor is not None and ceiling <= floor:
+            raise ValueError(
+                f"the response-time ceiling ({ceiling} ms) must be above the floor ({floor} ms); "
+                "raise AGENTWATCH_CLUSTER_RESPONSE_TIME_CEILING_MS"
+            )
+        return ceiling
+
     @field_validator("clickhouse_dsn")
     @classmethod
     def _dsn_scheme(cls, dsn: SecretDsn) -> SecretDsn:

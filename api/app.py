@@ -53,6 +53,7 @@ from api.routes import (
     alerts,
     bridge,
     bulk,
+    clusters,
     credentials,
     registry,
     reports,
@@ -104,7 +105,7 @@ def create_app(
     app.exception_handler(StarletteHTTPException)(_http_error)
 
     routers = (agents, alerts, rules, sql_routes, system, credentials, bridge, bulk, reports,
-               registry, tasks)  # fmt: skip
+               registry, tasks, clusters)  # fmt: skip
     for module in routers:
         document_key_errors(module.router)
         app.include_router(module.router)

@@ -36,7 +36,11 @@ class NewKeyRequest(BaseModel):
     agent_id: Identifier | None = Field(None, description="An agent's key: its agent.")
     name: str = Field("", max_length=128, description="What it is for, in words.")
     ttl_s: float | None = Field(
-        None, gt=0, le=MAX_KEY_TTL_S, description="Expires after this long (seconds, ≤ 100 years)."
+        None,
+        gt=0,
+        le=MAX_KEY_TTL_S,
+        description="Expires after this long (seconds; at most 100 years: omit it for a key "
+        "that never expires).",
     )
 
 

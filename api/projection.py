@@ -7,7 +7,8 @@ committing), the topics an agent's status is made of, and folds them:
 - ``agents.control``, ``agents.state``, ``agents.security`` (low volume: one event per
   registration, command, change of state, health band or score) **from their
   beginning**, into :class:`agentwatch.directory.Directory`: registration, lifecycle
-  state, health, security score, quarantine. The projection is *ready* once it has
+  state, health, security score, quarantine, behaviour cluster (``cluster_changed``)
+  and the clusters' descriptions (``cluster_summary``). The projection is *ready* once it has
   read these to the ends they had when it was assigned; from then on the registry
   is complete, and registration and search (which need all of it) answer. A renamed
   topic's old name (``agents.scores``, ``agentwatch.settings.RENAMED_TOPICS``) is read

@@ -149,6 +149,14 @@ class AgentStatus(BaseModel):
         "past AGENTWATCH_AGENT_ORPHAN_AFTER_S.",
     )
     orphan_reason: str | None = Field(None, description="Why it is orphaned.")
+    cluster: int | None = Field(
+        None,
+        description="Its behaviour cluster (GET /api/v1/orchestration/clusters); null until "
+        "the dataflow has grouped it.",
+    )
+    cluster_description: str | None = Field(
+        None, description="That cluster in words, e.g. 'fast, reliable, lightly loaded'."
+    )
 
 
 class AnomalyList(BaseModel):

@@ -116,6 +116,7 @@ def agent_status(runtime: object, caller: Principal, agent_id: str) -> AgentStat
         **_registration(view),
         orphaned=orphaned is not None,
         orphan_reason=orphaned,
+        **_cluster(projection, view),
     )  # fmt: skip
 
 
@@ -158,6 +159,14 @@ def _registration(view: AgentView | None) -> dict:
         "owner": view.owner or None,
         "registered_at": _utc(view.registered_at),
     }
+
+
+def _cluster(projection: AgentProjection | None, view: AgentView | None) -> dict:
+    """The agent's behaviour cluster and its description (from the projection)."""
+    if view is None or view.cluster is None:
+        return {}
+    described = projection.directory.clusters.get(view.cluster, {}) if projection else {}
+    return {"cluster": view.cluster, "cluster_description": described.get("description")}
 
 
 def _utc(epoch: float | None) -> datetime | None:

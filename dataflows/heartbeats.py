@@ -14,6 +14,11 @@ clock (a tick every clock_tick_s) ─► tick_every_shard ───────�
   to agents.deadletter · agents.anomalies · agents.baselines · agents.threats · agents.state …
 ```
 
+Two fleet-wide steps read what the shards publish: ``coordinated_threats`` (threats keyed
+by tenant → incidents) and ``behaviour_clusters`` (assignment scores keyed ``*`` → one
+River k-means of the fleet → ``cluster_changed`` / ``cluster_summary`` on agents.state;
+:mod:`agentwatch.clusters`).
+
 Operators' commands (rule changes, silences, releases, quarantine and restart requests,
 registrations) are applied only when they arrive on ``agents.control``, which only the API
 writes; the same command on ``agents.events``, which agents write, is dead-lettered with
@@ -55,7 +60,7 @@ import bytewax.operators as op
 import numpy as np
 import orjson
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -63,6 +68,7 @@ from bytewax.run import cli_main
 from pydantic import ValidationError
 
 from agentwatch.alerts import CoordinationDetector
+from agentwatch.clusters import BehaviourClusters
 from agentwatch.conversations import Conversation
 from agentwatch.lifecycle import COMMANDS
 from agentwatch.rules import RuleChangeError
@@ -85,6 +91,7 @@ from schemas.events import (
     AGENT_CHANNEL,
     CONTROL_CHANNEL,
     CONVERSATION,
+    FLEET,
     QUARANTINE_REQUESTED,
     REGISTERED,
     RELEASED,
@@ -370,6 +377,52 @@ def incident_messages(topic: str, keyed: tuple[str, list[dict]]) -> list[Message
     ]
 
 
+def by_fleet(score_message: Message) -> list[tuple[str, dict]]:
+    """A published assignment score, under the fleet's one key (one behaviour model)."""
+    return [(FLEET, orjson.loads(score_message.value))]
+
+
+def cluster_behaviour(
+    settings: Settings, state: BehaviourClusters | None, score: dict
+) -> tuple[BehaviourClusters, list[dict]]:
+    """Assignment scores of the whole fleet → ``cluster_changed`` of the agents that moved,
+    and ``cluster_summary`` when due (:class:`agentwatch.clusters.BehaviourClusters`)."""
+    if state is None:
+        state = BehaviourClusters.from_settings(settings)
+    try:
+        return state, state.observe(score)
+    except (KeyError, TypeError, ValueError) as exc:  # the shards' own records: not expected
+        log.warning("cluster_record_skipped agent=%s reason=%r", score.get("agent_id"), str(exc))
+        return state, []
+
+
+def state_messages(topic: str, keyed: tuple[str, list[dict]]) -> list[Message]:
+    """Events for ``agents.state``, each keyed by its agent (``*`` for the fleet's)."""
+    _, events = keyed
+    return [
+        _message(key=event["agent_id"].encode(), value=orjson.dumps(event), topic=topic)
+        for event in events
+    ]
+
+
+def behaviour_clusters(settings: Settings, found: Stream[Message]) -> Stream[Message]:
+    """The fleet-wide behaviour-cluster steps: the assignment scores among the shards'
+    messages → one model (keyed ``*``: a cluster means the same behaviour in every
+    tenant, and a small tenant's agents are grouped with the fleet's data) → events on
+    ``agents.state``. Its state, the model, is snapshotted with the rest."""
+    scores_topic = settings.topic("assignment_scores")
+    scores = op.filter("published_scores", found, lambda m: m.topic == scores_topic)
+    return op.flat_map(
+        "cluster_events",
+        op.stateful_map(
+            "behaviour_clusters",
+            op.flat_map("by_fleet", scores, by_fleet),
+            partial(cluster_behaviour, settings),
+        ),
+        partial(state_messages, settings.topic("state")),
+    )
+
+
 def build_flow(
     settings: Settings,
     source: Source[RawBatch] | None = None,
@@ -453,7 +506,8 @@ def build_flow(
         op.stateful_map("coordinated_threats", tenants, partial(coordinate, settings)),
         partial(incident_messages, settings.topic("incidents")),
     )
-    op.output("publish", op.merge("outputs", rejected, found, incidents), sink)
+    clusters = behaviour_clusters(settings, found)
+    op.output("publish", op.merge("outputs", rejected, found, incidents, clusters), sink)
     return flow
 
 

@@ -88,6 +88,10 @@ TASK_CHANGED = "task_changed"
 #: ``type`` of the dataflow's record that an agent moved to another behaviour cluster
 #: (payload: ``{"cluster": int, "distance": float}``).
 CLUSTER_CHANGED = "cluster_changed"
+#: ``type`` of the dataflow's description of the behaviour clusters (payload:
+#: ``{"clusters": [{"cluster", "description", "centroid", "profile", "records"}, …]}``,
+#: ``agentwatch.clusters.BehaviourClusters.summary``; agent and tenant id ``*``).
+CLUSTER_SUMMARY = "cluster_summary"
 #: ``type`` of a shard's report of its online models' rolling accuracy (payload:
 #: ``schemas.models.ModelStats``; agent and tenant id ``*``).
 MODEL_STATS = "model_stats"
@@ -133,7 +137,15 @@ CHANNELS: dict[str, frozenset[str]] = {
         }
     ),
     STATE_CHANNEL: frozenset(
-        {STATUS_CHANGED, HEARTBEAT_LATE, HEALTH_CHANGED, TASK_CHANGED, CLUSTER_CHANGED, MODEL_STATS}
+        {
+            STATUS_CHANGED,
+            HEARTBEAT_LATE,
+            HEALTH_CHANGED,
+            TASK_CHANGED,
+            CLUSTER_CHANGED,
+            MODEL_STATS,
+            CLUSTER_SUMMARY,
+        }
     ),
 }
 

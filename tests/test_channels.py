@@ -42,7 +42,7 @@ def test_the_channels_are_the_topics_and_share_no_type():
     assert CHANNELS["events"] == {"conversation", "task_completed", "task_failed"}
     assert CHANNELS["state"] == {
         "status_changed", "heartbeat_late", "health_changed", "task_changed", "cluster_changed",
-        "model_stats",
+        "model_stats", "cluster_summary",
     }  # fmt: skip
 
 

@@ -91,6 +91,7 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
         ("POST", BULK, restart, operate, tenant),
         ("GET", f"/api/v1/reports/full?tenant={tenant}", None, read, tenant),
         ("GET", f"/api/v1/agents/search?tenant={tenant}", None, read, tenant),
+        ("GET", f"/api/v1/orchestration/clusters?tenant={tenant}", None, read, tenant),
         ("POST", "/api/v1/agents/register", registration, operate, tenant),
         ("GET", f"/api/v1/tasks/task-{tenant}", None, read, tenant),  # another's: 404
         ("GET", f"/api/v1/tasks?tenant={tenant}", None, read, tenant),

@@ -125,6 +125,7 @@ class AgentSummary(BaseModel):
     quarantined: bool
     orphaned: bool
     orphan_reason: str | None
+    cluster: int | None = Field(None, description="Its behaviour cluster (null: not yet).")
 
 
 class AgentPage(BaseModel):
@@ -252,6 +253,10 @@ def search_agents(
         str | None, Query(min_length=1, max_length=128, description="In name, owner or id.")
     ] = None,
     orphaned: bool | None = None,
+    cluster: Annotated[
+        int | None,
+        Query(ge=0, le=31, description="Behaviour cluster (GET /api/v1/orchestration/clusters)."),
+    ] = None,
     sort: Annotated[Literal[SORT_KEYS], Query()] = "name",  # type: ignore[valid-type]
     order: Literal["asc", "desc"] = "asc",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -272,6 +277,7 @@ def search_agents(
         max_score=max_score,
         text=text,
         orphaned=orphaned,
+        cluster=cluster,
         sort=sort,
         descending=order == "desc",
     )
@@ -310,4 +316,5 @@ def _summary(view: AgentView, initial_score: float, orphaned: str | None) -> Age
         quarantined=view.state == "quarantined",
         orphaned=orphaned is not None,
         orphan_reason=orphaned,
+        cluster=view.cluster,
     )

@@ -54,6 +54,7 @@ from api.routes import (
     bridge,
     bulk,
     credentials,
+    operations,
     registry,
     reports,
     rules,
@@ -103,7 +104,7 @@ def create_app(
     app.exception_handler(StarletteHTTPException)(_http_error)
 
     routers = (agents, alerts, rules, sql_routes, system, credentials, bridge, bulk, reports,
-               registry)  # fmt: skip
+               registry, operations)  # fmt: skip
     for module in routers:
         document_key_errors(module.router)
         app.include_router(module.router)

@@ -28,6 +28,7 @@ target), which the targets' shards accept or refuse as for any assignment.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -148,6 +149,14 @@ def plan_moves(
     def load(agent_id: str) -> float:
         return AgentLoad("", "", "", frozenset(), capacity[agent_id], open_count[agent_id]).load
 
+    def takes_one_more(agent_id: str) -> bool:
+        after = open_count[agent_id] + 1
+        return (
+            load(agent_id) < underloaded_below
+            and after <= capacity[agent_id]
+            and after / capacity[agent_id] <= overloaded_above
+        )
+
     plan = LoadPlan(loads_before={a: _rounded(load(a)) for a in sorted(by_id)})
     plan.overloaded = sorted(
         (a for a in by_id if load(a) > overloaded_above), key=lambda a: (-load(a), a)
@@ -155,6 +164,8 @@ def plan_moves(
     plan.underloaded = sorted(
         a for a in by_id if by_id[a].state in TAKES_TASKS and load(a) < underloaded_below
     )
+    targets = _Targets(by_id, load, takes_one_more)
+    why_not = _Refusals(by_id.values(), underloaded_below)
     tasks_of: dict[str, list[OpenTask]] = {}
     for task in tasks:
         tasks_of.setdefault(task.agent_id, []).append(task)
@@ -162,15 +173,14 @@ def plan_moves(
         for task in sorted(tasks_of.get(source, ()), key=_move_order):
             if load(source) <= overloaded_above:
                 break
-            target, why = _best_target(
-                task, by_id, open_count, capacity, load, overloaded_above, underloaded_below
-            )
+            target = targets.best(task.tenant_id, frozenset(task.required_capabilities))
             if target is None:
-                plan.stuck[task.task_id] = why
+                plan.stuck[task.task_id] = why_not(task, by_id[source])
                 continue
             before_source, before_target = load(source), load(target)
             open_count[source] -= 1
             open_count[target] += 1
+            targets.took_one(target)
             plan.moves.append(
                 Move(
                     task_id=task.task_id,
@@ -191,50 +201,70 @@ def plan_moves(
                     target_load=(_rounded(before_target), _rounded(load(target))),
                 )
             )
-    plan.loads_after = {a: _rounded(load(a)) for a in sorted(by_id) if a in _touched(plan)}
+    touched = {m.source for m in plan.moves} | {m.target for m in plan.moves}
+    plan.loads_after = {a: _rounded(load(a)) for a in sorted(touched)}
     return plan
 
 
-def _touched(plan: LoadPlan) -> set[str]:
-    return {m.source for m in plan.moves} | {m.target for m in plan.moves}
+class _Targets:
+    """The agents that may take one more task, per tenant and capability set, each set's
+    least loaded first (ties: higher score, then id): a task looks at the few sets that
+    hold its capabilities, not at every agent."""
+
+    def __init__(self, by_id: dict[str, AgentLoad], load, takes_one_more) -> None:
+        self._by_id, self._load, self._takes_one_more = by_id, load, takes_one_more
+        self._heaps: dict[str, dict[frozenset[str], list]] = {}
+        for agent in by_id.values():
+            if agent.state in TAKES_TASKS and takes_one_more(agent.agent_id):
+                self._push(agent)
+
+    def _push(self, agent: AgentLoad) -> None:
+        heap = self._heaps.setdefault(agent.tenant_id, {}).setdefault(agent.capabilities, [])
+        heapq.heappush(heap, (self._load(agent.agent_id), -agent.score, agent.agent_id))
+
+    def best(self, tenant_id: str, needed: frozenset[str]) -> str | None:
+        best = None
+        for capabilities, heap in self._heaps.get(tenant_id, {}).items():
+            if needed <= capabilities and heap and (best is None or heap[0] < best):
+                best = heap[0]
+        return best[2] if best is not None else None
+
+    def took_one(self, agent_id: str) -> None:
+        """``agent_id`` (the best of its set) took a task: back in its place, if it may
+        take another."""
+        agent = self._by_id[agent_id]
+        heapq.heappop(self._heaps[agent.tenant_id][agent.capabilities])
+        if self._takes_one_more(agent_id):
+            self._push(agent)
 
 
-def _best_target(task, by_id, open_count, capacity, load, overloaded_above, underloaded_below):
-    """The least loaded agent that may take ``task`` now (ties: higher score, then id),
-    or None and why none may."""
-    needed = set(task.required_capabilities)
-    fits: list[AgentLoad] = []
-    same_tenant = capable = 0
-    for agent in by_id.values():
-        if agent.agent_id == task.agent_id or agent.tenant_id != task.tenant_id:
-            continue
-        same_tenant += 1
-        if not needed <= agent.capabilities:
-            continue
-        capable += 1
-        name = agent.agent_id
-        if (
-            agent.state in TAKES_TASKS
-            and load(name) < underloaded_below
-            and open_count[name] + 1 <= capacity[name]
-            and (open_count[name] + 1) / capacity[name] <= overloaded_above
-        ):
-            fits.append(agent)
-    if fits:
-        best = min(fits, key=lambda a: (load(a.agent_id), -a.score, a.agent_id))
-        return best.agent_id, ""
-    if same_tenant == 0:
-        return None, f"no other agent of tenant {task.tenant_id}"
-    if capable == 0:
-        return None, (
-            f"no other agent of tenant {task.tenant_id} has the capabilities "
-            f"{', '.join(sorted(needed))}"
+class _Refusals:
+    """Why no agent may take a task (counted once per tenant and capability set)."""
+
+    def __init__(self, agents: Iterable[AgentLoad], underloaded_below: float) -> None:
+        self._of_tenant: dict[str, list[AgentLoad]] = {}
+        for agent in agents:
+            self._of_tenant.setdefault(agent.tenant_id, []).append(agent)
+        self._capable: dict[tuple[str, frozenset[str]], int] = {}
+        self._underloaded_below = underloaded_below
+
+    def __call__(self, task: OpenTask, source: AgentLoad) -> str:
+        tenant, needed = task.tenant_id, frozenset(task.required_capabilities)
+        others = len(self._of_tenant.get(tenant, ())) - 1
+        if others <= 0:
+            return f"no other agent of tenant {tenant}"
+        key = (tenant, needed)
+        if key not in self._capable:
+            self._capable[key] = sum(needed <= a.capabilities for a in self._of_tenant[tenant])
+        capable = self._capable[key] - (needed <= source.capabilities)
+        listed = ", ".join(sorted(needed))
+        if capable <= 0:
+            return f"no other agent of tenant {tenant} has the capabilities {listed}"
+        with_capabilities = f" with the capabilities {listed}" if needed else ""
+        return (
+            f"no running agent of tenant {tenant}{with_capabilities} is below "
+            f"{self._underloaded_below:.0%} of its capacity with a slot to spare"
         )
-    with_capabilities = f" with the capabilities {', '.join(sorted(needed))}" if needed else ""
-    return None, (
-        f"no running agent of tenant {task.tenant_id}{with_capabilities} is below "
-        f"{underloaded_below:.0%} of its capacity with a slot to spare"
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -460,3 +460,15 @@ def test_a_group_without_enough_history_says_so(door):
     started = time.perf_counter()
     api.get(FORECAST, headers=headers["analyst"])
     assert time.perf_counter() - started < 5
+
+
+def test_an_agent_out_of_service_is_not_scheduled_nor_counted(quiet_now):
+    api, headers, client, settings = quiet_now
+    db = settings.clickhouse_database
+    register(client, db, [("t1", "resting", "bot", [], 2)])
+    score(client, db, "t1", "resting", 0, 2, p_fail=0.99, state="maintenance")
+    body = api.get(SCHEDULE, headers=headers["operator"]).json()
+    assert [w["agent_id"] for w in body["windows"]] == ["risky"]
+    reasons = {u["agent_id"]: u["reason"] for u in body["unscheduled"]}
+    assert reasons["resting"] == "resting is maintenance, not in service: nothing to schedule"
+    assert body["groups"][0]["capacity"] == 6 and body["groups"][0]["agents"] == 4

@@ -152,6 +152,9 @@ def optimize_load(
     ``AGENTWATCH_LOAD_OVERLOADED_ABOVE``) to underloaded ones (below
     ``AGENTWATCH_LOAD_UNDERLOADED_BELOW``) of the same tenant that have the task's
     capabilities and a free slot, never making a target overloaded; each move says why.
+    Open tasks: the ``tasks`` table's accepted ones, or the shard's count in the agent's
+    latest assignment score if higher; capacity: the score's, else the registration's (an
+    agent with neither is left out).
 
     **Dry run by default** (no body, or ``{"dry_run": true}``). With ``{"dry_run": false}``
     the moves are published as commands in one batch: per move a ``task_released`` keyed
@@ -182,8 +185,10 @@ def optimize_load(
             score=a.score or 0.0,
         )
         for a in fleet.values()
+        if a.capacity > 0  # no capacity known (nor declared): no load to speak of
     ]
-    tasks = [t for t in tasks if t.agent_id in fleet]
+    planned = {a.agent_id for a in loads}
+    tasks = [t for t in tasks if t.agent_id in planned]
     plan = plan_moves(
         loads,
         tasks,
@@ -368,7 +373,10 @@ def _schedule(runtime: Runtime, caller, request: MaintenanceRequest, said: str):
     for agent in fleet.values():
         if request.agent_type is not None and agent.agent_type != request.agent_type:
             continue
-        blocked = lifecycle_refusal(agent.agent_id, agent.tenant_id, agent.state, template)
+        if not _in_service(agent.state):
+            blocked = f"{agent.agent_id} is {agent.state}, not in service: nothing to schedule"
+        else:  # running or degraded: the lifecycle table takes maintenance_requested
+            blocked = lifecycle_refusal(agent.agent_id, agent.tenant_id, agent.state, template)
         if wanted is not None and agent.agent_id not in wanted:
             blocked = "not asked for"  # counted in its group's capacity, not scheduled
         candidates.append(

@@ -180,6 +180,7 @@ demand is 4.0 at the quietest hour
         group = (agent.tenant_id, agent.agent_type)
         capacity[group] = capacity.get(group, 0) + (agent.capacity if agent.in_service else 0)
     out: dict[tuple[str, str], list[int]] = {group: [0] * slots for group in capacity}
+    windows: dict[tuple[str, str], list[tuple[float, int, list[int]]]] = {}
     plan = MaintenancePlan()
     for agent in sorted(agents, key=risk_order):
         group = (agent.tenant_id, agent.agent_type)
@@ -189,10 +190,11 @@ demand is 4.0 at the quietest hour
             )
             continue
         profile = profiles.get(group, HourlyLoad.flat(0.0))
+        if group not in windows:  # the group's windows, quietest first (earliest on ties)
+            windows[group] = _windows_by_load(profile, now, first_slot, window_hours, horizon_hours)
         best: tuple[float, int, list[int]] | None = None
         tightest = (math.inf, 0, 0.0)  # (room short, out, peak) of the least bad hour
-        for start_slot in range(horizon_hours):
-            touched = _touched(start_slot, now, first_slot, window_hours)
+        for load, start_slot, touched in windows[group]:
             fits = True
             for slot in touched:
                 peak = profile.peak[_hour(first_slot, slot)]
@@ -203,11 +205,9 @@ demand is 4.0 at the quietest hour
                     if short < tightest[0]:
                         tightest = (short, out[group][slot], peak)
                     break
-            if not fits:
-                continue
-            load = sum(profile.mean[_hour(first_slot, s)] for s in touched) / len(touched)
-            if best is None or load < best[0] - 1e-12:
+            if fits:
                 best = (load, start_slot, touched)
+                break
         if best is None:
             _, already_out, peak = tightest
             plan.unscheduled.append(
@@ -251,6 +251,19 @@ demand is 4.0 at the quietest hour
             )
         )
     return plan
+
+
+def _windows_by_load(
+    profile: HourlyLoad, now: float, first_slot: float, window_hours: int, horizon_hours: int
+) -> list[tuple[float, int, list[int]]]:
+    """Every window's ``(mean demand, start slot, slots touched)``, quietest first, the
+    earliest of equally quiet ones first."""
+    found = []
+    for start_slot in range(horizon_hours):
+        touched = _touched(start_slot, now, first_slot, window_hours)
+        load = sum(profile.mean[_hour(first_slot, s)] for s in touched) / len(touched)
+        found.append((load, start_slot, touched))
+    return sorted(found, key=lambda w: (round(w[0], 9), w[1]))
 
 
 def _hour(first_slot: float, slot: int) -> int:

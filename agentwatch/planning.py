@@ -146,8 +146,11 @@ def plan_moves(
     open_count = {a.agent_id: a.open_tasks for a in by_id.values()}
     capacity = {a.agent_id: a.capacity for a in by_id.values()}
 
-    def load(agent_id: str) -> float:
-        return AgentLoad("", "", "", frozenset(), capacity[agent_id], open_count[agent_id]).load
+    def load(agent_id: str) -> float:  # AgentLoad.load of the counts as the plan moves them
+        slots, count = capacity[agent_id], open_count[agent_id]
+        if slots <= 0:
+            return float("inf") if count else 0.0
+        return count / slots
 
     def takes_one_more(agent_id: str) -> bool:
         after = open_count[agent_id] + 1

@@ -130,7 +130,7 @@ fleets = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(fleets, st.data())
 def test_every_plan_keeps_the_rules(fleet, data):
     """Whatever the fleet: a move stays in its tenant, goes to a running agent that has the

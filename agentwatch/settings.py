@@ -1010,6 +1010,60 @@ class Settings(BaseSettings):
             )
         return ceiling
 
+    # --- planning: load balancing, maintenance, capacity (docs/orchestration-plan.md) -----
+    load_overloaded_above: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Load balancing: an agent whose open tasks exceed this share of its "
+        "capacity (max_concurrent_tasks) is overloaded, and its tasks may be moved.",
+    )
+    load_underloaded_below: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Load balancing: an agent below this share of its capacity may take moved "
+        "tasks (never beyond load_overloaded_above). Not above load_overloaded_above.",
+    )
+    maintenance_window_hours: int = Field(
+        2, ge=1, le=24, description="How long one agent's maintenance window lasts (hours)."
+    )
+    maintenance_capacity_margin: float = Field(
+        1.2,
+        ge=0,
+        description="Maintenance keeps, per tenant and agent type and in every hour of a "
+        "window, the capacity in service at least this many times the peak demand seen in "
+        "that hour of the day.",
+    )
+    maintenance_history_days: int = Field(
+        14,
+        ge=1,
+        le=90,
+        description="Days of heartbeats the hourly load profile of maintenance is built from.",
+    )
+    maintenance_horizon_hours: int = Field(
+        24, ge=1, le=168, description="How far ahead maintenance windows are planned (hours)."
+    )
+    forecast_history_days: int = Field(
+        90,
+        ge=3,
+        le=365,
+        description="Days of heartbeats the capacity forecast is fitted on (at most the "
+        "ClickHouse TTL, clickhouse_ttl_days).",
+    )
+
+    @field_validator("load_underloaded_below")
+    @classmethod
+    def _underloaded_below_overloaded(cls, below: float, info: ValidationInfo) -> float:
+        above = info.data.get("load_overloaded_above")
+        if above is not None and below > above:
+            raise ValueError(
+                f"load_underloaded_below={below} is above load_overloaded_above={above}: a "
+                "moved task would make its target overloaded; set AGENTWATCH_LOAD_UNDERLOADED_"
+                "BELOW at most AGENTWATCH_LOAD_OVERLOADED_ABOVE"
+            )
+        return below
+
     @field_validator("clickhouse_dsn")
     @classmethod
     def _dsn_scheme(cls, dsn: SecretDsn) -> SecretDsn:

@@ -55,6 +55,7 @@ from api.routes import (
     bulk,
     clusters,
     credentials,
+    operations,
     registry,
     reports,
     rules,
@@ -105,7 +106,7 @@ def create_app(
     app.exception_handler(StarletteHTTPException)(_http_error)
 
     routers = (agents, alerts, rules, sql_routes, system, credentials, bridge, bulk, reports,
-               registry, tasks, clusters)  # fmt: skip
+               registry, tasks, clusters, operations)  # fmt: skip
     for module in routers:
         document_key_errors(module.router)
         app.include_router(module.router)

@@ -97,6 +97,10 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
         ("GET", f"/api/v1/tasks?tenant={tenant}", None, read, tenant),
         ("GET", f"{a}/assignment-scores", None, read, tenant),
         ("GET", f"/api/v1/orchestration/models?tenant={tenant}", None, read, tenant),
+        ("POST", "/api/v1/operations/optimize-load", {"tenant_id": tenant}, operate, tenant),
+        ("GET", f"/api/v1/maintenance/schedule?tenant={tenant}", None, read, tenant),
+        ("POST", "/api/v1/maintenance/schedule", {"tenant_id": tenant}, operate, tenant),
+        ("GET", f"/api/v1/capacity/forecast?tenant={tenant}", None, read, tenant),
         # shared by every tenant
         ("GET", "/api/v1/rules", None, read, OWN),
         ("GET", "/api/v1/silences", None, read, OWN),

@@ -492,10 +492,13 @@ class Orchestration(RowArrays):
             self.state[uniq[unknown]] = _CODE[State.ACTIVE]
         return Beats(uniq, np.maximum.reduceat(batch.timestamp[order], starts))
 
-    def settle(self, now: float, out: OrchestrationOutput, beats: Beats | None = None) -> None:
+    def settle(
+        self, now: float, out: OrchestrationOutput, beats: Beats | None = None, report: bool = False
+    ) -> None:
         """What time passing decides: open tasks expire, failure samples are labelled
-        (and new ones taken at heartbeats), heartbeats publish scores (rate-limited), the
-        models' stats go out. Costs a few comparisons when nothing is due."""
+        (and new ones taken at heartbeats), heartbeats publish scores (rate-limited), and
+        with ``report`` (the clock's ticks) the models' stats go out. Costs a few
+        comparisons when nothing is due."""
         if now >= self.next_task_expiry:
             self._expire(now, out)
         if now >= self.next_label_at:
@@ -503,7 +506,8 @@ class Orchestration(RowArrays):
         if beats is not None and len(beats.rows):
             self._sample(beats)
             self._heartbeat_scores(beats, out)
-        self._report(now, out)
+        if report:
+            self._report(now, out)
 
     def _heartbeat_scores(self, beats: Beats, out: OrchestrationOutput) -> None:
         cfg = self.config

@@ -673,10 +673,12 @@ class ShardState:
         self._orchestrate(out, beats)
         return out
 
-    def _orchestrate(self, out: ShardOutput, beats: Beats | None = None) -> None:
+    def _orchestrate(
+        self, out: ShardOutput, beats: Beats | None = None, report: bool = False
+    ) -> None:
         """Give the orchestration the lifecycle's changes of state of this step (an
         agent's availability depends on it) and the time that passed (task expiry,
-        failure labels, heartbeats' scores, model stats)."""
+        failure labels, heartbeats' scores; on the clock's ticks, ``report``, model stats)."""
         orchestration = self.orchestration
         done = self._orchestration_output(out)
         changes = [e for e in out.events if e["type"] == STATUS_CHANGED]
@@ -687,7 +689,7 @@ class ShardState:
             )  # fmt: skip
         now = self.liveness.clock.latest()
         if math.isfinite(now):
-            orchestration.settle(now, done, beats)
+            orchestration.settle(now, done, beats, report)
 
     def _orchestration_output(self, out: ShardOutput) -> OrchestrationOutput:
         return OrchestrationOutput(out.events, out.commands, out.assignment_scores, out.refusals)
@@ -820,7 +822,7 @@ class ShardState:
         out = self._timed_out(live)
         if self.lifecycle.next_expiry <= self.liveness.clock.latest():
             self._expire(out)
-        self._orchestrate(out)
+        self._orchestrate(out, report=True)
         return out
 
     def _timed_out(self, live: LivenessOutput) -> ShardOutput:

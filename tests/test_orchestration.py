@@ -414,7 +414,8 @@ def test_model_stats_go_out_at_most_every_interval_signed_by_the_dataflow() -> N
     for n in range(30):
         assign(shard, 0, f"k{n}", T0 + 10 * n)
         out = shard.apply(event("task_completed", 0, T0 + 10 * n + 5, "events", task_id=f"k{n}"))
-        out.events += shard.observe(beats_at(1 + n // 3, range(3)), wall=T0 + 10 * n + 6).events
+        shard.observe(beats_at(1 + n // 3, range(3)), wall=T0 + 10 * n + 6)
+        out.events += shard.tick(T0 + 10 * n + 7).events
         stats += [e for e in out.events if e["type"] == "model_stats"]
         if n == 29:
             messages = findings({"events": "agents.state"}, "dl", ("3", out))

@@ -50,11 +50,11 @@ a replay sends the same commands.
   settings' ``orchestration_weight_*`` until then).
 
 An agent's score is published at once on a change of one of its tasks (``cause`` task), of
-its lifecycle state (state) and for every agent on new weights (weights); on heartbeats
-(heartbeat) at most every ``orchestration_score_interval_s`` and only when it moved by
-``orchestration_score_min_change`` (judged at the agent's last heartbeat of a batch, so on
-heartbeats alone *when* it is published may depend on where batches are cut; what it says
-does not).
+its lifecycle state (state) and for every agent on new weights (weights). On heartbeats
+(heartbeat) it is judged at most every ``orchestration_score_interval_s`` and published only
+when it moved by ``orchestration_score_min_change`` since the last published one; it is
+judged at the agent's last heartbeat of a batch, so on heartbeats alone *when* it is
+published may depend on where batches are cut (what it says does not).
 
 **Models** (River, one set per shard, not per agent):
 
@@ -125,7 +125,8 @@ RUNNING = frozenset({State.ACTIVE, State.IDLE, State.BUSY})
 FAILING = frozenset({State.DEGRADED, State.OFFLINE, State.QUARANTINED, State.COMPROMISED})
 _STATES = list(State)
 _CODE = {state: k for k, state in enumerate(_STATES)}
-_RUNNING_CODES = np.array(sorted(_CODE[s] for s in RUNNING), dtype=np.int8)
+#: Whether a state's code (+ 1: -1 is a row not met) is running, as a look-up table.
+_RUNNING_TABLE = np.array([False] + [s in RUNNING for s in _STATES], dtype=np.bool_)
 _UNKNOWN = -1  # (state code of a row the component has not met: no score)
 _FINISHED = ("completed", "failed", "released", "expired", "refused")
 
@@ -510,6 +511,10 @@ class Orchestration(RowArrays):
             self._report(now, out)
 
     def _heartbeat_scores(self, beats: Beats, out: OrchestrationOutput) -> None:
+        """Judge the score of each agent whose last judgement is ``score_interval_s`` old
+        (or that has none): published if it moved by ``score_min_change`` since the last
+        published one. (One judgement an interval, published or not: the numpy work is
+        for the agents due, not for every heartbeat.)"""
         cfg = self.config
         last = self.published_at[beats.rows].astype(np.float64)
         due = (last == 0) | (beats.times - last >= cfg.score_interval_s)
@@ -519,6 +524,7 @@ class Orchestration(RowArrays):
         parts = self.components(rows)
         moved = np.abs(parts["score"] - self.published[rows]) >= cfg.score_min_change
         moved |= self.published_at[rows] == 0
+        self.published_at[rows] = np.maximum(times, 1).astype(np.uint32)
         if moved.any():
             picked = np.flatnonzero(moved)
             self._emit(
@@ -531,7 +537,7 @@ class Orchestration(RowArrays):
 
     def _sample(self, beats: Beats) -> None:
         rows = beats.rows
-        due = (self.sample_at[rows] == 0) & np.isin(self.state[rows], _RUNNING_CODES)
+        due = (self.sample_at[rows] == 0) & _RUNNING_TABLE[self.state[rows] + 1]
         if not due.any():
             return
         rows, times = rows[due], beats.times[due]
@@ -797,20 +803,25 @@ class Orchestration(RowArrays):
         """
         cfg = self.config
         k = cfg.prior_weight
-        success = (self.success_s[rows] + cfg.success_prior * k) / (self.success_n[rows] + k)
-        response = np.nan_to_num(self.response_ms[rows], nan=cfg.response_time_ref_ms)
+        f64 = np.float64
+        success = (self.success_s[rows].astype(f64) + cfg.success_prior * k) / (
+            self.success_n[rows].astype(f64) + k
+        )
+        response = self.response_ms[rows].astype(f64)
+        np.nan_to_num(response, copy=False, nan=cfg.response_time_ref_ms)
         speed = cfg.response_time_ref_ms / (cfg.response_time_ref_ms + np.maximum(response, 0))
         performance = (1 - cfg.speed_share) * success + cfg.speed_share * speed
-        usage = np.clip(np.nan_to_num(self.usage[rows], nan=50.0) / 100.0, 0.0, 1.0)
-        declared = self.cost[rows].astype(np.float64)
-        factor = np.where(
-            np.isnan(declared), 0.5, declared / (declared + cfg.cost_reference_per_hour)
-        )
+        usage = self.usage[rows].astype(f64)
+        np.nan_to_num(usage, copy=False, nan=50.0)
+        usage = np.clip(usage / 100.0, 0.0, 1.0)
+        declared = self.cost[rows].astype(f64)
+        factor = declared / (declared + cfg.cost_reference_per_hour)
+        factor[np.isnan(declared)] = 0.5
         cost = 1.0 - ((1 - cfg.cost_declared_share) * usage + cfg.cost_declared_share * factor)
         capacity = self._capacities(rows)
-        free = np.maximum(capacity - self.open_count[rows].astype(np.float64), 0) / capacity
-        availability = np.where(np.isin(self.state[rows], _RUNNING_CODES), free, 0.0)
-        sla = (self.sla_s[rows] + k) / (self.sla_n[rows] + k)
+        free = np.maximum(capacity - self.open_count[rows], 0) / capacity
+        availability = np.where(_RUNNING_TABLE[self.state[rows] + 1], free, 0.0)
+        sla = (self.sla_s[rows].astype(f64) + k) / (self.sla_n[rows].astype(f64) + k)
         w = self.weights
         score = (w[0] * performance + w[1] * cost + w[2] * availability + w[3] * sla) / sum(w)
         return {
@@ -848,12 +859,27 @@ class Orchestration(RowArrays):
         self.published_at[rows] = np.maximum(times, 1).astype(np.uint32)
         index, models = self.index, self.models
         failure_known = models.failure_samples >= self.config.model_min_outcomes
-        for j, (row, at) in enumerate(zip(rows.tolist(), times.tolist(), strict=True)):
-            state = int(self.state[row])
+        tenants = index.tenant_names
+        response = np.round(np.nan_to_num(self.response_ms[rows].astype(np.float64)), 1).tolist()
+        names = [str(state) for state in _STATES]
+        by_type = bool(self.types)
+        for j, (row, at, tenant, state, open_, capacity, done, failed) in enumerate(
+            zip(
+                rows.tolist(),
+                times.tolist(),
+                index.tenant[rows].tolist(),
+                self.state[rows].tolist(),
+                self.open_count[rows].tolist(),
+                parts["capacity"].tolist(),
+                self.completed[rows].tolist(),
+                self.failed[rows].tolist(),
+                strict=True,
+            )
+        ):
             out.scores.append(
                 {
                     "agent_id": index.agent_ids[row],
-                    "tenant_id": index.tenant_of(row),
+                    "tenant_id": tenants[tenant],
                     "timestamp": at,
                     "score": columns["score"][j],
                     "performance": columns["performance"][j],
@@ -861,18 +887,18 @@ class Orchestration(RowArrays):
                     "availability": columns["availability"][j],
                     "sla": columns["sla"][j],
                     "weights": weights,
-                    "state": "unknown" if state == _UNKNOWN else str(_STATES[state]),
-                    "active_tasks": int(self.open_count[row]),
-                    "capacity": int(parts["capacity"][j]),
+                    "state": "unknown" if state == _UNKNOWN else names[state],
+                    "active_tasks": open_,
+                    "capacity": int(capacity),
                     "success_rate": columns["success"][j],
-                    "response_time_ms": round(float(np.nan_to_num(self.response_ms[row])), 1),
+                    "response_time_ms": response[j],
                     "sla_met_rate": columns["sla"][j],
-                    "tasks_completed": int(self.completed[row]),
-                    "tasks_failed": int(self.failed[row]),
+                    "tasks_completed": done,
+                    "tasks_failed": failed,
                     "p_fail": (
                         round(models.p_fail(self._failure_one(row)), 4) if failure_known else None
                     ),
-                    "by_type": self.by_type(row),
+                    "by_type": self.by_type(row) if by_type else {},
                     "cause": cause,
                 }
             )
@@ -1129,7 +1155,7 @@ _LAYOUT: dict[str, ArraySpec] = {
     "completed": (_U32, 0, ()),
     "failed": (_U32, 0, ()),
     "published": (_F32, 0, ()),  # last published score
-    "published_at": (_U32, 0, ()),  # its event time (s; 0: never)
+    "published_at": (_U32, 0, ()),  # event time (s) of the last publication or judgement
     "sample_at": (_U32, 0, ()),  # failure sample's time (s; 0: none pending)
     **{f"f_{name}": (_F16, 0, ()) for name in _FAILURE_FEATURES},  # the sample
     "type_n": (_F16, 0, (0,)),  # per task type: decayed outcomes

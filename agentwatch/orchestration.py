@@ -667,7 +667,11 @@ class Orchestration(RowArrays):
         if record is not None and record["agent_id"] != report.agent_id:
             record = None
         if record is None:
-            if outcome.task_id in self.finished or outcome.task_id in self.open:
+            row = self.index.row(report.agent_id)
+            if row is not None:
+                self._fit()
+            known = row is not None and self.state[row] != _UNKNOWN
+            if not known or outcome.task_id in self.finished or outcome.task_id in self.open:
                 kind = "task_completed" if report.succeeded else TASK_FAILED
                 out.refusals.append(
                     self._refused(
@@ -680,7 +684,6 @@ class Orchestration(RowArrays):
                     )
                 )
                 return
-            row = self._row(report.agent_id, report.tenant_id)
             self._learn(
                 row,
                 outcome.task_type or "default",
@@ -760,8 +763,11 @@ class Orchestration(RowArrays):
         at: float,
     ) -> None:
         """An outcome: the models score, then learn (features from before it); then the
-        agent's own rates move."""
+        agent's own rates move. (A type past ``max_task_types`` is ``other`` to the models,
+        so agents cannot grow them without bound.)"""
         models, cfg = self.models, self.config
+        if self._type_column(task_type) is None:
+            task_type = _OTHER
         models.learn_success(self._success_features(row, task_type), succeeded)
         if duration is not None:
             x, base = self._duration_features(row, task_type)
@@ -954,17 +960,19 @@ class Orchestration(RowArrays):
             n, s = float(self.type_n[row, column]), float(self.type_s[row, column])
             type_rate = (s + rate * k) / (n + k)
         x = self._load_features(row)
-        x.update({f"type={task_type}": 1.0, "rate": rate - 0.5, "type_rate": type_rate - 0.5})
+        one_hot = f"type={task_type if column is not None else _OTHER}"
+        x.update({one_hot: 1.0, "rate": rate - 0.5, "type_rate": type_rate - 0.5})
         x["sla"] = (float(self.sla_s[row]) + k) / (float(self.sla_n[row]) + k) - 0.5
         return x
 
     def _duration_features(self, row: int, task_type: str) -> tuple[dict[str, float], float]:
         column = self.types.get(task_type)
         own = math.nan if column is None else float(self.type_log_duration[row, column])
-        shard = self.models.type_log_duration(task_type)
+        shard = self.models.type_log_duration(task_type if column is not None else _OTHER)
         base = own if not math.isnan(own) else (math.nan if shard is None else shard)
         x = self._load_features(row)
-        x.update({f"type={task_type}": 1.0, "own": 0.0 if math.isnan(own) else 1.0})
+        one_hot = f"type={task_type if column is not None else _OTHER}"
+        x.update({one_hot: 1.0, "own": 0.0 if math.isnan(own) else 1.0})
         return x, base
 
     def _load_features(self, row: int) -> dict[str, float]:
@@ -1138,6 +1146,8 @@ class Orchestration(RowArrays):
 
 
 _FAILURE_FEATURES = ("usage", "errors", "speed", "success", "load")
+#: What the models call a task type past ``orchestration_max_task_types`` (or not yet seen).
+_OTHER = "(other)"
 _F16, _F32, _U32 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.uint32)
 _PER_TYPE = ("type_n", "type_s", "type_log_duration", "type_count")
 _LAYOUT: dict[str, ArraySpec] = {

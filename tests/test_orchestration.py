@@ -488,3 +488,20 @@ def test_per_agent_state_stays_small() -> None:
     assert orch.bytes_per_agent() <= 64
     orch._type_column("etl")
     assert orch.bytes_per_agent() <= 64 + 8
+
+
+def test_outcomes_of_unknown_agents_or_of_endless_task_types_grow_nothing() -> None:
+    shard = registered_shard(agents=range(1))
+    stranger = shard.apply(event("task_completed", 7, T0 + 1, "events", task_id="x1"))
+    assert stranger.refusals and stranger.assignment_scores == []
+    assert shard.index.row(AGENT.format(7)) is None and shard.orchestration.models.outcomes == 0
+    orch = shard.orchestration
+    for n in range(40):  # an agent's own work, of ever new types
+        kind = f"kind-{n}"
+        shard.apply(
+            event("task_completed", 0, T0 + n, "events", task_id=f"own-{n}", task_type=kind)
+        )
+    assert orch.models.outcomes == 40 and len(orch.types) == orch.config.max_task_types == 16
+    one_hots = {k for k in orch.models.success.weights if k.startswith("type=")}
+    assert len(one_hots) == 17 and "type=(other)" in one_hots
+    assert orch.bytes_per_agent() == 59 + 8 * 16

@@ -77,7 +77,7 @@ shard has learnt from ``orchestration_model_min_outcomes`` outcomes, ``by_type``
 agent's smoothed rate and its own duration average instead of the models' answers (and
 ``p_fail`` is absent until as many failure labels).
 
-Per agent: 56 bytes of columns (:meth:`Orchestration.bytes_per_agent`), plus 8 per task type
+Per agent: 59 bytes of columns (:meth:`Orchestration.bytes_per_agent`), plus 8 per task type
 the shard has seen (up to ``orchestration_max_task_types``); open tasks and the memory of
 finished ones are kept only for the tasks themselves.
 
@@ -389,7 +389,11 @@ class OutcomeModels:
 
 # --- the component -----------------------------------------------------------------------
 class Orchestration(RowArrays):
-    """The orchestration state of one shard's agents (see the module doc)."""
+    """The orchestration state of one shard's agents (see the module doc).
+
+    >>> Orchestration.from_settings(Settings()).bytes_per_agent()
+    59
+    """
 
     def __init__(
         self, config: OrchestrationConfig, index: AgentIndex | None = None, capacity: int = 64

@@ -1064,6 +1064,112 @@ class Settings(BaseSettings):
             )
         return below
 
+    orchestration_default_capacity: int = Field(
+        1,
+        ge=1,
+        le=100_000,
+        description="Tasks at once for an agent registered by its heartbeats "
+        "(agents_auto_register) or before orchestration existed; a registration's "
+        "max_concurrent_tasks decides for the others.",
+    )
+    orchestration_task_timeout_s: float = Field(
+        3600.0,
+        gt=0,
+        description="An accepted task with no outcome this long (event time) after its "
+        "acceptance expires: its slot is freed, it counts as a failure, the agent gets "
+        "cancel_task.",
+    )
+    orchestration_response_time_ref_ms: float = Field(
+        1000.0,
+        gt=0,
+        description="Speed in the performance component is ref / (ref + response_time_avg): "
+        "0.5 at this response time, towards 1 for faster agents.",
+    )
+    orchestration_speed_share: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Share of speed in the performance component (the rest is the smoothed "
+        "success rate).",
+    )
+    orchestration_cost_reference_per_hour: float = Field(
+        1.0,
+        gt=0,
+        description="A declared resources['cost_per_hour'] of this much counts as half "
+        "expensive in the cost component (cost / (cost + reference)).",
+    )
+    orchestration_cost_declared_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of the declared cost in the cost component (the rest is resource "
+        "use: the EWMA of (cpu_usage + memory_usage) / 2).",
+    )
+    orchestration_outcome_memory: float = Field(
+        50.0,
+        ge=1,
+        description="Smoothed success and SLA rates forget at 1 − 1/this per outcome (about "
+        "the last this many outcomes count).",
+    )
+    orchestration_success_prior: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="An agent's success rate before its outcomes say otherwise (weighted by "
+        "orchestration_prior_weight outcomes).",
+    )
+    orchestration_prior_weight: float = Field(
+        2.0,
+        gt=0,
+        description="How many outcomes the prior of the success and SLA rates weighs.",
+    )
+    orchestration_metrics_alpha: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Weight of each heartbeat in the EWMAs of response time, resource use and "
+        "error rate kept for the assignment score.",
+    )
+    orchestration_max_task_types: int = Field(
+        16,
+        ge=0,
+        le=256,
+        description="Task types per shard with per-agent statistics (8 bytes per agent each); "
+        "further types are learnt by the shard's models only.",
+    )
+    orchestration_model_window: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Seed: 'Accuracy tracking: Rolling 100 tasks'. The models' rolling "
+        "accuracy covers this many latest outcomes (failure labels).",
+    )
+    orchestration_model_min_outcomes: int = Field(
+        20,
+        ge=0,
+        description="Until a shard's models have learnt from this many outcomes (failure "
+        "labels), predictions are the agent's own smoothed figures (p_fail is absent).",
+    )
+    orchestration_model_learning_rate: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="SGD step of the shard's online models (the completion-time model takes "
+        "a tenth of it).",
+    )
+    orchestration_model_stats_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="A shard publishes its models' rolling accuracy (model_stats) at most this "
+        "often (event time), when they learnt something since.",
+    )
+    orchestration_finished_tasks_kept: int = Field(
+        20_000,
+        ge=0,
+        description="Finished tasks a shard remembers (about 100 bytes each), so that a "
+        "replayed task_assigned or a second outcome changes nothing.",
+    )
+
     @field_validator("clickhouse_dsn")
     @classmethod
     def _dsn_scheme(cls, dsn: SecretDsn) -> SecretDsn:

@@ -49,13 +49,23 @@ from agentwatch.fleet import DetectorConfig, FleetBaselines
 from agentwatch.health import HealthConfig, HealthOutput, HealthPending, HealthWatch, Move
 from agentwatch.lifecycle import AgentRecord, Refusal, State, Transition, Trigger
 from agentwatch.liveness import OFFLINE, Liveness, LivenessConfig, LivenessOutput
-from agentwatch.registry import UNKNOWN, Registry
+from agentwatch.orchestration import (
+    Beats,
+    Orchestration,
+    OrchestrationConfig,
+    OrchestrationOutput,
+    TaskAssigned,
+    TaskFinished,
+    TaskReleased,
+    WeightsChange,
+)
+from agentwatch.registry import AUTO, REGISTERED, UNKNOWN, Registry
 from agentwatch.rows import AgentIndex
 from agentwatch.rules import BaselineInputs, RuleSet
 from agentwatch.security import COMMAND_NAMESPACE, SecurityConfig, SecurityScores
 from agentwatch.settings import Settings
 from agentwatch.trends import TrendConfig, TrendWatch
-from schemas.events import EventError
+from schemas.events import STATUS_CHANGED, EventError
 from schemas.heartbeats import HeartbeatBatch
 from schemas.models import LifecycleEvent, Registration, RuleChange, Silence
 
@@ -74,7 +84,9 @@ class ShardOutput:
     ``rejected``: the heartbeats the registry refused, as ``(position, reason)`` (the
     position in the raw batch they were read from: ``HeartbeatBatch.index``);
     ``dead_letters``: the ``DeadLetter`` records the dataflow made of them (it has the
-    raw messages).
+    raw messages); ``assignment_scores``: ``AssignmentScore`` (the orchestration's
+    components, for ``agents.assignment_scores``; its ``task_changed`` and ``model_stats``
+    go with ``events``, its ``run_task`` and ``cancel_task`` with ``commands``).
     """
 
     anomalies: list[dict] = field(default_factory=list)
@@ -87,6 +99,7 @@ class ShardOutput:
     refusals: list[dict] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
     dead_letters: list[dict] = field(default_factory=list)
+    assignment_scores: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +241,7 @@ class AgentRegistration:
 ShardCommand = (
     RuleChange | Silence | SilenceExpiry | Release | QuarantineOrder | LifecycleCommand
     | AgentRegistration | Conversation | RestartOrder
+    | TaskAssigned | TaskReleased | TaskFinished | WeightsChange
 )  # fmt: skip
 
 #: Heartbeat statuses that may move an agent whose record is active (``active`` and the
@@ -458,6 +472,7 @@ class ShardConfig:
     conversations: ConversationConfig
     liveness: LivenessConfig
     health: HealthConfig
+    orchestration: OrchestrationConfig
 
     @classmethod
     def of(cls, settings: Settings) -> ShardConfig:
@@ -473,6 +488,7 @@ class ShardConfig:
                 ConversationConfig.from_settings(settings),
                 LivenessConfig.from_settings(settings),
                 HealthConfig.from_settings(settings),
+                OrchestrationConfig.from_settings(settings),
             )
         return made
 
@@ -495,6 +511,7 @@ class ShardState:
     lifecycle: Lifecycles
     health: HealthWatch
     registry: Registry
+    orchestration: Orchestration
 
     @classmethod
     def new(cls, settings: Settings) -> ShardState:
@@ -514,6 +531,7 @@ class ShardState:
             Lifecycles(),
             HealthWatch(config.health, index),
             Registry(index, settings.agents_auto_register),
+            Orchestration(config.orchestration, index),
         )
 
     @classmethod
@@ -547,6 +565,7 @@ class ShardState:
             self.liveness.configure(config.liveness)
         self.health.configure(config.health)
         self.registry.auto_register = config.settings.agents_auto_register
+        self.orchestration.configure(config.orchestration)
 
     @classmethod
     def carry_over(cls, state: object, settings: Settings) -> ShardState:
@@ -575,8 +594,22 @@ class ShardState:
             fresh.lifecycle.retired = [
                 a for a, r in fresh.lifecycle.records.items() if r.state is State.DECOMMISSIONED
             ]
+        if "orchestration" not in old:  # (snapshots from before orchestration)
+            fresh.orchestration = Orchestration(ShardConfig.of(settings).orchestration, fresh.index)
+            fresh.orchestration.seed_states(fresh.registered_states())
         fresh.alerts.set_rules(fresh.rules.rules())
         return fresh
+
+    def registered_states(self) -> list[tuple[str, str, State]]:
+        """Each agent with a standing (registered, or by its heartbeats) and its state."""
+        count = len(self.index)
+        self.registry._fit()
+        standing = self.registry.standing[:count].tolist()
+        return [
+            (agent["agent_id"], agent["tenant_id"], self.lifecycle.state_of(agent["agent_id"]))
+            for row in range(count)
+            if standing[row] in (REGISTERED, AUTO) and (agent := self.index.agent(row))
+        ]
 
     def known_states(self) -> list[tuple[str, str, State]]:
         """Each agent's state as the parts of the shard know it without a lifecycle
@@ -619,6 +652,7 @@ class ShardState:
             batch.agent_id, batch.tenant_id, batch.timestamp, batch.partition, wall
         )
         health = self.health.score(batch)
+        beats = self.orchestration.observe(batch)
         self.index.forget()
         out = ShardOutput(
             anomalies=scored.anomalies,
@@ -636,7 +670,29 @@ class ShardState:
         out.alerts = self.alerts.observe(conditions, raised, batch.agent_id, batch.timestamp)
         if self.lifecycle.next_expiry <= self.liveness.clock.latest():
             self._expire(out)
+        self._orchestrate(out, beats)
         return out
+
+    def _orchestrate(
+        self, out: ShardOutput, beats: Beats | None = None, report: bool = False
+    ) -> None:
+        """Give the orchestration the lifecycle's changes of state of this step (an
+        agent's availability depends on it) and the time that passed (task expiry,
+        failure labels, heartbeats' scores; on the clock's ticks, ``report``, model stats)."""
+        orchestration = self.orchestration
+        done = self._orchestration_output(out)
+        changes = [e for e in out.events if e["type"] == STATUS_CHANGED]
+        for event in changes:
+            orchestration.state_changed(
+                event["agent_id"], event["tenant_id"], State(event["payload"]["to"]),
+                event["timestamp"], done,
+            )  # fmt: skip
+        now = self.liveness.clock.latest()
+        if math.isfinite(now):
+            orchestration.settle(now, done, beats, report)
+
+    def _orchestration_output(self, out: ShardOutput) -> OrchestrationOutput:
+        return OrchestrationOutput(out.events, out.commands, out.assignment_scores, out.refusals)
 
     def _health_walk(self, out: ShardOutput) -> tuple[HealthOutput, Move]:
         """Where the health walk's records go (``out``'s events and commands, in step
@@ -766,6 +822,7 @@ class ShardState:
         out = self._timed_out(live)
         if self.lifecycle.next_expiry <= self.liveness.clock.latest():
             self._expire(out)
+        self._orchestrate(out, report=True)
         return out
 
     def _timed_out(self, live: LivenessOutput) -> ShardOutput:
@@ -778,7 +835,15 @@ class ShardState:
 
     def apply(self, command: ShardCommand) -> ShardOutput:
         """Apply an operator's command (a ``RuleChange`` may raise ``RuleChangeError``),
-        or check an agent's conversation."""
+        a task's assignment, release or outcome, or check an agent's conversation; the
+        orchestration learns the changes of state it made."""
+        out = self._apply(command)
+        self._orchestrate(out)
+        return out
+
+    def _apply(self, command: ShardCommand) -> ShardOutput:
+        if isinstance(command, TaskAssigned | TaskReleased | TaskFinished | WeightsChange):
+            return self._task(command)
         if isinstance(command, Conversation):
             return self.converse(command)
         if isinstance(command, RuleChange):
@@ -839,6 +904,22 @@ class ShardState:
                 self._still_silent(event.agent_id, event.tenant_id, step.record.since, out)
         return out
 
+    def _task(self, command: TaskAssigned | TaskReleased | TaskFinished | WeightsChange):
+        out = ShardOutput()
+        done = self._orchestration_output(out)
+        orchestration = self.orchestration
+        if isinstance(command, TaskAssigned):
+            standing = self.registry.standing_of(command.agent_id)
+            state = self.lifecycle.state_of(command.agent_id)
+            orchestration.assign(command, standing in (REGISTERED, AUTO), done, state)
+        elif isinstance(command, TaskReleased):
+            orchestration.release(command, done)
+        elif isinstance(command, TaskFinished):
+            orchestration.finish(command, done)
+        else:
+            orchestration.set_weights(command, done)
+        return out
+
     def register(self, command: AgentRegistration, out: ShardOutput) -> None:
         """Give the table the agent's ``registered`` trigger: an agent the shard has never
         known is registered (its record made, in state registered, and its tenant kept);
@@ -855,6 +936,11 @@ class ShardState:
         step = lifecycle.transition(record, Trigger.REGISTERED, command.at, command.actor)
         if step.changed:
             self.registry.register(command.agent_id, command.tenant_id)
+            declared = command.registration
+            self.orchestration.register(
+                command.agent_id, command.tenant_id, declared.max_concurrent_tasks,
+                declared.resources.get("cost_per_hour"),
+            )  # fmt: skip
         registration = command.registration.model_dump()
         book.settle(step, out, {"registration": registration}, command.at, command.actor)
 

@@ -71,6 +71,7 @@ from agentwatch.alerts import CoordinationDetector
 from agentwatch.clusters import BehaviourClusters
 from agentwatch.conversations import Conversation
 from agentwatch.lifecycle import COMMANDS
+from agentwatch.orchestration import TaskAssigned, TaskFinished, TaskReleased, WeightsChange
 from agentwatch.rules import RuleChangeError
 from agentwatch.secrets import redact_handlers
 from agentwatch.settings import Settings
@@ -92,6 +93,7 @@ from schemas.events import (
     CONTROL_CHANNEL,
     CONVERSATION,
     FLEET,
+    MODEL_STATS,
     QUARANTINE_REQUESTED,
     REGISTERED,
     RELEASED,
@@ -99,6 +101,11 @@ from schemas.events import (
     RULE_CHANGED,
     SILENCE_CREATED,
     SILENCE_EXPIRED,
+    TASK_ASSIGNED,
+    TASK_COMPLETED,
+    TASK_FAILED,
+    TASK_RELEASED,
+    WEIGHTS_CHANGED,
     EventError,
     conversation_of,
     parse_event,
@@ -148,6 +155,9 @@ class CheckedEvents:
         | RestartOrder
         | AgentRegistration
         | Conversation
+        | TaskAssigned
+        | TaskReleased
+        | TaskFinished
     ]
     rejected: list[tuple[int, str]]
 
@@ -156,8 +166,9 @@ def read_events(channel: str, raw: RawBatch) -> CheckedEvents:
     """The shard commands of a batch read from ``channel`` (a logical topic name:
     ``events`` or ``control``); an event whose type is not accepted on that channel
     (an operator's command on ``events``, an agent's fact on ``control``, an unknown
-    type), or that is invalid, is rejected with the reason (never raises). Accepted
-    types the shards have nothing to do with (``task_completed``) pass by."""
+    type), or that is invalid, is rejected with the reason (never raises). A task's
+    assignment, release and outcome go to its agent's shard, new weights to every
+    shard; accepted types the shards have nothing to do with pass by."""
     checked = CheckedEvents(raw, [], [], [])
     for position, value in enumerate(raw.values):
         try:
@@ -185,6 +196,14 @@ def read_events(channel: str, raw: RawBatch) -> CheckedEvents:
                 checked.to_agent_shard.append(RestartOrder.from_event(event))
             elif event.type == REGISTERED:
                 checked.to_agent_shard.append(AgentRegistration.from_event(event))
+            elif event.type == TASK_ASSIGNED:
+                checked.to_agent_shard.append(TaskAssigned.from_event(event))
+            elif event.type == TASK_RELEASED:
+                checked.to_agent_shard.append(TaskReleased.from_event(event))
+            elif event.type in (TASK_COMPLETED, TASK_FAILED):
+                checked.to_agent_shard.append(TaskFinished.from_event(event))
+            elif event.type == WEIGHTS_CHANGED:
+                checked.to_every_shard.append(WeightsChange.from_event(event))
             elif event.type == CONVERSATION:
                 conversation = conversation_of(event)
                 checked.to_agent_shard.append(
@@ -332,6 +351,7 @@ OUTPUT_TOPICS = {
     "scores": "security",
     "commands": "commands",
     "events": "state",
+    "assignment_scores": "assignment_scores",
 }
 
 
@@ -340,8 +360,12 @@ def findings(
 ) -> list[Message]:
     """The shard's records as Kafka messages, keyed by agent; ``topics`` names the
     topic of each kind of output (see :data:`OUTPUT_TOPICS`); the dead letters of the
-    heartbeats it refused go to ``deadletter_topic``."""
-    _, output = keyed
+    heartbeats it refused go to ``deadletter_topic``. A shard's ``model_stats`` is
+    signed with the shard's key (only the dataflow knows it)."""
+    shard, output = keyed
+    for event in output.events:
+        if event["type"] == MODEL_STATS:
+            event["payload"]["shard"] = shard
     messages = [
         _message(key=record["agent_id"].encode(), value=orjson.dumps(record), topic=topic)
         for kind, topic in topics.items()

@@ -43,7 +43,7 @@ from api.responses import (
     TableCounts,
     TaskView,
 )
-from schemas.events import MODEL_STATS, STATE_CHANNEL
+from schemas.events import MODEL_STATS, SHARD_REPORTER, STATE_CHANNEL
 from schemas.models import FeatureDeviation, ModelStats, ThreatEvidence
 
 log = logging.getLogger(__name__)
@@ -500,11 +500,11 @@ MAX_SHARDS = 1000
 
 
 def shard_models(client: Client, database: str) -> list[ShardModels]:
-    """Each shard's latest ``model_stats`` (fleet-wide events: agent and tenant ``*``, from
+    """Each shard's latest ``model_stats`` (tenant ``*``, agent ``shard:<shard>``, from
     agents.state only), by shard name; reports that do not parse are skipped (logged)."""
     result = client.query(
         f"SELECT payload FROM {database}.agent_events FINAL "
-        "PREWHERE tenant_id = '*' AND agent_id = '*' "
+        f"PREWHERE tenant_id = '*' AND startsWith(agent_id, '{SHARD_REPORTER}') "
         "WHERE type = {type:String} AND channel = {channel:String} "
         "ORDER BY timestamp DESC LIMIT 1 BY JSONExtractString(payload, 'shard') "
         "LIMIT {shards:UInt32}",

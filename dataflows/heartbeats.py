@@ -99,6 +99,7 @@ from schemas.events import (
     RELEASED,
     RESTART_REQUESTED,
     RULE_CHANGED,
+    SHARD_REPORTER,
     SILENCE_CREATED,
     SILENCE_EXPIRED,
     TASK_ASSIGNED,
@@ -361,11 +362,13 @@ def findings(
     """The shard's records as Kafka messages, keyed by agent; ``topics`` names the
     topic of each kind of output (see :data:`OUTPUT_TOPICS`); the dead letters of the
     heartbeats it refused go to ``deadletter_topic``. A shard's ``model_stats`` is
-    signed with the shard's key (only the dataflow knows it)."""
+    signed with the shard's key (only the dataflow knows it), in its payload and as its
+    agent id (``shard:<key>``, :data:`~schemas.events.SHARD_REPORTER`)."""
     shard, output = keyed
     for event in output.events:
         if event["type"] == MODEL_STATS:
             event["payload"]["shard"] = shard
+            event["agent_id"] = f"{SHARD_REPORTER}{shard}"
     messages = [
         _message(key=record["agent_id"].encode(), value=orjson.dumps(record), topic=topic)
         for kind, topic in topics.items()

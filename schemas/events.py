@@ -95,6 +95,10 @@ CLUSTER_SUMMARY = "cluster_summary"
 #: ``type`` of a shard's report of its online models' rolling accuracy (payload:
 #: ``schemas.models.ModelStats``; agent and tenant id ``*``).
 MODEL_STATS = "model_stats"
+#: ``agent_id`` of a shard's own reports (``model_stats``): ``shard:<shard>``. Every shard
+#: reports on the same clock tick, so they must not share one id (``*``): rows of one
+#: agent, type and time are one row in ``agent_events``.
+SHARD_REPORTER = "shard:"
 
 #: ``type`` of an operator's making or revoking of an API key (payload: the key's id,
 #: role, tenant, agent, name, times; never its secret nor the secret's hash).

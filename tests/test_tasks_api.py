@@ -230,7 +230,8 @@ def test_an_agents_assignment_scores_newest_first_in_a_time_range(db):
 
 
 def model_stats(shard: str, at: float, accuracy: float) -> dict:
-    return {"type": "model_stats", "agent_id": "*", "tenant_id": "*", "actor": "system",
+    return {"type": "model_stats", "agent_id": f"shard:{shard}", "tenant_id": "*",
+            "actor": "system",
             "timestamp": at, "payload": {"shard": shard, "outcomes": 40,
             "success_accuracy": accuracy, "success_log_loss": 0.4, "duration_mae_s": 3.0,
             "failure_accuracy": None, "failure_samples": 0, "window": 100,
@@ -254,9 +255,9 @@ def test_the_models_accuracy_over_the_latest_finished_tasks_with_predictions(db)
     from sinks.loader import event_row as row_of
 
     insert_docs(ch, settings, "agent_events", partial(row_of, "state"), [
-        # (agent_events' key is tenant, agent, timestamp, type: two shards' reports of one
-        # millisecond, both of agent '*', would merge into one)
-        model_stats("0", T, 0.5), model_stats("0", T + 60, 0.75), model_stats("1", T + 1, 0.6),
+        # shards report on one tick: agent_events' key is tenant, agent, timestamp, type, so
+        # their ids (shard:0, shard:1) keep reports of the same millisecond apart
+        model_stats("0", T, 0.5), model_stats("0", T + 60, 0.75), model_stats("1", T, 0.6),
         {**model_stats("2", T, 0.6), "payload": {"shard": "2"}},  # not a ModelStats: skipped
     ])  # fmt: skip
     with serve(settings, ch) as api:

@@ -71,11 +71,12 @@ published may depend on where batches are cut (what it says does not).
   then sampled again.
 
 Each model scores before it learns; the rolling accuracy (p ≥ 0.5), log loss and duration
-MAE over the last ``orchestration_model_window`` outcomes go out as ``model_stats`` (agent
-and tenant ``*``) at most every ``orchestration_model_stats_interval_s`` per shard. Until a
-shard has learnt from ``orchestration_model_min_outcomes`` outcomes, ``by_type`` gives the
-agent's smoothed rate and its own duration average instead of the models' answers (and
-``p_fail`` is absent until as many failure labels).
+MAE over the last ``orchestration_model_window`` outcomes go out as ``model_stats`` (tenant
+``*``; the dataflow signs it with agent id ``shard:<key>``) at most every
+``orchestration_model_stats_interval_s`` per shard. Until a shard has learnt from
+``orchestration_model_min_outcomes`` outcomes, ``by_type`` gives the agent's smoothed rate
+and its own duration average instead of the models' answers (and ``p_fail`` is absent until
+as many failure labels).
 
 Per agent: 59 bytes of columns (:meth:`Orchestration.bytes_per_agent`), plus 8 per task type
 the shard has seen (up to ``orchestration_max_task_types``); open tasks and the memory of

@@ -93,7 +93,7 @@ CLUSTER_CHANGED = "cluster_changed"
 #: ``agentwatch.clusters.BehaviourClusters.summary``; agent and tenant id ``*``).
 CLUSTER_SUMMARY = "cluster_summary"
 #: ``type`` of a shard's report of its online models' rolling accuracy (payload:
-#: ``schemas.models.ModelStats``; agent and tenant id ``*``).
+#: ``schemas.models.ModelStats``; tenant ``*``, agent id ``shard:<key>``: SHARD_REPORTER).
 MODEL_STATS = "model_stats"
 #: ``agent_id`` of a shard's own reports (``model_stats``): ``shard:<shard>``. Every shard
 #: reports on the same clock tick, so they must not share one id (``*``): rows of one

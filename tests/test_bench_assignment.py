@@ -1,0 +1,143 @@
+"""bench/assignment.py: a fast smoke test of the harness (small sizes), and its rules."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def load_bench():
+    """bench/assignment.py as a module (bench/ is scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "assignment.py"
+    spec = importlib.util.spec_from_file_location("bench_assignment", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_bench()
+SMALL = bench.BenchConfig(agents=40, tasks=1500, seed=3)
+BASELINES = ("random", "round_robin", "least_loaded")
+
+
+@pytest.fixture(scope="module")
+def result() -> dict:
+    return bench.run_bench(SMALL, [*BASELINES, "agentwatch", "oracle"], show_progress=False)
+
+
+def by_policy(result: dict) -> dict[str, dict]:
+    return {row["policy"]: row for row in result["results"]}
+
+
+def test_every_policy_runs_every_task_and_the_slot_for_ours_says_it_is_empty(result) -> None:
+    rows = by_policy(result)
+    assert set(rows) == {*BASELINES, "oracle"}
+    assert "not plugged in yet" in result["skipped"]["agentwatch"]
+    assert result["stream"]["tasks"] == 1500
+    for row in rows.values():
+        assert row["submitted"] == 1500
+        assert row["succeeded"] + row["failed"] + row["expired"] == 1500
+        assert 0 < row["success_rate"] < 1 and 0 <= row["sla_miss_rate"] < 1
+        assert 0 < row["utilisation"] < 1 and row["mean_completion_s"] > 0
+    assert "not ours" in rows["oracle"]["note"]
+
+
+def test_the_harness_tells_policies_apart_the_oracle_beats_every_baseline(result) -> None:
+    rows = by_policy(result)
+    oracle = rows["oracle"]
+    for name in BASELINES:
+        assert oracle["success_rate"] > rows[name]["success_rate"] + 0.04, name
+        assert oracle["mean_completion_s"] < rows[name]["mean_completion_s"], name
+        assert oracle["sla_miss_rate"] <= rows[name]["sla_miss_rate"], name
+
+
+def test_a_run_is_deterministic() -> None:
+    config = bench.BenchConfig(agents=20, tasks=400, seed=5)
+    first, again = (bench.run_bench(config, BASELINES, show_progress=False) for _ in range(2))
+    for row in first["results"] + again["results"]:
+        row.pop("wall_s")
+    assert first == again
+
+
+class Greedy:
+    """Ignores capacity: the harness must stop it."""
+
+    name = "greedy"
+
+    def choose(self, task, view, now):
+        candidates = view.candidates(task)
+        return candidates[0].agent_id if candidates else None
+
+    def observe(self, result) -> None:
+        pass
+
+
+def test_a_policy_that_over_commits_is_stopped() -> None:
+    world, tasks, *_ = bench.build(bench.BenchConfig(agents=10, tasks=300, seed=1))
+    assert isinstance(Greedy(), bench.Policy)
+    with pytest.raises(RuntimeError, match="at capacity"):
+        bench.run_policy(world, tasks, Greedy())
+
+
+class Listening(bench.LeastLoadedPolicy):
+    """Least-loaded that also records what it is told."""
+
+    name = "listening"
+
+    def __init__(self) -> None:
+        self.beats: list[tuple[float, list[dict]]] = []
+        self.results: list = []
+
+    def heartbeat(self, beats: list[dict], now: float) -> None:
+        self.beats.append((now, beats))
+
+    def observe(self, result) -> None:
+        self.results.append(result)
+
+
+def test_policies_that_want_heartbeats_get_them_and_every_outcome() -> None:
+    world, tasks, *_ = bench.build(bench.BenchConfig(agents=12, tasks=200, seed=2))
+    policy = Listening()
+    row = bench.run_policy(world, tasks, policy, heartbeat_interval_s=30.0)
+    assert len(policy.results) == 200 == row.submitted
+    times = [now for now, _ in policy.beats]
+    assert times == sorted(times) and all(
+        b - a == pytest.approx(30.0) for a, b in zip(times, times[1:], strict=False)
+    )
+    assert times[-1] >= max(r.finished_s for r in policy.results if r.agent_id) - 30.0
+    now, beats = policy.beats[len(policy.beats) // 2]
+    assert len(beats) == 12 and {b["agent_id"] for b in beats} == {a.agent_id for a in world.agents}
+    assert {"cpu_usage", "error_rate", "response_time_avg", "active_tasks"} <= set(beats[0])
+    assert all(
+        0 <= b["active_tasks"] <= world.agents[i].max_concurrent_tasks for i, b in enumerate(beats)
+    )
+
+
+def test_the_cli_prints_a_table_and_writes_json(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "assignment.json"
+    bench.main(
+        [
+            "--agents",
+            "15",
+            "--tasks",
+            "200",
+            "--seed",
+            "1",
+            "--quiet",
+            "--out",
+            str(out),
+            "--policies",
+            "random,least_loaded",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "| policy | success rate | mean completion (s)" in printed
+    assert "| least_loaded |" in printed
+    written = json.loads(out.read_text())
+    assert [row["policy"] for row in written["results"]] == ["random", "least_loaded"]
+    assert written["config"]["agents"] == 15

@@ -201,18 +201,19 @@ class Task:
     deadline_s: float
     tenant_id: str
 
-    def request(self, *, epoch_offset_s: float = 0.0, time_scale: float = 1.0) -> dict:
+    def request(self, *, time_scale: float = 1.0) -> dict:
         """The body of ``POST /api/v1/tasks/assign`` (``schemas.models.TaskRequest``).
 
-        The world's times are mapped to epoch seconds by ``epoch_offset_s +
-        t / time_scale``: a ``time_scale`` of 10 runs the world ten times faster than
-        the wall clock (durations and deadlines shrink tenfold).
+        ``arrival_s`` is on the caller's clock (epoch seconds for the API); the world's
+        durations run ``time_scale`` times faster on it: the estimate and the time left
+        until the deadline are divided by ``time_scale``.
 
-        >>> task = next(TaskWorld(agents=4).tasks(rate_per_s=1, count=1))
-        >>> body = task.request(epoch_offset_s=1.8e9, time_scale=10)
-        >>> body["estimated_duration"], abs(body["deadline"] - 1.8e9 - task.deadline_s / 10) < 1e-3
-        (12.0, True)
+        >>> task = next(TaskWorld(agents=4).tasks(rate_per_s=1, start_s=1.8e9, count=1))
+        >>> body = task.request(time_scale=10)
+        >>> body["estimated_duration"], round(body["deadline"] - task.arrival_s, 3)
+        (6.0, 30.0)
         """
+        left = (self.deadline_s - self.arrival_s) / time_scale
         return {
             "task_id": self.task_id,
             "task_type": self.task_type,
@@ -220,7 +221,7 @@ class Task:
             "priority": self.priority,
             "resource_requirements": dict(self.resource_requirements),
             "estimated_duration": round(self.estimated_duration_s / time_scale, 3),
-            "deadline": round(epoch_offset_s + self.deadline_s / time_scale, 3),
+            "deadline": round(self.arrival_s + left, 3),
             "tenant_id": self.tenant_id,
         }
 
@@ -453,7 +454,7 @@ class TaskWorld:
                 priority=priority,
                 arrival_s=round(t, 3),
                 estimated_duration_s=kind.base_duration_s,
-                deadline_s=round(t + kind.base_duration_s * DEADLINE_SLACK[priority], 3),
+                deadline_s=round(t, 3) + kind.base_duration_s * DEADLINE_SLACK[priority],
                 tenant_id=tenant,
             )
             index += 1

@@ -170,7 +170,7 @@ def test_arrivals_are_poisson_at_the_rate_with_a_daily_shape() -> None:
 
 def test_tasks_carry_deadlines_by_priority_and_valid_requests() -> None:
     world = TaskWorld(50, seed=9, tenant_ids=[f"t{i % 2}" for i in range(50)])
-    tasks = list(world.tasks(1.0, count=500, prefix="run1-"))
+    tasks = list(world.tasks(1.0, start_s=1.8e9, count=500, prefix="run1-"))
     assert len({t.task_id for t in tasks}) == 500 and tasks[0].task_id == "run1-0000000"
     assert {t.tenant_id for t in tasks} == {"t0", "t1"}
     for task in tasks:
@@ -178,8 +178,9 @@ def test_tasks_carry_deadlines_by_priority_and_valid_requests() -> None:
         assert task.deadline_s == pytest.approx(
             task.arrival_s + task.estimated_duration_s * slack, abs=2e-3
         )
-        request = TaskRequest.model_validate(task.request(epoch_offset_s=1.8e9, time_scale=10))
-        assert request.deadline == pytest.approx(1.8e9 + task.deadline_s / 10, abs=2e-3)
+        request = TaskRequest.model_validate(task.request(time_scale=10))
+        left = task.deadline_s - task.arrival_s
+        assert request.deadline == pytest.approx(task.arrival_s + left / 10, abs=2e-3)
         assert request.estimated_duration == pytest.approx(task.estimated_duration_s / 10)
     assert {t.priority for t in tasks} == set(DEADLINE_SLACK)
     again = list(world.tasks(1.0, count=10, first_index=500))

@@ -420,10 +420,12 @@ class FleetSimulator:
         >>> fleet = FleetSimulator(agents=20, seed=1)
         >>> fleet.attach_tasks(TaskWorld(20, seed=1, agent_ids=fleet.agent_ids), 0.5)
         >>> fleet.live_active_tasks = fleet.world.capacity.copy()  # every agent full
-        >>> beats = fleet.heartbeats(max_heartbeats=20)
-        >>> [b["active_tasks"] for b in beats] == fleet.world.capacity.tolist()
+        >>> busy = fleet.heartbeats(max_heartbeats=20 * 10)
+        >>> [b["active_tasks"] for b in busy[:20]] == fleet.world.capacity.tolist()
         True
-        >>> min(b["cpu_usage"] for b in beats) > 40
+        >>> fleet.live_active_tasks[:] = 0  # every agent idle
+        >>> idle = fleet.heartbeats(max_heartbeats=20 * 10)
+        >>> sum(b["cpu_usage"] for b in busy) > sum(b["cpu_usage"] for b in idle)
         True
         """
         if world.agents[-1].agent_id != self.agent_ids[-1] or len(world.agents) != self.agents:

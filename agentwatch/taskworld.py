@@ -336,10 +336,11 @@ class TaskWorld:
         mean_speed = np.array([np.mean(list(t.speed.values())) for t in self.traits])
         self._sensitivity = sensitivity
         self._idle_cpu = rng.uniform(3.0, 12.0, n)
-        self._cpu_per_load = rng.uniform(45.0, 70.0, n)
+        self._cpu_per_load = rng.uniform(5.0, 12.0, n)  # CPU points at full load
+        self._cpu_noise = rng.uniform(1.0, 3.5, n)  # std, as the fleet's own CPU noise
         self._memory_base = rng.uniform(20.0, 50.0, n)
         self._response_base_ms = 150.0 * mean_speed * np.exp(0.1 * rng.standard_normal(n))
-        self._error_base = 0.25 * (1.0 - mean_skill)
+        self._error_base = 0.15 * (1.0 - mean_skill)
 
     def can_do(self, agent: int, task: Task) -> bool:
         """Whether the agent declares every capability and resource the task requires."""
@@ -483,17 +484,17 @@ class TaskWorld:
         >>> world = TaskWorld(agents=50, seed=2)
         >>> idle = world.heartbeat_metrics(np.zeros(50), np.random.default_rng(0))
         >>> busy = world.heartbeat_metrics(world.capacity, np.random.default_rng(0))
-        >>> bool((busy["cpu_usage"] > idle["cpu_usage"]).all())
+        >>> bool(busy["cpu_usage"].mean() > idle["cpu_usage"].mean() + 5)
         True
         """
         n = len(self.agents)
         active = np.asarray(active_tasks, dtype=np.int64)
         util = np.minimum(active / self.capacity, 1.5)
         z = rng.standard_normal((4, n))
-        cpu = self._idle_cpu + self._cpu_per_load * util + 1.5 * z[0]
-        memory = self._memory_base + 25.0 * util + 1.0 * z[1]
+        cpu = self._idle_cpu + self._cpu_per_load * util + self._cpu_noise * z[0]
+        memory = self._memory_base + 4.0 * util + 1.0 * z[1]
         response = (
-            self._response_base_ms * (1.0 + 2.0 * self._sensitivity * util**2) * np.exp(0.1 * z[2])
+            self._response_base_ms * (1.0 + 0.8 * self._sensitivity * util**2) * np.exp(0.1 * z[2])
         )
         error = self._error_base * (1.0 + self._sensitivity * util) * np.exp(0.2 * z[3])
         return {

@@ -54,9 +54,10 @@ console = Console(stderr=True, highlight=False)
 
 #: Exit code of ``agentwatch status`` when agentwatch is not running (LSB convention).
 EXIT_NOT_RUNNING = 3
-#: Tasks per second the simulated fleet of ``up --simulate`` submits once live: modest, so
-#: assignment shows (~14 tasks per agent per hour for 500 agents) without loading 2 cores.
-UP_TASKS_PER_S = 2.0
+#: The simulated fleet of ``up --simulate`` submits one task per second once live for this
+#: many agents: modest, so assignment shows (~14 tasks per agent per hour; 2/s for 500
+#: agents) without loading 2 cores, and a small fleet is not swamped.
+UP_AGENTS_PER_TASK_PER_S = 250.0
 
 
 # --- shared helpers --------------------------------------------------------------------
@@ -459,13 +460,14 @@ def up(
     ] = 7,
     seed: Annotated[int, typer.Option(help="Seed of the simulated fleet.")] = 0,
     tasks_per_s: Annotated[
-        float,
+        float | None,
         typer.Option(
             help="Tasks per second the simulator submits to POST /api/v1/tasks/assign once "
             "live (with --simulate; the fleet then registers with agent types, capabilities "
             "and capacity, and reports each task's outcome); 0 = no task stream.",
+            show_default=f"agents / {UP_AGENTS_PER_TASK_PER_S:g}: 2/s for 500",
         ),
-    ] = UP_TASKS_PER_S,
+    ] = None,
     dataflow_command: Annotated[
         str | None, typer.Option(hidden=True, help="Replace the dataflow command (tests).")
     ] = None,
@@ -537,6 +539,8 @@ def up(
             *("--backfill", f"{options.backfill_s:g}", "--backfill-rate", f"{backfill_rate:g}"),
             *("--ground-truth", str(options.ground_truth), "--quiet"),
         ]
+        if tasks_per_s is None:
+            tasks_per_s = agents / UP_AGENTS_PER_TASK_PER_S
         if tasks_per_s > 0:
             commands["simulator"] += ["--tasks-per-s", f"{tasks_per_s:g}", "--register"]
         started = time.time()

@@ -33,8 +33,10 @@ Metrics, per policy, over all submitted tasks:
 Policies: ``random``, ``round_robin`` and ``least_loaded`` are the baselines (each
 respects capabilities, resources, tenant and capacity, as a fair scheduler would);
 ``oracle`` is NOT ours: it reads the world's hidden skills and speeds, an upper bound
-that shows the harness can tell policies apart. ``agentwatch`` is the slot for the real
-system's learner and chooser (see :func:`agentwatch_policy`).
+that shows the harness can tell policies apart; ``example_learner`` is NOT ours either: a
+few lines that learn from outcomes only, to show the world can be learned within one run.
+``agentwatch`` is the slot for the real system's learner and chooser (see
+:func:`agentwatch_policy`).
 
 Single-threaded and CPU-bound; wall times are noisy on a shared machine.
 """
@@ -241,6 +243,53 @@ class OraclePolicy:
         pass
 
 
+class ExampleLearner:
+    """NOT OURS — a reference learner in a few lines, to show the world can be learned
+    within one run from outcomes alone (it never reads the hidden traits): per agent and
+    task type, a success rate shrunk towards the agent's overall one (itself shrunk towards
+    ``prior_success``) and a smoothed duration; it chooses the eligible agent with the best
+    p × √(estimate / duration) − ``load_weight`` × utilisation² (after taking the task)."""
+
+    name = "example_learner"
+
+    def __init__(
+        self, prior_weight: float = 4.0, prior_success: float = 0.8, load_weight: float = 0.6
+    ) -> None:
+        self.prior_weight = prior_weight
+        self.prior_success = prior_success
+        self.load_weight = load_weight
+        self._outcomes: dict[tuple[str, str], list[float]] = {}  # (agent, type) → [n, ok]
+        self._by_agent: dict[str, list[float]] = {}
+        self._duration: dict[tuple[str, str], float] = {}
+
+    def choose(self, task: Task, view: FleetView, now: float) -> str | None:
+        best, best_value, weight = None, -math.inf, self.prior_weight
+        for agent in view.eligible(task):
+            key = (agent.agent_id, task.task_type)
+            n_agent, ok_agent = self._by_agent.get(agent.agent_id, (0, 0))
+            p_agent = (ok_agent + self.prior_success * weight) / (n_agent + weight)
+            n, ok = self._outcomes.get(key, (0, 0))
+            p = (ok + p_agent * weight) / (n + weight)
+            duration = self._duration.get(key, task.estimated_duration_s)
+            load = (view.running[agent.agent_id] + 1) / agent.max_concurrent_tasks
+            value = p * math.sqrt(task.estimated_duration_s / duration)
+            value -= self.load_weight * load**2
+            if value > best_value:
+                best, best_value = agent.agent_id, value
+        return best
+
+    def observe(self, result: TaskResult) -> None:
+        if result.agent_id is None:
+            return
+        key = (result.agent_id, result.task.task_type)
+        for table, k in ((self._outcomes, key), (self._by_agent, result.agent_id)):
+            n, ok = table.get(k, (0, 0))
+            table[k] = [n + 1, ok + result.success]
+        if result.success:
+            before = self._duration.get(key, result.task.estimated_duration_s)
+            self._duration[key] = 0.8 * before + 0.2 * result.duration_s
+
+
 class PolicyUnavailable(RuntimeError):
     """A policy that cannot run here; the message says why."""
 
@@ -269,10 +318,14 @@ POLICIES: dict[str, Callable[[TaskWorld, int], Policy]] = {
     "round_robin": lambda world, seed: RoundRobinPolicy(),
     "least_loaded": lambda world, seed: LeastLoadedPolicy(),
     "agentwatch": agentwatch_policy,
+    "example_learner": lambda world, seed: ExampleLearner(),
     "oracle": lambda world, seed: OraclePolicy(world),
 }
 #: Policies that are not agentwatch's (labelled so in the table).
-NOT_OURS = {"oracle": "upper bound: knows the hidden skills (not ours)"}
+NOT_OURS = {
+    "example_learner": "reference: learns from outcomes in a few lines (not ours)",
+    "oracle": "upper bound: knows the hidden skills (not ours)",
+}
 
 
 # --- the simulation ------------------------------------------------------------------------

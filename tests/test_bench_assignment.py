@@ -27,7 +27,8 @@ BASELINES = ("random", "round_robin", "least_loaded")
 
 @pytest.fixture(scope="module")
 def result() -> dict:
-    return bench.run_bench(SMALL, [*BASELINES, "agentwatch", "oracle"], show_progress=False)
+    policies = [*BASELINES, "agentwatch", "example_learner", "oracle"]
+    return bench.run_bench(SMALL, policies, show_progress=False)
 
 
 def by_policy(result: dict) -> dict[str, dict]:
@@ -36,7 +37,7 @@ def by_policy(result: dict) -> dict[str, dict]:
 
 def test_every_policy_runs_every_task_and_the_slot_for_ours_says_it_is_empty(result) -> None:
     rows = by_policy(result)
-    assert set(rows) == {*BASELINES, "oracle"}
+    assert set(rows) == {*BASELINES, "example_learner", "oracle"}
     assert "not plugged in yet" in result["skipped"]["agentwatch"]
     assert result["stream"]["tasks"] == 1500
     for row in rows.values():
@@ -44,7 +45,7 @@ def test_every_policy_runs_every_task_and_the_slot_for_ours_says_it_is_empty(res
         assert row["succeeded"] + row["failed"] + row["expired"] == 1500
         assert 0 < row["success_rate"] < 1 and 0 <= row["sla_miss_rate"] < 1
         assert 0 < row["utilisation"] < 1 and row["mean_completion_s"] > 0
-    assert "not ours" in rows["oracle"]["note"]
+    assert "not ours" in rows["oracle"]["note"] and "not ours" in rows["example_learner"]["note"]
 
 
 def test_the_harness_tells_policies_apart_the_oracle_beats_every_baseline(result) -> None:
@@ -54,6 +55,15 @@ def test_the_harness_tells_policies_apart_the_oracle_beats_every_baseline(result
         assert oracle["success_rate"] > rows[name]["success_rate"] + 0.04, name
         assert oracle["mean_completion_s"] < rows[name]["mean_completion_s"], name
         assert oracle["sla_miss_rate"] <= rows[name]["sla_miss_rate"], name
+
+
+def test_learning_from_outcomes_pays_within_one_run(result) -> None:
+    """The world can be learned from outcomes alone (the reference learner, not ours)."""
+    rows = by_policy(result)
+    learner = rows["example_learner"]
+    for name in BASELINES:
+        assert learner["success_rate"] > rows[name]["success_rate"], name
+    assert learner["success_rate"] <= rows["oracle"]["success_rate"] + 0.01
 
 
 def test_a_run_is_deterministic() -> None:

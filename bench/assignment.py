@@ -74,6 +74,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "assignment.json"
 PRIORITY_RANK = {"critical": 0, "high": 1, "normal": 2, "low": 3}
 #: Queued tasks offered again per freed slot, at most (bounds the cost of a long queue).
 REOFFER_LIMIT = 64
+#: Epoch seconds of the run's time 0: heartbeats and outcome events carry this + ``now``, so
+#: they are valid contract messages (``schemas.models.Heartbeat``, ``LifecycleEvent``).
+BENCH_EPOCH_S = 1_800_000_000.0
 
 
 # --- what a policy sees and does ---------------------------------------------------------
@@ -132,11 +135,33 @@ class TaskResult:
     def sla_met(self) -> bool:
         return self.agent_id is not None and self.finished_s <= self.task.deadline_s
 
+    def outcome_event(self) -> dict:
+        """The agent's report of this result as it would be on ``agents.events``:
+        ``task_completed``/``task_failed`` with a ``TaskOutcome`` payload (for a learner
+        that takes the real events; an expired task has no agent and no event)."""
+        if self.agent_id is None:
+            raise ValueError(f"{self.task.task_id} expired unplaced: no agent reported it")
+        return {
+            "type": "task_completed" if self.success else "task_failed",
+            "agent_id": self.agent_id,
+            "tenant_id": self.task.tenant_id,
+            "actor": self.agent_id,
+            "timestamp": BENCH_EPOCH_S + self.finished_s,
+            "payload": {
+                "task_id": self.task.task_id,
+                "task_type": self.task.task_type,
+                "duration_s": self.duration_s,
+                "reason": self.reason,
+            },
+        }
+
 
 @runtime_checkable
 class Policy(Protocol):
     """An assignment policy. ``heartbeat(beats, now)`` is optional: define it to get every
-    agent's heartbeat (a list of dicts in the contract's shape) every interval."""
+    agent's heartbeat every interval (contract heartbeats, ``schemas.models.Heartbeat``,
+    timestamped ``BENCH_EPOCH_S + now``). ``TaskResult.outcome_event()`` and
+    ``Task.request()`` give a task's events and assign request in the contract's shapes."""
 
     name: str
 
@@ -484,10 +509,15 @@ def _send_heartbeats(
         {
             "agent_id": agent.agent_id,
             "tenant_id": agent.tenant_id,
-            "timestamp": now,
+            "timestamp": BENCH_EPOCH_S + now,
             **{name: column[i] for name, column in columns.items()},
+            "disk_usage": 30.0,
+            "network_latency": 10.0,
             "completed_tasks": completed[agent.agent_id],
             "failed_tasks": failed[agent.agent_id],
+            "uptime_seconds": now,
+            "bytes_out": 0,
+            "status": "active",
         }
         for i, agent in enumerate(world.agents)
     ]

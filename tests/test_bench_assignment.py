@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from schemas.models import Heartbeat, LifecycleEvent, TaskOutcome
+
 
 def load_bench():
     """bench/assignment.py as a module (bench/ is scripts, not a package)."""
@@ -122,7 +124,13 @@ def test_policies_that_want_heartbeats_get_them_and_every_outcome() -> None:
     assert times[-1] >= max(r.finished_s for r in policy.results if r.agent_id) - 30.0
     now, beats = policy.beats[len(policy.beats) // 2]
     assert len(beats) == 12 and {b["agent_id"] for b in beats} == {a.agent_id for a in world.agents}
-    assert {"cpu_usage", "error_rate", "response_time_avg", "active_tasks"} <= set(beats[0])
+    for beat in beats:  # contract heartbeats, as the shard would read them
+        Heartbeat.model_validate(beat)
+    for result in policy.results:
+        if result.agent_id is not None:
+            event = LifecycleEvent.model_validate(result.outcome_event())
+            assert TaskOutcome.model_validate(event.payload).task_id == result.task.task_id
+            assert event.type == ("task_completed" if result.success else "task_failed")
     assert all(
         0 <= b["active_tasks"] <= world.agents[i].max_concurrent_tasks for i, b in enumerate(beats)
     )

@@ -405,7 +405,6 @@ def run_policy(
     queue: list[tuple[int, float, int, Task]] = []  # (priority rank, arrival, index, task)
     results: list[TaskResult] = []
     busy_slot_s = 0.0
-    last_arrival = tasks[-1].arrival_s if tasks else 0.0
     outstanding = len(tasks)
 
     def place(task: Task, now: float) -> bool:
@@ -459,10 +458,11 @@ def run_policy(
             view.running[item.agent_id] -= 1
             (completed if item.success else failed_count)[item.agent_id] += 1
             finish(item)
-            _reoffer(queue, now, place, finish)
+            _reoffer(queue, now, place, finish, one_slot=True)
         elif kind == _HEARTBEAT:
             _send_heartbeats(world, view, policy, beat_rng, now, completed, failed_count)
-            if now < last_arrival or outstanding > 0:
+            _reoffer(queue, now, place, finish, one_slot=False)
+            if outstanding > 0:  # every task ends or expires by its deadline: this stops
                 heapq.heappush(events, (now + heartbeat_interval_s, _HEARTBEAT, next(order), None))
     for _, _, _, task in queue:  # still queued when everything else ended
         finish(TaskResult(task, None, False, None, task.deadline_s, 0.0, 0, "expired unplaced"))
@@ -474,9 +474,13 @@ def _reoffer(
     now: float,
     place: Callable[[Task, float], bool],
     finish: Callable[[TaskResult], None],
+    *,
+    one_slot: bool,
 ) -> None:
-    """Offer queued tasks again (highest priority, oldest first) now that a slot is free;
-    tasks past their deadline expire unplaced."""
+    """Offer queued tasks again (highest priority, oldest first); tasks past their deadline
+    expire unplaced. ``one_slot``: a task ended, freeing one slot — stop at the first
+    placement; else (a heartbeat) offer up to :data:`REOFFER_LIMIT`, for policies that
+    deferred a task while slots were free."""
     kept: list[tuple[int, float, int, Task]] = []
     offered = 0
     while queue and offered < REOFFER_LIMIT:
@@ -487,7 +491,9 @@ def _reoffer(
             continue
         offered += 1
         if place(task, now):
-            break
+            if one_slot:
+                break
+            continue
         kept.append(entry)
     for entry in kept:
         heapq.heappush(queue, entry)

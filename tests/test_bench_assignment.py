@@ -136,6 +136,30 @@ def test_policies_that_want_heartbeats_get_them_and_every_outcome() -> None:
     )
 
 
+class Hesitant(Listening):
+    """Defers every task once, and everything of one type for good (it listens, too)."""
+
+    name = "hesitant"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def choose(self, task, view, now):
+        if task.task_type == "ml_inference" or task.task_id not in self.seen:
+            self.seen.add(task.task_id)
+            return None
+        return super().choose(task, view, now)
+
+
+def test_deferred_tasks_are_offered_again_and_the_rest_expire_so_a_run_ends() -> None:
+    world, tasks, *_ = bench.build(bench.BenchConfig(agents=12, tasks=150, seed=4))
+    row = bench.run_policy(world, tasks, Hesitant(), heartbeat_interval_s=30.0)
+    never = sum(t.task_type == "ml_inference" for t in tasks)
+    assert row.submitted == 150 and row.expired >= never > 0
+    assert row.succeeded > 0 and row.mean_wait_s > 0
+
+
 def test_the_cli_prints_a_table_and_writes_json(tmp_path: Path, capsys) -> None:
     out = tmp_path / "assignment.json"
     bench.main(

@@ -258,7 +258,9 @@ class TaskRunner:
         self._clock = clock
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._assigned: dict[str, tuple[Task, str, float]] = {}  # waiting for run_task
+        #: Submitted tasks waiting for their run_task: (task, the API's agent or None
+        #: before its answer, when submitted).
+        self._assigned: dict[str, tuple[Task, str | None, float]] = {}
         self._active: dict[str, _Running] = {}
         self._due: list[tuple[float, int, str]] = []  # (due, order, task_id)
         self._order = itertools.count()
@@ -295,7 +297,7 @@ class TaskRunner:
         log.info("task_stream_done %s", self.stats.line())
 
     def idle(self) -> bool:
-        """True when no task waits for its command or runs."""
+        """True when no task waits for an answer or its command, or runs."""
         with self._lock:
             return not self._assigned and not self._active
 
@@ -332,15 +334,21 @@ class TaskRunner:
                         log.info("task_unplaceable_last detail=%s", self.stats.last_unplaceable)
 
     def _submit(self, task: Task) -> None:
+        with self._wake:  # known before the request: its run_task may beat the API's answer
+            self._assigned[task.task_id] = (task, None, self._clock())
         answer = self._assign(task.request(time_scale=self.options.time_scale))
         with self._wake:
             self.stats.submitted += 1
+            waiting = self._assigned.get(task.task_id)  # None: started (or lapsed) already
             if answer.status == 200 and answer.agent_id in self.world.index:
                 self.stats.assigned += 1
-                self._assigned[task.task_id] = (task, answer.agent_id, self._clock())
-                if self.options.start_on == "assigned":
-                    self._start_locked(task.task_id, answer.agent_id)
-            elif answer.status == 409:
+                if waiting is not None:
+                    self._assigned[task.task_id] = (task, answer.agent_id, waiting[2])
+                    if self.options.start_on == "assigned":
+                        self._start_locked(task.task_id, answer.agent_id)
+                return
+            self._assigned.pop(task.task_id, None)
+            if answer.status == 409:
                 self.stats.unplaceable += 1
                 self.stats.last_unplaceable = answer.detail
             else:
@@ -369,8 +377,9 @@ class TaskRunner:
         if entry is None or task_id in self._active:
             return  # not ours, or a replayed command: it runs once
         task, assigned_to, _ = entry
-        agent = self.world.index.get(agent_id or assigned_to)
-        if agent is None:
+        agent = self.world.index.get(agent_id or assigned_to or "")
+        if agent is None:  # an agent not of this fleet: leave the task waiting
+            self._assigned[task_id] = entry
             return
         self.running[agent] += 1
         outcome = self.world.outcome(task, agent, int(self.running[agent]))

@@ -11,6 +11,7 @@ import dataclasses
 import gc
 import http.server
 import json
+import queue
 import threading
 import time
 from collections import Counter
@@ -105,6 +106,44 @@ def test_tasks_start_on_the_answer_and_end_as_the_world_says_without_kafka() -> 
         assert outcome.task_id.startswith("sim-unit-")
         # durations are the world's, compressed by the time scale (a task of ~1 min: 0.15 s)
         assert 0 < outcome.duration_s < 5.0
+
+
+def test_a_run_task_that_beats_the_apis_answer_still_starts_the_task() -> None:
+    """The shard may accept a task and order it run before the API's answer is read."""
+    world = TaskWorld(6, seed=1)
+    commands: queue.Queue = queue.Queue()
+    ref: list = []
+
+    def fast_shard(body: dict) -> AssignAnswer:
+        agent = next(a for a in world.agents if body["task_type"] in a.capabilities)
+        commands.put(
+            {"command": "run_task", "task_id": body["task_id"], "agent_id": agent.agent_id}
+        )
+        wait_until(lambda: ref[0].stats.started > len(answered), 5, "the command to be taken")
+        answered.append(body["task_id"])
+        return AssignAnswer(200, agent.agent_id)
+
+    def follow(stop: threading.Event, ready: threading.Event):
+        ready.set()
+        while not stop.is_set():
+            try:
+                yield commands.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    answered: list[str] = []
+    options = TaskStreamOptions(tasks_per_s=50.0, time_scale=1000.0, start_on="command")
+    sink = RecordingSink()
+    runner = TaskRunner(world, options, fast_shard, sink, commands=follow, run_id="race")
+    ref.append(runner)
+    stop = threading.Event()
+    runner.start(stop, limit=5)
+    try:
+        wait_until(lambda: len(sink.events) == 5, 10, "the 5 outcomes")
+    finally:
+        stop.set()
+        runner.join()
+    assert runner.stats.started == runner.stats.assigned == 5 and runner.stats.never_started == 0
 
 
 def produce_commands(settings: Settings, commands: list[AgentCommand]) -> None:

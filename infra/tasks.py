@@ -138,7 +138,8 @@ class TaskStats:
     started: int = 0
     completed: int = 0
     failed: int = 0
-    cancelled: int = 0
+    cancelled: int = 0  # cancel_task: dropped without an outcome
+    moved: int = 0  # run_task on another agent for a task that ran or was released
     never_started: int = 0  # assigned, but no run_task came in time
     last_unplaceable: str = ""
     first_error: str = ""
@@ -262,7 +263,9 @@ class TaskRunner:
         #: before its answer, when submitted).
         self._assigned: dict[str, tuple[Task, str | None, float]] = {}
         self._active: dict[str, _Running] = {}
-        self._due: list[tuple[float, int, str]] = []  # (due, order, task_id)
+        self._due: list[tuple[float, int, _Running]] = []  # (due, order, run)
+        #: Tasks cancelled (released) recently, by id: a run_task elsewhere moves them.
+        self._released: dict[str, tuple[Task, float]] = {}
         self._order = itertools.count()
         self._threads: list[threading.Thread] = []
 
@@ -369,18 +372,34 @@ class TaskRunner:
                 if kind == RUN_TASK:
                     self._start_locked(task_id, command.get("agent_id"))
                 else:
-                    self._cancel_locked(task_id)
+                    self._cancel_locked(task_id, command.get("agent_id"))
 
     def _start_locked(self, task_id: str, agent_id: str | None) -> None:
-        """Start a task we submitted on the agent told to run it (the lock is held)."""
-        entry = self._assigned.pop(task_id, None)
-        if entry is None or task_id in self._active:
-            return  # not ours, or a replayed command: it runs once
-        task, assigned_to, _ = entry
-        agent = self.world.index.get(agent_id or assigned_to or "")
-        if agent is None:  # an agent not of this fleet: leave the task waiting
-            self._assigned[task_id] = entry
-            return
+        """Start a task we submitted on the agent told to run it (the lock is held).
+
+        A replayed command changes nothing. A run_task on another agent for a task that
+        runs or was released moves it (load balancing: the new agent's shard may speak
+        before the old one's cancel_task, or after it): it starts afresh there.
+        """
+        run = self._active.get(task_id)
+        if run is not None:
+            if self.world.index.get(agent_id or "") in (None, run.agent):
+                return  # a replayed command: it runs once
+            self._drop_locked(run)
+            task, moved = run.task, True
+        elif task_id in self._assigned:
+            task, assigned_to, _ = self._assigned[task_id]
+            agent_id, moved = agent_id or assigned_to, False
+        elif task_id in self._released:
+            task, moved = self._released[task_id][0], True
+        else:
+            return  # not ours
+        agent = self.world.index.get(agent_id or "")
+        if agent is None:
+            return  # an agent not of this fleet: the task stays where it was
+        self._assigned.pop(task_id, None)
+        self._released.pop(task_id, None)
+        self.stats.moved += moved
         self.running[agent] += 1
         outcome = self.world.outcome(task, agent, int(self.running[agent]))
         duration = outcome.duration_s / self.options.time_scale
@@ -388,18 +407,28 @@ class TaskRunner:
             task, agent, self._clock() + duration, outcome.success, duration, outcome.reason
         )
         self._active[task_id] = run
-        heapq.heappush(self._due, (run.due, next(self._order), task_id))
+        heapq.heappush(self._due, (run.due, next(self._order), run))
         self.stats.started += 1
         self._wake.notify_all()
 
-    def _cancel_locked(self, task_id: str) -> None:
-        if self._assigned.pop(task_id, None) is not None:
+    def _cancel_locked(self, task_id: str, agent_id: str | None) -> None:
+        """Drop a task without an outcome (the agent named, if any, must be the one that
+        has it: a cancel that comes after the task moved on leaves the new run alone)."""
+        agent = self.world.index.get(agent_id or "")
+        run = self._active.get(task_id)
+        if run is not None and agent in (None, run.agent):
+            self._drop_locked(run)
+            self._released[task_id] = (run.task, self._clock())
             self.stats.cancelled += 1
-            return
-        run = self._active.pop(task_id, None)
-        if run is not None:
-            self.running[run.agent] -= 1
+        elif run is None and task_id in self._assigned:
+            task = self._assigned.pop(task_id)[0]
+            self._released[task_id] = (task, self._clock())
             self.stats.cancelled += 1
+
+    def _drop_locked(self, run: _Running) -> None:
+        """Forget a run (its due entry is skipped when it comes up)."""
+        del self._active[run.task.task_id]
+        self.running[run.agent] -= 1
 
     def _finish_due(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -407,10 +436,9 @@ class TaskRunner:
                 now = self._clock()
                 due: list[_Running] = []
                 while self._due and self._due[0][0] <= now:
-                    _, _, task_id = heapq.heappop(self._due)
-                    run = self._active.pop(task_id, None)
-                    if run is not None:  # else cancelled meanwhile
-                        self.running[run.agent] -= 1
+                    _, _, run = heapq.heappop(self._due)
+                    if self._active.get(run.task.task_id) is run:  # else cancelled or moved
+                        self._drop_locked(run)
                         due.append(run)
                 self._expire_unstarted_locked(now)
                 wait = min(self._due[0][0] - now, 1.0) if self._due else 1.0
@@ -422,6 +450,8 @@ class TaskRunner:
 
     def _expire_unstarted_locked(self, now: float) -> None:
         timeout = self.options.start_timeout_s
+        for task_id in [t for t, (_, at) in self._released.items() if now - at > timeout]:
+            del self._released[task_id]  # released for good: not moved
         stale = [tid for tid, (_, _, at) in self._assigned.items() if now - at > timeout]
         for task_id in stale:
             del self._assigned[task_id]

@@ -123,18 +123,12 @@ def test_a_run_task_that_beats_the_apis_answer_still_starts_the_task() -> None:
         answered.append(body["task_id"])
         return AssignAnswer(200, agent.agent_id)
 
-    def follow(stop: threading.Event, ready: threading.Event):
-        ready.set()
-        while not stop.is_set():
-            try:
-                yield commands.get(timeout=0.05)
-            except queue.Empty:
-                continue
-
     answered: list[str] = []
     options = TaskStreamOptions(tasks_per_s=50.0, time_scale=1000.0, start_on="command")
     sink = RecordingSink()
-    runner = TaskRunner(world, options, fast_shard, sink, commands=follow, run_id="race")
+    runner = TaskRunner(
+        world, options, fast_shard, sink, commands=queued_commands(commands), run_id="race"
+    )
     ref.append(runner)
     stop = threading.Event()
     runner.start(stop, limit=5)
@@ -144,6 +138,65 @@ def test_a_run_task_that_beats_the_apis_answer_still_starts_the_task() -> None:
         stop.set()
         runner.join()
     assert runner.stats.started == runner.stats.assigned == 5 and runner.stats.never_started == 0
+
+
+def queued_commands(commands: queue.Queue):
+    """Commands as a test hands them over (instead of agents.commands)."""
+
+    def follow(stop: threading.Event, ready: threading.Event):
+        ready.set()
+        while not stop.is_set():
+            try:
+                yield commands.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    return follow
+
+
+def test_a_moved_task_runs_once_on_its_new_agent_whichever_shard_speaks_first() -> None:
+    world = TaskWorld(12, seed=2)
+    commands: queue.Queue = queue.Queue()
+    bodies: dict[str, dict] = {}
+
+    def able(body: dict) -> list[str]:
+        return [a.agent_id for a in world.agents if body["task_type"] in a.capabilities]
+
+    def answer(body: dict) -> AssignAnswer:
+        bodies[body["task_id"]] = body
+        return AssignAnswer(200, able(body)[0])
+
+    options = TaskStreamOptions(tasks_per_s=20.0, time_scale=40.0, start_on="command")
+    sink = RecordingSink()
+    runner = TaskRunner(world, options, answer, sink, commands=queued_commands(commands))
+    stop = threading.Event()
+    runner.start(stop, limit=2)
+
+    def say(kind: str, task_id: str, agent_id: str) -> None:
+        commands.put({"command": kind, "task_id": task_id, "agent_id": agent_id})
+
+    try:
+        wait_until(lambda: runner.stats.assigned == 2, 10, "2 tasks assigned")
+        first, second = sorted(bodies)
+        old1, new1 = able(bodies[first])[:2]
+        old2, new2 = able(bodies[second])[:2]
+        # first: the new agent's shard speaks before the old one's cancel
+        say("run_task", first, old1)
+        say("run_task", first, new1)
+        say("cancel_task", first, old1)
+        # second: the old one's cancel comes first
+        say("run_task", second, old2)
+        say("cancel_task", second, old2)
+        say("run_task", second, new2)
+        wait_until(lambda: len(sink.events) == 2 and runner.idle(), 15, "2 outcomes")
+        time.sleep(0.2)  # nothing else comes
+    finally:
+        stop.set()
+        runner.join()
+    reported = {e["payload"]["task_id"]: e["agent_id"] for e in sink.events}
+    assert reported == {first: new1, second: new2}
+    assert runner.stats.moved == 2 and runner.stats.cancelled == 1 and runner.stats.started == 4
+    assert (runner.running == 0).all()
 
 
 def produce_commands(settings: Settings, commands: list[AgentCommand]) -> None:

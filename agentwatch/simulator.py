@@ -41,6 +41,8 @@ from typing import NamedTuple
 import numpy as np
 import orjson
 
+from agentwatch.taskworld import TaskWorld, daily_load
+
 #: Field order of a simulated heartbeat (the contract's fields, ``status`` last).
 HEARTBEAT_FIELDS = (
     "agent_id",
@@ -352,6 +354,8 @@ class FleetSimulator:
         self._rng = np.random.default_rng(seed)
         self._draw_personalities()
         self.tick = 0
+        self.world: TaskWorld | None = None  # see attach_tasks
+        self.live_active_tasks: np.ndarray | None = None
         self.incidents: list[Incident] = []
         self._effects: list[_Effect] = []
         for incident in incidents:
@@ -401,6 +405,44 @@ class FleetSimulator:
                 f"agent {agent_id!r} is not in the fleet "
                 f"({self.agent_ids[0]} … {self.agent_ids[-1]})"
             ) from None
+
+    # --- a task world ----------------------------------------------------------
+    def attach_tasks(self, world: TaskWorld, utilisation: float) -> None:
+        """Let a task world (:mod:`agentwatch.taskworld`, the same agents) drive each
+        heartbeat's cpu_usage, memory_usage, response_time_avg, error_rate and active_tasks:
+        they then follow the agent's load and hidden traits.
+
+        The load is ``live_active_tasks`` (the tasks each agent runs now) once the task
+        stream sets it; before that (history), a draw about ``utilisation`` of the agent's
+        capacity, shaped by the daily load, so live load looks like the history did. The
+        world's randomness is its own: the fleet's other metrics stay as they were.
+
+        >>> fleet = FleetSimulator(agents=20, seed=1)
+        >>> fleet.attach_tasks(TaskWorld(20, seed=1, agent_ids=fleet.agent_ids), 0.5)
+        >>> fleet.live_active_tasks = fleet.world.capacity.copy()  # every agent full
+        >>> busy = fleet.heartbeats(max_heartbeats=20 * 10)
+        >>> [b["active_tasks"] for b in busy[:20]] == fleet.world.capacity.tolist()
+        True
+        >>> fleet.live_active_tasks[:] = 0  # every agent idle
+        >>> idle = fleet.heartbeats(max_heartbeats=20 * 10)
+        >>> sum(b["cpu_usage"] for b in busy) > sum(b["cpu_usage"] for b in idle)
+        True
+        """
+        if world.agents[-1].agent_id != self.agent_ids[-1] or len(world.agents) != self.agents:
+            raise ValueError("the task world must describe the fleet's own agents (same ids)")
+        self.world = world
+        self.expected_utilisation = utilisation
+        self._world_rng = np.random.default_rng([self.seed, 5])
+
+    def _task_metrics(self, epoch: np.ndarray) -> dict[str, np.ndarray]:
+        """The world's metrics of this tick (see :meth:`attach_tasks`)."""
+        world = self.world
+        if self.live_active_tasks is not None:
+            active = np.array(self.live_active_tasks, dtype=np.int64)
+        else:
+            mean = world.capacity * self.expected_utilisation * daily_load(epoch)
+            active = np.minimum(self._world_rng.poisson(mean), world.capacity)
+        return world.heartbeat_metrics(active, self._world_rng)
 
     # --- incidents -------------------------------------------------------------
     def add_incident(self, incident: Incident) -> None:
@@ -500,6 +542,8 @@ class FleetSimulator:
             "bytes_out": bytes_out,
             "active_tasks": active,
         }
+        if self.world is not None:
+            columns.update(self._task_metrics(epoch))
         status = np.full(n, NORMAL_STATUS, dtype=object)
         keep = np.ones(n, dtype=bool)
         flapping: list[tuple[_Effect, int]] = []

@@ -36,6 +36,7 @@ from infra.simulate import (
     SimulationOptions,
     warmup_s,
 )
+from infra.tasks import DEFAULT_TIME_SCALE as DEFAULT_TASK_TIME_SCALE
 
 log = logging.getLogger("agentwatch.cli")
 
@@ -53,6 +54,10 @@ console = Console(stderr=True, highlight=False)
 
 #: Exit code of ``agentwatch status`` when agentwatch is not running (LSB convention).
 EXIT_NOT_RUNNING = 3
+#: The simulated fleet of ``up --simulate`` submits one task per second once live for this
+#: many agents: modest, so assignment shows (~14 tasks per agent per hour; 2/s for 500
+#: agents) without loading 2 cores, and a small fleet is not swamped.
+UP_AGENTS_PER_TASK_PER_S = 250.0
 
 
 # --- shared helpers --------------------------------------------------------------------
@@ -282,9 +287,34 @@ def simulate(
             "--register/--no-register",
             help="Register every agent through the API (POST /api/v1/agents/register, with "
             "AGENTWATCH_API_KEY or the stack's admin key) before its first heartbeat.",
-            show_default="when AGENTWATCH_AGENTS_AUTO_REGISTER is false",
+            show_default="when AGENTWATCH_AGENTS_AUTO_REGISTER is false or with --tasks-per-s",
         ),
     ] = None,
+    tasks_per_s: Annotated[
+        float,
+        typer.Option(
+            help="Run a task stream: this many tasks per wall-clock second on average (with "
+            "a daily load shape) go to POST /api/v1/tasks/assign; the fleet registers as a "
+            "heterogeneous one (agent types with capabilities, capacity, cost) and reports "
+            "each task's outcome (task_completed/task_failed). Live only: it starts when the "
+            "history reaches the present. 0 = no tasks.",
+        ),
+    ] = 0.0,
+    task_time_scale: Annotated[
+        float,
+        typer.Option(
+            help="Task durations (and deadlines) run this many times faster than the world's: "
+            "10 turns a 2-minute task into 12 s on the wall clock (and in duration_s).",
+        ),
+    ] = DEFAULT_TASK_TIME_SCALE,
+    task_start: Annotated[
+        str,
+        typer.Option(
+            help="When an agent starts a task: 'command' (its run_task command on "
+            "agents.commands, after its shard accepted the task) or 'assigned' (on the "
+            "API's answer, without the dataflow).",
+        ),
+    ] = "command",
 ) -> None:
     """Send heartbeats of a simulated fleet to Kafka (topic agents.metrics).
 
@@ -309,9 +339,13 @@ def simulate(
 
       [dim]# 1M heartbeats to a file (no broker needed)[/]
       agentwatch simulate -a 10000 --count 1000000 --rate 0 -o beats.jsonl
+
+      [dim]# a live heterogeneous fleet with 5 tasks/s assigned through the API[/]
+      agentwatch simulate -a 500 --backfill 25h --tasks-per-s 5
     """
     from agentwatch.simulator import Incident, parse_duration_s
     from infra.simulate import parse_start, run_simulation
+    from infra.tasks import TaskStreamOptions
 
     settings = Settings()
     if bootstrap_servers:
@@ -340,7 +374,16 @@ def simulate(
             backfill_rate=backfill_rate,
             ground_truth=ground_truth or settings.var_dir / "ground_truth.jsonl",
             output=output,
-            register_api_url=api_base_url(settings) if _registers(settings, register) else None,
+            register_api_url=(
+                api_base_url(settings)
+                if _registers(settings, register, tasks=tasks_per_s > 0)
+                else None
+            ),
+            tasks=(
+                TaskStreamOptions(tasks_per_s, task_time_scale, task_start)
+                if tasks_per_s > 0
+                else None
+            ),
         )
     except (ValueError, SimulationError) as exc:
         fail(str(exc))
@@ -359,6 +402,8 @@ def simulate(
         )
         if result.backfill_elapsed_s is not None:
             console.print(f"history reached the present after {result.backfill_elapsed_s:.1f} s")
+        if result.tasks is not None:
+            console.print(f"tasks: {result.tasks.line()}")
     if result.delivery_errors:
         fail(
             f"{result.delivery_errors} heartbeats were not delivered ({result.first_error}); "
@@ -366,12 +411,13 @@ def simulate(
         )
 
 
-def _registers(settings: Settings, asked: bool | None) -> bool:
-    """Whether the simulator registers its fleet: as asked, else when the dataflow does not
+def _registers(settings: Settings, asked: bool | None, *, tasks: bool = False) -> bool:
+    """Whether the simulator registers its fleet: as asked, else with a task stream (the
+    API assigns only to agents registered with capabilities), else when the dataflow does not
     register agents from their heartbeats (AGENTWATCH_AGENTS_AUTO_REGISTER=false)."""
     if asked is not None:
         return asked
-    return not getattr(settings, "agents_auto_register", True)
+    return tasks or not getattr(settings, "agents_auto_register", True)
 
 
 # --- agentwatch up -----------------------------------------------------------------------
@@ -413,6 +459,15 @@ def up(
         int, typer.Option(help="Random incidents the simulator injects (with --simulate).")
     ] = 7,
     seed: Annotated[int, typer.Option(help="Seed of the simulated fleet.")] = 0,
+    tasks_per_s: Annotated[
+        float | None,
+        typer.Option(
+            help="Tasks per second the simulator submits to POST /api/v1/tasks/assign once "
+            "live (with --simulate; the fleet then registers with agent types, capabilities "
+            "and capacity, and reports each task's outcome); 0 = no task stream.",
+            show_default=f"agents / {UP_AGENTS_PER_TASK_PER_S:g}: 2/s for 500",
+        ),
+    ] = None,
     dataflow_command: Annotated[
         str | None, typer.Option(hidden=True, help="Replace the dataflow command (tests).")
     ] = None,
@@ -484,8 +539,14 @@ def up(
             *("--backfill", f"{options.backfill_s:g}", "--backfill-rate", f"{backfill_rate:g}"),
             *("--ground-truth", str(options.ground_truth), "--quiet"),
         ]
+        if tasks_per_s is None:
+            tasks_per_s = agents / UP_AGENTS_PER_TASK_PER_S
+        if tasks_per_s > 0:
+            commands["simulator"] += ["--tasks-per-s", f"{tasks_per_s:g}", "--register"]
         started = time.time()
-        describe_simulator = lambda: _simulator_note(settings, options, started)  # noqa: E731
+        describe_simulator = lambda: _simulator_note(  # noqa: E731
+            settings, options, started, tasks_per_s
+        )
     raise typer.Exit(run_stack(settings, commands, describe_simulator=describe_simulator))
 
 
@@ -525,7 +586,9 @@ def _simulation_options(
     return options
 
 
-def _simulator_note(settings: Settings, options: SimulationOptions, started: float) -> str:
+def _simulator_note(
+    settings: Settings, options: SimulationOptions, started: float, tasks_per_s: float = 0.0
+) -> str:
     """What the simulator of `up --simulate` does, when its history ends, what to look at."""
     interval, rate = settings.heartbeat_interval_s, options.backfill_rate
     history, warmup = _span(options.backfill_s), _span(warmup_s(settings))
@@ -533,6 +596,12 @@ def _simulator_note(settings: Settings, options: SimulationOptions, started: flo
         f"{options.agents:,} agents: {history} of history at up to {rate:,.0f} "
         f"heartbeats/s, then live (each agent every {interval:g} s)"
     ]
+    if tasks_per_s > 0:
+        lines.append(
+            f"tasks: ~{tasks_per_s:g}/s to POST /api/v1/tasks/assign once live (durations "
+            f"{DEFAULT_TASK_TIME_SCALE:g}x compressed); outcomes in the simulator log "
+            "(task_stream) and GET /api/v1/tasks"
+        )
     speedup = rate * interval / options.agents
     if rate > 0:
         ends = started + options.backfill_s / (speedup - 1)

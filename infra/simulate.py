@@ -44,6 +44,8 @@ from agentwatch.simulator import (
     to_epoch_s,
     write_ground_truth,
 )
+from agentwatch.taskworld import TaskWorld
+from infra.tasks import TaskRunner, TaskStats, TaskStreamOptions
 
 log = logging.getLogger("agentwatch.simulate")
 
@@ -86,10 +88,23 @@ class SimulationOptions:
     #: The API to register every agent with before its first heartbeat (None: don't; the
     #: dataflow then registers agents from their heartbeats, AGENTWATCH_AGENTS_AUTO_REGISTER).
     register_api_url: str | None = None
+    #: A task stream (infra/tasks.py): the fleet registers as a heterogeneous one (agent
+    #: types, capabilities, capacity, resources) and runs the tasks the API assigns it.
+    tasks: TaskStreamOptions | None = None
 
     def __post_init__(self) -> None:
         if self.agents < 1:
             raise SimulationError(f"--agents must be at least 1 (got {self.agents})")
+        if self.tasks is not None and self.output is not None:
+            raise SimulationError(
+                "the task stream submits tasks to the API and reports outcomes on Kafka; "
+                "leave out --output, or --tasks-per-s"
+            )
+        if self.tasks is not None and self.register_api_url is None:
+            raise SimulationError(
+                "the task stream needs the fleet registered with its capabilities and "
+                "capacity (the API assigns only to those); leave out --no-register"
+            )
         if self.rate is not None and self.speedup is not None:
             raise SimulationError(
                 "give --rate or --speedup, not both: they are two ways to set one pace "
@@ -156,6 +171,7 @@ class SimulationResult:
     delivery_errors: int = 0
     first_error: str | None = None
     backfill_elapsed_s: float | None = None  # wall time until the history reached the present
+    tasks: TaskStats | None = None  # what the task stream did
 
     @property
     def rate(self) -> float:
@@ -402,8 +418,20 @@ def run_simulation(
     if options.ground_truth is not None:
         written = write_ground_truth(options.ground_truth, fleet)
         log.info("ground_truth_written path=%s incidents=%d", options.ground_truth, written)
+    world = None
+    if options.tasks is not None:
+        world = TaskWorld(
+            options.agents,
+            seed=options.seed,
+            agent_ids=fleet.agent_ids,
+            tenant_ids=fleet.tenant_ids,
+        )
+        fleet.attach_tasks(world, options.tasks.utilisation(world))
     if options.register_api_url is not None and options.output is None:
-        register_fleet(settings, fleet, options.register_api_url, stop, show_progress)
+        register_fleet(settings, fleet, options.register_api_url, stop, show_progress, world=world)
+    task_stream = _TaskStream(settings, options, world, fleet, stop) if world else None
+    if task_stream is not None and not options.real_time:
+        task_stream.start()  # heartbeats are not in real time: tasks run on the wall clock
     if sink is None:
         sink = _open_sink(settings, options)
     pace = options.heartbeats_per_s(interval)
@@ -441,6 +469,8 @@ def run_simulation(
                     if backfill_elapsed_s is None:
                         backfill_elapsed_s = time.monotonic() - started
                         _log_backfill_done(sent, backfill_elapsed_s, event_time)
+                        if task_stream is not None:
+                            task_stream.start()  # live now: tasks too
                     stop.wait(early)
                 if stop.is_set():
                     break
@@ -449,6 +479,8 @@ def run_simulation(
                 paced_rows += len(values)
                 progress.update(sent, event_time)
     finally:
+        if task_stream is not None:
+            task_stream.stop()
         sink.close(timeout_s=10.0)
     simulated = min(fleet.now_s, options.duration_s or math.inf)
     elapsed = time.monotonic() - started
@@ -460,6 +492,7 @@ def run_simulation(
         delivery_errors=getattr(sink, "delivery_errors", 0),
         first_error=getattr(sink, "first_error", None),
         backfill_elapsed_s=backfill_elapsed_s,
+        tasks=task_stream.runner.stats if task_stream and task_stream.runner else None,
     )
     log.info(
         "simulate_done sent=%d elapsed_s=%.2f rate=%.0f simulated_s=%.0f delivery_errors=%d",
@@ -485,12 +518,14 @@ def register_fleet(
     stop: threading.Event,
     show_progress: bool = True,
     wait_s: float = REGISTER_WAIT_S,
+    world: TaskWorld | None = None,
 ) -> int:
     """Register every agent of ``fleet`` through ``POST /api/v1/agents/register`` (with
     the stack's admin key: AGENTWATCH_API_KEY, else ``<var_dir>/run/admin.key``), each
     under its own id in its own tenant; an agent registered already (409, a restart) is
     left as it is. Waits up to ``wait_s`` for the API and its key. Returns how many were
-    registered now."""
+    registered now. With a task ``world``, each agent registers as the world describes
+    it (agent type, capabilities, max_concurrent_tasks, resources with cost_per_hour)."""
     import httpx
 
     from api.client import AgentClient, AgentClientError
@@ -504,6 +539,8 @@ def register_fleet(
                 "name": agent_id, "agent_type": "simulated", "owner": "simulator",
                 "version": "1", "capabilities": ["heartbeat"],
             }  # fmt: skip
+            if world is not None:
+                registration = world.agents[world.index[agent_id]].registration()
             try:
                 AgentClient.register(
                     api_url, key, registration, fleet.tenant_of(agent_id), agent_id=agent_id,
@@ -538,6 +575,55 @@ def register_fleet(
         return made
     finally:
         http.close()
+
+
+class _TaskStream:
+    """The task stream of a run: started when heartbeats go live, stopped with the run."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: SimulationOptions,
+        world: TaskWorld,
+        fleet: FleetSimulator,
+        stop: threading.Event,
+    ) -> None:
+        self.settings, self.options, self.world, self.fleet = settings, options, world, fleet
+        self.runner: TaskRunner | None = None
+        self._outer_stop = stop
+        self._stop = threading.Event()
+        self._closers: list = []
+
+    def start(self) -> None:
+        import httpx
+
+        from infra.tasks import KafkaOutcomeSink, http_assigner, kafka_commands
+
+        settings, url = self.settings, self.options.register_api_url
+        http = httpx.Client(timeout=10.0, limits=httpx.Limits(max_connections=REGISTER_CONCURRENCY))
+        self._closers.append(http.close)
+        key = _wait_for_api_key(settings, http, url, self._outer_stop, REGISTER_WAIT_S)
+        outcomes = KafkaOutcomeSink(settings)
+        self._closers.insert(0, outcomes.close)
+        commands = None
+        if self.options.tasks.start_on == "command":
+            commands = lambda stop, ready: kafka_commands(settings, stop, ready)  # noqa: E731
+        self.runner = TaskRunner(
+            self.world,
+            self.options.tasks,
+            http_assigner(url, key, http),
+            outcomes,
+            commands=commands,
+        )
+        self.fleet.live_active_tasks = self.runner.running
+        self.runner.start(self._stop)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.runner is not None:
+            self.runner.join()
+        for close in self._closers:
+            close()
 
 
 def _wait_for_api_key(

@@ -58,6 +58,7 @@ from api.routes import (
     reports,
     rules,
     system,
+    tasks_assign,
 )
 from api.routes import sql as sql_routes
 from api.runtime import Runtime, get_runtime
@@ -103,7 +104,7 @@ def create_app(
     app.exception_handler(StarletteHTTPException)(_http_error)
 
     routers = (agents, alerts, rules, sql_routes, system, credentials, bridge, bulk, reports,
-               registry)  # fmt: skip
+               registry, tasks_assign)  # fmt: skip
     for module in routers:
         document_key_errors(module.router)
         app.include_router(module.router)

@@ -203,6 +203,12 @@ class Fleet:
         self.cost = np.full(rows, NEUTRAL, np.float32)
         self.sla = np.full(rows, NEUTRAL, np.float32)
         self.p_fail = np.full(rows, np.nan, np.float32)
+        #: Kept per row as the columns change, so a choice adds two columns, not five:
+        #: availability (free slots after reservations / capacity) and the weighted sum of
+        #: performance, cost and sla under :attr:`_weights` (recomputed when they change).
+        self.availability = np.ones(rows, np.float32)
+        self.partial = np.zeros(rows, np.float32)
+        self._weights: tuple[float, ...] = ()
         self._resources: dict[str, np.ndarray] = {}
         self._types: dict[str, _TypeColumns] = {}
         self._row_types: dict[int, tuple[str, ...]] = {}
@@ -224,6 +230,9 @@ class Fleet:
         code = self._tenants.setdefault(tenant_id, len(self._tenants))
         self.tenant[row] = code
         self._tenant_sizes[code] = self._tenant_sizes.get(code, 0) + 1
+        if self._weights:  # the neutral components, weighed
+            wp, wc, _, ws = self._weights
+            self.partial[row] = (wp + wc + ws) * NEUTRAL
         return row
 
     def set_agent(
@@ -257,6 +266,7 @@ class Fleet:
             if name not in self._resources:
                 self._resource(name)[row] = amount
         self.capacity[row] = max(int(capacity), 0)
+        self._available(row)
         self.security[row] = security_score
         self.quarantined[row] = quarantined
         return row
@@ -286,6 +296,9 @@ class Fleet:
             return False
         self.scored[row], self.score_at[row] = True, at
         self.performance[row], self.cost[row], self.sla[row] = performance, cost, sla
+        if self._weights:
+            wp, wc, _, ws = self._weights
+            self.partial[row] = wp * performance + wc * cost + ws * sla
         self.p_fail[row] = np.nan if p_fail is None else p_fail
         if active_tasks is not None:
             self.set_open(agent_id, active_tasks, at)
@@ -307,12 +320,30 @@ class Fleet:
         if row is None or at < self.open_at[row]:
             return False
         self.open[row], self.open_at[row] = max(int(open_tasks), 0), at
+        self._available(row)
         return True
 
     def reserve(self, agent_id: str, delta: int = 1) -> None:
         """Hold (``delta`` 1) or let go (-1) of a slot this process placed a task in."""
         row = self.index[agent_id]
         self.reserved[row] = max(int(self.reserved[row]) + delta, 0)
+        self._available(row)
+
+    def _available(self, row: int) -> None:
+        capacity = int(self.capacity[row])
+        free = max(capacity - int(self.open[row]) - int(self.reserved[row]), 0)
+        self.availability[row] = free / capacity if capacity > 0 else 0.0
+
+    def _weigh(self, weights: Mapping[str, float]) -> tuple[float, ...]:
+        """The weights divided by their sum; :attr:`partial` recomputed when they changed."""
+        total = sum(weights[name] for name in COMPONENTS)
+        normal = tuple(weights[name] / total for name in COMPONENTS)
+        if normal != self._weights:
+            wp, wc, _, ws = normal
+            n = len(self.ids)
+            self.partial[:n] = wp * self.performance[:n] + wc * self.cost[:n] + ws * self.sla[:n]
+            self._weights = normal
+        return normal
 
     # --- questions -----------------------------------------------------------------
     def choose(
@@ -377,12 +408,13 @@ class Fleet:
         row = self.index.get(agent_id)
         if row is None:
             return None
-        components = self._components(slice(row, row + 1), None, None)
-        score = _combine(components, weights)
+        components = self._row_components(row, None, None)
+        total = sum(weights[name] for name in COMPONENTS)
+        score = sum(weights[name] * components[name] for name in COMPONENTS) / total
         p_fail = float(self.p_fail[row])
         return {
-            "score": round(float(score[0]), 6),
-            "components": {name: round(float(v[0]), 6) for name, v in components.items()},
+            "score": round(score, 6),
+            "components": components,
             "active_tasks": int(self.open[row] + self.reserved[row]),
             "capacity": int(self.capacity[row]),
             "p_fail": None if math.isnan(p_fail) else round(p_fail, 6),
@@ -431,37 +463,47 @@ class Fleet:
                 blamed |= lacking
         return alive & ok
 
-    def _components(
-        self, rows: slice, task_type: str | None, estimated_duration: float | None
-    ) -> dict[str, np.ndarray]:
-        """The components of the rows ``rows`` (views, no copies, where nothing changes)."""
-        performance = self.performance[rows]
+    def _row_components(
+        self, row: int, task_type: str | None, estimated_duration: float | None
+    ) -> dict[str, float]:
+        """One agent's components for a task (performance refined for its type)."""
+        performance = float(self.performance[row])
         columns = self._types.get(task_type) if task_type is not None else None
-        if columns is not None:
-            outcomes = columns.outcomes[rows]
-            known = outcomes > 0
-            if known.any():
-                typed = columns.p_success[rows]
-                if estimated_duration is not None:
-                    duration = columns.duration[rows]
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        speed = np.minimum(1.0, estimated_duration / duration)
-                    speed = np.where(known & (duration > 0), speed, 1.0).astype(np.float32)
-                    typed = typed * speed
-                evidence = outcomes.astype(np.float32)
-                evidence /= evidence + np.float32(TYPE_PRIOR_OUTCOMES)
-                refined = performance + evidence * (typed - performance)
-                performance = np.where(known, refined, performance)
-        capacity = self.capacity[rows]
-        free = np.maximum(capacity - self.open[rows] - self.reserved[rows], 0)
-        availability = (free / np.maximum(capacity, 1)).astype(np.float32)
-        availability[capacity <= 0] = 0.0
+        if columns is not None and columns.outcomes[row] > 0:
+            typed = float(columns.p_success[row])
+            duration = float(columns.duration[row])
+            if estimated_duration is not None and duration > 0:  # nan > 0 is False
+                typed *= min(1.0, estimated_duration / duration)
+            evidence = columns.outcomes[row] / (columns.outcomes[row] + TYPE_PRIOR_OUTCOMES)
+            performance += float(evidence) * (typed - performance)
         return {
-            "performance": np.clip(performance, 0.0, 1.0),
-            "cost": self.cost[rows],
-            "availability": availability,
-            "sla": self.sla[rows],
+            "performance": round(min(max(performance, 0.0), 1.0), 6),
+            "cost": round(float(self.cost[row]), 6),
+            "availability": round(float(self.availability[row]), 6),
+            "sla": round(float(self.sla[row]), 6),
         }
+
+    def _scores(self, alive: np.ndarray, task: Task, weights: tuple[float, ...]) -> np.ndarray:
+        """Every row's score for ``task`` (-inf where not ``alive``)."""
+        n = len(alive)
+        wp, _, wa, _ = weights
+        score = self.partial[:n] + np.float32(wa) * self.availability[:n]
+        columns = self._types.get(task.task_type)
+        if columns is not None:  # refine performance where the models know the type
+            known = np.flatnonzero(alive & (columns.outcomes[:n] > 0))
+            if len(known):
+                performance = self.performance[known]
+                typed = columns.p_success[known]
+                if task.estimated_duration is not None:
+                    duration = columns.duration[known]
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        speed = np.minimum(1.0, task.estimated_duration / duration)
+                    typed = typed * np.where(duration > 0, speed, 1.0).astype(np.float32)
+                outcomes = columns.outcomes[known].astype(np.float32)
+                evidence = outcomes / (outcomes + np.float32(TYPE_PRIOR_OUTCOMES))
+                refined = np.clip(performance + evidence * (typed - performance), 0.0, 1.0)
+                score[known] += np.float32(wp) * (refined - performance)
+        return np.where(alive, score, np.float32(-np.inf))
 
     def _best(
         self,
@@ -472,12 +514,14 @@ class Fleet:
         k: int,
         considered: int,
     ) -> Choice:
-        components = self._components(slice(0, len(alive)), task.task_type, task.estimated_duration)
-        score = np.where(alive, _combine(components, weights), -np.inf)
+        normal = self._weigh(weights)
+        score = self._scores(alive, task, normal)
         picked = []
         for _ in range(max(1, min(k, eligible))):
             row = int(np.argmax(score))  # ties: the first (older) row
-            picked.append(self._scored(row, float(score[row]), components, task))
+            components = self._row_components(row, task.task_type, task.estimated_duration)
+            total = sum(w * components[name] for w, name in zip(normal, COMPONENTS, strict=True))
+            picked.append(self._scored(row, total, components, task))
             score[row] = -np.inf
         chosen, rest = picked[0], tuple(picked[1:])
         shown = ", ".join(f"{name} {chosen.components[name]:.2f}" for name in COMPONENTS)
@@ -489,9 +533,7 @@ class Fleet:
             reason += f"; next best {rest[0].agent_id} at {rest[0].score:.2f}"
         return Choice(chosen, rest, considered, eligible, reason)
 
-    def _scored(
-        self, row: int, score: float, components: dict[str, np.ndarray], task: Task
-    ) -> Scored:
+    def _scored(self, row: int, score: float, components: dict[str, float], task: Task) -> Scored:
         p_success = duration = None
         outcomes = 0
         columns = self._types.get(task.task_type)
@@ -499,7 +541,7 @@ class Fleet:
             outcomes = int(columns.outcomes[row])
             p_success = round(float(columns.p_success[row]), 6)
             known = float(columns.duration[row])
-            duration = None if math.isnan(known) else known
+            duration = None if math.isnan(known) else round(known, 6)
         p_fail = float(self.p_fail[row])
         evidence = 0.5
         if self.scored[row]:
@@ -508,7 +550,7 @@ class Fleet:
         return Scored(
             agent_id=self.ids[row],
             score=round(score, 6),
-            components={name: round(float(v[row]), 6) for name, v in components.items()},
+            components=components,
             p_success=p_success,
             expected_duration_s=duration,
             confidence=round(confidence, 4),
@@ -559,6 +601,8 @@ class Fleet:
         self.cost = grown(self.cost, NEUTRAL)
         self.sla = grown(self.sla, NEUTRAL)
         self.p_fail = grown(self.p_fail, np.nan)
+        self.availability = grown(self.availability, 1.0)
+        self.partial = grown(self.partial, 0.0)
         for name, column in self._resources.items():
             self._resources[name] = grown(column, np.nan)
         for columns in self._types.values():
@@ -566,13 +610,3 @@ class Fleet:
             columns.duration = grown(columns.duration, np.nan)
             columns.outcomes = grown(columns.outcomes, 0)
         self._rows = new
-
-
-def _combine(components: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
-    """Σ wᵢcᵢ / Σ wᵢ (float32, in one buffer)."""
-    total = sum(weights[name] for name in COMPONENTS)
-    score = np.zeros(len(components["cost"]), np.float32)
-    for name in COMPONENTS:
-        if weights[name]:
-            score += np.float32(weights[name] / total) * components[name]
-    return score

@@ -4,6 +4,7 @@ nothing fits, scoring with type predictions and reservations, and a fleet that g
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -99,6 +100,26 @@ def test_unscored_agents_are_neutral_and_less_confident():
     assert scored["new"].confidence < scored["known"].confidence
 
 
+def test_scores_follow_every_change_after_a_first_choice():
+    """The fleet keeps parts of the score per row: agents added, scored, loaded or
+    reweighed after a choice are scored as if computed afresh."""
+    fleet = Fleet()
+    fleet.set_agent("a", "t1", state="active", capacity=2)
+    fleet.set_score("a", performance=0.6, cost=0.6, sla=0.6, at=1.0)
+    assert fleet.choose(Task("t1"), WEIGHTS).chosen.agent_id == "a"
+    fleet.set_agent("new", "t1", state="active", capacity=2)  # neutral 0.5s, all free
+    choice = fleet.choose(Task("t1"), WEIGHTS, k=2)
+    scores = {s.agent_id: s.score for s in (choice.chosen, *choice.candidates)}
+    assert scores == {"a": pytest.approx(0.68), "new": pytest.approx(0.6)}
+    fleet.set_score("new", performance=1.0, cost=1.0, sla=1.0, at=2.0)
+    assert fleet.choose(Task("t1"), WEIGHTS).chosen.score == pytest.approx(1.0)
+    fleet.reserve("new")
+    assert fleet.choose(Task("t1"), WEIGHTS).chosen.score == pytest.approx(0.9)
+    only_availability = {"performance": 0, "cost": 0, "availability": 1, "sla": 0}
+    chosen = fleet.choose(Task("t1"), only_availability).chosen
+    assert (chosen.agent_id, chosen.score) == ("a", 1.0)
+
+
 def test_the_task_types_predictions_refine_performance():
     fleet = Fleet()
     for agent in ("generalist", "specialist"):
@@ -175,6 +196,8 @@ agents = st.lists(
 @settings(max_examples=150, deadline=None)
 def test_the_choice_passes_every_filter_and_the_counts_add_up(agents, required):
     fleet = Fleet(rows=8)
+    fleet.set_agent("warm", "t0", state="active")
+    assert fleet.choose(Task("t0"), WEIGHTS).fits  # the per-row parts are kept from now on
     rows = {}
     for i, (tenant, state, caps, capacity, open_, security, requested, perf) in enumerate(agents):
         agent = f"x{i}"
@@ -197,6 +220,14 @@ def test_the_choice_passes_every_filter_and_the_counts_add_up(agents, required):
         assert picked <= fits and result.eligible == len(fits)
         scores = [result.chosen.score, *(c.score for c in result.candidates)]
         assert scores == sorted(scores, reverse=True)
+
+        def reference(agent: str) -> float:  # the score computed afresh
+            _, _, _, capacity, open_, _, _ = rows[agent]
+            performance = agents[int(agent[1:])][7]
+            availability = (capacity - open_) / capacity
+            return 0.4 * performance + 0.3 * 0.5 + 0.2 * availability + 0.1 * 0.5
+
+        assert result.chosen.score == pytest.approx(max(map(reference, fits)), abs=1e-5)
     else:
         assert not fits
         assert sum(result.unfit.values()) == considered

@@ -325,6 +325,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/api_assign.json"))
     options = parser.parse_args()
     options.agents_per_tenant = options.agents_per_tenant or options.agents
+    load_before = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="aw-bench-assign-"))
     broker = start_broker("127.0.0.1", free_port(), log_path=workdir / "tansu.log")
     api = None
@@ -413,6 +414,7 @@ def main() -> None:
         options.out.write_text(json.dumps({
             "agents": options.agents, "agents_per_tenant": options.agents_per_tenant,
             "cpus": os.cpu_count(), "client": "httpx over loopback to python -m api",
+            "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             "heartbeats_per_s": round(rates["heartbeats"]), "scores_per_s": round(rates["scores"]),
             "rows": [asdict(r) for r in rows],
         }, indent=2))  # fmt: skip

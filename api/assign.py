@@ -38,6 +38,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -116,9 +117,14 @@ class Assigner:
     module docstring). Thread-safe."""
 
     def __init__(
-        self, settings: Settings, publisher: EventPublisher, name: str | None = None
+        self,
+        settings: Settings,
+        publisher: EventPublisher,
+        name: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self.clock = clock  # when reservations expire (tests pass their own)
         self.publisher = publisher
         self.process_id = name or process_id()
         self.fleet = Fleet()
@@ -290,7 +296,7 @@ class Assigner:
     ) -> Placed | NoFit:
         """Choose and reserve (under the lock)."""
         now = time.time()
-        self._expire(time.monotonic())
+        self._expire(self.clock())
         task = Task(
             tenant_id=tenant_id,
             task_type=request.task_type,
@@ -328,7 +334,7 @@ class Assigner:
         while len(self._decisions) > settings.orchestration_recent_tasks:
             self._decisions.popitem(last=False)
         self.fleet.reserve(chosen.agent_id)
-        expires = time.monotonic() + settings.orchestration_reservation_ttl_s
+        expires = self.clock() + settings.orchestration_reservation_ttl_s
         self._reservations[task_id] = (chosen.agent_id, expires)
         self._expiry.append((expires, task_id))
         return Placed(decision, choice)

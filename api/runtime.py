@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
 from fastapi import Depends, Header, Request
 
 from agentwatch.identity import Permission, Principal
@@ -116,8 +117,11 @@ class Runtime:
                 keys.ensure_admin_key(first, settings.api_admin_key_file)
         projection = AgentProjection(settings)
         assigner = Assigner(settings, publisher)
-        with clients.client() as first:
-            assigner.seed(first)  # the latest scores; the topic from its end from now on
+        try:  # the latest scores; the topic from its end from now on
+            with clients.client() as first:
+                assigner.seed(first)
+        except ClickHouseError as exc:  # assign anyway: neutral scores until new ones come
+            log.warning("assigner_not_seeded error=%r", str(exc)[:200])
         assigner.attach(projection)
         projection.start()
         assigner.start()

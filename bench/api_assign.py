@@ -322,6 +322,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--heartbeat-rate", type=float, default=3334.0)
     parser.add_argument("--score-rate", type=float, default=1667.0)
+    parser.add_argument(
+        "--no-loader", action="store_true",
+        help="run the API without its loader and audit writer (as the cluster profile does: "
+        "the loader is a process of its own there)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench/results/api_assign.json"))
     options = parser.parse_args()
     options.agents_per_tenant = options.agents_per_tenant or options.agents
@@ -339,6 +344,7 @@ def main() -> None:
             agents_per_tenant_limit=max(options.agents_per_tenant, 10_000),
             api_projection_ready_timeout_s=60.0,
             orchestration_reservation_ttl_s=5.0,  # the bench's tasks never get a verdict
+            api_run_loader=not options.no_loader,
         )
         ensure_topics(settings)
         api = start_api(settings, workdir, port)
@@ -378,7 +384,7 @@ def main() -> None:
         say(f"the fleet holds {seen:,} agents of {tenant}, {filled:.1f} s after the first was sent")
         # the loader in the API process copies what was produced into ClickHouse
         # meanwhile: measure once it is done, not against it (bench/api.py does the same)
-        while time.perf_counter() - started < 300:
+        while not options.no_loader and time.perf_counter() - started < 300:
             health = http.get(f"{base_url}/api/v1/system/health").json()
             if health["loader"]["lag_total"] == 0:
                 break
@@ -414,6 +420,7 @@ def main() -> None:
         options.out.write_text(json.dumps({
             "agents": options.agents, "agents_per_tenant": options.agents_per_tenant,
             "cpus": os.cpu_count(), "client": "httpx over loopback to python -m api",
+            "api_loader": not options.no_loader,
             "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             "heartbeats_per_s": round(rates["heartbeats"]), "scores_per_s": round(rates["scores"]),
             "rows": [asdict(r) for r in rows],

@@ -1169,6 +1169,37 @@ class Settings(BaseSettings):
         description="Finished tasks a shard remembers (about 100 bytes each), so that a "
         "replayed task_assigned or a second outcome changes nothing.",
     )
+    orchestration_min_security_score: float = Field(
+        50.0,
+        ge=0,
+        le=100,
+        description="POST /api/v1/tasks/assign: an agent whose security score is below this "
+        "takes no new task (0: no such filter).",
+    )
+    orchestration_candidates: int = Field(
+        3, ge=1, le=50, description="An assignment names the chosen agent and the next best, "
+        "this many in all.",
+    )  # fmt: skip
+    orchestration_reservation_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        description="A slot the API reserved for a task it placed is held until the agent's "
+        "shard accepts or refuses the task (task_changed), or this long at most (the shard, "
+        "not the reservation, is what keeps an agent within its capacity).",
+    )
+    orchestration_max_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="A task the agent's shard refuses is placed again on the next best agent "
+        "(the refusing ones excluded) up to this many attempts in all; then it is unplaceable.",
+    )
+    orchestration_recent_tasks: int = Field(
+        10_000,
+        ge=1,
+        description="Decisions an API process keeps in memory (GET /api/v1/tasks/{id} answers "
+        "from them before the tasks table has the task).",
+    )
 
     @field_validator("clickhouse_dsn")
     @classmethod

@@ -61,6 +61,7 @@ from api.routes import (
     rules,
     system,
     tasks,
+    tasks_assign,
 )
 from api.routes import sql as sql_routes
 from api.runtime import Runtime, get_runtime
@@ -106,7 +107,7 @@ def create_app(
     app.exception_handler(StarletteHTTPException)(_http_error)
 
     routers = (agents, alerts, rules, sql_routes, system, credentials, bridge, bulk, reports,
-               registry, tasks, clusters, operations)  # fmt: skip
+               registry, tasks, tasks_assign, clusters, operations)  # fmt: skip
     for module in routers:
         document_key_errors(module.router)
         app.include_router(module.router)

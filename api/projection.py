@@ -16,11 +16,11 @@ committing), the topics an agent's status is made of, and folds them:
   deployment's security scores from before the rename); when it does not, it is not
   looked for again.
 - ``agents.metrics`` (30k+ heartbeats/s), ``agents.baselines``,
-  ``agents.anomalies``, ``agents.threats`` **from their end**: the latest heartbeat
-  of each agent is kept as its raw bytes and Kafka timestamp, read by the message
-  key and parsed only when a status asks for it, so a heartbeat costs the API a
-  dict assignment; the latest baseline, the latest anomaly and the recent threats
-  are parsed (they are few).
+  ``agents.anomalies``, ``agents.threats`` (and ``agents.assignment_scores``, for the
+  listeners only) **from their end**: the latest heartbeat of each agent is kept as
+  its raw bytes and Kafka timestamp, read by the message key and parsed only when a
+  status asks for it, so a heartbeat costs the API a dict assignment; the latest
+  baseline, the latest anomaly and the recent threats are parsed (they are few).
 
 What happened on the high-volume topics before the projection started is in
 ClickHouse: the first status request of an agent reads it there once
@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,7 +59,7 @@ log = logging.getLogger("api.projection")
 
 #: Topics read from their beginning (the registry), and from their end (latest values).
 FROM_BEGINNING = (CONTROL_CHANNEL, STATE_CHANNEL, "security")
-FROM_END = ("metrics", "baselines", "anomalies", "threats")
+FROM_END = ("metrics", "baselines", "anomalies", "threats", "assignment_scores")
 #: Old names of topics read from their beginning: read as the new name, if they exist.
 RENAMED = {old: new for old, new in RENAMED_TOPICS.items() if new in FROM_BEGINNING}
 #: Most messages read in one batch, and the longest wait for them (seconds).
@@ -125,6 +125,7 @@ class AgentProjection(BackgroundReader):
         self._renamed = {settings.topic(old) for old in RENAMED}
         self.skipped = 0
         self.fold_cpu_s = 0.0  # CPU time of this thread spent folding messages
+        self._listeners: list[Callable[[str, dict], None]] = []
 
     # --- reading the topics ------------------------------------------------------
     def poll_once(self) -> int:
@@ -171,8 +172,9 @@ class AgentProjection(BackgroundReader):
         try:
             value = orjson.loads(message.value() or b"")
             if name in (CONTROL_CHANNEL, STATE_CHANNEL):
-                if refusal(name, str(value.get("type"))) is None:  # off-channel: never applied
-                    self.directory.apply(value)
+                if refusal(name, str(value.get("type"))) is not None:
+                    return  # off-channel: never applied
+                self.directory.apply(value)
             elif name == "security":
                 self.directory.apply_score(value)
             elif name == "threats":
@@ -184,6 +186,8 @@ class AgentProjection(BackgroundReader):
                 record = AnomalyRecord.model_validate(value)
                 if record.is_anomaly:
                     self._anomalies[record.agent_id] = anomaly_of(record)
+            for listener in self._listeners:
+                listener(name, value)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self.skipped += 1
             log.debug("projection_message_skipped topic=%s reason=%r", name, str(exc)[:200])
@@ -278,6 +282,13 @@ class AgentProjection(BackgroundReader):
 
     def wait_ready(self, timeout_s: float) -> bool:
         return self._complete.wait(timeout_s)
+
+    def listen(self, listener: Callable[[str, dict], None]) -> None:
+        """Call ``listener(topic, value)`` with every message of the topics but metrics,
+        parsed, after the registry folded it, in the projection's thread and under its
+        lock (the task assigner, :mod:`api.assign`, folds its fleet so). Add listeners
+        before :meth:`start`."""
+        self._listeners.append(listener)
 
     def record(self, event: Mapping) -> None:
         """Apply an event this process published (a registration), before it comes back

@@ -100,6 +100,26 @@ class AgentThreat(BaseModel):
     evidence: Evidence
 
 
+class Orchestration(BaseModel):
+    """The agent as task assignment sees it now (the seed's ``status['orchestration']``)."""
+
+    performance_level: str = Field(
+        description="The performance component in words: excellent, good, fair, poor; "
+        "unknown until the dataflow scored the agent (its components are neutral until then)."
+    )
+    score: float = Field(description="Its assignment score with the current weights, 0…1.")
+    components: dict[str, float] = Field(
+        description="performance, cost, availability (free slots after reservations), sla."
+    )
+    active_tasks: int = Field(
+        description="Open tasks (the shard's count) + this API process's reservations."
+    )
+    capacity: int = Field(description="max_concurrent_tasks.")
+    p_fail: float | None = Field(
+        description="Probability it fails within AGENTWATCH_ORCHESTRATION_FAILURE_HORIZON_S."
+    )
+
+
 class AgentStatus(BaseModel):
     """What agentwatch knows about one agent now."""
 
@@ -156,6 +176,9 @@ class AgentStatus(BaseModel):
     )
     cluster_description: str | None = Field(
         None, description="That cluster in words, e.g. 'fast, reliable, lightly loaded'."
+    )
+    orchestration: Orchestration | None = Field(
+        None, description="Task assignment's view of it (null: not in this API's fleet)."
     )
 
 

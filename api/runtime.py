@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
 from fastapi import Depends, Header, Request
 
 from agentwatch.identity import Permission, Principal
 from agentwatch.settings import Settings
 from api import sql
+from api.assign import Assigner
 from api.client_pool import ClientPool
 from api.health import SystemMonitor
 from api.identity import KeyBook, needs
@@ -66,6 +68,7 @@ class Runtime:
     #: Whose agents are these (bulk operations); None: one ClickHouse query per request.
     tenant_lookup: TenantLookup | None = None
     projection: AgentProjection | None = None  # the agents in memory (api.projection)
+    assigner: Assigner | None = None  # task assignment's fleet and reservations (api.assign)
 
     @classmethod
     def start(cls, settings: Settings, client: Client | None, run_loader: bool) -> Runtime:
@@ -113,19 +116,29 @@ class Runtime:
             with clients.client() as first:
                 keys.ensure_admin_key(first, settings.api_admin_key_file)
         projection = AgentProjection(settings)
+        assigner = Assigner(settings, publisher)
+        try:  # the latest scores; the topic from its end from now on
+            with clients.client() as first:
+                assigner.seed(first)
+        except ClickHouseError as exc:  # assign anyway: neutral scores until new ones come
+            log.warning("assigner_not_seeded error=%r", str(exc)[:200])
+        assigner.attach(projection)
         projection.start()
+        assigner.start()
         tenants = ProjectedTenants(projection, ClickHouseTenants(settings, clients))
         return cls(
             settings, clients, loader, loader_client, monitor, sandbox,
             RuleBook(settings, publisher), publisher, SilenceBook(settings, publisher), keys,
             webhooks, webhooks_client, audit, audit_client, relay=AgentRelay(settings),
-            tenant_lookup=tenants, projection=projection,
+            tenant_lookup=tenants, projection=projection, assigner=assigner,
         )  # fmt: skip
 
     def stop(self) -> None:
         """Stop the webhook deliverer and the loader (it flushes), then release the clients."""
         if self.projection is not None:
             self.projection.stop()
+        if self.assigner is not None:
+            self.assigner.stop()
         if self.audit is not None:
             self.audit.stop()
         if self.audit_client is not None:

@@ -18,7 +18,7 @@ from agentwatch.directory import AgentView, orphan_reason
 from agentwatch.identity import Permission, Principal, authorize
 from api import queries
 from api.projection import AgentProjection, Seed, threat_of
-from api.responses import AgentStatus, AgentThreat
+from api.responses import AgentStatus, AgentThreat, Orchestration
 from api.scope import own_tenant, quarantine_state, unknown_agent
 
 #: How many of an agent's latest threats its status shows.
@@ -117,7 +117,14 @@ def agent_status(runtime: object, caller: Principal, agent_id: str) -> AgentStat
         orphaned=orphaned is not None,
         orphan_reason=orphaned,
         **_cluster(projection, view),
+        orchestration=_orchestration(runtime, agent_id),
     )  # fmt: skip
+
+
+def _orchestration(runtime: object, agent_id: str) -> Orchestration | None:
+    assigner = getattr(runtime, "assigner", None)
+    described = assigner.orchestration(agent_id) if assigner is not None else None
+    return None if described is None else Orchestration(**described)
 
 
 def _in_scope(caller: Principal, tenant_id: str, agent_id: str) -> None:

@@ -101,6 +101,7 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
         ("GET", f"/api/v1/maintenance/schedule?tenant={tenant}", None, read, tenant),
         ("POST", "/api/v1/maintenance/schedule", {"tenant_id": tenant}, operate, tenant),
         ("GET", f"/api/v1/capacity/forecast?tenant={tenant}", None, read, tenant),
+        ("POST", "/api/v1/tasks/assign", {"tenant_id": tenant}, operate, tenant),  # 409: no agent
         # shared by every tenant
         ("GET", "/api/v1/rules", None, read, OWN),
         ("GET", "/api/v1/silences", None, read, OWN),
@@ -112,6 +113,8 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
         ("POST", "/api/v1/rules/restore", None, operate, ALL_TENANTS),
         ("POST", "/api/v1/rules/excessive_errors/disable", None, operate, ALL_TENANTS),
         ("POST", "/api/v1/sql", {"query": "SELECT 1"}, Permission.QUERY_SQL, ALL_TENANTS),
+        ("GET", "/api/v1/orchestration/weights", None, read, OWN),
+        ("PUT", "/api/v1/orchestration/weights", {"cost": 0.3}, operate, ALL_TENANTS),
     ]
 
 

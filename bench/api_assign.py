@@ -1,0 +1,441 @@
+"""Latency of ``POST /api/v1/tasks/assign`` with 100,000 agents while heartbeats and
+assignment scores stream.
+
+    .venv/bin/python bench/api_assign.py                     # the issue's figure (~2 min)
+    .venv/bin/python bench/api_assign.py --agents 5000       # a smoke run (~30 s)
+
+What it does, on this machine, against a Tansu broker it starts on a free port and a
+chDB directory of its own:
+
+1. starts the real API (``python -m api``, loader and audit writer on, as the embedded
+   profile runs it) as a child process; the measured requests go to it over HTTP;
+2. fills its fleet through the topics, as in production: ``--agents`` ``registered``
+   events (agents.control), a ``status_changed`` to active for each (agents.state, as
+   the dataflow publishes it) and an ``AssignmentScore`` each (agents.assignment_scores,
+   with per-type predictions for one agent in three), produced directly (100,000
+   requests would take the run past its minutes); waits until an assignment considers
+   them all. ``--agents-per-tenant`` (default: all in one tenant, the worst case: every
+   agent is a candidate of every task);
+3. starts the streams: ``--heartbeat-rate`` heartbeats/s into agents.metrics (the
+   projection reads them: 100,000 agents beating every 30 s is 3,333/s) and
+   ``--score-rate`` assignment scores/s (100,000 agents scored every 60 s: 1,667/s),
+   which the assigner folds under the lock the requests take;
+4. ``--requests`` sequential assignments of each kind (any agent; a rare capability,
+   5 % of the agents; a task type the models know, with its duration), and the
+   409 answer when nothing fits;
+5. ``fold``: an assigner in this process (with its own projection) reading the
+   registry and a burst of scores: CPU per message of the assigner's fold alone; then
+   ``choose in process``: the filters and the scoring alone (no HTTP, no publish) on
+   that fleet, to tell the computation from the machine's load in the HTTP figures.
+
+Results are printed and written as JSON to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx  # noqa: E402
+import orjson  # noqa: E402
+from confluent_kafka import Producer  # noqa: E402
+
+from agentwatch.assignment import Task  # noqa: E402
+from agentwatch.settings import Settings  # noqa: E402
+from api.assign import Assigner  # noqa: E402
+from api.projection import AgentProjection  # noqa: E402
+from api.publisher import EventPublisher  # noqa: E402
+from bench.api import Row, heartbeat, say, start_api, timed  # noqa: E402
+from infra.broker import ensure_topics, free_port, start_broker  # noqa: E402
+
+#: The issue's target (milliseconds): assign p99 ≤ 10 ms with 100,000 agents.
+TARGET_MS = 10.0
+TASK_TYPES = ("ocr", "summarise", "translate")
+
+
+def agent_id(i: int) -> str:
+    return f"agent-{i:06d}"
+
+
+def tenant_of(i: int, per_tenant: int) -> str:
+    return f"tenant-{i // per_tenant:03d}"
+
+
+def score_record(i: int, tenant: str, at: float, rng: random.Random) -> bytes:
+    """An AssignmentScore as the shard publishes it."""
+    by_type = {}
+    if i % 3 == 0:
+        by_type[TASK_TYPES[i % len(TASK_TYPES)]] = {
+            "p_success": round(rng.uniform(0.5, 1.0), 3),
+            "expected_duration_s": round(rng.uniform(5, 120), 1),
+            "outcomes": rng.randrange(1, 50),
+        }
+    parts = {name: round(rng.random(), 3) for name in ("performance", "cost", "sla")}
+    return orjson.dumps({
+        "agent_id": agent_id(i), "tenant_id": tenant, "timestamp": at, "score": 0.5, **parts,
+        "availability": 1.0,
+        "weights": {"performance": 0.4, "cost": 0.3, "availability": 0.2, "sla": 0.1},
+        "state": "active", "active_tasks": rng.randrange(0, 2), "capacity": 4,
+        "success_rate": parts["performance"], "response_time_ms": 120.0,
+        "sla_met_rate": parts["sla"], "tasks_completed": 10, "tasks_failed": 1,
+        "p_fail": round(rng.random() * 0.2, 3), "by_type": by_type, "cause": "heartbeat",
+    })  # fmt: skip
+
+
+def produce_all(producer: Producer, messages) -> None:
+    for topic, key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(120)
+
+
+def fill(settings: Settings, options: argparse.Namespace) -> None:
+    """The fleet's registrations, states and scores, through the topics."""
+    producer = Producer({**settings.kafka_config(), "linger.ms": 20})
+    rng = random.Random(11)
+    now = time.time()
+    control, state = settings.topic("control"), settings.topic("state")
+    scores = settings.topic("assignment_scores")
+
+    def messages():
+        for i in range(options.agents):
+            tenant, agent = tenant_of(i, options.agents_per_tenant), agent_id(i)
+            key = agent.encode()
+            capabilities = ["chat", "search"] + (["gpu"] if i % 20 == 0 else [])
+            registration = {
+                "type": "registered", "agent_id": agent, "tenant_id": tenant,
+                "actor": "bench", "timestamp": now - 10,
+                "payload": {"name": agent, "agent_type": "bot", "owner": "team-bench",
+                            "capabilities": capabilities, "max_concurrent_tasks": 4,
+                            "resources": {"cpu_cores": 2 + i % 8, "cost_per_hour": 0.5}},
+            }  # fmt: skip
+            active = {
+                "type": "status_changed", "agent_id": agent, "tenant_id": tenant,
+                "actor": "system", "timestamp": now - 5,
+                "payload": {"from": "registered", "to": "active"},
+            }  # fmt: skip
+            yield control, key, orjson.dumps(registration)
+            yield state, key, orjson.dumps(active)
+            yield scores, key, score_record(i, tenant, now - 1, rng)
+
+    produce_all(producer, messages())
+
+
+class Streams:
+    """Heartbeats and assignment scores at steady rates, in a thread, until stopped."""
+
+    def __init__(self, settings: Settings, options: argparse.Namespace) -> None:
+        self.settings, self.options = settings, options
+        self.stopping = threading.Event()
+        self.sent = {"heartbeats": 0, "scores": 0}
+        self.thread = threading.Thread(target=self.run, name="streams", daemon=True)
+
+    def run(self) -> None:
+        options, settings = self.options, self.settings
+        producer = Producer({**settings.kafka_config(), "linger.ms": 5})
+        rng = random.Random(5)
+        tick = 0.05
+        metrics, scores = settings.topic("metrics"), settings.topic("assignment_scores")
+        beats_per_tick = max(1, int(options.heartbeat_rate * tick))
+        scores_per_tick = max(0, int(options.score_rate * tick))
+        next_tick = time.perf_counter()
+        while not self.stopping.is_set():
+            now = time.time()
+            for _ in range(beats_per_tick):
+                i = rng.randrange(options.agents)
+                tenant = tenant_of(i, options.agents_per_tenant)
+                try:
+                    producer.produce(metrics, key=agent_id(i).encode(),
+                                     value=heartbeat(agent_id(i), tenant, now))  # fmt: skip
+                    self.sent["heartbeats"] += 1
+                except BufferError:
+                    producer.poll(0.01)
+            for _ in range(scores_per_tick):
+                i = rng.randrange(options.agents)
+                tenant = tenant_of(i, options.agents_per_tenant)
+                try:
+                    producer.produce(scores, key=agent_id(i).encode(),
+                                     value=score_record(i, tenant, now, rng))  # fmt: skip
+                    self.sent["scores"] += 1
+                except BufferError:
+                    producer.poll(0.01)
+            producer.poll(0)
+            next_tick += tick
+            self.stopping.wait(max(0.0, next_tick - time.perf_counter()))
+        producer.flush(10)
+
+    def __enter__(self) -> Streams:
+        self.started = time.perf_counter()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+        self.seconds = time.perf_counter() - self.started
+
+
+def measure(http: httpx.Client, base_url: str, options: argparse.Namespace) -> list[Row]:
+    url = f"{base_url}/api/v1/tasks/assign"
+    tenant = tenant_of(0, options.agents_per_tenant)
+    kinds = {
+        "assign (any agent)": ({"tenant_id": tenant}, 200),
+        "assign (gpu: 5 % fit)": ({"tenant_id": tenant, "required_capabilities": ["gpu"]}, 200),
+        "assign (typed, timed)": (
+            {
+                "tenant_id": tenant,
+                "task_type": "ocr",
+                "estimated_duration": 30.0,
+                "resource_requirements": {"cpu_cores": 4},
+            },
+            200,
+        ),  # fmt: skip
+        "assign (nothing fits: 409)": (
+            {"tenant_id": tenant, "required_capabilities": ["quantum"]},
+            409,
+        ),
+    }
+    for body, _ in kinds.values():
+        for _ in range(20):  # warm-up, not counted
+            http.post(url, json=body)
+    seconds: dict[str, list[float]] = {name: [] for name in kinds}
+    floor: list[float] = []  # the same process's cheapest answer, at the same moments
+    weights = f"{base_url}/api/v1/orchestration/weights"
+    for _ in range(options.requests):  # the kinds in turn: each sees the same moments
+        for name, (body, expect) in kinds.items():
+            seconds[name].append(timed(lambda body=body: http.post(url, json=body), expect))
+        floor.append(timed(lambda: http.get(weights), 200))
+    rows = [Row.of("GET weights (HTTP floor)", floor, "no work: what any answer costs here")]
+    for name, (body, expect) in kinds.items():
+        example = http.post(url, json=body).json()
+        note = (
+            f"{example['eligible']}/{example['considered']} fit"
+            if expect == 200
+            else example["detail"][:60]
+        )
+        row = Row.of(name, seconds[name], note)
+        row.target_ms = TARGET_MS
+        rows.append(row)
+    return rows
+
+
+def publish_latency(settings: Settings, options: argparse.Namespace) -> Row:
+    """What the broker's acknowledgement of one event costs (the API waits for it before
+    it answers: a 200 means the task_assigned is in the log)."""
+    publisher = EventPublisher(settings)
+    seconds = []
+    for i in range(options.requests // 2 + 20):
+        event = {"type": "task_released", "agent_id": "bench-nobody", "tenant_id": "bench",
+                 "actor": "bench", "timestamp": time.time(),
+                 "payload": {"task_id": "none", "reason": "bench"}}  # fmt: skip
+        begun = time.perf_counter()
+        publisher.publish(event, key="bench-nobody")
+        if i >= 20:
+            seconds.append(time.perf_counter() - begun)
+    publisher.close()
+    return Row.of("publish in process (acks=all)", seconds, "one event, waiting for the broker")
+
+
+def fold_cpu(settings: Settings, options: argparse.Namespace) -> list[Row]:
+    """The assigner's fold, in this process: the registry from its beginning, then a
+    burst of scores."""
+    projection = AgentProjection(settings)
+    publisher = EventPublisher(settings)
+    assigner = Assigner(settings, publisher)
+    assigner.attach(projection)
+    started = time.perf_counter()
+    while not projection.ready:
+        projection.poll_once()
+    registry_s = time.perf_counter() - started
+    folded, cpu = assigner.folded, assigner.fold_cpu_s
+    rows = [Row(
+        "fold (registry)", folded,
+        note=f"{cpu / max(folded, 1) * 1e6:.1f} µs CPU/event in the assigner (registration, "
+        f"state); the projection read {options.agents:,} agents' registry in {registry_s:.1f} s",
+    )]  # fmt: skip
+    count, rng, now = 20_000, random.Random(3), time.time() + 60
+    producer = Producer({**settings.kafka_config(), "linger.ms": 20})
+    topic = settings.topic("assignment_scores")
+    produce_all(producer, (
+        (topic, agent_id(i).encode(), score_record(i, tenant_of(i, options.agents_per_tenant),
+                                                   now, rng))
+        for i in (rng.randrange(options.agents) for _ in range(count))
+    ))  # fmt: skip
+    before, cpu_before = assigner.folded, assigner.fold_cpu_s
+    deadline = time.monotonic() + 60
+    while assigner.folded - before < count and time.monotonic() < deadline:
+        projection.poll_once()
+    scores = assigner.folded - before
+    rows.append(Row(
+        "fold (scores)", scores,
+        note=f"{(assigner.fold_cpu_s - cpu_before) / max(scores, 1) * 1e6:.1f} µs CPU/score "
+        "record in the assigner (parse done by the projection)",
+    ))  # fmt: skip
+    tenant = tenant_of(0, options.agents_per_tenant)
+    kinds = {
+        "any": Task(tenant),
+        "gpu": Task(tenant, required_capabilities=("gpu",)),
+        "typed": Task(tenant, task_type="ocr", estimated_duration=30.0,
+                      resource_requirements=(("cpu_cores", 4.0),)),
+        "none": Task(tenant, required_capabilities=("quantum",)),
+    }  # fmt: skip
+    weights = assigner.weights.model_dump()
+    for kind, task in kinds.items():
+        seconds = []
+        for _ in range(options.requests):
+            begun = time.perf_counter()
+            with assigner.lock:
+                assigner.fleet.choose(task, weights, 3, 50.0)
+            seconds.append(time.perf_counter() - begun)
+        rows.append(
+            Row.of(
+                f"choose in process ({kind})",
+                seconds,
+                f"{len(assigner.fleet):,} agents; the filters and scoring alone",
+            )
+        )
+    projection.stop()
+    publisher.close()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, default=100_000)
+    parser.add_argument("--agents-per-tenant", type=int, default=None)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--heartbeat-rate", type=float, default=3334.0)
+    parser.add_argument("--score-rate", type=float, default=1667.0)
+    parser.add_argument(
+        "--no-loader", action="store_true",
+        help="run the API without its loader and audit writer (as the cluster profile does: "
+        "the loader is a process of its own there)",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path("bench/results/api_assign.json"))
+    options = parser.parse_args()
+    options.agents_per_tenant = options.agents_per_tenant or options.agents
+    load_before = os.getloadavg()[0]
+    workdir = Path(tempfile.mkdtemp(prefix="aw-bench-assign-"))
+    broker = start_broker("127.0.0.1", free_port(), log_path=workdir / "tansu.log")
+    api = None
+    try:
+        port = free_port()
+        settings = Settings(
+            bootstrap_servers=broker.bootstrap_servers,
+            clickhouse_dsn=f"chdb://{workdir / 'chdb'}",
+            var_dir=workdir / "var",
+            api_auth_required=False,
+            agents_per_tenant_limit=max(options.agents_per_tenant, 10_000),
+            api_projection_ready_timeout_s=60.0,
+            orchestration_reservation_ttl_s=5.0,  # the bench's tasks never get a verdict
+            api_run_loader=not options.no_loader,
+        )
+        ensure_topics(settings)
+        api = start_api(settings, workdir, port)
+        base_url = f"http://127.0.0.1:{port}"
+        http = httpx.Client(timeout=60)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if http.get(f"{base_url}/api/v1/orchestration/weights").is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            if api.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the API did not start; see {workdir / 'api.log'}")
+            time.sleep(0.2)
+        # the projection is ready once assigned: the scores are read from the topic's end
+        http.post(f"{base_url}/api/v1/tasks/assign", json={"tenant_id": "none"})
+        say(f"API up on {base_url} (log {workdir / 'api.log'})")
+        started = time.perf_counter()
+        fill(settings, options)
+        produced = time.perf_counter() - started
+        say(f"produced {options.agents:,} agents x 3 events in {produced:.1f} s")
+        tenant = tenant_of(0, options.agents_per_tenant)
+
+        def considered() -> int:
+            answer = http.post(
+                f"{base_url}/api/v1/tasks/assign",
+                json={"tenant_id": tenant, "required_capabilities": ["quantum"]},
+            )
+            return answer.json().get("considered", 0)  # fmt: skip
+
+        while (seen := considered()) < options.agents_per_tenant:
+            if time.perf_counter() - started > 300:
+                raise RuntimeError(f"the fleet holds {seen} agents after 300 s")
+            time.sleep(0.5)
+        filled = time.perf_counter() - started
+        say(f"the fleet holds {seen:,} agents of {tenant}, {filled:.1f} s after the first was sent")
+        # the loader in the API process copies what was produced into ClickHouse
+        # meanwhile: measure once it is done, not against it (bench/api.py does the same)
+        while not options.no_loader and time.perf_counter() - started < 300:
+            health = http.get(f"{base_url}/api/v1/system/health").json()
+            if health["loader"]["lag_total"] == 0:
+                break
+            time.sleep(1)
+        say(f"the loader caught up {time.perf_counter() - started:.1f} s after the first was sent")
+        rows = [Row("fill (produce + fold)", options.agents,
+                    note=f"{options.agents / filled:,.0f} agents/s (3 events each) into the "
+                    "API's fleet, through the topics")]  # fmt: skip
+        with Streams(settings, options) as streams:
+            time.sleep(2.0)  # the streams run before the first measured request
+            rows += measure(http, base_url, options)
+        rates = {k: v / streams.seconds for k, v in streams.sent.items()}
+        streaming = (
+            f"while {rates['heartbeats']:,.0f} heartbeats/s and {rates['scores']:,.0f} "
+            "scores/s streamed"
+        )
+        for row in rows[1:]:
+            row.note = f"{row.note}; {streaming}"
+        rows.append(publish_latency(settings, options))
+        rows += fold_cpu(settings, options)
+        print()
+        print(
+            f"{'measure':<30}{'n':>8}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}{'target':>9}  note"
+        )
+        for row in rows:
+            cells = [
+                f"{v:>10.2f}" if v is not None else f"{'':>10}"
+                for v in (row.p50_ms, row.p99_ms, row.max_ms)
+            ]
+            target = f"≤{row.target_ms:g}" if row.target_ms else ""
+            print(f"{row.name:<30}{row.count:>8}{''.join(cells)}{target:>9}  {row.note}")
+        options.out.parent.mkdir(parents=True, exist_ok=True)
+        options.out.write_text(json.dumps({
+            "agents": options.agents, "agents_per_tenant": options.agents_per_tenant,
+            "cpus": os.cpu_count(), "client": "httpx over loopback to python -m api",
+            "api_loader": not options.no_loader,
+            "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+            "heartbeats_per_s": round(rates["heartbeats"]), "scores_per_s": round(rates["scores"]),
+            "rows": [asdict(r) for r in rows],
+        }, indent=2))  # fmt: skip
+        say(f"written {options.out}")
+    finally:
+        if api is not None and api.poll() is None:
+            api.send_signal(signal.SIGTERM)
+            try:
+                api.wait(30)
+            except subprocess.TimeoutExpired:
+                api.kill()
+        broker.stop()
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    main()

@@ -184,6 +184,9 @@ def test_an_assignment_names_the_agent_explains_it_and_is_published(
     assert payload.assigned_by == fleet_of(api).process_id
     pending = fleet_of(api).pending_task("task-1")
     assert pending.status == "assigned" and pending.agent_id == "gpu-2"
+    shown = api.get("/api/v1/tasks/task-1")  # no loader here: answered from the decisions
+    assert shown.status_code == 200, shown.text
+    assert (shown.json()["status"], shown.json()["agent_id"]) == ("assigned", "gpu-2")
 
     again = api.post(ASSIGN, json={"tenant_id": "t1", "task_id": "task-1"})
     assert again.status_code == 409 and "placed already" in again.json()["detail"]

@@ -9,6 +9,7 @@ in-memory fleet answers it, without a ClickHouse query).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
@@ -64,11 +65,20 @@ def get_task(task_id: TaskId, runtime: RuntimeDep, caller: Reader) -> TaskView:
 
 
 def not_loaded_yet(runtime: Runtime, caller: Principal, task_id: str) -> TaskView | None:
-    """The hook for a task this process assigned whose ``task_assigned`` the loader has not
-    stored yet (a ``runtime.pending_task(task_id)`` of the assignment's own memory, scoped
-    to the caller's tenant like the query); none yet, so such a task is a 404 for up to
-    ``loader_batch_age_s``."""
-    return None
+    """A task this process assigned whose ``task_assigned`` the loader has not stored yet,
+    from the assignment's own memory (:meth:`api.assign.Assigner.pending_task`), scoped to
+    the caller's tenant like the query; None when this process did not place it."""
+    if runtime.assigner is None:
+        return None
+    record = runtime.assigner.pending_task(task_id)
+    tenant = own_tenant(caller)
+    if record is None or (tenant is not None and record.tenant_id != tenant):
+        return None
+    fields = record.model_dump()
+    for name in ("deadline", "assigned_at", "accepted_at", "finished_at", "updated_at"):
+        if fields[name] is not None:
+            fields[name] = datetime.fromtimestamp(fields[name], UTC)
+    return TaskView(**fields)
 
 
 def unknown_task(task_id: str) -> str:

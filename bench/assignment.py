@@ -55,12 +55,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agentwatch.assignment import NoFit  # noqa: E402
+from agentwatch.assignment import Task as AssignedTask  # noqa: E402
+from agentwatch.directory import Directory  # noqa: E402
+from agentwatch.orchestration import TaskAssigned, TaskFinished  # noqa: E402
+from agentwatch.settings import Settings  # noqa: E402
+from agentwatch.shard import AgentRegistration, ShardOutput, ShardState  # noqa: E402
 from agentwatch.taskworld import (  # noqa: E402
     DAY_S,
     DURATION_NOISE,
@@ -68,6 +76,16 @@ from agentwatch.taskworld import (  # noqa: E402
     Task,
     TaskWorld,
 )
+from api.assign import Assigner  # noqa: E402
+from schemas.events import (  # noqa: E402
+    CONTROL_CHANNEL,
+    REGISTERED,
+    STATE_CHANNEL,
+    TASK_ASSIGNED,
+    TASK_CHANGED,
+)
+from schemas.heartbeats import parse_heartbeats  # noqa: E402
+from schemas.models import LifecycleEvent, TaskAssignment  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "assignment.json"
 #: The order of priorities when queued tasks are offered again (highest first).
@@ -319,22 +337,106 @@ class PolicyUnavailable(RuntimeError):
     """A policy that cannot run here; the message says why."""
 
 
-def agentwatch_policy(world: TaskWorld, seed: int) -> Policy:
-    """THE SLOT FOR OUR POLICY — the real system's learner and chooser.
+class AgentwatchPolicy:
+    """OURS — the real system's learner and chooser, in process, without Kafka.
 
-    To plug it in (after merging): wrap the shard's per-agent learner
-    (``agentwatch/orchestration.py``: components and River models, fed by ``observe``
-    and ``heartbeat``) and the API's chooser (``agentwatch/assignment.py``: filters then
-    scores) in a class with ``name = "agentwatch"``, ``choose``, ``observe`` and
-    ``heartbeat`` (see :class:`Policy`), and return it here. It sees only what the API
-    sees: the registrations (``view.agents``: capabilities, capacity, resources with
-    ``cost_per_hour``), running tasks, heartbeats and outcomes — never ``world.traits``.
-    """
-    raise PolicyUnavailable(
-        "the agentwatch policy is not plugged in yet: fill agentwatch_policy() in "
-        "bench/assignment.py with the learner (agentwatch/orchestration.py) and the chooser "
-        "(agentwatch/assignment.py)"
-    )
+    The agents are registered with, and every heartbeat, assignment and outcome goes
+    through, one dataflow shard (:class:`agentwatch.shard.ShardState`: the lifecycle table,
+    the detector, the security score, and the orchestration component with its River
+    models); what the shard publishes (``status_changed``, ``task_changed``,
+    ``AssignmentScore`` records, security scores) is folded, as the API folds what it reads
+    from the topics, into the API's registry (:class:`agentwatch.directory.Directory`) and
+    its assignment fleet (:class:`api.assign.Assigner`, whose :class:`~agentwatch.assignment.Fleet`
+    chooses with the filters and the weighted score). A choice becomes a ``task_assigned``
+    the shard accepts or refuses; an outcome is the agent's ``task_completed`` /
+    ``task_failed``. It sees what the API would see — registrations, heartbeats, outcomes —
+    never ``world.traits``. The settings are the defaults (weights 40/30/20/10)."""
+
+    name = "agentwatch"
+
+    def __init__(self, world: TaskWorld, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings(_env_file=None)
+        self.shard = ShardState.new(self.settings)
+        self.directory = Directory()
+        self.assigner = Assigner(self.settings, publisher=None, name="bench")
+        self.assigner.projection = SimpleNamespace(directory=self.directory)
+        self.refused = 0
+        for agent in world.agents:
+            event = LifecycleEvent(
+                type=REGISTERED, agent_id=agent.agent_id, tenant_id=agent.tenant_id,
+                actor="bench", timestamp=BENCH_EPOCH_S, payload=agent.registration(),
+            )  # fmt: skip
+            self.directory.apply(event.model_dump())  # (the API reads agents.control too)
+            self.assigner.on_message(CONTROL_CHANNEL, event.model_dump())
+            self._fold(self.shard.apply(AgentRegistration.from_event(event)))
+
+    def _fold(self, out: ShardOutput) -> None:
+        """What the API's projection and assigner would fold of the shard's output."""
+        on_message = self.assigner.on_message
+        for event in out.events:
+            self.directory.apply(event)
+            on_message(STATE_CHANNEL, event)
+        for score in out.scores:
+            self.directory.apply_score(score)
+            on_message("security", score)
+        for record in out.assignment_scores:
+            on_message("assignment_scores", record)
+
+    def heartbeat(self, beats: list[dict], now: float) -> None:
+        batch, rejected = parse_heartbeats([orjson.dumps(beat) for beat in beats])
+        if rejected:
+            raise RuntimeError(f"the bench made invalid heartbeats: {rejected[:3]}")
+        self._fold(self.shard.observe(batch, BENCH_EPOCH_S + now))
+
+    def choose(self, task: Task, view: FleetView, now: float) -> str | None:
+        wanted = AssignedTask(
+            tenant_id=task.tenant_id,
+            task_type=task.task_type,
+            required_capabilities=tuple(task.required_capabilities),
+            resource_requirements=tuple(dict(task.resource_requirements).items()),
+            estimated_duration=task.estimated_duration_s,
+        )
+        settings = self.settings
+        choice = self.assigner.fleet.choose(
+            wanted, self.assigner.weights.model_dump(), settings.orchestration_candidates,
+            settings.orchestration_min_security_score,
+        )  # fmt: skip
+        if isinstance(choice, NoFit):
+            return None
+        chosen = choice.chosen
+        assignment = TaskAssignment(
+            task_id=task.task_id, task_type=task.task_type, priority=task.priority,
+            required_capabilities=list(task.required_capabilities),
+            resource_requirements=dict(task.resource_requirements),
+            estimated_duration=task.estimated_duration_s,
+            deadline=BENCH_EPOCH_S + task.deadline_s, score=min(max(chosen.score, 0.0), 1.0),
+            components=chosen.components, weights=self.assigner.weights,
+            p_success=chosen.p_success, expected_duration_s=chosen.expected_duration_s,
+            assigned_by="bench",
+        )  # fmt: skip
+        event = LifecycleEvent(
+            type=TASK_ASSIGNED, agent_id=chosen.agent_id, tenant_id=task.tenant_id,
+            actor="bench", timestamp=BENCH_EPOCH_S + now, payload=assignment.model_dump(),
+        )  # fmt: skip
+        out = self.shard.apply(TaskAssigned.from_event(event))
+        self._fold(out)
+        verdicts = [e["payload"]["status"] for e in out.events if e["type"] == TASK_CHANGED]
+        if verdicts != ["accepted"]:
+            self.refused += 1
+            return None
+        return chosen.agent_id
+
+    def observe(self, result: TaskResult) -> None:
+        if result.agent_id is None:
+            return
+        event = LifecycleEvent.model_validate(result.outcome_event())
+        self._fold(self.shard.apply(TaskFinished.from_event(event)))
+
+
+def agentwatch_policy(world: TaskWorld, seed: int) -> Policy:
+    """Our policy: the real system's learner (the dataflow shard) and chooser (the API's
+    fleet); see :class:`AgentwatchPolicy`."""
+    return AgentwatchPolicy(world)
 
 
 #: Policies by name: factories of (world, seed). ``oracle`` is not ours (an upper bound).

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from agentwatch.assignment import Choice, Fleet, NoFit, Task, performance_level
+from agentwatch.assignment import Choice, Fleet, NoFit, Scored, Task, performance_level
 from agentwatch.settings import Settings
 from api.publisher import EventPublisher, PublishError
 from schemas.events import (
@@ -82,6 +82,39 @@ def process_id() -> str:
     True
     """
     return f"api-{socket.gethostname()}-{os.getpid()}"[:128]
+
+
+def task_of(request: TaskRequest, tenant_id: str, exclude: tuple[str, ...] = ()) -> Task:
+    """What the fleet's filters and scoring need of a requested task."""
+    return Task(
+        tenant_id=tenant_id,
+        task_type=request.task_type,
+        required_capabilities=tuple(request.required_capabilities),
+        resource_requirements=tuple(request.resource_requirements.items()),
+        estimated_duration=request.estimated_duration,
+        exclude=frozenset(exclude),
+    )
+
+
+def assignment_of(
+    request: TaskRequest,
+    task_id: str,
+    attempt: int,
+    chosen: Scored,
+    weights: ScoringWeights,
+    assigned_by: str,
+) -> TaskAssignment:
+    """The payload of the ``task_assigned`` that places ``request`` on ``chosen``."""
+    return TaskAssignment(
+        task_id=task_id, task_type=request.task_type, priority=request.priority,
+        required_capabilities=request.required_capabilities,
+        resource_requirements=request.resource_requirements,
+        estimated_duration=request.estimated_duration, deadline=request.deadline,
+        attempt=attempt, score=min(max(chosen.score, 0.0), 1.0),
+        components=ScoreComponents(**chosen.components), weights=weights,
+        p_success=chosen.p_success, expected_duration_s=chosen.expected_duration_s,
+        assigned_by=assigned_by,
+    )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -297,14 +330,7 @@ class Assigner:
         """Choose and reserve (under the lock)."""
         now = time.time()
         self._expire(self.clock())
-        task = Task(
-            tenant_id=tenant_id,
-            task_type=request.task_type,
-            required_capabilities=tuple(request.required_capabilities),
-            resource_requirements=tuple(request.resource_requirements.items()),
-            estimated_duration=request.estimated_duration,
-            exclude=frozenset(exclude),
-        )
+        task = task_of(request, tenant_id, exclude)
         settings = self.settings
         choice = self.fleet.choose(
             task, self.weights.model_dump(), settings.orchestration_candidates,
@@ -313,16 +339,7 @@ class Assigner:
         if isinstance(choice, NoFit):
             return choice
         chosen = choice.chosen
-        assignment = TaskAssignment(
-            task_id=task_id, task_type=request.task_type, priority=request.priority,
-            required_capabilities=request.required_capabilities,
-            resource_requirements=request.resource_requirements,
-            estimated_duration=request.estimated_duration, deadline=request.deadline,
-            attempt=attempt, score=min(max(chosen.score, 0.0), 1.0),
-            components=ScoreComponents(**chosen.components), weights=self.weights,
-            p_success=chosen.p_success, expected_duration_s=chosen.expected_duration_s,
-            assigned_by=self.process_id,
-        )  # fmt: skip
+        assignment = assignment_of(request, task_id, attempt, chosen, self.weights, self.process_id)
         previous = self._decisions.pop(task_id, None)
         decision = Decision(
             task_id=task_id, tenant_id=tenant_id, request=request, actor=actor,

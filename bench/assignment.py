@@ -64,7 +64,6 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agentwatch.assignment import NoFit  # noqa: E402
-from agentwatch.assignment import Task as AssignedTask  # noqa: E402
 from agentwatch.directory import Directory  # noqa: E402
 from agentwatch.orchestration import TaskAssigned, TaskFinished  # noqa: E402
 from agentwatch.settings import Settings  # noqa: E402
@@ -76,7 +75,7 @@ from agentwatch.taskworld import (  # noqa: E402
     Task,
     TaskWorld,
 )
-from api.assign import Assigner  # noqa: E402
+from api.assign import Assigner, assignment_of, task_of  # noqa: E402
 from schemas.events import (  # noqa: E402
     CONTROL_CHANNEL,
     REGISTERED,
@@ -85,7 +84,7 @@ from schemas.events import (  # noqa: E402
     TASK_CHANGED,
 )
 from schemas.heartbeats import parse_heartbeats  # noqa: E402
-from schemas.models import LifecycleEvent, TaskAssignment  # noqa: E402
+from schemas.models import LifecycleEvent, TaskRequest  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "assignment.json"
 #: The order of priorities when queued tasks are offered again (highest first).
@@ -389,31 +388,17 @@ class AgentwatchPolicy:
         self._fold(self.shard.observe(batch, BENCH_EPOCH_S + now))
 
     def choose(self, task: Task, view: FleetView, now: float) -> str | None:
-        wanted = AssignedTask(
-            tenant_id=task.tenant_id,
-            task_type=task.task_type,
-            required_capabilities=tuple(task.required_capabilities),
-            resource_requirements=tuple(dict(task.resource_requirements).items()),
-            estimated_duration=task.estimated_duration_s,
-        )
+        body = task.request()  # (deadline and estimate on the bench's clock, from time 0)
+        request = TaskRequest.model_validate({**body, "deadline": BENCH_EPOCH_S + body["deadline"]})
         settings = self.settings
         choice = self.assigner.fleet.choose(
-            wanted, self.assigner.weights.model_dump(), settings.orchestration_candidates,
-            settings.orchestration_min_security_score,
+            task_of(request, task.tenant_id), self.assigner.weights.model_dump(),
+            settings.orchestration_candidates, settings.orchestration_min_security_score,
         )  # fmt: skip
         if isinstance(choice, NoFit):
             return None
         chosen = choice.chosen
-        assignment = TaskAssignment(
-            task_id=task.task_id, task_type=task.task_type, priority=task.priority,
-            required_capabilities=list(task.required_capabilities),
-            resource_requirements=dict(task.resource_requirements),
-            estimated_duration=task.estimated_duration_s,
-            deadline=BENCH_EPOCH_S + task.deadline_s, score=min(max(chosen.score, 0.0), 1.0),
-            components=chosen.components, weights=self.assigner.weights,
-            p_success=chosen.p_success, expected_duration_s=chosen.expected_duration_s,
-            assigned_by="bench",
-        )  # fmt: skip
+        assignment = assignment_of(request, task.task_id, 1, chosen, self.assigner.weights, "bench")
         event = LifecycleEvent(
             type=TASK_ASSIGNED, agent_id=chosen.agent_id, tenant_id=task.tenant_id,
             actor="bench", timestamp=BENCH_EPOCH_S + now, payload=assignment.model_dump(),

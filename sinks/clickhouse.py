@@ -66,6 +66,30 @@ _COMMANDS_TASK_ID = (
     "task_id Nullable(String) COMMENT 'the task it concerns (run_task, cancel_task), if any'"
 )
 
+#: The columns of an ``AssignmentScore`` (the history and the latest-per-agent tables).
+_ASSIGNMENT_SCORE_COLUMNS = """
+            agent_id String,
+            tenant_id LowCardinality(String),
+            timestamp DateTime64(3, 'UTC'),
+            score Float32 COMMENT 'weighted sum of the components / sum of the weights, 0…1',
+            performance Float32,
+            cost Float32,
+            availability Float32,
+            sla Float32,
+            weights String COMMENT 'JSON: ScoringWeights',
+            state LowCardinality(String),
+            active_tasks UInt32,
+            capacity UInt32,
+            success_rate Float32,
+            response_time_ms Float32,
+            sla_met_rate Float32,
+            tasks_completed UInt64,
+            tasks_failed UInt64,
+            p_fail Nullable(Float32),
+            by_type String COMMENT 'JSON: task type → TypeEstimate',
+            cause LowCardinality(String) COMMENT 'heartbeat, task, state or weights'
+        """
+
 #: Tables read per tenant whose sort key ``tenant_id`` leads (:data:`MIGRATIONS` version 3).
 #: Not here: ``incidents`` and ``audit_log`` (tenant first from the start), ``deadletter``
 #: (bytes that did not parse have no tenant one could trust; fleet-wide reads only),
@@ -404,28 +428,7 @@ def schema_statements(settings: Settings) -> list[str]:
         COMMENT 'one row per registration the dataflow accepted (status_changed to registered)'
         """,
         f"""
-        CREATE TABLE IF NOT EXISTS {db}.assignment_scores (
-            agent_id String,
-            tenant_id LowCardinality(String),
-            timestamp DateTime64(3, 'UTC'),
-            score Float32 COMMENT 'weighted sum of the components / sum of the weights, 0…1',
-            performance Float32,
-            cost Float32,
-            availability Float32,
-            sla Float32,
-            weights String COMMENT 'JSON: ScoringWeights',
-            state LowCardinality(String),
-            active_tasks UInt32,
-            capacity UInt32,
-            success_rate Float32,
-            response_time_ms Float32,
-            sla_met_rate Float32,
-            tasks_completed UInt64,
-            tasks_failed UInt64,
-            p_fail Nullable(Float32),
-            by_type String COMMENT 'JSON: task type → TypeEstimate',
-            cause LowCardinality(String) COMMENT 'heartbeat, task, state or weights'
-        )
+        CREATE TABLE IF NOT EXISTS {db}.assignment_scores ({_ASSIGNMENT_SCORE_COLUMNS})
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(timestamp)
         ORDER BY (tenant_id, agent_id, timestamp, cause)
@@ -433,28 +436,7 @@ def schema_statements(settings: Settings) -> list[str]:
         COMMENT 'history of every agent''s assignment score (agents.assignment_scores)'
         """,
         f"""
-        CREATE TABLE IF NOT EXISTS {db}.assignment_scores_latest (
-            agent_id String,
-            tenant_id LowCardinality(String),
-            timestamp DateTime64(3, 'UTC'),
-            score Float32,
-            performance Float32,
-            cost Float32,
-            availability Float32,
-            sla Float32,
-            weights String,
-            state LowCardinality(String),
-            active_tasks UInt32,
-            capacity UInt32,
-            success_rate Float32,
-            response_time_ms Float32,
-            sla_met_rate Float32,
-            tasks_completed UInt64,
-            tasks_failed UInt64,
-            p_fail Nullable(Float32),
-            by_type String,
-            cause LowCardinality(String)
-        )
+        CREATE TABLE IF NOT EXISTS {db}.assignment_scores_latest ({_ASSIGNMENT_SCORE_COLUMNS})
         ENGINE = ReplacingMergeTree(timestamp)
         ORDER BY (tenant_id, agent_id)
         COMMENT 'latest assignment score per agent (read with FINAL)'

@@ -109,7 +109,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
-from river import linear_model, metrics, optim, utils
 
 from agentwatch.lifecycle import State
 from agentwatch.rows import AgentIndex, ArraySpec, RowArrays
@@ -299,6 +298,27 @@ class Beats:
 
 
 # --- the models ------------------------------------------------------------------------
+class _Learners:
+    """A shard's River models and their rolling metrics (see :class:`OutcomeModels`)."""
+
+    def __init__(self, learning_rate: float, window: int):
+        from river import linear_model, metrics, optim, utils  # (on first use: see learnt)
+
+        self.success = linear_model.LogisticRegression(
+            optimizer=optim.SGD(learning_rate), intercept_lr=learning_rate
+        )
+        self.duration = linear_model.LinearRegression(
+            optimizer=optim.SGD(learning_rate / 10), intercept_lr=learning_rate / 10
+        )
+        self.failure = linear_model.LogisticRegression(
+            optimizer=optim.SGD(learning_rate), intercept_lr=learning_rate
+        )
+        self.success_accuracy = utils.Rolling(metrics.Accuracy, window_size=window)
+        self.success_log_loss = utils.Rolling(metrics.LogLoss, window_size=window)
+        self.duration_mae = utils.Rolling(metrics.MAE, window_size=window)
+        self.failure_accuracy = utils.Rolling(metrics.Accuracy, window_size=window)
+
+
 class OutcomeModels:
     """A shard's online models (River) and their rolling accuracy (see the module doc).
 
@@ -311,35 +331,33 @@ class OutcomeModels:
     """
 
     def __init__(self, learning_rate: float, window: int):
-        self.success = linear_model.LogisticRegression(
-            optimizer=optim.SGD(learning_rate), intercept_lr=learning_rate
-        )
-        self.duration = linear_model.LinearRegression(
-            optimizer=optim.SGD(learning_rate / 10), intercept_lr=learning_rate / 10
-        )
-        self.failure = linear_model.LogisticRegression(
-            optimizer=optim.SGD(learning_rate), intercept_lr=learning_rate
-        )
+        self.learning_rate = learning_rate
         self.window = window
-        self.success_accuracy = utils.Rolling(metrics.Accuracy, window_size=window)
-        self.success_log_loss = utils.Rolling(metrics.LogLoss, window_size=window)
-        self.duration_mae = utils.Rolling(metrics.MAE, window_size=window)
-        self.failure_accuracy = utils.Rolling(metrics.Accuracy, window_size=window)
+        #: The River models and rolling metrics, made when first needed (:attr:`learnt`).
+        self.learners: _Learners | None = None
         self.outcomes = 0
         self.durations = 0
         self.failure_samples = 0
         #: Per task type: [count, mean of log(1 + duration)] over the shard's completions.
         self.type_durations: dict[str, list[float]] = {}
 
+    @property
+    def learnt(self) -> _Learners:
+        """The models, made on first use: a shard that never sees a task outcome never
+        imports River's linear models and metrics (~0.6 s of a process's start-up)."""
+        if self.learners is None:
+            self.learners = _Learners(self.learning_rate, self.window)
+        return self.learners
+
     def p_success(self, x: dict[str, float]) -> float:
-        return float(self.success.predict_proba_one(x).get(True, 0.5))
+        return float(self.learnt.success.predict_proba_one(x).get(True, 0.5))
 
     def learn_success(self, x: dict[str, float], succeeded: bool) -> None:
         """Score ``x`` (rolling accuracy, log loss), then learn from it."""
         p = self.p_success(x)
-        self.success_accuracy.update(succeeded, p >= 0.5)
-        self.success_log_loss.update(succeeded, {True: p, False: 1.0 - p})
-        self.success.learn_one(x, succeeded)
+        self.learnt.success_accuracy.update(succeeded, p >= 0.5)
+        self.learnt.success_log_loss.update(succeeded, {True: p, False: 1.0 - p})
+        self.learnt.success.learn_one(x, succeeded)
         self.outcomes += 1
 
     def type_log_duration(self, task_type: str) -> float | None:
@@ -348,40 +366,42 @@ class OutcomeModels:
 
     def expected_duration(self, x: dict[str, float], base: float) -> float:
         """Seconds, from the log-duration baseline ``base`` and its learnt correction."""
-        return float(math.expm1(max(base + self.duration.predict_one(x), 0.0)))
+        return float(math.expm1(max(base + self.learnt.duration.predict_one(x), 0.0)))
 
     def learn_duration(self, x: dict[str, float], base: float, task_type: str, seconds: float):
         """Score, then learn a completion time (``base``: its log baseline, NaN for the
         first of a type in the shard: nothing to predict or correct yet)."""
         if not math.isnan(base):
-            self.duration_mae.update(seconds, self.expected_duration(x, base))
-            self.duration.learn_one(x, math.log1p(seconds) - base)
+            self.learnt.duration_mae.update(seconds, self.expected_duration(x, base))
+            self.learnt.duration.learn_one(x, math.log1p(seconds) - base)
             self.durations += 1
         seen = self.type_durations.setdefault(task_type, [0.0, 0.0])
         seen[0] += 1
         seen[1] += (math.log1p(seconds) - seen[1]) / seen[0]
 
     def p_fail(self, x: dict[str, float]) -> float:
-        return float(self.failure.predict_proba_one(x).get(True, 0.0))
+        return float(self.learnt.failure.predict_proba_one(x).get(True, 0.0))
 
     def learn_failure(self, x: dict[str, float], failed: bool) -> None:
-        self.failure_accuracy.update(failed, self.p_fail(x) >= 0.5)
-        self.failure.learn_one(x, failed)
+        self.learnt.failure_accuracy.update(failed, self.p_fail(x) >= 0.5)
+        self.learnt.failure.learn_one(x, failed)
         self.failure_samples += 1
 
     def stats(self, at: float) -> dict:
         """The ``ModelStats`` payload (without the shard's name: the dataflow knows it)."""
 
-        def rolling(metric: utils.Rolling, count: int) -> float | None:
-            return None if not count else round(float(metric.get()), 6)
+        def rolling(name: str, count: int) -> float | None:
+            if not count or self.learners is None:
+                return None
+            return round(float(getattr(self.learners, name).get()), 6)
 
         return {
             "shard": "",
             "outcomes": self.outcomes,
-            "success_accuracy": rolling(self.success_accuracy, self.outcomes),
-            "success_log_loss": rolling(self.success_log_loss, self.outcomes),
-            "duration_mae_s": rolling(self.duration_mae, self.durations),
-            "failure_accuracy": rolling(self.failure_accuracy, self.failure_samples),
+            "success_accuracy": rolling("success_accuracy", self.outcomes),
+            "success_log_loss": rolling("success_log_loss", self.outcomes),
+            "duration_mae_s": rolling("duration_mae", self.durations),
+            "failure_accuracy": rolling("failure_accuracy", self.failure_samples),
             "failure_samples": self.failure_samples,
             "window": self.window,
             "timestamp": at,

@@ -502,6 +502,6 @@ def test_outcomes_of_unknown_agents_or_of_endless_task_types_grow_nothing() -> N
             event("task_completed", 0, T0 + n, "events", task_id=f"own-{n}", task_type=kind)
         )
     assert orch.models.outcomes == 40 and len(orch.types) == orch.config.max_task_types == 16
-    one_hots = {k for k in orch.models.success.weights if k.startswith("type=")}
+    one_hots = {k for k in orch.models.learnt.success.weights if k.startswith("type=")}
     assert len(one_hots) == 17 and "type=(other)" in one_hots
     assert orch.bytes_per_agent() == 59 + 8 * 16

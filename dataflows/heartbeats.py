@@ -404,23 +404,29 @@ def incident_messages(topic: str, keyed: tuple[str, list[dict]]) -> list[Message
     ]
 
 
-def by_fleet(score_message: Message) -> list[tuple[str, dict]]:
-    """A published assignment score, under the fleet's one key (one behaviour model)."""
-    return [(FLEET, orjson.loads(score_message.value))]
+def fleet_scores(keyed: tuple[str, ShardOutput]) -> list[tuple[str, list[dict]]]:
+    """A shard's assignment scores of one step, as they are (not yet serialised), under
+    the fleet's one key (one behaviour model)."""
+    scores = keyed[1].assignment_scores
+    return [(FLEET, scores)] if scores else []
 
 
 def cluster_behaviour(
-    settings: Settings, state: BehaviourClusters | None, score: dict
+    settings: Settings, state: BehaviourClusters | None, scores: list[dict]
 ) -> tuple[BehaviourClusters, list[dict]]:
     """Assignment scores of the whole fleet → ``cluster_changed`` of the agents that moved,
     and ``cluster_summary`` when due (:class:`agentwatch.clusters.BehaviourClusters`)."""
     if state is None:
         state = BehaviourClusters.from_settings(settings)
-    try:
-        return state, state.observe(score)
-    except (KeyError, TypeError, ValueError) as exc:  # the shards' own records: not expected
-        log.warning("cluster_record_skipped agent=%s reason=%r", score.get("agent_id"), str(exc))
-        return state, []
+    events = []
+    for score in scores:
+        try:
+            events += state.observe(score)
+        except (KeyError, TypeError, ValueError) as exc:  # the shards' own records
+            log.warning(
+                "cluster_record_skipped agent=%s reason=%r", score.get("agent_id"), str(exc)
+            )
+    return state, events
 
 
 def state_messages(topic: str, keyed: tuple[str, list[dict]]) -> list[Message]:
@@ -432,18 +438,19 @@ def state_messages(topic: str, keyed: tuple[str, list[dict]]) -> list[Message]:
     ]
 
 
-def behaviour_clusters(settings: Settings, found: Stream[Message]) -> Stream[Message]:
-    """The fleet-wide behaviour-cluster steps: the assignment scores among the shards'
-    messages → one model (keyed ``*``: a cluster means the same behaviour in every
-    tenant, and a small tenant's agents are grouped with the fleet's data) → events on
-    ``agents.state``. Its state, the model, is snapshotted with the rest."""
-    scores_topic = settings.topic("assignment_scores")
-    scores = op.filter("published_scores", found, lambda m: m.topic == scores_topic)
+def behaviour_clusters(
+    settings: Settings, observed: Stream[tuple[str, ShardOutput]]
+) -> Stream[Message]:
+    """The fleet-wide behaviour-cluster steps: the assignment scores of every shard's step
+    (the records themselves, one item per step: no per-message filter or parse) → one
+    model (keyed ``*``: a cluster means the same behaviour in every tenant, and a small
+    tenant's agents are grouped with the fleet's data) → events on ``agents.state``. Its
+    state, the model, is snapshotted with the rest."""
     return op.flat_map(
         "cluster_events",
         op.stateful_map(
             "behaviour_clusters",
-            op.flat_map("by_fleet", scores, by_fleet),
+            op.flat_map("fleet_scores", observed, fleet_scores),
             partial(cluster_behaviour, settings),
         ),
         partial(state_messages, settings.topic("state")),
@@ -533,7 +540,7 @@ def build_flow(
         op.stateful_map("coordinated_threats", tenants, partial(coordinate, settings)),
         partial(incident_messages, settings.topic("incidents")),
     )
-    clusters = behaviour_clusters(settings, found)
+    clusters = behaviour_clusters(settings, observed)
     op.output("publish", op.merge("outputs", rejected, found, incidents, clusters), sink)
     return flow
 

@@ -1,5 +1,5 @@
 """The dataflow's behaviour-cluster steps (``dataflows.heartbeats.behaviour_clusters``), fed
-assignment-score messages as the shards publish them, with Bytewax's testing source and
+the shards' steps' outputs (their assignment-score records), with Bytewax's testing source and
 sink, at one worker and two, and resumed from a recovery snapshot."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ from __future__ import annotations
 import bytewax.operators as op
 import orjson
 import pytest
-from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from agentwatch.settings import Settings
+from agentwatch.shard import ShardOutput
 from dataflows.heartbeats import behaviour_clusters, shard_of
 from schemas.models import AssignmentScore
 from tests.test_clusters import GROUPS, fleet_records
@@ -20,9 +20,9 @@ from tests.test_clusters import GROUPS, fleet_records
 SETTINGS = Settings(cluster_count=4, cluster_warmup_records=100, cluster_summary_interval_s=120)
 
 
-def score_message(record: dict) -> KafkaSinkMessage:
-    """An assignment score as the shards publish it (checked against the model)."""
-    full = AssignmentScore.model_validate(
+def score_record(record: dict) -> dict:
+    """An assignment score as a shard makes it (checked against the model)."""
+    return AssignmentScore.model_validate(
         {
             **record,
             "score": 0.5, "performance": 0.5, "availability": 0.5, "sla": record["sla_met_rate"],
@@ -30,28 +30,25 @@ def score_message(record: dict) -> KafkaSinkMessage:
             "cause": "heartbeat",
         }
     ).model_dump(mode="json")  # fmt: skip
-    return KafkaSinkMessage(
-        key=record["agent_id"].encode(),
-        value=orjson.dumps(full),
-        topic=SETTINGS.topic("assignment_scores"),
-    )
 
 
-def messages(records: list[dict]) -> list[KafkaSinkMessage]:
-    """The scores, among the other messages the shards publish (which the steps skip)."""
+def outputs(records: list[dict]) -> list[tuple[str, ShardOutput]]:
+    """The scores as the shards' steps output them, one record per step, among steps
+    that output other things only (which the cluster steps skip)."""
     out = []
     for n, record in enumerate(records):
-        out.append(score_message(record))
+        shard = str(shard_of(record["agent_id"], 4))
+        out.append((shard, ShardOutput(assignment_scores=[score_record(record)])))
         if n % 7 == 0:
             other = {"agent_id": record["agent_id"], "tenant_id": record["tenant_id"]}
-            out.append(KafkaSinkMessage(b"x", orjson.dumps(other), SETTINGS.topic("threats")))
+            out.append((shard, ShardOutput(threats=[other])))
     return out
 
 
-def flow(items: list[KafkaSinkMessage], out: list) -> Dataflow:
+def flow(items: list[tuple[str, ShardOutput]], out: list) -> Dataflow:
     flow = Dataflow("clusters_test")
-    found = op.input("found", flow, TestingSource(items))
-    op.output("publish", behaviour_clusters(SETTINGS, found), TestingSink(out))
+    observed = op.input("observed", flow, TestingSource(items))
+    op.output("publish", behaviour_clusters(SETTINGS, observed), TestingSink(out))
     return flow
 
 
@@ -65,7 +62,7 @@ def published(out: list) -> list[dict]:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_the_fleets_scores_become_cluster_events_on_agents_state(workers: int):
     out: list = []
-    items = messages(fleet_records(per_group=15, rounds=6))
+    items = outputs(fleet_records(per_group=15, rounds=6))
     if workers == 1:
         run_main(flow(items, out))
     else:
@@ -83,7 +80,7 @@ def test_the_fleets_scores_become_cluster_events_on_agents_state(workers: int):
 
 
 def test_one_and_two_workers_give_the_same_events():
-    items = messages(fleet_records(per_group=10, rounds=5))
+    items = outputs(fleet_records(per_group=10, rounds=5))
     one: list = []
     two: list = []
     run_main(flow(items, one))
@@ -97,7 +94,7 @@ def test_the_model_survives_recovery(tmp_path):
     init_db_dir(tmp_path, 1)
     recovery = RecoveryConfig(str(tmp_path))
     records = fleet_records(per_group=10, rounds=8)
-    first = messages(records[: 4 * 10 * 4])
+    first = outputs(records[: 4 * 10 * 4])
     before: list = []
     run_main(flow(first, before), recovery_config=recovery)
     grouped = {
@@ -107,7 +104,7 @@ def test_the_model_survives_recovery(tmp_path):
     }
     assert len(grouped) == 40
     after: list = []
-    run_main(flow(first + messages(records[4 * 10 * 4 :]), after), recovery_config=recovery)
+    run_main(flow(first + outputs(records[4 * 10 * 4 :]), after), recovery_config=recovery)
     resumed = published(after)
     assert [e for e in resumed if e["type"] == "cluster_changed"] == []  # nobody moved
     assert resumed, "the resumed model still publishes (its summaries)"
@@ -123,9 +120,10 @@ def sharded_flow(records: list[dict], out: list) -> Dataflow:
         op.input("scores", flow, TestingSource(records, batch_size=50)),
         lambda r: str(shard_of(r["agent_id"], 8)),
     )
-    shards = op.stateful_map("shards", keyed, lambda state, r: (state, [score_message(r)]))
-    found = op.flat_map("findings", shards, lambda keyed: keyed[1])
-    op.output("publish", behaviour_clusters(SETTINGS, found), TestingSink(out))
+    shards = op.stateful_map(
+        "shards", keyed, lambda state, r: (state, ShardOutput(assignment_scores=[score_record(r)]))
+    )
+    op.output("publish", behaviour_clusters(SETTINGS, shards), TestingSink(out))
     return flow
 
 

@@ -81,6 +81,9 @@ def test_settings_show_masked_secrets_and_children_get_the_real_ones() -> None:
         ("AGENTWATCH_ALERT_WEBHOOKS", f"[{SLACK!r}]", "alert_webhooks"),  # not JSON
         ("AGENTWATCH_API_PORT", "not-a-port", "api_port"),  # errors quote no input at all
     ],
+    # ids without the values: the password is random per run, and parallel workers must
+    # collect the same test names
+    ids=["dsn-scheme", "webhook-scheme", "webhooks-not-json", "port-not-a-number"],
 )
 def test_a_refused_setting_is_reported_without_its_value(variable, value, says) -> None:
     env = {

@@ -33,6 +33,8 @@ from pydantic import (
     model_validator,
 )
 
+from agentwatch.settings import Settings
+
 #: Seconds since the epoch that a heartbeat's timestamp must lie between (2000 … 2100).
 TIMESTAMP_RANGE = (946_684_800.0, 4_102_444_800.0)
 
@@ -689,6 +691,12 @@ class TaskRequest(BaseModel):
     )
 
 
+#: The seed's weights, as the settings module states them (``orchestration_weight_*``).
+_SEED_WEIGHTS = {
+    name: Settings.model_fields[f"orchestration_weight_{name}"].default for name in SCORE_COMPONENTS
+}
+
+
 class ScoringWeights(BaseModel):
     """The weight of each component of the assignment score (the seed's 40/30/20/10);
     the payload of ``weights_changed``. Not all zero; they need not sum to 1 (the score
@@ -700,10 +708,10 @@ class ScoringWeights(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    performance: Share = 0.4
-    cost: Share = 0.3
-    availability: Share = 0.2
-    sla: Share = 0.1
+    performance: Share = _SEED_WEIGHTS["performance"]
+    cost: Share = _SEED_WEIGHTS["cost"]
+    availability: Share = _SEED_WEIGHTS["availability"]
+    sla: Share = _SEED_WEIGHTS["sla"]
 
     @property
     def total(self) -> float:

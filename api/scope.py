@@ -3,6 +3,8 @@ another tenant's agents (404, as if they did not exist)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from clickhouse_connect.driver.client import Client
 from fastapi import HTTPException
 
@@ -25,6 +27,23 @@ def in_scope(
     if agent_id is not None:
         raise HTTPException(404, detail=unknown_agent(agent_id))
     raise HTTPException(status, detail=reason)
+
+
+def agent_rows(
+    client: Client,
+    database: str,
+    caller: Principal,
+    agent_id: str,
+    read: Callable[..., list],
+) -> list:
+    """What ``read(tenant_id=…)`` finds of an agent the caller may read (the agent's
+    tenant, for the query to name); 404 when it finds nothing and the agent is unknown,
+    or is another tenant's."""
+    tenant_id = scope_agent(client, database, caller, Permission.READ, agent_id)
+    found = read(tenant_id=tenant_id)
+    if not found and not queries.agent_is_known(client, database, agent_id, tenant_id=tenant_id):
+        raise HTTPException(404, detail=unknown_agent(agent_id))
+    return found
 
 
 def scope_agent(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,10 +21,10 @@ from api.publisher import PublishError
 from api.responses import AgentSecurity, AgentStatus, AlertList, AnomalyList, ThreatList
 from api.runtime import API_PREFIX, ActorHeader, Operator, Reader, Runtime, RuntimeDep
 from api.scope import (
+    agent_rows,
     in_scope,
     own_tenant,
     quarantine_state,
-    scope_agent,
     tenant_of,
     unknown_agent,
 )
@@ -86,14 +87,11 @@ def agent_anomalies(
     """Scored heartbeats of one agent in a time range, newest first."""
     database = runtime.settings.clickhouse_database
     with runtime.clients.client() as client:
-        tenant_id = scope_agent(client, database, caller, Permission.READ, agent_id)
-        found = queries.anomalies_between(
-            client, database, agent_id, span.since, span.until, span.limit, tenant_id=tenant_id
-        )
-        if not found and not queries.agent_is_known(
-            client, database, agent_id, tenant_id=tenant_id
-        ):
-            raise HTTPException(404, detail=unknown_agent(agent_id))
+        read = partial(
+            queries.anomalies_between, client, database, agent_id, span.since, span.until,
+            span.limit,
+        )  # fmt: skip
+        found = agent_rows(client, database, caller, agent_id, read)
     return AnomalyList(
         agent_id=agent_id,
         since=span.since,
@@ -122,15 +120,11 @@ def agent_threats(
     each with its evidence: the values judged, the baseline, the window."""
     database = runtime.settings.clickhouse_database
     with runtime.clients.client() as client:
-        tenant_id = scope_agent(client, database, caller, Permission.READ, agent_id)
-        found = queries.threats_between(
-            client, database, agent_id, span.since, span.until, span.limit, severity, category,
-            tenant_id=tenant_id,
+        read = partial(
+            queries.threats_between, client, database, agent_id, span.since, span.until,
+            span.limit, severity, category,
         )  # fmt: skip
-        if not found and not queries.agent_is_known(
-            client, database, agent_id, tenant_id=tenant_id
-        ):
-            raise HTTPException(404, detail=unknown_agent(agent_id))
+        found = agent_rows(client, database, caller, agent_id, read)
     return ThreatList(
         agent_id=agent_id,
         since=span.since,
@@ -199,14 +193,10 @@ def agent_alerts(
     """One agent's alerts in their current state, most recently changed first."""
     database = runtime.settings.clickhouse_database
     with runtime.clients.client() as client:
-        tenant_id = scope_agent(client, database, caller, Permission.READ, agent_id)
-        found = queries.current_alerts(
-            client, database, limit, agent_id=agent_id, tenant_id=tenant_id, states=state
+        read = partial(
+            queries.current_alerts, client, database, limit, agent_id=agent_id, states=state
         )
-        if not found and not queries.agent_is_known(
-            client, database, agent_id, tenant_id=tenant_id
-        ):
-            raise HTTPException(404, detail=unknown_agent(agent_id))
+        found = agent_rows(client, database, caller, agent_id, read)
     return AlertList(count=len(found), alerts=found)
 
 

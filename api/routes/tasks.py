@@ -10,11 +10,12 @@ in-memory fleet answers it, without a ClickHouse query).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from agentwatch.identity import Permission, Principal
+from agentwatch.identity import Principal
 from api import queries
 from api.errors import error_responses
 from api.identity import tenant_filter
@@ -27,7 +28,7 @@ from api.responses import (
     TaskView,
 )
 from api.runtime import API_PREFIX, Reader, Runtime, RuntimeDep
-from api.scope import own_tenant, scope_agent, unknown_agent
+from api.scope import agent_rows, own_tenant
 
 router = APIRouter(tags=["tasks"])
 
@@ -126,14 +127,16 @@ def agent_assignment_scores(
     components and weights, and what the models predicted per task type."""
     database = runtime.settings.clickhouse_database
     with runtime.clients.client() as client:
-        tenant_id = scope_agent(client, database, caller, Permission.READ, agent_id)
-        found = queries.assignment_scores_between(
-            client, database, agent_id, span.since, span.until, span.limit, tenant_id=tenant_id
+        read = partial(
+            queries.assignment_scores_between,
+            client,
+            database,
+            agent_id,
+            span.since,
+            span.until,
+            span.limit,
         )
-        if not found and not queries.agent_is_known(
-            client, database, agent_id, tenant_id=tenant_id
-        ):
-            raise HTTPException(404, detail=unknown_agent(agent_id))
+        found = agent_rows(client, database, caller, agent_id, read)
     return AssignmentScoreList(
         agent_id=agent_id,
         since=span.since,

@@ -31,6 +31,7 @@ import multiprocessing
 import os
 import pickle
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -157,10 +158,12 @@ def run_pipeline(
     loader = Loader(settings, client)
     env = {**os.environ, **settings.as_env()}
     log_path = workdir / f"dataflow-{'live' if live else 'backlog'}.log"
+    children_cpu = _children_cpu_s()
+    own_cpu = time.process_time()
     started = time.perf_counter()
     with open(log_path, "wb") as log:
         dataflow = subprocess.Popen(
-            [sys.executable, "-m", "dataflows.heartbeats"],
+            [sys.executable, *profiled(workdir, live), "-m", "dataflows.heartbeats"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parent.parent,
             preexec_fn=die_with_parent_hook(),  # noqa: PLW1509
@@ -202,6 +205,10 @@ def run_pipeline(
         dataflow.terminate()
         dataflow.wait(30)
         loader.stop()
+    # the dataflow's (and a live producer's) CPU, and this process's: the loader, chDB,
+    # the polling queries
+    cpu = {"children_cpu_s": _children_cpu_s() - children_cpu,
+           "loader_process_cpu_s": time.process_time() - own_cpu}  # fmt: skip
     final = client.query(f"SELECT count() FROM {db}.metrics FINAL").result_rows[0][0]
     anomalies = client.query(f"SELECT count() FROM {db}.anomalies FINAL").result_rows[0][0]
     baselines = client.query(f"SELECT count() FROM {db}.baselines FINAL").result_rows[0][0]
@@ -211,7 +218,31 @@ def run_pipeline(
         "metrics_rows": final,
         "anomaly_rows": anomalies,
         "baseline_rows": baselines,
+        **cpu,
     }
+
+
+#: Where to write a cProfile of the dataflow process (``--profile-dataflow``), if at all.
+PROFILE_DIR: Path | None = None
+
+
+def profiled(workdir: Path, live: bool) -> list[str]:
+    """The interpreter's arguments that run the dataflow under cProfile, if asked."""
+    if PROFILE_DIR is None:
+        return []
+    PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+    return [
+        "-m",
+        "cProfile",
+        "-o",
+        str(PROFILE_DIR / f"dataflow-{'live' if live else 'backlog'}.prof"),
+    ]
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's children that have ended."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def state_per_agent(settings: Settings, values: list[bytes], agents: int) -> dict[str, float]:
@@ -243,7 +274,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--skip-live", action="store_true", help="skip end_to_end_live")
     parser.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
+    parser.add_argument(
+        "--profile-dataflow", type=Path, metavar="DIR",
+        help="run the dataflow under cProfile, its profiles written to DIR (slower)",
+    )  # fmt: skip
     args = parser.parse_args()
+    global PROFILE_DIR
+    PROFILE_DIR = args.profile_dataflow
 
     workdir = Path(tempfile.mkdtemp(prefix="agentwatch-bench-"))
     results: dict[str, object] = {

@@ -59,7 +59,6 @@ from pathlib import Path
 import bytewax.operators as op
 import numpy as np
 import orjson
-from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
@@ -87,6 +86,7 @@ from agentwatch.shard import (
     SilenceExpiry,
 )
 from dataflows.clock import ClockSource, Tick, to_every_shard
+from dataflows.kafka_sink import BatchKafkaSink, Message
 from dataflows.kafka_source import STOP, KafkaBatchSource, RawBatch
 from schemas.events import (
     AGENT_CHANNEL,
@@ -119,11 +119,6 @@ log = logging.getLogger("agentwatch.dataflow")
 #: The operators' lifecycle commands besides a release and a quarantine (which the
 #: security score takes part in): the lifecycle table alone decides what they do.
 LIFECYCLE_COMMANDS = frozenset(COMMANDS) - {RELEASED, QUARANTINE_REQUESTED}
-
-Message = KafkaSinkMessage[bytes | None, bytes]
-#: Messages are made with the plain class: calling the subscripted alias ``Message``
-#: goes through ``typing`` and costs more than the rest of making a message.
-_message = KafkaSinkMessage
 
 
 @dataclass(slots=True)
@@ -227,14 +222,26 @@ def to_shards(shard_count: int, checked: CheckedEvents) -> list[tuple[str, Shard
     ] + [(str(shard_of(r.agent_id, shard_count)), r) for r in checked.to_agent_shard]
 
 
-def dead_letters(deadletter_topic: str, checked: CheckedBatch | CheckedEvents) -> list[Message]:
-    """One dead-letter message per rejected message: reason, original bytes, position."""
+def dead_letters(
+    deadletter_topic: str, checked: CheckedBatch | CheckedEvents
+) -> list[list[Message]]:
+    """One dead-letter message per rejected message (reason, original bytes, position),
+    as one item (:func:`one_item`)."""
     raw = checked.raw
     records = dead_letter_records(raw, checked.rejected)
-    return [
-        dead_letter_message(deadletter_topic, record, raw.keys[position])
-        for record, (position, _) in zip(records, checked.rejected, strict=True)
-    ]
+    return one_item(
+        [
+            dead_letter_message(deadletter_topic, record, raw.keys[position])
+            for record, (position, _) in zip(records, checked.rejected, strict=True)
+        ]
+    )
+
+
+def one_item(messages: list[Message]) -> list[list[Message]]:
+    """A step's messages as one item of the flow, none if there are none: the sink
+    (:class:`~dataflows.kafka_sink.BatchKafkaSink`) takes lists, because every item
+    costs a trip through Bytewax's engine and a step's output is many messages."""
+    return [messages] if messages else []
 
 
 def dead_letter_records(raw: RawBatch, rejected: list[tuple[int, str]]) -> list[dict]:
@@ -264,7 +271,7 @@ def dead_letter_records(raw: RawBatch, rejected: list[tuple[int, str]]) -> list[
 
 def dead_letter_message(deadletter_topic: str, record: dict, key: bytes | None) -> Message:
     """A dead-letter record as a message, keyed like the message it holds (``key``)."""
-    return _message(key=key, value=orjson.dumps(record), topic=deadletter_topic)
+    return Message(deadletter_topic, key, orjson.dumps(record))
 
 
 def shard_of(agent_id: str, shard_count: int) -> int:
@@ -358,7 +365,7 @@ OUTPUT_TOPICS = {
 
 def findings(
     topics: dict[str, str], deadletter_topic: str, keyed: tuple[str, ShardOutput]
-) -> list[Message]:
+) -> list[list[Message]]:
     """The shard's records as Kafka messages, keyed by agent; ``topics`` names the
     topic of each kind of output (see :data:`OUTPUT_TOPICS`); the dead letters of the
     heartbeats it refused go to ``deadletter_topic``. A shard's ``model_stats`` is
@@ -370,7 +377,7 @@ def findings(
             event["payload"]["shard"] = shard
             event["agent_id"] = f"{SHARD_REPORTER}{shard}"
     messages = [
-        _message(key=record["agent_id"].encode(), value=orjson.dumps(record), topic=topic)
+        Message(topic, record["agent_id"].encode(), orjson.dumps(record))
         for kind, topic in topics.items()
         for record in getattr(output, kind)
     ]
@@ -378,13 +385,13 @@ def findings(
         for record in output.dead_letters:
             key = None if record["key"] is None else record["key"].encode()
             messages.append(dead_letter_message(deadletter_topic, record, key))
-    return messages
+    return one_item(messages)
 
 
-def by_tenant(threat_message: Message) -> list[tuple[str, dict]]:
-    """A published threat, keyed by its tenant (for the coordination step)."""
-    threat = orjson.loads(threat_message.value)
-    return [(threat["tenant_id"], threat)]
+def by_tenant(keyed: tuple[str, ShardOutput]) -> list[tuple[str, dict]]:
+    """A shard's threats of one step, each keyed by its tenant (for the coordination
+    step)."""
+    return [(threat["tenant_id"], threat) for threat in keyed[1].threats]
 
 
 def coordinate(
@@ -396,12 +403,11 @@ def coordinate(
     return state, state.observe([threat])
 
 
-def incident_messages(topic: str, keyed: tuple[str, list[dict]]) -> list[Message]:
+def incident_messages(topic: str, keyed: tuple[str, list[dict]]) -> list[list[Message]]:
     tenant, incidents = keyed
-    return [
-        _message(key=tenant.encode(), value=orjson.dumps(incident), topic=topic)
-        for incident in incidents
-    ]
+    return one_item(
+        [Message(topic, tenant.encode(), orjson.dumps(incident)) for incident in incidents]
+    )
 
 
 def fleet_scores(keyed: tuple[str, ShardOutput]) -> list[tuple[str, list[dict]]]:
@@ -429,18 +435,17 @@ def cluster_behaviour(
     return state, events
 
 
-def state_messages(topic: str, keyed: tuple[str, list[dict]]) -> list[Message]:
+def state_messages(topic: str, keyed: tuple[str, list[dict]]) -> list[list[Message]]:
     """Events for ``agents.state``, each keyed by its agent (``*`` for the fleet's)."""
     _, events = keyed
-    return [
-        _message(key=event["agent_id"].encode(), value=orjson.dumps(event), topic=topic)
-        for event in events
-    ]
+    return one_item(
+        [Message(topic, event["agent_id"].encode(), orjson.dumps(event)) for event in events]
+    )
 
 
 def behaviour_clusters(
     settings: Settings, observed: Stream[tuple[str, ShardOutput]]
-) -> Stream[Message]:
+) -> Stream[list[Message]]:
     """The fleet-wide behaviour-cluster steps: the assignment scores of every shard's step
     (the records themselves, one item per step: no per-message filter or parse) → one
     model (keyed ``*``: a cluster means the same behaviour in every tenant, and a small
@@ -460,7 +465,7 @@ def behaviour_clusters(
 def build_flow(
     settings: Settings,
     source: Source[RawBatch] | None = None,
-    sink: Sink[Message] | None = None,
+    sink: Sink[list[Message]] | None = None,
     events: Source[RawBatch] | None = None,
     control: Source[RawBatch] | None = None,
     clock: Source[Tick] | None = None,
@@ -469,7 +474,8 @@ def build_flow(
     """The heartbeat dataflow. Without ``source``, heartbeats, agents' events and
     operators' commands are read from Kafka and the clock ticks every ``clock_tick_s``;
     with one (tests), agents' events come from ``events``, commands from ``control`` and
-    ticks from ``clock``, if given. ``sink`` defaults to Kafka. ``wall_clock`` reads the
+    ticks from ``clock``, if given. ``sink`` defaults to Kafka; its items are lists of
+    messages (:func:`one_item`). ``wall_clock`` reads the
     processing time at which a batch of heartbeats is taken (a test may drive it)."""
     if source is None:
         source, events, control = (
@@ -485,11 +491,8 @@ def build_flow(
         )
         clock = ClockSource(settings.clock_tick_s, wall_clock)
     if sink is None:
-        login = {k: v for k, v in settings.kafka_config().items() if k != "bootstrap.servers"}
-        sink = KafkaSink(
-            settings.bootstrap_servers.split(","),
-            topic=None,
-            add_config={**login, "linger.ms": "5", "enable.idempotence": "false"},
+        sink = BatchKafkaSink(
+            {**settings.kafka_config(), "linger.ms": "5", "enable.idempotence": "false"}
         )
     flow = Dataflow("agentwatch_heartbeats")
     batches = op.input("read_heartbeats", flow, source)
@@ -533,8 +536,7 @@ def build_flow(
     found = op.flat_map(
         "findings", observed, partial(findings, topics, settings.topic("deadletter"))
     )
-    threats = op.filter("threats", found, lambda m: m.topic == topics["threats"])
-    tenants = op.flat_map("by_tenant", threats, by_tenant)
+    tenants = op.flat_map("by_tenant", observed, by_tenant)
     incidents = op.flat_map(
         "incidents",
         op.stateful_map("coordinated_threats", tenants, partial(coordinate, settings)),

@@ -331,9 +331,10 @@ def conversation_values() -> list[bytes]:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_conversation_events_flow_to_threats_scores_and_dead_letters(workers: int) -> None:
     import orjson
-    from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+    from bytewax.testing import TestingSource, cluster_main, run_main
 
     from dataflows.heartbeats import build_flow
+    from tests.sinks import MessagesSink
     from tests.test_dataflow import batches, event_batch, stream
 
     settings = Settings(
@@ -345,7 +346,7 @@ def test_conversation_events_flow_to_threats_scores_and_dead_letters(workers: in
     flow = build_flow(
         settings,
         TestingSource(batches(stream(agents=3, steps=5), 50)),
-        TestingSink(out),
+        MessagesSink(out),
         TestingSource(event_batch(conversation_values())),
     )
     if workers == 1:

@@ -6,12 +6,13 @@ import random
 
 import orjson
 import pytest
-from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from bytewax.testing import TestingSource, cluster_main, run_main
 
 from agentwatch.settings import Settings
 from dataflows.heartbeats import build_flow
 from dataflows.kafka_source import RawBatch
 from schemas.heartbeats import parse_heartbeats
+from tests.sinks import MessagesSink
 
 START = 1_800_000_000.0
 
@@ -72,7 +73,7 @@ def run(values: list[bytes], workers: int, batch_size: int = 97) -> list[tuple[s
         agents_auto_register=True, baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8
     )
     out: list = []
-    flow = build_flow(settings, TestingSource(batches(values, batch_size)), TestingSink(out))
+    flow = build_flow(settings, TestingSource(batches(values, batch_size)), MessagesSink(out))
     if workers == 1:
         run_main(flow)
     else:
@@ -179,7 +180,7 @@ def test_rule_changes_on_the_control_topic_reach_every_shard():
     flow = build_flow(
         settings,
         TestingSource(batches(values, 500)),
-        TestingSink(out),
+        MessagesSink(out),
         control=TestingSource(control_batch(events)),
     )
     run_main(flow)
@@ -231,7 +232,7 @@ def test_silences_mark_alerts_and_commands_reach_their_shards():
     out: list = []
     values = stream(agents=4, steps=70, saturated=(2, range(30, 60)))
     flow = build_flow(
-        settings, TestingSource(batches(values, 50)), TestingSink(out),
+        settings, TestingSource(batches(values, 50)), MessagesSink(out),
         control=TestingSource(control_batch(events)),
     )  # fmt: skip
     run_main(flow)
@@ -267,7 +268,7 @@ def test_an_operators_quarantine_request_quarantines_the_agent_once():
     )
     out: list = []
     flow = build_flow(
-        settings, TestingSource(batches(stream(agents=4, steps=40), 50)), TestingSink(out),
+        settings, TestingSource(batches(stream(agents=4, steps=40), 50)), MessagesSink(out),
         control=TestingSource(control_batch(events)),
     )  # fmt: skip
     run_main(flow)
@@ -327,7 +328,7 @@ def test_commands_on_the_agents_topic_are_dead_lettered_and_change_nothing(worke
     flow = build_flow(
         settings,
         TestingSource(batches(heartbeats, 50)),
-        TestingSink(out),
+        MessagesSink(out),
         events=TestingSource(event_batch([orjson.dumps(e) for e in forged + facts])),
         control=TestingSource(control_batch([orjson.dumps(e) for e in (quarantine, facts[0])])),
     )
@@ -381,14 +382,14 @@ def test_a_recovery_directory_made_before_the_control_input_resumes_with_it(tmp_
     warm = batches(stream(agents=3, steps=30), 50)
     before: list = []
     run_main(
-        build_flow(settings, TestingSource(warm), TestingSink(before),
+        build_flow(settings, TestingSource(warm), MessagesSink(before),
                    events=TestingSource(event_batch([]))),
         recovery_config=recovery,
     )  # fmt: skip
     spike = stream(agents=3, steps=31, spike=(1, 30))[-5:-2]
     after: list = []
     run_main(
-        build_flow(settings, TestingSource(warm + batches(spike, 50)), TestingSink(after),
+        build_flow(settings, TestingSource(warm + batches(spike, 50)), MessagesSink(after),
                    events=TestingSource(event_batch([])),
                    control=TestingSource(control_batch([]))),
         recovery_config=recovery,

@@ -9,12 +9,13 @@ import orjson
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from bytewax.testing import TestingSource, cluster_main, run_main
 
 from agentwatch.settings import Settings
 from agentwatch.shard import ShardOutput
 from dataflows.heartbeats import behaviour_clusters, shard_of
 from schemas.models import AssignmentScore
+from tests.sinks import MessagesSink
 from tests.test_clusters import GROUPS, fleet_records
 
 SETTINGS = Settings(cluster_count=4, cluster_warmup_records=100, cluster_summary_interval_s=120)
@@ -48,7 +49,7 @@ def outputs(records: list[dict]) -> list[tuple[str, ShardOutput]]:
 def flow(items: list[tuple[str, ShardOutput]], out: list) -> Dataflow:
     flow = Dataflow("clusters_test")
     observed = op.input("observed", flow, TestingSource(items))
-    op.output("publish", behaviour_clusters(SETTINGS, observed), TestingSink(out))
+    op.output("publish", behaviour_clusters(SETTINGS, observed), MessagesSink(out))
     return flow
 
 
@@ -123,7 +124,7 @@ def sharded_flow(records: list[dict], out: list) -> Dataflow:
     shards = op.stateful_map(
         "shards", keyed, lambda state, r: (state, ShardOutput(assignment_scores=[score_record(r)]))
     )
-    op.output("publish", behaviour_clusters(SETTINGS, shards), TestingSink(out))
+    op.output("publish", behaviour_clusters(SETTINGS, shards), MessagesSink(out))
     return flow
 
 

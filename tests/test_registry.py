@@ -7,7 +7,7 @@ import pickle
 
 import orjson
 import pytest
-from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from bytewax.testing import TestingSource, cluster_main, run_main
 
 from agentwatch.registry import AUTO, REGISTERED, RETIRED, UNKNOWN
 from agentwatch.settings import Settings
@@ -15,6 +15,7 @@ from agentwatch.shard import ShardState
 from dataflows.heartbeats import build_flow, read_events
 from dataflows.kafka_source import RawBatch
 from schemas.heartbeats import parse_heartbeats
+from tests.sinks import MessagesSink
 from tests.test_dataflow import START, batches, heartbeat
 from tests.test_shard import T0, beats_at, command, statuses
 
@@ -251,7 +252,7 @@ def test_the_dataflow_dead_letters_refused_heartbeats_with_their_bytes_and_offse
     settings = STRICT.model_copy(update={"shard_count": 4, "agents_auto_register": auto_register})
     values = [orjson.dumps(heartbeat(a, step)) for step in range(3) for a in range(5)]
     out: list = []
-    flow = build_flow(settings, TestingSource(batches(values, 4)), TestingSink(out))
+    flow = build_flow(settings, TestingSource(batches(values, 4)), MessagesSink(out))
     if workers == 1:
         run_main(flow)
     else:

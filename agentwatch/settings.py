@@ -1187,6 +1187,15 @@ class Settings(BaseSettings):
         "shard accepts or refuses the task (task_changed), or this long at most (the shard, "
         "not the reservation, is what keeps an agent within its capacity).",
     )
+    orchestration_assign_awaits_broker: bool = Field(
+        False,
+        description="Whether POST /api/v1/tasks/assign answers only once the broker has "
+        "acknowledged its task_assigned (one more broker round trip in every answer). When "
+        "false it answers once the event is queued to the broker: the agent's slot is reserved "
+        "either way, and an event the broker does not take (within AGENTWATCH_API_BROKER_"
+        "TIMEOUT_S × 10) lets the slot go and marks the task refused, with the reason, in "
+        "GET /api/v1/tasks/{id}. A broker refusing at once is a 503 either way.",
+    )
     orchestration_max_attempts: int = Field(
         3,
         ge=1,

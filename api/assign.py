@@ -26,6 +26,13 @@ the agent's capacity until the shard's verdict on the task arrives (or
 ``orchestration_reservation_ttl_s`` passes). The shard, which sees every process's
 assignments of its agent in log order, is the authority: with two API processes, the
 second placement of a last slot is refused there and placed again here.
+
+**The answer does not wait for the broker** (unless
+``orchestration_assign_awaits_broker``): ``task_assigned`` is queued and the request
+answered; the reservation holds the slot meanwhile. If the broker does not take the
+event, the slot is let go and the task is marked refused with the reason (its
+``GET /api/v1/tasks/{id}`` says so). The broker's round trip was a third of the
+answer's time at the 99th percentile (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import orjson
 from clickhouse_connect.driver.client import Client
@@ -363,15 +371,37 @@ class Assigner:
             payload=decision.assignment.model_dump(mode="json"),
         ).model_dump(mode="json")  # fmt: skip
         try:
-            self.publisher.publish(event, key=decision.agent_id)
+            if self.settings.orchestration_assign_awaits_broker:
+                self.publisher.publish(event, key=decision.agent_id)
+            else:
+                self.publisher.publish_later(
+                    event, decision.agent_id, partial(self._not_published, decision)
+                )
         except PublishError:
             with self.lock:
-                held = self._reservations.pop(decision.task_id, None)
-                if held is not None:
-                    self.fleet.reserve(held[0], -1)
+                self._let_go(decision)
                 if decision.attempt == 1:
                     self._decisions.pop(decision.task_id, None)
             raise
+
+    def _not_published(self, decision: Decision, reason: str) -> None:
+        """The broker did not take a ``task_assigned`` answered already: the slot goes, and
+        the task says why (refused; not placed again: the broker is the trouble)."""
+        log.error(
+            "task_assigned_not_published task_id=%s agent_id=%s reason=%s",
+            decision.task_id, decision.agent_id, reason,
+        )  # fmt: skip
+        with self.lock:
+            self._let_go(decision)
+            if decision.status == "assigned":
+                decision.status, decision.updated_at = "refused", time.time()
+                decision.reason = f"unplaceable: task_assigned was not published ({reason})"
+
+    def _let_go(self, decision: Decision) -> None:
+        """Release the reservation of ``decision``'s slot, if held (under the lock)."""
+        held = self._reservations.pop(decision.task_id, None)
+        if held is not None:
+            self.fleet.reserve(held[0], -1)
 
     def _expire(self, now: float) -> None:
         """Let go of reservations the shard never answered within their time."""

@@ -15,7 +15,7 @@ request published it (:data:`request_origin`, set per request by
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 
 import orjson
@@ -24,6 +24,9 @@ from confluent_kafka import KafkaException, Producer
 from agentwatch.settings import Settings
 from schemas.events import CONTROL_CHANNEL, refusal
 from sinks.audit import ORIGIN_HEADER
+
+#: How long the delivery thread waits for reports in one call (seconds).
+DELIVERY_POLL_S = 0.1
 
 #: The address of the caller of the request being served ("" outside a request).
 request_origin: ContextVar[str] = ContextVar("request_origin", default="")
@@ -34,16 +37,21 @@ class PublishError(RuntimeError):
 
 
 class EventPublisher:
-    """One producer for ``agents.control``, opened on first use.
+    """The producers of ``agents.control``, opened on first use.
 
     :meth:`publish` waits until the broker has the event (``acks=all``), so an
-    answer of 202 means the event is in the log.
+    answer of 202 means the event is in the log. :meth:`publish_later` (task
+    assignment: an answer in milliseconds) only queues it, and reports a failure
+    later; a :meth:`publish` first waits for what is queued so, so the log keeps the
+    order in which this process published (an assignment, then its release).
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._producer: Producer | None = None
+        self._later: Producer | None = None
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     def publish(self, event: dict, key: str) -> None:
         """Write one command (a ``LifecycleEvent`` dict) and wait for the broker to take it.
@@ -62,8 +70,9 @@ class EventPublisher:
                 failures.append(str(error))
 
         with self._lock:
-            if self._producer is None:
-                self._producer = Producer({**self.settings.kafka_config(), "acks": "all"})
+            self._open()
+            if self._later is not None:  # what publish_later queued goes first
+                self._later.flush(self.settings.api_broker_timeout_s * 10)
             try:
                 self._producer.produce(
                     topic,
@@ -81,6 +90,67 @@ class EventPublisher:
                 f"the command was not published to {topic} ({reason}); "
                 "check that the broker runs (AGENTWATCH_BOOTSTRAP_SERVERS) and retry"
             )
+
+    def publish_later(
+        self, event: dict, key: str, on_failure: Callable[[str], None] | None = None
+    ) -> None:
+        """Queue one command for the broker and return without waiting for it to be taken;
+        ``on_failure(reason)`` is called (from the publisher's delivery thread) if the
+        broker refuses it or does not take it within ``api_broker_timeout_s`` × 10. Raises
+        like :meth:`publish` when the producer refuses it at once (nothing is queued)."""
+        reason = refusal(CONTROL_CHANNEL, str(event.get("type")))
+        if reason is not None:
+            raise ValueError(f"not published: {reason}")
+        topic = self.settings.topic(CONTROL_CHANNEL)
+
+        def delivered(error: object, _message: object) -> None:
+            if error is not None and on_failure is not None:
+                on_failure(f"the broker did not take it: {error}")
+
+        with self._lock:
+            producer = self._open_later()
+            try:
+                producer.produce(
+                    topic, key=key.encode(), value=orjson.dumps(event),
+                    headers=[(ORIGIN_HEADER, request_origin.get().encode())],
+                    on_delivery=delivered,
+                )  # fmt: skip
+            except (KafkaException, BufferError) as exc:
+                raise PublishError(f"Kafka refused the event: {exc}") from None
+            producer.poll(0)
+
+    def _open(self) -> Producer:
+        """The producer of :meth:`publish` and :meth:`publish_many` (made on first use;
+        their ``flush`` serves its delivery reports). Call it holding the lock."""
+        if self._producer is None:
+            self._producer = Producer(self._config())
+        return self._producer
+
+    def _open_later(self) -> Producer:
+        """The producer of :meth:`publish_later`, with a thread of its own that serves its
+        delivery reports (a second producer: :meth:`publish` must see its own reports in
+        its ``flush``, not have them taken by that thread). Call it holding the lock."""
+        if self._later is None:
+            self._later = Producer(self._config())
+            self._stopping.clear()
+            threading.Thread(
+                target=self._serve_deliveries, args=(self._later,),
+                name="control-deliveries", daemon=True,
+            ).start()  # fmt: skip
+        return self._later
+
+    def _config(self) -> dict:
+        return {
+            **self.settings.kafka_config(),
+            "acks": "all",
+            # an event the broker has not taken by then is reported undelivered (the
+            # callers' longest wait), not retried for librdkafka's default five minutes
+            "message.timeout.ms": int(self.settings.api_broker_timeout_s * 10_000),
+        }
+
+    def _serve_deliveries(self, producer: Producer) -> None:
+        while not self._stopping.is_set():
+            producer.poll(DELIVERY_POLL_S)
 
     def publish_many(self, events: Sequence[tuple[dict, str]]) -> list[str | None]:
         """Write many commands (``(event, key)`` pairs) as one batch: produce them all,
@@ -107,9 +177,9 @@ class EventPublisher:
             return delivered
 
         with self._lock:
-            if self._producer is None:
-                self._producer = Producer({**self.settings.kafka_config(), "acks": "all"})
-            producer = self._producer
+            producer = self._open()
+            if self._later is not None:  # what publish_later queued goes first
+                self._later.flush(timeout_s)
             for index, (event, key) in enumerate(events):
                 value = orjson.dumps(event)
                 while True:
@@ -136,6 +206,8 @@ class EventPublisher:
     def close(self) -> None:
         """Deliver what is pending and let go of the producer."""
         with self._lock:
-            if self._producer is not None:
-                self._producer.flush(5)
-                self._producer = None
+            self._stopping.set()
+            for producer in (self._producer, self._later):
+                if producer is not None:
+                    producer.flush(5)
+            self._producer = self._later = None

@@ -27,6 +27,10 @@ class FakePublisher:
             raise PublishError("the broker is away")
         self.events.append((event, key))
 
+    def publish_later(self, event: dict, key: str, on_failure=None) -> None:
+        self.publish(event, key)
+        self.on_failure = on_failure
+
 
 class FakeProjection:
     """What the Assigner uses of the projection: its directory and its listeners."""
@@ -94,6 +98,18 @@ def test_a_failed_publish_holds_nothing_and_forgets_the_task(parts):
     assert assigner.assign(TaskRequest(task_id="lost"), "t1", "ops").decision.agent_id == "a1"
     with pytest.raises(DuplicateTask, match="placed already"):
         assigner.assign(TaskRequest(task_id="lost"), "t1", "ops")
+
+
+def test_an_answered_assignment_the_broker_never_takes_lets_the_slot_go(parts):
+    assigner, publisher, _, _ = parts
+    placed = assigner.assign(TaskRequest(task_id="late"), "t1", "ops")
+    agent = placed.decision.agent_id
+    assert sum(assigner.fleet.reserved.tolist()) == 1
+    publisher.on_failure("the broker did not take it: Local: Message timed out")
+    assert sum(assigner.fleet.reserved.tolist()) == 0
+    record = assigner.pending_task("late")
+    assert record.status == "refused" and record.agent_id == agent
+    assert "not published" in record.reason and "timed out" in record.reason
 
 
 def test_verdicts_on_earlier_attempts_change_nothing_but_counts(parts):

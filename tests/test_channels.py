@@ -17,6 +17,7 @@ from infra.broker import partitions
 from schemas.events import CHANNELS, EventError, channel_of, check_channel, parse_event, refusal
 from schemas.models import LifecycleEvent
 from sinks.loader import LOADED, TABLES
+from tests.conftest import wait_until
 
 KNOWN = sorted(set().union(*CHANNELS.values()))
 COMMANDS = [
@@ -126,3 +127,56 @@ def test_commands_keep_one_order_on_one_partition_by_default():
     assert [partitions(settings, n) for n in ("metrics", "events", "control", "state")] == [
         4, 4, 1, 2,
     ]  # fmt: skip
+
+
+def command(n: int, kind: str = "task_released") -> dict:
+    """An operator's command on agents.control, numbered in its payload."""
+    return LifecycleEvent(
+        type=kind, agent_id="a1", tenant_id="t1", actor="ops", timestamp=1.8e9 + n,
+        payload={"task_id": f"k{n}", "n": n},
+    ).model_dump(mode="json")  # fmt: skip
+
+
+def test_an_event_queued_for_a_broker_that_never_takes_it_is_reported() -> None:
+    from infra.broker import free_port
+
+    publisher = EventPublisher(
+        Settings(bootstrap_servers=f"127.0.0.1:{free_port()}", api_broker_timeout_s=0.2)
+    )
+    failures: list[str] = []
+    try:
+        publisher.publish_later(command(1), "a1", failures.append)  # answers at once
+        wait_until(lambda: failures, 15, "the undelivered report")
+    finally:
+        publisher.close()
+    assert "did not take it" in failures[0]
+
+
+def test_what_is_queued_reaches_the_log_before_what_is_published_after_it(broker) -> None:
+    import uuid
+
+    from infra.broker import ensure_topics
+    from tests.test_dataflow_kafka import TopicReader
+
+    settings = Settings(
+        bootstrap_servers=broker.bootstrap_servers, topic_prefix=f"order{uuid.uuid4().hex[:6]}."
+    )
+    ensure_topics(settings)
+    publisher = EventPublisher(settings)
+    failures: list[str] = []
+    try:
+        for n in range(20):
+            publisher.publish_later(command(n), "a1", failures.append)
+        publisher.publish(command(20), "a1")  # waits for the queued ones first
+    finally:
+        publisher.close()
+    reader = TopicReader(settings, ["control"])
+    try:
+        records = wait_until(
+            lambda: len(reader.poll()[settings.topic("control")]) >= 21 and reader.by_topic,
+            15, "the 21 commands",
+        )  # fmt: skip
+    finally:
+        reader.close()
+    assert [r["payload"]["n"] for r in records[settings.topic("control")]] == list(range(21))
+    assert failures == []

@@ -64,7 +64,7 @@ from api.routes import (
     tasks_assign,
 )
 from api.routes import sql as sql_routes
-from api.runtime import Runtime, get_runtime
+from api.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,6 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
 async def _clickhouse_error(request: Request, exc: ClickHouseError) -> JSONResponse:
     """ClickHouse failed to answer: 503, so callers retry instead of trusting an empty answer."""
     log.error("clickhouse_query_failed path=%s error=%s", request.url.path, exc)
-    secrets = get_runtime(request).settings.secret_values()  # the driver's text may quote them
+    secrets = request.app.state.runtime.settings.secret_values()  # the driver's text may quote them
     message = " ".join(redact(str(exc), secrets).split())[:300]
     return JSONResponse({"detail": f"ClickHouse did not answer: {message}"}, status_code=503)

@@ -29,6 +29,7 @@ from typing import Annotated, Any
 
 from clickhouse_connect.driver.client import Client
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute, APIRouter
 
 from agentwatch.identity import (
@@ -177,6 +178,24 @@ class KeyBook:
     def authenticate(self, client: Client, authorization: str | None) -> Principal:
         """The principal of a request's ``Authorization`` header; :class:`AuthError` says
         why not. Without a header: :data:`LOOPBACK_OPERATOR` when keys are not required."""
+        return self._authenticate(authorization, lambda key_id: self._cached(client, key_id))
+
+    def authenticate_cached(self, authorization: str | None) -> Principal | None:
+        """:meth:`authenticate` from what this process holds, without reading ClickHouse:
+        None when it would have to (a key not in the cache or out of date, or an agent's
+        key, whose revocations are read from ClickHouse). For a request's fast path: the
+        answer and the errors are :meth:`authenticate`'s."""
+        try:
+            return self._authenticate(authorization, self._from_cache, agents=False)
+        except _NotAtHand:
+            return None
+
+    def _authenticate(
+        self,
+        authorization: str | None,
+        lookup: Callable[[str], StoredKey | None],
+        agents: bool = True,
+    ) -> Principal:
         if not authorization:
             if not self.settings.api_auth_required:
                 return LOOPBACK_OPERATOR
@@ -187,7 +206,7 @@ class KeyBook:
         parsed = parse_key(token.strip())
         if parsed is None:
             raise AuthError("that is not an agentwatch API key (aw_<12 hex>_<43 characters>)")
-        stored = self._cached(client, parsed.key_id)
+        stored = lookup(parsed.key_id)
         if stored is None or not _matches(parsed.secret, stored.secret_hash):
             raise AuthError(f"key {parsed.key_id} is not known")  # same answer: no oracle
         now = self.clock()
@@ -202,12 +221,21 @@ class KeyBook:
             )
             raise AuthError(f"key {parsed.key_id} expired at {instant(stored.expires_at)}; {renew}")
         if stored.role is Role.AGENT and self.revocations is not None:
+            if not agents:
+                raise _NotAtHand
             revocation = self.revocations.revoked_since(stored.agent_id)
             if revocation is not None and revocation.revokes(stored.created_at):
                 raise AuthError(
                     f"key {parsed.key_id} is revoked: {revocation.reason(stored.agent_id)}"
                 )
         return stored.principal()
+
+    def _from_cache(self, key_id: str) -> StoredKey | None:
+        with self._lock:
+            hit = self._cache.get(key_id)
+        if hit is None or time.monotonic() - hit[0] >= self.settings.api_key_cache_s:
+            raise _NotAtHand
+        return hit[1]
 
     def _cached(self, client: Client, key_id: str) -> StoredKey | None:
         now = time.monotonic()
@@ -292,6 +320,10 @@ class KeyBook:
         return event.model_dump(mode="json"), event.agent_id
 
 
+class _NotAtHand(Exception):
+    """Authenticating would need a read of ClickHouse (see authenticate_cached)."""
+
+
 def _fields(stored: StoredKey) -> dict:
     return {name: getattr(stored, name) for name in StoredKey.__dataclass_fields__}
 
@@ -304,8 +336,28 @@ def authenticated(request: Request, authorization: str | None) -> Principal:
         with request.app.state.runtime.clients.client() as client:
             return book.authenticate(client, authorization)
     except AuthError as exc:
-        challenge = {"WWW-Authenticate": "Bearer"}
-        raise HTTPException(401, detail=exc.message, headers=challenge) from None
+        raise unauthorized(exc) from None
+
+
+def unauthorized(exc: AuthError) -> HTTPException:
+    """The 401 of a refused key: the reason, and the ask for a bearer token."""
+    return HTTPException(401, detail=exc.message, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def principal_of(request: Request, authorization: str | None) -> Principal:
+    """:func:`authenticated`, on the event loop when the key book holds what it needs
+    (no thread hop: under load each hop waited for a turn of the interpreter), in a
+    worker thread when it must read ClickHouse."""
+    book: KeyBook = request.app.state.runtime.keys
+    try:
+        principal = book.authenticate_cached(authorization)
+    except AuthError as exc:
+        raise HTTPException(
+            401, detail=exc.message, headers={"WWW-Authenticate": "Bearer"}
+        ) from None
+    if principal is None:
+        principal = await run_in_threadpool(authenticated, request, authorization)
+    return principal
 
 
 def needs(permission: Permission, fleet: bool = False) -> Any:
@@ -316,14 +368,14 @@ def needs(permission: Permission, fleet: bool = False) -> Any:
     touches itself (:func:`require_tenant`).
     """
 
-    def caller(
+    async def caller(
         request: Request,
         authorization: Annotated[
             str | None,
             Header(description="'Bearer <API key>'; its role and tenant decide what it may do."),
         ] = None,
     ) -> Principal:
-        principal = authenticated(request, authorization)
+        principal = await principal_of(request, authorization)
         tenant = ALL_TENANTS if fleet else principal.tenant_id
         reason = authorize(principal, permission, tenant, principal.agent_id)
         if reason is not None:
@@ -340,14 +392,14 @@ def needs_any(*permissions: Permission) -> Any:
     principal if its role has any of ``permissions``; the route then checks the agent
     and the tenant it touches itself."""
 
-    def caller(
+    async def caller(
         request: Request,
         authorization: Annotated[
             str | None,
             Header(description="'Bearer <API key>'; its role and tenant decide what it may do."),
         ] = None,
     ) -> Principal:
-        principal = authenticated(request, authorization)
+        principal = await principal_of(request, authorization)
         reasons = [
             authorize(principal, p, principal.tenant_id, principal.agent_id) for p in permissions
         ]

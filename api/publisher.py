@@ -123,7 +123,7 @@ class EventPublisher:
         """The producer of :meth:`publish` and :meth:`publish_many` (made on first use;
         their ``flush`` serves its delivery reports). Call it holding the lock."""
         if self._producer is None:
-            self._producer = Producer(self._config())
+            self._producer = Producer(self._config())  # (its callers wait, then purge)
         return self._producer
 
     def _open_later(self) -> Producer:
@@ -131,7 +131,9 @@ class EventPublisher:
         delivery reports (a second producer: :meth:`publish` must see its own reports in
         its ``flush``, not have them taken by that thread). Call it holding the lock."""
         if self._later is None:
-            self._later = Producer(self._config())
+            # an event the broker has not taken within the callers' longest wait is
+            # reported undelivered, not retried for librdkafka's default five minutes
+            self._later = Producer(self._config(self.settings.api_broker_timeout_s * 10))
             self._stopping.clear()
             threading.Thread(
                 target=self._serve_deliveries, args=(self._later,),
@@ -139,14 +141,11 @@ class EventPublisher:
             ).start()  # fmt: skip
         return self._later
 
-    def _config(self) -> dict:
-        return {
-            **self.settings.kafka_config(),
-            "acks": "all",
-            # an event the broker has not taken by then is reported undelivered (the
-            # callers' longest wait), not retried for librdkafka's default five minutes
-            "message.timeout.ms": int(self.settings.api_broker_timeout_s * 10_000),
-        }
+    def _config(self, message_timeout_s: float | None = None) -> dict:
+        config = {**self.settings.kafka_config(), "acks": "all"}
+        if message_timeout_s is not None:
+            config["message.timeout.ms"] = int(message_timeout_s * 1000)
+        return config
 
     def _serve_deliveries(self, producer: Producer) -> None:
         while not self._stopping.is_set():

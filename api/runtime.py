@@ -177,8 +177,9 @@ FleetOperator = Annotated[Principal, needs(Permission.OPERATE, fleet=True)]
 SqlAnalyst = Annotated[Principal, needs(Permission.QUERY_SQL, fleet=True)]
 
 
-def get_runtime(request: Request) -> Runtime:
-    """The running app's :class:`Runtime` (a FastAPI dependency)."""
+async def get_runtime(request: Request) -> Runtime:
+    """The running app's :class:`Runtime` (a FastAPI dependency; ``async``: FastAPI runs a
+    plain function dependency in a worker thread, a hop for nothing here)."""
     return request.app.state.runtime
 
 

@@ -602,8 +602,13 @@ def test_app_runs_the_loader_and_serves_what_it_loads(
             response = api.get("/api/v1/agents/loaded-agent/status")
             return response.status_code == 200 and response.json()["metrics"]["uptime_seconds"]
 
-        assert wait_until(loaded, 20, "the loader to write the heartbeats") == 86400.0 + 49
-        health = api.get("/api/v1/system/health").json()
+        assert wait_until(loaded, 20, "the heartbeats in the status") == 86400.0 + 49
+
+        def written():  # (the status answers from the projection, which may be first)
+            health = api.get("/api/v1/system/health").json()
+            return health["loader"]["rows_inserted"]["metrics"] >= 50 and health
+
+        health = wait_until(written, 20, "the loader to write the heartbeats")
         assert health["status"] == "ok", health["problems"]
         assert health["loader"]["running"] is True
         assert health["loader"]["rows_inserted"]["metrics"] == 50

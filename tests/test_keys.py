@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -10,6 +12,7 @@ from agentwatch.identity import ALL_TENANTS, Role
 from agentwatch.settings import Settings
 from api.identity import LOOPBACK_OPERATOR, AuthError, KeyBook
 from api.publisher import EventPublisher
+from api.revocation import StoredRevocations
 from infra.broker import ensure_topics
 from sinks.clickhouse import connect, create_schema
 
@@ -83,3 +86,34 @@ def test_without_a_key_the_demo_acts_as_the_loopback_operator_only_when_allowed(
     assert relaxed.authenticate(client, None) == LOOPBACK_OPERATOR
     with pytest.raises(AuthError):  # a key sent is still checked
         relaxed.authenticate(client, "Bearer aw_0123456789ab_" + "x" * 43)
+
+
+def test_the_cached_path_answers_what_the_full_one_does_or_hands_over(book):
+    """authenticate_cached (a request's path on the event loop) never reads ClickHouse:
+    None when it would have to; otherwise the same principal and the same refusals."""
+    keys, client = book
+    cached = KeyBook(keys.settings.model_copy(update={"api_key_cache_s": 60.0}), keys.publisher)
+    stored, token = cached.create(client, Role.OPERATOR, "tenant-1", actor="a", name="ops")
+    assert cached.authenticate_cached(f"Bearer {token}") is None  # not read yet
+    principal = cached.authenticate(client, f"Bearer {token}")  # reads, caches
+    assert cached.authenticate_cached(f"Bearer {token}") == principal
+    wrong = token[:-1] + ("A" if token[-1] != "A" else "B")
+    with pytest.raises(AuthError, match="is not known"):  # the cached key, a wrong secret
+        cached.authenticate_cached(f"Bearer {wrong}")
+    for header, says in [
+        (f"Basic {token}", "must be 'Bearer <API key>'"),
+        ("Bearer not-a-key", "not an agentwatch API key"),
+        (None, "no API key"),
+    ]:
+        with pytest.raises(AuthError, match=says):
+            cached.authenticate_cached(header)
+    # an agent's key: its revocations are read from ClickHouse, so always handed over
+    revocations = KeyBook(
+        keys.settings.model_copy(update={"api_key_cache_s": 60.0}), keys.publisher,
+        revocations=StoredRevocations(
+            keys.settings.clickhouse_database, lambda: nullcontext(client), 60.0
+        ),
+    )  # fmt: skip
+    _, agent_token = revocations.create(client, Role.AGENT, "t1", actor="a", agent_id="agent-7")
+    assert revocations.authenticate(client, f"Bearer {agent_token}").agent_id == "agent-7"
+    assert revocations.authenticate_cached(f"Bearer {agent_token}") is None

@@ -16,11 +16,12 @@ import logging
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentwatch.assignment import NoFit
-from agentwatch.identity import Permission, authorize
+from agentwatch.identity import Permission, Principal, authorize
 from api.assign import Assigner, DuplicateTask
 from api.errors import ERROR_STATUSES, error_responses, unprocessable
 from api.identity import actor_of
@@ -108,7 +109,7 @@ def _assigner(runtime: object) -> Assigner:
               "task id was placed already. " + ERROR_STATUSES[409]},
     },
 )  # fmt: skip
-def assign_task(
+async def assign_task(
     body: TaskRequest, runtime: RuntimeDep, caller: Operator, actor: ActorHeader = "api"
 ) -> AssignedTask | JSONResponse:
     """Place a task on the best agent of its tenant: filters (tenant, state active or idle,
@@ -116,6 +117,23 @@ def assign_task(
     AGENTWATCH_ORCHESTRATION_MIN_SECURITY_SCORE, not quarantined), then the score with the
     current weights. Answers the chosen agent with its score broken down and the next
     best; 409 with a summary ("0/812 agents fit: …") when none fits."""
+    # On the event loop when nothing in it can block (the fleet is read, the answer does
+    # not wait for the broker): the choice takes under a millisecond, and a hop to a worker
+    # thread waited for a turn of the interpreter behind the loader's and the
+    # projection's threads. Otherwise in a worker thread.
+    assigner = runtime.assigner
+    if (
+        assigner is None
+        or not assigner.wait_ready(0)
+        or runtime.settings.orchestration_assign_awaits_broker
+    ):
+        return await run_in_threadpool(_assign_task, body, runtime, caller, actor)
+    return _assign_task(body, runtime, caller, actor)
+
+
+def _assign_task(
+    body: TaskRequest, runtime: object, caller: Principal, actor: str
+) -> AssignedTask | JSONResponse:
     tenant = body.tenant_id or own_tenant(caller)
     if tenant is None:
         raise unprocessable(

@@ -1,0 +1,45 @@
+"""infra/prometheus/agentwatch-alerts.yml: well formed, and every metric it names is one
+the API exports (a renamed metric would silence its alert without a word)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "infra" / "prometheus" / "agentwatch-alerts.yml"
+
+
+def exported() -> set[str]:
+    """The sample names api/prometheus.py exports (counters with ``_total``, summaries
+    with ``_count`` and ``_sum``)."""
+    source = (ROOT / "api" / "prometheus.py").read_text()
+    names: set[str] = set()
+    for kind, name in re.findall(r'(\w+)\(\s*"(agentwatch_\w+)"', source):
+        if kind == "CounterMetricFamily":
+            names.add(f"{name}_total")
+        elif kind == "SummaryMetricFamily":
+            names |= {f"{name}_count", f"{name}_sum"}
+        else:
+            names.add(name)
+    return names
+
+
+def test_the_rules_are_well_formed_and_name_only_exported_metrics() -> None:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len(rules) >= 8
+    names = exported()
+    assert {"agentwatch_up", "agentwatch_loader_errors_total"} <= names  # the scan works
+    for rule in rules:
+        assert re.fullmatch(r"Agentwatch[A-Za-z]+", rule["alert"]), rule
+        assert rule["labels"]["severity"] in ("info", "warning", "critical"), rule
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule
+        if "for" in rule:
+            assert re.fullmatch(r"\d+[smh]", rule["for"]), rule
+        used = set(re.findall(r"agentwatch_\w+", rule["expr"]))
+        assert used and used <= names, f"{rule['alert']}: {sorted(used - names)} not exported"
+        assert rule["expr"].count("(") == rule["expr"].count(")"), rule
+    assert len({rule["alert"] for rule in rules}) == len(rules)

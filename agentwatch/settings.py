@@ -272,6 +272,17 @@ class Settings(BaseSettings):
 
     # --- the dataflow -------------------------------------------------------
     dataflow_workers: int = Field(1, ge=1, description="Bytewax worker threads per process.")
+    dataflow_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the dataflow process's Prometheus /metrics (heartbeats, dead "
+        "letters, records by kind, anomalies, threats by rule, step time); 0: not served. "
+        "Each process of a Bytewax cluster needs its own.",
+    )
+    dataflow_metrics_host: str = Field(
+        "127.0.0.1", description="Address the dataflow's /metrics listens on."
+    )
     source_batch_size: int = Field(
         5000, ge=1, description="Most heartbeats read from one partition in one batch."
     )

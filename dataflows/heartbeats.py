@@ -88,6 +88,7 @@ from agentwatch.shard import (
 from dataflows.clock import ClockSource, Tick, to_every_shard
 from dataflows.kafka_sink import BatchKafkaSink, Message
 from dataflows.kafka_source import STOP, KafkaBatchSource, RawBatch
+from dataflows.metrics import METRICS
 from schemas.events import (
     AGENT_CHANNEL,
     CONTROL_CHANNEL,
@@ -228,6 +229,8 @@ def dead_letters(
     """One dead-letter message per rejected message (reason, original bytes, position),
     as one item (:func:`one_item`)."""
     raw = checked.raw
+    if checked.rejected:
+        METRICS.dead_letters.labels(raw.topic).inc(len(checked.rejected))
     records = dead_letter_records(raw, checked.rejected)
     return one_item(
         [
@@ -325,10 +328,11 @@ def observe_shard(
     """One step of a shard (its state is the shard's): a batch of heartbeats (read at
     ``wall_clock()``), an operator's command (rule change, silence, release), or a tick
     of the clock."""
+    started = time.perf_counter()
     state = ShardState.restore(state, settings)
     if isinstance(item, Tick):
-        return state, state.tick(item.wall)
-    if not isinstance(item, HeartbeatBatch):
+        output = state.tick(item.wall)
+    elif not isinstance(item, HeartbeatBatch):
         try:
             output = state.apply(item)
         except RuleChangeError as exc:
@@ -337,8 +341,11 @@ def observe_shard(
             return state, ShardOutput()
     else:
         output = state.observe(item, wall_clock())
+        METRICS.heartbeats.inc(len(item) - len(output.rejected))
         if output.rejected and item.source is not None:
             output.dead_letters = dead_letter_records(item.source, output.rejected)
+            METRICS.dead_letters.labels(item.source.topic).inc(len(output.rejected))
+    count_outputs(output, time.perf_counter() - started)
     for refused in output.refusals:  # (the lifecycle table said no: nothing changed)
         log.warning(
             "lifecycle_refused agent=%s tenant=%s trigger=%s actor=%s reason=%s",
@@ -346,6 +353,21 @@ def observe_shard(
             refused["actor"], refused["reason"],
         )  # fmt: skip
     return state, output
+
+
+def count_outputs(output: ShardOutput, seconds: float) -> None:
+    """A shard step's outputs and time into the process's metrics (:mod:`dataflows.metrics`)."""
+    for kind in OUTPUT_TOPICS:
+        records = getattr(output, kind)
+        if records:
+            METRICS.records.labels(kind).inc(len(records))
+    if output.anomalies:
+        decided = sum(1 for record in output.anomalies if record["is_anomaly"])
+        if decided:
+            METRICS.anomalies.inc(decided)
+    for threat in output.threats:
+        METRICS.threats.labels(threat["rule"], threat["severity"]).inc()
+    METRICS.step_seconds.observe(seconds)
 
 
 #: Which topic each kind of shard output goes to (the lifecycle events the shards
@@ -628,6 +650,8 @@ def main() -> None:
     settings = with_recorded_layout(settings)
     flow = build_flow(settings)
     tune_garbage_collector(settings.gc_young_threshold)
+    if settings.dataflow_metrics_port:
+        METRICS.serve(settings.dataflow_metrics_host, settings.dataflow_metrics_port)
     log.info(
         "dataflow_starting bootstrap=%s topic=%s workers=%d shards=%d snapshot_interval_s=%g "
         "recovery=%s",

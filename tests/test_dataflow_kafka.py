@@ -10,9 +10,11 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from agentwatch.fleet import DetectorConfig, FleetBaselines
 from agentwatch.settings import Settings
@@ -116,7 +118,7 @@ def dataflow_settings(settings: Settings) -> Settings:
 def test_dataflow_process_publishes_anomalies_baselines_and_dead_letters(
     dataflow_settings: Settings, tmp_path: Path
 ):
-    settings = dataflow_settings
+    settings = dataflow_settings.model_copy(update={"dataflow_metrics_port": free_port()})
     values = stream(agents=6, steps=40, spike=(2, 31))
     flow = DataflowProcess(settings, tmp_path / "dataflow.log")
     flow.start()
@@ -138,6 +140,20 @@ def test_dataflow_process_publishes_anomalies_baselines_and_dead_letters(
         assert {b["agent_id"] for b in topics[settings.topic("baselines")]} == {
             f"agent-{a:04d}" for a in range(6)
         }
+        # the process's /metrics counted the same
+        url = f"http://127.0.0.1:{settings.dataflow_metrics_port}/metrics"
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(httpx.get(url, timeout=5).text)
+            for s in family.samples
+        }
+        topic = settings.topic("metrics")
+        assert samples[("agentwatch_dataflow_heartbeats_total", ())] == len(values) - 80
+        assert samples[("agentwatch_dataflow_dead_letters_total", (("topic", topic),))] == 80
+        assert samples[("agentwatch_dataflow_anomalies_total", ())] == len(spike)
+        baselines = samples[("agentwatch_dataflow_records_total", (("kind", "baselines"),))]
+        assert baselines == len(topics[settings.topic("baselines")])
+        assert samples[("agentwatch_dataflow_shard_step_seconds_count", ())] > 0
     finally:
         reader.close()
         assert flow.stop() == 0, flow.log()

@@ -87,6 +87,18 @@ def publish(settings: Settings, messages: list[tuple[str, dict]]) -> None:
     assert producer.flush(10) == 0
 
 
+def published(
+    settings: Settings, kind: str, count: int, which=lambda _event: True
+) -> list[tuple[bytes, dict]]:
+    """:func:`control_events` once at least ``count`` of them (those ``which`` says) are in
+    the log: an assignment is answered before the broker has its event."""
+    return wait_until(
+        lambda: len(found := [e for e in control_events(settings, kind) if which(e[1])]) >= count
+        and found,
+        20, f"{count} {kind} on agents.control",
+    )  # fmt: skip
+
+
 def control_events(settings: Settings, kind: str) -> list[tuple[bytes, dict]]:
     """(key, event) of every ``kind`` event on agents.control so far."""
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "t"})
@@ -177,7 +189,7 @@ def test_an_assignment_names_the_agent_explains_it_and_is_published(
     assert [c["agent_id"] for c in body["candidates"]] == ["gpu-1"]
     assert (body["considered"], body["eligible"]) == (5, 2)
 
-    (key, event), = control_events(settings, "task_assigned")  # fmt: skip
+    (key, event), = published(settings, "task_assigned", 1)  # fmt: skip
     assert key == b"gpu-2" and event["agent_id"] == "gpu-2" and event["tenant_id"] == "t1"
     payload = TaskAssignment.model_validate(event["payload"])
     assert payload.task_id == "task-1" and payload.attempt == 1
@@ -240,8 +252,8 @@ def test_no_agent_is_over_committed_by_100_concurrent_assigns(api: TestClient, s
         assert accepted + int(fleet.reserved[row]) <= capacity
     refused = [a.json() for a in answers if a.status_code == 409]
     assert all(r["detail"] == "0/10 agents fit: 10 at capacity" for r in refused)
-    published = control_events(settings, "task_assigned")
-    assert Counter(key.decode() for key, _ in published) == per_agent
+    events = published(settings, "task_assigned", sum(per_agent.values()))
+    assert Counter(key.decode() for key, _ in events) == per_agent
 
 
 def test_a_refused_task_is_placed_again_then_reported_unplaceable(
@@ -263,7 +275,9 @@ def test_a_refused_task_is_placed_again_then_reported_unplaceable(
     )
     assert moved.agent_id == "second" and moved.status == "assigned"
     assert assigner.fleet.reserved[assigner.fleet.index["first"]] == 0
-    second = [e for _, e in control_events(settings, "task_assigned") if e["agent_id"] == "second"]
+    second = [
+        e for _, e in published(settings, "task_assigned", 1, lambda e: e["agent_id"] == "second")
+    ]
     assert second and second[0]["payload"]["attempt"] == 2
     # refused again, at the last attempt: unplaceable, said so
     verdict = task_changed({"task_id": "picky", "attempt": 2}, "second", "refused", 2)

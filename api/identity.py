@@ -352,9 +352,7 @@ async def principal_of(request: Request, authorization: str | None) -> Principal
     try:
         principal = book.authenticate_cached(authorization)
     except AuthError as exc:
-        raise HTTPException(
-            401, detail=exc.message, headers={"WWW-Authenticate": "Bearer"}
-        ) from None
+        raise unauthorized(exc) from None
     if principal is None:
         principal = await run_in_threadpool(authenticated, request, authorization)
     return principal

@@ -42,8 +42,8 @@ class EventPublisher:
     :meth:`publish` waits until the broker has the event (``acks=all``), so an
     answer of 202 means the event is in the log. :meth:`publish_later` (task
     assignment: an answer in milliseconds) only queues it, and reports a failure
-    later; a :meth:`publish` first waits for what is queued so, so the log keeps the
-    order in which this process published (an assignment, then its release).
+    later; a :meth:`publish` first waits for what was queued that way, so the log keeps
+    the order in which this process published (an assignment, then its release).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -59,10 +59,7 @@ class EventPublisher:
         A type that is not an operator's command is refused here (a ``ValueError``: the
         dataflow would dead-letter it), so the API cannot publish what it should not.
         """
-        reason = refusal(CONTROL_CHANNEL, str(event.get("type")))
-        if reason is not None:
-            raise ValueError(f"not published: {reason}")
-        topic = self.settings.topic(CONTROL_CHANNEL)
+        topic = self._command_topic(event)
         failures: list[str] = []
 
         def delivered(error: object, _message: object) -> None:
@@ -98,10 +95,7 @@ class EventPublisher:
         ``on_failure(reason)`` is called (from the publisher's delivery thread) if the
         broker refuses it or does not take it within ``api_broker_timeout_s`` × 10. Raises
         like :meth:`publish` when the producer refuses it at once (nothing is queued)."""
-        reason = refusal(CONTROL_CHANNEL, str(event.get("type")))
-        if reason is not None:
-            raise ValueError(f"not published: {reason}")
-        topic = self.settings.topic(CONTROL_CHANNEL)
+        topic = self._command_topic(event)
 
         def delivered(error: object, _message: object) -> None:
             if error is not None and on_failure is not None:
@@ -118,6 +112,14 @@ class EventPublisher:
             except (KafkaException, BufferError) as exc:
                 raise PublishError(f"Kafka refused the event: {exc}") from None
             producer.poll(0)
+
+    def _command_topic(self, event: dict) -> str:
+        """The topic of an operator's command; a ``ValueError`` for any other type (the
+        dataflow would dead-letter it, so the API does not publish it)."""
+        reason = refusal(CONTROL_CHANNEL, str(event.get("type")))
+        if reason is not None:
+            raise ValueError(f"not published: {reason}")
+        return self.settings.topic(CONTROL_CHANNEL)
 
     def _open(self) -> Producer:
         """The producer of :meth:`publish` and :meth:`publish_many` (made on first use;
@@ -160,11 +162,9 @@ class EventPublisher:
         that is not an operator's command is refused before anything is written
         (``ValueError``), as in :meth:`publish`.
         """
-        for event, _key in events:
-            reason = refusal(CONTROL_CHANNEL, str(event.get("type")))
-            if reason is not None:
-                raise ValueError(f"not published: {reason}")
         topic = self.settings.topic(CONTROL_CHANNEL)
+        for event, _key in events:
+            self._command_topic(event)
         outcome: list[str | None] = ["no answer from the broker"] * len(events)
         origin = [(ORIGIN_HEADER, request_origin.get().encode())]
         timeout_s = self.settings.api_broker_timeout_s * 10

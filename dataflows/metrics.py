@@ -38,7 +38,8 @@ class DataflowMetrics:
         )
         self.records = Counter(
             "agentwatch_dataflow_records",
-            "Records the shards published, by kind (anomalies: scored heartbeats).",
+            "Records the shards published, by kind (anomalies: heartbeats that stood out, decided "
+            "anomalous or not).",
             ["kind"],
             registry=r,
         )

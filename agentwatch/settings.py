@@ -26,9 +26,12 @@ from agentwatch.secrets import SLACK_PREFIX, SecretDsn, SecretUrl, reveal, secre
 
 #: Logical topic names; the physical name is ``topic_prefix + "agents." + name``.
 #: ``events`` carries agents' facts, ``control`` operators' commands (only the API
-#: writes it), ``state`` the facts the dataflow derives (``schemas.events.CHANNELS``).
+#: writes it), ``state`` the facts the dataflow derives (``schemas.events.CHANNELS``);
+#: ``metric_rows`` the heartbeats the dataflow took, as Arrow batches for the loader
+#: (``schemas.metric_rows``: decoded once, in the dataflow).
 TOPICS = (
     "metrics",
+    "metric_rows",
     "events",
     "control",
     "state",

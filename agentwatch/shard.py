@@ -100,6 +100,9 @@ class ShardOutput:
     rejected: list[tuple[int, str]] = field(default_factory=list)
     dead_letters: list[dict] = field(default_factory=list)
     assignment_scores: list[dict] = field(default_factory=list)
+    #: The heartbeats of the step the registry let in (for the ``metrics`` table); None
+    #: when the step took none.
+    accepted: HeartbeatBatch | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -662,6 +665,7 @@ class ShardState:
             commands=security.commands,
             events=live.events,
             rejected=rejected,
+            accepted=batch,
         )
         walked = self._lifecycle(out, live.timeouts, security.lifecycle_events, batch, health)
         conditions, raised = judged.transitions + live.transitions, threats + live.threats

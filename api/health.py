@@ -32,6 +32,9 @@ from api.responses import (
 )
 from sinks.loader import Loader
 
+#: The loader's topic whose rows are the heartbeats (into table ``metrics``): the ingest rate.
+METRICS_TOPIC = "metric_rows"
+
 log = logging.getLogger(__name__)
 
 
@@ -200,14 +203,14 @@ class SystemMonitor:
                 datetime.fromtimestamp(stats.last_insert_at, UTC) if stats.last_insert_at else None
             ),
             ingest_rows_per_s=round(
-                self.ingest_rate.update(stats.rows_inserted.get("metrics", 0)), 3
+                self.ingest_rate.update(stats.rows_inserted.get(METRICS_TOPIC, 0)), 3
             ),
         )
 
     def _metrics_rows_inserted(self) -> int:
         if self.loader is None:
             return 0
-        return self.loader.stats().rows_inserted.get("metrics", 0)
+        return self.loader.stats().rows_inserted.get(METRICS_TOPIC, 0)
 
 
 def _broker_health(settings: Settings, probe: BrokerProbeResult) -> BrokerHealth:

@@ -92,11 +92,11 @@ class _HealthCollector(Collector):
         yield lag
         rows = CounterMetricFamily(
             "agentwatch_loader_rows_inserted",
-            "Rows the loader wrote, by ClickHouse table.",
-            labels=["table"],
+            "Rows the loader wrote, by the topic they came from (metric_rows: into metrics).",
+            labels=["topic"],
         )
-        for table, count in sorted(loader.rows_inserted.items()):
-            rows.add_metric([table], count)
+        for topic, count in sorted(loader.rows_inserted.items()):
+            rows.add_metric([topic], count)
         yield rows
         skipped = CounterMetricFamily(
             "agentwatch_loader_skipped_invalid",

@@ -444,7 +444,10 @@ class LoaderHealth(BaseModel):
     running: bool
     lag: dict[str, int] | None = Field(description="Messages behind, by topic; null if no loader.")
     lag_total: int | None
-    rows_inserted: dict[str, int] = Field(description="Rows written since start, by table.")
+    rows_inserted: dict[str, int] = Field(
+        description="Rows written since start, by the topic they came from (metric_rows: the "
+        "heartbeats the dataflow took, into table metrics)."
+    )
     batches_inserted: int
     last_batch_rows: int
     batch_rows_sum: int = Field(description="Rows of all batches together (sum of batch sizes).")

@@ -17,7 +17,9 @@ chDB directory of its own:
    them all. ``--agents-per-tenant`` (default: all in one tenant, the worst case: every
    agent is a candidate of every task);
 3. starts the streams: ``--heartbeat-rate`` heartbeats/s into agents.metrics (the
-   projection reads them: 100,000 agents beating every 30 s is 3,333/s) and
+   projection reads them: 100,000 agents beating every 30 s is 3,333/s), the same as the
+   dataflow hands them on (Arrow batches on agents.metric_rows, which the API process's
+   loader stores; no dataflow runs here) and
    ``--score-rate`` assignment scores/s (100,000 agents scored every 60 s: 1,667/s),
    which the assigner folds under the lock the requests take;
 4. ``--requests`` sequential assignments of each kind (any agent; a rare capability,
@@ -59,6 +61,7 @@ from api.projection import AgentProjection  # noqa: E402
 from api.publisher import EventPublisher  # noqa: E402
 from bench.api import Row, heartbeat, say, start_api, timed  # noqa: E402
 from infra.broker import ensure_topics, free_port, start_broker  # noqa: E402
+from schemas.metric_rows import encode_json  # noqa: E402
 
 #: The issue's target (milliseconds): assign p99 ≤ 10 ms with 100,000 agents.
 TARGET_MS = 10.0
@@ -152,20 +155,26 @@ class Streams:
         rng = random.Random(5)
         tick = 0.05
         metrics, scores = settings.topic("metrics"), settings.topic("assignment_scores")
+        # what the dataflow would hand the API process's loader for the same heartbeats
+        # (no dataflow runs here): one Arrow batch of them per tick, on agents.metric_rows
+        metric_rows = settings.topic("metric_rows")
         beats_per_tick = max(1, int(options.heartbeat_rate * tick))
         scores_per_tick = max(0, int(options.score_rate * tick))
         next_tick = time.perf_counter()
         while not self.stopping.is_set():
             now = time.time()
+            beats = []
             for _ in range(beats_per_tick):
                 i = rng.randrange(options.agents)
                 tenant = tenant_of(i, options.agents_per_tenant)
+                beats.append(heartbeat(agent_id(i), tenant, now))
                 try:
-                    producer.produce(metrics, key=agent_id(i).encode(),
-                                     value=heartbeat(agent_id(i), tenant, now))  # fmt: skip
+                    producer.produce(metrics, key=agent_id(i).encode(), value=beats[-1])
                     self.sent["heartbeats"] += 1
                 except BufferError:
                     producer.poll(0.01)
+            for rows in encode_json(beats):
+                producer.produce(metric_rows, key=b"0", value=rows)
             for _ in range(scores_per_tick):
                 i = rng.randrange(options.agents)
                 tenant = tenant_of(i, options.agents_per_tenant)

@@ -11,7 +11,8 @@ clock (a tick every clock_tick_s) ─► tick_every_shard ───────�
                                           rules, baselines, detector, security, alerts)     │
                                                                      │                      │
                                                                   findings ──► publish ◄────┘
-  to agents.deadletter · agents.anomalies · agents.baselines · agents.threats · agents.state …
+  to agents.metric_rows (the heartbeats taken, as Arrow batches for the loader) ·
+  agents.deadletter · agents.anomalies · agents.baselines · agents.threats · agents.state …
 ```
 
 Two fleet-wide steps read what the shards publish: ``coordinated_threats`` (threats keyed
@@ -113,6 +114,7 @@ from schemas.events import (
     parse_event,
 )
 from schemas.heartbeats import HeartbeatBatch, parse_heartbeats
+from schemas.metric_rows import encode as encode_rows
 from schemas.models import RuleChange, Silence
 
 log = logging.getLogger("agentwatch.dataflow")
@@ -386,11 +388,16 @@ OUTPUT_TOPICS = {
 
 
 def findings(
-    topics: dict[str, str], deadletter_topic: str, keyed: tuple[str, ShardOutput]
+    topics: dict[str, str],
+    deadletter_topic: str,
+    metric_rows_topic: str,
+    keyed: tuple[str, ShardOutput],
 ) -> list[list[Message]]:
     """The shard's records as Kafka messages, keyed by agent; ``topics`` names the
     topic of each kind of output (see :data:`OUTPUT_TOPICS`); the dead letters of the
-    heartbeats it refused go to ``deadletter_topic``. A shard's ``model_stats`` is
+    heartbeats it refused go to ``deadletter_topic``, the heartbeats it took to
+    ``metric_rows_topic`` as Arrow batches keyed by the shard (:mod:`schemas.metric_rows`:
+    the loader stores them without parsing them again). A shard's ``model_stats`` is
     signed with the shard's key (only the dataflow knows it), in its payload and as its
     agent id (``shard:<key>``, :data:`~schemas.events.SHARD_REPORTER`)."""
     shard, output = keyed
@@ -407,6 +414,9 @@ def findings(
         for record in output.dead_letters:
             key = None if record["key"] is None else record["key"].encode()
             messages.append(dead_letter_message(deadletter_topic, record, key))
+    if output.accepted is not None:
+        key = shard.encode()
+        messages += [Message(metric_rows_topic, key, rows) for rows in encode_rows(output.accepted)]
     return one_item(messages)
 
 
@@ -556,7 +566,9 @@ def build_flow(
     )
     topics = {kind: settings.topic(name) for kind, name in OUTPUT_TOPICS.items()}
     found = op.flat_map(
-        "findings", observed, partial(findings, topics, settings.topic("deadletter"))
+        "findings",
+        observed,
+        partial(findings, topics, settings.topic("deadletter"), settings.topic("metric_rows")),
     )
     tenants = op.flat_map("by_tenant", observed, by_tenant)
     incidents = op.flat_map(

@@ -1,14 +1,19 @@
 """The ClickHouse loader: Kafka topics → idempotent batches in ClickHouse.
 
-One consumer reads ``agents.metrics`` and the derived topics (``anomalies``,
+One consumer reads the dataflow's topics (``metric_rows``, ``anomalies``,
 ``baselines``, ``threats``, ``alerts``, ``security``, ``assignment_scores``,
 ``commands``, ``incidents``, ``deadletter``) and the three lifecycle channels
 (``events``: agents' facts, ``control``: operators' commands, ``state``: the
 dataflow's derived facts) by partition assignment (consumer groups are slow on the
 embedded broker) and copies each topic into its table (:data:`LOADED`, one entry per
-topic: the table of the same name, but ``security`` → ``security_scores`` and the
-three channels → ``agent_events``), in batches of ``loader_batch_rows`` rows or
-``loader_batch_age_s`` seconds, whichever comes first.
+topic: the table of the same name, but ``metric_rows`` → ``metrics``, ``security`` →
+``security_scores`` and the three channels → ``agent_events``), in batches of
+``loader_batch_rows`` rows or ``loader_batch_age_s`` seconds, whichever comes first.
+
+Heartbeats are decoded once, by the dataflow: the loader never reads
+``agents.metrics``, but the Arrow batches of the heartbeats the dataflow took
+(``agents.metric_rows``, :mod:`schemas.metric_rows`), checked with a few array
+operations per message and handed to ClickHouse as they are (``FORMAT ArrowStream``).
 
 A topic renamed since an earlier release (``agentwatch.settings.RENAMED_TOPICS``:
 ``agents.scores`` → ``agents.security``) is read under its old name too, into the
@@ -77,6 +82,7 @@ from functools import partial
 
 import orjson
 import pandas as pd
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DataError
 from confluent_kafka import (
@@ -101,7 +107,7 @@ from schemas.events import (
     TASK_CHANGED,
     check_channel,
 )
-from schemas.heartbeats import parse_heartbeats
+from schemas.metric_rows import decode as decode_metric_rows
 from schemas.models import (
     TASK_STATUSES,
     TIMESTAMP_RANGE,
@@ -171,7 +177,7 @@ class _PendingTable:
 
     name: str  # the logical topic
     table: str
-    frames: list[pd.DataFrame] = field(default_factory=list)  # metrics: parsed batches
+    tables: list[pa.Table] = field(default_factory=list)  # metric_rows: Arrow batches
     records: list[dict] = field(default_factory=list)  # derived topics: one dict per row
     #: projection table → its rows (made from the same messages; see LoadedTopic.projections)
     projected: dict[str, list[dict]] = field(default_factory=dict)
@@ -182,15 +188,11 @@ class _PendingTable:
     since: float | None = None
 
     def frame(self) -> pd.DataFrame:
-        """All pending rows as one DataFrame in the table's layout."""
-        if len(self.frames) == 1:
-            return self.frames[0]
-        if self.frames:
-            return pd.concat(self.frames, ignore_index=True)
+        """All pending rows of a derived topic as one DataFrame in the table's layout."""
         return LOADED[self.name].frame(self.records)
 
     def clear_rows(self) -> None:
-        self.frames, self.records, self.rows = [], [], 0
+        self.tables, self.records, self.rows = [], [], 0
         self.projected = {}
 
 
@@ -532,11 +534,11 @@ class Loader:
             self._rewind({tp for tp in next_offsets})
             raise
         now = time.monotonic()
-        for topic, (frame, records, projected, skipped) in parsed.items():
+        for topic, (tables, records, projected, skipped) in parsed.items():
             pending = self._pending[topic]
-            if frame is not None and len(frame):
-                pending.frames.append(frame)
-                pending.rows += len(frame)
+            for table in tables:
+                pending.tables.append(table)
+                pending.rows += table.num_rows
             if records:
                 pending.records.extend(records)
                 pending.rows += len(records)
@@ -555,18 +557,21 @@ class Loader:
 
     def _parse(
         self, topic: str, messages: list[Message]
-    ) -> tuple[pd.DataFrame | None, list[dict], dict[str, list[dict]], int]:
-        """(metrics frame, derived rows, projected rows by table, messages skipped) of one
-        topic's messages. A message is taken whole or refused whole: its row and the row
+    ) -> tuple[list[pa.Table], list[dict], dict[str, list[dict]], int]:
+        """(Arrow batches, derived rows, projected rows by table, messages skipped) of one
+        topic's messages. A message is taken whole or refused whole: its rows and the row
         of each projection, or nothing."""
         name = self._logical[topic]
         loaded = LOADED[name]
-        if loaded.row is None:
-            values = list(map(Message.value, messages))
-            if None in values:
-                values = [b"" if value is None else value for value in values]
-            batch, rejected = parse_heartbeats(values, self._settings.max_message_bytes)
-            return batch.to_frame(), [], {}, len(rejected)
+        if loaded.row is None:  # metric_rows: checked, never parsed row by row
+            tables, skipped = [], 0
+            for message in messages:
+                try:
+                    tables.append(decode_metric_rows(message.value()))
+                except ValueError as exc:
+                    skipped += 1
+                    self._log_skipped(message, exc)
+            return tables, [], {}, skipped
         to_row, projections = loaded.row, loaded.projections
         rows, skipped = [], 0
         projected: dict[str, list[dict]] = {p.table: [] for p in projections}
@@ -581,18 +586,22 @@ class Loader:
                         projected[table].append(projected_row)
             except Exception as exc:
                 skipped += 1
-                log.warning(
-                    "derived_message_skipped topic=%s partition=%d offset=%d bytes=%d reason=%r",
-                    topic,
-                    message.partition(),
-                    message.offset(),
-                    len(value or b""),
-                    _one_line(exc),
-                )
+                self._log_skipped(message, exc)
         if loaded.stamps_cluster_id:
             for row in rows:
                 row["cluster_id"] = row["cluster_id"] or self._cluster_id or ""
-        return None, rows, {t: r for t, r in projected.items() if r}, skipped
+        return [], rows, {t: r for t, r in projected.items() if r}, skipped
+
+    @staticmethod
+    def _log_skipped(message: Message, exc: Exception) -> None:
+        log.warning(
+            "derived_message_skipped topic=%s partition=%d offset=%d bytes=%d reason=%r",
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            len(message.value() or b""),
+            _one_line(exc),
+        )
 
     def _rewind(self, partitions: Iterable[Partition]) -> None:
         """Seek back to the first message not yet taken, so a failed batch is read again."""
@@ -652,7 +661,13 @@ class Loader:
         if not rows:
             return 0
         started = time.perf_counter()
-        dropped = self._insert_frame(pending.table, pending.frame())
+        if pending.tables:  # (ClickHouse reads Arrow as it is: no rows made in Python)
+            tables = pending.tables
+            arrow = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+            self._client.insert_arrow(pending.table, arrow, database=self._database)
+            dropped = 0
+        else:
+            dropped = self._insert_frame(pending.table, pending.frame())
         for projection in LOADED[pending.name].projections:  # (before the offsets, too)
             projected = pending.projected.get(projection.table)
             if projected:
@@ -1196,7 +1211,7 @@ class LoadedTopic:
     #: The table it goes to.
     table: str
     #: One message → one row (raises on a message the table must not hold). None for
-    #: ``metrics``, whose heartbeats are parsed a batch at a time.
+    #: ``metric_rows``, whose messages are Arrow batches (``schemas.metric_rows``).
     row: Callable[[bytes], dict] | None = None
     #: Rows → the DataFrame inserted (the table's columns, times as UTC timestamps).
     frame: Callable[[list[dict]], pd.DataFrame] | None = None
@@ -1213,7 +1228,7 @@ _event_frame = _frame((*LifecycleEvent.model_fields, "channel"), ("timestamp",))
 #: Every topic the loader copies (logical name → how); adding an output kind is one
 #: entry here (and its table in ``sinks.clickhouse``).
 LOADED: dict[str, LoadedTopic] = {
-    "metrics": LoadedTopic("metrics"),
+    "metric_rows": LoadedTopic("metrics"),
     "anomalies": LoadedTopic(
         "anomalies",
         anomaly_row,

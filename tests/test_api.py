@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agentwatch.settings import Settings
 from api.app import create_app
 from infra.broker import ensure_topics, free_port
+from schemas.metric_rows import encode_json
 from sinks.clickhouse import connect, create_schema
 from tests.conftest import LOOPBACK_CLIENT, wait_until
 
@@ -535,19 +536,34 @@ def test_docs_openapi_and_unknown_routes(api: TestClient):
 # --- with the real broker -------------------------------------------------------------
 
 
+def heartbeat_docs(agent: str, count: int) -> list[dict]:
+    """``count`` heartbeats of one agent, one second apart, the last a second ago."""
+    return [
+        {"agent_id": agent, "tenant_id": "t1", "timestamp": NOW - count + i,
+         "cpu_usage": 40.0 + i % 5, "memory_usage": 60.0, "disk_usage": 30.0,
+         "network_latency": 12.5, "active_tasks": 3, "completed_tasks": 150 + i,
+         "failed_tasks": 2, "error_rate": 0.01, "response_time_avg": 230.0,
+         "uptime_seconds": 86400.0 + i, "bytes_out": 1024}
+        for i in range(count)
+    ]  # fmt: skip
+
+
 def produce_heartbeats(
     settings: Settings, agent: str, count: int, partition: int | None = None
 ) -> None:
     """``count`` heartbeats of one agent, in one producer batch (keyed, or to ``partition``)."""
     producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 50})
     extra = {} if partition is None else {"partition": partition}
-    for i in range(count):
-        doc = {"agent_id": agent, "tenant_id": "t1", "timestamp": NOW - count + i,
-               "cpu_usage": 40.0 + i % 5, "memory_usage": 60.0, "disk_usage": 30.0,
-               "network_latency": 12.5, "active_tasks": 3, "completed_tasks": 150 + i,
-               "failed_tasks": 2, "error_rate": 0.01, "response_time_avg": 230.0,
-               "uptime_seconds": 86400.0 + i, "bytes_out": 1024}  # fmt: skip
+    for doc in heartbeat_docs(agent, count):
         producer.produce(settings.topic("metrics"), orjson.dumps(doc), key=agent.encode(), **extra)
+    assert producer.flush(10) == 0
+
+
+def produce_metric_rows(settings: Settings, agent: str, count: int) -> None:
+    """The same heartbeats as the dataflow hands them to the loader (one Arrow batch)."""
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    for message in encode_json(list(map(orjson.dumps, heartbeat_docs(agent, count)))):
+        producer.produce(settings.topic("metric_rows"), message, key=b"0")
     assert producer.flush(10) == 0
 
 
@@ -592,11 +608,13 @@ def test_health_is_ok_and_reports_dataflow_lag_with_a_real_broker(settings: Sett
 def test_app_runs_the_loader_and_serves_what_it_loads(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ):
-    """The full lifespan: the app opens ClickHouse itself, loads heartbeats, stops cleanly."""
+    """The full lifespan: the app opens ClickHouse itself, loads heartbeats (as the
+    dataflow hands them on: Arrow batches on agents.metric_rows), stops cleanly."""
     ensure_topics(settings)
     app = create_app(settings)
     with TestClient(app, client=LOOPBACK_CLIENT) as api:
         produce_heartbeats(settings, "loaded-agent", 50)
+        produce_metric_rows(settings, "loaded-agent", 50)
 
         def loaded():
             response = api.get("/api/v1/agents/loaded-agent/status")
@@ -606,23 +624,25 @@ def test_app_runs_the_loader_and_serves_what_it_loads(
 
         def written():  # (the status answers from the projection, which may be first)
             health = api.get("/api/v1/system/health").json()
-            return health["loader"]["rows_inserted"]["metrics"] >= 50 and health
+            return health["loader"]["rows_inserted"]["metric_rows"] >= 50 and health
 
         health = wait_until(written, 20, "the loader to write the heartbeats")
         assert health["status"] == "ok", health["problems"]
         assert health["loader"]["running"] is True
-        assert health["loader"]["rows_inserted"]["metrics"] == 50
+        assert health["loader"]["rows_inserted"]["metric_rows"] == 50
         families = {f.name: f for f in text_string_to_metric_families(api.get("/metrics").text)}
         inserted = {
-            s.labels["table"]: s.value
+            s.labels["topic"]: s.value
             for s in families["agentwatch_loader_rows_inserted"].samples
             if s.name.endswith("_total")
         }
-        assert inserted["metrics"] == 50
+        assert inserted["metric_rows"] == 50
         assert families["agentwatch_ingest_rows_per_second"].samples[0].value > 0
         caplog.set_level("INFO", logger="sinks.loader")
     stopped = [r.getMessage() for r in caplog.records if r.name == "sinks.loader"]
-    assert any(m.startswith("loader_stopped rows_inserted=metrics:50") for m in stopped), stopped
+    assert any(m.startswith("loader_stopped rows_inserted=metric_rows:50") for m in stopped), (
+        stopped
+    )
 
 
 # --- POST /api/v1/sql (the sandbox's refusals and limits: tests/test_sql_sandbox.py) ------

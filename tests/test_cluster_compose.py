@@ -104,7 +104,12 @@ def test_only_the_api_writes_operators_commands_and_agents_write_only_their_topi
 
 
 def test_the_acls_cover_what_each_process_reads_and_writes(compose: dict):
-    derived = set(OUTPUT_TOPICS.values()) | {"incidents", "deadletter", "assignment_scores"}
+    derived = set(OUTPUT_TOPICS.values()) | {
+        "incidents",
+        "deadletter",
+        "assignment_scores",
+        "metric_rows",
+    }
     assert granted(compose, "dataflow", "write") == derived
     assert granted(compose, "dataflow", "read") == {"metrics", "events", "control"}
     assert granted(compose, "loader", "read") == set(LOADED_TOPICS)

@@ -12,6 +12,7 @@ from agentwatch.settings import Settings
 from dataflows.heartbeats import build_flow
 from dataflows.kafka_source import RawBatch
 from schemas.heartbeats import parse_heartbeats
+from schemas.metric_rows import decode as decode_rows
 from tests.sinks import MessagesSink
 
 START = 1_800_000_000.0
@@ -73,13 +74,20 @@ def run(values: list[bytes], workers: int, batch_size: int = 97) -> list[tuple[s
         agents_auto_register=True, baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8
     )
     out: list = []
-    flow = build_flow(settings, TestingSource(batches(values, batch_size)), MessagesSink(out))
+    flow = build_flow(
+        settings, TestingSource(batches(values, batch_size)), MessagesSink(out, keep_rows=True)
+    )
     if workers == 1:
         run_main(flow)
     else:
         cluster_main(flow, [], 0, worker_count_per_proc=workers)
     records = []
     for message in out:
+        if message.topic == "agents.metric_rows":  # Arrow batches: one record per row
+            for row in decode_rows(message.value).to_pylist():
+                row["timestamp"] = row["timestamp"].timestamp()
+                records.append((message.topic, row))
+            continue
         record = orjson.loads(message.value)
         record.pop("received_at", None)
         records.append((message.topic, record))
@@ -101,6 +109,18 @@ def test_bad_messages_become_dead_letters_with_reasons():
     reasons = {r["reason"].split(":")[0] for r in dead}
     assert reasons == {"invalid JSON", "cpu_usage"}
     assert all(r["value_bytes"] > 0 and r["offset"] >= 0 for r in dead)
+
+
+def test_the_heartbeats_taken_go_to_the_loader_as_rows_once_each():
+    """Decode once: every valid heartbeat the shards took is on agents.metric_rows, in the
+    metrics table's layout, once; the junk is not (it is a dead letter)."""
+    records = run(stream(agents=5, steps=40, spike=(3, 30)), workers=1)
+    rows = [r for topic, r in records if topic == "agents.metric_rows"]
+    assert len(rows) == 200
+    assert len({(r["agent_id"], r["timestamp"]) for r in rows}) == 200
+    spiked = [r for r in rows if r["cpu_usage"] == 99.0]
+    assert [(r["agent_id"], r["timestamp"]) for r in spiked] == [("agent-0003", START + 900)]
+    assert spiked[0]["tenant_id"] == "tenant-0" and spiked[0]["completed_tasks"] == 30
 
 
 def test_baselines_are_published_per_agent():

@@ -21,11 +21,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from agentwatch.settings import Settings
-from infra.broker import ensure_topics, free_port
+from infra.broker import ensure_topics, free_port, partitions
+from schemas.heartbeats import parse_heartbeats
+from schemas.metric_rows import encode as encode_rows
 from sinks.clickhouse import connect, create_schema
 from sinks.loader import CLUSTER_CHECK_INTERVAL_S, LOADED_TOPICS, Loader
 from tests.conftest import wait_until
@@ -96,6 +99,20 @@ def by_agent(doc: dict) -> bytes:
     return doc["agent_id"].encode()
 
 
+def produce_heartbeats(settings: Settings, docs: list[dict], rows_per_message: int = 1) -> int:
+    """Produce heartbeats as the dataflow hands them to the loader: validated, as Arrow
+    batches of ``rows_per_message`` rows on ``agents.metric_rows``; messages produced."""
+    messages = []
+    for lo in range(0, len(docs), rows_per_message):
+        batch, rejected = parse_heartbeats(
+            list(map(orjson.dumps, docs[lo : lo + rows_per_message]))
+        )
+        assert not rejected, rejected
+        messages += encode_rows(batch)
+    produce(settings, "metric_rows", messages)
+    return len(messages)
+
+
 @pytest.fixture
 def client(settings: Settings) -> Iterator[object]:
     """A ClickHouse client on this test's database, with the schema created."""
@@ -141,7 +158,7 @@ def test_heartbeats_land_in_metrics_with_their_values(settings, client, topics, 
     docs = [heartbeat(seq) for seq in range(500)]
     docs[7]["status"] = "busy"
     docs[8]["timestamp"] = datetime.fromtimestamp(T0 + 8, UTC).isoformat()
-    produce(settings, "metrics", docs, key=by_agent)
+    produce_heartbeats(settings, docs)
     loader = Loader(settings, client)
     loaders.append(loader)
 
@@ -159,64 +176,69 @@ def test_heartbeats_land_in_metrics_with_their_values(settings, client, topics, 
         ("agent-0008", "tenant-2", T0 + 8, 18.0, 1, 8, 3072, ""),
     ]
     stats = loader.stats()
-    assert stats.rows_inserted["metrics"] == 500
-    assert stats.messages_read["metrics"] == 500
+    assert stats.rows_inserted["metric_rows"] == 500
+    assert stats.messages_read["metric_rows"] == 500
     assert stats.batches_inserted >= 1
     assert stats.batch_rows_sum == 500
     assert stats.last_insert_at is not None
     assert stats.errors == 0
     wait_until(
-        lambda: loader.poll_once() >= 0 and loader.stats().lag["metrics"] == 0, 10, "zero lag"
+        lambda: loader.poll_once() >= 0 and loader.stats().lag["metric_rows"] == 0, 10, "zero lag"
     )
 
 
-def test_invalid_heartbeats_are_skipped_and_counted(settings, client, topics, loaders):
-    valid = [heartbeat(seq) for seq in range(200)]
-    invalid = [
-        b"{not json",
-        b"[1, 2, 3]",
-        orjson.dumps({"agent_id": "a1"}),
-        orjson.dumps(heartbeat(1000, cpu_usage=140.0)),
-        orjson.dumps(heartbeat(1001, active_tasks="three")),
-        orjson.dumps(heartbeat(1002, surprise=1)),
-        orjson.dumps(heartbeat(1003, timestamp="yesterday")),
-        b"x" * (settings.max_message_bytes + 1),
+def forged(column: str, value: object, rows: int = 3, nullable: bool = False) -> bytes:
+    """A metric_rows message of ``rows`` valid heartbeats but ``column`` set to ``value``
+    (in a column declared ``nullable`` or not)."""
+    batch, _ = parse_heartbeats([orjson.dumps(heartbeat(5000 + i)) for i in range(rows)])
+    [message] = encode_rows(batch)
+    table = pa.ipc.open_stream(message).read_all()
+    position = table.schema.get_field_index(column)
+    field = table.schema.field(position).with_nullable(nullable)
+    forged_column = pa.array([value] * rows, field.type)
+    table = table.set_column(position, field, forged_column)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_messages_that_are_not_storable_metric_rows_are_skipped_and_counted(
+    settings, client, topics, loaders
+):
+    """The loader stores what the dataflow validated, but checks that each message is
+    what the table can hold: anything else is refused whole, logged and counted, and
+    never retried forever (no row of it is stored)."""
+    refused = [
+        b"{not arrow",
+        b"",
+        orjson.dumps(heartbeat(1)),  # a raw heartbeat on the wrong topic
+        forged("cpu_usage", 140.0),
+        forged("error_rate", float("nan")),
+        forged("active_tasks", 5_000_000_000),  # an int64, but UInt32 in the table
+        forged("bytes_out", -1),
+        forged("agent_id", ""),
+        forged("timestamp", datetime(1990, 1, 1, tzinfo=UTC)),
+        forged("agent_id", None),  # nulls where the layout says there are none
+        forged("status", "", nullable=True),  # another layout: a nullable column
     ]
-    mixed: list = []
-    for i, doc in enumerate(valid):
-        mixed.append(doc)
-        if i % 25 == 0:
-            mixed.append(invalid[(i // 25) % len(invalid)])
-    produce(settings, "metrics", mixed)
+    produce_heartbeats(settings, [heartbeat(seq) for seq in range(100)], rows_per_message=25)
+    produce(settings, "metric_rows", refused)
+    produce_heartbeats(settings, [heartbeat(seq) for seq in range(100, 200)], rows_per_message=50)
     loader = Loader(settings, client)
     loaders.append(loader)
 
     poll_until(
         loader,
-        lambda: loader.stats().messages_read["metrics"] == len(mixed),
+        lambda: loader.stats().messages_read["metric_rows"] == 4 + len(refused) + 2,
         "every message read",
     )
     loader.flush()
 
     assert count(client, settings, "metrics") == 200
-    assert loader.stats().skipped_invalid["metrics"] == len(invalid)
-    assert loader.stats().rows_inserted["metrics"] == 200
-
-
-def test_rows_the_table_cannot_hold_are_dropped_not_retried_forever(
-    settings, client, topics, loaders
-):
-    """active_tasks is a JSON integer ≥ 0 for the parser but UInt32 in the table."""
-    docs = [heartbeat(seq) for seq in range(100)]
-    docs[40]["active_tasks"] = 5_000_000_000
-    produce(settings, "metrics", docs)
-    loader = Loader(settings, client)
-    loaders.append(loader)
-
-    poll_until(loader, lambda: count(client, settings, "metrics") == 99, "the 99 storable rows")
     stats = loader.stats()
-    assert stats.skipped_invalid["metrics"] == 1
-    assert stats.rows_inserted["metrics"] == 99
+    assert stats.skipped_invalid["metric_rows"] == len(refused)
+    assert stats.rows_inserted["metric_rows"] == 200
     assert stats.errors == 0
 
 
@@ -473,34 +495,34 @@ def test_alerts_scores_commands_incidents_and_events_land_once(settings, client,
 
 
 def test_restart_resumes_from_stored_offsets_without_duplicates(settings, client, topics):
-    produce(settings, "metrics", [heartbeat(seq) for seq in range(1000)], key=by_agent)
+    produce_heartbeats(settings, [heartbeat(seq) for seq in range(1000)])
     first = Loader(settings, client)
     first.start()
     try:
         wait_until(lambda: count(client, settings, "metrics") == 1000, 30, "first 1000 rows")
     finally:
         first.stop()
-    produce(settings, "metrics", [heartbeat(seq) for seq in range(1000, 1700)], key=by_agent)
+    produce_heartbeats(settings, [heartbeat(seq) for seq in range(1000, 1700)])
 
     second = Loader(settings, client)
     second.start()
     try:
         wait_until(lambda: count(client, settings, "metrics") == 1700, 30, "all 1700 rows")
-        wait_until(lambda: second.stats().lag["metrics"] == 0, 10, "zero lag")
+        wait_until(lambda: second.stats().lag["metric_rows"] == 0, 10, "zero lag")
     finally:
         second.stop()
 
     db = settings.clickhouse_database
     assert count(client, settings, "metrics", final=False) == 1700  # nothing read twice
     assert client.command(f"SELECT uniqExact(agent_id, timestamp) FROM {db}.metrics") == 1700
-    assert second.stats().rows_inserted["metrics"] == 700
-    assert second.stats().messages_read["metrics"] == 700
+    assert second.stats().rows_inserted["metric_rows"] == 700
+    assert second.stats().messages_read["metric_rows"] == 700
 
 
 def test_offsets_of_another_cluster_restart_from_the_beginning(
     settings, client, topics, loaders, caplog
 ):
-    produce(settings, "metrics", [heartbeat(seq) for seq in range(100)])
+    produce_heartbeats(settings, [heartbeat(seq) for seq in range(100)])
     _store_offsets(client, settings, "some-other-cluster", next_offset=10)
     loader = Loader(settings, client)
     loaders.append(loader)
@@ -515,7 +537,7 @@ def test_offsets_of_another_cluster_restart_from_the_beginning(
     def stored() -> list:
         return client.query(
             f"SELECT DISTINCT cluster_id FROM {db}.loader_offsets FINAL "
-            f"WHERE topic = '{settings.topic('metrics')}'"
+            f"WHERE topic = '{settings.topic('metric_rows')}'"
         ).result_rows
 
     # the offsets are written just after the rows they cover
@@ -523,7 +545,7 @@ def test_offsets_of_another_cluster_restart_from_the_beginning(
 
 
 def test_offset_past_the_end_restarts_from_the_beginning(settings, client, topics, loaders, caplog):
-    produce(settings, "metrics", [heartbeat(seq) for seq in range(100)])
+    produce_heartbeats(settings, [heartbeat(seq) for seq in range(100)])
     _store_offsets(client, settings, _cluster_id(settings), next_offset=1_000_000)
     loader = Loader(settings, client)
     loaders.append(loader)
@@ -541,14 +563,14 @@ def test_topics_created_after_start_are_picked_up(settings, client, loaders):
     loader.start()
     time.sleep(0.3)  # the loader is now waiting for topics that do not exist
     ensure_topics(settings)
-    produce(settings, "metrics", [heartbeat(seq) for seq in range(50)])
+    produce_heartbeats(settings, [heartbeat(seq) for seq in range(50)])
 
     wait_until(lambda: count(client, settings, "metrics") == 50, 30, "50 rows")
     assert loader.stats().errors == 0
 
 
 def test_insert_errors_are_retried_without_losing_rows(settings, client, topics, loaders):
-    produce(settings, "metrics", [heartbeat(seq) for seq in range(300)])
+    produce_heartbeats(settings, [heartbeat(seq) for seq in range(300)])
     flaky = FlakyClient(client, failures=2)
     loader = Loader(settings, flaky)
     loaders.append(loader)
@@ -572,7 +594,7 @@ def test_batches_respect_the_row_limit(make_settings, broker, chdb_dir, loaders)
     ensure_topics(settings)
     ch = connect(settings)
     create_schema(ch, settings)
-    produce(settings, "metrics", [heartbeat(seq) for seq in range(1000)])
+    produce_heartbeats(settings, [heartbeat(seq) for seq in range(1000)])
     loader = Loader(settings, ch)
     loaders.append(loader)
 
@@ -587,7 +609,7 @@ def test_crash_between_rows_and_offsets_replays_without_duplicates(
     settings, client, topics, loaders
 ):
     """Rows inserted but their offsets never written: the next loader reads them again."""
-    produce(settings, "metrics", [heartbeat(seq) for seq in range(400)], key=by_agent)
+    produce_heartbeats(settings, [heartbeat(seq) for seq in range(400)])
     crashing = Loader(settings, OffsetsNeverWritten(client))
     loaders.append(crashing)
     poll_until(crashing, lambda: count(client, settings, "metrics") == 400, "400 rows, once")
@@ -597,7 +619,7 @@ def test_crash_between_rows_and_offsets_replays_without_duplicates(
     loaders.append(successor)
     poll_until(
         successor,
-        lambda: successor.stats().rows_inserted["metrics"] == 400,
+        lambda: successor.stats().rows_inserted["metric_rows"] == 400,
         "the successor to read the same 400 rows again",
     )
 
@@ -622,7 +644,7 @@ def test_broker_restart_reads_the_new_log_from_its_start(make_settings, chdb_dir
     loader = Loader(settings, ch)
     try:
         ensure_topics(settings)
-        produce(settings, "metrics", [heartbeat(seq) for seq in range(300)])
+        produce_heartbeats(settings, [heartbeat(seq) for seq in range(300)])
         loader.start()
         wait_until(lambda: count(ch, settings, "metrics") == 300, 30, "300 rows before restart")
 
@@ -630,7 +652,7 @@ def test_broker_restart_reads_the_new_log_from_its_start(make_settings, chdb_dir
         with caplog.at_level(logging.WARNING, logger="sinks.loader"):
             broker = start_broker("127.0.0.1", port)
             ensure_topics(settings)
-            produce(settings, "metrics", [heartbeat(seq) for seq in range(1000, 1100)])
+            produce_heartbeats(settings, [heartbeat(seq) for seq in range(1000, 1100)])
             wait_until(
                 lambda: count(ch, settings, "metrics") == 400,
                 30,
@@ -744,11 +766,18 @@ class FlakyClient:
         self.failed = 0
 
     def insert_df(self, *args, **kwargs):
+        self._maybe_fail()
+        return self._client.insert_df(*args, **kwargs)
+
+    def insert_arrow(self, *args, **kwargs):
+        self._maybe_fail()
+        return self._client.insert_arrow(*args, **kwargs)
+
+    def _maybe_fail(self) -> None:
         if self._left:
             self._left -= 1
             self.failed += 1
             raise ConnectionError("ClickHouse is down (injected)")
-        return self._client.insert_df(*args, **kwargs)
 
     def __getattr__(self, name: str):
         return getattr(self._client, name)
@@ -761,12 +790,12 @@ def _cluster_id(settings: Settings) -> str:
 
 
 def _store_offsets(client, settings: Settings, cluster: str, next_offset: int) -> None:
-    topic = settings.topic("metrics")
+    topic = settings.topic("metric_rows")
     client.insert(
         "loader_offsets",
         [
             (cluster, topic, p, next_offset, datetime.now(UTC))
-            for p in range(settings.metrics_partitions)
+            for p in range(partitions(settings, "metric_rows"))
         ],
         column_names=("cluster_id", "topic", "partition", "next_offset", "updated_at"),
         database=settings.clickhouse_database,
@@ -837,7 +866,11 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(make_settings, broker, t
         """About 15k heartbeats/s in steps, with an anomaly every 20th, for ~4 s."""
         try:
             for start in range(0, heartbeats, 3000):
-                produce(settings, "metrics", [heartbeat(s) for s in range(start, start + 3000)])
+                produce_heartbeats(
+                    settings,
+                    [heartbeat(s) for s in range(start, start + 3000)],
+                    rows_per_message=100,
+                )
                 produce(settings, "anomalies", [anomaly(s) for s in range(start, start + 3000, 20)])
                 time.sleep(0.2)
         finally:
@@ -866,7 +899,7 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(make_settings, broker, t
         assert producing_done.is_set()
         wait_until(
             lambda: (
-                _committed(settings, "metrics") == heartbeats
+                _committed(settings, "metric_rows") == heartbeats // 100
                 and _committed(settings, "anomalies") == anomalies
             ),
             60,

@@ -44,6 +44,7 @@ from api.sql_policy import (
     function_allowed,
 )
 from infra.broker import ensure_topics, free_port
+from schemas.metric_rows import encode_json
 from sinks.clickhouse import connect, create_schema
 from tests.conftest import LOOPBACK_CLIENT, wait_until
 
@@ -667,14 +668,15 @@ def test_heavy_queries_are_stopped_while_ingestion_and_health_go_on(
     produced = [0]
     health_samples: list[tuple[float, float, int, int]] = []  # (t, latency, rows, lag)
 
-    def produce() -> None:  # 1,000 heartbeats/s in batches of 100
+    def produce() -> None:  # 1,000 heartbeats/s in batches of 100, as the dataflow hands
+        # them to the loader (Arrow batches on agents.metric_rows; no dataflow runs here)
         producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 20})
         next_at = time.monotonic()
         while not stop.is_set():
-            for _ in range(100):
-                seq = produced[0]
-                producer.produce(settings.topic("metrics"), _heartbeat(seq), key=b"%d" % seq)
-                produced[0] += 1
+            beats = [_heartbeat(seq) for seq in range(produced[0], produced[0] + 100)]
+            for rows in encode_json(beats):
+                producer.produce(settings.topic("metric_rows"), rows, key=b"0")
+            produced[0] += len(beats)
             producer.poll(0)
             next_at += 0.1
             time.sleep(max(0.0, next_at - time.monotonic()))
@@ -686,7 +688,7 @@ def test_heavy_queries_are_stopped_while_ingestion_and_health_go_on(
             try:
                 body = httpx.get(f"{base}/system/health", timeout=10).json()
                 loader = body["loader"]
-                rows, lag = loader["rows_inserted"].get("metrics", 0), loader["lag_total"] or 0
+                rows, lag = loader["rows_inserted"].get("metric_rows", 0), loader["lag_total"] or 0
             except (httpx.HTTPError, ValueError, KeyError):
                 rows, lag = -1, -1
             health_samples.append((started, time.monotonic() - started, rows, lag))
@@ -726,7 +728,7 @@ def test_heavy_queries_are_stopped_while_ingestion_and_health_go_on(
 
         def all_landed() -> int | None:
             body = httpx.get(f"{base}/system/health", timeout=5).json()
-            rows = body["loader"]["rows_inserted"].get("metrics", 0)
+            rows = body["loader"]["rows_inserted"].get("metric_rows", 0)
             return rows if rows >= produced[0] else None
 
         wait_until(all_landed, 30, f"all {produced[0]} heartbeats to land")

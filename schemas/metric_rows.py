@@ -1,0 +1,132 @@
+"""``agents.metric_rows``: the heartbeats the dataflow took, as Arrow record batches.
+
+Decode once. The dataflow parses and validates every heartbeat
+(:func:`schemas.heartbeats.parse_heartbeats`) and its shards decide which to take
+(registered, right tenant, not decommissioned); what they take goes on this topic as
+Arrow IPC streams (:func:`encode`, at most :data:`ROWS_PER_MESSAGE` rows each, in the
+``metrics`` table's layout). The loader hands them to ClickHouse as they are
+(``FORMAT ArrowStream``) after a vectorised check (:func:`decode`): no JSON is parsed
+a second time and no Python object is made per row. A heartbeat the dataflow refused
+is in ``agents.deadletter``, never in ``metrics``.
+
+>>> from schemas.heartbeats import parse_heartbeats
+>>> beat = b'{"agent_id":"a1","tenant_id":"t1","timestamp":1764072000.5,"cpu_usage":45.2,'\\
+...        b'"memory_usage":62.1,"disk_usage":35.0,"network_latency":12.5,"active_tasks":3,'\\
+...        b'"completed_tasks":150,"failed_tasks":2,"error_rate":0.013,'\\
+...        b'"response_time_avg":234.5,"uptime_seconds":86400}'
+>>> batch, _ = parse_heartbeats([beat, beat.replace(b'"a1"', b'"a2"')])
+>>> [message] = encode(batch)
+>>> table = decode(message)
+>>> table.num_rows, table.column("agent_id").to_pylist(), table.column("status").to_pylist()
+(2, ['a1', 'a2'], ['', ''])
+>>> decode(b"not arrow")
+Traceback (most recent call last):
+...
+ValueError: not an Arrow IPC stream: ...
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from schemas.heartbeats import FLOAT_FIELDS, INT_FIELDS, HeartbeatBatch, parse_heartbeats
+from schemas.models import TIMESTAMP_RANGE
+
+#: Rows per message at most: ~140 B a row, so a message stays far below the brokers'
+#: 1 MB default message size, and a batch read by the loader is a few messages.
+ROWS_PER_MESSAGE = 2048
+
+_TEXT = ("agent_id", "tenant_id")
+#: The layout of a message: the ``metrics`` table's columns in its order. Counters are
+#: int64 here (ClickHouse narrows them to the table's UInt32/UInt64 on insert, after
+#: :func:`decode` checked that they fit); times are milliseconds, as the table keeps them.
+SCHEMA = pa.schema(
+    [
+        pa.field("agent_id", pa.string(), nullable=False),
+        pa.field("tenant_id", pa.string(), nullable=False),
+        pa.field("timestamp", pa.timestamp("ms", tz="UTC"), nullable=False),
+        *(pa.field(name, pa.float64(), nullable=False) for name in FLOAT_FIELDS),
+        *(pa.field(name, pa.int64(), nullable=False) for name in INT_FIELDS),
+        pa.field("status", pa.string(), nullable=False),
+    ]
+)
+_TIME_RANGE_MS = tuple(int(bound * 1000) for bound in TIMESTAMP_RANGE)
+
+
+def encode(batch: HeartbeatBatch) -> list[bytes]:
+    """The batch's rows as Arrow IPC streams of at most :data:`ROWS_PER_MESSAGE` rows
+    each (none for an empty batch)."""
+    rows = len(batch)
+    if not rows:
+        return []
+    # times as the other tables get them (pandas' conversion, then whole milliseconds)
+    times = pd.to_datetime(batch.timestamp, unit="s", utc=True)
+    millis = times.as_unit("ns").asi8 // 1_000_000
+    columns = [
+        pa.array(batch.agent_id, pa.string()),
+        pa.array(batch.tenant_id, pa.string()),
+        pa.array(millis, pa.timestamp("ms", tz="UTC")),
+        *(pa.array(batch.metrics[name], pa.float64()) for name in FLOAT_FIELDS),
+        *(pa.array(batch.metrics[name].astype(np.int64), pa.int64()) for name in INT_FIELDS),
+        pa.array([status or "" for status in batch.status], pa.string()),
+    ]
+    table = pa.Table.from_arrays(columns, schema=SCHEMA)
+    return [_stream(part) for part in table.to_batches(max_chunksize=ROWS_PER_MESSAGE)]
+
+
+def encode_json(values: list[bytes]) -> list[bytes]:
+    """The messages the dataflow would publish for raw heartbeat values if its shards took
+    every valid one (for tests and benchmarks that feed the loader without a dataflow);
+    invalid values are left out.
+
+    >>> encode_json([b"{}", b"not json"])
+    []
+    """
+    return encode(parse_heartbeats(values)[0])
+
+
+def _stream(batch: pa.RecordBatch) -> bytes:
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, SCHEMA) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def decode(value: bytes | None) -> pa.Table:
+    """The rows of one message, checked to be what the ``metrics`` table can hold (the
+    layout of :data:`SCHEMA`, no nulls, every number in its field's range, times in
+    ``TIMESTAMP_RANGE``, ids not empty); ``ValueError`` saying what is wrong otherwise.
+    Vectorised: a few array operations per message, whatever its rows."""
+    try:
+        table = ipc.open_stream(value or b"").read_all()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"not an Arrow IPC stream: {exc}") from None
+    if not table.schema.equals(SCHEMA):
+        raise ValueError(f"not the metric_rows layout: {table.schema.to_string()[:300]}")
+    if not table.num_rows:
+        return table
+    for name in SCHEMA.names:
+        if table.column(name).null_count:
+            raise ValueError(f"{name}: null values")
+    for name, (low, high) in (*FLOAT_FIELDS.items(), *INT_FIELDS.items()):
+        _require_within(table, name, low, high)
+    lowest, highest = pc.min_max(table.column("timestamp").cast(pa.int64())).values()
+    if lowest.as_py() < _TIME_RANGE_MS[0] or highest.as_py() > _TIME_RANGE_MS[1]:
+        raise ValueError(f"timestamp outside {TIMESTAMP_RANGE}")
+    for name in _TEXT:
+        if pc.min(pc.utf8_length(table.column(name))).as_py() == 0:
+            raise ValueError(f"{name}: empty")
+    return table
+
+
+def _require_within(table: pa.Table, name: str, low: float, high: float) -> None:
+    column = table.column(name)
+    if pc.any(pc.is_nan(column)).as_py() if pa.types.is_floating(column.type) else False:
+        raise ValueError(f"{name}: NaN")
+    lowest, highest = (value.as_py() for value in pc.min_max(column).values())
+    if lowest < low or highest > high:
+        raise ValueError(f"{name}: values {lowest}..{highest} outside [{low:g}, {high:g}]")

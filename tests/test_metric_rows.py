@@ -1,0 +1,103 @@
+"""``agents.metric_rows`` (schemas/metric_rows.py): the dataflow's validated heartbeats as
+Arrow batches, and the loader's check of them. Pure logic; the loader's handling on the real
+broker and chDB is in tests/test_loader.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from schemas.heartbeats import FLOAT_FIELDS, INT_FIELDS, parse_heartbeats
+from schemas.metric_rows import ROWS_PER_MESSAGE, SCHEMA, decode, encode
+from sinks.loader import LOADED
+
+T0 = 1_764_072_000.0
+
+
+def beats(n: int, **overrides: object) -> list[bytes]:
+    return [
+        orjson.dumps(
+            {
+                "agent_id": f"agent-{i:05d}",
+                "tenant_id": f"tenant-{i % 3}",
+                "timestamp": T0 + i * 0.0017,  # milliseconds and below, to check rounding
+                "cpu_usage": i % 100,
+                "memory_usage": 50.5,
+                "disk_usage": 30.0,
+                "network_latency": 12.5,
+                "active_tasks": i % 7,
+                "completed_tasks": 2**53 - i,  # the largest counters the parser admits
+                "failed_tasks": 2,
+                "error_rate": 0.013,
+                "response_time_avg": 234.5,
+                "uptime_seconds": 86400.0,
+                "bytes_out": i,
+                **({"status": "busy"} if i % 2 else {}),
+                **overrides,
+            }
+        )
+        for i in range(n)
+    ]
+
+
+def test_the_rows_come_back_as_the_parser_made_them():
+    batch, rejected = parse_heartbeats(beats(500))
+    assert not rejected
+    [message] = encode(batch)
+    table = decode(message)
+    assert table.schema.equals(SCHEMA)
+    assert table.column("agent_id").to_pylist() == batch.agent_id
+    assert table.column("tenant_id").to_pylist() == batch.tenant_id
+    assert table.column("status").to_pylist() == [s or "" for s in batch.status]
+    for name in FLOAT_FIELDS:
+        np.testing.assert_array_equal(table.column(name).to_numpy(), batch.metrics[name])
+    for name in INT_FIELDS:
+        assert table.column(name).to_pylist() == batch.metrics[name].astype(np.int64).tolist()
+
+
+def test_times_are_the_milliseconds_every_other_table_stores():
+    """The loader's other tables get times through pandas (``_frame``) and
+    clickhouse-connect, which keeps whole milliseconds (floor): the same heartbeat must
+    have the same time in ``metrics`` and in ``anomalies`` to be joined."""
+    batch, _ = parse_heartbeats(beats(300))
+    table = decode(encode(batch)[0])
+    frame = LOADED["anomalies"].frame([{"timestamp": t} for t in batch.timestamp])
+    floor_ms = frame["timestamp"].dt.as_unit("ns").astype("int64") // 1_000_000
+    assert table.column("timestamp").cast(pa.int64()).to_pylist() == floor_ms.tolist()
+
+
+def test_a_large_batch_is_cut_into_messages_of_bounded_size():
+    batch, _ = parse_heartbeats(beats(ROWS_PER_MESSAGE * 2 + 5))
+    messages = encode(batch)
+    assert [decode(m).num_rows for m in messages] == [ROWS_PER_MESSAGE, ROWS_PER_MESSAGE, 5]
+    assert max(map(len, messages)) < 512 * 1024
+    assert pd.concat([decode(m).to_pandas() for m in messages])["agent_id"].tolist() == (
+        batch.agent_id
+    )
+    assert encode(parse_heartbeats([])[0]) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "not an Arrow IPC stream"),
+        (b"", "not an Arrow IPC stream"),
+        (b"\xff" * 64, "not an Arrow IPC stream"),
+        (b'{"agent_id": "a"}', "not an Arrow IPC stream"),
+    ],
+)
+def test_what_is_not_an_arrow_stream_is_refused_with_a_reason(value, reason):
+    with pytest.raises(ValueError, match=reason):
+        decode(value)
+
+
+def test_another_layout_is_refused():
+    table = pa.table({"agent_id": ["a"], "cpu_usage": [1.0]})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    with pytest.raises(ValueError, match="not the metric_rows layout"):
+        decode(sink.getvalue().to_pybytes())

@@ -74,7 +74,9 @@ def resolve(sandbox: SqlSandbox, name: str, tenant: str | None) -> dict[str, Var
 
 
 def time_range() -> tuple[datetime, datetime]:
-    end = datetime.now(UTC)
+    """The last :data:`HOURS` hours, ending a minute ahead: ``$__timeFilter`` cuts at whole
+    seconds, so rows of the current second would fall outside a range ending now."""
+    end = datetime.now(UTC) + timedelta(minutes=1)
     return end - timedelta(hours=HOURS), end
 
 

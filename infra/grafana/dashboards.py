@@ -51,6 +51,18 @@ from infra.grafana.query import DATASOURCE, ClickHouseQuery, Format
 #: The tenant condition of every tenant table's query: nothing when "All" is selected.
 TENANT = "$__conditionalAll(tenant_id IN (${tenant:singlequote}), $tenant)"
 TAGS = ["agentwatch", "generated"]
+#: Each agent's lifecycle state now, as a subquery (agent_id, tenant_id, state, since, and
+#: the reason of its last status_changed): the newest of the ``agents`` projection (one row
+#: per status_changed) and the state its latest assignment score was computed in (every
+#: agent has one, also one that never changed state since it registered itself, which the
+#: projection does not hold).
+STATES = (
+    "(SELECT agent_id, any(tenant_id) AS tenant_id, argMax(state, at) AS state, "
+    "max(at) AS since, argMaxIf(reason, at, reason != '') AS reason FROM ("
+    f"SELECT agent_id, tenant_id, state, since AS at, reason FROM agents FINAL WHERE {TENANT} "
+    "UNION ALL SELECT agent_id, tenant_id, state, timestamp AS at, '' AS reason "
+    f"FROM assignment_scores_latest FINAL WHERE {TENANT}) GROUP BY agent_id)"
+)
 #: How often an open dashboard re-runs its queries.
 REFRESH = "1m"
 
@@ -287,8 +299,8 @@ def fleet_overview() -> Dashboard:
             _stat(
                 "Agents not active",
                 "Agents whose lifecycle state is anything but active (degraded, "
-                "quarantined, offline …), from the agents projection.",
-                f"SELECT countIf(state != 'active') AS agents FROM agents FINAL WHERE {TENANT}",
+                "quarantined, offline …).",
+                f"SELECT countIf(state != 'active') AS agents FROM {STATES}",
                 "short",
                 steps=[(None, "green"), (1, "orange")],
             )
@@ -307,10 +319,10 @@ def fleet_overview() -> Dashboard:
         .with_panel(
             _bars(
                 "Agents by lifecycle state",
-                "Agents in each lifecycle state now (the latest status_changed of each "
-                "agent; agents that never changed state since registering are not counted).",
-                f"SELECT state, count() AS agents FROM agents FINAL WHERE {TENANT} "
-                f"GROUP BY state ORDER BY agents DESC",
+                "Agents in each lifecycle state now (the newest of each agent's last "
+                "status_changed and the state its latest assignment score saw).",
+                f"SELECT state, count() AS agents FROM {STATES} GROUP BY state "
+                f"ORDER BY agents DESC",
             )
         )
         .with_panel(
@@ -367,9 +379,10 @@ def fleet_overview() -> Dashboard:
         .with_panel(
             _table(
                 "Agents not active",
-                "Each agent whose state is not active, with when and why it changed.",
-                f"SELECT agent_id, tenant_id, state, since, reason, trigger FROM agents FINAL "
-                f"WHERE state != 'active' AND {TENANT} ORDER BY since DESC LIMIT 100",
+                "Each agent whose state is not active, since when, and why (the reason of "
+                "its last status_changed, when that is the newest word on it).",
+                f"SELECT agent_id, tenant_id, state, since, reason FROM {STATES} "
+                f"WHERE state != 'active' ORDER BY since DESC LIMIT 100",
                 width=12,
             )
         )
@@ -429,8 +442,9 @@ def threats_and_alerts() -> Dashboard:
         .with_panel(
             _stat(
                 "Critical threats in range",
-                "Threats of severity critical that started in the time range.",
-                f"SELECT countIf(severity = 'critical') AS critical FROM threats FINAL "
+                "Threats of severity CRITICAL or EMERGENCY that started in the time range.",
+                f"SELECT countIf(severity IN ('CRITICAL', 'EMERGENCY')) AS critical "
+                f"FROM threats FINAL "
                 f"WHERE $__timeFilter(first_seen) AND {TENANT}",
                 "short",
                 steps=[(None, "green"), (1, "red")],
@@ -595,9 +609,8 @@ def agent_drilldown() -> Dashboard:
         .with_panel(
             _stat(
                 "Lifecycle state",
-                "The agent's lifecycle state now ('registered' if it never changed since).",
-                f"SELECT if(count() = 0, 'registered', any(state)) AS state FROM agents FINAL "
-                f"WHERE {_AGENT}",
+                "The agent's lifecycle state now (as on the fleet overview).",
+                f"SELECT state FROM {STATES} WHERE {_AGENT}",
                 "none",
                 width=6,
             )

@@ -172,6 +172,7 @@ def _stat(
     *,
     steps: list[tuple[float | None, str]] | None = None,
     width: int = 4,
+    text: bool = False,
 ) -> stat.Panel:
     return (
         stat.Panel()
@@ -184,7 +185,11 @@ def _stat(
         .height(4)
         .graph_mode(BigValueGraphMode.NONE)
         .color_mode(BigValueColorMode.VALUE)
-        .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .reduce_options(
+            # a text value (a state) is shown only when the fields are named: Grafana's
+            # stat takes numeric fields alone by default
+            ReduceDataOptions().calcs(["lastNotNull"]).values(False).fields("/.*/" if text else "")
+        )
         .thresholds(_thresholds(steps or [(None, "green")]))
     )
 
@@ -378,7 +383,7 @@ def fleet_overview() -> Dashboard:
         )
         .with_panel(
             _table(
-                "Agents not active",
+                "Agents not active, one by one",
                 "Each agent whose state is not active, since when, and why (the reason of "
                 "its last status_changed, when that is the newest word on it).",
                 f"SELECT agent_id, tenant_id, state, since, reason FROM {STATES} "
@@ -613,6 +618,7 @@ def agent_drilldown() -> Dashboard:
                 f"SELECT state FROM {STATES} WHERE {_AGENT}",
                 "none",
                 width=6,
+                text=True,
             )
         )
         .with_panel(

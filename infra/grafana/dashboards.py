@@ -17,6 +17,7 @@ from grafana_foundation_sdk.builders.common import (
     ReduceDataOptions,
     StackingConfig,
     VizLegendOptions,
+    VizTooltipOptions,
 )
 from grafana_foundation_sdk.builders.dashboard import (
     Dashboard,
@@ -32,7 +33,9 @@ from grafana_foundation_sdk.models.common import (
     GraphDrawStyle,
     LegendDisplayMode,
     LegendPlacement,
+    SortOrder,
     StackingMode,
+    TooltipDisplayMode,
     VizOrientation,
 )
 from grafana_foundation_sdk.models.dashboard import (
@@ -158,6 +161,7 @@ def _series(
             .display_mode(LegendDisplayMode.LIST)
             .placement(LegendPlacement.BOTTOM)
         )
+        .tooltip(VizTooltipOptions().mode(TooltipDisplayMode.MULTI).sort(SortOrder.DESCENDING))
     )
     if stacked:
         panel = panel.stacking(StackingConfig().mode(StackingMode.NORMAL))
@@ -586,6 +590,7 @@ def _against_baseline(metric: str, title: str, unit: str) -> timeseries.Panel:
             "band_low",
             [
                 DynamicConfigValue(id_val="custom.lineWidth", value=0),
+                DynamicConfigValue(id_val="custom.fillOpacity", value=0),
                 DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": "green"}),
             ],
         )

@@ -888,7 +888,8 @@ def orchestration() -> Dashboard:
             _stat(
                 "Hours until demand meets capacity",
                 "At the range's demand trend (least squares per hour), hours until the "
-                "trend reaches the agents' slots; empty when demand is flat or falling.",
+                "trend reaches the agents' slots: 0 when it already has, 'not at this "
+                "trend' when demand is below capacity and flat or falling.",
                 f"WITH hourly AS (SELECT hour, sum(peak) AS demand FROM ("
                 f"SELECT agent_id, toStartOfHour(timestamp) AS hour, max(active_tasks) AS peak "
                 f"FROM metrics WHERE $__timeFilter(timestamp) AND {TENANT} "
@@ -896,12 +897,13 @@ def orchestration() -> Dashboard:
                 f"(SELECT simpleLinearRegression(toUnixTimestamp(hour), demand) FROM hourly) "
                 f"AS fit, (SELECT sum(capacity) FROM assignment_scores_latest FINAL "
                 f"WHERE {TENANT}) AS slots "
-                f"SELECT if(fit.1 > 0, greatest((slots - fit.2) / fit.1 - toUnixTimestamp("
-                f"now()), 0) / 3600, NULL) AS hours_left",
+                f"SELECT multiIf(fit.1 * toUnixTimestamp(now()) + fit.2 >= slots, 0, "
+                f"fit.1 > 0, ((slots - fit.2) / fit.1 - toUnixTimestamp(now())) / 3600, "
+                f"NULL) AS hours_left",
                 "h",
                 steps=[(None, "red"), (24, "orange"), (168, "green")],
                 width=8,
-            )
+            ).no_value("not at this trend")
         )
     )
 

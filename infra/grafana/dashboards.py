@@ -10,6 +10,7 @@ the drill-down. Tables with one row per key by version are read with ``FINAL``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from grafana_foundation_sdk.builders import bargauge, stat, table, timeseries
@@ -233,10 +234,23 @@ def _bars(
     )
 
 
+#: A link on an ``agent_id`` column to that agent's drill-down, keeping the time range.
+AGENT_LINK = DynamicConfigValue(
+    id_val="links",
+    value=[
+        {
+            "title": "Agent drill-down",
+            "url": "/d/agentwatch-agent?var-agent=${__value.raw}&${__url_time_range}",
+        }
+    ],
+)
+
+
 def _table(
     title: str, description: str, sql: str, *, width: int = 24, height: int = 9
 ) -> table.Panel:
-    return (
+    """A table; an ``agent_id`` column links to that agent's drill-down."""
+    panel = (
         table.Panel()
         .title(title)
         .description(description)
@@ -246,6 +260,9 @@ def _table(
         .height(height)
         .filterable(True)
     )
+    if re.search(r"\bagent_id\b", sql.split(" FROM ")[0]):
+        panel = panel.override_by_name("agent_id", [AGENT_LINK])
+    return panel
 
 
 # --- fleet overview -------------------------------------------------------------------------
@@ -533,7 +550,7 @@ def threats_and_alerts() -> Dashboard:
                 "Alerts and how long they lasted",
                 "Each alert of the time range: its latest state and how long it lasted from "
                 "start to resolution (or to its last sighting if unresolved).",
-                f"SELECT fingerprint, any(agent_id) AS agent, any(rule) AS rule, "
+                f"SELECT fingerprint, any(agent_id) AS agent_id, any(rule) AS rule, "
                 f"any(severity) AS severity, argMax(state, updated_at) AS state, "
                 f"min(started_at) AS started, "
                 f"dateDiff('second', min(started_at), max(coalesce(resolved_at, last_seen))) "

@@ -65,6 +65,7 @@ a conversation the token checks count. A span (GenAI or not) that carries
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -417,11 +418,22 @@ def is_genai(span_attributes: dict[str, object]) -> bool:
     return any(key.startswith("gen_ai.") for key in span_attributes)
 
 
-def events_of(span: Span, agent_id: str, tenant_id: str) -> list[dict]:
+def events_of(span: Span, agent_id: str, tenant_id: str, now: float | None = None) -> list[dict]:
     """The ``agents.events`` records a span stands for (none, a conversation, a task
-    outcome, or both); ``ValueError`` says why a span that should give one cannot."""
+    outcome, or both), at the span's end (``now`` for a span without times: default, the
+    clock); ``ValueError`` says why a span that should give one cannot."""
+    try:
+        return _events_of(span, agent_id, tenant_id, now)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "span"
+        raise ValueError(f"{where}: {error['msg']}") from None
+
+
+def _events_of(span: Span, agent_id: str, tenant_id: str, now: float | None) -> list[dict]:
     attrs = attributes(span.attributes)
-    at = (span.end_time_unix_nano or span.start_time_unix_nano) / _NS
+    ends = span.end_time_unix_nano or span.start_time_unix_nano
+    at = ends / _NS if ends else (time.time() if now is None else now)
     failed, why = _failure(span, attrs)
     events: list[dict] = []
     if is_genai(attrs):
@@ -438,17 +450,14 @@ def events_of(span: Span, agent_id: str, tenant_id: str) -> list[dict]:
     task_id = attrs.get(TASK_ID_ATTRIBUTE)
     if task_id not in (None, ""):
         duration = max(0.0, (span.end_time_unix_nano - span.start_time_unix_nano) / _NS)
-        try:
-            outcome = TaskOutcome.model_validate(
-                {
-                    "task_id": str(task_id),
-                    "task_type": attrs.get(TASK_TYPE_ATTRIBUTE),
-                    "duration_s": duration if span.end_time_unix_nano else None,
-                    "reason": why[:2000] if failed else "",
-                }
-            )
-        except ValidationError as exc:
-            raise ValueError(f"task span: {exc.errors()[0]['msg']}") from None
+        outcome = TaskOutcome.model_validate(
+            {
+                "task_id": str(task_id),
+                "task_type": attrs.get(TASK_TYPE_ATTRIBUTE),
+                "duration_s": duration if span.end_time_unix_nano else None,
+                "reason": why[:2000] if failed else "",
+            }
+        )
         event = LifecycleEvent(
             type=TASK_FAILED if failed else TASK_COMPLETED, agent_id=agent_id,
             tenant_id=tenant_id, actor=agent_id, timestamp=at,

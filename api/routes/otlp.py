@@ -301,6 +301,7 @@ def _take_spans(
     events: dict[str, list[dict]] = {}
     known: dict[Claim, tuple[str, str]] = {}
     rejected, notes = 0, []
+    now = time.time()
     for resource_spans in export.resource_spans:
         claim = claim_of(resource_spans.resource)
         if claim not in known:
@@ -310,7 +311,7 @@ def _take_spans(
         for scope in resource_spans.scope_spans:
             for span in scope.spans:
                 try:
-                    events.setdefault(agent, []).extend(events_of(span, agent, tenant))
+                    events.setdefault(agent, []).extend(events_of(span, agent, tenant, now))
                 except ValueError as exc:
                     rejected += 1
                     if len(notes) < 5:

@@ -8,8 +8,8 @@ SDK exports a metrics export per tick (each is one heartbeat) and a GenAI span w
 prompt carries an injection marker. The SDK stamps datapoints with the wall clock, so the
 ticks are a few milliseconds apart, not the seed's 30 s: the test shortens the durations
 that count in event time (a baseline published every 0.2 s; CPU above 95 % fires on its
-first heartbeat, not after 10 min) and keeps every other
-setting. Normal ticks follow the spike, as they would in life.
+first heartbeat, not after 10 min) and keeps every other setting. Normal ticks follow the
+spike, as they would in life.
 """
 
 from __future__ import annotations

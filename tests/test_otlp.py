@@ -21,6 +21,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import AggregationTemporality, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -36,6 +40,7 @@ from infra.broker import ensure_topics, free_port
 from sinks.clickhouse import connect
 from tests.conftest import wait_until
 from tests.test_bridge import consume
+from tests.test_credentials import door  # noqa: F401  (the fixture)
 
 AGENT = "agent-otel"
 #: Counters and histograms per export, as docs/otel.md asks of an agent's SDK.
@@ -302,3 +307,36 @@ def test_otlp_json_is_taken_and_refused_points_come_back_as_partial_success(
     assert "TEMPORALITY_PREFERENCE=delta" in partial["errorMessage"]
     [(_, beat)] = consume(receiver.settings, "metrics", 1)
     assert (beat["cpu_usage"], beat["bytes_out"], beat["timestamp"]) == (25.0, 0, 1.8e9)
+
+
+def test_an_agent_posts_from_its_own_host_an_operator_only_from_this_one(door):
+    """The loopback guard (api/access.py) lets a keyed export through to the route, which
+    lets a remote caller in with an agent's key only, as for the REST bridge."""
+    from fastapi.testclient import TestClient
+
+    token = door.agent_key(AGENT)
+    remote = TestClient(door.api.app, client=("203.0.113.9", 40000))  # the running app
+    export = metrics_export(AGENT, "t1")
+    agent = remote.post("/v1/metrics", content=export, headers=PROTOBUF | door.auth(token))
+    assert agent.status_code == 200, agent.text
+    operator = remote.post(
+        "/v1/metrics", content=export, headers=PROTOBUF | door.auth("operator of t1")
+    )
+    assert operator.status_code == 403
+    assert "agent's own key" in Status.FromString(operator.content).message
+    # a span the event schemas refuse is a rejected span, the others are taken
+    spans = ExportTraceServiceRequest()
+    resource = spans.resource_spans.add()
+    for task_id in ("x" * 200, "task-1"):
+        resource.scope_spans.add().spans.add(
+            name="work", trace_id=bytes(16), span_id=bytes(8), end_time_unix_nano=1_800 * 10**15,
+            attributes=[{"key": "agentwatch.task_id", "value": {"string_value": task_id}}],
+        )  # fmt: skip
+    answer = remote.post(
+        "/v1/traces", content=spans.SerializeToString(), headers=PROTOBUF | door.auth(token)
+    )
+    assert answer.status_code == 200, answer.text
+    partial = ExportTraceServiceResponse.FromString(answer.content).partial_success
+    assert partial.rejected_spans == 1 and "task_id" in partial.error_message
+    landed = [value for _, value in consume(door.settings, "events", 1)]
+    assert [(e["type"], e["payload"]["task_id"]) for e in landed] == [("task_completed", "task-1")]

@@ -48,7 +48,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from agentwatch.identity import Permission, Principal, Role, authorize
 from agentwatch.otel import Claim, claim_of, events_of, heartbeat_of, point_count
@@ -175,6 +174,10 @@ async def _export(
             raise _Refusal(exc.status, exc.message) from None
         answer = await run_in_threadpool(take, request, runtime, caller, export)
     except _Refusal as refusal:
+        log.info(
+            "otlp_export_refused path=%s status=%d reason=%r",
+            request.url.path, refusal.status, refusal.message[:200],
+        )  # fmt: skip
         return _error(refusal, encoding)
     data, media = encode(answer, encoding)
     return Response(data, media_type=media)
@@ -211,7 +214,9 @@ def _error(refusal: _Refusal, encoding: Literal["protobuf", "json"]) -> Response
     return Response(orjson.dumps(body), refusal.status, headers=headers, media_type=JSON)
 
 
-def _agent_of(request: Request, runtime: Runtime, caller: Principal, claim: Claim) -> tuple:
+def _agent_of(
+    request: Request, runtime: Runtime, caller: Principal, claim: Claim
+) -> tuple[str, str]:
     """The agent and tenant a resource's data is written as, by the bridge's rule."""
     if caller.role is Role.AGENT:
         if claim.agent_id is not None and claim.agent_id != caller.agent_id:
@@ -307,7 +312,6 @@ def _take_spans(
         if claim not in known:
             known[claim] = _agent_of(request, runtime, caller, claim)
         agent, tenant = known[claim]
-        span: Span
         for scope in resource_spans.scope_spans:
             for span in scope.spans:
                 try:

@@ -254,6 +254,15 @@ class Settings(BaseSettings):
         "the query's time limit (the query goes on holding its slot until ClickHouse stops it).",
     )
 
+    # --- OpenTelemetry in (POST /v1/metrics, /v1/traces; docs/otel.md) ------------
+    otlp_max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Largest OTLP/HTTP export the API takes (bytes, as sent and once "
+        "gunzipped); a larger one is answered 413: lower the SDK's batch size "
+        "(OTEL_BSP_MAX_EXPORT_BATCH_SIZE) or raise this.",
+    )
+
     # --- reports (GET /api/v1/reports/{kind}) --------------------------------
     report_default_period_s: float = Field(
         86_400.0, gt=0, description="A report without `since` covers this long before `until`."

@@ -31,10 +31,13 @@ from api.publisher import request_origin
 
 #: Methods that read only.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-#: The routes agents post to from their own hosts (the REST bridge, their credentials):
-#: a request to one with a key passes this guard, and the route lets a remote caller
-#: through only with an agent's key (``api.routes.credentials.remote_agents_only``).
-AGENT_ROUTES = re.compile(r"/api/v1/agents/[^/]+/(?:metrics|events|credentials)")
+#: The routes agents post to from their own hosts (the REST bridge, their credentials, the
+#: OTLP/HTTP receiver): a request to one with a key passes this guard, and the route lets a
+#: remote caller through only with an agent's key
+#: (``api.routes.credentials.remote_agents_only``).
+AGENT_ROUTES = re.compile(
+    r"/api/v1/agents/[^/]+/(?:metrics|events|credentials)|/v1/(?:metrics|traces)"
+)
 
 
 def is_loopback(host: str | None) -> bool:

@@ -56,6 +56,7 @@ from api.routes import (
     clusters,
     credentials,
     operations,
+    otlp,
     registry,
     reports,
     rules,
@@ -107,7 +108,7 @@ def create_app(
     app.exception_handler(StarletteHTTPException)(_http_error)
 
     routers = (agents, alerts, rules, sql_routes, system, credentials, bridge, bulk, reports,
-               registry, tasks, tasks_assign, clusters, operations)  # fmt: skip
+               registry, tasks, tasks_assign, clusters, operations, otlp)  # fmt: skip
     for module in routers:
         document_key_errors(module.router)
         app.include_router(module.router)

@@ -86,6 +86,8 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
         ("POST", f"{a}/metrics", heartbeat, SELF_OR_OPERATE, tenant),
         ("POST", f"{a}/metrics", [heartbeat, heartbeat], SELF_OR_OPERATE, tenant),
         ("POST", f"{a}/events", talk, SELF_OR_OPERATE, tenant),
+        ("POST", "/v1/metrics", otlp_export(agent, tenant, "metrics"), SELF_OR_OPERATE, tenant),
+        ("POST", "/v1/traces", otlp_export(agent, tenant, "spans"), SELF_OR_OPERATE, tenant),
         ("GET", f"{a}/credentials", None, SELF_OR_READ, tenant),
         ("POST", f"{a}/credentials", None, SELF_OR_OPERATE, tenant),
         ("POST", BULK, restart, operate, tenant),
@@ -116,6 +118,25 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
         ("GET", "/api/v1/orchestration/weights", None, read, OWN),
         ("PUT", "/api/v1/orchestration/weights", {"cost": 0.3}, operate, ALL_TENANTS),
     ]
+
+
+def otlp_export(agent: str, tenant: str, kind: str) -> dict:
+    """An OTLP JSON export (api/routes/otlp.py) whose resource names ``agent`` of ``tenant``:
+    a gauge, or a GenAI span."""
+    resource = {"attributes": [
+        {"key": "agentwatch.agent_id", "value": {"stringValue": agent}},
+        {"key": "agentwatch.tenant_id", "value": {"stringValue": tenant}},
+    ]}  # fmt: skip
+    if kind == "metrics":
+        gauge = {"dataPoints": [{"asDouble": 1.0}]}
+        metrics = [{"name": "agentwatch.cpu_usage", "unit": "%", "gauge": gauge}]
+        return {"resourceMetrics": [{"resource": resource, "scopeMetrics": [{"metrics": metrics}]}]}
+    span = {
+        "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",
+        "name": "chat matrix", "kind": 3,
+        "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}}],
+    }  # fmt: skip
+    return {"resourceSpans": [{"resource": resource, "scopeSpans": [{"spans": [span]}]}]}
 
 
 #: The bulk route answers 200 with a result per id: another tenant's agent is refused

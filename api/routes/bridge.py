@@ -86,10 +86,12 @@ class Accepted(BaseModel):
     topic: str
 
 
-def _scope(
+def posting_tenant(
     request: Request, runtime: Runtime, caller: Principal, agent_id: str, said_tenant: str | None
 ) -> str:
-    """The tenant the caller posts for ``agent_id`` as (403/404 when it may not)."""
+    """The tenant the caller posts for ``agent_id`` as (403/404 when it may not; 422 when
+    an operator posts for an agent not known yet without saying its tenant). The OTLP
+    receiver (:mod:`api.routes.otlp`) asks it too."""
     remote_agents_only(request, caller, runtime.settings)
     if caller.role is Role.AGENT:
         tenant = check_agent_scope(caller, Permission.REPORT_SELF, agent_id, caller.tenant_id)
@@ -139,7 +141,7 @@ def post_metrics(
     said = {beat.tenant_id for beat in beats if beat.tenant_id is not None}
     if len(said) > 1:
         raise unprocessable(f"one agent, one tenant: the heartbeats say {sorted(said)}", "body")
-    tenant = _scope(request, runtime, caller, agent_id, next(iter(said), None))
+    tenant = posting_tenant(request, runtime, caller, agent_id, next(iter(said), None))
     values = [
         beat.model_dump(mode="json", exclude_none=True)
         | {"agent_id": agent_id, "tenant_id": tenant}
@@ -177,7 +179,7 @@ def post_event(
     reason = refusal(AGENT_CHANNEL, body.type)
     if reason is not None:
         raise unprocessable(reason, "body", "type")
-    tenant = _scope(request, runtime, caller, agent_id, None)
+    tenant = posting_tenant(request, runtime, caller, agent_id, None)
     actor = agent_id if caller.role is Role.AGENT else f"key:{caller.key_id}"
     event = LifecycleEvent(
         type=body.type, agent_id=agent_id, tenant_id=tenant, actor=actor,

@@ -59,9 +59,11 @@ from api.routes import (
     registry,
     reports,
     rules,
+    series,
     system,
     tasks,
     tasks_assign,
+    whoami,
 )
 from api.routes import sql as sql_routes
 from api.runtime import Runtime
@@ -108,6 +110,7 @@ def create_app(
 
     routers = (agents, alerts, rules, sql_routes, system, credentials, bridge, bulk, reports,
                registry, tasks, tasks_assign, clusters, operations)  # fmt: skip
+    routers += (series, whoami)  # what the console reads (docs/console.md)
     for module in routers:
         document_key_errors(module.router)
         app.include_router(module.router)

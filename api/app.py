@@ -54,6 +54,7 @@ from api.routes import (
     bridge,
     bulk,
     clusters,
+    console,
     credentials,
     operations,
     registry,
@@ -110,7 +111,7 @@ def create_app(
 
     routers = (agents, alerts, rules, sql_routes, system, credentials, bridge, bulk, reports,
                registry, tasks, tasks_assign, clusters, operations)  # fmt: skip
-    routers += (series, whoami)  # what the console reads (docs/console.md)
+    routers += (series, whoami, console)  # the console at / (docs/console.md) and what it reads
     for module in routers:
         document_key_errors(module.router)
         app.include_router(module.router)

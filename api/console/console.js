@@ -497,6 +497,7 @@
       el("li", { class: "l-threat", text: "threat windows" }));
     $("chart-caption").replaceChildren(el("p", { text: summary }), legend);
     $("chart").dataset.points = String(points.length);
+    $("chart").dataset.outside = String(outside);
   }
 
   // ---- threats, alerts, actions -----------------------------------------------------------

@@ -9,7 +9,6 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from agentwatch.identity import ALL_TENANTS, ROLE_PERMISSIONS, Permission, Principal, Role
-from api.errors import error_responses
 from api.identity import needs_any
 from api.runtime import API_PREFIX
 
@@ -29,12 +28,7 @@ class Caller(BaseModel):
     permissions: list[Permission] = Field(description="What its role may do.")
 
 
-@router.get(
-    f"{API_PREFIX}/whoami",
-    response_model=Caller,
-    responses=error_responses(403),
-    tags=["keys"],
-)
+@router.get(f"{API_PREFIX}/whoami", response_model=Caller, tags=["keys"])
 def whoami(caller: AnyCaller) -> Caller:
     """The caller's key: its role, its tenant, and the permissions of its role (read,
     operate, query sql, report self, manage keys). Never the secret."""

@@ -66,22 +66,24 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-def save(page, name: str, tmp_path: Path) -> Path:
-    """A full-page screenshot in the test's directory (and in CONSOLE_SCREENSHOTS_DIR)."""
+def save(page, name: str, tmp_path: Path, elsewhere: Path | None) -> Path:
+    """A full-page screenshot in the test's directory (and a copy in ``elsewhere``)."""
     shot = tmp_path / "screenshots" / f"{name}.png"
     shot.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(shot), full_page=True)
-    elsewhere = os.environ.get(SCREENSHOTS_ENV)
-    if elsewhere:
-        Path(elsewhere).mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, Path(elsewhere) / shot.name)
+    if elsewhere is not None:
+        elsewhere.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, elsewhere / shot.name)
     return shot
 
 
 def test_the_console_shows_the_live_fleet_an_agent_and_its_threat_offline_and_by_tenant(
-    run_up, stack_env: dict[str, str], tmp_path: Path
+    run_up, stack_env: dict[str, str], tmp_path: Path, pytestconfig: pytest.Config
 ) -> None:
     browser_path = chromium()
+    # (a relative directory is the one pytest was started in: each test runs elsewhere)
+    wanted = os.environ.get(SCREENSHOTS_ENV)
+    shots = pytestconfig.invocation_params.dir / wanted if wanted else None
     stack_env.update(
         AGENTWATCH_API_AUTH_REQUIRED="true",
         AGENTWATCH_BASELINE_WARMUP_S="0",
@@ -111,7 +113,7 @@ def test_the_console_shows_the_live_fleet_an_agent_and_its_threat_offline_and_by
             start_new_session=True,
         )  # fmt: skip
     try:
-        _check_in_the_browser(base, admin, browser_path, tmp_path)
+        _check_in_the_browser(base, admin, browser_path, tmp_path, shots)
     finally:
         if simulator.poll() is None:
             os.killpg(simulator.pid, signal.SIGINT)
@@ -123,7 +125,9 @@ def test_the_console_shows_the_live_fleet_an_agent_and_its_threat_offline_and_by
     assert up.interrupt() < 10
 
 
-def _check_in_the_browser(base: str, admin: dict, browser_path: Path, tmp_path: Path) -> None:
+def _check_in_the_browser(
+    base: str, admin: dict, browser_path: Path, tmp_path: Path, shots: Path | None
+) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     api = f"{base}/api/v1"
@@ -184,7 +188,7 @@ def _check_in_the_browser(base: str, admin: dict, browser_path: Path, tmp_path: 
             expect(page.locator("#tenants tbody")).to_contain_text(own)
             assert other not in page.locator("#tenants tbody").inner_text()
             expect(page.locator("#agents tbody .agent-link")).to_have_count(len(tenants[own]))
-            save(page, "console-fleet", tmp_path)
+            save(page, "console-fleet", tmp_path, shots)
 
             # the keyboard: "/" to search, Enter opens the agent
             page.locator("body").press("/")
@@ -210,7 +214,7 @@ def _check_in_the_browser(base: str, admin: dict, browser_path: Path, tmp_path: 
                     threat["evidence"]["baseline"][0]["feature"]
                 )
             expect(page.locator("#actions")).to_be_visible()  # an operator may quarantine
-            save(page, "console-agent", tmp_path)
+            save(page, "console-agent", tmp_path, shots)
 
             page.keyboard.press("Escape")
             expect(page.locator("#fleet")).to_be_visible()
@@ -233,7 +237,7 @@ def _check_in_the_browser(base: str, admin: dict, browser_path: Path, tmp_path: 
             listed = {link.get_attribute("href") for link in links.all()}
             assert listed == {f"#/agents/{agent}" for agent in tenants[other]}, listed
             assert own not in page.locator("#tenants tbody").inner_text()
-            save(page, "console-other-tenant", tmp_path)
+            save(page, "console-other-tenant", tmp_path, shots)
             page.goto(f"{base}/#/agents/{SPIKE_AGENT}")  # typed in by hand: not found
             expect(page.locator("#status")).to_contain_text(f"Agent {SPIKE_AGENT}:")
             expect(page.locator("#chart-svg svg")).to_have_count(0)

@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install up test bench lint clean
+.PHONY: install up test bench lint clean browser
 
 install: $(VENV)/.installed
 
@@ -18,10 +18,17 @@ $(VENV)/.installed: pyproject.toml
 up: install
 	$(BIN)/agentwatch up --simulate
 
-test: install
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -n 2 --dist loadfile
+
+# The console's browser test (tests/test_console_browser.py) drives Debian's chromium: install
+# it when it is missing (root, as here and in CI). If it cannot be, that test fails saying so.
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+		echo "chromium could not be installed: tests/test_console_browser.py will fail" >&2
 
 bench: install
 	$(BIN)/python bench/throughput.py

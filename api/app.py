@@ -54,15 +54,18 @@ from api.routes import (
     bridge,
     bulk,
     clusters,
+    console,
     credentials,
     operations,
     otlp,
     registry,
     reports,
     rules,
+    series,
     system,
     tasks,
     tasks_assign,
+    whoami,
 )
 from api.routes import sql as sql_routes
 from api.runtime import Runtime
@@ -109,6 +112,7 @@ def create_app(
 
     routers = (agents, alerts, rules, sql_routes, system, credentials, bridge, bulk, reports,
                registry, tasks, tasks_assign, clusters, operations, otlp)  # fmt: skip
+    routers += (series, whoami, console)  # the console at / (docs/console.md) and what it reads
     for module in routers:
         document_key_errors(module.router)
         app.include_router(module.router)

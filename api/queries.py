@@ -668,3 +668,36 @@ def parse_evidence(text: str) -> ThreatEvidence | None:
         error = " ".join(str(exc).split())[:200]
         log.warning("threat_evidence_unparsable text=%r error=%r", text[:80], error)
         return None
+
+
+def metric_series(
+    client: Client,
+    database: str,
+    agent_id: str,
+    metric: str,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    *,
+    tenant_id: str | None,
+) -> list[tuple[datetime, float]]:
+    """The agent's ``metric`` at each heartbeat with ``since <= timestamp <= until``: the
+    newest ``limit`` of them, oldest first (a chart's order). ``metric`` must be a column of
+    table ``metrics`` (callers pass one of :data:`SERIES_METRICS`; it is part of the SQL)."""
+    if metric not in SERIES_METRICS:
+        raise ValueError(f"no metric {metric!r}; use one of {', '.join(SERIES_METRICS)}")
+    parameters: dict[str, object] = {"limit": limit}
+    conditions = [_agent(agent_id, tenant_id, parameters)]
+    conditions += _time_bounds("timestamp", since, until, parameters)
+    result = client.query(
+        f"SELECT timestamp, toFloat64({metric}) AS value FROM {database}.metrics FINAL "
+        f"WHERE {' AND '.join(conditions)} ORDER BY timestamp DESC LIMIT {{limit:UInt32}}",
+        parameters=parameters,
+    )
+    return [(as_utc(timestamp), value) for timestamp, value in reversed(result.result_rows)]
+
+
+#: The numeric metrics of a heartbeat that :func:`metric_series` reads.
+SERIES_METRICS = tuple(
+    name for name in LatestMetrics.model_fields if name not in ("timestamp", "status")
+)

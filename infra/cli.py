@@ -850,6 +850,7 @@ def _print_summary(
         else "  sql        off (AGENTWATCH_API_SQL_ENABLED=false); `agentwatch sql` reads the "
         "data once the stack is stopped"
     )
+    lines.append(f"  console    {api}/  (the fleet in a browser; docs/console.md)")
     key_file = admin_key_file(settings)
     lines.append(
         f"  key        admin key in {key_file} (mode 0600): send it as "

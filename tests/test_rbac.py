@@ -70,6 +70,7 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
         ("GET", f"{a}/threats", None, read, tenant),
         ("GET", f"{a}/alerts", None, read, tenant),
         ("GET", f"{a}/security", None, read, tenant),
+        ("GET", f"{a}/series?metric=cpu_usage", None, read, tenant),
         ("GET", f"/api/v1/alerts?tenant={tenant}", None, read, tenant),
         ("GET", f"/api/v1/incidents?tenant={tenant}", None, read, tenant),
         ("GET", f"/api/v1/audit?tenant={tenant}", None, read, tenant),
@@ -109,6 +110,7 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
         ("GET", "/api/v1/silences", None, read, OWN),
         ("GET", "/api/v1/system/health", None, read, OWN),
         ("GET", "/metrics", None, read, OWN),
+        ("GET", "/api/v1/whoami", None, frozenset(Permission), OWN),  # every key: itself
         ("POST", "/api/v1/rules", MATRIX_RULE, operate, ALL_TENANTS),  # 201, then 409
         ("PUT", "/api/v1/rules/matrix_rule", MATRIX_RULE, operate, ALL_TENANTS),
         ("POST", "/api/v1/rules/excessive_errors/restore", None, operate, ALL_TENANTS),

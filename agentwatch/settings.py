@@ -289,8 +289,9 @@ class Settings(BaseSettings):
         ge=0,
         le=65535,
         description="Port of the dataflow process's Prometheus /metrics (heartbeats, dead "
-        "letters, records by kind, anomalies, threats by rule, step time); 0: not served. "
-        "Each process of a Bytewax cluster needs its own.",
+        "letters, records by kind, anomalies, threats by rule, step time, snapshot time and "
+        "state size); 0: not served (`agentwatch up` then serves it on a free port). Each "
+        "process of a Bytewax cluster needs its own.",
     )
     dataflow_metrics_host: str = Field(
         "127.0.0.1", description="Address the dataflow's /metrics listens on."

@@ -5,16 +5,19 @@ The steps count per step, never per heartbeat (a counter's increment takes a loc
 process of a Bytewax cluster serves its own (give each its own port); the counters start at
 0 when the process starts, as Prometheus expects of counters.
 
-Not here: the recovery snapshots' time (Bytewax takes them in its engine, out of Python's
-sight; ``bench/throughput.py`` measures their cost) and ingest lag (the API's ``/metrics``
-exports ``agentwatch_dataflow_lag_messages`` from the group's committed offsets).
+Recovery snapshots are timed and sized where the shards' state is pickled for them
+(``dataflows.heartbeats.ShardCell``): ``agentwatch_dataflow_snapshot_seconds`` (one
+observation per shard snapshotted) and ``agentwatch_dataflow_state_bytes`` (the state of
+every shard of the process, as of its latest snapshot). Not here: ingest lag (the API's
+``/metrics`` exports ``agentwatch_dataflow_lag_messages`` from the group's committed
+offsets).
 """
 
 from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Counter, Summary, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Summary, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,24 @@ class DataflowMetrics:
             "Time of one step of a shard (a batch of heartbeats, a command or a tick).",
             registry=r,
         )
+
+        self.snapshot_seconds = Summary(
+            "agentwatch_dataflow_snapshot_seconds",
+            "Time to pickle one shard's state for a recovery snapshot.",
+            registry=r,
+        )
+        #: shard cell → bytes of its latest snapshot (the gauge is their sum)
+        self._state_bytes: dict[int, int] = {}
+        Gauge(
+            "agentwatch_dataflow_state_bytes",
+            "Bytes of the shards' state in this process, as pickled for their latest snapshots.",
+            registry=r,
+        ).set_function(lambda: sum(self._state_bytes.values()))
+
+    def observe_snapshot(self, shard: int, size: int, seconds: float) -> None:
+        """A shard's state was pickled for a snapshot: ``size`` bytes in ``seconds``."""
+        self._state_bytes[shard] = size
+        self.snapshot_seconds.observe(seconds)
 
     def serve(self, host: str, port: int) -> None:
         """Serve ``/metrics`` on ``host:port`` from a daemon thread."""

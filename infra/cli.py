@@ -175,6 +175,10 @@ def api_base_url(settings: Settings) -> str:
     return f"http://{settings.api_host}:{settings.api_port}"
 
 
+def dataflow_metrics_url(settings: Settings) -> str:
+    return f"http://{settings.dataflow_metrics_host}:{settings.dataflow_metrics_port}/metrics"
+
+
 # --- agentwatch simulate ---------------------------------------------------------------
 
 
@@ -694,11 +698,13 @@ def _supervise(
     describe_simulator: Callable[[], str] | None,
 ) -> int:
     """The body of :func:`run_stack`: start in order, watch, stop everything at the end."""
-    from infra.broker import BrokerError, ensure_topics, start_broker
+    from infra.broker import BrokerError, ensure_topics, free_port, start_broker
     from infra.supervisor import Supervisor
 
     supervisor = Supervisor(state_file(settings))
     exit_code = 0
+    if not settings.dataflow_metrics_port:  # (served here; a free port unless one is set)
+        settings = settings.model_copy(update={"dataflow_metrics_port": free_port()})
     try:
         broker = start_broker(
             settings.broker_host,
@@ -718,6 +724,7 @@ def _supervise(
                 "cluster_id": broker.cluster_id,
             },
             "api_url": api_base_url(settings),
+            "dataflow_metrics_url": dataflow_metrics_url(settings),
             "logs": str(logs),
         }
         supervisor.write_state()
@@ -729,6 +736,7 @@ def _supervise(
         env = {
             **os.environ,
             "AGENTWATCH_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "AGENTWATCH_DATAFLOW_METRICS_PORT": str(settings.dataflow_metrics_port),
             "AGENTWATCH_API_SQL_ENABLED": "true" if settings.api_sql_enabled else "false",
             "AGENTWATCH_API_ADMIN_KEY_FILE": str(admin_key_file(settings).absolute()),
             "AGENTWATCH_AGENTS_AUTO_REGISTER": "true" if settings.agents_auto_register else "false",
@@ -851,6 +859,10 @@ def _print_summary(
         "data once the stack is stopped"
     )
     lines.append(f"  console    {api}/  (the fleet in a browser; docs/console.md)")
+    lines.append(
+        f"  metrics    {api}/metrics (API, loader)  ·  {dataflow_metrics_url(settings)} "
+        "(dataflow)  ·  alerting rules: infra/prometheus/agentwatch-alerts.yml"
+    )
     key_file = admin_key_file(settings)
     lines.append(
         f"  key        admin key in {key_file} (mode 0600): send it as "

@@ -1,5 +1,6 @@
 """infra/prometheus/agentwatch-alerts.yml: well formed, and every metric it names is one
-the API exports (a renamed metric would silence its alert without a word)."""
+the API or a dataflow process exports (a renamed metric would silence its alert without a
+word)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ RULES = ROOT / "infra" / "prometheus" / "agentwatch-alerts.yml"
 
 
 def exported() -> set[str]:
-    """The sample names api/prometheus.py exports (counters with ``_total``, summaries
-    with ``_count`` and ``_sum``)."""
+    """The sample names api/prometheus.py and the dataflow's registry export (counters
+    with ``_total``, summaries with ``_count`` and ``_sum``)."""
     source = (ROOT / "api" / "prometheus.py").read_text()
     names: set[str] = set()
     for kind, name in re.findall(r'(\w+)\(\s*"(agentwatch_\w+)"', source):
@@ -24,7 +25,19 @@ def exported() -> set[str]:
             names |= {f"{name}_count", f"{name}_sum"}
         else:
             names.add(name)
-    return names
+    return names | dataflow_exported()
+
+
+def dataflow_exported() -> set[str]:
+    """The sample names of a dataflow process's ``/metrics``, read from its registry."""
+    from dataflows.metrics import DataflowMetrics
+
+    return {
+        sample.name
+        for family in DataflowMetrics().registry.collect()
+        for sample in family.samples
+        if sample.name.startswith("agentwatch_") and not sample.name.endswith("_created")
+    }
 
 
 def test_the_rules_are_well_formed_and_name_only_exported_metrics() -> None:

@@ -558,3 +558,40 @@ def test_a_refused_operator_command_is_logged_with_its_reason(caplog):
         "reason=agent-0001 is active; released is accepted only when it is quarantined or "
         "compromised"
     ) in caplog.text
+
+
+def test_a_shard_is_snapshotted_by_pickling_it_once_and_resumes_from_either_layout():
+    """Bytewax snapshots a stateful_map's state with copy.deepcopy: the shard's cell pickles
+    its state instead (timed and sized into the process's metrics), the engine stores the
+    bytes, and a restored cell goes on from them; a snapshot of the release before the cell
+    (the ShardState itself) is taken as it is."""
+    import copy
+    import pickle
+
+    from agentwatch.shard import ShardState
+    from dataflows.heartbeats import ShardCell, observe_shard
+    from dataflows.metrics import METRICS
+
+    settings = Settings(agents_auto_register=True, baseline_warmup_s=0)
+    first = parse_heartbeats(stream(3, 5))[0]
+    cell, _ = observe_shard(settings, lambda: 0.0, None, first)
+    assert isinstance(cell, ShardCell) and isinstance(cell.state, ShardState)
+    snapshots = METRICS.snapshot_seconds._count.get()
+    stored = pickle.dumps(copy.deepcopy(cell))  # what the engine does at an epoch's end
+    assert METRICS.snapshot_seconds._count.get() == snapshots + 1
+    assert METRICS._state_bytes[id(cell)] > 3 * 100
+
+    later = parse_heartbeats(stream(3, 6)[-5:])[0]  # the last step of each agent, and junk
+    resumed, out = observe_shard(settings, lambda: 0.0, pickle.loads(stored), later)
+    straight, expected = observe_shard(settings, lambda: 0.0, cell, later)
+    assert len(out.accepted) == 3
+    assert (out.anomalies, out.baselines, out.threats) == (
+        expected.anomalies,
+        expected.baselines,
+        expected.threats,
+    )
+    assert resumed.state is not straight.state
+
+    old_release = pickle.loads(pickle.dumps(ShardState.new(settings)))
+    carried, _ = observe_shard(settings, lambda: 0.0, old_release, first)
+    assert isinstance(carried, ShardCell) and carried.state is old_release

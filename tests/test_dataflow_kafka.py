@@ -142,11 +142,15 @@ def test_dataflow_process_publishes_anomalies_baselines_and_dead_letters(
         }
         # the process's /metrics counted the same
         url = f"http://127.0.0.1:{settings.dataflow_metrics_port}/metrics"
-        samples = {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(httpx.get(url, timeout=5).text)
-            for s in family.samples
-        }
+
+        def scrape() -> dict:
+            return {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(httpx.get(url, timeout=5).text)
+                for s in family.samples
+            }
+
+        samples = scrape()
         topic = settings.topic("metrics")
         assert samples[("agentwatch_dataflow_heartbeats_total", ())] == len(values) - 80
         assert samples[("agentwatch_dataflow_dead_letters_total", (("topic", topic),))] == 80
@@ -154,6 +158,14 @@ def test_dataflow_process_publishes_anomalies_baselines_and_dead_letters(
         baselines = samples[("agentwatch_dataflow_records_total", (("kind", "baselines"),))]
         assert baselines == len(topics[settings.topic("baselines")])
         assert samples[("agentwatch_dataflow_shard_step_seconds_count", ())] > 0
+        # the recovery snapshots, timed and sized (one per shard with state, each interval)
+        samples = wait_until(
+            lambda: (s := scrape())[("agentwatch_dataflow_snapshot_seconds_count", ())] > 0 and s,
+            settings.snapshot_interval_s * 3 + 10,
+            "a recovery snapshot",
+        )
+        assert 0 < samples[("agentwatch_dataflow_snapshot_seconds_sum", ())] < 5
+        assert samples[("agentwatch_dataflow_state_bytes", ())] > 6 * 300  # six agents' state
     finally:
         reader.close()
         assert flow.stop() == 0, flow.log()

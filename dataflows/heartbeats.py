@@ -37,9 +37,11 @@ registration's, or of a decommissioned agent is refused by the shard and
 dead-lettered like a malformed one: the same record (raw bytes, topic, partition,
 offset, reason) on ``agents.deadletter``.
 
-Run it with ``python -m dataflows.heartbeats`` (one process, settings from
-``AGENTWATCH_*``), or as a Bytewax cluster with
-``python -m bytewax.run "dataflows.heartbeats:get_flow()" -w W -i I -a ADDRS -r DIR``.
+Run it with ``python -m dataflows.heartbeats`` (settings from ``AGENTWATCH_*``): one
+process of ``AGENTWATCH_DATAFLOW_WORKERS`` threads, or one process of a Bytewax cluster with
+``AGENTWATCH_DATAFLOW_PROCESS_ID`` and ``AGENTWATCH_DATAFLOW_ADDRESSES`` (bytewax.run's
+``-i``/``-a``; docs/deploy.md). ``python -m bytewax.run "dataflows.heartbeats:get_flow()"``
+also works, without this module's /metrics and signal handling.
 """
 
 from __future__ import annotations

@@ -59,9 +59,32 @@ BRANCH_TAGS = {
 }
 
 
+class StrictLoader(yaml.SafeLoader):
+    """YAML as Compose (2.17 and later) reads it: a key twice in one mapping is an error,
+    ``<<`` included (several merges are written ``<<: [*a, *b]``); PyYAML would keep the last."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [key.value for key, _ in node.value if isinstance(key, yaml.ScalarNode)]
+        repeated = {key for key in keys if keys.count(key) > 1}
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"keys repeated in one mapping: {sorted(repeated)}", node.start_mark
+            )
+        return super().construct_mapping(node, deep)
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())
+    return yaml.load(COMPOSE.read_text(), Loader=StrictLoader)
+
+
+def test_the_strict_reader_refuses_a_repeated_key():
+    with pytest.raises(yaml.constructor.ConstructorError, match="repeated"):
+        yaml.load("a: &a {x: 1}\nb: {<<: *a, <<: *a}\n", Loader=StrictLoader)
+    assert yaml.load("a: &a {x: 1}\nb: {<<: [*a], y: 2}\n", Loader=StrictLoader)["b"] == {
+        "x": 1,
+        "y": 2,
+    }
 
 
 def environments(compose: dict):

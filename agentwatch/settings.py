@@ -296,6 +296,19 @@ class Settings(BaseSettings):
     dataflow_metrics_host: str = Field(
         "127.0.0.1", description="Address the dataflow's /metrics listens on."
     )
+    dataflow_process_id: int | None = Field(
+        None,
+        ge=0,
+        description="This process's index in a Bytewax cluster of several processes "
+        "(bytewax.run's -i), counted from 0 in the order of AGENTWATCH_DATAFLOW_ADDRESSES; "
+        "unset: a cluster of this one process (AGENTWATCH_DATAFLOW_WORKERS threads).",
+    )
+    dataflow_addresses: str = Field(
+        "",
+        description="host:port of every process of the Bytewax cluster, separated by ';', "
+        "in process-id order, the same list in every process (bytewax.run's -a): the "
+        "processes talk to each other there. Needed with AGENTWATCH_DATAFLOW_PROCESS_ID.",
+    )
     source_batch_size: int = Field(
         5000, ge=1, description="Most heartbeats read from one partition in one batch."
     )

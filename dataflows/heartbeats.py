@@ -37,9 +37,11 @@ registration's, or of a decommissioned agent is refused by the shard and
 dead-lettered like a malformed one: the same record (raw bytes, topic, partition,
 offset, reason) on ``agents.deadletter``.
 
-Run it with ``python -m dataflows.heartbeats`` (one process, settings from
-``AGENTWATCH_*``), or as a Bytewax cluster with
-``python -m bytewax.run "dataflows.heartbeats:get_flow()" -w W -i I -a ADDRS -r DIR``.
+Run it with ``python -m dataflows.heartbeats`` (settings from ``AGENTWATCH_*``): one
+process of ``AGENTWATCH_DATAFLOW_WORKERS`` threads, or one process of a Bytewax cluster with
+``AGENTWATCH_DATAFLOW_PROCESS_ID`` and ``AGENTWATCH_DATAFLOW_ADDRESSES`` (bytewax.run's
+``-i``/``-a``; docs/deploy.md). ``python -m bytewax.run "dataflows.heartbeats:get_flow()"``
+also works, without this module's /metrics and signal handling.
 """
 
 from __future__ import annotations
@@ -675,6 +677,37 @@ def recovery_config(settings: Settings) -> RecoveryConfig:
     return RecoveryConfig(str(path))
 
 
+def cluster_options(settings: Settings) -> dict[str, object]:
+    """Where this process stands in its Bytewax cluster, as ``cli_main`` takes it: nothing
+    for a cluster of one process, else its index and every process's address.
+
+    >>> cluster_options(Settings())
+    {}
+    >>> two = "df-0:2101;df-1:2101"
+    >>> cluster_options(Settings(dataflow_process_id=1, dataflow_addresses=two))
+    {'process_id': 1, 'addresses': ['df-0:2101', 'df-1:2101']}
+    >>> cluster_options(Settings(dataflow_process_id=2, dataflow_addresses=two))
+    Traceback (most recent call last):
+    ...
+    ValueError: AGENTWATCH_DATAFLOW_PROCESS_ID=2 but AGENTWATCH_DATAFLOW_ADDRESSES names 2 ...
+    """
+    addresses = [a.strip() for a in settings.dataflow_addresses.split(";") if a.strip()]
+    if settings.dataflow_process_id is None:
+        if addresses:
+            raise ValueError(
+                "AGENTWATCH_DATAFLOW_ADDRESSES is set but AGENTWATCH_DATAFLOW_PROCESS_ID is "
+                "not: give each process its index in that list (0, 1, ...)"
+            )
+        return {}
+    if settings.dataflow_process_id >= len(addresses):
+        raise ValueError(
+            f"AGENTWATCH_DATAFLOW_PROCESS_ID={settings.dataflow_process_id} but "
+            f"AGENTWATCH_DATAFLOW_ADDRESSES names {len(addresses)} processes "
+            f"(ids 0..{len(addresses) - 1}): list every process's host:port, separated by ';'"
+        )
+    return {"process_id": settings.dataflow_process_id, "addresses": addresses}
+
+
 def tune_garbage_collector(young_threshold: int) -> None:
     """Make Python's cyclic garbage collector cheap for batch work, process-wide.
 
@@ -704,18 +737,21 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     settings = with_recorded_layout(settings)
+    cluster = cluster_options(settings)  # refuses a wrong cluster before anything starts
     flow = build_flow(settings)
     tune_garbage_collector(settings.gc_young_threshold)
     if settings.dataflow_metrics_port:
         METRICS.serve(settings.dataflow_metrics_host, settings.dataflow_metrics_port)
     log.info(
         "dataflow_starting bootstrap=%s topic=%s workers=%d shards=%d snapshot_interval_s=%g "
-        "recovery=%s",
+        "recovery=%s process=%s of %d",
         settings.bootstrap_servers, settings.topic("metrics"), settings.dataflow_workers,
         settings.shard_count, settings.snapshot_interval_s, settings.recovery_path,
+        cluster.get("process_id", 0), len(cluster.get("addresses", [])) or 1,
     )  # fmt: skip
     cli_main(
         flow,
+        **cluster,
         workers_per_process=settings.dataflow_workers,
         epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
         recovery_config=recovery_config(settings),

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import orjson
 
@@ -91,16 +91,21 @@ class AuditRow:
         return tuple(cls.__dataclass_fields__)
 
 
+#: The fields an entry's hash covers, in table order (all of the row's but ``hash``).
+_HASHED = AuditRow.columns()[:-1]
+_AT = _HASHED.index("at")
+_ENTRY_FIELDS = tuple(AuditEntry.__dataclass_fields__)
+
+
 def entry_hash(row: AuditRow) -> str:
     """SHA-256 (hex) of the previous hash and every field of the row but its own hash.
 
     The fields are serialized as one JSON array in table order, with ``at`` in
     whole milliseconds (as the table stores it), so a row read back hashes alike.
     """
-    values = asdict(row)
-    values.pop("hash")
-    values["at"] = round(values["at"] * 1000)
-    return hashlib.sha256(orjson.dumps(list(values.values()))).hexdigest()
+    values = [getattr(row, name) for name in _HASHED]  # (flat fields: no deep copy needed)
+    values[_AT] = round(row.at * 1000)
+    return hashlib.sha256(orjson.dumps(values)).hexdigest()
 
 
 class AuditChain:
@@ -121,7 +126,8 @@ class AuditChain:
     def append(self, entry: AuditEntry) -> AuditRow:
         """The entry as the next row of its tenant's chain."""
         seq, prev_hash = self.heads.get(entry.tenant_id, (0, GENESIS_HASH))
-        row = AuditRow(**asdict(entry), seq=seq + 1, prev_hash=prev_hash)
+        fields = {name: getattr(entry, name) for name in _ENTRY_FIELDS}
+        row = AuditRow(**fields, seq=seq + 1, prev_hash=prev_hash)
         row = replace(row, hash=entry_hash(row))
         self.heads[entry.tenant_id] = (row.seq, row.hash)
         return row

@@ -91,7 +91,10 @@ def build_fleet(client: Client, settings: Settings, *, orchestration: bool = Fal
     incidents = [
         Incident(kind, f"agent-{n:06d}", start_s=7200.0 + 1200 * n, duration_s=900.0)
         for n, kind in enumerate(INCIDENT_KINDS)
-    ]
+    ] + [  # one agent silent at the end, whatever the hour: not every agent is active now
+        Incident("silence", f"agent-{AGENTS - 1:06d}", start_s=HOURS * 3600 - 1800.0,
+                 duration_s=3600.0)
+    ]  # fmt: skip
     fleet = FleetSimulator(AGENTS, seed=5, start=start, tenants=2, incidents=incidents)
     shard = ShardState.new(settings)
     outputs: dict[str, list[dict]] = {kind: [] for kind in OUTPUT_TOPICS}

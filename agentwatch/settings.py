@@ -296,6 +296,17 @@ class Settings(BaseSettings):
     dataflow_metrics_host: str = Field(
         "127.0.0.1", description="Address the dataflow's /metrics listens on."
     )
+    loader_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics of a loader run on its own "
+        "(python -m sinks.loader: rows, batches, lag, skipped messages, errors); 0: not "
+        "served. A loader inside the API process reports on the API's /metrics.",
+    )
+    loader_metrics_host: str = Field(
+        "127.0.0.1", description="Address a lone loader's /metrics listens on."
+    )
     dataflow_process_id: int | None = Field(
         None,
         ge=0,

@@ -16,15 +16,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client.core import (
-    CounterMetricFamily,
     GaugeMetricFamily,
     Metric,
-    SummaryMetricFamily,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from api.responses import SystemHealth
+from sinks.loader_metrics import families as loader_families
 
 #: ``Content-Type`` of the exposition this module renders.
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -77,55 +76,7 @@ class _HealthCollector(Collector):
             "Rows per second the loader wrote into table metrics (last minute).",
             loader.ingest_rows_per_s,
         )
-        yield _gauge(
-            "agentwatch_loader_running",
-            "1 when the loader thread runs in this process.",
-            1 if loader.running else 0,
-        )
-        lag = GaugeMetricFamily(
-            "agentwatch_loader_lag_messages",
-            "Messages on a topic the loader has not written to ClickHouse yet.",
-            labels=["topic"],
-        )
-        for topic, messages in sorted((loader.lag or {}).items()):
-            lag.add_metric([topic], messages)
-        yield lag
-        rows = CounterMetricFamily(
-            "agentwatch_loader_rows_inserted",
-            "Rows the loader wrote, by the topic they came from (metric_rows: into metrics).",
-            labels=["topic"],
-        )
-        for topic, count in sorted(loader.rows_inserted.items()):
-            rows.add_metric([topic], count)
-        yield rows
-        skipped = CounterMetricFamily(
-            "agentwatch_loader_skipped_invalid",
-            "Messages the loader skipped as invalid, by topic.",
-            labels=["topic"],
-        )
-        for topic, count in sorted(loader.skipped_invalid.items()):
-            skipped.add_metric([topic], count)
-        yield skipped
-        yield SummaryMetricFamily(
-            "agentwatch_loader_batch_rows",
-            "Rows per insert batch (count = batches, sum = rows).",
-            count_value=loader.batches_inserted,
-            sum_value=loader.batch_rows_sum,
-        )
-        yield _gauge(
-            "agentwatch_loader_last_batch_rows",
-            "Rows in the loader's latest batch.",
-            loader.last_batch_rows,
-        )
-        yield CounterMetricFamily(
-            "agentwatch_loader_errors", "Failed loader attempts (retried).", value=loader.errors
-        )
-        if loader.last_insert_at is not None:
-            yield _gauge(
-                "agentwatch_loader_last_insert_timestamp_seconds",
-                "When the loader last wrote a batch (epoch seconds).",
-                loader.last_insert_at.timestamp(),
-            )
+        yield from loader_families(loader)
 
         counts = health.clickhouse.counts
         if counts is not None:

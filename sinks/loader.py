@@ -56,7 +56,9 @@ cluster id is new and offsets start again at 0. A stored offset from another
 cluster, or beyond a partition's end, makes the loader read that partition
 from the beginning and say so in the log.
 
-Run it alone with ``python -m sinks.loader`` (stops cleanly on SIGTERM/SIGINT);
+Run it alone with ``python -m sinks.loader`` (stops cleanly on SIGTERM/SIGINT; serves its
+Prometheus ``/metrics`` on ``AGENTWATCH_LOADER_METRICS_PORT`` when set, see
+:mod:`sinks.loader_metrics`);
 in the embedded profile the API process runs it in a background thread::
 
     loader = Loader(settings, connect(settings))
@@ -127,6 +129,8 @@ from schemas.models import (
 )
 from sinks.audit import AuditWriter
 from sinks.clickhouse import connect, create_schema
+from sinks.loader_metrics import LoaderFigures
+from sinks.loader_metrics import serve as serve_metrics
 
 log = logging.getLogger("sinks.loader")  # also when run as __main__
 
@@ -260,6 +264,11 @@ class Loader:
         tune_garbage_collector(self._settings.gc_young_threshold)
         self._thread = threading.Thread(target=self._run, name="clickhouse-loader", daemon=True)
         self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        """Whether the loader's thread runs (:meth:`start` called, :meth:`stop` not yet)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop cleanly: insert pending rows, write their offsets, close the consumer."""
@@ -1430,6 +1439,13 @@ def main() -> None:
     signal.signal(signal.SIGINT, request_stop)
     loader = Loader(settings, client)
     loader.start()
+    metrics = None
+    if settings.loader_metrics_port:
+        metrics = serve_metrics(
+            lambda: LoaderFigures.of(loader.stats(), running=loader.running),
+            settings.loader_metrics_host,
+            settings.loader_metrics_port,
+        )
     audit_client = connect(settings)  # the audit trail is written where the loader runs
     audit = AuditWriter(settings, audit_client)
     audit.start()
@@ -1439,6 +1455,8 @@ def main() -> None:
     audit_client.close()
     loader.stop()
     client.close()
+    if metrics is not None:
+        metrics.shutdown()
 
 
 if __name__ == "__main__":

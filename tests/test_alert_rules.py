@@ -14,9 +14,11 @@ RULES = ROOT / "infra" / "prometheus" / "agentwatch-alerts.yml"
 
 
 def exported() -> set[str]:
-    """The sample names api/prometheus.py and the dataflow's registry export (counters
+    """The sample names api/prometheus.py (with sinks/loader_metrics.py) and the dataflow's
+    registry export (counters
     with ``_total``, summaries with ``_count`` and ``_sum``)."""
     source = (ROOT / "api" / "prometheus.py").read_text()
+    source += (ROOT / "sinks" / "loader_metrics.py").read_text()  # the loader's families
     names: set[str] = set()
     for kind, name in re.findall(r'(\w+)\(\s*"(agentwatch_\w+)"', source):
         if kind == "CounterMetricFamily":

@@ -491,7 +491,7 @@ def test_grafana_is_given_the_provisioning_and_the_dashboards_read_only(compose:
     assert REQUIRED_VARIABLE.match(env["AGENTWATCH_CLICKHOUSE_PASSWORD"])
 
 
-def test_prometheus_scrapes_every_api_replica_and_dataflow_process_where_they_listen(
+def test_prometheus_scrapes_every_api_replica_dataflow_process_and_the_loader_where_they_listen(
     compose: dict, monkeypatch
 ):
     services = compose["services"]
@@ -515,6 +515,9 @@ def test_prometheus_scrapes_every_api_replica_and_dataflow_process_where_they_li
             assert settings.api_host == "0.0.0.0", name
         elif service["command"] == "python -m dataflows.heartbeats":
             expected[name] = settings.dataflow_metrics_port
+        elif service["command"] == "python -m sinks.loader":
+            expected[name] = settings.loader_metrics_port
+            assert settings.loader_metrics_host == "0.0.0.0", name
     assert {host: port for host, (port, _) in scraped.items()} == expected
     for host, (_, job) in scraped.items():
         if host.startswith("api-"):  # /metrics wants a key that may read

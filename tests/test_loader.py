@@ -1209,3 +1209,41 @@ def test_a_new_deployment_neither_waits_nor_asks_for_the_old_topic(
     now = time.monotonic()
     loader._check_metadata(now)
     assert loader._next_metadata_check == now + CLUSTER_CHECK_INTERVAL_S
+
+
+def test_a_loader_on_its_own_serves_its_figures_to_prometheus(settings, client, topics, loaders):
+    """python -m sinks.loader (the cluster profile's loader service) serves the same
+    agentwatch_loader_* families the API's /metrics has for a loader in its process."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sinks.loader_metrics import LoaderFigures, serve
+
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    port = free_port()
+    server = serve(lambda: LoaderFigures.of(loader.stats(), loader.running), "127.0.0.1", port)
+    try:
+        loader.start()
+        produce_heartbeats(settings, [heartbeat(seq) for seq in range(120)], rows_per_message=40)
+
+        def scrape() -> dict:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            return {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+
+        rows = ("agentwatch_loader_rows_inserted_total", (("topic", "metric_rows"),))
+        samples = wait_until(
+            lambda: (s := scrape()).get(rows) == 120 and s, 30, "120 rows in the loader's metrics"
+        )
+        assert samples[("agentwatch_loader_running", ())] == 1
+        assert samples[("agentwatch_loader_batch_rows_sum", ())] == 120
+        assert samples[("agentwatch_loader_errors_total", ())] == 0
+        assert samples[("agentwatch_loader_last_insert_timestamp_seconds", ())] > T0
+        loader.stop()
+        assert scrape()[("agentwatch_loader_running", ())] == 0
+    finally:
+        server.shutdown()

@@ -1,0 +1,136 @@
+"""The loader's figures in the Prometheus text format: the ``agentwatch_loader_*`` families.
+
+One place renders them for both homes of the loader: the API process that runs it (the
+embedded profile; ``api/prometheus.py`` adds them to the API's ``/metrics``) and
+``python -m sinks.loader`` on its own (the cluster profile), which serves them on
+``AGENTWATCH_LOADER_METRICS_PORT`` (0: not served) with :func:`serve`.
+
+>>> from sinks.loader import LoaderStats
+>>> figures = LoaderFigures.of(LoaderStats(started_at=0.0, rows_inserted={"metric_rows": 5},
+...                                        batches_inserted=1, batch_rows_sum=5), running=True)
+>>> [f.name for f in families(figures)][:3]
+['agentwatch_loader_running', 'agentwatch_loader_lag_messages', 'agentwatch_loader_rows_inserted']
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from prometheus_client import start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LoaderFigures:
+    """What the families are made of: the fields the API's health report keeps of a
+    loader (``api.responses.LoaderHealth`` has the same names)."""
+
+    running: bool
+    lag: dict[str, int] | None
+    rows_inserted: dict[str, int]
+    skipped_invalid: dict[str, int]
+    batches_inserted: int
+    batch_rows_sum: int
+    last_batch_rows: int
+    errors: int
+    last_insert_at: datetime | None
+
+    @classmethod
+    def of(cls, stats: object, running: bool) -> LoaderFigures:
+        """The figures of a :class:`sinks.loader.LoaderStats`."""
+        at = stats.last_insert_at
+        return cls(
+            running=running,
+            lag=dict(stats.lag),
+            rows_inserted=dict(stats.rows_inserted),
+            skipped_invalid=dict(stats.skipped_invalid),
+            batches_inserted=stats.batches_inserted,
+            batch_rows_sum=stats.batch_rows_sum,
+            last_batch_rows=stats.last_batch_rows,
+            errors=stats.errors,
+            last_insert_at=None if at is None else datetime.fromtimestamp(at, UTC),
+        )
+
+
+def families(loader: LoaderFigures | object) -> Iterator[Metric]:
+    """The ``agentwatch_loader_*`` families of one loader's figures (a
+    :class:`LoaderFigures`, or anything with its fields, such as the API's
+    ``LoaderHealth``)."""
+    yield GaugeMetricFamily(
+        "agentwatch_loader_running",
+        "1 when the loader thread runs in this process.",
+        value=1 if loader.running else 0,
+    )
+    lag = GaugeMetricFamily(
+        "agentwatch_loader_lag_messages",
+        "Messages on a topic the loader has not written to ClickHouse yet.",
+        labels=["topic"],
+    )
+    for topic, messages in sorted((loader.lag or {}).items()):
+        lag.add_metric([topic], messages)
+    yield lag
+    rows = CounterMetricFamily(
+        "agentwatch_loader_rows_inserted",
+        "Rows the loader wrote, by the topic they came from (metric_rows: into metrics).",
+        labels=["topic"],
+    )
+    for topic, count in sorted(loader.rows_inserted.items()):
+        rows.add_metric([topic], count)
+    yield rows
+    skipped = CounterMetricFamily(
+        "agentwatch_loader_skipped_invalid",
+        "Messages the loader skipped as invalid, by topic.",
+        labels=["topic"],
+    )
+    for topic, count in sorted(loader.skipped_invalid.items()):
+        skipped.add_metric([topic], count)
+    yield skipped
+    yield SummaryMetricFamily(
+        "agentwatch_loader_batch_rows",
+        "Rows per insert batch (count = batches, sum = rows).",
+        count_value=loader.batches_inserted,
+        sum_value=loader.batch_rows_sum,
+    )
+    yield GaugeMetricFamily(
+        "agentwatch_loader_last_batch_rows",
+        "Rows in the loader's latest batch.",
+        value=loader.last_batch_rows,
+    )
+    yield CounterMetricFamily(
+        "agentwatch_loader_errors", "Failed loader attempts (retried).", value=loader.errors
+    )
+    if loader.last_insert_at is not None:
+        yield GaugeMetricFamily(
+            "agentwatch_loader_last_insert_timestamp_seconds",
+            "When the loader last wrote a batch (epoch seconds).",
+            value=loader.last_insert_at.timestamp(),
+        )
+
+
+class _LoaderCollector(Collector):
+    def __init__(self, figures: Callable[[], LoaderFigures]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        return families(self._figures())
+
+
+def serve(figures: Callable[[], LoaderFigures], host: str, port: int) -> object:
+    """Serve ``/metrics`` of ``figures()`` (read at every scrape) on ``host:port`` from a
+    daemon thread; the HTTP server (``shutdown()`` stops it)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_LoaderCollector(figures))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    log.info("loader_metrics_serving address=%s:%d path=/metrics", host, port)
+    return server

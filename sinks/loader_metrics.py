@@ -72,30 +72,30 @@ def families(loader: LoaderFigures | object) -> Iterator[Metric]:
         "1 when the loader thread runs in this process.",
         value=1 if loader.running else 0,
     )
-    lag = GaugeMetricFamily(
-        "agentwatch_loader_lag_messages",
-        "Messages on a topic the loader has not written to ClickHouse yet.",
-        labels=["topic"],
+    yield _by_topic(
+        GaugeMetricFamily(
+            "agentwatch_loader_lag_messages",
+            "Messages on a topic the loader has not written to ClickHouse yet.",
+            labels=["topic"],
+        ),
+        loader.lag or {},
     )
-    for topic, messages in sorted((loader.lag or {}).items()):
-        lag.add_metric([topic], messages)
-    yield lag
-    rows = CounterMetricFamily(
-        "agentwatch_loader_rows_inserted",
-        "Rows the loader wrote, by the topic they came from (metric_rows: into metrics).",
-        labels=["topic"],
+    yield _by_topic(
+        CounterMetricFamily(
+            "agentwatch_loader_rows_inserted",
+            "Rows the loader wrote, by the topic they came from (metric_rows: into metrics).",
+            labels=["topic"],
+        ),
+        loader.rows_inserted,
     )
-    for topic, count in sorted(loader.rows_inserted.items()):
-        rows.add_metric([topic], count)
-    yield rows
-    skipped = CounterMetricFamily(
-        "agentwatch_loader_skipped_invalid",
-        "Messages the loader skipped as invalid, by topic.",
-        labels=["topic"],
+    yield _by_topic(
+        CounterMetricFamily(
+            "agentwatch_loader_skipped_invalid",
+            "Messages the loader skipped as invalid, by topic.",
+            labels=["topic"],
+        ),
+        loader.skipped_invalid,
     )
-    for topic, count in sorted(loader.skipped_invalid.items()):
-        skipped.add_metric([topic], count)
-    yield skipped
     yield SummaryMetricFamily(
         "agentwatch_loader_batch_rows",
         "Rows per insert batch (count = batches, sum = rows).",
@@ -116,6 +116,12 @@ def families(loader: LoaderFigures | object) -> Iterator[Metric]:
             "When the loader last wrote a batch (epoch seconds).",
             value=loader.last_insert_at.timestamp(),
         )
+
+
+def _by_topic(family: GaugeMetricFamily | CounterMetricFamily, values: dict[str, int]) -> Metric:
+    for topic, value in sorted(values.items()):
+        family.add_metric([topic], value)
+    return family
 
 
 class _LoaderCollector(Collector):

@@ -48,6 +48,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from agentwatch.settings import Settings  # noqa: E402
 from agentwatch.shard import ShardState  # noqa: E402
 from agentwatch.simulator import FleetSimulator  # noqa: E402
+from dataflows.heartbeats import recovery_config, with_recorded_layout  # noqa: E402
 from infra.broker import (  # noqa: E402
     die_with_parent_hook,
     ensure_topics,
@@ -148,8 +149,10 @@ def run_pipeline(
     values: list[bytes],
     live: bool,
     workdir: Path,
+    processes: int = 1,
 ) -> dict[str, float]:
-    """Dataflow process + loader; produce concurrently (live) or drain a backlog."""
+    """Dataflow process(es: ``processes`` of one Bytewax cluster) + loader; produce
+    concurrently (live) or drain a backlog."""
     ensure_topics(settings)
     metrics_topic = settings.topic("metrics")
     if not live:
@@ -157,17 +160,26 @@ def run_pipeline(
         produce(settings.bootstrap_servers, metrics_topic, keys, values)
     loader = Loader(settings, client)
     env = {**os.environ, **settings.as_env()}
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    if processes > 1:  # one cluster: its recovery directory prepared once, before any process
+        recovery_config(with_recorded_layout(settings))
     log_path = workdir / f"dataflow-{'live' if live else 'backlog'}.log"
     children_cpu = _children_cpu_s()
     own_cpu = time.process_time()
     started = time.perf_counter()
-    with open(log_path, "wb") as log:
-        dataflow = subprocess.Popen(
-            [sys.executable, *profiled(workdir, live), "-m", "dataflows.heartbeats"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parent.parent,
-            preexec_fn=die_with_parent_hook(),  # noqa: PLW1509
-        )  # fmt: skip
+    dataflows = []
+    for process in range(processes):
+        cluster = {} if processes == 1 else {
+            "AGENTWATCH_DATAFLOW_PROCESS_ID": str(process),
+            "AGENTWATCH_DATAFLOW_ADDRESSES": addresses,
+        }  # fmt: skip
+        with open(log_path.with_suffix(f".{process}.log"), "wb") as log:
+            dataflows.append(subprocess.Popen(
+                [sys.executable, *profiled(workdir, live), "-m", "dataflows.heartbeats"],
+                env={**env, **cluster}, stdout=log, stderr=subprocess.STDOUT,
+                cwd=Path(__file__).resolve().parent.parent,
+                preexec_fn=die_with_parent_hook(),  # noqa: PLW1509
+            ))  # fmt: skip
     loader.start()
     producer = None
     if live:
@@ -195,15 +207,17 @@ def run_pipeline(
                 and dataflow_read(settings) >= len(values)
             ):
                 break
-            if dataflow.poll() is not None:
-                raise RuntimeError(f"the dataflow exited; see {log_path}")
+            if any(dataflow.poll() is not None for dataflow in dataflows):
+                raise RuntimeError(f"a dataflow process exited; see {log_path}.*")
             time.sleep(0.05)
         elapsed = last_change - started
     finally:
         if producer is not None:
             producer.join(60)
-        dataflow.terminate()
-        dataflow.wait(30)
+        for dataflow in dataflows:  # (the processes of one cluster stop together)
+            dataflow.terminate()
+        for dataflow in dataflows:
+            dataflow.wait(30)
         loader.stop()
     # the dataflow's (and a live producer's) CPU, and this process's: the loader, chDB,
     # the polling queries
@@ -270,7 +284,16 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=10_000)
     parser.add_argument("--heartbeats", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=1, help="Bytewax workers in the dataflow")
+    parser.add_argument("--workers", type=int, default=1, help="Bytewax workers per process")
+    parser.add_argument(
+        "--processes", type=int, default=1,
+        help="dataflow processes (one Bytewax cluster; AGENTWATCH_DATAFLOW_PROCESS_ID/_ADDRESSES)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shards", type=int, default=0,
+        help="state shards (AGENTWATCH_SHARD_COUNT; default: the setting's); Bytewax places "
+        "each shard on one worker, so several processes want several shards each",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--skip-live", action="store_true", help="skip end_to_end_live")
     parser.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
@@ -288,6 +311,8 @@ def main() -> None:
         "heartbeats": args.heartbeats,
         "partitions": args.partitions,
         "workers": args.workers,
+        "processes": args.processes,
+        "shards": args.shards or Settings.model_fields["shard_count"].default,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
@@ -304,6 +329,7 @@ def main() -> None:
             clickhouse_dsn=f"chdb://{workdir / 'chdb'}",
             metrics_partitions=args.partitions,
             dataflow_workers=args.workers,
+            **({"shard_count": args.shards} if args.shards else {}),
             dataflow_commit_interval_s=0.1,
             # agents are warm, as in steady state: anomalies are scored and published
             baseline_warmup_s=0,
@@ -346,7 +372,7 @@ def main() -> None:
         )  # fmt: skip
         create_schema(client, backlog)
         results["end_to_end_backlog"] = run_pipeline(
-            backlog, client, keys, values, live=False, workdir=workdir
+            backlog, client, keys, values, live=False, workdir=workdir, processes=args.processes
         )
         if not args.skip_live:
             say("end to end: live, producer + dataflow + loader at once")
@@ -356,7 +382,7 @@ def main() -> None:
             )  # fmt: skip
             create_schema(client, live)
             results["end_to_end_live"] = run_pipeline(
-                live, client, keys, values, live=True, workdir=workdir
+                live, client, keys, values, live=True, workdir=workdir, processes=args.processes
             )
             same = ("metrics_rows", "anomaly_rows", "baseline_rows")
             a, b = results["end_to_end_backlog"], results["end_to_end_live"]

@@ -1,0 +1,253 @@
+"""Produce-to-queryable latency at a steady live rate: a heartbeat's row in ``metrics`` and
+a threat's row in ``threats``, each from the moment its heartbeat was produced.
+
+    .venv/bin/python bench/latency.py                          # 20,000 heartbeats/s, 30 s
+    .venv/bin/python bench/latency.py --rate 5000 --seconds 60
+
+What it does, on this machine, against a Tansu broker it starts on a free port and a chDB
+directory of its own: the dataflow runs as its own process (``python -m dataflows.heartbeats``)
+and the loader in this process, as the embedded profile runs them; a producer thread sends
+``--agents`` agents' heartbeats at ``--rate`` per second, each stamped with the wall-clock
+time it is produced (event time = produce time), and ``--spikes`` times a second one of them
+carries 2 GB of ``bytes_out``, which the ``data_exfiltration`` rule (more than
+``AGENTWATCH_THREAT_EXFILTRATION_BYTES`` within its window) judges a threat at once.
+
+Measured by polling ClickHouse every ``--poll`` seconds, as an analyst's query would see it:
+
+- ``metrics``: the rows of ``--probes`` ordinary agents (read by their primary key, so the
+  poll costs little), each row's latency = the poll that first saw it − its timestamp;
+- ``threats``: each ``data_exfiltration`` threat's latency = the poll that first saw it −
+  its ``first_seen`` (the spike's produce time).
+
+The poll interval bounds the error (a row is seen up to one interval late). The loader's
+batching policy is the setting pair ``AGENTWATCH_LOADER_BATCH_ROWS`` /
+``AGENTWATCH_LOADER_BATCH_AGE_S`` (whichever comes first; ``--loader-batch-age`` here).
+Results are printed and written as JSON to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import orjson  # noqa: E402
+from confluent_kafka import Producer  # noqa: E402
+
+from agentwatch.settings import Settings  # noqa: E402
+from infra.broker import die_with_parent_hook, ensure_topics, free_port, start_broker  # noqa: E402
+from sinks.clickhouse import connect, create_schema  # noqa: E402
+from sinks.loader import Loader  # noqa: E402
+
+SPIKE_BYTES = 2_000_000_000  # above the seed's 1 GB an hour, in one heartbeat
+#: How far back each poll of ``metrics`` looks (seconds): rows come out of order.
+LOOK_BACK_S = 30.0
+TENANT = "tenant-000"
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def agent_id(i: int) -> str:
+    return f"agent-{i:06d}"
+
+
+def heartbeat(i: int, at: float, bytes_out: int = 1024) -> bytes:
+    return orjson.dumps(
+        {"agent_id": agent_id(i), "tenant_id": TENANT, "timestamp": at,
+         "cpu_usage": 30.0 + i % 20, "memory_usage": 50.0, "disk_usage": 40.0,
+         "network_latency": 10.0, "active_tasks": 1, "completed_tasks": 100,
+         "failed_tasks": 1, "error_rate": 0.01, "response_time_avg": 200.0,
+         "uptime_seconds": 3600.0, "bytes_out": bytes_out}
+    )  # fmt: skip
+
+
+class SteadyProducer(threading.Thread):
+    """Heartbeats at ``rate``/s in 10 ms ticks, every agent in turn, and ``spikes``/s more
+    that carry an exfiltration's bytes, each of an agent not spiked before (never a probe)."""
+
+    def __init__(self, settings: Settings, options: argparse.Namespace) -> None:
+        super().__init__(name="producer", daemon=True)
+        self.settings, self.options = settings, options
+        self.sent = self.spikes = 0
+        self.behind_s = 0.0  # the most the producer fell behind its schedule
+
+    def run(self) -> None:
+        options = self.options
+        producer = Producer({**self.settings.kafka_config(), "linger.ms": 2})
+        topic = self.settings.topic("metrics")
+        tick, per_tick = 0.01, options.rate / 100
+        spike_every = 1.0 / options.spikes if options.spikes else float("inf")
+        started = time.time()
+        # spikes start once every agent has beaten (a first heartbeat registers the agent)
+        first_spike = started + max(1.0, options.agents / options.rate + 0.5)
+        end, next_spike, owed, n = started + options.seconds, first_spike, 0.0, 0
+        next_tick = started
+        while (now := time.time()) < end:
+            owed += per_tick
+            beats = [((n + k) % options.agents, False) for k in range(int(owed))]
+            if now >= next_spike:  # one more heartbeat, of an agent not spiked before
+                next_spike += spike_every
+                spiked = options.probes + self.spikes % (options.agents - options.probes)
+                beats.append((spiked, True))
+                self.spikes += 1
+            for i, spike in beats:
+                value = heartbeat(i, time.time(), SPIKE_BYTES if spike else 1024)
+                while True:
+                    try:
+                        producer.produce(topic, key=agent_id(i).encode(), value=value)
+                        break
+                    except BufferError:
+                        producer.poll(0.001)
+            n += int(owed)
+            self.sent = n
+            owed -= int(owed)
+            producer.poll(0)
+            next_tick += tick
+            self.behind_s = max(self.behind_s, time.time() - next_tick)
+            time.sleep(max(0.0, next_tick - time.time()))
+        producer.flush(30)
+
+
+def percentiles(values: list[float]) -> dict[str, float | int]:
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+    return {
+        "n": len(ordered),
+        "p50_s": round(statistics.median(ordered), 3),
+        "p99_s": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3),
+        "max_s": round(ordered[-1], 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=20_000, help="heartbeats per second")
+    parser.add_argument("--seconds", type=float, default=30.0, help="how long to produce")
+    parser.add_argument("--spikes", type=float, default=2.0, help="exfiltration spikes per second")
+    parser.add_argument("--probes", type=int, default=20, help="agents whose rows are polled")
+    parser.add_argument("--poll", type=float, default=0.05, help="poll interval (seconds)")
+    parser.add_argument("--loader-batch-age", type=float, default=None,
+                        help="AGENTWATCH_LOADER_BATCH_AGE_S (default: the setting's)")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path("bench/results/latency.json"))
+    options = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="agentwatch-latency-"))
+    broker = start_broker("127.0.0.1", free_port(), log_path=workdir / "tansu.log")
+    dataflow = loader = None
+    try:
+        settings = Settings(
+            bootstrap_servers=broker.bootstrap_servers,
+            clickhouse_dsn=f"chdb://{workdir / 'chdb'}",
+            var_dir=workdir / "var",
+            agents_auto_register=True,  # the fleet registers by beating
+            baseline_warmup_s=0,
+            **(
+                {"loader_batch_age_s": options.loader_batch_age} if options.loader_batch_age else {}
+            ),
+        )
+        ensure_topics(settings)
+        client = connect(settings)
+        create_schema(client, settings)
+        db = settings.clickhouse_database
+        log_path = workdir / "dataflow.log"
+        with open(log_path, "wb") as log:
+            dataflow = subprocess.Popen(
+                [sys.executable, "-m", "dataflows.heartbeats"],
+                env={**os.environ, **settings.as_env()}, stdout=log, stderr=subprocess.STDOUT,
+                cwd=Path(__file__).resolve().parent.parent,
+                preexec_fn=die_with_parent_hook(),  # noqa: PLW1509
+            )  # fmt: skip
+        loader = Loader(settings, client)
+        loader.start()
+        say(f"dataflow pid {dataflow.pid}, loader in this process; waiting for a first row")
+        warm = Producer(settings.kafka_config())
+        deadline = time.monotonic() + 120
+        while client.command(f"SELECT count() FROM {db}.metrics") == 0:
+            warm.produce(settings.topic("metrics"), key=b"warm", value=heartbeat(0, time.time()))
+            warm.flush(5)
+            if time.monotonic() > deadline or dataflow.poll() is not None:
+                raise RuntimeError(f"no row in metrics after 120 s; see {log_path}")
+            time.sleep(0.5)
+
+        say(f"producing {options.rate:,.0f} heartbeats/s of {options.agents:,} agents for "
+            f"{options.seconds:g} s, {options.spikes:g} exfiltration spikes/s")  # fmt: skip
+        producer = SteadyProducer(settings, options)
+        probes = ", ".join(f"'{agent_id(i)}'" for i in range(options.probes))
+        # every row and threat counts once, when first seen: rows of different partitions
+        # land out of order, so the polls look back a while rather than from the newest
+        seen_rows: set[tuple[str, float]] = set()
+        seen_threats: set[tuple[str, float]] = set()
+        rows_seen: list[float] = []
+        threats_seen: list[float] = []
+        producer.start()
+        stop_at = time.time() + options.seconds + 10  # then 10 s to drain
+        while time.time() < stop_at:
+            time.sleep(options.poll)
+            since = time.time() - LOOK_BACK_S
+            rows = client.query(
+                f"SELECT agent_id, toFloat64(timestamp) FROM {db}.metrics "
+                f"WHERE tenant_id = '{TENANT}' AND agent_id IN ({probes}) "
+                f"AND timestamp > toDateTime64({since}, 3)"
+            ).result_rows
+            threats = client.query(
+                f"SELECT agent_id, toFloat64(first_seen) FROM {db}.threats "
+                f"WHERE rule = 'data_exfiltration'"
+            ).result_rows
+            now = time.time()
+            for key in set(rows) - seen_rows:
+                seen_rows.add(key)
+                rows_seen.append(now - key[1])
+            for key in set(threats) - seen_threats:
+                seen_threats.add(key)
+                threats_seen.append(now - key[1])
+        producer.join(30)
+        results = {
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "agents": options.agents,
+            "rate_per_s": options.rate,
+            "seconds": options.seconds,
+            "sent": producer.sent,
+            "producer_behind_max_s": round(producer.behind_s, 3),
+            "poll_s": options.poll,
+            "loader_batch_age_s": settings.loader_batch_age_s,
+            "loader_batch_rows": settings.loader_batch_rows,
+            "metrics_row_queryable": percentiles(rows_seen),
+            "threat_queryable": {**percentiles(threats_seen), "spikes": producer.spikes},
+            "threats_by_rule": dict(
+                client.query(
+                    f"SELECT rule, count() FROM {db}.threats FINAL GROUP BY rule"
+                ).result_rows
+            ),
+            "dead_letters": client.command(f"SELECT count() FROM {db}.deadletter"),
+            "loader_skipped_invalid": {
+                topic: n for topic, n in loader.stats().skipped_invalid.items() if n
+            },
+        }
+        say(json.dumps(results, indent=1))
+        options.out.parent.mkdir(parents=True, exist_ok=True)
+        options.out.write_text(json.dumps(results, indent=1) + "\n")
+        say(f"written {options.out}")
+    finally:
+        if loader is not None:
+            loader.stop()
+        if dataflow is not None:
+            dataflow.terminate()
+            dataflow.wait(30)
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -300,7 +300,7 @@ def test_protobuf_json_and_gzip_bodies_decode_to_the_same_request():
         (b"{}", "application/json", "br", 415),
         (b"{}", "application/json", "gzip", 400),
         (b"x" * 2048, "application/json", None, 413),
-        (gzip.compress(b" " * 4096), "application/json", "gzip", 413),
+        (gzip.compress(b" " * 4096, mtime=0), "application/json", "gzip", 413),
     ],
 )
 def test_bodies_that_cannot_be_read_get_the_status_the_spec_asks(body, content_type, encoding,

@@ -8,9 +8,10 @@ What it does, on this machine, against a Tansu broker it starts on a free port a
 directory of its own: the dataflow runs as its own process (``python -m dataflows.heartbeats``)
 and the loader in this process, as the embedded profile runs them; a producer thread sends
 ``--agents`` agents' heartbeats at ``--rate`` per second, each stamped with the wall-clock
-time it is produced (event time = produce time), and ``--spikes`` times a second one of them
-carries 2 GB of ``bytes_out``, which the ``data_exfiltration`` rule (more than
-``AGENTWATCH_THREAT_EXFILTRATION_BYTES`` within its window) judges a threat at once.
+time it is produced (event time = produce time), and ``--spikes`` times a second one more
+heartbeat, of an agent not spiked before, carries twice
+``AGENTWATCH_THREAT_EXFILTRATION_BYTES`` of ``bytes_out``, which the ``data_exfiltration``
+rule (more than that within its window) judges a threat at once.
 
 Measured by polling ClickHouse every ``--poll`` seconds, as an analyst's query would see it:
 
@@ -48,7 +49,6 @@ from infra.broker import die_with_parent_hook, ensure_topics, free_port, start_b
 from sinks.clickhouse import connect, create_schema  # noqa: E402
 from sinks.loader import Loader  # noqa: E402
 
-SPIKE_BYTES = 2_000_000_000  # above the seed's 1 GB an hour, in one heartbeat
 #: How far back each poll of ``metrics`` looks (seconds): rows come out of order.
 LOOK_BACK_S = 30.0
 TENANT = "tenant-000"
@@ -88,6 +88,8 @@ class SteadyProducer(threading.Thread):
         topic = self.settings.topic("metrics")
         tick, per_tick = 0.01, options.rate / 100
         spike_every = 1.0 / options.spikes if options.spikes else float("inf")
+        # over the rule's limit (the seed's 1 GB an hour) in one heartbeat
+        spike_bytes = int(2 * self.settings.threat_exfiltration_bytes)
         started = time.time()
         # spikes start once every agent has beaten (a first heartbeat registers the agent)
         first_spike = started + max(1.0, options.agents / options.rate + 0.5)
@@ -102,7 +104,7 @@ class SteadyProducer(threading.Thread):
                 beats.append((spiked, True))
                 self.spikes += 1
             for i, spike in beats:
-                value = heartbeat(i, time.time(), SPIKE_BYTES if spike else 1024)
+                value = heartbeat(i, time.time(), spike_bytes if spike else 1024)
                 while True:
                     try:
                         producer.produce(topic, key=agent_id(i).encode(), value=value)

@@ -125,7 +125,7 @@ def decode(value: bytes | None) -> pa.Table:
 
 def _require_within(table: pa.Table, name: str, low: float, high: float) -> None:
     column = table.column(name)
-    if pc.any(pc.is_nan(column)).as_py() if pa.types.is_floating(column.type) else False:
+    if pa.types.is_floating(column.type) and pc.any(pc.is_nan(column)).as_py():
         raise ValueError(f"{name}: NaN")
     lowest, highest = (value.as_py() for value in pc.min_max(column).values())
     if lowest < low or highest > high:

@@ -1016,9 +1016,12 @@ def test_assignment_scores_land_in_the_history_and_the_latest_per_agent(
             key=lambda d: d["agent_id"].encode())  # fmt: skip
     loader = Loader(settings, client)
     loaders.append(loader)
-    poll_until(
+    poll_until(  # (the bad ones, unkeyed, may sit on a partition read later)
         loader,
-        lambda: loader.stats().rows_inserted["assignment_scores"] == 7,
+        lambda: (
+            loader.stats().rows_inserted["assignment_scores"] == 7
+            and loader.stats().messages_read["assignment_scores"] == 10
+        ),
         "the assignment scores",
     )
     db = settings.clickhouse_database

@@ -334,6 +334,15 @@ class Settings(BaseSettings):
         "directory records it (layout.json) and a later different value is ignored, with a "
         "warning, until the directory is cleared.",
     )
+    shard_key_names: Literal["spread", "plain"] = Field(
+        "spread",
+        description="How the state shards' keys are named. 'spread': names that Bytewax "
+        "routes to worker (shard mod W) for every worker count W dividing 840, so shards "
+        "spread evenly over the workers of any cluster (dataflows/routing.py). 'plain': "
+        "0, 1, 2, … as state made before it was named (Bytewax may then give several "
+        "shards, or all four of the default, to one worker). Recorded with the shard "
+        "count in the recovery directory's layout.json, which wins over this setting.",
+    )
     dataflow_group_id: str = Field(
         "agentwatch-dataflow",
         description="Consumer group the dataflow commits its read offsets to (for lag "

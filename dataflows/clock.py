@@ -27,13 +27,13 @@ class Tick:
     wall: float
 
 
-def to_every_shard(shard_count: int, tick: Tick) -> list[tuple[str, Tick]]:
+def to_every_shard(keys: tuple[str, ...], tick: Tick) -> list[tuple[str, Tick]]:
     """The tick, once for each shard key.
 
-    >>> to_every_shard(2, Tick(5.0))
+    >>> to_every_shard(("0", "1"), Tick(5.0))
     [('0', Tick(wall=5.0)), ('1', Tick(wall=5.0))]
     """
-    return [(str(shard), tick) for shard in range(shard_count)]
+    return [(key, tick) for key in keys]
 
 
 class _Ticker(StatefulSourcePartition[Tick, None]):

@@ -93,6 +93,7 @@ from dataflows.clock import ClockSource, Tick, to_every_shard
 from dataflows.kafka_sink import BatchKafkaSink, Message
 from dataflows.kafka_source import STOP, KafkaBatchSource, RawBatch
 from dataflows.metrics import METRICS
+from dataflows.routing import plain_keys, spread_keys
 from schemas.events import (
     AGENT_CHANNEL,
     CONTROL_CHANNEL,
@@ -220,12 +221,13 @@ def read_events(channel: str, raw: RawBatch) -> CheckedEvents:
     return checked
 
 
-def to_shards(shard_count: int, checked: CheckedEvents) -> list[tuple[str, ShardCommand]]:
+def to_shards(keys: tuple[str, ...], checked: CheckedEvents) -> list[tuple[str, ShardCommand]]:
     """Fleet-wide commands once for every shard (each keeps its own rules and alert
-    book); a release to the shard of its agent."""
-    return [
-        (str(shard), command) for command in checked.to_every_shard for shard in range(shard_count)
-    ] + [(str(shard_of(r.agent_id, shard_count)), r) for r in checked.to_agent_shard]
+    book); a release to the shard of its agent. ``keys``: each shard's key
+    (:func:`shard_keys`)."""
+    return [(key, command) for command in checked.to_every_shard for key in keys] + [
+        (keys[shard_of(r.agent_id, len(keys))], r) for r in checked.to_agent_shard
+    ]
 
 
 def dead_letters(
@@ -291,8 +293,11 @@ def shard_of(agent_id: str, shard_count: int) -> int:
     return zlib.crc32(agent_id.encode()) % shard_count
 
 
-def split_by_shard(shard_count: int, checked: CheckedBatch) -> list[tuple[str, HeartbeatBatch]]:
-    """Cut a batch's valid heartbeats into one sub-batch per state shard.
+def split_by_shard(
+    keys: tuple[str, ...], checked: CheckedBatch
+) -> list[tuple[str, HeartbeatBatch]]:
+    """Cut a batch's valid heartbeats into one sub-batch per state shard, keyed by the
+    shard's key (``keys``, one per shard: :func:`shard_keys`).
 
     Sub-batches come in order of first appearance of their shard in the batch,
     and keep the batch's order of heartbeats.
@@ -302,16 +307,16 @@ def split_by_shard(shard_count: int, checked: CheckedBatch) -> list[tuple[str, H
         return []
     heartbeats.partition = checked.raw.partition
     heartbeats.source = checked.raw
-    shards = shards_of(heartbeats.agent_id, shard_count)
+    shards = shards_of(heartbeats.agent_id, len(keys))
     first = shards[0]
     if (shards == first).all():
-        return [(str(first), heartbeats)]
+        return [(keys[first], heartbeats)]
     order = np.argsort(shards, kind="stable")
     ranked = shards[order]
     starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
     ends = np.r_[starts[1:], len(order)]
     groups = sorted(zip(order[starts].tolist(), starts.tolist(), ends.tolist(), strict=True))
-    return [(str(int(ranked[lo])), heartbeats.take(order[lo:hi])) for _, lo, hi in groups]
+    return [(keys[ranked[lo]], heartbeats.take(order[lo:hi])) for _, lo, hi in groups]
 
 
 def shards_of(agent_ids: list[str], shard_count: int) -> np.ndarray:
@@ -578,7 +583,8 @@ def build_flow(
     rejected = op.flat_map(
         "dead_letters", checked, partial(dead_letters, settings.topic("deadletter"))
     )
-    by_shard = op.flat_map("split_by_shard", checked, partial(split_by_shard, settings.shard_count))
+    keys = shard_keys(settings)
+    by_shard = op.flat_map("split_by_shard", checked, partial(split_by_shard, keys))
     # inputs are named read_events (its first name: its read positions are snapshotted
     # under it) and read_control
     checked_inputs = [
@@ -597,13 +603,13 @@ def build_flow(
             op.flat_map("event_dead_letters", changes,
                         partial(dead_letters, settings.topic("deadletter"))),
         )  # fmt: skip
-        commands = op.flat_map("to_shards", changes, partial(to_shards, settings.shard_count))
+        commands = op.flat_map("to_shards", changes, partial(to_shards, keys))
         by_shard = op.merge("shard_inputs", by_shard, commands)
     if clock is not None:
         ticks = op.flat_map(
             "tick_every_shard",
             op.input("read_clock", flow, clock),
-            partial(to_every_shard, settings.shard_count),
+            partial(to_every_shard, keys),
         )
         by_shard = op.merge("clocked_inputs", by_shard, ticks)
     # the step keeps its first name: recovery snapshots are filed under it
@@ -639,27 +645,53 @@ LAYOUT_FILE = "layout.json"
 
 
 def with_recorded_layout(settings: Settings) -> Settings:
-    """``settings`` with the shard count the state in the recovery directory was made
-    with: the state of an agent lives in the shard its id hashes to, so a different
-    count would judge agents against other agents' state, or none. A directory without
-    a record gets one (the settings' count for a new directory, the old default for
-    state made before the record existed)."""
+    """``settings`` with the shard count and key names the state in the recovery
+    directory was made with: the state of an agent lives in the shard its id hashes to,
+    under that shard's key, so a different count or naming would judge agents against
+    other agents' state, or none. A directory without a record gets one (the settings'
+    layout for a new directory; the old default, 16 plain keys, for state made before
+    the record existed; a record without key names is of plain keys)."""
     path = settings.recovery_path
     layout = path / LAYOUT_FILE
     if layout.exists():
-        recorded = int(json.loads(layout.read_text())["shard_count"])
+        record = json.loads(layout.read_text())
+        recorded = int(record["shard_count"])
+        names = record.get("shard_key_names", "plain")
     else:
-        recorded = LEGACY_SHARD_COUNT if _holds_state(path) else settings.shard_count
+        if _holds_state(path):
+            recorded, names = LEGACY_SHARD_COUNT, "plain"
+        else:
+            recorded, names = settings.shard_count, settings.shard_key_names
         path.mkdir(parents=True, exist_ok=True)
-        layout.write_text(json.dumps({"shard_count": recorded}) + "\n")
+        record = {"shard_count": recorded, "shard_key_names": names}
+        layout.write_text(json.dumps(record) + "\n")
     if recorded != settings.shard_count:
         log.warning(
             "shard_count_kept recorded=%d setting=%d dir=%s: the state is sharded by %d; "
             "clear the recovery directory (state is learned again) to change it",
             recorded, settings.shard_count, path, recorded,
         )  # fmt: skip
-        settings = settings.model_copy(update={"shard_count": recorded})
-    return settings
+    if names != settings.shard_key_names:
+        log.info("shard_key_names_kept recorded=%s setting=%s dir=%s",
+                 names, settings.shard_key_names, path)  # fmt: skip
+    return settings.model_copy(update={"shard_count": recorded, "shard_key_names": names})
+
+
+def shard_keys(settings: Settings) -> tuple[str, ...]:
+    """The key of each state shard (index: :func:`shard_of`), as ``settings`` names them
+    (``shard_count`` and ``shard_key_names``: :mod:`dataflows.routing`).
+
+    >>> shard_keys(Settings(shard_count=3, shard_key_names="plain"))
+    ('0', '1', '2')
+    """
+    if settings.shard_key_names == "plain":
+        return plain_keys(settings.shard_count)
+    return spread_keys(settings.shard_count)
+
+
+def shard_key(agent_id: str, settings: Settings) -> str:
+    """The key of the state shard that holds ``agent_id``."""
+    return shard_keys(settings)[shard_of(agent_id, settings.shard_count)]
 
 
 def _holds_state(recovery_path: Path) -> bool:
@@ -743,10 +775,11 @@ def main() -> None:
     if settings.dataflow_metrics_port:
         METRICS.serve(settings.dataflow_metrics_host, settings.dataflow_metrics_port)
     log.info(
-        "dataflow_starting bootstrap=%s topic=%s workers=%d shards=%d snapshot_interval_s=%g "
-        "recovery=%s process=%s of %d",
+        "dataflow_starting bootstrap=%s topic=%s workers=%d shards=%d shard_keys=%s "
+        "snapshot_interval_s=%g recovery=%s process=%s of %d",
         settings.bootstrap_servers, settings.topic("metrics"), settings.dataflow_workers,
-        settings.shard_count, settings.snapshot_interval_s, settings.recovery_path,
+        settings.shard_count, ",".join(shard_keys(settings)), settings.snapshot_interval_s,
+        settings.recovery_path,
         cluster.get("process_id", 0), len(cluster.get("addresses", [])) or 1,
     )  # fmt: skip
     cli_main(

@@ -263,14 +263,16 @@ def test_silences_mark_alerts_and_commands_reach_their_shards():
     assert len(dead) == 1 and dead[0]["reason"].startswith("silence_created payload")
 
     from dataflows.heartbeats import read_events, shard_of, to_shards
+    from dataflows.routing import spread_keys
 
-    routed = to_shards(8, read_events("control", control_batch(events)[0]))
+    keys = spread_keys(8)
+    routed = to_shards(keys, read_events("control", control_batch(events)[0]))
     assert [key for key, command in routed if type(command).__name__ == "Release"] == [
-        str(shard_of("agent-0003", 8))
+        keys[shard_of("agent-0003", 8)]
     ]
-    assert sorted(key for key, command in routed if type(command).__name__ == "Silence") == [
-        str(shard) for shard in range(8)
-    ]
+    assert sorted(key for key, command in routed if type(command).__name__ == "Silence") == sorted(
+        keys
+    )
 
 
 def test_an_operators_quarantine_request_quarantines_the_agent_once():
@@ -423,7 +425,12 @@ def test_a_recovery_directory_made_before_the_control_input_resumes_with_it(tmp_
 
 
 def test_the_recovery_directory_keeps_the_shard_count_its_state_was_made_with(tmp_path, caplog):
-    from dataflows.heartbeats import LAYOUT_FILE, LEGACY_SHARD_COUNT, with_recorded_layout
+    from dataflows.heartbeats import (
+        LAYOUT_FILE,
+        LEGACY_SHARD_COUNT,
+        shard_keys,
+        with_recorded_layout,
+    )
 
     fresh = Settings(var_dir=tmp_path / "new", shard_count=4)
     assert with_recorded_layout(fresh).shard_count == 4
@@ -431,11 +438,20 @@ def test_the_recovery_directory_keeps_the_shard_count_its_state_was_made_with(tm
     assert with_recorded_layout(later).shard_count == 4  # the state's layout wins
     assert "shard_count_kept recorded=4 setting=8" in caplog.text
 
+    assert with_recorded_layout(later).shard_key_names == "spread"
+
     legacy = Settings(var_dir=tmp_path / "old", shard_count=4)
     legacy.recovery_path.mkdir(parents=True)
     (legacy.recovery_path / "part-0.sqlite3").write_bytes(b"")  # state from before the record
-    assert with_recorded_layout(legacy).shard_count == LEGACY_SHARD_COUNT
-    assert (legacy.recovery_path / LAYOUT_FILE).read_text() == '{"shard_count": 16}\n'
+    kept = with_recorded_layout(legacy)
+    assert (kept.shard_count, kept.shard_key_names) == (LEGACY_SHARD_COUNT, "plain")
+    assert shard_keys(kept) == tuple(str(shard) for shard in range(16))
+    recorded = orjson.loads((legacy.recovery_path / LAYOUT_FILE).read_bytes())
+    assert recorded == {"shard_count": 16, "shard_key_names": "plain"}
+
+    # a record from before key names were recorded is of plain keys
+    (legacy.recovery_path / LAYOUT_FILE).write_text('{"shard_count": 16}\n')
+    assert with_recorded_layout(legacy).shard_key_names == "plain"
 
 
 @pytest.mark.parametrize("workers", [1, 2])

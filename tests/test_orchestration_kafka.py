@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Producer
 
 from agentwatch.settings import Settings
-from dataflows.heartbeats import shard_of
+from dataflows.heartbeats import shard_key
 from infra.broker import ensure_topics
 from schemas.models import AgentCommand, AssignmentScore, ModelStats, TaskRecord
 from tests.conftest import wait_until
@@ -124,7 +124,7 @@ def test_tasks_beyond_capacity_are_refused_and_an_outcome_frees_a_slot(
             ]
 
         stats = wait_until(model_stats, 30, "the shard's model stats (on the clock's tick)")[0]
-        assert (stats.shard, stats.outcomes) == (str(shard_of(AGENT, settings.shard_count)), 1)
+        assert (stats.shard, stats.outcomes) == (shard_key(AGENT, settings), 1)
     finally:
         reader.close()
         assert flow.stop() == 0, flow.log()

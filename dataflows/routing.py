@@ -1,0 +1,108 @@
+"""Which worker of a Bytewax cluster holds a state key, and shard keys that spread evenly.
+
+Bytewax (0.21, pinned) sends every key of a stateful step to one worker: the key's
+string is hashed with Rust's ``DefaultHasher`` (SipHash-1-3, keys 0 and 0; a ``str``
+hashes its bytes and then the byte ``0xff``) and the hash, modulo the number of workers,
+picks the worker. The keys ``"0"`` … ``"3"`` all hash to worker 1 of 2, so a flow keyed
+by four shards named that way leaves a second worker with nothing to do.
+
+:func:`spread_keys` names shard *i* so that its hash is *i* modulo :data:`SPREAD`: shard
+*i* then lands on worker *i mod W* for every worker count *W* that divides
+:data:`SPREAD` (1–8, 10, 12, 14, 15, 20, 21, 24, … 840), which is an even spread whenever
+the shard count is a multiple of *W*. The names are found once (about 840 hashes a
+shard) and recorded with the state (``layout.json`` in the recovery directory), so a
+restart keys the same state the same way.
+
+``tests/test_routing.py`` runs a real multi-worker Bytewax flow and checks that every
+key lands where :func:`worker_of` says: a Bytewax upgrade that changes the routing
+fails there, not silently in production.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+#: Shard keys are spread evenly over every worker count dividing this (lcm of 1..8).
+SPREAD = 840
+
+_MASK = (1 << 64) - 1
+
+
+def _rotl(x: int, bits: int) -> int:
+    return ((x << bits) | (x >> (64 - bits))) & _MASK
+
+
+def siphash13(data: bytes, k0: int = 0, k1: int = 0) -> int:
+    """SipHash-1-3 of ``data`` (Rust's ``DefaultHasher`` with keys ``k0``, ``k1``)."""
+    v0 = k0 ^ 0x736F6D6570736575
+    v1 = k1 ^ 0x646F72616E646F6D
+    v2 = k0 ^ 0x6C7967656E657261
+    v3 = k1 ^ 0x7465646279746573
+
+    def sip_round() -> None:
+        nonlocal v0, v1, v2, v3
+        v0 = (v0 + v1) & _MASK
+        v1 = _rotl(v1, 13) ^ v0
+        v0 = _rotl(v0, 32)
+        v2 = (v2 + v3) & _MASK
+        v3 = _rotl(v3, 16) ^ v2
+        v0 = (v0 + v3) & _MASK
+        v3 = _rotl(v3, 21) ^ v0
+        v2 = (v2 + v1) & _MASK
+        v1 = _rotl(v1, 17) ^ v2
+        v2 = _rotl(v2, 32)
+
+    whole = len(data) - len(data) % 8
+    for start in range(0, whole, 8):
+        word = int.from_bytes(data[start : start + 8], "little")
+        v3 ^= word
+        sip_round()
+        v0 ^= word
+    last = ((len(data) & 0xFF) << 56) | int.from_bytes(data[whole:], "little")
+    v3 ^= last
+    sip_round()
+    v0 ^= last
+    v2 ^= 0xFF
+    for _ in range(3):
+        sip_round()
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def key_hash(key: str) -> int:
+    """The hash Bytewax routes a state key by (Rust's ``Hash`` of a ``str``)."""
+    return siphash13(key.encode() + b"\xff")
+
+
+def worker_of(key: str, workers: int) -> int:
+    """The worker (0 … ``workers`` − 1) of a Bytewax cluster that holds ``key``'s state.
+
+    >>> [worker_of(str(shard), 2) for shard in range(4)]
+    [1, 1, 1, 1]
+    """
+    return key_hash(key) % workers
+
+
+@lru_cache(maxsize=16)
+def spread_keys(shard_count: int) -> tuple[str, ...]:
+    """Names for ``shard_count`` shards, shard *i* on worker *i mod W* for every *W*
+    dividing :data:`SPREAD`: ``"i"`` itself when it hashes right, else the first
+    ``"i-n"`` that does.
+
+    >>> keys = spread_keys(4)
+    >>> [worker_of(key, 2) for key in keys], [worker_of(key, 4) for key in keys]
+    ([0, 1, 0, 1], [0, 1, 2, 3])
+    """
+    keys = []
+    for shard in range(shard_count):
+        want = shard % SPREAD
+        name, n = str(shard), 0
+        while key_hash(name) % SPREAD != want:
+            n += 1
+            name = f"{shard}-{n}"
+        keys.append(name)
+    return tuple(keys)
+
+
+def plain_keys(shard_count: int) -> tuple[str, ...]:
+    """The names of state made before :func:`spread_keys`: ``"0"``, ``"1"``, …"""
+    return tuple(str(shard) for shard in range(shard_count))

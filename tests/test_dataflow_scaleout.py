@@ -1,0 +1,106 @@
+"""Scale-out changes nothing but speed: the dataflow as a Bytewax cluster of two
+processes (one worker each, the state's shards spread over both: dataflows/routing.py)
+publishes exactly what one process publishes for the same input, record for record, on
+every per-agent output topic."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from agentwatch.settings import Settings
+from dataflows.heartbeats import recovery_config, shard_keys, with_recorded_layout
+from dataflows.routing import worker_of
+from infra.broker import ensure_topics, free_port
+from tests.conftest import wait_until
+from tests.test_dataflow import heartbeat, stream
+from tests.test_dataflow_kafka import DataflowProcess, TopicReader, expected_anomalies, produce
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]  # the dataflow runs as processes
+
+#: The per-agent outputs compared, and the fields that say when (processing time), not what.
+COMPARED = ("anomalies", "baselines", "threats", "alerts", "security", "commands", "state",
+            "assignment_scores", "deadletter")  # fmt: skip
+WHEN_FIELDS = ("received_at", "published_at", "processed_at")
+
+
+def comparable(prefix: str, record: dict) -> bytes:
+    """The record without its processing-time fields, and a dead letter's topic without
+    the run's topic prefix."""
+    kept = {k: v for k, v in record.items() if k not in WHEN_FIELDS}
+    if "topic" in kept:
+        kept["topic"] = kept["topic"].removeprefix(prefix)
+    return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
+
+
+def run(settings: Settings, processes: int, values: list[bytes], tmp_path: Path) -> dict:
+    """Everything the dataflow published, per topic, as a multiset of records."""
+    ensure_topics(settings)
+    peers = [f"127.0.0.1:{free_port()}" for _ in range(processes)] if processes > 1 else []
+    shared = settings.model_copy(
+        update={
+            "recovery_dir": tmp_path / f"recovery-{processes}",
+            "recovery_partitions": processes,
+            "dataflow_addresses": ";".join(peers),
+        }
+    )
+    recovery_config(with_recorded_layout(shared))
+    flows = [
+        DataflowProcess(
+            shared.model_copy(update={"dataflow_process_id": i if peers else None}),
+            tmp_path / f"dataflow-{processes}-{i}.log",
+        )
+        for i in range(processes)
+    ]
+    for flow in flows:
+        flow.start()
+    reader = TopicReader(shared, list(COMPARED))
+    expected = expected_anomalies(shared, values)
+    seen: list[list[int]] = []
+    try:
+        produce(shared, values)
+
+        def settled() -> dict | None:
+            out = reader.poll()
+            counts = [len(records) for records in out.values()]
+            complete = len(out[shared.topic("anomalies")]) >= len(expected)
+            done = complete and seen[-2:] == [counts, counts]  # and nothing new for 3 polls
+            seen.append(counts)
+            return out if done else None
+
+        out = wait_until(settled, 90, "the dataflow's outputs, complete and settled")
+    finally:
+        reader.close()
+        for flow in flows:
+            flow.process.terminate()
+        codes = [flow.stop() for flow in flows]
+    assert codes == [0] * processes, "\n".join(flow.log() for flow in flows)
+    return {
+        topic.removeprefix(shared.topic_prefix): Counter(
+            comparable(shared.topic_prefix, record) for record in records
+        )
+        for topic, records in out.items()
+    }
+
+
+@pytest.mark.timeout(240)
+def test_two_processes_publish_exactly_what_one_process_publishes(
+    settings: Settings, make_settings, tmp_path
+):
+    values = stream(agents=12, steps=60, spike=(2, 31), saturated=(5, range(40, 48)))
+    exfiltration = int(2 * settings.threat_exfiltration_bytes)  # a threat, a security change
+    values += [orjson.dumps(heartbeat(agent, 60 + step, bytes_out=exfiltration))
+               for step in range(3) for agent in (7, 10)]  # fmt: skip
+    base = {"shard_count": 4, "bootstrap_servers": settings.bootstrap_servers}
+    one = run(make_settings(**base), 1, values, tmp_path)
+    two = run(make_settings(**base), 2, values, tmp_path)
+    keys = shard_keys(make_settings(**base))
+    assert sorted(worker_of(key, 2) for key in keys) == [0, 0, 1, 1]  # both processes judge
+    for topic in one:
+        assert one[topic] == two[topic], (topic, sum(one[topic].values()), sum(two[topic].values()))
+    sizes = {topic.removeprefix("agents."): sum(one[topic].values()) for topic in one}
+    assert sizes["deadletter"] == 120 and sizes["anomalies"] and sizes["baselines"], sizes
+    assert sizes["threats"] and sizes["security"] and sizes["alerts"], sizes

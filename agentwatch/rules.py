@@ -82,6 +82,7 @@ _OPS = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equ
 #: ``status`` as a number: its index among the lifecycle states, NaN when absent.
 _STATUS_CODE = {None: np.nan, **{state: float(i) for i, state in enumerate(AGENT_STATES)}}
 _COUNT_MAX = np.iinfo(np.uint16).max
+_CHANGES_MAX = np.iinfo(np.uint8).max
 
 
 class RuleChangeError(ValueError):
@@ -407,8 +408,12 @@ class _Window(_Ring):
         super().__init__(condition, buckets)
         self.aggregate = condition.aggregate
         shape = (len(self.metrics), buckets)
+        # an average's buckets in float32 (7 significant digits, summed over the window in
+        # float64): 4 bytes an agent, metric and bucket instead of 8; a sum's stay exact
+        # (a byte over a limit is over it)
         if self.aggregate in ("avg", "sum", "rate_of_change"):
-            self._array("total", np.float64, 0.0, shape, ring=True)
+            exact = self.aggregate == "sum"
+            self._array("total", np.float64 if exact else np.float32, 0.0, shape, ring=True)
         if self.aggregate in ("avg", "rate_of_change"):
             self._array("count", np.uint16, 0, shape, ring=True)
         if self.aggregate in ("max", "min"):
@@ -441,16 +446,16 @@ class _Window(_Ring):
         """The aggregate of each row's window, ``n × metrics`` (NaN when it has no value)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             if self.aggregate == "sum":
-                return self.total[rows].sum(axis=2)
+                return self.total[rows].sum(axis=2, dtype=np.float64)
             if self.aggregate == "avg":
-                return self.total[rows].sum(axis=2) / self.count[rows].sum(axis=2)
+                return self.total[rows].sum(axis=2, dtype=np.float64) / self.count[rows].sum(axis=2)
             if self.aggregate in ("max", "min"):
                 reduce = np.max if self.aggregate == "max" else np.min
-                extreme = reduce(self.extreme[rows], axis=2)
+                extreme = reduce(self.extreme[rows], axis=2).astype(np.float64)
                 return np.where(np.isinf(extreme), np.nan, extreme)
             # rate_of_change: buckets newest first, then (newest mean - oldest mean) / time
             slots = ((head[:, None] - self._back) % self.buckets).astype(np.intp)
-            total = self.total[rows[:, None], :, slots]  # n × buckets × metrics
+            total = self.total[rows[:, None], :, slots].astype(np.float64)  # n × buckets × metrics
             count = self.count[rows[:, None], :, slots].astype(np.float64)
             mean = total / count
             filled = count > 0
@@ -475,7 +480,8 @@ class _Changes(_Ring):
             self._array("last", np.int8, -1, (1,))
         else:
             self._array("last", np.float64, np.nan, (len(self.metrics),))
-        self._array("changes", np.uint16, 0, (len(self.metrics), buckets), ring=True)
+        # a bucket counts up to 255 changes (a byte an agent, metric and bucket)
+        self._array("changes", np.uint8, 0, (len(self.metrics), buckets), ring=True)
 
     def judge(self, p: _Pass) -> _Judgement:
         head = self._advance(p)
@@ -489,7 +495,7 @@ class _Changes(_Ring):
         self.last[p.rows] = np.where(np.isnan(latest), -1, latest) if self.codes else latest
         rows, slots, inside = self._slots(p, head, p.in_order)
         count = self.changes[rows, :, slots]
-        self.changes[rows, :, slots] = np.minimum(count + changed[inside], _COUNT_MAX)
+        self.changes[rows, :, slots] = np.minimum(count + changed[inside], _CHANGES_MAX)
         counted = self.changes[p.rows].sum(axis=2, dtype=np.float64)
         holds = self.op(counted, self.value).any(axis=1)
         return _Judgement(holds, np.ones(len(p.rows), dtype=bool), counted)
@@ -826,10 +832,11 @@ class RuleSet(RowArrays):
     def bytes_per_agent(self) -> int:
         """Bytes of numeric state per agent: its clock and every enabled rule's state
         (not counting the agent-id index, which a shard shares). Of the default
-        rules' 326 bytes, windows take most; abnormal patterns keeps 4 bytes per
+        rules' 266 bytes, windows take most (an average's buckets in float32, a
+        sum's in float64, a change count's in one byte); abnormal patterns keeps 4 bytes per
         metric (how long each has been beyond its baseline).
 
-        >>> RuleSet.default(Settings()).bytes_per_agent() <= 330
+        >>> RuleSet.default(Settings()).bytes_per_agent() <= 270
         True
         """
         return super().bytes_per_agent() + sum(

@@ -546,6 +546,19 @@ class Settings(BaseSettings):
     loader_consume_messages: int = Field(
         5_000, ge=1, description="Most messages the loader reads from Kafka in one call."
     )
+    loader_max_pending_rows: int = Field(
+        200_000,
+        ge=1,
+        description="Rows the loader holds in memory, read but not yet in ClickHouse, at most "
+        "(plus one read of loader_consume_messages): at this many it inserts them all and, "
+        "while that fails, pauses its consumer (no fetches, no offsets committed).",
+    )
+    loader_slow_insert_s: float = Field(
+        5.0,
+        gt=0,
+        description="An insert into ClickHouse running longer than this makes the loader "
+        "'degraded' in /system/health and /metrics (slow storage) until it returns.",
+    )
     max_message_bytes: int = Field(
         64 * 1024, ge=256, description="Heartbeats larger than this go to the dead-letter topic."
     )

@@ -563,6 +563,7 @@ def run_chaos(
             lags["loader"] = max(lags["loader"], health["loader"]["lag_total"] or 0)
             lags["dataflow"] = max(lags["dataflow"], health["dataflow"]["lag"] or 0)
 
+    report.kills = {component.name: 0 for component in stack.components}
     started = time.monotonic()
     accepted = kills = 0
     try:

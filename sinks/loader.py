@@ -578,8 +578,8 @@ class Loader:
         """Pause reading while ClickHouse writes fail (the back-off) or the pending rows
         are at ``loader_max_pending_rows``; resume when neither holds.
 
-        Paused, the consumer fetches nothing (librdkafka drops what it had prefetched),
-        so the process's memory stays what the pending rows need. On resume each
+        Paused, the consumer fetches nothing from the broker, so the process's memory
+        stays what the pending rows (and what was already prefetched) need. On resume each
         partition is sought to the first message not yet taken: nothing skipped,
         nothing read twice.
         """

@@ -166,7 +166,9 @@ def reference_outputs(settings: Settings, values: list[bytes]) -> dict:
         for chunk in [values[i : i + size]]
     ]
     run_main(build_flow(settings, TestingSource(batches), Sink()))
-    result: dict = {"anomalies": {}, "threats": set(), "rows": 0, "dead_letters": 0}
+    result: dict = {
+        "anomalies": {}, "threats": set(), "alerts": set(), "rows": 0, "dead_letters": 0
+    }  # fmt: skip
     for message in out:
         topic = message.topic.rsplit(".", 1)[-1]
         if topic == "metric_rows":
@@ -181,7 +183,34 @@ def reference_outputs(settings: Settings, values: list[bytes]) -> dict:
             record = orjson.loads(message.value)
             first_seen = round(record["first_seen"] * 1000)
             result["threats"].add((record["agent_id"], record["rule"], first_seen))
+        elif topic == "alerts":
+            record = orjson.loads(message.value)
+            if record["agent_id"] != OPS_AGENT:  # (the operators' commands are not in it)
+                result["alerts"].add(alert_key(record))
     return result
+
+
+def alert_key(record: dict) -> tuple:
+    """An alert's change of state: (fingerprint, agent, state, updated_at in ms)."""
+    at = round(record["updated_at"] * 1000)
+    return (record["fingerprint"], record["agent_id"], record["state"], at)
+
+
+def alert_chain_breaks(rows: list[list]) -> list[str]:
+    """Each alert's changes, in order, never repeat a state: a change stored twice (not
+    merged away) would.
+
+    >>> alert_chain_breaks([["f1", "pending"], ["f1", "firing"], ["f2", "firing"]])
+    []
+    >>> alert_chain_breaks([["f1", "firing"], ["f1", "firing"]])
+    ['f1: firing twice']
+    """
+    breaks, last = [], {}
+    for fingerprint, state in rows:
+        if last.get(fingerprint) == state:
+            breaks.append(f"{fingerprint}: {state} twice")
+        last[fingerprint] = state
+    return breaks
 
 
 # --- the components ---------------------------------------------------------------------
@@ -450,6 +479,10 @@ print(json.dumps({
     "anomalies_distinct": one("SELECT uniqExact(agent_id, timestamp) FROM {db}.anomalies"),
     "threats": rows("SELECT agent_id, rule, toUnixTimestamp64Milli(first_seen) "
                     "FROM {db}.threats FINAL"),
+    "alerts": rows("SELECT fingerprint, agent_id, state, toUnixTimestamp64Milli(updated_at) "
+                   "FROM {db}.alerts FINAL WHERE agent_id != '" + ops + "'"),
+    "alert_changes": rows("SELECT fingerprint, state FROM {db}.alerts FINAL "
+                          "ORDER BY fingerprint, updated_at"),
     "commands_stored": one("SELECT count() FROM {db}.agent_events FINAL WHERE channel = "
                            "'control' AND agent_id = '" + ops + "'"),
     "audit_rows": one("SELECT count() FROM {db}.audit_log"),
@@ -635,6 +668,9 @@ def run_chaos(
     threats = {(a, r, int(f)) for a, r, f in stored["threats"]}
     report.check_same("threats equal to the clean run", reference["threats"], threats)
     report.check("threats count", len(reference["threats"]), len(stored["threats"]))
+    alerts = {(f, a, state, int(at)) for f, a, state, at in stored["alerts"]}
+    report.check_same("alerts equal to the clean run", reference["alerts"], alerts)
+    report.check("alert chains unbroken", [], alert_chain_breaks(stored["alert_changes"]))
     report.check("commands in agent_events", accepted, stored["commands_stored"])
     report.check("commands in the audit trail", accepted, stored["audit_commands"])
     report.check("audit status chains unbroken", [], status_chain_breaks(stored["status_changes"]))

@@ -2,8 +2,9 @@
 
 Faults are injected at the loader's ClickHouse client boundary
 (:mod:`tests.storage_faults`: the real loader, a real chDB behind a client whose
-writes are delayed or refused), or in ClickHouse itself (a table whose disk is
-"full": its ``min_free_disk_bytes_to_perform_insert`` above any free space). Each
+writes are delayed or refused), in ClickHouse itself (a table whose disk is
+"full": its ``min_free_disk_bytes_to_perform_insert`` above any free space), or in
+the file system (the API process's chDB on a small tmpfs, filled). Each
 test shows the loader holding back — pending rows under their cap, the consumer
 paused, no offset stored or committed past the rows written — the fault visible in
 its state, and every row stored exactly once when the fault clears.
@@ -11,9 +12,16 @@ its state, and every row stored exactly once when the fault clears.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from fastapi.testclient import TestClient
@@ -21,12 +29,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agentwatch.settings import Settings
 from api.app import create_app
-from infra.broker import ensure_topics, partitions
+from infra.broker import ensure_topics, free_port, partitions
 from sinks.clickhouse import connect, create_schema
 from sinks.loader import Loader
 from tests.conftest import LOOPBACK_CLIENT, wait_until
 from tests.storage_faults import FaultyClient, StorageFault
-from tests.test_loader import count, heartbeat, produce_heartbeats
+from tests.test_loader import COUNT_SCRIPT, _committed, count, heartbeat, produce_heartbeats
 
 pytestmark = pytest.mark.integration
 
@@ -232,3 +240,115 @@ def loaders_stopped() -> Iterator[object]:
     yield register
     for loader in created:
         loader.stop()
+
+
+# --- a real full file system -----------------------------------------------------------
+
+
+@contextmanager
+def small_filesystem(path: Path, megabytes: int) -> Iterator[Path]:
+    """A tmpfs of ``megabytes`` mounted at ``path`` (skips where mounting is not allowed:
+    the test needs a real file system to fill)."""
+    path.mkdir()
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command here")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()[:200]}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path) -> Path:
+    """Write a file that takes every free byte of the file system at ``path``."""
+    filler = path / "filler"
+    with open(filler, "wb") as out:
+        block = b"\0" * (1 << 20)
+        try:
+            while True:
+                out.write(block)
+                out.flush()
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.mark.e2e  # runs the API (its loader on a chDB of its own) as a process
+@pytest.mark.timeout(240)
+def test_a_full_file_system_holds_the_loader_back(capped, tmp_path):
+    """The API's chDB on a small tmpfs, filled to the last byte: the loader's inserts fail
+    for real (not an injected error), it pauses and says so; space freed, it catches up.
+    (A read-only remount is refused while chDB holds its files open for writing.)"""
+    settings = capped
+    data = tmp_path / "data"
+    with small_filesystem(data, megabytes=128):
+        port = free_port()
+        env = {
+            **os.environ,
+            **settings.as_env(),
+            "AGENTWATCH_API_PORT": str(port),
+            "AGENTWATCH_CLICKHOUSE_DSN": f"chdb://{data / 'chdb'}",
+            "AGENTWATCH_LOADER_GROUP_ID": f"loader-{tmp_path.name}",
+        }
+        health_url = f"http://127.0.0.1:{port}/api/v1/system/health"
+        with open(tmp_path / "api.log", "wb") as log:
+            api = subprocess.Popen(
+                [sys.executable, "-m", "api"], env=env, cwd=tmp_path, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+        def loader(**expected: object) -> dict | None:
+            try:
+                body = httpx.get(health_url, timeout=2).json()["loader"]
+            except (httpx.HTTPError, ValueError):
+                return None
+            return body if all(body.get(k) == v for k, v in expected.items()) else None
+
+        def rows_in(count: int) -> dict | None:
+            body = loader(state="ok", consumer_paused=False)
+            return body if body and body["rows_inserted"]["metric_rows"] == count else None
+
+        try:
+            wait_until(lambda: loader(running=True), 60, "the API and its loader")
+            produce_heartbeats(settings, [heartbeat(seq) for seq in range(300)])
+            wait_until(lambda: rows_in(300), 30, "the first 300 rows")
+
+            filler = fill(data)
+            produce_heartbeats(settings, [heartbeat(seq) for seq in range(300, 900)])
+            body = wait_until(
+                lambda: loader(state="degraded", consumer_paused=True),
+                10,
+                "the loader degraded and paused on a full file system",
+            )
+            assert "NOT_ENOUGH_SPACE" in body["last_error"], body  # "Cannot reserve …"
+            assert body["pending_rows"] <= CAP + CONSUME
+            assert body["rows_inserted"]["metric_rows"] == 300  # nothing more
+            group = settings.model_copy(
+                update={"loader_group_id": env["AGENTWATCH_LOADER_GROUP_ID"]}
+            )
+            assert _committed(group, "metric_rows") <= 300
+            filler.unlink()
+            wait_until(lambda: rows_in(900), 60, "all 900 rows once there is space")
+        finally:
+            api.terminate()
+            try:
+                api.wait(30)
+            except subprocess.TimeoutExpired:
+                api.kill()
+                api.wait(10)
+        log_text = (tmp_path / "api.log").read_text(errors="replace")
+        assert "clickhouse_write_failed" in log_text
+        counted = subprocess.run(
+            [sys.executable, "-c", COUNT_SCRIPT], env=env, cwd=tmp_path,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert counted.returncode == 0, counted.stderr[-2000:]
+        counts = json.loads(counted.stdout.strip().splitlines()[-1])
+        assert counts["metrics_final"] == counts["metrics_raw"] == 900  # none lost, none twice

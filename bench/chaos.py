@@ -529,13 +529,50 @@ def count_stored(stack: ChaosStack) -> dict:
 # --- the run ----------------------------------------------------------------------------
 
 
+class Gate:
+    """How many messages the producer may have sent (``limit``), and has (``sent``): a
+    planned run moves the limit past each kill only once the component is back, so every
+    kill lands while data flows, however slow the machine (thread-safe)."""
+
+    def __init__(self, limit: int) -> None:
+        self._changed = threading.Condition()
+        self.limit = limit
+        self.sent = 0
+
+    def open_to(self, limit: int) -> None:
+        with self._changed:
+            self.limit = limit
+            self._changed.notify_all()
+
+    def passed(self, sent: int) -> float:
+        """The producer has sent ``sent``; returns once it may send more (seconds waited)."""
+        with self._changed:
+            self.sent = sent
+            self._changed.notify_all()
+            started = time.monotonic()
+            self._changed.wait_for(lambda: self.limit > sent)
+            return time.monotonic() - started
+
+    def finish(self) -> None:
+        """The producer stopped (done or failed): nobody waits for it any more."""
+        with self._changed:
+            self.sent = sys.maxsize
+            self._changed.notify_all()
+
+    def wait_sent(self, count: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self.sent >= count)
+
+
 def produce_steadily(
     settings: Settings,
     messages: list[tuple[bytes, bytes, bool]],
     rate: float,
     done: threading.Event,
+    gate: Gate | None = None,
 ) -> None:
-    """Send ``messages`` to agents.metrics at about ``rate`` a second, in 50 ms slices."""
+    """Send ``messages`` to agents.metrics at about ``rate`` a second, in slices of 100
+    (never past ``gate``'s limit)."""
     producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5})
     topic = settings.topic("metrics")
     started = time.monotonic()
@@ -544,12 +581,17 @@ def produce_steadily(
             producer.produce(topic, key=key, value=value)
             if index % 100 == 99:
                 producer.poll(0)
+                if gate is not None:
+                    producer.flush(30)  # (sent means delivered)
+                    started += gate.passed(index + 1)
                 ahead = index / rate - (time.monotonic() - started)
                 if ahead > 0:
                     time.sleep(ahead)
         if producer.flush(60) != 0:
             raise RuntimeError("the producer could not deliver every message")
     finally:
+        if gate is not None:
+            gate.finish()
         done.set()
 
 
@@ -563,11 +605,14 @@ def run_chaos(
     seed: int = 14,
     processes: int = 1,
     alternate: bool = False,
+    kills: int | None = None,
     say: Callable[[str], None] = lambda _line: None,
 ) -> ChaosReport:
     """Stream ``seconds`` of input at ``rate`` messages/s while killing components every
     ``kill_every_s`` (± a third); then check everything (see the module's docstring).
-    ``alternate``: kill the components in turn instead of at random (the suite's run)."""
+    ``alternate``: kill the components in turn instead of at random. ``kills``: exactly
+    this many, spread evenly over the input (the producer waits at each until the component
+    killed is back, so every kill lands mid-stream on any machine: the suite's run)."""
     rng = random.Random(seed)
     steps = max(60, int(seconds * rate / agents))
     workload = Workload(agents=agents, steps=steps, seed=seed)
@@ -598,19 +643,27 @@ def run_chaos(
 
     report.kills = {component.name: 0 for component in stack.components}
     started = time.monotonic()
-    accepted = kills = 0
+    accepted = 0
     try:
         stack.start()
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         sent = threading.Event()
+        planned = [] if kills is None else [
+            len(messages) * (i + 1) // (kills + 1) for i in range(kills)
+        ]  # fmt: skip
+        overrun = max(100, int(rate))  # a second of input flows on through each kill
+        gate = Gate(planned[0] + overrun) if planned else None
         producer = threading.Thread(
-            target=produce_steadily, args=(settings, messages, rate, sent), daemon=True
+            target=produce_steadily, args=(settings, messages, rate, sent, gate), daemon=True
         )
         producer.start()
         commands = iter(["quarantine", "release"] * 1000)
-        while not sent.is_set():
-            if sent.wait(kill_every_s * rng.uniform(2 / 3, 4 / 3)):
+        done = 0
+        while not sent.is_set() and (kills is None or done < kills):
+            if gate is not None:
+                gate.wait_sent(planned[done])
+            elif sent.wait(kill_every_s * rng.uniform(2 / 3, 4 / 3)):
                 break
             # an operator's command while all is up: acknowledged means published
             action = next(commands)
@@ -618,8 +671,8 @@ def run_chaos(
             status = stack.command(f"/api/v1/agents/{OPS_AGENT}/{action}", body)
             accepted += status == 202
             victims = stack.components
-            victim = victims[kills % len(victims)] if alternate else rng.choice(victims)
-            kills += 1
+            victim = victims[done % len(victims)] if alternate else rng.choice(victims)
+            done += 1
             killed_at = time.monotonic()
             kind = stack.kill(victim)
             name = victim.name
@@ -627,6 +680,8 @@ def run_chaos(
             took = stack.wait_recovered(kind, killed_at)
             report.recovery_s.setdefault(name, []).append(round(took, 3))
             say(f"  {time.monotonic() - started:6.1f} s  killed {name}, back in {took:.2f} s")
+            if gate is not None:
+                gate.open_to(planned[done] + overrun if done < kills else len(messages))
         producer.join(120)
         report.sent["operator_commands_accepted"] = accepted
 

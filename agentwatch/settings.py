@@ -103,6 +103,20 @@ class Settings(BaseSettings):
     )
     clickhouse_database: str = Field("agentwatch", description="ClickHouse database name.")
     clickhouse_ttl_days: int = Field(90, ge=1, description="Rows older than this are dropped.")
+    clickhouse_metrics_ttl_days: int | None = Field(
+        None,
+        ge=1,
+        description="Raw input (tables metrics and deadletter) is dropped after this many days; "
+        "unset: clickhouse_ttl_days. Changed later, the TTL is altered at the next start "
+        "(docs/reliability.md: disk per agent per day).",
+    )
+    clickhouse_findings_ttl_days: int | None = Field(
+        None,
+        ge=1,
+        description="Derived findings and events (anomalies, threats, alerts, security_scores, "
+        "commands, incidents, agent_events, assignment_scores, tasks) are dropped after this "
+        "many days; unset: clickhouse_ttl_days. The audit trail has no TTL: never shortened.",
+    )
     clickhouse_migrate: bool = Field(
         True,
         description="Apply pending schema migrations at start (sinks/migrations.py). Set false "
@@ -355,6 +369,13 @@ class Settings(BaseSettings):
         None, description="Bytewax recovery directory; default <var_dir>/recovery."
     )
     recovery_partitions: int = Field(1, ge=1, description="Recovery database partitions.")
+    recovery_backup_interval_s: float = Field(
+        0.0,
+        ge=0,
+        description="A recovery snapshot no longer needed (a newer one of the same state is "
+        "durable) is deleted after this long (Bytewax's backup_interval); 0: at once. Raise "
+        "it to the interval at which the recovery directory is copied to archival storage.",
+    )
     snapshot_interval_s: float = Field(
         5.0,
         gt=0,
@@ -559,6 +580,19 @@ class Settings(BaseSettings):
     )
     loader_consume_messages: int = Field(
         5_000, ge=1, description="Most messages the loader reads from Kafka in one call."
+    )
+    loader_max_pending_rows: int = Field(
+        200_000,
+        ge=1,
+        description="Rows the loader holds in memory, read but not yet in ClickHouse, at most "
+        "(plus one read of loader_consume_messages): at this many it inserts them all and, "
+        "while that fails, pauses its consumer (no fetches, no offsets committed).",
+    )
+    loader_slow_insert_s: float = Field(
+        5.0,
+        gt=0,
+        description="An insert into ClickHouse running longer than this makes the loader "
+        "'degraded' in /system/health and /metrics (slow storage) until it returns.",
     )
     max_message_bytes: int = Field(
         64 * 1024, ge=256, description="Heartbeats larger than this go to the dead-letter topic."

@@ -115,6 +115,8 @@ class SystemMonitor:
             problems.append(f"clickhouse: {clickhouse.error}")
         if self.loader_expected and not loader.running:
             problems.append("loader: not running, nothing reaches ClickHouse")
+        if loader.state == "degraded":
+            problems.append(f"loader: {loader.degraded_reason}")
         return SystemHealth(
             status="degraded" if problems else "ok",
             problems=problems,
@@ -189,7 +191,16 @@ class SystemMonitor:
             )
         stats = self.loader.stats()
         lag = dict(stats.lag)
+        state, reason, degraded_for_s = stats.condition()
+        secrets = self.settings.secret_values()
         return LoaderHealth(
+            state=state,
+            degraded_reason=None if reason is None else redact(reason, secrets),
+            degraded_for_s=degraded_for_s,
+            last_error=None if stats.last_error is None else redact(stats.last_error, secrets),
+            consumer_paused=stats.consumer_paused,
+            pending_rows=stats.pending_rows,
+            max_pending_rows=stats.max_pending_rows,
             running=True,  # started with the app, stopped only when the app stops
             lag=lag,
             lag_total=sum(lag.values()),

@@ -455,6 +455,19 @@ class LoaderHealth(BaseModel):
     errors: int
     last_insert_at: datetime | None
     ingest_rows_per_s: float = Field(description="Rows/s into table metrics, recent average.")
+    state: Literal["ok", "degraded", "stopped"] = Field(
+        "stopped",
+        description="ok; degraded while ClickHouse writes fail or an insert runs longer than "
+        "AGENTWATCH_LOADER_SLOW_INSERT_S (the loader then holds back); stopped: no loader.",
+    )
+    degraded_reason: str | None = Field(None, description="Why degraded, with the last error.")
+    degraded_for_s: float | None = Field(None, description="Seconds degraded so far.")
+    last_error: str | None = Field(None, description="The latest failed write's error.")
+    consumer_paused: bool = Field(
+        False, description="Reading paused: writes failing or pending rows at their cap."
+    )
+    pending_rows: int = Field(0, description="Rows read and not yet written to ClickHouse.")
+    max_pending_rows: int = Field(0, description="Their cap (AGENTWATCH_LOADER_MAX_PENDING_ROWS).")
 
 
 class TableCounts(BaseModel):

@@ -700,13 +700,19 @@ def _holds_state(recovery_path: Path) -> bool:
 
 
 def recovery_config(settings: Settings) -> RecoveryConfig:
-    """Bytewax recovery in ``settings.recovery_path``, created on first use."""
+    """Bytewax recovery in ``settings.recovery_path``, created on first use.
+
+    Bytewax prunes a snapshot once a newer one of the same state is durable and
+    ``recovery_backup_interval_s`` has passed (0: at once), so the directory holds
+    about one snapshot of each shard whatever the uptime (docs/reliability.md)."""
     path = settings.recovery_path
     if not _holds_state(path):
         path.mkdir(parents=True, exist_ok=True)
         init_db_dir(path, settings.recovery_partitions)
         log.info("recovery_initialized dir=%s partitions=%d", path, settings.recovery_partitions)
-    return RecoveryConfig(str(path))
+    return RecoveryConfig(
+        str(path), backup_interval=timedelta(seconds=settings.recovery_backup_interval_s)
+    )
 
 
 def cluster_options(settings: Settings) -> dict[str, object]:

@@ -23,6 +23,7 @@ Changes to the layout of a released table are versioned migrations
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import clickhouse_connect
@@ -30,6 +31,8 @@ from clickhouse_connect.driver.client import Client
 
 from agentwatch.settings import Settings
 from sinks.migrations import AddColumn, Migration, apply_migrations
+
+log = logging.getLogger(__name__)
 
 
 def connect(settings: Settings) -> Client:
@@ -138,10 +141,91 @@ MIGRATIONS = (
 )
 
 
+#: Tables with a TTL: table → (what it holds, the column the age is counted from). Raw
+#: input (the heartbeats and the dead letters) expires after
+#: ``clickhouse_metrics_ttl_days``, derived findings and events after
+#: ``clickhouse_findings_ttl_days``; both default to ``clickhouse_ttl_days``. Tables not
+#: listed keep their rows: the audit trail (``audit_log``: never shortened), the latest
+#: state per agent (``baselines``, ``agents``, ``agent_registry``,
+#: ``assignment_scores_latest``), configuration (``rules``, ``silences``, ``api_keys``)
+#: and progress (``loader_offsets``, ``webhook_offsets``). docs/reliability.md.
+RETENTION: dict[str, tuple[str, str]] = {
+    "metrics": ("raw", "timestamp"),
+    "deadletter": ("raw", "received_at"),
+    "anomalies": ("findings", "timestamp"),
+    "threats": ("findings", "first_seen"),
+    "alerts": ("findings", "updated_at"),
+    "security_scores": ("findings", "timestamp"),
+    "commands": ("findings", "issued_at"),
+    "incidents": ("findings", "first_seen"),
+    "agent_events": ("findings", "timestamp"),
+    "assignment_scores": ("findings", "timestamp"),
+    "tasks": ("findings", "assigned_at"),
+}
+
+
+def retention_days(settings: Settings, table: str) -> int | None:
+    """Days a table keeps a row (None: no TTL, the rows stay).
+
+    >>> s = Settings(clickhouse_ttl_days=90, clickhouse_metrics_ttl_days=14)
+    >>> retention_days(s, "metrics"), retention_days(s, "threats"), retention_days(s, "audit_log")
+    (14, 90, None)
+    """
+    kind = RETENTION.get(table, (None, ""))[0]
+    if kind is None:
+        return None
+    days = (
+        settings.clickhouse_metrics_ttl_days
+        if kind == "raw"
+        else settings.clickhouse_findings_ttl_days
+    )
+    return days or settings.clickhouse_ttl_days
+
+
+_TTL_DAYS = re.compile(r"TTL toDateTime\((\w+)\) \+ toIntervalDay\((\d+)\)")
+
+
+def apply_retention(client: Client, settings: Settings) -> list[str]:
+    """Bring each table's TTL to what the settings say (tables made under other settings
+    keep the TTL they were made with until this runs); the tables changed.
+
+    ``ALTER TABLE ... MODIFY TTL`` also drops at once the rows a shorter TTL expires.
+    With ``clickhouse_migrate`` false nothing is changed and a difference is logged.
+    """
+    db = settings.clickhouse_database
+    queries = dict(
+        client.query(
+            "SELECT name, create_table_query FROM system.tables WHERE database = {db:String}",
+            parameters={"db": db},
+        ).result_rows
+    )
+    changed = []
+    for table, (_kind, column) in RETENTION.items():
+        found = _TTL_DAYS.search(queries.get(table, ""))
+        days = retention_days(settings, table)
+        if found is None or int(found.group(2)) == days:
+            continue
+        if not settings.clickhouse_migrate:
+            log.warning(
+                "retention_differs table=%s ttl_days=%s wanted_days=%d action=start once with "
+                "AGENTWATCH_CLICKHOUSE_MIGRATE=true to apply it",
+                table,
+                found.group(2),
+                days,
+            )
+            continue
+        client.command(
+            f"ALTER TABLE {db}.{table} MODIFY TTL toDateTime({column}) + INTERVAL {days} DAY"
+        )
+        log.info("retention_changed table=%s from_days=%s to_days=%d", table, found.group(2), days)
+        changed.append(table)
+    return changed
+
+
 def schema_statements(settings: Settings) -> list[str]:
     """DDL of the database and every table, in creation order."""
     db = settings.clickhouse_database
-    ttl = settings.clickhouse_ttl_days
+    raw, findings = retention_days(settings, "metrics"), retention_days(settings, "anomalies")
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
         f"""
@@ -165,7 +249,7 @@ def schema_statements(settings: Settings) -> list[str]:
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(timestamp)
         ORDER BY (tenant_id, agent_id, timestamp)
-        TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
+        TTL toDateTime(timestamp) + INTERVAL {raw} DAY
         """,
         f"""
         CREATE TABLE IF NOT EXISTS {db}.anomalies (
@@ -182,7 +266,7 @@ def schema_statements(settings: Settings) -> list[str]:
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(timestamp)
         ORDER BY (tenant_id, agent_id, timestamp)
-        TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
+        TTL toDateTime(timestamp) + INTERVAL {findings} DAY
         """,
         f"""
         CREATE TABLE IF NOT EXISTS {db}.threats (
@@ -199,7 +283,7 @@ def schema_statements(settings: Settings) -> list[str]:
         ENGINE = ReplacingMergeTree(last_seen)
         PARTITION BY toYYYYMM(first_seen)
         ORDER BY (tenant_id, agent_id, first_seen, rule)
-        TTL toDateTime(first_seen) + INTERVAL {ttl} DAY
+        TTL toDateTime(first_seen) + INTERVAL {findings} DAY
         """,
         f"""
         CREATE TABLE IF NOT EXISTS {db}.baselines (
@@ -230,7 +314,7 @@ def schema_statements(settings: Settings) -> list[str]:
         PARTITION BY toYYYYMM(received_at)
         PRIMARY KEY (topic, partition, offset, cityHash64(value_b64))
         ORDER BY ({_DEADLETTER_KEY})
-        TTL toDateTime(received_at) + INTERVAL {ttl} DAY
+        TTL toDateTime(received_at) + INTERVAL {raw} DAY
         """,
         f"""
         CREATE TABLE IF NOT EXISTS {db}.rules (
@@ -266,7 +350,7 @@ def schema_statements(settings: Settings) -> list[str]:
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(updated_at)
         ORDER BY (tenant_id, agent_id, fingerprint, updated_at, state)
-        TTL toDateTime(updated_at) + INTERVAL {ttl} DAY
+        TTL toDateTime(updated_at) + INTERVAL {findings} DAY
         """,
         f"""
         CREATE TABLE IF NOT EXISTS {db}.security_scores (
@@ -281,7 +365,7 @@ def schema_statements(settings: Settings) -> list[str]:
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(timestamp)
         ORDER BY (tenant_id, agent_id, timestamp, cause)
-        TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
+        TTL toDateTime(timestamp) + INTERVAL {findings} DAY
         """,
         f"""
         CREATE TABLE IF NOT EXISTS {db}.commands (
@@ -298,7 +382,7 @@ def schema_statements(settings: Settings) -> list[str]:
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(issued_at)
         ORDER BY (tenant_id, agent_id, command_id)
-        TTL toDateTime(issued_at) + INTERVAL {ttl} DAY
+        TTL toDateTime(issued_at) + INTERVAL {findings} DAY
         """,
         f"""
         CREATE TABLE IF NOT EXISTS {db}.incidents (
@@ -316,7 +400,7 @@ def schema_statements(settings: Settings) -> list[str]:
         ENGINE = ReplacingMergeTree(revision)
         PARTITION BY toYYYYMM(first_seen)
         ORDER BY (tenant_id, incident_id)
-        TTL toDateTime(first_seen) + INTERVAL {ttl} DAY
+        TTL toDateTime(first_seen) + INTERVAL {findings} DAY
         """,
         f"""
         CREATE TABLE IF NOT EXISTS {db}.agent_events (
@@ -331,7 +415,7 @@ def schema_statements(settings: Settings) -> list[str]:
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(timestamp)
         ORDER BY (tenant_id, agent_id, timestamp, type)
-        TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
+        TTL toDateTime(timestamp) + INTERVAL {findings} DAY
         """,
         f"""
         CREATE TABLE IF NOT EXISTS {db}.api_keys (
@@ -432,7 +516,7 @@ def schema_statements(settings: Settings) -> list[str]:
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(timestamp)
         ORDER BY (tenant_id, agent_id, timestamp, cause)
-        TTL toDateTime(timestamp) + INTERVAL {ttl} DAY
+        TTL toDateTime(timestamp) + INTERVAL {findings} DAY
         COMMENT 'history of every agent''s assignment score (agents.assignment_scores)'
         """,
         f"""
@@ -471,7 +555,7 @@ def schema_statements(settings: Settings) -> list[str]:
         ENGINE = ReplacingMergeTree(version)
         PARTITION BY toYYYYMM(assigned_at)
         ORDER BY (tenant_id, task_id)
-        TTL toDateTime(assigned_at) + INTERVAL {ttl} DAY
+        TTL toDateTime(assigned_at) + INTERVAL {findings} DAY
         COMMENT 'latest status per task: task_assigned (control) and task_changed (state)'
         """,
         f"""
@@ -513,6 +597,7 @@ def create_schema(client: Client, settings: Settings) -> None:
         MIGRATIONS,
         migrate=settings.clickhouse_migrate,
     )
+    apply_retention(client, settings)
 
 
 def main() -> None:

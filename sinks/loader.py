@@ -173,6 +173,53 @@ class LoaderStats:
     messages_read: dict[str, int] = field(default_factory=dict)
     pending_rows: int = 0
     cluster_id: str | None = None
+    #: The cap on pending rows (``loader_max_pending_rows``): at it, reading pauses.
+    max_pending_rows: int = 0
+    #: Whether the consumer is paused (writes failing, or the pending rows at their cap).
+    consumer_paused: bool = False
+    #: Epoch seconds of the first failed write of the current run of failures; None once
+    #: a write succeeds again.
+    failing_since: float | None = None
+    #: Failed writes in a row (0 after a success) and the latest failure's text.
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    #: The insert under way, if any: its table and when it started (epoch seconds).
+    inserting_table: str | None = None
+    inserting_since: float | None = None
+    #: An insert running longer than this (``loader_slow_insert_s``) makes the loader degraded.
+    slow_insert_s: float = 0.0
+
+    def condition(self, now: float | None = None) -> tuple[str, str | None, float | None]:
+        """``(state, reason, seconds in that state)``: ``ok``, or ``degraded`` while
+        ClickHouse writes fail or an insert runs longer than ``slow_insert_s`` (the
+        loader then holds back: it reads nothing more and commits no offset).
+
+        >>> LoaderStats(started_at=0.0).condition(now=10.0)
+        ('ok', None, None)
+        >>> failing = LoaderStats(started_at=0.0, failing_since=4.0, consecutive_failures=3,
+        ...                       last_error="NOT_ENOUGH_SPACE", last_error_at=9.0)
+        >>> failing.condition(now=10.0)
+        ('degraded', 'writes to ClickHouse failing (3 in a row): NOT_ENOUGH_SPACE', 6.0)
+        >>> slow = LoaderStats(started_at=0.0, inserting_table="metrics", inserting_since=2.0,
+        ...                    slow_insert_s=5.0)
+        >>> slow.condition(now=10.0)
+        ('degraded', 'insert into metrics running for 8.0 s (slow ClickHouse)', 8.0)
+        """
+        now = time.time() if now is None else now
+        if self.failing_since is not None:
+            reason = (
+                f"writes to ClickHouse failing ({self.consecutive_failures} in a row): "
+                f"{self.last_error}"
+            )
+            return "degraded", reason, round(now - self.failing_since, 3)
+        if self.inserting_since is not None and self.slow_insert_s > 0:
+            running = now - self.inserting_since
+            if running > self.slow_insert_s:
+                table = self.inserting_table
+                reason = f"insert into {table} running for {running:.1f} s (slow ClickHouse)"
+                return "degraded", reason, round(running, 3)
+        return "ok", None, None
 
 
 @dataclass
@@ -240,7 +287,11 @@ class Loader:
             skipped_invalid=dict.fromkeys(LOADED_TOPICS, 0),
             lag=dict.fromkeys(LOADED_TOPICS, 0),
             messages_read=dict.fromkeys(LOADED_TOPICS, 0),
+            max_pending_rows=settings.loader_max_pending_rows,
+            slow_insert_s=settings.loader_slow_insert_s,
         )
+        #: Whether the assigned partitions are paused (see :meth:`_hold_back`).
+        self._paused = False
         self._stats_lock = threading.Lock()
         self._work_lock = threading.Lock()  # one poll/flush at a time
         self._stopping = threading.Event()
@@ -292,7 +343,12 @@ class Loader:
             if now >= self._next_metadata_check:
                 self._check_metadata(now)
             inserted = self._flush_tables(self._due_tables(now))
-            if time.monotonic() < self._retry_at or not self._assigned:
+            if self._pending_rows() >= self._settings.loader_max_pending_rows:
+                inserted += self._flush_tables(
+                    [p for p in self._pending.values() if p.since is not None]
+                )
+            self._hold_back()
+            if time.monotonic() < self._retry_at or not self._assigned or self._paused:
                 return inserted
             messages = self._consumer.consume(
                 self._settings.loader_consume_messages, self._consume_wait_s
@@ -423,6 +479,8 @@ class Loader:
                 start = self._start_offset(topic, partition, stored.get((topic, partition)))
                 assignment.append(TopicPartition(topic, partition, start))
         self._consumer.incremental_assign(assignment)
+        if self._paused:  # holding back: the new partitions wait too
+            self._consumer.pause(assignment)
         self._assigned.update(topics)
         log.info(
             "loader_assigned cluster_id=%s partitions=%s",
@@ -508,7 +566,54 @@ class Loader:
         self._unverified.clear()
         self._consumer.unassign()
         self._assigned.clear()
+        self._set_paused(False)
         self._next_metadata_check = 0.0
+
+    # --- holding back ----------------------------------------------------------
+
+    def _pending_rows(self) -> int:
+        return sum(p.rows for p in self._pending.values())
+
+    def _hold_back(self) -> None:
+        """Pause reading while ClickHouse writes fail (the back-off) or the pending rows
+        are at ``loader_max_pending_rows``; resume when neither holds.
+
+        Paused, the consumer fetches nothing from the broker, so the process's memory
+        stays what the pending rows (and what was already prefetched) need. On resume each
+        partition is sought to the first message not yet taken: nothing skipped,
+        nothing read twice.
+        """
+        hold = (
+            time.monotonic() < self._retry_at
+            or self._pending_rows() >= self._settings.loader_max_pending_rows
+        )
+        if hold == self._paused or not self._assigned:
+            return
+        partitions = [TopicPartition(t, p) for t, ps in self._assigned.items() for p in ps]
+        if hold:
+            self._consumer.pause(partitions)
+            log.warning(
+                "loader_paused pending_rows=%d max_pending_rows=%d writes_failing=%s "
+                "action=reading nothing more until ClickHouse takes the pending rows",
+                self._pending_rows(),
+                self._settings.loader_max_pending_rows,
+                time.monotonic() < self._retry_at,
+            )
+        else:
+            self._consumer.resume(partitions)
+            for tp in partitions:
+                offset = self._pending[tp.topic].next_offsets.get(
+                    tp.partition, self._record_offsets.get((tp.topic, tp.partition))
+                )
+                if offset is not None:
+                    self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            log.info("loader_resumed pending_rows=%d", self._pending_rows())
+        self._set_paused(hold)
+
+    def _set_paused(self, paused: bool) -> None:
+        self._paused = paused
+        with self._stats_lock:
+            self._stats.consumer_paused = paused
 
     # --- reading messages ----------------------------------------------------
 
@@ -645,10 +750,15 @@ class Loader:
         inserted = 0
         for pending in tables:
             try:
-                inserted += self._insert(pending)
-                self._write_offsets(pending)
+                self._mark_inserting(pending.table)
+                try:
+                    inserted += self._insert(pending)
+                    self._write_offsets(pending)
+                finally:
+                    self._mark_inserting(None)
             except Exception as exc:
                 self._count_error()
+                self._note_failure(exc)
                 self._back_off()
                 log.warning(
                     "clickhouse_write_failed table=%s rows=%d error=%r retry_in_s=%.1f "
@@ -663,7 +773,35 @@ class Loader:
                 break
             pending.since = None
             self._retry_delay = RETRY_FIRST_DELAY_S
+            self._note_success()
         return inserted
+
+    def _mark_inserting(self, table: str | None) -> None:
+        with self._stats_lock:
+            self._stats.inserting_table = table
+            self._stats.inserting_since = None if table is None else time.time()
+
+    def _note_failure(self, exc: Exception) -> None:
+        with self._stats_lock:
+            stats = self._stats
+            now = time.time()
+            if stats.failing_since is None:
+                stats.failing_since = now
+            stats.consecutive_failures += 1
+            stats.last_error = _error_summary(exc)
+            stats.last_error_at = now
+
+    def _note_success(self) -> None:
+        with self._stats_lock:
+            stats = self._stats
+            if stats.failing_since is not None:
+                log.info(
+                    "clickhouse_writes_recovered failed_writes=%d failing_for_s=%.1f",
+                    stats.consecutive_failures,
+                    time.time() - stats.failing_since,
+                )
+            stats.failing_since = None
+            stats.consecutive_failures = 0
 
     def _insert(self, pending: _PendingTable) -> int:
         rows = pending.rows
@@ -1409,6 +1547,17 @@ def _one_line(what: object) -> str:
     """An exception or text on one line of at most 300 characters, for log lines."""
     text = " ".join(str(what).split())
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _error_summary(exc: Exception) -> str:
+    """An error on one line of at most 300 characters, keeping its end too: ClickHouse
+    names the error kind last.
+
+    >>> _error_summary(ValueError("Code: 243. " + "x" * 400 + " (NOT_ENOUGH_SPACE)"))[-40:]
+    '...xxxxxxxxxxxxxxxxxx (NOT_ENOUGH_SPACE)'
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else f"{text[:220]}...{text[-77:]}"
 
 
 def _format_counts(counts: dict[str, int]) -> str:

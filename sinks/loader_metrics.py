@@ -45,12 +45,23 @@ class LoaderFigures:
     last_batch_rows: int
     errors: int
     last_insert_at: datetime | None
+    state: str = "ok"
+    degraded_for_s: float | None = None
+    consumer_paused: bool = False
+    pending_rows: int = 0
+    max_pending_rows: int = 0
 
     @classmethod
     def of(cls, stats: object, running: bool) -> LoaderFigures:
         """The figures of a :class:`sinks.loader.LoaderStats`."""
         at = stats.last_insert_at
+        state, _reason, degraded_for_s = stats.condition()
         return cls(
+            state=state if running else "stopped",
+            degraded_for_s=degraded_for_s,
+            consumer_paused=stats.consumer_paused,
+            pending_rows=stats.pending_rows,
+            max_pending_rows=stats.max_pending_rows,
             running=running,
             lag=dict(stats.lag),
             rows_inserted=dict(stats.rows_inserted),
@@ -116,6 +127,31 @@ def families(loader: LoaderFigures | object) -> Iterator[Metric]:
             "When the loader last wrote a batch (epoch seconds).",
             value=loader.last_insert_at.timestamp(),
         )
+    yield GaugeMetricFamily(
+        "agentwatch_loader_degraded",
+        "1 while ClickHouse writes fail or an insert is slow (the loader holds back).",
+        value=1 if loader.state == "degraded" else 0,
+    )
+    yield GaugeMetricFamily(
+        "agentwatch_loader_degraded_seconds",
+        "Seconds the loader has been degraded (0 when it is not).",
+        value=loader.degraded_for_s or 0.0,
+    )
+    yield GaugeMetricFamily(
+        "agentwatch_loader_consumer_paused",
+        "1 while the loader reads nothing (writes failing or pending rows at their cap).",
+        value=1 if loader.consumer_paused else 0,
+    )
+    yield GaugeMetricFamily(
+        "agentwatch_loader_pending_rows",
+        "Rows read and not yet written to ClickHouse.",
+        value=loader.pending_rows,
+    )
+    yield GaugeMetricFamily(
+        "agentwatch_loader_max_pending_rows",
+        "The cap on pending rows (AGENTWATCH_LOADER_MAX_PENDING_ROWS).",
+        value=loader.max_pending_rows,
+    )
 
 
 def _by_topic(family: GaugeMetricFamily | CounterMetricFamily, values: dict[str, int]) -> Metric:

@@ -327,21 +327,22 @@ def detector_method(server: Server, settings: Settings) -> MethodRun:
     """The fleet-wired detector over the history, then judged on each test point
     before learning it."""
     detector = detector_for(server.metrics, server.train, settings)
-    for row in server.train:
-        detector.learn_one(dict(zip(server.metrics, row.tolist(), strict=True)))
+    for k, row in enumerate(server.train):
+        detector.learn_one(dict(zip(server.metrics, row.tolist(), strict=True)), k * STEP_S)
+    t0 = len(server.train) * STEP_S
     n = len(server.test)
     scores, decisions = np.zeros(n), np.zeros(n, dtype=bool)
     blame = np.zeros_like(server.test)
     started = time.perf_counter()
     for i, row in enumerate(server.test):
         point = dict(zip(server.metrics, row.tolist(), strict=True))
-        j = detector.judge_one(point)
+        j = detector.judge_one(point, t0 + i * STEP_S)
         extreme = bool(j.extreme[0].any())
         # the score, its ties at 1.0 broken by the likelihood; a new extreme first
         scores[i] = j.scores[0] + 1e-6 * (EXTREME_RANK if extreme else j.likelihood[0])
         decisions[i] = bool(j.fire[0])
-        blame[i] = np.abs(j.z[0]) + np.where(j.extreme[0], EXTREME_RANK, 0.0)
-        detector.learn_one(point)
+        blame[i] = np.abs(j.weighted[0]) + np.where(j.extreme[0], EXTREME_RANK, 0.0)
+        detector.learn_one(point, t0 + i * STEP_S)
     return MethodRun(scores, blame, decisions, (time.perf_counter() - started) / n)
 
 

@@ -447,7 +447,7 @@ class Settings(BaseSettings):
         "range, and its new records are routine.",
     )
     anomaly_extreme_max_p: float = Field(
-        1e-3,
+        1e-5,
         gt=0,
         le=1,
         description="On agents whose metric tails are learned (anomaly_tail_min_features), a "

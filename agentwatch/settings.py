@@ -494,7 +494,7 @@ class Settings(BaseSettings):
         description="Metric tails are learned and used on agents (or series) with at least this "
         "many metrics: the furthest of many heavy-tailed metrics needs them; on one series the "
         "anomaly likelihood alone already learns how surprising it usually is (NAB: tails on "
-        "single series cost about 4 points).",
+        "single series cost about 2 points).",
     )
     anomaly_tail_min_exceedances: float = Field(
         10.0,

@@ -19,9 +19,20 @@ Each heartbeat is judged in three steps, the same for every agent row at once:
    of 10^-9.9. A value beyond the range the agent has shown so far (by a margin of
    its span, once it has shown enough) scores 1 at once.
 3. **Decision.** A heartbeat is anomalous when its score reaches the threshold
-   and the agent is not in its quiet period: after an anomaly fires, the next
-   ``quiet`` heartbeats of that agent do not fire again (their scores are still
-   reported), so one incident raises one anomaly.
+   and the agent is not in its quiet period: after an anomaly fires, for
+   ``quiet_s`` seconds of event time that agent does not fire again on the metrics
+   that drove it (their scores are still reported), so one incident raises one
+   anomaly; a metric the quiet period is not about, ``quiet_break_sigma`` from its
+   level or beyond its range, still fires (and joins the quiet period).
+
+Calibration, so a clean agent rarely fires: each deviation is weighted per metric
+and direction (``anomaly_direction_weights``: a drop of latency is harmless), and
+its chance is taken from the metric's own tail once that is heavier than a normal
+law's (:func:`tail_chances`: the share of deviations beyond 3 std and their mean
+excess, learned per agent, on agents with ``anomaly_tail_min_features`` metrics or more),
+Bonferroni-corrected over the metrics. A new extreme
+scores 1 once the agent has been watched ``extreme_after_s`` seconds, and (where tails
+are learned) only when it is also improbable for that tail (``extreme_max_p``).
 
 Every anomaly names the metrics that drove it (:func:`reasons`).
 
@@ -66,6 +77,8 @@ SCORE_DECADES = 10.0
 SURPRISE_PRIOR_MEAN = 1.0
 #: The smallest chance a surprise or a tail is taken from, so logarithms stay finite.
 _SMALLEST_P = 1e-300
+#: Where a metric's own tail starts, in std (peaks over threshold; see :func:`tail_chances`).
+TAIL_SIGMA = 3.0
 
 
 def scores_from_deviations(z: np.ndarray) -> np.ndarray:
@@ -90,6 +103,66 @@ def surprises(z: np.ndarray) -> np.ndarray:
     furthest = np.abs(z).max(axis=1)
     p = np.minimum(1.0, features * erfc(furthest / np.sqrt(2.0)))
     return np.maximum(-np.log(np.maximum(p, _SMALLEST_P)), 0.0)
+
+
+def gaussian_tail(u: float) -> tuple[float, float]:
+    """The share of a normal law beyond ``±u`` and its mean excess beyond ``u``: what a
+    metric's tail estimate starts from.
+
+    >>> [round(x, 4) for x in gaussian_tail(3.0)]
+    [0.0027, 0.2831]
+    """
+    rate = float(erfc(u / np.sqrt(2.0)))
+    density = float(np.exp(-u * u / 2.0) / np.sqrt(2.0 * np.pi))
+    return rate, float(2.0 * density / rate - u)
+
+
+def tail_chances(z: np.ndarray, rate: np.ndarray, excess: np.ndarray, u: float) -> np.ndarray:
+    """Per metric, the chance of a deviation at least ``|z|``: the normal tail, or, beyond
+    ``u``, the metric's own tail if heavier (peaks over threshold: the share ``rate`` of
+    deviations beyond ``u``, exponential beyond it with mean excess ``excess``), so a
+    metric whose history has heavy tails needs a larger deviation to surprise.
+
+    >>> rate, excess = gaussian_tail(3.0)
+    >>> tail_chances(np.array([[6.0, 6.0]]), np.array([[rate, 0.03]]),
+    ...              np.array([[excess, 1.0]]), 3.0).tolist()[0][1] > 1e-3
+    True
+    """
+    a = np.abs(z)
+    normal = erfc(a / np.sqrt(2.0))
+    own = rate * np.exp(-(a - u) / np.maximum(excess, 1e-6))
+    return np.where(a > u, np.maximum(normal, own), normal)
+
+
+def calibrated_surprises(chances: np.ndarray) -> np.ndarray:
+    """Surprise ``-ln p`` of rows of per-metric chances (``n × F``), ``p = min(1, F · min
+    chance)``: the Bonferroni-corrected chance of the furthest metric; capped near 690.
+
+    >>> calibrated_surprises(np.array([[1.0, 0.5], [1.0, 1e-9]])).round(2).tolist()
+    [0.0, 20.03]
+    """
+    p = np.minimum(1.0, chances.shape[1] * chances.min(axis=1))
+    return np.maximum(-np.log(np.maximum(p, _SMALLEST_P)), 0.0)
+
+
+def weighted(z: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
+    """Deviations weighted per metric and direction (a harmless drop counts less).
+
+    >>> weighted(np.array([[2.0, -2.0]]), np.array([1.0, 1.0]), np.array([1.0, 0.5])).tolist()
+    [[2.0, -1.0]]
+    """
+    return z * np.where(z >= 0, up, down)
+
+
+def metric_bits(named: np.ndarray) -> np.ndarray:
+    """Rows of named metrics (``n × F`` booleans, F ≤ 32) as bit masks.
+
+    >>> metric_bits(np.array([[True, False, True]])).tolist()
+    [5]
+    """
+    return (named.astype(np.uint32) << np.arange(named.shape[1], dtype=np.uint32)).sum(
+        axis=1, dtype=np.uint32
+    )
 
 
 def recent_surprise(
@@ -121,18 +194,24 @@ def likelihood_scores(likelihood: np.ndarray, extreme: np.ndarray) -> np.ndarray
 
 def detector_arrays(features: int) -> dict[str, ArraySpec]:
     """The detector's per-agent arrays beside the slow baseline's ``mean``, ``var``
-    and ``count`` (dtype, value of a fresh row, shape of a row): 4 per-feature
-    arrays and 4 scalars, ``(4 F + 4) × 4`` bytes per agent (144 for F = 8).
+    and ``count`` (dtype, value of a fresh row, shape of a row): 6 per-feature
+    arrays and 5 scalars, ``(6 F + 5) × 4`` bytes per agent (212 for F = 8).
 
     They are float32: all arithmetic is done in float64 and only the result is
     stored, rounded to 7 significant digits — far finer than the spread the level
-    is judged with (a level of 1e9 bytes is kept to ~64 bytes), and the quiet
-    period's end is a heartbeat count, exact in float32 up to 16 million.
+    is judged with (a level of 1e9 bytes is kept to ~64 bytes); the quiet
+    period's end is in seconds since the agent's first heartbeat (to 1 s for 190 days),
+    and the metrics it quiets a bit mask (``quiet_metrics``, F ≤ 32). ``tail_rate`` and
+    ``tail_excess`` are each metric's tail beyond ``anomaly_tail_sigma`` (see
+    :func:`tail_chances`), starting from a normal law's.
 
     >>> from agentwatch.rows import bytes_per_row
     >>> bytes_per_row(detector_arrays(8))
-    144
+    212
     """
+    if features > 32:
+        raise ValueError(f"{features} features: the quiet period's bit mask holds 32 at most")
+    rate, excess = gaussian_tail(TAIL_SIGMA)
     f32, per_feature = np.dtype(np.float32), (features,)
     return {
         "level": (f32, 0.0, per_feature),
@@ -143,6 +222,9 @@ def detector_arrays(features: int) -> dict[str, ArraySpec]:
         "surprise_mean": (f32, 0.0, ()),
         "surprise_var": (f32, 0.0, ()),
         "quiet_until": (f32, 0.0, ()),
+        "quiet_metrics": (np.dtype(np.uint32), 0, ()),
+        "tail_rate": (f32, rate, per_feature),
+        "tail_excess": (f32, excess, per_feature),
     }
 
 
@@ -160,16 +242,30 @@ class DetectorParams:
     level_weight: float
     level_clip_sigma: float
     extreme_margin: float
-    extreme_after: int
     surprise_weight: float
     likelihood_std_floor: float
     likelihood_prior_std: float
     threshold: float
-    quiet: int
+    quiet_s: float
+    extreme_after_s: float
+    up_weight: np.ndarray
+    down_weight: np.ndarray
+    reason_sigma: float
+    quiet_break_sigma: float
+    tail_prior: int
+    tail_min_exceedances: float
+    tail_min_features: int
+    extreme_max_p: float
 
     @classmethod
-    def from_settings(cls, settings: Settings, std_floor: np.ndarray) -> DetectorParams:
-        """The detector's numbers in ``settings``, with ``std_floor`` per feature."""
+    def from_settings(
+        cls, settings: Settings, std_floor: np.ndarray, features: tuple[str, ...] = ()
+    ) -> DetectorParams:
+        """The detector's numbers in ``settings``, with ``std_floor`` per feature (and the
+        direction weights of ``features``; a feature not in the settings weighs 1)."""
+        weights = settings.anomaly_direction_weights
+        up = np.array([weights.get(f, (1.0, 1.0))[0] for f in features] or [1.0])
+        down = np.array([weights.get(f, (1.0, 1.0))[1] for f in features] or [1.0])
         return cls(
             std_floor=np.asarray(std_floor, dtype=np.float64),
             rel_floor=settings.anomaly_min_relative_std,
@@ -179,12 +275,20 @@ class DetectorParams:
             level_weight=settings.baseline_level_weight,
             level_clip_sigma=settings.baseline_level_clip_sigma,
             extreme_margin=settings.anomaly_extreme_margin,
-            extreme_after=settings.anomaly_extreme_after_heartbeats,
             surprise_weight=settings.anomaly_surprise_weight,
             likelihood_std_floor=settings.anomaly_likelihood_std_floor,
             likelihood_prior_std=settings.anomaly_likelihood_prior_std,
             threshold=settings.anomaly_threshold,
-            quiet=settings.anomaly_quiet_heartbeats,
+            quiet_s=settings.anomaly_quiet_s,
+            extreme_after_s=settings.anomaly_extreme_after_s,
+            up_weight=up,
+            down_weight=down,
+            reason_sigma=settings.anomaly_reason_sigma,
+            quiet_break_sigma=settings.anomaly_quiet_break_sigma,
+            tail_prior=settings.anomaly_tail_prior_heartbeats,
+            tail_min_exceedances=settings.anomaly_tail_min_exceedances,
+            tail_min_features=settings.anomaly_tail_min_features,
+            extreme_max_p=settings.anomaly_extreme_max_p,
         )
 
 
@@ -193,13 +297,17 @@ class Judgement:
     """What :func:`judge` found for each row of a pass.
 
     ``z``/``std``: deviations from the local level and the std used (``n × F``);
+    ``weighted``: ``z`` weighted per metric and direction (what is judged);
     ``base_std``: the slow baseline's std (to clip its learning); ``extreme``: values
-    beyond the range seen so far; ``recent``: recent surprise; ``likelihood``: how
-    many std it stands above the row's usual one (``likelihood_std``); ``scores``
-    (0 until judged); ``quiet``: rows in a quiet period; ``fire``: the runtime decision.
+    beyond the range seen so far (and improbable even for the metric's own tail);
+    ``recent``: recent surprise; ``likelihood``: how many std it stands above the row's
+    usual one (``likelihood_std``); ``scores`` (0 until judged); ``quiet``: rows in a
+    quiet period; ``named``: the bit mask of the metrics driving the heartbeat;
+    ``fire``: the runtime decision.
     """
 
     z: np.ndarray
+    weighted: np.ndarray
     std: np.ndarray
     base_std: np.ndarray
     extreme: np.ndarray
@@ -209,36 +317,58 @@ class Judgement:
     judged: np.ndarray
     scores: np.ndarray
     quiet: np.ndarray
+    named: np.ndarray
     fire: np.ndarray
 
 
 def judge(
-    state: object, rows: np.ndarray, values: np.ndarray, warm: np.ndarray, p: DetectorParams
+    state: object,
+    rows: np.ndarray,
+    values: np.ndarray,
+    warm: np.ndarray,
+    p: DetectorParams,
+    elapsed: np.ndarray,
 ) -> Judgement:
     """Score ``values[i]`` against the state of agent row ``rows[i]``, without learning.
 
     ``state`` holds the slow baseline (``mean``, ``var``, ``count``) and the arrays
-    of :func:`detector_arrays`; ``warm`` says which rows have finished warming up.
+    of :func:`detector_arrays`; ``warm`` says which rows have finished warming up;
+    ``elapsed`` is each row's event time since its agent's first heartbeat (s).
     A row is judged once warm; its surprise history starts halfway through the
     warm-up's ``warmup`` heartbeats (once the local spread has something to go on).
+
+    A row in its quiet period fires only on a metric the quiet period is not about,
+    ``quiet_break_sigma`` from its level or beyond its range: a second, different
+    anomaly is not hidden by the first one's quiet period.
     """
     count = state.count[rows]
     level = state.level[rows]
     z, std = deviations(level, state.resid_var[rows], values, p.std_floor, p.rel_floor)
+    zw = weighted(z, p.up_weight, p.down_weight)
     _, base_std = deviations(state.mean[rows], state.var[rows], values, p.std_floor, p.rel_floor)
     floor = np.maximum(p.std_floor, p.rel_floor * np.abs(level))
     extreme = beyond_range(state.low[rows], state.high[rows], values, p.extreme_margin, floor)
-    extreme &= (warm & (count >= p.extreme_after))[:, None]
-    recent = recent_surprise(state.surprise_avg[rows], surprises(z), p.surprise_weight,
-                             count <= p.warmup // 2)  # fmt: skip
+    extreme &= zw * z > 0  # in a direction that counts (weight > 0)
+    if z.shape[1] >= p.tail_min_features:
+        chances = tail_chances(zw, state.tail_rate[rows], state.tail_excess[rows], TAIL_SIGMA)
+        extreme &= z.shape[1] * chances <= p.extreme_max_p
+    else:
+        chances = erfc(np.abs(zw) / np.sqrt(2.0))
+    extreme &= (warm & (elapsed >= p.extreme_after_s))[:, None]
+    recent = recent_surprise(state.surprise_avg[rows], calibrated_surprises(chances),
+                             p.surprise_weight, count <= p.warmup // 2)  # fmt: skip
     likelihood_std = np.maximum(np.sqrt(state.surprise_var[rows]), p.likelihood_std_floor)
     likelihood = (recent - state.surprise_mean[rows]) / likelihood_std
     judged = warm
     scores = np.where(judged, likelihood_scores(likelihood, extreme.any(axis=1)), 0.0)
-    quiet = count < state.quiet_until[rows]
-    fire = (scores >= p.threshold) & ~quiet
-    return Judgement(z, std, base_std, extreme, recent, likelihood, likelihood_std, judged,
-                     scores, quiet, fire)  # fmt: skip
+    a = np.abs(zw)
+    furthest = a == a.max(axis=1, keepdims=True)
+    named = metric_bits((a >= p.reason_sigma) | extreme | furthest)
+    quiet = elapsed < state.quiet_until[rows]
+    breaking = metric_bits((a >= p.quiet_break_sigma) | extreme) & ~state.quiet_metrics[rows]
+    fire = (scores >= p.threshold) & (~quiet | (breaking != 0))
+    return Judgement(z, zw, std, base_std, extreme, recent, likelihood, likelihood_std, judged,
+                     scores, quiet, named, fire)  # fmt: skip
 
 
 def learn_judged(
@@ -248,10 +378,12 @@ def learn_judged(
     warm: np.ndarray,
     judgement: Judgement,
     p: DetectorParams,
+    elapsed: np.ndarray,
 ) -> None:
     """Learn ``values`` into the state of ``rows`` after :func:`judge`, in place: local
-    level and spread, surprise history, slow baseline, range, and a quiet period of
-    ``p.quiet`` heartbeats for the rows that fired. Learning is clipped at
+    level and spread, each metric's tail, surprise history, slow baseline, range, and a
+    quiet period of ``p.quiet_s`` seconds for the rows that fired, about the metrics that
+    drove them (added to those of a quiet period still running). Learning is clipped at
     ``p.clip_sigma`` std once warm (the level's step at ``p.level_clip_sigma``, wider, so
     it follows a new level)."""
     j = judgement
@@ -260,6 +392,8 @@ def learn_judged(
     learn_level(state.level, state.resid_var, rows, values, n, p.level_weight, p.memory,
                 clip_limits(j.std, warm, p.clip_sigma),
                 clip_limits(j.std, warm, p.level_clip_sigma))  # fmt: skip
+    if values.shape[1] >= p.tail_min_features:
+        learn_tails(state, rows, j.weighted, count, p, j.scores < p.threshold)
     # The surprise history starts in the warm-up's second half from a cautious prior
     # (mean 1, std ``likelihood_prior_std``, worth ``warmup`` heartbeats), so a history
     # of a few dozen heartbeats does not make an ordinary surprise look extraordinary.
@@ -278,7 +412,42 @@ def learn_judged(
     learn(state.mean, state.var, state.count, rows, values, p.memory,
           clip_limits(j.base_std, warm, p.clip_sigma))  # fmt: skip
     widen_range(state.low, state.high, rows, values)
-    state.quiet_until[rows[j.fire]] = n[j.fire] + p.quiet
+    fired = rows[j.fire]
+    still = j.quiet[j.fire]
+    state.quiet_metrics[fired] = np.where(
+        still, state.quiet_metrics[fired] | j.named[j.fire], j.named[j.fire]
+    )
+    state.quiet_until[fired] = elapsed[j.fire] + p.quiet_s
+
+
+def learn_tails(
+    state: object,
+    rows: np.ndarray,
+    zw: np.ndarray,
+    count: np.ndarray,
+    p: DetectorParams,
+    ordinary: np.ndarray,
+) -> None:
+    """Learn each metric's tail beyond ``TAIL_SIGMA`` from the weighted deviations ``zw``
+    once the row has ``p.warmup`` heartbeats (its spread has something to go on), from
+    ``ordinary`` rows only (those scoring below the threshold: an anomaly does not teach
+    the tail that would excuse it): the
+    share of deviations beyond it (weight ``1 / (p.tail_prior + seen)`` up to
+    ``p.memory``: the normal law's share is worth ``p.tail_prior`` heartbeats) and their
+    mean excess (learned at the share's rate over the share of exceedances, at most
+    ``1 / p.tail_min_exceedances`` at a time), an excess clipped at ``p.clip_sigma`` so
+    one incident does not teach a heavy tail."""
+    seen = np.maximum(count - p.warmup, 0.0)
+    learning = ((count >= p.warmup) & ordinary)[:, None]
+    share = (1.0 / np.minimum(p.tail_prior + seen, p.memory))[:, None]
+    a = np.abs(zw)
+    beyond = a > TAIL_SIGMA
+    rate = state.tail_rate[rows]
+    state.tail_rate[rows] = np.where(learning, rate + share * (beyond - rate), rate)
+    excess = state.tail_excess[rows]
+    step = np.minimum(1.0 / p.tail_min_exceedances, share / np.maximum(rate, share))
+    moved = excess + step * (np.minimum(a - TAIL_SIGMA, p.clip_sigma) - excess)
+    state.tail_excess[rows] = np.where(learning & beyond, moved, excess)
 
 
 def reasons(
@@ -290,19 +459,22 @@ def reasons(
     min_sigma: float,
     most: int = 3,
     beyond: np.ndarray | None = None,
+    weighted: np.ndarray | None = None,
 ) -> list[dict[str, float | str]]:
     """The features of one heartbeat that drove its score, furthest first.
 
     Names every feature at least ``min_sigma`` from baseline or ``beyond`` the
-    range seen so far (at most ``most``), and always the furthest one.
+    range seen so far (at most ``most``), and always the furthest one; by the
+    ``weighted`` deviations when given (a harmless drop counts less), else ``z``.
 
     >>> [r["feature"] for r in reasons(("cpu", "mem"), np.array([50.0, 9.0]),
     ...  np.array([40.0, 8.0]), np.array([2.0, 1.0]), np.array([5.0, 1.0]), 3.0,
     ...  beyond=np.array([False, True]))]
     ['cpu', 'mem']
     """
-    order = np.argsort(-np.abs(z))
-    named = np.abs(z) >= min_sigma
+    judged = np.abs(z if weighted is None else weighted)
+    order = np.argsort(-judged, kind="stable")
+    named = judged >= min_sigma
     if beyond is not None:
         named |= beyond
     picked = [int(i) for i in order if named[i]][:most] or [int(order[0])]
@@ -324,7 +496,9 @@ class BaselineDetector(AnomalyDetector):
     Scores are 0 until ``warmup`` values have been learned. Score before you
     learn, so a point never hides its own anomaly. :meth:`judge_one` gives the
     whole judgement (score, runtime decision, likelihood); :meth:`learn_one`
-    learns the point and, if it fired, starts the quiet period.
+    learns the point and, if it fired, starts the quiet period. Durations (quiet
+    period, new extremes) run on ``t``, the point's event time in seconds, when the
+    caller gives it; without it, on ``interval_s`` per point learned.
     """
 
     def __init__(
@@ -332,22 +506,26 @@ class BaselineDetector(AnomalyDetector):
         features: tuple[str, ...],
         std_floor: dict[str, float] | None = None,
         settings: Settings | None = None,
+        interval_s: float = 30.0,
         **overrides: float,
     ):
         """``settings`` (default: the settings' defaults) give the numbers, as the
         dataflow takes them; ``overrides`` replace single ones by their
-        :class:`DetectorParams` name (``warmup=5``), and ``reason_sigma``."""
+        :class:`DetectorParams` name (``warmup=5``)."""
         settings = settings or Settings.model_construct()
         self.features = tuple(features)
         self.std_floor = dict(std_floor or {})
-        self.reason_sigma = overrides.pop("reason_sigma", settings.anomaly_reason_sigma)
+        self.interval_s = interval_s
         floor = np.array([self.std_floor.get(f, 0.0) for f in self.features])
-        self._params = replace(DetectorParams.from_settings(settings, floor), **overrides)
+        params = DetectorParams.from_settings(settings, floor, self.features)
+        self._params = replace(params, **overrides)
+        self.reason_sigma = self._params.reason_sigma
         f64, per_feature = np.dtype(np.float64), (len(self.features),)
         slow: dict[str, ArraySpec] = {
             "mean": (f64, 0.0, per_feature),
             "var": (f64, 0.0, per_feature),
             "count": (f64, 0.0, ()),
+            "first_ts": (f64, np.nan, ()),
         }
         allocate(self, {**slow, **detector_arrays(len(self.features))}, capacity=1)
         self._row = np.zeros(1, dtype=np.int64)
@@ -356,34 +534,44 @@ class BaselineDetector(AnomalyDetector):
     def _vector(self, x: dict) -> np.ndarray:
         return np.array([[float(x[f]) for f in self.features]])
 
+    def _elapsed(self, t: float | None) -> np.ndarray:
+        """Event time since the first point (the first point's own ``t`` starts it)."""
+        if t is None:
+            t = float(self.count[0]) * self.interval_s
+        if np.isnan(self.first_ts[0]):
+            self.first_ts[0] = t
+        return np.array([t - self.first_ts[0]])
+
     @property
     def warmed_up(self) -> bool:
         """Whether enough values were learned for scores to count."""
         return self.count[0] >= self._params.warmup
 
-    def judge_one(self, x: dict) -> Judgement:
-        """The whole judgement of ``x`` (one row), without learning it."""
+    def judge_one(self, x: dict, t: float | None = None) -> Judgement:
+        """The whole judgement of ``x`` (one row) at event time ``t``, without learning it."""
         values = self._vector(x)
-        judgement = judge(self, self._row, values, np.array([self.warmed_up]), self._params)
+        warm = np.array([self.warmed_up])
+        judgement = judge(self, self._row, values, warm, self._params, self._elapsed(t))
         self._last = (values, judgement)  # learn_one(x) next need not judge x again
         return judgement
 
-    def learn_one(self, x: dict) -> None:
-        """Fold one observation into the detector's state."""
+    def learn_one(self, x: dict, t: float | None = None) -> None:
+        """Fold one observation (at event time ``t``) into the detector's state."""
         values = self._vector(x)
         warm = np.array([self.warmed_up])
+        elapsed = self._elapsed(t)
         last_values, judgement = self._last
         if not np.array_equal(values, last_values):
-            judgement = judge(self, self._row, values, warm, self._params)
+            judgement = judge(self, self._row, values, warm, self._params, elapsed)
         self._last = (None, None)
-        learn_judged(self, self._row, values, warm, judgement, self._params)
+        learn_judged(self, self._row, values, warm, judgement, self._params, elapsed)
 
-    def score_one(self, x: dict) -> float:
+    def score_one(self, x: dict, t: float | None = None) -> float:
         """Anomaly score of ``x`` in [0, 1] (0 while warming up)."""
-        return float(self.judge_one(x).scores[0])
+        return float(self.judge_one(x, t).scores[0])
 
-    def explain_one(self, x: dict) -> list[dict[str, float | str]]:
+    def explain_one(self, x: dict, t: float | None = None) -> list[dict[str, float | str]]:
         """The features that drove the score of ``x``, furthest from the local level first."""
-        j = self.judge_one(x)
+        j = self.judge_one(x, t)
         return reasons(self.features, self._vector(x)[0], self.level[0], j.std[0], j.z[0],
-                       self.reason_sigma, beyond=j.extreme[0])  # fmt: skip
+                       self.reason_sigma, beyond=j.extreme[0], weighted=j.weighted[0])  # fmt: skip

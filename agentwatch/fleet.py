@@ -74,7 +74,7 @@ class DetectorConfig:
         """Pick the detector's numbers out of the settings."""
         floor = [settings.anomaly_std_floor.get(f, 0.0) for f in FEATURES]
         return cls(
-            params=DetectorParams.from_settings(settings, np.array(floor)),
+            params=DetectorParams.from_settings(settings, np.array(floor), FEATURES),
             warmup_s=settings.baseline_warmup_s,
             report_threshold=min(settings.anomaly_report_threshold, settings.anomaly_threshold),
             reason_sigma=settings.anomaly_reason_sigma,
@@ -115,7 +115,12 @@ class FleetBaselines(RowArrays):
         from its prior."""
         missing = detector_arrays(len(FEATURES))
         missing = {name: spec for name, spec in missing.items() if not hasattr(self, name)}
-        if missing:
+        if missing and "level" in vars(self):
+            # a state from before the detector's tails and the quiet period in seconds:
+            # fresh tails, and no quiet period (its end was a heartbeat count)
+            allocate(self, missing, len(self.count))
+            self.quiet_until[:] = 0.0
+        elif missing:
             allocate(self, missing, len(self.count))
             self.level[:] = self.mean
             self.resid_var[:] = self.var
@@ -131,8 +136,12 @@ class FleetBaselines(RowArrays):
         """Go on with new tunables (settings changed across a restart)."""
         self.config = config
         vars(self).pop("_params", None)  # kept by snapshots of the detector's first version
-        if not hasattr(self, "level"):
+        if self._outdated():
             self._upgrade()
+
+    def _outdated(self) -> bool:
+        """Whether some detector array is missing (a state pickled by an older version)."""
+        return any(name not in vars(self) for name in detector_arrays(len(FEATURES)))
 
     def rows(self, batch: HeartbeatBatch) -> np.ndarray:
         """The row of each heartbeat's agent (new agents get fresh, cold rows)."""
@@ -143,7 +152,7 @@ class FleetBaselines(RowArrays):
         out = FleetOutput()
         if not len(batch):
             return out
-        if not hasattr(self, "level"):
+        if self._outdated():
             self._upgrade()
         rows = self.rows(batch)
         values = np.column_stack([batch.metrics[f] for f in FEATURES])
@@ -159,7 +168,8 @@ class FleetBaselines(RowArrays):
         self.first_ts[rows[fresh]] = ts[fresh]
         warm = (self.count[rows] >= cfg.params.warmup) & (ts - self.first_ts[rows] >= cfg.warmup_s)
         level = self.level[rows]
-        j = judge(self, rows, values, warm, cfg.params)
+        elapsed = ts - self.first_ts[rows]
+        j = judge(self, rows, values, warm, cfg.params, elapsed)
         stands_out = j.fire | j.extreme.any(axis=1) | (np.abs(j.z).max(axis=1) >= cfg.reason_sigma)
         for i in np.flatnonzero((j.scores >= cfg.report_threshold) & stands_out):
             out.anomalies.append(
@@ -178,10 +188,11 @@ class FleetBaselines(RowArrays):
                         j.z[i],
                         cfg.reason_sigma,
                         beyond=j.extreme[i],
+                        weighted=j.weighted[i],
                     ),  # fmt: skip
                 }
             )
-        learn_judged(self, rows, values, warm, j, cfg.params)
+        learn_judged(self, rows, values, warm, j, cfg.params, elapsed)
         self.last_ts[rows] = np.maximum(self.last_ts[rows], ts)
         changed = warm != self.warm[rows]
         self.warm[rows] = warm

@@ -474,17 +474,68 @@ class Settings(BaseSettings):
         description="A metric beyond the range the agent has shown so far by more than this "
         "share of the range's span (and more than its std floor) scores 1 at once.",
     )
-    anomaly_extreme_after_heartbeats: int = Field(
-        600,
+    anomaly_extreme_after_s: float = Field(
+        180_000.0,
         ge=0,
-        description="New extremes count only once the agent has this many heartbeats: a "
-        "range seen over a few dozen is no range, and its new records are routine.",
+        description="New extremes count only once the agent has been watched this long (event "
+        "time; 50 h = NAB's former 600 points at 5 min): a range seen over a short span is no "
+        "range, and its new records are routine.",
     )
-    anomaly_quiet_heartbeats: int = Field(
-        200,
+    anomaly_extreme_max_p: float = Field(
+        1e-5,
+        gt=0,
+        le=1,
+        description="On agents whose metric tails are learned (anomaly_tail_min_features), a "
+        "new extreme scores 1 at once only if its deviation is also this improbable for the "
+        "metric's own tail, Bonferroni-corrected over the metrics: a heavy-tailed metric's "
+        "routine new records do not.",
+    )
+    anomaly_quiet_s: float = Field(
+        60_000.0,
         ge=0,
-        description="After an anomaly fires, this many of the agent's next heartbeats do not fire "
-        "again (scores still reported), so one incident raises one anomaly.",
+        description="After an anomaly fires, for this long (event time; 60,000 s = NAB's former "
+        "200 points at 5 min) the agent does not fire again on the metrics that drove it (scores "
+        "still reported), so one incident raises one anomaly.",
+    )
+    anomaly_quiet_break_sigma: float = Field(
+        6.0,
+        gt=0,
+        description="In a quiet period, a metric it is not about fires when it is this many std "
+        "from its level (or beyond its range) and the score reaches the threshold: a second, "
+        "different anomaly is not hidden by the first one's quiet period.",
+    )
+    anomaly_direction_weights: dict[str, tuple[float, float]] = Field(
+        {
+            "network_latency": (1.0, 0.5),
+            "response_time_avg": (1.0, 0.5),
+            "error_rate": (1.0, 0.0),
+            "bytes_out": (1.0, 0.5),
+            "disk_usage": (1.0, 0.5),
+        },
+        description="Per metric, (rise, drop) weights of its deviation in the detector: a drop of "
+        "latency, response time, errors, bytes sent or disk use is harmless or less telling "
+        "than a rise. Metrics not listed weigh (1, 1).",
+    )
+    anomaly_tail_prior_heartbeats: int = Field(
+        300,
+        ge=1,
+        description="A metric's tail (share of deviations beyond 3 std, and their mean excess) "
+        "starts from a normal law's, worth this many heartbeats, and then learns the agent's "
+        "own: a heavy-tailed metric needs a larger deviation to surprise.",
+    )
+    anomaly_tail_min_features: int = Field(
+        2,
+        ge=1,
+        description="Metric tails are learned and used on agents (or series) with at least this "
+        "many metrics: the furthest of many heavy-tailed metrics needs them; on one series the "
+        "anomaly likelihood alone already learns how surprising it usually is (NAB: tails on "
+        "single series cost about 2 points).",
+    )
+    anomaly_tail_min_exceedances: float = Field(
+        10.0,
+        ge=1,
+        description="The mean excess of a metric's tail learns each deviation beyond 3 std with "
+        "at most 1/this weight.",
     )
     anomaly_min_relative_std: float = Field(
         0.05,

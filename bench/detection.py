@@ -40,7 +40,8 @@ long enough, or earlier, by a quicker rule). Within the bar: delay ≤ 2.
 and per 100 agent-days of watched time. **Lifecycle**: per incident, each rule
 that fired for it should fire once and resolve once (events up to the end of
 the tail). Detector anomalies (``is_anomaly``) are counted beside, as they do
-not page anyone by themselves.
+not page anyone by themselves; those of agents with no incident planned (clean
+agents) are reported per 100 of their agent-days, by the metric named first.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the summary as JSON")
     args = parser.parse_args()
 
-    settings = Settings()
+    settings = Settings(agents_auto_register=True)  # the simulated fleet registers by beating
     span_s = WARMUP_S + args.hours * 3600
     agent_ids = [f"agent-{i:06d}" for i in range(args.agents)]
     incidents = plan_incidents(
@@ -202,6 +203,10 @@ def main() -> None:
     shard = ShardState.new(settings)
     alerts: list[dict] = []
     anomalies = beats = 0
+    # is_anomaly records of agents with no incident planned (a clean agent), by the metric
+    # named first in their reasons
+    incident_agents = {i.agent_id for i in incidents}
+    clean_anomalies: Counter[str] = Counter()
     next_report_h = 2.0
     started = time.perf_counter()
     for batch in fleet.batches(until_s=span_s + args.tail):
@@ -239,6 +244,13 @@ def main() -> None:
             1
             for a in out.anomalies
             if a["is_anomaly"] and watched_from <= a["timestamp"] < watched_until
+        )
+        clean_anomalies.update(
+            a["reasons"][0]["feature"]
+            for a in out.anomalies
+            if a["is_anomaly"]
+            and watched_from <= a["timestamp"] < watched_until
+            and a["agent_id"] not in incident_agents
         )
         hours = (float(ts.max()) - t0) / 3600
         if hours >= next_report_h:
@@ -357,6 +369,7 @@ def main() -> None:
         a for k, a in enumerate(firing) if k not in matched and a["fired_at"] < watched_until
     ]
     agent_days = args.agents * args.hours / 24
+    clean_agent_days = max(args.agents - len(incident_agents), 1) * args.hours / 24
     summary = {
         "command": " ".join(["bench/detection.py", *sys.argv[1:]]),
         "agents": args.agents,
@@ -395,6 +408,14 @@ def main() -> None:
             for a in false_alerts
         ],
         "detector_anomalies_in_watched_time": anomalies,
+        # the acceptance figure of issue 12 (<= 5): is_anomaly records of agents with no
+        # incident, per 100 of their agent-days in the watched hours
+        "clean_agent_days": clean_agent_days,
+        "clean_agent_is_anomaly": clean_anomalies.total(),
+        "clean_agent_is_anomaly_per_100_agent_days": round(
+            100 * clean_anomalies.total() / clean_agent_days, 2
+        ),
+        "clean_agent_is_anomaly_by_first_reason": dict(clean_anomalies.most_common()),
         "incidents": per_incident,
     }
     shown = {k: v for k, v in summary.items() if k not in ("incidents", "false_alert_details")}

@@ -140,15 +140,27 @@ def detector_scores(
     scores = np.zeros(len(series.values))
     decisions = np.zeros(len(series.values), dtype=bool)
     likelihood = np.zeros(len(series.values))
-    for i, value in enumerate(series.values.tolist()):
+    times = event_times(series)
+    for i, (value, t) in enumerate(zip(series.values.tolist(), times.tolist(), strict=True)):
         point = {"value": value}
-        j = detector.judge_one(point)
+        j = detector.judge_one(point, t)
         if j.judged[0] and not j.quiet[0]:
             scores[i] = j.scores[0]
             decisions[i] = j.fire[0]
             likelihood[i] = EXTREME_RANK if j.extreme[0].any() else j.likelihood[0]
-        detector.learn_one(point)
+        detector.learn_one(point, t)
     return scores, decisions, likelihood
+
+
+def event_times(series: LabelledSeries) -> np.ndarray:
+    """The series' timestamps in seconds (the detector's durations run on them).
+
+    >>> event_times(LabelledSeries("g/s.csv", ("2014-04-01 00:00:00", "2014-04-01 00:05:00"),
+    ...                            np.zeros(2), ())).tolist()
+    [1396310400.0, 1396310700.0]
+    """
+    stamps = np.array(series.timestamps, dtype="datetime64[s]")
+    return stamps.astype(np.int64).astype(np.float64)
 
 
 def write_results(
@@ -411,8 +423,8 @@ def main(argv: list[str] | None = None) -> dict:
             "anomaly_likelihood_std_floor": settings.anomaly_likelihood_std_floor,
             "anomaly_likelihood_prior_std": settings.anomaly_likelihood_prior_std,
             "anomaly_extreme_margin": settings.anomaly_extreme_margin,
-            "anomaly_extreme_after_heartbeats": settings.anomaly_extreme_after_heartbeats,
-            "anomaly_quiet_heartbeats": settings.anomaly_quiet_heartbeats,
+            "anomaly_extreme_after_s": settings.anomaly_extreme_after_s,
+            "anomaly_quiet_s": settings.anomaly_quiet_s,
             "std_floor_share_of_probation_span": STD_FLOOR_SHARE_OF_SPAN,
         },
         "points": points,

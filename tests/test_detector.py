@@ -90,7 +90,7 @@ def test_fleet_scores_equal_the_single_series_detector(seed: int) -> None:
             warmup=10,
             memory=config.baseline_memory_heartbeats,
             threshold=0.5,
-            quiet=config.anomaly_quiet_heartbeats,
+            quiet_s=config.anomaly_quiet_s,
         )  # fmt: skip
         for a in ("a", "b")
     }
@@ -255,7 +255,7 @@ def test_a_snapshot_from_before_the_adaptive_detector_carries_on() -> None:
     fleet.config = old_config
     restored = pickle.loads(pickle.dumps(fleet))
 
-    assert restored.config.params.quiet == Settings().anomaly_quiet_heartbeats
+    assert restored.config.params.quiet_s == Settings().anomaly_quiet_s
     restored.configure(DetectorConfig.from_settings(settings))  # as ShardState.restore does
     records = one_agent(restored, 40.0 + rng.normal(0, 1, 300), seed=6)
     assert [r for r in records if r["is_anomaly"]] == []
@@ -306,3 +306,73 @@ def test_a_short_spike_publishes_its_own_heartbeats_not_their_echo() -> None:
     spike = {1.8e9 + 30 * i for i in (150, 151, 152)}
     assert {r["timestamp"] for r in records} == spike
     assert [r["is_anomaly"] for r in records] == [True, False, False]
+
+
+# --- detector v2: durations, quiet periods about metrics, direction weights, state ---
+
+
+def calm_agent(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """One agent's metrics, calm noise about 50 (``n`` heartbeats)."""
+    rng = np.random.default_rng(seed)
+    return {f: 50.0 + rng.normal(0, 2, n) for f in FEATURES}
+
+
+def feed(fleet: FleetBaselines, metrics: dict[str, np.ndarray], step_s: float = 30.0) -> list:
+    """The is_anomaly records of one agent's heartbeats, ``step_s`` apart, with positions."""
+    n = len(next(iter(metrics.values())))
+    batch = HeartbeatBatch(index=np.arange(n), agent_id=["a"] * n, tenant_id=["t"] * n,
+                           timestamp=1.8e9 + step_s * np.arange(n), metrics=metrics)  # fmt: skip
+    return [
+        (int(round((r["timestamp"] - 1.8e9) / step_s)), r["reasons"][0]["feature"])
+        for r in fleet.observe(batch).anomalies
+        if r["is_anomaly"]
+    ]
+
+
+def test_a_second_anomaly_on_other_metrics_is_not_hidden_by_the_quiet_period() -> None:
+    """A CPU spike fires and starts a quiet period about CPU; a memory jump 20 heartbeats
+    later still fires; a second CPU spike within the quiet period does not."""
+    fleet = FleetBaselines(DetectorConfig.from_settings(
+        Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=30)))  # fmt: skip
+    metrics = calm_agent(1000)
+    metrics["cpu_usage"][[800, 860]] = 99.0
+    metrics["memory_usage"][820] = 95.0
+    assert feed(fleet, metrics) == [(800, "cpu_usage"), (820, "memory_usage")]
+
+
+def test_the_quiet_period_is_a_duration_not_a_count() -> None:
+    """The same two spikes 300 heartbeats apart: at 30 s (2.5 h, within anomaly_quiet_s)
+    the second is quiet; at 5 min (25 h, past it) it fires."""
+    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=30)
+    assert settings.anomaly_quiet_s < 300 * 300.0
+    for step_s, expected in ((30.0, [500]), (300.0, [500, 800])):
+        metrics = calm_agent(1000, seed=2)
+        metrics["cpu_usage"][[500, 800]] = 99.0
+        fleet = FleetBaselines(DetectorConfig.from_settings(settings))
+        assert [p for p, _ in feed(fleet, metrics, step_s)] == expected
+
+
+def test_a_harmless_drop_weighs_less_than_a_rise() -> None:
+    """Latency 8 std below its level weighs as 4 (its drop weight is 0.5), a rise as 8;
+    an error rate's drop weighs nothing."""
+    detector = BaselineDetector(("network_latency", "error_rate"), {"error_rate": 0.001},
+                                warmup=30, rel_floor=0.0)  # fmt: skip
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        detector.learn_one({"network_latency": 100 + rng.normal(0, 1),
+                            "error_rate": 0.1 + rng.normal(0, 0.01)})  # fmt: skip
+    std = float(np.sqrt(detector.resid_var[0, 0]))
+    level = float(detector.level[0, 0])
+    for sign, weight in ((1, 1.0), (-1, 0.5)):
+        j = detector.judge_one({"network_latency": level + sign * 8 * std,
+                                "error_rate": float(detector.level[0, 1])})  # fmt: skip
+        assert j.weighted[0, 0] == pytest.approx(sign * 8 * weight, rel=1e-3)
+    j = detector.judge_one({"network_latency": level, "error_rate": 0.0})  # 10 std below
+    assert j.weighted[0, 1] == 0.0 and j.scores[0] < 0.5
+
+
+def test_detector_state_stays_within_a_kibibyte_per_agent() -> None:
+    """The whole per-agent state of the fleet's detector and baselines (issue 12: ≤ 1 KiB;
+    305 bytes before detector v2, 373 with the metric tails and the quiet period's mask)."""
+    fleet = FleetBaselines(DetectorConfig.from_settings(Settings()))
+    assert fleet.bytes_per_agent() == 373 <= 1024

@@ -355,7 +355,8 @@ def test_the_quiet_period_is_a_duration_not_a_count() -> None:
 def test_a_harmless_drop_weighs_less_than_a_rise() -> None:
     """Latency 8 std below its level weighs as 4 (its drop weight is 0.5), a rise as 8;
     an error rate's drop weighs nothing."""
-    detector = BaselineDetector(("network_latency", "error_rate"), {"error_rate": 0.001},
+    detector = BaselineDetector(("network_latency", "error_rate"),
+                                {"network_latency": 0.01, "error_rate": 0.001},
                                 warmup=30, rel_floor=0.0)  # fmt: skip
     rng = np.random.default_rng(0)
     for _ in range(300):

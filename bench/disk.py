@@ -31,10 +31,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from confluent_kafka import Producer  # noqa: E402
 
 from agentwatch.settings import Settings  # noqa: E402
 from agentwatch.simulator import FleetSimulator  # noqa: E402
+from bench.throughput import produce  # noqa: E402
 from infra.broker import ensure_topics, free_port, start_broker  # noqa: E402
 from sinks.clickhouse import connect, create_schema  # noqa: E402
 from sinks.loader import Loader  # noqa: E402
@@ -95,17 +95,7 @@ def main() -> None:
     threading.Thread(target=sample, daemon=True).start()
     started = time.monotonic()
     try:
-        producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 20})
-        topic = settings.topic("metrics")
-        for key, value in zip(keys, values, strict=True):
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key)
-                    break
-                except BufferError:
-                    producer.poll(0.01)
-        producer.flush(120)
-        del producer  # (closed before the broker stops)
+        produce(settings.bootstrap_servers, settings.topic("metrics"), keys, values)
         db = settings.clickhouse_database
         deadline = time.monotonic() + 600
         while client.command(f"SELECT count() FROM {db}.metrics") < len(values):

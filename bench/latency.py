@@ -84,7 +84,9 @@ class SteadyProducer(threading.Thread):
 
     def run(self) -> None:
         options = self.options
-        producer = Producer({**self.settings.kafka_config(), "linger.ms": 2})
+        producer = Producer(
+            {**self.settings.kafka_config(), "linger.ms": getattr(options, "linger_ms", 2)}
+        )
         topic = self.settings.topic("metrics")
         tick, per_tick = 0.01, options.rate / 100
         spike_every = 1.0 / options.spikes if options.spikes else float("inf")

@@ -6,25 +6,29 @@
 It starts a Tansu broker on a free port, the dataflow (``python -m dataflows.heartbeats``;
 ``--processes N``: one Bytewax cluster of N processes) and the API with its loader and
 audit writer (``python -m api``, chDB in a directory of its own), then streams a fixed,
-seeded input at a steady rate — heartbeats of ``--agents`` agents, malformed messages
-among them (invalid JSON, a CPU of 140 %), CPU spikes (anomalies), a run of errors and a
-burst of bytes out (threats) — and operator commands through the API (quarantine and
-release of one agent). Every ``--kill-every-s`` seconds (± a third, seeded) it kills -9 a
-component drawn at random — the API/loader process, the dataflow process, or one
-process of the dataflow cluster, which restarts the cluster — restarts it, and waits
-until it works again (the API: ``/system/health`` answers with the loader running; the
-dataflow: its ``/metrics`` count heartbeats taken by the new process): that wait is the
-recovery time. A sampler reads the loader's and the dataflow's lag from the API twice a
-second.
+seeded input at a steady rate — heartbeats of ``--agents`` agents, malformed messages among
+them (invalid JSON, a CPU of 140 %), CPU spikes (anomalies), a run of errors and a burst of
+bytes out (threats); agents' conversations on agents.events, some flagged by the
+conversation checks (a prompt injection, a secret, personal data), some malformed — and
+operator commands through the API (quarantine and release of one agent). Every
+``--kill-every-s`` seconds (± a third, seeded) it kills -9 a component drawn at random —
+the API/loader process, the dataflow process, or one process of the dataflow cluster, which
+restarts the cluster — restarts it, and waits until it works again (the API:
+``/system/health`` answers with the loader running; the dataflow: its ``/metrics`` count
+heartbeats taken by the new process): that wait is the recovery time. A sampler reads the
+loader's and the dataflow's lag from the API twice a second.
 
 When the input has been sent, it waits until both lags are 0, runs ``agentwatch audit
 verify`` against the API, stops everything and counts in ClickHouse:
 
 - every valid heartbeat in ``metrics`` exactly once (``FINAL`` and distinct identities
-  equal the number sent), every malformed message in ``deadletter`` exactly once;
-- the dataflow's anomalies and threats equal to those of an uninterrupted run of the
-  same input (the real ``build_flow`` in this process with Bytewax's testing source):
-  none lost, none doubled, same scores;
+  equal the number sent), every malformed message (heartbeat or conversation) in
+  ``deadletter`` exactly once;
+- every conversation the loader accepts in ``agent_events`` exactly once;
+- the dataflow's anomalies, threats (the conversations' findings among them) and alert
+  changes equal to those of an uninterrupted run of the same input (the real
+  ``build_flow`` in this process with Bytewax's testing sources): none lost, none
+  doubled, same scores;
 - the operator commands acknowledged (202) each in ``agent_events`` and in the audit
   trail once, and no audit row twice; the hash chains whole.
 

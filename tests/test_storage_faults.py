@@ -4,7 +4,8 @@ Faults are injected at the loader's ClickHouse client boundary
 (:mod:`tests.storage_faults`: the real loader, a real chDB behind a client whose
 writes are delayed or refused), in ClickHouse itself (a table whose disk is
 "full": its ``min_free_disk_bytes_to_perform_insert`` above any free space), or in
-the file system (the API process's chDB on a small tmpfs, filled). Each
+the file system (the API process's chDB on a small tmpfs, filled; its tables'
+directories made read-only, the API running as a user that file modes stop). Each
 test shows the loader holding back — pending rows under their cap, the consumer
 paused, no offset stored or committed past the rows written — the fault visible in
 its state, and every row stored exactly once when the fault clears.

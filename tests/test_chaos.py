@@ -1,8 +1,10 @@
 """A minute of chaos in the suite (issue 14, Deliver 5): kill -9 of the dataflow and of
 the API/loader process, in turn, while heartbeats (malformed ones among them) and
+agents' conversations (some flagged by the conversation checks, some malformed) and
 operator commands stream (six kills, spread over the input, each landing while data
-flows however loaded the machine); then every valid heartbeat is in ``metrics`` once, every
-malformed one in the dead letters, the anomalies and threats are those of an
+flows however loaded the machine); then every valid heartbeat is in ``metrics`` once,
+every conversation in ``agent_events`` once, every malformed message in the dead letters,
+the anomalies and threats (the conversations' findings among them) are those of an
 uninterrupted run, and ``agentwatch audit verify`` passes. The harness is
 ``bench/chaos.py`` (its long run is a benchmark)."""
 
@@ -37,7 +39,7 @@ def test_repeated_kill_9_loses_and_doubles_nothing(settings: Settings, tmp_path:
     report = chaos.run_chaos(
         settings.model_copy(update={"snapshot_interval_s": 1.0}),
         tmp_path,
-        seconds=30,
+        seconds=28,
         rate=600,
         agents=30,
         kill_every_s=3,
@@ -49,6 +51,11 @@ def test_repeated_kill_9_loses_and_doubles_nothing(settings: Settings, tmp_path:
     print(report.table())
     assert report.kills == {"api": 3, "dataflow": 3}, report.kills  # each while data flowed
     assert report.reference["anomalies"] and report.reference["threats"]  # not vacuous
+    said = {rule for _agent, rule, _at in report.reference["threats"] if "conversation" in rule}
+    assert said == {
+        "conversation_prompt_injection", "conversation_secret", "conversation_personal_data"
+    }, said  # fmt: skip
+    assert report.sent["conversations"] > 1000 and report.sent["malformed_conversations"] > 0
     assert report.sent["operator_commands_accepted"] >= 2
     failed = {name: check for name, check in report.checks.items() if not check["ok"]}
     assert not failed, report.table()

@@ -4,7 +4,8 @@ Faults are injected at the loader's ClickHouse client boundary
 (:mod:`tests.storage_faults`: the real loader, a real chDB behind a client whose
 writes are delayed or refused), in ClickHouse itself (a table whose disk is
 "full": its ``min_free_disk_bytes_to_perform_insert`` above any free space), or in
-the file system (the API process's chDB on a small tmpfs, filled). Each
+the file system (the API process's chDB on a small tmpfs, filled; its tables'
+directories made read-only, the API running as a user that file modes stop). Each
 test shows the loader holding back — pending rows under their cap, the consumer
 paused, no offset stored or committed past the rows written — the fault visible in
 its state, and every row stored exactly once when the fault clears.
@@ -14,8 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -352,3 +356,166 @@ def test_a_full_file_system_holds_the_loader_back(capped, tmp_path):
         assert counted.returncode == 0, counted.stderr[-2000:]
         counts = json.loads(counted.stdout.strip().splitlines()[-1])
         assert counts["metrics_final"] == counts["metrics_raw"] == 900  # none lost, none twice
+
+
+# --- a read-only data directory ---------------------------------------------------------
+
+#: The user the API runs as when the test runs as root (root ignores file modes).
+NOBODY = 65534
+
+
+def unprivileged(home: Path, env: dict[str, str]) -> list[str]:
+    """The command that runs the API's interpreter as the owner of ``home``: as ``nobody``
+    (``setpriv``, util-linux), ``home`` given to it, when the test runs as root, whom
+    file modes do not stop; as ourselves otherwise. Checks first that this user can run
+    the project (the repository, the interpreter, the packages): a virtualenv whose
+    interpreter lives in a directory it cannot enter (a Python under /root) is replaced
+    by the system's Python of the same version with the virtualenv's packages on its
+    path; skips, saying why, if neither works."""
+    if os.geteuid() != 0:
+        return [sys.executable]
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and no setpriv (util-linux) to drop to another user")
+    shutil.chown(home, NOBODY, NOBODY)
+    prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [(sys.executable, "")]
+    system = shutil.which(version, path="/usr/local/bin:/usr/bin")
+    if system is not None:
+        candidates.append((system, sysconfig.get_paths()["purelib"]))
+    failures = []
+    for interpreter, packages in candidates:
+        if packages:
+            env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], packages])
+        probe = subprocess.run(
+            [*prefix, interpreter, "-c", "import api.app, chdb, confluent_kafka"],
+            env=env, cwd=home, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if probe.returncode == 0:
+            return [*prefix, interpreter]
+        failures.append(f"{interpreter}: {probe.stderr.strip()[-300:]}")
+    pytest.skip(f"user {NOBODY} cannot run the project here: {'; '.join(failures)}")
+
+
+def table_directories(chdb: Path, database: str) -> list[Path]:
+    """The directories of the database's tables, where ClickHouse writes every new part
+    (``data/<db>/<table>`` links to ``store/…/<uuid>``)."""
+    return [link.resolve() for link in (chdb / "data" / database).iterdir()]
+
+
+def chmod_all(paths: list[Path], mode: str) -> None:
+    """``chmod -R mode`` on each path, as the test's user (the owner, or root)."""
+    subprocess.run(["chmod", "-R", mode, *map(str, paths)], check=True)
+
+
+@pytest.mark.e2e  # runs the API (its loader on a chDB of its own) as a process
+@pytest.mark.timeout(240)
+def test_a_read_only_data_directory_holds_the_loader_back(capped, tmp_path):
+    """The tables' directories of the API's chDB made read-only while heartbeats flow
+    (the API running as a user that file modes stop): the loader's inserts fail with
+    ClickHouse's own error, it pauses and says so within seconds, nothing is committed
+    past the rows written; writable again, it catches up with every row once."""
+    settings = capped
+    # (not under tmp_path: pytest's base directory is closed to other users)
+    home = Path(tempfile.mkdtemp(prefix="agentwatch-readonly-"))
+    chdb = home / "chdb"
+    port = free_port()
+    env = {
+        **os.environ,
+        **settings.as_env(),
+        "HOME": str(home),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "AGENTWATCH_API_PORT": str(port),
+        "AGENTWATCH_CLICKHOUSE_DSN": f"chdb://{chdb}",
+        "AGENTWATCH_VAR_DIR": str(home / "var"),
+        "AGENTWATCH_LOADER_GROUP_ID": f"loader-{tmp_path.name}",
+    }
+    health_url = f"http://127.0.0.1:{port}/api/v1/system/health"
+    tables: list[Path] = []
+    try:
+        command = unprivileged(home, env)
+        with open(tmp_path / "api.log", "wb") as log:
+            api = subprocess.Popen(
+                [*command, "-m", "api"], env=env, cwd=home, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+        def health(**expected: object) -> dict | None:
+            try:
+                body = httpx.get(health_url, timeout=2).json()
+            except (httpx.HTTPError, ValueError):
+                return None
+            loader = body["loader"]
+            return body if all(loader.get(k) == v for k, v in expected.items()) else None
+
+        def rows_in(count: int) -> dict | None:
+            body = health(state="ok", consumer_paused=False)
+            return (
+                body if body and body["loader"]["rows_inserted"]["metric_rows"] == count else None
+            )
+
+        try:
+            wait_until(lambda: health(running=True), 60, "the API and its loader")
+            if os.geteuid() == 0:  # (setpriv became the interpreter: same process)
+                status = Path(f"/proc/{api.pid}/status").read_text()
+                assert f"Uid:\t{NOBODY}\t" in status, status
+            produce_heartbeats(settings, [heartbeat(seq) for seq in range(300)])
+            before = wait_until(lambda: rows_in(300), 30, "the first 300 rows")
+
+            tables = table_directories(chdb, settings.clickhouse_database)
+            assert any((t / "format_version.txt").exists() for t in tables), tables
+            chmod_all(tables, "a-w")
+            produce_heartbeats(settings, [heartbeat(seq) for seq in range(300, 900)])
+            started = time.monotonic()
+            body = wait_until(
+                lambda: health(state="degraded", consumer_paused=True),
+                10,
+                "the loader degraded and paused on a read-only data directory",
+            )
+            assert time.monotonic() - started < 5
+            loader = body["loader"]
+            # ClickHouse's own error: "filesystem error: in create_directories: Permission
+            # denied [".../store/…/tmp_insert_…"]. (STD_EXCEPTION)"
+            assert "Permission denied" in loader["last_error"], loader
+            print(f"degraded after {time.monotonic() - started:.2f} s: {loader['last_error']}")
+            assert body["status"] == "degraded"
+            assert any("Permission denied" in p for p in body["problems"]), body["problems"]
+            group = settings.model_copy(
+                update={"loader_group_id": env["AGENTWATCH_LOADER_GROUP_ID"]}
+            )
+            deadline = time.monotonic() + 1.5  # held back, not only once
+            while time.monotonic() < deadline:
+                loader = health()["loader"]
+                assert loader["consumer_paused"] and loader["state"] == "degraded", loader
+                assert loader["pending_rows"] <= CAP + CONSUME, loader
+                assert loader["rows_inserted"]["metric_rows"] == 300, loader  # nothing more
+                time.sleep(0.2)
+            assert _committed(group, "metric_rows") <= 300
+
+            chmod_all(tables, "u+w")
+            tables = []
+            after = wait_until(lambda: rows_in(900), 60, "all 900 rows once writable again")
+            assert after["status"] == before["status"], (before, after)  # the fault is gone
+            assert not any("Permission denied" in p for p in after["problems"])
+            wait_until(lambda: _committed(group, "metric_rows") == 900, 10, "Kafka commits")
+        finally:
+            api.terminate()
+            try:
+                api.wait(30)
+            except subprocess.TimeoutExpired:
+                api.kill()
+                api.wait(10)
+        log_text = (tmp_path / "api.log").read_text(errors="replace")
+        assert "clickhouse_write_failed" in log_text
+        counted = subprocess.run(
+            [sys.executable, "-c", COUNT_SCRIPT], env=env, cwd=tmp_path,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert counted.returncode == 0, counted.stderr[-2000:]
+        counts = json.loads(counted.stdout.strip().splitlines()[-1])
+        assert counts["metrics_final"] == counts["metrics_raw"] == 900  # none lost, none twice
+    finally:
+        if tables:
+            chmod_all(tables, "u+w")
+        shutil.rmtree(home, ignore_errors=True)

@@ -73,8 +73,8 @@ from pydantic import ValidationError
 from agentwatch.alerts import CoordinationDetector
 from agentwatch.clusters import BehaviourClusters
 from agentwatch.conversations import Conversation
-from agentwatch.lifecycle import COMMANDS
-from agentwatch.orchestration import TaskAssigned, TaskFinished, TaskReleased, WeightsChange
+from agentwatch.inbox import shard_command
+from agentwatch.orchestration import TaskAssigned, TaskFinished, TaskReleased
 from agentwatch.rules import RuleChangeError
 from agentwatch.secrets import redact_handlers
 from agentwatch.settings import Settings
@@ -87,7 +87,6 @@ from agentwatch.shard import (
     ShardCommand,
     ShardOutput,
     ShardState,
-    SilenceExpiry,
 )
 from dataflows.clock import ClockSource, Tick, to_every_shard
 from dataflows.kafka_sink import BatchKafkaSink, Message
@@ -97,35 +96,16 @@ from dataflows.routing import plain_keys, spread_keys
 from schemas.events import (
     AGENT_CHANNEL,
     CONTROL_CHANNEL,
-    CONVERSATION,
     FLEET,
     MODEL_STATS,
-    QUARANTINE_REQUESTED,
-    REGISTERED,
-    RELEASED,
-    RESTART_REQUESTED,
-    RULE_CHANGED,
     SHARD_REPORTER,
-    SILENCE_CREATED,
-    SILENCE_EXPIRED,
-    TASK_ASSIGNED,
-    TASK_COMPLETED,
-    TASK_FAILED,
-    TASK_RELEASED,
-    WEIGHTS_CHANGED,
     EventError,
-    conversation_of,
     parse_event,
 )
 from schemas.heartbeats import HeartbeatBatch, parse_heartbeats
 from schemas.metric_rows import encode as encode_rows
-from schemas.models import RuleChange, Silence
 
 log = logging.getLogger("agentwatch.dataflow")
-
-#: The operators' lifecycle commands besides a release and a quarantine (which the
-#: security score takes part in): the lifecycle table alone decides what they do.
-LIFECYCLE_COMMANDS = frozenset(COMMANDS) - {RELEASED, QUARANTINE_REQUESTED}
 
 
 @dataclass(slots=True)
@@ -176,41 +156,11 @@ def read_events(channel: str, raw: RawBatch) -> CheckedEvents:
     for position, value in enumerate(raw.values):
         try:
             event = parse_event(value, channel)
-            if event.type == RULE_CHANGED:
-                checked.to_every_shard.append(RuleChange.model_validate(event.payload))
-            elif event.type == SILENCE_CREATED:
-                checked.to_every_shard.append(Silence.model_validate(event.payload))
-            elif event.type == SILENCE_EXPIRED:
-                silence_id = str(event.payload.get("id", ""))
-                if not silence_id:
-                    raise EventError("silence_expired payload: id is missing")
-                checked.to_every_shard.append(SilenceExpiry(silence_id, event.timestamp))
-            elif event.type == RELEASED:
-                reason = event.payload.get("reason")
-                checked.to_agent_shard.append(
-                    Release(event.agent_id, event.timestamp, event.tenant_id, event.actor,
-                            reason if isinstance(reason, str) else "")
-                )  # fmt: skip
-            elif event.type in LIFECYCLE_COMMANDS:
-                checked.to_agent_shard.append(LifecycleCommand(event))
-            elif event.type == QUARANTINE_REQUESTED:
-                checked.to_agent_shard.append(QuarantineOrder.from_event(event))
-            elif event.type == RESTART_REQUESTED:
-                checked.to_agent_shard.append(RestartOrder.from_event(event))
-            elif event.type == REGISTERED:
-                checked.to_agent_shard.append(AgentRegistration.from_event(event))
-            elif event.type == TASK_ASSIGNED:
-                checked.to_agent_shard.append(TaskAssigned.from_event(event))
-            elif event.type == TASK_RELEASED:
-                checked.to_agent_shard.append(TaskReleased.from_event(event))
-            elif event.type in (TASK_COMPLETED, TASK_FAILED):
-                checked.to_agent_shard.append(TaskFinished.from_event(event))
-            elif event.type == WEIGHTS_CHANGED:
-                checked.to_every_shard.append(WeightsChange.from_event(event))
-            elif event.type == CONVERSATION:
-                conversation = conversation_of(event)
-                checked.to_agent_shard.append(
-                    Conversation(event.agent_id, event.tenant_id, event.timestamp, conversation)
+            route = shard_command(event)
+            if route is not None:
+                where, command = route
+                (checked.to_every_shard if where == "every" else checked.to_agent_shard).append(
+                    command
                 )
         except EventError as exc:
             checked.rejected.append((position, str(exc)))

@@ -97,9 +97,11 @@ from confluent_kafka import (
 )
 from pydantic import BaseModel
 
+from agentwatch.inbox import shard_command
 from agentwatch.secrets import redact_handlers
 from agentwatch.settings import RENAMED_TOPICS, Settings
 from schemas.events import (
+    AGENT_CHANNEL,
     CHANNELS,
     CONTROL_CHANNEL,
     REGISTERED,
@@ -1062,7 +1064,9 @@ def incident_row(value: bytes) -> dict:
 def event_row(channel: str, value: bytes) -> dict:
     """Row of table ``agent_events`` from one message of the lifecycle channel
     ``channel`` (``events``, ``control`` or ``state``); the payload as JSON. A type not
-    accepted on that channel is refused (``EventError``, a ``ValueError``, says why).
+    accepted on that channel, or an agent's event or command whose payload the dataflow
+    refuses (:func:`agentwatch.inbox.shard_command`: it dead-letters those), is refused
+    (a ``ValueError`` says why).
 
     >>> released = (b'{"type":"released","agent_id":"a1","tenant_id":"t1","actor":"ops",'
     ...     b'"timestamp":1764072000,"payload":{"reason":"fixed"}}')
@@ -1076,6 +1080,8 @@ def event_row(channel: str, value: bytes) -> dict:
 agents.control, which only the API writes
     """
     record = check_channel(channel, LifecycleEvent.model_validate(orjson.loads(value)))
+    if channel in (AGENT_CHANNEL, CONTROL_CHANNEL):
+        shard_command(record)  # what the dataflow dead-letters is not stored (raises)
     row = _fields(record)
     row["payload"] = orjson.dumps(record.payload).decode()
     row["channel"] = channel

@@ -440,8 +440,12 @@ def test_alerts_scores_commands_incidents_and_events_land_once(settings, client,
     produce(settings, "commands", [command, command, b"null"])
     produce(settings, "incidents", [incident, joined, orjson.dumps({**incident, "revision": -1})])
     produce(settings, "state", [changed, orjson.dumps({**changed, "actor": ""}), rule])
-    produce(settings, "control", [rule, said])
-    produce(settings, "events", [said, *forged])
+    # what the dataflow dead-letters is not stored either: a conversation with no words, a
+    # silence's expiry that names no silence
+    wordless = {**said, "timestamp": T0 + 8, "payload": {"counterpart": "agent-1", "text": ""}}
+    nameless = {**rule, "type": "silence_expired", "timestamp": T0 + 9, "payload": {}}
+    produce(settings, "control", [rule, said, nameless])
+    produce(settings, "events", [said, *forged, wordless])
     loader = Loader(settings, client)
     loaders.append(loader)
     expected = {"alerts": 4, "security": 4, "commands": 2, "incidents": 2, "events": 1,
@@ -489,7 +493,7 @@ def test_alerts_scores_commands_incidents_and_events_land_once(settings, client,
     assert json.loads(rows[2][3])["to"] == "quarantined"
     skipped = loader.stats().skipped_invalid
     assert {t: skipped[t] for t in expected} == {
-        "alerts": 2, "security": 1, "commands": 1, "incidents": 1, "events": 3, "control": 1,
+        "alerts": 2, "security": 1, "commands": 1, "incidents": 1, "events": 4, "control": 2,
         "state": 2,
     }  # fmt: skip
 

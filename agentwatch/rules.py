@@ -67,7 +67,15 @@ import numpy as np
 
 from agentwatch.baselines import FEATURES, deviations
 from agentwatch.fleet import FleetBaselines, _passes
-from agentwatch.rows import AgentIndex, ArraySpec, RowArrays, allocate, bytes_per_row, grow
+from agentwatch.rows import (
+    AgentIndex,
+    ArraySpec,
+    RowArrays,
+    allocate,
+    bytes_per_row,
+    grow,
+    trimmed,
+)
 from agentwatch.settings import Settings
 from schemas.heartbeats import HeartbeatBatch
 from schemas.models import (
@@ -617,6 +625,12 @@ class _LiveRule:
     def bytes_per_agent(self) -> int:
         return self.since.itemsize + self.fired.itemsize + self.condition.bytes_per_agent()
 
+    def trimmed(self, count: int) -> _LiveRule:
+        """The rule with its state's first ``count`` rows (views), for a snapshot."""
+        condition = object.__new__(type(self.condition))
+        vars(condition).update(trimmed(self.condition, self.condition._arrays, count))
+        return _LiveRule(self.spec, condition, self.since[:count], self.fired[:count])
+
     def describe(self) -> str:
         text = self.condition.text
         return f"{text} for {self.spec.for_s:g} s" if self.spec.for_s else text
@@ -842,6 +856,15 @@ class RuleSet(RowArrays):
         return super().bytes_per_agent() + sum(
             live.bytes_per_agent() for live in self._live.values()
         )
+
+    def __getstate__(self) -> dict:
+        """The rules and the first rows of their state (see :meth:`RowArrays.__getstate__`)."""
+        state = super().__getstate__()
+        if "index" not in vars(self):  # (an older layout's)
+            return state
+        count = len(self.index)
+        state["_live"] = {name: live.trimmed(count) for name, live in self._live.items()}
+        return state
 
     def _grow(self, capacity: int) -> None:
         super()._grow(capacity)

@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import orjson
 
+from agentwatch.rows import RowArrays
 from agentwatch.settings import Settings
 from agentwatch.shard import ShardState
 from agentwatch.simulator import FleetSimulator, Incident
@@ -164,6 +165,18 @@ def test_a_snapshot_keeps_the_rows_of_known_agents_only_and_goes_on_as_if_never_
     assert rest == outputs(straight, stream[half:])
     assert any(anomalies for anomalies, *_ in rest)
     assert len(restored.index) == 40 and restored.index.row("agent-000039") is not None
+
+
+def test_an_agent_keeps_under_1_kib_numbers_and_index_together() -> None:
+    """Issue 13's bound, in parts: each part's numeric row (``bytes_per_agent``) plus the
+    index's ~105 B a warm agent (its id string ~62, dict entry ~21, list slot 8, tenant
+    code 4; measured by ``bench/million.py``) must stay under 1,024 B."""
+    shard = ShardState.new(SETTINGS)
+    for batch in batches(10):
+        shard.observe(batch)
+    parts = [getattr(shard, name) for name in ShardState.__slots__]
+    numeric = sum(part.bytes_per_agent() for part in parts if isinstance(part, RowArrays))
+    assert numeric + 105 <= 1024, numeric
 
 
 def test_an_index_and_security_scores_pickled_by_the_release_before_still_load() -> None:

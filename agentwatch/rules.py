@@ -16,8 +16,9 @@ Time is the heartbeats' own (event time). Per agent and rule the state is a
 few numbers:
 
 - Every rule keeps the time its condition began to hold (NaN: it does not
-  hold) and whether this episode has fired; ``last`` conditions keep nothing
-  more.
+  hold) and whether this episode has fired, for the agents whose condition
+  holds (few at a time: nothing for the others); ``last`` conditions keep
+  nothing more.
 - A baseline condition holds while any metric is beyond ``sigma`` of its
   baseline, but its ``for_s`` counts per metric: it keeps how long each metric
   has been beyond on every heartbeat, and fires once one of them has been for
@@ -67,7 +68,15 @@ import numpy as np
 
 from agentwatch.baselines import FEATURES, deviations
 from agentwatch.fleet import FleetBaselines, _passes
-from agentwatch.rows import AgentIndex, ArraySpec, RowArrays, allocate, bytes_per_row, grow
+from agentwatch.rows import (
+    AgentIndex,
+    ArraySpec,
+    RowArrays,
+    allocate,
+    bytes_per_row,
+    grow,
+    trimmed,
+)
 from agentwatch.settings import Settings
 from schemas.heartbeats import HeartbeatBatch
 from schemas.models import (
@@ -590,32 +599,110 @@ def _compile(spec: ThreatRuleSpec, buckets: int) -> _Condition:
     return _Window(condition, buckets)
 
 
+class _Held:
+    """When each agent's condition began to hold (NaN: it does not hold) and whether
+    this episode has fired, kept only for the rows where either is set, sorted by row:
+    at any time a condition holds for few of a fleet's agents, and arrays of every
+    agent cost 9 bytes an agent per rule.
+
+    >>> held = _Held()
+    >>> held.put(np.array([4, 2]), np.array([10.0, np.nan]), np.array([True, False]))
+    >>> since, fired = held.get(np.array([2, 4, 7]))
+    >>> since.tolist(), fired.tolist(), held.rows.tolist()
+    ([nan, 10.0, nan], [False, True, False], [4])
+    """
+
+    __slots__ = ("rows", "since", "fired")
+
+    def __init__(
+        self,
+        rows: np.ndarray | None = None,
+        since: np.ndarray | None = None,
+        fired: np.ndarray | None = None,
+    ) -> None:
+        self.rows = np.empty(0, np.int64) if rows is None else rows
+        self.since = np.empty(0, np.float64) if since is None else since
+        self.fired = np.empty(0, np.bool_) if fired is None else fired
+
+    def __getstate__(self) -> tuple:
+        return self.rows, self.since, self.fired
+
+    def __setstate__(self, state: tuple) -> None:
+        self.rows, self.since, self.fired = state
+
+    @classmethod
+    def of(cls, since: np.ndarray, fired: np.ndarray) -> _Held:
+        """From one value per row (the arrays a snapshot of the release before kept)."""
+        rows = np.flatnonzero(~np.isnan(since) | fired)
+        return cls(rows.astype(np.int64), since[rows].astype(np.float64), fired[rows].astype(bool))
+
+    def _find(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        at = np.searchsorted(self.rows, rows)
+        at[at == len(self.rows)] = 0
+        return at, self.rows[at] == rows
+
+    def get(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``since`` and ``fired`` of each of ``rows``."""
+        if not len(self.rows):
+            return np.full(len(rows), np.nan), np.zeros(len(rows), dtype=bool)
+        at, hit = self._find(rows)
+        return np.where(hit, self.since[at], np.nan), hit & self.fired[at]
+
+    def put(self, rows: np.ndarray, since: np.ndarray, fired: np.ndarray) -> None:
+        """Set ``since`` and ``fired`` of ``rows`` (each row once)."""
+        kept = ~np.isnan(since) | fired
+        if not len(self.rows):
+            if kept.any():
+                order = np.argsort(rows[kept], kind="stable")
+                self.rows = rows[kept][order].astype(np.int64)
+                self.since, self.fired = since[kept][order], fired[kept][order]
+            return
+        at, hit = self._find(rows)
+        if not kept[~hit].any() and kept[hit].all():  # (the same rows: values change)
+            self.since[at[hit]], self.fired[at[hit]] = since[hit], fired[hit]
+            return
+        stay = np.ones(len(self.rows), dtype=bool)
+        stay[at[hit]] = False
+        merged = np.concatenate([self.rows[stay], rows[kept]])
+        order = np.argsort(merged, kind="stable")
+        self.rows = merged[order].astype(np.int64)
+        self.since = np.concatenate([self.since[stay], since[kept]])[order]
+        self.fired = np.concatenate([self.fired[stay], fired[kept]])[order]
+
+
 @dataclass(slots=True)
 class _LiveRule:
-    """An enabled rule with its per-agent state: when its condition began to hold
-    (NaN: it does not hold) and whether this episode has fired."""
+    """An enabled rule with its per-agent state: the condition's, and when it began to
+    hold and whether this episode has fired (:class:`_Held`)."""
 
     spec: ThreatRuleSpec
     condition: _Condition
-    since: np.ndarray
-    fired: np.ndarray
+    held: _Held
+
+    def __setstate__(self, state: tuple | dict) -> None:
+        slots = dict(state[1] if isinstance(state, tuple) else state)
+        if "since" in slots:  # (a snapshot from before: one value per row)
+            slots["held"] = _Held.of(slots.pop("since"), slots.pop("fired"))
+        for name, value in slots.items():
+            setattr(self, name, value)
 
     @classmethod
     def start(cls, spec: ThreatRuleSpec, buckets: int, capacity: int) -> _LiveRule:
         condition = _compile(spec, buckets)
         condition.allocate(capacity)
-        return cls(spec, condition, np.full(capacity, np.nan), np.zeros(capacity, dtype=bool))
+        return cls(spec, condition, _Held())
 
     def grow(self, capacity: int) -> None:
-        since = np.full(capacity, np.nan)
-        since[: len(self.since)] = self.since
-        fired = np.zeros(capacity, dtype=bool)
-        fired[: len(self.fired)] = self.fired
-        self.since, self.fired = since, fired
         self.condition.grow(capacity)
 
     def bytes_per_agent(self) -> int:
-        return self.since.itemsize + self.fired.itemsize + self.condition.bytes_per_agent()
+        return self.condition.bytes_per_agent()
+
+    def trimmed(self, count: int) -> _LiveRule:
+        """The rule with its state's first ``count`` rows (views), for a snapshot."""
+        condition = object.__new__(type(self.condition))
+        vars(condition).update(trimmed(self.condition, self.condition._arrays, count))
+        return _LiveRule(self.spec, condition, self.held)
 
     def describe(self) -> str:
         text = self.condition.text
@@ -733,16 +820,14 @@ class RuleSet(RowArrays):
         if not len(judged):
             return
         rows, clock, holds = p.rows[judged], p.clock[judged], verdict.holds[judged]
-        since_before = live.since[rows]
+        since_before, fired_before = live.held.get(rows)
         held = ~np.isnan(since_before)
         # a condition that counts how long it has held (per metric) began that long ago
         began = clock if verdict.held_s is None else clock - np.maximum(verdict.held_s[judged], 0)
         since = np.where(holds, np.where(held, since_before, began), np.nan)
-        fired_before = live.fired[rows]
         held_for = clock - since if verdict.held_s is None else verdict.held_s[judged]
         fire = holds & ~fired_before & (held_for >= live.spec.for_s)
-        live.since[rows] = since
-        live.fired[rows] = (fired_before | fire) & holds
+        live.held.put(rows, since, (fired_before | fire) & holds)
         for k in np.flatnonzero(holds != held).tolist():
             row = int(rows[k])
             out.transitions.append(
@@ -825,23 +910,39 @@ class RuleSet(RowArrays):
         live = self._live.get(name)
         if live is None:
             return {}
-        agent_ids = self.index.agent_ids
-        since = live.since[: len(agent_ids)]
-        return {agent_ids[r]: float(since[r]) for r in np.flatnonzero(~np.isnan(since))}
+        agent_ids, held = self.index.agent_ids, live.held
+        holding = ~np.isnan(held.since)
+        return dict(
+            zip(
+                [agent_ids[r] for r in held.rows[holding].tolist()],
+                held.since[holding].tolist(),
+                strict=True,
+            )
+        )
 
     def bytes_per_agent(self) -> int:
         """Bytes of numeric state per agent: its clock and every enabled rule's state
-        (not counting the agent-id index, which a shard shares). Of the default
-        rules' 266 bytes, windows take most (an average's buckets in float32, a
-        sum's in float64, a change count's in one byte); abnormal patterns keeps 4 bytes per
+        (not counting the agent-id index, which a shard shares, nor when a condition
+        began to hold: kept for the agents it holds for only). Of the default rules'
+        221 bytes, windows take most (an average's buckets in float32, a sum's in
+        float64, a change count's in one byte); abnormal patterns keeps 4 bytes per
         metric (how long each has been beyond its baseline).
 
-        >>> RuleSet.default(Settings()).bytes_per_agent() <= 270
-        True
+        >>> RuleSet.default(Settings()).bytes_per_agent()
+        221
         """
         return super().bytes_per_agent() + sum(
             live.bytes_per_agent() for live in self._live.values()
         )
+
+    def __getstate__(self) -> dict:
+        """The rules and the first rows of their state (see :meth:`RowArrays.__getstate__`)."""
+        state = super().__getstate__()
+        if "index" not in vars(self):  # (an older layout's)
+            return state
+        count = len(self.index)
+        state["_live"] = {name: live.trimmed(count) for name, live in self._live.items()}
+        return state
 
     def _grow(self, capacity: int) -> None:
         super()._grow(capacity)

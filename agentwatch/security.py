@@ -128,9 +128,11 @@ class SecurityScores(RowArrays):
     """The security scores of one shard of agents (one row per agent).
 
     Per agent: the score and its clock, the time of its last threat, the last
-    recorded score and when, the quarantine flag, its last reported status, and
-    a ring of its latest deductions (rule code, points, whole second) — see
-    :meth:`bytes_per_agent`.
+    recorded score and when, the quarantine flag and its last reported status — see
+    :meth:`bytes_per_agent`. The latest deductions (rule code, points, whole second; at
+    most ``breakdown_size``) are kept only for the agents that lost points
+    (:attr:`rings`, by row): most agents of a fleet never do, and a ring of arrays for
+    every agent cost 57 bytes each.
 
     >>> scores = SecurityScores(SecurityConfig.from_settings(Settings()))
     >>> scores.bytes_per_agent() <= 200
@@ -141,7 +143,28 @@ class SecurityScores(RowArrays):
         self.config = config
         self.rule_names: list[str] = []  # rule code → name (shared by the shard)
         self._rule_code: dict[str, int] = {}
+        #: row → its latest deductions, oldest first: (rule code, points, whole second)
+        self.rings: dict[int, list[tuple[int, int, int]]] = {}
         self._setup(_layout(config), index, capacity)
+
+    def __setstate__(self, state: dict) -> None:
+        if "ring_at" in state:  # (a snapshot from before the deductions were kept by row)
+            state = dict(state)
+            rule, points, at, head = (
+                state.pop(name) for name in ("ring_rule", "ring_points", "ring_at", "ring_next")
+            )
+            arrays = state["_arrays"]
+            state["_arrays"] = {n: spec for n, spec in arrays.items() if not n.startswith("ring_")}
+            size = at.shape[1]
+            state["rings"] = {
+                row: [
+                    (int(rule[row, s]), int(points[row, s]), int(at[row, s]))
+                    for s in ((int(head[row]) + k) % size for k in range(size))
+                    if at[row, s]
+                ]
+                for row in np.flatnonzero((at != 0).any(axis=1)).tolist()
+            }
+        self.__dict__.update(state)
 
     def configure(self, config: SecurityConfig) -> None:
         """Go on with new tunables (settings changed across a restart); a new
@@ -152,12 +175,13 @@ class SecurityScores(RowArrays):
         ...     "severity": "HIGH", "last_seen": 1.8e9}])
         >>> scores.configure(SecurityConfig.from_settings(Settings(security_breakdown_size=4)))
         >>> after = scores.breakdown("a1")
-        >>> after["score"], after["deductions"], scores.ring_at.shape
-        (80.0, [], (64, 4))
+        >>> after["score"], after["deductions"], scores.rings
+        (80.0, [], {})
         """
-        resized = config.breakdown_size != self.config.breakdown_size
+        if config.breakdown_size != self.config.breakdown_size:
+            self.rings.clear()
         self.config = config
-        self._relayout(_layout(config), fresh=("ring_next",) if resized else ())
+        self._relayout(_layout(config))
 
     @classmethod
     def from_settings(cls, settings: Settings, index: AgentIndex | None = None) -> SecurityScores:
@@ -334,24 +358,19 @@ class SecurityScores(RowArrays):
         if code is None:
             code = self._rule_code[rule] = len(self.rule_names)
             self.rule_names.append(rule)
-        slot = int(self.ring_next[row])
-        self.ring_rule[row, slot] = code
-        self.ring_points[row, slot] = max(1, min(255, round(points)))
-        self.ring_at[row, slot] = int(at)
-        self.ring_next[row] = (slot + 1) % self.config.breakdown_size
+        ring = self.rings.get(row)
+        if ring is None:
+            ring = self.rings[row] = []
+        ring.append((code, max(1, min(255, round(points))), int(at)))
+        if len(ring) > self.config.breakdown_size:
+            del ring[: len(ring) - self.config.breakdown_size]
 
     def _deductions(self, row: int) -> list[dict]:
-        """The agent's remembered deductions, newest first."""
-        size = self.config.breakdown_size
-        slots = [(int(self.ring_next[row]) - 1 - k) % size for k in range(size)]
+        """The agent's remembered deductions, newest first (a time of 0 is no time)."""
         return [
-            {
-                "rule": self.rule_names[int(self.ring_rule[row, s])],
-                "points": int(self.ring_points[row, s]),
-                "at": float(self.ring_at[row, s]),
-            }
-            for s in slots
-            if self.ring_at[row, s]
+            {"rule": self.rule_names[code], "points": points, "at": float(at)}
+            for code, points, at in reversed(self.rings.get(row, ()))
+            if at
         ]
 
     def breakdown(self, agent_id: str) -> dict | None:
@@ -432,8 +451,7 @@ class SecurityScores(RowArrays):
             self.score[row] = self.reported[row] = score
             self.reported_at[row] = now
             self.last_threat[row] = -np.inf
-            self.ring_at[row] = 0
-            self.ring_next[row] = 0
+            self.rings.pop(row, None)
             if delta:
                 out.score_changes.append(self._change(row, now, score, delta, "release"))
         return out
@@ -450,7 +468,6 @@ class SecurityScores(RowArrays):
 
 def _layout(config: SecurityConfig) -> dict[str, ArraySpec]:
     """The per-agent arrays of :class:`SecurityScores` under ``config``."""
-    size = config.breakdown_size
     return {
         "score": (np.dtype(np.float64), config.initial_score, ()),
         "clock": (np.dtype(np.float64), -np.inf, ()),  # latest event time seen
@@ -459,8 +476,4 @@ def _layout(config: SecurityConfig) -> dict[str, ArraySpec]:
         "reported_at": (np.dtype(np.float64), -np.inf, ()),
         "quarantined": (np.dtype(np.bool_), False, ()),
         "status": (np.dtype(np.int8), _NO_STATUS, ()),
-        "ring_rule": (np.dtype(np.uint16), 0, (size,)),
-        "ring_points": (np.dtype(np.uint8), 0, (size,)),  # whole points, rounded
-        "ring_at": (np.dtype(np.uint32), 0, (size,)),  # whole epoch seconds (0: empty)
-        "ring_next": (np.dtype(np.uint8), 0, ()),
     }

@@ -380,9 +380,10 @@ class Settings(BaseSettings):
         5.0,
         gt=0,
         description="Epoch length: state is snapshotted this often (seconds). Every shard is "
-        "re-pickled and written each time: ~1 KB and ~3.5 µs of CPU per agent "
-        "(bench/million.py), so 5 s suits fleets up to ~150,000 agents (~10 % of a core); "
-        "set 30 for a million (~12 %). A crash replays up to this much input.",
+        "re-pickled and written each time: ~870 B and ~3 µs of CPU per agent "
+        "(bench/million.py, docs/benchmarks.md), so 5 s suits fleets up to ~200,000 agents "
+        "(~12 % of a core); set 30 for a million (~10 %). A crash replays up to this much "
+        "input.",
     )
     agents_auto_register: bool = Field(
         False,

@@ -13,8 +13,12 @@ so each figure is the state's own cost, not the machine's other load.
    each shard's state in batches of ``--batch`` heartbeats. Reported: the shard step's
    heartbeats/s (observe alone, parsing apart) and the parse rate.
 2. State memory: the process's resident memory before the first agent and after the last
-   (input freed, collected), per agent; and ``tracemalloc``'s count over a sample of
-   ``--sample`` agents built the same way (what Python objects and arrays the state holds).
+   (input freed, collected), per agent; ``tracemalloc``'s count over a sample of
+   ``--sample`` agents built the same way (what Python objects and arrays the state holds);
+   and where those bytes are: a walk of each part of the sample's shards (``sys.getsizeof``
+   of every object and array reached, the shared index first, settings apart), in memory
+   and pickled, per agent — and the same walk over the whole fleet's shards (arrays keep
+   spare rows to grow into, up to a fifth; a snapshot leaves them out).
 3. A recovery snapshot as Bytewax takes it: each shard's ``ShardCell`` deep-copied (which
    pickles the state once, ``dataflows.heartbeats.ShardCell``) and the bytes written into a
    SQLite file as Bytewax's recovery partitions keep them (one row per key and epoch, WAL,
@@ -33,19 +37,22 @@ import ctypes
 import gc
 import json
 import os
+import pickle
 import sqlite3
 import sys
 import tempfile
 import time
 import tracemalloc
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from agentwatch import rows  # noqa: E402
 from agentwatch.settings import Settings  # noqa: E402
-from agentwatch.shard import ShardState  # noqa: E402
+from agentwatch.shard import ShardConfig, ShardState  # noqa: E402
 from agentwatch.simulator import FleetSimulator  # noqa: E402
 from dataflows.heartbeats import ShardCell, shards_of  # noqa: E402
 from schemas.heartbeats import parse_heartbeats  # noqa: E402
@@ -124,15 +131,73 @@ def snapshot(shards: list[ShardState], directory: Path) -> dict:
             "write_s": write_s, "write_cpu_s": write_cpu_s}  # fmt: skip
 
 
-def traced_bytes_per_agent(settings: Settings, agents: int, beats: int, seed: int) -> float:
-    """What ``tracemalloc`` sees the shard state hold, per agent, for a sample fleet."""
+def traced_bytes_per_agent(
+    settings: Settings, agents: int, beats: int, seed: int
+) -> tuple[float, dict]:
+    """What ``tracemalloc`` sees the shard state hold, per agent, for a sample fleet, and
+    where (:func:`breakdown`)."""
     tracemalloc.start()
     built = build(settings, agents, beats, 50_000, seed)
     gc.collect()
     held, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     known = sum(len(shard.baselines) for shard in built["shards"])
-    return held / known
+    return held / known, breakdown(built["shards"], settings, pickled=True)
+
+
+def deep_size(root: object, seen: set[int]) -> int:
+    """Bytes of every object reachable from ``root`` not in ``seen`` (``sys.getsizeof``;
+    an array's data counted once, with the array that owns it)."""
+    total, stack = 0, [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, type | types.ModuleType | types.FunctionType):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, np.ndarray):
+            if obj.base is not None:
+                stack.append(obj.base)
+            continue
+        if isinstance(obj, dict):
+            stack += obj.keys()
+            stack += obj.values()
+        elif isinstance(obj, list | tuple | set | frozenset):
+            stack += obj
+        else:
+            if hasattr(obj, "__dict__"):
+                stack.append(vars(obj))
+            for klass in type(obj).__mro__:
+                for name in getattr(klass, "__slots__", ()):
+                    if hasattr(obj, name):
+                        stack.append(getattr(obj, name))
+    return total
+
+
+def breakdown(shards: list[ShardState], settings: Settings, pickled: bool = False) -> dict:
+    """Bytes per agent of each part of the shards' state (the shared index first, the
+    settings and the tunables apart), in memory and, with ``pickled``, in a pickle (each
+    part's pickle less the index's)."""
+    known = sum(len(shard.index) for shard in shards)
+    config = ShardConfig.of(settings)
+    seen = {id(settings), id(config), *(id(getattr(config, f)) for f in config.__slots__)}
+    memory = {
+        name: sum(deep_size(getattr(shard, name), seen) for shard in shards) / known
+        for name in ShardState.__slots__
+    }
+    memory["shared row numbers"] = deep_size(rows._ROW_NUMBERS, seen) / known
+    result = {"memory": memory}
+    if pickled:
+        index = sum(len(pickle.dumps(shard.index, protocol=5)) for shard in shards)
+        result["pickled"] = {
+            name: (
+                sum(len(pickle.dumps(getattr(shard, name), protocol=5)) for shard in shards)
+                - (index if name != "index" and hasattr(getattr(shards[0], name), "index") else 0)
+            )
+            / known
+            for name in ShardState.__slots__
+        }
+    return result
 
 
 def main() -> None:
@@ -150,8 +215,10 @@ def main() -> None:
     if options.shards:
         settings = settings.model_copy(update={"shard_count": options.shards})
     say(f"{options.agents:,} agents x {options.beats} heartbeats, {settings.shard_count} shards")
-    traced = traced_bytes_per_agent(settings, options.sample, options.beats, options.seed)
+    traced, parts = traced_bytes_per_agent(settings, options.sample, options.beats, options.seed)
     say(f"tracemalloc over {options.sample:,} agents: {traced:,.0f} B per agent")
+    for name, size in parts["memory"].items():
+        say(f"  {name:20s} {size:7.1f} B in memory, {parts['pickled'].get(name, 0):7.1f} pickled")
     gc.collect()
     before = rss_bytes()
     built = build(settings, options.agents, options.beats, options.batch, options.seed)
@@ -159,6 +226,10 @@ def main() -> None:
     after = rss_bytes()
     shards = built["shards"]
     known = sum(len(shard.baselines) for shard in shards)
+    whole = breakdown(shards, settings)["memory"]
+    say(f"walk of the whole fleet's state: {sum(whole.values()):,.0f} B per agent")
+    for name, size in whole.items():
+        say(f"  {name:20s} {size:7.1f} B in memory")
     with tempfile.TemporaryDirectory(prefix="aw-bench-million-") as directory:
         snap = snapshot(shards, Path(directory))
     per_snapshot_s = snap["pickle_s"] + snap["write_cpu_s"]  # CPU; the rest waits on the disk
@@ -172,6 +243,9 @@ def main() -> None:
         "parse_heartbeats_per_s": built["parse_per_s"],
         "rss_bytes_per_agent": (after - before) / known,
         "traced_bytes_per_agent": traced,
+        "sample_bytes_per_agent_by_part": parts,
+        "walked_bytes_per_agent": sum(whole.values()),
+        "walked_bytes_per_agent_by_part": whole,
         "snapshot_bytes_per_agent": snap["bytes"] / known,
         "snapshot_bytes": snap["bytes"],
         "snapshot_largest_shard_bytes": snap["largest_shard_bytes"],
@@ -184,6 +258,8 @@ def main() -> None:
         "snapshot_interval_s": options.interval,
     }
     for key, value in results.items():
+        if isinstance(value, dict):
+            continue
         say(f"{key:40s} {value:,.3f}" if isinstance(value, float) else f"{key:40s} {value}")
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -663,7 +663,7 @@ def test_state_stays_within_330_bytes_per_agent_for_the_default_rules() -> None:
     rules.observe(batch_of(beats), baseline_inputs(n))
     arrays = [rules.latest]
     for live in rules._live.values():
-        arrays += [live.since, live.fired]
+        arrays += [live.held.rows, live.held.since, live.held.fired]  # (none holds)
         arrays += [getattr(live.condition, name) for name in live.condition._arrays]
     measured = sum(a.nbytes for a in arrays) / len(rules.latest)
     assert measured == rules.bytes_per_agent() <= 330

@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import orjson
 
+from agentwatch.rows import RowArrays
 from agentwatch.settings import Settings
 from agentwatch.shard import ShardState
 from agentwatch.simulator import FleetSimulator, Incident
@@ -137,6 +138,96 @@ def test_a_snapshot_restored_under_changed_settings_keeps_its_state_and_takes_th
     assert restored.baselines.count[:40].tolist() == shard.baselines.count[:40].tolist()
     again = ShardState.restore(restored, changed)
     assert again is restored and again.security.config is restored.security.config
+
+
+def test_a_snapshot_keeps_the_rows_of_known_agents_only_and_goes_on_as_if_never_stopped() -> None:
+    stream = batches(60)
+    half = len(stream) // 2
+    straight = ShardState.new(SETTINGS)
+    for batch in stream[:half]:
+        straight.observe(batch)
+    straight.security.apply_threats(
+        [{"agent_id": "agent-000003", "tenant_id": "tenant-000", "rule": "x",
+          "severity": "HIGH", "last_seen": START + 1800}]
+    )  # fmt: skip
+    assert straight.baselines.capacity > 40  # (rows kept to grow into)
+
+    restored = ShardState.restore(pickle.loads(pickle.dumps(straight)), SETTINGS)
+
+    parts = (restored.baselines, restored.rules, restored.trends, restored.security)
+    assert all(part.capacity == 40 for part in parts) and len(restored.index.tenant) == 40
+    assert len(restored.rules._live["excessive_errors"].condition.total) == 40
+    assert restored.index.row_of == straight.index.row_of
+    assert restored.security.breakdown("agent-000003") == straight.security.breakdown(
+        "agent-000003"
+    )
+    rest = outputs(restored, stream[half:])
+    assert rest == outputs(straight, stream[half:])
+    assert any(anomalies for anomalies, *_ in rest)
+    assert len(restored.index) == 40 and restored.index.row("agent-000039") is not None
+
+
+def test_an_agent_keeps_under_1_kib_numbers_and_index_together() -> None:
+    """Issue 13's bound, in parts: each part's numeric row (``bytes_per_agent``) plus the
+    index's ~105 B a warm agent (its id string ~62, dict entry ~21, list slot 8, tenant
+    code 4; measured by ``bench/million.py``) must stay under 1,024 B."""
+    shard = ShardState.new(SETTINGS)
+    for batch in batches(10):
+        shard.observe(batch)
+    parts = [getattr(shard, name) for name in ShardState.__slots__]
+    numeric = sum(part.bytes_per_agent() for part in parts if isinstance(part, RowArrays))
+    assert numeric + 105 <= 1024, numeric
+
+
+def test_an_index_and_security_scores_pickled_by_the_release_before_still_load() -> None:
+    """Before: the index pickled its ``row_of`` dict and its tenant codes at capacity; the
+    security scores kept every agent's deductions in ring arrays (rule, points, second,
+    next slot)."""
+    shard = ShardState.new(SETTINGS)
+    for batch in batches(10):
+        shard.observe(batch)
+    threats = [
+        {"agent_id": f"agent-00000{a}", "tenant_id": "tenant-000", "rule": rule,
+         "severity": "WARNING", "last_seen": START + 600 + k}
+        for a in (1, 2) for k, rule in enumerate(["r1", "r2", "r3", "r4", "r5", "r6"][: 2 + 3 * a])
+    ]  # fmt: skip
+    shard.security.apply_threats(threats)
+    index, security = shard.index, shard.security
+    old_index = dict(vars(index), tenant=np.resize(index.tenant, 64))
+    del old_index["_last_ids"], old_index["_last_rows"]
+    old_security = vars(security).copy()
+    size, capacity = security.config.breakdown_size, security.capacity
+    layout = (("ring_rule", np.uint16), ("ring_points", np.uint8), ("ring_at", np.uint32))
+    ring = {name: np.zeros((capacity, size), dtype) for name, dtype in layout}
+    ring_next = np.zeros(capacity, np.uint8)
+    for row, kept in security.rings.items():  # (written oldest first from slot 3 on)
+        for k, (code, points, at) in enumerate(kept):
+            slot = (3 + k) % size
+            ring["ring_rule"][row, slot], ring["ring_points"][row, slot] = code, points
+            ring["ring_at"][row, slot] = at
+        ring_next[row] = (3 + len(kept)) % size
+    del old_security["rings"]
+    old_security.update(ring, ring_next=ring_next)
+    old_security["_arrays"] = {
+        **security._arrays,
+        "ring_rule": (np.dtype(np.uint16), 0, (size,)),
+        "ring_points": (np.dtype(np.uint8), 0, (size,)),
+        "ring_at": (np.dtype(np.uint32), 0, (size,)),
+        "ring_next": (np.dtype(np.uint8), 0, ()),
+    }
+
+    loaded_index = object.__new__(type(index))
+    loaded_index.__setstate__(old_index)
+    loaded = object.__new__(type(security))
+    loaded.__setstate__(old_security)
+
+    assert loaded_index.row_of == index.row_of and len(loaded_index.tenant) == 64
+    assert loaded.rings == security.rings and not hasattr(loaded, "ring_at")
+    for a in range(4):
+        agent = f"agent-00000{a}"
+        assert loaded.breakdown(agent) == security.breakdown(agent)
+    newest_first = ["r6", "r5", "r4", "r3", "r2", "r1"][:size]
+    assert [d["rule"] for d in loaded.breakdown("agent-000002")["deductions"]] == newest_first
 
 
 # --- the lifecycle table owns the status ---------------------------------------------------------

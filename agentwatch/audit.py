@@ -197,8 +197,11 @@ def entry_of(event: dict, source: str, origin: str = "") -> AuditEntry:
     before = after = ""
     reason = str(payload.pop("reason", "") or "")
     if kind == "status_changed":
-        before = _json({"status": payload.get("from")})
-        after = _json({"status": payload.get("to")})
+        before, after = {"status": payload.get("from")}, {"status": payload.get("to")}
+        number = transition_number(event)
+        if number is not None:  # (the lifecycle table's count: the chain shows a gap)
+            before["transitions"], after["transitions"] = number - 1, number
+        before, after = _json(before), _json(after)
     elif kind == "rule_changed":
         rule = payload.get("rule") or {}
         target = str(payload.get("name") or rule.get("name") or target)
@@ -220,6 +223,73 @@ def entry_of(event: dict, source: str, origin: str = "") -> AuditEntry:
         reason=reason,
         source=source,
     )
+
+
+def transition_number(event: dict) -> int | None:
+    """The agent's transition count a ``status_changed`` event carries (the lifecycle
+    table numbers each agent's changes 1, 2, ...: payload ``transitions``); None for
+    another event, or one without it.
+
+    >>> transition_number({"type": "status_changed", "payload": {"transitions": 3}})
+    3
+    >>> transition_number({"type": "rule_changed", "payload": {"transitions": 3}}) is None
+    True
+    """
+    if event.get("type") != "status_changed":
+        return None
+    number = (event.get("payload") or {}).get("transitions")
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        return None
+    return number
+
+
+class Replays:
+    """The last transition number audited of each agent, so that a status change
+    published again is audited once. The dataflow replays its input since its last
+    recovery snapshot after a restart and publishes what it finds again: the same
+    ``status_changed`` events, with the same numbers (:func:`transition_number`), at new
+    offsets of ``agents.state``. A change numbered at or below its agent's last one is
+    such a replay. Keeps the ``limit`` agents changed last (a replay goes back seconds).
+
+    >>> replays = Replays(limit=2)
+    >>> def change(agent, n):
+    ...     return {"type": "status_changed", "agent_id": agent, "tenant_id": "t1",
+    ...             "payload": {"transitions": n}}
+    >>> [replays.replayed(change("a1", n)) for n in (1, 2, 1, 2, 3)]
+    [False, False, True, True, False]
+    >>> replays.replayed({"type": "status_changed", "agent_id": "a1", "tenant_id": "t1"})
+    False
+    >>> replays.resume([("t1", "a2", 7)]); replays.replayed(change("a2", 7))
+    True
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.last: dict[tuple[str, str], int] = {}
+
+    def resume(self, last: Iterable[tuple[str, str, int]]) -> None:
+        """Start from the stored trail: ``(tenant, agent, last transition number)``,
+        least recent first."""
+        for tenant, agent, number in last:
+            self._keep((tenant, agent), int(number))
+
+    def replayed(self, event: dict) -> bool:
+        """Whether ``event`` is a status change already audited (else it is noted as
+        audited: call it once per event, just before it goes into the trail)."""
+        number = transition_number(event)
+        if number is None:
+            return False
+        key = (str(event["tenant_id"]), str(event["agent_id"]))
+        if number <= self.last.get(key, 0):
+            return True
+        self._keep(key, number)
+        return False
+
+    def _keep(self, key: tuple[str, str], number: int) -> None:
+        self.last.pop(key, None)  # (re-inserted: the most recent last)
+        self.last[key] = number
+        if len(self.last) > self.limit:
+            del self.last[next(iter(self.last))]
 
 
 def _json(value: object) -> str:

@@ -89,6 +89,15 @@ class FleetOutput:
 
     anomalies: list[dict] = field(default_factory=list)
     baselines: list[dict] = field(default_factory=list)
+    #: The slow baseline each heartbeat of the batch met (one row per heartbeat: mean and
+    #: variance per feature, and whether it was warm), as it stood just before that
+    #: heartbeat was learned — after its agent's earlier heartbeats of the same batch, so
+    #: what a heartbeat is judged against does not depend on where batches are cut (the
+    #: threat rules' baseline conditions read it: ``BaselineInputs.met``). None for an
+    #: empty batch.
+    met_mean: np.ndarray | None = None
+    met_var: np.ndarray | None = None
+    met_warm: np.ndarray | None = None
 
 
 class FleetBaselines(RowArrays):
@@ -156,8 +165,14 @@ class FleetBaselines(RowArrays):
             self._upgrade()
         rows = self.rows(batch)
         values = np.column_stack([batch.metrics[f] for f in FEATURES])
+        out.met_mean, out.met_var = np.empty_like(values), np.empty_like(values)
+        out.met_warm = np.empty(len(rows), dtype=bool)
         for positions in _passes(rows):
-            self._observe_pass(rows[positions], values[positions], batch.timestamp[positions], out)
+            pass_rows = rows[positions]
+            out.met_mean[positions] = self.mean[pass_rows]
+            out.met_var[positions] = self.var[pass_rows]
+            out.met_warm[positions] = self.warm[pass_rows]
+            self._observe_pass(pass_rows, values[positions], batch.timestamp[positions], out)
         return out
 
     def _observe_pass(

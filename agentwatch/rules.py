@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agentwatch.baselines import FEATURES, deviations
-from agentwatch.fleet import FleetBaselines, _passes
+from agentwatch.fleet import FleetBaselines, FleetOutput, _passes
 from agentwatch.rows import (
     AgentIndex,
     ArraySpec,
@@ -268,12 +268,29 @@ class BaselineInputs:
     def from_fleet(cls, fleet: FleetBaselines, batch: HeartbeatBatch) -> BaselineInputs:
         """The baselines ``fleet`` holds now for the agents of ``batch``, with the
         detector's std floors. Call it before ``fleet.observe(batch)``, so no
-        heartbeat is judged against a baseline that has already learned it."""
+        heartbeat is judged against a baseline that has already learned it. Every
+        heartbeat of an agent gets the same row: for a batch with several heartbeats
+        of an agent, :meth:`met` gives each the baseline as its turn came."""
         rows = fleet.rows(batch)
-        mean, var = fleet.mean[rows], fleet.var[rows]
+        return cls.of(fleet, fleet.mean[rows], fleet.var[rows], fleet.warm[rows])
+
+    @classmethod
+    def met(cls, fleet: FleetBaselines, scored: FleetOutput) -> BaselineInputs:
+        """The baseline each heartbeat met in ``fleet.observe`` (``scored`` is what it
+        returned): just before that heartbeat was learned, after the agent's earlier
+        heartbeats of the batch. A heartbeat is judged against the same baseline however
+        the heartbeats were cut into batches (a batch of one heartbeat per agent gets
+        what :meth:`from_fleet` gives before it)."""
+        return cls.of(fleet, scored.met_mean, scored.met_var, scored.met_warm)
+
+    @classmethod
+    def of(
+        cls, fleet: FleetBaselines, mean: np.ndarray, var: np.ndarray, warm: np.ndarray
+    ) -> BaselineInputs:
+        """Means and variances of ``fleet``'s baselines, with the detector's std floors."""
         params = fleet.config.params
         _, std = deviations(mean, var, mean, params.std_floor, params.rel_floor)
-        return cls(mean=mean, std=std, warm=fleet.warm[rows])
+        return cls(mean=mean, std=std, warm=warm)
 
     def take(self, positions: np.ndarray) -> BaselineInputs:
         """The rows at ``positions``."""

@@ -646,6 +646,14 @@ class Settings(BaseSettings):
         description="An insert into ClickHouse running longer than this makes the loader "
         "'degraded' in /system/health and /metrics (slow storage) until it returns.",
     )
+    audit_replay_agents: int = Field(
+        100_000,
+        ge=1,
+        description="The audit writer remembers the last status change it audited of this "
+        "many agents (those changed last; ~100 bytes each), so a change the dataflow "
+        "publishes again after a restart (a replay since its last snapshot: seconds) is "
+        "audited once.",
+    )
     max_message_bytes: int = Field(
         64 * 1024, ge=256, description="Heartbeats larger than this go to the dead-letter topic."
     )

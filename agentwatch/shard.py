@@ -6,7 +6,8 @@ the threat rules' state (:class:`RuleSet`), the trend fits
 alerts (:class:`AlertBook`), the conversation checks
 (:class:`ConversationMonitor`) and the health scores (:class:`HealthWatch`, which
 also sends remediation orders to degraded agents). For each batch: rules judge every heartbeat
-against the baseline as it stood before the batch, trends look ahead, the
+against the baseline as it stood before that heartbeat (not the batch: see
+``FleetOutput.met_mean``), trends look ahead, the
 detector scores and learns, threats cost security points (and may quarantine
 an agent), and alerts follow the rules' conditions. A conversation's threats
 take the same way to the security score and the alerts.
@@ -644,10 +645,10 @@ class ShardState:
         batch, rejected = self.screen(batch)
         if not len(batch):
             return ShardOutput(rejected=rejected)
-        before = BaselineInputs.from_fleet(self.baselines, batch)
-        judged = self.rules.observe(batch, before)
+        scored = self.baselines.observe(batch)  # (then the rules: each heartbeat is judged
+        # against the baseline it met, so the verdicts do not depend on the batch's cut)
+        judged = self.rules.observe(batch, BaselineInputs.met(self.baselines, scored))
         threats = judged.threats + self.trends.observe(batch)
-        scored = self.baselines.observe(batch)
         security = self.security.observe(batch, threats)
         if wall is None:
             wall = float(batch.timestamp.max())

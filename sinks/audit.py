@@ -14,7 +14,11 @@ read from (``cluster/topic/partition/offset``), and on start the writer seeks
 past the last message of each partition it has written (under the broker's
 current cluster id; a new log is read from its start) and resumes every
 tenant's chain from its last row. A crash between reading and writing re-reads
-and writes those events once; a crash after writing skips them. The table is a
+and writes those events once; a crash after writing skips them. A status change
+the dataflow publishes again after its own restart (it replays its input since its
+last snapshot: the same change, with the same transition number, at a new offset) is
+skipped: each agent's last number audited is kept (:class:`agentwatch.audit.Replays`,
+resumed from the table). The table is a
 plain ``MergeTree`` (nothing merges away) and has no TTL: the audit trail is
 never shortened.
 
@@ -33,7 +37,7 @@ import orjson
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
-from agentwatch.audit import AuditChain, AuditRow, entry_of
+from agentwatch.audit import AuditChain, AuditRow, Replays, entry_of
 from agentwatch.settings import Settings
 from schemas.events import CONTROL_CHANNEL, STATE_CHANNEL, refusal
 from sinks.background import BackgroundReader, assigned_consumer
@@ -84,6 +88,20 @@ def read_rows(
     return [AuditRow(*values) for values in result.result_rows]
 
 
+def last_transitions(client: Client, database: str, limit: int) -> list[tuple[str, str, int]]:
+    """``(tenant, agent, last transition number)`` of the ``limit`` agents whose status
+    changed last in the stored trail (by the change's time), least recent first: where a
+    restarted writer's :class:`~agentwatch.audit.Replays` starts."""
+    result = client.query(
+        "SELECT tenant_id, target, max(JSONExtractUInt(after, 'transitions')) AS number "
+        f"FROM {database}.audit_log "
+        "WHERE action = 'status_changed' AND JSONHas(after, 'transitions') "
+        "GROUP BY tenant_id, target ORDER BY max(at_ms) DESC LIMIT {limit:UInt64}",
+        parameters={"limit": limit},
+    )
+    return [(t, a, int(n)) for t, a, n in reversed(result.result_rows)]
+
+
 class AuditWriter(BackgroundReader):
     """Appends the audited channels' events to ``audit_log`` (see the module docstring).
 
@@ -100,6 +118,7 @@ class AuditWriter(BackgroundReader):
         self._channels = {settings.topic(name): name for name in AUDITED_CHANNELS}
         self._consumer = assigned_consumer(settings, "audit")
         self._chain = AuditChain()
+        self._replays = Replays(settings.audit_replay_agents)
         self._cluster_id = ""
         self._assigned = False
         self._next_topic_check = 0.0
@@ -142,6 +161,10 @@ class AuditWriter(BackgroundReader):
             reason = refusal(self._channels[topic], str(event["type"]))
             if reason is not None:
                 raise ValueError(reason)
+            if self._replays.replayed(event):
+                log.info("audit_replay_skipped source=%s agent=%s transitions=%s", source,
+                         event["agent_id"], event["payload"]["transitions"])  # fmt: skip
+                return None
             headers = dict(message.headers() or [])
             origin = (headers.get(ORIGIN_HEADER) or b"").decode("utf-8", "replace")[:128]
             entry = entry_of(event, source, origin)
@@ -174,6 +197,7 @@ class AuditWriter(BackgroundReader):
             ).result_rows
         }
         self._chain.resume(read_rows(self._client, self._database, last_per_tenant=True))
+        self._replays.resume(last_transitions(self._client, self._database, self._replays.limit))
         assignment = []
         for name, topic in topics.items():
             for partition in sorted(topic.partitions):

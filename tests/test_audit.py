@@ -138,3 +138,33 @@ def test_verify_finds_every_kind_of_tampering(tamper: str):
         forged = replace(rows[1], actor="x")
         rows[1] = replace(forged, hash=entry_hash(forged))
     assert verify(rows), f"{tamper} went unnoticed"
+
+
+def test_a_status_change_the_dataflow_publishes_again_is_audited_once(settings: Settings):
+    """After a restart the dataflow replays its input since its last snapshot and publishes
+    the same status changes again (same transition numbers, new offsets): the writer
+    audits each once, also when it restarted itself between the change and its replay
+    (a chaos run found ``quarantined -> active`` twice in the trail)."""
+    ensure_topics(settings)
+    now = time.time()
+
+    def change(old: str, new: str, number: int) -> dict:
+        event = status_changed("ops-agent", old, new, now + number)
+        event["payload"]["transitions"] = number
+        return event
+
+    quarantined, released = change("active", "quarantined", 1), change("quarantined", "active", 2)
+    with TestClient(create_app(settings), client=LOOPBACK_CLIENT) as api:
+        produce(settings, "state", [quarantined, released, quarantined, released], by_agent)
+        wait_until(lambda: len(audit(api)) >= 2, 30, "two audit rows")
+    with TestClient(create_app(settings), client=LOOPBACK_CLIENT) as api:  # a restarted writer
+        offline = change("active", "offline", 3)
+        produce(settings, "state", [released, offline], by_agent)
+        rows = wait_until(lambda: len(r := audit(api)) >= 3 and r, 30, "the third audit row")
+        chain = sorted(rows, key=lambda r: r["seq"])
+        assert [(orjson.loads(r["before"]), orjson.loads(r["after"])) for r in chain] == [
+            ({"status": "active", "transitions": 0}, {"status": "quarantined", "transitions": 1}),
+            ({"status": "quarantined", "transitions": 1}, {"status": "active", "transitions": 2}),
+            ({"status": "active", "transitions": 2}, {"status": "offline", "transitions": 3}),
+        ]
+        assert api.get("/api/v1/audit/verify").json()["ok"] is True

@@ -341,16 +341,34 @@ def least_tail_chances(a: np.ndarray, rate: np.ndarray, excess: np.ndarray, u: f
     """
     n, features = a.shape
     furthest = row_max(a)
-    near = a >= (furthest * (1.0 - 1e-12))[:, None]
-    at = np.flatnonzero(near)
     least = np.full(n, np.inf)
-    np.minimum.at(least, at // features, erfc(a.reshape(-1)[at] / np.sqrt(2.0)))
+    _least_normal(least, a, furthest, np.arange(n))
     special = np.flatnonzero(~(furthest <= u))
     if len(special):
+        # rows with a deviation beyond u: its own tail where beyond, the normal one elsewhere
+        a_of = a[special]
+        beyond = a_of > u
+        within = np.where(beyond, -np.inf, a_of)  # (a NaN stays)
+        least[special] = np.inf
+        _least_normal(least, within, row_max(within), special)
+        at = np.flatnonzero(beyond)
         rate_of = rate(special) if callable(rate) else rate[special]
         excess_of = excess(special) if callable(excess) else excess[special]
-        least[special] = tail_chances(a[special], rate_of, excess_of, u).min(axis=1)
+        chances = tail_chances(a_of.reshape(-1)[at], rate_of.reshape(-1)[at],
+                               excess_of.reshape(-1)[at], u)  # fmt: skip
+        np.minimum.at(least, special[at // features], chances)
+        least[special[np.isnan(row_max(a_of))]] = np.nan
     return least
+
+
+def _least_normal(least: np.ndarray, a: np.ndarray, furthest: np.ndarray, rows: np.ndarray) -> None:
+    """Lower ``least[rows[i]]`` to the least normal tail of row ``a[i]``: that of its
+    ``furthest`` deviation and of any within 1e-12 of it."""
+    features = a.shape[1]
+    near = a >= (furthest * (1.0 - 1e-12))[:, None]
+    at = np.flatnonzero(near)
+    chances = erfc(a.reshape(-1)[at] / np.sqrt(2.0))
+    np.minimum.at(least, rows[at // features], chances)
 
 
 @dataclass(slots=True)

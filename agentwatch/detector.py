@@ -150,7 +150,15 @@ def weighted(z: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
     >>> weighted(np.array([[2.0, -2.0]]), np.array([1.0, 1.0]), np.array([1.0, 0.5])).tolist()
     [[2.0, -1.0]]
     """
-    return z * np.where(z >= 0, up, down)
+    features = z.shape[1]
+    # each metric's pair of weights looked up by the deviation's sign: the same numbers as
+    # z * np.where(z >= 0, up, down), whose branches a random sign keeps mispredicting
+    # (several times slower over a fleet's rows)
+    code = np.int8 if 2 * features <= np.iinfo(np.int8).max else np.intp
+    pick = (z >= 0).view(np.int8).astype(code, copy=False) * code(features)
+    pick += np.arange(features, dtype=code)
+    weights = np.concatenate([np.broadcast_to(down, features), np.broadcast_to(up, features)])
+    return z * weights.take(pick)
 
 
 def metric_bits(named: np.ndarray) -> np.ndarray:

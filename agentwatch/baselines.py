@@ -61,8 +61,9 @@ def learn(
         delta = clipped(delta, clip_limit)
     n = old_count + 1
     weight = (1.0 / np.minimum(n, memory))[:, None]
-    mean[rows] = old_mean + weight * delta
-    var[rows] = (1.0 - weight) * (old_var + weight * delta * delta)
+    step = weight * delta
+    mean[rows] = old_mean + step
+    var[rows] = (1.0 - weight) * (old_var + step * delta)  # (weight * delta) * delta
     count[rows] = n
 
 

@@ -301,16 +301,17 @@ class DetectorParams:
 
 def row_max(a: np.ndarray) -> np.ndarray:
     """The largest value of each row of ``a`` (``n × F``), NaN where a row holds one: the
-    same as ``a.max(axis=1)``, a column at a time (numpy reduces a short last axis row by
-    row, several times slower than F whole-column maxima).
+    same as ``a.max(axis=1)``, a column at a time over many rows (numpy reduces a short
+    last axis row by row, several times slower than F whole-column maxima).
 
     >>> row_max(np.array([[1.0, 3.0, 2.0], [np.nan, 0.0, 1.0]])).tolist()
     [3.0, nan]
     """
-    if a.shape[1] == 1:
-        return a[:, 0].copy()
+    rows, features = a.shape
+    if features < 2 or rows < 32 * features:  # few rows (one series, a small shard)
+        return a.max(axis=1)
     furthest = np.maximum(a[:, 0], a[:, 1])
-    for column in range(2, a.shape[1]):
+    for column in range(2, features):
         np.maximum(furthest, a[:, column], out=furthest)
     return furthest
 
@@ -348,6 +349,10 @@ def least_tail_chances(a: np.ndarray, rate: np.ndarray, excess: np.ndarray, u: f
     nan
     """
     n, features = a.shape
+    if n * features <= 256:  # a few rows (one series): metric by metric takes fewer calls
+        every = np.arange(n)
+        rate, excess = (x(every) if callable(x) else x for x in (rate, excess))
+        return tail_chances(a, rate, excess, u).min(axis=1)
     furthest = row_max(a)
     least = np.full(n, np.inf)
     _least_normal(least, a, furthest, np.arange(n))

@@ -44,6 +44,10 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--batch-size", type=int, default=0,
+        help="messages read from a partition at once (default: source_batch_size's)",
+    )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warm-fraction", type=float, default=0.25)
     parser.add_argument("--only", choices=("shard", "detector"), default=None)
@@ -65,6 +69,8 @@ def main() -> None:
     from dataflows.kafka_source import RawBatch
 
     settings = Settings(baseline_warmup_s=0, agents_auto_register=True, shard_count=args.shards)
+    if args.batch_size:
+        settings = settings.model_copy(update={"source_batch_size": args.batch_size})
     span_s = args.heartbeats / args.agents * 30.0
     fleet = FleetSimulator(agents=args.agents, seed=args.seed, start=int(1.8e9 - span_s))
     for incident in plan_incidents(fleet.agent_ids, args.incidents, span_s, seed=args.seed):

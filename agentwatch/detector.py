@@ -316,18 +316,6 @@ def row_max(a: np.ndarray) -> np.ndarray:
     return furthest
 
 
-def row_any(flags: np.ndarray) -> np.ndarray:
-    """Whether each row of booleans (``n × F``) holds a True: ``flags.any(axis=1)``, from
-    the few True positions (rare, as new extremes are).
-
-    >>> row_any(np.array([[False, True], [False, False]])).tolist()
-    [True, False]
-    """
-    found = np.zeros(flags.shape[0], dtype=bool)
-    found[np.flatnonzero(flags) // flags.shape[1]] = True
-    return found
-
-
 def least_tail_chances(a: np.ndarray, rate: np.ndarray, excess: np.ndarray, u: float) -> np.ndarray:
     """Per row of absolute deviations ``a`` (``n × F``), the least of :func:`tail_chances`
     (``rate``, ``excess``: the rows' tails, or callables giving them for some rows): what

@@ -43,23 +43,37 @@ def learn(
     values: np.ndarray,
     memory: int,
     clip_limit: np.ndarray | None = None,
+    *,
+    seen: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Fold ``values[i]`` into the baseline of agent row ``rows[i]``, in place.
 
     ``rows`` must not repeat (one heartbeat per agent per call). With
     ``clip_limit`` (per row and feature, ``inf`` for none), a value is learned
     as if it stood at most that far from the mean (see :func:`clip_limits`).
+    ``seen``: the rows' ``mean``, ``var`` and ``count`` when the caller read them already.
     """
-    old_mean = mean[rows]
-    old_var = var[rows]
+    old_mean, old_var, old_count = seen or (
+        mean.take(rows, axis=0), var.take(rows, axis=0), count.take(rows)
+    )  # fmt: skip
     delta = values - old_mean
     if clip_limit is not None:
-        delta = np.clip(delta, -clip_limit, clip_limit)
-    n = count[rows] + 1
+        delta = clipped(delta, clip_limit)
+    n = old_count + 1
     weight = (1.0 / np.minimum(n, memory))[:, None]
-    mean[rows] = old_mean + weight * delta
-    var[rows] = (1.0 - weight) * (old_var + weight * delta * delta)
+    step = weight * delta
+    mean[rows] = old_mean + step
+    var[rows] = (1.0 - weight) * (old_var + step * delta)  # (weight * delta) * delta
     count[rows] = n
+
+
+def clipped(x: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """``x`` held within ``±limit`` (``np.clip``'s values, about twice as fast).
+
+    >>> clipped(np.array([[-5.0, 1.0, 5.0]]), np.array([[2.0, 2.0, np.inf]])).tolist()
+    [[-2.0, 1.0, 5.0]]
+    """
+    return np.minimum(np.maximum(x, -limit), limit)
 
 
 def clip_limits(std: np.ndarray, warm: np.ndarray, clip_sigma: float) -> np.ndarray:
@@ -69,7 +83,11 @@ def clip_limits(std: np.ndarray, warm: np.ndarray, clip_sigma: float) -> np.ndar
     >>> clip_limits(np.array([[2.0], [2.0]]), np.array([True, False]), 4.0).tolist()
     [[8.0], [inf]]
     """
-    return np.where(warm[:, None], clip_sigma * std, np.inf)
+    limit = clip_sigma * std
+    cold = ~warm
+    if cold.any():
+        limit[cold] = np.inf
+    return limit
 
 
 def learn_level(
@@ -82,6 +100,8 @@ def learn_level(
     memory: int,
     clip_limit: np.ndarray | None = None,
     level_clip_limit: np.ndarray | None = None,
+    *,
+    seen: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Follow the local level of agent row ``rows[i]``, in place: an exponentially
     weighted mean giving ``values[i]`` the share ``weight``, and the mean square of
@@ -90,7 +110,8 @@ def learn_level(
     learned, these included: a row's first value is its level (residual 0).
     ``clip_limit`` bounds the residual the variance learns; ``level_clip_limit`` (wider)
     the one the level moves by, so a spike barely drags the level while a new level is
-    still followed.
+    still followed. ``seen``: the rows' ``level`` and ``resid_var`` when the caller read
+    them already.
 
     >>> level, resid_var = np.zeros((1, 1)), np.zeros((1, 1))
     >>> for n, value in enumerate([10.0, 12.0, 10.0], start=1):
@@ -99,22 +120,34 @@ def learn_level(
     >>> float(level[0, 0]), round(float(resid_var[0, 0]), 3)  # residuals 0, 2, -1
     (10.5, 1.667)
     """
-    first = (n == 1)[:, None]
-    old = level[rows]
-    resid = np.where(first, 0.0, values - old)
-    clipped = resid if clip_limit is None else np.clip(resid, -clip_limit, clip_limit)
+    old, old_var = seen or (level.take(rows, axis=0), resid_var.take(rows, axis=0))
+    first = n == 1
+    some_first = first.any()
+    resid = values - old
+    if some_first:
+        resid[first] = 0.0
+    kept = resid if clip_limit is None else clipped(resid, clip_limit)
     share = (1.0 / np.minimum(n, memory))[:, None]
-    old_var = resid_var[rows]
-    resid_var[rows] = old_var + share * (clipped * clipped - old_var)
-    step = (
-        resid if level_clip_limit is None else np.clip(resid, -level_clip_limit, level_clip_limit)
-    )
-    level[rows] = np.where(first, values, old + weight * step)
+    resid_var[rows] = old_var + share * (kept * kept - old_var)
+    step = resid if level_clip_limit is None else clipped(resid, level_clip_limit)
+    new = old + weight * step
+    if some_first:
+        new[first] = values[first]
+    level[rows] = new
 
 
-def widen_range(low: np.ndarray, high: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+def widen_range(
+    low: np.ndarray,
+    high: np.ndarray,
+    rows: np.ndarray,
+    values: np.ndarray,
+    *,
+    seen: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
     """Stretch the range seen so far of agent row ``rows[i]`` to take in ``values[i]``
-    (a fresh row's range is NaN, and takes the first value).
+    (a fresh row's range is NaN, and takes the first value). Only the cells a value
+    leaves are written (few, once a range has settled). ``seen``: the rows' ``low`` and
+    ``high`` when the caller read them already.
 
     >>> low, high = np.full((1, 1), np.nan), np.full((1, 1), np.nan)
     >>> for value in [5.0, 3.0, 4.0]:
@@ -122,8 +155,15 @@ def widen_range(low: np.ndarray, high: np.ndarray, rows: np.ndarray, values: np.
     >>> float(low[0, 0]), float(high[0, 0])
     (3.0, 5.0)
     """
-    low[rows] = np.fmin(low[rows], values)
-    high[rows] = np.fmax(high[rows], values)
+    old_low, old_high = seen or (low.take(rows, axis=0), high.take(rows, axis=0))
+    features = values.shape[1]
+    for bound, old, within, widen in ((low, old_low, np.less_equal, np.fmin),
+                                      (high, old_high, np.greater_equal, np.fmax)):  # fmt: skip
+        at = np.flatnonzero(~within(old, values))  # outside, or a NaN on either side
+        if len(at):
+            bound[rows[at // features], at % features] = widen(
+                old.reshape(-1)[at], values.reshape(-1)[at]
+            )
 
 
 def beyond_range(

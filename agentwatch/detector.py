@@ -63,7 +63,6 @@ from scipy.special import erfc
 from agentwatch.baselines import (
     beyond_range,
     clip_limits,
-    deviations,
     learn,
     learn_level,
     widen_range,
@@ -151,7 +150,15 @@ def weighted(z: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
     >>> weighted(np.array([[2.0, -2.0]]), np.array([1.0, 1.0]), np.array([1.0, 0.5])).tolist()
     [[2.0, -1.0]]
     """
-    return z * np.where(z >= 0, up, down)
+    features = z.shape[1]
+    # each metric's pair of weights looked up by the deviation's sign: the same numbers as
+    # z * np.where(z >= 0, up, down), whose branches a random sign keeps mispredicting
+    # (several times slower over a fleet's rows)
+    code = np.int8 if 2 * features <= np.iinfo(np.int8).max else np.intp
+    pick = (z >= 0).view(np.int8).astype(code, copy=False) * code(features)
+    pick += np.arange(features, dtype=code)
+    weights = np.concatenate([np.broadcast_to(down, features), np.broadcast_to(up, features)])
+    return z * weights.take(pick)
 
 
 def metric_bits(named: np.ndarray) -> np.ndarray:
@@ -292,6 +299,98 @@ class DetectorParams:
         )
 
 
+def row_max(a: np.ndarray) -> np.ndarray:
+    """The largest value of each row of ``a`` (``n × F``), NaN where a row holds one: the
+    same as ``a.max(axis=1)``, a column at a time over many rows (numpy reduces a short
+    last axis row by row, several times slower than F whole-column maxima).
+
+    >>> row_max(np.array([[1.0, 3.0, 2.0], [np.nan, 0.0, 1.0]])).tolist()
+    [3.0, nan]
+    """
+    rows, features = a.shape
+    if features < 2 or rows < 32 * features:  # few rows (one series, a small shard)
+        return a.max(axis=1)
+    furthest = np.maximum(a[:, 0], a[:, 1])
+    for column in range(2, features):
+        np.maximum(furthest, a[:, column], out=furthest)
+    return furthest
+
+
+def least_tail_chances(a: np.ndarray, rate: np.ndarray, excess: np.ndarray, u: float) -> np.ndarray:
+    """Per row of absolute deviations ``a`` (``n × F``), the least of :func:`tail_chances`
+    (``rate``, ``excess``: the rows' tails, or callables giving them for some rows): what
+    ``tail_chances(a, rate, excess, u).min(axis=1)`` gives, with ``erfc`` taken about once a
+    row instead of once a metric.
+
+    In a row with no deviation beyond ``u`` (the usual one) every chance is the normal
+    tail, which decreases with the deviation: the least is the furthest metric's. The
+    metrics within 1e-12 of the furthest are all taken, so the result never rests on the
+    last bit of ``erfc``. A row with a deviation beyond ``u`` (or a NaN) is taken metric by
+    metric, as :func:`tail_chances` does.
+
+    >>> a = np.array([[0.5, 2.0, 1.0], [4.0, 1.0, 0.0], [np.nan, 0.0, 0.0]])
+    >>> rate, excess = np.full((3, 3), 0.01), np.full((3, 3), 0.5)
+    >>> bool((least_tail_chances(a, rate, excess, 3.0)
+    ...       == tail_chances(a, rate, excess, 3.0).min(axis=1))[:2].all())
+    True
+    >>> float(least_tail_chances(a, rate, excess, 3.0)[2])
+    nan
+    """
+    n, features = a.shape
+    if n * features <= 256:  # a few rows (one series): metric by metric takes fewer calls
+        every = np.arange(n)
+        rate, excess = (x(every) if callable(x) else x for x in (rate, excess))
+        return tail_chances(a, rate, excess, u).min(axis=1)
+    furthest = row_max(a)
+    least = np.full(n, np.inf)
+    _least_normal(least, a, furthest, np.arange(n))
+    special = np.flatnonzero(~(furthest <= u))
+    if len(special):
+        # rows with a deviation beyond u: its own tail where beyond, the normal one elsewhere
+        a_of = a[special]
+        beyond = a_of > u
+        within = np.where(beyond, -np.inf, a_of)  # (a NaN stays)
+        least[special] = np.inf
+        _least_normal(least, within, row_max(within), special)
+        at = np.flatnonzero(beyond)
+        rate_of = rate(special) if callable(rate) else rate[special]
+        excess_of = excess(special) if callable(excess) else excess[special]
+        chances = tail_chances(a_of.reshape(-1)[at], rate_of.reshape(-1)[at],
+                               excess_of.reshape(-1)[at], u)  # fmt: skip
+        np.minimum.at(least, special[at // features], chances)
+        least[special[np.isnan(row_max(a_of))]] = np.nan
+    return least
+
+
+def _least_normal(least: np.ndarray, a: np.ndarray, furthest: np.ndarray, rows: np.ndarray) -> None:
+    """Lower ``least[rows[i]]`` to the least normal tail of row ``a[i]``: that of its
+    ``furthest`` deviation and of any within 1e-12 of it."""
+    features = a.shape[1]
+    near = a >= (furthest * (1.0 - 1e-12))[:, None]
+    at = np.flatnonzero(near)
+    chances = erfc(a.reshape(-1)[at] / np.sqrt(2.0))
+    np.minimum.at(least, rows[at // features], chances)
+
+
+@dataclass(slots=True)
+class RowsBefore:
+    """The state of a pass's agent rows as :func:`judge` read it (the per-agent arrays of
+    :func:`detector_arrays` and the slow baseline, taken once): what
+    :func:`learn_judged` learns from, so neither reads the rows twice."""
+
+    count: np.ndarray
+    level: np.ndarray
+    resid_var: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    tail_rate: np.ndarray
+    surprise_avg: np.ndarray
+    surprise_mean: np.ndarray
+    surprise_var: np.ndarray
+
+
 @dataclass(slots=True)
 class Judgement:
     """What :func:`judge` found for each row of a pass.
@@ -302,8 +401,10 @@ class Judgement:
     beyond the range seen so far (and improbable even for the metric's own tail);
     ``recent``: recent surprise; ``likelihood``: how many std it stands above the row's
     usual one (``likelihood_std``); ``scores`` (0 until judged); ``quiet``: rows in a
-    quiet period; ``named``: the bit mask of the metrics driving the heartbeat;
-    ``fire``: the runtime decision.
+    quiet period; ``named``: for the rows that fire, the bit mask of the metrics driving
+    the heartbeat (what the quiet period will be about; 0 for the other rows);
+    ``fire``: the runtime decision; ``extreme_rows``: rows with an ``extreme`` metric;
+    ``before``: the rows' state as judged.
     """
 
     z: np.ndarray
@@ -319,6 +420,14 @@ class Judgement:
     quiet: np.ndarray
     named: np.ndarray
     fire: np.ndarray
+    extreme_rows: np.ndarray
+    before: RowsBefore
+
+
+def _cells(rows: np.ndarray, at: np.ndarray, features: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cells (agent row, metric) of a per-agent state array (``capacity × F``) at the
+    flat positions ``at`` of a pass's ``n × F`` arrays over agent rows ``rows``."""
+    return rows[at // features], at % features
 
 
 def judge(
@@ -340,35 +449,72 @@ def judge(
     A row in its quiet period fires only on a metric the quiet period is not about,
     ``quiet_break_sigma`` from its level or beyond its range: a second, different
     anomaly is not hidden by the first one's quiet period.
+
+    Everything is computed once a pass over whole arrays, and what only a few rows need
+    (new extremes, the metrics a firing row names, the tails of far deviations) only for
+    those rows: the fleet judges thousands of agents a pass and few of them stand out.
     """
-    count = state.count[rows]
-    level = state.level[rows]
-    z, std = deviations(level, state.resid_var[rows], values, p.std_floor, p.rel_floor)
+    n, features = values.shape
+
+    def take(array: np.ndarray) -> np.ndarray:
+        return array.take(rows, axis=0)
+
+    before = RowsBefore(
+        take(state.count), take(state.level), take(state.resid_var), take(state.mean),
+        take(state.var), take(state.low), take(state.high), take(state.tail_rate),
+        take(state.surprise_avg), take(state.surprise_mean), take(state.surprise_var),
+    )  # fmt: skip
+    b = before
+    floor = np.maximum(p.std_floor, p.rel_floor * np.abs(b.level))
+    std = np.maximum(np.sqrt(b.resid_var), floor)  # as deviations(): max(√var, floor, rel)
+    z = (values - b.level) / std
     zw = weighted(z, p.up_weight, p.down_weight)
-    _, base_std = deviations(state.mean[rows], state.var[rows], values, p.std_floor, p.rel_floor)
-    floor = np.maximum(p.std_floor, p.rel_floor * np.abs(level))
-    extreme = beyond_range(state.low[rows], state.high[rows], values, p.extreme_margin, floor)
-    extreme &= zw * z > 0  # in a direction that counts (weight > 0)
-    if z.shape[1] >= p.tail_min_features:
-        chances = tail_chances(zw, state.tail_rate[rows], state.tail_excess[rows], TAIL_SIGMA)
-        extreme &= z.shape[1] * chances <= p.extreme_max_p
-    else:
-        chances = erfc(np.abs(zw) / np.sqrt(2.0))
-    extreme &= (warm & (elapsed >= p.extreme_after_s))[:, None]
-    recent = recent_surprise(state.surprise_avg[rows], calibrated_surprises(chances),
-                             p.surprise_weight, count <= p.warmup // 2)  # fmt: skip
-    likelihood_std = np.maximum(np.sqrt(state.surprise_var[rows]), p.likelihood_std_floor)
-    likelihood = (recent - state.surprise_mean[rows]) / likelihood_std
-    judged = warm
-    scores = np.where(judged, likelihood_scores(likelihood, extreme.any(axis=1)), 0.0)
+    base_std = np.maximum(np.sqrt(b.var), p.std_floor)
+    base_std = np.maximum(base_std, p.rel_floor * np.abs(b.mean))
     a = np.abs(zw)
-    furthest = a == a.max(axis=1, keepdims=True)
-    named = metric_bits((a >= p.reason_sigma) | extreme | furthest)
-    quiet = elapsed < state.quiet_until[rows]
-    breaking = metric_bits((a >= p.quiet_break_sigma) | extreme) & ~state.quiet_metrics[rows]
-    fire = (scores >= p.threshold) & (~quiet | (breaking != 0))
+    # new extremes are rare: each condition after the range is checked where it holds
+    at = np.flatnonzero(beyond_range(b.low, b.high, values, p.extreme_margin, floor))
+    at = at[(zw.reshape(-1)[at] * z.reshape(-1)[at]) > 0]  # in a direction that counts
+    at = at[(warm & (elapsed >= p.extreme_after_s))[at // features]]
+    tails = features >= p.tail_min_features
+    if tails:
+        if len(at):
+            excess = state.tail_excess[_cells(rows, at, features)]
+            chances = tail_chances(a.reshape(-1)[at], b.tail_rate.reshape(-1)[at], excess,
+                                   TAIL_SIGMA)  # fmt: skip
+            at = at[features * chances <= p.extreme_max_p]
+        least = least_tail_chances(
+            a, lambda some: b.tail_rate[some],
+            lambda some: state.tail_excess.take(rows[some], axis=0), TAIL_SIGMA,
+        )  # fmt: skip
+    else:
+        least = erfc(a / np.sqrt(2.0)).min(axis=1)
+    extreme = np.zeros((n, features), dtype=bool)
+    extreme.reshape(-1)[at] = True
+    extreme_rows = np.zeros(n, dtype=bool)
+    extreme_rows[at // features] = True
+    p_least = np.minimum(1.0, features * least)  # as calibrated_surprises()
+    surprise = np.maximum(-np.log(np.maximum(p_least, _SMALLEST_P)), 0.0)
+    recent = recent_surprise(b.surprise_avg, surprise, p.surprise_weight,
+                             b.count <= p.warmup // 2)  # fmt: skip
+    likelihood_std = np.maximum(np.sqrt(b.surprise_var), p.likelihood_std_floor)
+    likelihood = (recent - b.surprise_mean) / likelihood_std
+    judged = warm
+    scores = np.where(judged, likelihood_scores(likelihood, extreme_rows), 0.0)
+    quiet = elapsed < state.quiet_until.take(rows)
+    fire = scores >= p.threshold
+    named = np.zeros(n, dtype=np.uint32)
+    if fire.any():
+        high = np.flatnonzero(fire)
+        ah, eh = a[high], extreme[high]
+        in_quiet = quiet[high]
+        breaking = metric_bits((ah >= p.quiet_break_sigma) | eh)
+        breaking &= ~state.quiet_metrics.take(rows[high])
+        fire[high] = ~in_quiet | (breaking != 0)
+        named[high] = np.where(fire[high], metric_bits(
+            (ah >= p.reason_sigma) | eh | (ah == ah.max(axis=1, keepdims=True))), 0)  # fmt: skip
     return Judgement(z, zw, std, base_std, extreme, recent, likelihood, likelihood_std, judged,
-                     scores, quiet, named, fire)  # fmt: skip
+                     scores, quiet, named, fire, extreme_rows, before)  # fmt: skip
 
 
 def learn_judged(
@@ -385,33 +531,35 @@ def learn_judged(
     quiet period of ``p.quiet_s`` seconds for the rows that fired, about the metrics that
     drove them (added to those of a quiet period still running). Learning is clipped at
     ``p.clip_sigma`` std once warm (the level's step at ``p.level_clip_sigma``, wider, so
-    it follows a new level)."""
-    j = judgement
-    count = state.count[rows]
+    it follows a new level). It starts from the rows' state as :func:`judge` read it
+    (``judgement.before``): nothing may change those rows between the two."""
+    j, b = judgement, judgement.before
+    count = b.count
     n = count + 1
     learn_level(state.level, state.resid_var, rows, values, n, p.level_weight, p.memory,
                 clip_limits(j.std, warm, p.clip_sigma),
-                clip_limits(j.std, warm, p.level_clip_sigma))  # fmt: skip
+                clip_limits(j.std, warm, p.level_clip_sigma),
+                seen=(b.level, b.resid_var))  # fmt: skip
     if values.shape[1] >= p.tail_min_features:
-        learn_tails(state, rows, j.weighted, count, p, j.scores < p.threshold)
+        learn_tails(state, rows, j.weighted, b, p, j.scores < p.threshold)
     # The surprise history starts in the warm-up's second half from a cautious prior
     # (mean 1, std ``likelihood_prior_std``, worth ``warmup`` heartbeats), so a history
     # of a few dozen heartbeats does not make an ordinary surprise look extraordinary.
     seen = count - p.warmup // 2 + 1
-    delta = j.recent - state.surprise_mean[rows]
+    delta = j.recent - b.surprise_mean
     # once judged, a burst of surprise is learned at most clip_sigma std at a time
     delta = np.where(j.judged, np.minimum(delta, p.clip_sigma * j.likelihood_std), delta)
     share = 1.0 / np.minimum(np.maximum(seen, 0) + p.warmup, p.memory)
     state.surprise_avg[rows] = j.recent
     prior = seen <= 0
-    mean, var = state.surprise_mean[rows], state.surprise_var[rows]
+    mean, var = b.surprise_mean, b.surprise_var
     state.surprise_mean[rows] = np.where(prior, SURPRISE_PRIOR_MEAN, mean + share * delta)
     state.surprise_var[rows] = np.where(
         prior, p.likelihood_prior_std**2, (1.0 - share) * (var + share * delta * delta)
     )
     learn(state.mean, state.var, state.count, rows, values, p.memory,
-          clip_limits(j.base_std, warm, p.clip_sigma))  # fmt: skip
-    widen_range(state.low, state.high, rows, values)
+          clip_limits(j.base_std, warm, p.clip_sigma), seen=(b.mean, b.var, b.count))  # fmt: skip
+    widen_range(state.low, state.high, rows, values, seen=(b.low, b.high))
     fired = rows[j.fire]
     still = j.quiet[j.fire]
     state.quiet_metrics[fired] = np.where(
@@ -424,7 +572,7 @@ def learn_tails(
     state: object,
     rows: np.ndarray,
     zw: np.ndarray,
-    count: np.ndarray,
+    before: RowsBefore,
     p: DetectorParams,
     ordinary: np.ndarray,
 ) -> None:
@@ -436,18 +584,29 @@ def learn_tails(
     ``p.memory``: the normal law's share is worth ``p.tail_prior`` heartbeats) and their
     mean excess (learned at the share's rate over the share of exceedances, at most
     ``1 / p.tail_min_exceedances`` at a time), an excess clipped at ``p.clip_sigma`` so
-    one incident does not teach a heavy tail."""
+    one incident does not teach a heavy tail. Only the excess of deviations beyond the
+    tail's start moves, so only those are read and written."""
+    count, rate = before.count, before.tail_rate
+    features = zw.shape[1]
     seen = np.maximum(count - p.warmup, 0.0)
-    learning = ((count >= p.warmup) & ordinary)[:, None]
-    share = (1.0 / np.minimum(p.tail_prior + seen, p.memory))[:, None]
+    learning = (count >= p.warmup) & ordinary
+    share = 1.0 / np.minimum(p.tail_prior + seen, p.memory)
     a = np.abs(zw)
     beyond = a > TAIL_SIGMA
-    rate = state.tail_rate[rows]
-    state.tail_rate[rows] = np.where(learning, rate + share * (beyond - rate), rate)
-    excess = state.tail_excess[rows]
-    step = np.minimum(1.0 / p.tail_min_exceedances, share / np.maximum(rate, share))
-    moved = excess + step * (np.minimum(a - TAIL_SIGMA, p.clip_sigma) - excess)
-    state.tail_excess[rows] = np.where(learning & beyond, moved, excess)
+    # a row not learning keeps its rate: it moves by a share of 0 (rate + 0 is rate)
+    moving = np.where(learning, share, 0.0)[:, None]
+    state.tail_rate[rows] = rate + moving * (beyond - rate)
+    at = np.flatnonzero(beyond)
+    at = at[learning[at // features]]
+    if len(at):
+        cells = _cells(rows, at, features)
+        excess = state.tail_excess[cells]
+        share_at, rate_at = share[at // features], rate.reshape(-1)[at]
+        step = np.minimum(1.0 / p.tail_min_exceedances, share_at / np.maximum(rate_at, share_at))
+        a_at = a.reshape(-1)[at]
+        state.tail_excess[cells] = excess + step * (
+            np.minimum(a_at - TAIL_SIGMA, p.clip_sigma) - excess
+        )
 
 
 def reasons(

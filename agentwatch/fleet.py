@@ -36,6 +36,7 @@ from agentwatch.baselines import FEATURES
 from agentwatch.detector import (
     SURPRISE_PRIOR_MEAN,
     DetectorParams,
+    Judgement,
     detector_arrays,
     judge,
     learn_judged,
@@ -169,15 +170,16 @@ class FleetBaselines(RowArrays):
         out.met_warm = np.empty(len(rows), dtype=bool)
         for positions in _passes(rows):
             pass_rows = rows[positions]
-            out.met_mean[positions] = self.mean[pass_rows]
-            out.met_var[positions] = self.var[pass_rows]
             out.met_warm[positions] = self.warm[pass_rows]
-            self._observe_pass(pass_rows, values[positions], batch.timestamp[positions], out)
+            j = self._observe_pass(pass_rows, values[positions], batch.timestamp[positions], out)
+            out.met_mean[positions] = j.before.mean  # (read once, by judge, before learning)
+            out.met_var[positions] = j.before.var
         return out
 
     def _observe_pass(
         self, rows: np.ndarray, values: np.ndarray, ts: np.ndarray, out: FleetOutput
-    ) -> None:
+    ) -> Judgement:
+        """Judge and learn one pass (one heartbeat per agent); the judgement."""
         cfg = self.config
         fresh = self.count[rows] == 0
         self.first_ts[rows[fresh]] = ts[fresh]
@@ -220,6 +222,7 @@ class FleetBaselines(RowArrays):
         if due.any():
             out.baselines.extend(self.baseline_records(rows[due]))
             self.published_ts[rows[due]] = ts[due]
+        return j
 
     def baseline_records(self, rows: np.ndarray) -> list[dict]:
         """The baselines of these agent rows, as ``BaselineRecord`` dicts."""

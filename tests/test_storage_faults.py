@@ -284,6 +284,30 @@ def fill(path: Path) -> Path:
     return filler
 
 
+def stop(api: subprocess.Popen) -> None:
+    """Terminate the API process, killing it if it does not stop in 30 s."""
+    api.terminate()
+    try:
+        api.wait(30)
+    except subprocess.TimeoutExpired:
+        api.kill()
+        api.wait(10)
+
+
+def assert_failed_then_stored_once(tmp_path: Path, env: dict[str, str], rows: int) -> None:
+    """The stopped API logged its failed writes, and its chDB holds ``rows`` heartbeats,
+    each once (counted by a process of its own, with and without ``FINAL``)."""
+    log_text = (tmp_path / "api.log").read_text(errors="replace")
+    assert "clickhouse_write_failed" in log_text
+    counted = subprocess.run(
+        [sys.executable, "-c", COUNT_SCRIPT], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert counted.returncode == 0, counted.stderr[-2000:]
+    counts = json.loads(counted.stdout.strip().splitlines()[-1])
+    assert counts["metrics_final"] == counts["metrics_raw"] == rows  # none lost, none twice
+
+
 @pytest.mark.e2e  # runs the API (its loader on a chDB of its own) as a process
 @pytest.mark.timeout(240)
 def test_a_full_file_system_holds_the_loader_back(capped, tmp_path):
@@ -341,21 +365,8 @@ def test_a_full_file_system_holds_the_loader_back(capped, tmp_path):
             filler.unlink()
             wait_until(lambda: rows_in(900), 60, "all 900 rows once there is space")
         finally:
-            api.terminate()
-            try:
-                api.wait(30)
-            except subprocess.TimeoutExpired:
-                api.kill()
-                api.wait(10)
-        log_text = (tmp_path / "api.log").read_text(errors="replace")
-        assert "clickhouse_write_failed" in log_text
-        counted = subprocess.run(
-            [sys.executable, "-c", COUNT_SCRIPT], env=env, cwd=tmp_path,
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert counted.returncode == 0, counted.stderr[-2000:]
-        counts = json.loads(counted.stdout.strip().splitlines()[-1])
-        assert counts["metrics_final"] == counts["metrics_raw"] == 900  # none lost, none twice
+            stop(api)
+        assert_failed_then_stored_once(tmp_path, env, 900)
 
 
 # --- a read-only data directory ---------------------------------------------------------
@@ -500,21 +511,8 @@ def test_a_read_only_data_directory_holds_the_loader_back(capped, tmp_path):
             assert not any("Permission denied" in p for p in after["problems"])
             wait_until(lambda: _committed(group, "metric_rows") == 900, 10, "Kafka commits")
         finally:
-            api.terminate()
-            try:
-                api.wait(30)
-            except subprocess.TimeoutExpired:
-                api.kill()
-                api.wait(10)
-        log_text = (tmp_path / "api.log").read_text(errors="replace")
-        assert "clickhouse_write_failed" in log_text
-        counted = subprocess.run(
-            [sys.executable, "-c", COUNT_SCRIPT], env=env, cwd=tmp_path,
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert counted.returncode == 0, counted.stderr[-2000:]
-        counts = json.loads(counted.stdout.strip().splitlines()[-1])
-        assert counts["metrics_final"] == counts["metrics_raw"] == 900  # none lost, none twice
+            stop(api)
+        assert_failed_then_stored_once(tmp_path, env, 900)
     finally:
         if tables:
             chmod_all(tables, "u+w")

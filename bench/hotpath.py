@@ -103,38 +103,30 @@ def main() -> None:
             break
     timed_beats = sum(len(b) for _, b in batches[warm_upto:])
 
-    def shard_run(profiler=None) -> tuple[float, list, list]:
-        shards = {key: ShardState.new(settings) for key in keys_of_shards}
+    def timed_run(new_state, fleet_of, profiler=None) -> tuple[float, list, list]:
+        """Warm a state per shard on the first batches, then time ``observe`` over the
+        rest; the seconds, each batch's (anomalies, baselines), and the fleets."""
+        states = {key: new_state() for key in keys_of_shards}
         for key, b in batches[:warm_upto]:
-            shards[key].observe(b)
+            states[key].observe(b)
         outputs = []
         gc.collect()
         start = time.process_time()
         if profiler:
             profiler.enable()
         for key, b in batches[warm_upto:]:
-            out = shards[key].observe(b)
+            out = states[key].observe(b)
             outputs.append((out.anomalies, out.baselines))
         if profiler:
             profiler.disable()
-        return time.process_time() - start, outputs, [s.baselines for s in shards.values()]
+        return time.process_time() - start, outputs, [fleet_of(s) for s in states.values()]
+
+    def shard_run(profiler=None) -> tuple[float, list, list]:
+        return timed_run(lambda: ShardState.new(settings), lambda s: s.baselines, profiler)
 
     def detector_run(profiler=None) -> tuple[float, list, list]:
         config = ShardConfig.of(settings).detector
-        fleets = {key: FleetBaselines(config) for key in keys_of_shards}
-        for key, b in batches[:warm_upto]:
-            fleets[key].observe(b)
-        outputs = []
-        gc.collect()
-        start = time.process_time()
-        if profiler:
-            profiler.enable()
-        for key, b in batches[warm_upto:]:
-            out = fleets[key].observe(b)
-            outputs.append((out.anomalies, out.baselines))
-        if profiler:
-            profiler.disable()
-        return time.process_time() - start, outputs, list(fleets.values())
+        return timed_run(lambda: FleetBaselines(config), lambda f: f, profiler)
 
     runs = {"shard": shard_run, "detector": detector_run}
     if args.only:

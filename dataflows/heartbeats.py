@@ -1,16 +1,17 @@
 """The heartbeat dataflow: validate, judge threat rules, keep baselines, score, publish.
 
 ```
-agents.metrics ─► read_heartbeats ─► validate ─┬─► dead_letters ───────────────────────────┐
-  (a batch per partition read)                  └─► split_by_shard ──┐                      │
-agents.events  ─► read_events  ─► check_events  ─┬─► to_shards ──────┤                      │
-agents.control ─► read_control ─► check_control ─┴─► event_dead_letters ───────────────────┤
-clock (a tick every clock_tick_s) ─► tick_every_shard ──────────────┤                      │
-                                                                     ▼                      │
-                                          agent_baselines (state keyed by shard of agents:  │
-                                          rules, baselines, detector, security, alerts)     │
-                                                                     │                      │
-                                                                  findings ──► publish ◄────┘
+read_heartbeats: ONE input, every partition of every source (dataflows.inputs)
+ ├ agents.metrics ─► heartbeats ─► validate ─┬─► dead_letters ────────────────────────────┐
+ │  (a batch per partition read)              └─► split_by_shard ──┐                       │
+ ├ agents.events  ─► events  ─► check_events  ─┬─► to_shards ──────┤                       │
+ ├ agents.control ─► control ─► check_control ─┴─► event_dead_letters ────────────────────┤
+ └ clock (a tick every clock_tick_s) ─► tick_every_shard ──────────┤                       │
+                                                                   ▼                       │
+                                        agent_baselines (state keyed by shard of agents:   │
+                                        rules, baselines, detector, security, alerts)      │
+                                                                   │                       │
+                                                                findings ──► publish ◄─────┘
   to agents.metric_rows (the heartbeats taken, as Arrow batches for the loader) ·
   agents.deadletter · agents.anomalies · agents.baselines · agents.threats · agents.state …
 ```
@@ -89,6 +90,7 @@ from agentwatch.shard import (
     ShardState,
 )
 from dataflows.clock import ClockSource, Tick, to_every_shard
+from dataflows.inputs import OneInput, carried_positions, of_source
 from dataflows.kafka_sink import BatchKafkaSink, Message
 from dataflows.kafka_source import STOP, KafkaBatchSource, RawBatch
 from dataflows.metrics import METRICS
@@ -106,6 +108,9 @@ from schemas.heartbeats import HeartbeatBatch, parse_heartbeats
 from schemas.metric_rows import encode as encode_rows
 
 log = logging.getLogger("agentwatch.dataflow")
+
+#: The flow's name: Bytewax files every step's snapshots under ``FLOW_ID.step``.
+FLOW_ID = "agentwatch_heartbeats"
 
 
 @dataclass(slots=True)
@@ -523,28 +528,34 @@ def build_flow(
             for name in ("metrics", AGENT_CHANNEL, CONTROL_CHANNEL)
         )
         clock = ClockSource(settings.clock_tick_s, wall_clock)
+        carried = carried_positions(settings.recovery_path, FLOW_ID)
+    else:
+        carried = {}
     if sink is None:
         sink = BatchKafkaSink(
             {**settings.kafka_config(), "linger.ms": "5", "enable.idempotence": "false"}
         )
-    flow = Dataflow("agentwatch_heartbeats")
-    batches = op.input("read_heartbeats", flow, source)
+    flow = Dataflow(FLOW_ID)
+    # one input, so that its partitions move from epoch to epoch together (dataflows.inputs);
+    # it keeps the heartbeat input's name, under which their read positions are snapshotted
+    sources = {"heartbeats": source, AGENT_CHANNEL: events, CONTROL_CHANNEL: control}
+    given = {name: s for name, s in (*sources.items(), ("clock", clock)) if s is not None}
+    read = op.input("read_heartbeats", flow, OneInput(given, "heartbeats", carried))
+    batches = op.filter_map("heartbeats", read, partial(of_source, "heartbeats"))
     checked = op.map("validate", batches, partial(validate, settings.max_message_bytes))
     rejected = op.flat_map(
         "dead_letters", checked, partial(dead_letters, settings.topic("deadletter"))
     )
     keys = shard_keys(settings)
     by_shard = op.flat_map("split_by_shard", checked, partial(split_by_shard, keys))
-    # inputs are named read_events (its first name: its read positions are snapshotted
-    # under it) and read_control
     checked_inputs = [
         op.map(
             f"check_{channel}",
-            op.input(f"read_{channel}", flow, lifecycle),
+            op.filter_map(channel, read, partial(of_source, channel)),
             partial(read_events, channel),
         )
-        for channel, lifecycle in ((AGENT_CHANNEL, events), (CONTROL_CHANNEL, control))
-        if lifecycle is not None
+        for channel in (AGENT_CHANNEL, CONTROL_CHANNEL)
+        if channel in given
     ]
     if checked_inputs:
         changes = op.merge("lifecycle_inputs", *checked_inputs)
@@ -558,7 +569,7 @@ def build_flow(
     if clock is not None:
         ticks = op.flat_map(
             "tick_every_shard",
-            op.input("read_clock", flow, clock),
+            op.filter_map("clock", read, partial(of_source, "clock")),
             partial(to_every_shard, keys),
         )
         by_shard = op.merge("clocked_inputs", by_shard, ticks)

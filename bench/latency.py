@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -62,14 +63,29 @@ def agent_id(i: int) -> str:
     return f"agent-{i:06d}"
 
 
-def heartbeat(i: int, at: float, bytes_out: int = 1024) -> bytes:
-    return orjson.dumps(
-        {"agent_id": agent_id(i), "tenant_id": TENANT, "timestamp": at,
-         "cpu_usage": 30.0 + i % 20, "memory_usage": 50.0, "disk_usage": 40.0,
-         "network_latency": 10.0, "active_tasks": 1, "completed_tasks": 100,
-         "failed_tasks": 1, "error_rate": 0.01, "response_time_avg": 200.0,
-         "uptime_seconds": 3600.0, "bytes_out": bytes_out}
-    )  # fmt: skip
+def heartbeat(
+    i: int, at: float, bytes_out: int = 1024, noise: random.Random | None = None
+) -> bytes:
+    """Agent ``i``'s heartbeat at ``at``: the same metrics every time, or with ``noise``
+    jittered as a working agent's (ClickHouse then stores the rows at a realistic size:
+    constant rows compress so well that its merges behave differently, docs/reliability.md)."""
+    beat = {"agent_id": agent_id(i), "tenant_id": TENANT, "timestamp": at,
+            "cpu_usage": 30.0 + i % 20, "memory_usage": 50.0, "disk_usage": 40.0,
+            "network_latency": 10.0, "active_tasks": 1, "completed_tasks": 100,
+            "failed_tasks": 1, "error_rate": 0.01, "response_time_avg": 200.0,
+            "uptime_seconds": 3600.0, "bytes_out": bytes_out}  # fmt: skip
+    if noise is not None:
+        gauss = noise.gauss
+        beat["cpu_usage"] += gauss(0, 3)
+        beat["memory_usage"] += gauss(0, 2)
+        beat["disk_usage"] += gauss(0, 0.5)
+        beat["network_latency"] = abs(10.0 + gauss(0, 1))
+        beat["active_tasks"] = noise.randrange(4)
+        beat["error_rate"] = abs(gauss(0.01, 0.003))
+        beat["response_time_avg"] += gauss(0, 15)
+        beat["uptime_seconds"] = at % 86_400
+        beat["bytes_out"] += noise.randrange(512)
+    return orjson.dumps(beat)
 
 
 class SteadyProducer(threading.Thread):
@@ -88,6 +104,7 @@ class SteadyProducer(threading.Thread):
             {**self.settings.kafka_config(), "linger.ms": getattr(options, "linger_ms", 2)}
         )
         topic = self.settings.topic("metrics")
+        noise = random.Random(11) if getattr(options, "noisy", False) else None
         tick, per_tick = 0.01, options.rate / 100
         spike_every = 1.0 / options.spikes if options.spikes else float("inf")
         # over the rule's limit (the seed's 1 GB an hour) in one heartbeat
@@ -106,7 +123,7 @@ class SteadyProducer(threading.Thread):
                 beats.append((spiked, True))
                 self.spikes += 1
             for i, spike in beats:
-                value = heartbeat(i, time.time(), spike_bytes if spike else 1024)
+                value = heartbeat(i, time.time(), spike_bytes if spike else 1024, noise)
                 while True:
                     try:
                         producer.produce(topic, key=agent_id(i).encode(), value=value)

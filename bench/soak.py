@@ -9,7 +9,8 @@ port, the dataflow process (``python -m dataflows.heartbeats``) and the API proc
 loader (``python -m api``, chDB in a directory of its own), every setting at its default
 but agent auto-registration, SQL through the API and a short warm-up (baselines judge after
 ``--warmup-heartbeats``, so most of the run is a warm fleet) — and streams ``--agents``
-agents' heartbeats at ``--rate`` a second, each stamped with its produce time, plus
+agents' heartbeats at ``--rate`` a second, each stamped with its produce time, its metrics
+jittered as a working agent's (``--constant-metrics``: the same every time), plus
 ``--spikes`` exfiltration spikes a second (each a new agent's threat), as
 ``bench/latency.py`` does; the producer batches like a gateway (``--linger-ms``). Every
 ``POLL_S`` it asks the API, as an analyst would (``POST /api/v1/sql``), for the newest
@@ -18,7 +19,8 @@ times one ``GET /agents/{id}/status``. Every ``--sample-s`` seconds it records:
 
 - memory: the resident set (RSS) of the broker, the dataflow and the API process, and the
   dataflow's state bytes per agent (its shards as pickled for the latest snapshot);
-- CPU: seconds each process used in the interval;
+- CPU: seconds each process used in the interval, and of the API's, what chDB's merge
+  threads used;
 - disk: the chDB directory (bytes, and part directories: active and not yet removed), the
   recovery directory (SQLite snapshots and their write-ahead log);
 - latency: a heartbeat's produce → its row queryable in ``metrics`` (p50/p99 of the probes'
@@ -60,9 +62,11 @@ from latency import TENANT, SteadyProducer, agent_id  # noqa: E402
 from agentwatch.settings import Settings  # noqa: E402
 from infra.broker import free_port, start_broker  # noqa: E402
 
-CLOCK_TICKS = 100
+CLOCK_TICKS = 100  # os.sysconf("SC_CLK_TCK") on Linux
 #: How often the probes' rows are polled (the latency is seen up to this late).
-POLL_S = 0.25  # os.sysconf("SC_CLK_TCK") on Linux
+POLL_S = 0.25
+#: The name of chDB's (ClickHouse's) merge threads in the API process.
+MERGE_THREAD = "MergeMutate"
 
 
 def say(text: str) -> None:
@@ -87,6 +91,21 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def thread_cpu_seconds(pid: int, thread_name: str) -> float:
+    """User + system CPU seconds of the threads of ``pid`` named ``thread_name`` (e.g.
+    chDB's merge threads, ``MergeMutate``); threads that ended no longer count."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.index("(") + 1 : stat.rindex(")")] == thread_name:
+            fields = stat.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
 
 
 def directory_bytes(path: Path) -> int:
@@ -302,6 +321,7 @@ def run_soak(options: argparse.Namespace) -> dict:
         producer_options = argparse.Namespace(
             rate=options.rate, agents=options.agents, spikes=options.spikes,
             probes=options.probes, seconds=options.minutes * 60, linger_ms=options.linger_ms,
+            noisy=not options.constant_metrics,
         )  # fmt: skip
         producer = SteadyProducer(settings, producer_options)
         poller = threading.Thread(
@@ -311,6 +331,7 @@ def run_soak(options: argparse.Namespace) -> dict:
         producer.start()
         poller.start()
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        merges_before = thread_cpu_seconds(pids["api"], MERGE_THREAD)
         recovery = settings.var_dir / "recovery"
         chdb = workdir / "chdb"
         while producer.is_alive() or not samples:
@@ -323,6 +344,7 @@ def run_soak(options: argparse.Namespace) -> dict:
             health = stack.health() or {}
             gauges = dataflow_gauges(stack.metrics_ports[0])
             cpu_now = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            merges_now = thread_cpu_seconds(pids["api"], MERGE_THREAD)
             sample = {
                 "minute": round(minute, 2),
                 "sent": producer.sent,
@@ -331,6 +353,7 @@ def run_soak(options: argparse.Namespace) -> dict:
                     f"cpu_{n}_s": round(cpu_now[n] - cpu_before[n], 1)
                     for n in pids  # in this interval
                 },
+                "cpu_api_merges_s": round(merges_now - merges_before, 1),
                 "state_bytes_per_agent": round(gauges.get("state_bytes", 0) / options.agents, 1),
                 "snapshot_s_mean": round(
                     gauges.get("snapshot_s_sum", 0) / max(1, gauges.get("snapshot_count", 0)), 4
@@ -351,7 +374,7 @@ def run_soak(options: argparse.Namespace) -> dict:
                 "dataflow_lag": (health.get("dataflow") or {}).get("lag"),
                 "topic_messages": topic_messages(settings),
             }
-            cpu_before = cpu_now
+            cpu_before, merges_before = cpu_now, merges_now
             samples.append(sample)
             say(
                 f"{minute:5.1f} min  sent {sample['sent']:>10,}  RSS broker "
@@ -383,7 +406,7 @@ def run_soak(options: argparse.Namespace) -> dict:
     keys = [
         "rss_broker_mb", "rss_dataflow_mb", "rss_api_mb", "state_bytes_per_agent",
         "chdb_mb", "chdb_part_dirs", "recovery_mb", "row_p99_ms", "status_p99_ms",
-        "cpu_dataflow_s", "cpu_api_s",
+        "cpu_dataflow_s", "cpu_api_s", "cpu_api_merges_s",
     ]  # fmt: skip
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -404,7 +427,8 @@ def run_soak(options: argparse.Namespace) -> dict:
 
 
 def plot(result: dict, path: Path) -> bool:
-    """The samples as a PNG: memory, disk, latency against minutes (False: no matplotlib)."""
+    """The samples as a PNG: memory, disk, latency, state, CPU and lags against minutes
+    (False: no matplotlib)."""
     try:
         import matplotlib
 
@@ -414,7 +438,7 @@ def plot(result: dict, path: Path) -> bool:
         return False
     samples = result["samples"]
     minutes = [s["minute"] for s in samples]
-    figure, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    figure, axes = plt.subplots(3, 2, figsize=(12, 11), sharex=True)
     panels = [
         (axes[0][0], "memory (RSS, MB)",
          [("rss_broker_mb", "broker"), ("rss_dataflow_mb", "dataflow"), ("rss_api_mb", "api")]),
@@ -424,6 +448,11 @@ def plot(result: dict, path: Path) -> bool:
           ("status_p99_ms", "status p99")]),
         (axes[1][1], "state (B/agent), parts",
          [("state_bytes_per_agent", "state B/agent"), ("chdb_part_dirs", "part dirs")]),
+        (axes[2][0], "CPU (s per sample)",
+         [("cpu_broker_s", "broker"), ("cpu_dataflow_s", "dataflow"), ("cpu_api_s", "api"),
+          ("cpu_api_merges_s", "api: chDB merges")]),
+        (axes[2][1], "lag (messages)",
+         [("loader_lag", "loader"), ("dataflow_lag", "dataflow")]),
     ]  # fmt: skip
     for ax, title, series in panels:
         for key, label in series:
@@ -432,7 +461,7 @@ def plot(result: dict, path: Path) -> bool:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)
-    for ax in axes[1]:
+    for ax in axes[2]:
         ax.set_xlabel("minutes")
     args = result["args"]
     figure.suptitle(
@@ -451,6 +480,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="heartbeats per second")
     parser.add_argument("--agents", type=int, default=10_000)
     parser.add_argument("--spikes", type=float, default=0.05, help="exfiltration spikes a second")
+    parser.add_argument(
+        "--constant-metrics",
+        action="store_true",
+        help="every heartbeat of an agent the same (the runs before 2026-12-06 02:20 UTC); "
+        "by default the metrics jitter as a working agent's",
+    )
     parser.add_argument(
         "--linger-ms",
         type=float,

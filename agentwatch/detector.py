@@ -1,7 +1,8 @@
 """Anomaly scores from deviations against an agent's own local level, with an
 adaptive threshold.
 
-Each heartbeat is judged in three steps, the same for every agent row at once:
+Each heartbeat is judged in three steps and followed in a fourth, the same for every agent
+row at once:
 
 1. **Deviation.** Each metric's z-score against the agent's *local level* (an
    exponentially weighted mean that follows daily cycles and absorbs a new level
@@ -24,6 +25,13 @@ Each heartbeat is judged in three steps, the same for every agent row at once:
    that drove it (their scores are still reported), so one incident raises one
    anomaly; a metric the quiet period is not about, ``quiet_break_sigma`` from its
    level or beyond its range, still fires (and joins the quiet period).
+4. **Episode.** An anomaly that fires opens an *episode* about the metrics it names,
+   unless one is open already (then it joins it). The episode stays open while one of
+   its metrics stands ``reason_sigma`` from the agent's *slow* baseline (which, unlike
+   the local level, does not absorb a level shift within tens of heartbeats) or the
+   agent fires again, and ends once ``episode_end_s`` seconds of event time pass without
+   either: its end is the last heartbeat that stood out. A level shift or a drift is one
+   episode with a start and an end (:func:`episodes`), however many heartbeats it lasts.
 
 Calibration, so a clean agent rarely fires: each deviation is weighted per metric
 and direction (``anomaly_direction_weights``: a drop of latency is harmless), and
@@ -54,6 +62,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -202,7 +211,7 @@ def likelihood_scores(likelihood: np.ndarray, extreme: np.ndarray) -> np.ndarray
 def detector_arrays(features: int) -> dict[str, ArraySpec]:
     """The detector's per-agent arrays beside the slow baseline's ``mean``, ``var``
     and ``count`` (dtype, value of a fresh row, shape of a row): 6 per-feature
-    arrays and 5 scalars, ``(6 F + 5) × 4`` bytes per agent (212 for F = 8).
+    arrays and 8 scalars, ``(6 F + 8) × 4`` bytes per agent (224 for F = 8).
 
     They are float32: all arithmetic is done in float64 and only the result is
     stored, rounded to 7 significant digits — far finer than the spread the level
@@ -210,11 +219,14 @@ def detector_arrays(features: int) -> dict[str, ArraySpec]:
     period's end is in seconds since the agent's first heartbeat (to 1 s for 190 days),
     and the metrics it quiets a bit mask (``quiet_metrics``, F ≤ 32). ``tail_rate`` and
     ``tail_excess`` are each metric's tail beyond ``anomaly_tail_sigma`` (see
-    :func:`tail_chances`), starting from a normal law's.
+    :func:`tail_chances`), starting from a normal law's. ``episode_start`` and
+    ``episode_seen`` are the open episode's start and its last heartbeat that stood out,
+    in seconds since the agent's first heartbeat (``episode_start`` NaN: none open), and
+    ``episode_metrics`` the bit mask of the metrics it is about (see :func:`episodes`).
 
     >>> from agentwatch.rows import bytes_per_row
     >>> bytes_per_row(detector_arrays(8))
-    212
+    224
     """
     if features > 32:
         raise ValueError(f"{features} features: the quiet period's bit mask holds 32 at most")
@@ -232,6 +244,9 @@ def detector_arrays(features: int) -> dict[str, ArraySpec]:
         "quiet_metrics": (np.dtype(np.uint32), 0, ()),
         "tail_rate": (f32, rate, per_feature),
         "tail_excess": (f32, excess, per_feature),
+        "episode_start": (f32, np.nan, ()),
+        "episode_seen": (f32, 0.0, ()),
+        "episode_metrics": (np.dtype(np.uint32), 0, ()),
     }
 
 
@@ -263,6 +278,7 @@ class DetectorParams:
     tail_min_exceedances: float
     tail_min_features: int
     extreme_max_p: float
+    episode_end_s: float
 
     @classmethod
     def from_settings(
@@ -296,6 +312,7 @@ class DetectorParams:
             tail_min_exceedances=settings.anomaly_tail_min_exceedances,
             tail_min_features=settings.anomaly_tail_min_features,
             extreme_max_p=settings.anomaly_extreme_max_p,
+            episode_end_s=settings.anomaly_episode_end_s,
         )
 
 
@@ -392,6 +409,100 @@ class RowsBefore:
 
 
 @dataclass(slots=True)
+class Episodes:
+    """The episodes of a pass's rows after its heartbeats (:func:`episodes`).
+
+    ``start``: the start of the episode each row is in after this heartbeat, in seconds
+    since its agent's first heartbeat (NaN: none; the heartbeat's own time for a row
+    that opened one); ``opened``: rows whose heartbeat opened an episode; ``held``: rows
+    whose heartbeat stood out for the episode it is in (it fired, or one of the
+    episode's metrics stands out from the slow baseline); ``ended``: rows whose episode
+    ended before this heartbeat; ``end``: for those, when its last heartbeat that stood
+    out was (NaN for the others); ``metrics``: the bit mask of the metrics the row's
+    episode is about after this heartbeat (0: none)."""
+
+    start: np.ndarray
+    opened: np.ndarray
+    held: np.ndarray
+    ended: np.ndarray
+    end: np.ndarray
+    metrics: np.ndarray
+
+
+def episodes(
+    state: object,
+    rows: np.ndarray,
+    base_z: Callable[[np.ndarray], np.ndarray],
+    fire: np.ndarray,
+    named: np.ndarray,
+    elapsed: np.ndarray,
+    p: DetectorParams,
+) -> Episodes:
+    """The rows' episodes after this heartbeat, without learning them.
+
+    A row that fires opens an episode about its ``named`` metrics when none is open (or
+    joins the open one, adding them). An open episode is *held* by a heartbeat that fires
+    or where one of its metrics stands ``p.reason_sigma`` weighted std from the slow
+    baseline (``base_z(some)``: those rows' weighted deviations from it, taken only for
+    rows with an open episode: few); it ends at the first heartbeat that does neither
+    ``p.episode_end_s`` after the last that did.
+
+    >>> p = replace(DetectorParams.from_settings(Settings.model_construct(), np.zeros(1)),
+    ...             episode_end_s=60.0)
+    >>> state = allocate_detector(features=1, capacity=1)
+    >>> row = np.array([0])
+    >>> def step(z, t, fire=False):
+    ...     e = episodes(state, row, lambda some: np.array([[z]]), np.array([fire]),
+    ...                  np.array([1 if fire else 0], dtype=np.uint32), np.array([t]), p)
+    ...     learn_episodes(state, row, e, np.array([t]))
+    ...     return e
+    >>> bool(step(9.0, 0.0, fire=True).opened[0])      # fires: the episode opens at 0 s
+    True
+    >>> [bool(step(z, t).held[0]) for z, t in ((8.0, 30.0), (5.0, 60.0), (1.0, 90.0))]
+    [True, True, False]
+    >>> e = step(1.0, 150.0)                           # 90 s after the last that stood out
+    >>> bool(e.ended[0]), float(e.end[0]), float(e.start[0])
+    (True, 60.0, nan)
+    """
+    start = state.episode_start.take(rows)
+    open_before = ~np.isnan(start)
+    metrics = np.where(open_before, state.episode_metrics.take(rows), np.uint32(0))
+    held = fire.copy()
+    some = np.flatnonzero(open_before & ~fire)
+    if len(some):
+        standing = metric_bits(np.abs(base_z(some)) >= p.reason_sigma) & metrics[some]
+        held[some] = standing != 0
+    seen = state.episode_seen.take(rows)
+    ended = open_before & ~held & (elapsed - seen >= p.episode_end_s)
+    opened = fire & ~open_before
+    start = np.where(opened, elapsed, np.where(ended, np.nan, start))
+    metrics = np.where(ended, np.uint32(0), metrics) | named
+    return Episodes(start, opened, held, ended, np.where(ended, seen, np.nan), metrics)
+
+
+def learn_episodes(state: object, rows: np.ndarray, e: Episodes, elapsed: np.ndarray) -> None:
+    """Keep the rows' episodes as :func:`episodes` found them (only the rows that changed
+    are written: few)."""
+    changed = e.opened | e.ended
+    state.episode_start[rows[changed]] = e.start[changed]
+    moved = changed | e.held
+    state.episode_metrics[rows[moved]] = e.metrics[moved]
+    state.episode_seen[rows[e.held]] = elapsed[e.held]
+
+
+def allocate_detector(features: int, capacity: int) -> object:
+    """A bare holder of the detector's per-agent arrays (:func:`detector_arrays`), for
+    examples and tests of single steps."""
+
+    class _State:
+        pass
+
+    state = _State()
+    allocate(state, detector_arrays(features), capacity)
+    return state
+
+
+@dataclass(slots=True)
 class Judgement:
     """What :func:`judge` found for each row of a pass.
 
@@ -404,7 +515,8 @@ class Judgement:
     quiet period; ``named``: for the rows that fire, the bit mask of the metrics driving
     the heartbeat (what the quiet period will be about; 0 for the other rows);
     ``fire``: the runtime decision; ``extreme_rows``: rows with an ``extreme`` metric;
-    ``before``: the rows' state as judged.
+    ``before``: the rows' state as judged; ``episode``: the rows' episodes after this
+    heartbeat (:class:`Episodes`).
     """
 
     z: np.ndarray
@@ -422,6 +534,7 @@ class Judgement:
     fire: np.ndarray
     extreme_rows: np.ndarray
     before: RowsBefore
+    episode: Episodes
 
 
 def _cells(rows: np.ndarray, at: np.ndarray, features: int) -> tuple[np.ndarray, np.ndarray]:
@@ -513,8 +626,14 @@ def judge(
         fire[high] = ~in_quiet | (breaking != 0)
         named[high] = np.where(fire[high], metric_bits(
             (ah >= p.reason_sigma) | eh | (ah == ah.max(axis=1, keepdims=True))), 0)  # fmt: skip
+
+    def base_z(some: np.ndarray) -> np.ndarray:
+        return weighted((values[some] - b.mean[some]) / base_std[some], p.up_weight,
+                        p.down_weight)  # fmt: skip
+
+    episode = episodes(state, rows, base_z, fire, named, elapsed, p)
     return Judgement(z, zw, std, base_std, extreme, recent, likelihood, likelihood_std, judged,
-                     scores, quiet, named, fire, extreme_rows, before)  # fmt: skip
+                     scores, quiet, named, fire, extreme_rows, before, episode)  # fmt: skip
 
 
 def learn_judged(
@@ -566,6 +685,7 @@ def learn_judged(
         still, state.quiet_metrics[fired] | j.named[j.fire], j.named[j.fire]
     )
     state.quiet_until[fired] = elapsed[j.fire] + p.quiet_s
+    learn_episodes(state, rows, j.episode, elapsed)
 
 
 def learn_tails(

@@ -127,9 +127,11 @@ class FleetBaselines(RowArrays):
         missing = {name: spec for name, spec in missing.items() if not hasattr(self, name)}
         if missing and "level" in vars(self):
             # a state from before the detector's tails and the quiet period in seconds:
-            # fresh tails, and no quiet period (its end was a heartbeat count)
+            # fresh tails, and no quiet period (its end was a heartbeat count); or from
+            # before episodes: none open
             allocate(self, missing, len(self.count))
-            self.quiet_until[:] = 0.0
+            if "quiet_metrics" in missing:
+                self.quiet_until[:] = 0.0
         elif missing:
             allocate(self, missing, len(self.count))
             self.level[:] = self.mean
@@ -193,7 +195,13 @@ class FleetBaselines(RowArrays):
             | j.extreme_rows[reported]
             | (np.abs(j.z[reported]).max(axis=1) >= cfg.reason_sigma)
         )
+        episode_start = j.episode.start
         for i in reported[stands_out]:
+            episode = (
+                {"episode_start": float(self.first_ts[rows[i]] + episode_start[i])}
+                if episode_start[i] == episode_start[i]  # (not NaN: in an episode)
+                else {}
+            )
             out.anomalies.append(
                 {
                     **self.index.agent(rows[i]),
@@ -212,6 +220,7 @@ class FleetBaselines(RowArrays):
                         beyond=j.extreme[i],
                         weighted=j.weighted[i],
                     ),  # fmt: skip
+                    **episode,
                 }
             )
         learn_judged(self, rows, values, warm, j, cfg.params, elapsed)

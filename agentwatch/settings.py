@@ -505,6 +505,16 @@ class Settings(BaseSettings):
         "from its level (or beyond its range) and the score reaches the threshold: a second, "
         "different anomaly is not hidden by the first one's quiet period.",
     )
+    anomaly_episode_end_s: float = Field(
+        1_800.0,
+        gt=0,
+        description="An anomaly opens an episode, which stays open while a metric it is about "
+        "stands anomaly_reason_sigma from the agent's slow baseline (which, unlike the local "
+        "level, does not absorb a level shift within tens of heartbeats) or the agent fires "
+        "again; it ends once this much event time passes without either (its end is the last "
+        "heartbeat that stood out). A level shift or a drift is one episode, not a first "
+        "heartbeat followed by silence.",
+    )
     anomaly_direction_weights: dict[str, tuple[float, float]] = Field(
         {
             "network_latency": (1.0, 0.5),

@@ -381,6 +381,9 @@ def anomaly_of(record: AnomalyRecord) -> Anomaly:
         detector=record.detector,
         top_feature=record.reasons[0].feature if record.reasons else "",
         reasons=record.reasons,
+        episode_start=None
+        if record.episode_start is None
+        else datetime.fromtimestamp(record.episode_start, UTC),
     )
 
 

@@ -49,7 +49,9 @@ from schemas.models import FeatureDeviation, ModelStats, ThreatEvidence
 log = logging.getLogger(__name__)
 
 _METRIC_COLUMNS = ", ".join(name for name in LatestMetrics.model_fields)
-_ANOMALY_COLUMNS = "timestamp, score, threshold, is_anomaly, detector, top_feature, reasons"
+_ANOMALY_COLUMNS = (
+    "timestamp, score, threshold, is_anomaly, detector, top_feature, reasons, episode_start"
+)
 _THREAT_COLUMNS = "rule, category, severity, first_seen, last_seen, condition, evidence"
 
 
@@ -594,6 +596,7 @@ def _anomaly(row: dict) -> Anomaly:
         detector=row["detector"],
         top_feature=row["top_feature"],
         reasons=parse_reasons(row["reasons"]),
+        episode_start=None if row["episode_start"] is None else as_utc(row["episode_start"]),
     )
 
 

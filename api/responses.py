@@ -70,6 +70,12 @@ class Anomaly(BaseModel):
     reasons: list[FeatureDeviation] = Field(
         description="Features that drove the score and how far they stood from baseline."
     )
+    episode_start: datetime | None = Field(
+        None,
+        description="Start of the anomaly episode this heartbeat belongs to (UTC): the "
+        "heartbeat that opened it; null outside an episode. A level shift or a drift is one "
+        "episode, its records sharing this start.",
+    )
 
 
 class Evidence(BaseModel):

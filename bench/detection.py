@@ -42,6 +42,13 @@ that fired for it should fire once and resolve once (events up to the end of
 the tail). Detector anomalies (``is_anomaly``) are counted beside, as they do
 not page anyone by themselves; those of agents with no incident planned (clean
 agents) are reported per 100 of their agent-days, by the metric named first.
+
+**Episodes** (the detector's, issue 12 Deliver 4): read from the detector's state
+after every batch (start, and last heartbeat that stood out). Per incident, the
+first episode of its agent that overlaps it (start to end plus ``--grace``), its
+start and end from the incident's start; per kind, how many incidents have one and
+how far its end lies from the incident's end; episodes opened on clean agents per
+100 of their agent-days.
 """
 
 from __future__ import annotations
@@ -207,6 +214,9 @@ def main() -> None:
     # named first in their reasons
     incident_agents = {i.agent_id for i in incidents}
     clean_anomalies: Counter[str] = Counter()
+    # the detector's episodes, (agent row, start in s since its first heartbeat) → [start,
+    # end] in epoch s, end the last heartbeat that stood out
+    episodes: dict[tuple[int, float], list[float]] = {}
     next_report_h = 2.0
     started = time.perf_counter()
     for batch in fleet.batches(until_s=span_s + args.tail):
@@ -238,6 +248,14 @@ def main() -> None:
                             float(before.std[i, column]),
                         )
         out = shard.observe(heartbeats)
+        detector = shard.baselines
+        open_rows = np.flatnonzero(~np.isnan(detector.episode_start[: len(detector)]))
+        for row, start, seen, first in zip(
+            open_rows.tolist(), detector.episode_start[open_rows].tolist(),
+            detector.episode_seen[open_rows].tolist(), detector.first_ts[open_rows].tolist(),
+            strict=True,
+        ):  # fmt: skip
+            episodes.setdefault((row, start), [first + start, first + seen])[1] = first + seen
         beats += len(heartbeats)
         alerts += [a for a in out.alerts if a["updated_at"] >= watched_from]
         anomalies += sum(
@@ -329,6 +347,15 @@ def main() -> None:
                     for a in events
                 ]
         record["lifecycle"] = lifecycle
+        row = detector.index.row(incident.agent_id)
+        overlapping = sorted(
+            (a, b) for (r, _), (a, b) in episodes.items()
+            if r == row and a <= end + args.grace and b >= start
+        )  # fmt: skip
+        if overlapping:
+            a, b = overlapping[0]
+            record["episode_s"] = [round(a - start, 1), round(b - start, 1)]
+            record["episodes_overlapping"] = len(overlapping)
         per_incident.append(record)
 
     per_kind = {}
@@ -359,6 +386,12 @@ def main() -> None:
             "rule_delay_heartbeats_max": max(own) if own else None,
             "first_rule": dict(Counter(r.get("first_rule") for r in detected)),
             "rules_fired": dict(Counter(rule for r in detected for rule in r["rules"])),
+            "with_episode": sum(1 for r in records if "episode_s" in r),
+            "episode_end_after_incident_end_s_median": statistics.median(
+                [r["episode_s"][1] - r["duration_s"] for r in records if "episode_s" in r]
+            )
+            if any("episode_s" in r for r in records)
+            else None,
             "one_firing_one_resolution": sum(
                 1
                 for r in detected
@@ -416,6 +449,17 @@ def main() -> None:
             100 * clean_anomalies.total() / clean_agent_days, 2
         ),
         "clean_agent_is_anomaly_by_first_reason": dict(clean_anomalies.most_common()),
+        "clean_agent_episodes_per_100_agent_days": round(
+            100
+            * sum(
+                1
+                for (row, _), (a, _) in episodes.items()
+                if watched_from <= a < watched_until
+                and detector.index.agent(row)["agent_id"] not in incident_agents
+            )
+            / clean_agent_days,
+            2,
+        ),  # fmt: skip
         "incidents": per_incident,
     }
     shown = {k: v for k, v in summary.items() if k not in ("incidents", "false_alert_details")}

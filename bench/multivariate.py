@@ -220,6 +220,32 @@ def runtime_figures(decisions: np.ndarray, labels: np.ndarray) -> dict[str, floa
     }
 
 
+def episode_figures(
+    in_episode: np.ndarray, opened: np.ndarray, labels: np.ndarray
+) -> dict[str, float | int]:
+    """How the detector's episodes cover labelled segments: segments overlapped by an
+    episode, the share of labelled and of normal points inside one, episodes opened and
+    those opened on a normal point per 1,000 normal points.
+
+    >>> episode_figures(np.array([0, 1, 1, 1, 0, 0], dtype=bool),
+    ...                 np.array([0, 1, 0, 0, 0, 0], dtype=bool),
+    ...                 np.array([0, 0, 1, 1, 1, 0], dtype=bool))["labelled_covered"]
+    0.6666666666666666
+    """
+    segs = segments(labels)
+    normal = int((~labels).sum())
+    return {
+        "events_overlapped": sum(bool(in_episode[a : b + 1].any()) for a, b in segs),
+        "labelled_points": int(labels.sum()),
+        "labelled_in_episode": int((in_episode & labels).sum()),
+        "labelled_covered": float((in_episode & labels).sum() / max(int(labels.sum()), 1)),
+        "normal_points": normal,
+        "normal_in_episode": int((in_episode & ~labels).sum()),
+        "episodes_opened": int(opened.sum()),
+        "false_opened": int((opened & ~labels).sum()),
+    }
+
+
 def hit_rate(blame: np.ndarray, metrics: tuple[int, ...], share: float) -> float:
     """Share of ``metrics`` among the top ``⌊len(metrics) · share⌋`` of ``blame`` (one
     point's per-metric blame, higher = more to blame).
@@ -270,6 +296,9 @@ class MethodRun:
     blame: np.ndarray
     decisions: np.ndarray | None = None
     seconds_per_point: float = float("nan")
+    #: the detector's episodes: points inside an open episode, and points that opened one
+    in_episode: np.ndarray | None = None
+    opened: np.ndarray | None = None
 
 
 def pca_method(train: np.ndarray, test: np.ndarray, variance: float) -> MethodRun:
@@ -332,6 +361,7 @@ def detector_method(server: Server, settings: Settings) -> MethodRun:
     t0 = len(server.train) * STEP_S
     n = len(server.test)
     scores, decisions = np.zeros(n), np.zeros(n, dtype=bool)
+    in_episode, opened = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     blame = np.zeros_like(server.test)
     started = time.perf_counter()
     for i, row in enumerate(server.test):
@@ -341,9 +371,12 @@ def detector_method(server: Server, settings: Settings) -> MethodRun:
         # the score, its ties at 1.0 broken by the likelihood; a new extreme first
         scores[i] = j.scores[0] + 1e-6 * (EXTREME_RANK if extreme else j.likelihood[0])
         decisions[i] = bool(j.fire[0])
+        in_episode[i] = not np.isnan(j.episode.start[0])
+        opened[i] = bool(j.episode.opened[0])
         blame[i] = np.abs(j.weighted[0]) + np.where(j.extreme[0], EXTREME_RANK, 0.0)
         detector.learn_one(point, t0 + i * STEP_S)
-    return MethodRun(scores, blame, decisions, (time.perf_counter() - started) / n)
+    seconds = (time.perf_counter() - started) / n
+    return MethodRun(scores, blame, decisions, seconds, in_episode, opened)
 
 
 def methods_for(server: Server, settings: Settings) -> dict[str, MethodRun]:
@@ -373,6 +406,8 @@ def evaluate(server: Server, run: MethodRun) -> dict:
         out["interpretation_at_runtime"] = interpretation_figures(
             run.blame, run.decisions, server.interpretation
         )
+    if run.in_episode is not None:
+        out["episodes"] = episode_figures(run.in_episode, run.opened, server.labels)
     return out
 
 
@@ -414,6 +449,15 @@ def summarise(per_server: dict[str, dict[str, dict]]) -> dict[str, dict]:
                 "false_per_1k_normal": 1000.0 * false / normal if normal else 0.0,
                 "delay_median_of_servers": _mean([r["delay_median"] for r in runtime]),
             }
+        if "episodes" in rows[0]:
+            e = {k: sum(r["episodes"][k] for r in rows) for k in rows[0]["episodes"]
+                 if k != "labelled_covered"}  # fmt: skip
+            e["labelled_covered"] = e["labelled_in_episode"] / max(e["labelled_points"], 1)
+            e["normal_covered"] = e["normal_in_episode"] / max(e["normal_points"], 1)
+            e["false_opened_per_1k_normal"] = (
+                1000.0 * e["false_opened"] / max(e["normal_points"], 1)
+            )
+            entry["episodes"] = e
         summary[method] = entry
     return summary
 
@@ -480,6 +524,14 @@ def main(argv: list[str] | None = None) -> dict:
         "per_server": per_server,
     }
     print("\n".join(table(summary)))
+    for method, entry in summary.items():
+        if "episodes" in entry:
+            e = entry["episodes"]
+            print(f"{method}: episodes overlap {e['events_overlapped']} of "
+                  f"{entry['runtime']['events']} labelled segments; "
+                  f"{e['labelled_covered']:.2f} of labelled and {e['normal_covered']:.3f} of "
+                  f"normal points inside one; {e['episodes_opened']} opened, "
+                  f"{e['false_opened_per_1k_normal']:.2f} on normal points per 1k")  # fmt: skip
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")

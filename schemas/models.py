@@ -229,6 +229,12 @@ class AnomalyRecord(BaseModel):
     is_anomaly: bool
     detector: str
     reasons: list[FeatureDeviation] = Field(description="Features that drove the score.")
+    episode_start: float | None = Field(
+        None,
+        description="Event time (epoch seconds) at which the anomaly episode this heartbeat "
+        "belongs to started (the heartbeat that opened it); absent outside an episode. An "
+        "episode lasts while its metrics stay off the agent's slow baseline.",
+    )
 
 
 class BaselineRecord(BaseModel):

@@ -65,6 +65,10 @@ _AGENT_EVENTS_CHANNEL = (
     "(operators, through the API), state (the dataflow); empty for rows stored before the "
     "column existed, from the one agents.events of then'"
 )
+_ANOMALIES_EPISODE_START = (
+    "episode_start Nullable(DateTime64(3, 'UTC')) "
+    "COMMENT 'start of the anomaly episode the heartbeat belongs to, if any'"
+)
 _COMMANDS_TASK_ID = (
     "task_id Nullable(String) COMMENT 'the task it concerns (run_task, cancel_task), if any'"
 )
@@ -137,6 +141,12 @@ MIGRATIONS = (
         "commands_task_id",
         add_columns=(AddColumn("commands", _COMMANDS_TASK_ID),),
         why="orders to run or cancel a task name the task (orchestration)",
+    ),
+    Migration(
+        5,
+        "anomalies_episode_start",
+        add_columns=(AddColumn("anomalies", _ANOMALIES_EPISODE_START),),
+        why="a sustained anomaly is one episode: the records of its heartbeats name its start",
     ),
 )
 
@@ -262,6 +272,7 @@ def schema_statements(settings: Settings) -> list[str]:
             detector LowCardinality(String),
             top_feature LowCardinality(String),
             reasons String COMMENT 'JSON list of {{feature, value, baseline_mean, baseline_std, z}}'
+            , {_ANOMALIES_EPISODE_START}
         )
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(timestamp)

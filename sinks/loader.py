@@ -937,6 +937,7 @@ def anomaly_row(value: bytes) -> dict:
         "detector": record.detector,
         "top_feature": reasons[0]["feature"] if reasons else "",
         "reasons": orjson.dumps(reasons).decode(),
+        "episode_start": record.episode_start,
     }
 
 
@@ -1396,8 +1397,9 @@ LOADED: dict[str, LoadedTopic] = {
                 "detector",
                 "top_feature",
                 "reasons",
+                "episode_start",
             ),
-            ("timestamp",),
+            ("timestamp", "episode_start"),
         ),
     ),
     "baselines": LoadedTopic(

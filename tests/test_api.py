@@ -285,6 +285,36 @@ def test_known_agent_without_anomalies_in_range_is_an_empty_list(
     assert response.json()["anomalies"] == []
 
 
+def test_anomalies_of_an_episode_name_its_start(
+    api: TestClient, ch: Client, offline_settings: Settings
+):
+    """Records the detector publishes inside an episode carry ``episode_start`` (issue 12):
+    loaded through the loader's row builder, /anomalies shows it; rows outside one, null."""
+    from sinks.loader import anomaly_row as loaded_row
+
+    start = round(NOW - 300, 3)
+    docs = [
+        {"agent_id": "a1", "tenant_id": "t1", "timestamp": NOW - seconds_ago, "score": 1.0,
+         "threshold": 0.99, "is_anomaly": seconds_ago == 300, "detector": "baseline_likelihood",
+         "reasons": [{"feature": "cpu_usage", "value": 90.0, "baseline_mean": 40.0,
+                      "baseline_std": 5.0, "z": 10.0}], **episode}
+        for seconds_ago, episode in ((300, {"episode_start": start}),
+                                     (240, {"episode_start": start}), (30, {}))
+    ]  # fmt: skip
+    rows = [loaded_row(orjson.dumps(doc)) for doc in docs]
+    stamps = ("timestamp", "episode_start")
+    values = [
+        tuple(datetime.fromtimestamp(v, UTC) if c in stamps and v is not None else v
+              for c, v in row.items())
+        for row in rows
+    ]  # fmt: skip
+    insert(ch, offline_settings, "anomalies", values, list(rows[0]))
+    body = api.get("/api/v1/agents/a1/anomalies").json()
+    episodes = [a["episode_start"] for a in body["anomalies"]]
+    assert episodes[0] is None
+    assert [datetime.fromisoformat(e) for e in episodes[1:]] == [at(300)] * 2
+
+
 @pytest.mark.parametrize(
     ("params", "words"),
     [
@@ -830,7 +860,7 @@ def insert_docs(ch: Client, settings: Settings, table: str, to_row, docs: list[d
     rows = [to_row(orjson.dumps(doc)) for doc in docs]
     columns = list(rows[0])
     stamps = {"timestamp", "first_seen", "last_seen", "started_at", "fired_at",
-              "resolved_at", "updated_at", "issued_at"}  # fmt: skip
+              "resolved_at", "updated_at", "issued_at", "episode_start"}  # fmt: skip
     values = [
         tuple(
             datetime.fromtimestamp(v, UTC) if c in stamps and v is not None else v

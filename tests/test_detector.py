@@ -76,7 +76,7 @@ def beat(agent: str, t: float, rng: np.random.Generator) -> dict:
 @given(st.integers(0, 2**32 - 1))
 def test_fleet_scores_equal_the_single_series_detector(seed: int) -> None:
     """The array form (dataflow) and River-API form agree, heartbeat by heartbeat:
-    score and runtime decision (quiet periods included)."""
+    score, runtime decision (quiet periods included) and episode."""
     rng = np.random.default_rng(seed)
     # a tiny reason sigma makes every heartbeat stand out: every score is published
     config = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=10,
@@ -101,7 +101,8 @@ def test_fleet_scores_equal_the_single_series_detector(seed: int) -> None:
         chunk = parse_heartbeats([orjson.dumps(b) for b in beats[lo : lo + 7]])[0]
         for record in fleet.observe(chunk).anomalies:
             key = (record["agent_id"], record["timestamp"])
-            fleet_scores[key] = (record["score"], record["is_anomaly"])
+            episode = record.get("episode_start", np.nan) - 1.8e9  # (the first heartbeat's)
+            fleet_scores[key] = (record["score"], record["is_anomaly"], episode)
     for b in beats:
         detector = singles[b["agent_id"]]
         judgement = detector.judge_one(b)
@@ -109,9 +110,10 @@ def test_fleet_scores_equal_the_single_series_detector(seed: int) -> None:
         detector.learn_one(b)
         key = (b["agent_id"], b["timestamp"])
         if score >= 0.01:
-            fleet_score, fleet_fired = fleet_scores.pop(key)
+            fleet_score, fleet_fired, fleet_episode = fleet_scores.pop(key)
             assert np.isclose(fleet_score, score, rtol=1e-9), key
             assert fleet_fired == bool(judgement.fire[0]), key
+            assert np.array_equal(fleet_episode, judgement.episode.start[0], equal_nan=True), key
     assert fleet_scores == {}
 
 
@@ -374,6 +376,76 @@ def test_a_harmless_drop_weighs_less_than_a_rise() -> None:
 
 def test_detector_state_stays_within_a_kibibyte_per_agent() -> None:
     """The whole per-agent state of the fleet's detector and baselines (issue 12: ≤ 1 KiB;
-    305 bytes before detector v2, 373 with the metric tails and the quiet period's mask)."""
+    305 bytes before detector v2, 373 with the metric tails and the quiet period's mask, 385
+    with the open episode: its start, last heartbeat that stood out and metrics)."""
     fleet = FleetBaselines(DetectorConfig.from_settings(Settings()))
-    assert fleet.bytes_per_agent() == 373 <= 1024
+    assert fleet.bytes_per_agent() == 385 <= 1024
+
+
+# --- episodes (issue 12, Deliver 4) ---------------------------------------------------------
+
+
+def test_a_level_shift_is_one_episode_until_the_slow_baseline_takes_it() -> None:
+    """A shift of 20 std fires once, at its first heartbeat, and opens an episode. The local
+    level absorbs the shift within 100 heartbeats (the score falls below the report
+    threshold), but the episode stays open on the slow baseline, with the same start, and
+    fires nothing more; it ends anomaly_episode_end_s after the last heartbeat that stood
+    out, that heartbeat being its end."""
+    rng = np.random.default_rng(2)
+    values = np.r_[rng.normal(50, 1, 1000), rng.normal(70, 1, 300), rng.normal(50, 1, 300)]
+    detector = BaselineDetector(("cpu",), {"cpu": 0.1}, warmup=30)  # 30 s a heartbeat
+    report, end_s = Settings().anomaly_report_threshold, Settings().anomaly_episode_end_s
+    judgements = []
+    for value in values:
+        judgements.append(detector.judge_one({"cpu": value}))
+        detector.learn_one({"cpu": value})
+    fired = [i for i, j in enumerate(judgements) if j.fire[0]]
+    opened = [i for i, j in enumerate(judgements) if j.episode.opened[0]]
+    ended = [i for i, j in enumerate(judgements) if j.episode.ended[0]]
+    assert fired == opened == [1000] and len(ended) == 1
+    (last,) = ended
+    in_episode = [i for i, j in enumerate(judgements) if not np.isnan(j.episode.start[0])]
+    assert in_episode == list(range(1000, last))
+    assert {float(judgements[i].episode.start[0]) for i in in_episode} == {1000 * 30.0}
+    assert max(judgements[i].scores[0] for i in range(1100, last)) < report  # level absorbed
+    assert last >= 1150  # visible well after the level absorbed the shift
+    end = float(judgements[last].episode.end[0])
+    assert last * 30.0 - end >= end_s > (last - 1) * 30.0 - end
+    assert judgements[int(end / 30.0)].episode.held[0]
+
+
+def test_fleet_records_name_the_episode_they_belong_to() -> None:
+    """The anomaly that opens an episode carries its own time as ``episode_start``, a later
+    record of the same episode the same start; an agent with no episode's records carry none."""
+    fleet = FleetBaselines(DetectorConfig.from_settings(
+        Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=30)))  # fmt: skip
+    rng = np.random.default_rng(3)
+    cpu = np.r_[rng.normal(40, 1, 500), rng.normal(80, 1, 60)]
+    cpu[540] = 99.0  # a spike on top of the shift, within the episode
+    records = one_agent(fleet, cpu)
+    opening = next(r for r in records if r["is_anomaly"])
+    assert opening["position"] == 500 and opening["episode_start"] == opening["timestamp"]
+    later = [r for r in records if r["position"] > 500]
+    assert later and {r["episode_start"] for r in later} == {opening["timestamp"]}
+    calm = FleetBaselines(DetectorConfig.from_settings(
+        Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=30)))  # fmt: skip
+    assert all("episode_start" not in r for r in one_agent(calm, rng.normal(40, 1, 500)))
+
+
+def test_a_snapshot_from_before_episodes_keeps_its_quiet_period() -> None:
+    """A state pickled before episodes existed takes them up with none open, and keeps its
+    quiet periods (only a state from before the quiet period in seconds drops them)."""
+    fleet = FleetBaselines(DetectorConfig.from_settings(
+        Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=30)))  # fmt: skip
+    cpu = np.random.default_rng(4).normal(40, 1, 400)
+    cpu[350] = 99.0
+    assert [r["position"] for r in one_agent(fleet, cpu) if r["is_anomaly"]] == [350]
+    quiet_until = float(fleet.quiet_until[0])
+    assert quiet_until > 0
+    for name in ("episode_start", "episode_seen", "episode_metrics"):
+        del fleet.__dict__[name]
+        del fleet._arrays[name]
+    restored = pickle.loads(pickle.dumps(fleet))
+    restored.configure(fleet.config)
+    assert restored.quiet_until[0] == quiet_until
+    assert np.isnan(restored.episode_start[0]) and restored.episode_metrics[0] == 0

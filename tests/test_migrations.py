@@ -113,7 +113,7 @@ def sorting_keys(client: Client, db: str) -> dict[str, str]:
 
 
 #: Columns added by migrations after the tenant-first rebuild (version 4 on).
-ADDED_COLUMNS = {("commands", "task_id")}
+ADDED_COLUMNS = {("commands", "task_id"), ("anomalies", "episode_start")}
 
 
 def fingerprints(client: Client, db: str, names: list[str]) -> dict[str, tuple[int, int]]:
@@ -205,7 +205,19 @@ def test_a_rebuild_interrupted_after_the_copy_finishes_on_the_next_start(old_dat
         return staging
 
     client.command(f"INSERT INTO {staged('metrics')} SELECT * FROM {db}.metrics LIMIT 100")
-    client.command(f"INSERT INTO {staged('anomalies')} SELECT * FROM {db}.anomalies")
+    # (the release's columns: today's layout has columns added since, NULL in old rows)
+    old_columns = ", ".join(
+        f"`{name}`"
+        for (name,) in client.query(
+            "SELECT name FROM system.columns WHERE database = {db:String} "
+            "AND table = 'anomalies' ORDER BY position",
+            parameters={"db": db},
+        ).result_rows
+    )
+    client.command(
+        f"INSERT INTO {staged('anomalies')} ({old_columns}) "
+        f"SELECT {old_columns} FROM {db}.anomalies"
+    )
     client.command(f"INSERT INTO {staged('threats')} SELECT * FROM {db}.threats")
     client.command(f"EXCHANGE TABLES {db}.threats AND {db}.threats{REBUILD_SUFFIX}")
 

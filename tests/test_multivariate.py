@@ -95,3 +95,15 @@ def test_the_harness_runs_on_a_small_server(tmp_path: Path) -> None:
     detector = result["summary"]["detector (fleet wiring)"]
     assert detector["runtime"]["events_detected"] == 1
     assert result["summary"]["1-NN distance"]["best_f1"] == 1.0
+
+
+def test_episode_figures_count_what_the_episodes_cover() -> None:
+    # one episode opened at point 3 (labelled) and held to point 5 (normal)
+    in_episode = np.zeros(10, dtype=bool)
+    in_episode[3:6] = True
+    opened = np.zeros(10, dtype=bool)
+    opened[3] = True
+    e = mv.episode_figures(in_episode, opened, LABELS)
+    assert e["events_overlapped"] == 1  # segment (2, 4), not (7, 7)
+    assert (e["labelled_in_episode"], e["normal_in_episode"]) == (2, 1)
+    assert (e["episodes_opened"], e["false_opened"]) == (1, 0)

@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("--inserts", type=int, default=600)
     parser.add_argument("--rows", type=int, default=1000, help="rows an insert")
     parser.add_argument("--interval-s", type=float, default=0.05, help="between inserts")
+    parser.add_argument(
+        "--table-settings", default="", help="MergeTree settings (e.g. merge_selector_base=8)"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="agentwatch-merges-"))
     try:
@@ -74,6 +77,7 @@ def main() -> None:
         session.query(
             f"CREATE TABLE bench.metrics ({COLUMNS}) ENGINE = ReplacingMergeTree "
             "PARTITION BY toYYYYMM(timestamp) ORDER BY (tenant_id, agent_id, timestamp)"
+            + (f" SETTINGS {args.table_settings}" if args.table_settings else "")
         )
         rng = random.Random(1) if args.data == "noisy" else None
         at, started, cpu = 1_796_000_000.0, time.monotonic(), cpu_seconds()
@@ -88,7 +92,7 @@ def main() -> None:
             time.sleep(args.interval_s)
         time.sleep(5)  # the last merges
         print(
-            f"{args.data}: {args.inserts} inserts of {args.rows} rows, "
+            f"{args.data} {args.table_settings}: {args.inserts} inserts of {args.rows} rows, "
             f"{time.monotonic() - started:.0f} s, CPU {cpu_seconds() - cpu:.1f} s "
             "(making the rows included)"
         )

@@ -132,3 +132,50 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> 
             return last
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} (last: {last!r})")
+
+
+def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 15.0) -> list:
+    """Every message on ``topic`` now (each partition from its beginning to its end), as
+    soon as it is read: not a fixed wait for more (a wait every read would pay in full).
+
+    The end of a partition is the high watermark its fetches report (Tansu answers
+    ListOffsets short of the true end; api/broker_probe.py), so a message the broker
+    acknowledged before the call is always read. Fails after ``timeout_s``.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "tests-read-topic",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,  # an empty partition answers at once, not after 500 ms
+        }
+    )
+    try:
+        partitions = sorted(consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        messages: list = []
+        read_to: dict[int, int] = {}  # partition -> next offset to read
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for message in consumer.consume(1000, timeout=0.05):
+                if message.error() is None:
+                    messages.append(message)
+                    read_to[message.partition()] = message.offset() + 1
+            ends = [
+                consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                for p in partitions
+            ]
+            if all(
+                high >= 0 and read_to.get(p, low) >= high
+                for p, (low, high) in zip(partitions, ends, strict=True)
+            ):
+                return messages
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout_s:g} s reading {topic} to its end "
+                    f"(read to {read_to}, ends {ends})"
+                )
+    finally:
+        consumer.close()

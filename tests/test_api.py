@@ -102,6 +102,7 @@ def offline_settings(make_settings, chdb_dir) -> Settings:
         clickhouse_dsn=f"chdb://{chdb_dir}",
         bootstrap_servers=f"127.0.0.1:{free_port()}",
         api_broker_timeout_s=0.3,
+        api_projection_metadata_timeout_s=0.1,  # (the app's shutdown waits this long)
     )
 
 

@@ -62,3 +62,25 @@ def test_repeated_kill_9_loses_and_doubles_nothing(settings: Settings, tmp_path:
     assert report.sent["operator_commands_accepted"] >= 2
     failed = {name: check for name, check in report.checks.items() if not check["ok"]}
     assert not failed, report.table()
+
+
+def test_the_runs_directory_is_removed_unless_kept_or_the_run_failed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    chaos = load_chaos()
+    monkeypatch.setattr(chaos.tempfile, "tempdir", str(tmp_path))  # (mkdtemp's directory)
+    said: list[str] = []
+    with chaos.chaos_workdir(say=said.append) as passed:
+        (passed / "api.log").write_text("all well")
+    assert not passed.exists() and said == []
+    with chaos.chaos_workdir(keep=True, say=said.append) as kept:
+        (kept / "api.log").write_text("all well")
+    assert (kept / "api.log").exists() and said == [f"kept {kept}"]
+    for failure in (RuntimeError("the dataflow exited"), SystemExit(1)):
+        with pytest.raises(type(failure)), chaos.chaos_workdir(say=said.append) as failed:
+            raise failure
+        assert failed.exists() and said[-1].startswith(f"kept {failed} (the run failed")
+    with pytest.raises(SystemExit), chaos.chaos_workdir(say=said.append) as ok:
+        raise SystemExit(0)  # (main's way of saying every check passed)
+    assert not ok.exists()
+    assert [path.name.startswith("agentwatch-chaos-") for path in tmp_path.iterdir()] == [True] * 3

@@ -18,6 +18,7 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -113,13 +114,37 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 
 
 @pytest.fixture
-def settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]) -> Settings:
-    """Settings wired to the session's broker and chDB (starts them on first use)."""
+def settings(
+    request: pytest.FixtureRequest, make_settings: Callable[..., Settings]
+) -> Iterator[Settings]:
+    """Settings wired to the session's broker and chDB (starts them on first use); the
+    test's topics are deleted after it (:func:`delete_topics`)."""
     broker = request.getfixturevalue("broker")
     chdb_dir = request.getfixturevalue("chdb_dir")
-    return make_settings(
+    made = make_settings(
         bootstrap_servers=broker.bootstrap_servers, clickhouse_dsn=f"chdb://{chdb_dir}"
     )
+    yield made
+    delete_topics(broker.bootstrap_servers, made.topic_prefix)
+
+
+def delete_topics(bootstrap_servers: str, prefix: str) -> None:
+    """Delete the topics named ``prefix…`` (a test's, once it is over and what it started
+    has stopped). The session's one broker would otherwise keep every test's topics (14
+    each, thousands by the end of a run), and every full list of topics — ensure_topics,
+    the API's projection and health probe — is slower with each: the last tests paid for
+    all the ones before."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    try:
+        names = [name for name in admin.list_topics(timeout=10).topics if name.startswith(prefix)]
+        if names:
+            for future in admin.delete_topics(names, request_timeout=10).values():
+                future.result(10)
+    except KafkaException as exc:  # only housekeeping: say so, do not fail the test for it
+        warnings.warn(f"the topics {prefix}* were not deleted: {exc}", stacklevel=1)
 
 
 def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> object:

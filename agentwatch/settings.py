@@ -195,6 +195,14 @@ class Settings(BaseSettings):
         description="How long a registration or search waits for the API's agent "
         "projection to have read the registry topics to their end, before a 503.",
     )
+    api_projection_metadata_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        description="Longest the API's agent projection waits for the broker's list of "
+        "topics (at start, and when it looks for new topics; tried again a second later). "
+        "Its thread stops only after that call returns, so a shutdown with the broker down "
+        "waits up to this long.",
+    )
     api_allow_remote_mutations: bool = Field(
         False,
         description="Accept requests that change something (POST, PUT, DELETE…) from other "

@@ -77,6 +77,9 @@ log = logging.getLogger("api.assign")
 REGISTRY_EVENTS = frozenset({"registered", "status_changed", "quarantine_requested", "released"})
 #: How long the re-placing worker waits for work before it looks whether to stop.
 RETRY_WAIT_S = 0.2
+#: Put on the re-placing queue by :meth:`Assigner.stop`: the worker wakes at once instead
+#: of finishing its wait (every API shutdown waited up to :data:`RETRY_WAIT_S` for it).
+_STOP = object()
 
 
 class DuplicateTask(ValueError):
@@ -175,7 +178,7 @@ class Assigner:
         self._decisions: OrderedDict[str, Decision] = OrderedDict()
         self._reservations: dict[str, tuple[str, float]] = {}
         self._expiry: deque[tuple[float, str]] = deque()
-        self._retries: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._retries: queue.SimpleQueue[str | object] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
         self.folded = 0
@@ -197,6 +200,7 @@ class Assigner:
     def stop(self) -> None:
         self._stopping.set()
         if self._worker is not None:
+            self._retries.put(_STOP)  # wake the worker now
             self._worker.join(timeout=5)
 
     @property
@@ -418,6 +422,8 @@ class Assigner:
                 task_id = self._retries.get(timeout=RETRY_WAIT_S)
             except queue.Empty:
                 continue
+            if task_id is _STOP:
+                break
             try:
                 self.place_again(task_id)
             except Exception:  # one task's failure must not stop the others' re-placing

@@ -43,6 +43,8 @@ class BrokerProbeResult:
     dataflow_lag: int | None
     dataflow_detail: str
     checked_at: float  # epoch seconds
+    #: Why the lag is unknown (None when it is known): what a reader acts on.
+    dataflow_lag_reason: str | None = None
 
 
 class BrokerProbe:
@@ -78,10 +80,14 @@ class BrokerProbe:
         except KafkaException as exc:
             error = f"no answer from {self.settings.bootstrap_servers}: {_kafka_error(exc)}"
             return BrokerProbeResult(
-                False, None, error, None, "unknown: the broker is unreachable", checked_at
-            )
+                False, None, error, None, "unknown: the broker is unreachable", checked_at,
+                f"the broker is unreachable ({error})",
+            )  # fmt: skip
         lag, detail = self._dataflow_lag(metadata.topics.get(self.topic), deadline)
-        return BrokerProbeResult(True, metadata.cluster_id, None, lag, detail, checked_at)
+        reason = None if lag is not None else detail.removeprefix("unknown: ")
+        return BrokerProbeResult(
+            True, metadata.cluster_id, None, lag, detail, checked_at, reason
+        )  # fmt: skip
 
     def _dataflow_lag(
         self, topic_metadata: TopicMetadata | None, deadline: float
@@ -110,11 +116,16 @@ class BrokerProbe:
                 )
             ends = _log_ends(consumer, partitions, deadline)
         except KafkaException as exc:
-            return None, f"unknown: the broker did not answer in time ({_kafka_error(exc)})"
+            return None, (
+                f"unknown: the broker did not answer within {self._budget()} ({_kafka_error(exc)})"
+            )
         finally:
             consumer.close()
         if ends is None:
-            return None, "unknown: the broker did not report the end of every partition in time"
+            return None, (
+                "unknown: the broker did not report the end of every partition of "
+                f"{self.topic} within {self._budget()}"
+            )
         lag = 0
         for tp in committed:
             low, high = ends[tp.partition]
@@ -124,6 +135,10 @@ class BrokerProbe:
             f"high watermark minus the offset committed by group {group}, "
             f"summed over {len(partitions)} partitions of {self.topic}"
         )
+
+    def _budget(self) -> str:
+        """The probe's time budget, as a reason names it."""
+        return f"{self.settings.api_broker_timeout_s:g} s (AGENTWATCH_API_BROKER_TIMEOUT_S)"
 
     def _admin_client(self) -> AdminClient:
         if self._admin is None:

@@ -128,6 +128,7 @@ class SystemMonitor:
                 lag=broker.dataflow_lag,
                 lag_state="unknown" if broker.dataflow_lag is None else "ok",
                 detail=broker.dataflow_detail,
+                lag_unknown_reason=broker.dataflow_lag_reason,
             ),
             loader=loader,
             clickhouse=clickhouse,

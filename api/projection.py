@@ -204,7 +204,9 @@ class AgentProjection(BackgroundReader):
         is added (from its beginning) when it appears (:meth:`_add_new_topics`)."""
         self._next_topic_check = time.monotonic() + TOPIC_RETRY_S
         try:
-            metadata = self._consumer.list_topics(timeout=1.0)
+            metadata = self._consumer.list_topics(
+                timeout=self.settings.api_projection_metadata_timeout_s
+            )
         except KafkaException as exc:
             log.warning("projection_broker_unreachable error=%r", str(exc)[:200])
             return False
@@ -254,7 +256,9 @@ class AgentProjection(BackgroundReader):
         """Assign the topics that appeared since (read from their beginning: all is new)."""
         self._next_topic_check = time.monotonic() + TOPIC_RETRY_S
         try:
-            metadata = self._consumer.list_topics(timeout=1.0)
+            metadata = self._consumer.list_topics(
+                timeout=self.settings.api_projection_metadata_timeout_s
+            )
         except KafkaException:
             return
         assignment, _ = self._partitions(metadata, initial=False)

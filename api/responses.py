@@ -442,6 +442,12 @@ class DataflowHealth(BaseModel):
     lag: int | None = Field(description="Messages not yet processed; null when unknown.")
     lag_state: Literal["ok", "unknown"]
     detail: str = Field(description="How the lag was found, or why it is unknown.")
+    lag_unknown_reason: str | None = Field(
+        None,
+        description="Why the lag is unknown, null when it is known: e.g. the broker did "
+        "not answer within the probe's budget (AGENTWATCH_API_BROKER_TIMEOUT_S), the "
+        "dataflow has committed nothing yet, the broker is unreachable.",
+    )
 
 
 class LoaderHealth(BaseModel):

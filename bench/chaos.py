@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/chaos.py                 # 10 minutes, a kill every ~8 s
     .venv/bin/python bench/chaos.py --minutes 2 --kill-every-s 4 --processes 2
+    .venv/bin/python bench/chaos.py --keep          # keep its directory (logs, chDB)
 
 It starts a Tansu broker on a free port, the dataflow (``python -m dataflows.heartbeats``;
 ``--processes N``: one Bytewax cluster of N processes) and the API with its loader and
@@ -33,7 +34,9 @@ verify`` against the API, stops everything and counts in ClickHouse:
   trail once, and no audit row twice; the hash chains whole.
 
 It prints a table: kills and recovery time p50/max per component, lag max, and each
-check. ``tests/test_chaos.py`` runs :func:`run_chaos` for about a minute in the suite.
+check. Its directory (``agentwatch-chaos-*`` in the temp dir: logs, chDB) is removed at
+the end, unless ``--keep`` or the run failed (then its logs say why).
+``tests/test_chaos.py`` runs :func:`run_chaos` for about half a minute in the suite.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -49,7 +53,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -877,11 +882,47 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1, help="dataflow processes (one cluster)")
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "chaos.json")
+    parser.add_argument(
+        "--keep", action="store_true",
+        help="keep the run's directory (logs, chDB) even when it passes",
+    )  # fmt: skip
     args = parser.parse_args()
+    with chaos_workdir(keep=args.keep) as workdir:
+        run_main(args, workdir)
 
+
+@contextmanager
+def chaos_workdir(keep: bool = False, say: Callable[[str], None] = print) -> Iterator[Path]:
+    """A new ``agentwatch-chaos-*`` directory in the temp dir for one run (the broker's and
+    the components' logs, chDB), removed at the end unless ``keep`` — or the run failed
+    (an exception, a failed check's exit): then its logs are what says why, so it stays.
+
+    >>> with chaos_workdir(say=lambda _line: None) as workdir:
+    ...     (workdir / "api.log").write_text("...")
+    3
+    >>> workdir.exists()
+    False
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="agentwatch-chaos-"))
+    failed = True
+    try:
+        yield workdir
+        failed = False
+    except SystemExit as exc:  # main's exit: 0 when every check passed
+        failed = exc.code not in (0, None)
+        raise
+    finally:
+        if failed:
+            say(f"kept {workdir} (the run failed; its logs are there)")
+        elif keep:
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_main(args: argparse.Namespace, workdir: Path) -> None:
     from infra.broker import start_broker
 
-    workdir = Path(tempfile.mkdtemp(prefix="agentwatch-chaos-"))
     broker = start_broker("127.0.0.1", free_port(), log_path=workdir / "broker.log")
     settings = Settings(
         bootstrap_servers=broker.bootstrap_servers,

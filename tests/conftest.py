@@ -18,6 +18,7 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -113,13 +114,37 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 
 
 @pytest.fixture
-def settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]) -> Settings:
-    """Settings wired to the session's broker and chDB (starts them on first use)."""
+def settings(
+    request: pytest.FixtureRequest, make_settings: Callable[..., Settings]
+) -> Iterator[Settings]:
+    """Settings wired to the session's broker and chDB (starts them on first use); the
+    test's topics are deleted after it (:func:`delete_topics`)."""
     broker = request.getfixturevalue("broker")
     chdb_dir = request.getfixturevalue("chdb_dir")
-    return make_settings(
+    made = make_settings(
         bootstrap_servers=broker.bootstrap_servers, clickhouse_dsn=f"chdb://{chdb_dir}"
     )
+    yield made
+    delete_topics(broker.bootstrap_servers, made.topic_prefix)
+
+
+def delete_topics(bootstrap_servers: str, prefix: str) -> None:
+    """Delete the topics named ``prefix…`` (a test's, once it is over and what it started
+    has stopped). The session's one broker would otherwise keep every test's topics (14
+    each, thousands by the end of a run), and every full list of topics — ensure_topics,
+    the API's projection and health probe — is slower with each: the last tests paid for
+    all the ones before."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    try:
+        names = [name for name in admin.list_topics(timeout=10).topics if name.startswith(prefix)]
+        if names:
+            for future in admin.delete_topics(names, request_timeout=10).values():
+                future.result(10)
+    except KafkaException as exc:  # only housekeeping: say so, do not fail the test for it
+        warnings.warn(f"the topics {prefix}* were not deleted: {exc}", stacklevel=1)
 
 
 def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> object:
@@ -132,3 +157,50 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> 
             return last
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} (last: {last!r})")
+
+
+def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 15.0) -> list:
+    """Every message on ``topic`` now (each partition from its beginning to its end), as
+    soon as it is read: not a fixed wait for more (a wait every read would pay in full).
+
+    The end of a partition is the high watermark its fetches report (Tansu answers
+    ListOffsets short of the true end; api/broker_probe.py), so a message the broker
+    acknowledged before the call is always read. Fails after ``timeout_s``.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "tests-read-topic",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,  # an empty partition answers at once, not after 500 ms
+        }
+    )
+    try:
+        partitions = sorted(consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        messages: list = []
+        read_to: dict[int, int] = {}  # partition -> next offset to read
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for message in consumer.consume(1000, timeout=0.05):
+                if message.error() is None:
+                    messages.append(message)
+                    read_to[message.partition()] = message.offset() + 1
+            ends = [
+                consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                for p in partitions
+            ]
+            if all(
+                high >= 0 and read_to.get(p, low) >= high
+                for p, (low, high) in zip(partitions, ends, strict=True)
+            ):
+                return messages
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout_s:g} s reading {topic} to its end "
+                    f"(read to {read_to}, ends {ends})"
+                )
+    finally:
+        consumer.close()

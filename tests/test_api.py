@@ -102,6 +102,7 @@ def offline_settings(make_settings, chdb_dir) -> Settings:
         clickhouse_dsn=f"chdb://{chdb_dir}",
         bootstrap_servers=f"127.0.0.1:{free_port()}",
         api_broker_timeout_s=0.3,
+        api_projection_metadata_timeout_s=0.1,  # (the app's shutdown waits this long)
     )
 
 
@@ -506,6 +507,7 @@ def test_health_is_degraded_but_fast_when_the_broker_is_down(api: TestClient, fl
     assert body["broker"]["reachable"] is False and body["broker"]["cluster_id"] is None
     assert any(problem.startswith("broker:") for problem in body["problems"])
     assert body["dataflow"]["lag"] is None and body["dataflow"]["lag_state"] == "unknown"
+    assert body["dataflow"]["lag_unknown_reason"].startswith("the broker is unreachable")
     assert body["loader"]["running"] is False and body["loader"]["lag"] is None
     clickhouse = body["clickhouse"]
     assert clickhouse["reachable"] is True and clickhouse["ping_ms"] > 0
@@ -599,6 +601,7 @@ def produce_metric_rows(settings: Settings, agent: str, count: int) -> None:
 
 @pytest.mark.integration
 def test_health_is_ok_and_reports_dataflow_lag_with_a_real_broker(settings: Settings):
+    settings = settings.model_copy(update={"api_health_cache_s": 0.0})  # every call probes
     ensure_topics(settings)
     client = connect(settings)
     try:
@@ -611,6 +614,7 @@ def test_health_is_ok_and_reports_dataflow_lag_with_a_real_broker(settings: Sett
             assert body["broker"]["cluster_id"]
             assert body["dataflow"]["lag"] is None  # the dataflow committed nothing yet
             assert "committed no offsets" in body["dataflow"]["detail"]
+            assert "committed no offsets" in body["dataflow"]["lag_unknown_reason"]
 
             # 30 heartbeats in one batch on partition 1 (Tansu's ListOffsets would say 1),
             # 10 on partition 2; the dataflow group committed 26 on partition 1 only.
@@ -625,13 +629,63 @@ def test_health_is_ok_and_reports_dataflow_lag_with_a_real_broker(settings: Sett
                 committer.commit(offsets=[committed], asynchronous=False)
             finally:
                 committer.close()
-            time.sleep(settings.api_health_cache_s)
             dataflow = api.get("/api/v1/system/health").json()["dataflow"]
             assert dataflow["lag"] == (30 - 26) + 10, dataflow
-            assert dataflow["lag_state"] == "ok"
+            assert dataflow["lag_state"] == "ok" and dataflow["lag_unknown_reason"] is None
             assert "agentwatch_dataflow_lag_messages 14.0" in api.get("/metrics").text
     finally:
         client.close()
+
+
+class FetchesNeverAnswered(Consumer):
+    """A consumer whose fetches the broker never answers in time (its ListOffsets it
+    does): the watermark a fetch reports stays unknown, as librdkafka says it (-1001)."""
+
+    def get_watermark_offsets(self, partition, timeout=None, cached=False):
+        if cached:
+            return (-1001, -1001)
+        return super().get_watermark_offsets(partition, timeout=timeout, cached=False)
+
+
+def test_health_says_why_the_lag_is_unknown_when_the_broker_is_slow_to_answer(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+):
+    """The broker answers the probe's metadata and offsets but not its fetch within the
+    probe's budget: the lag is unknown, and the health says why, naming the budget."""
+    from api import broker_probe
+
+    ensure_topics(settings)
+    produce_heartbeats(settings, "lagging-agent", 5, partition=1)
+    committer = Consumer(
+        {"bootstrap.servers": settings.bootstrap_servers,
+         "group.id": settings.dataflow_group_id, "enable.auto.commit": False}
+    )  # fmt: skip
+    try:  # (the dataflow committed: the lag is not unknown for want of commits)
+        committer.commit(offsets=[TopicPartition(settings.topic("metrics"), 1, 2)],
+                         asynchronous=False)  # fmt: skip
+    finally:
+        committer.close()
+    monkeypatch.setattr(broker_probe, "Consumer", FetchesNeverAnswered)
+    client = connect(settings)
+    try:
+        with TestClient(
+            create_app(settings, client=client, run_loader=False), client=LOOPBACK_CLIENT
+        ) as api:
+            started = time.monotonic()
+            body = api.get("/api/v1/system/health").json()
+            elapsed = time.monotonic() - started
+    finally:
+        client.close()
+    dataflow = body["dataflow"]
+    assert dataflow["lag"] is None and dataflow["lag_state"] == "unknown", dataflow
+    reason = dataflow["lag_unknown_reason"]
+    assert reason == (
+        "the broker did not report the end of every partition of "
+        f"{settings.topic('metrics')} within 0.5 s (AGENTWATCH_API_BROKER_TIMEOUT_S)"
+    ), dataflow
+    assert dataflow["detail"] == f"unknown: {reason}"
+    assert body["broker"]["reachable"] is True
+    assert elapsed < 1.5, f"health took {elapsed:.2f} s: the probe kept to its budget"
 
 
 @pytest.mark.integration

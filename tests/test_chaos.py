@@ -1,4 +1,4 @@
-"""A minute of chaos in the suite (issue 14, Deliver 5): kill -9 of the dataflow and of
+"""Half a minute of chaos in the suite (issue 14, Deliver 5): kill -9 of the dataflow and of
 the API/loader process, in turn, while heartbeats (malformed ones among them) and
 agents' conversations (some flagged by the conversation checks, some malformed) and
 operator commands stream (six kills, spread over the input, each landing while data
@@ -39,8 +39,11 @@ def test_repeated_kill_9_loses_and_doubles_nothing(settings: Settings, tmp_path:
     report = chaos.run_chaos(
         settings.model_copy(update={"snapshot_interval_s": 1.0}),
         tmp_path,
-        seconds=28,
-        rate=600,
+        # 16,800 heartbeats (560 steps of 30 agents) at 2,000 messages/s: the input and the
+        # kills are those of 28 s at 600/s, without the idle time between kills (each kill
+        # still lands with a second of input in flight: the producer waits at each kill)
+        seconds=8.4,
+        rate=2000,
         agents=30,
         kill_every_s=3,
         alternate=True,
@@ -59,3 +62,25 @@ def test_repeated_kill_9_loses_and_doubles_nothing(settings: Settings, tmp_path:
     assert report.sent["operator_commands_accepted"] >= 2
     failed = {name: check for name, check in report.checks.items() if not check["ok"]}
     assert not failed, report.table()
+
+
+def test_the_runs_directory_is_removed_unless_kept_or_the_run_failed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    chaos = load_chaos()
+    monkeypatch.setattr(chaos.tempfile, "tempdir", str(tmp_path))  # (mkdtemp's directory)
+    said: list[str] = []
+    with chaos.chaos_workdir(say=said.append) as passed:
+        (passed / "api.log").write_text("all well")
+    assert not passed.exists() and said == []
+    with chaos.chaos_workdir(keep=True, say=said.append) as kept:
+        (kept / "api.log").write_text("all well")
+    assert (kept / "api.log").exists() and said == [f"kept {kept}"]
+    for failure in (RuntimeError("the dataflow exited"), SystemExit(1)):
+        with pytest.raises(type(failure)), chaos.chaos_workdir(say=said.append) as failed:
+            raise failure
+        assert failed.exists() and said[-1].startswith(f"kept {failed} (the run failed")
+    with pytest.raises(SystemExit), chaos.chaos_workdir(say=said.append) as ok:
+        raise SystemExit(0)  # (main's way of saying every check passed)
+    assert not ok.exists()
+    assert [path.name.startswith("agentwatch-chaos-") for path in tmp_path.iterdir()] == [True] * 3

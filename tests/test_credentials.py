@@ -15,7 +15,6 @@ from functools import partial
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from fastapi.testclient import TestClient
 
 from agentwatch.identity import Role
@@ -25,7 +24,7 @@ from api.identity import KeyBook
 from infra.broker import ensure_topics
 from sinks.clickhouse import connect
 from sinks.loader import event_row
-from tests.conftest import LOOPBACK_CLIENT
+from tests.conftest import LOOPBACK_CLIENT, read_topic
 from tests.test_api import insert_docs
 
 OVERLAP_S = 600.0
@@ -85,11 +84,8 @@ def door(settings: Settings) -> Iterator[Door]:
 
 
 def control_events(settings: Settings) -> list[dict]:
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "t"})
-    consumer.assign([TopicPartition(settings.topic("control"), 0, 0)])
-    events = [orjson.loads(m.value()) for m in consumer.consume(500, timeout=2) if not m.error()]
-    consumer.close()
-    return events
+    messages = read_topic(settings.bootstrap_servers, settings.topic("control"))
+    return [orjson.loads(m.value()) for m in messages]
 
 
 def test_an_agent_key_expires_and_the_refusal_says_when(door: Door):

@@ -6,7 +6,6 @@ from contextlib import nullcontext
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from agentwatch.identity import ALL_TENANTS, Role
 from agentwatch.settings import Settings
@@ -15,6 +14,7 @@ from api.publisher import EventPublisher
 from api.revocation import StoredRevocations
 from infra.broker import ensure_topics
 from sinks.clickhouse import connect, create_schema
+from tests.conftest import read_topic
 
 
 @pytest.fixture
@@ -30,12 +30,8 @@ def book(settings: Settings):
 
 
 def control_events(settings: Settings) -> list[dict]:
-    topic = settings.topic("control")
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "t"})
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    events = [orjson.loads(m.value()) for m in consumer.consume(100, timeout=2) if not m.error()]
-    consumer.close()
-    return events
+    messages = read_topic(settings.bootstrap_servers, settings.topic("control"))
+    return [orjson.loads(m.value()) for m in messages]
 
 
 def test_a_key_opens_the_door_once_made_and_not_after_it_is_revoked(book, settings):

@@ -51,7 +51,9 @@ def event(kind: str, agent: str, tenant: str, ago: float, channel: str, **payloa
 def reports_settings(make_settings, chdb_dir) -> Settings:
     """The session's chDB, a fresh database; no broker needed (nothing is published)."""
     return make_settings(
-        clickhouse_dsn=f"chdb://{chdb_dir}", bootstrap_servers=f"127.0.0.1:{free_port()}"
+        clickhouse_dsn=f"chdb://{chdb_dir}",
+        bootstrap_servers=f"127.0.0.1:{free_port()}",
+        api_projection_metadata_timeout_s=0.1,  # (the app's shutdown waits this long)
     )
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from infra.broker import ensure_topics
 from schemas.events import parse_rule_change
 from sinks.clickhouse import connect
-from tests.conftest import LOOPBACK_CLIENT
+from tests.conftest import LOOPBACK_CLIENT, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -34,16 +33,8 @@ def api(settings):
 
 
 def published(settings) -> list:
-    topic = settings.topic("control")
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "t"})
-    parts = consumer.list_topics(topic, timeout=5).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-    changes = []
-    for message in consumer.consume(100, timeout=2):
-        if message.error() is None:
-            changes.append(parse_rule_change(message.value()))
-    consumer.close()
-    return changes
+    messages = read_topic(settings.bootstrap_servers, settings.topic("control"))
+    return [parse_rule_change(message.value()) for message in messages]
 
 
 def test_the_seed_rules_are_listed_by_default(api):

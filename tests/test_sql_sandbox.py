@@ -707,7 +707,8 @@ def test_heavy_queries_are_stopped_while_ingestion_and_health_go_on(
         threads = [threading.Thread(target=produce), threading.Thread(target=watch_health)]
         for thread in threads:
             thread.start()
-        time.sleep(3)  # ingestion under way before the first heavy query
+        # ingestion under way before the first heavy query: rows have landed
+        wait_until(lambda: health_samples and health_samples[-1][2] > 0, 30, "rows landing")
         heavy_started = time.monotonic()
         outcomes = []
         for query in HEAVY:
@@ -720,7 +721,6 @@ def test_heavy_queries_are_stopped_while_ingestion_and_health_go_on(
             assert took < time_limit + 3.0, (query, took)
             assert_no_host_data(response.text)
         heavy_ended = time.monotonic()
-        time.sleep(2)
         stop.set()
         for thread in threads:
             thread.join(20)

@@ -85,7 +85,7 @@ def db(make_settings, chdb_dir) -> Iterator[tuple[Settings, Client]]:
 
     settings = make_settings(
         clickhouse_dsn=f"chdb://{chdb_dir}", bootstrap_servers=f"127.0.0.1:{free_port()}",
-        api_broker_timeout_s=0.3,
+        api_broker_timeout_s=0.3, api_projection_metadata_timeout_s=0.1,
     )  # fmt: skip
     client = connect(settings)
     create_schema(client, settings)

@@ -63,11 +63,20 @@ def test_a_leak_warns_once_well_before_the_limit_with_its_evidence() -> None:
 
 
 def test_noisy_flat_metrics_do_not_warn() -> None:
-    watch = TrendWatch.from_settings(Settings())
     rng = np.random.default_rng(2)
-    for agent in range(50):
-        cpu = np.clip(80.0 + rng.normal(0, 5.0, 2880), 0, 100)  # a day of a busy, noisy agent
-        assert watch.observe(series("cpu_usage", cpu.tolist(), agent=f"a{agent}")) == []
+    days = [np.clip(80.0 + rng.normal(0, 5.0, 2880), 0, 100) for _ in range(50)]  # a busy,
+    # noisy agent's day, for 50 agents; one batch of them all, in time order (each agent's
+    # state is its own row, so this judges every agent as its own day alone would, but in
+    # 2,880 vectorised steps rather than 144,000 one-row steps)
+    agents, steps = len(days), len(days[0])
+    metrics = {f: np.full(agents * steps, 10.0) for f in NUMERIC_FIELDS}
+    metrics["cpu_usage"] = np.column_stack(days).ravel()  # step-major: all agents per step
+    batch = HeartbeatBatch(
+        np.arange(agents * steps), [f"a{agent}" for agent in range(agents)] * steps,
+        ["t1"] * (agents * steps), np.repeat(T0 + 30.0 * np.arange(steps), agents), metrics,
+        [None] * (agents * steps),
+    )  # fmt: skip
+    assert TrendWatch.from_settings(Settings()).observe(batch) == []
 
 
 def test_a_strong_daily_cycle_does_not_warn() -> None:

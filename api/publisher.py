@@ -81,6 +81,9 @@ class EventPublisher:
             except (KafkaException, BufferError) as exc:
                 raise PublishError(f"Kafka refused the event: {exc}") from None
             left = self._producer.flush(self.settings.api_broker_timeout_s * 10)
+            if left:  # dropped, so it cannot land later, after the caller was told 503
+                self._producer.purge(in_queue=True, in_flight=False)
+                self._producer.poll(0)
         if left or failures:
             reason = failures[0] if failures else "no answer from the broker"
             raise PublishError(

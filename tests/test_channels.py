@@ -152,6 +152,23 @@ def test_an_event_queued_for_a_broker_that_never_takes_it_is_reported() -> None:
     assert "did not take it" in failures[0]
 
 
+def test_a_command_the_broker_did_not_take_is_not_left_queued_to_land_later() -> None:
+    """The caller is told the command was not published (503): it must not reach the
+    broker later, when the broker comes back."""
+    from api.publisher import PublishError
+    from infra.broker import free_port
+
+    publisher = EventPublisher(
+        Settings(bootstrap_servers=f"127.0.0.1:{free_port()}", api_broker_timeout_s=0.05)
+    )
+    try:
+        with pytest.raises(PublishError, match="not published"):
+            publisher.publish(command(1), "a1")
+        assert len(publisher._producer) == 0  # nothing queued or waiting for its report
+    finally:
+        publisher.close()
+
+
 def test_what_is_queued_reaches_the_log_before_what_is_published_after_it(broker) -> None:
     import uuid
 

@@ -1192,8 +1192,10 @@ def test_security_scores_left_on_the_old_topic_are_loaded_too(settings, client, 
         lambda: (
             loader.stats().rows_inserted["scores"] == 4
             and loader.stats().rows_inserted["security"] == 2
+            # the malformed one may sit on another partition, read after the rows landed
+            and loader.stats().skipped_invalid["scores"] >= 1
         ),
-        "both topics",
+        "both topics and the malformed score",
     )
     db = settings.clickhouse_database
     assert client.query(

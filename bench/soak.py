@@ -84,28 +84,32 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def stat_cpu_seconds(stat: str) -> float:
+    """User + system CPU seconds in the text of a ``/proc/.../stat`` file."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used (0 when it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def thread_cpu_seconds(pid: int, thread_name: str) -> float:
     """User + system CPU seconds of the threads of ``pid`` named ``thread_name`` (e.g.
     chDB's merge threads, ``MergeMutate``); threads that ended no longer count."""
-    total = 0
+    total = 0.0
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
             stat = (task / "stat").read_text()
         except OSError:
             continue
         if stat[stat.index("(") + 1 : stat.rindex(")")] == thread_name:
-            fields = stat.rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
+            total += stat_cpu_seconds(stat)
+    return total
 
 
 def directory_bytes(path: Path) -> int:

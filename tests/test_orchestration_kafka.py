@@ -90,7 +90,11 @@ def test_tasks_beyond_capacity_are_refused_and_an_outcome_frees_a_slot(
         ]
         assert first[2].reason == "agent agent-0000 is at capacity: 2/2 tasks open"
 
+        # the outcome (agents.events) and the next assignment (agents.control) are on two
+        # topics, with no order between them: an assignment read before the outcome is
+        # refused, rightly. The slot is free once the shard has taken the outcome.
         send(settings, "events", "task_completed", START + 20, task_id="k0", duration_s=12.5)
+        wait_until(lambda: len(changed()) == 5, 60, "the outcome taken")
         send(settings, "control", "task_assigned", START + 21, **task("k4"))
         later = wait_until(lambda: len(changed()) == 6 and changed()[4:], 60, "the slot freed")
         assert [(t.task_id, t.status, t.agent_active_tasks) for t in later] == [

@@ -18,7 +18,8 @@ so each figure is the state's own cost, not the machine's other load.
    and where those bytes are: a walk of each part of the sample's shards (``sys.getsizeof``
    of every object and array reached, the shared index first, settings apart), in memory
    and pickled, per agent — and the same walk over the whole fleet's shards (arrays keep
-   spare rows to grow into, up to a fifth; a snapshot leaves them out).
+   spare rows to grow into, up to a 33rd, ``agentwatch.rows.GROWTH``; a snapshot leaves
+   them out).
 3. A recovery snapshot as Bytewax takes it: each shard's ``ShardCell`` deep-copied (which
    pickles the state once, ``dataflows.heartbeats.ShardCell``) and the bytes written into a
    SQLite file as Bytewax's recovery partitions keep them (one row per key and epoch, WAL,

@@ -418,8 +418,8 @@ class Episodes:
     whose heartbeat stood out for the episode it is in (it fired, or one of the
     episode's metrics stands out from the slow baseline); ``ended``: rows whose episode
     ended before this heartbeat; ``end``: for those, when its last heartbeat that stood
-    out was (NaN for the others); ``metrics``: the bit mask of the metrics the row's
-    episode is about after this heartbeat (0: none)."""
+    out was, and ``began``: when it started (both NaN for the others); ``metrics``: the bit
+    mask of the metrics the row's episode is about after this heartbeat (0: none)."""
 
     start: np.ndarray
     opened: np.ndarray
@@ -427,6 +427,7 @@ class Episodes:
     ended: np.ndarray
     end: np.ndarray
     metrics: np.ndarray
+    began: np.ndarray
 
 
 def episodes(
@@ -461,8 +462,8 @@ def episodes(
     >>> [bool(step(z, t).held[0]) for z, t in ((8.0, 30.0), (5.0, 60.0), (1.0, 90.0))]
     [True, True, False]
     >>> e = step(1.0, 150.0)                           # 90 s after the last that stood out
-    >>> bool(e.ended[0]), float(e.end[0]), float(e.start[0])
-    (True, 60.0, nan)
+    >>> bool(e.ended[0]), float(e.began[0]), float(e.end[0]), float(e.start[0])
+    (True, 0.0, 60.0, nan)
     """
     start = state.episode_start.take(rows)
     open_before = ~np.isnan(start)
@@ -475,9 +476,10 @@ def episodes(
     seen = state.episode_seen.take(rows)
     ended = open_before & ~held & (elapsed - seen >= p.episode_end_s)
     opened = fire & ~open_before
+    began = np.where(ended, start, np.nan)
     start = np.where(opened, elapsed, np.where(ended, np.nan, start))
     metrics = np.where(ended, np.uint32(0), metrics) | named
-    return Episodes(start, opened, held, ended, np.where(ended, seen, np.nan), metrics)
+    return Episodes(start, opened, held, ended, np.where(ended, seen, np.nan), metrics, began)
 
 
 def learn_episodes(state: object, rows: np.ndarray, e: Episodes, elapsed: np.ndarray) -> None:

@@ -195,16 +195,25 @@ class FleetBaselines(RowArrays):
             | j.extreme_rows[reported]
             | (np.abs(j.z[reported]).max(axis=1) >= cfg.reason_sigma)
         )
-        episode_start = j.episode.start
-        for i in reported[stands_out]:
-            episode = (
-                {"episode_start": float(self.first_ts[rows[i]] + episode_start[i])}
-                if episode_start[i] == episode_start[i]  # (not NaN: in an episode)
-                else {}
-            )
+        standing = np.zeros(len(rows), dtype=bool)
+        standing[reported[stands_out]] = True
+        # the heartbeat that closes an episode says so (the episode's start and end): in
+        # its record, or in a record of its own (no reasons) when it does not stand out
+        ep, first_ts = j.episode, self.first_ts
+        for i in np.flatnonzero(standing | ep.ended).tolist():
+            row = rows[i]
+            if ep.ended[i]:
+                episode = {
+                    "episode_start": float(first_ts[row] + ep.began[i]),
+                    "episode_end": float(first_ts[row] + ep.end[i]),
+                }
+            elif ep.start[i] == ep.start[i]:  # (not NaN: in an episode)
+                episode = {"episode_start": float(first_ts[row] + ep.start[i])}
+            else:
+                episode = {}
             out.anomalies.append(
                 {
-                    **self.index.agent(rows[i]),
+                    **self.index.agent(row),
                     "timestamp": float(ts[i]),
                     "score": float(j.scores[i]),
                     "threshold": cfg.params.threshold,
@@ -219,7 +228,9 @@ class FleetBaselines(RowArrays):
                         cfg.reason_sigma,
                         beyond=j.extreme[i],
                         weighted=j.weighted[i],
-                    ),  # fmt: skip
+                    )
+                    if standing[i]
+                    else [],  # fmt: skip
                     **episode,
                 }
             )

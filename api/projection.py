@@ -388,6 +388,9 @@ def anomaly_of(record: AnomalyRecord) -> Anomaly:
         episode_start=None
         if record.episode_start is None
         else datetime.fromtimestamp(record.episode_start, UTC),
+        episode_end=None
+        if record.episode_end is None
+        else datetime.fromtimestamp(record.episode_end, UTC),
     )
 
 

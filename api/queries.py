@@ -33,6 +33,7 @@ from api.responses import (
     AgentIncident,
     AgentThreat,
     Anomaly,
+    AnomalyEpisode,
     AssignmentScoreEntry,
     Baseline,
     Evidence,
@@ -50,7 +51,8 @@ log = logging.getLogger(__name__)
 
 _METRIC_COLUMNS = ", ".join(name for name in LatestMetrics.model_fields)
 _ANOMALY_COLUMNS = (
-    "timestamp, score, threshold, is_anomaly, detector, top_feature, reasons, episode_start"
+    "timestamp, score, threshold, is_anomaly, detector, top_feature, reasons, episode_start, "
+    "episode_end"
 )
 _THREAT_COLUMNS = "rule, category, severity, first_seen, last_seen, condition, evidence"
 
@@ -151,6 +153,47 @@ def anomalies_between(
         parameters=parameters,
     )
     return [_anomaly(row) for row in result.named_results()]
+
+
+def episodes_between(
+    client: Client,
+    database: str,
+    agent_id: str,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    *,
+    tenant_id: str | None,
+) -> list[AnomalyEpisode]:
+    """The agent's anomaly episodes with ``since <= start <= until``, newest first: the
+    records inside each (``episode_start`` set, no ``episode_end``) and the end its
+    closing record names, if one does."""
+    parameters: dict[str, object] = {"limit": limit}
+    conditions = [_agent(agent_id, tenant_id, parameters), "episode_start IS NOT NULL"]
+    conditions += _time_bounds("episode_start", since, until, parameters)
+    inside = "episode_end IS NULL"
+    result = client.query(
+        "SELECT assumeNotNull(episode_start) AS start, max(episode_end) AS end, "
+        f"maxIf(timestamp, {inside}) AS last_record, countIf({inside}) AS records, "
+        f"countIf(is_anomaly AND {inside}) AS anomalies, maxIf(score, {inside}) AS peak_score, "
+        "arraySort(groupUniqArrayArrayIf(arrayMap(r -> JSONExtractString(r, 'feature'), "
+        f"JSONExtractArrayRaw(reasons)), {inside})) AS metrics "
+        f"FROM {database}.anomalies FINAL WHERE {' AND '.join(conditions)} "
+        "GROUP BY start ORDER BY start DESC LIMIT {limit:UInt32}",
+        parameters=parameters,
+    )
+    return [
+        AnomalyEpisode(
+            start=as_utc(row["start"]),
+            end=None if row["end"] is None else as_utc(row["end"]),
+            last_record=as_utc(row["last_record"]),
+            records=row["records"],
+            anomalies=row["anomalies"],
+            peak_score=row["peak_score"],
+            metrics=row["metrics"],
+        )
+        for row in result.named_results()
+    ]
 
 
 def threats_between(
@@ -597,6 +640,7 @@ def _anomaly(row: dict) -> Anomaly:
         top_feature=row["top_feature"],
         reasons=parse_reasons(row["reasons"]),
         episode_start=None if row["episode_start"] is None else as_utc(row["episode_start"]),
+        episode_end=None if row["episode_end"] is None else as_utc(row["episode_end"]),
     )
 
 

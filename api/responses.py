@@ -74,7 +74,13 @@ class Anomaly(BaseModel):
         None,
         description="Start of the anomaly episode this heartbeat belongs to (UTC): the "
         "heartbeat that opened it; null outside an episode. A level shift or a drift is one "
-        "episode, its records sharing this start.",
+        "episode, its records sharing this start. On the record that closes an episode "
+        "(episode_end set), the start of the episode it closes.",
+    )
+    episode_end: datetime | None = Field(
+        None,
+        description="Set on the record of the heartbeat that closed an anomaly episode: its "
+        "last heartbeat that stood out (UTC). That heartbeat itself is outside the episode.",
     )
 
 
@@ -197,6 +203,37 @@ class AnomalyList(BaseModel):
     limit: int
     count: int = Field(description="Number of anomalies returned (at most ``limit``).")
     anomalies: list[Anomaly]
+
+
+class AnomalyEpisode(BaseModel):
+    """One anomaly episode of an agent: a sustained anomaly from the heartbeat that opened
+    it to its last heartbeat that stood out, from the ``anomalies`` records that name it."""
+
+    start: datetime = Field(description="The heartbeat that opened it (UTC).")
+    end: datetime | None = Field(
+        description="Its last heartbeat that stood out (UTC), once a later heartbeat closed it "
+        "(anomaly_episode_end_s after that one); null while it is open."
+    )
+    last_record: datetime = Field(
+        description="The newest record inside it (UTC): while open, how recent it is."
+    )
+    records: int = Field(description="Records published inside it (heartbeats that stood out).")
+    anomalies: int = Field(description="Of those, the ones that fired (``is_anomaly``).")
+    peak_score: float = Field(description="The highest score of its records.")
+    metrics: list[str] = Field(
+        description="The metrics its records name as reasons, sorted (what broke)."
+    )
+
+
+class EpisodeList(BaseModel):
+    """Anomaly episodes of one agent that began in a time range, newest first."""
+
+    agent_id: str
+    since: datetime | None = Field(description="Inclusive lower bound of start, if given.")
+    until: datetime | None = Field(description="Inclusive upper bound of start, if given.")
+    limit: int
+    count: int = Field(description="Number of episodes returned (at most ``limit``).")
+    episodes: list[AnomalyEpisode]
 
 
 class ThreatList(BaseModel):

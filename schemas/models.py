@@ -233,7 +233,16 @@ class AnomalyRecord(BaseModel):
         None,
         description="Event time (epoch seconds) at which the anomaly episode this heartbeat "
         "belongs to started (the heartbeat that opened it); absent outside an episode. An "
-        "episode lasts while its metrics stay off the agent's slow baseline.",
+        "episode lasts while its metrics stay off the agent's slow baseline. On the record "
+        "that closes an episode (episode_end set), the start of the episode it closes.",
+    )
+    episode_end: float | None = Field(
+        None,
+        description="Set on the record of the heartbeat that closed an anomaly episode (the "
+        "first whose metrics were back on the agent's baseline anomaly_episode_end_s after the "
+        "last that was not): event time (epoch seconds) of the episode's last heartbeat that "
+        "stood out. That heartbeat itself is outside the episode; its record has no reasons "
+        "when it does not stand out on its own.",
     )
 
 

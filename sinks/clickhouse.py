@@ -69,6 +69,10 @@ _ANOMALIES_EPISODE_START = (
     "episode_start Nullable(DateTime64(3, 'UTC')) "
     "COMMENT 'start of the anomaly episode the heartbeat belongs to, if any'"
 )
+_ANOMALIES_EPISODE_END = (
+    "episode_end Nullable(DateTime64(3, 'UTC')) "
+    "COMMENT 'on the record that closed an anomaly episode: its last heartbeat that stood out'"
+)
 _COMMANDS_TASK_ID = (
     "task_id Nullable(String) COMMENT 'the task it concerns (run_task, cancel_task), if any'"
 )
@@ -147,6 +151,12 @@ MIGRATIONS = (
         "anomalies_episode_start",
         add_columns=(AddColumn("anomalies", _ANOMALIES_EPISODE_START),),
         why="a sustained anomaly is one episode: the records of its heartbeats name its start",
+    ),
+    Migration(
+        6,
+        "anomalies_episode_end",
+        add_columns=(AddColumn("anomalies", _ANOMALIES_EPISODE_END),),
+        why="an episode has an end: the record of the heartbeat that closes it names it",
     ),
 )
 
@@ -273,6 +283,7 @@ def schema_statements(settings: Settings) -> list[str]:
             top_feature LowCardinality(String),
             reasons String COMMENT 'JSON list of {{feature, value, baseline_mean, baseline_std, z}}'
             , {_ANOMALIES_EPISODE_START}
+            , {_ANOMALIES_EPISODE_END}
         )
         ENGINE = ReplacingMergeTree
         PARTITION BY toYYYYMM(timestamp)

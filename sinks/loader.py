@@ -938,6 +938,7 @@ def anomaly_row(value: bytes) -> dict:
         "top_feature": reasons[0]["feature"] if reasons else "",
         "reasons": orjson.dumps(reasons).decode(),
         "episode_start": record.episode_start,
+        "episode_end": record.episode_end,
     }
 
 
@@ -1398,8 +1399,9 @@ LOADED: dict[str, LoadedTopic] = {
                 "top_feature",
                 "reasons",
                 "episode_start",
+                "episode_end",
             ),
-            ("timestamp", "episode_start"),
+            ("timestamp", "episode_start", "episode_end"),
         ),
     ),
     "baselines": LoadedTopic(

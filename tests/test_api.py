@@ -286,13 +286,25 @@ def test_known_agent_without_anomalies_in_range_is_an_empty_list(
     assert response.json()["anomalies"] == []
 
 
+def load_anomalies(ch: Client, settings: Settings, docs: list[dict]) -> None:
+    """Store ``agents.anomalies`` records as the loader does (its row builder)."""
+    from sinks.loader import anomaly_row
+
+    rows = [anomaly_row(orjson.dumps(doc)) for doc in docs]
+    stamps = ("timestamp", "episode_start", "episode_end")
+    values = [
+        tuple(datetime.fromtimestamp(v, UTC) if c in stamps and v is not None else v
+              for c, v in row.items())
+        for row in rows
+    ]  # fmt: skip
+    insert(ch, settings, "anomalies", values, list(rows[0]))
+
+
 def test_anomalies_of_an_episode_name_its_start(
     api: TestClient, ch: Client, offline_settings: Settings
 ):
     """Records the detector publishes inside an episode carry ``episode_start`` (issue 12):
     loaded through the loader's row builder, /anomalies shows it; rows outside one, null."""
-    from sinks.loader import anomaly_row as loaded_row
-
     start = round(NOW - 300, 3)
     docs = [
         {"agent_id": "a1", "tenant_id": "t1", "timestamp": NOW - seconds_ago, "score": 1.0,
@@ -302,18 +314,59 @@ def test_anomalies_of_an_episode_name_its_start(
         for seconds_ago, episode in ((300, {"episode_start": start}),
                                      (240, {"episode_start": start}), (30, {}))
     ]  # fmt: skip
-    rows = [loaded_row(orjson.dumps(doc)) for doc in docs]
-    stamps = ("timestamp", "episode_start")
-    values = [
-        tuple(datetime.fromtimestamp(v, UTC) if c in stamps and v is not None else v
-              for c, v in row.items())
-        for row in rows
-    ]  # fmt: skip
-    insert(ch, offline_settings, "anomalies", values, list(rows[0]))
+    load_anomalies(ch, offline_settings, docs)
     body = api.get("/api/v1/agents/a1/anomalies").json()
     episodes = [a["episode_start"] for a in body["anomalies"]]
     assert episodes[0] is None
     assert [datetime.fromisoformat(e) for e in episodes[1:]] == [at(300)] * 2
+
+
+def test_episodes_are_one_entry_each_with_their_end_once_closed(
+    api: TestClient, ch: Client, offline_settings: Settings
+):
+    """/episodes (issue 12, Deliver 4): the records of a closed episode and of an open one,
+    loaded through the loader's row builder, give one entry each, newest first: its start,
+    its end (null while open), its records and anomalies, peak score and the metrics that
+    broke; the closing record counts in none of them, a record outside any is left out."""
+
+    def reason(feature: str) -> dict:
+        return {"feature": feature, "value": 90.0, "baseline_mean": 40.0, "baseline_std": 5.0,
+                "z": 10.0}  # fmt: skip
+
+    old, new = round(NOW - 7200, 3), round(NOW - 600, 3)
+    records = [  # (seconds ago, score, is_anomaly, reasons, episode fields)
+        (7200, 1.0, True, ["cpu_usage"], {"episode_start": old}),
+        (7170, 0.9, False, ["cpu_usage", "error_rate"], {"episode_start": old}),
+        (7140, 0.95, False, ["error_rate"], {"episode_start": old}),
+        (5340, 0.02, False, [], {"episode_start": old, "episode_end": round(NOW - 7140, 3)}),
+        (3000, 0.97, False, ["bytes_out"], {}),
+        (600, 1.0, True, ["memory_usage"], {"episode_start": new}),
+        (570, 0.98, False, ["memory_usage"], {"episode_start": new}),
+    ]
+    docs = [
+        {"agent_id": "a1", "tenant_id": "t1", "timestamp": round(NOW - ago, 3), "score": score,
+         "threshold": 0.99, "is_anomaly": fired, "detector": "baseline_likelihood",
+         "reasons": [reason(f) for f in features], **episode}
+        for ago, score, fired, features, episode in records
+    ]  # fmt: skip
+    load_anomalies(ch, offline_settings, docs)
+    body = api.get("/api/v1/agents/a1/episodes").json()
+    assert body["count"] == 2
+    latest, closed = body["episodes"]
+    assert datetime.fromisoformat(latest["start"]) == at(600) and latest["end"] is None
+    assert datetime.fromisoformat(latest["last_record"]) == at(570)
+    assert (latest["records"], latest["anomalies"], latest["peak_score"]) == (2, 1, 1.0)
+    assert latest["metrics"] == ["memory_usage"]
+    assert datetime.fromisoformat(closed["start"]) == at(7200)
+    assert datetime.fromisoformat(closed["end"]) == at(7140)
+    assert (closed["records"], closed["anomalies"], closed["peak_score"]) == (3, 1, 1.0)
+    assert closed["metrics"] == ["cpu_usage", "error_rate"]
+    only_old = api.get("/api/v1/agents/a1/episodes", params={"until": at(3600).isoformat()})
+    assert [e["start"] for e in only_old.json()["episodes"]] == [closed["start"]]
+    listed = api.get("/api/v1/agents/a1/anomalies").json()["anomalies"]
+    closing = [a for a in listed if a["episode_end"] is not None]
+    assert len(closing) == 1 and datetime.fromisoformat(closing[0]["episode_end"]) == at(7140)
+    assert api.get("/api/v1/agents/nobody/episodes").status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -914,7 +967,7 @@ def insert_docs(ch: Client, settings: Settings, table: str, to_row, docs: list[d
     rows = [to_row(orjson.dumps(doc)) for doc in docs]
     columns = list(rows[0])
     stamps = {"timestamp", "first_seen", "last_seen", "started_at", "fired_at",
-              "resolved_at", "updated_at", "issued_at", "episode_start"}  # fmt: skip
+              "resolved_at", "updated_at", "issued_at", "episode_start", "episode_end"}  # fmt: skip
     values = [
         tuple(
             datetime.fromtimestamp(v, UTC) if c in stamps and v is not None else v

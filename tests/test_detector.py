@@ -102,18 +102,22 @@ def test_fleet_scores_equal_the_single_series_detector(seed: int) -> None:
         for record in fleet.observe(chunk).anomalies:
             key = (record["agent_id"], record["timestamp"])
             episode = record.get("episode_start", np.nan) - 1.8e9  # (the first heartbeat's)
-            fleet_scores[key] = (record["score"], record["is_anomaly"], episode)
+            end = record.get("episode_end", np.nan) - 1.8e9
+            fleet_scores[key] = (record["score"], record["is_anomaly"], episode, end)
     for b in beats:
         detector = singles[b["agent_id"]]
         judgement = detector.judge_one(b)
         score = detector.score_one(b)
         detector.learn_one(b)
         key = (b["agent_id"], b["timestamp"])
-        if score >= 0.01:
-            fleet_score, fleet_fired, fleet_episode = fleet_scores.pop(key)
+        e = judgement.episode
+        if score >= 0.01 or e.ended[0]:  # (the heartbeat that closes an episode says so)
+            fleet_score, fleet_fired, fleet_episode, fleet_end = fleet_scores.pop(key)
             assert np.isclose(fleet_score, score, rtol=1e-9), key
             assert fleet_fired == bool(judgement.fire[0]), key
-            assert np.array_equal(fleet_episode, judgement.episode.start[0], equal_nan=True), key
+            start = e.began[0] if e.ended[0] else e.start[0]
+            assert np.array_equal(fleet_episode, start, equal_nan=True), key
+            assert np.array_equal(fleet_end, e.end[0], equal_nan=True), key
     assert fleet_scores == {}
 
 
@@ -430,6 +434,31 @@ def test_fleet_records_name_the_episode_they_belong_to() -> None:
     calm = FleetBaselines(DetectorConfig.from_settings(
         Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=30)))  # fmt: skip
     assert all("episode_start" not in r for r in one_agent(calm, rng.normal(40, 1, 500)))
+
+
+def test_the_heartbeat_that_closes_an_episode_publishes_its_start_and_end() -> None:
+    """A shift of 40 std for 30 minutes, then back: the episode's records name its start;
+    the heartbeat anomaly_episode_end_s after its last one that stood out (the shift's last
+    heartbeat) publishes a record of its own, not an anomaly, with no reasons, naming the
+    episode's start and end; nothing after it names the episode."""
+    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=30)
+    fleet = FleetBaselines(DetectorConfig.from_settings(settings))
+    rng = np.random.default_rng(3)
+    cpu = np.r_[rng.normal(40, 1, 500), rng.normal(80, 1, 60), rng.normal(40, 1, 300)]
+    records = one_agent(fleet, cpu)
+    closing = [r for r in records if "episode_end" in r]
+    assert len(closing) == 1
+    (closed,) = closing
+    assert closed["episode_start"] == 1.8e9 + 500 * 30.0  # the shift's first heartbeat
+    assert closed["episode_end"] == 1.8e9 + 559 * 30.0  # its last
+    ends_after = settings.anomaly_episode_end_s / 30.0
+    assert closed["position"] == 559 + ends_after
+    assert not closed["is_anomaly"] and closed["reasons"] == []
+    assert closed["score"] < settings.anomaly_report_threshold
+    assert all("episode_start" not in r for r in records if r["position"] > closed["position"])
+    inside = [r for r in records if 500 <= r["position"] < closed["position"]]
+    assert inside and all(r["episode_start"] == closed["episode_start"] for r in inside)
+    assert all("episode_end" not in r for r in inside)
 
 
 def test_a_snapshot_from_before_episodes_keeps_its_quiet_period() -> None:

@@ -113,7 +113,11 @@ def sorting_keys(client: Client, db: str) -> dict[str, str]:
 
 
 #: Columns added by migrations after the tenant-first rebuild (version 4 on).
-ADDED_COLUMNS = {("commands", "task_id"), ("anomalies", "episode_start")}
+ADDED_COLUMNS = {
+    ("commands", "task_id"),
+    ("anomalies", "episode_start"),
+    ("anomalies", "episode_end"),
+}
 
 
 def fingerprints(client: Client, db: str, names: list[str]) -> dict[str, tuple[int, int]]:

@@ -67,6 +67,7 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
     return [
         ("GET", f"{a}/status", None, read, tenant),
         ("GET", f"{a}/anomalies", None, read, tenant),
+        ("GET", f"{a}/episodes", None, read, tenant),
         ("GET", f"{a}/threats", None, read, tenant),
         ("GET", f"{a}/alerts", None, read, tenant),
         ("GET", f"{a}/security", None, read, tenant),

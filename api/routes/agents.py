@@ -18,7 +18,14 @@ from api.errors import error_responses, unprocessable
 from api.identity import actor_of
 from api.params import AgentId, CategoryFilter, Limit, SeverityFilter, StateFilter, TimeRangeDep
 from api.publisher import PublishError
-from api.responses import AgentSecurity, AgentStatus, AlertList, AnomalyList, ThreatList
+from api.responses import (
+    AgentSecurity,
+    AgentStatus,
+    AlertList,
+    AnomalyList,
+    EpisodeList,
+    ThreatList,
+)
 from api.runtime import API_PREFIX, ActorHeader, Operator, Reader, Runtime, RuntimeDep
 from api.scope import (
     agent_rows,
@@ -99,6 +106,35 @@ def agent_anomalies(
         limit=span.limit,
         count=len(found),
         anomalies=found,
+    )
+
+
+@router.get(
+    f"{API_PREFIX}/agents/{{agent_id}}/episodes",
+    response_model=EpisodeList,
+    responses=error_responses(404, 422, 503),
+    tags=["agents"],
+)
+def agent_episodes(
+    agent_id: AgentId, runtime: RuntimeDep, span: TimeRangeDep, caller: Reader
+) -> EpisodeList:
+    """Anomaly episodes of one agent that began in a time range, newest first: a sustained
+    anomaly as one entry with its start, its end (null while open), how many records and
+    anomalies it had, its peak score and the metrics that broke."""
+    database = runtime.settings.clickhouse_database
+    with runtime.clients.client() as client:
+        read = partial(
+            queries.episodes_between, client, database, agent_id, span.since, span.until,
+            span.limit,
+        )  # fmt: skip
+        found = agent_rows(client, database, caller, agent_id, read)
+    return EpisodeList(
+        agent_id=agent_id,
+        since=span.since,
+        until=span.until,
+        limit=span.limit,
+        count=len(found),
+        episodes=found,
     )
 
 

@@ -795,7 +795,9 @@ class Settings(BaseSettings):
         description="URLs that alerts are POSTed to (firing, and resolved after firing; not "
         "silenced). A URL prefixed 'slack:' (slack:https://hooks.slack.com/...) gets a "
         "Slack-compatible message, any other the generic JSON envelope. Secrets (a Slack "
-        "webhook URL is the credential): logs show scheme and host only.",
+        "webhook URL is the credential): logs show scheme and host only. Delivered by the "
+        "process that runs the loader (the API's in the embedded profile, python -m "
+        "sinks.loader in the cluster profile).",
     )
     webhook_timeout_s: float = Field(5.0, gt=0, description="Longest wait for one delivery.")
     webhook_retry_attempts: int = Field(

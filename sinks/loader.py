@@ -133,6 +133,7 @@ from sinks.audit import AuditWriter
 from sinks.clickhouse import connect, create_schema
 from sinks.loader_metrics import LoaderFigures
 from sinks.loader_metrics import serve as serve_metrics
+from sinks.webhooks import WebhookDeliverer
 
 log = logging.getLogger("sinks.loader")  # also when run as __main__
 
@@ -1608,8 +1609,18 @@ def main() -> None:
     audit_client = connect(settings)  # the audit trail is written where the loader runs
     audit = AuditWriter(settings, audit_client)
     audit.start()
+    # alert webhooks are delivered where the loader runs (the API's replicas run none)
+    webhooks_client = connect(settings) if settings.alert_webhooks else None
+    webhooks = None
+    if webhooks_client is not None:
+        webhooks = WebhookDeliverer(settings, webhooks_client)
+        webhooks.start()
+    log.info("loader_process_started webhooks=%d", len(settings.alert_webhooks))
     while not stop_requested.wait(1.0):
         pass
+    if webhooks is not None:
+        webhooks.stop()
+        webhooks_client.close()
     audit.stop()
     audit_client.close()
     loader.stop()

@@ -26,6 +26,8 @@ COMPOSE = CLUSTER / "docker-compose.yml"
 REQUIRED_VARIABLE = re.compile(r"^\$\{AGENTWATCH_[A-Z_]+:\?[^}]+\}$")
 #: A compose interpolation, ``${NAME}``, ``${NAME:?message}``, ``${NAME:-default}``.
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:[:?-][^}]*)?\}")
+#: ``${NAME:-default}``: compose takes the default when NAME is unset.
+DEFAULTED = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}")
 AGENTWATCH_NAME = re.compile(r"\bAGENTWATCH_[A-Z0-9_]+\b")
 
 #: Names the Grafana provisioning (infra/grafana/provisioning/datasources/clickhouse.yml)
@@ -165,7 +167,8 @@ def settings_of(service: dict, monkeypatch: pytest.MonkeyPatch) -> Settings:
     for variable in settings_variables():
         monkeypatch.delenv(variable, raising=False)
     for variable, value in (service.get("environment") or {}).items():
-        monkeypatch.setenv(variable, INTERPOLATION.sub("placeholder", str(value)))
+        value = DEFAULTED.sub(lambda m: m.group(1), str(value))  # (as when the name is unset)
+        monkeypatch.setenv(variable, INTERPOLATION.sub("placeholder", value))
     return Settings(_env_file=None)
 
 

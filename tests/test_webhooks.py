@@ -182,3 +182,55 @@ def test_the_api_process_runs_the_deliverer_next_to_the_loader(
     assert [m["text"] for m in hook.received] == [
         "[FIRING] HIGH r7 on agent agent-1 (tenant tenant-0)"
     ]
+
+
+@pytest.mark.e2e  # starts a process
+def test_the_loader_alone_runs_the_deliverer(make_settings, broker, tmp_path, receivers):
+    """The cluster profile runs the loader as its own process (``python -m sinks.loader``)
+    and the API's replicas run none: the loader's process delivers the webhooks there."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_loader import REPO
+
+    hook = Receiver(failures=1)
+    receivers.append(hook)
+    settings: Settings = make_settings(
+        bootstrap_servers=broker.bootstrap_servers,
+        clickhouse_dsn=f"chdb://{tmp_path / 'chdb'}",
+        loader_group_id=f"loader-{tmp_path.name}",
+    )
+    ensure_topics(settings)
+    produce(settings, "alerts", [alert(9, "firing")], key=by_agent)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "AGENTWATCH_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "AGENTWATCH_TOPIC_PREFIX": settings.topic_prefix,
+        "AGENTWATCH_CLICKHOUSE_DSN": settings.clickhouse_dsn.get_secret_value(),
+        "AGENTWATCH_CLICKHOUSE_DATABASE": settings.clickhouse_database,
+        "AGENTWATCH_LOADER_GROUP_ID": settings.loader_group_id,
+        "AGENTWATCH_ALERT_WEBHOOKS": json.dumps([hook.url]),
+        "AGENTWATCH_WEBHOOK_RETRY_BASE_S": "0.05",
+    }
+    log_path = tmp_path / "loader.log"
+    with log_path.open("wb") as log:
+        loader = subprocess.Popen(
+            [sys.executable, "-m", "sinks.loader"], cwd=tmp_path, env=env, stdout=log, stderr=log
+        )
+    try:
+        wait_until(lambda: hook.received, 60, "the alert at the webhook")
+    finally:
+        loader.send_signal(signal.SIGTERM)
+        try:
+            loader.wait(30)
+        except subprocess.TimeoutExpired:
+            loader.kill()
+            loader.wait(10)
+    assert [(m["status"], m["alert"]["fingerprint"]) for m in hook.received] == [
+        ("firing", f"{9:016x}")
+    ], log_path.read_text()[-2000:]
+    assert hook.attempts == 2  # the first answered 500, retried once
+    assert hook.url not in log_path.read_text()  # the URL is a credential: never logged

@@ -826,6 +826,21 @@ print(json.dumps({
 """
 
 
+def loader_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a child process running the loader (``python -m sinks.loader`` or
+    the API with its loader) on ``settings``' broker, topics, database and group."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "AGENTWATCH_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "AGENTWATCH_TOPIC_PREFIX": settings.topic_prefix,
+        "AGENTWATCH_CLICKHOUSE_DSN": settings.clickhouse_dsn.get_secret_value(),
+        "AGENTWATCH_CLICKHOUSE_DATABASE": settings.clickhouse_database,
+        "AGENTWATCH_LOADER_GROUP_ID": settings.loader_group_id,
+        **extra,
+    }
+
+
 @pytest.mark.e2e  # starts processes
 @pytest.mark.parametrize(
     "process", ["sinks.loader", "api"], ids=["loader-alone", "api-with-its-loader"]
@@ -841,19 +856,13 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(make_settings, broker, t
         loader_batch_age_s=0.2,
     )
     ensure_topics(settings)
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "AGENTWATCH_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "AGENTWATCH_TOPIC_PREFIX": settings.topic_prefix,
-        "AGENTWATCH_CLICKHOUSE_DSN": settings.clickhouse_dsn.get_secret_value(),
-        "AGENTWATCH_CLICKHOUSE_DATABASE": settings.clickhouse_database,
-        "AGENTWATCH_LOADER_GROUP_ID": settings.loader_group_id,
-        "AGENTWATCH_LOADER_BATCH_ROWS": str(settings.loader_batch_rows),
-        "AGENTWATCH_LOADER_CONSUME_MESSAGES": str(settings.loader_consume_messages),
-        "AGENTWATCH_LOADER_BATCH_AGE_S": str(settings.loader_batch_age_s),
-        "AGENTWATCH_API_PORT": str(free_port()),
-    }
+    env = loader_env(
+        settings,
+        AGENTWATCH_LOADER_BATCH_ROWS=str(settings.loader_batch_rows),
+        AGENTWATCH_LOADER_CONSUME_MESSAGES=str(settings.loader_consume_messages),
+        AGENTWATCH_LOADER_BATCH_AGE_S=str(settings.loader_batch_age_s),
+        AGENTWATCH_API_PORT=str(free_port()),
+    )
     heartbeats, anomalies = 60_000, 3_000
 
     def start_loader(name: str) -> tuple[subprocess.Popen, Path]:

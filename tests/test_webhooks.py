@@ -188,12 +188,11 @@ def test_the_api_process_runs_the_deliverer_next_to_the_loader(
 def test_the_loader_alone_runs_the_deliverer(make_settings, broker, tmp_path, receivers):
     """The cluster profile runs the loader as its own process (``python -m sinks.loader``)
     and the API's replicas run none: the loader's process delivers the webhooks there."""
-    import os
     import signal
     import subprocess
     import sys
 
-    from tests.test_loader import REPO
+    from tests.test_loader import loader_env
 
     hook = Receiver(failures=1)
     receivers.append(hook)
@@ -204,17 +203,11 @@ def test_the_loader_alone_runs_the_deliverer(make_settings, broker, tmp_path, re
     )
     ensure_topics(settings)
     produce(settings, "alerts", [alert(9, "firing")], key=by_agent)
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "AGENTWATCH_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "AGENTWATCH_TOPIC_PREFIX": settings.topic_prefix,
-        "AGENTWATCH_CLICKHOUSE_DSN": settings.clickhouse_dsn.get_secret_value(),
-        "AGENTWATCH_CLICKHOUSE_DATABASE": settings.clickhouse_database,
-        "AGENTWATCH_LOADER_GROUP_ID": settings.loader_group_id,
-        "AGENTWATCH_ALERT_WEBHOOKS": json.dumps([hook.url]),
-        "AGENTWATCH_WEBHOOK_RETRY_BASE_S": "0.05",
-    }
+    env = loader_env(
+        settings,
+        AGENTWATCH_ALERT_WEBHOOKS=json.dumps([hook.url]),
+        AGENTWATCH_WEBHOOK_RETRY_BASE_S="0.05",
+    )
     log_path = tmp_path / "loader.log"
     with log_path.open("wb") as log:
         loader = subprocess.Popen(

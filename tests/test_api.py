@@ -948,7 +948,7 @@ def test_python_m_api_serves_and_stops_cleanly_on_a_signal(
 
         assert wait_until(health, 60, "python -m api to answer").json()["status"] == "degraded"
         process.send_signal(stop_signal)
-        assert process.wait(10) == 0
+        assert process.wait(30) == 0
     finally:
         if process.poll() is None:
             process.kill()

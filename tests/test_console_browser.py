@@ -139,8 +139,27 @@ def _check_in_the_browser(
 
     threat = wait_until(explained_threat, 90, f"a threat of {SPIKE_AGENT} with its reason")[0]
 
-    answer = httpx.get(f"{api}/agents/search?limit=1000", headers=admin, timeout=5)
-    assert answer.status_code == 200 and answer.json()["total"] == 12, answer.text
+    # What the pages below show comes by other paths than the threat: the chart's heartbeats
+    # (agents.metric_rows) and band (agents.baselines) through the loader, the registry
+    # (agents.control, agents.state) through the API's projection. A threat can be visible
+    # before the spike's heartbeats are: they are waited for here, so that the browser
+    # checks the page, not the loader.
+    def spike_stored() -> dict | None:
+        path = f"{api}/agents/{SPIKE_AGENT}/series"
+        answer = httpx.get(path, params={"limit": 500}, headers=admin, timeout=5)
+        series = answer.json() if answer.status_code == 200 else {}
+        band, points = series.get("band"), series.get("points", [])
+        outside = [p for p in points if band and not band["low"] <= p["value"] <= band["high"]]
+        return series if len(points) > 20 and len(outside) >= 5 else None
+
+    wait_until(spike_stored, 60, f"the CPU spike of {SPIKE_AGENT} stored, outside its band")
+
+    def registry() -> httpx.Response | None:
+        answer = httpx.get(f"{api}/agents/search?limit=1000", headers=admin, timeout=5)
+        return answer if answer.status_code == 200 and answer.json()["total"] >= 12 else None
+
+    answer = wait_until(registry, 30, "the twelve agents in the registry")
+    assert answer.json()["total"] == 12, answer.text
     tenants: dict[str, list[str]] = {}
     for agent in answer.json()["items"]:
         tenants.setdefault(agent["tenant_id"], []).append(agent["agent_id"])

@@ -36,8 +36,17 @@ def comparable(prefix: str, record: dict) -> bytes:
     return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
 
 
-def run(settings: Settings, processes: int, values: list[bytes], tmp_path: Path) -> dict:
-    """Everything the dataflow published, per topic, as a multiset of records."""
+def run(
+    settings: Settings,
+    processes: int,
+    values: list[bytes],
+    tmp_path: Path,
+    dead_letters: int,
+    exfiltrating: set[str],
+) -> dict:
+    """Everything the dataflow published, per topic, as a multiset of records (once the
+    ``dead_letters`` and a data_exfiltration threat of each agent in ``exfiltrating`` are
+    among them)."""
     ensure_topics(settings)
     peers = [f"127.0.0.1:{free_port()}" for _ in range(processes)] if processes > 1 else []
     shared = settings.model_copy(
@@ -66,7 +75,17 @@ def run(settings: Settings, processes: int, values: list[bytes], tmp_path: Path)
         def settled() -> dict | None:
             out = reader.poll()
             counts = [len(records) for records in out.values()]
-            complete = len(out[shared.topic("anomalies")]) >= len(expected)
+            # what is known to come is waited for: the anomalies (mid-stream), the dead
+            # letters (the junk is on a partition of its own: it may be done before or
+            # after the others) and the exfiltration threats of the stream's last
+            # heartbeats; three quiet polls (0.6 s) are left only for what no count says
+            threats = out[shared.topic("threats")]
+            exfiltrated = {t["agent_id"] for t in threats if t["rule"] == "data_exfiltration"}
+            complete = (
+                len(out[shared.topic("anomalies")]) >= len(expected)
+                and len(out[shared.topic("deadletter")]) >= dead_letters
+                and exfiltrated >= exfiltrating
+            )
             done = complete and seen[-2:] == [counts, counts]  # and nothing new for 3 polls
             seen.append(counts)
             return out if done else None
@@ -95,8 +114,9 @@ def test_two_processes_publish_exactly_what_one_process_publishes(
     values += [orjson.dumps(heartbeat(agent, 60 + step, bytes_out=exfiltration))
                for step in range(3) for agent in (7, 10)]  # fmt: skip
     base = {"shard_count": 4, "bootstrap_servers": settings.bootstrap_servers}
-    one = run(make_settings(**base), 1, values, tmp_path)
-    two = run(make_settings(**base), 2, values, tmp_path)
+    known = {"dead_letters": 120, "exfiltrating": {"agent-0007", "agent-0010"}}
+    one = run(make_settings(**base), 1, values, tmp_path, **known)
+    two = run(make_settings(**base), 2, values, tmp_path, **known)
     keys = shard_keys(make_settings(**base))
     assert sorted(worker_of(key, 2) for key in keys) == [0, 0, 1, 1]  # both processes judge
     for topic in one:

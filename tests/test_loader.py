@@ -919,7 +919,7 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(make_settings, broker, t
             "the second loader to catch up (its Kafka commits)",
         )
         second.send_signal(signal.SIGTERM)
-        assert second.wait(15) == 0
+        assert second.wait(30) == 0
     finally:
         if second.poll() is None:
             second.kill()

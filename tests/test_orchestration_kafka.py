@@ -112,7 +112,18 @@ def test_tasks_beyond_capacity_are_refused_and_an_outcome_frees_a_slot(
             ("run_task", "k1"),
             ("run_task", "k4"),
         ]
-        published = [AssignmentScore.model_validate(s) for s in reader.poll()[scores]]
+
+        # the scores (agents.assignment_scores) are a third topic: the one of k4's acceptance
+        # may be read after its task_changed and run_task were; it is waited for
+        def published_through_k4() -> list[AssignmentScore] | None:
+            published = [AssignmentScore.model_validate(s) for s in reader.poll()[scores]]
+            return (
+                published
+                if any(s.active_tasks == 2 and s.tasks_completed == 1 for s in published)
+                else None
+            )
+
+        published = wait_until(published_through_k4, 30, "the score after k4's acceptance")
         assert {s.agent_id for s in published} == {AGENT}
         assert {"state", "task"} <= {s.cause for s in published}
         last = published[-1]

@@ -121,16 +121,24 @@ def test_an_otel_instrumented_agent_gets_baselines_threats_and_conversation_find
             "the spike as an anomaly",
         )
         assert spike[0]["reasons"][0]["feature"] == "cpu_usage"
-        status = wait_until(lambda: get("status"), 30, "the agent's status")
+        # the baselines (agents.baselines) are another topic than the threats and the
+        # anomaly waited for, loaded and projected apart: they are waited for too
+        status = wait_until(
+            lambda: (s := get("status")) and (s.get("baseline") or {}).get("warmed_up") and s,
+            30,
+            "the agent's status with its warm baseline",
+        )
         assert status["tenant_id"] == "t1"
-        assert status["baseline"]["warmed_up"] is True
-        with app.state.runtime.clients.client() as client:
-            rows = client.query(
-                f"SELECT count() FROM {settings.clickhouse_database}.baselines "
-                "WHERE agent_id = {agent:String}",
-                parameters={"agent": AGENT},
-            ).result_rows
-        assert rows[0][0] > 0, "no baseline row in ClickHouse"
+
+        def baseline_rows() -> int:
+            with app.state.runtime.clients.client() as client:
+                return client.query(
+                    f"SELECT count() FROM {settings.clickhouse_database}.baselines "
+                    "WHERE agent_id = {agent:String}",
+                    parameters={"agent": AGENT},
+                ).result_rows[0][0]
+
+        wait_until(baseline_rows, 30, "a baseline row in ClickHouse")
     finally:
         for provider in providers:
             provider.shutdown()

@@ -549,7 +549,10 @@ def test_more_queries_than_allowed_at_once_get_429_and_the_slot_comes_back(
             target=lambda: answers.append(api.post("/api/v1/sql", json={"query": slow}))
         )
         first.start()
-        time.sleep(0.3)  # the first query holds the one slot for ~1.5 s
+        # the first query holds the one slot for ~1.5 s once it has it: the second is sent
+        # when it has (after a fixed 0.3 s, a slow machine had not yet taken it)
+        slots = api.app.state.runtime.sql_sandbox._slots
+        wait_until(lambda: slots._value == 0, 30, "the first query to take the slot")
         second = api.post("/api/v1/sql", json={"query": "SELECT 1"})
         first.join(10)
         assert second.status_code == 429, second.text

@@ -397,8 +397,9 @@ def test_a_recovery_directory_made_before_the_control_input_resumes_with_it(tmp_
     from bytewax.recovery import RecoveryConfig, init_db_dir
 
     settings = Settings(
-        agents_auto_register=True, baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8
-    )
+        agents_auto_register=True, baseline_warmup_s=0, baseline_warmup_heartbeats=20,
+        shard_count=8, baseline_publish_interval_s=300,  # (baselines tell what was read)
+    )  # fmt: skip
     init_db_dir(tmp_path, 1)
     recovery = RecoveryConfig(str(tmp_path))
     warm = batches(stream(agents=3, steps=30), 50)

@@ -620,12 +620,12 @@ def judge(
         basis = daily_basis(now, p.daily_harmonics)
         shape = take(state.daily_shape).astype(np.float64)
         loading = take(state.daily_loading).astype(np.float64)
-        load = np.einsum("nk,nk->n", shape, basis)
+        load = (shape * basis).sum(axis=1) * daily_gain(elapsed, p.daily_warmup_s)
         # the share of each metric's variance about its slow baseline the profile explains
-        explained = 0.5 * np.einsum("nk,nk->n", shape, shape)[:, None] * loading * loading
-        gain = daily_gain(elapsed, p.daily_warmup_s)[:, None]
-        season = np.where(explained >= p.daily_min_share,
-                          gain * base_std * loading * load[:, None], 0.0)  # fmt: skip
+        explained = (0.5 * (shape * shape).sum(axis=1))[:, None] * (loading * loading)
+        season = base_std * loading
+        season *= load[:, None]
+        season[explained < p.daily_min_share] = 0.0
     floor = np.maximum(p.std_floor, p.rel_floor * np.abs(b.level))
     std = np.maximum(np.sqrt(b.resid_var), floor)  # as deviations(): max(√var, floor, rel)
     z = (values - season - b.level) / std
@@ -745,9 +745,14 @@ def daily_basis(now: np.ndarray, harmonics: int) -> np.ndarray:
     [[1.0, 0.0], [0.0, 1.0]]
     """
     theta = (2.0 * np.pi / DAY_S) * np.mod(now, DAY_S)
-    k = np.arange(1, harmonics + 1)
-    angles = theta[:, None] * k
-    return np.concatenate([np.cos(angles), np.sin(angles)], axis=1)
+    basis = np.empty((len(theta), 2 * harmonics))
+    c, s = np.cos(theta), np.sin(theta)
+    basis[:, 0], basis[:, harmonics] = c, s
+    for k in range(1, harmonics):  # the k+1-th from the k-th: cos and sin of a sum
+        ck, sk = basis[:, k - 1], basis[:, harmonics + k - 1]
+        basis[:, k] = ck * c - sk * s
+        basis[:, harmonics + k] = sk * c + ck * s
+    return basis
 
 
 def daily_gain(elapsed: np.ndarray, warmup_s: float) -> np.ndarray:

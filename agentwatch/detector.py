@@ -235,8 +235,9 @@ def detector_arrays(features: int, harmonics: int = 2) -> dict[str, ArraySpec]:
     ``episode_seen`` are the open episode's start and its last heartbeat that stood out,
     in seconds since the agent's first heartbeat (``episode_start`` NaN: none open), and
     ``episode_metrics`` the bit mask of the metrics it is about (see :func:`episodes`).
-    ``daily_shape`` and ``daily_loading`` are the daily profile (see :func:`learn_daily`):
-    float16, rounded at random (:func:`dithered`) so its slow average keeps learning.
+    ``daily_shape`` and ``daily_loading`` are the daily profile (see :func:`learn_daily`;
+    none with 0 harmonics): float16, rounded at random (:func:`dithered`) so its slow
+    average keeps learning.
 
     >>> from agentwatch.rows import bytes_per_row
     >>> bytes_per_row(detector_arrays(8))
@@ -247,6 +248,10 @@ def detector_arrays(features: int, harmonics: int = 2) -> dict[str, ArraySpec]:
     rate, excess = gaussian_tail(TAIL_SIGMA)
     f32, per_feature = np.dtype(np.float32), (features,)
     f16 = np.dtype(np.float16)
+    daily: dict[str, ArraySpec] = {
+        "daily_shape": (f16, 0.0, (2 * harmonics,)),
+        "daily_loading": (f16, 1.0, per_feature),
+    }
     return {
         "level": (f32, 0.0, per_feature),
         "resid_var": (f32, 0.0, per_feature),
@@ -262,8 +267,7 @@ def detector_arrays(features: int, harmonics: int = 2) -> dict[str, ArraySpec]:
         "episode_start": (f32, np.nan, ()),
         "episode_seen": (f32, 0.0, ()),
         "episode_metrics": (np.dtype(np.uint32), 0, ()),
-        "daily_shape": (f16, 0.0, (2 * harmonics,)),
-        "daily_loading": (f16, 1.0, per_feature),
+        **(daily if harmonics else {}),
     }
 
 

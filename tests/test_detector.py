@@ -382,6 +382,8 @@ def test_detector_state_stays_within_a_kibibyte_per_agent() -> None:
     the daily profile: 2 harmonics and 8 loadings in float16)."""
     fleet = FleetBaselines(DetectorConfig.from_settings(Settings()))
     assert fleet.bytes_per_agent() == 409 <= 1024
+    without = FleetBaselines(DetectorConfig.from_settings(Settings(anomaly_daily_harmonics=0)))
+    assert without.bytes_per_agent() == 385
 
 
 # --- episodes (issue 12, Deliver 4) ---------------------------------------------------------

@@ -547,7 +547,9 @@ class Judgement:
     the heartbeat (what the quiet period will be about; 0 for the other rows);
     ``fire``: the runtime decision; ``extreme_rows``: rows with an ``extreme`` metric;
     ``before``: the rows' state as judged; ``episode``: the rows' episodes after this
-    heartbeat (:class:`Episodes`).
+    heartbeat (:class:`Episodes`); ``now``: the rows' UTC times when the daily profile is
+    on (None: off); ``season``: each metric's expected offset from its level (the daily
+    profile's value, 0 where it does not count).
     """
 
     z: np.ndarray
@@ -566,7 +568,6 @@ class Judgement:
     extreme_rows: np.ndarray
     before: RowsBefore
     episode: Episodes
-    daily_basis: np.ndarray | None = None
     now: np.ndarray | None = None
     season: np.ndarray | float = 0.0
 
@@ -619,17 +620,22 @@ def judge(
     b = before
     base_std = np.maximum(np.sqrt(b.var), p.std_floor)
     base_std = np.maximum(base_std, p.rel_floor * np.abs(b.mean))
-    basis, season = None, 0.0  # the daily profile's basis and each metric's expected offset
-    if p.daily_harmonics and now is not None:
-        basis = daily_basis(now, p.daily_harmonics)
-        shape = take(state.daily_shape).astype(np.float64)
-        loading = take(state.daily_loading).astype(np.float64)
-        load = (shape * basis).sum(axis=1) * daily_gain(elapsed, p.daily_warmup_s)
+    season: np.ndarray | float = 0.0  # each metric's expected offset from its level
+    gain = daily_gain(elapsed, p.daily_warmup_s) if p.daily_harmonics and now is not None else None
+    counting = np.flatnonzero(gain) if gain is not None else ()
+    if len(counting):  # (only rows whose profile counts: none in an agent's first two days)
+        some = rows[counting]
+        shape = state.daily_shape[some].astype(np.float64)
+        loading = state.daily_loading[some].astype(np.float64)
+        load = (shape * daily_basis(now[counting], p.daily_harmonics)).sum(axis=1)
+        load *= gain[counting]
         # the share of each metric's variance about its slow baseline the profile explains
         explained = (0.5 * (shape * shape).sum(axis=1))[:, None] * (loading * loading)
-        season = base_std * loading
-        season *= load[:, None]
-        season[explained < p.daily_min_share] = 0.0
+        offset = base_std[counting] * loading
+        offset *= load[:, None]
+        offset[explained < p.daily_min_share] = 0.0
+        season = np.zeros_like(values)
+        season[counting] = offset
     floor = np.maximum(p.std_floor, p.rel_floor * np.abs(b.level))
     std = np.maximum(np.sqrt(b.resid_var), floor)  # as deviations(): max(√var, floor, rel)
     z = (values - season - b.level) / std
@@ -683,8 +689,8 @@ def judge(
 
     episode = episodes(state, rows, base_z, fire, named, elapsed, p)
     return Judgement(z, zw, std, base_std, extreme, recent, likelihood, likelihood_std, judged,
-                     scores, quiet, named, fire, extreme_rows, before, episode, basis,
-                     now, season)  # fmt: skip
+                     scores, quiet, named, fire, extreme_rows, before, episode,
+                     now if gain is not None else None, season)  # fmt: skip
 
 
 def learn_judged(
@@ -727,7 +733,7 @@ def learn_judged(
     state.surprise_var[rows] = np.where(
         prior, p.likelihood_prior_std**2, (1.0 - share) * (var + share * delta * delta)
     )
-    if j.daily_basis is not None:
+    if j.now is not None:
         learn_daily(state, rows, values, j, p, elapsed)
     learn(state.mean, state.var, state.count, rows, values, p.memory,
           clip_limits(j.base_std, warm, p.clip_sigma), seen=(b.mean, b.var, b.count))  # fmt: skip
@@ -832,7 +838,7 @@ def learn_daily(
     share = np.minimum(step / np.maximum(learnt, step), 1.0)
     share = share[:, None]
     deviation = clipped((values[some] - b.mean[some]) / j.base_std[some], p.clip_sigma)
-    basis = j.daily_basis[some]
+    basis = daily_basis(now[some], p.daily_harmonics)
     shape = state.daily_shape[at].astype(np.float64)
     loading = state.daily_loading[at].astype(np.float64)
     square = np.maximum(np.einsum("nf,nf->n", loading, loading), 1e-12)

@@ -7,7 +7,11 @@ row at once:
 1. **Deviation.** Each metric's z-score against the agent's *local level* (an
    exponentially weighted mean that follows daily cycles and absorbs a new level
    within tens of heartbeats) and the spread of values about it
-   (:func:`agentwatch.baselines.learn_level`). The heartbeat's *surprise* is
+   (:func:`agentwatch.baselines.learn_level`); for a metric with a strong *daily
+   profile* (:func:`learn_daily`: one daily curve per agent, learned by time of day,
+   each metric's loading on it), against the level plus the profile's value at that
+   time of day, so the level no longer chases the cycle and a value normal at 3 pm
+   but not at 3 am stands out at 3 am. The heartbeat's *surprise* is
    ``-ln p``, ``p = min(1, F · erfc(max|z| / √2))``: the Bonferroni-corrected chance
    of a metric this far out; about Exp(1) for ordinary heartbeats.
 2. **Adaptive threshold (anomaly likelihood, as HTM's).** A short exponentially
@@ -72,6 +76,7 @@ from scipy.special import erfc
 from agentwatch.baselines import (
     beyond_range,
     clip_limits,
+    clipped,
     learn,
     learn_level,
     widen_range,
@@ -87,6 +92,12 @@ SURPRISE_PRIOR_MEAN = 1.0
 _SMALLEST_P = 1e-300
 #: Where a metric's own tail starts, in std (peaks over threshold; see :func:`tail_chances`).
 TAIL_SIGMA = 3.0
+#: Seconds in a day: the daily profile's period (UTC).
+DAY_S = 86_400.0
+#: The daily curve's power (in slow variance) below which loadings are not learned from it.
+DAILY_MIN_POWER = 0.01
+#: Low-discrepancy steps (golden ratios) that draw :func:`dithered`'s random numbers.
+DITHER_TIME_STEP, DITHER_COLUMN_STEP = 0.6180339887498949, 0.7548776662466927
 
 
 def scores_from_deviations(z: np.ndarray) -> np.ndarray:
@@ -208,10 +219,11 @@ def likelihood_scores(likelihood: np.ndarray, extreme: np.ndarray) -> np.ndarray
     return np.where(extreme, 1.0, scores)
 
 
-def detector_arrays(features: int) -> dict[str, ArraySpec]:
+def detector_arrays(features: int, harmonics: int = 2) -> dict[str, ArraySpec]:
     """The detector's per-agent arrays beside the slow baseline's ``mean``, ``var``
     and ``count`` (dtype, value of a fresh row, shape of a row): 6 per-feature
-    arrays and 8 scalars, ``(6 F + 8) × 4`` bytes per agent (224 for F = 8).
+    arrays and 8 scalars, ``(6 F + 8) × 4`` bytes per agent, and the daily profile's
+    ``2 harmonics + F`` float16 (248 in all for F = 8 and 2 harmonics).
 
     They are float32: all arithmetic is done in float64 and only the result is
     stored, rounded to 7 significant digits — far finer than the spread the level
@@ -223,15 +235,23 @@ def detector_arrays(features: int) -> dict[str, ArraySpec]:
     ``episode_seen`` are the open episode's start and its last heartbeat that stood out,
     in seconds since the agent's first heartbeat (``episode_start`` NaN: none open), and
     ``episode_metrics`` the bit mask of the metrics it is about (see :func:`episodes`).
+    ``daily_shape`` and ``daily_loading`` are the daily profile (see :func:`learn_daily`;
+    none with 0 harmonics): float16, rounded at random (:func:`dithered`) so its slow
+    average keeps learning.
 
     >>> from agentwatch.rows import bytes_per_row
     >>> bytes_per_row(detector_arrays(8))
-    224
+    248
     """
     if features > 32:
         raise ValueError(f"{features} features: the quiet period's bit mask holds 32 at most")
     rate, excess = gaussian_tail(TAIL_SIGMA)
     f32, per_feature = np.dtype(np.float32), (features,)
+    f16 = np.dtype(np.float16)
+    daily: dict[str, ArraySpec] = {
+        "daily_shape": (f16, 0.0, (2 * harmonics,)),
+        "daily_loading": (f16, 1.0, per_feature),
+    }
     return {
         "level": (f32, 0.0, per_feature),
         "resid_var": (f32, 0.0, per_feature),
@@ -247,6 +267,7 @@ def detector_arrays(features: int) -> dict[str, ArraySpec]:
         "episode_start": (f32, np.nan, ()),
         "episode_seen": (f32, 0.0, ()),
         "episode_metrics": (np.dtype(np.uint32), 0, ()),
+        **(daily if harmonics else {}),
     }
 
 
@@ -279,6 +300,11 @@ class DetectorParams:
     tail_min_features: int
     extreme_max_p: float
     episode_end_s: float
+    daily_harmonics: int = 0
+    daily_memory_s: float = 259_200.0
+    daily_warmup_s: float = 86_400.0
+    daily_min_share: float = 0.0
+    daily_learn_every_s: float = 900.0
 
     @classmethod
     def from_settings(
@@ -313,6 +339,11 @@ class DetectorParams:
             tail_min_features=settings.anomaly_tail_min_features,
             extreme_max_p=settings.anomaly_extreme_max_p,
             episode_end_s=settings.anomaly_episode_end_s,
+            daily_harmonics=settings.anomaly_daily_harmonics,
+            daily_memory_s=settings.anomaly_daily_memory_s,
+            daily_warmup_s=settings.anomaly_daily_warmup_s,
+            daily_min_share=settings.anomaly_daily_min_share,
+            daily_learn_every_s=settings.anomaly_daily_learn_every_s,
         )
 
 
@@ -492,7 +523,7 @@ def learn_episodes(state: object, rows: np.ndarray, e: Episodes, elapsed: np.nda
     state.episode_seen[rows[e.held]] = elapsed[e.held]
 
 
-def allocate_detector(features: int, capacity: int) -> object:
+def allocate_detector(features: int, capacity: int, harmonics: int = 2) -> object:
     """A bare holder of the detector's per-agent arrays (:func:`detector_arrays`), for
     examples and tests of single steps."""
 
@@ -500,7 +531,7 @@ def allocate_detector(features: int, capacity: int) -> object:
         pass
 
     state = _State()
-    allocate(state, detector_arrays(features), capacity)
+    allocate(state, detector_arrays(features, harmonics), capacity)
     return state
 
 
@@ -518,7 +549,9 @@ class Judgement:
     the heartbeat (what the quiet period will be about; 0 for the other rows);
     ``fire``: the runtime decision; ``extreme_rows``: rows with an ``extreme`` metric;
     ``before``: the rows' state as judged; ``episode``: the rows' episodes after this
-    heartbeat (:class:`Episodes`).
+    heartbeat (:class:`Episodes`); ``now``: the rows' UTC times when the daily profile is
+    on (None: off); ``season``: each metric's expected offset from its level (the daily
+    profile's value, 0 where it does not count).
     """
 
     z: np.ndarray
@@ -537,6 +570,8 @@ class Judgement:
     extreme_rows: np.ndarray
     before: RowsBefore
     episode: Episodes
+    now: np.ndarray | None = None
+    season: np.ndarray | float = 0.0
 
 
 def _cells(rows: np.ndarray, at: np.ndarray, features: int) -> tuple[np.ndarray, np.ndarray]:
@@ -552,14 +587,19 @@ def judge(
     warm: np.ndarray,
     p: DetectorParams,
     elapsed: np.ndarray,
+    now: np.ndarray | None = None,
 ) -> Judgement:
     """Score ``values[i]`` against the state of agent row ``rows[i]``, without learning.
 
     ``state`` holds the slow baseline (``mean``, ``var``, ``count``) and the arrays
     of :func:`detector_arrays`; ``warm`` says which rows have finished warming up;
-    ``elapsed`` is each row's event time since its agent's first heartbeat (s).
-    A row is judged once warm; its surprise history starts halfway through the
-    warm-up's ``warmup`` heartbeats (once the local spread has something to go on).
+    ``elapsed`` is each row's event time since its agent's first heartbeat (s), ``now`` its
+    UTC time (s; without it, no daily profile). A metric with a daily profile that explains
+    ``p.daily_min_share`` of its variance is judged against its local level plus the
+    profile's value at this time of day (:func:`learn_daily`), the local level following
+    the metric less its profile. A row is judged once warm; its surprise history starts
+    halfway through the warm-up's ``warmup`` heartbeats (once the local spread has
+    something to go on).
 
     A row in its quiet period fires only on a metric the quiet period is not about,
     ``quiet_break_sigma`` from its level or beyond its range: a second, different
@@ -580,12 +620,28 @@ def judge(
         take(state.surprise_avg), take(state.surprise_mean), take(state.surprise_var),
     )  # fmt: skip
     b = before
-    floor = np.maximum(p.std_floor, p.rel_floor * np.abs(b.level))
-    std = np.maximum(np.sqrt(b.resid_var), floor)  # as deviations(): max(√var, floor, rel)
-    z = (values - b.level) / std
-    zw = weighted(z, p.up_weight, p.down_weight)
     base_std = np.maximum(np.sqrt(b.var), p.std_floor)
     base_std = np.maximum(base_std, p.rel_floor * np.abs(b.mean))
+    season: np.ndarray | float = 0.0  # each metric's expected offset from its level
+    gain = daily_gain(elapsed, p.daily_warmup_s) if p.daily_harmonics and now is not None else None
+    counting = np.flatnonzero(gain) if gain is not None else ()
+    if len(counting):  # (only rows whose profile counts: none in an agent's first two days)
+        some = rows[counting]
+        shape = state.daily_shape[some].astype(np.float64)
+        loading = state.daily_loading[some].astype(np.float64)
+        load = (shape * daily_basis(now[counting], p.daily_harmonics)).sum(axis=1)
+        load *= gain[counting]
+        # the share of each metric's variance about its slow baseline the profile explains
+        explained = (0.5 * (shape * shape).sum(axis=1))[:, None] * (loading * loading)
+        offset = base_std[counting] * loading
+        offset *= load[:, None]
+        offset[explained < p.daily_min_share] = 0.0
+        season = np.zeros_like(values)
+        season[counting] = offset
+    floor = np.maximum(p.std_floor, p.rel_floor * np.abs(b.level))
+    std = np.maximum(np.sqrt(b.resid_var), floor)  # as deviations(): max(√var, floor, rel)
+    z = (values - season - b.level) / std
+    zw = weighted(z, p.up_weight, p.down_weight)
     a = np.abs(zw)
     # new extremes are rare: each condition after the range is checked where it holds
     at = np.flatnonzero(beyond_range(b.low, b.high, values, p.extreme_margin, floor))
@@ -635,7 +691,8 @@ def judge(
 
     episode = episodes(state, rows, base_z, fire, named, elapsed, p)
     return Judgement(z, zw, std, base_std, extreme, recent, likelihood, likelihood_std, judged,
-                     scores, quiet, named, fire, extreme_rows, before, episode)  # fmt: skip
+                     scores, quiet, named, fire, extreme_rows, before, episode,
+                     now if gain is not None else None, season)  # fmt: skip
 
 
 def learn_judged(
@@ -657,7 +714,7 @@ def learn_judged(
     j, b = judgement, judgement.before
     count = b.count
     n = count + 1
-    learn_level(state.level, state.resid_var, rows, values, n, p.level_weight, p.memory,
+    learn_level(state.level, state.resid_var, rows, values - j.season, n, p.level_weight, p.memory,
                 clip_limits(j.std, warm, p.clip_sigma),
                 clip_limits(j.std, warm, p.level_clip_sigma),
                 seen=(b.level, b.resid_var))  # fmt: skip
@@ -678,6 +735,8 @@ def learn_judged(
     state.surprise_var[rows] = np.where(
         prior, p.likelihood_prior_std**2, (1.0 - share) * (var + share * delta * delta)
     )
+    if j.now is not None:
+        learn_daily(state, rows, values, j, p, elapsed)
     learn(state.mean, state.var, state.count, rows, values, p.memory,
           clip_limits(j.base_std, warm, p.clip_sigma), seen=(b.mean, b.var, b.count))  # fmt: skip
     widen_range(state.low, state.high, rows, values, seen=(b.low, b.high))
@@ -688,6 +747,115 @@ def learn_judged(
     )
     state.quiet_until[fired] = elapsed[j.fire] + p.quiet_s
     learn_episodes(state, rows, j.episode, elapsed)
+
+
+def daily_basis(now: np.ndarray, harmonics: int) -> np.ndarray:
+    """The daily profile's basis at UTC times ``now`` (s): ``cos kθ, sin kθ`` for
+    ``k = 1 … harmonics``, ``θ`` the time of day as an angle (``n × 2 harmonics``).
+
+    >>> daily_basis(np.array([0.0, 21_600.0]), 1).round(6).tolist()
+    [[1.0, 0.0], [0.0, 1.0]]
+    """
+    theta = (2.0 * np.pi / DAY_S) * np.mod(now, DAY_S)
+    basis = np.empty((len(theta), 2 * harmonics))
+    c, s = np.cos(theta), np.sin(theta)
+    basis[:, 0], basis[:, harmonics] = c, s
+    for k in range(1, harmonics):  # the k+1-th from the k-th: cos and sin of a sum
+        ck, sk = basis[:, k - 1], basis[:, harmonics + k - 1]
+        basis[:, k] = ck * c - sk * s
+        basis[:, harmonics + k] = sk * c + ck * s
+    return basis
+
+
+def daily_gain(elapsed: np.ndarray, warmup_s: float) -> np.ndarray:
+    """How much of the daily profile counts after ``elapsed`` s of watching: none before
+    twice ``warmup_s`` (it learns from the first ``warmup_s`` on), all after three times
+    that, linearly between.
+
+    >>> daily_gain(np.array([1.0, 2.5, 3.0]), 1.0).tolist()
+    [0.0, 0.5, 1.0]
+    """
+    return np.clip(elapsed / warmup_s - 2.0, 0.0, 1.0)
+
+
+def dithered(x: np.ndarray, now: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``x`` (rows of float64) rounded to ``dtype`` up or down at random, in proportion to
+    how close it is to each, so small steps are kept on average (rounding to the nearest
+    float16 loses a step under half its spacing, which would stop a slow average from
+    learning); the random numbers are drawn from the rows' times ``now``, so a replay
+    rounds the same way.
+
+    >>> x = np.full((1000, 1), 1.0 + 2.0**-13)  # an eighth of float16's spacing above 1
+    >>> kept = dithered(x, np.arange(1000.0), np.dtype(np.float16))
+    >>> sorted(set(kept[:, 0].tolist())), float(kept.astype(np.float64).mean() - x.mean())
+    ([1.0, 1.0009765625], 0.0)
+    """
+    if dtype == np.float64:
+        return x
+    near = x.astype(dtype)
+    off = x - near
+    other = np.nextafter(near, np.where(off > 0, np.inf, -np.inf).astype(dtype))
+    gap = other.astype(np.float64) - near
+    columns = np.arange(x.shape[1]) * DITHER_COLUMN_STEP
+    chance = np.modf(now[:, None] * DITHER_TIME_STEP + columns)[0] % 1.0
+    up = (gap != 0) & (chance < off / np.where(gap != 0, gap, 1.0))
+    return np.where(up, other, near)
+
+
+def learn_daily(
+    state: object,
+    rows: np.ndarray,
+    values: np.ndarray,
+    j: Judgement,
+    p: DetectorParams,
+    elapsed: np.ndarray,
+) -> None:
+    """Learn the rows' daily profile, once per ``p.daily_learn_every_s`` of event time (the
+    first heartbeat of each such slot; so float16 learns in steps it can hold), from
+    ordinary heartbeats only (score below the threshold).
+
+    The profile is one daily *load* curve per agent (Fourier coefficients ``daily_shape``, in
+    slow std) and each metric's ``daily_loading`` on it: metric ``m`` is expected at
+    ``loading[m] · shape · basis(t)`` slow std from its slow baseline. Both are learned by a
+    streaming power iteration on each metric's deviation from the slow baseline (in slow std,
+    clipped at ``p.clip_sigma``): the curve as the Fourier coefficients of the deviations
+    projected on the loadings, each loading as its metric's regression on the curve, an
+    exponentially weighted average over ``p.daily_memory_s`` (exact until then), the loadings
+    kept at a root mean square of 1. With one metric it is that metric's own profile."""
+    b, now = j.before, j.now
+    count = b.count
+    interval = elapsed / np.maximum(count, 1.0)  # the agent's mean heartbeat interval so far
+    every = p.daily_learn_every_s
+    learning = (
+        (elapsed >= p.daily_warmup_s)
+        & (j.scores < p.threshold)
+        & (np.floor(now / every) != np.floor((now - interval) / every))
+    )
+    if not learning.any():
+        return
+    some = np.flatnonzero(learning)
+    at = rows[some]
+    step = np.maximum(interval[some], every)
+    learnt = np.minimum(elapsed[some] - p.daily_warmup_s, p.daily_memory_s)
+    share = np.minimum(step / np.maximum(learnt, step), 1.0)
+    share = share[:, None]
+    deviation = clipped((values[some] - b.mean[some]) / j.base_std[some], p.clip_sigma)
+    basis = daily_basis(now[some], p.daily_harmonics)
+    shape = state.daily_shape[at].astype(np.float64)
+    loading = state.daily_loading[at].astype(np.float64)
+    square = np.maximum(np.einsum("nf,nf->n", loading, loading), 1e-12)
+    projected = np.einsum("nf,nf->n", deviation, loading) / square
+    shape += share * (2.0 * projected[:, None] * basis - shape)
+    load = np.einsum("nk,nk->n", shape, basis)
+    power = 0.5 * np.einsum("nk,nk->n", shape, shape)
+    # (with one metric its loading is 1 by definition: the curve is the metric's profile)
+    known = ((power > DAILY_MIN_POWER) & (values.shape[1] > 1))[:, None]
+    regression = deviation * (load / np.maximum(power, DAILY_MIN_POWER))[:, None]
+    loading = np.where(known, loading + share * (regression - loading), loading)
+    rms = np.sqrt(np.mean(loading * loading, axis=1, keepdims=True))
+    rms = np.where(rms > 0, rms, 1.0)
+    state.daily_loading[at] = dithered(loading / rms, now[some], state.daily_loading.dtype)
+    state.daily_shape[at] = dithered(shape * rms, now[some] + 0.5, state.daily_shape.dtype)
 
 
 def learn_tails(
@@ -808,7 +976,8 @@ class BaselineDetector(AnomalyDetector):
             "count": (f64, 0.0, ()),
             "first_ts": (f64, np.nan, ()),
         }
-        allocate(self, {**slow, **detector_arrays(len(self.features))}, capacity=1)
+        arrays = detector_arrays(len(self.features), self._params.daily_harmonics)
+        allocate(self, {**slow, **arrays}, capacity=1)
         self._row = np.zeros(1, dtype=np.int64)
         self._last: tuple[np.ndarray | None, Judgement | None] = (None, None)
 
@@ -832,7 +1001,9 @@ class BaselineDetector(AnomalyDetector):
         """The whole judgement of ``x`` (one row) at event time ``t``, without learning it."""
         values = self._vector(x)
         warm = np.array([self.warmed_up])
-        judgement = judge(self, self._row, values, warm, self._params, self._elapsed(t))
+        elapsed = self._elapsed(t)
+        judgement = judge(self, self._row, values, warm, self._params, elapsed,
+                          self.first_ts + elapsed)  # fmt: skip
         self._last = (values, judgement)  # learn_one(x) next need not judge x again
         return judgement
 
@@ -843,7 +1014,8 @@ class BaselineDetector(AnomalyDetector):
         elapsed = self._elapsed(t)
         last_values, judgement = self._last
         if not np.array_equal(values, last_values):
-            judgement = judge(self, self._row, values, warm, self._params, elapsed)
+            judgement = judge(self, self._row, values, warm, self._params, elapsed,
+                              self.first_ts + elapsed)  # fmt: skip
         self._last = (None, None)
         learn_judged(self, self._row, values, warm, judgement, self._params, elapsed)
 
@@ -854,5 +1026,6 @@ class BaselineDetector(AnomalyDetector):
     def explain_one(self, x: dict, t: float | None = None) -> list[dict[str, float | str]]:
         """The features that drove the score of ``x``, furthest from the local level first."""
         j = self.judge_one(x, t)
-        return reasons(self.features, self._vector(x)[0], self.level[0], j.std[0], j.z[0],
+        expected = self.level[0] + (j.season[0] if np.ndim(j.season) else j.season)
+        return reasons(self.features, self._vector(x)[0], expected, j.std[0], j.z[0],
                        self.reason_sigma, beyond=j.extreme[0], weighted=j.weighted[0])  # fmt: skip

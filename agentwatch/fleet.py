@@ -116,19 +116,23 @@ class FleetBaselines(RowArrays):
             "published_ts": (f64, -np.inf, ()),
             "warm": (np.dtype(np.bool_), False, ()),
         }
-        self._setup({**arrays, **detector_arrays(len(FEATURES))}, index, capacity)
+        self._setup({**arrays, **self._detector_arrays()}, index, capacity)
+
+    def _detector_arrays(self) -> dict[str, ArraySpec]:
+        return detector_arrays(len(FEATURES), self.config.params.daily_harmonics)
 
     def _upgrade(self) -> None:
         """Bring a state pickled before the local level and the anomaly likelihood up to
         date: their arrays start from what the slow baseline knows (level = mean,
         spread = variance, range = mean ± clip_sigma std) and the surprise history
         from its prior."""
-        missing = detector_arrays(len(FEATURES))
-        missing = {name: spec for name, spec in missing.items() if not hasattr(self, name)}
+        missing = {name: spec for name, spec in self._detector_arrays().items()
+                   if not _fits(getattr(self, name, None), spec)}  # fmt: skip
         if missing and "level" in vars(self):
             # a state from before the detector's tails and the quiet period in seconds:
             # fresh tails, and no quiet period (its end was a heartbeat count); or from
-            # before episodes: none open
+            # before episodes: none open; or from before the daily profile (or with another
+            # number of harmonics): a fresh one, learned again
             allocate(self, missing, len(self.count))
             if "quiet_metrics" in missing:
                 self.quiet_until[:] = 0.0
@@ -142,7 +146,7 @@ class FleetBaselines(RowArrays):
             self.high[:] = np.where(known, self.mean + reach, np.nan)
             self.surprise_avg[:] = self.surprise_mean[:] = SURPRISE_PRIOR_MEAN
             self.surprise_var[:] = self.config.params.likelihood_prior_std**2
-        self._arrays = {**self._arrays, **detector_arrays(len(FEATURES))}
+        self._arrays = {**self._arrays, **self._detector_arrays()}
 
     def configure(self, config: DetectorConfig) -> None:
         """Go on with new tunables (settings changed across a restart)."""
@@ -152,8 +156,12 @@ class FleetBaselines(RowArrays):
             self._upgrade()
 
     def _outdated(self) -> bool:
-        """Whether some detector array is missing (a state pickled by an older version)."""
-        return any(name not in vars(self) for name in detector_arrays(len(FEATURES)))
+        """Whether some detector array is missing or laid out otherwise (a state pickled by
+        an older version, or with another number of daily harmonics)."""
+        arrays = vars(self)
+        return any(
+            not _fits(arrays.get(name), spec) for name, spec in self._detector_arrays().items()
+        )
 
     def rows(self, batch: HeartbeatBatch) -> np.ndarray:
         """The row of each heartbeat's agent (new agents get fresh, cold rows)."""
@@ -187,8 +195,8 @@ class FleetBaselines(RowArrays):
         self.first_ts[rows[fresh]] = ts[fresh]
         warm = (self.count[rows] >= cfg.params.warmup) & (ts - self.first_ts[rows] >= cfg.warmup_s)
         elapsed = ts - self.first_ts[rows]
-        j = judge(self, rows, values, warm, cfg.params, elapsed)
-        level = j.before.level
+        j = judge(self, rows, values, warm, cfg.params, elapsed, ts)
+        level = j.before.level + j.season  # what each metric was expected at
         reported = np.flatnonzero(j.scores >= cfg.report_threshold)
         stands_out = (
             j.fire[reported]
@@ -289,3 +297,8 @@ def _passes(rows: np.ndarray) -> list[np.ndarray]:
     if occurrence.max() == 0:
         return [np.arange(n)]
     return [np.flatnonzero(occurrence == k) for k in range(occurrence.max() + 1)]
+
+
+def _fits(array: np.ndarray | None, spec: ArraySpec) -> bool:
+    """Whether a state's ``array`` has the layout of ``spec`` (dtype, shape of a row)."""
+    return array is not None and array.dtype == spec[0] and array.shape[1:] == spec[2]

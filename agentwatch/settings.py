@@ -523,6 +523,43 @@ class Settings(BaseSettings):
         "heartbeat that stood out). A level shift or a drift is one episode, not a first "
         "heartbeat followed by silence.",
     )
+    anomaly_daily_harmonics: int = Field(
+        2,
+        ge=0,
+        le=4,
+        description="Harmonics of the agent's daily profile (issue 12, Deliver 2): each metric "
+        "is judged against its local level plus the profile's value at the heartbeat's time of "
+        "day (UTC), so a value normal at 3 pm but not at 3 am is judged accordingly. 0: none.",
+    )
+    anomaly_daily_memory_s: float = Field(
+        259_200.0,
+        gt=0,
+        description="Event time over which the daily profile forgets: an exponentially weighted "
+        "average of the metrics' deviations from the slow baseline by time of day (exact until "
+        "it has learned this long).",
+    )
+    anomaly_daily_warmup_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="The daily profile learns once the agent has been watched this long (its "
+        "slow baseline has seen a whole day), counts after twice this long and fully after "
+        "three times (its weight grows linearly between, so the local level is not jolted).",
+    )
+    anomaly_daily_min_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A metric's daily profile counts only when it explains at least this share "
+        "of the metric's variance about its slow baseline (a series without a daily cycle is "
+        "not given one).",
+    )
+    anomaly_daily_learn_every_s: float = Field(
+        900.0,
+        gt=0,
+        description="The daily profile learns from one heartbeat in each slot of this much event "
+        "time (its first), with the slot's share of anomaly_daily_memory_s: steps large enough "
+        "for its float16 numbers to hold.",
+    )
     anomaly_direction_weights: dict[str, tuple[float, float]] = Field(
         {
             "network_latency": (1.0, 0.5),

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from river import stats
 
 from agentwatch.baselines import FEATURES, learn
-from agentwatch.detector import BaselineDetector, scores_from_deviations
+from agentwatch.detector import BaselineDetector, detector_arrays, judge, scores_from_deviations
 from agentwatch.fleet import DetectorConfig, FleetBaselines
+from agentwatch.rows import bytes_per_row
 from agentwatch.settings import Settings
 from agentwatch.simulator import FleetSimulator, Incident
 from schemas.heartbeats import HeartbeatBatch, parse_heartbeats
@@ -381,9 +382,12 @@ def test_a_harmless_drop_weighs_less_than_a_rise() -> None:
 def test_detector_state_stays_within_a_kibibyte_per_agent() -> None:
     """The whole per-agent state of the fleet's detector and baselines (issue 12: ≤ 1 KiB;
     305 bytes before detector v2, 373 with the metric tails and the quiet period's mask, 385
-    with the open episode: its start, last heartbeat that stood out and metrics)."""
+    with the open episode: its start, last heartbeat that stood out and metrics; 409 with
+    the daily profile: 2 harmonics and 8 loadings in float16)."""
     fleet = FleetBaselines(DetectorConfig.from_settings(Settings()))
-    assert fleet.bytes_per_agent() == 385 <= 1024
+    assert fleet.bytes_per_agent() == 409 <= 1024
+    without = FleetBaselines(DetectorConfig.from_settings(Settings(anomaly_daily_harmonics=0)))
+    assert without.bytes_per_agent() == 385
 
 
 # --- episodes (issue 12, Deliver 4) ---------------------------------------------------------
@@ -478,3 +482,88 @@ def test_a_snapshot_from_before_episodes_keeps_its_quiet_period() -> None:
     restored.configure(fleet.config)
     assert restored.quiet_until[0] == quiet_until
     assert np.isnan(restored.episode_start[0]) and restored.episode_metrics[0] == 0
+
+
+# --- the daily profile (issue 12, Deliver 2) -------------------------------------------------
+
+START = 1.8e9  # 08:00 UTC
+HOUR = 3600.0
+
+
+def cycling_agent(days: int, interval: float = 30.0, seed: int = 7) -> tuple[np.ndarray, dict]:
+    """An agent whose CPU follows a daily cycle peaking at 15:00 UTC (50 ± 20, noise 1) and
+    whose memory follows it (60 ± 10, noise 1); the rest calm noise."""
+    rng = np.random.default_rng(seed)
+    ts = START + interval * np.arange(int(days * 86_400 / interval))
+    cycle = np.cos(2 * np.pi * (ts % 86_400 - 15 * HOUR) / 86_400)
+    metrics = {f: 50.0 + rng.normal(0, 2, len(ts)) for f in FEATURES}
+    metrics["cpu_usage"] = 50.0 + 20.0 * cycle + rng.normal(0, 1, len(ts))
+    metrics["memory_usage"] = 60.0 + 10.0 * cycle + rng.normal(0, 1, len(ts))
+    return ts, metrics
+
+
+def feed_agent(fleet: FleetBaselines, ts: np.ndarray, metrics: dict, size: int = 500) -> list[dict]:
+    """Every heartbeat of one agent through ``fleet`` in batches; the anomaly records."""
+    records = []
+    for lo in range(0, len(ts), size):
+        part = slice(lo, min(len(ts), lo + size))
+        n = part.stop - part.start
+        batch = HeartbeatBatch(
+            index=np.arange(n),
+            agent_id=["a"] * n,
+            tenant_id=["t"] * n,
+            timestamp=ts[part],
+            metrics={f: v[part] for f, v in metrics.items()},
+        )
+        records += fleet.observe(batch).anomalies
+    return records
+
+
+def expected(fleet: FleetBaselines, at: float) -> dict[str, float]:
+    """What the fleet's one agent expects of cpu and memory at UTC time ``at``: the record's
+    baseline (level plus the daily profile), read from a judgement without learning."""
+    p = fleet.config.params
+    values = np.column_stack([[float(fleet.level[0, i])] for i in range(len(FEATURES))])
+    elapsed = np.array([at - fleet.first_ts[0]])
+    j = judge(fleet, np.array([0]), values, np.array([True]), p, elapsed, np.array([at]))
+    row = fleet.level[0] + j.season[0]
+    return {f: float(row[FEATURES.index(f)]) for f in ("cpu_usage", "memory_usage")}
+
+
+def test_the_daily_profile_learns_each_metric_s_cycle_in_24_bytes() -> None:
+    """After three and a half days the profile expects CPU and memory low at 3 am and high
+    at 3 pm, each by its own amount (one daily curve per agent, each metric's loading on
+    it); the cycles raise no anomaly; the profile costs 24 bytes per agent."""
+    fleet = FleetBaselines(DetectorConfig.from_settings(Settings()))
+    ts, metrics = cycling_agent(days=3.5)
+    assert [r for r in feed_agent(fleet, ts, metrics) if r["is_anomaly"]] == []
+    day = START - START % 86_400 + 4 * 86_400
+    night, afternoon = expected(fleet, day + 3 * HOUR), expected(fleet, day + 15 * HOUR)
+    assert afternoon["cpu_usage"] - night["cpu_usage"] == pytest.approx(40.0, abs=6.0)
+    assert afternoon["memory_usage"] - night["memory_usage"] == pytest.approx(20.0, abs=4.0)
+    daily = {k: v for k, v in detector_arrays(len(FEATURES)).items() if k.startswith("daily")}
+    assert bytes_per_row(daily) == 24
+
+
+def test_a_value_normal_at_3_pm_but_not_at_3_am_fires_at_3_am() -> None:
+    """At a 5 min heartbeat (a cycle of 288 heartbeats, which the local level chases with a
+    lag of several std), on the sixth day CPU stands at 50 for 15 minutes at 3 am, where
+    the cycle has it at 30 ± 1 (50 is its value at 9 am and 9 pm; below its range). With
+    the profile it fires at 3 am, naming CPU against an expected value near 30; without,
+    the spread the chase leaves hides it. The cycle alone fires nothing either way."""
+    ts, metrics = cycling_agent(days=6, interval=300.0)
+    tod = (ts - (START - START % 86_400)) / HOUR - 5 * 24  # hours into the sixth day (UTC)
+    odd = (tod >= 3) & (tod < 3.25)
+    metrics["cpu_usage"] = np.where(odd, 50.0, metrics["cpu_usage"])
+    fired = {}
+    for harmonics in (0, Settings().anomaly_daily_harmonics):
+        fleet = FleetBaselines(
+            DetectorConfig.from_settings(Settings(anomaly_daily_harmonics=harmonics))
+        )
+        fired[harmonics] = [r for r in feed_agent(fleet, ts, metrics) if r["is_anomaly"]]
+    assert fired[0] == []
+    (record,) = fired[Settings().anomaly_daily_harmonics]
+    hour = (record["timestamp"] - (START - START % 86_400)) / HOUR - 5 * 24
+    assert 3 <= hour < 3.25
+    reason = record["reasons"][0]
+    assert reason["feature"] == "cpu_usage" and reason["baseline_mean"] == pytest.approx(30, abs=3)

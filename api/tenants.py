@@ -117,7 +117,10 @@ class ProjectedTenants:
 
     def _split(self, agent_ids, found: dict, value, within: str | None = None) -> list[str]:
         """Fill ``found`` with ``value(view)`` of the agents the projection holds (left
-        out when None or of another tenant than ``within``); the others' ids."""
+        out when of another tenant than ``within``); the others' ids, and those whose
+        ``value(view)`` is None: the projection holds what the topics still hold, and a
+        state recorded longer ago than the topic's retention is only in ClickHouse (an
+        agent the projection knows from a command alone is not thereby active)."""
         if not self.projection.ready:
             return list(agent_ids)
         missing = []
@@ -128,7 +131,9 @@ class ProjectedTenants:
                     missing.append(agent_id)
                 elif within is None or view.tenant_id == within:
                     answer = value(view)
-                    if answer is not None:
+                    if answer is None:
+                        missing.append(agent_id)
+                    else:
                         found[agent_id] = answer
         return missing
 

@@ -46,7 +46,8 @@ def test_held_agents_are_answered_from_memory_the_rest_in_one_question():
     assert fallback.asked == [["old1", "ghost"]]
     assert lookup.tenants_of(["a1", "a2"], within="t1") == {"a1": "t1"}  # t2's is unknown
     assert lookup.states_of(["a1", "a2", "old1"]) == {"a1": "quarantined", "old1": "offline"}
-    assert fallback.asked[-1] == ["old1"]  # a2 is held, with no recorded change: active
+    # a2 is held with no state the topics still hold: ClickHouse may have an older one
+    assert fallback.asked[-1] == ["a2", "old1"]
 
 
 def test_a_projection_not_ready_asks_everything_of_the_fallback():

@@ -1610,9 +1610,9 @@ def main() -> None:
     audit = AuditWriter(settings, audit_client)
     audit.start()
     # alert webhooks are delivered where the loader runs (the API's replicas run none)
-    webhooks_client = connect(settings) if settings.alert_webhooks else None
     webhooks = None
-    if webhooks_client is not None:
+    if settings.alert_webhooks:
+        webhooks_client = connect(settings)  # its own connection, as in the API process
         webhooks = WebhookDeliverer(settings, webhooks_client)
         webhooks.start()
     log.info("loader_process_started webhooks=%d", len(settings.alert_webhooks))

@@ -300,11 +300,11 @@ class DetectorParams:
     tail_min_features: int
     extreme_max_p: float
     episode_end_s: float
-    daily_harmonics: int = 0
-    daily_memory_s: float = 259_200.0
-    daily_warmup_s: float = 86_400.0
-    daily_min_share: float = 0.0
-    daily_learn_every_s: float = 900.0
+    daily_harmonics: int
+    daily_memory_s: float
+    daily_warmup_s: float
+    daily_min_share: float
+    daily_learn_every_s: float
 
     @classmethod
     def from_settings(

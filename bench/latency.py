@@ -20,9 +20,13 @@ Measured by polling ClickHouse every ``--poll`` seconds, as an analyst's query w
 - ``threats``: each ``data_exfiltration`` threat's latency = the poll that first saw it −
   its ``first_seen`` (the spike's produce time).
 
+A consumer of ``agents.threats`` notes when each of those threats reaches its topic
+(``threat_on_its_topic``: the dataflow's and the broker's share; the rest is the loader's).
 The poll interval bounds the error (a row is seen up to one interval late). The loader's
 batching policy is the setting pair ``AGENTWATCH_LOADER_BATCH_ROWS`` /
-``AGENTWATCH_LOADER_BATCH_AGE_S`` (whichever comes first; ``--loader-batch-age`` here).
+``AGENTWATCH_LOADER_BATCH_AGE_S`` (whichever comes first; ``--loader-batch-age`` here),
+and ``AGENTWATCH_LOADER_FINDINGS_BATCH_AGE_S`` for threats and the other findings
+(``--findings-batch-age``).
 Results are printed and written as JSON to ``--out``.
 """
 
@@ -43,7 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson  # noqa: E402
-from confluent_kafka import Producer  # noqa: E402
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition  # noqa: E402
 
 from agentwatch.settings import Settings  # noqa: E402
 from infra.broker import die_with_parent_hook, ensure_topics, free_port, start_broker  # noqa: E402
@@ -140,6 +144,36 @@ class SteadyProducer(threading.Thread):
         producer.flush(30)
 
 
+class ThreatWatch(threading.Thread):
+    """When each ``data_exfiltration`` threat reaches ``agents.threats`` (the dataflow's
+    share of its latency; the rest is the loader's and ClickHouse's)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="threat-watch", daemon=True)
+        self.settings = settings
+        self.latencies: list[float] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        consumer = Consumer({**self.settings.kafka_config(), "group.id": "latency-threat-watch",
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                             "fetch.wait.max.ms": 10})  # fmt: skip
+        topic = self.settings.topic("threats")  # assigned: groups are slow on Tansu
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        try:
+            while not self.stopping.is_set():
+                for message in consumer.consume(100, 0.02):
+                    if message.error() is not None:
+                        continue
+                    now = time.time()
+                    threat = orjson.loads(message.value())
+                    if threat.get("rule") == "data_exfiltration":
+                        self.latencies.append(now - float(threat["first_seen"]))
+        finally:
+            consumer.close()
+
+
 def percentiles(values: list[float]) -> dict[str, float | int]:
     if not values:
         return {"n": 0}
@@ -162,6 +196,12 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=0.05, help="poll interval (seconds)")
     parser.add_argument("--loader-batch-age", type=float, default=None,
                         help="AGENTWATCH_LOADER_BATCH_AGE_S (default: the setting's)")  # fmt: skip
+    parser.add_argument(
+        "--findings-batch-age",
+        type=float,
+        default=None,
+        help="AGENTWATCH_LOADER_FINDINGS_BATCH_AGE_S (default: the setting's)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/latency.json"))
     options = parser.parse_args()
 
@@ -177,6 +217,11 @@ def main() -> None:
             baseline_warmup_s=0,
             **(
                 {"loader_batch_age_s": options.loader_batch_age} if options.loader_batch_age else {}
+            ),
+            **(
+                {"loader_findings_batch_age_s": options.findings_batch_age}
+                if options.findings_batch_age
+                else {}
             ),
         )
         ensure_topics(settings)
@@ -206,6 +251,8 @@ def main() -> None:
         say(f"producing {options.rate:,.0f} heartbeats/s of {options.agents:,} agents for "
             f"{options.seconds:g} s, {options.spikes:g} exfiltration spikes/s")  # fmt: skip
         producer = SteadyProducer(settings, options)
+        watch = ThreatWatch(settings)
+        watch.start()
         probes = ", ".join(f"'{agent_id(i)}'" for i in range(options.probes))
         # every row and threat counts once, when first seen: rows of different partitions
         # land out of order, so the polls look back a while rather than from the newest
@@ -235,6 +282,8 @@ def main() -> None:
                 seen_threats.add(key)
                 threats_seen.append(now - key[1])
         producer.join(30)
+        watch.stopping.set()
+        watch.join(10)
         results = {
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "agents": options.agents,
@@ -245,8 +294,10 @@ def main() -> None:
             "poll_s": options.poll,
             "loader_batch_age_s": settings.loader_batch_age_s,
             "loader_batch_rows": settings.loader_batch_rows,
+            "loader_findings_batch_age_s": settings.loader_findings_batch_age_s,
             "metrics_row_queryable": percentiles(rows_seen),
             "threat_queryable": {**percentiles(threats_seen), "spikes": producer.spikes},
+            "threat_on_its_topic": percentiles(watch.latencies),
             "threats_by_rule": dict(
                 client.query(
                     f"SELECT rule, count() FROM {db}.threats FINAL GROUP BY rule"

@@ -8,7 +8,9 @@ dataflow's derived facts) by partition assignment (consumer groups are slow on t
 embedded broker) and copies each topic into its table (:data:`LOADED`, one entry per
 topic: the table of the same name, but ``metric_rows`` → ``metrics``, ``security`` →
 ``security_scores`` and the three channels → ``agent_events``), in batches of
-``loader_batch_rows`` rows or ``loader_batch_age_s`` seconds, whichever comes first.
+``loader_batch_rows`` rows or ``loader_batch_age_s`` seconds, whichever comes first
+(the findings an operator waits for, few rows a second, after
+``loader_findings_batch_age_s``: :attr:`LoadedTopic.finding`).
 
 Heartbeats are decoded once, by the dataflow: the loader never reads
 ``agents.metrics``, but the Arrow batches of the heartbeats the dataflow took
@@ -283,7 +285,14 @@ class Loader:
         self._retry_at = 0.0
         self._retry_delay = RETRY_FIRST_DELAY_S
         self._last_offsets_stamp = datetime.fromtimestamp(0, UTC)
-        self._consume_wait_s = min(MAX_CONSUME_WAIT_S, settings.loader_batch_age_s / 2)
+        #: how old each topic's oldest pending row may get before its table is inserted
+        self._max_age = {
+            topic: settings.loader_findings_batch_age_s
+            if LOADED[name].finding
+            else settings.loader_batch_age_s
+            for topic, name in self._logical.items()
+        }
+        self._consume_wait_s = min(MAX_CONSUME_WAIT_S, min(self._max_age.values()) / 2)
         self._stats = LoaderStats(
             started_at=time.time(),
             rows_inserted=dict.fromkeys(LOADED_TOPICS, 0),
@@ -740,13 +749,15 @@ class Loader:
     # --- writing to ClickHouse --------------------------------------------
 
     def _due_tables(self, now: float) -> list[_PendingTable]:
-        batch_rows = self._settings.loader_batch_rows
-        max_age = self._settings.loader_batch_age_s
-        return [
+        """The tables to insert now, findings first (a threat does not wait for the
+        heartbeats' insert before it)."""
+        batch_rows, max_age = self._settings.loader_batch_rows, self._max_age
+        due = [
             p
-            for p in self._pending.values()
-            if p.since is not None and (p.rows >= batch_rows or now - p.since >= max_age)
+            for topic, p in self._pending.items()
+            if p.since is not None and (p.rows >= batch_rows or now - p.since >= max_age[topic])
         ]
+        return sorted(due, key=lambda p: not LOADED[p.name].finding)
 
     def _flush_tables(self, tables: list[_PendingTable], raise_errors: bool = False) -> int:
         """Insert each table's pending rows, then write the offsets they cover."""
@@ -1377,6 +1388,9 @@ class LoadedTopic:
     projections: tuple[Projection, ...] = ()
     #: Read only if it exists, never waited for (a renamed topic's old name).
     optional: bool = False
+    #: A finding an operator waits for (few rows): inserted after
+    #: ``loader_findings_batch_age_s`` rather than ``loader_batch_age_s``.
+    finding: bool = False
 
 
 _event_frame = _frame((*LifecycleEvent.model_fields, "channel"), ("timestamp",))
@@ -1404,6 +1418,7 @@ LOADED: dict[str, LoadedTopic] = {
             ),
             ("timestamp", "episode_start", "episode_end"),
         ),
+        finding=True,
     ),
     "baselines": LoadedTopic(
         "baselines", baseline_row, _frame(tuple(BaselineRecord.model_fields), ("timestamp",))
@@ -1425,6 +1440,7 @@ LOADED: dict[str, LoadedTopic] = {
             ),
             ("first_seen", "last_seen"),
         ),
+        finding=True,
     ),
     "alerts": LoadedTopic(
         "alerts",
@@ -1433,11 +1449,13 @@ LOADED: dict[str, LoadedTopic] = {
             tuple(Alert.model_fields),
             ("started_at", "fired_at", "resolved_at", "last_seen", "updated_at"),
         ),
+        finding=True,
     ),
     "security": LoadedTopic(
         "security_scores",
         score_row,
         _frame(tuple(ScoreChange.model_fields), ("timestamp", "first_seen")),
+        finding=True,
     ),
     "assignment_scores": LoadedTopic(
         "assignment_scores",
@@ -1452,6 +1470,7 @@ LOADED: dict[str, LoadedTopic] = {
         "incidents",
         incident_row,
         _frame(tuple(Incident.model_fields), ("first_seen", "last_seen")),
+        finding=True,
     ),
     # the lifecycle channels (events, control, state), each checked against its allowlist
     **{

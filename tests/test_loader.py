@@ -609,6 +609,32 @@ def test_batches_respect_the_row_limit(make_settings, broker, chdb_dir, loaders)
     ch.close()
 
 
+def test_findings_are_inserted_without_waiting_for_the_heartbeats_batch(
+    make_settings, broker, chdb_dir, loaders
+):
+    """Threats (a finding) go in after loader_findings_batch_age_s; heartbeats wait for theirs."""
+    settings = make_settings(
+        bootstrap_servers=broker.bootstrap_servers,
+        clickhouse_dsn=f"chdb://{chdb_dir}",
+        loader_batch_age_s=60.0,
+        loader_findings_batch_age_s=0.05,
+    )
+    ensure_topics(settings)
+    ch = connect(settings)
+    create_schema(ch, settings)
+    produce_heartbeats(settings, [heartbeat(seq) for seq in range(100)])
+    produce(settings, "threats", [threat(seq) for seq in range(3)], key=by_agent)
+    loader = Loader(settings, ch)
+    loaders.append(loader)
+
+    poll_until(loader, lambda: count(ch, settings, "threats") == 3, "the 3 threats inserted")
+    read = loader.stats().messages_read
+    assert read["metric_rows"] == 100, read  # read with the threats, and held back
+    assert count(ch, settings, "metrics", final=False) == 0
+    assert loader.flush() == 100  # the heartbeats' batch, when it is due (here: by hand)
+    ch.close()
+
+
 def test_crash_between_rows_and_offsets_replays_without_duplicates(
     settings, client, topics, loaders
 ):

@@ -742,6 +742,11 @@ class RuleSet(RowArrays):
     agentwatch.rules.RuleChangeError: no rule 'nope' to delete; the rules are: hot
     """
 
+    #: A rule's ``for_s`` must also span this many of the agent's heartbeats: it fires
+    #: once its condition has held for ``for_s`` and for (this − 1) times the agent's
+    #: latest interval (``threat_for_min_heartbeats``; 1: ``for_s`` alone).
+    min_heartbeats: int = 1
+
     def __init__(
         self,
         rules: Iterable[ThreatRuleSpec] = (),
@@ -760,7 +765,9 @@ class RuleSet(RowArrays):
     @classmethod
     def default(cls, settings: Settings, index: AgentIndex | None = None) -> RuleSet:
         """The seed's rules (:func:`default_rules`) with the settings' bucket count."""
-        return cls(default_rules(settings), settings.threat_window_buckets, index)
+        rules = cls(default_rules(settings), settings.threat_window_buckets, index)
+        rules.min_heartbeats = settings.threat_for_min_heartbeats
+        return rules
 
     def rules(self) -> list[ThreatRuleSpec]:
         """Every rule, enabled or not, in the order they were added."""
@@ -843,7 +850,11 @@ class RuleSet(RowArrays):
         began = clock if verdict.held_s is None else clock - np.maximum(verdict.held_s[judged], 0)
         since = np.where(holds, np.where(held, since_before, began), np.nan)
         held_for = clock - since if verdict.held_s is None else verdict.held_s[judged]
-        fire = holds & ~fired_before & (held_for >= live.spec.for_s)
+        for_s = live.spec.for_s
+        if for_s > 0 and self.min_heartbeats > 1:  # as many readings at a slower heartbeat
+            interval = clock - p.clock_before[judged]
+            for_s = np.maximum(for_s, (self.min_heartbeats - 1) * interval)
+        fire = holds & ~fired_before & (held_for >= for_s)
         live.held.put(rows, since, (fired_before | fire) & holds)
         for k in np.flatnonzero(holds != held).tolist():
             row = int(rows[k])

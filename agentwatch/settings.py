@@ -647,6 +647,15 @@ class Settings(BaseSettings):
         95.0, gt=0, le=100, description="Resource abuse: CPU or memory above this percent..."
     )
     threat_resource_for_s: float = Field(600.0, ge=0, description="...for at least this long.")
+    threat_for_min_heartbeats: int = Field(
+        3,
+        ge=1,
+        description="A rule that must hold for a while (its for_s) fires only once it has also "
+        "held over this many of the agent's heartbeats (for_s, or this − 1 times the agent's "
+        "latest interval if longer): at the seed's 30 s, abnormal_patterns' 60 s is exactly "
+        "three heartbeats; at 5 min, 60 s was two readings in a row beyond 3σ, which normal "
+        "noise gives 5.5 times per 100 agent-days (docs/detection.md). 1: for_s alone.",
+    )
     threat_abnormal_sigma: float = Field(
         3.0, gt=0, description="Abnormal patterns: a metric this many std from its baseline..."
     )
@@ -785,6 +794,14 @@ class Settings(BaseSettings):
         gt=0,
         description="The trend is a least-squares line with weights halving every this "
         "long of event time (shorter: quicker to see a trend, noisier).",
+    )
+    trend_min_half_life_heartbeats: int = Field(
+        10,
+        ge=1,
+        description="...but a weight halves over no fewer heartbeats than this, so an agent "
+        "beating every 5 minutes is fitted over as many points as one beating every 30 s "
+        "(10: at 30 s exactly trend_half_life_s; at 5 min the half-life is 50 min, where 300 s "
+        "fitted a line through two points and warned on noise).",
     )
     trend_min_samples: int = Field(
         20, ge=3, le=60_000, description="Heartbeats an agent sends before its trends are judged."

@@ -569,6 +569,7 @@ class ShardState:
             self.liveness.configure(config.liveness)
         self.health.configure(config.health)
         self.registry.auto_register = config.settings.agents_auto_register
+        self.rules.min_heartbeats = config.settings.threat_for_min_heartbeats
         self.orchestration.configure(config.orchestration)
 
     @classmethod

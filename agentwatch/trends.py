@@ -3,7 +3,9 @@
 For every agent and every watched metric (``trend_limits``: CPU, memory and
 disk in percent, error rate as a share), :class:`TrendWatch` keeps a straight
 line fitted to the metric against event time by exponentially weighted least
-squares: a heartbeat's weight halves every ``trend_half_life_s``. When the line
+squares: a heartbeat's weight halves every ``trend_half_life_s``, but over no fewer
+than ``trend_min_half_life_heartbeats`` heartbeats (an agent beating every 5 minutes
+is fitted over as many heartbeats as one beating every 30 s, not over two). When the line
 is good (at least ``trend_min_samples`` heartbeats, R² of at least
 ``trend_min_r2``), rises, and reaches the limit within ``trend_horizon_s``
 while both the fitted and the latest value are still below it, the agent gets
@@ -72,6 +74,7 @@ class TrendConfig:
     limits: tuple[float, ...]
     horizon_s: float
     half_life_s: float
+    min_half_life_heartbeats: int
     min_samples: int
     min_r2: float
     rearm_factor: float
@@ -92,6 +95,7 @@ class TrendConfig:
             limits=tuple(float(v) for v in limits.values()),
             horizon_s=settings.trend_horizon_s,
             half_life_s=settings.trend_half_life_s,
+            min_half_life_heartbeats=settings.trend_min_half_life_heartbeats,
             min_samples=settings.trend_min_samples,
             min_r2=settings.trend_min_r2,
             rearm_factor=settings.trend_rearm_factor,
@@ -123,6 +127,8 @@ class TrendWatch(RowArrays):
         self.config = config
         self._limit = np.asarray(config.limits)
         self._decay_per_s = math.log(2.0) / config.half_life_s
+        #: The least a weight decays by per heartbeat (halving over min_half_life_heartbeats).
+        self._decay_floor = 0.5 ** (1.0 / config.min_half_life_heartbeats)
         #: How far back the window an evidence names reaches (90 % of the weight).
         self._window_s = -math.log(1.0 - _WINDOW_WEIGHT) / self._decay_per_s
         layout = _layout(config)
@@ -153,7 +159,7 @@ class TrendWatch(RowArrays):
         """Age the sums of each row to ``ts`` (decay and shift x), then add the heartbeat."""
         age = ts - self.clock[rows]
         age = np.where(np.isfinite(age), age, 0.0)  # an agent's first heartbeat
-        decay = np.exp(-self._decay_per_s * age)
+        decay = np.maximum(np.exp(-self._decay_per_s * age), self._decay_floor)
         sw, swx, swxx = self.sw[rows], self.swx[rows], self.swxx[rows]
         d = age[:, None]
         self.swxy[rows] = decay[:, None] * (self.swxy[rows] - d * self.swy[rows])
@@ -240,12 +246,18 @@ class TrendWatch(RowArrays):
                     "r2": float(r2),
                 },
                 "baseline": [],
-                "window_start": clock - self._window_s,
+                "window_start": clock - self._window(row),
                 "window_end": clock,
             },
             "first_seen": clock,
             "last_seen": clock,
         }
+
+    def _window(self, row: int) -> float:
+        """How far back the fit of ``row`` reaches (90 % of its weight): the half-life's
+        window, or longer where heartbeats are sparse and the decay floor holds."""
+        mean_age = -float(self.swx[row]) / float(self.sw[row])
+        return max(self._window_s, -math.log(1.0 - _WINDOW_WEIGHT) * mean_age)
 
 
 def _layout(config: TrendConfig) -> dict[str, ArraySpec]:

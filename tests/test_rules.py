@@ -155,6 +155,28 @@ def test_abnormal_patterns_needs_one_metric_beyond_for_its_duration_not_metrics_
     # some metric was beyond on every heartbeat from 0 s, but cpu alone only from 90 s
 
 
+@pytest.mark.parametrize("interval", [30.0, 300.0])
+def test_abnormal_patterns_needs_three_heartbeats_beyond_at_any_heartbeat_interval(
+    interval: float,
+) -> None:
+    """60 s is three heartbeats at the seed's 30 s; at 5 min, two readings beyond 3σ in a row
+    (which normal noise gives) are not yet a pattern: threat_for_min_heartbeats = 3."""
+    beats = beats_every(interval, 4, cpu_usage=47.0)
+    rules = RuleSet.default(Settings())
+    assert fired_at(rules, beats, "abnormal_patterns", baselines=baseline_inputs(1)) == [
+        2 * interval
+    ]
+    for_s_alone = RuleSet.default(Settings(threat_for_min_heartbeats=1))
+    assert fired_at(for_s_alone, beats, "abnormal_patterns", baselines=baseline_inputs(1)) == [
+        max(60.0, interval)
+    ]
+
+
+def test_resource_abuse_at_a_slow_heartbeat_still_fires_after_ten_minutes() -> None:
+    beats = beats_every(300, 4, cpu_usage=99.0)  # 600 s = three readings at 5 min
+    assert fired_at(RuleSet.default(Settings()), beats, "resource_abuse") == [600.0]
+
+
 def test_abnormal_patterns_restarts_a_metric_s_clock_when_it_returns_within_sigma() -> None:
     cpu = [47.0, 47.0, 41.0, 47.0, 47.0, 47.0]  # back within 3σ at 60 s
     memory = [50.0, 50.0, 57.0, 50.0, 50.0, 50.0]  # ...while memory is beyond

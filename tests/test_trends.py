@@ -93,6 +93,25 @@ def test_a_metric_already_over_its_limit_is_the_rules_business_not_a_trend() -> 
     assert watch.observe(series("cpu_usage", rising)) == []
 
 
+def test_a_slow_heartbeat_is_fitted_over_as_many_heartbeats_as_the_seed_s() -> None:
+    """At 5 min the weights halve over trend_min_half_life_heartbeats (10) heartbeats, not
+    over one (300 s): the same readings give the same line (its slope per second a tenth)
+    and R² as at 30 s, where the half-life of 300 s is those same 10 heartbeats."""
+    rng = np.random.default_rng(5)
+    values = (0.02 + 0.0005 * np.arange(40) + rng.normal(0, 0.004, 40)).tolist()
+    fits = {}
+    for step in (30.0, 300.0):
+        watch = TrendWatch.from_settings(Settings())
+        watch.observe(series("error_rate", values, step=step))
+        fitted, slope, r2 = watch.fit(np.array([0]))
+        j = watch.config.metrics.index("error_rate")
+        fits[step] = (fitted[0, j], slope[0, j] * step, r2[0, j])
+    assert fits[300.0] == pytest.approx(fits[30.0], rel=1e-6)
+    floorless = TrendWatch.from_settings(Settings(trend_min_half_life_heartbeats=1))
+    floorless.observe(series("error_rate", values, step=300.0))
+    assert floorless.sw[0] < 2.0 < watch.sw[0]  # about two points' weight, without the floor
+
+
 def test_the_warning_rearms_when_the_trend_goes_away() -> None:
     watch = TrendWatch.from_settings(Settings())
     leak = [50.0 + 0.5 * i for i in range(80)]  # to 89.5 %

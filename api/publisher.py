@@ -27,6 +27,8 @@ from sinks.audit import ORIGIN_HEADER
 
 #: How long the delivery thread waits for reports in one call (seconds).
 DELIVERY_POLL_S = 0.1
+#: How long a failed publish waits for the reports of the messages it purged (seconds).
+PURGE_WAIT_S = 1.0
 
 #: The address of the caller of the request being served ("" outside a request).
 request_origin: ContextVar[str] = ContextVar("request_origin", default="")
@@ -83,7 +85,8 @@ class EventPublisher:
             left = self._producer.flush(self.settings.api_broker_timeout_s * 10)
             if left:  # dropped, so it cannot land later, after the caller was told 503
                 self._producer.purge(in_queue=True, in_flight=False)
-                self._producer.poll(0)
+                # the broker threads purge asynchronously: serve their delivery reports
+                self._producer.flush(PURGE_WAIT_S)
         if left or failures:
             reason = failures[0] if failures else "no answer from the broker"
             raise PublishError(

@@ -96,7 +96,7 @@ def test_two_processes_of_one_cluster_find_what_one_process_finds(
         # a cluster stops together: every process is told, then each is waited for (one
         # process alone waits for its peers' end of input)
         for process in processes:
-            process.process.terminate()
+            process.terminate()
         codes = [process.stop() for process in processes]
         logs = "\n".join(process.log() for process in processes)
         assert codes == [0, 0], logs

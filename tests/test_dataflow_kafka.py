@@ -35,10 +35,12 @@ class DataflowProcess:
         self.settings = settings
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
+        self.terminated = False
 
     def start(self) -> None:
         env = {**os.environ, **self.settings.as_env()}
         with open(self.log_path, "ab") as log:
+            self.terminated = False
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "dataflows.heartbeats"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -49,15 +51,23 @@ class DataflowProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 
-    def stop(self) -> int:
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM), once: a second SIGTERM that arrives while the
+        interpreter exits (its handlers back to the defaults) ends it with -15."""
         assert self.process is not None
-        if self.process.poll() is None:
+        if self.process.poll() is None and not self.terminated:
             self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+            self.terminated = True
+
+    def stop(self) -> int:
+        """Ask it to stop (unless asked already), wait for it; its exit code."""
+        assert self.process is not None
+        self.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
         return self.process.returncode
 
     def log(self) -> str:

@@ -94,7 +94,7 @@ def run(
     finally:
         reader.close()
         for flow in flows:
-            flow.process.terminate()
+            flow.terminate()
         codes = [flow.stop() for flow in flows]
     assert codes == [0] * processes, "\n".join(flow.log() for flow in flows)
     return {

@@ -52,8 +52,9 @@ def panel_cases() -> list[tuple[str, str, str]]:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlSandbox]:
-    yield from fleet_sandbox(tmp_path_factory.mktemp("chdb"), "dashboards", orchestration=True)
+def fleet(chdb_dir: Path) -> Iterator[SqlSandbox]:
+    # the session's chDB directory: a process holds one, and a test elsewhere may still hold it
+    yield from fleet_sandbox(chdb_dir, "dashboards", orchestration=True)
 
 
 def resolve(sandbox: SqlSandbox, name: str, tenant: str | None) -> dict[str, Variable]:

@@ -621,18 +621,25 @@ def test_findings_are_inserted_without_waiting_for_the_heartbeats_batch(
     )
     ensure_topics(settings)
     ch = connect(settings)
-    create_schema(ch, settings)
-    produce_heartbeats(settings, [heartbeat(seq) for seq in range(100)])
-    produce(settings, "threats", [threat(seq) for seq in range(3)], key=by_agent)
-    loader = Loader(settings, ch)
-    loaders.append(loader)
+    try:
+        create_schema(ch, settings)
+        produce_heartbeats(settings, [heartbeat(seq) for seq in range(100)])
+        produce(settings, "threats", [threat(seq) for seq in range(3)], key=by_agent)
+        loader = Loader(settings, ch)
+        loaders.append(loader)
 
-    poll_until(loader, lambda: count(ch, settings, "threats") == 3, "the 3 threats inserted")
-    read = loader.stats().messages_read
-    assert read["metric_rows"] == 100, read  # read with the threats, and held back
-    assert count(ch, settings, "metrics", final=False) == 0
-    assert loader.flush() == 100  # the heartbeats' batch, when it is due (here: by hand)
-    ch.close()
+        poll_until(
+            loader,
+            lambda: (
+                loader.stats().messages_read["metric_rows"] == 100
+                and count(ch, settings, "threats") == 3
+            ),
+            "the 100 heartbeats read and the 3 threats inserted",
+        )
+        assert count(ch, settings, "metrics", final=False) == 0  # held back: not due for 60 s
+        assert loader.flush() == 100  # the heartbeats' batch, when it is due (here: by hand)
+    finally:
+        ch.close()
 
 
 def test_crash_between_rows_and_offsets_replays_without_duplicates(

@@ -30,8 +30,9 @@ def worked_queries() -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def guide_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlSandbox]:
-    yield from fleet_sandbox(tmp_path_factory.mktemp("chdb"), DB)
+def guide_db(chdb_dir: Path) -> Iterator[SqlSandbox]:
+    # the session's chDB directory: a process holds one, and a test elsewhere may still hold it
+    yield from fleet_sandbox(chdb_dir, DB)
 
 
 def test_the_guide_has_a_dozen_worked_queries() -> None:

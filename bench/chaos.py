@@ -72,6 +72,9 @@ from infra.broker import ensure_topics, free_port  # noqa: E402
 START = 1_800_000_000.0
 #: The agent the operator commands are about (it beats once, at the first step).
 OPS_AGENT = "ops-agent"
+#: Health answers in a row (0.5 s apart) that must find the stack caught up, with nothing
+#: more inserted, before the checks count.
+CALM_ANSWERS = 6
 
 
 # --- the input ------------------------------------------------------------------------
@@ -806,21 +809,29 @@ def run_chaos(
         producer.join(120)
         report.sent["operator_commands_accepted"] = accepted
 
-        def settled() -> bool:
+        def settled() -> tuple | None:
+            """What the loader has inserted, once nothing is left to read or insert."""
             health = stack.health()
-            return bool(
+            if not (
                 health
                 and health["loader"]["lag_total"] == 0
                 and health["dataflow"]["lag"] == 0
                 and health["loader"]["pending_rows"] == 0
-            )
+            ):
+                return None
+            return tuple(sorted(health["loader"]["rows_inserted"].items()))
 
+        # The dataflow's lag is 0 once it has *read* the last heartbeat; what the last batch
+        # concludes is published after. So: settled, with nothing more inserted, for 3 s in a
+        # row (on a loaded machine one second was once too short for a last alert).
         deadline = time.monotonic() + 180
-        calm = 0
-        while calm < 3:  # three answers in a row, over a second
+        calm, last = 0, None
+        while calm < CALM_ANSWERS:
             if time.monotonic() > deadline:
                 raise TimeoutError("the stack did not catch up within 180 s after the input")
-            calm = calm + 1 if settled() else 0
+            now = settled()
+            calm = calm + 1 if now is not None and now == last else 0
+            last = now
             time.sleep(0.5)
         verify = stack.audit_verify()
         report.check("audit verify exit code", 0, verify.returncode)

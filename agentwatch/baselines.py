@@ -98,7 +98,7 @@ def learn_level(
     rows: np.ndarray,
     values: np.ndarray,
     n: np.ndarray,
-    weight: float | np.ndarray,
+    weight: float,
     memory: float | np.ndarray,
     clip_limit: np.ndarray | None = None,
     level_clip_limit: np.ndarray | None = None,
@@ -113,7 +113,7 @@ def learn_level(
     ``clip_limit`` bounds the residual the variance learns; ``level_clip_limit`` (wider)
     the one the level moves by, so a spike barely drags the level while a new level is
     still followed. ``seen``: the rows' ``level`` and ``resid_var`` when the caller read
-    them already. ``weight`` and ``memory`` are one number or one per row.
+    them already. ``memory`` is one number or one per row.
 
     >>> level, resid_var = np.zeros((1, 1)), np.zeros((1, 1))
     >>> for n, value in enumerate([10.0, 12.0, 10.0], start=1):
@@ -132,7 +132,7 @@ def learn_level(
     share = (1.0 / np.minimum(n, memory))[:, None]
     resid_var[rows] = old_var + share * (kept * kept - old_var)
     step = resid if level_clip_limit is None else clipped(resid, level_clip_limit)
-    new = old + (weight if np.ndim(weight) == 0 else weight[:, None]) * step
+    new = old + weight * step
     if some_first:
         new[first] = values[first]
     level[rows] = new

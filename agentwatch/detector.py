@@ -37,12 +37,13 @@ row at once:
    either: its end is the last heartbeat that stood out. A level shift or a drift is one
    episode with a start and an end (:func:`episodes`), however many heartbeats it lasts.
 
-Time, not counts: the exponential weights (the local level's, the recent surprise's and the
-slow baseline's memory) are shares per heartbeat, but a heartbeat's share is at least what a
-half-life in event time gives it for the interval since the agent's previous heartbeat
-(:func:`weight_per_point`): an agent beating every hour follows a new level over about as
-many hours as one beating every 5 minutes does, not twelve times as long, while a fast agent
-is not slowed down (at NAB's 5 min the two agree; at 30 s the heartbeats decide).
+Time, not counts: the recent surprise's weight and the slow averages' memory are shares per
+heartbeat, but a heartbeat's share is at least what a half-life (a time constant) in event
+time gives it for the interval since the agent's previous heartbeat (:func:`point_weights`):
+for an agent beating every hour "recent" is the last half hour or so, not the last ten hours,
+and the memory ten days, not 120, while a fast agent is not slowed down (at NAB's 5 min the
+two agree; at 30 s the heartbeats decide). The local level's weight stays per heartbeat
+(as a duration it cost NAB: docs/detection.md).
 
 Calibration, so a clean agent rarely fires: each deviation is weighted per metric
 and direction (``anomaly_direction_weights``: a drop of latency is harmless), and
@@ -314,7 +315,6 @@ class DetectorParams:
     daily_warmup_s: float
     daily_min_share: float
     daily_learn_every_s: float
-    level_half_life_s: float
     surprise_half_life_s: float
     memory_s: float
 
@@ -356,7 +356,6 @@ class DetectorParams:
             daily_warmup_s=settings.anomaly_daily_warmup_s,
             daily_min_share=settings.anomaly_daily_min_share,
             daily_learn_every_s=settings.anomaly_daily_learn_every_s,
-            level_half_life_s=settings.baseline_level_half_life_s,
             surprise_half_life_s=settings.anomaly_surprise_half_life_s,
             memory_s=settings.baseline_memory_s,
         )
@@ -389,12 +388,11 @@ def weight_per_point(
 @dataclass(frozen=True, slots=True)
 class PointWeights:
     """The exponential weights of a pass's heartbeats (:func:`point_weights`): floats when
-    they are the per-heartbeat ones for every row, else one per row. ``level``: the
-    heartbeat's share in the local level; ``surprise``: in the recent surprise;
-    ``memory``: the heartbeats the slow averages remember (the slow baseline, the spread
-    about the level, the surprise history, the tails: ``1 / min(n, memory)``)."""
+    they are the per-heartbeat ones for every row, else one per row. ``surprise``: the
+    heartbeat's share in the recent surprise; ``memory``: the heartbeats the slow averages
+    remember (the slow baseline, the spread about the level, the surprise history, the
+    tails: ``1 / min(n, memory)``)."""
 
-    level: np.ndarray | float
     surprise: np.ndarray | float
     memory: np.ndarray | float
 
@@ -406,14 +404,13 @@ def point_weights(interval: np.ndarray | None, p: DetectorParams) -> PointWeight
 
     >>> p = DetectorParams.from_settings(Settings.model_construct(), np.zeros(1))
     >>> point_weights(np.array([30.0, 300.0]), p)
-    PointWeights(level=0.05, surprise=0.1, memory=2880)
+    PointWeights(surprise=0.1, memory=2880)
     >>> w = point_weights(np.array([300.0, 3600.0]), p)
-    >>> w.level.round(2).tolist(), w.surprise.round(2).tolist(), w.memory.round().tolist()
-    ([0.05, 0.46], [0.1, 0.72], [2880.0, 241.0])
+    >>> w.surprise.round(2).tolist(), w.memory.round().tolist()
+    ([0.1, 0.72], [2880.0, 241.0])
     """
     memory_share = weight_per_point(interval, 1.0 / p.memory, LN2 * p.memory_s)
     return PointWeights(
-        level=weight_per_point(interval, p.level_weight, p.level_half_life_s),
         surprise=weight_per_point(interval, p.surprise_weight, p.surprise_half_life_s),
         memory=p.memory if np.ndim(memory_share) == 0 else 1.0 / memory_share,
     )
@@ -793,7 +790,7 @@ def learn_judged(
     count = b.count
     n = count + 1
     memory = j.weights.memory
-    learn_level(state.level, state.resid_var, rows, values - j.season, n, j.weights.level, memory,
+    learn_level(state.level, state.resid_var, rows, values - j.season, n, p.level_weight, memory,
                 clip_limits(j.std, warm, p.clip_sigma),
                 clip_limits(j.std, warm, p.level_clip_sigma),
                 seen=(b.level, b.resid_var))  # fmt: skip

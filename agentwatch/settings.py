@@ -439,16 +439,9 @@ class Settings(BaseSettings):
         le=1,
         description="Share of each heartbeat in a metric's local level (an exponentially "
         "weighted mean the detector judges against): 0.05 follows a daily cycle and "
-        "absorbs a new level within a few dozen heartbeats.",
-    )
-    baseline_level_half_life_s: float = Field(
-        4055.0,
-        gt=0,
-        description="...but a heartbeat's share is at least what halves the rest's every "
-        "this long of event time (1 − 0.5^(interval / this), interval since the agent's "
-        "previous heartbeat): the level follows over a duration, not a count, where "
-        "heartbeats are sparse (4055 s: 0.05 at NAB's 5 min, where the two agree; at 30 s "
-        "and 5 min baseline_level_weight decides, at 1 h a heartbeat's share is 0.46).",
+        "absorbs a new level within a few dozen heartbeats. Per heartbeat at any interval: "
+        "as a duration (a half-life of 4055 s, 0.05 at 5 min) it cost NAB's hourly series "
+        "more than it gave (docs/detection.md, 2026-12-06).",
     )
     baseline_level_clip_sigma: float = Field(
         8.0,

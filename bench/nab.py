@@ -419,7 +419,6 @@ def main(argv: list[str] | None = None) -> dict:
             "anomaly_min_relative_std": settings.anomaly_min_relative_std,
             "baseline_learn_clip_sigma": settings.baseline_learn_clip_sigma,
             "baseline_level_weight": settings.baseline_level_weight,
-            "baseline_level_half_life_s": settings.baseline_level_half_life_s,
             "baseline_level_clip_sigma": settings.baseline_level_clip_sigma,
             "anomaly_surprise_weight": settings.anomaly_surprise_weight,
             "anomaly_surprise_half_life_s": settings.anomaly_surprise_half_life_s,

@@ -41,7 +41,7 @@ def learn(
     count: np.ndarray,
     rows: np.ndarray,
     values: np.ndarray,
-    memory: int,
+    memory: float | np.ndarray,
     clip_limit: np.ndarray | None = None,
     *,
     seen: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
@@ -51,7 +51,9 @@ def learn(
     ``rows`` must not repeat (one heartbeat per agent per call). With
     ``clip_limit`` (per row and feature, ``inf`` for none), a value is learned
     as if it stood at most that far from the mean (see :func:`clip_limits`).
-    ``seen``: the rows' ``mean``, ``var`` and ``count`` when the caller read them already.
+    ``memory`` is one number or one per row (a slow agent's heartbeat counts for more
+    of a span of time: :func:`agentwatch.detector.point_weights`). ``seen``: the rows'
+    ``mean``, ``var`` and ``count`` when the caller read them already.
     """
     old_mean, old_var, old_count = seen or (
         mean.take(rows, axis=0), var.take(rows, axis=0), count.take(rows)
@@ -97,7 +99,7 @@ def learn_level(
     values: np.ndarray,
     n: np.ndarray,
     weight: float,
-    memory: int,
+    memory: float | np.ndarray,
     clip_limit: np.ndarray | None = None,
     level_clip_limit: np.ndarray | None = None,
     *,
@@ -111,7 +113,7 @@ def learn_level(
     ``clip_limit`` bounds the residual the variance learns; ``level_clip_limit`` (wider)
     the one the level moves by, so a spike barely drags the level while a new level is
     still followed. ``seen``: the rows' ``level`` and ``resid_var`` when the caller read
-    them already.
+    them already. ``memory`` is one number or one per row.
 
     >>> level, resid_var = np.zeros((1, 1)), np.zeros((1, 1))
     >>> for n, value in enumerate([10.0, 12.0, 10.0], start=1):

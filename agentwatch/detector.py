@@ -37,6 +37,14 @@ row at once:
    either: its end is the last heartbeat that stood out. A level shift or a drift is one
    episode with a start and an end (:func:`episodes`), however many heartbeats it lasts.
 
+Time, not counts: the recent surprise's weight and the slow averages' memory are shares per
+heartbeat, but a heartbeat's share is at least what a half-life (a time constant) in event
+time gives it for the interval since the agent's previous heartbeat (:func:`point_weights`):
+for an agent beating every hour "recent" is the last half hour or so, not the last ten hours,
+and the memory ten days, not 120, while a fast agent is not slowed down (at NAB's 5 min the
+two agree; at 30 s the heartbeats decide). The local level's weight stays per heartbeat
+(as a duration it cost NAB: docs/detection.md).
+
 Calibration, so a clean agent rarely fires: each deviation is weighted per metric
 and direction (``anomaly_direction_weights``: a drop of latency is harmless), and
 its chance is taken from the metric's own tail once that is heavier than a normal
@@ -96,6 +104,8 @@ TAIL_SIGMA = 3.0
 DAY_S = 86_400.0
 #: The daily curve's power (in slow variance) below which loadings are not learned from it.
 DAILY_MIN_POWER = 0.01
+#: ln 2: a half-life's decay rate is LN2 / half_life.
+LN2 = float(np.log(2.0))
 #: Low-discrepancy steps (golden ratios) that draw :func:`dithered`'s random numbers.
 DITHER_TIME_STEP, DITHER_COLUMN_STEP = 0.6180339887498949, 0.7548776662466927
 
@@ -305,6 +315,8 @@ class DetectorParams:
     daily_warmup_s: float
     daily_min_share: float
     daily_learn_every_s: float
+    surprise_half_life_s: float
+    memory_s: float
 
     @classmethod
     def from_settings(
@@ -344,7 +356,64 @@ class DetectorParams:
             daily_warmup_s=settings.anomaly_daily_warmup_s,
             daily_min_share=settings.anomaly_daily_min_share,
             daily_learn_every_s=settings.anomaly_daily_learn_every_s,
+            surprise_half_life_s=settings.anomaly_surprise_half_life_s,
+            memory_s=settings.baseline_memory_s,
         )
+
+
+def weight_per_point(
+    interval: np.ndarray | None, weight: float, half_life_s: float
+) -> np.ndarray | float:
+    """Each row's share in an exponentially weighted average: ``weight`` per heartbeat, or,
+    if more, what halves the rest's every ``half_life_s`` of event time,
+    ``1 − 0.5^(interval / half_life_s)`` for the ``interval`` (s) since the row's previous
+    heartbeat (NaN: its first; None: not known). ``weight`` itself (a float) when no row's
+    interval makes the share larger, so a fleet beating every 30 s or 5 min computes
+    exactly what a weight per heartbeat gives.
+
+    >>> weight_per_point(np.array([30.0, 300.0, 3600.0, np.nan]), 0.05, 4055.0).round(3).tolist()
+    [0.05, 0.05, 0.46, 0.05]
+    >>> weight_per_point(np.array([30.0, 300.0, -5.0]), 0.05, 4055.0)
+    0.05
+    """
+    if interval is None or weight >= 1.0:
+        return weight
+    beyond = -half_life_s * np.log2(1.0 - weight)  # where the share over time is larger
+    slow = interval > beyond
+    if not slow.any():
+        return weight
+    return np.where(slow, -np.expm1((-LN2 / half_life_s) * interval), weight)
+
+
+@dataclass(frozen=True, slots=True)
+class PointWeights:
+    """The exponential weights of a pass's heartbeats (:func:`point_weights`): floats when
+    they are the per-heartbeat ones for every row, else one per row. ``surprise``: the
+    heartbeat's share in the recent surprise; ``memory``: the heartbeats the slow averages
+    remember (the slow baseline, the spread about the level, the surprise history, the
+    tails: ``1 / min(n, memory)``)."""
+
+    surprise: np.ndarray | float
+    memory: np.ndarray | float
+
+
+def point_weights(interval: np.ndarray | None, p: DetectorParams) -> PointWeights:
+    """The rows' weights for heartbeats ``interval`` s after their previous ones: each
+    per-heartbeat weight of ``p``, or its half-life's share if larger
+    (:func:`weight_per_point`; the memory's time constant ``p.memory_s``).
+
+    >>> p = DetectorParams.from_settings(Settings.model_construct(), np.zeros(1))
+    >>> point_weights(np.array([30.0, 300.0]), p)
+    PointWeights(surprise=0.1, memory=2880)
+    >>> w = point_weights(np.array([300.0, 3600.0]), p)
+    >>> w.surprise.round(2).tolist(), w.memory.round().tolist()
+    ([0.1, 0.72], [2880.0, 241.0])
+    """
+    memory_share = weight_per_point(interval, 1.0 / p.memory, LN2 * p.memory_s)
+    return PointWeights(
+        surprise=weight_per_point(interval, p.surprise_weight, p.surprise_half_life_s),
+        memory=p.memory if np.ndim(memory_share) == 0 else 1.0 / memory_share,
+    )
 
 
 def row_max(a: np.ndarray) -> np.ndarray:
@@ -549,7 +618,8 @@ class Judgement:
     the heartbeat (what the quiet period will be about; 0 for the other rows);
     ``fire``: the runtime decision; ``extreme_rows``: rows with an ``extreme`` metric;
     ``before``: the rows' state as judged; ``episode``: the rows' episodes after this
-    heartbeat (:class:`Episodes`); ``now``: the rows' UTC times when the daily profile is
+    heartbeat (:class:`Episodes`); ``weights``: the heartbeats' exponential weights
+    (:class:`PointWeights`); ``now``: the rows' UTC times when the daily profile is
     on (None: off); ``season``: each metric's expected offset from its level (the daily
     profile's value, 0 where it does not count).
     """
@@ -570,6 +640,7 @@ class Judgement:
     extreme_rows: np.ndarray
     before: RowsBefore
     episode: Episodes
+    weights: PointWeights
     now: np.ndarray | None = None
     season: np.ndarray | float = 0.0
 
@@ -588,13 +659,16 @@ def judge(
     p: DetectorParams,
     elapsed: np.ndarray,
     now: np.ndarray | None = None,
+    interval: np.ndarray | None = None,
 ) -> Judgement:
     """Score ``values[i]`` against the state of agent row ``rows[i]``, without learning.
 
     ``state`` holds the slow baseline (``mean``, ``var``, ``count``) and the arrays
     of :func:`detector_arrays`; ``warm`` says which rows have finished warming up;
     ``elapsed`` is each row's event time since its agent's first heartbeat (s), ``now`` its
-    UTC time (s; without it, no daily profile). A metric with a daily profile that explains
+    UTC time (s; without it, no daily profile), ``interval`` the time since its previous
+    heartbeat (s; NaN for a first; without it, the weights are per heartbeat: see
+    :func:`point_weights`). A metric with a daily profile that explains
     ``p.daily_min_share`` of its variance is judged against its local level plus the
     profile's value at this time of day (:func:`learn_daily`), the local level following
     the metric less its profile. A row is judged once warm; its surprise history starts
@@ -666,7 +740,8 @@ def judge(
     extreme_rows[at // features] = True
     p_least = np.minimum(1.0, features * least)  # as calibrated_surprises()
     surprise = np.maximum(-np.log(np.maximum(p_least, _SMALLEST_P)), 0.0)
-    recent = recent_surprise(b.surprise_avg, surprise, p.surprise_weight,
+    weights = point_weights(interval, p)
+    recent = recent_surprise(b.surprise_avg, surprise, weights.surprise,
                              b.count <= p.warmup // 2)  # fmt: skip
     likelihood_std = np.maximum(np.sqrt(b.surprise_var), p.likelihood_std_floor)
     likelihood = (recent - b.surprise_mean) / likelihood_std
@@ -691,7 +766,7 @@ def judge(
 
     episode = episodes(state, rows, base_z, fire, named, elapsed, p)
     return Judgement(z, zw, std, base_std, extreme, recent, likelihood, likelihood_std, judged,
-                     scores, quiet, named, fire, extreme_rows, before, episode,
+                     scores, quiet, named, fire, extreme_rows, before, episode, weights,
                      now if gain is not None else None, season)  # fmt: skip
 
 
@@ -714,12 +789,13 @@ def learn_judged(
     j, b = judgement, judgement.before
     count = b.count
     n = count + 1
-    learn_level(state.level, state.resid_var, rows, values - j.season, n, p.level_weight, p.memory,
+    memory = j.weights.memory
+    learn_level(state.level, state.resid_var, rows, values - j.season, n, p.level_weight, memory,
                 clip_limits(j.std, warm, p.clip_sigma),
                 clip_limits(j.std, warm, p.level_clip_sigma),
                 seen=(b.level, b.resid_var))  # fmt: skip
     if values.shape[1] >= p.tail_min_features:
-        learn_tails(state, rows, j.weighted, b, p, j.scores < p.threshold)
+        learn_tails(state, rows, j.weighted, b, p, j.scores < p.threshold, memory)
     # The surprise history starts in the warm-up's second half from a cautious prior
     # (mean 1, std ``likelihood_prior_std``, worth ``warmup`` heartbeats), so a history
     # of a few dozen heartbeats does not make an ordinary surprise look extraordinary.
@@ -727,7 +803,7 @@ def learn_judged(
     delta = j.recent - b.surprise_mean
     # once judged, a burst of surprise is learned at most clip_sigma std at a time
     delta = np.where(j.judged, np.minimum(delta, p.clip_sigma * j.likelihood_std), delta)
-    share = 1.0 / np.minimum(np.maximum(seen, 0) + p.warmup, p.memory)
+    share = 1.0 / np.minimum(np.maximum(seen, 0) + p.warmup, memory)
     state.surprise_avg[rows] = j.recent
     prior = seen <= 0
     mean, var = b.surprise_mean, b.surprise_var
@@ -737,7 +813,7 @@ def learn_judged(
     )
     if j.now is not None:
         learn_daily(state, rows, values, j, p, elapsed)
-    learn(state.mean, state.var, state.count, rows, values, p.memory,
+    learn(state.mean, state.var, state.count, rows, values, memory,
           clip_limits(j.base_std, warm, p.clip_sigma), seen=(b.mean, b.var, b.count))  # fmt: skip
     widen_range(state.low, state.high, rows, values, seen=(b.low, b.high))
     fired = rows[j.fire]
@@ -865,13 +941,15 @@ def learn_tails(
     before: RowsBefore,
     p: DetectorParams,
     ordinary: np.ndarray,
+    memory: np.ndarray | float,
 ) -> None:
     """Learn each metric's tail beyond ``TAIL_SIGMA`` from the weighted deviations ``zw``
     once the row has ``p.warmup`` heartbeats (its spread has something to go on), from
     ``ordinary`` rows only (those scoring below the threshold: an anomaly does not teach
     the tail that would excuse it): the
     share of deviations beyond it (weight ``1 / (p.tail_prior + seen)`` up to
-    ``p.memory``: the normal law's share is worth ``p.tail_prior`` heartbeats) and their
+    ``memory``, per row or for all (:class:`PointWeights`): the normal law's share is worth
+    ``p.tail_prior`` heartbeats) and their
     mean excess (learned at the share's rate over the share of exceedances, at most
     ``1 / p.tail_min_exceedances`` at a time), an excess clipped at ``p.clip_sigma`` so
     one incident does not teach a heavy tail. Only the excess of deviations beyond the
@@ -880,7 +958,7 @@ def learn_tails(
     features = zw.shape[1]
     seen = np.maximum(count - p.warmup, 0.0)
     learning = (count >= p.warmup) & ordinary
-    share = 1.0 / np.minimum(p.tail_prior + seen, p.memory)
+    share = 1.0 / np.minimum(p.tail_prior + seen, memory)
     a = np.abs(zw)
     beyond = a > TAIL_SIGMA
     # a row not learning keeps its rate: it moves by a share of 0 (rate + 0 is rate)
@@ -975,6 +1053,7 @@ class BaselineDetector(AnomalyDetector):
             "var": (f64, 0.0, per_feature),
             "count": (f64, 0.0, ()),
             "first_ts": (f64, np.nan, ()),
+            "last_ts": (f64, np.nan, ()),
         }
         arrays = detector_arrays(len(self.features), self._params.daily_harmonics)
         allocate(self, {**slow, **arrays}, capacity=1)
@@ -984,13 +1063,14 @@ class BaselineDetector(AnomalyDetector):
     def _vector(self, x: dict) -> np.ndarray:
         return np.array([[float(x[f]) for f in self.features]])
 
-    def _elapsed(self, t: float | None) -> np.ndarray:
-        """Event time since the first point (the first point's own ``t`` starts it)."""
+    def _times(self, t: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """Event time since the first point (the first point's own ``t`` starts it) and
+        since the last point learned (NaN before the first)."""
         if t is None:
             t = float(self.count[0]) * self.interval_s
         if np.isnan(self.first_ts[0]):
             self.first_ts[0] = t
-        return np.array([t - self.first_ts[0]])
+        return np.array([t - self.first_ts[0]]), t - self.last_ts
 
     @property
     def warmed_up(self) -> bool:
@@ -1001,9 +1081,9 @@ class BaselineDetector(AnomalyDetector):
         """The whole judgement of ``x`` (one row) at event time ``t``, without learning it."""
         values = self._vector(x)
         warm = np.array([self.warmed_up])
-        elapsed = self._elapsed(t)
+        elapsed, interval = self._times(t)
         judgement = judge(self, self._row, values, warm, self._params, elapsed,
-                          self.first_ts + elapsed)  # fmt: skip
+                          self.first_ts + elapsed, interval)  # fmt: skip
         self._last = (values, judgement)  # learn_one(x) next need not judge x again
         return judgement
 
@@ -1011,13 +1091,14 @@ class BaselineDetector(AnomalyDetector):
         """Fold one observation (at event time ``t``) into the detector's state."""
         values = self._vector(x)
         warm = np.array([self.warmed_up])
-        elapsed = self._elapsed(t)
+        elapsed, interval = self._times(t)
         last_values, judgement = self._last
         if not np.array_equal(values, last_values):
             judgement = judge(self, self._row, values, warm, self._params, elapsed,
-                              self.first_ts + elapsed)  # fmt: skip
+                              self.first_ts + elapsed, interval)  # fmt: skip
         self._last = (None, None)
         learn_judged(self, self._row, values, warm, judgement, self._params, elapsed)
+        self.last_ts[0] = np.fmax(self.last_ts[0], (self.first_ts + elapsed)[0])
 
     def score_one(self, x: dict, t: float | None = None) -> float:
         """Anomaly score of ``x`` in [0, 1] (0 while warming up)."""

@@ -195,7 +195,10 @@ class FleetBaselines(RowArrays):
         self.first_ts[rows[fresh]] = ts[fresh]
         warm = (self.count[rows] >= cfg.params.warmup) & (ts - self.first_ts[rows] >= cfg.warmup_s)
         elapsed = ts - self.first_ts[rows]
-        j = judge(self, rows, values, warm, cfg.params, elapsed, ts)
+        # since the agent's previous heartbeat (its last_ts; NaN for a first): the weights
+        # of a slow agent's heartbeats are shares of durations (detector.point_weights)
+        interval = np.where(fresh, np.nan, ts - self.last_ts[rows])
+        j = judge(self, rows, values, warm, cfg.params, elapsed, ts, interval)
         level = j.before.level + j.season  # what each metric was expected at
         reported = np.flatnonzero(j.scores >= cfg.report_threshold)
         stands_out = (

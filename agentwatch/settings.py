@@ -423,13 +423,25 @@ class Settings(BaseSettings):
         description="After this many heartbeats the baseline forgets exponentially "
         "(2880 = 24 h at the seed's 30 s heartbeat).",
     )
+    baseline_memory_s: float = Field(
+        864_000.0,
+        gt=0,
+        description="...and forgets at least as fast as an exponential average with this time "
+        "constant in event time: a heartbeat's share is at least 1 − e^(−interval / this), "
+        "interval being the time since the agent's previous heartbeat, so a slow agent "
+        "remembers a span of time, not a count (864,000 s = 10 days: 2880 heartbeats at "
+        "NAB's 5 min, where the two agree; at 30 s and 5 min the heartbeats decide, at 1 h "
+        "it remembers about 240 heartbeats, not 2880 = 120 days).",
+    )
     baseline_level_weight: float = Field(
         0.05,
         gt=0,
         le=1,
         description="Share of each heartbeat in a metric's local level (an exponentially "
         "weighted mean the detector judges against): 0.05 follows a daily cycle and "
-        "absorbs a new level within a few dozen heartbeats.",
+        "absorbs a new level within a few dozen heartbeats. Per heartbeat at any interval: "
+        "as a duration (a half-life of 4055 s, 0.05 at 5 min) it cost NAB's hourly series "
+        "more than it gave (docs/detection.md, 2026-12-06).",
     )
     baseline_level_clip_sigma: float = Field(
         8.0,
@@ -463,6 +475,15 @@ class Settings(BaseSettings):
         le=1,
         description="Share of each heartbeat's surprise in the recent average the anomaly "
         "likelihood judges (0.1: about the last 10 heartbeats).",
+    )
+    anomaly_surprise_half_life_s: float = Field(
+        1974.0,
+        gt=0,
+        description="...but at least what halves the rest's every this long of event time "
+        "(1 − 0.5^(interval / this), interval since the agent's previous heartbeat): "
+        "'recent' is a duration where heartbeats are sparse (1974 s: 0.1 at NAB's 5 min, "
+        "where the two agree; at 30 s and 5 min anomaly_surprise_weight decides, at 1 h a "
+        "heartbeat's share is 0.72).",
     )
     anomaly_likelihood_std_floor: float = Field(
         0.05,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import orjson
@@ -12,7 +13,14 @@ from hypothesis import strategies as st
 from river import stats
 
 from agentwatch.baselines import FEATURES, learn
-from agentwatch.detector import BaselineDetector, detector_arrays, judge, scores_from_deviations
+from agentwatch.detector import (
+    BaselineDetector,
+    DetectorParams,
+    detector_arrays,
+    judge,
+    point_weights,
+    scores_from_deviations,
+)
 from agentwatch.fleet import DetectorConfig, FleetBaselines
 from agentwatch.rows import bytes_per_row
 from agentwatch.settings import Settings
@@ -567,3 +575,125 @@ def test_a_value_normal_at_3_pm_but_not_at_3_am_fires_at_3_am() -> None:
     assert 3 <= hour < 3.25
     reason = record["reasons"][0]
     assert reason["feature"] == "cpu_usage" and reason["baseline_mean"] == pytest.approx(30, abs=3)
+
+
+# --- time, not counts: the exponential weights (issue 12, Deliver 3) ------------------------
+
+#: The detector's weights per heartbeat only (half-lives so long they never decide).
+PER_HEARTBEAT_ONLY = {"surprise_half_life_s": np.inf, "memory_s": np.inf}
+
+
+def test_a_heartbeat_s_weight_is_a_share_of_time_with_a_floor_of_heartbeats() -> None:
+    """At 30 s and NAB's 5 min the weights are the per-heartbeat ones (the same numbers); an
+    hour apart a heartbeat weighs what its hour does, and two heartbeats half an hour apart
+    together weigh what one an hour apart does."""
+    p = DetectorParams.from_settings(Settings(), np.zeros(1))
+    same = point_weights(np.array([30.0, 300.0, np.nan, -60.0]), p)
+    assert (same.surprise, same.memory) == (0.1, 2880)
+    half, hour = point_weights(np.array([1800.0]), p), point_weights(np.array([3600.0]), p)
+    assert (1.0 - half.surprise[0]) ** 2 == pytest.approx(1.0 - hour.surprise[0], rel=1e-12)
+    assert (1.0 - 1.0 / half.memory[0]) ** 2 == pytest.approx(1.0 - 1.0 / hour.memory[0])
+    assert float(hour.surprise[0]) == pytest.approx(0.72, abs=0.005)
+    assert float(hour.memory[0]) == pytest.approx(240.5, abs=0.5)
+
+
+def judged_series(values: np.ndarray, step_s: float, **overrides: float) -> list[tuple]:
+    """Score, runtime decision and episode start (in steps) of each point of a one-metric
+    series ``step_s`` apart, each judged before it is learned."""
+    detector = BaselineDetector(("cpu",), {"cpu": 0.1}, Settings(anomaly_daily_harmonics=0),
+                                warmup=30, **overrides)  # fmt: skip
+    out = []
+    for i, value in enumerate(values.tolist()):
+        j = detector.judge_one({"cpu": value}, i * step_s)
+        out.append((float(j.scores[0]), bool(j.fire[0]), float(j.episode.start[0]) / step_s))
+        detector.learn_one({"cpu": value}, i * step_s)
+    return out
+
+
+def test_the_same_series_every_5_minutes_and_every_hour_is_judged_alike_when_time_decides() -> None:
+    """The recent surprise and the memory are shares of time. The same series judged every
+    5 min with their weights per heartbeat (0.1, a memory of 200) and half-lives that give
+    exactly those at 5 min, and every hour with every duration 12 times as long (half-lives,
+    memory, quiet period, new extremes, episodes) and those weights per heartbeat made
+    negligible, is judged alike, point for point: score, decision, episode (the local level's
+    weight is per heartbeat in both). A weight that still counted heartbeats would be the
+    negligible one and judge otherwise."""
+    rng = np.random.default_rng(5)
+    values = np.r_[rng.normal(50, 1, 400), rng.normal(70, 1, 200)]
+    values[150] = 80.0
+    s = Settings()
+
+    def exact_half_life(weight: float) -> float:  # halves over 300 s / -log2(1 - weight)
+        return -300.0 / np.log2(1.0 - weight)
+
+    durations = {"surprise_half_life_s": exact_half_life(0.1),
+                 "memory_s": exact_half_life(1 / 200) / np.log(2.0),  # a time constant
+                 "quiet_s": s.anomaly_quiet_s, "extreme_after_s": s.anomaly_extreme_after_s,
+                 "episode_end_s": s.anomaly_episode_end_s}  # fmt: skip
+    negligible = {"surprise_weight": 1e-6, "memory": 10**12}
+    stretched = {k: 12 * v for k, v in durations.items()}
+    five_min = judged_series(values, 300.0, surprise_weight=0.1, memory=200, **durations)
+    hourly = judged_series(values, 3600.0, **negligible, **stretched)
+    assert [i for i, (_, fired, _) in enumerate(five_min) if fired] == [150, 400]
+    for (score, fired, start), (score_h, fired_h, start_h) in zip(five_min, hourly, strict=True):
+        assert score_h == pytest.approx(score, rel=1e-9, abs=1e-12)
+        assert fired_h == fired and np.array_equal(start_h, start, equal_nan=True)
+    for counted in ("surprise_half_life_s", "memory_s"):
+        by_count = judged_series(values, 3600.0, **negligible, **{**stretched, counted: np.inf})
+        assert max(abs(a[0] - b[0]) for a, b in zip(by_count, hourly, strict=True)) > 1e-2
+
+
+def test_an_hourly_series_remembers_ten_days_not_120() -> None:
+    """The defaults: after 125 days at 50, ten days at 60 move an hourly series' slow
+    baseline most of the way (1 − 1/e of it), as at 5 min (2880 heartbeats); counted in
+    heartbeats, 240 of them moved it by 8 %."""
+    values = np.r_[np.full(3000, 50.0), np.full(240, 60.0)]
+    values += np.random.default_rng(6).normal(0, 0.5, len(values))
+    means = {}
+    for name, overrides in (("time", {}), ("counts", PER_HEARTBEAT_ONLY)):
+        detector = BaselineDetector(("cpu",), {"cpu": 0.1}, warmup=30, **overrides)
+        for i, value in enumerate(values.tolist()):
+            detector.learn_one({"cpu": value}, i * 3600.0)
+        means[name] = float(detector.mean[0, 0])
+    assert means["time"] == pytest.approx(50.0 + 10.0 * (1 - np.exp(-1)), abs=0.3)
+    assert means["counts"] == pytest.approx(50.0 + 10.0 * (1 - np.exp(-240 / 2880)), abs=0.3)
+
+
+@pytest.mark.parametrize("step_s", [30.0, 300.0])
+def test_at_30_s_and_5_min_the_fleet_judges_as_with_weights_per_heartbeat(step_s: float) -> None:
+    """At the seed's 30 s and at 5 min (heartbeats early by up to a fifth, never late) the
+    weights are the per-heartbeat ones: every record the fleet publishes is the same, to the
+    last bit. (A heartbeat later than 5 min weighs a little more.)"""
+    rng = np.random.default_rng(7)
+    metrics = calm_agent(1200, seed=3)
+    metrics["cpu_usage"][[700, 900]] = 99.0
+    metrics["memory_usage"][1000:] += 30.0
+    ts = 1.8e9 + np.cumsum(rng.uniform(0.8 * step_s, step_s, 1200))  # early, never late
+    records = {}
+    for name, overrides in (("time", {}), ("counts", PER_HEARTBEAT_ONLY)):
+        settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=30)
+        config = DetectorConfig.from_settings(settings)
+        config = replace(config, params=replace(config.params, **overrides))
+        records[name] = feed_agent(FleetBaselines(config), ts, metrics, size=97)
+    assert records["time"] == records["counts"]
+    assert sum(r["is_anomaly"] for r in records["time"]) >= 2
+
+
+def test_an_hourly_agent_in_the_fleet_is_judged_as_the_one_series_detector_judges_it() -> None:
+    """The fleet takes each heartbeat's interval from its agent's last heartbeat (no new
+    per-agent bytes): at 1 h, batches cut anywhere, its scores are the one-row form's."""
+    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=30,
+                        anomaly_report_threshold=0.01, anomaly_reason_sigma=1e-9)  # fmt: skip
+    metrics = calm_agent(300, seed=4)
+    metrics["cpu_usage"][200:] += 20.0
+    ts = 1.8e9 + 3600.0 * np.arange(300)
+    fleet = FleetBaselines(DetectorConfig.from_settings(settings))
+    published = {r["timestamp"]: r["score"] for r in feed_agent(fleet, ts, metrics, size=7)}
+    single = BaselineDetector(FEATURES, settings.anomaly_std_floor, settings, warmup=30)
+    scores = {}
+    for i, t in enumerate(ts.tolist()):
+        point = {f: float(v[i]) for f, v in metrics.items()}
+        scores[t] = single.score_one(point, t)
+        single.learn_one(point, t)
+    assert published == {t: pytest.approx(s, rel=1e-9) for t, s in scores.items() if s >= 0.01}
+    assert max(published.values()) == 1.0

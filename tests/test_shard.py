@@ -125,13 +125,14 @@ def test_a_snapshot_restored_under_changed_settings_keeps_its_state_and_takes_th
     )  # fmt: skip
     changed = SETTINGS.model_copy(
         update={"security_quarantine_threshold": 90.0, "alert_flap_threshold": 7,
-                "trend_limits": {"memory_usage": 95.0}}
+                "trend_limits": {"memory_usage": 95.0}, "threat_for_min_heartbeats": 5}
     )  # fmt: skip
 
     restored = ShardState.restore(pickle.loads(pickle.dumps(shard)), changed)
 
     assert restored.security.config.quarantine_threshold == 90.0
     assert restored.alerts.flap_threshold == 7
+    assert shard.rules.min_heartbeats == 3 and restored.rules.min_heartbeats == 5
     assert restored.trends.config.metrics == ("memory_usage",)
     assert restored.trends.swy.shape[1] == 1 and restored.trends.count.max() == 0
     assert restored.security.score_of("agent-000003") == shard.security.score_of("agent-000003")

@@ -205,7 +205,7 @@ class EventPublisher:
                 # What the broker did not take in time is dropped from the queue, so it
                 # cannot land later, after the caller was told it was not published.
                 producer.purge(in_queue=True, in_flight=False)
-                producer.poll(0)
+                producer.flush(PURGE_WAIT_S)  # (their reports: the purge is asynchronous)
         return outcome
 
     def close(self) -> None:

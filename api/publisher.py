@@ -30,6 +30,15 @@ DELIVERY_POLL_S = 0.1
 #: How long a failed publish waits for the reports of the messages it purged (seconds).
 PURGE_WAIT_S = 1.0
 
+
+def drop_undelivered(producer: Producer) -> None:
+    """Purge what the broker has not taken from ``producer``'s queue, so it cannot land
+    after the caller was told it was not published, and serve the purged messages'
+    reports (the broker threads purge asynchronously: ``poll(0)`` left one pending)."""
+    producer.purge(in_queue=True, in_flight=False)
+    producer.flush(PURGE_WAIT_S)
+
+
 #: The address of the caller of the request being served ("" outside a request).
 request_origin: ContextVar[str] = ContextVar("request_origin", default="")
 
@@ -83,10 +92,8 @@ class EventPublisher:
             except (KafkaException, BufferError) as exc:
                 raise PublishError(f"Kafka refused the event: {exc}") from None
             left = self._producer.flush(self.settings.api_broker_timeout_s * 10)
-            if left:  # dropped, so it cannot land later, after the caller was told 503
-                self._producer.purge(in_queue=True, in_flight=False)
-                # the broker threads purge asynchronously: serve their delivery reports
-                self._producer.flush(PURGE_WAIT_S)
+            if left:
+                drop_undelivered(self._producer)
         if left or failures:
             reason = failures[0] if failures else "no answer from the broker"
             raise PublishError(
@@ -202,10 +209,7 @@ class EventPublisher:
                         outcome[index] = f"Kafka refused the event: {exc}"
                         break
             if producer.flush(timeout_s):
-                # What the broker did not take in time is dropped from the queue, so it
-                # cannot land later, after the caller was told it was not published.
-                producer.purge(in_queue=True, in_flight=False)
-                producer.flush(PURGE_WAIT_S)  # (their reports: the purge is asynchronous)
+                drop_undelivered(producer)
         return outcome
 
     def close(self) -> None:

@@ -80,15 +80,57 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         started.stop()
 
 
+#: The session's chDB directory and the client that keeps it open, once a test has
+#: asked for it (:func:`chdb_dir`).
+_SESSION_CHDB: list[tuple[Path, object]] = []
+
+
 @pytest.fixture(scope="session")
-def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's one chDB data directory."""
-    return tmp_path_factory.mktemp("chdb")
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's one chDB data directory, kept open for the whole session.
+
+    chDB starts its engine when the process's first connection opens and stops it when
+    the last one closes; a test's client is usually the only one, so without a client
+    held here every test started the engine again, loading the metadata of every
+    database made before it: 0.8 s a connection on average over tests/test_api.py, and
+    growing (:func:`drop_databases` keeps that metadata small as well).
+    """
+    import clickhouse_connect
+
+    path = tmp_path_factory.mktemp("chdb")
+    keeper = clickhouse_connect.get_client(dsn=f"chdb://{path.resolve()}")
+    _SESSION_CHDB.append((path, keeper))
+    try:
+        yield path
+    finally:
+        _SESSION_CHDB.clear()
+        keeper.close()
+
+
+def drop_databases(made: list[Settings]) -> None:
+    """Drop the databases the test's settings named in the session's chDB, at once
+    (``SYNC``), so the databases of tests over do not pile up in the session's chDB.
+    Databases of other directories (a test's own stack) are not this process's to
+    open."""
+    if not _SESSION_CHDB:
+        return
+    path, keeper = _SESSION_CHDB[0]
+    session_dsn = f"chdb://{path}"
+    names = {
+        s.clickhouse_database for s in made if s.clickhouse_dsn.get_secret_value() == session_dsn
+    }
+    try:
+        for name in sorted(names):
+            keeper.command(f"DROP DATABASE IF EXISTS `{name}` SYNC")
+    except Exception as exc:  # only housekeeping: say so, do not fail the test for it
+        warnings.warn(f"the databases {sorted(names)} were not dropped: {exc}", stacklevel=1)
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    """Settings isolated for this test: fresh topic prefix, database and var dir."""
+def make_settings(tmp_path: Path) -> Iterator[Callable[..., Settings]]:
+    """Settings isolated for this test: fresh topic prefix, database and var dir; the
+    databases in the session's chDB are dropped after the test (:func:`drop_databases`)."""
+    made: list[Settings] = []
 
     def make(**overrides: object) -> Settings:
         unique = uuid.uuid4().hex[:8]
@@ -108,9 +150,11 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "agents_auto_register": True,
         }
         values.update(overrides)
-        return Settings(**values)
+        made.append(Settings(**values))
+        return made[-1]
 
-    return make
+    yield make
+    drop_databases(made)
 
 
 @pytest.fixture

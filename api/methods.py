@@ -23,6 +23,7 @@ with that same list and a body that says so. Unknown paths go on to the 404.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from fastapi.routing import iter_route_contexts
@@ -52,9 +53,14 @@ def allowed_methods(router: Router, path: str) -> list[str]:
     As OpenAPI matches paths, the most concrete template wins: ``/rules/restore`` is
     the path of that name, not ``/rules/{name}`` with the name ``restore``.
     """
+    return _methods_on(flat_routes(router.routes), path)
+
+
+def _methods_on(routes: Sequence[BaseRoute], path: str) -> list[str]:
+    """:func:`allowed_methods` over routes already flattened (:func:`flat_routes`)."""
     matching: dict[int, set[str]] = {}
     probe = {"type": "http", "path": path, "root_path": "", "method": "OPTIONS"}
-    for route in flat_routes(router.routes):
+    for route in routes:
         route_methods = getattr(route, "methods", None)
         if route_methods and route.matches(probe)[0] != Match.NONE:
             parameters = getattr(route, "path_format", "").count("{")
@@ -64,16 +70,44 @@ def allowed_methods(router: Router, path: str) -> list[str]:
     return sorted(matching[min(matching)] | {"OPTIONS"})
 
 
+#: How many paths' answers :class:`AllowedMethods` keeps (a path names an agent, so
+#: there are as many as agents; the few the API answers most stay).
+PATHS_KEPT = 4096
+
+
 class AllowedMethods:
-    """ASGI middleware: ``OPTIONS`` → 204 with ``Allow``; a method not taken → 405 with it."""
+    """ASGI middleware: ``OPTIONS`` → 204 with ``Allow``; a method not taken → 405 with it.
+
+    Every request asks which methods its path takes, so the answer is kept per path (the
+    last :data:`PATHS_KEPT` paths) and the routes are flattened once; both are made again
+    if a route is added.
+    """
 
     def __init__(self, app: ASGIApp, router: Router) -> None:
         self.app = app
         self.router = router
+        self._routes_seen = -1
+        self._flat: list[BaseRoute] = []
+        self._by_path: OrderedDict[str, list[str]] = OrderedDict()
+
+    def methods(self, path: str) -> list[str]:
+        """:func:`allowed_methods` of ``path``, from what is kept when it can be."""
+        if len(self.router.routes) != self._routes_seen:
+            self._routes_seen = len(self.router.routes)
+            self._flat = flat_routes(self.router.routes)
+            self._by_path.clear()
+        methods = self._by_path.get(path)
+        if methods is None:
+            methods = self._by_path[path] = _methods_on(self._flat, path)
+            if len(self._by_path) > PATHS_KEPT:
+                self._by_path.popitem(last=False)
+        else:
+            self._by_path.move_to_end(path)
+        return methods
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            methods = allowed_methods(self.router, scope["path"])
+            methods = self.methods(scope["path"])
             method = scope["method"].upper()
             if methods and method == "OPTIONS":
                 response = Response(status_code=204, headers={"Allow": ", ".join(methods)})

@@ -16,7 +16,8 @@ chDB directory of its own:
    requests would take the run past its minutes); waits until an assignment considers
    them all. ``--agents-per-tenant`` (default: all in one tenant, the worst case: every
    agent is a candidate of every task);
-3. starts the streams: ``--heartbeat-rate`` heartbeats/s into agents.metrics (the
+3. starts the streams, from a child process (a thread here would share the measuring
+   client's interpreter lock): ``--heartbeat-rate`` heartbeats/s into agents.metrics (the
    projection reads them: 100,000 agents beating every 30 s is 3,333/s), the same as the
    dataflow hands them on (Arrow batches on agents.metric_rows, which the API process's
    loader stores; no dataflow runs here) and
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -140,64 +142,76 @@ def fill(settings: Settings, options: argparse.Namespace) -> None:
     produce_all(producer, messages())
 
 
+def stream(settings: Settings, options: argparse.Namespace, stopping, sent) -> None:
+    """Heartbeats and assignment scores at steady rates until ``stopping`` is set; the
+    counts go to ``sent`` (heartbeats, scores). Runs in a process of its own."""
+    producer = Producer({**settings.kafka_config(), "linger.ms": 5})
+    rng = random.Random(5)
+    tick = 0.05
+    metrics, scores = settings.topic("metrics"), settings.topic("assignment_scores")
+    # what the dataflow would hand the API process's loader for the same heartbeats
+    # (no dataflow runs here): one Arrow batch of them per tick, on agents.metric_rows
+    metric_rows = settings.topic("metric_rows")
+    beats_per_tick = max(1, int(options.heartbeat_rate * tick))
+    scores_per_tick = max(0, int(options.score_rate * tick))
+    next_tick = time.perf_counter()
+    while not stopping.is_set():
+        now = time.time()
+        beats = []
+        for _ in range(beats_per_tick):
+            i = rng.randrange(options.agents)
+            tenant = tenant_of(i, options.agents_per_tenant)
+            beats.append(heartbeat(agent_id(i), tenant, now))
+            try:
+                producer.produce(metrics, key=agent_id(i).encode(), value=beats[-1])
+                sent[0] += 1
+            except BufferError:
+                producer.poll(0.01)
+        for rows in encode_json(beats):
+            producer.produce(metric_rows, key=b"0", value=rows)
+        for _ in range(scores_per_tick):
+            i = rng.randrange(options.agents)
+            tenant = tenant_of(i, options.agents_per_tenant)
+            try:
+                producer.produce(scores, key=agent_id(i).encode(),
+                                 value=score_record(i, tenant, now, rng))  # fmt: skip
+                sent[1] += 1
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+        next_tick += tick
+        stopping.wait(max(0.0, next_tick - time.perf_counter()))
+    producer.flush(10)
+
+
 class Streams:
-    """Heartbeats and assignment scores at steady rates, in a thread, until stopped."""
+    """The streams of ``stream``, in a child process until the block ends.
+
+    Not a thread of this process: the measured requests are timed here, and a thread
+    building heartbeats would hold the interpreter's lock while an answer waits to be
+    read, so the client's own wait would count as the API's latency."""
 
     def __init__(self, settings: Settings, options: argparse.Namespace) -> None:
-        self.settings, self.options = settings, options
-        self.stopping = threading.Event()
-        self.sent = {"heartbeats": 0, "scores": 0}
-        self.thread = threading.Thread(target=self.run, name="streams", daemon=True)
-
-    def run(self) -> None:
-        options, settings = self.options, self.settings
-        producer = Producer({**settings.kafka_config(), "linger.ms": 5})
-        rng = random.Random(5)
-        tick = 0.05
-        metrics, scores = settings.topic("metrics"), settings.topic("assignment_scores")
-        # what the dataflow would hand the API process's loader for the same heartbeats
-        # (no dataflow runs here): one Arrow batch of them per tick, on agents.metric_rows
-        metric_rows = settings.topic("metric_rows")
-        beats_per_tick = max(1, int(options.heartbeat_rate * tick))
-        scores_per_tick = max(0, int(options.score_rate * tick))
-        next_tick = time.perf_counter()
-        while not self.stopping.is_set():
-            now = time.time()
-            beats = []
-            for _ in range(beats_per_tick):
-                i = rng.randrange(options.agents)
-                tenant = tenant_of(i, options.agents_per_tenant)
-                beats.append(heartbeat(agent_id(i), tenant, now))
-                try:
-                    producer.produce(metrics, key=agent_id(i).encode(), value=beats[-1])
-                    self.sent["heartbeats"] += 1
-                except BufferError:
-                    producer.poll(0.01)
-            for rows in encode_json(beats):
-                producer.produce(metric_rows, key=b"0", value=rows)
-            for _ in range(scores_per_tick):
-                i = rng.randrange(options.agents)
-                tenant = tenant_of(i, options.agents_per_tenant)
-                try:
-                    producer.produce(scores, key=agent_id(i).encode(),
-                                     value=score_record(i, tenant, now, rng))  # fmt: skip
-                    self.sent["scores"] += 1
-                except BufferError:
-                    producer.poll(0.01)
-            producer.poll(0)
-            next_tick += tick
-            self.stopping.wait(max(0.0, next_tick - time.perf_counter()))
-        producer.flush(10)
+        context = multiprocessing.get_context("spawn")
+        self.stopping = context.Event()
+        self.counts = context.Array("q", 2, lock=False)
+        self.process = context.Process(
+            target=stream, args=(settings, options, self.stopping, self.counts),
+            name="streams", daemon=True,
+        )  # fmt: skip
 
     def __enter__(self) -> Streams:
         self.started = time.perf_counter()
-        self.thread.start()
+        self.process.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stopping.set()
-        self.thread.join(30)
+        self.process.join(30)
+        if self.process.is_alive():
+            self.process.kill()
         self.seconds = time.perf_counter() - self.started
+        self.sent = {"heartbeats": self.counts[0], "scores": self.counts[1]}
 
 
 def measure(http: httpx.Client, base_url: str, options: argparse.Namespace) -> list[Row]:
@@ -403,6 +417,10 @@ def main() -> None:
                     note=f"{options.agents / filled:,.0f} agents/s (3 events each) into the "
                     "API's fleet, through the topics")]  # fmt: skip
         with Streams(settings, options) as streams:
+            deadline = time.monotonic() + 60
+            while streams.counts[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.1)  # the child process imports, then streams
+            streams.started = time.perf_counter()  # the rates count from the first send
             time.sleep(2.0)  # the streams run before the first measured request
             rows += measure(http, base_url, options)
         rates = {k: v / streams.seconds for k, v in streams.sent.items()}
@@ -429,6 +447,7 @@ def main() -> None:
         options.out.write_text(json.dumps({
             "agents": options.agents, "agents_per_tenant": options.agents_per_tenant,
             "cpus": os.cpu_count(), "client": "httpx over loopback to python -m api",
+            "streams": "a child process (not the client's)",
             "api_loader": not options.no_loader,
             "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             "heartbeats_per_s": round(rates["heartbeats"]), "scores_per_s": round(rates["scores"]),

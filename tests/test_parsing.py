@@ -93,3 +93,45 @@ def test_broken_messages_never_join_into_valid_ones() -> None:
     batch, rejected = parse_heartbeats([head, tail, two_in_one, whole])
     assert batch.index.tolist() == [3]
     assert [i for i, _ in rejected] == [0, 1, 2]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    size=st.integers(min_value=1, max_value=1_300),
+    odd=st.dictionaries(
+        st.integers(min_value=0, max_value=1_299),
+        st.tuples(st.sampled_from([*GOOD, "status", "extra"]), odd_values),
+        max_size=3,
+    ),
+    required_only=st.booleans(),
+)
+def test_a_batch_parses_as_its_messages_one_at_a_time(
+    size: int, odd: dict, required_only: bool
+) -> None:
+    """Whatever path a batch takes (all messages of one shape, decoded a slice at a time
+    and taken out by field, or the general one), its rows and reasons are those of its
+    messages parsed one at a time; batches span several of the parser's slices."""
+    base = {k: v for k, v in GOOD.items() if not (required_only and k == "bytes_out")}
+    values = []
+    for i in range(size):
+        doc = {**base, "agent_id": f"a{i}", "cpu_usage": float(i % 100)}
+        if i in odd:
+            name, value = odd[i]
+            doc[name] = value
+        try:
+            values.append(orjson.dumps(doc))
+        except (TypeError, orjson.JSONEncodeError):
+            values.append(orjson.dumps(base))
+    batch, rejected = parse_heartbeats(values)
+    rows, reasons = [], []
+    for i, value in enumerate(values):
+        one, why = parse_heartbeats([value])
+        if len(one):
+            rows.append((i, one.agent_id[0], one.timestamp[0], one.metrics["cpu_usage"][0]))
+        reasons += [(i, reason) for _, reason in why]
+    got = [
+        (i, batch.agent_id[r], batch.timestamp[r], batch.metrics["cpu_usage"][r])
+        for r, i in enumerate(batch.index.tolist())
+    ]
+    assert got == rows
+    assert rejected == reasons

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -135,3 +137,79 @@ def test_a_batch_parses_as_its_messages_one_at_a_time(
     ]
     assert got == rows
     assert rejected == reasons
+
+
+#: Numbers at the edges of what a double, an int64 and the fields' ranges hold.
+edge_numbers = st.sampled_from(
+    [0, -0.0, 1, 100, 100.0000001, 2**32 - 1, 2**32, 2**53, 2**53 + 1, 2**63 - 1, 2**63,
+     2**64, 2**70, -(2**63) - 1, 1e308, 5e-324, 1_795_608_000, 1_795_608_000.5]
+)  # fmt: skip
+
+
+def _fields_as_json(doc: dict, duplicate: tuple[str, object] | None) -> bytes:
+    """``doc`` as a JSON object, with ``duplicate`` (a field and a value) written again
+    first, so the object has that field twice (JSON allows it: the last one counts)."""
+    parts = [] if duplicate is None else [orjson.dumps({duplicate[0]: duplicate[1]})[1:-1]]
+    parts += [orjson.dumps({k: v})[1:-1] for k, v in doc.items()]
+    return b"{" + b",".join(parts) + b"}"
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    changes=st.dictionaries(
+        st.sampled_from([*GOOD, "status"]), st.one_of(odd_values, edge_numbers), max_size=3
+    ),
+    drop=st.sets(st.sampled_from(["bytes_out", "status"]), max_size=2),
+    duplicate=st.none()
+    | st.tuples(st.sampled_from(list(GOOD)), st.one_of(odd_values, edge_numbers)),
+)
+def test_the_fast_path_takes_only_what_the_general_path_takes_as_it_is(
+    changes: dict, drop: set, duplicate: tuple | None
+) -> None:
+    """The typed decoder only picks the fast path: a batch it takes, the general path
+    (each message decoded to what JSON says, each rule checked on it) takes whole, with
+    the same values; and the batch's answer is the general path's either way."""
+    from schemas.heartbeats import _parse_general, _typed_batch
+
+    doc = {k: v for k, v in {**GOOD, **changes}.items() if k not in drop}
+    try:
+        raw = _fields_as_json(doc, duplicate)
+    except (TypeError, orjson.JSONEncodeError):
+        return
+    values = [raw, orjson.dumps(GOOD)]
+    general, reasons = _parse_general(values, 64 * 1024)
+    fast = _typed_batch(values, 64 * 1024)
+    if fast is not None:
+        assert reasons == [], (raw, reasons)
+        assert fast.agent_id == general.agent_id and fast.tenant_id == general.tenant_id
+        assert fast.status == general.status
+        assert fast.timestamp.tolist() == general.timestamp.tolist()
+        for name, column in general.metrics.items():
+            assert fast.metrics[name].tolist() == column.tolist(), name
+    batch, rejected = parse_heartbeats(values)
+    assert (batch.index.tolist(), rejected) == (general.index.tolist(), reasons)
+
+
+def _edges(low: float, high: float) -> list[object]:
+    """Values at and just past a range's ends, as integers and as floats."""
+    values: list[object] = [low, float(low), -1, -0.5, -(2**63) - 1, 2**64, 2**70, 1e308]
+    if high != float("inf"):
+        values += [high, float(high), high + 1, float(high) * (1 + 1e-15), int(high) + 1]
+    return values
+
+
+@pytest.mark.parametrize(
+    "name", ["cpu_usage", "error_rate", "network_latency", "active_tasks", "completed_tasks"]
+)
+def test_the_fast_path_and_the_general_path_agree_at_every_edge_of_a_range(name: str) -> None:
+    from schemas.heartbeats import FLOAT_FIELDS, INT_FIELDS, _parse_general, _typed_batch
+
+    low, high = FLOAT_FIELDS.get(name) or INT_FIELDS[name]
+    for value in _edges(low, high):
+        values = [json.dumps({**GOOD, name: value}).encode(), orjson.dumps(GOOD)]
+        general, reasons = _parse_general(values, 64 * 1024)
+        fast = _typed_batch(values, 64 * 1024)
+        if fast is not None:
+            assert reasons == [], (name, value)
+            assert fast.metrics[name].tolist() == general.metrics[name].tolist(), (name, value)
+        assert parse_heartbeats(values)[1] == reasons

@@ -11,6 +11,10 @@ partition at a time, parsed (``validate``) and split by state shard
 
 - ``shard``: :meth:`ShardState.observe` (everything a shard does for a heartbeat), and
 - ``detector``: :meth:`FleetBaselines.observe` alone (baselines and anomaly detector),
+- ``parse``: ``validate`` (the batch parser, :func:`schemas.heartbeats.parse_heartbeats`)
+  of every batch read, and ``parse_general``: its general path alone (each message
+  decoded to a dict and every value's type checked: what a batch with a bad message
+  takes, and what every batch took before the typed decoder),
 
 each on fresh state, timed with ``time.process_time`` (CPU of this process, so the
 figure is less sensitive than wall-clock time to other work on a shared machine), and
@@ -34,6 +38,7 @@ import json
 import sys
 import time
 import zlib
+from functools import partial
 from pathlib import Path
 
 
@@ -50,7 +55,9 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warm-fraction", type=float, default=0.25)
-    parser.add_argument("--only", choices=("shard", "detector"), default=None)
+    parser.add_argument(
+        "--only", choices=("shard", "detector", "parse", "parse_general"), default=None
+    )
     parser.add_argument("--incidents", type=int, default=0, help="random incidents (--check)")
     parser.add_argument(
         "--check", action="store_true",
@@ -88,10 +95,11 @@ def main() -> None:
             if chunk:
                 reads.append((p, lo, chunk))
     keys_of_shards = tuple(str(i) for i in range(args.shards))
-    batches = []
+    batches, raws = [], []
     for p, lo, chunk in reads:
         offsets = list(range(lo, lo + len(chunk)))
         raw = RawBatch("metrics", p, offsets, [k for k, _ in chunk], [v for _, v in chunk])
+        raws.append(raw)
         checked = validate(settings.max_message_bytes, raw)
         batches += split_by_shard(keys_of_shards, checked)
     total = sum(len(b) for _, b in batches)
@@ -128,7 +136,24 @@ def main() -> None:
         config = ShardConfig.of(settings).detector
         return timed_run(lambda: FleetBaselines(config), lambda f: f, profiler)
 
+    def parse_run(parse, profiler=None) -> tuple[float, list, list]:
+        """Every batch read, parsed; the seconds (per heartbeat: of all of them)."""
+        gc.collect()
+        start = time.process_time()
+        if profiler:
+            profiler.enable()
+        for raw in raws:
+            parse(raw.values, settings.max_message_bytes)
+        if profiler:
+            profiler.disable()
+        return (time.process_time() - start) * timed_beats / total, [], []
+
+    import schemas.heartbeats as parsing
+
     runs = {"shard": shard_run, "detector": detector_run}
+    runs["parse"] = partial(parse_run, parsing.parse_heartbeats)
+    if hasattr(parsing, "_parse_general"):  # (the commits before the typed decoder: none)
+        runs["parse_general"] = partial(parse_run, parsing._parse_general)
     if args.only:
         runs = {args.only: runs[args.only]}
     if args.profile:

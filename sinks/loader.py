@@ -84,6 +84,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -243,8 +244,9 @@ class _PendingTable:
     #: monotonic time the oldest pending message was read; None when nothing is pending.
     since: float | None = None
 
-    def frame(self) -> pd.DataFrame:
-        """All pending rows of a derived topic as one DataFrame in the table's layout."""
+    def frame(self) -> pd.DataFrame | pa.Table:
+        """All pending rows of a derived topic as one DataFrame (or Arrow table) in the
+        table's layout."""
         return LOADED[self.name].frame(self.records)
 
     def clear_rows(self) -> None:
@@ -848,8 +850,8 @@ class Loader:
         log.info("batch_inserted table=%s rows=%d insert_ms=%.1f", pending.table, rows, elapsed_ms)
         return rows
 
-    def _insert_frame(self, table: str, frame: pd.DataFrame) -> int:
-        """Insert a frame; return how many rows had to be dropped.
+    def _insert_frame(self, table: str, frame: pd.DataFrame | pa.Table) -> int:
+        """Insert a frame (or an Arrow table); return how many rows had to be dropped.
 
         A row the client cannot serialise for its column (``DataError``, e.g. a
         count too large for ``UInt32``) would fail every retry and block the
@@ -857,7 +859,7 @@ class Loader:
         alone, and those are logged and dropped. Server errors are raised.
         """
         try:
-            self._client.insert_df(table, frame, database=self._database)
+            insert_rows(self._client, table, frame, self._database)
             return 0
         except DataError as exc:
             if len(frame) == 1:
@@ -1209,6 +1211,15 @@ _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
 
 
+def insert_rows(client: Client, table: str, rows: pd.DataFrame | pa.Table, database: str) -> None:
+    """Insert what a :class:`LoadedTopic`'s ``frame`` made: a DataFrame through the
+    client's own encoding, an Arrow table as it is (ClickHouse reads Arrow natively)."""
+    if isinstance(rows, pa.Table):
+        client.insert_arrow(table, rows, database=database)
+    else:
+        client.insert_df(table, rows, database=database)
+
+
 def _require_range(name: str, value: float, low: float, high: float) -> None:
     """Refuse a value its ClickHouse column cannot hold (it would block every retry)."""
     if not low <= value <= high:
@@ -1292,7 +1303,7 @@ class Projection:
 
     table: str
     row: Callable[[dict], dict | None]
-    frame: Callable[[list[dict]], pd.DataFrame]
+    frame: Callable[[list[dict]], pd.DataFrame | pa.Table]
 
 
 #: The projections of ``agents.state`` (see the module).
@@ -1364,7 +1375,39 @@ TASKS = Projection(
 #: The projections of each lifecycle channel.
 CHANNEL_PROJECTIONS = {CONTROL_CHANNEL: (TASKS,), STATE_CHANNEL: (*PROJECTIONS, TASKS)}
 
-_assignment_score_frame = _frame(tuple(AssignmentScore.model_fields), ("timestamp",))
+
+def _assignment_score_arrow_type(name: str) -> pa.DataType:
+    annotation = AssignmentScore.model_fields[name].annotation
+    if name in ("weights", "by_type") or annotation is str:  # (the two as JSON texts)
+        return pa.string()
+    if name == "timestamp":
+        return pa.timestamp("ms", tz="UTC")
+    return pa.uint64() if annotation is int else pa.float64()  # (counts: never negative)
+
+
+#: An ``assignment_scores`` row as Arrow: the table's columns, ClickHouse narrowing the
+#: numbers to their columns' types on insert (:func:`assignment_score_row` checked that
+#: they fit); times in whole milliseconds, as pandas' conversion gives the other tables.
+_ASSIGNMENT_SCORE_ARROW = pa.schema(
+    [
+        pa.field(name, _assignment_score_arrow_type(name), nullable=name == "p_fail")
+        for name in AssignmentScore.model_fields
+    ]
+)
+
+
+def _assignment_score_frame(rows: list[dict]) -> pa.Table:
+    """``assignment_scores`` rows as one Arrow table, which ClickHouse reads as it is:
+    no per-row serialisation in Python (pandas and the client's Native encoding cost
+    13 µs a row for the two tables; docs/benchmarks.md)."""
+    seconds = np.fromiter((row["timestamp"] for row in rows), np.float64, len(rows))
+    millis = pd.to_datetime(seconds, unit="s", utc=True).as_unit("ns").asi8 // 1_000_000
+    columns = {
+        name: [row[name] for row in rows] for name in _ASSIGNMENT_SCORE_ARROW.names
+        if name != "timestamp"
+    }  # fmt: skip
+    columns["timestamp"] = pa.array(millis, pa.timestamp("ms", tz="UTC"))
+    return pa.Table.from_pydict(columns, schema=_ASSIGNMENT_SCORE_ARROW)
 
 
 def _same_row(row: dict) -> dict:
@@ -1381,7 +1424,7 @@ class LoadedTopic:
     #: ``metric_rows``, whose messages are Arrow batches (``schemas.metric_rows``).
     row: Callable[[bytes], dict] | None = None
     #: Rows → the DataFrame inserted (the table's columns, times as UTC timestamps).
-    frame: Callable[[list[dict]], pd.DataFrame] | None = None
+    frame: Callable[[list[dict]], pd.DataFrame | pa.Table] | None = None
     #: A row's empty ``cluster_id`` is filled with the cluster id the loader reads under.
     stamps_cluster_id: bool = False
     #: Tables kept from this topic's rows as well (inserted with them, before the offsets).

@@ -28,7 +28,7 @@ from dataflows.heartbeats import OUTPUT_TOPICS, dead_letter_records, read_events
 from dataflows.kafka_source import RawBatch
 from schemas.heartbeats import parse_heartbeats
 from sinks.clickhouse import connect, create_schema
-from sinks.loader import LOADED
+from sinks.loader import LOADED, insert_rows
 
 AGENTS, HOURS = 24, 8
 #: Sim seconds between two rounds of task assignments (orchestration=True).
@@ -42,12 +42,12 @@ def insert(client: Client, database: str, kind: str, records: list[dict]) -> Non
         return
     loaded = LOADED[kind]
     rows = [loaded.row(orjson.dumps(record)) for record in records]
-    client.insert_df(loaded.table, loaded.frame(rows), database=database)
+    insert_rows(client, loaded.table, loaded.frame(rows), database)
     for projection in loaded.projections:
         kept = [projection.row(row) for row in rows]
         kept = [row for row in kept if row is not None]
         if kept:
-            client.insert_df(projection.table, projection.frame(kept), database=database)
+            insert_rows(client, projection.table, projection.frame(kept), database)
 
 
 class _Events:

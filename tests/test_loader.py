@@ -30,7 +30,7 @@ from infra.broker import ensure_topics, free_port, partitions
 from schemas.heartbeats import parse_heartbeats
 from schemas.metric_rows import encode as encode_rows
 from sinks.clickhouse import connect, create_schema
-from sinks.loader import CLUSTER_CHECK_INTERVAL_S, LOADED_TOPICS, Loader
+from sinks.loader import CLUSTER_CHECK_INTERVAL_S, LOADED, LOADED_TOPICS, Loader
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -1298,3 +1298,44 @@ def test_a_loader_on_its_own_serves_its_figures_to_prometheus(settings, client, 
         assert scrape()[("agentwatch_loader_running", ())] == 0
     finally:
         server.shutdown()
+
+
+def test_assignment_scores_as_arrow_store_what_the_dataframe_path_stored(settings, client):
+    """The loader hands ``assignment_scores`` rows to ClickHouse as Arrow; every column
+    stores what the DataFrame path (pandas, the client's Native encoding) stored: times
+    cut to whole milliseconds the same way, Float32 and UInt columns narrowed the same
+    way, an absent p_fail NULL, the two JSON texts as they are."""
+    from schemas.models import AssignmentScore
+    from sinks.loader import _frame, assignment_score_row, insert_rows
+
+    def record(i: int, at: float, **overrides: object) -> bytes:
+        doc = {
+            "agent_id": f"a{i}", "tenant_id": "t1", "timestamp": at, "score": 1 / 3,
+            "performance": 0.1, "cost": 0.7, "availability": 1, "sla": 0.5,
+            "weights": {"performance": 0.4, "cost": 0.3, "availability": 0.2, "sla": 0.1},
+            "state": "active", "active_tasks": 1, "capacity": 4, "success_rate": 0.9,
+            "response_time_ms": 120.25, "sla_met_rate": 1, "tasks_completed": 9,
+            "tasks_failed": 1, "by_type": {"etl": {"p_success": 0.9, "outcomes": 10}},
+            "cause": "heartbeat", **overrides,
+        }  # fmt: skip
+        return orjson.dumps(doc)
+
+    values = [
+        record(0, 1_795_608_000.0005),
+        record(1, 1_795_608_000.9996, p_fail=0.25, by_type={}),
+        record(2, 1_795_608_000.123456, tasks_completed=2**64 - 1, active_tasks=2**32 - 1),
+        record(3, 1_795_608_000, capacity=0, response_time_ms=1e9, cause="task", state="busy"),
+    ]
+    rows = [assignment_score_row(value) for value in values]
+    db = settings.clickhouse_database
+    pandas_frame = _frame(tuple(AssignmentScore.model_fields), ("timestamp",))
+    insert_rows(client, "assignment_scores", pandas_frame(rows), db)
+    arrow = LOADED["assignment_scores"].frame(rows)
+    assert isinstance(arrow, pa.Table)
+    insert_rows(client, "assignment_scores_latest", arrow, db)
+
+    def stored(table: str) -> list[tuple]:
+        return client.query(f"SELECT * FROM {db}.{table} FINAL ORDER BY agent_id").result_rows
+
+    assert stored("assignment_scores_latest") == stored("assignment_scores")
+    assert len(stored("assignment_scores")) == len(values)

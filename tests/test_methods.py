@@ -26,3 +26,25 @@ def test_the_paths_kept_are_bounded(monkeypatch) -> None:
     for i in range(10):
         assert middleware.methods(f"/agents/a{i}") == ["GET", "OPTIONS"]
     assert list(middleware._by_path) == ["/agents/a7", "/agents/a8", "/agents/a9"]
+
+
+def test_no_route_of_the_api_hides_another() -> None:
+    """Each route of the API answers its own paths: for every route and method, the first
+    route that takes a path of its template is that route. So the routers' order (assign
+    first, for its latency: ``api/app.py``) decides nothing but how soon a route is found."""
+    import re
+
+    from starlette.routing import Match
+
+    from agentwatch.settings import Settings
+    from api.app import create_app
+    from api.methods import flat_routes
+
+    routes = [r for r in flat_routes(create_app(Settings()).router.routes) if hasattr(r, "methods")]
+    assert len(routes) > 50
+    for route in routes:
+        path = re.sub(r"\{[^}]+\}", "p", route.path)
+        for method in route.methods:
+            scope = {"type": "http", "path": path, "root_path": "", "method": method}
+            first = next(r for r in routes if r.matches(scope)[0] == Match.FULL)
+            assert (first.path, method) == (route.path, method), (method, path)

@@ -110,11 +110,14 @@ def create_app(
     app.exception_handler(ClickHouseError)(_clickhouse_error)
     app.exception_handler(StarletteHTTPException)(_http_error)
 
-    # Starlette tries the routes in order, ~1.4 µs each here: assign (the route with the
-    # strictest latency target, docs/orchestration-assign.md) comes first, not 18th (80 µs).
-    # No two routes answer the same method and path, so the order decides nothing else.
-    routers = (tasks_assign, agents, alerts, rules, sql_routes, system, credentials, bridge,
-               bulk, reports, registry, tasks, clusters, operations, otlp)  # fmt: skip
+    # Starlette tries the routes in order (an included router's take ~1.4 µs each to
+    # match, alone; more in a real request), so the busiest come first: assign and status
+    # (their p99 has a target: docs/orchestration-assign.md), then what agents post (the
+    # REST bridge, OTLP). No route hides another (tests/test_methods.py), so the order
+    # decides nothing else. Assign first, not 12th: a do-nothing GET of its router
+    # answered in 1.3–1.7 ms at the median instead of 1.9–2.6 (docs/benchmarks.md).
+    routers = (tasks_assign, agents, bridge, otlp, alerts, rules, sql_routes, system,
+               credentials, bulk, reports, registry, tasks, clusters, operations)  # fmt: skip
     routers += (series, whoami, console)  # the console at / (docs/console.md) and what it reads
     for module in routers:
         document_key_errors(module.router)

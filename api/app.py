@@ -114,8 +114,8 @@ def create_app(
     # match, alone; more in a real request), so the busiest come first: assign and status
     # (their p99 has a target: docs/orchestration-assign.md), then what agents post (the
     # REST bridge, OTLP). No route hides another (tests/test_methods.py), so the order
-    # decides nothing else. Assign first, not 12th: a do-nothing GET of its router
-    # answered in 1.3–1.7 ms at the median instead of 1.9–2.6 (docs/benchmarks.md).
+    # decides nothing else. Assign's router first, not 12th: a do-nothing GET of it
+    # answered in 1.38 ms at the median instead of 1.83 (docs/benchmarks.md).
     routers = (tasks_assign, agents, bridge, otlp, alerts, rules, sql_routes, system,
                credentials, bulk, reports, registry, tasks, clusters, operations)  # fmt: skip
     routers += (series, whoami, console)  # the console at / (docs/console.md) and what it reads

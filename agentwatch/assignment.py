@@ -430,12 +430,14 @@ class Fleet:
             if code is not None:
                 ok |= states == code
         failing = alive & ~ok
-        if failing.any():
-            counts = np.bincount(states[failing], minlength=len(self._state_names))
-            for code in np.flatnonzero(counts):
-                name = self._state_names[code]
-                reason = "no state yet" if name is None else name
-                unfit[reason] = unfit.get(reason, 0) + int(counts[code])
+        if failing.any():  # (a count per state: a gather and a bincount took ~0.5 ms)
+            for code, name in enumerate(self._state_names):
+                if name in ACCEPTING_STATES:
+                    continue
+                count = int(np.count_nonzero(failing & (states == code)))
+                if count:
+                    reason = "no state yet" if name is None else name
+                    unfit[reason] = unfit.get(reason, 0) + count
         return alive & ok
 
     def _keep_capable(

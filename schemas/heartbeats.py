@@ -284,7 +284,9 @@ def _typed_batch(values: list[bytes], max_bytes: int) -> HeartbeatBatch | None:
     reasons: dict[int, str] = {}
     timestamps = _timestamp_column(text["timestamp"], reasons)
     agent_ids, tenant_ids, statuses = text["agent_id"], text["tenant_id"], text["status"]
-    if reasons or not (_identifiers(agent_ids) and _identifiers(tenant_ids) and _states(statuses)):
+    if not reasons:
+        _text_reasons(agent_ids, tenant_ids, statuses, reasons)
+    if reasons:
         return None
     return HeartbeatBatch(
         index=np.arange(count, dtype=np.int64),

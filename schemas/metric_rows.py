@@ -63,19 +63,27 @@ def encode(batch: HeartbeatBatch) -> list[bytes]:
     rows = len(batch)
     if not rows:
         return []
-    # times as the other tables get them (pandas' conversion, then whole milliseconds)
-    times = pd.to_datetime(batch.timestamp, unit="s", utc=True)
-    millis = times.as_unit("ns").asi8 // 1_000_000
     columns = [
         pa.array(batch.agent_id, pa.string()),
         pa.array(batch.tenant_id, pa.string()),
-        pa.array(millis, pa.timestamp("ms", tz="UTC")),
+        utc_millis(batch.timestamp),
         *(pa.array(batch.metrics[name], pa.float64()) for name in FLOAT_FIELDS),
         *(pa.array(batch.metrics[name].astype(np.int64), pa.int64()) for name in INT_FIELDS),
         pa.array([status or "" for status in batch.status], pa.string()),
     ]
     table = pa.Table.from_arrays(columns, schema=SCHEMA)
     return [_stream(part) for part in table.to_batches(max_chunksize=ROWS_PER_MESSAGE)]
+
+
+def utc_millis(seconds: np.ndarray) -> pa.Array:
+    """Epoch seconds as an Arrow column of UTC times in whole milliseconds, cut as the
+    tables written through pandas get them (pandas' conversion, then the milliseconds).
+
+    >>> utc_millis(np.array([1795608000.0005, 1795608000.9996])).to_pylist()[1].microsecond
+    999000
+    """
+    millis = pd.to_datetime(seconds, unit="s", utc=True).as_unit("ns").asi8 // 1_000_000
+    return pa.array(millis, pa.timestamp("ms", tz="UTC"))
 
 
 def encode_json(values: list[bytes]) -> list[bytes]:

@@ -115,6 +115,7 @@ from schemas.events import (
     check_channel,
 )
 from schemas.metric_rows import decode as decode_metric_rows
+from schemas.metric_rows import utc_millis
 from schemas.models import (
     TASK_STATUSES,
     TIMESTAMP_RANGE,
@@ -1401,12 +1402,11 @@ def _assignment_score_frame(rows: list[dict]) -> pa.Table:
     no per-row serialisation in Python (pandas and the client's Native encoding cost
     13 µs a row for the two tables; docs/benchmarks.md)."""
     seconds = np.fromiter((row["timestamp"] for row in rows), np.float64, len(rows))
-    millis = pd.to_datetime(seconds, unit="s", utc=True).as_unit("ns").asi8 // 1_000_000
     columns = {
         name: [row[name] for row in rows] for name in _ASSIGNMENT_SCORE_ARROW.names
         if name != "timestamp"
     }  # fmt: skip
-    columns["timestamp"] = pa.array(millis, pa.timestamp("ms", tz="UTC"))
+    columns["timestamp"] = utc_millis(seconds)
     return pa.Table.from_pydict(columns, schema=_ASSIGNMENT_SCORE_ARROW)
 
 

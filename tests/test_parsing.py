@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from schemas.heartbeats import parse_heartbeats
+from schemas.heartbeats import (
+    FLOAT_FIELDS,
+    INT_FIELDS,
+    _parse_general,
+    _typed_batch,
+    parse_heartbeats,
+)
 from schemas.models import AGENT_STATES, Heartbeat
 
 GOOD = {
@@ -169,8 +175,6 @@ def test_the_fast_path_takes_only_what_the_general_path_takes_as_it_is(
     """The typed decoder only picks the fast path: a batch it takes, the general path
     (each message decoded to what JSON says, each rule checked on it) takes whole, with
     the same values; and the batch's answer is the general path's either way."""
-    from schemas.heartbeats import _parse_general, _typed_batch
-
     doc = {k: v for k, v in {**GOOD, **changes}.items() if k not in drop}
     try:
         raw = _fields_as_json(doc, duplicate)
@@ -202,8 +206,6 @@ def _edges(low: float, high: float) -> list[object]:
     "name", ["cpu_usage", "error_rate", "network_latency", "active_tasks", "completed_tasks"]
 )
 def test_the_fast_path_and_the_general_path_agree_at_every_edge_of_a_range(name: str) -> None:
-    from schemas.heartbeats import FLOAT_FIELDS, INT_FIELDS, _parse_general, _typed_batch
-
     low, high = FLOAT_FIELDS.get(name) or INT_FIELDS[name]
     for value in _edges(low, high):
         values = [json.dumps({**GOOD, name: value}).encode(), orjson.dumps(GOOD)]

@@ -203,6 +203,24 @@ class Settings(BaseSettings):
         "Its thread stops only after that call returns, so a shutdown with the broker down "
         "waits up to this long.",
     )
+    api_gc_refresh_s: float = Field(
+        3600.0,
+        ge=0,
+        description="The API process freezes what each full garbage collection leaves alive, "
+        "so the next walks only what is new (at 100,000 agents a walk of everything took "
+        "60–150 ms, during which no request is answered). This often (seconds; 0: never) "
+        "the frozen objects are handed back and one full collection walks them all, to "
+        "free cyclic garbage among them.",
+    )
+    api_background_niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="In the embedded profile the loader, the audit writer and the webhook "
+        "deliverer are threads of the API process; this is added to their nice value "
+        "(Linux keeps one per thread, and chDB's threads for their inserts inherit it), so "
+        "the requests' thread gets the CPU first. 0: the same priority as the requests.",
+    )
     api_allow_remote_mutations: bool = Field(
         False,
         description="Accept requests that change something (POST, PUT, DELETE…) from other "

@@ -18,6 +18,7 @@ import time
 
 import uvicorn
 
+from agentwatch.collector import SurvivorFreezer
 from agentwatch.secrets import redact, redact_handlers
 from agentwatch.settings import Settings
 from api.access import is_loopback
@@ -124,6 +125,7 @@ def main() -> int:
     if stop_requests:
         return 0
     log_access_policy(settings)
+    SurvivorFreezer(settings.api_gc_refresh_s).install()  # this process's, not a test's
     app = create_app(settings, run_loader=settings.api_run_loader)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on")

@@ -84,17 +84,19 @@ class Runtime:
             # The loader writes through its own connection: a chDB client
             # serializes its calls, and reads must not queue behind a batch.
             loader_client = connect(settings)
-            loader = Loader(settings, loader_client)
+            loader = Loader(settings, loader_client, niceness=settings.api_background_niceness)
             loader.start()
         webhooks = webhooks_client = None
         if run_loader and settings.alert_webhooks:
             webhooks_client = connect(settings)  # its own connection, like the loader's
             webhooks = WebhookDeliverer(settings, webhooks_client)
+            webhooks.niceness = settings.api_background_niceness
             webhooks.start()
         audit = audit_client = None
         if run_loader:  # the audit trail is written where the loader runs
             audit_client = connect(settings)
             audit = AuditWriter(settings, audit_client)
+            audit.niceness = settings.api_background_niceness
             audit.start()
         monitor = SystemMonitor(settings, clients, loader, loader_expected=run_loader)
         sandbox = None

@@ -26,7 +26,10 @@ True
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
+from collections.abc import Callable
 
 from confluent_kafka import Consumer
 
@@ -38,6 +41,10 @@ log = logging.getLogger("sinks.background")
 IDLE_WAIT_S = 0.2
 #: How long the loop waits after a failed poll before it tries again.
 RETRY_WAIT_S = 1.0
+#: A :class:`Pacer`'s slice of work and its pause (seconds): a request that arrives
+#: while a background thread works waits at most about a slice for the interpreter.
+PACE_SLICE_S = 0.0005
+PACE_PAUSE_S = 0.0002
 
 
 def assigned_consumer(settings: Settings, name: str) -> Consumer:
@@ -56,6 +63,34 @@ def assigned_consumer(settings: Settings, name: str) -> Consumer:
     )
 
 
+def lower_this_thread(niceness: int) -> int | None:
+    """Add ``niceness`` to the calling thread's nice value (at most 19) and return the
+    thread's nice value; None where the system has none or refuses (nothing changes).
+
+    Linux keeps a nice value per thread, and a thread inherits it from the thread that
+    starts it: chDB's worker threads for a query inherit the querying thread's. So a
+    background thread of the embedded API (the loader, which inserts every batch into
+    chDB) gives the CPU to the requests' thread first (``docs/benchmarks.md``).
+
+    >>> import threading
+    >>> seen = []
+    >>> worker = threading.Thread(target=lambda: seen.append(lower_this_thread(1)))
+    >>> before = os.getpriority(os.PRIO_PROCESS, 0)
+    >>> worker.start(); worker.join()
+    >>> seen == [min(19, before + 1)], os.getpriority(os.PRIO_PROCESS, 0) == before
+    (True, True)
+    """
+    thread = threading.get_native_id()
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, thread)
+        if niceness > 0 and current < 19:
+            os.setpriority(os.PRIO_PROCESS, thread, min(19, current + niceness))
+        return os.getpriority(os.PRIO_PROCESS, thread)
+    except (AttributeError, OSError) as exc:  # not a Unix, or refused: run as it is
+        log.info("thread_priority_unchanged reason=%r", str(exc))
+        return None
+
+
 class BackgroundReader:
     """Base of a reader run by :meth:`start` in a daemon thread until :meth:`stop`.
 
@@ -66,6 +101,8 @@ class BackgroundReader:
     """
 
     name = "reader"
+    #: Added to the thread's nice value when it starts (:func:`lower_this_thread`).
+    niceness = 0
 
     def __init__(self) -> None:
         self._stopping = threading.Event()
@@ -104,6 +141,7 @@ class BackgroundReader:
         raise NotImplementedError
 
     def _run(self) -> None:
+        lower_this_thread(self.niceness)
         while not self._stopping.is_set():
             try:
                 if not self.poll_once() and not self._ready():
@@ -119,3 +157,56 @@ class BackgroundReader:
             return
         self._closed = True
         self._release()
+
+
+class Pacer:
+    """Lets the other threads of this process have the interpreter during a long loop
+    of Python work in a background thread: :meth:`due` after ``slice_s`` of work,
+    then :meth:`pause` sleeps ``pause_s``.
+
+    Why: a thread waiting for the interpreter lock gets it only when the holder lets
+    go, at the latest after ``sys.getswitchinterval()`` (5 ms). A request that arrives
+    while the API's projection folds a batch of a thousand messages (~5 ms of Python)
+    waited for that, which was most of the API's p99 (``docs/benchmarks.md``). A pause
+    lets a waiting thread in within ``slice_s``; a zero sleep would not (the sleeper
+    takes the lock back before the waiter wakes up).
+
+    >>> now = [0.0]
+    >>> pacer = Pacer(slice_s=0.5, pause_s=0.1, clock=lambda: now[0], sleep=now.append)
+    >>> pacer.due()
+    False
+    >>> now[0] = 0.6
+    >>> pacer.due()
+    True
+    >>> pacer.pause()  # sleeps 0.1 and starts a new slice
+    >>> now[-1], pacer.due(), pacer.pauses
+    (0.1, False, 1)
+    """
+
+    def __init__(
+        self,
+        slice_s: float = PACE_SLICE_S,
+        pause_s: float = PACE_PAUSE_S,
+        clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> None:
+        self.slice_s = slice_s
+        self.pause_s = pause_s
+        self._clock = clock
+        self._sleep = sleep
+        self._until = clock() + slice_s
+        self.pauses = 0
+
+    def restart(self) -> None:
+        """Start a new slice (e.g. after a wait that let others run anyway)."""
+        self._until = self._clock() + self.slice_s
+
+    def due(self) -> bool:
+        """Whether this slice of work is used up."""
+        return self._clock() > self._until
+
+    def pause(self) -> None:
+        """Sleep ``pause_s``, then start a new slice."""
+        self._sleep(self.pause_s)
+        self.pauses += 1
+        self._until = self._clock() + self.slice_s

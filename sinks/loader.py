@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import gc
 import logging
 import re
 import signal
@@ -100,6 +99,7 @@ from confluent_kafka import (
 )
 from pydantic import BaseModel
 
+from agentwatch.collector import tune_for_batches
 from agentwatch.inbox import shard_command
 from agentwatch.secrets import redact_handlers
 from agentwatch.settings import RENAMED_TOPICS, Settings
@@ -134,6 +134,7 @@ from schemas.models import (
     Threat,
 )
 from sinks.audit import AuditWriter
+from sinks.background import lower_this_thread
 from sinks.clickhouse import connect, create_schema
 from sinks.loader_metrics import LoaderFigures
 from sinks.loader_metrics import serve as serve_metrics
@@ -264,9 +265,12 @@ class Loader:
     back-off, without advancing offsets.
     """
 
-    def __init__(self, settings: Settings, client: Client) -> None:
+    def __init__(self, settings: Settings, client: Client, niceness: int = 0) -> None:
         self._settings = settings
         self._client = client
+        #: Added to the loader thread's nice value (:func:`lower_this_thread`): in a
+        #: process that answers requests (the embedded API), requests get the CPU first.
+        self._niceness = niceness
         self._database = settings.clickhouse_database
         self._logical = {settings.topic(name): name for name in LOADED_TOPICS}
         #: The topics waited for (and asked for in the log) until they exist; the others
@@ -323,11 +327,11 @@ class Loader:
 
         The loader is the hot path of the process it runs in, so this also
         tunes the process's garbage collector for batch work (see
-        :func:`tune_garbage_collector`).
+        :func:`agentwatch.collector.tune_for_batches`).
         """
         if self._thread is not None:
             raise RuntimeError("the loader is already started")
-        tune_garbage_collector(self._settings.gc_young_threshold)
+        tune_for_batches(self._settings.gc_young_threshold)
         self._thread = threading.Thread(target=self._run, name="clickhouse-loader", daemon=True)
         self._thread.start()
 
@@ -399,6 +403,7 @@ class Loader:
     # --- the loop ---------------------------------------------------------
 
     def _run(self) -> None:
+        lower_this_thread(self._niceness)
         log.info(
             "loader_started topics=%s database=%s batch_rows=%d batch_age_s=%g",
             ",".join(self._logical),
@@ -1542,20 +1547,6 @@ TABLES = {name: loaded.table for name, loaded in LOADED.items()}
 
 
 # --- helpers of this module ---------------------------------------------------
-
-
-def tune_garbage_collector(young_threshold: int) -> None:
-    """Make Python's cyclic garbage collector cheap for batch work, process-wide.
-
-    Everything allocated so far (modules, clients) is frozen out of the
-    collector's view, and generation 0 is collected every ``young_threshold``
-    allocations instead of 700: a consumed batch keeps thousands of objects
-    alive at once (Kafka messages, decoded rows), and at 700 the collector ran
-    many times per batch (measured: a quarter of the loader's time).
-    """
-    gc.freeze()
-    if young_threshold > 0:
-        gc.set_threshold(young_threshold, *gc.get_threshold()[1:])
 
 
 def _consumer_config(settings: Settings) -> dict[str, object]:

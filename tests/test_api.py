@@ -767,6 +767,13 @@ def test_app_runs_the_loader_and_serves_what_it_loads(
         assert health["status"] == "ok", health["problems"]
         assert health["loader"]["running"] is True
         assert health["loader"]["rows_inserted"]["metric_rows"] == 50
+        # the loader and the audit writer give the CPU to the requests (and this thread)
+        runtime = app.state.runtime
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        lowered = min(19, ours + settings.api_background_niceness)
+        for thread in (runtime.loader._thread, runtime.audit._thread):
+            assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == lowered, thread.name
+        assert ours < lowered or ours == 19
         families = {f.name: f for f in text_string_to_metric_families(api.get("/metrics").text)}
         inserted = {
             s.labels["topic"]: s.value

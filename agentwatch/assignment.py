@@ -165,14 +165,32 @@ class NoFit:
 
 
 class _TypeColumns:
-    """Per-task-type predictions: p_success, expected duration (nan: unknown), outcomes."""
+    """Per-task-type predictions: p_success, expected duration (nan: unknown), outcomes;
+    and two columns kept from them as they change, so a typed choice refines every
+    agent's performance with a few operations on whole columns (no gather, no scatter):
+    the weight of the type's evidence, outcomes / (outcomes + TYPE_PRIOR_OUTCOMES) (0
+    without outcomes), and the duration where it can slow the task (> 0, else nan)."""
 
-    __slots__ = ("duration", "outcomes", "p_success")
+    __slots__ = ("duration", "evidence", "outcomes", "p_success", "slowing")
 
     def __init__(self, rows: int) -> None:
         self.p_success = np.zeros(rows, np.float32)
         self.duration = np.full(rows, np.nan, np.float32)
         self.outcomes = np.zeros(rows, np.int32)
+        self.evidence = np.zeros(rows, np.float32)
+        self.slowing = np.full(rows, np.nan, np.float32)
+
+    def set(self, row: int, p_success: float, duration: float | None, outcomes: int) -> None:
+        self.p_success[row] = p_success
+        self.duration[row] = np.nan if duration is None else duration
+        self.slowing[row] = duration if duration is not None and duration > 0 else np.nan
+        self.outcomes[row] = outcomes
+        counted = np.float32(self.outcomes[row])  # as the int32 column holds it
+        self.evidence[row] = counted / (counted + np.float32(TYPE_PRIOR_OUTCOMES))
+
+    def forget(self, row: int) -> None:
+        self.outcomes[row] = 0
+        self.evidence[row] = 0.0
 
 
 class Fleet:
@@ -212,6 +230,7 @@ class Fleet:
         self._resources: dict[str, np.ndarray] = {}
         self._types: dict[str, _TypeColumns] = {}
         self._row_types: dict[int, tuple[str, ...]] = {}
+        self._scratch_columns: np.ndarray | None = None  # (2, rows): see _scratch
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -303,13 +322,10 @@ class Fleet:
         if active_tasks is not None:
             self.set_open(agent_id, active_tasks, at)
         for task_type in self._row_types.pop(row, ()):
-            self._types[task_type].outcomes[row] = 0
+            self._types[task_type].forget(row)
         if by_type:
             for task_type, (p_success, duration, outcomes) in by_type.items():
-                columns = self._type(task_type)
-                columns.p_success[row] = p_success
-                columns.duration[row] = np.nan if duration is None else duration
-                columns.outcomes[row] = outcomes
+                self._type(task_type).set(row, p_success, duration, outcomes)
             self._row_types[row] = tuple(by_type)
         return True
 
@@ -485,27 +501,50 @@ class Fleet:
             "sla": round(float(self.sla[row]), 6),
         }
 
-    def _scores(self, alive: np.ndarray, task: Task, weights: tuple[float, ...]) -> np.ndarray:
-        """Every row's score for ``task`` (-inf where not ``alive``)."""
+    def _scores(
+        self, alive: np.ndarray, eligible: int, task: Task, weights: tuple[float, ...]
+    ) -> np.ndarray:
+        """Every row's score for ``task`` (-inf where not ``alive``; ``eligible`` rows
+        are), in a scratch column of this fleet's unless few are eligible (valid until
+        the next choice)."""
         n = len(alive)
         wp, _, wa, _ = weights
-        score = self.partial[:n] + np.float32(wa) * self.availability[:n]
+        score, work = self._scratch(n)
+        np.multiply(self.availability[:n], np.float32(wa), out=score)
+        score += self.partial[:n]
         columns = self._types.get(task.task_type)
         if columns is not None:  # refine performance where the models know the type
-            known = np.flatnonzero(alive & (columns.outcomes[:n] > 0))
-            if len(known):
-                performance = self.performance[known]
-                typed = columns.p_success[known]
-                if task.estimated_duration is not None:
-                    duration = columns.duration[known]
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        speed = np.minimum(1.0, task.estimated_duration / duration)
-                    typed = typed * np.where(duration > 0, speed, 1.0).astype(np.float32)
-                outcomes = columns.outcomes[known].astype(np.float32)
-                evidence = outcomes / (outcomes + np.float32(TYPE_PRIOR_OUTCOMES))
-                refined = np.clip(performance + evidence * (typed - performance), 0.0, 1.0)
-                score[known] += np.float32(wp) * (refined - performance)
-        return np.where(alive, score, np.float32(-np.inf))
+            # On whole columns: where there is no evidence (weight 0) the refined
+            # performance is the performance, and the score does not move.
+            performance = self.performance[:n]
+            if task.estimated_duration is None:
+                np.subtract(columns.p_success[:n], performance, out=work)
+            else:  # a slower agent's success counts less; an unknown duration (nan) not
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    np.divide(task.estimated_duration, columns.slowing[:n], out=work)
+                np.fmin(work, np.float32(1.0), out=work)
+                work *= columns.p_success[:n]
+                work -= performance
+            work *= columns.evidence[:n]
+            work += performance
+            np.clip(work, 0.0, 1.0, out=work)  # the refined performance
+            work -= performance
+            work *= np.float32(wp)
+            score += work
+        # -inf where not eligible: where many are, by index (a masked write branches on
+        # every row: 3× slower when a third to a half are out); where few are, masked.
+        if 4 * eligible < n:
+            return np.where(alive, score, np.float32(-np.inf))
+        score[np.flatnonzero(~alive)] = -np.inf
+        return score
+
+    def _scratch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Two float32 columns of ``n`` rows, kept between choices: a fresh array of
+        100,000 rows is new memory from the system, whose first touch costs more than
+        the arithmetic on it."""
+        if self._scratch_columns is None or self._scratch_columns.shape[1] < n:
+            self._scratch_columns = np.empty((2, self._rows), np.float32)
+        return self._scratch_columns[0][:n], self._scratch_columns[1][:n]
 
     def _best(
         self,
@@ -517,7 +556,7 @@ class Fleet:
         considered: int,
     ) -> Choice:
         normal = self._weigh(weights)
-        score = self._scores(alive, task, normal)
+        score = self._scores(alive, eligible, task, normal)
         picked = []
         for _ in range(max(1, min(k, eligible))):
             row = int(np.argmax(score))  # ties: the first (older) row
@@ -611,4 +650,6 @@ class Fleet:
             columns.p_success = grown(columns.p_success, 0.0)
             columns.duration = grown(columns.duration, np.nan)
             columns.outcomes = grown(columns.outcomes, 0)
+            columns.evidence = grown(columns.evidence, 0.0)
+            columns.slowing = grown(columns.slowing, np.nan)
         self._rows = new

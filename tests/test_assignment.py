@@ -231,3 +231,50 @@ def test_the_choice_passes_every_filter_and_the_counts_add_up(agents, required):
     else:
         assert not fits
         assert sum(result.unfit.values()) == considered
+
+
+typed_agents = st.lists(
+    st.tuples(
+        st.sampled_from(["active", "idle", "busy", "offline"]),
+        st.floats(0, 1),  # performance
+        st.floats(0, 1),  # p_success for "ocr"
+        st.sampled_from([None, 0.0, 5.0, 30.0, 90.0]),  # its expected duration
+        st.integers(0, 20),  # outcomes (0: the model knows nothing yet)
+        st.booleans(),  # has a prediction for "ocr" at all
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@given(typed_agents, st.sampled_from([None, 0.0, 10.0, 30.0, 200.0]))
+@settings(max_examples=200, deadline=None)
+def test_a_typed_choice_scores_every_agent_as_its_own_formula_does(agents, estimated):
+    """The refinement by the task type's predictions is computed on whole columns for
+    every agent at once; the chosen agent and its candidates are the best by the formula
+    applied to each agent alone (whether few or most agents fit)."""
+    fleet = Fleet(rows=8)
+    fits = {}
+    for i, (state, perf, p_success, duration, outcomes, typed) in enumerate(agents):
+        agent = f"x{i}"
+        fleet.set_agent(agent, "t1", state=state)
+        by_type = {"ocr": (p_success, duration, outcomes)} if typed else None
+        fleet.set_score(agent, performance=perf, cost=0.5, sla=0.5, at=1.0, by_type=by_type)
+        if state in ("active", "idle"):
+            refined = perf
+            if typed and outcomes > 0:
+                p = np.float32(p_success)
+                if estimated is not None and duration:  # None and 0: no slowing
+                    p = p * min(1.0, estimated / duration)
+                evidence = outcomes / (outcomes + 5.0)
+                refined = min(max(perf + evidence * (p - perf), 0.0), 1.0)
+            fits[agent] = 0.4 * refined + 0.3 * 0.5 + 0.2 * 1.0 + 0.1 * 0.5
+    result = fleet.choose(Task("t1", task_type="ocr", estimated_duration=estimated), WEIGHTS, 3)
+    if not fits:
+        assert isinstance(result, NoFit)
+        return
+    best = sorted(fits.values(), reverse=True)[: 1 + len(result.candidates)]
+    got = [result.chosen.score, *(c.score for c in result.candidates)]
+    assert got == pytest.approx(best, abs=1e-5)
+    for scored in (result.chosen, *result.candidates):
+        assert scored.score == pytest.approx(fits[scored.agent_id], abs=1e-5)

@@ -219,7 +219,9 @@ class Settings(BaseSettings):
         description="In the embedded profile the loader, the audit writer and the webhook "
         "deliverer are threads of the API process; this is added to their nice value "
         "(Linux keeps one per thread, and chDB's threads for their inserts inherit it), so "
-        "the requests' thread gets the CPU first. 0: the same priority as the requests.",
+        "the requests' thread gets the CPU first. Under a load that keeps every core busy "
+        "the loader then falls behind first (its lag shows in /api/v1/system/health) and "
+        "catches up when the load drops. 0: the same priority as the requests.",
     )
     api_allow_remote_mutations: bool = Field(
         False,

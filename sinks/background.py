@@ -168,8 +168,8 @@ class Pacer:
     go, at the latest after ``sys.getswitchinterval()`` (5 ms). A request that arrives
     while the API's projection folds a batch of a thousand messages (~5 ms of Python)
     waited for that, which was most of the API's p99 (``docs/benchmarks.md``). A pause
-    lets a waiting thread in within ``slice_s``; a zero sleep would not (the sleeper
-    takes the lock back before the waiter wakes up).
+    lets a waiting thread in within ``slice_s`` (not a zero sleep: the sleeper may take
+    the lock back before the waiter has woken up).
 
     >>> now = [0.0]
     >>> pacer = Pacer(slice_s=0.5, pause_s=0.1, clock=lambda: now[0], sleep=now.append)

@@ -748,6 +748,7 @@ def test_app_runs_the_loader_and_serves_what_it_loads(
     """The full lifespan: the app opens ClickHouse itself, loads heartbeats (as the
     dataflow hands them on: Arrow batches on agents.metric_rows), stops cleanly."""
     ensure_topics(settings)
+    settings = settings.model_copy(update={"api_background_niceness": 5})
     app = create_app(settings)
     with TestClient(app, client=LOOPBACK_CLIENT) as api:
         produce_heartbeats(settings, "loaded-agent", 50)

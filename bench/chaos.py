@@ -63,7 +63,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 import orjson  # noqa: E402
-from confluent_kafka import Producer  # noqa: E402
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition  # noqa: E402
 
 from agentwatch.settings import Settings  # noqa: E402
 from infra.broker import ensure_topics, free_port  # noqa: E402
@@ -476,6 +476,7 @@ class ChaosStack:
             argv = [sys.executable, "-m", "dataflows.heartbeats"]
             self.dataflows.append(Component(name, argv, env, workdir))
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}", timeout=5)
+        self._watermarks: Consumer | None = None  # asks the broker for end offsets
 
     @property
     def components(self) -> list[Component]:
@@ -515,6 +516,29 @@ class ChaosStack:
         except httpx.HTTPError:
             return None
         return response.json() if response.status_code == 200 else None
+
+    def end_offsets(self) -> tuple | None:
+        """The broker's end offset of every partition of the topics the loader stores,
+        asked now (not a client's cached watermark); None if the broker does not answer."""
+        from sinks.loader import LOADED_TOPICS
+
+        if self._watermarks is None:
+            self._watermarks = Consumer(
+                {"bootstrap.servers": self.settings.bootstrap_servers, "group.id": "chaos-ends"}
+            )
+        try:
+            topics = self._watermarks.list_topics(timeout=5).topics
+            ends = []
+            for name in LOADED_TOPICS:
+                topic = self.settings.topic(name)
+                for partition in sorted(topics[topic].partitions) if topic in topics else ():
+                    _, high = self._watermarks.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=5, cached=False
+                    )
+                    ends.append((topic, partition, high))
+        except KafkaException:
+            return None
+        return tuple(ends)
 
     def dataflow_heartbeats(self) -> float | None:
         """Heartbeats taken by the dataflow processes now running (None: one not serving)."""
@@ -568,6 +592,9 @@ class ChaosStack:
         for component in self.components:
             component.stop()
         self.http.close()
+        if self._watermarks is not None:
+            self._watermarks.close()
+            self._watermarks = None
 
 
 COUNT_SCRIPT = """
@@ -810,7 +837,8 @@ def run_chaos(
         report.sent["operator_commands_accepted"] = accepted
 
         def settled() -> tuple | None:
-            """What the loader has inserted, once nothing is left to read or insert."""
+            """What the loader has inserted and the ends of what it reads, once nothing is
+            left to read or insert."""
             health = stack.health()
             if not (
                 health
@@ -819,11 +847,17 @@ def run_chaos(
                 and health["loader"]["pending_rows"] == 0
             ):
                 return None
-            return tuple(sorted(health["loader"]["rows_inserted"].items()))
+            ends = stack.end_offsets()
+            if ends is None:
+                return None
+            return tuple(sorted(health["loader"]["rows_inserted"].items())), ends
 
         # The dataflow's lag is 0 once it has *read* the last heartbeat; what the last batch
-        # concludes is published after. So: settled, with nothing more inserted, for 3 s in a
-        # row (on a loaded machine one second was once too short for a last alert).
+        # concludes is published after, and the loader's lag is from the watermarks it last
+        # saw. So: settled, with nothing more published (the broker's end offsets, asked
+        # each time) and nothing more inserted, for 3 s in a row (on a loaded machine one
+        # second was once too short for a last alert, and 3 s without the end offsets once
+        # too short as well).
         deadline = time.monotonic() + 180
         calm, last = 0, None
         while calm < CALM_ANSWERS:

@@ -253,13 +253,17 @@ class AgentProjection(BackgroundReader):
             name = self._logical[topic_name]
             from_beginning = not initial or RENAMED.get(name, name) in FROM_BEGINNING
             for partition in sorted(topic.partitions):
-                if initial and from_beginning:
+                start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+                if initial:
                     low, high = self._consumer.get_watermark_offsets(
                         TopicPartition(topic_name, partition), timeout=5.0
                     )
-                    if high > low:
+                    if from_beginning and high > low:
                         ends[(topic_name, partition)] = high
-                start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+                    elif not from_beginning and high >= 0:
+                        # the end as of now: the logical end would be looked up at the
+                        # first fetch, and a message sent in between never read
+                        start = high
                 assignment.append(TopicPartition(topic_name, partition, start))
             self._topics_assigned.add(topic_name)
         self._missing = missing

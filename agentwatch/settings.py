@@ -208,7 +208,7 @@ class Settings(BaseSettings):
         ge=0,
         description="The API process freezes what each full garbage collection leaves alive, "
         "so the next walks only what is new (at 100,000 agents a walk of everything took "
-        "60–150 ms, during which no request is answered). This often (seconds; 0: never) "
+        "30–200 ms, during which no request is answered). This often (seconds; 0: never) "
         "the frozen objects are handed back and one full collection walks them all, to "
         "free cyclic garbage among them.",
     )

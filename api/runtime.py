@@ -84,7 +84,8 @@ class Runtime:
             # The loader writes through its own connection: a chDB client
             # serializes its calls, and reads must not queue behind a batch.
             loader_client = connect(settings)
-            loader = Loader(settings, loader_client, niceness=settings.api_background_niceness)
+            loader = Loader(settings, loader_client)
+            loader.niceness = settings.api_background_niceness
             loader.start()
         webhooks = webhooks_client = None
         if run_loader and settings.alert_webhooks:

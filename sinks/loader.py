@@ -265,12 +265,13 @@ class Loader:
     back-off, without advancing offsets.
     """
 
-    def __init__(self, settings: Settings, client: Client, niceness: int = 0) -> None:
+    #: Added to the loader thread's nice value when it starts (:func:`lower_this_thread`),
+    #: as for the readers of ``sinks.background``: the embedded API sets it.
+    niceness = 0
+
+    def __init__(self, settings: Settings, client: Client) -> None:
         self._settings = settings
         self._client = client
-        #: Added to the loader thread's nice value (:func:`lower_this_thread`): in a
-        #: process that answers requests (the embedded API), requests get the CPU first.
-        self._niceness = niceness
         self._database = settings.clickhouse_database
         self._logical = {settings.topic(name): name for name in LOADED_TOPICS}
         #: The topics waited for (and asked for in the log) until they exist; the others
@@ -403,7 +404,7 @@ class Loader:
     # --- the loop ---------------------------------------------------------
 
     def _run(self) -> None:
-        lower_this_thread(self._niceness)
+        lower_this_thread(self.niceness)
         log.info(
             "loader_started topics=%s database=%s batch_rows=%d batch_age_s=%g",
             ",".join(self._logical),

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from schemas.heartbeats import FLOAT_FIELDS, INT_FIELDS, parse_heartbeats
-from schemas.metric_rows import ROWS_PER_MESSAGE, SCHEMA, decode, encode
+from schemas.metric_rows import ROWS_PER_MESSAGE, SCHEMA, decode, encode, utc_millis
 from sinks.loader import LOADED
 
 T0 = 1_764_072_000.0
@@ -101,3 +101,17 @@ def test_another_layout_is_refused():
         writer.write_table(table)
     with pytest.raises(ValueError, match="not the metric_rows layout"):
         decode(sink.getvalue().to_pybytes())
+
+
+def test_times_are_cut_to_milliseconds_exactly_as_pandas_cuts_them():
+    """``utc_millis`` does pandas' conversion with numpy (the dataflow does not load
+    pandas): equal at random times, whole and half milliseconds and their neighbours."""
+    rng = np.random.default_rng(5)
+    low, high = 946_684_800, 4_102_444_800  # (2000–2100, the heartbeats' range)
+    whole = np.floor(rng.uniform(low, high, 50_000))
+    millis = rng.integers(0, 1000, len(whole)) / 1000
+    nudges = rng.choice([0.0, 5e-4, 4.999e-4, 5.001e-4, 1e-7, -1e-7, 1e-9], len(whole))
+    for seconds in (rng.uniform(low, high, 50_000), whole + millis, whole + millis + nudges):
+        expected = pd.to_datetime(seconds, unit="s", utc=True).as_unit("ns").asi8 // 1_000_000
+        got = utc_millis(seconds).cast(pa.int64()).to_numpy()
+        assert np.array_equal(got, expected)

@@ -215,3 +215,26 @@ def test_the_fast_path_and_the_general_path_agree_at_every_edge_of_a_range(name:
             assert reasons == [], (name, value)
             assert fast.metrics[name].tolist() == general.metrics[name].tolist(), (name, value)
         assert parse_heartbeats(values)[1] == reasons
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        *[("agent_id", "a" * n) for n in (0, 1, 128, 129)],
+        *[("tenant_id", "😀" * n) for n in (1, 128, 129)],  # (characters, not bytes)
+        ("tenant_id", "é" * 128),
+        *[("status", s) for s in ("", "Active", "active ", None, *AGENT_STATES)],
+    ],
+)
+def test_the_fast_path_and_the_general_path_agree_on_ids_and_states(
+    name: str, value: object
+) -> None:
+    """The typed decoder checks the ids' lengths and the states as it reads: it takes
+    exactly what the general path's rules take."""
+    values = [orjson.dumps({**GOOD, name: value}), orjson.dumps(GOOD)]
+    general, reasons = _parse_general(values, 64 * 1024)
+    fast = _typed_batch(values, 64 * 1024)
+    assert (fast is not None) == (reasons == []), (name, value, reasons)
+    if fast is not None:
+        assert getattr(fast, name) == getattr(general, name)
+    assert parse_heartbeats(values)[1] == reasons

@@ -219,6 +219,7 @@ def run_pipeline(
         for dataflow in dataflows:
             dataflow.wait(30)
         loader.stop()
+        inserted = dict(sorted(loader.stats().rows_inserted.items()))
     # the dataflow's (and a live producer's) CPU, and this process's: the loader, chDB,
     # the polling queries
     cpu = {"children_cpu_s": _children_cpu_s() - children_cpu,
@@ -232,6 +233,7 @@ def run_pipeline(
         "metrics_rows": final,
         "anomaly_rows": anomalies,
         "baseline_rows": baselines,
+        "loader_rows_inserted": inserted,  # (per table: what the loader's CPU went to)
         **cpu,
     }
 

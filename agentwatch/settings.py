@@ -548,6 +548,15 @@ class Settings(BaseSettings):
         "200 points at 5 min) the agent does not fire again on the metrics that drove it (scores "
         "still reported), so one incident raises one anomaly.",
     )
+    anomaly_repeat_s: float = Field(
+        60_000.0,
+        ge=0,
+        description="After the quiet period, for this long more (event time) a repeat is held to "
+        "a stricter bar than a first anomaly: the agent fires only as it would in the quiet "
+        "period (another metric anomaly_quiet_break_sigma from its level or beyond its range) "
+        "or with a new extreme (a value beyond its range) of the metrics the quiet period was "
+        "about; not on a high score alone. 0: none.",
+    )
     anomaly_quiet_break_sigma: float = Field(
         6.0,
         gt=0,

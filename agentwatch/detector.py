@@ -28,11 +28,12 @@ row at once:
    ``quiet_s`` seconds of event time that agent does not fire again on the metrics
    that drove it (their scores are still reported), so one incident raises one
    anomaly; a metric the quiet period is not about, ``quiet_break_sigma`` from its
-   level or beyond its range, still fires (and joins the quiet period). For ``repeat_s``
-   seconds after the quiet period a repeat is held to a stricter bar: the same holds, and
-   a new extreme (a value beyond the range) of the metrics the quiet period was about
-   fires too, but not a high score alone (a burst that comes back is taken as the same
-   incident until it goes further than any value seen).
+   level or beyond its range, still fires (and joins the quiet period). On an agent whose
+   metrics' tails are not learned (fewer than ``tail_min_features`` metrics: a single
+   series), for ``repeat_s`` seconds after the quiet period a repeat is held to a stricter
+   bar: the same holds, and a new extreme (a value beyond the range) of the metrics the
+   quiet period was about fires too, but not a high score alone (a burst that comes back
+   is taken as the same incident until it goes further than any value seen).
 4. **Episode.** An anomaly that fires opens an *episode* about the metrics it names,
    unless one is open already (then it joins it). The episode stays open while one of
    its metrics stands ``reason_sigma`` from the agent's *slow* baseline (which, unlike
@@ -621,7 +622,8 @@ class Judgement:
     ``recent``: recent surprise; ``likelihood``: how many std it stands above the row's
     usual one (``likelihood_std``); ``scores`` (0 until judged); ``quiet``: rows in a
     quiet period; ``repeat``: rows past their quiet period but within ``repeat_s`` after
-    it (to fire, a heartbeat breaks it as it would a quiet period, or has a new extreme);
+    it (to fire, a heartbeat breaks it as it would a quiet period, or has a new extreme;
+    only on agents whose tails are not learned);
     ``named``: for the rows that fire, the bit mask of the metrics driving the heartbeat
     (what the quiet period will be about; 0 for the other rows);
     ``fire``: the runtime decision; ``extreme_rows``: rows with an ``extreme`` metric;
@@ -686,7 +688,8 @@ def judge(
 
     A row in its quiet period fires only on a metric the quiet period is not about,
     ``quiet_break_sigma`` from its level or beyond its range: a second, different
-    anomaly is not hidden by the first one's quiet period. For ``p.repeat_s`` after the
+    anomaly is not hidden by the first one's quiet period. On agents whose tails are not
+    learned (fewer than ``p.tail_min_features`` metrics), for ``p.repeat_s`` after the
     quiet period (``repeat``) the same holds, and a new extreme of the metrics it was about
     fires too: a repeat needs a value beyond the range, not a high score alone.
 
@@ -760,7 +763,10 @@ def judge(
     scores = np.where(judged, likelihood_scores(likelihood, extreme_rows), 0.0)
     quiet_until = state.quiet_until.take(rows)
     quiet = elapsed < quiet_until
-    repeat = ~quiet & (elapsed < quiet_until + p.repeat_s)
+    if tails or not p.repeat_s:  # (where tails are learned, they judge a repeat)
+        repeat = np.zeros(n, dtype=bool)
+    else:
+        repeat = ~quiet & (elapsed < quiet_until + p.repeat_s)
     fire = scores >= p.threshold
     named = np.zeros(n, dtype=np.uint32)
     if fire.any():

@@ -428,6 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
             "anomaly_extreme_margin": settings.anomaly_extreme_margin,
             "anomaly_extreme_after_s": settings.anomaly_extreme_after_s,
             "anomaly_quiet_s": settings.anomaly_quiet_s,
+            "anomaly_repeat_s": settings.anomaly_repeat_s,
             "std_floor_share_of_probation_span": STD_FLOOR_SHARE_OF_SPAN,
         },
         "points": points,

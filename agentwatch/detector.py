@@ -28,7 +28,12 @@ row at once:
    ``quiet_s`` seconds of event time that agent does not fire again on the metrics
    that drove it (their scores are still reported), so one incident raises one
    anomaly; a metric the quiet period is not about, ``quiet_break_sigma`` from its
-   level or beyond its range, still fires (and joins the quiet period).
+   level or beyond its range, still fires (and joins the quiet period). On an agent whose
+   metrics' tails are not learned (fewer than ``tail_min_features`` metrics: a single
+   series), for ``repeat_s`` seconds after the quiet period a repeat is held to a stricter
+   bar: the same holds, and a new extreme (a value beyond the range) of the metrics the
+   quiet period was about fires too, but not a high score alone (a burst that comes back
+   is taken as the same incident until it goes further than any value seen).
 4. **Episode.** An anomaly that fires opens an *episode* about the metrics it names,
    unless one is open already (then it joins it). The episode stays open while one of
    its metrics stands ``reason_sigma`` from the agent's *slow* baseline (which, unlike
@@ -300,6 +305,7 @@ class DetectorParams:
     likelihood_prior_std: float
     threshold: float
     quiet_s: float
+    repeat_s: float
     extreme_after_s: float
     up_weight: np.ndarray
     down_weight: np.ndarray
@@ -341,6 +347,7 @@ class DetectorParams:
             likelihood_prior_std=settings.anomaly_likelihood_prior_std,
             threshold=settings.anomaly_threshold,
             quiet_s=settings.anomaly_quiet_s,
+            repeat_s=settings.anomaly_repeat_s,
             extreme_after_s=settings.anomaly_extreme_after_s,
             up_weight=up,
             down_weight=down,
@@ -614,8 +621,11 @@ class Judgement:
     beyond the range seen so far (and improbable even for the metric's own tail);
     ``recent``: recent surprise; ``likelihood``: how many std it stands above the row's
     usual one (``likelihood_std``); ``scores`` (0 until judged); ``quiet``: rows in a
-    quiet period; ``named``: for the rows that fire, the bit mask of the metrics driving
-    the heartbeat (what the quiet period will be about; 0 for the other rows);
+    quiet period; ``repeat``: rows past their quiet period but within ``repeat_s`` after
+    it (to fire, a heartbeat breaks it as it would a quiet period, or has a new extreme;
+    only on agents whose tails are not learned);
+    ``named``: for the rows that fire, the bit mask of the metrics driving the heartbeat
+    (what the quiet period will be about; 0 for the other rows);
     ``fire``: the runtime decision; ``extreme_rows``: rows with an ``extreme`` metric;
     ``before``: the rows' state as judged; ``episode``: the rows' episodes after this
     heartbeat (:class:`Episodes`); ``weights``: the heartbeats' exponential weights
@@ -635,6 +645,7 @@ class Judgement:
     judged: np.ndarray
     scores: np.ndarray
     quiet: np.ndarray
+    repeat: np.ndarray
     named: np.ndarray
     fire: np.ndarray
     extreme_rows: np.ndarray
@@ -677,7 +688,10 @@ def judge(
 
     A row in its quiet period fires only on a metric the quiet period is not about,
     ``quiet_break_sigma`` from its level or beyond its range: a second, different
-    anomaly is not hidden by the first one's quiet period.
+    anomaly is not hidden by the first one's quiet period. On agents whose tails are not
+    learned (fewer than ``p.tail_min_features`` metrics), for ``p.repeat_s`` after the
+    quiet period (``repeat``) the same holds, and a new extreme of the metrics it was about
+    fires too: a repeat needs a value beyond the range, not a high score alone.
 
     Everything is computed once a pass over whole arrays, and what only a few rows need
     (new extremes, the metrics a firing row names, the tails of far deviations) only for
@@ -747,16 +761,24 @@ def judge(
     likelihood = (recent - b.surprise_mean) / likelihood_std
     judged = warm
     scores = np.where(judged, likelihood_scores(likelihood, extreme_rows), 0.0)
-    quiet = elapsed < state.quiet_until.take(rows)
+    quiet_until = state.quiet_until.take(rows)
+    quiet = elapsed < quiet_until
+    if tails or not p.repeat_s:  # (where tails are learned, they judge a repeat)
+        repeat = np.zeros(n, dtype=bool)
+    else:
+        repeat = ~quiet & (elapsed < quiet_until + p.repeat_s)
     fire = scores >= p.threshold
     named = np.zeros(n, dtype=np.uint32)
     if fire.any():
         high = np.flatnonzero(fire)
         ah, eh = a[high], extreme[high]
         in_quiet = quiet[high]
+        # in the quiet period: another metric far out; after it, within repeat_s, also a
+        # new extreme of the metrics it was about
         breaking = metric_bits((ah >= p.quiet_break_sigma) | eh)
         breaking &= ~state.quiet_metrics.take(rows[high])
-        fire[high] = ~in_quiet | (breaking != 0)
+        breaking |= np.where(repeat[high], metric_bits(eh), np.uint32(0))
+        fire[high] = ~(in_quiet | repeat[high]) | (breaking != 0)
         named[high] = np.where(fire[high], metric_bits(
             (ah >= p.reason_sigma) | eh | (ah == ah.max(axis=1, keepdims=True))), 0)  # fmt: skip
 
@@ -766,7 +788,7 @@ def judge(
 
     episode = episodes(state, rows, base_z, fire, named, elapsed, p)
     return Judgement(z, zw, std, base_std, extreme, recent, likelihood, likelihood_std, judged,
-                     scores, quiet, named, fire, extreme_rows, before, episode, weights,
+                     scores, quiet, repeat, named, fire, extreme_rows, before, episode, weights,
                      now if gain is not None else None, season)  # fmt: skip
 
 

@@ -548,6 +548,18 @@ class Settings(BaseSettings):
         "200 points at 5 min) the agent does not fire again on the metrics that drove it (scores "
         "still reported), so one incident raises one anomaly.",
     )
+    anomaly_repeat_s: float = Field(
+        60_000.0,
+        ge=0,
+        description="On an agent whose metrics' tails are not learned (fewer than "
+        "anomaly_tail_min_features metrics: a single series), for this long after the quiet "
+        "period (event time) a repeat is held to a stricter bar than a first anomaly: the agent "
+        "fires only as it would in the quiet period (another metric anomaly_quiet_break_sigma "
+        "from its level or beyond its range) or with a new extreme (a value beyond its range) "
+        "of the metrics the quiet period was about; not on a high score alone. Where tails are "
+        "learned they judge a repeat (on multivariate servers the window hid a true recurrence "
+        "and no false one). 0: none.",
+    )
     anomaly_quiet_break_sigma: float = Field(
         6.0,
         gt=0,

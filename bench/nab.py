@@ -130,8 +130,9 @@ def detector_scores(
     """Per point, each judged before it is learned: the score, the runtime decision
     (0/1) and the likelihood (std of recent surprise above the series' usual one).
 
-    Points in a quiet period (after a runtime detection) are the detector saying it
-    will not raise them: their score and likelihood are written as 0. The score is
+    Points in a quiet period (after a runtime detection), or in the repeat window after
+    it (``anomaly_repeat_s``), that do not fire are the detector saying it will not
+    raise them: their score and likelihood are written as 0. The score is
     on a log scale that reaches 1.0 at a tail of 1e-10; the likelihood ranks the
     same points without those ties (a value beyond the range seen so far, which
     scores 1 at once, ranks first: ``EXTREME_RANK``).
@@ -144,7 +145,7 @@ def detector_scores(
     for i, (value, t) in enumerate(zip(series.values.tolist(), times.tolist(), strict=True)):
         point = {"value": value}
         j = detector.judge_one(point, t)
-        if j.judged[0] and not j.quiet[0]:
+        if j.judged[0] and (j.fire[0] or not (j.quiet[0] or j.repeat[0])):
             scores[i] = j.scores[0]
             decisions[i] = j.fire[0]
             likelihood[i] = EXTREME_RANK if j.extreme[0].any() else j.likelihood[0]
@@ -427,6 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
             "anomaly_extreme_margin": settings.anomaly_extreme_margin,
             "anomaly_extreme_after_s": settings.anomaly_extreme_after_s,
             "anomaly_quiet_s": settings.anomaly_quiet_s,
+            "anomaly_repeat_s": settings.anomaly_repeat_s,
             "std_floor_share_of_probation_span": STD_FLOOR_SHARE_OF_SPAN,
         },
         "points": points,

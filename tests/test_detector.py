@@ -367,6 +367,36 @@ def test_the_quiet_period_is_a_duration_not_a_count() -> None:
         assert [p for p, _ in feed(fleet, metrics, step_s)] == expected
 
 
+def test_a_repeat_after_the_quiet_period_needs_a_new_extreme() -> None:
+    """A single series at 5 min, spikes 300 points (25 h) apart: the second is past the
+    quiet period but within the repeat window after it. The same spike again does not fire
+    (a value the series has already shown); a higher one, beyond the range, does; without
+    the repeat window (anomaly_repeat_s = 0) the same spike fires."""
+    settings = Settings()
+    quiet_s, repeat_s = settings.anomaly_quiet_s, settings.anomaly_repeat_s
+    assert quiet_s < 300 * 300.0 < quiet_s + repeat_s
+    for repeat, second, expected in ((repeat_s, 80.0, [700]), (repeat_s, 99.0, [700, 1000]),
+                                     (0.0, 80.0, [700, 1000])):  # fmt: skip
+        values = 50.0 + np.random.default_rng(2).normal(0, 2, 1200)
+        values[[700, 1000]] = 80.0, second
+        detector = BaselineDetector(("cpu",), {"cpu": 0.5}, warmup=30, repeat_s=repeat)
+        fired = []
+        for i, value in enumerate(values.tolist()):
+            fired += [i] if detector.judge_one({"cpu": value}, 300.0 * i).fire[0] else []
+            detector.learn_one({"cpu": value}, 300.0 * i)
+        assert fired == expected, (repeat, second)
+
+
+def test_where_tails_are_learned_a_repeat_is_judged_as_a_first_anomaly() -> None:
+    """The same two CPU spikes on a fleet agent (eight metrics: its tails are learned): the
+    second fires: the repeat window does not hold it."""
+    fleet = FleetBaselines(DetectorConfig.from_settings(
+        Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=30)))  # fmt: skip
+    metrics = calm_agent(1200, seed=2)
+    metrics["cpu_usage"][[700, 1000]] = 80.0
+    assert feed(fleet, metrics, 300.0) == [(700, "cpu_usage"), (1000, "cpu_usage")]
+
+
 def test_a_harmless_drop_weighs_less_than_a_rise() -> None:
     """Latency 8 std below its level weighs as 4 (its drop weight is 0.5), a rise as 8;
     an error rate's drop weighs nothing."""
@@ -614,13 +644,14 @@ def test_the_same_series_every_5_minutes_and_every_hour_is_judged_alike_when_tim
     """The recent surprise and the memory are shares of time. The same series judged every
     5 min with their weights per heartbeat (0.1, a memory of 200) and half-lives that give
     exactly those at 5 min, and every hour with every duration 12 times as long (half-lives,
-    memory, quiet period, new extremes, episodes) and those weights per heartbeat made
+    memory, quiet period and the repeat window after it, new extremes, episodes) and those
+    weights per heartbeat made
     negligible, is judged alike, point for point: score, decision, episode (the local level's
     weight is per heartbeat in both). A weight that still counted heartbeats would be the
     negligible one and judge otherwise."""
     rng = np.random.default_rng(5)
-    values = np.r_[rng.normal(50, 1, 400), rng.normal(70, 1, 200)]
-    values[150] = 80.0
+    values = np.r_[rng.normal(50, 1, 560), rng.normal(70, 1, 200)]
+    values[150] = 80.0  # the shift at 560 comes after the quiet period and the repeat window
     s = Settings()
 
     def exact_half_life(weight: float) -> float:  # halves over 300 s / -log2(1 - weight)
@@ -628,13 +659,14 @@ def test_the_same_series_every_5_minutes_and_every_hour_is_judged_alike_when_tim
 
     durations = {"surprise_half_life_s": exact_half_life(0.1),
                  "memory_s": exact_half_life(1 / 200) / np.log(2.0),  # a time constant
-                 "quiet_s": s.anomaly_quiet_s, "extreme_after_s": s.anomaly_extreme_after_s,
+                 "quiet_s": s.anomaly_quiet_s, "repeat_s": s.anomaly_repeat_s,
+                 "extreme_after_s": s.anomaly_extreme_after_s,
                  "episode_end_s": s.anomaly_episode_end_s}  # fmt: skip
     negligible = {"surprise_weight": 1e-6, "memory": 10**12}
     stretched = {k: 12 * v for k, v in durations.items()}
     five_min = judged_series(values, 300.0, surprise_weight=0.1, memory=200, **durations)
     hourly = judged_series(values, 3600.0, **negligible, **stretched)
-    assert [i for i, (_, fired, _) in enumerate(five_min) if fired] == [150, 400]
+    assert [i for i, (_, fired, _) in enumerate(five_min) if fired] == [150, 560]
     for (score, fired, start), (score_h, fired_h, start_h) in zip(five_min, hourly, strict=True):
         assert score_h == pytest.approx(score, rel=1e-9, abs=1e-12)
         assert fired_h == fired and np.array_equal(start_h, start, equal_nan=True)

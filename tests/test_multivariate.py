@@ -107,3 +107,22 @@ def test_episode_figures_count_what_the_episodes_cover() -> None:
     assert e["events_overlapped"] == 1  # segment (2, 4), not (7, 7)
     assert (e["labelled_in_episode"], e["normal_in_episode"]) == (2, 1)
     assert (e["episodes_opened"], e["false_opened"]) == (1, 0)
+
+
+def test_the_ceiling_finds_the_most_segments_within_the_false_budget(monkeypatch) -> None:
+    """The ceiling picks, in hindsight, the threshold that finds the most segments with
+    at most the budget of false decisions; a quiet period thins the decisions first."""
+    labels = np.zeros(2000, dtype=bool)
+    labels[[100, 101, 900, 1500]] = True  # segments (100, 101), (900, 900), (1500, 1500)
+    scores = np.full(2000, 0.1)
+    scores[[100, 101]] = 0.9
+    scores[900] = 0.5
+    scores[1500] = 0.3
+    scores[[300, 310]] = 0.4  # two false points between the second and third segment
+    monkeypatch.setattr(mv, "CEILING_FALSE_PER_1K", 1.0)  # 1.998 false decisions allowed
+    assert mv.ceiling_figures(scores, labels, 0)["events_detected"] == 2  # 3 needs 0.3: 2 false
+    scores[310] = 0.2
+    found = mv.ceiling_figures(scores, labels, 0)
+    assert (found["events_detected"], found["false_decisions"]) == (3, 1)
+    # a quiet period of 1,000 points after the decision at 100 hides the one at 900
+    assert mv.ceiling_figures(scores, labels, 1000)["events_detected"] == 2

@@ -6,7 +6,7 @@ a threat's row in ``threats``, each from the moment its heartbeat was produced.
 
 What it does, on this machine, against a Tansu broker it starts on a free port and a chDB
 directory of its own: the dataflow runs as its own process (``python -m dataflows.heartbeats``)
-and the loader in this process, as the embedded profile runs them; a producer thread sends
+and the loader in this process, as the embedded profile runs them; a producer process of its own sends
 ``--agents`` agents' heartbeats at ``--rate`` per second, each stamped with the wall-clock
 time it is produced (event time = produce time), and ``--spikes`` times a second one more
 heartbeat, of an agent not spiked before, carries twice
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import statistics
@@ -92,56 +93,84 @@ def heartbeat(
     return orjson.dumps(beat)
 
 
-class SteadyProducer(threading.Thread):
+class SteadyProducer:
     """Heartbeats at ``rate``/s in 10 ms ticks, every agent in turn, and ``spikes``/s more
-    that carry an exfiltration's bytes, each of an agent not spiked before (never a probe)."""
+    that carry an exfiltration's bytes, each of an agent not spiked before (never a probe).
+
+    It runs in a process of its own (spawned, so nothing of this process's threads or of
+    chDB is copied into it): a load generator in the measuring process's interpreter made
+    the loader there wait for the interpreter lock, which is no part of what is measured.
+    ``sent``, ``spikes`` and ``behind_s`` are read from it while it runs."""
 
     def __init__(self, settings: Settings, options: argparse.Namespace) -> None:
-        super().__init__(name="producer", daemon=True)
-        self.settings, self.options = settings, options
-        self.sent = self.spikes = 0
-        self.behind_s = 0.0  # the most the producer fell behind its schedule
+        context = multiprocessing.get_context("spawn")
+        self._sent, self._spikes = context.Value("q", 0), context.Value("q", 0)
+        self._behind = context.Value("d", 0.0)  # the most it fell behind its schedule
+        self._process = context.Process(
+            target=produce_steadily, name="producer", daemon=True,
+            args=(settings, options, self._sent, self._spikes, self._behind),
+        )  # fmt: skip
 
-    def run(self) -> None:
-        options = self.options
-        producer = Producer(
-            {**self.settings.kafka_config(), "linger.ms": getattr(options, "linger_ms", 2)}
-        )
-        topic = self.settings.topic("metrics")
-        noise = random.Random(11) if getattr(options, "noisy", False) else None
-        tick, per_tick = 0.01, options.rate / 100
-        spike_every = 1.0 / options.spikes if options.spikes else float("inf")
-        # over the rule's limit (the seed's 1 GB an hour) in one heartbeat
-        spike_bytes = int(2 * self.settings.threat_exfiltration_bytes)
-        started = time.time()
-        # spikes start once every agent has beaten (a first heartbeat registers the agent)
-        first_spike = started + max(1.0, options.agents / options.rate + 0.5)
-        end, next_spike, owed, n = started + options.seconds, first_spike, 0.0, 0
-        next_tick = started
-        while (now := time.time()) < end:
-            owed += per_tick
-            beats = [((n + k) % options.agents, False) for k in range(int(owed))]
-            if now >= next_spike:  # one more heartbeat, of an agent not spiked before
-                next_spike += spike_every
-                spiked = options.probes + self.spikes % (options.agents - options.probes)
-                beats.append((spiked, True))
-                self.spikes += 1
-            for i, spike in beats:
-                value = heartbeat(i, time.time(), spike_bytes if spike else 1024, noise)
-                while True:
-                    try:
-                        producer.produce(topic, key=agent_id(i).encode(), value=value)
-                        break
-                    except BufferError:
-                        producer.poll(0.001)
-            n += int(owed)
-            self.sent = n
-            owed -= int(owed)
-            producer.poll(0)
-            next_tick += tick
-            self.behind_s = max(self.behind_s, time.time() - next_tick)
-            time.sleep(max(0.0, next_tick - time.time()))
-        producer.flush(30)
+    def start(self) -> None:
+        self._process.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._process.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._process.is_alive()
+
+    @property
+    def sent(self) -> int:
+        return self._sent.value
+
+    @property
+    def spikes(self) -> int:
+        return self._spikes.value
+
+    @property
+    def behind_s(self) -> float:
+        return self._behind.value
+
+
+def produce_steadily(settings: Settings, options: argparse.Namespace, sent, spikes, behind) -> None:
+    """:class:`SteadyProducer`'s process: produce, and keep the shared counters current."""
+    producer = Producer({**settings.kafka_config(), "linger.ms": getattr(options, "linger_ms", 2)})
+    topic = settings.topic("metrics")
+    noise = random.Random(11) if getattr(options, "noisy", False) else None
+    tick, per_tick = 0.01, options.rate / 100
+    spike_every = 1.0 / options.spikes if options.spikes else float("inf")
+    # over the rule's limit (the seed's 1 GB an hour) in one heartbeat
+    spike_bytes = int(2 * settings.threat_exfiltration_bytes)
+    started = time.time()
+    # spikes start once every agent has beaten (a first heartbeat registers the agent)
+    first_spike = started + max(1.0, options.agents / options.rate + 0.5)
+    end, next_spike, owed, n = started + options.seconds, first_spike, 0.0, 0
+    next_tick = started
+    while (now := time.time()) < end:
+        owed += per_tick
+        beats = [((n + k) % options.agents, False) for k in range(int(owed))]
+        if now >= next_spike:  # one more heartbeat, of an agent not spiked before
+            next_spike += spike_every
+            spiked = options.probes + spikes.value % (options.agents - options.probes)
+            beats.append((spiked, True))
+            spikes.value += 1
+        for i, spike in beats:
+            value = heartbeat(i, time.time(), spike_bytes if spike else 1024, noise)
+            while True:
+                try:
+                    producer.produce(topic, key=agent_id(i).encode(), value=value)
+                    break
+                except BufferError:
+                    producer.poll(0.001)
+        n += int(owed)
+        sent.value = n
+        owed -= int(owed)
+        producer.poll(0)
+        next_tick += tick
+        behind.value = max(behind.value, time.time() - next_tick)
+        time.sleep(max(0.0, next_tick - time.time()))
+    producer.flush(30)
 
 
 class ThreatWatch(threading.Thread):
@@ -262,9 +291,11 @@ def main() -> None:
         threats_seen: list[float] = []
         producer.start()
         stop_at = time.time() + options.seconds + 10  # then 10 s to drain
+        polls: list[float] = []  # how long each poll's two queries took (seconds)
         while time.time() < stop_at:
             time.sleep(options.poll)
-            since = time.time() - LOOK_BACK_S
+            poll_started = time.time()
+            since = poll_started - LOOK_BACK_S
             rows = client.query(
                 f"SELECT agent_id, toFloat64(timestamp) FROM {db}.metrics "
                 f"WHERE tenant_id = '{TENANT}' AND agent_id IN ({probes}) "
@@ -275,6 +306,7 @@ def main() -> None:
                 f"WHERE rule = 'data_exfiltration'"
             ).result_rows
             now = time.time()
+            polls.append(now - poll_started)
             for key in set(rows) - seen_rows:
                 seen_rows.add(key)
                 rows_seen.append(now - key[1])
@@ -292,6 +324,8 @@ def main() -> None:
             "sent": producer.sent,
             "producer_behind_max_s": round(producer.behind_s, 3),
             "poll_s": options.poll,
+            # a row is seen up to a sleep and a poll late: the polls' own time bounds the error
+            "poll_query_s": percentiles(polls),
             "loader_batch_age_s": settings.loader_batch_age_s,
             "loader_batch_rows": settings.loader_batch_rows,
             "loader_findings_batch_age_s": settings.loader_findings_batch_age_s,

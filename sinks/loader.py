@@ -758,43 +758,57 @@ class Loader:
     # --- writing to ClickHouse --------------------------------------------
 
     def _due_tables(self, now: float) -> list[_PendingTable]:
-        """The tables to insert now, findings first (a threat does not wait for the
-        heartbeats' insert before it)."""
+        """The tables to insert now, findings first and threats first of them (a threat
+        does not wait for the heartbeats' insert, nor for the other findings')."""
         batch_rows, max_age = self._settings.loader_batch_rows, self._max_age
         due = [
             p
             for topic, p in self._pending.items()
             if p.since is not None and (p.rows >= batch_rows or now - p.since >= max_age[topic])
         ]
-        return sorted(due, key=lambda p: not LOADED[p.name].finding)
+        return sorted(due, key=lambda p: (not LOADED[p.name].finding, p.name != "threats"))
 
     def _flush_tables(self, tables: list[_PendingTable], raise_errors: bool = False) -> int:
-        """Insert each table's pending rows, then write the offsets they cover."""
-        inserted = 0
-        for pending in tables:
-            try:
+        """Insert each table's pending rows, then write the offsets they all cover, in
+        one insert: each insert into ClickHouse costs tens of milliseconds whatever its
+        rows (measured with chDB under load: ~20 ms for the offsets' few rows), and a
+        threat that arrives meanwhile waits for them. Offsets are written only for
+        tables whose rows are in; after a failed insert, for those before it."""
+        inserted, done, since = 0, [], {}
+        try:
+            for pending in tables:
                 self._mark_inserting(pending.table)
                 try:
                     inserted += self._insert(pending)
-                    self._write_offsets(pending)
                 finally:
                     self._mark_inserting(None)
-            except Exception as exc:
-                self._count_error()
-                self._note_failure(exc)
-                self._back_off()
-                log.warning(
-                    "clickhouse_write_failed table=%s rows=%d error=%r retry_in_s=%.1f "
-                    "action=keeping the batch and retrying",
-                    pending.table,
-                    pending.rows,
-                    _one_line(exc),
-                    self._retry_at - time.monotonic(),
-                )
-                if raise_errors:
-                    raise
-                break
-            pending.since = None
+                since[pending.name], pending.since = pending.since, None
+                done.append(pending)
+            failed = None
+        except Exception as exc:
+            failed = (tables[len(done)], exc)
+        try:
+            self._write_offsets(done)
+        except Exception as exc:
+            failed = failed or (done[-1], exc)
+            for pending in done:  # due again: their offsets are written at the next try
+                pending.since = since[pending.name]
+        if failed is not None:
+            pending, exc = failed
+            self._count_error()
+            self._note_failure(exc)
+            self._back_off()
+            log.warning(
+                "clickhouse_write_failed table=%s rows=%d error=%r retry_in_s=%.1f "
+                "action=keeping the batch and retrying",
+                pending.table,
+                pending.rows,
+                _one_line(exc),
+                self._retry_at - time.monotonic(),
+            )
+            if raise_errors:
+                raise exc
+        elif done:
             self._retry_delay = RETRY_FIRST_DELAY_S
             self._note_success()
         return inserted
@@ -882,30 +896,36 @@ class Loader:
             table, frame.iloc[half:]
         )
 
-    def _write_offsets(self, pending: _PendingTable) -> None:
-        """Record in ClickHouse, then commit to Kafka, where each partition continues."""
-        if not pending.next_offsets:
+    def _write_offsets(self, tables: list[_PendingTable]) -> None:
+        """Record in ClickHouse (one insert for every table), then commit to Kafka, where
+        each partition of the tables' topics continues."""
+        offsets = [
+            (self._settings.topic(pending.name), partition, offset)
+            for pending in tables
+            for partition, offset in sorted(pending.next_offsets.items())
+        ]
+        if not offsets:
             return
-        topic = self._settings.topic(pending.name)
         stamp = max(datetime.now(UTC), self._last_offsets_stamp + timedelta(microseconds=1))
         self._last_offsets_stamp = stamp
-        offsets = sorted(pending.next_offsets.items())
+        cluster = self._cluster_id or ""
         self._client.insert(
             "loader_offsets",
-            [(self._cluster_id or "", topic, p, offset, stamp) for p, offset in offsets],
+            [(cluster, topic, partition, offset, stamp) for topic, partition, offset in offsets],
             column_names=("cluster_id", "topic", "partition", "next_offset", "updated_at"),
             database=self._database,
         )
-        pending.next_offsets = {}
-        for partition, offset in offsets:
+        for pending in tables:
+            pending.next_offsets = {}
+        for topic, partition, offset in offsets:
             self._record_offsets[topic, partition] = offset
         try:
             self._consumer.commit(
-                offsets=[TopicPartition(topic, p, offset) for p, offset in offsets],
+                offsets=[TopicPartition(t, partition, offset) for t, partition, offset in offsets],
                 asynchronous=True,
             )
         except KafkaException as exc:  # lag monitoring only: never worth stopping for
-            log.debug("kafka_commit_failed topic=%s error=%s", topic, exc)
+            log.debug("kafka_commit_failed topics=%s error=%s", len(tables), exc)
 
     def _back_off(self) -> None:
         self._retry_at = time.monotonic() + self._retry_delay

@@ -667,6 +667,53 @@ def test_crash_between_rows_and_offsets_replays_without_duplicates(
     assert count(client, settings, "metrics", final=False) == 400
 
 
+def test_one_flush_writes_the_offsets_of_every_table_in_one_insert(
+    settings, client, topics, loaders
+):
+    """Heartbeats, threats and anomalies flushed together: one insert into
+    loader_offsets covers all three topics (an insert costs tens of ms whatever its rows),
+    and a successor reads none of them again."""
+    produce_heartbeats(settings, [heartbeat(seq) for seq in range(50)])
+    produce(settings, "threats", [threat(seq) for seq in range(3)], key=by_agent)
+    produce(settings, "anomalies", [anomaly(seq) for seq in range(4)], key=by_agent)
+    counting = OffsetsCounted(client)
+    held = {"loader_batch_age_s": 60.0, "loader_findings_batch_age_s": 60.0}
+    loader = Loader(settings.model_copy(update=held), counting)
+    loaders.append(loader)
+    poll_until(loader, lambda: sum(loader.stats().messages_read.values()) == 57, "57 read")
+    assert counting.offsets_inserts == 0  # nothing due yet
+    assert loader.flush() == 57
+    assert counting.offsets_inserts == 1
+    db = settings.clickhouse_database
+    stored = client.query(
+        f"SELECT topic, sum(next_offset) FROM {db}.loader_offsets FINAL GROUP BY topic"
+    ).result_rows
+    assert dict(stored) == {
+        settings.topic("metric_rows"): 50, settings.topic("threats"): 3,
+        settings.topic("anomalies"): 4,
+    }  # fmt: skip
+
+
+def test_a_failed_offsets_write_is_tried_again_without_new_rows(settings, client, topics, loaders):
+    """The rows went in but their offsets did not: the tables stay due, and the next try
+    writes the offsets (no row of them is inserted twice, none read again)."""
+    produce(settings, "threats", [threat(seq) for seq in range(3)], key=by_agent)
+    failing = OffsetsFailOnce(client)
+    loader = Loader(settings, failing)
+    loaders.append(loader)
+    db = settings.clickhouse_database
+
+    def offsets_stored() -> int:
+        return client.command(
+            f"SELECT count() FROM {db}.loader_offsets FINAL "
+            f"WHERE topic = '{settings.topic('threats')}'"
+        )
+
+    poll_until(loader, lambda: failing.failed and offsets_stored() > 0, "the offsets, retried")
+    assert loader.stats().errors >= 1
+    assert count(client, settings, "threats", final=False) == 3  # inserted once
+
+
 def test_broker_restart_reads_the_new_log_from_its_start(make_settings, chdb_dir, caplog):
     """An in-memory broker restarted on the same port: new cluster id, offsets from 0."""
     from infra.broker import start_broker
@@ -792,6 +839,33 @@ class OffsetsNeverWritten:
 
     def __getattr__(self, name: str):
         return getattr(self._client, name)
+
+
+class OffsetsCounted:
+    """A ClickHouse client that counts its inserts into loader_offsets."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self.offsets_inserts = 0
+
+    def insert(self, table, *args, **kwargs):
+        self.offsets_inserts += table == "loader_offsets"
+        return self._client.insert(table, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+
+class OffsetsFailOnce(OffsetsCounted):
+    """A ClickHouse client whose first write of loader offsets fails."""
+
+    failed = False
+
+    def insert(self, table, *args, **kwargs):
+        if table == "loader_offsets" and not self.failed:
+            self.failed = True
+            raise ConnectionError("ClickHouse went away between the rows and the offsets")
+        return super().insert(table, *args, **kwargs)
 
 
 class FlakyClient:

@@ -6,10 +6,10 @@ a threat's row in ``threats``, each from the moment its heartbeat was produced.
 
 What it does, on this machine, against a Tansu broker it starts on a free port and a chDB
 directory of its own: the dataflow runs as its own process (``python -m dataflows.heartbeats``)
-and the loader in this process, as the embedded profile runs them; a producer process of its own sends
-``--agents`` agents' heartbeats at ``--rate`` per second, each stamped with the wall-clock
-time it is produced (event time = produce time), and ``--spikes`` times a second one more
-heartbeat, of an agent not spiked before, carries twice
+and the loader in this process, as the embedded profile runs them; a producer process of
+its own sends ``--agents`` agents' heartbeats at ``--rate`` per second, each stamped with the
+wall-clock time it is produced (event time = produce time), and ``--spikes`` times a second
+one more heartbeat, of an agent not spiked before, carries twice
 ``AGENTWATCH_THREAT_EXFILTRATION_BYTES`` of ``bytes_out``, which the ``data_exfiltration``
 rule (more than that within its window) judges a threat at once.
 

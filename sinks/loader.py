@@ -774,7 +774,7 @@ class Loader:
         rows (measured with chDB under load: ~20 ms for the offsets' few rows), and a
         threat that arrives meanwhile waits for them. Offsets are written only for
         tables whose rows are in; after a failed insert, for those before it."""
-        inserted, done, since = 0, [], {}
+        inserted, done = 0, []  # (a table inserted, since when its rows had waited)
         try:
             for pending in tables:
                 self._mark_inserting(pending.table)
@@ -782,17 +782,17 @@ class Loader:
                     inserted += self._insert(pending)
                 finally:
                     self._mark_inserting(None)
-                since[pending.name], pending.since = pending.since, None
-                done.append(pending)
+                done.append((pending, pending.since))
+                pending.since = None
             failed = None
         except Exception as exc:
             failed = (tables[len(done)], exc)
         try:
-            self._write_offsets(done)
+            self._write_offsets([pending for pending, _ in done])
         except Exception as exc:
-            failed = failed or (done[-1], exc)
-            for pending in done:  # due again: their offsets are written at the next try
-                pending.since = since[pending.name]
+            failed = failed or (done[-1][0], exc)
+            for pending, since in done:  # due again: their offsets are written at the next try
+                pending.since = since
         if failed is not None:
             pending, exc = failed
             self._count_error()
@@ -925,7 +925,7 @@ class Loader:
                 asynchronous=True,
             )
         except KafkaException as exc:  # lag monitoring only: never worth stopping for
-            log.debug("kafka_commit_failed topics=%s error=%s", len(tables), exc)
+            log.debug("kafka_commit_failed tables=%d error=%s", len(tables), exc)
 
     def _back_off(self) -> None:
         self._retry_at = time.monotonic() + self._retry_delay

@@ -382,6 +382,20 @@ class Liveness(RowArrays):
         }
 
     # --- introspection ------------------------------------------------------------
+    def last_heartbeat(self, agent_id: str) -> float:
+        """The event time of the agent's latest heartbeat (-inf if never heard).
+
+        >>> live = Liveness.from_settings(Settings())
+        >>> _ = live.observe(["a1", "a1"], ["t1", "t1"], [90.0, 60.0], 0, 0.0)
+        >>> live.last_heartbeat("a1"), live.last_heartbeat("nobody")
+        (90.0, -inf)
+        """
+        row = self.index.row(agent_id)
+        if row is None:
+            return -math.inf
+        self._fit()  # (rows other parts of the shard added)
+        return float(self.last_beat[row])
+
     def state_of(self, agent_id: str) -> str | None:
         """``on_time``, ``late`` or ``offline``; None for an agent never seen.
 

@@ -961,9 +961,16 @@ class ShardState:
         if not threats:
             return ShardOutput()
         security = self.security.apply_threats(threats)
+        # Conversations and heartbeats come from two topics: the agent's heartbeats after
+        # this conversation may have been read first (one topic replayed faster after a
+        # restart). The latest of them passes the alert's hold as it would have in time
+        # order, instead of leaving the alert firing until a heartbeat that may not come.
+        agent = conversation.agent_id
+        heard = self.liveness.last_heartbeat(agent)
+        agents, times = ([agent], [heard]) if heard > conversation.at else ((), ())
         out = ShardOutput(
             threats=threats,
-            alerts=self.alerts.observe(threats=threats),
+            alerts=self.alerts.observe(threats=threats, agent_ids=agents, timestamps=times),
             scores=security.score_changes,
             commands=security.commands,
         )

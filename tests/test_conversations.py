@@ -369,3 +369,30 @@ def test_conversation_events_flow_to_threats_scores_and_dead_letters(workers: in
         "conversation payload: a conversation needs its text or a summary (both are empty)"
     ]
     assert "AKIAIOSFODNN7EXAMPLE" not in repr([r for t, r in records if t != "agents.deadletter"])
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_a_conversation_read_after_its_agents_later_heartbeats_resolves_its_alert_alike(
+    late: bool,
+) -> None:
+    # Conversations and heartbeats come from two topics, so a conversation can reach the
+    # shard after heartbeats of its agent that were sent after it (a restart replays one
+    # topic faster than the other). Its alert must change as in time order: firing at the
+    # conversation, resolved once the hold has passed in the agent's heartbeats — not left
+    # firing because no later heartbeat comes.
+    from tests.test_shard import beats_at
+
+    settings = Settings(
+        conversation_learn_counterparts=False, alert_resolve_after_s=300, agents_auto_register=True
+    )
+    shard = ShardState.new(settings)
+    leak = Conversation("agent-0001", "tenant-1", T0 + 40, said("key AKIAIOSFODNN7EXAMPLE"))
+    alerts: list[tuple] = []
+    shard.observe(beats_at(0, [1]))
+    if not late:
+        alerts += [(a["state"], a["updated_at"]) for a in shard.apply(leak).alerts]
+    for step in range(1, 20):
+        alerts += [(a["state"], a["updated_at"]) for a in shard.observe(beats_at(step, [1])).alerts]
+    if late:
+        alerts += [(a["state"], a["updated_at"]) for a in shard.apply(leak).alerts]
+    assert alerts == [("firing", T0 + 40), ("resolved", T0 + 340)]

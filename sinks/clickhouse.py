@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import clickhouse_connect
@@ -48,6 +49,37 @@ def connect(settings: Settings) -> Client:
         path.mkdir(parents=True, exist_ok=True)
         dsn = f"chdb://{path.resolve()}"
     return clickhouse_connect.get_client(dsn=dsn)
+
+
+class ColumnTypes:
+    """The ClickHouse types of the columns a writer inserts into, asked once per table.
+
+    Given no types, clickhouse-connect asks the server (``DESCRIBE TABLE``) at every
+    insert of Python rows or a DataFrame: a query as dear as the insert of a few rows
+    (with chDB under load, about half of a small finding's insert). The loader keeps
+    them here instead, and forgets them after a failed write (a table altered
+    meanwhile is asked again).
+    """
+
+    def __init__(self, client: Client, database: str) -> None:
+        self._client = client
+        self._database = database
+        self._types: dict[tuple[str, tuple[str, ...]], list] = {}
+
+    def of(self, table: str, columns: Iterable[str]) -> list:
+        """The types of ``columns`` of ``table`` (clickhouse-connect's own type objects)."""
+        key = (table, tuple(columns))
+        types = self._types.get(key)
+        if types is None:
+            context = self._client.create_insert_context(
+                table, list(key[1]), database=self._database
+            )
+            types = self._types[key] = list(context.column_types)
+        return types
+
+    def forget(self) -> None:
+        """Ask again at the next insert."""
+        self._types.clear()
 
 
 #: The dead letters' cluster id: a column added after the table was first released

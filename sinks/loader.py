@@ -135,7 +135,7 @@ from schemas.models import (
 )
 from sinks.audit import AuditWriter
 from sinks.background import lower_this_thread
-from sinks.clickhouse import connect, create_schema
+from sinks.clickhouse import ColumnTypes, connect, create_schema
 from sinks.loader_metrics import LoaderFigures
 from sinks.loader_metrics import serve as serve_metrics
 from sinks.webhooks import WebhookDeliverer
@@ -273,6 +273,7 @@ class Loader:
         self._settings = settings
         self._client = client
         self._database = settings.clickhouse_database
+        self._types = ColumnTypes(client, self._database)
         self._logical = {settings.topic(name): name for name in LOADED_TOPICS}
         #: The topics waited for (and asked for in the log) until they exist; the others
         #: (a renamed topic's old name) are read only if they exist.
@@ -795,6 +796,7 @@ class Loader:
                 pending.since = since
         if failed is not None:
             pending, exc = failed
+            self._types.forget()  # (a table altered meanwhile: its types are asked again)
             self._count_error()
             self._note_failure(exc)
             self._back_off()
@@ -880,7 +882,7 @@ class Loader:
         alone, and those are logged and dropped. Server errors are raised.
         """
         try:
-            insert_rows(self._client, table, frame, self._database)
+            insert_rows(self._client, table, frame, self._database, self._types)
             return 0
         except DataError as exc:
             if len(frame) == 1:
@@ -909,10 +911,12 @@ class Loader:
         stamp = max(datetime.now(UTC), self._last_offsets_stamp + timedelta(microseconds=1))
         self._last_offsets_stamp = stamp
         cluster = self._cluster_id or ""
+        columns = ("cluster_id", "topic", "partition", "next_offset", "updated_at")
         self._client.insert(
             "loader_offsets",
             [(cluster, topic, partition, offset, stamp) for topic, partition, offset in offsets],
-            column_names=("cluster_id", "topic", "partition", "next_offset", "updated_at"),
+            column_names=columns,
+            column_types=self._types.of("loader_offsets", columns),
             database=self._database,
         )
         for pending in tables:
@@ -1238,13 +1242,24 @@ _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
 
 
-def insert_rows(client: Client, table: str, rows: pd.DataFrame | pa.Table, database: str) -> None:
+def insert_rows(
+    client: Client,
+    table: str,
+    rows: pd.DataFrame | pa.Table,
+    database: str,
+    types: ColumnTypes | None = None,
+) -> None:
     """Insert what a :class:`LoadedTopic`'s ``frame`` made: a DataFrame through the
-    client's own encoding, an Arrow table as it is (ClickHouse reads Arrow natively)."""
+    client's own encoding (with the column ``types`` kept, if given: not asked of the
+    server each time), an Arrow table as it is (ClickHouse reads Arrow natively)."""
     if isinstance(rows, pa.Table):
         client.insert_arrow(table, rows, database=database)
-    else:
+    elif types is None:
         client.insert_df(table, rows, database=database)
+    else:
+        columns = list(rows.columns)
+        kept = types.of(table, columns)
+        client.insert_df(table, rows, database=database, column_names=columns, column_types=kept)
 
 
 def _require_range(name: str, value: float, low: float, high: float) -> None:

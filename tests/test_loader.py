@@ -1413,3 +1413,30 @@ def test_assignment_scores_as_arrow_store_what_the_dataframe_path_stored(setting
 
     assert stored("assignment_scores_latest") == stored("assignment_scores")
     assert len(stored("assignment_scores")) == len(values)
+
+
+def test_the_column_types_are_asked_once_per_table_and_again_after_forget(settings, client):
+    """Given no types, clickhouse-connect asks the server (DESCRIBE TABLE) before each
+    insert of a DataFrame; the loader keeps them instead, and after a failed write asks
+    again (a column altered meanwhile is then inserted with its new type)."""
+    from sinks.clickhouse import ColumnTypes
+
+    asked: list[str] = []
+
+    class Counting:
+        def create_insert_context(self, table, *args, **kwargs):
+            asked.append(table)
+            return client.create_insert_context(table, *args, **kwargs)
+
+    db = settings.clickhouse_database
+    client.command(f"CREATE TABLE {db}.kept (a UInt8, b String) ENGINE = Memory")
+    types = ColumnTypes(Counting(), db)
+    first = types.of("kept", ["a", "b"])
+    assert [t.name for t in first] == ["UInt8", "String"]
+    assert types.of("kept", ("a", "b")) is first and asked == ["kept"]
+    assert [t.name for t in types.of("kept", ["b"])] == ["String"]  # (other columns: asked)
+    client.command(f"ALTER TABLE {db}.kept MODIFY COLUMN a UInt32")
+    assert types.of("kept", ["a", "b"]) is first  # (kept until told)
+    types.forget()
+    assert [t.name for t in types.of("kept", ["a", "b"])] == ["UInt32", "String"]
+    assert asked == ["kept"] * 3

@@ -762,6 +762,13 @@ class Settings(BaseSettings):
         "inserted when the oldest is this old, so a threat is queryable sooner than the "
         "heartbeats' rows are (bench/latency.py).",
     )
+    loader_findings_lane: bool = Field(
+        True,
+        description="Read and insert the findings (threats, alerts, incidents, anomalies, "
+        "security scores) in a loader lane of their own: its own consumer, thread and "
+        "ClickHouse connection, so a threat never waits behind the heartbeats' insert "
+        "(bench/latency.py). Off: one loader reads every topic.",
+    )
     loader_consume_messages: int = Field(
         5_000, ge=1, description="Most messages the loader reads from Kafka in one call."
     )

@@ -30,7 +30,7 @@ from api.responses import (
     SystemHealth,
     TableCounts,
 )
-from sinks.loader import Loader
+from sinks.loader import LoaderLanes
 
 #: The loader's topic whose rows are the heartbeats (into table ``metrics``): the ingest rate.
 METRICS_TOPIC = "metric_rows"
@@ -84,7 +84,7 @@ class SystemMonitor:
         self,
         settings: Settings,
         clients: ClientPool,
-        loader: Loader | None,
+        loader: LoaderLanes | None,
         loader_expected: bool,
     ) -> None:
         self.settings = settings

@@ -38,7 +38,7 @@ from api.silences import SilenceBook
 from api.tenants import ClickHouseTenants, ProjectedTenants, TenantLookup
 from sinks.audit import AuditWriter
 from sinks.clickhouse import connect, create_schema
-from sinks.loader import Loader
+from sinks.loader import LoaderLanes
 from sinks.webhooks import WebhookDeliverer
 
 log = logging.getLogger("api.app")
@@ -52,7 +52,7 @@ class Runtime:
 
     settings: Settings
     clients: ClientPool
-    loader: Loader | None
+    loader: LoaderLanes | None
     loader_client: Client | None
     monitor: SystemMonitor
     sql_sandbox: sql.SqlSandbox | None  # where POST /api/v1/sql runs queries; None when off
@@ -84,7 +84,7 @@ class Runtime:
             # The loader writes through its own connection: a chDB client
             # serializes its calls, and reads must not queue behind a batch.
             loader_client = connect(settings)
-            loader = Loader(settings, loader_client)
+            loader = LoaderLanes(settings, loader_client, lambda: connect(settings))
             loader.niceness = settings.api_background_niceness
             loader.start()
         webhooks = webhooks_client = None

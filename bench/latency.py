@@ -26,7 +26,9 @@ The poll interval bounds the error (a row is seen up to one interval late). The 
 batching policy is the setting pair ``AGENTWATCH_LOADER_BATCH_ROWS`` /
 ``AGENTWATCH_LOADER_BATCH_AGE_S`` (whichever comes first; ``--loader-batch-age`` here),
 and ``AGENTWATCH_LOADER_FINDINGS_BATCH_AGE_S`` for threats and the other findings
-(``--findings-batch-age``).
+(``--findings-batch-age``); the findings have a loader lane of their own unless
+``--one-lane`` (``AGENTWATCH_LOADER_FINDINGS_LANE``). ``threat_topic_to_queryable`` is each
+threat's time from its topic to its row (the loader's share alone).
 Results are printed and written as JSON to ``--out``.
 """
 
@@ -53,7 +55,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from agentwatch.settings import Settings  # noqa: E402
 from infra.broker import die_with_parent_hook, ensure_topics, free_port, start_broker  # noqa: E402
 from sinks.clickhouse import connect, create_schema  # noqa: E402
-from sinks.loader import Loader  # noqa: E402
+from sinks.loader import LoaderLanes  # noqa: E402
 
 #: How far back each poll of ``metrics`` looks (seconds): rows come out of order.
 LOOK_BACK_S = 30.0
@@ -181,6 +183,8 @@ class ThreatWatch(threading.Thread):
         super().__init__(name="threat-watch", daemon=True)
         self.settings = settings
         self.latencies: list[float] = []
+        #: when each spiked agent's threat reached the topic (each agent is spiked once)
+        self.arrived: dict[str, float] = {}
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -199,6 +203,7 @@ class ThreatWatch(threading.Thread):
                     threat = orjson.loads(message.value())
                     if threat.get("rule") == "data_exfiltration":
                         self.latencies.append(now - float(threat["first_seen"]))
+                        self.arrived.setdefault(threat["agent_id"], now)
         finally:
             consumer.close()
 
@@ -231,6 +236,11 @@ def main() -> None:
         default=None,
         help="AGENTWATCH_LOADER_FINDINGS_BATCH_AGE_S (default: the setting's)",
     )
+    parser.add_argument(
+        "--one-lane",
+        action="store_true",
+        help="AGENTWATCH_LOADER_FINDINGS_LANE=false: one loader reads every topic",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/latency.json"))
     options = parser.parse_args()
 
@@ -244,6 +254,7 @@ def main() -> None:
             var_dir=workdir / "var",
             agents_auto_register=True,  # the fleet registers by beating
             baseline_warmup_s=0,
+            loader_findings_lane=not options.one_lane,
             **(
                 {"loader_batch_age_s": options.loader_batch_age} if options.loader_batch_age else {}
             ),
@@ -265,9 +276,11 @@ def main() -> None:
                 cwd=Path(__file__).resolve().parent.parent,
                 preexec_fn=die_with_parent_hook(),  # noqa: PLW1509
             )  # fmt: skip
-        loader = Loader(settings, client)
+        # as the embedded API runs it: connections of its own (the polls below use `client`)
+        loader = LoaderLanes(settings, connect(settings), lambda: connect(settings))
         loader.start()
-        say(f"dataflow pid {dataflow.pid}, loader in this process; waiting for a first row")
+        say(f"dataflow pid {dataflow.pid}, loader in this process ({len(loader.lanes)} lanes); "
+            "waiting for a first row")  # fmt: skip
         warm = Producer(settings.kafka_config())
         deadline = time.monotonic() + 120
         while client.command(f"SELECT count() FROM {db}.metrics") == 0:
@@ -289,6 +302,7 @@ def main() -> None:
         seen_threats: set[tuple[str, float]] = set()
         rows_seen: list[float] = []
         threats_seen: list[float] = []
+        threats_seen_at: dict[str, float] = {}  # spiked agent → when its threat was seen
         producer.start()
         stop_at = time.time() + options.seconds + 10  # then 10 s to drain
         polls: list[float] = []  # how long each poll's two queries took (seconds)
@@ -313,6 +327,7 @@ def main() -> None:
             for key in set(threats) - seen_threats:
                 seen_threats.add(key)
                 threats_seen.append(now - key[1])
+                threats_seen_at[key[0]] = now
         producer.join(30)
         watch.stopping.set()
         watch.join(10)
@@ -332,6 +347,15 @@ def main() -> None:
             "metrics_row_queryable": percentiles(rows_seen),
             "threat_queryable": {**percentiles(threats_seen), "spikes": producer.spikes},
             "threat_on_its_topic": percentiles(watch.latencies),
+            # each threat's time from its topic to its row queryable (the loader's share)
+            "threat_topic_to_queryable": percentiles(
+                [
+                    seen - watch.arrived[a]
+                    for a, seen in threats_seen_at.items()
+                    if a in watch.arrived
+                ]
+            ),  # fmt: skip
+            "loader_lanes": len(loader.lanes),
             "threats_by_rule": dict(
                 client.query(
                     f"SELECT rule, count() FROM {db}.threats FINAL GROUP BY rule"

@@ -198,6 +198,57 @@ class LoaderStats:
     #: An insert running longer than this (``loader_slow_insert_s``) makes the loader degraded.
     slow_insert_s: float = 0.0
 
+    @classmethod
+    def combined(cls, parts: list[LoaderStats]) -> LoaderStats:
+        """The figures of several loaders (the lanes of :class:`LoaderLanes`) as one:
+        counts added, the latest insert and error, the longest-running insert, the
+        earliest start of failing writes; paused if any lane is.
+
+        >>> a = LoaderStats(started_at=5.0, rows_inserted={"metric_rows": 7, "threats": 0},
+        ...                 last_insert_at=9.0, last_batch_rows=7, errors=1)
+        >>> b = LoaderStats(started_at=4.0, rows_inserted={"metric_rows": 0, "threats": 2},
+        ...                 last_insert_at=8.0, last_batch_rows=2, failing_since=7.0,
+        ...                 consecutive_failures=2, last_error="down", last_error_at=7.5)
+        >>> both = LoaderStats.combined([a, b])
+        >>> both.rows_inserted, both.last_batch_rows, both.errors, both.condition(8.0)[0]
+        ({'metric_rows': 7, 'threats': 2}, 7, 1, 'degraded')
+        """
+        if len(parts) == 1:
+            return parts[0]
+        both = cls(started_at=min(p.started_at for p in parts))
+        for name in ("rows_inserted", "skipped_invalid", "lag", "messages_read"):
+            total: dict[str, int] = {}
+            for part in parts:
+                for topic, count in getattr(part, name).items():
+                    total[topic] = total.get(topic, 0) + count
+            setattr(both, name, total)
+        for name in ("batches_inserted", "batch_rows_sum", "errors", "pending_rows"):
+            setattr(both, name, sum(getattr(p, name) for p in parts))
+        both.max_pending_rows = sum(p.max_pending_rows for p in parts)
+        both.consumer_paused = any(p.consumer_paused for p in parts)
+        both.cluster_id = next((p.cluster_id for p in parts if p.cluster_id), None)
+        both.slow_insert_s = max(p.slow_insert_s for p in parts)
+        inserted = [p for p in parts if p.last_insert_at is not None]
+        if inserted:
+            latest = max(inserted, key=lambda p: p.last_insert_at)
+            both.last_insert_at = latest.last_insert_at
+            both.last_batch_rows = latest.last_batch_rows
+        failing = [p for p in parts if p.failing_since is not None]
+        if failing:
+            both.failing_since = min(p.failing_since for p in failing)
+            both.consecutive_failures = max(p.consecutive_failures for p in failing)
+        erred = [p for p in parts if p.last_error_at is not None]
+        if erred:
+            latest = max(erred, key=lambda p: p.last_error_at)
+            both.last_error, both.last_error_at = latest.last_error, latest.last_error_at
+        inserting = [p for p in parts if p.inserting_since is not None]
+        if inserting:
+            longest = min(inserting, key=lambda p: p.inserting_since)
+            both.inserting_table, both.inserting_since = (
+                longest.inserting_table, longest.inserting_since
+            )  # fmt: skip
+        return both
+
     def condition(self, now: float | None = None) -> tuple[str, str | None, float | None]:
         """``(state, reason, seconds in that state)``: ``ok``, or ``degraded`` while
         ClickHouse writes fail or an insert runs longer than ``slow_insert_s`` (the
@@ -269,19 +320,23 @@ class Loader:
     #: as for the readers of ``sinks.background``: the embedded API sets it.
     niceness = 0
 
-    def __init__(self, settings: Settings, client: Client) -> None:
+    def __init__(
+        self, settings: Settings, client: Client, topics: Iterable[str] | None = None
+    ) -> None:
+        """Copies ``topics`` (logical names; None: every one of :data:`LOADED_TOPICS`)."""
         self._settings = settings
         self._client = client
         self._database = settings.clickhouse_database
         self._types = ColumnTypes(client, self._database)
-        self._logical = {settings.topic(name): name for name in LOADED_TOPICS}
+        self._logical = {settings.topic(name): name for name in topics or LOADED_TOPICS}
         #: The topics waited for (and asked for in the log) until they exist; the others
         #: (a renamed topic's old name) are read only if they exist.
         self._required = {t for t, name in self._logical.items() if not LOADED[name].optional}
         self._pending = {
             topic: _PendingTable(name, TABLES[name]) for topic, name in self._logical.items()
         }
-        self._consumer = Consumer(_consumer_config(settings))
+        findings_only = all(LOADED[name].finding for name in self._logical.values())
+        self._consumer = Consumer(_consumer_config(settings, findings_only))
         self._cluster_id: str | None = None
         self._assigned: dict[str, list[int]] = {}  # physical topic → partitions
         #: Offsets written to ClickHouse (or where reading started, before any write).
@@ -959,6 +1014,71 @@ class Loader:
 # --- derived topics: one message → one row ---------------------------------
 
 
+class LoaderLanes:
+    """The loader as lanes, with the surface of one :class:`Loader` (``start``, ``stop``,
+    ``running``, ``stats``, ``flush``, ``poll_once``, ``niceness``).
+
+    With ``loader_findings_lane`` (the default) the findings an operator waits for
+    (threats, alerts, incidents, anomalies, security scores: :attr:`LoadedTopic.finding`)
+    have a loader of their own: its own consumer, thread and ClickHouse connection
+    (``open_client``). A threat then never queues behind the heartbeats' insert, nor
+    behind the baselines' or the assignment scores' (tens of milliseconds each under
+    load, docs/benchmarks.md). Without it, or without ``open_client``, one loader reads
+    every topic. Each lane keeps the offsets of its own topics, so the two never wait
+    for each other, and a lane that fails retries alone.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: Client,
+        open_client: Callable[[], Client] | None = None,
+    ) -> None:
+        self._opened: list[Client] = []
+        if not (settings.loader_findings_lane and open_client is not None):
+            self.lanes = [Loader(settings, client)]
+            return
+        findings = [name for name in LOADED_TOPICS if LOADED[name].finding]
+        rest = [name for name in LOADED_TOPICS if not LOADED[name].finding]
+        self._opened.append(open_client())
+        self.lanes = [Loader(settings, client, rest), Loader(settings, self._opened[0], findings)]
+
+    @property
+    def niceness(self) -> int:
+        return self.lanes[0].niceness
+
+    @niceness.setter
+    def niceness(self, value: int) -> None:
+        for lane in self.lanes:
+            lane.niceness = value
+
+    def start(self) -> None:
+        for lane in self.lanes:
+            lane.start()
+
+    @property
+    def running(self) -> bool:
+        """Whether every lane's thread runs."""
+        return all(lane.running for lane in self.lanes)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop every lane (each inserts what it holds); close the connections opened here."""
+        for lane in self.lanes:
+            lane.stop(timeout_s)
+        for client in self._opened:
+            client.close()
+        self._opened.clear()
+
+    def poll_once(self) -> int:
+        return sum(lane.poll_once() for lane in self.lanes)
+
+    def flush(self) -> int:
+        return sum(lane.flush() for lane in self.lanes)
+
+    def stats(self) -> LoaderStats:
+        return LoaderStats.combined([lane.stats() for lane in self.lanes])
+
+
 def anomaly_row(value: bytes) -> dict:
     """Row of table ``anomalies`` from one ``agents.anomalies`` message.
 
@@ -1585,15 +1705,17 @@ TABLES = {name: loaded.table for name, loaded in LOADED.items()}
 # --- helpers of this module ---------------------------------------------------
 
 
-def _consumer_config(settings: Settings) -> dict[str, object]:
+def _consumer_config(settings: Settings, findings_only: bool = False) -> dict[str, object]:
     """One consumer for every topic: assigned partitions, manual offsets, deep prefetch.
 
     A prefetch queue deeper than librdkafka's default (``queued.min.messages``)
     keeps messages waiting while the loader parses and inserts: measured on
     Tansu, ~185k instead of ~85k heartbeats/s. A fetch waits for 1 MB (or
     100 ms), so reading at the head of a live log does not cost the broker a
-    request per handful of messages. librdkafka's own log lines go through
-    Python logging, repeats suppressed.
+    request per handful of messages; a lane of findings only (a few messages a
+    second, :class:`LoaderLanes`) is answered at its first message instead, so
+    a threat does not wait up to 100 ms for a megabyte that never comes.
+    librdkafka's own log lines go through Python logging, repeats suppressed.
     """
     return {
         **settings.kafka_config(),
@@ -1604,7 +1726,7 @@ def _consumer_config(settings: Settings) -> dict[str, object]:
         "enable.partition.eof": False,
         "client.id": "agentwatch-loader",
         "fetch.wait.max.ms": 100,
-        "fetch.min.bytes": 1024 * 1024,
+        "fetch.min.bytes": 1 if findings_only else 1024 * 1024,
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 8 * 1024 * 1024,
         "queued.min.messages": 200_000,
@@ -1686,7 +1808,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    loader = Loader(settings, client)
+    loader = LoaderLanes(settings, client, lambda: connect(settings))
     loader.start()
     metrics = None
     if settings.loader_metrics_port:

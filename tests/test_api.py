@@ -772,7 +772,9 @@ def test_app_runs_the_loader_and_serves_what_it_loads(
         runtime = app.state.runtime
         ours = os.getpriority(os.PRIO_PROCESS, 0)
         lowered = min(19, ours + settings.api_background_niceness)
-        for thread in (runtime.loader._thread, runtime.audit._thread):
+        lanes = [lane._thread for lane in runtime.loader.lanes]
+        assert len(lanes) == 2  # (the findings' lane and the others')
+        for thread in (*lanes, runtime.audit._thread):
             assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == lowered, thread.name
         assert ours < lowered or ours == 19
         families = {f.name: f for f in text_string_to_metric_families(api.get("/metrics").text)}

@@ -1440,3 +1440,61 @@ def test_the_column_types_are_asked_once_per_table_and_again_after_forget(settin
     types.forget()
     assert [t.name for t in types.of("kept", ["a", "b"])] == ["UInt32", "String"]
     assert asked == ["kept"] * 3
+
+
+class HeldInserts:
+    """A client whose Arrow inserts (the heartbeats' rows) wait until ``release`` is set,
+    like an insert that takes long on a loaded machine."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self.waiting = threading.Event()
+        self.release = threading.Event()
+
+    def insert_arrow(self, *args, **kwargs):
+        self.waiting.set()
+        assert self.release.wait(30), "never released"
+        return self._client.insert_arrow(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+
+@pytest.mark.parametrize("findings_lane", [True, False])
+def test_a_threat_is_inserted_while_the_heartbeats_insert_is_held_in_its_own_lane(
+    settings, client, topics, loaders, findings_lane: bool
+):
+    """With the findings lane, a threat lands while the heartbeats' insert is still under
+    way (it does not queue behind it); without it, the threat waits for that insert.
+    Then everything lands once, and the lanes' figures add up."""
+    from sinks.loader import LoaderLanes
+
+    held = HeldInserts(client)
+    lanes = LoaderLanes(
+        settings.model_copy(update={"loader_findings_lane": findings_lane}),
+        held,
+        lambda: connect(settings),
+    )
+    loaders.append(lanes)
+    assert len(lanes.lanes) == (2 if findings_lane else 1)
+    produce_heartbeats(settings, [heartbeat(seq) for seq in range(100)])
+    lanes.start()
+    assert held.waiting.wait(30), "the heartbeats' insert never started"
+    produce(settings, "threats", [threat(seq) for seq in range(3)], key=by_agent)
+    try:
+        if findings_lane:
+            wait_until(lambda: count(client, settings, "threats") == 3, 30, "the 3 threats")
+            assert count(client, settings, "metrics", final=False) == 0  # still held
+        else:
+            time.sleep(1.0)  # (a threat that could land has had 20 times its batch age)
+            assert count(client, settings, "threats") == 0
+    finally:
+        held.release.set()
+
+    def landed() -> tuple[int, int]:
+        return count(client, settings, "metrics"), count(client, settings, "threats")
+
+    wait_until(lambda: landed() == (100, 3), 30, "every row once")
+    stats = lanes.stats()
+    assert (stats.rows_inserted["metric_rows"], stats.rows_inserted["threats"]) == (100, 3)
+    assert lanes.running

@@ -366,6 +366,15 @@ class Settings(BaseSettings):
     source_batch_size: int = Field(
         5000, ge=1, description="Most heartbeats read from one partition in one batch."
     )
+    source_fetch_wait_ms: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Longest the broker holds the dataflow's fetch of a partition while less "
+        "than 1 MB waits (librdkafka's fetch.wait.max.ms): at a live rate below ~10 MB/s a "
+        "partition it is what a heartbeat waits at most before the dataflow reads it; lower "
+        "costs the broker more fetches (docs/benchmarks.md).",
+    )
     shard_count: int = Field(
         4,
         ge=1,

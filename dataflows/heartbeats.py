@@ -524,6 +524,7 @@ def build_flow(
                 batch_size=settings.source_batch_size,
                 commit_interval_s=settings.dataflow_commit_interval_s,
                 client_config=settings.kafka_config(),
+                fetch_wait_ms=settings.source_fetch_wait_ms,
             )
             for name in ("metrics", AGENT_CHANNEL, CONTROL_CHANNEL)
         )

@@ -57,7 +57,7 @@ from infra.broker import (  # noqa: E402
 )
 from schemas.heartbeats import parse_heartbeats  # noqa: E402
 from sinks.clickhouse import connect, create_schema  # noqa: E402
-from sinks.loader import Loader  # noqa: E402
+from sinks.loader import LoaderLanes  # noqa: E402
 
 
 def say(text: str) -> None:
@@ -158,7 +158,8 @@ def run_pipeline(
     if not live:
         say(f"  producing {len(values):,} heartbeats as a backlog")
         produce(settings.bootstrap_servers, metrics_topic, keys, values)
-    loader = Loader(settings, client)
+    # as the embedded API runs it: connections of its own (`client` is this bench's polls)
+    loader = LoaderLanes(settings, connect(settings), lambda: connect(settings))
     env = {**os.environ, **settings.as_env()}
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     if processes > 1:  # one cluster: its recovery directory prepared once, before any process

@@ -823,11 +823,16 @@ class ShardState:
     def tick(self, wall: float) -> ShardOutput:
         """The clock ticked at processing time ``wall``: the heartbeat timeouts of agents
         left behind by their partition's clock (see :mod:`agentwatch.liveness`). Costs one
-        comparison when no agent is due."""
+        comparison when no agent is due. The alert book's clock moves with it: alerts whose
+        hold passed while their agent said nothing more resolve, and so do those of agents
+        silent for ``alert_silent_resolve_s``."""
         live = self.liveness.tick(wall)
         out = self._timed_out(live)
-        if self.lifecycle.next_expiry <= self.liveness.clock.latest():
+        now = self.liveness.clock.latest()
+        if self.lifecycle.next_expiry <= now:
             self._expire(out)
+        if math.isfinite(now):
+            out.alerts += self.alerts.tick(now)
         self._orchestrate(out, report=True)
         return out
 

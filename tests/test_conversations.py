@@ -396,3 +396,30 @@ def test_a_conversation_read_after_its_agents_later_heartbeats_resolves_its_aler
     if late:
         alerts += [(a["state"], a["updated_at"]) for a in shard.apply(leak).alerts]
     assert alerts == [("firing", T0 + 40), ("resolved", T0 + 340)]
+
+
+def test_the_alert_of_an_agent_that_went_silent_resolves_on_the_clock() -> None:
+    # A conversation's alert resolves on a later heartbeat of its agent, once the hold has
+    # passed. An agent that never beats again (it went away) must not leave it firing for
+    # good: the shard's event clock (moved on by processing time while nothing arrives)
+    # passes the hold as a heartbeat would. And the agent's offline alert, which holds
+    # while it is silent, resolves once it has been silent for alert_silent_resolve_s.
+    from tests.test_shard import beats_at
+
+    settings = Settings(
+        conversation_learn_counterparts=False, alert_resolve_after_s=300,
+        alert_silent_resolve_s=3600, agents_auto_register=True,
+    )  # fmt: skip
+    shard = ShardState.new(settings)
+    wall = 5_000.0
+    shard.observe(beats_at(0, [1]), wall)
+    leak = Conversation("agent-0001", "tenant-1", T0 + 40, said("key AKIAIOSFODNN7EXAMPLE"))
+    assert [a["state"] for a in shard.apply(leak).alerts] == ["firing"]
+    resolved = []
+    for second in range(0, 4000, 100):  # nothing more arrives; processing time passes
+        resolved += [a for a in shard.tick(wall + second).alerts if a["state"] == "resolved"]
+    assert [(a["rule"], a["updated_at"]) for a in resolved] == [
+        ("conversation_secret", T0 + 40 + 300),
+        ("agent_offline", T0 + 4 * 30 + 3600),  # (offline 4 intervals after its last beat)
+    ]
+    assert "agent silent" in resolved[1]["summary"]

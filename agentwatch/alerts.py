@@ -263,8 +263,9 @@ class AlertBook:
                         agent, rule, alert, events, note="agent silent", hold=self.silent_resolve_s
                     )
             self._prune(agent, now)
-        self.silences = {k: s for k, s in self.silences.items() if s.ends_at > now}
-        events += self._rejudge_silences(now)
+        if self.silences:  # (without one, no alert's mark can change: nothing to judge)
+            self.silences = {k: s for k, s in self.silences.items() if s.ends_at > now}
+            events += self._rejudge_silences(now)
         return events
 
     # --- silences ------------------------------------------------------------

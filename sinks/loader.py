@@ -1,6 +1,6 @@
 """The ClickHouse loader: Kafka topics → idempotent batches in ClickHouse.
 
-One consumer reads the dataflow's topics (``metric_rows``, ``anomalies``,
+A consumer reads the dataflow's topics (``metric_rows``, ``anomalies``,
 ``baselines``, ``threats``, ``alerts``, ``security``, ``assignment_scores``,
 ``commands``, ``incidents``, ``deadletter``) and the three lifecycle channels
 (``events``: agents' facts, ``control``: operators' commands, ``state``: the
@@ -10,7 +10,10 @@ topic: the table of the same name, but ``metric_rows`` → ``metrics``, ``securi
 ``security_scores`` and the three channels → ``agent_events``), in batches of
 ``loader_batch_rows`` rows or ``loader_batch_age_s`` seconds, whichever comes first
 (the findings an operator waits for, few rows a second, after
-``loader_findings_batch_age_s``: :attr:`LoadedTopic.finding`).
+``loader_findings_batch_age_s``: :attr:`LoadedTopic.finding`). Those findings are
+read by a consumer of their own when ``loader_findings_lane`` is on (the default,
+:class:`LoaderLanes`: a second loader, thread and connection), so a threat never
+waits behind the heartbeats' insert.
 
 Heartbeats are decoded once, by the dataflow: the loader never reads
 ``agents.metrics``, but the Arrow batches of the heartbeats the dataflow took
@@ -61,9 +64,9 @@ from the beginning and say so in the log.
 Run it alone with ``python -m sinks.loader`` (stops cleanly on SIGTERM/SIGINT; serves its
 Prometheus ``/metrics`` on ``AGENTWATCH_LOADER_METRICS_PORT`` when set, see
 :mod:`sinks.loader_metrics`);
-in the embedded profile the API process runs it in a background thread::
+in the embedded profile the API process runs it in background threads::
 
-    loader = Loader(settings, connect(settings))
+    loader = LoaderLanes(settings, connect(settings), lambda: connect(settings))
     loader.start()
     ...
     loader.stop()

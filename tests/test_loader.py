@@ -84,12 +84,21 @@ def anomaly(seq: int, reasons: int = 2) -> dict:
     }
 
 
-def produce(settings: Settings, topic: str, docs: list, key: Callable = lambda d: None) -> None:
-    """Produce JSON documents (or raw bytes) to a logical topic and wait for delivery."""
+def produce(
+    settings: Settings,
+    topic: str,
+    docs: list,
+    key: Callable = lambda d: None,
+    keys: list[bytes] | None = None,
+) -> None:
+    """Produce JSON documents (or raw bytes) to a logical topic and wait for delivery;
+    each keyed by ``key(doc)``, or by ``keys`` (one per doc) when given."""
     producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5})
-    for doc in docs:
+    for n, doc in enumerate(docs):
         value = doc if isinstance(doc, bytes) else orjson.dumps(doc)
         doc_key = key(doc) if not isinstance(doc, bytes) else None
+        if keys is not None:
+            doc_key = keys[n]
         producer.produce(settings.topic(topic), value=value, key=doc_key)
         producer.poll(0)
     assert producer.flush(10) == 0
@@ -101,15 +110,19 @@ def by_agent(doc: dict) -> bytes:
 
 def produce_heartbeats(settings: Settings, docs: list[dict], rows_per_message: int = 1) -> int:
     """Produce heartbeats as the dataflow hands them to the loader: validated, as Arrow
-    batches of ``rows_per_message`` rows on ``agents.metric_rows``; messages produced."""
-    messages = []
+    batches of ``rows_per_message`` rows on ``agents.metric_rows``, each keyed by its
+    first heartbeat's agent (so the messages spread over the partitions by their keys:
+    keyless, the producer may put a quick burst all on one); messages produced."""
+    messages, keys = [], []
     for lo in range(0, len(docs), rows_per_message):
         batch, rejected = parse_heartbeats(
             list(map(orjson.dumps, docs[lo : lo + rows_per_message]))
         )
         assert not rejected, rejected
-        messages += encode_rows(batch)
-    produce(settings, "metric_rows", messages)
+        encoded = encode_rows(batch)
+        messages += encoded
+        keys += [docs[lo]["agent_id"].encode()] * len(encoded)
+    produce(settings, "metric_rows", messages, keys=keys)
     return len(messages)
 
 

@@ -727,7 +727,7 @@ class ShardState:
         self.liveness._fit()
         if self.liveness.state_of(agent_id) != "offline":
             return
-        last = float(self.liveness.last_beat[self.index.row(agent_id)])
+        last = self.liveness.last_heartbeat(agent_id)
         record = self.lifecycle.record(agent_id, tenant_id)
         reason = f"no heartbeat for {self.liveness.config.offline_after_s:g} s"
         extra = {"last_heartbeat": last}

@@ -1014,9 +1014,6 @@ class Loader:
             self._stats.lag = lag
 
 
-# --- derived topics: one message → one row ---------------------------------
-
-
 class LoaderLanes:
     """The loader as lanes, with the surface of one :class:`Loader` (``start``, ``stop``,
     ``running``, ``stats``, ``flush``, ``poll_once``, ``niceness``).
@@ -1080,6 +1077,9 @@ class LoaderLanes:
 
     def stats(self) -> LoaderStats:
         return LoaderStats.combined([lane.stats() for lane in self.lanes])
+
+
+# --- derived topics: one message → one row ---------------------------------
 
 
 def anomaly_row(value: bytes) -> dict:

@@ -8,7 +8,10 @@ What it does, on this machine, against a Tansu broker it starts on a free port a
 chDB directory of its own:
 
 1. starts the real API (``python -m api``, loader and audit writer on, as the embedded
-   profile runs it) as a child process; the measured requests go to it over HTTP;
+   profile runs it) as a child process; the measured requests go to it over HTTP
+   (``--no-loader``: the API without them, as the cluster profile runs it; with
+   ``--loader-process`` as well, the loader as a process of its own beside it, on the
+   same cores);
 2. fills its fleet through the topics, as in production: ``--agents`` ``registered``
    events (agents.control), a ``status_changed`` to active for each (agents.state, as
    the dataflow publishes it) and an ``AssignmentScore`` each (agents.assignment_scores,
@@ -378,6 +381,33 @@ def fold_cpu(settings: Settings, options: argparse.Namespace) -> list[Row]:
     return rows
 
 
+def start_loader(settings: Settings, workdir: Path, metrics_port: int) -> subprocess.Popen:
+    """``python -m sinks.loader`` on a chDB directory of its own (chDB is in-process: the
+    API process holds the bench's)."""
+    own = {
+        "AGENTWATCH_CLICKHOUSE_DSN": f"chdb://{workdir / 'chdb-loader'}",
+        "AGENTWATCH_LOADER_METRICS_PORT": str(metrics_port),
+    }
+    log = (workdir / "loader.log").open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "sinks.loader"],
+        env={**os.environ, **settings.as_env(), **own},
+        stdout=log,
+        stderr=log,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+
+
+def loader_lag(port: int) -> int | None:
+    """The loader process's lag (its ``/metrics``), None before it has measured one."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    lags = [line for line in text.splitlines() if line.startswith("agentwatch_loader_lag_messages")]
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in lags)) if lags else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, default=100_000)
@@ -390,13 +420,21 @@ def main() -> None:
         help="run the API without its loader and audit writer (as the cluster profile does: "
         "the loader is a process of its own there)",
     )  # fmt: skip
+    parser.add_argument(
+        "--loader-process", action="store_true",
+        help="with --no-loader: run the loader as a process of its own beside the API, on a "
+        "chDB directory of its own (the cluster layout with its loader on these cores; the "
+        "API's reads do not see what it stores)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench/results/api_assign.json"))
     options = parser.parse_args()
+    if options.loader_process and not options.no_loader:
+        parser.error("--loader-process goes with --no-loader (the API runs no loader then)")
     options.agents_per_tenant = options.agents_per_tenant or options.agents
     load_before = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="aw-bench-assign-"))
     broker = start_broker("127.0.0.1", free_port(), log_path=workdir / "tansu.log")
-    api = None
+    api = loader = None
     try:
         port = free_port()
         settings = Settings(
@@ -411,6 +449,9 @@ def main() -> None:
         )
         ensure_topics(settings)
         api = start_api(settings, workdir, port)
+        loader_port = free_port()
+        if options.loader_process:
+            loader = start_loader(settings, workdir, loader_port)
         base_url = f"http://127.0.0.1:{port}"
         http = httpx.Client(timeout=60)
         deadline = time.monotonic() + 120
@@ -452,6 +493,10 @@ def main() -> None:
             if health["loader"]["lag_total"] == 0:
                 break
             time.sleep(1)
+        while loader is not None and time.perf_counter() - started < 300:
+            if loader_lag(loader_port) == 0:  # (the loader process's own figure)
+                break
+            time.sleep(1)
         say(f"the loader caught up {time.perf_counter() - started:.1f} s after the first was sent")
         rows = [Row("fill (produce + fold)", options.agents,
                     note=f"{options.agents / filled:,.0f} agents/s (3 events each) into the "
@@ -488,18 +533,20 @@ def main() -> None:
             "cpus": os.cpu_count(), "client": "httpx over loopback to python -m api",
             "streams": "a child process (not the client's)",
             "api_loader": not options.no_loader,
+            "loader_process": options.loader_process,
             "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             "heartbeats_per_s": round(rates["heartbeats"]), "scores_per_s": round(rates["scores"]),
             "rows": [asdict(r) for r in rows],
         }, indent=2))  # fmt: skip
         say(f"written {options.out}")
     finally:
-        if api is not None and api.poll() is None:
-            api.send_signal(signal.SIGTERM)
-            try:
-                api.wait(30)
-            except subprocess.TimeoutExpired:
-                api.kill()
+        for process in (api, loader):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
         broker.stop()
 
 

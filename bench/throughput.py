@@ -189,14 +189,17 @@ def run_pipeline(
         )
         producer.start()
     db = settings.clickhouse_database
-    # Done when every heartbeat is queryable, the dataflow has read them all, and the
-    # loader's row counts have not moved for a second; the end is the last movement.
+    # Done when the loader has stored every heartbeat, the dataflow has read them all, and
+    # the loader's row counts have not moved for a second; the end is the last movement.
+    # The loader's own counters are read here, in process: a count() in ClickHouse every
+    # 50 ms took CPU from the pipeline (~2.5 % of its rate, alternated runs); ClickHouse
+    # is asked once, after.
     last_seen: tuple = ()
     last_change = time.perf_counter()
     try:
         while True:
-            rows = client.query(f"SELECT count() FROM {db}.metrics").result_rows[0][0]
             stats = loader.stats()
+            rows = stats.rows_inserted.get("metric_rows", 0)
             seen = (rows, tuple(sorted(stats.rows_inserted.items())), stats.pending_rows)
             now = time.perf_counter()
             if seen != last_seen:
@@ -212,6 +215,9 @@ def run_pipeline(
                 raise RuntimeError(f"a dataflow process exited; see {log_path}.*")
             time.sleep(0.05)
         elapsed = last_change - started
+        stored = client.query(f"SELECT count() FROM {db}.metrics").result_rows[0][0]
+        if stored < len(values):
+            raise RuntimeError(f"the loader counted {rows:,} rows but metrics holds {stored:,}")
     finally:
         if producer is not None:
             producer.join(60)

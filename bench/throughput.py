@@ -167,7 +167,7 @@ def run_pipeline(
     log_path = workdir / f"dataflow-{'live' if live else 'backlog'}.log"
     children_cpu = _children_cpu_s()
     own_cpu = time.process_time()
-    started = time.perf_counter()
+    started, started_wall = time.perf_counter(), time.time()
     dataflows = []
     for process in range(processes):
         cluster = {} if processes == 1 else {
@@ -195,7 +195,7 @@ def run_pipeline(
     # 50 ms took CPU from the pipeline (~2.5 % of its rate, alternated runs); ClickHouse
     # is asked once, after.
     last_seen: tuple = ()
-    last_change = time.perf_counter()
+    last_change, last_change_wall = time.perf_counter(), time.time()
     try:
         while True:
             stats = loader.stats()
@@ -203,7 +203,7 @@ def run_pipeline(
             seen = (rows, tuple(sorted(stats.rows_inserted.items())), stats.pending_rows)
             now = time.perf_counter()
             if seen != last_seen:
-                last_seen, last_change = seen, now
+                last_seen, last_change, last_change_wall = seen, now, time.time()
             elif (
                 rows >= len(values)
                 and stats.pending_rows == 0
@@ -231,18 +231,37 @@ def run_pipeline(
     # the polling queries
     cpu = {"children_cpu_s": _children_cpu_s() - children_cpu,
            "loader_process_cpu_s": time.process_time() - own_cpu}  # fmt: skip
+    # the rate once the pipeline runs: from the dataflow's first read of the topic (its
+    # log says when; not counted: starting the interpreter, importing, Bytewax's start)
+    first_read = first_read_at(log_path, metrics_topic, processes)
+    running = last_change_wall - first_read if first_read else None
     final = client.query(f"SELECT count() FROM {db}.metrics FINAL").result_rows[0][0]
     anomalies = client.query(f"SELECT count() FROM {db}.anomalies FINAL").result_rows[0][0]
     baselines = client.query(f"SELECT count() FROM {db}.baselines FINAL").result_rows[0][0]
     return {
         "seconds": elapsed,
         "heartbeats_per_s": len(values) / elapsed,
+        "dataflow_start_s": first_read - started_wall if first_read else None,
+        "seconds_from_first_read": running,
+        "heartbeats_per_s_from_first_read": len(values) / running if running else None,
         "metrics_rows": final,
         "anomaly_rows": anomalies,
         "baseline_rows": baselines,
         "loader_rows_inserted": inserted,  # (per table: what the loader's CPU went to)
         **cpu,
     }
+
+
+def first_read_at(log_path: Path, topic: str, processes: int) -> float | None:
+    """Epoch seconds of the dataflow's first read of ``topic`` (its ``source_first_read``
+    log lines, over every process), None if no line says."""
+    times = []
+    for process in range(processes):
+        text = log_path.with_suffix(f".{process}.log").read_text(errors="replace")
+        for line in text.splitlines():
+            if "source_first_read" in line and f"topic={topic} " in line:
+                times.append(float(line.rsplit("at=", 1)[1].split()[0]))
+    return min(times, default=None)
 
 
 #: Where to write a cProfile of the dataflow process (``--profile-dataflow``), if at all.

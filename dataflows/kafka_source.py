@@ -92,6 +92,7 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, PartitionPosition]):
         self._last_commit = 0.0
         self._committed: int | None = None
         self._awake: datetime | None = None
+        self._read_any = False
         self._cluster_id = self._consumer.list_topics(topic, timeout=10).cluster_id
         self._next = self._start_offset(resume)
         self._consumer.assign([TopicPartition(topic, partition, self._next)])
@@ -131,6 +132,10 @@ class _PartitionReader(StatefulSourcePartition[RawBatch, PartitionPosition]):
             self._awake = datetime.now(UTC) + IDLE_WAIT
             return []
         self._awake = None
+        if not self._read_any:  # (when this run's reading began: bench/throughput.py)
+            self._read_any = True
+            log.info("source_first_read topic=%s partition=%d offset=%d at=%.3f",
+                     self._topic, self._partition, offsets[0], time.time())  # fmt: skip
         return [RawBatch(self._topic, self._partition, offsets, keys, values, self._cluster_id)]
 
     def _readable(self, message: Message) -> bool:

@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -320,6 +321,23 @@ SECTIONS: list[Callable[[Bench], list[Row]]] = [
 ]
 
 
+def finish(workdir: Path, broker: object, *processes: subprocess.Popen | None, ok: bool) -> None:
+    """Stop the run's processes and its broker, then remove its working directory (chDB,
+    logs: 50–70 MB a run) if the run went through; a failed run's is kept for its logs."""
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    broker.stop()
+    if ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        say(f"failed; logs are kept in {workdir}")
+
+
 def start_api(settings: Settings, workdir: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, **settings.as_env(), "AGENTWATCH_API_PORT": str(port)}
     log = (workdir / "api.log").open("wb")
@@ -347,6 +365,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="aw-bench-api-"))
     broker = start_broker("127.0.0.1", free_port(), log_path=workdir / "tansu.log")
     api = None
+    ok = False
     try:
         port = free_port()
         settings = Settings(
@@ -400,14 +419,9 @@ def main() -> None:
             )
         )
         say(f"written {options.out}")
+        ok = True
     finally:
-        if api is not None and api.poll() is None:
-            api.send_signal(signal.SIGTERM)
-            try:
-                api.wait(30)
-            except subprocess.TimeoutExpired:
-                api.kill()
-        broker.stop()
+        finish(workdir, broker, api, ok=ok)
 
 
 if __name__ == "__main__":

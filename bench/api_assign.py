@@ -45,7 +45,6 @@ import json
 import multiprocessing
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -65,7 +64,7 @@ from agentwatch.settings import Settings  # noqa: E402
 from api.assign import Assigner  # noqa: E402
 from api.projection import AgentProjection  # noqa: E402
 from api.publisher import EventPublisher  # noqa: E402
-from bench.api import Row, heartbeat, say, start_api, timed  # noqa: E402
+from bench.api import Row, finish, heartbeat, say, start_api, timed  # noqa: E402
 from infra.broker import ensure_topics, free_port, start_broker  # noqa: E402
 from schemas.metric_rows import encode_json  # noqa: E402
 
@@ -435,6 +434,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="aw-bench-assign-"))
     broker = start_broker("127.0.0.1", free_port(), log_path=workdir / "tansu.log")
     api = loader = None
+    ok = False
     try:
         port = free_port()
         settings = Settings(
@@ -539,15 +539,9 @@ def main() -> None:
             "rows": [asdict(r) for r in rows],
         }, indent=2))  # fmt: skip
         say(f"written {options.out}")
+        ok = True
     finally:
-        for process in (api, loader):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-        broker.stop()
+        finish(workdir, broker, api, loader, ok=ok)
 
 
 if __name__ == "__main__":

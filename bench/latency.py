@@ -39,6 +39,7 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -247,6 +248,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="agentwatch-latency-"))
     broker = start_broker("127.0.0.1", free_port(), log_path=workdir / "tansu.log")
     dataflow = loader = None
+    ok = False
     try:
         settings = Settings(
             bootstrap_servers=broker.bootstrap_servers,
@@ -370,6 +372,7 @@ def main() -> None:
         options.out.parent.mkdir(parents=True, exist_ok=True)
         options.out.write_text(json.dumps(results, indent=1) + "\n")
         say(f"written {options.out}")
+        ok = True
     finally:
         if loader is not None:
             loader.stop()
@@ -377,6 +380,10 @@ def main() -> None:
             dataflow.terminate()
             dataflow.wait(30)
         broker.stop()
+        if ok:  # (chDB and logs; a failed run's are kept)
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            say(f"failed; logs are kept in {workdir}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ starts on a free port and a chDB directory of its own:
    from the first heartbeat produced to the last row queryable in
    ClickHouse and the dataflow caught up. All three share the 2 cores.
 4. ``end_to_end_backlog``: the same pipeline draining K heartbeats that are
-   already in the broker (producer not competing for CPU).
+   already in the broker (producer not competing for CPU), timed from the
+   dataflow process's start; ``dataflow_start_s`` (its start until its first
+   read, from its ``source_first_read`` log lines) and
+   ``heartbeats_per_s_from_first_read`` tell the start from the rate.
 5. per-agent state: the pickled size (what a recovery snapshot holds) and the
    in-memory size of the dataflow's per-agent state, per agent.
 

@@ -909,13 +909,19 @@ class Loader:
             tables = pending.tables
             arrow = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
             self._client.insert_arrow(pending.table, arrow, database=self._database)
-            dropped = 0
+            frame, dropped = arrow, 0
         else:
-            dropped = self._insert_frame(pending.table, pending.frame())
-        for projection in LOADED[pending.name].projections:  # (before the offsets, too)
+            frame = pending.frame()
+            dropped = self._insert_frame(pending.table, frame)
+        loaded = LOADED[pending.name]
+        for projection in loaded.projections:  # (before the offsets, too)
             projected = pending.projected.get(projection.table)
             if projected:
-                self._insert_frame(projection.table, projection.frame(projected))
+                if projection.row is _same_row and projection.frame is loaded.frame:
+                    projected_frame = frame  # (the very rows, in the very layout: made once)
+                else:
+                    projected_frame = projection.frame(projected)
+                self._insert_frame(projection.table, projected_frame)
         elapsed_ms = (time.perf_counter() - started) * 1000
         pending.clear_rows()
         rows -= dropped

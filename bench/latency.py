@@ -39,7 +39,6 @@ import json
 import multiprocessing
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ import orjson  # noqa: E402
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition  # noqa: E402
 
 from agentwatch.settings import Settings  # noqa: E402
+from bench.api import finish  # noqa: E402
 from infra.broker import die_with_parent_hook, ensure_topics, free_port, start_broker  # noqa: E402
 from sinks.clickhouse import connect, create_schema  # noqa: E402
 from sinks.loader import LoaderLanes  # noqa: E402
@@ -376,14 +376,7 @@ def main() -> None:
     finally:
         if loader is not None:
             loader.stop()
-        if dataflow is not None:
-            dataflow.terminate()
-            dataflow.wait(30)
-        broker.stop()
-        if ok:  # (chDB and logs; a failed run's are kept)
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            say(f"failed; logs are kept in {workdir}")
+        finish(workdir, broker, dataflow, ok=ok)
 
 
 if __name__ == "__main__":

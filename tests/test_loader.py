@@ -94,11 +94,10 @@ def produce(
     """Produce JSON documents (or raw bytes) to a logical topic and wait for delivery;
     each keyed by ``key(doc)``, or by ``keys`` (one per doc) when given."""
     producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5})
-    for n, doc in enumerate(docs):
+    if keys is None:
+        keys = [None if isinstance(doc, bytes) else key(doc) for doc in docs]
+    for doc, doc_key in zip(docs, keys, strict=True):
         value = doc if isinstance(doc, bytes) else orjson.dumps(doc)
-        doc_key = key(doc) if not isinstance(doc, bytes) else None
-        if keys is not None:
-            doc_key = keys[n]
         producer.produce(settings.topic(topic), value=value, key=doc_key)
         producer.poll(0)
     assert producer.flush(10) == 0

@@ -14,6 +14,7 @@ windows, intervals) are defaults here and nowhere else.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -349,6 +350,34 @@ class Settings(BaseSettings):
     )
     loader_metrics_host: str = Field(
         "127.0.0.1", description="Address a lone loader's /metrics listens on."
+    )
+    embedded_loader_process: bool = Field(
+        True,
+        description="`agentwatch up` runs the loader as a process of its own, which owns chDB "
+        "and serves it to the API over ClickHouse's HTTP interface on loopback "
+        "(sinks/chdb_http.py); false: the API process runs the loader and owns chDB (one "
+        "process fewer; the loader then holds the API's interpreter lock for part of the time, "
+        "and the assign p99 is ~5 ms worse, docs/benchmarks.md).",
+    )
+    clickhouse_serve_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="A process that owns the embedded chDB (python -m sinks.loader, or python "
+        "-m sinks.chdb_http alone) serves it on this port with ClickHouse's HTTP interface, "
+        "for the API's and Grafana's clickhouse-connect clients; 0: not served.",
+    )
+    clickhouse_serve_host: str = Field(
+        "127.0.0.1",
+        description="Address the served chDB listens on; a loopback address only.",
+    )
+    clickhouse_serve_user: str = Field(
+        "agentwatch", description="The one user the served chDB accepts."
+    )
+    clickhouse_serve_password: SecretStr = Field(
+        SecretStr(""),
+        description="That user's password (16 characters or more; `agentwatch up` makes a "
+        "random one for each start). Never logged.",
     )
     dataflow_process_id: int | None = Field(
         None,
@@ -1539,6 +1568,20 @@ class Settings(BaseSettings):
                 "fix AGENTWATCH_CLICKHOUSE_DSN"
             )
         return dsn
+
+    @field_validator("clickhouse_serve_host")
+    @classmethod
+    def _serve_on_loopback(cls, host: str) -> str:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(
+                f"the served chDB listens on a loopback address only (127.0.0.1 or ::1), not "
+                f"{host!r}: it has one user with every right; fix AGENTWATCH_CLICKHOUSE_SERVE_HOST"
+            )
+        return host
 
     @field_validator("alert_webhooks")
     @classmethod

@@ -138,6 +138,7 @@ from schemas.models import (
 )
 from sinks.audit import AuditWriter
 from sinks.background import lower_this_thread
+from sinks.chdb_http import serve as serve_chdb
 from sinks.clickhouse import ColumnTypes, connect, create_schema
 from sinks.loader_metrics import LoaderFigures
 from sinks.loader_metrics import serve as serve_metrics
@@ -1800,7 +1801,8 @@ def _format_counts(counts: dict[str, int]) -> str:
 
 def main() -> None:
     """Run the loader (and the audit writer beside it) alone until SIGTERM or SIGINT;
-    creates the schema first."""
+    creates the schema first, then serves an embedded chDB to other processes when
+    ``AGENTWATCH_CLICKHOUSE_SERVE_PORT`` is set."""
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
@@ -1809,6 +1811,12 @@ def main() -> None:
     redact_handlers(logging.getLogger().handlers, settings.secret_values())
     client = connect(settings)
     create_schema(client, settings)
+    try:  # the API and Grafana read the embedded chDB through this process (sinks/chdb_http.py)
+        served = serve_chdb(settings)
+    except ValueError as exc:
+        log.error("loader_cannot_serve_clickhouse reason=%s", exc)
+        client.close()
+        raise SystemExit(1) from None
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -1844,6 +1852,8 @@ def main() -> None:
     audit.stop()
     audit_client.close()
     loader.stop()
+    if served is not None:
+        served.stop()
     client.close()
     if metrics is not None:
         metrics.shutdown()

@@ -223,10 +223,30 @@ def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def sandbox_settings(chdb_dir: Path, var_dir: Path, **overrides: object) -> Settings:
-    """Settings of the module's database on the session's chDB, SQL on, no broker."""
+@pytest.fixture(scope="module", params=["chdb", pytest.param("served", marks=pytest.mark.e2e)])
+def engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The DSN the module runs on: the session's chDB in this process, then the same engine
+    served by a process of its own (sinks/chdb_http.py, as `agentwatch up` runs it): every
+    guard must hold through both."""
+    if request.param == "chdb":
+        yield f"chdb://{request.getfixturevalue('chdb_dir')}"
+        return
+    from tests.test_chdb_http import start_served
+
+    served = start_served(tmp_path_factory.mktemp("served"))
+    try:
+        yield served.dsn
+    finally:
+        served.process.terminate()
+        served.process.wait(timeout=30)
+
+
+def sandbox_settings(dsn: str, var_dir: Path, **overrides: object) -> Settings:
+    """Settings of the module's database on ``dsn`` (:func:`engine`), SQL on, no broker."""
     values: dict[str, object] = {
-        "clickhouse_dsn": f"chdb://{chdb_dir}",
+        "clickhouse_dsn": dsn,
         "clickhouse_database": DB,
         "bootstrap_servers": f"127.0.0.1:{free_port()}",
         "api_broker_timeout_s": 0.3,
@@ -241,7 +261,7 @@ def sandbox_settings(chdb_dir: Path, var_dir: Path, **overrides: object) -> Sett
 
 
 @pytest.fixture(scope="module")
-def fleet_db(chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+def fleet_db(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     """The module's database with a small fleet: a1 (history, anomalies), a2, a3 (baseline)."""
     from tests.test_api import (
         ANOMALY_COLUMNS,
@@ -254,7 +274,7 @@ def fleet_db(chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         threat_row,
     )
 
-    settings = sandbox_settings(chdb_dir, tmp_path_factory.mktemp("var"))
+    settings = sandbox_settings(engine, tmp_path_factory.mktemp("var"))
     client = connect(settings)
     create_schema(client, settings)
     rows = {
@@ -280,10 +300,10 @@ def fleet_db(chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture(scope="module")
 def api(
-    fleet_db: Client, chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    fleet_db: Client, engine: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TestClient]:
     """The app with SQL on, on the module's database (its own read-only sessions)."""
-    settings = sandbox_settings(chdb_dir, tmp_path_factory.mktemp("var"))
+    settings = sandbox_settings(engine, tmp_path_factory.mktemp("var"))
     with TestClient(
         create_app(settings, client=fleet_db, run_loader=False), client=LOOPBACK_CLIENT
     ) as client:
@@ -363,10 +383,10 @@ def test_an_unknown_table_is_a_400_from_clickhouse(api: TestClient) -> None:
 
 
 def test_what_runs_is_clickhouses_own_reading_of_the_query(
-    fleet_db: Client, chdb_dir: Path, tmp_path: Path
+    fleet_db: Client, engine: str, tmp_path: Path
 ) -> None:
     """Comments gone, quoting canonical: the text the second check saw is the text that runs."""
-    client = open_read_only_client(sandbox_settings(chdb_dir, tmp_path))
+    client = open_read_only_client(sandbox_settings(engine, tmp_path))
     try:
         checked = prepare(client, "select /* why */ `agent_id` -- me\nfrom metrics;", DB)
         ternary = prepare(client, "SELECT 1 ? 'yes' : 'no'", DB)  # ClickHouse's if(), checked
@@ -488,9 +508,9 @@ def test_every_table_function_is_refused_wherever_it_stands(fleet_db: Client) ->
     ids=["memory", "rows-read", "bytes-read", "time", "result-rows", "no-from", "result-bytes"],
 )
 def test_each_limit_stops_a_query_with_a_400_that_names_the_setting(
-    fleet_db: Client, chdb_dir: Path, tmp_path: Path, overrides: dict, query: str, setting: str
+    fleet_db: Client, engine: str, tmp_path: Path, overrides: dict, query: str, setting: str
 ) -> None:
-    settings = sandbox_settings(chdb_dir, tmp_path, **overrides)
+    settings = sandbox_settings(engine, tmp_path, **overrides)
     with TestClient(
         create_app(settings, client=fleet_db, run_loader=False), client=LOOPBACK_CLIENT
     ) as api:
@@ -505,14 +525,14 @@ def test_each_limit_stops_a_query_with_a_400_that_names_the_setting(
 
 
 def test_threads_and_every_limit_are_in_force_and_cannot_be_lifted(
-    fleet_db: Client, chdb_dir: Path, tmp_path: Path
+    fleet_db: Client, engine: str, tmp_path: Path
 ) -> None:
     """The session's own settings, read back on the engine side (trusted SQL, not the policy)."""
     from clickhouse_connect.driver.exceptions import DatabaseError
 
     from api.sql import open_read_only_client, read_only_settings
 
-    settings = sandbox_settings(chdb_dir, tmp_path)
+    settings = sandbox_settings(engine, tmp_path)
     client = open_read_only_client(settings)
     try:
         wanted = read_only_settings(settings)
@@ -532,10 +552,10 @@ def test_threads_and_every_limit_are_in_force_and_cannot_be_lifted(
 
 
 def test_more_queries_than_allowed_at_once_get_429_and_the_slot_comes_back(
-    fleet_db: Client, chdb_dir: Path, tmp_path: Path
+    fleet_db: Client, engine: str, tmp_path: Path
 ) -> None:
     settings = sandbox_settings(
-        chdb_dir, tmp_path, api_sql_max_concurrent_queries=1, api_sql_max_execution_time_s=1.5
+        engine, tmp_path, api_sql_max_concurrent_queries=1, api_sql_max_execution_time_s=1.5
     )
     slow = (
         "SELECT count() FROM (SELECT arrayJoin(range(200000)) AS a) AS l "

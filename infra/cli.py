@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import secrets
 import shlex
 import signal
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 
 from agentwatch.secrets import redact, redact_handlers
@@ -156,6 +158,11 @@ def state_file(settings: Settings) -> Path:
 def admin_key_file(settings: Settings) -> Path:
     """Where `agentwatch up` has the API keep the stack's first admin key (mode 0600)."""
     return run_dir(settings) / "admin.key"
+
+
+def clickhouse_password_file(settings: Settings) -> Path:
+    """Where `agentwatch up` keeps the password of the chDB its loader serves (mode 0600)."""
+    return run_dir(settings) / "clickhouse.password"
 
 
 def api_headers(settings: Settings) -> dict[str, str]:
@@ -427,12 +434,14 @@ def _registers(settings: Settings, asked: bool | None, *, tasks: bool = False) -
 # --- agentwatch up -----------------------------------------------------------------------
 
 
-def default_commands() -> dict[str, list[str]]:
-    """The processes ``agentwatch up`` runs besides the broker."""
-    return {
-        "dataflow": [sys.executable, "-m", "dataflows.heartbeats"],
-        "api": [sys.executable, "-m", "api"],
-    }
+def default_commands(loader_process: bool = True) -> dict[str, list[str]]:
+    """The processes ``agentwatch up`` runs besides the broker, in the order it starts them
+    (the loader, which owns chDB, before the API that reads it through the loader)."""
+    commands = {"dataflow": [sys.executable, "-m", "dataflows.heartbeats"]}
+    if loader_process:
+        commands["loader"] = [sys.executable, "-m", "sinks.loader"]
+    commands["api"] = [sys.executable, "-m", "api"]
+    return commands
 
 
 @app.command()
@@ -478,13 +487,17 @@ def up(
     api_command: Annotated[
         str | None, typer.Option(hidden=True, help="Replace the API command (tests).")
     ] = None,
+    loader_command: Annotated[
+        str | None, typer.Option(hidden=True, help="Replace the loader command (tests).")
+    ] = None,
 ) -> None:
     """Start the embedded stack on this machine and watch over it until Ctrl-C.
 
     Starts the Tansu broker (in memory), creates the topics, then runs the
-    dataflow and the API (which owns the chDB data in var/clickhouse and runs
-    the ClickHouse loader) as child processes, restarting any that crash. Logs:
-    var/logs/<process>.log. Ctrl-C (or `agentwatch down`) stops everything.
+    dataflow, the ClickHouse loader (which owns the chDB data in var/clickhouse
+    and serves it to the others on loopback) and the API as child processes,
+    restarting any that crash. Logs: var/logs/<process>.log. Ctrl-C (or
+    `agentwatch down`) stops everything.
 
     [bold]Examples[/]
 
@@ -523,8 +536,14 @@ def up(
         tansu_binary()
     except BrokerError as exc:
         fail(str(exc))
-    commands = default_commands()
-    for name, override in (("dataflow", dataflow_command), ("api", api_command)):
+    commands = default_commands(
+        settings.embedded_loader_process
+        and settings.clickhouse_dsn.get_secret_value().startswith("chdb://")
+    )
+    overrides = (("dataflow", dataflow_command), ("loader", loader_command), ("api", api_command))
+    for name, override in overrides:
+        if name not in commands:
+            continue
         if override:
             commands[name] = shlex.split(override)
         elif importlib.util.find_spec(commands[name][2]) is None:
@@ -743,16 +762,30 @@ def _supervise(
             "PYTHONUNBUFFERED": "1",
         }
         log.info("api_sql enabled=%s", settings.api_sql_enabled)
+        envs = {name: env for name in commands}
+        if "loader" in commands:
+            envs.update(_served_chdb_envs(settings, env))
         for name, command in commands.items():
             if stop.is_set():
                 break
             supervisor.start(
                 name,
                 command,
-                env=env,
+                env=envs[name],
                 log_path=logs / f"{name}.log",
                 restart="on-failure" if name == "simulator" else "always",
             )
+            if name == "loader":
+                port = int(envs["loader"]["AGENTWATCH_CLICKHOUSE_SERVE_PORT"])
+                if not _wait_for_served_chdb(settings, port, supervisor, stop, timeout_s=60.0):
+                    if not stop.is_set():
+                        console.print(
+                            "[bold red]error:[/] the loader did not open ClickHouse within "
+                            f"60 s; see {logs / 'loader.log'}"
+                        )
+                        exit_code = 1
+                        stop.set()
+                    break
         if not stop.is_set():
             api_ready = _wait_for_api(settings, supervisor, stop, timeout_s=60.0)
             _print_summary(settings, broker.cluster_id, supervisor, api_ready, describe_simulator)
@@ -784,6 +817,54 @@ def _supervise(
         supervisor.stop_all(grace_s=settings.shutdown_grace_s, last_grace_s=2.0)
         console.print(f"stopped in {time.monotonic() - started:.1f} s")
     return exit_code
+
+
+def _served_chdb_envs(settings: Settings, env: dict[str, str]) -> dict[str, dict[str, str]]:
+    """The loader's and the API's environments when the loader serves chDB to the API:
+    a free port on loopback and a password made for this start (kept in
+    :func:`clickhouse_password_file` for Grafana and analysts, mode 0600)."""
+    from infra.broker import free_port
+    from sinks.chdb_http import served_dsn
+
+    port = settings.clickhouse_serve_port or free_port()
+    password = secrets.token_urlsafe(24)
+    served = settings.model_copy(update={"clickhouse_serve_password": SecretStr(password)})
+    password_file = clickhouse_password_file(settings)
+    password_file.parent.mkdir(parents=True, exist_ok=True)
+    password_file.unlink(missing_ok=True)
+    with open(os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(password + "\n")
+    return {
+        "loader": {
+            **env,
+            "AGENTWATCH_CLICKHOUSE_SERVE_PORT": str(port),
+            "AGENTWATCH_CLICKHOUSE_SERVE_PASSWORD": password,
+        },
+        "api": {
+            **env,
+            "AGENTWATCH_CLICKHOUSE_DSN": served_dsn(served, port),
+            "AGENTWATCH_API_RUN_LOADER": "false",
+        },
+    }
+
+
+def _wait_for_served_chdb(
+    settings: Settings, port: int, supervisor: object, stop: threading.Event, timeout_s: float
+) -> bool:
+    """Wait until the loader serves chDB (it does once the schema is there)."""
+    import httpx
+
+    url = f"http://{settings.clickhouse_serve_host}:{port}/ping"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stop.is_set():
+        supervisor.poll()  # restarts a loader that crashed meanwhile
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        stop.wait(0.2)
+    return False
 
 
 def _fresh_log(path: Path) -> Path:
@@ -824,6 +905,16 @@ def _wait_for_api(
     return False
 
 
+def _served_chdb_note(settings: Settings, child: object) -> str:
+    port = (child.env or {}).get("AGENTWATCH_CLICKHOUSE_SERVE_PORT")
+    if not port:
+        return ""
+    return (
+        f"ClickHouse http://{settings.clickhouse_serve_host}:{port}  user "
+        f"{settings.clickhouse_serve_user}, password in {clickhouse_password_file(settings)}  "
+    )
+
+
 def _print_summary(
     settings: Settings,
     cluster_id: str,
@@ -844,7 +935,10 @@ def _print_summary(
     for name, child in children.items():
         if name == "broker":
             continue
-        detail = {"api": f"{api}/docs  ·  health {api}/api/v1/system/health  "}.get(name, "")
+        detail = {
+            "api": f"{api}/docs  ·  health {api}/api/v1/system/health  ",
+            "loader": _served_chdb_note(settings, child),
+        }.get(name, "")
         more: list[str] = []
         if name == "simulator" and describe_simulator:
             first, *more = describe_simulator().splitlines()

@@ -183,7 +183,9 @@ FAKE_API = textwrap.dedent(
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             body = json.dumps({"status": "ok",
-                "bootstrap": os.environ["AGENTWATCH_BOOTSTRAP_SERVERS"]}).encode()
+                "bootstrap": os.environ["AGENTWATCH_BOOTSTRAP_SERVERS"],
+                "clickhouse": os.environ.get("AGENTWATCH_CLICKHOUSE_DSN"),
+                "run_loader": os.environ.get("AGENTWATCH_API_RUN_LOADER")}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -202,6 +204,25 @@ FAKE_API = textwrap.dedent(
     signal.signal(signal.SIGTERM, lambda *args: sys.exit(0))
     port = int(os.environ["AGENTWATCH_API_PORT"])
     http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+    """
+)
+
+#: The loader as `up` runs it: it serves chDB on the port `up` gives it, with the password.
+FAKE_LOADER = textwrap.dedent(
+    """
+    import http.server, os, signal, sys
+    assert len(os.environ["AGENTWATCH_CLICKHOUSE_SERVE_PASSWORD"]) >= 16
+    class Ping(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"Ok.\\n")
+        def log_message(self, *args):
+            pass
+    signal.signal(signal.SIGTERM, lambda *args: sys.exit(0))
+    port = int(os.environ["AGENTWATCH_CLICKHOUSE_SERVE_PORT"])
+    http.server.HTTPServer(("127.0.0.1", port), Ping).serve_forever()
     """
 )
 
@@ -292,14 +313,21 @@ def run_up(stack_env: dict[str, str], tmp_path: Path) -> Iterator:
             infra.supervisor.stop_process_groups([process["pid"]], grace_s=0.5)
 
 
+def api_base(env: dict[str, str]) -> str:
+    return f"http://127.0.0.1:{env['AGENTWATCH_API_PORT']}/api/v1"
+
+
 def fake_children(tmp_path: Path) -> list[str]:
-    api = tmp_path / "fake_api.py"
+    api, loader = tmp_path / "fake_api.py", tmp_path / "fake_loader.py"
     api.write_text(FAKE_API)
+    loader.write_text(FAKE_LOADER)
     return [
         "--dataflow-command",
         f"{PYTHON} -c 'import time; time.sleep(600)'",
         "--api-command",
         f"{PYTHON} {api}",
+        "--loader-command",
+        f"{PYTHON} {loader}",
     ]
 
 
@@ -314,11 +342,18 @@ def test_up_supervises_reports_status_and_stops_cleanly_on_ctrl_c(
 ) -> None:
     up = run_up(*fake_children(tmp_path))
     state = up.wait_ready()
-    assert set(state["processes"]) == {"broker", "dataflow", "api"}
+    assert set(state["processes"]) == {"broker", "dataflow", "loader", "api"}
     assert state["broker"]["cluster_id"].startswith("agentwatch-")
     api_url = f"http://127.0.0.1:{stack_env['AGENTWATCH_API_PORT']}"
     health = httpx.get(f"{api_url}/api/v1/system/health", timeout=2).json()
     assert health["bootstrap"] == state["broker"]["bootstrap_servers"]  # children got the broker
+    # The loader owns chDB and serves it; the API reads it over HTTP with this start's password.
+    password_file = Path(stack_env["AGENTWATCH_VAR_DIR"]) / "run" / "clickhouse.password"
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    password = password_file.read_text().strip()
+    assert len(password) >= 16 and health["run_loader"] == "false"
+    assert health["clickhouse"].startswith(f"http://agentwatch:{password}@127.0.0.1:")
+    assert "clickhouse.password" in up.output() and password not in up.output()
     output = up.output()
     assert f"{api_url}/docs" in output and "Ctrl-C" in output
     logs = Path(stack_env["AGENTWATCH_VAR_DIR"]) / "logs"
@@ -361,8 +396,12 @@ def test_up_supervises_reports_status_and_stops_cleanly_on_ctrl_c(
 def test_down_stops_a_running_up_from_another_terminal(
     run_up, stack_env: dict[str, str], tmp_path: Path
 ) -> None:
+    stack_env["AGENTWATCH_EMBEDDED_LOADER_PROCESS"] = "false"  # the API runs the loader
     up = run_up(*fake_children(tmp_path))
     state = up.wait_ready()
+    assert set(state["processes"]) == {"broker", "dataflow", "api"}
+    health = httpx.get(f"{api_base(stack_env)}/system/health", timeout=2).json()
+    assert (health["clickhouse"], health["run_loader"]) == (None, None)  # the defaults: chDB
     again = agentwatch("up", *fake_children(tmp_path), env=stack_env, cwd=tmp_path)
     assert again.returncode == 1 and "already running" in again.stderr
     down = agentwatch("down", env=stack_env, cwd=tmp_path)
@@ -443,7 +482,10 @@ def test_a_missing_binary_or_module_is_a_one_line_error(
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(
         "infra.cli.default_commands",
-        lambda: {"dataflow": [PYTHON, "-m", "dataflows.not_there"], "api": [PYTHON, "-m", "api"]},
+        lambda loader: {
+            "dataflow": [PYTHON, "-m", "dataflows.not_there"],
+            "api": [PYTHON, "-m", "api"],
+        },
     )
     result = runner.invoke(app, ["up"])
     assert result.exit_code == 1
@@ -474,7 +516,7 @@ def test_up_backfills_history_then_goes_live_and_shows_an_incident_from_the_hist
         *("--agents", "20", "--backfill", "1h", "--backfill-rate", "2000", "--incidents", "4"),
     )
     state = up.wait_ready(timeout_s=90)
-    assert set(state["processes"]) == {"broker", "dataflow", "api", "simulator"}
+    assert set(state["processes"]) == {"broker", "dataflow", "loader", "api", "simulator"}
     summary = up.output()
     assert "1 h of history" in summary and "history reaches the present at" in summary
     assert "baselines learn for 20 min of event time: warm before the present" in summary

@@ -7,11 +7,13 @@ assignment scores stream.
 What it does, on this machine, against a Tansu broker it starts on a free port and a
 chDB directory of its own:
 
-1. starts the real API (``python -m api``, loader and audit writer on, as the embedded
-   profile runs it) as a child process; the measured requests go to it over HTTP
-   (``--no-loader``: the API without them, as the cluster profile runs it; with
-   ``--loader-process`` as well, the loader as a process of its own beside it, on the
-   same cores);
+1. starts the real API (``python -m api``) as a child process, the way ``agentwatch up``
+   runs it: beside the loader (``python -m sinks.loader``), which owns chDB and serves it
+   to the API (sinks/chdb_http.py); the measured requests go to the API over HTTP
+   (``--one-process``: the API runs the loader and the audit writer itself, the embedded
+   layout before the loader had a process of its own; ``--no-loader``: the API without
+   them, as the cluster profile runs it; with ``--loader-process`` as well, the loader as
+   a process of its own beside it, on a chDB of its own, on the same cores);
 2. fills its fleet through the topics, as in production: ``--agents`` ``registered``
    events (agents.control), a ``status_changed`` to active for each (agents.state, as
    the dataflow publishes it) and an ``AssignmentScore`` each (agents.assignment_scores,
@@ -45,6 +47,7 @@ import json
 import multiprocessing
 import os
 import random
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -60,6 +63,7 @@ import orjson  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 
 from agentwatch.assignment import Task  # noqa: E402
+from agentwatch.secrets import SecretDsn  # noqa: E402
 from agentwatch.settings import Settings  # noqa: E402
 from api.assign import Assigner  # noqa: E402
 from api.projection import AgentProjection  # noqa: E402
@@ -67,6 +71,7 @@ from api.publisher import EventPublisher  # noqa: E402
 from bench.api import Row, finish, heartbeat, say, start_api, timed  # noqa: E402
 from infra.broker import ensure_topics, free_port, start_broker  # noqa: E402
 from schemas.metric_rows import encode_json  # noqa: E402
+from sinks.chdb_http import served_dsn  # noqa: E402
 
 #: The issue's target (milliseconds): assign p99 ≤ 10 ms with 100,000 agents.
 TARGET_MS = 10.0
@@ -380,13 +385,17 @@ def fold_cpu(settings: Settings, options: argparse.Namespace) -> list[Row]:
     return rows
 
 
-def start_loader(settings: Settings, workdir: Path, metrics_port: int) -> subprocess.Popen:
-    """``python -m sinks.loader`` on a chDB directory of its own (chDB is in-process: the
-    API process holds the bench's)."""
-    own = {
-        "AGENTWATCH_CLICKHOUSE_DSN": f"chdb://{workdir / 'chdb-loader'}",
-        "AGENTWATCH_LOADER_METRICS_PORT": str(metrics_port),
-    }
+def start_loader(
+    settings: Settings, workdir: Path, metrics_port: int, serve_port: int = 0
+) -> subprocess.Popen:
+    """``python -m sinks.loader``: on a chDB directory of its own (chDB is in-process: the
+    API process holds the bench's), or, with ``serve_port``, on the bench's, which it then
+    serves to the API (the layout ``agentwatch up`` runs)."""
+    own = {"AGENTWATCH_LOADER_METRICS_PORT": str(metrics_port)}
+    if serve_port:
+        own["AGENTWATCH_CLICKHOUSE_SERVE_PORT"] = str(serve_port)
+    else:
+        own["AGENTWATCH_CLICKHOUSE_DSN"] = f"chdb://{workdir / 'chdb-loader'}"
     log = (workdir / "loader.log").open("wb")
     return subprocess.Popen(
         [sys.executable, "-m", "sinks.loader"],
@@ -395,6 +404,21 @@ def start_loader(settings: Settings, workdir: Path, metrics_port: int) -> subpro
         stderr=log,
         cwd=Path(__file__).resolve().parent.parent,
     )
+
+
+def wait_for_ping(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 60) -> None:
+    """Wait until ``url`` answers 200 (the served chDB: after the loader made the schema)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing answers {url}; see {log}")
 
 
 def loader_lag(port: int) -> int | None:
@@ -425,10 +449,19 @@ def main() -> None:
         "chDB directory of its own (the cluster layout with its loader on these cores; the "
         "API's reads do not see what it stores)",
     )  # fmt: skip
+    parser.add_argument(
+        "--one-process", action="store_true",
+        help="the API process runs the loader and owns chDB (AGENTWATCH_EMBEDDED_LOADER_PROCESS="
+        "false); default: the layout `agentwatch up` runs, the loader as a process of its own "
+        "that owns chDB and serves it to the API (sinks/chdb_http.py)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench/results/api_assign.json"))
     options = parser.parse_args()
     if options.loader_process and not options.no_loader:
         parser.error("--loader-process goes with --no-loader (the API runs no loader then)")
+    if options.one_process and options.no_loader:
+        parser.error("--one-process runs the loader in the API: not with --no-loader")
+    options.served = not (options.one_process or options.no_loader)
     options.agents_per_tenant = options.agents_per_tenant or options.agents
     load_before = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="aw-bench-assign-"))
@@ -445,11 +478,19 @@ def main() -> None:
             agents_per_tenant_limit=max(options.agents_per_tenant, 10_000),
             api_projection_ready_timeout_s=60.0,
             orchestration_reservation_ttl_s=5.0,  # the bench's tasks never get a verdict
-            api_run_loader=not options.no_loader,
+            api_run_loader=options.one_process,
+            clickhouse_serve_password=secrets.token_urlsafe(24),
         )
         ensure_topics(settings)
-        api = start_api(settings, workdir, port)
         loader_port = free_port()
+        if options.served:
+            serve_port = free_port()
+            loader = start_loader(settings, workdir, loader_port, serve_port)
+            wait_for_ping(f"http://127.0.0.1:{serve_port}/ping", loader, workdir / "loader.log")
+            settings = settings.model_copy(
+                update={"clickhouse_dsn": SecretDsn(served_dsn(settings, serve_port))}
+            )
+        api = start_api(settings, workdir, port)
         if options.loader_process:
             loader = start_loader(settings, workdir, loader_port)
         base_url = f"http://127.0.0.1:{port}"
@@ -488,7 +529,7 @@ def main() -> None:
         say(f"the fleet holds {seen:,} agents of {tenant}, {filled:.1f} s after the first was sent")
         # the loader in the API process copies what was produced into ClickHouse
         # meanwhile: measure once it is done, not against it (bench/api.py does the same)
-        while not options.no_loader and time.perf_counter() - started < 300:
+        while options.one_process and time.perf_counter() - started < 300:
             health = http.get(f"{base_url}/api/v1/system/health").json()
             if health["loader"]["lag_total"] == 0:
                 break
@@ -532,8 +573,9 @@ def main() -> None:
             "agents": options.agents, "agents_per_tenant": options.agents_per_tenant,
             "cpus": os.cpu_count(), "client": "httpx over loopback to python -m api",
             "streams": "a child process (not the client's)",
-            "api_loader": not options.no_loader,
-            "loader_process": options.loader_process,
+            "api_loader": options.one_process,
+            "loader_process": options.loader_process or options.served,
+            "served_chdb": options.served,
             "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             "heartbeats_per_s": round(rates["heartbeats"]), "scores_per_s": round(rates["scores"]),
             "rows": [asdict(r) for r in rows],

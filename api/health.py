@@ -1,10 +1,11 @@
 """The health of the whole pipeline, as the API process sees it.
 
 One :class:`SystemMonitor` per app gathers the broker probe, the loader's
-counters, a ClickHouse ping and (cached) table counts into a
-:class:`~api.responses.SystemHealth`. Both ``/api/v1/system/health`` and the
-Prometheus ``/metrics`` page are rendered from that one report, so the two
-never disagree.
+counters (of the loader in this process, or read from the ``/metrics`` of one
+in a process of its own: ``AGENTWATCH_API_LOADER_METRICS_URL``), a ClickHouse
+ping and (cached) table counts into a :class:`~api.responses.SystemHealth`.
+Both ``/api/v1/system/health`` and the Prometheus ``/metrics`` page are
+rendered from that one report, so the two never disagree.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import asdict
 from datetime import UTC, datetime
 
+import httpx
 from clickhouse_connect.driver.client import Client
 
 from agentwatch.secrets import redact
@@ -31,9 +34,13 @@ from api.responses import (
     TableCounts,
 )
 from sinks.loader import LoaderLanes
+from sinks.loader_metrics import parse as parse_loader_metrics
 
 #: The loader's topic whose rows are the heartbeats (into table ``metrics``): the ingest rate.
 METRICS_TOPIC = "metric_rows"
+
+#: How long a health report waits for a loader process's ``/metrics``.
+LOADER_SCRAPE_TIMEOUT_S = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +183,8 @@ class SystemMonitor:
             return self._counts
 
     def _loader(self) -> LoaderHealth:
+        if self.loader is None and self.settings.api_loader_metrics_url:
+            return self._loader_elsewhere(self.settings.api_loader_metrics_url)
         if self.loader is None:
             return LoaderHealth(
                 running=False,
@@ -216,6 +225,41 @@ class SystemMonitor:
             ),
             ingest_rows_per_s=round(
                 self.ingest_rate.update(stats.rows_inserted.get(METRICS_TOPIC, 0)), 3
+            ),
+        )
+
+    def _loader_elsewhere(self, url: str) -> LoaderHealth:
+        """The figures of a loader in a process of its own, from its ``/metrics``."""
+        try:
+            answer = httpx.get(url, timeout=LOADER_SCRAPE_TIMEOUT_S)
+            answer.raise_for_status()
+            figures = parse_loader_metrics(answer.text)
+        except (httpx.HTTPError, ValueError) as exc:
+            error = f"no figures from {url}: {_one_line(exc)}"
+            error = redact(error, self.settings.secret_values())
+            return LoaderHealth(
+                running=False,
+                lag=None,
+                lag_total=None,
+                rows_inserted={},
+                batches_inserted=0,
+                last_batch_rows=0,
+                batch_rows_sum=0,
+                skipped_invalid={},
+                errors=0,
+                last_insert_at=None,
+                ingest_rows_per_s=0.0,
+                last_error=error,
+            )
+        degraded = figures.state == "degraded"
+        return LoaderHealth(
+            **asdict(figures),
+            lag_total=sum(figures.lag.values()) if figures.lag is not None else None,
+            degraded_reason="writes to ClickHouse fail or are slow: see the loader's log"
+            if degraded
+            else None,
+            ingest_rows_per_s=round(
+                self.ingest_rate.update(figures.rows_inserted.get(METRICS_TOPIC, 0)), 3
             ),
         )
 

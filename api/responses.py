@@ -488,7 +488,8 @@ class DataflowHealth(BaseModel):
 
 
 class LoaderHealth(BaseModel):
-    """The ClickHouse loader running inside this API process."""
+    """The ClickHouse loader: the one inside this API process, or one in a process of its own
+    whose ``/metrics`` the API reads (``AGENTWATCH_API_LOADER_METRICS_URL``)."""
 
     running: bool
     lag: dict[str, int] | None = Field(description="Messages behind, by topic; null if no loader.")

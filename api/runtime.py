@@ -99,7 +99,12 @@ class Runtime:
             audit = AuditWriter(settings, audit_client)
             audit.niceness = settings.api_background_niceness
             audit.start()
-        monitor = SystemMonitor(settings, clients, loader, loader_expected=run_loader)
+        monitor = SystemMonitor(
+            settings,
+            clients,
+            loader,
+            loader_expected=run_loader or bool(settings.api_loader_metrics_url),
+        )
         sandbox = None
         if settings.api_sql_enabled:  # its clients open on first use, after the schema exists
             sandbox = sql.SqlSandbox(settings)

@@ -26,6 +26,7 @@ from prometheus_client.core import (
     Metric,
     SummaryMetricFamily,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,52 @@ def families(loader: LoaderFigures | object) -> Iterator[Metric]:
         "agentwatch_loader_max_pending_rows",
         "The cap on pending rows (AGENTWATCH_LOADER_MAX_PENDING_ROWS).",
         value=loader.max_pending_rows,
+    )
+
+
+def parse(text: str) -> LoaderFigures:
+    """The figures back from the text of :func:`families` (a lone loader's ``/metrics``), for
+    the API that reports a loader running in another process. The degraded reason and the
+    last error are not in the text: the loader's log has them.
+
+    >>> from prometheus_client import generate_latest
+    >>> registry = CollectorRegistry(auto_describe=False)
+    >>> figures = LoaderFigures(running=True, lag={"metric_rows": 3}, rows_inserted={"x": 5},
+    ...     skipped_invalid={}, batches_inserted=2, batch_rows_sum=5, last_batch_rows=1,
+    ...     errors=0, last_insert_at=datetime(2026, 12, 7, tzinfo=UTC))
+    >>> registry.register(_LoaderCollector(lambda: figures))
+    >>> parse(generate_latest(registry).decode()) == figures
+    True
+    """
+    values: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values.setdefault(sample.name, {})[sample.labels.get("topic", "")] = sample.value
+
+    def one(name: str) -> float:
+        return values.get(name, {}).get("", 0.0)
+
+    def by_topic(name: str) -> dict[str, int]:
+        return {topic: int(value) for topic, value in values.get(name, {}).items()}
+
+    running = one("agentwatch_loader_running") == 1
+    degraded = one("agentwatch_loader_degraded") == 1
+    at = values.get("agentwatch_loader_last_insert_timestamp_seconds", {}).get("")
+    return LoaderFigures(
+        running=running,
+        lag=by_topic("agentwatch_loader_lag_messages"),
+        rows_inserted=by_topic("agentwatch_loader_rows_inserted_total"),
+        skipped_invalid=by_topic("agentwatch_loader_skipped_invalid_total"),
+        batches_inserted=int(one("agentwatch_loader_batch_rows_count")),
+        batch_rows_sum=int(one("agentwatch_loader_batch_rows_sum")),
+        last_batch_rows=int(one("agentwatch_loader_last_batch_rows")),
+        errors=int(one("agentwatch_loader_errors_total")),
+        last_insert_at=None if at is None else datetime.fromtimestamp(at, UTC),
+        state="stopped" if not running else "degraded" if degraded else "ok",
+        degraded_for_s=one("agentwatch_loader_degraded_seconds") if degraded else None,
+        consumer_paused=one("agentwatch_loader_consumer_paused") == 1,
+        pending_rows=int(one("agentwatch_loader_pending_rows")),
+        max_pending_rows=int(one("agentwatch_loader_max_pending_rows")),
     )
 
 

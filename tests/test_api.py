@@ -690,6 +690,53 @@ def test_health_is_ok_and_reports_dataflow_lag_with_a_real_broker(settings: Sett
         client.close()
 
 
+def test_health_reports_a_loader_process_from_its_metrics_and_says_when_it_is_gone(
+    settings: Settings,
+):
+    """`agentwatch up` runs the loader as a process of its own: the API reads its /metrics."""
+    from sinks.loader_metrics import LoaderFigures
+    from sinks.loader_metrics import serve as serve_loader_metrics
+
+    figures = LoaderFigures(
+        running=True, lag={"metric_rows": 7, "threats": 0}, rows_inserted={"metric_rows": 500},
+        skipped_invalid={"events": 2}, batches_inserted=4, batch_rows_sum=500,
+        last_batch_rows=100, errors=1, last_insert_at=datetime(2026, 12, 7, 3, tzinfo=UTC),
+    )  # fmt: skip
+    port = free_port()
+    server = serve_loader_metrics(lambda: figures, "127.0.0.1", port)
+    settings = settings.model_copy(
+        update={
+            "api_health_cache_s": 0.0,
+            "api_loader_metrics_url": f"http://127.0.0.1:{port}/metrics",
+        }
+    )
+    ensure_topics(settings)
+    client = connect(settings)
+    try:
+        with TestClient(
+            create_app(settings, client=client, run_loader=False), client=LOOPBACK_CLIENT
+        ) as api:
+            body = api.get("/api/v1/system/health").json()
+            loader = body["loader"]
+            assert body["status"] == "ok", body["problems"]
+            assert (loader["running"], loader["state"], loader["lag_total"]) == (True, "ok", 7)
+            assert loader["rows_inserted"] == {"metric_rows": 500}
+            assert loader["skipped_invalid"] == {"events": 2} and loader["errors"] == 1
+            assert loader["last_insert_at"].startswith("2026-12-07T03:00:00")
+            assert (
+                'agentwatch_loader_lag_messages{topic="metric_rows"} 7.0'
+                in api.get("/metrics").text
+            )
+            server.shutdown()
+            server.server_close()
+            gone = api.get("/api/v1/system/health").json()
+            assert gone["status"] == "degraded"
+            assert "loader: not running, nothing reaches ClickHouse" in gone["problems"]
+            assert f"127.0.0.1:{port}/metrics" in gone["loader"]["last_error"]
+    finally:
+        client.close()
+
+
 class FetchesNeverAnswered(Consumer):
     """A consumer whose fetches the broker never answers in time (its ListOffsets it
     does): the watermark a fetch reports stays unknown, as librdkafka says it (-1001)."""

@@ -351,6 +351,28 @@ class Settings(BaseSettings):
     loader_metrics_host: str = Field(
         "127.0.0.1", description="Address a lone loader's /metrics listens on."
     )
+    loader_niceness: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="python -m sinks.loader adds this to its nice value at start (its threads "
+        "and chDB's inherit it); `agentwatch up` uses embedded_loader_niceness instead.",
+    )
+    embedded_loader_niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="The loader_niceness of the loader process `agentwatch up` runs: on the "
+        "machine's shared cores the API's requests (a 10 ms p99) go before the loader's batches "
+        "(1 s to queryable); it cut the assign p99 by 2-5 ms there (docs/benchmarks.md).",
+    )
+    api_loader_metrics_url: str = Field(
+        "",
+        description="The /metrics of a loader that runs as a process of its own (its "
+        "AGENTWATCH_LOADER_METRICS_PORT); the API's health, console and /metrics then report "
+        "that loader, and its absence is a problem. `agentwatch up` sets it; '': no loader to "
+        "report unless the API runs one.",
+    )
     embedded_loader_process: bool = Field(
         True,
         description="`agentwatch up` runs the loader as a process of its own, which owns chDB "

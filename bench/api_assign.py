@@ -386,12 +386,15 @@ def fold_cpu(settings: Settings, options: argparse.Namespace) -> list[Row]:
 
 
 def start_loader(
-    settings: Settings, workdir: Path, metrics_port: int, serve_port: int = 0
+    settings: Settings, workdir: Path, metrics_port: int, serve_port: int = 0, niceness: int = 0
 ) -> subprocess.Popen:
     """``python -m sinks.loader``: on a chDB directory of its own (chDB is in-process: the
     API process holds the bench's), or, with ``serve_port``, on the bench's, which it then
     serves to the API (the layout ``agentwatch up`` runs)."""
-    own = {"AGENTWATCH_LOADER_METRICS_PORT": str(metrics_port)}
+    own = {
+        "AGENTWATCH_LOADER_METRICS_PORT": str(metrics_port),
+        "AGENTWATCH_LOADER_NICENESS": str(niceness),
+    }
     if serve_port:
         own["AGENTWATCH_CLICKHOUSE_SERVE_PORT"] = str(serve_port)
     else:
@@ -455,6 +458,12 @@ def main() -> None:
         "false); default: the layout `agentwatch up` runs, the loader as a process of its own "
         "that owns chDB and serves it to the API (sinks/chdb_http.py)",
     )  # fmt: skip
+    parser.add_argument(
+        "--loader-niceness", type=int, default=None,
+        help="the loader process's AGENTWATCH_LOADER_NICENESS (default: "
+        "AGENTWATCH_EMBEDDED_LOADER_NICENESS's default, as agentwatch up runs it; 0 with "
+        "--loader-process)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench/results/api_assign.json"))
     options = parser.parse_args()
     if options.loader_process and not options.no_loader:
@@ -462,6 +471,8 @@ def main() -> None:
     if options.one_process and options.no_loader:
         parser.error("--one-process runs the loader in the API: not with --no-loader")
     options.served = not (options.one_process or options.no_loader)
+    if options.loader_niceness is None:
+        options.loader_niceness = Settings().embedded_loader_niceness if options.served else 0
     options.agents_per_tenant = options.agents_per_tenant or options.agents
     load_before = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="aw-bench-assign-"))
@@ -485,14 +496,16 @@ def main() -> None:
         loader_port = free_port()
         if options.served:
             serve_port = free_port()
-            loader = start_loader(settings, workdir, loader_port, serve_port)
+            loader = start_loader(
+                settings, workdir, loader_port, serve_port, options.loader_niceness
+            )
             wait_for_ping(f"http://127.0.0.1:{serve_port}/ping", loader, workdir / "loader.log")
             settings = settings.model_copy(
                 update={"clickhouse_dsn": SecretDsn(served_dsn(settings, serve_port))}
             )
         api = start_api(settings, workdir, port)
         if options.loader_process:
-            loader = start_loader(settings, workdir, loader_port)
+            loader = start_loader(settings, workdir, loader_port, niceness=options.loader_niceness)
         base_url = f"http://127.0.0.1:{port}"
         http = httpx.Client(timeout=60)
         deadline = time.monotonic() + 120
@@ -547,6 +560,10 @@ def main() -> None:
             with Sleeper() as sleeper:
                 rows += measure(http, base_url, options)
         rates = {k: v / streams.seconds for k, v in streams.sent.items()}
+        # a loader process that fell behind while the requests ran would flatter them
+        lag_after = loader_lag(loader_port) if loader is not None else None
+        if lag_after is not None:
+            say(f"the loader's lag when the requests ended: {lag_after:,} messages")
         streaming = (
             f"while {rates['heartbeats']:,.0f} heartbeats/s and {rates['scores']:,.0f} "
             "scores/s streamed"
@@ -576,6 +593,8 @@ def main() -> None:
             "api_loader": options.one_process,
             "loader_process": options.loader_process or options.served,
             "served_chdb": options.served,
+            "loader_niceness": options.loader_niceness,
+            "loader_lag_after": lag_after,
             "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             "heartbeats_per_s": round(rates["heartbeats"]), "scores_per_s": round(rates["scores"]),
             "rows": [asdict(r) for r in rows],

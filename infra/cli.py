@@ -822,11 +822,13 @@ def _supervise(
 def _served_chdb_envs(settings: Settings, env: dict[str, str]) -> dict[str, dict[str, str]]:
     """The loader's and the API's environments when the loader serves chDB to the API:
     a free port on loopback and a password made for this start (kept in
-    :func:`clickhouse_password_file` for Grafana and analysts, mode 0600)."""
+    :func:`clickhouse_password_file` for Grafana and analysts, mode 0600), and the
+    loader's ``/metrics``, which the API reads for its health report."""
     from infra.broker import free_port
     from sinks.chdb_http import served_dsn
 
     port = settings.clickhouse_serve_port or free_port()
+    metrics_port = settings.loader_metrics_port or free_port()
     password = secrets.token_urlsafe(24)
     served = settings.model_copy(update={"clickhouse_serve_password": SecretStr(password)})
     password_file = clickhouse_password_file(settings)
@@ -839,11 +841,16 @@ def _served_chdb_envs(settings: Settings, env: dict[str, str]) -> dict[str, dict
             **env,
             "AGENTWATCH_CLICKHOUSE_SERVE_PORT": str(port),
             "AGENTWATCH_CLICKHOUSE_SERVE_PASSWORD": password,
+            "AGENTWATCH_LOADER_METRICS_PORT": str(metrics_port),
+            # beside the API on the same cores: its requests go first (docs/benchmarks.md)
+            "AGENTWATCH_LOADER_NICENESS": str(settings.embedded_loader_niceness),
         },
         "api": {
             **env,
             "AGENTWATCH_CLICKHOUSE_DSN": served_dsn(served, port),
             "AGENTWATCH_API_RUN_LOADER": "false",
+            # the API's health, console and /metrics report the loader from its /metrics
+            "AGENTWATCH_API_LOADER_METRICS_URL": f"http://127.0.0.1:{metrics_port}/metrics",
         },
     }
 

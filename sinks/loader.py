@@ -77,6 +77,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import logging
+import os
 import re
 import signal
 import threading
@@ -1809,6 +1810,8 @@ def main() -> None:
     )
     settings = Settings()
     redact_handlers(logging.getLogger().handlers, settings.secret_values())
+    if settings.loader_niceness:  # before any thread starts: they inherit it (chDB's too)
+        log.info("loader_niceness value=%d", os.nice(settings.loader_niceness))
     client = connect(settings)
     create_schema(client, settings)
     try:  # the API and Grafana read the embedded chDB through this process (sinks/chdb_http.py)

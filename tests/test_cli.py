@@ -553,6 +553,13 @@ def test_up_backfills_history_then_goes_live_and_shows_an_incident_from_the_hist
         return age is not None and -1.0 <= age <= 60.0
 
     wait_until(live_heartbeat, 60, "agent-000001's latest heartbeat to be recent")
+    # The loader is a process of its own: the API reports it from the loader's /metrics.
+    health = httpx.get(f"{api}/system/health", timeout=5).json()
+    assert health["status"] == "ok", health["problems"]
+    assert health["loader"]["running"] and health["loader"]["state"] == "ok"
+    assert health["loader"]["rows_inserted"]["metric_rows"] > 0
+    loader_log = (Path(stack_env["AGENTWATCH_VAR_DIR"]) / "logs" / "loader.log").read_text()
+    assert "loader_niceness value=10" in loader_log and "clickhouse_http_serving" in loader_log
     # `agentwatch sql` out of the box, from a shell that knows only the var dir.
     shell = {**stack_env, "AGENTWATCH_API_PORT": str(free_port())}
     query = "SELECT count() > 0 AS has_rows FROM metrics"

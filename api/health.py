@@ -186,19 +186,7 @@ class SystemMonitor:
         if self.loader is None and self.settings.api_loader_metrics_url:
             return self._loader_elsewhere(self.settings.api_loader_metrics_url)
         if self.loader is None:
-            return LoaderHealth(
-                running=False,
-                lag=None,
-                lag_total=None,
-                rows_inserted={},
-                batches_inserted=0,
-                last_batch_rows=0,
-                batch_rows_sum=0,
-                skipped_invalid={},
-                errors=0,
-                last_insert_at=None,
-                ingest_rows_per_s=0.0,
-            )
+            return _no_loader()
         stats = self.loader.stats()
         lag = dict(stats.lag)
         state, reason, degraded_for_s = stats.condition()
@@ -237,20 +225,7 @@ class SystemMonitor:
         except (httpx.HTTPError, ValueError) as exc:
             error = f"no figures from {url}: {_one_line(exc)}"
             error = redact(error, self.settings.secret_values())
-            return LoaderHealth(
-                running=False,
-                lag=None,
-                lag_total=None,
-                rows_inserted={},
-                batches_inserted=0,
-                last_batch_rows=0,
-                batch_rows_sum=0,
-                skipped_invalid={},
-                errors=0,
-                last_insert_at=None,
-                ingest_rows_per_s=0.0,
-                last_error=error,
-            )
+            return _no_loader(last_error=error)
         degraded = figures.state == "degraded"
         return LoaderHealth(
             **asdict(figures),
@@ -267,6 +242,24 @@ class SystemMonitor:
         if self.loader is None:
             return 0
         return self.loader.stats().rows_inserted.get(METRICS_TOPIC, 0)
+
+
+def _no_loader(last_error: str | None = None) -> LoaderHealth:
+    """The report when no loader runs here (or the one elsewhere does not answer)."""
+    return LoaderHealth(
+        running=False,
+        lag=None,
+        lag_total=None,
+        rows_inserted={},
+        batches_inserted=0,
+        last_batch_rows=0,
+        batch_rows_sum=0,
+        skipped_invalid={},
+        errors=0,
+        last_insert_at=None,
+        ingest_rows_per_s=0.0,
+        last_error=last_error,
+    )
 
 
 def _broker_health(settings: Settings, probe: BrokerProbeResult) -> BrokerHealth:

@@ -1,7 +1,9 @@
 """``python -m api``: serve the agentwatch API with uvicorn on ``AGENTWATCH_API_HOST:API_PORT``.
 
-The process owns ClickHouse (in the embedded profile the chDB directory, which
-only one process may open) and runs the loader. Logs go to stdout, one event
+With ``AGENTWATCH_API_RUN_LOADER`` (the default) the process owns ClickHouse (in
+the embedded profile the chDB directory, which only one process may open) and runs
+the loader; ``agentwatch up`` instead runs the loader as a process of its own that
+serves chDB to this one (sinks/chdb_http.py). Logs go to stdout, one event
 per line as ``key=value``. SIGTERM and Ctrl-C shut down gracefully: uvicorn
 stops taking requests, then the app's lifespan stops the loader, which writes
 what it holds before the process exits. A busy port or a chDB directory held

@@ -1,8 +1,10 @@
 """Read-only SQL on the ClickHouse data, for analysts while the stack runs.
 
-In the embedded profile the API process owns the chDB directory, so nobody
-else can open it while the stack runs; ``POST /api/v1/sql`` (and
-``agentwatch sql``, which calls it) runs an analyst's query there instead.
+In the embedded profile one process owns the chDB directory (the loader, which
+serves it to the API: sinks/chdb_http.py; or the API itself when
+``AGENTWATCH_EMBEDDED_LOADER_PROCESS=false``), so nobody else can open it while
+the stack runs; ``POST /api/v1/sql`` (and ``agentwatch sql``, which calls it)
+runs an analyst's query there instead.
 The endpoint is off unless ``AGENTWATCH_API_SQL_ENABLED`` turns it on
 (``agentwatch up`` does, for its loopback demo); once the API has
 authentication it is for the analyst role only.
@@ -27,7 +29,7 @@ Guards, outermost first (docs/sql.md says why each one is there):
    afterwards, and after a refused write that restore fails, leaving a shared
    client stuck in read-only mode with the analyst's limits. (With an
    ``http(s)://`` DSN clickhouse-connect sends them with every query.)
-4. **The process**: the API process also runs the loader, so at most
+4. **The process**: the engine also serves the loader, so at most
    ``AGENTWATCH_API_SQL_MAX_CONCURRENT_QUERIES`` queries run at once (more get
    429), each on one thread by default, and a request that has no answer
    ``AGENTWATCH_API_SQL_REQUEST_GRACE_S`` after the time limit gets 504. chDB

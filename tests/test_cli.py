@@ -560,6 +560,18 @@ def test_up_backfills_history_then_goes_live_and_shows_an_incident_from_the_hist
     assert health["loader"]["rows_inserted"]["metric_rows"] > 0
     loader_log = (Path(stack_env["AGENTWATCH_VAR_DIR"]) / "logs" / "loader.log").read_text()
     assert "loader_niceness value=10" in loader_log and "clickhouse_http_serving" in loader_log
+    # kill -9 the loader: it comes back on the same port with the same password, and the API,
+    # which reads ClickHouse through it, answers from ClickHouse again without a restart.
+    os.kill(state["processes"]["loader"]["pid"], signal.SIGKILL)
+
+    def back() -> bool:
+        now = read_state(up.state_path)["processes"]["loader"]
+        health = httpx.get(f"{api}/system/health", timeout=5).json()
+        return now["restarts"] == 1 and health["status"] == "ok" and health["loader"]["running"]
+
+    wait_until(back, 60, "the loader to be back and the API's health ok")
+    state = read_state(up.state_path)  # (the new loader's pid, for the check at the end)
+    assert state["processes"]["api"]["restarts"] == 0
     # `agentwatch sql` out of the box, from a shell that knows only the var dir.
     shell = {**stack_env, "AGENTWATCH_API_PORT": str(free_port())}
     query = "SELECT count() > 0 AS has_rows FROM metrics"

@@ -41,6 +41,7 @@ from agentwatch.audit import AuditChain, AuditRow, Replays, entry_of
 from agentwatch.settings import Settings
 from schemas.events import CONTROL_CHANNEL, STATE_CHANNEL, refusal
 from sinks.background import BackgroundReader, assigned_consumer
+from sinks.clickhouse import ColumnTypes
 
 log = logging.getLogger("sinks.audit")
 
@@ -115,6 +116,7 @@ class AuditWriter(BackgroundReader):
         super().__init__()
         self._client = client
         self._database = settings.clickhouse_database
+        self._types = ColumnTypes(client, self._database)  # not a DESCRIBE per insert
         self._channels = {settings.topic(name): name for name in AUDITED_CHANNELS}
         self._consumer = assigned_consumer(settings, "audit")
         self._chain = AuditChain()
@@ -144,6 +146,7 @@ class AuditWriter(BackgroundReader):
                 [table_row(row) for row in rows],
                 column_names=TABLE_COLUMNS,
                 database=self._database,
+                column_types=self._types.of("audit_log", TABLE_COLUMNS),
             )
             self.written += len(rows)
         return len(rows)
@@ -217,6 +220,7 @@ class AuditWriter(BackgroundReader):
 
     def _recover(self) -> None:
         self._assigned = False  # re-seek from what the table holds, resume the chains
+        self._types.forget()  # a table altered meanwhile is asked again
 
     def _release(self) -> None:
         self._consumer.close()

@@ -815,6 +815,7 @@ def _supervise(
         console.print("stopping …")
         started = time.monotonic()
         supervisor.stop_all(grace_s=settings.shutdown_grace_s, last_grace_s=2.0)
+        clickhouse_password_file(settings).unlink(missing_ok=True)  # it opened nothing now
         console.print(f"stopped in {time.monotonic() - started:.1f} s")
     return exit_code
 
@@ -1252,6 +1253,7 @@ def down(
     left = [p["pid"] for p in state.get("processes", {}).values() if pid_alive(p.get("pid"))]
     killed = stop_process_groups(left, grace_s=5.0)
     path.unlink(missing_ok=True)
+    clickhouse_password_file(settings).unlink(missing_ok=True)
     console.print(
         f"the supervisor was gone; stopped {len(left)} processes it left behind"
         + (f" ({len(killed)} needed SIGKILL)" if killed else "")

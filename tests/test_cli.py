@@ -388,7 +388,7 @@ def test_up_supervises_reports_status_and_stops_cleanly_on_ctrl_c(
     assert up.process.returncode == 0
     assert "Traceback" not in up.output()
     assert_all_gone(state)
-    assert not up.state_path.exists()
+    assert not up.state_path.exists() and not password_file.exists()
     status = agentwatch("status", env=stack_env, cwd=tmp_path)
     assert status.returncode == 3 and "not running" in status.stdout
 

@@ -13,6 +13,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,42 @@ def test_an_unchanged_client_creates_inserts_and_queries(served: Served) -> None
     one_thread = client.query("SELECT getSetting('max_threads')", settings={"max_threads": 1})
     assert one_thread.first_row == (1,)
     client.close()
+
+
+def test_concurrent_clients_each_get_their_answers_and_every_insert_lands_once(
+    served: Served,
+) -> None:
+    """Eight clients at once, as the API's pool and its background threads use it."""
+    setup = served.client()
+    setup.command(
+        "CREATE TABLE IF NOT EXISTS d.c (w UInt8, i UInt32) ENGINE = MergeTree ORDER BY (w, i)"
+    )
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        client = served.client(max_threads=1)
+        try:
+            for i in range(10):
+                client.insert("d.c", [[worker, i]], column_names=["w", "i"])
+                mine = client.query(
+                    "SELECT count() FROM d.c WHERE w = {w:UInt8}", parameters={"w": worker}
+                )
+                assert mine.first_row == (i + 1,)
+                assert client.query("SELECT getSetting('max_threads')").first_row == (1,)
+        except BaseException as exc:  # noqa: BLE001 (reported below, with the worker)
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    counts = setup.query("SELECT w, count(), uniqExact(i) FROM d.c GROUP BY w ORDER BY w")
+    assert counts.result_rows == [(w, 10, 10) for w in range(8)]
+    setup.close()
 
 
 def test_a_long_bound_parameter_travels_as_a_form_and_arrives_whole(served: Served) -> None:

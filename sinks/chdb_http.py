@@ -66,7 +66,7 @@ import chdb
 from agentwatch.secrets import redact, redact_handlers
 from agentwatch.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sinks.chdb_http")  # (not __main__ under python -m)
 
 #: URL parameters that steer the HTTP exchange, not the query; accepted and not ``SET``.
 #: (Progress headers, compression and sessions are not offered: they are ignored.)
@@ -389,8 +389,9 @@ class _Handler(BaseHTTPRequestHandler):
                 body = b""
             request = parse_request(fields, body)
             answer = service.engine.run(request)
-        except Refused as refused:
+        except Refused as refused:  # logged without the query or any credential
             service.errors += 1
+            log.info("clickhouse_http_refused status=%d code=%d", refused.status, refused.code)
             self._error(refused)
             return
         except Exception as exc:  # chDB's error: "Code: N. DB::Exception: …"

@@ -239,6 +239,7 @@ def test_only_the_user_with_its_password_gets_in(served: Served) -> None:
     assert in_url.status_code == 400 and "Authorization header" in in_url.text
     with pytest.raises(DatabaseError):
         clickhouse_connect.get_client(dsn=served.dsn.replace(served.password, "x" * 32))
+    assert "clickhouse_http_refused status=401 code=516" in served.log.read_text()
 
 
 def test_it_serves_on_loopback_only() -> None:

@@ -13,8 +13,9 @@ What a request may do, and what guards it (tests/test_chdb_http.py tries each):
 
 - **Who.** A user name and password in the ``Authorization: Basic`` header or
   ``X-ClickHouse-User``/``X-ClickHouse-Key``, compared in constant time;
-  anything else is 401. Credentials in the URL are refused (URLs get logged).
-  The address must be a loopback one (checked by the settings and again here).
+  anything else is 401, before the body is read. Credentials in the URL are
+  refused (URLs get logged). The address must be a loopback one (checked by the
+  settings and again here).
 - **One fresh session per request.** Each request gets a chDB connection of its
   own, closed afterwards: a setting (``readonly=1`` above all) holds for its
   request only and never leaks into the next one.
@@ -376,9 +377,10 @@ class _Handler(BaseHTTPRequestHandler):
         service.requests += 1
         started = time.perf_counter()
         try:
-            body = self._body(service.max_body_bytes)
             if not service.authenticated(self.headers):
+                self.close_connection = True  # its body is never read: nothing to keep alive
                 raise Refused(401, 516, f"{service.user}: authentication failed")
+            body = self._body(service.max_body_bytes)
             url = urlsplit(self.path)
             if url.path != "/":
                 raise Refused(404, 0, "queries go to POST /")
@@ -454,6 +456,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

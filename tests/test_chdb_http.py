@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -217,6 +218,12 @@ def test_only_the_user_with_its_password_gets_in(served: Served) -> None:
         assert served.password not in refused.text
     anonymous = httpx.post(served.url, content=query.encode(), timeout=10)
     assert anonymous.status_code == 401
+    # a stranger cannot make it read a big body: the 401 comes before any of it is sent
+    port = int(served.url.rstrip("/").rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as stranger:
+        stranger.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n")
+        answer = stranger.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 401") and b"Connection: close" in answer
     mangled = httpx.post(
         served.url, content=query.encode(), headers={"Authorization": "Basic !!notbase64"}
     )

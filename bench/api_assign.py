@@ -72,6 +72,7 @@ from bench.api import Row, finish, heartbeat, say, start_api, timed  # noqa: E40
 from infra.broker import ensure_topics, free_port, start_broker  # noqa: E402
 from schemas.metric_rows import encode_json  # noqa: E402
 from sinks.chdb_http import served_dsn  # noqa: E402
+from sinks.loader_metrics import parse as parse_loader_metrics  # noqa: E402
 
 #: The issue's target (milliseconds): assign p99 ≤ 10 ms with 100,000 agents.
 TARGET_MS = 10.0
@@ -430,8 +431,8 @@ def loader_lag(port: int) -> int | None:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     except httpx.HTTPError:
         return None
-    lags = [line for line in text.splitlines() if line.startswith("agentwatch_loader_lag_messages")]
-    return int(sum(float(line.rsplit(" ", 1)[1]) for line in lags)) if lags else None
+    lag = parse_loader_metrics(text).lag
+    return sum(lag.values()) if lag else None
 
 
 def main() -> None:

@@ -776,8 +776,9 @@ def _supervise(
                 restart="on-failure" if name == "simulator" else "always",
             )
             if name == "loader":
-                port = int(envs["loader"]["AGENTWATCH_CLICKHOUSE_SERVE_PORT"])
-                if not _wait_for_served_chdb(settings, port, supervisor, stop, timeout_s=60.0):
+                port = envs["loader"]["AGENTWATCH_CLICKHOUSE_SERVE_PORT"]
+                served = f"http://{settings.clickhouse_serve_host}:{port}/ping"  # after the schema
+                if not _wait_for_answer(served, supervisor, stop, timeout_s=60.0):
                     if not stop.is_set():
                         console.print(
                             "[bold red]error:[/] the loader did not open ClickHouse within "
@@ -787,7 +788,8 @@ def _supervise(
                         stop.set()
                     break
         if not stop.is_set():
-            api_ready = _wait_for_api(settings, supervisor, stop, timeout_s=60.0)
+            health = api_base_url(settings) + "/api/v1/system/health"
+            api_ready = _wait_for_answer(health, supervisor, stop, timeout_s=60.0)
             _print_summary(settings, broker.cluster_id, supervisor, api_ready, describe_simulator)
         while not stop.is_set():
             for exited in supervisor.poll():
@@ -856,25 +858,6 @@ def _served_chdb_envs(settings: Settings, env: dict[str, str]) -> dict[str, dict
     }
 
 
-def _wait_for_served_chdb(
-    settings: Settings, port: int, supervisor: object, stop: threading.Event, timeout_s: float
-) -> bool:
-    """Wait until the loader serves chDB (it does once the schema is there)."""
-    import httpx
-
-    url = f"http://{settings.clickhouse_serve_host}:{port}/ping"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not stop.is_set():
-        supervisor.poll()  # restarts a loader that crashed meanwhile
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        stop.wait(0.2)
-    return False
-
-
 def _fresh_log(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as out:
@@ -893,13 +876,11 @@ def _refuse_if_running(state_path: Path) -> None:
         )
 
 
-def _wait_for_api(
-    settings: Settings, supervisor: object, stop: threading.Event, timeout_s: float
-) -> bool:
-    """Wait until the API answers its health endpoint (restarting crashed children meanwhile)."""
+def _wait_for_answer(url: str, supervisor: object, stop: threading.Event, timeout_s: float) -> bool:
+    """Wait until a child answers ``url`` at all (restarting crashed children meanwhile);
+    False when the broker exits, on a stop or after ``timeout_s``."""
     import httpx
 
-    url = api_base_url(settings) + "/api/v1/system/health"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not stop.is_set():
         for exited in supervisor.poll():

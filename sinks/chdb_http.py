@@ -191,8 +191,6 @@ def parse_request(fields: list[tuple[str, str]], body: bytes) -> Request:
     )
     if request.database is not None:
         _identifier(request.database, "database")
-    if request.default_format is not None:
-        _identifier(request.default_format, "format")
     query = given.get("query")
     if query is None:
         match = _INSERT_WITH_DATA.match(body)
@@ -213,6 +211,9 @@ def parse_request(fields: list[tuple[str, str]], body: bytes) -> Request:
         request.sql = f"{query}\n{_text(body)}" if body else query
     if not request.sql.strip():
         raise Refused(400, 62, "no query: send it in the body or the query parameter")
+    for fmt in (request.default_format, request.data_format):
+        if fmt:
+            _identifier(fmt, "format")
     return request
 
 
@@ -278,7 +279,6 @@ class Engine:
             conn.close()
 
     def _insert(self, conn: object, request: Request) -> Answer:
-        _identifier(request.data_format, "format")
         handle, name = tempfile.mkstemp(suffix=".rows", dir=self.spool_dir)
         try:
             with os.fdopen(handle, "wb") as spool:
@@ -317,22 +317,16 @@ class ChdbHttpServer:
         self.user = user
         self._password = password.encode()
         self.max_body_bytes = max_body_bytes
-        self.requests = 0
-        self.errors = 0
         self._httpd = ThreadingHTTPServer((host, port), _Handler, bind_and_activate=True)
         self._httpd.daemon_threads = True
         self._httpd.service = self
-        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
         return self._httpd.server_address[1]
 
     def start(self) -> ChdbHttpServer:
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="chdb-http", daemon=True
-        )
-        self._thread.start()
+        threading.Thread(target=self._httpd.serve_forever, name="chdb-http", daemon=True).start()
         log.info(
             "clickhouse_http_serving host=%s port=%d user=%s",
             self._httpd.server_address[0], self.port, self.user,
@@ -364,7 +358,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "agentwatch-chdb"
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base's name)
-        pass  # the query text is the caller's business: outcomes are logged in _answer
+        pass  # the query text is the caller's business: do_POST logs outcomes without it
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         if urlsplit(self.path).path in ("/", "/ping"):
@@ -374,7 +368,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         service: ChdbHttpServer = self.server.service
-        service.requests += 1
         started = time.perf_counter()
         try:
             if not service.authenticated(self.headers):
@@ -392,12 +385,10 @@ class _Handler(BaseHTTPRequestHandler):
             request = parse_request(fields, body)
             answer = service.engine.run(request)
         except Refused as refused:  # logged without the query or any credential
-            service.errors += 1
             log.info("clickhouse_http_refused status=%d code=%d", refused.status, refused.code)
             self._error(refused)
             return
         except Exception as exc:  # chDB's error: "Code: N. DB::Exception: …"
-            service.errors += 1
             message = str(exc)
             match = _CODE.search(message)
             code = int(match.group(1)) if match else 1000
@@ -418,6 +409,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self, limit: int) -> bytes:
         if self.headers.get("Content-Encoding", "identity").lower() != "identity":
+            self.close_connection = True  # its body stays unread
             raise Refused(415, 36, "compressed bodies are not accepted: send compress=False")
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             parts, size = [], 0

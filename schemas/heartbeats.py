@@ -509,14 +509,20 @@ def _parse_iso_texts(
 #: fraction digits: the forms :func:`_utc_iso_epoch` reads itself.
 _FAST_ISO_LENGTHS = frozenset({20, *range(22, 28)})
 _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+#: The first microsecond of year 2000 and of year 2101, since the epoch.
+_FIRST_MICROS = int(np.datetime64("2000-01-01", "us").view(np.int64))
+_END_MICROS = int(np.datetime64("2101-01-01", "us").view(np.int64))
 
 
 def _utc_iso_epoch(texts: list[str]) -> np.ndarray:
     """Epoch seconds of texts in the common UTC form, NaN for every other text.
 
     Reads ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (years 2000–2100, a valid date and
-    time) with array arithmetic, giving the value pandas gives; anything else
-    is left NaN for the general (pandas) parser.
+    time), giving the value pandas gives; anything else is left NaN for the
+    general (pandas) parser. The texts' shape is checked on their bytes
+    (:func:`_iso_shaped`), their values read by numpy's ISO-8601 parser; when
+    it refuses one (an invalid date or time), :func:`_iso_arithmetic` reads
+    them all and says which.
 
     >>> _utc_iso_epoch(["2026-11-25T12:00:00.250Z", "2024-02-29T00:00:00Z",
     ...                 "2023-02-29T00:00:00Z", "2026-11-25T12:00:00+00:00"]).tolist()
@@ -533,35 +539,71 @@ def _utc_iso_epoch(texts: list[str]) -> np.ndarray:
             chars = np.array(same, dtype=f"S{length}").view(np.uint8).reshape(len(same), length)
         except UnicodeEncodeError:
             continue  # not ASCII: the general parser decides
-        digit = chars.astype(np.int64) - ord("0")
-        fraction = range(20, length - 1)
-        digits = digit[:, [*_DATE_DIGITS, *fraction]]
-        ok = ((digits >= 0) & (digits <= 9)).all(axis=1) & (chars[:, length - 1] == ord("Z"))
-        for at, sep in _SEPARATORS:
-            ok &= chars[:, at] == ord(sep)
-        if length > 20:
-            ok &= chars[:, 19] == ord(".")
-        year = _decimal(digit, range(0, 4))
-        month = _decimal(digit, range(5, 7))
-        day = _decimal(digit, range(8, 10))
-        hour = _decimal(digit, range(11, 13))
-        minute = _decimal(digit, range(14, 16))
-        second = _decimal(digit, range(17, 19))
-        micros = _decimal(digit, fraction) * 10 ** (6 - len(fraction))
-        leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
-        month_days = _DAYS_IN_MONTH[np.clip(month, 0, 12)] + (leap & (month == 2))
-        ok &= (year >= 2000) & (year <= 2100) & (month >= 1) & (month <= 12)
-        ok &= (day >= 1) & (day <= month_days) & (hour <= 23) & (minute <= 59) & (second <= 59)
-        # days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil)
-        y = year - (month <= 2)
-        era = y // 400
-        year_of_era = y - era * 400
-        day_of_year = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
-        day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
-        days = era * 146_097 + day_of_era - 719_468
-        micros += (((days * 24 + hour) * 60 + minute) * 60 + second) * 1_000_000
+        shaped = _iso_shaped(chars, length)
+        every = bool(shaped.all())
+        parsed = _iso_parsed(chars if every else chars[shaped], length)
+        if parsed is None:
+            ok, micros = _iso_arithmetic(chars, length)
+        else:
+            micros = parsed if every else np.zeros(len(same), dtype=np.int64)
+            if not every:
+                micros[shaped] = parsed
+            ok = shaped & (micros >= _FIRST_MICROS) & (micros < _END_MICROS)
         epoch[rows[ok]] = micros[ok] / 1e6
     return epoch
+
+
+def _iso_shaped(chars: np.ndarray, length: int) -> np.ndarray:
+    """Which rows of ``chars`` (ASCII bytes, one text of ``length`` per row) have the
+    shape ``YYYY-MM-DDTHH:MM:SS[.f…]Z``: digits, separators and the zone where they
+    belong (not whether the date or time exists)."""
+    digits = chars[:, [*_DATE_DIGITS, *range(20, length - 1)]]
+    ok = ((digits >= ord("0")) & (digits <= ord("9"))).all(axis=1)
+    ok &= chars[:, length - 1] == ord("Z")
+    for at, sep in _SEPARATORS:
+        ok &= chars[:, at] == ord(sep)
+    if length > 20:
+        ok &= chars[:, 19] == ord(".")
+    return ok
+
+
+def _iso_parsed(chars: np.ndarray, length: int) -> np.ndarray | None:
+    """Microseconds since the epoch of rows of the right shape (:func:`_iso_shaped`),
+    read by numpy without their ``Z``; None if numpy refuses one (a month 13, a
+    February 30th, an hour 24, a leap second: :func:`_iso_arithmetic` finds which)."""
+    local = np.ascontiguousarray(chars[:, : length - 1]).view(f"S{length - 1}").reshape(-1)
+    try:
+        return local.astype("datetime64[us]").view(np.int64)
+    except ValueError:
+        return None
+
+
+def _iso_arithmetic(chars: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows are ``YYYY-MM-DDTHH:MM:SS[.f…]Z`` texts of a valid date and time in
+    years 2000–2100, and their microseconds since the epoch, by array arithmetic."""
+    digit = chars.astype(np.int64) - ord("0")
+    fraction = range(20, length - 1)
+    ok = _iso_shaped(chars, length)
+    year = _decimal(digit, range(0, 4))
+    month = _decimal(digit, range(5, 7))
+    day = _decimal(digit, range(8, 10))
+    hour = _decimal(digit, range(11, 13))
+    minute = _decimal(digit, range(14, 16))
+    second = _decimal(digit, range(17, 19))
+    micros = _decimal(digit, fraction) * 10 ** (6 - len(fraction))
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_days = _DAYS_IN_MONTH[np.clip(month, 0, 12)] + (leap & (month == 2))
+    ok &= (year >= 2000) & (year <= 2100) & (month >= 1) & (month <= 12)
+    ok &= (day >= 1) & (day <= month_days) & (hour <= 23) & (minute <= 59) & (second <= 59)
+    # days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil)
+    y = year - (month <= 2)
+    era = y // 400
+    year_of_era = y - era * 400
+    day_of_year = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    days = era * 146_097 + day_of_era - 719_468
+    micros += (((days * 24 + hour) * 60 + minute) * 60 + second) * 1_000_000
+    return ok, micros
 
 
 def _decimal(digit: np.ndarray, columns: range) -> np.ndarray:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -15,6 +18,7 @@ from schemas.heartbeats import (
     INT_FIELDS,
     _parse_general,
     _typed_batch,
+    _utc_iso_epoch,
     parse_heartbeats,
 )
 from schemas.models import AGENT_STATES, Heartbeat
@@ -238,3 +242,50 @@ def test_the_fast_path_and_the_general_path_agree_on_ids_and_states(
     if fast is not None:
         assert getattr(fast, name) == getattr(general, name)
     assert parse_heartbeats(values)[1] == reasons
+
+
+_ISO_UTC = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?Z", re.ASCII)
+
+
+def _by_the_standard_library(text: str) -> float:
+    """Epoch seconds of ``YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z`` in years 2000–2100, read by
+    ``datetime``; NaN for any other text, or a date or time that does not exist."""
+    match = _ISO_UTC.fullmatch(text)
+    if match is None or not 2000 <= int(match.group(1)) <= 2100:
+        return float("nan")
+    try:
+        at = datetime(*map(int, match.groups()[:6]), tzinfo=UTC)
+    except ValueError:
+        return float("nan")
+    micros = (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    return (micros + int((match.group(7) or "0").ljust(6, "0"))) / 1e6
+
+
+iso_texts = st.builds(
+    lambda y, mo, d, h, mi, s, fraction, sep, zone: (
+        f"{y:04d}-{mo:02d}-{d:02d}{sep}{h:02d}:{mi:02d}:{s:02d}"
+        + (f".{fraction}" if fraction else "")
+        + zone
+    ),
+    st.sampled_from([1999, 2000, 2001, 2023, 2024, 2026, 2099, 2100, 2101]),
+    st.integers(0, 13),
+    st.integers(0, 32),
+    st.integers(0, 24),
+    st.integers(0, 60),
+    st.integers(0, 60),
+    st.one_of(st.just(""), st.text("0123456789", min_size=1, max_size=7)),
+    st.sampled_from(["T", "T", "T", " ", "t"]),
+    st.sampled_from(["Z", "Z", "Z", "z", "+00:00", ""]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(iso_texts, min_size=1, max_size=40))
+def test_numpys_reading_of_a_timestamp_is_the_arithmetics(texts: list[str]) -> None:
+    """The fast reader checks the shape itself and takes numpy's ISO-8601 parser for the
+    values (the arithmetic when numpy refuses one); whatever a batch holds (invalid dates
+    and times, years just outside 2000–2100, other separators and zones, 0–7 fraction
+    digits), each text gets what the standard library reads in it, or NaN."""
+    got = _utc_iso_epoch(texts)
+    want = np.array([_by_the_standard_library(text) for text in texts])
+    np.testing.assert_array_equal(got, want)

@@ -15,6 +15,8 @@ starts on a free port and a chDB directory of its own:
    letters, anomaly and baseline topics) and the ClickHouse loader run;
    from the first heartbeat produced to the last row queryable in
    ClickHouse and the dataflow caught up. All three share the 2 cores.
+   ``--live-rate R`` paces the producer at R heartbeats/s instead: a pipeline
+   that keeps up stores the last heartbeat ``catch_up_s`` after it was sent.
 4. ``end_to_end_backlog``: the same pipeline draining K heartbeats that are
    already in the broker (producer not competing for CPU), timed from the
    dataflow process's start; ``dataflow_start_s`` (its start until its first
@@ -80,7 +82,11 @@ def generate(agents: int, heartbeats: int, seed: int) -> tuple[list[bytes], list
     return keys, values
 
 
-def produce(bootstrap: str, topic: str, keys: list[bytes], values: list[bytes]) -> None:
+def produce(
+    bootstrap: str, topic: str, keys: list[bytes], values: list[bytes], rate: float = 0.0
+) -> None:
+    """Send every value; at ``rate`` heartbeats per second when given (paced every
+    1,000 messages), else as fast as the producer can."""
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -91,7 +97,12 @@ def produce(bootstrap: str, topic: str, keys: list[bytes], values: list[bytes]) 
             "queue.buffering.max.kbytes": 1_048_576,
         }
     )
-    for key, value in zip(keys, values, strict=True):
+    started = time.perf_counter()
+    for sent, (key, value) in enumerate(zip(keys, values, strict=True)):
+        if rate and sent % 1000 == 0:
+            ahead = sent / rate - (time.perf_counter() - started)
+            if ahead > 0:
+                time.sleep(ahead)
         while True:
             try:
                 producer.produce(topic, value=value, key=key)
@@ -153,6 +164,7 @@ def run_pipeline(
     live: bool,
     workdir: Path,
     processes: int = 1,
+    live_rate: float = 0.0,
 ) -> dict[str, float]:
     """Dataflow process(es: ``processes`` of one Bytewax cluster) + loader; produce
     concurrently (live) or drain a backlog."""
@@ -188,9 +200,11 @@ def run_pipeline(
     producer = None
     if live:
         producer = multiprocessing.get_context("fork").Process(
-            target=produce, args=(settings.bootstrap_servers, metrics_topic, keys, values)
+            target=produce,
+            args=(settings.bootstrap_servers, metrics_topic, keys, values, live_rate),
         )
         producer.start()
+    produced_at = None  # (live: when the producer had sent the last heartbeat)
     db = settings.clickhouse_database
     # Done when the loader has stored every heartbeat, the dataflow has read them all, and
     # the loader's row counts have not moved for a second; the end is the last movement.
@@ -205,6 +219,8 @@ def run_pipeline(
             rows = stats.rows_inserted.get("metric_rows", 0)
             seen = (rows, tuple(sorted(stats.rows_inserted.items())), stats.pending_rows)
             now = time.perf_counter()
+            if producer is not None and produced_at is None and not producer.is_alive():
+                produced_at = now
             if seen != last_seen:
                 last_seen, last_change, last_change_wall = seen, now, time.time()
             elif (
@@ -241,7 +257,13 @@ def run_pipeline(
     final = client.query(f"SELECT count() FROM {db}.metrics FINAL").result_rows[0][0]
     anomalies = client.query(f"SELECT count() FROM {db}.anomalies FINAL").result_rows[0][0]
     baselines = client.query(f"SELECT count() FROM {db}.baselines FINAL").result_rows[0][0]
+    paced = {}
+    if live:  # how long the pipeline took to store the last heartbeat once it was sent
+        paced = {"producer_rate": live_rate or None,
+                 "producer_seconds": produced_at - started if produced_at else None,
+                 "catch_up_s": last_change - produced_at if produced_at else None}  # fmt: skip
     return {
+        **paced,
         "seconds": elapsed,
         "heartbeats_per_s": len(values) / elapsed,
         "dataflow_start_s": first_read - started_wall if first_read else None,
@@ -327,6 +349,11 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--skip-live", action="store_true", help="skip end_to_end_live")
+    parser.add_argument(
+        "--live-rate", type=float, default=0.0,
+        help="heartbeats/s of the live run's producer (default 0: as fast as it can); the "
+        "live result then says how long the pipeline took, once the last was sent, to store it",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
     parser.add_argument(
         "--profile-dataflow", type=Path, metavar="DIR",
@@ -413,8 +440,9 @@ def main() -> None:
             )  # fmt: skip
             create_schema(client, live)
             results["end_to_end_live"] = run_pipeline(
-                live, client, keys, values, live=True, workdir=workdir, processes=args.processes
-            )
+                live, client, keys, values, live=True, workdir=workdir,
+                processes=args.processes, live_rate=args.live_rate,
+            )  # fmt: skip
             same = ("metrics_rows", "anomaly_rows", "baseline_rows")
             a, b = results["end_to_end_backlog"], results["end_to_end_live"]
             if any(a[k] != b[k] for k in same):

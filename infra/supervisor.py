@@ -273,6 +273,11 @@ class Supervisor:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.process.wait(timeout=2.0)
             child.exit_code = child.process.returncode
+            # A killed grandchild is not ours to wait for: it ends a moment after the
+            # signal, so look until its group is empty (or a second has passed).
+            gone_by = time.monotonic() + 1.0
+            while group_members(child.pid) and time.monotonic() < gone_by:
+                time.sleep(0.01)
             log.info("child_stopped name=%s pid=%d code=%s", child.name, child.pid, child.exit_code)
 
     # --- the state file ------------------------------------------------------------

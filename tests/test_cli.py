@@ -67,6 +67,39 @@ def stubborn_child(ready: Path) -> list[str]:
     return [PYTHON, "-c", code]
 
 
+def polite_child_with_a_stubborn_grandchild(ready: Path) -> list[str]:
+    """A child that stops on SIGTERM, leaving a grandchild (in its group) that ignores it."""
+    code = textwrap.dedent(
+        f"""
+        import subprocess, sys, time
+        subprocess.Popen([sys.executable, "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            f"open({str(ready)!r}, 'w').close(); time.sleep(60)"])
+        time.sleep(60)
+        """
+    )
+    return [PYTHON, "-c", code]
+
+
+@pytest.mark.e2e  # starts processes
+def test_stop_all_ends_a_grandchild_that_outlives_its_polite_parent(tmp_path: Path) -> None:
+    supervisor = Supervisor(tmp_path / "run" / "state.json")
+    child = supervisor.start("polite", polite_child_with_a_stubborn_grandchild(tmp_path / "ready"))
+    wait_until(lambda: (tmp_path / "ready").exists(), 30, "the grandchild to start")
+    wait_until(lambda: len(group_members(child.pid)) == 2, 30, "both in the child's group")
+
+    started = time.monotonic()
+    try:
+        supervisor.stop_all(grace_s=1.0, last_grace_s=1.0)
+        took = time.monotonic() - started
+        assert took < 1.0 + 2.0, f"stop_all took {took:.1f} s"
+        assert group_members(child.pid) == []
+        assert child.exit_code == -signal.SIGTERM  # the child itself went on the first signal
+    finally:  # (had it failed: no grandchild left behind)
+        for pid in group_members(child.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.e2e  # starts processes
 def test_stop_all_ends_every_child_and_its_process_group_within_the_deadline(
     tmp_path: Path,

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
 
@@ -652,42 +653,54 @@ def produce_metric_rows(settings: Settings, agent: str, count: int) -> None:
     assert producer.flush(10) == 0
 
 
-@pytest.mark.integration
-def test_health_is_ok_and_reports_dataflow_lag_with_a_real_broker(settings: Settings):
-    settings = settings.model_copy(update={"api_health_cache_s": 0.0})  # every call probes
-    ensure_topics(settings)
+@contextmanager
+def app_on_broker(settings: Settings) -> Iterator[TestClient]:
+    """The app on ``settings``' broker and chDB, with no loader of its own."""
     client = connect(settings)
     try:
         with TestClient(
             create_app(settings, client=client, run_loader=False), client=LOOPBACK_CLIENT
         ) as api:
-            body = api.get("/api/v1/system/health").json()
-            assert body["status"] == "ok", body["problems"]
-            assert body["broker"]["reachable"] is True
-            assert body["broker"]["cluster_id"]
-            assert body["dataflow"]["lag"] is None  # the dataflow committed nothing yet
-            assert "committed no offsets" in body["dataflow"]["detail"]
-            assert "committed no offsets" in body["dataflow"]["lag_unknown_reason"]
-
-            # 30 heartbeats in one batch on partition 1 (Tansu's ListOffsets would say 1),
-            # 10 on partition 2; the dataflow group committed 26 on partition 1 only.
-            produce_heartbeats(settings, "lagging-agent", 30, partition=1)
-            produce_heartbeats(settings, "other-agent", 10, partition=2)
-            committer = Consumer(
-                {"bootstrap.servers": settings.bootstrap_servers,
-                 "group.id": settings.dataflow_group_id, "enable.auto.commit": False}
-            )  # fmt: skip
-            try:
-                committed = TopicPartition(settings.topic("metrics"), 1, 26)
-                committer.commit(offsets=[committed], asynchronous=False)
-            finally:
-                committer.close()
-            dataflow = api.get("/api/v1/system/health").json()["dataflow"]
-            assert dataflow["lag"] == (30 - 26) + 10, dataflow
-            assert dataflow["lag_state"] == "ok" and dataflow["lag_unknown_reason"] is None
-            assert "agentwatch_dataflow_lag_messages 14.0" in api.get("/metrics").text
+            yield api
     finally:
         client.close()
+
+
+def commit_dataflow_offset(settings: Settings, partition: int, offset: int) -> None:
+    """Commit ``offset`` on ``partition`` of the metrics topic as the dataflow's group."""
+    committer = Consumer(
+        {"bootstrap.servers": settings.bootstrap_servers,
+         "group.id": settings.dataflow_group_id, "enable.auto.commit": False}
+    )  # fmt: skip
+    try:
+        committed = TopicPartition(settings.topic("metrics"), partition, offset)
+        committer.commit(offsets=[committed], asynchronous=False)
+    finally:
+        committer.close()
+
+
+@pytest.mark.integration
+def test_health_is_ok_and_reports_dataflow_lag_with_a_real_broker(settings: Settings):
+    settings = settings.model_copy(update={"api_health_cache_s": 0.0})  # every call probes
+    ensure_topics(settings)
+    with app_on_broker(settings) as api:
+        body = api.get("/api/v1/system/health").json()
+        assert body["status"] == "ok", body["problems"]
+        assert body["broker"]["reachable"] is True
+        assert body["broker"]["cluster_id"]
+        assert body["dataflow"]["lag"] is None  # the dataflow committed nothing yet
+        assert "committed no offsets" in body["dataflow"]["detail"]
+        assert "committed no offsets" in body["dataflow"]["lag_unknown_reason"]
+
+        # 30 heartbeats in one batch on partition 1 (Tansu's ListOffsets would say 1),
+        # 10 on partition 2; the dataflow group committed 26 on partition 1 only.
+        produce_heartbeats(settings, "lagging-agent", 30, partition=1)
+        produce_heartbeats(settings, "other-agent", 10, partition=2)
+        commit_dataflow_offset(settings, partition=1, offset=26)
+        dataflow = api.get("/api/v1/system/health").json()["dataflow"]
+        assert dataflow["lag"] == (30 - 26) + 10, dataflow
+        assert dataflow["lag_state"] == "ok" and dataflow["lag_unknown_reason"] is None
+        assert "agentwatch_dataflow_lag_messages 14.0" in api.get("/metrics").text
 
 
 def test_health_reports_a_loader_process_from_its_metrics_and_says_when_it_is_gone(
@@ -711,30 +724,21 @@ def test_health_reports_a_loader_process_from_its_metrics_and_says_when_it_is_go
         }
     )
     ensure_topics(settings)
-    client = connect(settings)
-    try:
-        with TestClient(
-            create_app(settings, client=client, run_loader=False), client=LOOPBACK_CLIENT
-        ) as api:
-            body = api.get("/api/v1/system/health").json()
-            loader = body["loader"]
-            assert body["status"] == "ok", body["problems"]
-            assert (loader["running"], loader["state"], loader["lag_total"]) == (True, "ok", 7)
-            assert loader["rows_inserted"] == {"metric_rows": 500}
-            assert loader["skipped_invalid"] == {"events": 2} and loader["errors"] == 1
-            assert loader["last_insert_at"].startswith("2026-12-07T03:00:00")
-            assert (
-                'agentwatch_loader_lag_messages{topic="metric_rows"} 7.0'
-                in api.get("/metrics").text
-            )
-            server.shutdown()
-            server.server_close()
-            gone = api.get("/api/v1/system/health").json()
-            assert gone["status"] == "degraded"
-            assert "loader: not running, nothing reaches ClickHouse" in gone["problems"]
-            assert f"127.0.0.1:{port}/metrics" in gone["loader"]["last_error"]
-    finally:
-        client.close()
+    with app_on_broker(settings) as api:
+        body = api.get("/api/v1/system/health").json()
+        loader = body["loader"]
+        assert body["status"] == "ok", body["problems"]
+        assert (loader["running"], loader["state"], loader["lag_total"]) == (True, "ok", 7)
+        assert loader["rows_inserted"] == {"metric_rows": 500}
+        assert loader["skipped_invalid"] == {"events": 2} and loader["errors"] == 1
+        assert loader["last_insert_at"].startswith("2026-12-07T03:00:00")
+        assert 'agentwatch_loader_lag_messages{topic="metric_rows"} 7.0' in api.get("/metrics").text
+        server.shutdown()
+        server.server_close()
+        gone = api.get("/api/v1/system/health").json()
+        assert gone["status"] == "degraded"
+        assert "loader: not running, nothing reaches ClickHouse" in gone["problems"]
+        assert f"127.0.0.1:{port}/metrics" in gone["loader"]["last_error"]
 
 
 class FetchesNeverAnswered(Consumer):
@@ -756,26 +760,13 @@ def test_health_says_why_the_lag_is_unknown_when_the_broker_is_slow_to_answer(
 
     ensure_topics(settings)
     produce_heartbeats(settings, "lagging-agent", 5, partition=1)
-    committer = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers,
-         "group.id": settings.dataflow_group_id, "enable.auto.commit": False}
-    )  # fmt: skip
-    try:  # (the dataflow committed: the lag is not unknown for want of commits)
-        committer.commit(offsets=[TopicPartition(settings.topic("metrics"), 1, 2)],
-                         asynchronous=False)  # fmt: skip
-    finally:
-        committer.close()
+    # (the dataflow committed: the lag is not unknown for want of commits)
+    commit_dataflow_offset(settings, partition=1, offset=2)
     monkeypatch.setattr(broker_probe, "Consumer", FetchesNeverAnswered)
-    client = connect(settings)
-    try:
-        with TestClient(
-            create_app(settings, client=client, run_loader=False), client=LOOPBACK_CLIENT
-        ) as api:
-            started = time.monotonic()
-            body = api.get("/api/v1/system/health").json()
-            elapsed = time.monotonic() - started
-    finally:
-        client.close()
+    with app_on_broker(settings) as api:
+        started = time.monotonic()
+        body = api.get("/api/v1/system/health").json()
+        elapsed = time.monotonic() - started
     dataflow = body["dataflow"]
     assert dataflow["lag"] is None and dataflow["lag_state"] == "unknown", dataflow
     reason = dataflow["lag_unknown_reason"]

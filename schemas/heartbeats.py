@@ -540,14 +540,12 @@ def _utc_iso_epoch(texts: list[str]) -> np.ndarray:
         except UnicodeEncodeError:
             continue  # not ASCII: the general parser decides
         shaped = _iso_shaped(chars, length)
-        every = bool(shaped.all())
-        parsed = _iso_parsed(chars if every else chars[shaped], length)
+        parsed = _iso_parsed(chars[shaped], length)
         if parsed is None:
             ok, micros = _iso_arithmetic(chars, length)
         else:
-            micros = parsed if every else np.zeros(len(same), dtype=np.int64)
-            if not every:
-                micros[shaped] = parsed
+            micros = np.zeros(len(same), dtype=np.int64)
+            micros[shaped] = parsed
             ok = shaped & (micros >= _FIRST_MICROS) & (micros < _END_MICROS)
         epoch[rows[ok]] = micros[ok] / 1e6
     return epoch

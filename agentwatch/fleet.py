@@ -91,13 +91,13 @@ class FleetOutput:
     anomalies: list[dict] = field(default_factory=list)
     baselines: list[dict] = field(default_factory=list)
     #: The slow baseline each heartbeat of the batch met (one row per heartbeat: mean and
-    #: variance per feature, and whether it was warm), as it stood just before that
-    #: heartbeat was learned — after its agent's earlier heartbeats of the same batch, so
-    #: what a heartbeat is judged against does not depend on where batches are cut (the
-    #: threat rules' baseline conditions read it: ``BaselineInputs.met``). None for an
-    #: empty batch.
+    #: std per feature, the std with the detector's floors, and whether it was warm), as
+    #: it stood just before that heartbeat was learned — after its agent's earlier
+    #: heartbeats of the same batch, so what a heartbeat is judged against does not depend
+    #: on where batches are cut (the threat rules' baseline conditions read it:
+    #: ``BaselineInputs.met``). None for an empty batch.
     met_mean: np.ndarray | None = None
-    met_var: np.ndarray | None = None
+    met_std: np.ndarray | None = None
     met_warm: np.ndarray | None = None
 
 
@@ -176,14 +176,14 @@ class FleetBaselines(RowArrays):
             self._upgrade()
         rows = self.rows(batch)
         values = np.column_stack([batch.metrics[f] for f in FEATURES])
-        out.met_mean, out.met_var = np.empty_like(values), np.empty_like(values)
+        out.met_mean, out.met_std = np.empty_like(values), np.empty_like(values)
         out.met_warm = np.empty(len(rows), dtype=bool)
-        for positions in _passes(rows):
+        for positions in self.index.passes_of(rows):
             pass_rows = rows[positions]
             out.met_warm[positions] = self.warm[pass_rows]
             j = self._observe_pass(pass_rows, values[positions], batch.timestamp[positions], out)
             out.met_mean[positions] = j.before.mean  # (read once, by judge, before learning)
-            out.met_var[positions] = j.before.var
+            out.met_std[positions] = j.base_std  # (the floored std of the slow baseline)
         return out
 
     def _observe_pass(
@@ -191,15 +191,16 @@ class FleetBaselines(RowArrays):
     ) -> Judgement:
         """Judge and learn one pass (one heartbeat per agent); the judgement."""
         cfg = self.config
-        fresh = self.count[rows] == 0
+        count = self.count[rows]
+        fresh = count == 0
         self.first_ts[rows[fresh]] = ts[fresh]
-        warm = (self.count[rows] >= cfg.params.warmup) & (ts - self.first_ts[rows] >= cfg.warmup_s)
         elapsed = ts - self.first_ts[rows]
+        warm = (count >= cfg.params.warmup) & (elapsed >= cfg.warmup_s)
         # since the agent's previous heartbeat (its last_ts; NaN for a first): the weights
         # of a slow agent's heartbeats are shares of durations (detector.point_weights)
         interval = np.where(fresh, np.nan, ts - self.last_ts[rows])
         j = judge(self, rows, values, warm, cfg.params, elapsed, ts, interval)
-        level = j.before.level + j.season  # what each metric was expected at
+        season = j.season if isinstance(j.season, np.ndarray) else None
         reported = np.flatnonzero(j.scores >= cfg.report_threshold)
         stands_out = (
             j.fire[reported]
@@ -233,7 +234,8 @@ class FleetBaselines(RowArrays):
                     "reasons": reasons(
                         FEATURES,
                         values[i],
-                        level[i],
+                        # what each metric was expected at
+                        j.before.level[i] + (j.season if season is None else season[i]),
                         j.std[i],
                         j.z[i],
                         cfg.reason_sigma,
@@ -280,26 +282,6 @@ class FleetBaselines(RowArrays):
                 strict=True,
             )
         ]
-
-
-def _passes(rows: np.ndarray) -> list[np.ndarray]:
-    """Positions of a batch split into passes in which no agent row repeats.
-
-    Pass ``k`` holds the ``k``-th heartbeat of every agent, in batch order.
-
-    >>> [p.tolist() for p in _passes(np.array([7, 3, 7, 7, 3]))]
-    [[0, 1], [2, 4], [3]]
-    """
-    n = len(rows)
-    order = np.argsort(rows, kind="stable")
-    ranked = rows[order]
-    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
-    group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
-    occurrence = np.empty(n, dtype=np.int64)
-    occurrence[order] = np.arange(n) - group_start
-    if occurrence.max() == 0:
-        return [np.arange(n)]
-    return [np.flatnonzero(occurrence == k) for k in range(occurrence.max() + 1)]
 
 
 def _fits(array: np.ndarray | None, spec: ArraySpec) -> bool:

@@ -97,6 +97,26 @@ def bytes_per_row(arrays: dict[str, ArraySpec]) -> int:
     return sum(dtype.itemsize * int(np.prod(shape)) for dtype, _, shape in arrays.values())
 
 
+def passes(rows: np.ndarray) -> list[np.ndarray]:
+    """Positions of a batch split into passes in which no agent row repeats.
+
+    Pass ``k`` holds the ``k``-th heartbeat of every agent, in batch order.
+
+    >>> [p.tolist() for p in passes(np.array([7, 3, 7, 7, 3]))]
+    [[0, 1], [2, 4], [3]]
+    """
+    n = len(rows)
+    order = np.argsort(rows, kind="stable")
+    ranked = rows[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
+    occurrence = np.empty(n, dtype=np.int64)
+    occurrence[order] = np.arange(n) - group_start
+    if occurrence.max() == 0:
+        return [np.arange(n)]
+    return [np.flatnonzero(occurrence == k) for k in range(occurrence.max() + 1)]
+
+
 class AgentIndex:
     """The rows of a shard's agents and the tenant of each."""
 
@@ -108,6 +128,7 @@ class AgentIndex:
         self.tenant = np.zeros(capacity, dtype=np.int32)
         self._last_ids: Sequence[str] | None = None
         self._last_rows = np.empty(0, dtype=np.int64)
+        self._last_passes: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.agent_ids)
@@ -147,8 +168,17 @@ class AgentIndex:
             row = row_of.get(agent_ids[i])
             rows[i] = self._add(agent_ids[i], tenant_ids[i]) if row is None else row
         rows.flags.writeable = False
-        self._last_ids, self._last_rows = agent_ids, rows
+        self._last_ids, self._last_rows, self._last_passes = agent_ids, rows, None
         return rows
+
+    def passes_of(self, rows: np.ndarray) -> list[np.ndarray]:
+        """:func:`passes` of ``rows``, worked out once for the rows :meth:`rows_for` gave
+        last (every component of a shard looks at the same batch)."""
+        if rows is not self._last_rows:
+            return passes(rows)
+        if self._last_passes is None:
+            self._last_passes = passes(rows)
+        return self._last_passes
 
     def known_rows(self, agent_ids: Sequence[str]) -> np.ndarray:
         """Row of each agent, -1 for an agent the index does not know (none is added).
@@ -164,7 +194,7 @@ class AgentIndex:
         rows = np.fromiter(map(self.row_of.get, agent_ids, repeat(-1)), np.int64, len(agent_ids))
         if len(rows) and rows.min() >= 0:
             rows.flags.writeable = False
-            self._last_ids, self._last_rows = agent_ids, rows
+            self._last_ids, self._last_rows, self._last_passes = agent_ids, rows, None
         return rows
 
     def tenant_codes(self, tenant_ids: Sequence[str]) -> np.ndarray:
@@ -190,6 +220,7 @@ class AgentIndex:
     def forget(self) -> None:
         """Let go of the last id list (a batch's worth of strings) and its rows."""
         self._last_ids, self._last_rows = None, np.empty(0, dtype=np.int64)
+        self._last_passes = None
 
     def row(self, agent_id: str) -> int | None:
         """The agent's row, None if it was never seen."""

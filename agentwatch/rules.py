@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agentwatch.baselines import FEATURES, deviations
-from agentwatch.fleet import FleetBaselines, FleetOutput, _passes
+from agentwatch.fleet import FleetBaselines, FleetOutput
 from agentwatch.rows import (
     AgentIndex,
     ArraySpec,
@@ -275,13 +275,13 @@ class BaselineInputs:
         return cls.of(fleet, fleet.mean[rows], fleet.var[rows], fleet.warm[rows])
 
     @classmethod
-    def met(cls, fleet: FleetBaselines, scored: FleetOutput) -> BaselineInputs:
-        """The baseline each heartbeat met in ``fleet.observe`` (``scored`` is what it
-        returned): just before that heartbeat was learned, after the agent's earlier
-        heartbeats of the batch. A heartbeat is judged against the same baseline however
-        the heartbeats were cut into batches (a batch of one heartbeat per agent gets
-        what :meth:`from_fleet` gives before it)."""
-        return cls.of(fleet, scored.met_mean, scored.met_var, scored.met_warm)
+    def met(cls, scored: FleetOutput) -> BaselineInputs:
+        """The baseline each heartbeat met in ``FleetBaselines.observe`` (``scored`` is
+        what it returned), with the detector's std floors: just before that heartbeat was
+        learned, after the agent's earlier heartbeats of the batch. A heartbeat is judged
+        against the same baseline however the heartbeats were cut into batches (a batch of
+        one heartbeat per agent gets what :meth:`from_fleet` gives before it)."""
+        return cls(mean=scored.met_mean, std=scored.met_std, warm=scored.met_warm)
 
     @classmethod
     def of(
@@ -411,11 +411,16 @@ class _Ring(_Condition):
         """Empty the buckets the agents' clocks moved past; the head bucket of each row."""
         head_before = np.floor(p.clock_before / self.width)
         head = np.floor(p.clock / self.width)
-        ids = head[:, None] - self._back
-        stale = ids > head_before[:, None]
-        if stale.any():
-            rows = np.broadcast_to(p.rows[:, None], ids.shape)[stale]
-            slots = (ids[stale] % self.buckets).astype(np.intp)
+        # bucket ids head, head-1, … above head_before are stale: as many as the head
+        # moved (at most all of them; a first heartbeat's head_before is -inf). Most rows
+        # move by 0 or 1, so the stale cells are listed, not found in a rows × buckets mask.
+        moved = np.minimum(head - head_before, self.buckets).astype(np.intp)
+        stale = int(moved.sum())
+        if stale:
+            rows = np.repeat(p.rows, moved)
+            ends = np.cumsum(moved)
+            back = np.arange(stale) - np.repeat(ends - moved, moved)
+            slots = ((np.repeat(head, moved) - back) % self.buckets).astype(np.intp)
             for name in self._rings:
                 getattr(self, name)[rows, :, slots] = self._arrays[name][1]
         return head
@@ -571,13 +576,20 @@ class _Sigma(_Condition):
         if p.baseline is None:  # nothing to judge against: keep the last verdict
             none = np.zeros(len(p.rows), dtype=bool)
             return _Judgement(none, none, values)
-        columns = [p.baseline.features.index(m) for m in self.metrics]
-        mean, std = p.baseline.mean[:, columns], p.baseline.std[:, columns]
+        mean, std = p.baseline.mean, p.baseline.std
+        if self.metrics != p.baseline.features:
+            columns = [p.baseline.features.index(m) for m in self.metrics]
+            mean, std = mean[:, columns], std[:, columns]
         with np.errstate(invalid="ignore", divide="ignore"):
             z = (values - mean) / std
-        rise = self.log & (values > mean) & (mean > 0)
-        if rise.any():
-            z = np.where(rise, log_normal_deviations(values, mean, std), z)
+        logged = np.flatnonzero(self.log)
+        if logged.size:  # (a rise of these metrics is judged on the log scale)
+            v, m = values[:, logged], mean[:, logged]
+            rise = (v > m) & (m > 0)
+            if rise.any():
+                z[:, logged] = np.where(
+                    rise, log_normal_deviations(v, m, std[:, logged]), z[:, logged]
+                )
         beyond = p.baseline.warm[:, None] & (np.abs(z) > self.sigma)
         judged = p.in_order
         before = self.held[p.rows].astype(np.float64)
@@ -817,7 +829,7 @@ class RuleSet(RowArrays):
             return out
         rows = self._rows(batch.agent_id, batch.tenant_id)
         columns = self._columns(batch)
-        for positions in _passes(rows):
+        for positions in self.index.passes_of(rows):
             fresh = batch.timestamp[positions] != self.latest[rows[positions]]
             positions = positions[fresh]  # a repeat of the latest heartbeat is a duplicate
             if not len(positions):
@@ -843,6 +855,8 @@ class RuleSet(RowArrays):
         judged = np.flatnonzero(verdict.judged)
         if not len(judged):
             return
+        if not len(live.held.rows) and not verdict.holds[judged].any():
+            return  # (the usual pass: it holds for no agent, before or now)
         rows, clock, holds = p.rows[judged], p.clock[judged], verdict.holds[judged]
         since_before, fired_before = live.held.get(rows)
         held = ~np.isnan(since_before)

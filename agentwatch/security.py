@@ -54,8 +54,7 @@ from itertools import repeat
 
 import numpy as np
 
-from agentwatch.fleet import _passes
-from agentwatch.rows import AgentIndex, ArraySpec, RowArrays
+from agentwatch.rows import AgentIndex, ArraySpec, RowArrays, passes
 from agentwatch.settings import Settings
 from schemas.events import STATUS_CHANGED
 from schemas.heartbeats import HeartbeatBatch
@@ -220,7 +219,7 @@ class SecurityScores(RowArrays):
         if n and batch.status:
             self._note_status(rows[:n], batch)
         order = np.lexsort((np.arange(len(rows)) >= n, times, rows))
-        for positions in _passes(rows[order]):
+        for positions in passes(rows[order]):
             events = order[positions]
             self._step(rows[events], times[events], events - n, points[events], threats, out)
         return out

@@ -648,7 +648,7 @@ class ShardState:
             return ShardOutput(rejected=rejected)
         scored = self.baselines.observe(batch)  # (then the rules: each heartbeat is judged
         # against the baseline it met, so the verdicts do not depend on the batch's cut)
-        judged = self.rules.observe(batch, BaselineInputs.met(self.baselines, scored))
+        judged = self.rules.observe(batch, BaselineInputs.met(scored))
         threats = judged.threats + self.trends.observe(batch)
         security = self.security.observe(batch, threats)
         if wall is None:

@@ -52,7 +52,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agentwatch.fleet import _passes
 from agentwatch.rows import AgentIndex, ArraySpec, RowArrays
 from agentwatch.settings import Settings
 from schemas.heartbeats import FLOAT_FIELDS, HeartbeatBatch
@@ -147,49 +146,47 @@ class TrendWatch(RowArrays):
             return threats
         rows = self._rows(batch.agent_id, batch.tenant_id)
         values = np.column_stack([batch.metrics[m] for m in self.config.metrics])
-        for positions in _passes(rows):
+        for positions in self.index.passes_of(rows):
             fresh = batch.timestamp[positions] > self.clock[rows[positions]]
             positions = positions[fresh]  # late or repeated heartbeats are ignored
             if len(positions):
-                self._learn(rows[positions], batch.timestamp[positions], values[positions])
-                self._judge(rows[positions], values[positions], threats)
+                sums = self._learn(rows[positions], batch.timestamp[positions], values[positions])
+                self._judge(rows[positions], values[positions], threats, sums)
         return threats
 
-    def _learn(self, rows: np.ndarray, ts: np.ndarray, y: np.ndarray) -> None:
-        """Age the sums of each row to ``ts`` (decay and shift x), then add the heartbeat."""
+    def _learn(self, rows: np.ndarray, ts: np.ndarray, y: np.ndarray) -> _Sums:
+        """Age the sums of each row to ``ts`` (decay and shift x), then add the heartbeat;
+        the rows' new sums (what :meth:`fit` would read back)."""
         age = ts - self.clock[rows]
         age = np.where(np.isfinite(age), age, 0.0)  # an agent's first heartbeat
         decay = np.maximum(np.exp(-self._decay_per_s * age), self._decay_floor)
-        sw, swx, swxx = self.sw[rows], self.swx[rows], self.swxx[rows]
-        d = age[:, None]
-        self.swxy[rows] = decay[:, None] * (self.swxy[rows] - d * self.swy[rows])
-        self.swy[rows] = decay[:, None] * self.swy[rows] + y
-        self.swyy[rows] = decay[:, None] * self.swyy[rows] + y * y
-        self.swxx[rows] = decay * (swxx - 2.0 * age * swx + age * age * sw)
-        self.swx[rows] = decay * (swx - age * sw)
-        self.sw[rows] = decay * sw + 1.0
+        sw, swx, swxx, swy = self.sw[rows], self.swx[rows], self.swxx[rows], self.swy[rows]
+        d, column_decay = age[:, None], decay[:, None]
+        sums = _Sums(
+            sw=decay * sw + 1.0,
+            swx=decay * (swx - age * sw),
+            swxx=decay * (swxx - 2.0 * age * swx + age * age * sw),
+            swy=column_decay * swy + y,
+            swyy=column_decay * self.swyy[rows] + y * y,
+            swxy=column_decay * (self.swxy[rows] - d * swy),
+        )
+        for name in _Sums.__slots__:
+            getattr(self, name)[rows] = getattr(sums, name)
         self.clock[rows] = ts
         count = self.count[rows]
         self.count[rows] = count + (count < _COUNT_MAX)
+        return sums
 
     def fit(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Fitted value at the clock, slope per second and R² of every metric of ``rows``
         (each ``len(rows) × metrics``; slope 0 and R² 0 where the times do not vary)."""
-        sw = self.sw[rows][:, None]
-        mean_x = self.swx[rows][:, None] / sw
-        mean_y = self.swy[rows] / sw
-        sxx = self.swxx[rows][:, None] - sw * mean_x**2
-        sxy = self.swxy[rows] - sw * mean_x * mean_y
-        syy = self.swyy[rows] - sw * mean_y**2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            slope = np.where(sxx > 0, sxy / sxx, 0.0)
-            r2 = np.where((sxx > 0) & (syy > 0), slope * sxy / syy, 0.0)
-        fitted = mean_y - slope * mean_x
-        return fitted, slope, np.clip(r2, 0.0, 1.0)
+        return _Sums(*(getattr(self, name)[rows] for name in _Sums.__slots__)).fit()
 
-    def _judge(self, rows: np.ndarray, latest: np.ndarray, threats: list[dict]) -> None:
+    def _judge(
+        self, rows: np.ndarray, latest: np.ndarray, threats: list[dict], sums: _Sums
+    ) -> None:
         cfg = self.config
-        fitted, slope, r2 = self.fit(rows)
+        fitted, slope, r2 = sums.fit()
         limit = self._limit
         rising = slope > 0
         below = (fitted < limit) & (latest < limit)
@@ -258,6 +255,34 @@ class TrendWatch(RowArrays):
         window, or longer where heartbeats are sparse and the decay floor holds."""
         mean_age = -float(self.swx[row]) / float(self.sw[row])
         return max(self._window_s, -math.log(1.0 - _WINDOW_WEIGHT) * mean_age)
+
+
+@dataclass(slots=True)
+class _Sums:
+    """The weighted sums of some rows (Σw, Σw·x, Σw·x² per row; Σw·y, Σw·y², Σw·x·y per
+    row and metric), as :class:`TrendWatch` keeps them."""
+
+    sw: np.ndarray
+    swx: np.ndarray
+    swxx: np.ndarray
+    swy: np.ndarray
+    swyy: np.ndarray
+    swxy: np.ndarray
+
+    def fit(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fitted value at the clock, slope per second and R² of every metric (see
+        :meth:`TrendWatch.fit`)."""
+        sw = self.sw[:, None]
+        mean_x = self.swx[:, None] / sw
+        mean_y = self.swy / sw
+        sxx = self.swxx[:, None] - sw * mean_x**2
+        sxy = self.swxy - sw * mean_x * mean_y
+        syy = self.swyy - sw * mean_y**2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            slope = np.where(sxx > 0, sxy / sxx, 0.0)
+            r2 = np.where((sxx > 0) & (syy > 0), slope * sxy / syy, 0.0)
+        fitted = mean_y - slope * mean_x
+        return fitted, slope, np.clip(r2, 0.0, 1.0)
 
 
 def _layout(config: TrendConfig) -> dict[str, ArraySpec]:

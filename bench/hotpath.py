@@ -26,7 +26,10 @@ outputs (encoding, Kafka) is not in these figures.
 ``--root`` imports the code of another checkout (e.g. the commit before a change) with
 this interpreter, so two commits are compared on the same libraries; alternate runs of
 the two to share out the machine's noise. ``--check`` prints a digest of every anomaly
-record, so two commits' outputs can be compared too.
+record, so two commits' outputs can be compared too; for the shard, also of its other
+records (threats, alerts, scores, commands, events, assignment scores) and of the whole
+pickled shard state (run it with ``PYTHONHASHSEED=0``: sets of strings pickle in hash
+order). A change meant to make the same results faster keeps every digest.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import argparse
 import gc
 import hashlib
 import json
+import pickle
 import sys
 import time
 import zlib
@@ -124,13 +128,13 @@ def main() -> None:
             profiler.enable()
         for key, b in batches[warm_upto:]:
             out = states[key].observe(b)
-            outputs.append((out.anomalies, out.baselines))
+            outputs.append((out.anomalies, out.baselines, out))
         if profiler:
             profiler.disable()
         return time.process_time() - start, outputs, [fleet_of(s) for s in states.values()]
 
     def shard_run(profiler=None) -> tuple[float, list, list]:
-        return timed_run(lambda: ShardState.new(settings), lambda s: s.baselines, profiler)
+        return timed_run(lambda: ShardState.new(settings), lambda s: s, profiler)
 
     def detector_run(profiler=None) -> tuple[float, list, list]:
         config = ShardConfig.of(settings).detector
@@ -184,15 +188,28 @@ def main() -> None:
     print(json.dumps(result))
 
 
+#: The shard's records besides anomalies and baselines that ``--check`` digests.
+_OTHER_RECORDS = ("threats", "alerts", "scores", "commands", "events", "assignment_scores")
+
+
 def digests(outputs: list, fleets: list) -> dict[str, object]:
     """How many records came out, and digests of them and of the detector's state
     (every per-agent array, byte for byte): equal digests, equal results."""
-    anomalies = [r for found, _ in outputs for r in found]
-    baselines = [r for _, published in outputs for r in published]
+    anomalies = [r for found, _, _ in outputs for r in found]
+    baselines = [r for _, published, _ in outputs for r in published]
+    # the shard's other records (threats, alerts, scores, commands, events, assignment
+    # scores), for the shard run: whatever a change to the rules or the rest moves
+    others = [
+        {name: getattr(out, name) for name in _OTHER_RECORDS}
+        for _, _, out in outputs
+        if hasattr(out, "threats")
+    ]
 
     def digest(blob: bytes) -> str:
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    shards = [f for f in fleets if not hasattr(f, "_arrays")]  # (whole shards: their fleets)
+    fleets = [getattr(f, "baselines", f) for f in fleets]
     state = hashlib.sha256()
     for fleet in fleets:
         for name in sorted(fleet._arrays):
@@ -204,6 +221,21 @@ def digests(outputs: list, fleets: list) -> dict[str, object]:
         "baselines": len(baselines),
         "baselines_digest": digest(json.dumps(baselines, sort_keys=True).encode()),
         "state_digest": state.hexdigest()[:16],
+        **(
+            {"shard_state_digest": digest(b"".join(pickle.dumps(s) for s in shards))}
+            if shards
+            else {}
+        ),
+        **(
+            {
+                "other_records": sum(len(r) for o in others for r in o.values()),
+                "other_records_digest": digest(
+                    json.dumps(others, sort_keys=True, default=repr).encode()
+                ),
+            }
+            if others
+            else {}
+        ),
     }
 
 

@@ -415,7 +415,13 @@ class Settings(BaseSettings):
         "processes talk to each other there. Needed with AGENTWATCH_DATAFLOW_PROCESS_ID.",
     )
     source_batch_size: int = Field(
-        5000, ge=1, description="Most heartbeats read from one partition in one batch."
+        20_000,
+        ge=1,
+        description="Most heartbeats read from one partition in one batch. A read takes what "
+        "has arrived, up to this: live, a few hundred; while a backlog drains, this many. "
+        "Each of the dataflow's steps costs something per batch, so larger batches drain a "
+        "backlog faster: 20,000 instead of 5,000 took ~7 % off the throughput bench's drain "
+        "without moving the live threat latency (docs/benchmarks.md).",
     )
     source_fetch_wait_ms: int = Field(
         100,

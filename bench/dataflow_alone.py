@@ -12,7 +12,8 @@ broker on the same two cores. This bench takes the dataflow alone: the heartbeat
 broker it starts on a free port, then each run starts ``python -m dataflows.heartbeats``
 (fresh recovery directory and consumer group, so it reads the whole backlog) in the
 checkout given, waits until the dataflow has committed every message as read, and
-records the process's wall time from its start and its CPU (user and system, from
+records the process's wall time from its start, its start (until its first read of the
+heartbeats, from its ``source_first_read`` log line) and its CPU (user and system, from
 ``/proc``); nothing consumes what it publishes. Runs of the checkouts given are
 alternated, so the machine's drift (±10 % over an hour here) is shared out; compare the
 medians of one invocation, never figures of two.
@@ -61,7 +62,7 @@ def one_run(checkout: str, settings: Settings, expected: int, log: Path) -> dict
     if extra:
         name, _, value = extra.partition("=")
         env[name] = value
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     with open(log, "wb") as out:
         dataflow = subprocess.Popen(
             [sys.executable, "-m", "dataflows.heartbeats"], cwd=root, env=env, stdout=out,
@@ -77,7 +78,16 @@ def one_run(checkout: str, settings: Settings, expected: int, log: Path) -> dict
     finally:
         dataflow.terminate()
         dataflow.wait(30)
-    return {"wall_s": wall, "cpu_s": user + system, "user_s": user, "system_s": system}
+    first_reads = [
+        float(line.rsplit("at=", 1)[1].split()[0])
+        for line in log.read_text(errors="replace").splitlines()
+        if "source_first_read" in line and f"topic={settings.topic('metrics')} " in line
+    ]
+    start = min(first_reads) - started_at if first_reads else float("nan")
+    return {
+        "wall_s": wall, "start_s": start, "cpu_s": user + system, "user_s": user,
+        "system_s": system,
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -124,8 +134,8 @@ def main() -> None:
                 )  # fmt: skip
                 run = one_run(checkout, settings, len(values), workdir / f"dataflow-{number}.log")
                 runs[checkout].append(run)
-                say(f"round {round_ + 1}: {checkout}: {run['wall_s']:.2f} s wall, "
-                    f"{run['cpu_s']:.2f} s CPU")  # fmt: skip
+                say(f"round {round_ + 1}: {checkout}: {run['wall_s']:.2f} s wall "
+                    f"(start {run['start_s']:.2f} s), {run['cpu_s']:.2f} s CPU")  # fmt: skip
     except BaseException:
         say(f"failed; logs are kept in {workdir}")
         raise
@@ -143,6 +153,7 @@ def main() -> None:
             checkout: {
                 "median_cpu_s": statistics.median(r["cpu_s"] for r in done),
                 "median_wall_s": statistics.median(r["wall_s"] for r in done),
+                "median_start_s": statistics.median(r["start_s"] for r in done),
                 "median_heartbeats_per_s": args.heartbeats
                 / statistics.median(r["wall_s"] for r in done),
                 "runs": [{k: round(v, 3) for k, v in r.items()} for r in done],

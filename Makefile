@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install up test bench lint clean browser
+.PHONY: install compile up test bench lint clean browser
 
 install: $(VENV)/.installed
 
@@ -15,10 +15,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-up: install
+# The project's modules byte-compiled ahead: with PYTHONDONTWRITEBYTECODE=1 in the environment
+# (usual in containers) every process would compile them again at each start, ~70 ms of the
+# dataflow's start. A module edited since is compiled from its source, as always (timestamps).
+compile: install
+	$(BIN)/python -m compileall -q agentwatch api dataflows schemas sinks infra
+
+up: compile
 	$(BIN)/agentwatch up --simulate
 
-test: install browser
+test: compile browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -n 2 --dist loadfile
@@ -30,7 +36,7 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 		echo "chromium could not be installed: tests/test_console_browser.py will fail" >&2
 
-bench: install
+bench: compile
 	$(BIN)/python bench/throughput.py
 
 lint: install

@@ -106,6 +106,7 @@ from schemas.events import (
 )
 from schemas.heartbeats import HeartbeatBatch, parse_heartbeats
 from schemas.metric_rows import encode as encode_rows
+from schemas.metric_rows import pyarrow_without_pandas
 
 log = logging.getLogger("agentwatch.dataflow")
 
@@ -725,6 +726,7 @@ def main() -> None:
     settings = with_recorded_layout(settings)
     cluster = cluster_options(settings)  # refuses a wrong cluster before anything starts
     flow = build_flow(settings)
+    pyarrow_without_pandas()  # (its first conversion would import pandas: ~0.2 s)
     tune_for_batches(settings.gc_young_threshold)
     if settings.dataflow_metrics_port:
         METRICS.serve(settings.dataflow_metrics_host, settings.dataflow_metrics_port)

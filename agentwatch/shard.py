@@ -775,12 +775,13 @@ class ShardState:
             touched = book.unsettled
             if timeouts or quarantines:
                 touched = touched | {t["agent_id"] for t in timeouts + quarantines}
-            statuses = batch.status or [None] * len(batch)
-            rows = [
-                k
-                for k, (agent, status) in enumerate(zip(batch.agent_id, statuses, strict=True))
-                if status in _CLAIMS or agent in touched
-            ]
+            n = len(batch)
+            wanted = np.zeros(n, dtype=bool)
+            if batch.status:
+                wanted |= np.fromiter(map(_CLAIMS.__contains__, batch.status), bool, n)
+            if touched:
+                wanted |= np.fromiter(map(touched.__contains__, batch.agent_id), bool, n)
+            rows = np.flatnonzero(wanted).tolist()
             if rows:
                 times = batch.timestamp.tolist()
                 pending += [(times[k], 2, k, None) for k in rows]

@@ -3,7 +3,7 @@
 Decode once. The dataflow parses and validates every heartbeat
 (:func:`schemas.heartbeats.parse_heartbeats`) and its shards decide which to take
 (registered, right tenant, not decommissioned); what they take goes on this topic as
-Arrow IPC streams (:func:`encode`, at most :data:`ROWS_PER_MESSAGE` rows each, in the
+Arrow IPC streams (:func:`encode`, of about :data:`MESSAGE_BYTES` each, in the
 ``metrics`` table's layout). The loader hands them to ClickHouse as they are
 (``FORMAT ArrowStream``) after a vectorised check (:func:`decode`): no JSON is parsed
 a second time and no Python object is made per row. A heartbeat the dataflow refused
@@ -38,9 +38,14 @@ import pyarrow.ipc as ipc
 from schemas.heartbeats import FLOAT_FIELDS, INT_FIELDS, HeartbeatBatch, parse_heartbeats
 from schemas.models import TIMESTAMP_RANGE
 
-#: Rows per message at most: ~140 B a row, so a message stays far below the brokers'
-#: 1 MB default message size, and a batch read by the loader is a few messages.
-ROWS_PER_MESSAGE = 2048
+#: What a message aims at: half of the 1 MB that brokers and librdkafka take by default
+#: (``message.max.bytes``), so that a batch read by the loader is a few messages. Rows
+#: are ~140 B with short ids (~3,700 rows a message) and up to ~1.1 KB with ids of 128
+#: four-byte characters, which the parser admits.
+MESSAGE_BYTES = 512 * 1024
+#: No message is larger than this (a message that comes out larger, its rows longer than
+#: the batch's average, is cut in two again): librdkafka's default ``message.max.bytes``.
+MAX_MESSAGE_BYTES = 1_000_000
 
 _TEXT = ("agent_id", "tenant_id")
 #: The layout of a message: the ``metrics`` table's columns in its order. Counters are
@@ -60,8 +65,8 @@ _TIME_RANGE_MS = tuple(int(bound * 1000) for bound in TIMESTAMP_RANGE)
 
 
 def encode(batch: HeartbeatBatch) -> list[bytes]:
-    """The batch's rows as Arrow IPC streams of at most :data:`ROWS_PER_MESSAGE` rows
-    each (none for an empty batch)."""
+    """The batch's rows as Arrow IPC streams of about :data:`MESSAGE_BYTES` each, none
+    over :data:`MAX_MESSAGE_BYTES` (none for an empty batch), in the batch's order."""
     rows = len(batch)
     if not rows:
         return []
@@ -74,7 +79,21 @@ def encode(batch: HeartbeatBatch) -> list[bytes]:
         pa.array([status or "" for status in batch.status], pa.string()),
     ]
     table = pa.Table.from_arrays(columns, schema=SCHEMA)
-    return [_stream(part) for part in table.to_batches(max_chunksize=ROWS_PER_MESSAGE)]
+    per_message = max(1, MESSAGE_BYTES * rows // max(table.nbytes, 1))
+    return [
+        stream for part in table.to_batches(max_chunksize=per_message) for stream in _streams(part)
+    ]
+
+
+def _streams(part: pa.RecordBatch) -> list[bytes]:
+    """``part`` as one stream, or as several if that one would be over
+    :data:`MAX_MESSAGE_BYTES` (cut in halves until each fits; one row always fits: a
+    heartbeat is at most ``max_message_bytes``, 64 KB by default)."""
+    stream = _stream(part)
+    if len(stream) <= MAX_MESSAGE_BYTES or part.num_rows == 1:
+        return [stream]
+    half = part.num_rows // 2
+    return _streams(part.slice(0, half)) + _streams(part.slice(half))
 
 
 def pyarrow_without_pandas() -> bool:

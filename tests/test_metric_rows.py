@@ -11,7 +11,14 @@ import pyarrow as pa
 import pytest
 
 from schemas.heartbeats import FLOAT_FIELDS, INT_FIELDS, parse_heartbeats
-from schemas.metric_rows import ROWS_PER_MESSAGE, SCHEMA, decode, encode, utc_millis
+from schemas.metric_rows import (
+    MAX_MESSAGE_BYTES,
+    MESSAGE_BYTES,
+    SCHEMA,
+    decode,
+    encode,
+    utc_millis,
+)
 from sinks.loader import LOADED
 
 T0 = 1_764_072_000.0
@@ -70,14 +77,38 @@ def test_times_are_the_milliseconds_every_other_table_stores():
 
 
 def test_a_large_batch_is_cut_into_messages_of_bounded_size():
-    batch, _ = parse_heartbeats(beats(ROWS_PER_MESSAGE * 2 + 5))
+    batch, _ = parse_heartbeats(beats(10_000))
     messages = encode(batch)
-    assert [decode(m).num_rows for m in messages] == [ROWS_PER_MESSAGE, ROWS_PER_MESSAGE, 5]
-    assert max(map(len, messages)) < 512 * 1024
+    assert len(messages) > 1
+    assert max(map(len, messages)) <= MESSAGE_BYTES * 1.1
     assert pd.concat([decode(m).to_pandas() for m in messages])["agent_id"].tolist() == (
         batch.agent_id
     )
     assert encode(parse_heartbeats([])[0]) == []
+
+
+def test_no_message_is_over_the_brokers_limit_even_with_the_longest_ids():
+    """Ids of 128 four-byte characters (the parser admits them) make rows of ~1.1 KB: the
+    messages are cut by bytes, not rows, and a part whose rows are longer than the batch's
+    average is cut again (here: 3,000 short rows, then 1,000 long ones)."""
+    long_ids = [
+        orjson.dumps(
+            {
+                **orjson.loads(value),
+                "agent_id": "\U0001f600" * 127 + str(i % 10),
+                "tenant_id": "\U0001f601" * 128,
+            }
+        )  # fmt: skip
+        for i, value in enumerate(beats(1000))
+    ]
+    batch, rejected = parse_heartbeats(beats(3000) + long_ids)
+    assert not rejected and len(batch) == 4000
+    messages = encode(batch)
+    assert max(map(len, messages)) <= MAX_MESSAGE_BYTES
+    assert sum(decode(m).num_rows for m in messages) == 4000
+    assert pd.concat([decode(m).to_pandas() for m in messages])["agent_id"].tolist() == (
+        batch.agent_id
+    )
 
 
 @pytest.mark.parametrize(

@@ -101,14 +101,15 @@ def pyarrow_without_pandas() -> bool:
     whether it now does (False: pandas was imported already, nothing changed).
 
     The first time pyarrow converts a list (:func:`encode`'s ids) it imports pandas, to
-    see whether it was handed pandas objects: ~0.2 s, a fifth of the dataflow's start, for
-    a process that hands it lists of ``str``. pyarrow asks once and keeps the answer, so
+    see whether it was handed pandas objects: ~0.2 s of the dataflow's first batch, for a
+    process that hands it lists of ``str``. pyarrow asks once and keeps the answer, so
     an import refused at that moment makes it skip pandas from then on; pandas itself
     stays importable (the parser's rare paths, ``HeartbeatBatch.to_frame``, still load
     it when they need it). For the dataflow's process only: the loader writes pandas
     frames through pyarrow.
     """
-    if "pandas" in sys.modules:
+    shim = getattr(pa.lib, "_pandas_api", None)  # (pyarrow's own; absent: nothing to do)
+    if "pandas" in sys.modules or shim is None:
         return False
 
     class _RefusePandas(importlib.abc.MetaPathFinder):
@@ -119,7 +120,7 @@ def pyarrow_without_pandas() -> bool:
     refuse = _RefusePandas()
     sys.meta_path.insert(0, refuse)
     try:
-        return not pa.lib._pandas_api.have_pandas  # (asks, and keeps the answer)
+        return not getattr(shim, "have_pandas", True)  # (asks, and keeps the answer)
     finally:
         sys.meta_path.remove(refuse)
 

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from agentwatch.conversations import Conversation
-from agentwatch.lifecycle import COMMANDS
-from agentwatch.orchestration import TaskAssigned, TaskFinished, TaskReleased, WeightsChange
-from agentwatch.shard import (
+from agentwatch.commands import (
     AgentRegistration,
     LifecycleCommand,
     QuarantineOrder,
@@ -25,6 +22,9 @@ from agentwatch.shard import (
     ShardCommand,
     SilenceExpiry,
 )
+from agentwatch.conversations import Conversation
+from agentwatch.lifecycle import COMMANDS
+from agentwatch.orchestration import TaskAssigned, TaskFinished, TaskReleased, WeightsChange
 from schemas.events import (
     CONVERSATION,
     QUARANTINE_REQUESTED,

@@ -63,11 +63,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agentwatch.baselines import FEATURES, deviations
-from agentwatch.fleet import FleetBaselines, FleetOutput
 from agentwatch.rows import (
     AgentIndex,
     ArraySpec,
@@ -86,6 +86,9 @@ from schemas.models import (
     RuleChange,
     ThreatRuleSpec,
 )
+
+if TYPE_CHECKING:  # (the API checks rules without loading the detector, scipy and River)
+    from agentwatch.fleet import FleetBaselines, FleetOutput
 
 _OPS = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal}
 #: ``status`` as a number: its index among the lifecycle states, NaN when absent.

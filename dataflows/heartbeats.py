@@ -73,22 +73,21 @@ from pydantic import ValidationError
 from agentwatch.alerts import CoordinationDetector
 from agentwatch.clusters import BehaviourClusters
 from agentwatch.collector import tune_for_batches
-from agentwatch.conversations import Conversation
-from agentwatch.inbox import shard_command
-from agentwatch.orchestration import TaskAssigned, TaskFinished, TaskReleased
-from agentwatch.rules import RuleChangeError
-from agentwatch.secrets import redact_handlers
-from agentwatch.settings import Settings
-from agentwatch.shard import (
+from agentwatch.commands import (
     AgentRegistration,
     LifecycleCommand,
     QuarantineOrder,
     Release,
     RestartOrder,
     ShardCommand,
-    ShardOutput,
-    ShardState,
 )
+from agentwatch.conversations import Conversation
+from agentwatch.inbox import shard_command
+from agentwatch.orchestration import TaskAssigned, TaskFinished, TaskReleased
+from agentwatch.rules import RuleChangeError
+from agentwatch.secrets import redact_handlers
+from agentwatch.settings import Settings
+from agentwatch.shard import ShardOutput, ShardState
 from dataflows.clock import ClockSource, Tick, to_every_shard
 from dataflows.inputs import OneInput, carried_positions, of_source
 from dataflows.kafka_sink import BatchKafkaSink, Message

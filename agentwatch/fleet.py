@@ -200,7 +200,7 @@ class FleetBaselines(RowArrays):
         # of a slow agent's heartbeats are shares of durations (detector.point_weights)
         interval = np.where(fresh, np.nan, ts - self.last_ts[rows])
         j = judge(self, rows, values, warm, cfg.params, elapsed, ts, interval)
-        season = j.season if isinstance(j.season, np.ndarray) else None
+        daily = isinstance(j.season, np.ndarray)  # (else 0.0: no daily profile counts)
         reported = np.flatnonzero(j.scores >= cfg.report_threshold)
         stands_out = (
             j.fire[reported]
@@ -235,7 +235,7 @@ class FleetBaselines(RowArrays):
                         FEATURES,
                         values[i],
                         # what each metric was expected at
-                        j.before.level[i] + (j.season if season is None else season[i]),
+                        j.before.level[i] + (j.season[i] if daily else j.season),
                         j.std[i],
                         j.z[i],
                         cfg.reason_sigma,

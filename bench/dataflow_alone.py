@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ sys.path.insert(0, str(HERE))
 from throughput import dataflow_read, generate, produce, say  # noqa: E402
 
 from agentwatch.settings import Settings  # noqa: E402
+from bench.api import finish  # noqa: E402
 from infra.broker import die_with_parent_hook, ensure_topics, free_port, start_broker  # noqa: E402
 
 
@@ -110,6 +110,7 @@ def main() -> None:
     keys, values = generate(args.agents, args.heartbeats, args.seed)
     broker = start_broker("127.0.0.1", free_port(), log_path=workdir / "tansu.log")
     runs: dict[str, list[dict[str, float]]] = {checkout: [] for checkout in args.checkouts}
+    ok = False
     try:
         common = dict(
             bootstrap_servers=broker.bootstrap_servers,
@@ -136,13 +137,9 @@ def main() -> None:
                 runs[checkout].append(run)
                 say(f"round {round_ + 1}: {checkout}: {run['wall_s']:.2f} s wall "
                     f"(start {run['start_s']:.2f} s), {run['cpu_s']:.2f} s CPU")  # fmt: skip
-    except BaseException:
-        say(f"failed; logs are kept in {workdir}")
-        raise
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+        ok = True
     finally:
-        broker.stop()
+        finish(workdir, broker, ok=ok)
 
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M"),

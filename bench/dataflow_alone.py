@@ -40,18 +40,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from throughput import dataflow_read, generate, produce, say  # noqa: E402
+from throughput import dataflow_read, generate, process_cpu, produce, say  # noqa: E402
 
 from agentwatch.settings import Settings  # noqa: E402
 from bench.api import finish  # noqa: E402
 from infra.broker import die_with_parent_hook, ensure_topics, free_port, start_broker  # noqa: E402
-
-
-def process_cpu(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a running process, from ``/proc/<pid>/stat``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 def one_run(checkout: str, settings: Settings, expected: int, log: Path) -> dict[str, float]:

@@ -22,6 +22,9 @@ starts on a free port and a chDB directory of its own:
    dataflow process's start; ``dataflow_start_s`` (its start until its first
    read, from its ``source_first_read`` log lines) and
    ``heartbeats_per_s_from_first_read`` tell the start from the rate.
+   Both runs give the CPU each part used meanwhile: the dataflow (``children_cpu_s``),
+   this process (``loader_process_cpu_s``: the loader, chDB, the bench's polls) and
+   the broker (``broker_cpu_s``).
 5. per-agent state: the pickled size (what a recovery snapshot holds) and the
    in-memory size of the dataflow's per-agent state, per agent.
 
@@ -165,6 +168,7 @@ def run_pipeline(
     workdir: Path,
     processes: int = 1,
     live_rate: float = 0.0,
+    broker_pid: int | None = None,
 ) -> dict[str, float]:
     """Dataflow process(es: ``processes`` of one Bytewax cluster) + loader; produce
     concurrently (live) or drain a backlog."""
@@ -182,6 +186,7 @@ def run_pipeline(
     log_path = workdir / f"dataflow-{'live' if live else 'backlog'}.log"
     children_cpu = _children_cpu_s()
     own_cpu = time.process_time()
+    broker_cpu = _process_cpu_s(broker_pid)
     started, started_wall = time.perf_counter(), time.time()
     dataflows = []
     for process in range(processes):
@@ -249,7 +254,8 @@ def run_pipeline(
     # the dataflow's (and a live producer's) CPU, and this process's: the loader, chDB,
     # the polling queries
     cpu = {"children_cpu_s": _children_cpu_s() - children_cpu,
-           "loader_process_cpu_s": time.process_time() - own_cpu}  # fmt: skip
+           "loader_process_cpu_s": time.process_time() - own_cpu,
+           "broker_cpu_s": _process_cpu_s(broker_pid) - broker_cpu}  # fmt: skip
     # the rate once the pipeline runs: from the dataflow's first read of the topic (its
     # log says when; not counted: starting the interpreter, importing, Bytewax's start)
     first_read = first_read_at(log_path, metrics_topic, processes)
@@ -310,6 +316,18 @@ def _children_cpu_s() -> float:
     """CPU seconds (user + system) of this process's children that have ended."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a running process, from ``/proc/<pid>/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def _process_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a running process has used (0 without one)."""
+    return 0.0 if pid is None else sum(process_cpu(pid))
 
 
 def state_per_agent(settings: Settings, values: list[bytes], agents: int) -> dict[str, float]:
@@ -430,8 +448,9 @@ def main() -> None:
         )  # fmt: skip
         create_schema(client, backlog)
         results["end_to_end_backlog"] = run_pipeline(
-            backlog, client, keys, values, live=False, workdir=workdir, processes=args.processes
-        )
+            backlog, client, keys, values, live=False, workdir=workdir,
+            processes=args.processes, broker_pid=broker.process.pid,
+        )  # fmt: skip
         if not args.skip_live:
             say("end to end: live, producer + dataflow + loader at once")
             live = Settings(
@@ -442,6 +461,7 @@ def main() -> None:
             results["end_to_end_live"] = run_pipeline(
                 live, client, keys, values, live=True, workdir=workdir,
                 processes=args.processes, live_rate=args.live_rate,
+                broker_pid=broker.process.pid,
             )  # fmt: skip
             same = ("metrics_rows", "anomaly_rows", "baseline_rows")
             a, b = results["end_to_end_backlog"], results["end_to_end_live"]

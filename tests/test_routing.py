@@ -14,7 +14,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.testing import TestingSink, TestingSource, cluster_main
 
-from dataflows.routing import SPREAD, plain_keys, spread_keys, worker_of
+from dataflows.routing import SPREAD, key_hash, key_hashes, plain_keys, spread_keys, worker_of
 
 
 class _WhoAmI(StatelessSourcePartition):
@@ -77,3 +77,25 @@ def test_spread_keys_are_stable_and_distinct():
     assert len(set(keys)) == 64
     assert keys[:4] == spread_keys(4)  # a shard's name does not depend on the count
     assert all(key == str(i) or key.startswith(f"{i}-") for i, key in enumerate(keys))
+
+
+def test_the_vectorised_hash_is_the_routing_hash_at_every_length():
+    # every tail length (0-7 bytes past whole words) and several whole words, with
+    # multi-byte characters
+    for length in range(1, 26):
+        names = [(f"k{i}-" + "é" * length)[:length] for i in range(50)]
+        names = [name for name in names if len(name.encode()) == len(names[0].encode())]
+        assert key_hashes(names).tolist() == [key_hash(name) for name in names], length
+
+
+def test_spread_keys_are_the_first_names_that_hash_right():
+    # the search one name at a time, as the keys were first found (state is keyed by them)
+    def first_name(shard: int) -> str:
+        name, n = str(shard), 0
+        while key_hash(name) % SPREAD != shard % SPREAD:
+            n += 1
+            name = f"{shard}-{n}"
+        return name
+
+    assert spread_keys(4) == ("0-1410", "1-825", "2-2834", "3-1177")
+    assert list(spread_keys(24)) == [first_name(shard) for shard in range(24)]

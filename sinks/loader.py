@@ -91,6 +91,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
+from clickhouse_connect.driver.binding import quote_identifier
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DataError
 from confluent_kafka import (
@@ -118,7 +119,9 @@ from schemas.events import (
     TASK_CHANGED,
     check_channel,
 )
+from schemas.metric_rows import SCHEMA as METRIC_ROWS_SCHEMA
 from schemas.metric_rows import decode as decode_metric_rows
+from schemas.metric_rows import one_stream as one_metric_rows_stream
 from schemas.metric_rows import utc_millis
 from schemas.models import (
     TASK_STATUSES,
@@ -293,6 +296,7 @@ class _PendingTable:
     name: str  # the logical topic
     table: str
     tables: list[pa.Table] = field(default_factory=list)  # metric_rows: Arrow batches
+    streams: list[bytes] = field(default_factory=list)  # ... and the messages they came in
     records: list[dict] = field(default_factory=list)  # derived topics: one dict per row
     #: projection table → its rows (made from the same messages; see LoadedTopic.projections)
     projected: dict[str, list[dict]] = field(default_factory=dict)
@@ -308,7 +312,7 @@ class _PendingTable:
         return LOADED[self.name].frame(self.records)
 
     def clear_rows(self) -> None:
-        self.tables, self.records, self.rows = [], [], 0
+        self.tables, self.streams, self.records, self.rows = [], [], [], 0
         self.projected = {}
 
 
@@ -732,7 +736,8 @@ class Loader:
         now = time.monotonic()
         for topic, (tables, records, projected, skipped) in parsed.items():
             pending = self._pending[topic]
-            for table in tables:
+            for value, table in tables:
+                pending.streams.append(value)
                 pending.tables.append(table)
                 pending.rows += table.num_rows
             if records:
@@ -753,17 +758,18 @@ class Loader:
 
     def _parse(
         self, topic: str, messages: list[Message]
-    ) -> tuple[list[pa.Table], list[dict], dict[str, list[dict]], int]:
-        """(Arrow batches, derived rows, projected rows by table, messages skipped) of one
-        topic's messages. A message is taken whole or refused whole: its rows and the row
-        of each projection, or nothing."""
+    ) -> tuple[list[tuple[bytes, pa.Table]], list[dict], dict[str, list[dict]], int]:
+        """((message, its Arrow rows), derived rows, projected rows by table, messages
+        skipped) of one topic's messages. A message is taken whole or refused whole: its
+        rows and the row of each projection, or nothing."""
         name = self._logical[topic]
         loaded = LOADED[name]
         if loaded.row is None:  # metric_rows: checked, never parsed row by row
             tables, skipped = [], 0
             for message in messages:
+                value = message.value()
                 try:
-                    tables.append(decode_metric_rows(message.value()))
+                    tables.append((value, decode_metric_rows(value)))
                 except ValueError as exc:
                     skipped += 1
                     self._log_skipped(message, exc)
@@ -908,10 +914,17 @@ class Loader:
             return 0
         started = time.perf_counter()
         if pending.tables:  # (ClickHouse reads Arrow as it is: no rows made in Python)
-            tables = pending.tables
-            arrow = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-            self._client.insert_arrow(pending.table, arrow, database=self._database)
-            frame, dropped = arrow, 0
+            stream = one_metric_rows_stream(pending.streams)
+            if stream is not None:  # the messages' own batches, not written again
+                self._client.raw_insert(
+                    f"{quote_identifier(self._database)}.{quote_identifier(pending.table)}",
+                    METRIC_ROWS_SCHEMA.names, stream, fmt="ArrowStream",
+                )  # fmt: skip
+            else:
+                tables = pending.tables
+                arrow = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+                self._client.insert_arrow(pending.table, arrow, database=self._database)
+            frame, dropped = pending.tables[0], 0
         else:
             frame = pending.frame()
             dropped = self._insert_frame(pending.table, frame)

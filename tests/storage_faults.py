@@ -1,8 +1,8 @@
 """Slow and failing storage, injected at the loader's ClickHouse client boundary.
 
 :class:`FaultyClient` wraps a real clickhouse-connect client: reads pass through
-untouched, and each write (``insert``, ``insert_df``, ``insert_arrow``) first obeys
-the :class:`StorageFault` a test drives from its own thread: wait ``delay_s``, or
+untouched, and each write (``insert``, ``insert_df``, ``insert_arrow``, ``raw_insert``)
+first obeys the :class:`StorageFault` a test drives from its own thread: wait ``delay_s``, or
 raise the error a ClickHouse server gives when it refuses an insert. The loader
 under test is the real one; only what its client answers changes.
 
@@ -96,6 +96,10 @@ class FaultyClient:
     def insert_arrow(self, table: str, *args: object, **kwargs: object) -> object:
         self.fault.check(table)
         return self._client.insert_arrow(table, *args, **kwargs)
+
+    def raw_insert(self, table: str, *args: object, **kwargs: object) -> object:
+        self.fault.check(table.rpartition(".")[2].strip("`"))  # (`db`.`table`)
+        return self._client.raw_insert(table, *args, **kwargs)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._client, name)

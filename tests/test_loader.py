@@ -199,6 +199,74 @@ def test_heartbeats_land_in_metrics_with_their_values(settings, client, topics, 
     )
 
 
+class CountedInserts:
+    """A client that counts its Arrow inserts by kind: the messages' own stream
+    (``raw_insert``) or a table written anew (``insert_arrow``)."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self.calls = {"raw_insert": 0, "insert_arrow": 0}
+
+    def raw_insert(self, *args, **kwargs):
+        self.calls["raw_insert"] += 1
+        return self._client.raw_insert(*args, **kwargs)
+
+    def insert_arrow(self, *args, **kwargs):
+        self.calls["insert_arrow"] += 1
+        return self._client.insert_arrow(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+
+def rewritten(message: bytes, metadata: dict[bytes, bytes]) -> bytes:
+    """The same rows in a stream whose schema message carries ``metadata`` (as another
+    writer's might): still the layout :func:`schemas.metric_rows.decode` takes, but not
+    byte for byte the dataflow's schema message."""
+    table = pa.ipc.open_stream(message).read_all()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema.with_metadata(metadata)) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_the_messages_own_arrow_batches_are_inserted_without_being_written_again(
+    settings, client, topics, loaders
+):
+    counted = CountedInserts(client)
+    produce_heartbeats(settings, [heartbeat(seq) for seq in range(400)], rows_per_message=40)
+    loader = Loader(settings, counted)
+    loaders.append(loader)
+
+    poll_until(loader, lambda: count(client, settings, "metrics") == 400, "400 metrics rows")
+
+    assert counted.calls["raw_insert"] >= 1 and counted.calls["insert_arrow"] == 0
+
+
+def test_batches_of_another_writer_land_whole_too(settings, client, topics, loaders):
+    """Messages whose schema message differs in its bytes (not in its layout) from the
+    first one of a batch cannot be joined into one stream as they are: that batch's
+    tables are written anew, and every row lands once."""
+    docs = [heartbeat(seq) for seq in range(300)]
+    produce_heartbeats(settings, docs[:100], rows_per_message=25)
+    batch, _ = parse_heartbeats(list(map(orjson.dumps, docs[100:200])))
+    other = [rewritten(message, {b"writer": b"other"}) for message in encode_rows(batch)]
+    produce(settings, "metric_rows", other, keys=[b"agent-0100"] * len(other))
+    produce_heartbeats(settings, docs[200:], rows_per_message=50)
+    loader = Loader(settings, client)
+    loaders.append(loader)
+
+    poll_until(loader, lambda: count(client, settings, "metrics") == 300, "300 metrics rows")
+
+    db = settings.clickhouse_database
+    stored = client.query(
+        f"SELECT count(), uniqExact(completed_tasks), min(completed_tasks), "
+        f"max(completed_tasks) FROM {db}.metrics"
+    ).result_rows
+    assert stored == [(300, 300, 0, 299)]
+    assert loader.stats().skipped_invalid["metric_rows"] == 0
+
+
 def forged(column: str, value: object, rows: int = 3, nullable: bool = False) -> bytes:
     """A metric_rows message of ``rows`` valid heartbeats but ``column`` set to ``value``
     (in a column declared ``nullable`` or not)."""
@@ -896,6 +964,10 @@ class FlakyClient:
         self._maybe_fail()
         return self._client.insert_arrow(*args, **kwargs)
 
+    def raw_insert(self, *args, **kwargs):
+        self._maybe_fail()
+        return self._client.raw_insert(*args, **kwargs)
+
     def _maybe_fail(self) -> None:
         if self._left:
             self._left -= 1
@@ -1455,18 +1527,19 @@ def test_the_column_types_are_asked_once_per_table_and_again_after_forget(settin
 
 
 class HeldInserts:
-    """A client whose Arrow inserts (the heartbeats' rows) wait until ``release`` is set,
-    like an insert that takes long on a loaded machine."""
+    """A client whose Arrow inserts (the heartbeats' rows, as the messages' own Arrow
+    stream) wait until ``release`` is set, like an insert that takes long on a loaded
+    machine."""
 
     def __init__(self, client) -> None:
         self._client = client
         self.waiting = threading.Event()
         self.release = threading.Event()
 
-    def insert_arrow(self, *args, **kwargs):
+    def raw_insert(self, *args, **kwargs):
         self.waiting.set()
         assert self.release.wait(30), "never released"
-        return self._client.insert_arrow(*args, **kwargs)
+        return self._client.raw_insert(*args, **kwargs)
 
     def __getattr__(self, name: str):
         return getattr(self._client, name)

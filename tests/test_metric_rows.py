@@ -17,6 +17,7 @@ from schemas.metric_rows import (
     SCHEMA,
     decode,
     encode,
+    one_stream,
     utc_millis,
 )
 from sinks.loader import LOADED
@@ -189,3 +190,25 @@ def test_the_dataflows_pyarrow_converts_without_pandas_and_pandas_still_imports(
         timeout=60,
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_messages_join_into_one_stream_of_all_their_rows_or_none():
+    """The loader hands ClickHouse the messages' own batches as one stream: every row of
+    every message, in order; messages whose schema messages differ in their bytes are
+    not joined (the loader then writes the tables anew)."""
+    batch, _ = parse_heartbeats(beats(5000))
+    messages = encode(batch) + encode(parse_heartbeats(beats(10))[0])
+    assert len(messages) >= 3
+    joined = decode(one_stream(messages))
+    expected = pa.concat_tables([decode(m) for m in messages])
+    assert joined.equals(expected) and joined.num_rows == 5010
+
+    table = decode(messages[0])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema.with_metadata({b"writer": b"other"})) as w:
+        w.write_table(table)
+    other = sink.getvalue().to_pybytes()
+    assert decode(other).num_rows == table.num_rows  # (the same layout)
+    assert one_stream([messages[0], other]) is None
+    assert one_stream([other, messages[0]]) is None
+    assert one_stream([other, other]) is not None

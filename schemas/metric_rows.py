@@ -126,19 +126,20 @@ def pyarrow_without_pandas() -> bool:
         sys.meta_path.remove(refuse)
 
 
-def utc_millis(seconds: np.ndarray) -> pa.Array:
+def utc_millis(seconds: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
     """Epoch seconds (finite, after 1970) as an Arrow column of UTC times in whole
     milliseconds, cut as the tables written through pandas get them: pandas' conversion
     to nanoseconds (whole seconds, plus the fraction rounded to 9 digits), then the
     milliseconds. Done here with numpy, so the dataflow does not load pandas;
-    ``tests/test_metric_rows.py`` holds it equal to pandas'.
+    ``tests/test_metric_rows.py`` holds it equal to pandas'. Where ``mask`` is true the
+    time is null (whatever ``seconds`` holds there).
 
     >>> utc_millis(np.array([1795608000.0005, 1795608000.9996])).to_pylist()[1].microsecond
     999000
     """
     whole = seconds.astype(np.int64)
     nanos = whole * 1_000_000_000 + (np.round(seconds - whole, 9) * 1e9).astype(np.int64)
-    return pa.array(nanos // 1_000_000, pa.timestamp("ms", tz="UTC"))
+    return pa.array(nanos // 1_000_000, pa.timestamp("ms", tz="UTC"), mask=mask)
 
 
 def encode_json(values: list[bytes]) -> list[bytes]:

@@ -29,8 +29,16 @@ from agentwatch.settings import Settings
 from infra.broker import ensure_topics, free_port, partitions
 from schemas.heartbeats import parse_heartbeats
 from schemas.metric_rows import encode as encode_rows
+from schemas.models import BaselineRecord, LifecycleEvent
 from sinks.clickhouse import connect, create_schema
-from sinks.loader import CLUSTER_CHECK_INTERVAL_S, LOADED, LOADED_TOPICS, Loader
+from sinks.loader import (
+    CLUSTER_CHECK_INTERVAL_S,
+    LOADED,
+    LOADED_TOPICS,
+    PROJECTIONS,
+    Loader,
+    insert_rows,
+)
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -1583,3 +1591,52 @@ def test_a_threat_is_inserted_while_the_heartbeats_insert_is_held_in_its_own_lan
     stats = lanes.stats()
     assert (stats.rows_inserted["metric_rows"], stats.rows_inserted["threats"]) == (100, 3)
     assert lanes.running
+
+
+def test_rows_written_as_arrow_are_the_rows_pandas_wrote(settings, client):
+    """``baselines``, ``agent_events`` and ``agents`` are written as Arrow tables, no longer
+    through pandas: the same rows, read back, are what the pandas frames stored (times cut
+    to the same millisecond, nulls kept, maps and counts as they were)."""
+    from sinks.loader import _event_frame, _frame, agent_row, baseline_row, event_row
+
+    old = settings.model_copy(update={"clickhouse_database": settings.clickhouse_database + "_pd"})
+    create_schema(client, old)
+    baselines = [
+        baseline_row(orjson.dumps({
+            "agent_id": f"agent-{i}", "tenant_id": "tenant-0", "timestamp": T0 + i / 7,
+            "heartbeats": 2**63 + i, "warmed_up": i % 2 == 0,
+            "mean": {"cpu_usage": 40.0 + i, "error_rate": 0.01}, "std": {} if i else {"a": 1.5},
+        }))
+        for i in range(5)
+    ]  # fmt: skip
+    events = [
+        event_row("state", orjson.dumps({
+            "type": "status_changed", "agent_id": f"agent-{i}", "tenant_id": "tenant-0",
+            "actor": "system", "timestamp": T0 + i * 1.0005,
+            "payload": {"from": None if i == 0 else "active", "to": "quarantined",
+                        "reason": "score", "trigger": "quarantined", "transitions": 2**32 - 1,
+                        "quarantine_until": None if i % 2 else T0 + 3600.25},
+        }))
+        for i in range(4)
+    ]  # fmt: skip
+    agents = [agent_row(event) for event in events]
+    pandas_frames = {
+        "baselines": _frame(tuple(BaselineRecord.model_fields), ("timestamp",)),
+        "agent_events": _frame((*LifecycleEvent.model_fields, "channel"), ("timestamp",)),
+        "agents": _frame(tuple(agents[0]), ("since", "quarantine_until")),
+    }
+    arrow_frames = {
+        "baselines": LOADED["baselines"].frame,
+        "agent_events": _event_frame,
+        "agents": PROJECTIONS[0].frame,
+    }
+    for table, rows in (("baselines", baselines), ("agent_events", events), ("agents", agents)):
+        arrow = arrow_frames[table](rows)
+        assert isinstance(arrow, pa.Table)
+        insert_rows(client, table, arrow, settings.clickhouse_database)
+        insert_rows(client, table, pandas_frames[table](rows), old.clickhouse_database)
+        stored = [
+            client.query(f"SELECT * FROM {db}.{table} ORDER BY agent_id").result_rows
+            for db in (settings.clickhouse_database, old.clickhouse_database)
+        ]
+        assert stored[0] == stored[1] and len(stored[0]) == len(rows), table

@@ -17,14 +17,18 @@ starts on a free port and a chDB directory of its own:
    ClickHouse and the dataflow caught up. All three share the 2 cores.
    ``--live-rate R`` paces the producer at R heartbeats/s instead: a pipeline
    that keeps up stores the last heartbeat ``catch_up_s`` after it was sent.
+   The loader runs as ``agentwatch up`` runs it (``--loader process``): a process of its
+   own at the embedded profile's nice value, owning the chDB it serves, started and
+   ready before the clock starts; ``--loader in-process`` runs it in this process instead
+   (how the figures up to 2026-12-07 were measured).
 4. ``end_to_end_backlog``: the same pipeline draining K heartbeats that are
    already in the broker (producer not competing for CPU), timed from the
    dataflow process's start; ``dataflow_start_s`` (its start until its first
    read, from its ``source_first_read`` log lines) and
    ``heartbeats_per_s_from_first_read`` tell the start from the rate.
    Both runs give the CPU each part used meanwhile: the dataflow (``children_cpu_s``),
-   this process (``loader_process_cpu_s``: the loader, chDB, the bench's polls) and
-   the broker (``broker_cpu_s``).
+   the loader's process (``loader_process_cpu_s``: the loader and chDB; in process, this
+   one, the bench's polls too) and the broker (``broker_cpu_s``).
 5. per-agent state: the pickled size (what a recovery snapshot holds) and the
    in-memory size of the dataflow's per-agent state, per agent.
 
@@ -40,6 +44,7 @@ import os
 import pickle
 import platform
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -47,11 +52,13 @@ import sys
 import tempfile
 import time
 import tracemalloc
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
 
 from agentwatch.settings import Settings  # noqa: E402
 from agentwatch.shard import ShardState  # noqa: E402
@@ -64,8 +71,10 @@ from infra.broker import (  # noqa: E402
     start_broker,
 )
 from schemas.heartbeats import parse_heartbeats  # noqa: E402
+from sinks.chdb_http import served_dsn  # noqa: E402
 from sinks.clickhouse import connect, create_schema  # noqa: E402
 from sinks.loader import LoaderLanes  # noqa: E402
+from sinks.loader_metrics import parse as parse_loader_figures  # noqa: E402
 
 
 def say(text: str) -> None:
@@ -159,6 +168,99 @@ def dataflow_read(settings: Settings) -> int:
         consumer.close()
 
 
+class InProcessLoader:
+    """The loader in this process (``--loader in-process``): as the API ran it before the
+    embedded profile gave the loader a process of its own, and as the figures up to
+    2026-12-07 10:00 UTC were measured. Its CPU is this process's."""
+
+    def __init__(self, settings: Settings, client) -> None:
+        # connections of its own (`client` is this bench's, for the queries after)
+        self._lanes = LoaderLanes(settings, connect(settings), lambda: connect(settings))
+        self.client = client
+
+    def start(self) -> None:
+        self._lanes.start()
+
+    def figures(self) -> tuple[dict[str, int], int]:
+        """(rows inserted by topic, rows pending)."""
+        stats = self._lanes.stats()
+        return dict(stats.rows_inserted), stats.pending_rows
+
+    def cpu_s(self) -> float:
+        return time.process_time()
+
+    def stop(self) -> None:
+        self._lanes.stop()
+
+
+class LoaderProcess:
+    """The loader as ``agentwatch up`` runs it (``--loader process``, the default):
+    ``python -m sinks.loader`` in a process of its own at the embedded profile's nice
+    value (``embedded_loader_niceness``), owning a chDB directory of its own and serving
+    it over HTTP (the bench's queries go there, as the API's do); its figures are read
+    from its ``/metrics``, its CPU from ``/proc``. Started and ready (schema made) before
+    the pipeline's clock starts, as in a running stack."""
+
+    def __init__(self, settings: Settings, chdb_dir: Path, log_path: Path) -> None:
+        password = secrets.token_urlsafe(24)
+        serve_port, metrics_port = free_port(), free_port()
+        env = {
+            **os.environ, **settings.as_env(),
+            "AGENTWATCH_CLICKHOUSE_DSN": f"chdb://{chdb_dir}",
+            "AGENTWATCH_CLICKHOUSE_SERVE_PORT": str(serve_port),
+            "AGENTWATCH_CLICKHOUSE_SERVE_PASSWORD": password,
+            "AGENTWATCH_LOADER_METRICS_PORT": str(metrics_port),
+            "AGENTWATCH_LOADER_NICENESS": str(settings.embedded_loader_niceness),
+        }  # fmt: skip
+        self._metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with open(log_path, "wb") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "sinks.loader"], env=env, stdout=log,
+                stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent,
+                preexec_fn=die_with_parent_hook(),  # noqa: PLW1509
+            )  # fmt: skip
+        self.log_path = log_path
+        deadline = time.monotonic() + 60
+        while True:  # ready: its /metrics answers (after the schema and the chDB server)
+            if self._process.poll() is not None:
+                raise RuntimeError(f"the loader process exited; see {log_path}")
+            try:
+                if parse_loader_figures(self._get_metrics()).running:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the loader process did not start; see {log_path}")
+            time.sleep(0.1)
+        served = settings.model_copy(update={"clickhouse_serve_password": SecretStr(password)})
+        dsn = SecretStr(served_dsn(served, serve_port))
+        self.client = connect(settings.model_copy(update={"clickhouse_dsn": dsn}))
+
+    def _get_metrics(self) -> str:
+        with urllib.request.urlopen(self._metrics_url, timeout=5) as response:
+            return response.read().decode()
+
+    def start(self) -> None:
+        """(It runs already.)"""
+
+    def figures(self) -> tuple[dict[str, int], int]:
+        """(rows inserted by topic, rows pending)."""
+        figures = parse_loader_figures(self._get_metrics())
+        return figures.rows_inserted, figures.pending_rows
+
+    def cpu_s(self) -> float:
+        return _process_cpu_s(self._process.pid)
+
+    def stop(self) -> None:
+        self.client.close()
+        self._process.terminate()
+        try:
+            self._process.wait(30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(30)
+
+
 def run_pipeline(
     settings: Settings,
     client,
@@ -169,23 +271,29 @@ def run_pipeline(
     processes: int = 1,
     live_rate: float = 0.0,
     broker_pid: int | None = None,
+    loader_mode: str = "process",
 ) -> dict[str, float]:
-    """Dataflow process(es: ``processes`` of one Bytewax cluster) + loader; produce
-    concurrently (live) or drain a backlog."""
+    """Dataflow process(es: ``processes`` of one Bytewax cluster) + loader (``loader_mode``:
+    :class:`LoaderProcess` or :class:`InProcessLoader`); produce concurrently (live) or
+    drain a backlog. ``client`` is this process's chDB, where the in-process loader writes."""
     ensure_topics(settings)
     metrics_topic = settings.topic("metrics")
     if not live:
         say(f"  producing {len(values):,} heartbeats as a backlog")
         produce(settings.bootstrap_servers, metrics_topic, keys, values)
-    # as the embedded API runs it: connections of its own (`client` is this bench's polls)
-    loader = LoaderLanes(settings, connect(settings), lambda: connect(settings))
+    kind = "live" if live else "backlog"
+    if loader_mode == "process":
+        loader = LoaderProcess(settings, workdir / f"chdb-{kind}", workdir / f"loader-{kind}.log")
+    else:
+        loader = InProcessLoader(settings, client)
+    client = loader.client
     env = {**os.environ, **settings.as_env()}
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     if processes > 1:  # one cluster: its recovery directory prepared once, before any process
         recovery_config(with_recorded_layout(settings))
-    log_path = workdir / f"dataflow-{'live' if live else 'backlog'}.log"
+    log_path = workdir / f"dataflow-{kind}.log"
     children_cpu = _children_cpu_s()
-    own_cpu = time.process_time()
+    loader_cpu = loader.cpu_s()
     broker_cpu = _process_cpu_s(broker_pid)
     started, started_wall = time.perf_counter(), time.time()
     dataflows = []
@@ -213,16 +321,16 @@ def run_pipeline(
     db = settings.clickhouse_database
     # Done when the loader has stored every heartbeat, the dataflow has read them all, and
     # the loader's row counts have not moved for a second; the end is the last movement.
-    # The loader's own counters are read here, in process: a count() in ClickHouse every
-    # 50 ms took CPU from the pipeline (~2.5 % of its rate, alternated runs); ClickHouse
-    # is asked once, after.
+    # The loader's own counters are read (its /metrics, or in process): a count() in
+    # ClickHouse every 50 ms took CPU from the pipeline (~2.5 % of its rate, alternated
+    # runs); ClickHouse is asked once, after.
     last_seen: tuple = ()
     last_change, last_change_wall = time.perf_counter(), time.time()
     try:
         while True:
-            stats = loader.stats()
-            rows = stats.rows_inserted.get("metric_rows", 0)
-            seen = (rows, tuple(sorted(stats.rows_inserted.items())), stats.pending_rows)
+            inserted, pending_rows = loader.figures()
+            rows = inserted.get("metric_rows", 0)
+            seen = (rows, tuple(sorted(inserted.items())), pending_rows)
             now = time.perf_counter()
             if producer is not None and produced_at is None and not producer.is_alive():
                 produced_at = now
@@ -230,7 +338,7 @@ def run_pipeline(
                 last_seen, last_change, last_change_wall = seen, now, time.time()
             elif (
                 rows >= len(values)
-                and stats.pending_rows == 0
+                and pending_rows == 0
                 and now - last_change >= 1.0
                 and dataflow_read(settings) >= len(values)
             ):
@@ -249,20 +357,23 @@ def run_pipeline(
             dataflow.terminate()
         for dataflow in dataflows:
             dataflow.wait(30)
-        loader.stop()
-        inserted = dict(sorted(loader.stats().rows_inserted.items()))
-    # the dataflow's (and a live producer's) CPU, and this process's: the loader, chDB,
-    # the polling queries
-    cpu = {"children_cpu_s": _children_cpu_s() - children_cpu,
-           "loader_process_cpu_s": time.process_time() - own_cpu,
-           "broker_cpu_s": _process_cpu_s(broker_pid) - broker_cpu}  # fmt: skip
+        try:
+            # the dataflow's (and a live producer's) CPU; the loader's (in process: this
+            # process's, with the bench's polls); the broker's
+            cpu = {"children_cpu_s": _children_cpu_s() - children_cpu,
+                   "loader_process_cpu_s": loader.cpu_s() - loader_cpu,
+                   "broker_cpu_s": _process_cpu_s(broker_pid) - broker_cpu}  # fmt: skip
+            inserted = dict(sorted(loader.figures()[0].items()))
+            final, anomalies, baselines = (
+                client.query(f"SELECT count() FROM {db}.{table} FINAL").result_rows[0][0]
+                for table in ("metrics", "anomalies", "baselines")
+            )
+        finally:
+            loader.stop()
     # the rate once the pipeline runs: from the dataflow's first read of the topic (its
     # log says when; not counted: starting the interpreter, importing, Bytewax's start)
     first_read = first_read_at(log_path, metrics_topic, processes)
     running = last_change_wall - first_read if first_read else None
-    final = client.query(f"SELECT count() FROM {db}.metrics FINAL").result_rows[0][0]
-    anomalies = client.query(f"SELECT count() FROM {db}.anomalies FINAL").result_rows[0][0]
-    baselines = client.query(f"SELECT count() FROM {db}.baselines FINAL").result_rows[0][0]
     paced = {}
     if live:  # how long the pipeline took to store the last heartbeat once it was sent
         paced = {"producer_rate": live_rate or None,
@@ -279,6 +390,7 @@ def run_pipeline(
         "anomaly_rows": anomalies,
         "baseline_rows": baselines,
         "loader_rows_inserted": inserted,  # (per table: what the loader's CPU went to)
+        "loader": loader_mode,
         **cpu,
     }
 
@@ -372,6 +484,11 @@ def main() -> None:
         help="heartbeats/s of the live run's producer (default 0: as fast as it can); the "
         "live result then says how long the pipeline took, once the last was sent, to store it",
     )  # fmt: skip
+    parser.add_argument(
+        "--loader", choices=("process", "in-process"), default="process",
+        help="the end-to-end runs' loader: its own process at the embedded nice value, as "
+        "`agentwatch up` runs it (default), or in this process (the figures up to 2026-12-07)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
     parser.add_argument(
         "--profile-dataflow", type=Path, metavar="DIR",
@@ -388,6 +505,7 @@ def main() -> None:
         "partitions": args.partitions,
         "workers": args.workers,
         "processes": args.processes,
+        "loader": args.loader,
         "shards": args.shards or Settings.model_fields["shard_count"].default,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -449,7 +567,7 @@ def main() -> None:
         create_schema(client, backlog)
         results["end_to_end_backlog"] = run_pipeline(
             backlog, client, keys, values, live=False, workdir=workdir,
-            processes=args.processes, broker_pid=broker.process.pid,
+            processes=args.processes, broker_pid=broker.process.pid, loader_mode=args.loader,
         )  # fmt: skip
         if not args.skip_live:
             say("end to end: live, producer + dataflow + loader at once")
@@ -461,7 +579,7 @@ def main() -> None:
             results["end_to_end_live"] = run_pipeline(
                 live, client, keys, values, live=True, workdir=workdir,
                 processes=args.processes, live_rate=args.live_rate,
-                broker_pid=broker.process.pid,
+                broker_pid=broker.process.pid, loader_mode=args.loader,
             )  # fmt: skip
             same = ("metrics_rows", "anomaly_rows", "baseline_rows")
             a, b = results["end_to_end_backlog"], results["end_to_end_live"]

@@ -65,6 +65,7 @@ from agentwatch.shard import ShardState  # noqa: E402
 from agentwatch.simulator import FleetSimulator  # noqa: E402
 from dataflows.heartbeats import recovery_config, with_recorded_layout  # noqa: E402
 from infra.broker import (  # noqa: E402
+    die_with_parent_command,
     die_with_parent_hook,
     ensure_topics,
     free_port,
@@ -303,11 +304,12 @@ def run_pipeline(
             "AGENTWATCH_DATAFLOW_ADDRESSES": addresses,
         }  # fmt: skip
         with open(log_path.with_suffix(f".{process}.log"), "wb") as log:
+            # (not with a pre-exec hook: this process is large, ~9 GB with chDB's caches,
+            # and a hook makes Python fork it, ~0.16 s in the clock; die_with_parent_command)
+            command = [sys.executable, *profiled(workdir, live), "-m", "dataflows.heartbeats"]
             dataflows.append(subprocess.Popen(
-                [sys.executable, *profiled(workdir, live), "-m", "dataflows.heartbeats"],
-                env={**env, **cluster}, stdout=log, stderr=subprocess.STDOUT,
-                cwd=Path(__file__).resolve().parent.parent,
-                preexec_fn=die_with_parent_hook(),  # noqa: PLW1509
+                die_with_parent_command(command), env={**env, **cluster}, stdout=log,
+                stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent,
             ))  # fmt: skip
     loader.start()
     producer = None

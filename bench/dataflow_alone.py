@@ -44,7 +44,7 @@ from throughput import dataflow_read, generate, process_cpu, produce, say  # noq
 
 from agentwatch.settings import Settings  # noqa: E402
 from bench.api import finish  # noqa: E402
-from infra.broker import die_with_parent_hook, ensure_topics, free_port, start_broker  # noqa: E402
+from infra.broker import die_with_parent_command, ensure_topics, free_port, start_broker  # noqa: E402
 
 
 def one_run(checkout: str, settings: Settings, expected: int, log: Path) -> dict[str, float]:
@@ -57,9 +57,9 @@ def one_run(checkout: str, settings: Settings, expected: int, log: Path) -> dict
         env[name] = value
     started, started_at = time.perf_counter(), time.time()
     with open(log, "wb") as out:
-        dataflow = subprocess.Popen(
-            [sys.executable, "-m", "dataflows.heartbeats"], cwd=root, env=env, stdout=out,
-            stderr=subprocess.STDOUT, preexec_fn=die_with_parent_hook(),  # noqa: PLW1509
+        dataflow = subprocess.Popen(  # (no pre-exec hook: this process is large to fork)
+            die_with_parent_command([sys.executable, "-m", "dataflows.heartbeats"]), cwd=root,
+            env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
         while dataflow_read(settings) < expected:

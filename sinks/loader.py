@@ -924,7 +924,7 @@ class Loader:
                 tables = pending.tables
                 arrow = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
                 self._client.insert_arrow(pending.table, arrow, database=self._database)
-            frame, dropped = pending.tables[0], 0
+            frame, dropped = None, 0  # (metric_rows has no projections)
         else:
             frame = pending.frame()
             dropped = self._insert_frame(pending.table, frame)

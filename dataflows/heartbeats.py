@@ -58,7 +58,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
+from operator import itemgetter
 from pathlib import Path
+from typing import Any
 
 import bytewax.operators as op
 import numpy as np
@@ -90,7 +92,7 @@ from agentwatch.settings import Settings
 from agentwatch.shard import ShardOutput, ShardState
 from dataflows.clock import ClockSource, Tick, to_every_shard
 from dataflows.inputs import OneInput, carried_positions, of_source
-from dataflows.kafka_sink import BatchKafkaSink, Message
+from dataflows.kafka_sink import Message, publish
 from dataflows.kafka_source import STOP, KafkaBatchSource, RawBatch
 from dataflows.metrics import METRICS
 from dataflows.routing import plain_keys, spread_keys
@@ -203,10 +205,42 @@ def dead_letters(
 
 
 def one_item(messages: list[Message]) -> list[list[Message]]:
-    """A step's messages as one item of the flow, none if there are none: the sink
-    (:class:`~dataflows.kafka_sink.BatchKafkaSink`) takes lists, because every item
-    costs a trip through Bytewax's engine and a step's output is many messages."""
+    """A step's messages as one item of the flow, none if there are none: the publishing
+    step (:func:`~dataflows.kafka_sink.publish`) takes lists, because every item costs a
+    trip through Bytewax's engine and a step's output is many messages."""
     return [messages] if messages else []
+
+
+def keyed(
+    key_of: Callable[[Any], str], messages_of: Callable[[Any], list[list[Message]]], item: Any
+) -> list[tuple[str, list[Message]]]:
+    """``messages_of(item)``'s lists, each under the key ``key_of(item)``: the publishing
+    step is keyed like the step that made the messages, so they are published on its
+    worker (:func:`publish_key`)."""
+    key = key_of(item)
+    return [(key, messages) for messages in messages_of(item)]
+
+
+def publish_key(keys: tuple[str, ...], name: str) -> str:
+    """The shard key messages about ``name`` (a tenant, the fleet's ``*``, a source's
+    partition) are published under: one of the shards' ``keys``, so the publishing step
+    has few keys (one snapshot each per epoch), whatever the tenants."""
+    return keys[shard_of(name, len(keys))]
+
+
+def under(key: str, messages: list[Message]) -> tuple[str, list[Message]]:
+    """``messages`` under ``key`` (for the publishing step)."""
+    return key, messages
+
+
+def batch_key(keys: tuple[str, ...], checked: CheckedBatch | CheckedEvents) -> str:
+    """The publishing key of a read batch's dead letters (by its partition)."""
+    return publish_key(keys, f"{checked.raw.topic}[{checked.raw.partition}]")
+
+
+def item_key(keys: tuple[str, ...], item: tuple[str, object]) -> str:
+    """The publishing key of a keyed step's output (by the step's key)."""
+    return publish_key(keys, item[0])
 
 
 def dead_letter_records(raw: RawBatch, rejected: list[tuple[int, str]]) -> list[dict]:
@@ -512,9 +546,11 @@ def build_flow(
     """The heartbeat dataflow. Without ``source``, heartbeats, agents' events and
     operators' commands are read from Kafka and the clock ticks every ``clock_tick_s``;
     with one (tests), agents' events come from ``events``, commands from ``control`` and
-    ticks from ``clock``, if given. ``sink`` defaults to Kafka; its items are lists of
-    messages (:func:`one_item`). ``wall_clock`` reads the
-    processing time at which a batch of heartbeats is taken (a test may drive it)."""
+    ticks from ``clock``, if given. Without ``sink``, the messages go to Kafka through the
+    stateful ``publish`` step (:func:`dataflows.kafka_sink.publish`: durable before each
+    epoch commits); a ``sink`` (tests) gets them as lists of messages (:func:`one_item`).
+    ``wall_clock`` reads the processing time at which a batch of heartbeats is taken (a
+    test may drive it)."""
     if source is None:
         source, events, control = (
             KafkaBatchSource(
@@ -532,10 +568,6 @@ def build_flow(
         carried = carried_positions(settings.recovery_path, FLOW_ID)
     else:
         carried = {}
-    if sink is None:
-        sink = BatchKafkaSink(
-            {**settings.kafka_config(), "linger.ms": "5", "enable.idempotence": "false"}
-        )
     flow = Dataflow(FLOW_ID)
     # one input, so that its partitions move from epoch to epoch together (dataflows.inputs);
     # it keeps the heartbeat input's name, under which their read positions are snapshotted
@@ -544,10 +576,13 @@ def build_flow(
     read = op.input("read_heartbeats", flow, OneInput(given, "heartbeats", carried))
     batches = op.filter_map("heartbeats", read, partial(of_source, "heartbeats"))
     checked = op.map("validate", batches, partial(validate, settings.max_message_bytes))
-    rejected = op.flat_map(
-        "dead_letters", checked, partial(dead_letters, settings.topic("deadletter"))
-    )
+    # every output is keyed for the publishing step (keyed, publish_key)
     keys = shard_keys(settings)
+    rejected = op.flat_map(
+        "dead_letters", checked,
+        partial(keyed, partial(batch_key, keys),
+                partial(dead_letters, settings.topic("deadletter"))),
+    )  # fmt: skip
     by_shard = op.flat_map("split_by_shard", checked, partial(split_by_shard, keys))
     checked_inputs = [
         op.map(
@@ -563,7 +598,8 @@ def build_flow(
         rejected = op.merge(
             "all_dead_letters", rejected,
             op.flat_map("event_dead_letters", changes,
-                        partial(dead_letters, settings.topic("deadletter"))),
+                        partial(keyed, partial(batch_key, keys),
+                                partial(dead_letters, settings.topic("deadletter")))),
         )  # fmt: skip
         commands = op.flat_map("to_shards", changes, partial(to_shards, keys))
         by_shard = op.merge("shard_inputs", by_shard, commands)
@@ -582,16 +618,27 @@ def build_flow(
     found = op.flat_map(
         "findings",
         observed,
-        partial(findings, topics, settings.topic("deadletter"), settings.topic("metric_rows")),
-    )
+        partial(keyed, itemgetter(0), partial(
+            findings, topics, settings.topic("deadletter"), settings.topic("metric_rows"))),
+    )  # fmt: skip
     tenants = op.flat_map("by_tenant", observed, by_tenant)
     incidents = op.flat_map(
         "incidents",
         op.stateful_map("coordinated_threats", tenants, partial(coordinate, settings)),
-        partial(incident_messages, settings.topic("incidents")),
+        partial(keyed, partial(item_key, keys),
+                partial(incident_messages, settings.topic("incidents"))),
+    )  # fmt: skip
+    clusters = op.map(
+        "cluster_events_keyed",
+        behaviour_clusters(settings, observed),
+        partial(under, publish_key(keys, FLEET)),
     )
-    clusters = behaviour_clusters(settings, observed)
-    op.output("publish", op.merge("outputs", rejected, found, incidents, clusters), sink)
+    outputs = op.merge("outputs", rejected, found, incidents, clusters)
+    if sink is None:  # (Kafka: durable at each epoch's end, dataflows.kafka_sink)
+        config = {**settings.kafka_config(), "linger.ms": "5", "enable.idempotence": "false"}
+        publish("publish", outputs, config)
+    else:
+        op.output("publish", op.map("messages", outputs, itemgetter(1)), sink)
     return flow
 
 

@@ -1,22 +1,36 @@
-"""A Bytewax sink that writes lists of Kafka messages, one item per list.
+"""The dataflow's publishing step: lists of Kafka messages, produced as they come, held
+durable at the end of every epoch.
 
 Bytewax's own ``KafkaSink`` takes one item per message, and every item costs a trip
-through the engine (measured: a few microseconds each, more than serialising a
-small record). The dataflow's steps already produce their messages a step's output
-at a time, so they pass the whole list as one item and this sink produces each
-message of it. A message is a plain named tuple (making Bytewax's
-``KafkaSinkMessage`` dataclass took 2.2 µs, three times the JSON of the record).
+through the engine (measured: a few microseconds each, more than serialising a small
+record). The dataflow's steps already produce their messages a step's output at a time,
+so they pass the whole list as one item. A message is a plain named tuple (making
+Bytewax's ``KafkaSinkMessage`` dataclass took 2.2 µs, three times the JSON of the record).
 
-Like Bytewax's sink it waits for the broker's acknowledgement of everything written
-before it returns (``flush``): the epoch, and with it the
-recovery snapshot, closes only on messages the broker holds (at least once).
+**At least once, by construction.** Bytewax commits an epoch (the snapshots a restart
+resumes from) once every *stateful* step has snapshotted it; it does not wait for a
+``DynamicSink``'s writes (``write_recovery`` in its ``src/recovery.rs``: output progress
+"only makes sense on stateful outputs"). A sink that waited for the broker at each write
+was therefore safe only because Timely runs a worker's sink before its recovery
+operators. Here publishing is itself a stateful step (:func:`publish`, keyed like the
+steps that made the messages, so they stay on their worker): each list's messages are
+handed to the producer at once (librdkafka sends them within ``linger.ms``), and the
+step's snapshot at the epoch's end waits until the broker holds everything handed so far
+(``flush``), raising if anything was refused. The epoch cannot commit before that, and
+the dataflow no longer stops at every write for the broker's acknowledgement (0.9 s per
+million heartbeats, docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
+from functools import partial
 from typing import NamedTuple
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+from bytewax.operators import StatefulBatchLogic
 from confluent_kafka import KafkaException, Producer
 
 
@@ -32,43 +46,89 @@ class Message(NamedTuple):
 QUEUE_FULL_WAIT_S = 0.05
 
 
-class _BatchPartition(StatelessSinkPartition[list[Message]]):
-    def __init__(self, producer: Producer) -> None:
-        self._producer = producer
-        self._errors: list[str] = []
+class Outbox:
+    """One producer for every publishing key of a process, and what the broker refused.
+
+    Keys on one worker share it, and so do the workers of one process (librdkafka's
+    producer is thread-safe): a flush for one key waits for the others' messages too,
+    which is only sooner durable."""
+
+    def __init__(self, config: dict[str, str]) -> None:
+        self._producer = Producer(config)
+        self._refused: list[str] = []
 
     def _delivered(self, error: object, _message: object) -> None:
         if error is not None:
-            self._errors.append(str(error))
+            self._refused.append(str(error))
 
-    def write_batch(self, items: list[list[Message]]) -> None:
+    def send(self, messages: Iterable[Message]) -> None:
+        """Hand the messages to the producer (it sends them within ``linger.ms``)."""
         producer = self._producer
-        for messages in items:
-            for message in messages:
-                while True:
-                    try:
-                        producer.produce(
-                            message.topic, message.value, message.key, on_delivery=self._delivered
-                        )
-                        break
-                    except BufferError:  # the client's queue is full: let it drain
-                        producer.poll(QUEUE_FULL_WAIT_S)
-            producer.poll(0)
-        producer.flush()
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise KafkaException(f"{len(errors)} messages not delivered, first: {errors[0]}")
+        for message in messages:
+            while True:
+                try:
+                    producer.produce(
+                        message.topic, message.value, message.key, on_delivery=self._delivered
+                    )
+                    break
+                except BufferError:  # the client's queue is full: let it drain
+                    producer.poll(QUEUE_FULL_WAIT_S)
+        producer.poll(0)
 
-    def close(self) -> None:
+    def settle(self) -> None:
+        """Wait until the broker holds every message handed so far; raise if it refused
+        any (the epoch then never commits, and a restart publishes them again)."""
         self._producer.flush()
+        if self._refused:
+            refused, self._refused = self._refused, []
+            raise KafkaException(f"{len(refused)} messages not delivered, first: {refused[0]}")
 
 
-class BatchKafkaSink(DynamicSink[list[Message]]):
-    """Produce every message of every list to the topic the message names; ``config``
-    is the producer's configuration (``bootstrap.servers`` and any other)."""
+_OUTBOXES: dict[tuple[tuple[str, str], ...], Outbox] = {}
+_OUTBOXES_LOCK = threading.Lock()
 
-    def __init__(self, config: dict[str, str]) -> None:
-        self._config = dict(config)
 
-    def build(self, _step_id: str, _worker_index: int, _worker_count: int) -> _BatchPartition:
-        return _BatchPartition(Producer(self._config))
+def outbox(config: dict[str, str]) -> Outbox:
+    """This process's :class:`Outbox` for a producer ``config``."""
+    key = tuple(sorted(config.items()))
+    with _OUTBOXES_LOCK:
+        if key not in _OUTBOXES:
+            _OUTBOXES[key] = Outbox(config)
+        return _OUTBOXES[key]
+
+
+class _Publishing(StatefulBatchLogic[list[Message], None, None]):
+    """One key's publishing: nothing kept but the outbox it hands messages to."""
+
+    def __init__(self, box: Outbox) -> None:
+        self._box = box
+
+    def on_batch(self, values: list[list[Message]]) -> tuple[list[None], bool]:
+        for messages in values:
+            self._box.send(messages)
+        return [], StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[None], bool]:
+        self._box.settle()
+        return [], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> None:
+        self._box.settle()  # (before the epoch can commit: at least once)
+
+
+def _publishing(config: dict[str, str], _resume: None) -> _Publishing:
+    return _Publishing(outbox(config))
+
+
+def _nothing(_step_id: str, _item: object) -> None:
+    return None
+
+
+def publish(step_id: str, up: Stream[tuple[str, list[Message]]], config: dict[str, str]) -> None:
+    """Produce every message of every ``(key, messages)`` item to the topic it names, with
+    a producer of ``config`` (``bootstrap.servers`` and any other); the step's state is
+    only the epoch's end, at which it waits for the broker (see the module). Key the
+    items as the steps that made them are keyed, so they are published on the same
+    worker."""
+    published = op.stateful_batch(step_id, up, partial(_publishing, dict(config)))
+    op.inspect(f"{step_id}_done", published, _nothing)  # (Bytewax wants an output step)

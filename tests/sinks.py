@@ -21,7 +21,7 @@ class _Collect(StatelessSinkPartition):
 
 class MessagesSink(DynamicSink):
     """Collect every message of every list the flow outputs into ``out``, in order (what
-    :class:`dataflows.kafka_sink.BatchKafkaSink` would produce); the Arrow batches of
+    :func:`dataflows.kafka_sink.publish` would produce); the Arrow batches of
     ``agents.metric_rows`` (not JSON: :mod:`schemas.metric_rows`) only if ``keep_rows``."""
 
     def __init__(self, out: list, keep_rows: bool = False) -> None:

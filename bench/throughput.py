@@ -66,7 +66,6 @@ from agentwatch.simulator import FleetSimulator  # noqa: E402
 from dataflows.heartbeats import recovery_config, with_recorded_layout  # noqa: E402
 from infra.broker import (  # noqa: E402
     die_with_parent_command,
-    die_with_parent_hook,
     ensure_topics,
     free_port,
     start_broker,
@@ -215,12 +214,10 @@ class LoaderProcess:
         }  # fmt: skip
         self._metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         with open(log_path, "wb") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "sinks.loader"], env=env, stdout=log,
-                stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent,
-                preexec_fn=die_with_parent_hook(),  # noqa: PLW1509
+            self._process = subprocess.Popen(  # (no pre-exec hook: see run_pipeline)
+                die_with_parent_command([sys.executable, "-m", "sinks.loader"]), env=env,
+                stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent,
             )  # fmt: skip
-        self.log_path = log_path
         deadline = time.monotonic() + 60
         while True:  # ready: its /metrics answers (after the schema and the chDB server)
             if self._process.poll() is not None:

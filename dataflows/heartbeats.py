@@ -578,11 +578,10 @@ def build_flow(
     checked = op.map("validate", batches, partial(validate, settings.max_message_bytes))
     # every output is keyed for the publishing step (keyed, publish_key)
     keys = shard_keys(settings)
-    rejected = op.flat_map(
-        "dead_letters", checked,
-        partial(keyed, partial(batch_key, keys),
-                partial(dead_letters, settings.topic("deadletter"))),
-    )  # fmt: skip
+    keyed_dead_letters = partial(
+        keyed, partial(batch_key, keys), partial(dead_letters, settings.topic("deadletter"))
+    )
+    rejected = op.flat_map("dead_letters", checked, keyed_dead_letters)
     by_shard = op.flat_map("split_by_shard", checked, partial(split_by_shard, keys))
     checked_inputs = [
         op.map(
@@ -597,9 +596,7 @@ def build_flow(
         changes = op.merge("lifecycle_inputs", *checked_inputs)
         rejected = op.merge(
             "all_dead_letters", rejected,
-            op.flat_map("event_dead_letters", changes,
-                        partial(keyed, partial(batch_key, keys),
-                                partial(dead_letters, settings.topic("deadletter")))),
+            op.flat_map("event_dead_letters", changes, keyed_dead_letters),
         )  # fmt: skip
         commands = op.flat_map("to_shards", changes, partial(to_shards, keys))
         by_shard = op.merge("shard_inputs", by_shard, commands)

@@ -177,11 +177,10 @@ def decode(value: bytes | None) -> pa.Table:
         if table.column(name).null_count:
             raise ValueError(f"{name}: null values")
     for name, (low, high) in _BOUNDS.items():
-        for chunk in table.column(name).chunks:
-            if len(chunk):
-                _require_within(name, _numbers(chunk), low, high)
+        for chunk in _chunks(table, name):
+            _require_within(name, _numbers(chunk), low, high)
     for name in _TEXT:
-        if any(_has_empty(chunk) for chunk in table.column(name).chunks):
+        if any(_has_empty(chunk) for chunk in _chunks(table, name)):
             raise ValueError(f"{name}: empty")
     return table
 
@@ -229,6 +228,11 @@ def _require_within(name: str, values: np.ndarray, low: float, high: float) -> N
         raise ValueError(f"{name}: {kind} outside [{low:g}, {high:g}]")
 
 
+def _chunks(table: pa.Table, name: str) -> list[pa.Array]:
+    """The column's chunks that hold rows (an empty one may have no buffers)."""
+    return [chunk for chunk in table.column(name).chunks if len(chunk)]
+
+
 def _numbers(chunk: pa.Array) -> np.ndarray:
     """A numeric chunk without nulls as numpy sees it: a view of its values' buffer (times:
     their int64 milliseconds). Not ``to_numpy()``: it would import pandas, which the
@@ -241,4 +245,4 @@ def _has_empty(strings: pa.StringArray) -> bool:
     """Whether any string of the array is empty: two equal offsets in a row."""
     offsets = np.frombuffer(strings.buffers()[1], np.int32)
     offsets = offsets[strings.offset : strings.offset + len(strings) + 1]
-    return bool(len(strings)) and bool((offsets[1:] == offsets[:-1]).any())
+    return bool((offsets[1:] == offsets[:-1]).any())

@@ -1633,17 +1633,8 @@ _ASSIGNMENT_SCORE_ARROW = pa.schema(
 )
 
 
-def _assignment_score_frame(rows: list[dict]) -> pa.Table:
-    """``assignment_scores`` rows as one Arrow table, which ClickHouse reads as it is:
-    no per-row serialisation in Python (pandas and the client's Native encoding cost
-    13 µs a row for the two tables; docs/benchmarks.md)."""
-    seconds = np.fromiter((row["timestamp"] for row in rows), np.float64, len(rows))
-    columns = {
-        name: [row[name] for row in rows] for name in _ASSIGNMENT_SCORE_ARROW.names
-        if name != "timestamp"
-    }  # fmt: skip
-    columns["timestamp"] = utc_millis(seconds)
-    return pa.Table.from_pydict(columns, schema=_ASSIGNMENT_SCORE_ARROW)
+#: ``assignment_scores`` rows (the history and the latest per agent: the very same frame).
+_assignment_score_frame = _arrow_frame(_ASSIGNMENT_SCORE_ARROW)
 
 
 def _same_row(row: dict) -> dict:

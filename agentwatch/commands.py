@@ -4,7 +4,7 @@ The events of ``agents.control`` and ``agents.events`` become these commands
 (:func:`agentwatch.inbox.shard_command`); a shard applies them
 (:class:`agentwatch.shard.ShardState`). They live apart from the shard so that the
 processes that only read or check the events (the API and its loader) do not load the
-shard's models (the detector, and with it scipy and River).
+shard's models (the detector and River).
 """
 
 from __future__ import annotations

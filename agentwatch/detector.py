@@ -84,7 +84,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from river.base import AnomalyDetector
-from scipy.special import erfc
 
 from agentwatch.baselines import (
     beyond_range,
@@ -96,6 +95,7 @@ from agentwatch.baselines import (
 )
 from agentwatch.rows import ArraySpec, allocate
 from agentwatch.settings import Settings
+from agentwatch.special import erfc
 
 #: A score of 1 is a recent surprise whose tail probability is 10**-SCORE_DECADES or less.
 SCORE_DECADES = 10.0

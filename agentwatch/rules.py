@@ -87,7 +87,7 @@ from schemas.models import (
     ThreatRuleSpec,
 )
 
-if TYPE_CHECKING:  # (the API checks rules without loading the detector, scipy and River)
+if TYPE_CHECKING:  # (the API checks rules without loading the detector and River)
     from agentwatch.fleet import FleetBaselines, FleetOutput
 
 _OPS = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal}

@@ -89,7 +89,6 @@ from functools import partial
 
 import numpy as np
 import orjson
-import pandas as pd
 import pyarrow as pa
 from clickhouse_connect.driver.binding import quote_identifier
 from clickhouse_connect.driver.client import Client
@@ -306,9 +305,8 @@ class _PendingTable:
     #: monotonic time the oldest pending message was read; None when nothing is pending.
     since: float | None = None
 
-    def frame(self) -> pd.DataFrame | pa.Table:
-        """All pending rows of a derived topic as one DataFrame (or Arrow table) in the
-        table's layout."""
+    def frame(self) -> pa.Table:
+        """All pending rows of a derived topic as one Arrow table in the table's layout."""
         return LOADED[self.name].frame(self.records)
 
     def clear_rows(self) -> None:
@@ -952,8 +950,8 @@ class Loader:
         log.info("batch_inserted table=%s rows=%d insert_ms=%.1f", pending.table, rows, elapsed_ms)
         return rows
 
-    def _insert_frame(self, table: str, frame: pd.DataFrame | pa.Table) -> int:
-        """Insert a frame (or an Arrow table); return how many rows had to be dropped.
+    def _insert_frame(self, table: str, frame: pa.Table) -> int:
+        """Insert an Arrow table; return how many rows had to be dropped.
 
         A row the client cannot serialise for its column (``DataError``, e.g. a
         count too large for ``UInt32``) would fail every retry and block the
@@ -961,11 +959,11 @@ class Loader:
         alone, and those are logged and dropped. Server errors are raised.
         """
         try:
-            insert_rows(self._client, table, frame, self._database, self._types)
+            insert_rows(self._client, table, frame, self._database)
             return 0
         except DataError as exc:
             if len(frame) == 1:
-                row = frame.to_pylist()[0] if isinstance(frame, pa.Table) else frame.iloc[0]
+                row = frame.to_pylist()[0]
                 log.warning(
                     "row_dropped table=%s reason=%r row=%s",
                     table,
@@ -974,10 +972,7 @@ class Loader:
                 )
                 return 1
         half = len(frame) // 2
-        if isinstance(frame, pa.Table):
-            first, second = frame.slice(0, half), frame.slice(half)
-        else:
-            first, second = frame.iloc[:half], frame.iloc[half:]
+        first, second = frame.slice(0, half), frame.slice(half)
         return self._insert_frame(table, first) + self._insert_frame(table, second)
 
     def _write_offsets(self, tables: list[_PendingTable]) -> None:
@@ -1117,7 +1112,10 @@ def anomaly_row(value: bytes) -> dict:
     ('cpu_usage', '[{"feature":"cpu_usage"')
     """
     record = AnomalyRecord.model_validate(orjson.loads(value))
-    _require_range("timestamp", record.timestamp, *TIMESTAMP_RANGE)
+    for name in ("timestamp", "episode_start", "episode_end"):
+        moment = getattr(record, name)
+        if moment is not None:
+            _require_range(name, moment, *TIMESTAMP_RANGE)
     reasons = [_fields(reason) for reason in record.reasons]
     return {
         "agent_id": record.agent_id,
@@ -1389,24 +1387,10 @@ _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
 
 
-def insert_rows(
-    client: Client,
-    table: str,
-    rows: pd.DataFrame | pa.Table,
-    database: str,
-    types: ColumnTypes | None = None,
-) -> None:
-    """Insert what a :class:`LoadedTopic`'s ``frame`` made: a DataFrame through the
-    client's own encoding (with the column ``types`` kept, if given: not asked of the
-    server each time), an Arrow table as it is (ClickHouse reads Arrow natively)."""
-    if isinstance(rows, pa.Table):
-        client.insert_arrow(table, rows, database=database)
-    elif types is None:
-        client.insert_df(table, rows, database=database)
-    else:
-        columns = list(rows.columns)
-        kept = types.of(table, columns)
-        client.insert_df(table, rows, database=database, column_names=columns, column_types=kept)
+def insert_rows(client: Client, table: str, rows: pa.Table, database: str) -> None:
+    """Insert what a :class:`LoadedTopic`'s ``frame`` made: an Arrow table, which ClickHouse
+    reads as it is."""
+    client.insert_arrow(table, rows, database=database)
 
 
 def _require_range(name: str, value: float, low: float, high: float) -> None:
@@ -1415,23 +1399,12 @@ def _require_range(name: str, value: float, low: float, high: float) -> None:
         raise ValueError(f"{name}={value!r} is outside [{low:g}, {high:g}]")
 
 
-def _frame(columns: tuple[str, ...], time_columns: tuple[str, ...]) -> Callable:
-    """A builder of a table's DataFrame from row dicts (epoch seconds → UTC timestamps)."""
-
-    def build(records: list[dict]) -> pd.DataFrame:
-        frame = pd.DataFrame.from_records(records, columns=list(columns))
-        for name in time_columns:
-            frame[name] = pd.to_datetime(frame[name], unit="s", utc=True)
-        return frame
-
-    return build
-
-
 def _arrow_frame(schema: pa.Schema) -> Callable[[list[dict]], pa.Table]:
     """A builder of a table's rows as one Arrow table, which ClickHouse reads as it is (no
-    per-row encoding in Python: pandas and the client's Native encoding cost ~13 µs a row,
-    docs/benchmarks.md): ``schema``'s columns from the row dicts, its times from epoch
-    seconds (None: null) cut to milliseconds as the pandas frames are (:func:`utc_millis`).
+    per-row encoding in Python: pandas and the client's Native encoding cost ~13 µs a row
+    and ~2.5 ms more an insert, docs/benchmarks.md): ``schema``'s columns from the row
+    dicts, its times from epoch seconds (None: null) cut to milliseconds as pandas cut them
+    (:func:`utc_millis`; every table was written through pandas before).
     The rows' values must fit their columns: the row functions check the ranges first (a
     value that does not fit fails the whole batch, at every retry)."""
     times = [field.name for field in schema if pa.types.is_timestamp(field.type)]
@@ -1488,6 +1461,121 @@ _AGENT_ARROW = _arrow_schema(
     ("quarantine_until", _MS, True),
     ("transitions", pa.uint32()),
 )
+
+
+_TEXT = pa.string()
+#: ``anomalies`` rows as Arrow.
+_ANOMALY_ARROW = _arrow_schema(
+    ("agent_id", _TEXT),
+    ("tenant_id", _TEXT),
+    ("timestamp", _MS),
+    ("score", pa.float64()),
+    ("threshold", pa.float64()),
+    ("is_anomaly", pa.bool_()),
+    ("detector", _TEXT),
+    ("top_feature", _TEXT),
+    ("reasons", _TEXT),
+    ("episode_start", _MS, True),
+    ("episode_end", _MS, True),
+)
+#: ``threats`` rows as Arrow.
+_THREAT_ARROW = _arrow_schema(
+    *((name, _TEXT) for name in ("agent_id", "tenant_id", "rule", "category", "severity")),
+    ("first_seen", _MS),
+    ("last_seen", _MS),
+    ("condition", _TEXT),
+    ("evidence", _TEXT),
+)
+#: ``alerts`` rows as Arrow.
+_ALERT_ARROW = _arrow_schema(
+    *((name, _TEXT) for name in
+      ("fingerprint", "agent_id", "tenant_id", "rule", "category", "severity", "state")),
+    ("started_at", _MS),
+    ("fired_at", _MS, True),
+    ("resolved_at", _MS, True),
+    ("last_seen", _MS),
+    ("updated_at", _MS),
+    ("flapping", pa.bool_()),
+    ("flap_count", pa.uint32()),
+    ("summary", _TEXT),
+    ("evidence", _TEXT),
+    ("silenced", pa.bool_()),
+)  # fmt: skip
+#: ``security_scores`` rows as Arrow.
+_SCORE_ARROW = _arrow_schema(
+    ("agent_id", _TEXT),
+    ("tenant_id", _TEXT),
+    ("timestamp", _MS),
+    ("score", pa.float64()),
+    ("delta", pa.float64()),
+    ("cause", _TEXT),
+    ("first_seen", _MS, True),
+)
+#: ``commands`` rows as Arrow.
+_COMMAND_ARROW = _arrow_schema(
+    *((name, _TEXT) for name in ("command_id", "agent_id", "tenant_id", "command", "reason")),
+    ("issued_at", _MS),
+    ("actor", _TEXT),
+    ("score", pa.float64(), True),
+    ("task_id", _TEXT, True),
+)
+#: ``incidents`` rows as Arrow.
+_INCIDENT_ARROW = _arrow_schema(
+    *((name, _TEXT) for name in ("incident_id", "tenant_id", "rule", "category", "severity")),
+    ("agent_ids", pa.list_(_TEXT)),
+    ("truncated", pa.bool_()),
+    ("first_seen", _MS),
+    ("last_seen", _MS),
+    ("revision", pa.uint32()),
+)
+#: ``deadletter`` rows as Arrow.
+_DEADLETTER_ARROW = _arrow_schema(
+    ("topic", _TEXT),
+    ("partition", pa.uint32()),
+    ("offset", pa.uint64()),
+    ("reason", _TEXT),
+    ("key", _TEXT, True),
+    ("value_b64", _TEXT),
+    ("value_bytes", pa.uint32()),
+    ("received_at", _MS),
+    ("cluster_id", _TEXT),
+)
+#: ``agent_registry`` rows as Arrow.
+_REGISTRY_ARROW = _arrow_schema(
+    *((name, _TEXT) for name in
+      ("tenant_id", "agent_id", "name", "agent_type", "owner", "version")),
+    ("capabilities", pa.list_(_TEXT)),
+    ("max_concurrent_tasks", pa.uint32()),
+    ("resources", pa.map_(_TEXT, pa.float64())),
+    ("tags", pa.map_(_TEXT, _TEXT)),
+    ("endpoint", _TEXT, True),
+    ("registered_at", _MS),
+    ("actor", _TEXT),
+)  # fmt: skip
+#: ``tasks`` rows as Arrow (the table's Float32 columns given as Float64: ClickHouse
+#: narrows them, as it did the pandas frames' floats).
+_TASK_ARROW = _arrow_schema(
+    *((name, _TEXT) for name in
+      ("task_id", "tenant_id", "agent_id", "task_type", "priority", "status")),
+    ("attempt", pa.uint16()),
+    ("required_capabilities", pa.list_(_TEXT)),
+    ("score", pa.float64(), True),
+    ("components", _TEXT),
+    ("p_success", pa.float64(), True),
+    ("expected_duration_s", pa.float64(), True),
+    ("deadline", _MS, True),
+    ("assigned_at", _MS),
+    ("accepted_at", _MS, True),
+    ("finished_at", _MS, True),
+    ("duration_s", pa.float64(), True),
+    ("sla_met", pa.bool_(), True),
+    ("reason", _TEXT),
+    ("agent_active_tasks", pa.uint32()),
+    ("capacity", pa.uint32()),
+    ("assigned_by", _TEXT),
+    ("updated_at", _MS),
+    ("version", pa.uint64()),
+)  # fmt: skip
 
 
 def agent_row(event: dict) -> dict | None:
@@ -1558,57 +1646,18 @@ class Projection:
 
     table: str
     row: Callable[[dict], dict | None]
-    frame: Callable[[list[dict]], pd.DataFrame | pa.Table]
+    frame: Callable[[list[dict]], pa.Table]
 
 
 #: The projections of ``agents.state`` (see the module).
 PROJECTIONS = (
     Projection("agents", agent_row, _arrow_frame(_AGENT_ARROW)),
-    Projection(
-        "agent_registry",
-        registry_row,
-        _frame(
-            ("tenant_id", "agent_id", *Registration.model_fields, "registered_at", "actor"),
-            ("registered_at",),
-        ),
-    ),
+    Projection("agent_registry", registry_row, _arrow_frame(_REGISTRY_ARROW)),
 )
 
 
 #: ``tasks``, from ``task_assigned`` (agents.control) and ``task_changed`` (agents.state).
-TASKS = Projection(
-    "tasks",
-    task_row,
-    _frame(
-        (
-            "task_id",
-            "tenant_id",
-            "agent_id",
-            "task_type",
-            "priority",
-            "status",
-            "attempt",
-            "required_capabilities",
-            "score",
-            "components",
-            "p_success",
-            "expected_duration_s",
-            "deadline",
-            "assigned_at",
-            "accepted_at",
-            "finished_at",
-            "duration_s",
-            "sla_met",
-            "reason",
-            "agent_active_tasks",
-            "capacity",
-            "assigned_by",
-            "updated_at",
-            "version",
-        ),
-        _TASK_TIMES,
-    ),
-)
+TASKS = Projection("tasks", task_row, _arrow_frame(_TASK_ARROW))
 #: The projections of each lifecycle channel.
 CHANNEL_PROJECTIONS = {CONTROL_CHANNEL: (TASKS,), STATE_CHANNEL: (*PROJECTIONS, TASKS)}
 
@@ -1624,7 +1673,7 @@ def _assignment_score_arrow_type(name: str) -> pa.DataType:
 
 #: An ``assignment_scores`` row as Arrow: the table's columns, ClickHouse narrowing the
 #: numbers to their columns' types on insert (:func:`assignment_score_row` checked that
-#: they fit); times in whole milliseconds, as pandas' conversion gives the other tables.
+#: they fit); times in whole milliseconds (:func:`utc_millis`).
 _ASSIGNMENT_SCORE_ARROW = pa.schema(
     [
         pa.field(name, _assignment_score_arrow_type(name), nullable=name == "p_fail")
@@ -1650,8 +1699,8 @@ class LoadedTopic:
     #: One message → one row (raises on a message the table must not hold). None for
     #: ``metric_rows``, whose messages are Arrow batches (``schemas.metric_rows``).
     row: Callable[[bytes], dict] | None = None
-    #: Rows → the DataFrame inserted (the table's columns, times as UTC timestamps).
-    frame: Callable[[list[dict]], pd.DataFrame | pa.Table] | None = None
+    #: Rows → the Arrow table inserted (the table's columns, times as UTC timestamps).
+    frame: Callable[[list[dict]], pa.Table] | None = None
     #: A row's empty ``cluster_id`` is filled with the cluster id the loader reads under.
     stamps_cluster_id: bool = False
     #: Tables kept from this topic's rows as well (inserted with them, before the offsets).
@@ -1672,57 +1721,26 @@ LOADED: dict[str, LoadedTopic] = {
     "anomalies": LoadedTopic(
         "anomalies",
         anomaly_row,
-        _frame(
-            (
-                "agent_id",
-                "tenant_id",
-                "timestamp",
-                "score",
-                "threshold",
-                "is_anomaly",
-                "detector",
-                "top_feature",
-                "reasons",
-                "episode_start",
-                "episode_end",
-            ),
-            ("timestamp", "episode_start", "episode_end"),
-        ),
+        _arrow_frame(_ANOMALY_ARROW),
         finding=True,
     ),
     "baselines": LoadedTopic("baselines", baseline_row, _arrow_frame(_BASELINE_ARROW)),
     "threats": LoadedTopic(
         "threats",
         threat_row,
-        _frame(
-            (
-                "agent_id",
-                "tenant_id",
-                "rule",
-                "category",
-                "severity",
-                "first_seen",
-                "last_seen",
-                "condition",
-                "evidence",
-            ),
-            ("first_seen", "last_seen"),
-        ),
+        _arrow_frame(_THREAT_ARROW),
         finding=True,
     ),
     "alerts": LoadedTopic(
         "alerts",
         alert_row,
-        _frame(
-            tuple(Alert.model_fields),
-            ("started_at", "fired_at", "resolved_at", "last_seen", "updated_at"),
-        ),
+        _arrow_frame(_ALERT_ARROW),
         finding=True,
     ),
     "security": LoadedTopic(
         "security_scores",
         score_row,
-        _frame(tuple(ScoreChange.model_fields), ("timestamp", "first_seen")),
+        _arrow_frame(_SCORE_ARROW),
         finding=True,
     ),
     "assignment_scores": LoadedTopic(
@@ -1731,13 +1749,11 @@ LOADED: dict[str, LoadedTopic] = {
         _assignment_score_frame,
         projections=(Projection("assignment_scores_latest", _same_row, _assignment_score_frame),),
     ),
-    "commands": LoadedTopic(
-        "commands", command_row, _frame(tuple(AgentCommand.model_fields), ("issued_at",))
-    ),
+    "commands": LoadedTopic("commands", command_row, _arrow_frame(_COMMAND_ARROW)),
     "incidents": LoadedTopic(
         "incidents",
         incident_row,
-        _frame(tuple(Incident.model_fields), ("first_seen", "last_seen")),
+        _arrow_frame(_INCIDENT_ARROW),
         finding=True,
     ),
     # the lifecycle channels (events, control, state), each checked against its allowlist
@@ -1753,7 +1769,7 @@ LOADED: dict[str, LoadedTopic] = {
     "deadletter": LoadedTopic(
         "deadletter",
         deadletter_row,
-        _frame(tuple(DeadLetter.model_fields), ("received_at",)),
+        _arrow_frame(_DEADLETTER_ARROW),
         stamps_cluster_id=True,
     ),
 }

@@ -29,13 +29,11 @@ from agentwatch.settings import Settings
 from infra.broker import ensure_topics, free_port, partitions
 from schemas.heartbeats import parse_heartbeats
 from schemas.metric_rows import encode as encode_rows
-from schemas.models import BaselineRecord, LifecycleEvent
 from sinks.clickhouse import connect, create_schema
 from sinks.loader import (
     CLUSTER_CHECK_INTERVAL_S,
     LOADED,
     LOADED_TOPICS,
-    PROJECTIONS,
     Loader,
     insert_rows,
 )
@@ -1472,7 +1470,7 @@ def test_assignment_scores_as_arrow_store_what_the_dataframe_path_stored(setting
     cut to whole milliseconds the same way, Float32 and UInt columns narrowed the same
     way, an absent p_fail NULL, the two JSON texts as they are."""
     from schemas.models import AssignmentScore
-    from sinks.loader import _frame, assignment_score_row, insert_rows
+    from sinks.loader import assignment_score_row, insert_rows
 
     def record(i: int, at: float, **overrides: object) -> bytes:
         doc = {
@@ -1494,8 +1492,8 @@ def test_assignment_scores_as_arrow_store_what_the_dataframe_path_stored(setting
     ]
     rows = [assignment_score_row(value) for value in values]
     db = settings.clickhouse_database
-    pandas_frame = _frame(tuple(AssignmentScore.model_fields), ("timestamp",))
-    insert_rows(client, "assignment_scores", pandas_frame(rows), db)
+    reference = pandas_frame(tuple(AssignmentScore.model_fields), ("timestamp",))
+    client.insert_df("assignment_scores", reference(rows), database=db)
     arrow = LOADED["assignment_scores"].frame(rows)
     assert isinstance(arrow, pa.Table)
     insert_rows(client, "assignment_scores_latest", arrow, db)
@@ -1593,50 +1591,173 @@ def test_a_threat_is_inserted_while_the_heartbeats_insert_is_held_in_its_own_lan
     assert lanes.running
 
 
-def test_rows_written_as_arrow_are_the_rows_pandas_wrote(settings, client):
-    """``baselines``, ``agent_events`` and ``agents`` are written as Arrow tables, no longer
-    through pandas: the same rows, read back, are what the pandas frames stored (times cut
-    to the same millisecond, nulls kept, maps and counts as they were)."""
-    from sinks.loader import _event_frame, _frame, agent_row, baseline_row, event_row
+def pandas_frame(columns: tuple[str, ...], time_columns: tuple[str, ...]) -> Callable:
+    """The reference: the DataFrame of row dicts the loader inserted (through the client's
+    own encoding) before it wrote every table as Arrow; epoch seconds → UTC timestamps."""
+    import pandas as pd
 
-    old = settings.model_copy(update={"clickhouse_database": settings.clickhouse_database + "_pd"})
-    create_schema(client, old)
-    baselines = [
-        baseline_row(orjson.dumps({
-            "agent_id": f"agent-{i}", "tenant_id": "tenant-0", "timestamp": T0 + i / 7,
-            "heartbeats": 2**63 + i, "warmed_up": i % 2 == 0,
-            "mean": {"cpu_usage": 40.0 + i, "error_rate": 0.01}, "std": {} if i else {"a": 1.5},
-        }))
-        for i in range(5)
-    ]  # fmt: skip
+    def build(records: list[dict]) -> pd.DataFrame:
+        frame = pd.DataFrame.from_records(records, columns=list(columns))
+        for name in time_columns:
+            frame[name] = pd.to_datetime(frame[name], unit="s", utc=True)
+        return frame
+
+    return build
+
+
+def rows_of_every_table() -> dict[str, list[dict]]:
+    """Rows of each table the loader writes from row dicts, made by its row functions from
+    messages with the edge values: nulls and not, the largest counts, maps, lists, times
+    with fractions of a millisecond."""
+    from sinks.loader import (
+        agent_row,
+        alert_row,
+        anomaly_row,
+        baseline_row,
+        command_row,
+        deadletter_row,
+        event_row,
+        incident_row,
+        registry_row,
+        score_row,
+        task_row,
+        threat_row,
+    )
+
+    def each(make: Callable[[int], dict], n: int = 4) -> list[bytes]:
+        return [orjson.dumps(make(i)) for i in range(n)]
+
     events = [
-        event_row("state", orjson.dumps({
+        event_row("state", value)
+        for value in each(lambda i: {
             "type": "status_changed", "agent_id": f"agent-{i}", "tenant_id": "tenant-0",
             "actor": "system", "timestamp": T0 + i * 1.0005,
             "payload": {"from": None if i == 0 else "active", "to": "quarantined",
                         "reason": "score", "trigger": "quarantined", "transitions": 2**32 - 1,
                         "quarantine_until": None if i % 2 else T0 + 3600.25},
-        }))
-        for i in range(4)
+        })
     ]  # fmt: skip
-    agents = [agent_row(event) for event in events]
-    pandas_frames = {
-        "baselines": _frame(tuple(BaselineRecord.model_fields), ("timestamp",)),
-        "agent_events": _frame((*LifecycleEvent.model_fields, "channel"), ("timestamp",)),
-        "agents": _frame(tuple(agents[0]), ("since", "quarantine_until")),
-    }
+    registrations = [
+        event_row("state", value)
+        for value in each(lambda i: {
+            "type": "status_changed", "agent_id": f"agent-{i}", "tenant_id": "tenant-0",
+            "actor": "ops-1", "timestamp": T0 + i / 3,
+            "payload": {"from": None, "to": "registered", "trigger": "registered",
+                        "registration": {
+                            "name": f"A-{i}", "agent_type": "bot", "owner": "team",
+                            "capabilities": [] if i else ["etl", "gpu"],
+                            "max_concurrent_tasks": 100_000 if i == 1 else 1,
+                            "resources": {"cpu": 2, "gpu": 0.5} if i % 2 else {},
+                            "tags": {"zone": "eu"} if i else {},
+                            **({"endpoint": "http://a.example/x"} if i == 2 else {})}},
+        })
+    ]  # fmt: skip
+    components = {"performance": 1, "cost": 0.25, "availability": 0.5, "sla": 0}
+    tasks = [
+        {"type": "task_assigned", "agent_id": "agent-0", "tenant_id": "tenant-0",
+         "actor": "api", "timestamp": T0 + 0.0005, "payload": orjson.dumps({
+             "task_id": "k0", "score": 1 / 3, "assigned_by": "api-1", "weights": {},
+             "components": components, "required_capabilities": ["etl"],
+             "deadline": T0 + 60.125}).decode()},
+        *({"type": "task_changed", "agent_id": f"agent-{i}", "tenant_id": "tenant-0",
+           "actor": "system", "timestamp": T0 + i, "payload": orjson.dumps({
+               "task_id": f"k{i}", "agent_id": f"agent-{i}", "tenant_id": "tenant-0",
+               "status": "completed" if i % 2 else "accepted", "attempt": 2**16 - 1,
+               "score": None if i == 2 else 0.7, "components": None if i == 2 else components,
+               "p_success": 1 / 3, "assigned_at": T0, "accepted_at": T0 + 0.5,
+               "finished_at": T0 + i if i % 2 else None, "duration_s": i if i % 2 else None,
+               "sla_met": True if i == 1 else None, "agent_active_tasks": 2**32 - 1,
+               "capacity": 4, "updated_at": T0 + i + 0.0004}).decode()}
+          for i in (1, 2, 3)),
+    ]  # fmt: skip
+    evidence = {"condition": "avg(error_rate) over 300s > 0.2", "values": {"error_rate": 0.31},
+                "window_start": T0 - 300, "window_end": T0}  # fmt: skip
+    return {
+        "baselines": [baseline_row(value) for value in each(lambda i: {
+            "agent_id": f"agent-{i}", "tenant_id": "tenant-0", "timestamp": T0 + i / 7,
+            "heartbeats": 2**63 + i, "warmed_up": i % 2 == 0,
+            "mean": {"cpu_usage": 40.0 + i, "error_rate": 0.01}, "std": {} if i else {"a": 1.5},
+        })],
+        "agent_events": events,
+        "agents": [agent_row(event) for event in events],
+        "agent_registry": [registry_row(event) for event in registrations],
+        "tasks": [task_row(event) for event in tasks],
+        "anomalies": [anomaly_row(value) for value in each(lambda i: {
+            "agent_id": f"agent-{i}", "tenant_id": "tenant-0", "timestamp": T0 + i / 7,
+            "score": (1 + i) / 7, "threshold": 0.99, "is_anomaly": i % 2 == 0, "detector": "d",
+            "reasons": [] if i == 3 else [{"feature": "cpu_usage", "value": 99,
+                        "baseline_mean": 40, "baseline_std": 5, "z": 11.8}],
+            "episode_start": None if i % 2 else T0 - 0.0004,
+            "episode_end": T0 + 1.5 if i == 2 else None,
+        })],
+        "threats": [threat_row(value) for value in each(lambda i: {
+            "agent_id": f"agent-{i}", "tenant_id": "tenant-0", "rule": "high_error_rate",
+            "category": "PERFORMANCE", "severity": "HIGH", "first_seen": T0 + i / 3,
+            "last_seen": T0 + i + 0.0006, "evidence": evidence,
+        })],
+        "alerts": [alert_row(value) for value in each(lambda i: {
+            "fingerprint": f"{i:04x}", "agent_id": f"agent-{i}", "tenant_id": "tenant-0",
+            "rule": "hot", "category": None if i == 0 else "PERFORMANCE",
+            "severity": None if i == 0 else "HIGH", "state": "pending" if i == 0 else "firing",
+            "started_at": T0 + i / 7, "fired_at": None if i == 0 else T0 + i,
+            "resolved_at": T0 + 9.9995 if i == 3 else None, "last_seen": T0 + i,
+            "updated_at": T0 + i + 0.001, "flapping": i == 2,
+            "flap_count": 2**32 - 1 if i == 2 else i, "summary": f"hot on agent-{i}",
+            "evidence": None if i == 0 else evidence, "silenced": i == 1,
+        })],
+        "security_scores": [score_row(value) for value in each(lambda i: {
+            "agent_id": f"agent-{i}", "tenant_id": "tenant-0", "timestamp": T0 + i / 7,
+            "score": 80 - i, "delta": -20, "cause": "excessive_errors",
+            "first_seen": None if i % 2 else T0 - 300.0005,
+        })],
+        "commands": [command_row(value) for value in each(lambda i: {
+            "command_id": f"c{i}", "agent_id": f"agent-{i}", "tenant_id": "tenant-0",
+            "command": "quarantine", "reason": "score 10 < 20", "issued_at": T0 + i / 7,
+            "actor": "system", "score": None if i % 2 else 10.5,
+            "task_id": f"k{i}" if i == 2 else None,
+        })],
+        "incidents": [incident_row(value) for value in each(lambda i: {
+            "incident_id": f"i{i}", "tenant_id": "tenant-0", "rule": "data_exfiltration",
+            "category": "SECURITY", "agent_ids": [f"agent-{j}" for j in range(i + 1)],
+            "truncated": i == 3, "first_seen": T0 + i / 7, "last_seen": T0 + i,
+            "revision": 2**32 - 1 if i == 1 else i,
+        })],
+        "deadletter": [deadletter_row(value) for value in each(lambda i: {
+            "topic": "agents.metrics", "partition": 2**32 - 1 if i == 1 else i,
+            "offset": 2**64 - 1 if i == 2 else i, "reason": "invalid JSON",
+            "key": None if i % 2 else f"agent-{i}", "value_b64": "e30=", "value_bytes": 2,
+            "received_at": T0 + i / 7, "cluster_id": "" if i else "log-1",
+        })],
+    }  # fmt: skip
+
+
+def test_rows_written_as_arrow_are_the_rows_pandas_wrote(settings, client):
+    """Every table the loader writes from row dicts is written as an Arrow table, no longer
+    through pandas: the same rows, read back, are what the pandas frames stored (times cut
+    to the same millisecond, nulls kept, maps, lists and the largest counts as they were)."""
+    from sinks.loader import CHANNEL_PROJECTIONS, TASKS, _event_frame
+
+    old = settings.model_copy(update={"clickhouse_database": settings.clickhouse_database + "_pd"})
+    create_schema(client, old)
     arrow_frames = {
-        "baselines": LOADED["baselines"].frame,
+        **{loaded.table: loaded.frame for loaded in LOADED.values() if loaded.frame},
+        **{p.table: p.frame for ps in CHANNEL_PROJECTIONS.values() for p in ps},
         "agent_events": _event_frame,
-        "agents": PROJECTIONS[0].frame,
+        "tasks": TASKS.frame,
     }
-    for table, rows in (("baselines", baselines), ("agent_events", events), ("agents", agents)):
+    every = rows_of_every_table()
+    written_from_dicts = {t for t in arrow_frames if not t.startswith("assignment_scores")}
+    assert set(every) == written_from_dicts  # (assignment scores: the test above)
+    for table, rows in every.items():
+        assert all(row is not None for row in rows), table
         arrow = arrow_frames[table](rows)
         assert isinstance(arrow, pa.Table)
         insert_rows(client, table, arrow, settings.clickhouse_database)
-        insert_rows(client, table, pandas_frames[table](rows), old.clickhouse_database)
+        times = tuple(f.name for f in arrow.schema if pa.types.is_timestamp(f.type))
+        reference = pandas_frame(tuple(arrow.schema.names), times)
+        client.insert_df(table, reference(rows), database=old.clickhouse_database)
         stored = [
-            client.query(f"SELECT * FROM {db}.{table} ORDER BY agent_id").result_rows
+            client.query(f"SELECT * FROM {db}.{table} ORDER BY tuple(*)").result_rows
             for db in (settings.clickhouse_database, old.clickhouse_database)
         ]
         assert stored[0] == stored[1] and len(stored[0]) == len(rows), table

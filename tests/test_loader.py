@@ -1373,6 +1373,27 @@ def test_task_events_that_do_not_hold_a_task_are_refused(settings, client, topic
     assert loader.stats().errors == 0
 
 
+def test_anomalies_with_episode_times_out_of_range_are_refused(settings, client, topics, loaders):
+    """An episode's start or end outside the years the tables hold is refused like an
+    anomaly's own timestamp would be (it could not be written: the batch would fail at
+    every retry and hold back every anomaly after it)."""
+    good = {**anomaly(1), "episode_start": T0 - 60.0}
+    bad = [{**anomaly(2), "episode_start": 1e300}, {**anomaly(3), "episode_end": -1.0}]
+    produce(settings, "anomalies", [*bad, good], key=by_agent)
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    poll_until(
+        loader,
+        lambda: (
+            loader.stats().skipped_invalid["anomalies"] == 2
+            and loader.stats().rows_inserted["anomalies"] == 1
+        ),
+        "the two refusals and the good anomaly",
+    )
+    assert count(client, settings, "anomalies") == 1
+    assert loader.stats().errors == 0
+
+
 # --- the security scores' old topic (agents.scores → agents.security) ----------------------
 
 

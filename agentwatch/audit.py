@@ -26,6 +26,7 @@ silences: tenant ``*``) have a chain of their own.
 (1, 2, True)
 >>> verify([first, second])
 []
+>>> from dataclasses import replace
 >>> edited = replace(first, actor="someone-else")
 >>> verify([edited, second])[0]
 "tenant 't1' row 1 (released a1 by someone-else): edited: its hash does not match its fields"
@@ -34,10 +35,13 @@ silences: tenant ``*``) have a chain of their own.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import orjson
+
+from schemas.models import TIMESTAMP_RANGE
 
 #: The hash a tenant's first entry points back to.
 GENESIS_HASH = "0" * 64
@@ -103,8 +107,12 @@ def entry_hash(row: AuditRow) -> str:
     The fields are serialized as one JSON array in table order, with ``at`` in
     whole milliseconds (as the table stores it), so a row read back hashes alike.
     """
-    values = [getattr(row, name) for name in _HASHED]  # (flat fields: no deep copy needed)
-    values[_AT] = round(row.at * 1000)
+    return _digest([getattr(row, name) for name in _HASHED])  # (flat fields: no deep copy)
+
+
+def _digest(values: list) -> str:
+    """:func:`entry_hash` of a row's values in ``_HASHED`` order (``at`` in seconds)."""
+    values[_AT] = round(values[_AT] * 1000)
     return hashlib.sha256(orjson.dumps(values)).hexdigest()
 
 
@@ -127,10 +135,10 @@ class AuditChain:
         """The entry as the next row of its tenant's chain."""
         seq, prev_hash = self.heads.get(entry.tenant_id, (0, GENESIS_HASH))
         fields = {name: getattr(entry, name) for name in _ENTRY_FIELDS}
-        row = AuditRow(**fields, seq=seq + 1, prev_hash=prev_hash)
-        row = replace(row, hash=entry_hash(row))
-        self.heads[entry.tenant_id] = (row.seq, row.hash)
-        return row
+        fields["seq"], fields["prev_hash"] = seq + 1, prev_hash
+        digest = _digest([fields[name] for name in _HASHED])  # (the row made once, hashed)
+        self.heads[entry.tenant_id] = (seq + 1, digest)
+        return AuditRow(**fields, hash=digest)
 
 
 def verify(rows: Iterable[AuditRow]) -> list[str]:
@@ -142,6 +150,7 @@ def verify(rows: Iterable[AuditRow]) -> list[str]:
     ...         for i in range(3)]
     >>> verify([rows[0], rows[2]])  # the middle row deleted
     ["tenant 't1' row 3 (released a2 by ops): deleted: rows 2..2 are missing"]
+    >>> from dataclasses import replace
     >>> forged = replace(rows[1], actor="x")
     >>> any("inserted" in problem for problem in verify(rows + [forged]))
     True
@@ -211,9 +220,12 @@ def entry_of(event: dict, source: str, origin: str = "") -> AuditEntry:
         after = _json(payload)
     elif payload:
         after = _json(payload)
+    at = float(event["timestamp"])
+    if not TIMESTAMP_RANGE[0] <= at <= TIMESTAMP_RANGE[1]:  # (NaN too: it could not be stored)
+        raise ValueError(f"timestamp {at!r} is outside years 2000–2100")
     return AuditEntry(
         tenant_id=event["tenant_id"],
-        at=float(event["timestamp"]),
+        at=at,
         actor=event["actor"],
         action=kind,
         target=target,
@@ -265,7 +277,9 @@ class Replays:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.last: dict[tuple[str, str], int] = {}
+        #: (an OrderedDict: a plain dict's first key after many deletions at its front
+        #: takes a scan of the deleted slots, ~3 µs an event at 10,000 agents)
+        self.last: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     def resume(self, last: Iterable[tuple[str, str, int]]) -> None:
         """Start from the stored trail: ``(tenant, agent, last transition number)``,
@@ -286,10 +300,10 @@ class Replays:
         return False
 
     def _keep(self, key: tuple[str, str], number: int) -> None:
-        self.last.pop(key, None)  # (re-inserted: the most recent last)
         self.last[key] = number
+        self.last.move_to_end(key)  # (the most recent last)
         if len(self.last) > self.limit:
-            del self.last[next(iter(self.last))]
+            self.last.popitem(last=False)
 
 
 def _json(value: object) -> str:

@@ -77,6 +77,23 @@ def test_every_change_is_audited_once_in_a_chain_that_survives_a_restart(setting
         assert api.get("/api/v1/audit/verify").json()["ok"] is True
 
 
+def test_an_event_whose_time_cannot_be_stored_is_skipped_and_holds_nothing_back(
+    settings: Settings,
+):
+    """A change whose timestamp is outside the years the trail holds is skipped (logged),
+    and the agent's next change is audited: the bad one does not stop the writer at every
+    retry."""
+    ensure_topics(settings)
+    now = time.time()
+    changes = [status_changed("a1", "active", "quarantined", 1e300),
+               status_changed("a1", "quarantined", "active", now)]  # fmt: skip
+    with TestClient(create_app(settings), client=LOOPBACK_CLIENT) as api:
+        produce(settings, "state", changes, by_agent)  # (one agent: one partition, in order)
+        records = wait_until(lambda: audit(api, tenant="tenant-1"), 30, "the storable change")
+        (record,) = records
+        assert (record["seq"], orjson.loads(record["after"])) == (1, {"status": "active"})
+
+
 def test_tampering_with_the_trail_is_found(settings: Settings):
     ensure_topics(settings)
     with TestClient(create_app(settings), client=LOOPBACK_CLIENT) as api:

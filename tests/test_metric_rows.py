@@ -67,14 +67,22 @@ def test_the_rows_come_back_as_the_parser_made_them():
 
 
 def test_times_are_the_milliseconds_every_other_table_stores():
-    """The loader's other tables get times through pandas (``_frame``) and
-    clickhouse-connect, which keeps whole milliseconds (floor): the same heartbeat must
-    have the same time in ``metrics`` and in ``anomalies`` to be joined."""
+    """The loader's other tables get times from their row dicts' epoch seconds (Arrow, as
+    pandas and clickhouse-connect cut them before: whole milliseconds, floor): the same
+    heartbeat must have the same time in ``metrics`` and in ``anomalies`` to be joined."""
     batch, _ = parse_heartbeats(beats(300))
     table = decode(encode(batch)[0])
-    frame = LOADED["anomalies"].frame([{"timestamp": t} for t in batch.timestamp])
-    floor_ms = frame["timestamp"].dt.as_unit("ns").astype("int64") // 1_000_000
-    assert table.column("timestamp").cast(pa.int64()).to_pylist() == floor_ms.tolist()
+    rows = [
+        {"agent_id": "a", "tenant_id": "t", "timestamp": t, "score": 0.5, "threshold": 0.99,
+         "is_anomaly": False, "detector": "d", "top_feature": "", "reasons": "[]",
+         "episode_start": None, "episode_end": None}
+        for t in batch.timestamp.tolist()
+    ]  # fmt: skip
+    anomalies = LOADED["anomalies"].frame(rows)
+    stored = table.column("timestamp").cast(pa.int64()).to_pylist()
+    assert anomalies.column("timestamp").cast(pa.int64()).to_pylist() == stored
+    floor_ms = pd.to_datetime(pd.Series(batch.timestamp), unit="s", utc=True)
+    assert (floor_ms.dt.as_unit("ns").astype("int64") // 1_000_000).tolist() == stored
 
 
 def test_a_large_batch_is_cut_into_messages_of_bounded_size():

@@ -290,13 +290,24 @@ class Engine:
             with os.fdopen(handle, "wb") as spool:
                 spool.write(request.data)
             result = conn.query(
-                f"{request.sql} FROM INFILE '{name}' FORMAT {request.data_format}",
+                f"{request.sql} FROM INFILE {_string_literal(name)} FORMAT {request.data_format}",
                 "TabSeparated",
                 params=request.params,
             )
             return Answer(b"", None, _summary(result))
         finally:
             Path(name).unlink(missing_ok=True)
+
+
+def spool_dir(path: str | Path) -> Path:
+    """Where insert bodies wait for chDB to read them: beside the database's directory
+    (``<path>.http-spool``, mode 0700), emptied when a server starts. A process killed
+    while it served (kill -9, a crash) leaves its files to the next start there, not a
+    directory in the system's temporary one at every crash."""
+    spool = Path(f"{os.fspath(path).rstrip(os.sep)}.http-spool")
+    shutil.rmtree(spool, ignore_errors=True)
+    spool.mkdir(mode=0o700)
+    return spool
 
 
 class ChdbHttpServer:
@@ -318,7 +329,7 @@ class ChdbHttpServer:
             raise ValueError(f"the embedded ClickHouse serves on loopback only, not {host}")
         if len(password) < 16:
             raise ValueError("the embedded ClickHouse needs a password of 16 characters or more")
-        self._spool = Path(tempfile.mkdtemp(prefix="agentwatch-chdb-http-"))  # mode 0700
+        self._spool = spool_dir(path)
         self.engine = Engine(path, self._spool)
         self.user = user
         self._password = password.encode()

@@ -374,6 +374,44 @@ def test_an_insert_body_needs_a_format_and_lands_whole(served: Served) -> None:
     client.close()
 
 
+def test_insert_bodies_wait_beside_the_database_and_a_start_clears_what_a_crash_left(
+    tmp_path: Path,
+) -> None:
+    """Insert bodies are spooled in ``<database dir>.http-spool`` (mode 0700), not in a new
+    directory of the system's temporary one: a server killed with -9 leaves its spool to
+    the next start, which empties it."""
+    import tempfile
+
+    def strays() -> set[Path]:
+        return set(Path(tempfile.gettempdir()).glob("agentwatch-chdb-http-*"))
+
+    before = strays()
+    spool = tmp_path / "chdb.http-spool"
+    first = start_served(tmp_path)
+    try:
+        assert spool.is_dir() and spool.stat().st_mode & 0o777 == 0o700
+        client = first.client()
+        client.command("CREATE TABLE default.k (a Int64) ENGINE = MergeTree ORDER BY a")
+        client.insert("default.k", [[1], [2]], column_names=["a"])  # (through the spool)
+        client.close()
+    finally:
+        first.process.kill()  # a crash: nothing is cleaned up
+        first.process.wait(timeout=30)
+    (spool / "left-by-the-crash.rows").write_bytes(b"3\n")
+    again = start_served(tmp_path)
+    try:
+        assert list(spool.iterdir()) == []
+        client = again.client()
+        client.insert("default.k", [[3]], column_names=["a"])
+        assert client.query("SELECT sum(a) FROM default.k").result_rows == [(6,)]
+        client.close()
+    finally:
+        again.process.terminate()
+        assert again.process.wait(timeout=30) == 0, again.log.read_text()
+    assert not spool.exists()  # (a server that stops removes it)
+    assert strays() <= before
+
+
 # --- the request's reading, without a server ------------------------------------------------
 
 

@@ -92,7 +92,6 @@ import orjson
 import pyarrow as pa
 from clickhouse_connect.driver.binding import quote_identifier
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import DataError
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -304,10 +303,6 @@ class _PendingTable:
     next_offsets: dict[int, int] = field(default_factory=dict)
     #: monotonic time the oldest pending message was read; None when nothing is pending.
     since: float | None = None
-
-    def frame(self) -> pa.Table:
-        """All pending rows of a derived topic as one Arrow table in the table's layout."""
-        return LOADED[self.name].frame(self.records)
 
     def clear_rows(self) -> None:
         self.tables, self.streams, self.records, self.rows = [], [], [], 0
@@ -911,6 +906,7 @@ class Loader:
         if not rows:
             return 0
         started = time.perf_counter()
+        loaded = LOADED[pending.name]
         if pending.tables:  # (ClickHouse reads Arrow as it is: no rows made in Python)
             stream = one_metric_rows_stream(pending.streams)
             if stream is not None:  # the messages' own batches, not written again
@@ -924,17 +920,16 @@ class Loader:
                 self._client.insert_arrow(pending.table, arrow, database=self._database)
             frame, dropped = None, 0  # (metric_rows has no projections)
         else:
-            frame = pending.frame()
-            dropped = self._insert_frame(pending.table, frame)
-        loaded = LOADED[pending.name]
+            frame, dropped = framed(pending.table, loaded.frame, pending.records)
+            self._insert_rows(pending.table, frame)
         for projection in loaded.projections:  # (before the offsets, too)
             projected = pending.projected.get(projection.table)
             if projected:
                 if projection.row is _same_row and projection.frame is loaded.frame:
                     projected_frame = frame  # (the very rows, in the very layout: made once)
                 else:
-                    projected_frame = projection.frame(projected)
-                self._insert_frame(projection.table, projected_frame)
+                    projected_frame, _ = framed(projection.table, projection.frame, projected)
+                self._insert_rows(projection.table, projected_frame)
         elapsed_ms = (time.perf_counter() - started) * 1000
         pending.clear_rows()
         rows -= dropped
@@ -950,30 +945,9 @@ class Loader:
         log.info("batch_inserted table=%s rows=%d insert_ms=%.1f", pending.table, rows, elapsed_ms)
         return rows
 
-    def _insert_frame(self, table: str, frame: pa.Table) -> int:
-        """Insert an Arrow table; return how many rows had to be dropped.
-
-        A row the client cannot serialise for its column (``DataError``, e.g. a
-        count too large for ``UInt32``) would fail every retry and block the
-        table for good, so the batch is split until the offending rows are
-        alone, and those are logged and dropped. Server errors are raised.
-        """
-        try:
+    def _insert_rows(self, table: str, frame: pa.Table) -> None:
+        if frame.num_rows:  # (none: every row was dropped)
             insert_rows(self._client, table, frame, self._database)
-            return 0
-        except DataError as exc:
-            if len(frame) == 1:
-                row = frame.to_pylist()[0]
-                log.warning(
-                    "row_dropped table=%s reason=%r row=%s",
-                    table,
-                    _one_line(exc),
-                    _one_line(repr(dict(row))),
-                )
-                return 1
-        half = len(frame) // 2
-        first, second = frame.slice(0, half), frame.slice(half)
-        return self._insert_frame(table, first) + self._insert_frame(table, second)
 
     def _write_offsets(self, tables: list[_PendingTable]) -> None:
         """Record in ClickHouse (one insert for every table), then commit to Kafka, where
@@ -1393,6 +1367,30 @@ def insert_rows(client: Client, table: str, rows: pa.Table, database: str) -> No
     client.insert_arrow(table, rows, database=database)
 
 
+#: What building an Arrow table raises for a value that does not fit its column.
+_UNFIT = (ValueError, TypeError, OverflowError)
+
+
+def framed(
+    table: str, build: Callable[[list[dict]], pa.Table], rows: list[dict]
+) -> tuple[pa.Table, int]:
+    """``build(rows)`` without the rows whose values do not fit their columns, and how many
+    those were. Such a row would fail its batch at every retry and block the table for
+    good, so the rows are split until each one that does not fit is alone; it is logged
+    and dropped. (The row functions check the ranges first: this is the net under them.)"""
+    try:
+        return build(rows), 0
+    except _UNFIT as exc:
+        if len(rows) == 1:
+            log.warning("row_dropped table=%s reason=%r row=%s",
+                        table, _one_line(exc), _one_line(repr(rows[0])))  # fmt: skip
+            return build([]), 1
+    half = len(rows) // 2
+    first, dropped_first = framed(table, build, rows[:half])
+    second, dropped_second = framed(table, build, rows[half:])
+    return pa.concat_tables([first, second]), dropped_first + dropped_second
+
+
 def _require_range(name: str, value: float, low: float, high: float) -> None:
     """Refuse a value its ClickHouse column cannot hold (it would block every retry)."""
     if not low <= value <= high:
@@ -1405,9 +1403,11 @@ def _arrow_frame(schema: pa.Schema) -> Callable[[list[dict]], pa.Table]:
     and ~2.5 ms more an insert, docs/benchmarks.md): ``schema``'s columns from the row
     dicts, its times from epoch seconds (None: null) cut to milliseconds as pandas cut them
     (:func:`utc_millis`; every table was written through pandas before).
-    The rows' values must fit their columns: the row functions check the ranges first (a
-    value that does not fit fails the whole batch, at every retry)."""
+    A value that does not fit its column (a count out of range, a null where none is
+    taken) raises ``ValueError``, ``TypeError`` or ``OverflowError``: :func:`framed`
+    then drops its row (the row functions check the ranges first)."""
     times = [field.name for field in schema if pa.types.is_timestamp(field.type)]
+    required = [field.name for field in schema if not field.nullable]
 
     def build(rows: list[dict]) -> pa.Table:
         columns = {name: [row[name] for row in rows] for name in schema.names}
@@ -1419,7 +1419,11 @@ def _arrow_frame(schema: pa.Schema) -> Callable[[list[dict]], pa.Table]:
                 columns[name] = utc_millis(seconds, mask)
             else:
                 columns[name] = utc_millis(np.array(given, np.float64))
-        return pa.Table.from_pydict(columns, schema=schema)
+        table = pa.Table.from_pydict(columns, schema=schema)
+        for name in required:  # (Arrow keeps a null where the schema says none)
+            if table.column(name).null_count:
+                raise ValueError(f"{name}: a null where the column takes none")
+        return table
 
     return build
 
@@ -1430,40 +1434,39 @@ def _arrow_schema(*fields: tuple[str, pa.DataType] | tuple[str, pa.DataType, boo
                       for name, kind, *rest in fields])  # fmt: skip
 
 
-_MS = pa.timestamp("ms", tz="UTC")
+_MS, _TEXT = pa.timestamp("ms", tz="UTC"), pa.string()
 #: ``baselines`` rows as Arrow (:data:`LOADED`).
 _BASELINE_ARROW = _arrow_schema(
-    ("agent_id", pa.string()),
-    ("tenant_id", pa.string()),
+    ("agent_id", _TEXT),
+    ("tenant_id", _TEXT),
     ("timestamp", _MS),
     ("heartbeats", pa.uint64()),
     ("warmed_up", pa.bool_()),
-    ("mean", pa.map_(pa.string(), pa.float64())),
-    ("std", pa.map_(pa.string(), pa.float64())),
+    ("mean", pa.map_(_TEXT, pa.float64())),
+    ("std", pa.map_(_TEXT, pa.float64())),
 )
 #: ``agent_events`` rows as Arrow.
 _EVENT_ARROW = _arrow_schema(
-    *((name, pa.string()) for name in ("type", "agent_id", "tenant_id", "actor")),
+    *((name, _TEXT) for name in ("type", "agent_id", "tenant_id", "actor")),
     ("timestamp", _MS),
-    ("payload", pa.string()),
-    ("channel", pa.string()),
+    ("payload", _TEXT),
+    ("channel", _TEXT),
 )
 #: ``agents`` rows (the projection of ``status_changed`` events) as Arrow.
 _AGENT_ARROW = _arrow_schema(
-    ("tenant_id", pa.string()),
-    ("agent_id", pa.string()),
-    ("state", pa.string()),
+    ("tenant_id", _TEXT),
+    ("agent_id", _TEXT),
+    ("state", _TEXT),
     ("since", _MS),
-    ("previous_state", pa.string(), True),
-    ("reason", pa.string()),
-    ("actor", pa.string()),
-    ("trigger", pa.string()),
+    ("previous_state", _TEXT, True),
+    ("reason", _TEXT),
+    ("actor", _TEXT),
+    ("trigger", _TEXT),
     ("quarantine_until", _MS, True),
     ("transitions", pa.uint32()),
 )
 
 
-_TEXT = pa.string()
 #: ``anomalies`` rows as Arrow.
 _ANOMALY_ARROW = _arrow_schema(
     ("agent_id", _TEXT),

@@ -1782,3 +1782,22 @@ def test_rows_written_as_arrow_are_the_rows_pandas_wrote(settings, client):
             for db in (settings.clickhouse_database, old.clickhouse_database)
         ]
         assert stored[0] == stored[1] and len(stored[0]) == len(rows), table
+
+
+def test_rows_whose_values_do_not_fit_their_columns_are_dropped_alone(caplog):
+    """The net under the row functions' range checks: a row whose values cannot be written
+    (a count beyond its column, a null where the column takes none) is dropped and logged
+    alone; the rest of its batch is written."""
+    from sinks.loader import framed
+
+    rows = rows_of_every_table()["alerts"]
+    rows[1] = {**rows[1], "flap_count": 2**32}
+    rows[3] = {**rows[3], "summary": None}
+    with caplog.at_level(logging.WARNING, logger="sinks.loader"):
+        table, dropped = framed("alerts", LOADED["alerts"].frame, rows)
+    assert dropped == 2
+    assert table.column("fingerprint").to_pylist() == [
+        rows[0]["fingerprint"],
+        rows[2]["fingerprint"],
+    ]
+    assert [r.getMessage()[:24] for r in caplog.records] == ["row_dropped table=alerts"] * 2

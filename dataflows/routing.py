@@ -27,52 +27,10 @@ import numpy as np
 #: Shard keys are spread evenly over every worker count dividing this (lcm of 1..8).
 SPREAD = 840
 
-_MASK = (1 << 64) - 1
-
-
-def _rotl(x: int, bits: int) -> int:
-    return ((x << bits) | (x >> (64 - bits))) & _MASK
-
-
-def siphash13(data: bytes, k0: int = 0, k1: int = 0) -> int:
-    """SipHash-1-3 of ``data`` (Rust's ``DefaultHasher`` with keys ``k0``, ``k1``)."""
-    v0 = k0 ^ 0x736F6D6570736575
-    v1 = k1 ^ 0x646F72616E646F6D
-    v2 = k0 ^ 0x6C7967656E657261
-    v3 = k1 ^ 0x7465646279746573
-
-    def sip_round() -> None:
-        nonlocal v0, v1, v2, v3
-        v0 = (v0 + v1) & _MASK
-        v1 = _rotl(v1, 13) ^ v0
-        v0 = _rotl(v0, 32)
-        v2 = (v2 + v3) & _MASK
-        v3 = _rotl(v3, 16) ^ v2
-        v0 = (v0 + v3) & _MASK
-        v3 = _rotl(v3, 21) ^ v0
-        v2 = (v2 + v1) & _MASK
-        v1 = _rotl(v1, 17) ^ v2
-        v2 = _rotl(v2, 32)
-
-    whole = len(data) - len(data) % 8
-    for start in range(0, whole, 8):
-        word = int.from_bytes(data[start : start + 8], "little")
-        v3 ^= word
-        sip_round()
-        v0 ^= word
-    last = ((len(data) & 0xFF) << 56) | int.from_bytes(data[whole:], "little")
-    v3 ^= last
-    sip_round()
-    v0 ^= last
-    v2 ^= 0xFF
-    for _ in range(3):
-        sip_round()
-    return v0 ^ v1 ^ v2 ^ v3
-
 
 def key_hash(key: str) -> int:
     """The hash Bytewax routes a state key by (Rust's ``Hash`` of a ``str``)."""
-    return siphash13(key.encode() + b"\xff")
+    return int(key_hashes([key])[0])
 
 
 def worker_of(key: str, workers: int) -> int:
@@ -89,8 +47,8 @@ def spread_keys(shard_count: int) -> tuple[str, ...]:
     """Names for ``shard_count`` shards, shard *i* on worker *i mod W* for every *W*
     dividing :data:`SPREAD`: ``"i"`` itself when it hashes right, else the first
     ``"i-n"`` that does (about :data:`SPREAD` names tried a shard, hashed
-    :data:`_CANDIDATES` at a time: 256 shards take 0.16 s, not the 1.26 s of one
-    :func:`key_hash` a name).
+    :data:`_CANDIDATES` at a time: 256 shards take 0.16 s, not the 1.26 s of one hash a
+    name in Python).
 
     >>> keys = spread_keys(4)
     >>> [worker_of(key, 2) for key in keys], [worker_of(key, 4) for key in keys]
@@ -119,12 +77,13 @@ def _spread_key(shard: int) -> str:
 
 
 def key_hashes(names: list[str]) -> np.ndarray:
-    """:func:`key_hash` of each of ``names``, all of one length in UTF-8, at once (the same
-    SipHash-1-3 on arrays of words: numpy's ``uint64`` arithmetic wraps as Rust's does).
+    """The routing hash of each of ``names``, all of one length in UTF-8, at once:
+    SipHash-1-3 with keys 0 and 0 of the name's bytes and ``0xff``, on arrays of words
+    (numpy's ``uint64`` arithmetic wraps as Rust's does). ``tests/test_routing.py``
+    holds it equal to a plain one-word-at-a-time SipHash at every length.
 
-    >>> names = ["0-1", "0-2", "é-"]  # (3 bytes each)
-    >>> key_hashes(names).tolist() == [key_hash(name) for name in names]
-    True
+    >>> [hex(h) for h in key_hashes(["0-1", "é-"])]  # (3 bytes each)
+    ['0x59a69355ba16fa6f', '0xb5aa6040a7305fae']
     """
     data = np.frombuffer(b"".join(name.encode() + b"\xff" for name in names), np.uint8)
     data = data.reshape(len(names), -1)

@@ -44,7 +44,6 @@ import os
 import pickle
 import platform
 import resource
-import secrets
 import shutil
 import signal
 import subprocess
@@ -70,8 +69,8 @@ from infra.broker import (  # noqa: E402
     free_port,
     start_broker,
 )
+from infra.cli import served_chdb_envs  # noqa: E402
 from schemas.heartbeats import parse_heartbeats  # noqa: E402
-from sinks.chdb_http import served_dsn  # noqa: E402
 from sinks.clickhouse import connect, create_schema  # noqa: E402
 from sinks.loader import LoaderLanes  # noqa: E402
 from sinks.loader_metrics import parse as parse_loader_figures  # noqa: E402
@@ -202,20 +201,15 @@ class LoaderProcess:
     the pipeline's clock starts, as in a running stack."""
 
     def __init__(self, settings: Settings, chdb_dir: Path, log_path: Path) -> None:
-        password = secrets.token_urlsafe(24)
-        serve_port, metrics_port = free_port(), free_port()
-        env = {
-            **os.environ, **settings.as_env(),
-            "AGENTWATCH_CLICKHOUSE_DSN": f"chdb://{chdb_dir}",
-            "AGENTWATCH_CLICKHOUSE_SERVE_PORT": str(serve_port),
-            "AGENTWATCH_CLICKHOUSE_SERVE_PASSWORD": password,
-            "AGENTWATCH_LOADER_METRICS_PORT": str(metrics_port),
-            "AGENTWATCH_LOADER_NICENESS": str(settings.embedded_loader_niceness),
-        }  # fmt: skip
-        self._metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        # the environments `agentwatch up` gives the loader and the API (ports, password)
+        envs = served_chdb_envs(
+            settings,
+            {**os.environ, **settings.as_env(), "AGENTWATCH_CLICKHOUSE_DSN": f"chdb://{chdb_dir}"},
+        )
+        self._metrics_url = envs["api"]["AGENTWATCH_API_LOADER_METRICS_URL"]
         with open(log_path, "wb") as log:
             self._process = subprocess.Popen(  # (no pre-exec hook: see run_pipeline)
-                die_with_parent_command([sys.executable, "-m", "sinks.loader"]), env=env,
+                die_with_parent_command([sys.executable, "-m", "sinks.loader"]), env=envs["loader"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent,
             )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -230,8 +224,7 @@ class LoaderProcess:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the loader process did not start; see {log_path}")
             time.sleep(0.1)
-        served = settings.model_copy(update={"clickhouse_serve_password": SecretStr(password)})
-        dsn = SecretStr(served_dsn(served, serve_port))
+        dsn = SecretStr(envs["api"]["AGENTWATCH_CLICKHOUSE_DSN"])
         self.client = connect(settings.model_copy(update={"clickhouse_dsn": dsn}))
 
     def _get_metrics(self) -> str:

@@ -764,7 +764,7 @@ def _supervise(
         log.info("api_sql enabled=%s", settings.api_sql_enabled)
         envs = {name: env for name in commands}
         if "loader" in commands:
-            envs.update(_served_chdb_envs(settings, env))
+            envs.update(served_chdb_envs(settings, env))
         for name, command in commands.items():
             if stop.is_set():
                 break
@@ -822,7 +822,7 @@ def _supervise(
     return exit_code
 
 
-def _served_chdb_envs(settings: Settings, env: dict[str, str]) -> dict[str, dict[str, str]]:
+def served_chdb_envs(settings: Settings, env: dict[str, str]) -> dict[str, dict[str, str]]:
     """The loader's and the API's environments when the loader serves chDB to the API:
     a free port on loopback and a password made for this start (kept in
     :func:`clickhouse_password_file` for Grafana and analysts, mode 0600), and the

@@ -33,7 +33,12 @@ row at once:
    series), for ``repeat_s`` seconds after the quiet period a repeat is held to a stricter
    bar: the same holds, and a new extreme (a value beyond the range) of the metrics the
    quiet period was about fires too, but not a high score alone (a burst that comes back
-   is taken as the same incident until it goes further than any value seen).
+   is taken as the same incident until it goes further than any value seen). A heartbeat
+   whose every deviation is under ``envelope_ratio`` of the largest the agent has shown
+   lately in that direction (its *envelope*, halved every ``envelope_half_life_s``, raised
+   at most ``envelope_growth`` times a heartbeat) is *routine* and does not fire on a high
+   score alone: a burst well within the agent's usual bursts is not news
+   (:func:`within_envelope`).
 4. **Episode.** An anomaly that fires opens an *episode* about the metrics it names,
    unless one is open already (then it joins it). The episode stays open while one of
    its metrics stands ``reason_sigma`` from the agent's *slow* baseline (which, unlike
@@ -111,6 +116,9 @@ DAY_S = 86_400.0
 DAILY_MIN_POWER = 0.01
 #: ln 2: a half-life's decay rate is LN2 / half_life.
 LN2 = float(np.log(2.0))
+#: Where a fresh agent's envelopes start (weighted std up and down; see :func:`within_envelope`):
+#: about the furthest a normal law's heartbeats go.
+ENVELOPE_START = 3.0
 #: Low-discrepancy steps (golden ratios) that draw :func:`dithered`'s random numbers.
 DITHER_TIME_STEP, DITHER_COLUMN_STEP = 0.6180339887498949, 0.7548776662466927
 
@@ -220,6 +228,50 @@ def recent_surprise(
     return np.where(first, surprise, average + weight * (surprise - average))
 
 
+def within_envelope(
+    up: np.ndarray,
+    down: np.ndarray,
+    zw: np.ndarray,
+    interval: np.ndarray | None,
+    p: DetectorParams,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows' *envelopes* after this heartbeat, upward and downward, and the rows whose
+    heartbeat is *routine*: every weighted deviation (``zw``, ``n × F``) under
+    ``p.envelope_ratio`` of its direction's envelope, so a high score alone does not fire it.
+
+    An envelope (``up``, ``down``: one per row) is the largest deviation the agent has shown
+    lately in that direction, in weighted std: it halves every ``p.envelope_half_life_s`` of
+    event time (``interval`` since each row's previous heartbeat; NaN or None: no decay) and
+    a heartbeat raises it at most ``p.envelope_growth`` times. Bursts that keep coming back
+    ratchet it up; a single giant spike doubles it, not more, so a level shift after it is
+    still news. A row with a NaN deviation is not routine and does not raise its envelopes.
+
+    >>> p = replace(DetectorParams.from_settings(Settings.model_construct(), np.zeros(1)),
+    ...             envelope_ratio=0.25, envelope_growth=2.0)
+    >>> up, down = np.array([3.0]), np.array([3.0])
+    >>> for z in (40.0, 40.0, 40.0):  # a burst that keeps coming back: 3 -> 6 -> 12 -> 24
+    ...     up, down, routine = within_envelope(up, down, np.array([[z]]), None, p)
+    >>> up.tolist(), down.tolist(), bool(routine[0])
+    ([24.0], [3.0], False)
+    >>> [bool(within_envelope(up, down, np.array([[z]]), None, p)[2][0])
+    ...  for z in (5.0, 7.0, -1.0, -0.7)]
+    [True, False, False, True]
+    >>> week = np.array([604_800.0])  # a half-life later, they are halved
+    >>> [e.tolist() for e in within_envelope(up, down, np.array([[0.0]]), week, p)[:2]]
+    [[12.0], [1.5]]
+    """
+    up, down = up.astype(np.float64), down.astype(np.float64)
+    if interval is not None:
+        decay = np.exp2(np.nan_to_num(interval, nan=0.0) * (-1.0 / p.envelope_half_life_s))
+        up *= decay
+        down *= decay
+    rise, fall = row_max(zw), row_max(-zw)
+    routine = (rise < p.envelope_ratio * up) & (fall < p.envelope_ratio * down)
+    up = np.fmax(up, np.minimum(rise, p.envelope_growth * up))
+    down = np.fmax(down, np.minimum(fall, p.envelope_growth * down))
+    return up, down, routine
+
+
 def likelihood_scores(likelihood: np.ndarray, extreme: np.ndarray) -> np.ndarray:
     """Scores in [0, 1] from how many std the recent surprise stands above its usual
     level: ``min(1, -log10(tail) / SCORE_DECADES)`` of the normal tail; 1 for rows
@@ -237,8 +289,8 @@ def likelihood_scores(likelihood: np.ndarray, extreme: np.ndarray) -> np.ndarray
 def detector_arrays(features: int, harmonics: int = 2) -> dict[str, ArraySpec]:
     """The detector's per-agent arrays beside the slow baseline's ``mean``, ``var``
     and ``count`` (dtype, value of a fresh row, shape of a row): 6 per-feature
-    arrays and 8 scalars, ``(6 F + 8) × 4`` bytes per agent, and the daily profile's
-    ``2 harmonics + F`` float16 (248 in all for F = 8 and 2 harmonics).
+    arrays and 10 scalars, ``(6 F + 10) × 4`` bytes per agent, and the daily profile's
+    ``2 harmonics + F`` float16 (256 in all for F = 8 and 2 harmonics).
 
     They are float32: all arithmetic is done in float64 and only the result is
     stored, rounded to 7 significant digits — far finer than the spread the level
@@ -250,13 +302,15 @@ def detector_arrays(features: int, harmonics: int = 2) -> dict[str, ArraySpec]:
     ``episode_seen`` are the open episode's start and its last heartbeat that stood out,
     in seconds since the agent's first heartbeat (``episode_start`` NaN: none open), and
     ``episode_metrics`` the bit mask of the metrics it is about (see :func:`episodes`).
+    ``envelope_up`` and ``envelope_down`` are the largest deviations upward and downward the
+    agent has shown lately (see :func:`within_envelope`).
     ``daily_shape`` and ``daily_loading`` are the daily profile (see :func:`learn_daily`;
     none with 0 harmonics): float16, rounded at random (:func:`dithered`) so its slow
     average keeps learning.
 
     >>> from agentwatch.rows import bytes_per_row
     >>> bytes_per_row(detector_arrays(8))
-    248
+    256
     """
     if features > 32:
         raise ValueError(f"{features} features: the quiet period's bit mask holds 32 at most")
@@ -282,6 +336,8 @@ def detector_arrays(features: int, harmonics: int = 2) -> dict[str, ArraySpec]:
         "episode_start": (f32, np.nan, ()),
         "episode_seen": (f32, 0.0, ()),
         "episode_metrics": (np.dtype(np.uint32), 0, ()),
+        "envelope_up": (f32, ENVELOPE_START, ()),
+        "envelope_down": (f32, ENVELOPE_START, ()),
         **(daily if harmonics else {}),
     }
 
@@ -323,6 +379,9 @@ class DetectorParams:
     daily_learn_every_s: float
     surprise_half_life_s: float
     memory_s: float
+    envelope_ratio: float
+    envelope_growth: float
+    envelope_half_life_s: float
 
     @classmethod
     def from_settings(
@@ -365,6 +424,9 @@ class DetectorParams:
             daily_learn_every_s=settings.anomaly_daily_learn_every_s,
             surprise_half_life_s=settings.anomaly_surprise_half_life_s,
             memory_s=settings.baseline_memory_s,
+            envelope_ratio=settings.anomaly_envelope_ratio,
+            envelope_growth=settings.anomaly_envelope_growth,
+            envelope_half_life_s=settings.anomaly_envelope_half_life_s,
         )
 
 
@@ -624,14 +686,17 @@ class Judgement:
     quiet period; ``repeat``: rows past their quiet period but within ``repeat_s`` after
     it (to fire, a heartbeat breaks it as it would a quiet period, or has a new extreme;
     only on agents whose tails are not learned);
-    ``named``: for the rows that fire, the bit mask of the metrics driving the heartbeat
-    (what the quiet period will be about; 0 for the other rows);
+    ``named``: for the rows that fire (or are ``held``), the bit mask of the metrics driving
+    the heartbeat (what the quiet period will be about; 0 for the other rows);
     ``fire``: the runtime decision; ``extreme_rows``: rows with an ``extreme`` metric;
     ``before``: the rows' state as judged; ``episode``: the rows' episodes after this
     heartbeat (:class:`Episodes`); ``weights``: the heartbeats' exponential weights
     (:class:`PointWeights`); ``now``: the rows' UTC times when the daily profile is
     on (None: off); ``season``: each metric's expected offset from its level (the daily
-    profile's value, 0 where it does not count).
+    profile's value, 0 where it does not count); ``envelope``: the rows' envelopes after
+    this heartbeat (upward, downward) and ``routine``: rows whose heartbeat is within them, so
+    a high score alone did not fire it (:func:`within_envelope`); ``held``: routine rows
+    that would have fired, which start a quiet period as if they had.
     """
 
     z: np.ndarray
@@ -654,6 +719,9 @@ class Judgement:
     weights: PointWeights
     now: np.ndarray | None = None
     season: np.ndarray | float = 0.0
+    envelope: tuple[np.ndarray, np.ndarray] | None = None
+    routine: np.ndarray | None = None
+    held: np.ndarray | None = None
 
 
 def _cells(rows: np.ndarray, at: np.ndarray, features: int) -> tuple[np.ndarray, np.ndarray]:
@@ -691,7 +759,9 @@ def judge(
     anomaly is not hidden by the first one's quiet period. On agents whose tails are not
     learned (fewer than ``p.tail_min_features`` metrics), for ``p.repeat_s`` after the
     quiet period (``repeat``) the same holds, and a new extreme of the metrics it was about
-    fires too: a repeat needs a value beyond the range, not a high score alone.
+    fires too: a repeat needs a value beyond the range, not a high score alone. Nor does a
+    routine heartbeat, within the agent's envelope (:func:`within_envelope`), fire without
+    a new extreme.
 
     Everything is computed once a pass over whole arrays, and what only a few rows need
     (new extremes, the metrics a firing row names, the tails of far deviations) only for
@@ -768,6 +838,11 @@ def judge(
     else:
         repeat = ~quiet & (elapsed < quiet_until + p.repeat_s)
     fire = scores >= p.threshold
+    up, down = state.envelope_up.take(rows), state.envelope_down.take(rows)
+    envelope_up, envelope_down, routine = within_envelope(up, down, zw, interval, p)
+    routine &= judged & ~extreme_rows
+    held = fire & routine & ~quiet & ~repeat  # a routine burst: known, it quiets what it is about
+    fire &= ~routine
     named = np.zeros(n, dtype=np.uint32)
     if fire.any():
         high = np.flatnonzero(fire)
@@ -787,9 +862,14 @@ def judge(
                         p.down_weight)  # fmt: skip
 
     episode = episodes(state, rows, base_z, fire, named, elapsed, p)
+    if held.any():  # (after the episodes: a routine burst quiets its metrics, joins none)
+        ah = a[held]
+        named[held] = metric_bits((ah >= p.reason_sigma) | (ah == ah.max(axis=1, keepdims=True)))
     return Judgement(z, zw, std, base_std, extreme, recent, likelihood, likelihood_std, judged,
                      scores, quiet, repeat, named, fire, extreme_rows, before, episode, weights,
-                     now if gain is not None else None, season)  # fmt: skip
+                     now if gain is not None else None, season,
+                     (np.where(judged, envelope_up, up), np.where(judged, envelope_down, down)),
+                     routine, held)  # fmt: skip
 
 
 def learn_judged(
@@ -838,13 +918,15 @@ def learn_judged(
     learn(state.mean, state.var, state.count, rows, values, memory,
           clip_limits(j.base_std, warm, p.clip_sigma), seen=(b.mean, b.var, b.count))  # fmt: skip
     widen_range(state.low, state.high, rows, values, seen=(b.low, b.high))
-    fired = rows[j.fire]
-    still = j.quiet[j.fire]
+    quieting = j.fire | j.held
+    fired = rows[quieting]
+    still = j.quiet[quieting]
     state.quiet_metrics[fired] = np.where(
-        still, state.quiet_metrics[fired] | j.named[j.fire], j.named[j.fire]
+        still, state.quiet_metrics[fired] | j.named[quieting], j.named[quieting]
     )
-    state.quiet_until[fired] = elapsed[j.fire] + p.quiet_s
+    state.quiet_until[fired] = elapsed[quieting] + p.quiet_s
     learn_episodes(state, rows, j.episode, elapsed)
+    state.envelope_up[rows], state.envelope_down[rows] = j.envelope
 
 
 def daily_basis(now: np.ndarray, harmonics: int) -> np.ndarray:

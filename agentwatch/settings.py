@@ -626,6 +626,31 @@ class Settings(BaseSettings):
         "learned they judge a repeat (on multivariate servers the window hid a true recurrence "
         "and no false one). 0: none.",
     )
+    anomaly_envelope_ratio: float = Field(
+        0.25,
+        ge=0,
+        description="A heartbeat whose deviations, upward and downward, are all below this "
+        "share of the largest the agent has shown lately in that direction (its envelope: "
+        "anomaly_envelope_half_life_s, anomaly_envelope_growth) does not fire on a high score "
+        "alone (a new extreme still does) but quiets its metrics as a fired one would (its "
+        "echo does not fire either): a burst well within the bursts the agent makes routinely "
+        "is not news. Chosen on NAB, where it removes false alarms on Twitter's bursty volumes; "
+        "ASD's figures and the fleet simulator's recall are unchanged (docs/detection.md). "
+        "0: off.",
+    )
+    anomaly_envelope_growth: float = Field(
+        2.0,
+        ge=1,
+        description="A heartbeat raises the agent's envelope (anomaly_envelope_ratio) at most "
+        "this many times: bursts that come back ratchet it up, one giant spike does not make "
+        "every later anomaly look small (a level shift after a spike still fires).",
+    )
+    anomaly_envelope_half_life_s: float = Field(
+        604_800.0,
+        gt=0,
+        description="The half-life (event time) of the envelope (anomaly_envelope_ratio): "
+        "a week, so a burst a week old counts half.",
+    )
     anomaly_quiet_break_sigma: float = Field(
         6.0,
         gt=0,

@@ -131,7 +131,8 @@ def detector_scores(
     (0/1) and the likelihood (std of recent surprise above the series' usual one).
 
     Points in a quiet period (after a runtime detection), or in the repeat window after
-    it (``anomaly_repeat_s``), that do not fire are the detector saying it will not
+    it (``anomaly_repeat_s``), or routine (within the series' envelope of bursts,
+    ``anomaly_envelope_ratio``), that do not fire are the detector saying it will not
     raise them: their score and likelihood are written as 0. The score is
     on a log scale that reaches 1.0 at a tail of 1e-10; the likelihood ranks the
     same points without those ties (a value beyond the range seen so far, which
@@ -145,7 +146,7 @@ def detector_scores(
     for i, (value, t) in enumerate(zip(series.values.tolist(), times.tolist(), strict=True)):
         point = {"value": value}
         j = detector.judge_one(point, t)
-        if j.judged[0] and (j.fire[0] or not (j.quiet[0] or j.repeat[0])):
+        if j.judged[0] and (j.fire[0] or not (j.quiet[0] or j.repeat[0] or j.routine[0])):
             scores[i] = j.scores[0]
             decisions[i] = j.fire[0]
             likelihood[i] = EXTREME_RANK if j.extreme[0].any() else j.likelihood[0]

@@ -421,11 +421,12 @@ def test_detector_state_stays_within_a_kibibyte_per_agent() -> None:
     """The whole per-agent state of the fleet's detector and baselines (issue 12: ≤ 1 KiB;
     305 bytes before detector v2, 373 with the metric tails and the quiet period's mask, 385
     with the open episode: its start, last heartbeat that stood out and metrics; 409 with
-    the daily profile: 2 harmonics and 8 loadings in float16)."""
+    the daily profile: 2 harmonics and 8 loadings in float16; 417 with the envelope, up
+    and down)."""
     fleet = FleetBaselines(DetectorConfig.from_settings(Settings()))
-    assert fleet.bytes_per_agent() == 409 <= 1024
+    assert fleet.bytes_per_agent() == 417 <= 1024
     without = FleetBaselines(DetectorConfig.from_settings(Settings(anomaly_daily_harmonics=0)))
-    assert without.bytes_per_agent() == 385
+    assert without.bytes_per_agent() == 393
 
 
 # --- episodes (issue 12, Deliver 4) ---------------------------------------------------------
@@ -520,6 +521,63 @@ def test_a_snapshot_from_before_episodes_keeps_its_quiet_period() -> None:
     restored.configure(fleet.config)
     assert restored.quiet_until[0] == quiet_until
     assert np.isnan(restored.episode_start[0]) and restored.episode_metrics[0] == 0
+
+
+# --- the envelope: bursts within the agent's routine ones --------------------------------------
+
+
+def fired_points(values: np.ndarray, step_s: float = 300.0, **overrides: float) -> list[int]:
+    """The points of a one-metric series ``step_s`` apart that fire, each judged before it
+    is learned."""
+    detector = BaselineDetector(("cpu",), {"cpu": 0.5}, Settings(anomaly_daily_harmonics=0),
+                                warmup=30, **overrides)  # fmt: skip
+    fired = []
+    for i, value in enumerate(values.tolist()):
+        fired += [i] if detector.judge_one({"cpu": value}, i * step_s).fire[0] else []
+        detector.learn_one({"cpu": value}, i * step_s)
+    return fired
+
+
+def test_a_burst_well_within_the_agent_s_routine_bursts_does_not_fire() -> None:
+    """A series at 5 min (std 2) that bursts by +400 for three points every 300 points: the
+    first and third bursts fire (the second comes within the repeat window, a value already
+    seen). A burst of +60 (30 std) long after is under a quarter of those: routine, it does
+    not fire, nor does its echo (it quiets the metric as a fired one would); with the
+    envelope off (ratio 0) it fires."""
+    values = 50.0 + np.random.default_rng(3).normal(0, 2, 1700)
+    for start in (400, 700, 1000):
+        values[start : start + 3] += 400.0
+    values[1600] += 60.0
+    assert fired_points(values) == [400, 1000]
+    assert fired_points(values, envelope_ratio=0.0) == [400, 1000, 1600]
+
+
+def test_a_level_shift_after_a_giant_spike_still_fires() -> None:
+    """One spike of +1,000 (500 std) raises the envelope twice over, not 500 times: a level
+    shift of +20 std later fires. Were a heartbeat free to raise it all the way, the shift
+    would look small beside the spike and not fire."""
+    values = 50.0 + np.random.default_rng(5).normal(0, 2, 1600)
+    values[400] += 1000.0
+    values[1300:] += 40.0
+    assert fired_points(values) == [400, 1300]
+    assert fired_points(values, envelope_growth=1e9) == [400]
+
+
+def test_a_snapshot_from_before_the_envelope_starts_one_afresh() -> None:
+    """A state pickled before the envelope existed takes it up at its start (3 std up and
+    down) and judges on."""
+    fleet = FleetBaselines(DetectorConfig.from_settings(
+        Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=30)))  # fmt: skip
+    one_agent(fleet, np.random.default_rng(4).normal(40, 1, 100))
+    for name in ("envelope_up", "envelope_down"):
+        del fleet.__dict__[name]
+        del fleet._arrays[name]
+    restored = pickle.loads(pickle.dumps(fleet))
+    restored.configure(fleet.config)
+    assert restored.envelope_up[0] == restored.envelope_down[0] == 3.0
+    cpu = np.random.default_rng(5).normal(40, 1, 100)
+    cpu[60] = 99.0
+    assert [r["position"] for r in one_agent(restored, cpu) if r["is_anomaly"]] == [60]
 
 
 # --- the daily profile (issue 12, Deliver 2) -------------------------------------------------

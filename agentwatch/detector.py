@@ -33,12 +33,14 @@ row at once:
    series), for ``repeat_s`` seconds after the quiet period a repeat is held to a stricter
    bar: the same holds, and a new extreme (a value beyond the range) of the metrics the
    quiet period was about fires too, but not a high score alone (a burst that comes back
-   is taken as the same incident until it goes further than any value seen). A heartbeat
-   whose every deviation is under ``envelope_ratio`` of the largest the agent has shown
-   lately in that direction (its *envelope*, halved every ``envelope_half_life_s``, raised
-   at most ``envelope_growth`` times a heartbeat) is *routine* and does not fire on a high
-   score alone: a burst well within the agent's usual bursts is not news
-   (:func:`within_envelope`).
+   is taken as the same incident until it goes further than any value seen). On such an
+   agent too, a heartbeat whose every deviation is under ``envelope_ratio`` of the largest
+   it has shown lately in that direction (its *envelope*, halved every
+   ``envelope_half_life_s``, raised at most ``envelope_growth`` times a heartbeat) is
+   *routine* and does not fire on a high score alone: a burst well within the series' usual
+   bursts is not news (:func:`within_envelope`). Where tails are learned, they judge how
+   routine a metric's burst is, metric by metric (one envelope over all of an agent's
+   metrics would let a past burst of one hide an anomaly of another).
 4. **Episode.** An anomaly that fires opens an *episode* about the metrics it names,
    unless one is open already (then it joins it). The episode stays open while one of
    its metrics stands ``reason_sigma`` from the agent's *slow* baseline (which, unlike
@@ -286,11 +288,13 @@ def likelihood_scores(likelihood: np.ndarray, extreme: np.ndarray) -> np.ndarray
     return np.where(extreme, 1.0, scores)
 
 
-def detector_arrays(features: int, harmonics: int = 2) -> dict[str, ArraySpec]:
+def detector_arrays(
+    features: int, harmonics: int = 2, envelope: bool = False
+) -> dict[str, ArraySpec]:
     """The detector's per-agent arrays beside the slow baseline's ``mean``, ``var``
     and ``count`` (dtype, value of a fresh row, shape of a row): 6 per-feature
-    arrays and 10 scalars, ``(6 F + 10) × 4`` bytes per agent, and the daily profile's
-    ``2 harmonics + F`` float16 (256 in all for F = 8 and 2 harmonics).
+    arrays and 8 scalars, ``(6 F + 8) × 4`` bytes per agent, and the daily profile's
+    ``2 harmonics + F`` float16 (248 in all for F = 8 and 2 harmonics).
 
     They are float32: all arithmetic is done in float64 and only the result is
     stored, rounded to 7 significant digits — far finer than the spread the level
@@ -302,15 +306,16 @@ def detector_arrays(features: int, harmonics: int = 2) -> dict[str, ArraySpec]:
     ``episode_seen`` are the open episode's start and its last heartbeat that stood out,
     in seconds since the agent's first heartbeat (``episode_start`` NaN: none open), and
     ``episode_metrics`` the bit mask of the metrics it is about (see :func:`episodes`).
-    ``envelope_up`` and ``envelope_down`` are the largest deviations upward and downward the
-    agent has shown lately (see :func:`within_envelope`).
+    With ``envelope`` (agents whose tails are not learned: a single series), two more
+    float32, ``envelope_up`` and ``envelope_down``: the largest deviations upward and
+    downward the agent has shown lately (see :func:`within_envelope`).
     ``daily_shape`` and ``daily_loading`` are the daily profile (see :func:`learn_daily`;
     none with 0 harmonics): float16, rounded at random (:func:`dithered`) so its slow
     average keeps learning.
 
     >>> from agentwatch.rows import bytes_per_row
-    >>> bytes_per_row(detector_arrays(8))
-    256
+    >>> bytes_per_row(detector_arrays(8)), bytes_per_row(detector_arrays(1, envelope=True))
+    (248, 74)
     """
     if features > 32:
         raise ValueError(f"{features} features: the quiet period's bit mask holds 32 at most")
@@ -336,9 +341,12 @@ def detector_arrays(features: int, harmonics: int = 2) -> dict[str, ArraySpec]:
         "episode_start": (f32, np.nan, ()),
         "episode_seen": (f32, 0.0, ()),
         "episode_metrics": (np.dtype(np.uint32), 0, ()),
-        "envelope_up": (f32, ENVELOPE_START, ()),
-        "envelope_down": (f32, ENVELOPE_START, ()),
         **(daily if harmonics else {}),
+        **(
+            {"envelope_up": (f32, ENVELOPE_START, ()), "envelope_down": (f32, ENVELOPE_START, ())}
+            if envelope
+            else {}
+        ),
     }
 
 
@@ -694,9 +702,10 @@ class Judgement:
     (:class:`PointWeights`); ``now``: the rows' UTC times when the daily profile is
     on (None: off); ``season``: each metric's expected offset from its level (the daily
     profile's value, 0 where it does not count); ``envelope``: the rows' envelopes after
-    this heartbeat (upward, downward) and ``routine``: rows whose heartbeat is within them, so
-    a high score alone did not fire it (:func:`within_envelope`); ``held``: routine rows
-    that would have fired, which start a quiet period as if they had.
+    this heartbeat (upward, downward; None where tails are learned) and ``routine``: rows
+    whose heartbeat is within them, so a high score alone did not fire it
+    (:func:`within_envelope`); ``held``: routine rows that would have fired, which start a
+    quiet period as if they had.
     """
 
     z: np.ndarray
@@ -759,9 +768,9 @@ def judge(
     anomaly is not hidden by the first one's quiet period. On agents whose tails are not
     learned (fewer than ``p.tail_min_features`` metrics), for ``p.repeat_s`` after the
     quiet period (``repeat``) the same holds, and a new extreme of the metrics it was about
-    fires too: a repeat needs a value beyond the range, not a high score alone. Nor does a
-    routine heartbeat, within the agent's envelope (:func:`within_envelope`), fire without
-    a new extreme.
+    fires too: a repeat needs a value beyond the range, not a high score alone. Nor, on
+    those agents, does a routine heartbeat, within the agent's envelope
+    (:func:`within_envelope`), fire without a new extreme.
 
     Everything is computed once a pass over whole arrays, and what only a few rows need
     (new extremes, the metrics a firing row names, the tails of far deviations) only for
@@ -838,9 +847,14 @@ def judge(
     else:
         repeat = ~quiet & (elapsed < quiet_until + p.repeat_s)
     fire = scores >= p.threshold
-    up, down = state.envelope_up.take(rows), state.envelope_down.take(rows)
-    envelope_up, envelope_down, routine = within_envelope(up, down, zw, interval, p)
-    routine &= judged & ~extreme_rows
+    envelope: tuple[np.ndarray, np.ndarray] | None = None
+    if tails or not p.envelope_ratio:  # (where tails are learned, they judge a burst)
+        routine = np.zeros(n, dtype=bool)
+    else:
+        up, down = state.envelope_up.take(rows), state.envelope_down.take(rows)
+        envelope_up, envelope_down, routine = within_envelope(up, down, zw, interval, p)
+        envelope = (np.where(judged, envelope_up, up), np.where(judged, envelope_down, down))
+        routine &= judged & ~extreme_rows
     held = fire & routine & ~quiet & ~repeat  # a routine burst: known, it quiets what it is about
     fire &= ~routine
     named = np.zeros(n, dtype=np.uint32)
@@ -867,9 +881,8 @@ def judge(
         named[held] = metric_bits((ah >= p.reason_sigma) | (ah == ah.max(axis=1, keepdims=True)))
     return Judgement(z, zw, std, base_std, extreme, recent, likelihood, likelihood_std, judged,
                      scores, quiet, repeat, named, fire, extreme_rows, before, episode, weights,
-                     now if gain is not None else None, season,
-                     (np.where(judged, envelope_up, up), np.where(judged, envelope_down, down)),
-                     routine, held)  # fmt: skip
+                     now if gain is not None else None, season, envelope, routine,
+                     held)  # fmt: skip
 
 
 def learn_judged(
@@ -926,7 +939,8 @@ def learn_judged(
     )
     state.quiet_until[fired] = elapsed[quieting] + p.quiet_s
     learn_episodes(state, rows, j.episode, elapsed)
-    state.envelope_up[rows], state.envelope_down[rows] = j.envelope
+    if j.envelope is not None:
+        state.envelope_up[rows], state.envelope_down[rows] = j.envelope
 
 
 def daily_basis(now: np.ndarray, harmonics: int) -> np.ndarray:
@@ -1159,7 +1173,8 @@ class BaselineDetector(AnomalyDetector):
             "first_ts": (f64, np.nan, ()),
             "last_ts": (f64, np.nan, ()),
         }
-        arrays = detector_arrays(len(self.features), self._params.daily_harmonics)
+        arrays = detector_arrays(len(self.features), self._params.daily_harmonics,
+                                 len(self.features) < self._params.tail_min_features)  # fmt: skip
         allocate(self, {**slow, **arrays}, capacity=1)
         self._row = np.zeros(1, dtype=np.int64)
         self._last: tuple[np.ndarray | None, Judgement | None] = (None, None)

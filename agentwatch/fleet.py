@@ -119,7 +119,9 @@ class FleetBaselines(RowArrays):
         self._setup({**arrays, **self._detector_arrays()}, index, capacity)
 
     def _detector_arrays(self) -> dict[str, ArraySpec]:
-        return detector_arrays(len(FEATURES), self.config.params.daily_harmonics)
+        params = self.config.params
+        return detector_arrays(len(FEATURES), params.daily_harmonics,
+                               len(FEATURES) < params.tail_min_features)  # fmt: skip
 
     def _upgrade(self) -> None:
         """Bring a state pickled before the local level and the anomaly likelihood up to

@@ -629,13 +629,15 @@ class Settings(BaseSettings):
     anomaly_envelope_ratio: float = Field(
         0.25,
         ge=0,
-        description="A heartbeat whose deviations, upward and downward, are all below this "
-        "share of the largest the agent has shown lately in that direction (its envelope: "
+        description="On an agent whose metrics' tails are not learned (fewer than "
+        "anomaly_tail_min_features metrics: a single series), a heartbeat whose deviations, "
+        "upward and downward, are all below this share of the largest the agent has shown "
+        "lately in that direction (its envelope: "
         "anomaly_envelope_half_life_s, anomaly_envelope_growth) does not fire on a high score "
         "alone (a new extreme still does) but quiets its metrics as a fired one would (its "
         "echo does not fire either): a burst well within the bursts the agent makes routinely "
-        "is not news. Chosen on NAB, where it removes false alarms on Twitter's bursty volumes; "
-        "ASD's figures and the fleet simulator's recall are unchanged (docs/detection.md). "
+        "is not news. Chosen on NAB, where it removes false alarms on Twitter's bursty volumes "
+        "(docs/detection.md). Where tails are learned they judge a burst metric by metric. "
         "0: off.",
     )
     anomaly_envelope_growth: float = Field(

@@ -217,6 +217,17 @@ def metric_bits(named: np.ndarray) -> np.ndarray:
     )
 
 
+def driving(a: np.ndarray, extreme: np.ndarray, reason_sigma: float) -> np.ndarray:
+    """The bit mask of the metrics driving each row of absolute weighted deviations ``a``
+    (``n × F``): those ``reason_sigma`` out or beyond their range (``extreme``), and the
+    furthest.
+
+    >>> driving(np.array([[1.0, 4.0, 0.5], [1.0, 2.0, 0.5]]), np.zeros((2, 3), bool), 3.0)
+    array([2, 2], dtype=uint32)
+    """
+    return metric_bits((a >= reason_sigma) | extreme | (a == a.max(axis=1, keepdims=True)))
+
+
 def recent_surprise(
     average: np.ndarray, surprise: np.ndarray, weight: float, first: np.ndarray
 ) -> np.ndarray:
@@ -436,6 +447,12 @@ class DetectorParams:
             envelope_growth=settings.anomaly_envelope_growth,
             envelope_half_life_s=settings.anomaly_envelope_half_life_s,
         )
+
+    def tails_learned(self, features: int) -> bool:
+        """Whether an agent with ``features`` metrics learns their tails (then they judge a
+        repeat and a burst); with fewer, a single series, the repeat window and the
+        envelope do."""
+        return features >= self.tail_min_features
 
 
 def weight_per_point(
@@ -814,7 +831,7 @@ def judge(
     at = np.flatnonzero(beyond_range(b.low, b.high, values, p.extreme_margin, floor))
     at = at[(zw.reshape(-1)[at] * z.reshape(-1)[at]) > 0]  # in a direction that counts
     at = at[(warm & (elapsed >= p.extreme_after_s))[at // features]]
-    tails = features >= p.tail_min_features
+    tails = p.tails_learned(features)
     if tails:
         if len(at):
             excess = state.tail_excess[_cells(rows, at, features)]
@@ -868,8 +885,7 @@ def judge(
         breaking &= ~state.quiet_metrics.take(rows[high])
         breaking |= np.where(repeat[high], metric_bits(eh), np.uint32(0))
         fire[high] = ~(in_quiet | repeat[high]) | (breaking != 0)
-        named[high] = np.where(fire[high], metric_bits(
-            (ah >= p.reason_sigma) | eh | (ah == ah.max(axis=1, keepdims=True))), 0)  # fmt: skip
+        named[high] = np.where(fire[high], driving(ah, eh, p.reason_sigma), 0)
 
     def base_z(some: np.ndarray) -> np.ndarray:
         return weighted((values[some] - b.mean[some]) / base_std[some], p.up_weight,
@@ -877,8 +893,7 @@ def judge(
 
     episode = episodes(state, rows, base_z, fire, named, elapsed, p)
     if held.any():  # (after the episodes: a routine burst quiets its metrics, joins none)
-        ah = a[held]
-        named[held] = metric_bits((ah >= p.reason_sigma) | (ah == ah.max(axis=1, keepdims=True)))
+        named[held] = driving(a[held], extreme[held], p.reason_sigma)
     return Judgement(z, zw, std, base_std, extreme, recent, likelihood, likelihood_std, judged,
                      scores, quiet, repeat, named, fire, extreme_rows, before, episode, weights,
                      now if gain is not None else None, season, envelope, routine,
@@ -909,7 +924,7 @@ def learn_judged(
                 clip_limits(j.std, warm, p.clip_sigma),
                 clip_limits(j.std, warm, p.level_clip_sigma),
                 seen=(b.level, b.resid_var))  # fmt: skip
-    if values.shape[1] >= p.tail_min_features:
+    if p.tails_learned(values.shape[1]):
         learn_tails(state, rows, j.weighted, b, p, j.scores < p.threshold, memory)
     # The surprise history starts in the warm-up's second half from a cautious prior
     # (mean 1, std ``likelihood_prior_std``, worth ``warmup`` heartbeats), so a history
@@ -1174,7 +1189,7 @@ class BaselineDetector(AnomalyDetector):
             "last_ts": (f64, np.nan, ()),
         }
         arrays = detector_arrays(len(self.features), self._params.daily_harmonics,
-                                 len(self.features) < self._params.tail_min_features)  # fmt: skip
+                                 not self._params.tails_learned(len(self.features)))  # fmt: skip
         allocate(self, {**slow, **arrays}, capacity=1)
         self._row = np.zeros(1, dtype=np.int64)
         self._last: tuple[np.ndarray | None, Judgement | None] = (None, None)

@@ -121,7 +121,7 @@ class FleetBaselines(RowArrays):
     def _detector_arrays(self) -> dict[str, ArraySpec]:
         params = self.config.params
         return detector_arrays(len(FEATURES), params.daily_harmonics,
-                               len(FEATURES) < params.tail_min_features)  # fmt: skip
+                               not params.tails_learned(len(FEATURES)))  # fmt: skip
 
     def _upgrade(self) -> None:
         """Bring a state pickled before the local level and the anomaly likelihood up to

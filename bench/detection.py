@@ -65,6 +65,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agentwatch.detector import DAY_S  # noqa: E402
 from agentwatch.rules import BaselineInputs  # noqa: E402
 from agentwatch.settings import Settings  # noqa: E402
 from agentwatch.shard import ShardState  # noqa: E402
@@ -82,7 +83,6 @@ RULE_OF_KIND = {
     "flapping": "rapid_changes",
 }
 WARMUP_S = 24 * 3600.0
-DAY_S = 86_400.0
 DELAY_BAR_HEARTBEATS = 2
 
 

@@ -23,6 +23,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agentwatch.kafka_logs import LIBRDKAFKA_LOG
 from agentwatch.secrets import SLACK_PREFIX, SecretDsn, SecretUrl, reveal, secret_strings
 
 #: Logical topic names; the physical name is ``topic_prefix + "agents." + name``.
@@ -1679,24 +1680,28 @@ class Settings(BaseSettings):
         """
         return secret_strings([getattr(self, name) for name in type(self).model_fields])
 
-    def kafka_config(self) -> dict[str, str]:
+    def kafka_config(self) -> dict[str, object]:
         """The librdkafka settings every Kafka client of agentwatch starts from: where the
         brokers are and, with a SASL protocol, the login. A client connects to every broker
         it learns of at once (``enable.sparse.connections`` off): connected lazily, as
         librdkafka's default has it, a client's first requests to a broker it has just
         learned wait ~50 ms for that connection (list_topics on a new consumer, measured
-        on the embedded broker: ~52 ms one call in two, ~1 ms with this).
+        on the embedded broker: ~52 ms one call in two, ~1 ms with this). librdkafka's own
+        log lines go to Python logging, repeats held back
+        (:data:`agentwatch.kafka_logs.LIBRDKAFKA_LOG`), not to stderr.
 
-        >>> Settings(bootstrap_servers="k:9092").kafka_config()
-        {'bootstrap.servers': 'k:9092', 'enable.sparse.connections': 'false'}
+        >>> config = Settings(bootstrap_servers="k:9092").kafka_config()
+        >>> config["bootstrap.servers"], config["enable.sparse.connections"], config["logger"].name
+        ('k:9092', 'false', 'agentwatch.librdkafka')
         >>> config = Settings(kafka_security_protocol="SASL_PLAINTEXT",
         ...     kafka_sasl_username="api", kafka_sasl_password="s3cret").kafka_config()
         >>> config["security.protocol"], config["sasl.username"], config["sasl.password"]
         ('SASL_PLAINTEXT', 'api', 's3cret')
         """
-        config = {
+        config: dict[str, object] = {
             "bootstrap.servers": self.bootstrap_servers,
             "enable.sparse.connections": "false",
+            "logger": LIBRDKAFKA_LOG,
         }
         if self.kafka_security_protocol != "PLAINTEXT":
             config["security.protocol"] = self.kafka_security_protocol

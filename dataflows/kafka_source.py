@@ -185,7 +185,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, PartitionPosition]):
         group_id: str,
         batch_size: int = 5000,
         commit_interval_s: float = 1.0,
-        client_config: dict[str, str] | None = None,
+        client_config: dict[str, object] | None = None,
         fetch_wait_ms: int = 100,
     ):
         self._topic = topic

@@ -209,7 +209,7 @@ class KafkaHeartbeatSink:
     bootstrap_servers: str
     topic: str
     #: More librdkafka settings (the SASL login of the cluster profile's agent principal).
-    client_config: dict[str, str] = field(default_factory=dict)
+    client_config: dict[str, object] = field(default_factory=dict)
     delivery_errors: int = 0
     first_error: str | None = None
     backfill_elapsed_s: float | None = None  # wall time until the history reached the present

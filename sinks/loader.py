@@ -78,7 +78,6 @@ import base64
 import dataclasses
 import logging
 import os
-import re
 import signal
 import threading
 import time
@@ -1798,7 +1797,7 @@ def _consumer_config(settings: Settings, findings_only: bool = False) -> dict[st
     request per handful of messages; a lane of findings only (a few messages a
     second, :class:`LoaderLanes`) is answered at its first message instead, so
     a threat does not wait up to 100 ms for a megabyte that never comes.
-    librdkafka's own log lines go through Python logging, repeats suppressed.
+    librdkafka's own log lines go through Python logging (``Settings.kafka_config``).
     """
     return {
         **settings.kafka_config(),
@@ -1815,33 +1814,7 @@ def _consumer_config(settings: Settings, findings_only: bool = False) -> dict[st
         "queued.min.messages": 200_000,
         "reconnect.backoff.ms": 500,
         "reconnect.backoff.max.ms": 5000,
-        "logger": _KAFKA_LOG,
     }
-
-
-class _RepeatFilter(logging.Filter):
-    """Lets a log line through once per ``interval_s`` for each kind of message.
-
-    librdkafka repeats "Connect to ... failed" several times a second while the
-    broker is down; one line every ``interval_s`` says the same.
-    """
-
-    def __init__(self, interval_s: float) -> None:
-        super().__init__()
-        self._interval_s = interval_s
-        self._next: dict[str, float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        kind = re.sub(r"\d+", "#", record.getMessage())[:120]
-        now = time.monotonic()
-        if now < self._next.get(kind, 0.0):
-            return False
-        self._next[kind] = now + self._interval_s
-        return True
-
-
-_KAFKA_LOG = logging.getLogger("sinks.loader.librdkafka")
-_KAFKA_LOG.addFilter(_RepeatFilter(CONSUME_ERROR_LOG_INTERVAL_S))
 
 
 def _show_offset(offset: int) -> str:

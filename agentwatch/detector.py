@@ -40,7 +40,12 @@ row at once:
    *routine* and does not fire on a high score alone: a burst well within the series' usual
    bursts is not news (:func:`within_envelope`). Where tails are learned, they judge how
    routine a metric's burst is, metric by metric (one envelope over all of an agent's
-   metrics would let a past burst of one hide an anomaly of another).
+   metrics would let a past burst of one hide an anomaly of another). Such an agent also
+   keeps its *usual day*: each metric's value per bin of the UTC day (``usual_day_bins``),
+   which, unlike the local level, does not follow today; a day that keeps off its usual
+   shape (a missing morning climb, a holiday) drifts from it, and a drift of
+   ``usual_day_sigma`` scores 1 and fires outside the quiet period and the repeat window
+   (:func:`usual_day`).
 4. **Episode.** An anomaly that fires opens an *episode* about the metrics it names,
    unless one is open already (then it joins it). The episode stays open while one of
    its metrics stands ``reason_sigma`` from the agent's *slow* baseline (which, unlike
@@ -121,6 +126,14 @@ LN2 = float(np.log(2.0))
 #: Where a fresh agent's envelopes start (weighted std up and down; see :func:`within_envelope`):
 #: about the furthest a normal law's heartbeats go.
 ENVELOPE_START = 3.0
+#: A deviation from the usual day (:func:`usual_day`) is clipped here before it is averaged
+#: into the drift: one spike does not make a drift.
+USUAL_DAY_CLIP = 5.0
+#: A bin's spread is this many times its mean absolute stray (about a std for a normal law,
+#: √(π/2))…
+USUAL_DAY_SPREAD = 1.25
+#: …and at least this many times the metric's std floor (a bin that never strays).
+USUAL_DAY_MIN_SPREAD = 3.0
 #: Low-discrepancy steps (golden ratios) that draw :func:`dithered`'s random numbers.
 DITHER_TIME_STEP, DITHER_COLUMN_STEP = 0.6180339887498949, 0.7548776662466927
 
@@ -300,7 +313,7 @@ def likelihood_scores(likelihood: np.ndarray, extreme: np.ndarray) -> np.ndarray
 
 
 def detector_arrays(
-    features: int, harmonics: int = 2, envelope: bool = False
+    features: int, harmonics: int = 2, envelope: bool = False, usual_day_bins: int = 0
 ) -> dict[str, ArraySpec]:
     """The detector's per-agent arrays beside the slow baseline's ``mean``, ``var``
     and ``count`` (dtype, value of a fresh row, shape of a row): 6 per-feature
@@ -322,11 +335,16 @@ def detector_arrays(
     downward the agent has shown lately (see :func:`within_envelope`).
     ``daily_shape`` and ``daily_loading`` are the daily profile (see :func:`learn_daily`;
     none with 0 harmonics): float16, rounded at random (:func:`dithered`) so its slow
-    average keeps learning.
+    average keeps learning. With ``usual_day_bins`` (also only where tails are not learned),
+    each metric's usual day (:func:`usual_day`): ``usual_value`` (NaN: a bin not seen yet)
+    and ``usual_stray`` per bin, float32 (a value of 1e9 bytes needs more than float16),
+    and ``usual_drift``.
 
     >>> from agentwatch.rows import bytes_per_row
     >>> bytes_per_row(detector_arrays(8)), bytes_per_row(detector_arrays(1, envelope=True))
     (248, 74)
+    >>> bytes_per_row(detector_arrays(1, envelope=True, usual_day_bins=48))
+    462
     """
     if features > 32:
         raise ValueError(f"{features} features: the quiet period's bit mask holds 32 at most")
@@ -356,6 +374,15 @@ def detector_arrays(
         **(
             {"envelope_up": (f32, ENVELOPE_START, ()), "envelope_down": (f32, ENVELOPE_START, ())}
             if envelope
+            else {}
+        ),
+        **(
+            {
+                "usual_value": (f32, np.nan, (features, usual_day_bins)),
+                "usual_stray": (f32, 0.0, (features, usual_day_bins)),
+                "usual_drift": (f32, 0.0, per_feature),
+            }
+            if usual_day_bins
             else {}
         ),
     }
@@ -401,6 +428,11 @@ class DetectorParams:
     envelope_ratio: float
     envelope_growth: float
     envelope_half_life_s: float
+    usual_day_bins: int
+    usual_day_weight: float
+    usual_day_drift_weight: float
+    usual_day_sigma: float
+    usual_day_warmup_s: float
 
     @classmethod
     def from_settings(
@@ -446,13 +478,23 @@ class DetectorParams:
             envelope_ratio=settings.anomaly_envelope_ratio,
             envelope_growth=settings.anomaly_envelope_growth,
             envelope_half_life_s=settings.anomaly_envelope_half_life_s,
+            usual_day_bins=settings.anomaly_usual_day_bins,
+            usual_day_weight=settings.anomaly_usual_day_weight,
+            usual_day_drift_weight=settings.anomaly_usual_day_drift_weight,
+            usual_day_sigma=settings.anomaly_usual_day_sigma,
+            usual_day_warmup_s=settings.anomaly_usual_day_warmup_s,
         )
 
     def tails_learned(self, features: int) -> bool:
         """Whether an agent with ``features`` metrics learns their tails (then they judge a
         repeat and a burst); with fewer, a single series, the repeat window and the
-        envelope do."""
+        envelope do, and the usual day (:func:`usual_day`) watches its shape."""
         return features >= self.tail_min_features
+
+    def usual_day_bins_for(self, features: int) -> int:
+        """The bins of the usual day an agent with ``features`` metrics keeps (0: none;
+        only where tails are not learned)."""
+        return 0 if self.tails_learned(features) else self.usual_day_bins
 
 
 def weight_per_point(
@@ -722,7 +764,10 @@ class Judgement:
     this heartbeat (upward, downward; None where tails are learned) and ``routine``: rows
     whose heartbeat is within them, so a high score alone did not fire it
     (:func:`within_envelope`); ``held``: routine rows that would have fired, which start a
-    quiet period as if they had.
+    quiet period as if they had. ``usual``: where the usual day is kept (else None), each
+    row's bin of the day and its metrics' drift from the usual day after this heartbeat
+    (:func:`usual_day`); ``shifted``: rows whose drift stands ``usual_day_sigma`` or more
+    (they score 1; outside the quiet period and the repeat window they fire).
     """
 
     z: np.ndarray
@@ -748,6 +793,8 @@ class Judgement:
     envelope: tuple[np.ndarray, np.ndarray] | None = None
     routine: np.ndarray | None = None
     held: np.ndarray | None = None
+    usual: tuple[np.ndarray, np.ndarray] | None = None
+    shifted: np.ndarray | None = None
 
 
 def _cells(rows: np.ndarray, at: np.ndarray, features: int) -> tuple[np.ndarray, np.ndarray]:
@@ -886,6 +933,21 @@ def judge(
         breaking |= np.where(repeat[high], metric_bits(eh), np.uint32(0))
         fire[high] = ~(in_quiet | repeat[high]) | (breaking != 0)
         named[high] = np.where(fire[high], driving(ah, eh, p.reason_sigma), 0)
+    usual: tuple[np.ndarray, np.ndarray] | None = None
+    shifted = None
+    if now is not None and state_keeps_usual_day(state):
+        usual = usual_day(state, rows, values, now, elapsed, floor, warm, p)
+        drifted = np.abs(usual[1]) >= p.usual_day_sigma
+        shifted = judged & drifted.any(axis=1)
+        scores = np.where(shifted, 1.0, scores)
+        # a day off its usual shape fires outside the quiet period and the repeat window
+        # (after an anomaly, a drift is the same incident until a new extreme), whatever
+        # the envelope says: it judges bursts, and this is not one
+        drifting = shifted & ~quiet & ~repeat & ~fire
+        if drifting.any():
+            fire |= drifting
+            held &= ~drifting
+            named[drifting] = metric_bits(drifted[drifting])
 
     def base_z(some: np.ndarray) -> np.ndarray:
         return weighted((values[some] - b.mean[some]) / base_std[some], p.up_weight,
@@ -897,7 +959,7 @@ def judge(
     return Judgement(z, zw, std, base_std, extreme, recent, likelihood, likelihood_std, judged,
                      scores, quiet, repeat, named, fire, extreme_rows, before, episode, weights,
                      now if gain is not None else None, season, envelope, routine,
-                     held)  # fmt: skip
+                     held, usual, shifted)  # fmt: skip
 
 
 def learn_judged(
@@ -956,6 +1018,101 @@ def learn_judged(
     learn_episodes(state, rows, j.episode, elapsed)
     if j.envelope is not None:
         state.envelope_up[rows], state.envelope_down[rows] = j.envelope
+    if j.usual is not None:
+        learn_usual_day(state, rows, values, j.usual, p)
+
+
+def state_keeps_usual_day(state: object) -> bool:
+    """Whether ``state`` keeps its agents' usual day (:func:`detector_arrays`)."""
+    return getattr(state, "usual_value", None) is not None
+
+
+def usual_day(
+    state: object,
+    rows: np.ndarray,
+    values: np.ndarray,
+    now: np.ndarray,
+    elapsed: np.ndarray,
+    floor: np.ndarray,
+    warm: np.ndarray,
+    p: DetectorParams,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's bin of the *usual day* at UTC time ``now`` and its metrics' drift from it
+    after this heartbeat (``n × F``), without learning.
+
+    The usual day is each metric's value per bin of the day (``p.usual_day_bins``), learned
+    from the heartbeats that fall in the bin (:func:`learn_usual_day`), and how far they
+    stray from it. A deviation is the value's distance from its bin's, in the bin's spread
+    (:data:`USUAL_DAY_SPREAD` times its mean stray, at least :data:`USUAL_DAY_MIN_SPREAD`
+    times the metric's std ``floor``), clipped at :data:`USUAL_DAY_CLIP` and weighted per
+    direction; the drift is its exponentially weighted average
+    (``p.usual_day_drift_weight`` a heartbeat). Unlike the local level, the usual day does
+    not follow today: a day that stays off its usual shape within its usual range (no
+    morning climb, a holiday's traffic) drifts further every heartbeat, while one spike,
+    clipped, does not make a drift. A row counts once warm and watched
+    ``p.usual_day_warmup_s``, in a bin it has seen; before, its drift decays.
+
+    >>> p = replace(DetectorParams.from_settings(Settings.model_construct(), np.zeros(1)),
+    ...             usual_day_bins=24, usual_day_warmup_s=0.0)
+    >>> state = type("State", (), {})()
+    >>> allocate(state, detector_arrays(1, envelope=True, usual_day_bins=24), 1)
+    >>> row, floor, warm = np.array([0]), np.array([[1.0]]), np.array([True])
+    >>> hour = lambda h, day: np.array([day * DAY_S + h * 3600.0])
+    >>> for day in range(5):  # 10 at night, 80 by day
+    ...     for h in range(24):
+    ...         value = np.array([[80.0 if 10 <= h < 18 else 10.0]])
+    ...         j = usual_day(state, row, value, hour(h, day), hour(h, day), floor, warm, p)
+    ...         learn_usual_day(state, row, value, j, p)
+    >>> for h in range(8, 14):  # day 6: no climb at 10:00
+    ...     bins, drift = usual_day(state, row, np.array([[10.0]]), hour(h, 5), hour(h, 5),
+    ...                             floor, warm, p)
+    ...     learn_usual_day(state, row, np.array([[10.0]]), (bins, drift), p)
+    ...     print(h, int(bins[0]), round(float(drift[0, 0]), 2))
+    8 8 0.0
+    9 9 0.0
+    10 10 -1.0
+    11 11 -1.8
+    12 12 -2.44
+    13 13 -2.95
+    """
+    bins = np.minimum((np.mod(now, DAY_S) * (p.usual_day_bins / DAY_S)).astype(np.int64),
+                      p.usual_day_bins - 1)  # fmt: skip
+    usual = state.usual_value[rows, :, bins]  # (n × F: the rows' metrics at their bins)
+    spread = np.maximum(USUAL_DAY_SPREAD * state.usual_stray[rows, :, bins],
+                        USUAL_DAY_MIN_SPREAD * floor)  # fmt: skip
+    counts = (warm & (elapsed >= p.usual_day_warmup_s))[:, None] & ~np.isnan(usual)
+    counts &= ~np.isnan(values)
+    deviation = np.where(counts, (values - usual) / np.where(counts, spread, 1.0), 0.0)
+    deviation = weighted(np.clip(deviation, -USUAL_DAY_CLIP, USUAL_DAY_CLIP), p.up_weight,
+                         p.down_weight)  # fmt: skip
+    drift = state.usual_drift[rows].astype(np.float64)
+    drift += p.usual_day_drift_weight * (deviation - drift)
+    return bins, drift
+
+
+def learn_usual_day(
+    state: object,
+    rows: np.ndarray,
+    values: np.ndarray,
+    usual: tuple[np.ndarray, np.ndarray],
+    p: DetectorParams,
+) -> None:
+    """Learn the rows' heartbeats into their bins of the usual day (each a share
+    ``p.usual_day_weight`` of the bin's value and stray; a bin's first heartbeat is its
+    value) and keep their drift (``usual``: what :func:`usual_day` found)."""
+    bins, drift = usual
+    value = state.usual_value[rows, :, bins].astype(np.float64)
+    stray = state.usual_stray[rows, :, bins].astype(np.float64)
+    fresh = np.isnan(value)
+    residual = values - value
+    known = ~np.isnan(values)
+    w = p.usual_day_weight
+    state.usual_value[rows, :, bins] = np.where(fresh, values, np.where(
+        known, value + w * residual, value))  # fmt: skip
+    state.usual_stray[rows, :, bins] = np.where(
+        fresh | ~known, stray, stray + w * (np.abs(residual) - stray)
+    )
+    state.usual_drift[rows] = drift
 
 
 def daily_basis(now: np.ndarray, harmonics: int) -> np.ndarray:
@@ -1188,8 +1345,10 @@ class BaselineDetector(AnomalyDetector):
             "first_ts": (f64, np.nan, ()),
             "last_ts": (f64, np.nan, ()),
         }
-        arrays = detector_arrays(len(self.features), self._params.daily_harmonics,
-                                 not self._params.tails_learned(len(self.features)))  # fmt: skip
+        features = len(self.features)
+        arrays = detector_arrays(features, self._params.daily_harmonics,
+                                 not self._params.tails_learned(features),
+                                 self._params.usual_day_bins_for(features))  # fmt: skip
         allocate(self, {**slow, **arrays}, capacity=1)
         self._row = np.zeros(1, dtype=np.int64)
         self._last: tuple[np.ndarray | None, Judgement | None] = (None, None)

@@ -654,6 +654,48 @@ class Settings(BaseSettings):
         description="The half-life (event time) of the envelope (anomaly_envelope_ratio): "
         "a week, so a burst a week old counts half.",
     )
+    anomaly_usual_day_bins: int = Field(
+        48,
+        ge=0,
+        le=1440,
+        description="On an agent whose metrics' tails are not learned (fewer than "
+        "anomaly_tail_min_features metrics: a single series), each metric's *usual day*: its "
+        "value learned per bin of the UTC day (48: half-hours), and how far it strays there. "
+        "A value judged against its bin does not chase today's level as the local level does, "
+        "so a day that keeps off its usual shape (no morning climb, a holiday, a plateau at "
+        "the wrong height) stands out once the drift (anomaly_usual_day_drift_weight) reaches "
+        "anomaly_usual_day_sigma. 8 bytes a bin and metric. Chosen on NAB (docs/detection.md). "
+        "0: off.",
+    )
+    anomaly_usual_day_weight: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="A heartbeat's share in its bin of the usual day (anomaly_usual_day_bins), "
+        "for the bin's value and for how far values stray from it.",
+    )
+    anomaly_usual_day_drift_weight: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="A heartbeat's share in the drift from the usual day: the exponentially "
+        "weighted average of each metric's deviation from its bin (in the bin's spread, clipped "
+        "at 5), so one spike does not make a drift and a change that lasts does.",
+    )
+    anomaly_usual_day_sigma: float = Field(
+        3.0,
+        gt=0,
+        description="A drift from the usual day this large scores 1, as a new extreme does, and "
+        "fires outside the quiet period and the repeat window (anomaly_repeat_s: after an "
+        "anomaly, a drift is the same incident until a new extreme): a day that has kept this "
+        "far off its usual shape.",
+    )
+    anomaly_usual_day_warmup_s: float = Field(
+        259_200.0,
+        ge=0,
+        description="Event time an agent is watched before its usual day judges anything: "
+        "three days, so each bin has seen a few days.",
+    )
     anomaly_quiet_break_sigma: float = Field(
         6.0,
         gt=0,

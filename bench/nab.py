@@ -149,7 +149,8 @@ def detector_scores(
         if j.judged[0] and (j.fire[0] or not (j.quiet[0] or j.repeat[0] or j.routine[0])):
             scores[i] = j.scores[0]
             decisions[i] = j.fire[0]
-            likelihood[i] = EXTREME_RANK if j.extreme[0].any() else j.likelihood[0]
+            ranked_first = j.extreme[0].any() or (j.shifted is not None and j.shifted[0])
+            likelihood[i] = EXTREME_RANK if ranked_first else j.likelihood[0]
         detector.learn_one(point, t)
     return scores, decisions, likelihood
 

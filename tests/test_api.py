@@ -639,7 +639,7 @@ def produce_heartbeats(
     settings: Settings, agent: str, count: int, partition: int | None = None
 ) -> None:
     """``count`` heartbeats of one agent, in one producer batch (keyed, or to ``partition``)."""
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 50})
+    producer = Producer({**settings.kafka_config(), "linger.ms": 50})
     extra = {} if partition is None else {"partition": partition}
     for doc in heartbeat_docs(agent, count):
         producer.produce(settings.topic("metrics"), orjson.dumps(doc), key=agent.encode(), **extra)
@@ -648,7 +648,7 @@ def produce_heartbeats(
 
 def produce_metric_rows(settings: Settings, agent: str, count: int) -> None:
     """The same heartbeats as the dataflow hands them to the loader (one Arrow batch)."""
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    producer = Producer(settings.kafka_config())
     for message in encode_json(list(map(orjson.dumps, heartbeat_docs(agent, count)))):
         producer.produce(settings.topic("metric_rows"), message, key=b"0")
     assert producer.flush(10) == 0
@@ -1191,7 +1191,7 @@ def broker_api(settings: Settings) -> Iterator[tuple[TestClient, Client, Setting
 
 def read_events(settings: Settings, count: int) -> list[tuple[bytes, dict]]:
     """The first ``count`` messages of agents.control (key, value), in offset order per key."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "t",
+    consumer = Consumer({**settings.kafka_config(), "group.id": "t",
                          "enable.auto.commit": False})  # fmt: skip
     topic = settings.topic("control")
     partitions = consumer.list_topics(topic, timeout=5).topics[topic].partitions

@@ -83,7 +83,7 @@ def test_thousand_malformed_messages_are_dead_lettered_and_the_rest_processed(
 
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5})
+    producer = Producer({**settings.kafka_config(), "linger.ms": 5})
     for i, (value, reason) in enumerate(stream):
         key = f"junk-{i % 7}" if reason else orjson.loads(value)["agent_id"]  # contract: agent key
         producer.produce(settings.topic("metrics"), key=key.encode(), value=value)

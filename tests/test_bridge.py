@@ -25,7 +25,7 @@ def beat(**overrides: object) -> dict:
 def consume(settings: Settings, channel: str, want: int) -> list[tuple[bytes, dict]]:
     """Every message of ``agents.<channel>`` (all partitions), polled until ``want`` came."""
     topic = settings.topic(channel)
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "t"})
+    consumer = Consumer({**settings.kafka_config(), "group.id": "t"})
     partitions = consumer.list_topics(topic, timeout=5).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     got: list[tuple[bytes, dict]] = []

@@ -81,7 +81,7 @@ def auth(headers: dict) -> dict:
 def control_events(settings: Settings, count: int, timeout_s: float = 20) -> list[dict]:
     """Every message of agents.control once ``count`` have come (and a little more, to see
     that no more come), as (key, event) in arrival order per partition."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "bulk",
+    consumer = Consumer({**settings.kafka_config(), "group.id": "bulk",
                          "enable.auto.commit": False})  # fmt: skip
     topic = settings.topic("control")
     partitions = consumer.list_topics(topic, timeout=5).topics[topic].partitions

@@ -38,7 +38,7 @@ class Agent:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+        self.producer = Producer(settings.kafka_config())
 
     def beat(self, agent: str, step: int, cpu: float = 30.0) -> None:
         heartbeat = {

@@ -41,7 +41,7 @@ def test_an_injection_marker_becomes_a_threat_and_a_bad_event_a_dead_letter(
     flow.start()
     reader = TopicReader(settings, ["threats", "deadletter", "security"])
     try:
-        producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+        producer = Producer(settings.kafka_config())
         for event in (clean, injected, bad):
             producer.produce(
                 settings.topic("events"), key=event["agent_id"].encode(), value=orjson.dumps(event)

@@ -75,7 +75,7 @@ class DataflowProcess:
 
 
 def produce(settings: Settings, values: list[bytes], pause_every: int = 0) -> None:
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5})
+    producer = Producer({**settings.kafka_config(), "linger.ms": 5})
     for i, value in enumerate(values):
         try:
             agent = orjson.loads(value)["agent_id"].encode()
@@ -440,7 +440,7 @@ def test_a_degraded_agent_gets_a_restart_and_a_health_change_and_an_operator_can
             "timestamp": time.time(),
             "payload": {"reason": "stuck"},
         }
-        producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+        producer = Producer(settings.kafka_config())
         producer.produce(settings.topic("control"), key=b"agent-0002", value=orjson.dumps(restart))
         producer.flush()
         orders = wait_until(

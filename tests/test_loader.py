@@ -99,7 +99,7 @@ def produce(
 ) -> None:
     """Produce JSON documents (or raw bytes) to a logical topic and wait for delivery;
     each keyed by ``key(doc)``, or by ``keys`` (one per doc) when given."""
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5})
+    producer = Producer({**settings.kafka_config(), "linger.ms": 5})
     if keys is None:
         keys = [None if isinstance(doc, bytes) else key(doc) for doc in docs]
     for doc, doc_key in zip(docs, keys, strict=True):

@@ -29,7 +29,7 @@ def send(settings: Settings, channel: str, kind: str, at: float, **payload: obje
         "type": kind, "agent_id": AGENT, "tenant_id": "tenant-0",
         "actor": AGENT if channel == "events" else "ops-1", "timestamp": at, "payload": payload,
     }  # fmt: skip
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    producer = Producer(settings.kafka_config())
     producer.produce(settings.topic(channel), key=AGENT.encode(), value=orjson.dumps(value))
     producer.flush()
 

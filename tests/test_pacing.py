@@ -29,7 +29,7 @@ def score_change(agent: str, at: float, score: float) -> dict:
 
 def test_the_projection_lets_go_of_its_lock_at_every_pause_and_folds_everything(settings):
     ensure_topics(settings)
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    producer = Producer(settings.kafka_config())
     at = time.time() - 60
     for i in range(AGENTS):
         doc = score_change(f"agent-{i:03d}", at, float(i % 100))

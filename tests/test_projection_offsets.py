@@ -24,7 +24,7 @@ def test_a_heartbeat_sent_right_after_the_assignment_is_read(settings):
         wait_until(projection._assign, 30, "the projection's partitions assigned")
         # before any fetch of the new assignment: a logical end would be resolved after this
         beat = {"agent_id": "agent-1", "tenant_id": "t1", "timestamp": time.time()}
-        producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+        producer = Producer(settings.kafka_config())
         producer.produce(settings.topic("metrics"), orjson.dumps(beat), key=b"agent-1")
         assert producer.flush(10) == 0
         wait_until(

@@ -30,7 +30,7 @@ def register(settings: Settings, agent: int, tenant: str, **card: object) -> Non
         "payload": {"name": f"Agent-{agent}", "agent_type": "llm_worker", "owner": "team-ml",
                     **card},
     }  # fmt: skip
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    producer = Producer(settings.kafka_config())
     producer.produce(
         settings.topic("control"), key=event["agent_id"].encode(), value=orjson.dumps(event)
     )

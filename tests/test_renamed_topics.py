@@ -26,7 +26,7 @@ def score_change(agent: str, at: float, score: float) -> dict:
 
 
 def produce(settings: Settings, topic: str, docs: list[dict]) -> None:
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    producer = Producer(settings.kafka_config())
     for doc in docs:
         producer.produce(settings.topic(topic), orjson.dumps(doc), key=doc["agent_id"].encode())
     assert producer.flush(10) == 0

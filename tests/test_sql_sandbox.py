@@ -693,7 +693,7 @@ def test_heavy_queries_are_stopped_while_ingestion_and_health_go_on(
 
     def produce() -> None:  # 1,000 heartbeats/s in batches of 100, as the dataflow hands
         # them to the loader (Arrow batches on agents.metric_rows; no dataflow runs here)
-        producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 20})
+        producer = Producer({**settings.kafka_config(), "linger.ms": 20})
         next_at = time.monotonic()
         while not stop.is_set():
             beats = [_heartbeat(seq) for seq in range(produced[0], produced[0] + 100)]

@@ -200,7 +200,7 @@ def test_a_moved_task_runs_once_on_its_new_agent_whichever_shard_speaks_first() 
 
 
 def produce_commands(settings: Settings, commands: list[AgentCommand]) -> None:
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    producer = Producer(settings.kafka_config())
     for command in commands:
         producer.produce(
             settings.topic("commands"),

@@ -80,7 +80,7 @@ def task_changed(assignment: dict, agent: str, status: str, open_tasks: int, **m
 
 
 def publish(settings: Settings, messages: list[tuple[str, dict]]) -> None:
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    producer = Producer(settings.kafka_config())
     for topic, value in messages:
         producer.produce(settings.topic(topic), key=value["agent_id"].encode(),
                          value=orjson.dumps(value))  # fmt: skip
@@ -101,7 +101,7 @@ def published(
 
 def control_events(settings: Settings, kind: str) -> list[tuple[bytes, dict]]:
     """(key, event) of every ``kind`` event on agents.control so far."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "t"})
+    consumer = Consumer({**settings.kafka_config(), "group.id": "t"})
     topic = settings.topic("control")
     partitions = consumer.list_topics(topic, timeout=5).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])

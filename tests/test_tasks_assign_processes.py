@@ -118,7 +118,7 @@ class Heartbeats:
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
-        producer = Producer({"bootstrap.servers": self.settings.bootstrap_servers})
+        producer = Producer(self.settings.kafka_config())
         step = 0
         while not self.stopping.is_set():
             for i, agent in enumerate(AGENTS):
@@ -141,7 +141,7 @@ class Heartbeats:
 @pytest.mark.timeout(300)
 def test_two_api_processes_never_put_an_agent_past_its_capacity(stack, tmp_path: Path):
     settings, apis = stack
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    producer = Producer(settings.kafka_config())
     for agent in AGENTS:
         card = {"name": agent, "agent_type": "bot", "owner": "ops", "capabilities": ["chat"],
                 "max_concurrent_tasks": CAPACITY}  # fmt: skip

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from agentwatch.kafka_logs import LIBRDKAFKA_LOG
 from agentwatch.settings import Settings
 
 #: The peer address a TestClient claims: loopback, which may change things
@@ -181,7 +182,7 @@ def delete_topics(bootstrap_servers: str, prefix: str) -> None:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "logger": LIBRDKAFKA_LOG})
     try:
         names = [name for name in admin.list_topics(timeout=10).topics if name.startswith(prefix)]
         if names:
@@ -216,6 +217,7 @@ def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 15.0) -> l
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap_servers,
+            "logger": LIBRDKAFKA_LOG,
             "group.id": "tests-read-topic",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 10,  # an empty partition answers at once, not after 500 ms

@@ -670,7 +670,7 @@ def app_on_broker(settings: Settings) -> Iterator[TestClient]:
 def commit_dataflow_offset(settings: Settings, partition: int, offset: int) -> None:
     """Commit ``offset`` on ``partition`` of the metrics topic as the dataflow's group."""
     committer = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers,
+        {**settings.kafka_config(),
          "group.id": settings.dataflow_group_id, "enable.auto.commit": False}
     )  # fmt: skip
     try:

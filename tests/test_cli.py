@@ -653,7 +653,7 @@ def test_simulate_sends_the_count_to_kafka_with_agent_keys_and_ground_truth(
     topic = settings.topic("metrics")
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap_servers,
+            **settings.kafka_config(),
             "group.id": "t",
             "enable.auto.commit": False,
         }

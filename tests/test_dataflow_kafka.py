@@ -92,9 +92,7 @@ class TopicReader:
     """Reads every partition of some topics from the beginning, keeping all records."""
 
     def __init__(self, settings: Settings, names: list[str]):
-        self.consumer = Consumer(
-            {"bootstrap.servers": settings.bootstrap_servers, "group.id": "test-reader"}
-        )
+        self.consumer = Consumer({**settings.kafka_config(), "group.id": "test-reader"})
         self.by_topic: dict[str, list[dict]] = {settings.topic(n): [] for n in names}
         parts = []
         for topic in self.by_topic:

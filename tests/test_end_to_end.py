@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agentwatch.kafka_logs import LIBRDKAFKA_LOG
 from tests.conftest import read_topic, wait_until
 
 # the fixtures `run_up` and `stack_env` come from the CLI tests
@@ -85,7 +86,8 @@ def test_a_rule_added_through_the_api_fires_without_a_restart(
     api = f"http://127.0.0.1:{stack_env['AGENTWATCH_API_PORT']}/api/v1"
     up = run_up()
     state = up.wait_ready(timeout_s=90)
-    producer = Producer({"bootstrap.servers": state["broker"]["bootstrap_servers"]})
+    bootstrap = state["broker"]["bootstrap_servers"]
+    producer = Producer({"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOG})
     now = time.time()
 
     def beat(cpu: float, at: float) -> float:
@@ -155,7 +157,7 @@ def test_auto_quarantine_end_to_end(run_up, stack_env: dict[str, str], tmp_path:
     up = run_up()
     state = up.wait_ready(timeout_s=90)
     bootstrap = state["broker"]["bootstrap_servers"]
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "logger": LIBRDKAFKA_LOG})
     start = time.time() - 4 * 3600
 
     def beat(step: int, bad: bool) -> None:

@@ -9,6 +9,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from agentwatch.kafka_logs import LIBRDKAFKA_LOG
 from dataflows.kafka_sink import Message, Outbox, publish
 from infra.broker import ensure_topics, free_port
 from tests.conftest import wait_until
@@ -26,10 +27,13 @@ def test_every_message_of_every_key_reaches_the_broker(make_settings, broker):
     ]
     flow = Dataflow("publish_test")
     publish("publish", op.input("items", flow, TestingSource(items, batch_size=7)),
-            {"bootstrap.servers": broker.bootstrap_servers, "linger.ms": "5"})  # fmt: skip
+            {"bootstrap.servers": broker.bootstrap_servers, "linger.ms": "5",
+             "logger": LIBRDKAFKA_LOG})  # fmt: skip
     run_main(flow)  # (returns after the last epoch's end: everything settled)
 
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": "t"})
+    consumer = Consumer(
+        {"bootstrap.servers": broker.bootstrap_servers, "group.id": "t", "logger": LIBRDKAFKA_LOG}
+    )
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     seen: list[bytes] = []

@@ -1139,9 +1139,7 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(make_settings, broker, t
 
 def _committed(settings: Settings, topic: str) -> int:
     """Sum of the loader group's committed offsets on a logical topic."""
-    consumer = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.loader_group_id}
-    )
+    consumer = Consumer({**settings.kafka_config(), "group.id": settings.loader_group_id})
     try:
         name = settings.topic(topic)
         partitions = consumer.list_topics(name, timeout=5).topics[name].partitions

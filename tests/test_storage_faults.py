@@ -81,9 +81,7 @@ def stored_offsets(client, settings: Settings) -> int:
 
 def committed_offsets(settings: Settings) -> int:
     """The loader group's offsets committed to Kafka for agents.metric_rows, summed."""
-    consumer = Consumer(
-        {"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.loader_group_id}
-    )
+    consumer = Consumer({**settings.kafka_config(), "group.id": settings.loader_group_id})
     try:
         topic = settings.topic("metric_rows")
         wanted = [TopicPartition(topic, p) for p in range(partitions(settings, "metric_rows"))]

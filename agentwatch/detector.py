@@ -491,10 +491,13 @@ class DetectorParams:
         envelope do, and the usual day (:func:`usual_day`) watches its shape."""
         return features >= self.tail_min_features
 
-    def usual_day_bins_for(self, features: int) -> int:
-        """The bins of the usual day an agent with ``features`` metrics keeps (0: none;
-        only where tails are not learned)."""
-        return 0 if self.tails_learned(features) else self.usual_day_bins
+    def arrays_for(self, features: int) -> dict[str, ArraySpec]:
+        """The detector arrays of an agent with ``features`` metrics
+        (:func:`detector_arrays`): the envelope and the usual day only where tails are not
+        learned."""
+        single = not self.tails_learned(features)
+        return detector_arrays(features, self.daily_harmonics, single,
+                               self.usual_day_bins if single else 0)  # fmt: skip
 
 
 def weight_per_point(
@@ -935,7 +938,7 @@ def judge(
         named[high] = np.where(fire[high], driving(ah, eh, p.reason_sigma), 0)
     usual: tuple[np.ndarray, np.ndarray] | None = None
     shifted = None
-    if now is not None and state_keeps_usual_day(state):
+    if not tails and p.usual_day_bins and now is not None:
         usual = usual_day(state, rows, values, now, elapsed, floor, warm, p)
         drifted = np.abs(usual[1]) >= p.usual_day_sigma
         shifted = judged & drifted.any(axis=1)
@@ -1020,11 +1023,6 @@ def learn_judged(
         state.envelope_up[rows], state.envelope_down[rows] = j.envelope
     if j.usual is not None:
         learn_usual_day(state, rows, values, j.usual, p)
-
-
-def state_keeps_usual_day(state: object) -> bool:
-    """Whether ``state`` keeps its agents' usual day (:func:`detector_arrays`)."""
-    return getattr(state, "usual_value", None) is not None
 
 
 def usual_day(
@@ -1345,10 +1343,7 @@ class BaselineDetector(AnomalyDetector):
             "first_ts": (f64, np.nan, ()),
             "last_ts": (f64, np.nan, ()),
         }
-        features = len(self.features)
-        arrays = detector_arrays(features, self._params.daily_harmonics,
-                                 not self._params.tails_learned(features),
-                                 self._params.usual_day_bins_for(features))  # fmt: skip
+        arrays = self._params.arrays_for(len(self.features))
         allocate(self, {**slow, **arrays}, capacity=1)
         self._row = np.zeros(1, dtype=np.int64)
         self._last: tuple[np.ndarray | None, Judgement | None] = (None, None)

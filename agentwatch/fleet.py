@@ -37,7 +37,6 @@ from agentwatch.detector import (
     SURPRISE_PRIOR_MEAN,
     DetectorParams,
     Judgement,
-    detector_arrays,
     judge,
     learn_judged,
     reasons,
@@ -119,9 +118,7 @@ class FleetBaselines(RowArrays):
         self._setup({**arrays, **self._detector_arrays()}, index, capacity)
 
     def _detector_arrays(self) -> dict[str, ArraySpec]:
-        params = self.config.params
-        return detector_arrays(len(FEATURES), params.daily_harmonics,
-                               not params.tails_learned(len(FEATURES)))  # fmt: skip
+        return self.config.params.arrays_for(len(FEATURES))
 
     def _upgrade(self) -> None:
         """Bring a state pickled before the local level and the anomaly likelihood up to

@@ -43,10 +43,8 @@ import multivariate as mv  # noqa: E402 (bench/multivariate.py: ASD's loader and
 from agentwatch.detector import BaselineDetector  # noqa: E402
 from agentwatch.settings import Settings  # noqa: E402
 
-#: Seconds between ASD's points.
-STEP_S = 300.0
-#: A series' std floor, as a share of its history's span (``bench/nab.py``'s rule).
-STD_FLOOR_SHARE_OF_SPAN = 0.01
+#: Seconds between ASD's points; a series' std floor, as a share of its history's span.
+STEP_S, STD_FLOOR_SHARE_OF_SPAN = mv.STEP_S, mv.STD_FLOOR_SHARE_OF_SPAN
 
 
 def series_decisions(history: np.ndarray, test: np.ndarray, settings: Settings) -> np.ndarray:

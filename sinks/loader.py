@@ -160,6 +160,12 @@ RETRY_MAX_DELAY_S = 10.0
 CONSUME_ERROR_LOG_INTERVAL_S = 10.0
 #: Longest single wait for messages, so that batch ages and stop requests are honoured.
 MAX_CONSUME_WAIT_S = 0.2
+#: The heartbeats' insert settings: the block is written as a part as it is, sorted but
+#: not collapsed. By default ClickHouse runs a ReplacingMergeTree's block through the
+#: replacing merge at insert, row by row: ~1.2 s of the loader's CPU a million heartbeats
+#: (docs/benchmarks.md). A replay that lands in the same block as its original then stays
+#: until parts merge, as one in another block always did: ``FINAL`` counts it once.
+AS_A_PART_IS = {"optimize_on_insert": 0}
 
 Partition = tuple[str, int]  # (physical topic, partition number)
 
@@ -912,11 +918,14 @@ class Loader:
                 self._client.raw_insert(
                     f"{quote_identifier(self._database)}.{quote_identifier(pending.table)}",
                     METRIC_ROWS_SCHEMA.names, stream, fmt="ArrowStream",
+                    settings=AS_A_PART_IS,
                 )  # fmt: skip
             else:
                 tables = pending.tables
                 arrow = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-                self._client.insert_arrow(pending.table, arrow, database=self._database)
+                self._client.insert_arrow(
+                    pending.table, arrow, database=self._database, settings=AS_A_PART_IS
+                )
             frame, dropped = None, 0  # (metric_rows has no projections)
         else:
             frame, dropped = framed(pending.table, loaded.frame, pending.records)

@@ -753,6 +753,25 @@ def test_crash_between_rows_and_offsets_replays_without_duplicates(
     assert count(client, settings, "metrics", final=False) == 400
 
 
+def test_a_replay_in_the_same_insert_as_its_original_is_one_row_by_identity(
+    settings, client, topics, loaders
+):
+    """The dataflow re-emitted heartbeats after a crash and the loader read both copies
+    in one batch: the block is written as it is (not collapsed at insert), and ``FINAL``
+    counts each identity once, as it does for a replay in another block."""
+    docs = [heartbeat(seq) for seq in range(300)]
+    produce_heartbeats(settings, docs + docs[:100], rows_per_message=50)
+    loader = Loader(settings.model_copy(update={"loader_batch_age_s": 60.0}), client)
+    loaders.append(loader)
+    poll_until(loader, lambda: sum(loader.stats().messages_read.values()) == 8, "8 read")
+    assert loader.flush() == 400  # one insert of both copies
+    assert count(client, settings, "metrics", final=False) == 400
+    assert count(client, settings, "metrics") == 300
+    db = settings.clickhouse_database
+    client.command(f"OPTIMIZE TABLE {db}.metrics FINAL")
+    assert count(client, settings, "metrics", final=False) == 300
+
+
 def test_one_flush_writes_the_offsets_of_every_table_in_one_insert(
     settings, client, topics, loaders
 ):

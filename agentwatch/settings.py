@@ -680,7 +680,9 @@ class Settings(BaseSettings):
         le=1,
         description="A heartbeat's share in the drift from the usual day: the exponentially "
         "weighted average of each metric's deviation from its bin (in the bin's spread, clipped "
-        "at 5), so one spike does not make a drift and a change that lasts does.",
+        "at 5), so one spike does not make a drift and a change that lasts does. Per heartbeat, "
+        "not per second: at a slow heartbeat a change must last as many heartbeats (the "
+        "duration form lost 1–3 NAB points: docs/detection.md, 'Tried and not kept').",
     )
     anomaly_usual_day_sigma: float = Field(
         3.0,

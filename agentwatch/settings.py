@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from pathlib import Path
 from typing import Literal
@@ -811,7 +812,8 @@ class Settings(BaseSettings):
             "bytes_out": 1024.0,
         },
         description="Smallest std assumed per metric (in its unit), so noise-free metrics "
-        "do not turn tiny wiggles into anomalies.",
+        "do not turn tiny wiggles into anomalies. Each floor must be a positive number; a "
+        "metric left out keeps its default (a partial mapping changes only what it names).",
     )
     baseline_publish_interval_s: float = Field(
         3600.0,
@@ -1446,6 +1448,22 @@ class Settings(BaseSettings):
         "(profiles are 6 numbers in 0-1): a fleet with fewer behaviours than clusters is left "
         "alone.",
     )
+
+    @field_validator("anomaly_std_floor")
+    @classmethod
+    def _std_floors(cls, floors: dict[str, float]) -> dict[str, float]:
+        defaults = cls.model_fields["anomaly_std_floor"].default
+        for metric, floor in floors.items():
+            if metric not in defaults:
+                raise ValueError(
+                    f"{metric!r} is not a heartbeat metric; the metrics are {', '.join(defaults)}"
+                )
+            if not (math.isfinite(floor) and floor > 0):
+                raise ValueError(
+                    f"the std floor of {metric} must be a positive number, not {floor}: a "
+                    "floor of 0 lets a flat metric's first wiggle score as a new extreme"
+                )
+        return {**defaults, **floors}
 
     @field_validator("cluster_response_time_ceiling_ms")
     @classmethod

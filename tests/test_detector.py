@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -10,6 +11,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from river import stats
 
 from agentwatch.baselines import FEATURES, learn
@@ -843,3 +845,34 @@ def test_an_hourly_agent_in_the_fleet_is_judged_as_the_one_series_detector_judge
         single.learn_one(point, t)
     assert published == {t: pytest.approx(s, rel=1e-9) for t, s in scores.items() if s >= 0.01}
     assert max(published.values()) == 1.0
+
+
+# --- the std floors in the settings ---------------------------------------------------------
+
+
+def test_a_partial_mapping_of_std_floors_changes_only_the_metrics_it_names() -> None:
+    """``AGENTWATCH_ANOMALY_STD_FLOOR='{"cpu_usage": 2}'`` raises one floor: the others keep
+    their defaults (they were 0, so a flat metric's first wiggle was a new extreme)."""
+    defaults = Settings().anomaly_std_floor
+    floors = Settings(anomaly_std_floor={"cpu_usage": 2.0}).anomaly_std_floor
+    assert floors == {**defaults, "cpu_usage": 2.0}
+    config = DetectorConfig.from_settings(Settings(anomaly_std_floor={"cpu_usage": 2.0}))
+    assert config.params.std_floor.tolist() == [floors[f] for f in FEATURES]
+    assert min(config.params.std_floor) > 0
+
+
+@pytest.mark.parametrize(
+    ("floors", "message"),
+    [
+        ({"error_rate": 0.0}, "std floor of error_rate must be a positive number, not 0.0"),
+        ({"bytes_out": -1.0}, "std floor of bytes_out must be a positive number"),
+        ({"cpu_usage": float("nan")}, "std floor of cpu_usage must be a positive number"),
+        ({"cpu_usage": float("inf")}, "std floor of cpu_usage must be a positive number"),
+        ({"cpu": 1.0}, "'cpu' is not a heartbeat metric; the metrics are cpu_usage, "),
+    ],
+)
+def test_a_std_floor_that_is_not_a_positive_number_of_a_known_metric_is_refused(
+    floors: dict, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Settings(anomaly_std_floor=floors)

@@ -763,7 +763,7 @@ class Settings(BaseSettings):
         },
         description="Per metric, (rise, drop) weights of its deviation in the detector: a drop of "
         "latency, response time, errors, bytes sent or disk use is harmless or less telling "
-        "than a rise. Metrics not listed weigh (1, 1).",
+        "than a rise. Metrics not listed weigh (1, 1); weights are numbers of at least 0.",
     )
     anomaly_tail_prior_heartbeats: int = Field(
         300,
@@ -1449,15 +1449,37 @@ class Settings(BaseSettings):
         "alone.",
     )
 
+    @classmethod
+    def _known_metrics(cls, named: dict[str, object]) -> None:
+        """A clear error for a name in ``named`` that is not a metric the detector watches
+        (the keys of ``anomaly_std_floor``'s default)."""
+        metrics = cls.model_fields["anomaly_std_floor"].default
+        for metric in named:
+            if metric not in metrics:
+                raise ValueError(
+                    f"{metric!r} is not a heartbeat metric; the metrics are {', '.join(metrics)}"
+                )
+
+    @field_validator("anomaly_direction_weights")
+    @classmethod
+    def _direction_weights(
+        cls, weights: dict[str, tuple[float, float]]
+    ) -> dict[str, tuple[float, float]]:
+        cls._known_metrics(weights)
+        for metric, pair in weights.items():
+            if not all(math.isfinite(w) and w >= 0 for w in pair):
+                raise ValueError(
+                    f"the (rise, drop) weights of {metric} must be numbers of at least 0, not "
+                    f"{pair}: a negative weight would turn a deviation around"
+                )
+        return weights
+
     @field_validator("anomaly_std_floor")
     @classmethod
     def _std_floors(cls, floors: dict[str, float]) -> dict[str, float]:
+        cls._known_metrics(floors)
         defaults = cls.model_fields["anomaly_std_floor"].default
         for metric, floor in floors.items():
-            if metric not in defaults:
-                raise ValueError(
-                    f"{metric!r} is not a heartbeat metric; the metrics are {', '.join(defaults)}"
-                )
             if not (math.isfinite(floor) and floor > 0):
                 raise ValueError(
                     f"the std floor of {metric} must be a positive number, not {floor}: a "

@@ -876,3 +876,19 @@ def test_a_std_floor_that_is_not_a_positive_number_of_a_known_metric_is_refused(
 ) -> None:
     with pytest.raises(ValidationError, match=re.escape(message)):
         Settings(anomaly_std_floor=floors)
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ({"error_rate": (1.0, -0.5)}, "weights of error_rate must be numbers of at least 0"),
+        ({"bytes_out": (float("nan"), 1.0)}, "weights of bytes_out must be numbers of at least 0"),
+        ({"latency": (1.0, 0.5)}, "'latency' is not a heartbeat metric; the metrics are "),
+    ],
+)
+def test_direction_weights_that_are_negative_or_name_no_heartbeat_metric_are_refused(
+    weights: dict, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Settings(anomaly_direction_weights=weights)
+    assert Settings(anomaly_direction_weights={"error_rate": (2.0, 0.0)})  # (a rise counts double)

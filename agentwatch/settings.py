@@ -1460,6 +1460,22 @@ class Settings(BaseSettings):
                     f"{metric!r} is not a heartbeat metric; the metrics are {', '.join(metrics)}"
                 )
 
+    @field_validator("security_severity_points", "security_rule_points")
+    @classmethod
+    def _threat_points(cls, points: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        severities = cls.model_fields["security_severity_points"].default
+        for name, value in points.items():
+            if info.field_name == "security_severity_points" and name not in severities:
+                raise ValueError(
+                    f"{name!r} is not a threat severity; the severities are {', '.join(severities)}"
+                )
+            if not (math.isfinite(value) and 0 <= value <= 100):
+                raise ValueError(
+                    f"{info.field_name}[{name!r}] must be points from 0 to 100, not {value}: "
+                    "a threat never raises a security score"
+                )
+        return points
+
     @field_validator("anomaly_direction_weights")
     @classmethod
     def _direction_weights(

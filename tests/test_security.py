@@ -4,10 +4,13 @@ event time, a fall below 20 quarantines once per crossing, and nothing depends o
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from agentwatch.security import SecurityConfig, SecurityScores
 from agentwatch.settings import Settings
@@ -68,6 +71,27 @@ def test_each_severity_takes_its_points_and_a_rule_may_override_them() -> None:
         ("data_exfiltration", -25.0, 40.0),
     ]
     assert out.score_changes[0]["first_seen"] == T0 - 600.0
+
+
+@pytest.mark.parametrize(
+    ("field", "points", "message"),
+    [
+        ("security_rule_points", {"port_scan": -30.0},
+         "security_rule_points['port_scan'] must be points from 0 to 100, not -30.0"),
+        ("security_severity_points", {"HIGH": 120.0},
+         "security_severity_points['HIGH'] must be points from 0 to 100"),
+        ("security_severity_points", {"HIGH": float("nan")}, "must be points from 0 to 100"),
+        ("security_severity_points", {"SEVERE": 20.0},
+         "'SEVERE' is not a threat severity; the severities are EMERGENCY, CRITICAL, HIGH"),
+    ],
+)  # fmt: skip
+def test_points_that_would_raise_a_score_or_name_no_severity_are_refused(
+    field: str, points: dict, message: str
+) -> None:
+    """Negative points would make a threat raise the agent's score (and keep it out of
+    quarantine); a misspelt severity would silently take the default points."""
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Settings(**{field: points})
 
 
 def test_the_score_never_falls_below_zero() -> None:

@@ -325,7 +325,8 @@ class Settings(BaseSettings):
     report_score_bands: dict[str, float] = Field(
         {"high": 80.0, "medium": 50.0, "low": 20.0, "critical": 0.0},
         description="Security-score bands of the reports: an agent's latest score falls in the "
-        "band with the highest floor at or below it (name: floor, 0…100).",
+        "band with the highest floor at or below it, or in the lowest band (name: floor, "
+        "0…100; at least one band).",
     )
 
     # --- the dataflow -------------------------------------------------------
@@ -1459,6 +1460,18 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{metric!r} is not a heartbeat metric; the metrics are {', '.join(metrics)}"
                 )
+
+    @field_validator("report_score_bands")
+    @classmethod
+    def _score_bands(cls, bands: dict[str, float]) -> dict[str, float]:
+        if not bands:
+            raise ValueError("at least one band is needed: every score falls in one")
+        for name, floor in bands.items():
+            if not (math.isfinite(floor) and 0 <= floor <= 100):
+                raise ValueError(
+                    f"the floor of band {name!r} must be a score from 0 to 100, not {floor}"
+                )
+        return bands
 
     @field_validator("security_severity_points", "security_rule_points")
     @classmethod

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from clickhouse_connect.driver.client import Client
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from agentwatch.settings import Settings
 from api.app import create_app
@@ -240,3 +241,19 @@ def test_a_report_nobody_can_make_is_refused_with_the_reason(fleet):
     assert backwards.status_code == 422 and "since" in backwards.json()["message"]
     bad_format = api.get("/api/v1/reports/full", params={"format": "xml"})
     assert bad_format.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("bands", "message"),
+    [
+        ({}, "at least one band is needed"),
+        ({"high": 180.0, "low": 0.0}, "the floor of band 'high' must be a score from 0 to 100"),
+        ({"high": float("nan")}, "the floor of band 'high' must be a score from 0 to 100"),
+    ],
+)
+def test_score_bands_without_a_band_or_with_a_floor_off_the_scale_are_refused(
+    bands: dict, message: str
+) -> None:
+    """No band made every security report fail; a floor of NaN made its query fail."""
+    with pytest.raises(ValidationError, match=message):
+        Settings(report_score_bands=bands)

@@ -19,7 +19,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -1311,11 +1311,14 @@ class Settings(BaseSettings):
         description="Send remediation orders on agents.commands while an agent is degraded "
         "(never to agents in maintenance, quarantined, compromised or decommissioning).",
     )
-    health_remediation_actions: list[str] = Field(
+    health_remediation_actions: list[
+        Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[a-z][a-z0-9_]*$")]
+    ] = Field(
         ["restart", "clear_cache", "reduce_load"],
         min_length=1,
         description="The orders sent to a degraded agent, in order of escalation (attempts "
-        "past the list repeat its last order).",
+        "past the list repeat its last order); each a command name of lower-case letters, digits "
+        "and underscores, like every command the system sends (quarantine, run_task).",
     )
     health_remediation_backoff_s: float = Field(
         60.0, gt=0, description="Event time between the first order and the next (seed: "

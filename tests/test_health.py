@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from agentwatch.health import BANDS, HealthConfig, HealthWatch
 from agentwatch.lifecycle import State, Trigger
@@ -474,3 +476,16 @@ def test_an_agent_released_or_out_of_maintenance_while_silent_is_offline_again()
         ("2", "maintenance", "active", "maintenance_ended"),
         ("2", "active", "offline", "heartbeat_timeout"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("actions", "message"),
+    [([], "at least 1 item"), ([""], "at least 1 character"),
+     (["restart", "reboot everything"], "should match pattern"), (["Restart"], "should match")],
+)  # fmt: skip
+def test_remediation_actions_are_command_names(actions: list, message: str) -> None:
+    """An empty or free-text order would reach agents.commands as a command no runtime
+    knows; the settings refuse it, naming the rule."""
+    with pytest.raises(ValidationError, match=message):
+        Settings(health_remediation_actions=actions)
+    assert Settings(health_remediation_actions=["drain", "restart_v2"])

@@ -9,7 +9,10 @@ starts on a free port and a chDB directory of its own:
    the K heartbeats back, doing nothing with them — the Kafka client ceiling.
 2. ``kafka_to_clickhouse``: the same read, handing the raw JSON values to
    ClickHouse's own parser (``raw_insert ... FORMAT JSONEachRow``) — the
-   ceiling of any pipeline that lands these messages in ClickHouse.
+   ceiling of any pipeline that lands these messages in ClickHouse. Its CPU
+   (``kafka_to_clickhouse_cpu_s``: this process, the consumer and chDB, and the
+   broker) sets the end to end's CPU beside a cost that a slow hour inflates alike
+   (``cpu_ratio``: the raw copy's CPU over the end to end's, backlog run).
 3. ``end_to_end_live``: a producer process sends K heartbeats as fast as it
    can while the dataflow process (validation, baselines, detector, dead
    letters, anomaly and baseline topics) and the ClickHouse loader run;
@@ -546,7 +549,12 @@ def main() -> None:
         def insert_raw(batch: list[bytes]) -> None:
             client.raw_insert("bench_raw.copy", insert_block=b"\n".join(batch), fmt="JSONEachRow")
 
+        cpu_before = time.process_time(), _process_cpu_s(broker.process.pid)
         seconds = read_all(raw.bootstrap_servers, raw.topic("metrics"), len(values), insert_raw)
+        results["kafka_to_clickhouse_cpu_s"] = {
+            "copy_process": time.process_time() - cpu_before[0],
+            "broker": _process_cpu_s(broker.process.pid) - cpu_before[1],
+        }
         copied = client.query("SELECT count() FROM bench_raw.copy").result_rows[0][0]
         assert copied == len(values), f"copied {copied} of {len(values)}"
         results["kafka_to_clickhouse_per_s"] = len(values) / seconds
@@ -561,6 +569,10 @@ def main() -> None:
             backlog, client, keys, values, live=False, workdir=workdir,
             processes=args.processes, broker_pid=broker.process.pid, loader_mode=args.loader,
         )  # fmt: skip
+        backlog_run = results["end_to_end_backlog"]
+        results["cpu_ratio"] = sum(results["kafka_to_clickhouse_cpu_s"].values()) / sum(
+            backlog_run[part] for part in ("children_cpu_s", "loader_process_cpu_s", "broker_cpu_s")
+        )
         if not args.skip_live:
             say("end to end: live, producer + dataflow + loader at once")
             live = Settings(

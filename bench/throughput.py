@@ -35,6 +35,9 @@ starts on a free port and a chDB directory of its own:
 5. per-agent state: the pickled size (what a recovery snapshot holds) and the
    in-memory size of the dataflow's per-agent state, per agent.
 
+``--rounds N`` runs 2 and 4 N times, alternated (``rounds``, ``rounds_median``): the
+ratio of one pair is a sample of how fast the machine was in that minute.
+
 Results are printed and written as JSON to ``--out``.
 """
 
@@ -49,6 +52,7 @@ import platform
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -253,6 +257,33 @@ class LoaderProcess:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait(30)
+
+
+def raw_copy(
+    client, raw: Settings, values: list[bytes], broker_pid: int, suffix: str
+) -> tuple[float, dict[str, float]]:
+    """Ceiling 2: the raw topic read again into a fresh plain MergeTree (``copy<suffix>``),
+    each read batch handed to ClickHouse's JSON parser as it is; its rate and the CPU it
+    took (this process: the consumer and chDB; the broker)."""
+    say("ceiling 2: Kafka → ClickHouse, raw JSON, no processing")
+    table = f"bench_raw.copy{suffix}"
+    client.command(
+        f"CREATE TABLE {table} AS bench_raw.metrics ENGINE = MergeTree "
+        "ORDER BY (agent_id, timestamp)"
+    )
+
+    def insert_raw(batch: list[bytes]) -> None:
+        client.raw_insert(table, insert_block=b"\n".join(batch), fmt="JSONEachRow")
+
+    cpu_before = time.process_time(), _process_cpu_s(broker_pid)
+    seconds = read_all(raw.bootstrap_servers, raw.topic("metrics"), len(values), insert_raw)
+    cpu = {
+        "copy_process": time.process_time() - cpu_before[0],
+        "broker": _process_cpu_s(broker_pid) - cpu_before[1],
+    }
+    copied = client.query(f"SELECT count() FROM {table}").result_rows[0][0]
+    assert copied == len(values), f"copied {copied} of {len(values)}"
+    return len(values) / seconds, cpu
 
 
 def run_pipeline(
@@ -473,6 +504,12 @@ def main() -> None:
         "each shard on one worker, so several processes want several shards each",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="raw copy and backlog run this many times, alternated, each pair's ratio in "
+        "`rounds` and their medians in `rounds_median` (the top-level figures: the first "
+        "round's): on a machine whose speed wanders, one pair is a sample of it",
+    )  # fmt: skip
     parser.add_argument("--skip-live", action="store_true", help="skip end_to_end_live")
     parser.add_argument(
         "--live-rate", type=float, default=0.0,
@@ -538,41 +575,45 @@ def main() -> None:
         seconds = read_all(raw.bootstrap_servers, raw.topic("metrics"), len(values))
         results["kafka_read_per_s"] = len(values) / seconds
 
-        say("ceiling 2: Kafka → ClickHouse, raw JSON, no processing")
         client = connect(raw)
         create_schema(client, raw)
-        client.command(
-            "CREATE TABLE bench_raw.copy AS bench_raw.metrics ENGINE = MergeTree "
-            "ORDER BY (agent_id, timestamp)"
-        )
-
-        def insert_raw(batch: list[bytes]) -> None:
-            client.raw_insert("bench_raw.copy", insert_block=b"\n".join(batch), fmt="JSONEachRow")
-
-        cpu_before = time.process_time(), _process_cpu_s(broker.process.pid)
-        seconds = read_all(raw.bootstrap_servers, raw.topic("metrics"), len(values), insert_raw)
-        results["kafka_to_clickhouse_cpu_s"] = {
-            "copy_process": time.process_time() - cpu_before[0],
-            "broker": _process_cpu_s(broker.process.pid) - cpu_before[1],
-        }
-        copied = client.query("SELECT count() FROM bench_raw.copy").result_rows[0][0]
-        assert copied == len(values), f"copied {copied} of {len(values)}"
-        results["kafka_to_clickhouse_per_s"] = len(values) / seconds
-
-        say("end to end: draining a backlog through dataflow + loader")
-        backlog = Settings(
-            topic_prefix="backlog.", clickhouse_database="bench_backlog",
-            var_dir=workdir / "var-backlog", **base,
-        )  # fmt: skip
-        create_schema(client, backlog)
-        results["end_to_end_backlog"] = run_pipeline(
-            backlog, client, keys, values, live=False, workdir=workdir,
-            processes=args.processes, broker_pid=broker.process.pid, loader_mode=args.loader,
-        )  # fmt: skip
-        backlog_run = results["end_to_end_backlog"]
-        results["cpu_ratio"] = sum(results["kafka_to_clickhouse_cpu_s"].values()) / sum(
-            backlog_run[part] for part in ("children_cpu_s", "loader_process_cpu_s", "broker_cpu_s")
-        )
+        rounds = []
+        for number in range(1, args.rounds + 1):
+            suffix = "" if number == 1 else str(number)
+            raw_per_s, raw_cpu = raw_copy(client, raw, values, broker.process.pid, suffix)
+            say("end to end: draining a backlog through dataflow + loader")
+            backlog = Settings(
+                topic_prefix=f"backlog{suffix}.", clickhouse_database=f"bench_backlog{suffix}",
+                var_dir=workdir / f"var-backlog{suffix}", **base,
+            )  # fmt: skip
+            create_schema(client, backlog)
+            run = run_pipeline(
+                backlog, client, keys, values, live=False, workdir=workdir,
+                processes=args.processes, broker_pid=broker.process.pid, loader_mode=args.loader,
+            )  # fmt: skip
+            cpu_ratio = sum(raw_cpu.values()) / sum(
+                run[part] for part in ("children_cpu_s", "loader_process_cpu_s", "broker_cpu_s")
+            )
+            if number == 1:  # (the figures of one round, as the bench always gave them)
+                results["kafka_to_clickhouse_cpu_s"] = raw_cpu
+                results["kafka_to_clickhouse_per_s"] = raw_per_s
+                results["end_to_end_backlog"] = run
+                results["cpu_ratio"] = cpu_ratio
+            rounds.append({
+                "kafka_to_clickhouse_per_s": raw_per_s,
+                "end_to_end_per_s": run["heartbeats_per_s"],
+                "ratio": run["heartbeats_per_s"] / raw_per_s,
+                "ratio_from_first_read": run["heartbeats_per_s_from_first_read"] / raw_per_s,
+                "cpu_ratio": cpu_ratio,
+                "dataflow_cpu_s": run["children_cpu_s"],
+            })  # fmt: skip
+            say(f"  round {number}: raw copy {raw_per_s:,.0f}/s, end to end "
+                f"{run['heartbeats_per_s']:,.0f}/s, ratio {rounds[-1]['ratio']:.3f}")  # fmt: skip
+        if args.rounds > 1:
+            results["rounds"] = rounds
+            results["rounds_median"] = {
+                key: statistics.median(r[key] for r in rounds) for key in rounds[0]
+            }
         if not args.skip_live:
             say("end to end: live, producer + dataflow + loader at once")
             live = Settings(

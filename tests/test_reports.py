@@ -254,6 +254,6 @@ def test_a_report_nobody_can_make_is_refused_with_the_reason(fleet):
 def test_score_bands_without_a_band_or_with_a_floor_off_the_scale_are_refused(
     bands: dict, message: str
 ) -> None:
-    """No band made every security report fail; a floor of NaN made its query fail."""
+    """No band made every security report fail; a floor of NaN put no agent in its band."""
     with pytest.raises(ValidationError, match=message):
         Settings(report_score_bands=bands)

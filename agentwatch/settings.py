@@ -1487,8 +1487,7 @@ class Settings(BaseSettings):
                 )
             if not (math.isfinite(value) and 0 <= value <= 100):
                 raise ValueError(
-                    f"{info.field_name}[{name!r}] must be points from 0 to 100, not {value}: "
-                    "a threat never raises a security score"
+                    f"{info.field_name}[{name!r}] must be points from 0 to 100, not {value}"
                 )
         return points
 

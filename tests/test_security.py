@@ -88,8 +88,9 @@ def test_each_severity_takes_its_points_and_a_rule_may_override_them() -> None:
 def test_points_that_would_raise_a_score_or_name_no_severity_are_refused(
     field: str, points: dict, message: str
 ) -> None:
-    """Negative points would make a threat raise the agent's score (and keep it out of
-    quarantine); a misspelt severity would silently take the default points."""
+    """Points out of range were clamped where a threat is scored, so -30 made the rule's
+    threats cost nothing, silently, and NaN went through the clamp into the score; a
+    misspelt severity silently took the default points."""
     with pytest.raises(ValidationError, match=re.escape(message)):
         Settings(**{field: points})
 

@@ -11,8 +11,8 @@ starts on a free port and a chDB directory of its own:
    ClickHouse's own parser (``raw_insert ... FORMAT JSONEachRow``) — the
    ceiling of any pipeline that lands these messages in ClickHouse. Its CPU
    (``kafka_to_clickhouse_cpu_s``: this process, the consumer and chDB, and the
-   broker) sets the end to end's CPU beside a cost that a slow hour inflates alike
-   (``cpu_ratio``: the raw copy's CPU over the end to end's, backlog run).
+   broker) over the backlog run's is ``cpu_ratio``: a second view of the two
+   pipelines' costs (a slow hour inflates CPU time too, though not always alike).
 3. ``end_to_end_live``: a producer process sends K heartbeats as fast as it
    can while the dataflow process (validation, baselines, detector, dead
    letters, anomaly and baseline topics) and the ClickHouse loader run;

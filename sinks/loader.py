@@ -162,7 +162,7 @@ CONSUME_ERROR_LOG_INTERVAL_S = 10.0
 MAX_CONSUME_WAIT_S = 0.2
 #: The heartbeats' insert settings: the block is written as a part as it is, sorted but
 #: not collapsed. By default ClickHouse runs a ReplacingMergeTree's block through the
-#: replacing merge at insert, row by row: ~1.2 s of the loader's CPU a million heartbeats
+#: replacing merge at insert, row by row: ~0.8 s of the loader's CPU a million heartbeats
 #: (docs/benchmarks.md). A replay that lands in the same block as its original then stays
 #: until parts merge, as one in another block always did: ``FINAL`` counts it once.
 AS_A_PART_IS = {"optimize_on_insert": 0}

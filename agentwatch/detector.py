@@ -93,6 +93,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 from river.base import AnomalyDetector
@@ -743,6 +744,17 @@ def allocate_detector(features: int, capacity: int, harmonics: int = 2) -> objec
     return state
 
 
+class UsualDay(NamedTuple):
+    """Where rows stand against their usual day (:func:`usual_day`): each row's bin of the
+    day, its metrics' drift after this heartbeat (``n × F``), and the bins' value and
+    stray as judged (``n × F``, float32), which :func:`learn_usual_day` then moves."""
+
+    bins: np.ndarray
+    drift: np.ndarray
+    value: np.ndarray
+    stray: np.ndarray
+
+
 @dataclass(slots=True)
 class Judgement:
     """What :func:`judge` found for each row of a pass.
@@ -796,7 +808,7 @@ class Judgement:
     envelope: tuple[np.ndarray, np.ndarray] | None = None
     routine: np.ndarray | None = None
     held: np.ndarray | None = None
-    usual: tuple[np.ndarray, np.ndarray] | None = None
+    usual: UsualDay | None = None
     shifted: np.ndarray | None = None
 
 
@@ -936,11 +948,11 @@ def judge(
         breaking |= np.where(repeat[high], metric_bits(eh), np.uint32(0))
         fire[high] = ~(in_quiet | repeat[high]) | (breaking != 0)
         named[high] = np.where(fire[high], driving(ah, eh, p.reason_sigma), 0)
-    usual: tuple[np.ndarray, np.ndarray] | None = None
+    usual: UsualDay | None = None
     shifted = None
     if not tails and p.usual_day_bins and now is not None:
         usual = usual_day(state, rows, values, now, elapsed, floor, warm, p)
-        drifted = np.abs(usual[1]) >= p.usual_day_sigma
+        drifted = np.abs(usual.drift) >= p.usual_day_sigma
         shifted = judged & drifted.any(axis=1)
         scores = np.where(shifted, 1.0, scores)
         # a day off its usual shape fires outside the quiet period and the repeat window
@@ -1034,7 +1046,7 @@ def usual_day(
     floor: np.ndarray,
     warm: np.ndarray,
     p: DetectorParams,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> UsualDay:
     """Each row's bin of the *usual day* at UTC time ``now`` and its metrics' drift from it
     after this heartbeat (``n × F``), without learning.
 
@@ -1062,10 +1074,9 @@ def usual_day(
     ...         j = usual_day(state, row, value, hour(h, day), hour(h, day), floor, warm, p)
     ...         learn_usual_day(state, row, value, j, p)
     >>> for h in range(8, 14):  # day 6: no climb at 10:00
-    ...     bins, drift = usual_day(state, row, np.array([[10.0]]), hour(h, 5), hour(h, 5),
-    ...                             floor, warm, p)
-    ...     learn_usual_day(state, row, np.array([[10.0]]), (bins, drift), p)
-    ...     print(h, int(bins[0]), round(float(drift[0, 0]), 2))
+    ...     j = usual_day(state, row, np.array([[10.0]]), hour(h, 5), hour(h, 5), floor, warm, p)
+    ...     learn_usual_day(state, row, np.array([[10.0]]), j, p)
+    ...     print(h, int(j.bins[0]), round(float(j.drift[0, 0]), 2))
     8 8 0.0
     9 9 0.0
     10 10 -1.0
@@ -1076,8 +1087,8 @@ def usual_day(
     bins = np.minimum((np.mod(now, DAY_S) * (p.usual_day_bins / DAY_S)).astype(np.int64),
                       p.usual_day_bins - 1)  # fmt: skip
     usual = state.usual_value[rows, :, bins]  # (n × F: the rows' metrics at their bins)
-    spread = np.maximum(USUAL_DAY_SPREAD * state.usual_stray[rows, :, bins],
-                        USUAL_DAY_MIN_SPREAD * floor)  # fmt: skip
+    stray = state.usual_stray[rows, :, bins]
+    spread = np.maximum(USUAL_DAY_SPREAD * stray, USUAL_DAY_MIN_SPREAD * floor)
     counts = (warm & (elapsed >= p.usual_day_warmup_s))[:, None] & ~np.isnan(usual)
     counts &= ~np.isnan(values)
     deviation = np.where(counts, (values - usual) / np.where(counts, spread, 1.0), 0.0)
@@ -1085,22 +1096,22 @@ def usual_day(
                          p.down_weight)  # fmt: skip
     drift = state.usual_drift[rows].astype(np.float64)
     drift += p.usual_day_drift_weight * (deviation - drift)
-    return bins, drift
+    return UsualDay(bins, drift, usual, stray)
 
 
 def learn_usual_day(
     state: object,
     rows: np.ndarray,
     values: np.ndarray,
-    usual: tuple[np.ndarray, np.ndarray],
+    usual: UsualDay,
     p: DetectorParams,
 ) -> None:
     """Learn the rows' heartbeats into their bins of the usual day (each a share
     ``p.usual_day_weight`` of the bin's value and stray; a bin's first heartbeat is its
-    value) and keep their drift (``usual``: what :func:`usual_day` found)."""
-    bins, drift = usual
-    value = state.usual_value[rows, :, bins].astype(np.float64)
-    stray = state.usual_stray[rows, :, bins].astype(np.float64)
+    value) and keep their drift (``usual``: what :func:`usual_day` found, from the bins as
+    it read them: nothing may change those rows between the two)."""
+    bins, drift = usual.bins, usual.drift
+    value, stray = usual.value.astype(np.float64), usual.stray.astype(np.float64)
     fresh = np.isnan(value)
     residual = values - value
     known = ~np.isnan(values)

@@ -72,7 +72,7 @@ class DetectorConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> DetectorConfig:
         """Pick the detector's numbers out of the settings."""
-        floor = [settings.anomaly_std_floor.get(f, 0.0) for f in FEATURES]
+        floor = [settings.anomaly_std_floor[f] for f in FEATURES]  # (every metric has one)
         return cls(
             params=DetectorParams.from_settings(settings, np.array(floor), FEATURES),
             warmup_s=settings.baseline_warmup_s,

@@ -38,7 +38,8 @@ Two stages, so the variants cost seconds, not a detector run each:
    ``--online N`` learns the chance instead over the last N ordinary points (a streaming
    cohort keeps learning); ``--trigger c --combine trigger-only`` leaves the surprise alone
    and fires on the cohort view by itself when ``-ln p_cohort >= c``, with a quiet period
-   of its own (``--trigger-quiet-s``, renewed while it holds).
+   of its own (``--trigger-quiet-s``, renewed while it holds); ``--sustain K`` lets it fire
+   only once the cohort chance has stayed below the trigger's for K points in a row.
 
 ``--ceiling`` prints instead what raw scores (PCA, 1-NN, the cohort's) could find at
 <= 1 false start per 1,000 normal points with an oracle threshold picked on the test labels:
@@ -296,6 +297,10 @@ def run_variant(servers, outputs, settings: Settings, args) -> dict:
         trigger = None
         if args.view != "none" and args.trigger:
             trigger = -np.log(np.maximum(p_mv, 1e-300)) >= args.trigger
+            if args.sustain > 1:
+                # only a break that has held for ``sustain`` points in a row
+                held = np.convolve(trigger.astype(float), np.ones(args.sustain))[: len(trigger)]
+                trigger = held >= args.sustain
         if args.combine == "trigger-only" and args.view != "none":
             surprise = o["surprise"]
         scores, fire = replay(surprise, o["extreme"], o["zw"], o["judged"], blame, p,
@@ -412,6 +417,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=("surprise", "trigger-only"),
         default="surprise",
         help="Fold the cohort chance into the surprise, or only trigger on it.",
+    )
+    parser.add_argument(
+        "--sustain",
+        type=int,
+        default=1,
+        help="The trigger fires only after this many points in a row at or above it.",
     )
     parser.add_argument("--blame-share", type=float, default=0.2)
     parser.add_argument(

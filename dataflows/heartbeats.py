@@ -50,7 +50,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import pickle
 import signal
 import time
 import zlib
@@ -96,6 +95,7 @@ from dataflows.kafka_sink import Message, publish
 from dataflows.kafka_source import STOP, KafkaBatchSource, RawBatch
 from dataflows.metrics import METRICS
 from dataflows.routing import plain_keys, spread_keys
+from dataflows.shard_cell import ShardCell  # (and for snapshots naming __main__.ShardCell)
 from schemas.events import (
     AGENT_CHANNEL,
     CONTROL_CHANNEL,
@@ -316,47 +316,6 @@ def shards_of(agent_ids: list[str], shard_count: int) -> np.ndarray:
     """
     crcs = np.fromiter(map(zlib.crc32, map(str.encode, agent_ids)), np.int64, len(agent_ids))
     return crcs % shard_count
-
-
-class ShardCell:
-    """A shard's state as the stateful step keeps it: the live :class:`ShardState`, which
-    a recovery snapshot takes by pickling it once (Bytewax's ``stateful_map`` snapshots
-    by ``copy.deepcopy``; pickling in C is what a deep copy would cost anyway, and the
-    engine then stores the bytes as they are). Each snapshot's time and size go into the
-    process's metrics (``agentwatch_dataflow_snapshot_seconds``,
-    ``agentwatch_dataflow_state_bytes``).
-
-    >>> cell = ShardCell(ShardState.new(Settings()))
-    >>> import copy; snapshot = copy.deepcopy(cell)
-    >>> snapshot.state is None and len(snapshot.pickled) > 0, type(snapshot.live()).__name__
-    (True, 'ShardState')
-    """
-
-    __slots__ = ("state", "pickled")
-
-    def __init__(self, state: ShardState | None = None, pickled: bytes | None = None) -> None:
-        self.state, self.pickled = state, pickled
-
-    def __deepcopy__(self, _memo: dict) -> ShardCell:
-        if self.state is None:  # (a snapshot of a snapshot: already bytes)
-            return ShardCell(None, self.pickled)
-        started = time.perf_counter()
-        pickled = pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
-        METRICS.observe_snapshot(id(self), len(pickled), time.perf_counter() - started)
-        return ShardCell(None, pickled)
-
-    def __getstate__(self) -> dict:
-        return {"pickled": self.pickled if self.state is None else pickle.dumps(self.state)}
-
-    def __setstate__(self, state: dict) -> None:
-        self.state, self.pickled = None, state["pickled"]
-
-    def live(self) -> ShardState | object | None:
-        """The state to go on with (unpickled on first use after a restore; None for a new
-        shard)."""
-        if self.state is None and self.pickled is not None:
-            self.state, self.pickled = pickle.loads(self.pickled), None
-        return self.state
 
 
 def observe_shard(

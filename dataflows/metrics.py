@@ -6,7 +6,7 @@ process of a Bytewax cluster serves its own (give each its own port); the counte
 0 when the process starts, as Prometheus expects of counters.
 
 Recovery snapshots are timed and sized where the shards' state is pickled for them
-(``dataflows.heartbeats.ShardCell``): ``agentwatch_dataflow_snapshot_seconds`` (one
+(``dataflows.shard_cell.ShardCell``): ``agentwatch_dataflow_snapshot_seconds`` (one
 observation per shard snapshotted) and ``agentwatch_dataflow_state_bytes`` (the state of
 every shard of the process, as of its latest snapshot). Not here: ingest lag (the API's
 ``/metrics`` exports ``agentwatch_dataflow_lag_messages`` from the group's committed

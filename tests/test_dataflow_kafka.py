@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -228,6 +229,16 @@ def test_kill_9_mid_stream_loses_and_invents_nothing(dataflow_settings: Settings
             return {(a["agent_id"], a["timestamp"]): a["score"] for a in got} == want
 
         wait_until(all_found, 90, "every expected anomaly, with its score, after the restart")
+        # the snapshots name their classes by an importable module, never the dataflow's
+        # __main__ (which restores only in a process started as this one was)
+        snapshots = [
+            (step, blob)
+            for part in sorted(settings.recovery_path.glob("part-*.sqlite3"))
+            for step, blob in sqlite3.connect(part).execute("SELECT step_id, ser_change FROM snaps")
+            if blob
+        ]
+        assert any(".agent_baselines." in step for step, _ in snapshots)
+        assert [step for step, blob in snapshots if b"__main__" in blob] == []
 
         # ClickHouse: replayed output collapses to one row per heartbeat, none missing
         db = settings.clickhouse_database

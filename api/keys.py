@@ -16,6 +16,7 @@ from agentwatch.identity import ALL_TENANTS, Permission, Principal, Role, author
 from api.errors import error_responses, unprocessable
 from api.identity import KeyBook, StoredKey, needs
 from api.publisher import PublishError
+from api.scope import check_free_for
 from schemas.models import Identifier
 
 PREFIX = "/api/v1/keys"
@@ -87,6 +88,8 @@ def install(app: FastAPI) -> None:
         book: KeyBook = runtime.keys
         try:
             with runtime.clients.client() as client:
+                if body.agent_id is not None:
+                    check_free_for(client, runtime, body.agent_id, body.tenant_id)
                 stored, token = book.create(
                     client, body.role, body.tenant_id, f"key:{caller.key_id}", body.name,
                     body.agent_id, body.ttl_s,

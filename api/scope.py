@@ -4,12 +4,16 @@ another tenant's agents (404, as if they did not exist)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from clickhouse_connect.driver.client import Client
 from fastapi import HTTPException
 
 from agentwatch.identity import ALL_TENANTS, Permission, Principal, authorize
 from api import queries
+
+if TYPE_CHECKING:
+    from api.runtime import Runtime
 
 
 def in_scope(
@@ -119,3 +123,32 @@ def quarantine_state(events: list[dict]) -> dict:
 
 def unknown_agent(agent_id: str) -> str:
     return f"agent {agent_id!r} is unknown: no heartbeat and no baseline stored for it"
+
+
+def agent_tenant(client: Client, runtime: Runtime, agent_id: str) -> str | None:
+    """The tenant an agent id belongs to: its registration's (the agent projection's view),
+    else its first credential's, else its latest heartbeat's; None for an agent agentwatch
+    does not know. An agent id is one agent fleet-wide: once it is some tenant's, no key
+    of another tenant may name it (:func:`check_free_for`)."""
+    projection = runtime.projection
+    view = projection.view(agent_id) if projection is not None else None
+    if view is not None:
+        return view.tenant_id
+    keys = runtime.keys.of_agent(client, agent_id)
+    if keys:
+        return keys[0].tenant_id
+    latest = queries.latest_metrics(
+        client, runtime.settings.clickhouse_database, agent_id, tenant_id=None
+    )
+    return latest[0] if latest is not None else None
+
+
+def check_free_for(client: Client, runtime: Runtime, agent_id: str, tenant_id: str) -> None:
+    """409 unless ``agent_id`` is unknown or ``tenant_id``'s: a credential for an agent id
+    names the agent's own tenant (without it, another tenant's admin or operator could mint
+    a key for the agent and then read and cut short its credentials)."""
+    owner = agent_tenant(client, runtime, agent_id)
+    if owner is not None and owner != tenant_id:
+        raise HTTPException(
+            409, detail=f"agent id {agent_id!r} is known already; choose another agent_id"
+        )

@@ -158,6 +158,49 @@ def test_who_may_rotate_and_list_an_agents_credentials(door: Door):
     assert unknown.status_code == 404 and "register it" in unknown.json()["detail"]
 
 
+def test_no_key_of_another_tenant_may_name_an_agent_and_none_already_made_reaches_it(
+    door: Door,
+):
+    """An agent id is one agent fleet-wide. Another tenant's admin may not mint a key
+    naming it, nor its operator register the id (the projection does not hold the agent:
+    it is known from its credential); and a key of another tenant naming it (made before
+    these checks) sees neither its credentials nor may it rotate them."""
+    victim = door.agent_key("victim", tenant="t2", ttl_s=None)
+    admin_of_t1 = door.book.create(door.client, Role.ADMIN, "t1", "test", name="admin of t1")[1]
+    minted = door.api.post(
+        "/api/v1/keys",
+        headers=door.auth(admin_of_t1),
+        json={"role": "agent", "tenant_id": "t1", "agent_id": "victim"},
+    )
+    assert minted.status_code == 409 and "known already" in minted.json()["detail"]
+    registered = door.api.post(
+        "/api/v1/agents/register",
+        headers=door.auth("operator of t1"),
+        json={"name": "mine", "agent_type": "bot", "owner": "ops", "tenant_id": "t1",
+              "agent_id": "victim"},
+    )  # fmt: skip
+    assert registered.status_code == 409 and "known already" in registered.json()["detail"]
+    # the id's own tenant may still mint its agent a key
+    own = door.api.post(
+        "/api/v1/keys",
+        headers=door.auth("admin"),
+        json={"role": "agent", "tenant_id": "t2", "agent_id": "victim"},
+    )
+    assert own.status_code == 201, own.text
+
+    stray = door.agent_key("victim", tenant="t1", ttl_s=None)  # (as the book once allowed)
+    path = "/api/v1/agents/victim/credentials"
+    assert door.api.get(path, headers=door.auth(stray)).status_code == 404
+    assert door.api.post(path, headers=door.auth(stray)).status_code == 404
+    assert door.book.get(door.client, victim_key_id(door, victim)).expires_at is None
+    listed = door.api.get(path, headers=door.auth("operator of t2")).json()
+    assert {k["tenant_id"] for k in listed} == {"t2"}  # (not the stray key of t1)
+
+
+def victim_key_id(door: Door, token: str) -> str:
+    return token.split("_")[1]
+
+
 def quarantine(door: Door, agent_id: str, at: float, to: str = "quarantined") -> None:
     """What the loader stores of the dataflow's status_changed (agents.state)."""
     event = {

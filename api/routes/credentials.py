@@ -27,19 +27,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from clickhouse_connect.driver.client import Client
 from fastapi import APIRouter, HTTPException, Request
 
 from agentwatch.identity import Permission, Principal, Role, authorize
 from agentwatch.settings import Settings
-from api import queries
 from api.access import refusal
 from api.errors import error_responses
 from api.identity import needs_any
 from api.keys import CreatedKey, KeyInfo
 from api.params import AgentId
 from api.publisher import PublishError
-from api.runtime import API_PREFIX, Runtime, RuntimeDep
+from api.runtime import API_PREFIX, RuntimeDep
+from api.scope import agent_tenant
 
 router = APIRouter(tags=["credentials"])
 
@@ -57,18 +56,6 @@ def credential_ttl_s(settings: Settings) -> float | None:
     return getattr(settings, "agent_credential_ttl_s", DEFAULT_AGENT_CREDENTIAL_TTL_S) or None
 
 
-def agent_tenant(client: Client, runtime: Runtime, agent_id: str) -> str | None:
-    """The tenant of an agent: its credentials' (registration made one), else its latest
-    heartbeat's; None for an agent agentwatch does not know."""
-    keys = runtime.keys.of_agent(client, agent_id)
-    if keys:
-        return keys[0].tenant_id
-    latest = queries.latest_metrics(
-        client, runtime.settings.clickhouse_database, agent_id, tenant_id=None
-    )
-    return latest[0] if latest is not None else None
-
-
 def check_agent_scope(
     caller: Principal, permission: Permission, agent_id: str, tenant_id: str | None
 ) -> str:
@@ -76,9 +63,9 @@ def check_agent_scope(
     for another agent of its tenant), an operator's (``permission``) of the agent's tenant;
     404 for an agent the caller may not see (no oracle for other tenants' agents)."""
     if caller.role is Role.AGENT:
+        if tenant_id is not None and tenant_id != caller.tenant_id:
+            raise HTTPException(404, detail=unknown_agent(agent_id))  # (its own id included)
         if caller.agent_id != agent_id:
-            if tenant_id != caller.tenant_id:
-                raise HTTPException(404, detail=unknown_agent(agent_id))
             raise HTTPException(
                 403, detail=authorize(caller, Permission.REPORT_SELF, caller.tenant_id, agent_id)
             )
@@ -126,7 +113,7 @@ def rotate_credential(
         with runtime.clients.client() as client:
             tenant = agent_tenant(client, runtime, agent_id)
             tenant = check_agent_scope(caller, Permission.OPERATE, agent_id, tenant)
-            older = book.of_agent(client, agent_id)
+            older = [key for key in book.of_agent(client, agent_id) if key.tenant_id == tenant]
             stored, token = book.create(
                 client, Role.AGENT, tenant, actor, name=f"credential of {agent_id}",
                 agent_id=agent_id, ttl_s=credential_ttl_s(runtime.settings),
@@ -152,5 +139,6 @@ def list_credentials(
     a secret)."""
     with runtime.clients.client() as client:
         tenant = agent_tenant(client, runtime, agent_id)
-        check_agent_scope(caller, Permission.READ, agent_id, tenant)
-        return [KeyInfo.of(key) for key in runtime.keys.of_agent(client, agent_id)]
+        tenant = check_agent_scope(caller, Permission.READ, agent_id, tenant)
+        keys = runtime.keys.of_agent(client, agent_id)
+        return [KeyInfo.of(key) for key in keys if key.tenant_id == tenant]

@@ -37,6 +37,7 @@ from api.errors import error_responses
 from api.identity import actor_of, tenant_filter
 from api.publisher import PublishError
 from api.runtime import API_PREFIX, ActorHeader, Operator, Reader, Runtime, RuntimeDep
+from api.scope import check_free_for
 from schemas.events import FLEET, REGISTERED
 from schemas.models import AGENT_STATES, Identifier, Label, LifecycleEvent, Registration
 
@@ -184,6 +185,9 @@ def register_agent(
         _judge(projection.directory, tenant, name, agent_id, settings.agents_per_tenant_limit)
         try:  # the registration and its credential's key_created: one wait for the broker
             with runtime.clients.client() as client:
+                # (an id the registry does not hold may still be another tenant's: its
+                # credential's or heartbeats')
+                check_free_for(client, runtime, agent_id, tenant)
                 stored, token = runtime.keys.create(
                     client, Role.AGENT, tenant, who, name=f"agent {name}", agent_id=agent_id,
                     ttl_s=settings.agent_credential_ttl_s, along=[(event, agent_id)],

@@ -16,7 +16,7 @@ from agentwatch.conversations import Conversation
 from agentwatch.orchestration import TaskAssigned, TaskFinished, TaskReleased, WeightsChange
 from agentwatch.security import COMMAND_NAMESPACE
 from schemas.events import EventError
-from schemas.models import LifecycleEvent, Registration, RuleChange, Silence
+from schemas.models import TIMESTAMP_RANGE, LifecycleEvent, Registration, RuleChange, Silence
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +67,15 @@ class QuarantineOrder:
         if not isinstance(reason, str) or not reason.strip():
             raise EventError(f"{event.type} payload: reason must be a non-empty string")
         until = event.payload.get("until")
-        if until is not None and (isinstance(until, bool) or not isinstance(until, int | float)):
-            raise EventError(f"{event.type} payload: until must be epoch seconds or absent")
+        if until is not None and (
+            isinstance(until, bool)
+            or not isinstance(until, int | float)
+            or not TIMESTAMP_RANGE[0] <= until <= TIMESTAMP_RANGE[1]  # (NaN fails too)
+        ):
+            raise EventError(
+                f"{event.type} payload: until must be epoch seconds from {TIMESTAMP_RANGE[0]:.0f} "
+                f"to {TIMESTAMP_RANGE[1]:.0f}, or absent"
+            )
         return cls(
             event.agent_id, event.tenant_id, event.timestamp, reason, event.actor,
             None if until is None else float(until),

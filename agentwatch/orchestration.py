@@ -115,7 +115,28 @@ from agentwatch.rows import AgentIndex, ArraySpec, RowArrays
 from agentwatch.settings import Settings
 from schemas.events import FLEET, MODEL_STATS, TASK_CHANGED, TASK_FAILED, EventError
 from schemas.heartbeats import HeartbeatBatch
-from schemas.models import LifecycleEvent, ScoringWeights, TaskAssignment, TaskOutcome
+from schemas.models import (
+    MAX_TASK_DURATION_S,
+    LifecycleEvent,
+    ScoringWeights,
+    TaskAssignment,
+    TaskOutcome,
+)
+
+#: The log-duration no prediction goes beyond (``log1p`` of the longest task a
+#: ``TaskOutcome`` may state): a learnt correction that runs away predicts the longest
+#: task, not an overflow.
+MAX_LOG_DURATION = math.log1p(MAX_TASK_DURATION_S)
+
+
+def seconds_of(log_duration: float) -> float:
+    """Seconds from a log-duration (``log1p`` of seconds), held to 0 … the longest task.
+
+    >>> seconds_of(math.log1p(30.0)), seconds_of(-1.0), round(seconds_of(1e6) / MAX_TASK_DURATION_S)
+    (30.0, 0.0, 1)
+    """
+    return float(math.expm1(min(max(log_duration, 0.0), MAX_LOG_DURATION)))
+
 
 #: Namespace of the deterministic ids of ``run_task`` and ``cancel_task`` orders.
 TASK_COMMAND_NAMESPACE = uuid.UUID("9c1e5b7a-2f4d-4a8b-b6e3-7d0f2c9a4e61")
@@ -366,7 +387,7 @@ class OutcomeModels:
 
     def expected_duration(self, x: dict[str, float], base: float) -> float:
         """Seconds, from the log-duration baseline ``base`` and its learnt correction."""
-        return float(math.expm1(max(base + self.learnt.duration.predict_one(x), 0.0)))
+        return seconds_of(base + self.learnt.duration.predict_one(x))
 
     def learn_duration(self, x: dict[str, float], base: float, task_type: str, seconds: float):
         """Score, then learn a completion time (``base``: its log baseline, NaN for the
@@ -963,7 +984,7 @@ class Orchestration(RowArrays):
             return p, None
         if models.durations >= cfg.model_min_outcomes:
             return p, models.expected_duration(x, base)
-        return p, math.expm1(base)
+        return p, seconds_of(base)
 
     def _predict_into(self, record: dict, row: int) -> None:
         p, seconds = self.predict(row, record["task_type"])

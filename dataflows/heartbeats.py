@@ -340,6 +340,15 @@ def observe_shard(
             log.warning("rule_change_refused action=%s rule=%s reason=%s",
                         item.action, item.target, exc)  # fmt: skip
             return cell, ShardOutput()
+        except Exception:
+            # A command the checks let through but the shard cannot apply: skipped, loudly.
+            # Raising would stop the dataflow, and the replay after a restart would stop it
+            # again at the same message, for good.
+            kind = type(item).__name__
+            log.exception("shard_command_failed command=%s agent=%s", kind,
+                          getattr(item, "agent_id", "-"))  # fmt: skip
+            METRICS.failed_commands.labels(kind).inc()
+            return cell, ShardOutput()
     else:
         output = state.observe(item, wall_clock())
         METRICS.heartbeats.inc(len(item) - len(output.rejected))

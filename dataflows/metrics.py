@@ -51,6 +51,13 @@ class DataflowMetrics:
             "The detector's decisions that a heartbeat is anomalous.",
             registry=r,
         )
+        self.failed_commands = Counter(
+            "agentwatch_dataflow_failed_commands",
+            "Commands (events and control messages for the shards) whose step raised: each "
+            "was skipped and logged (shard_command_failed) instead of stopping the dataflow.",
+            ["command"],
+            registry=r,
+        )
         self.threats = Counter(
             "agentwatch_dataflow_threats",
             "Threat-rule firings, by rule and severity.",

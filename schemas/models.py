@@ -37,6 +37,9 @@ from agentwatch.settings import Settings
 
 #: Seconds since the epoch that a heartbeat's timestamp must lie between (2000 … 2100).
 TIMESTAMP_RANGE = (946_684_800.0, 4_102_444_800.0)
+#: The longest a task may be said to have run (``TaskOutcome.duration_s``): the span of
+#: ``TIMESTAMP_RANGE``, the longest the shard's own count from acceptance can be.
+MAX_TASK_DURATION_S = TIMESTAMP_RANGE[1] - TIMESTAMP_RANGE[0]
 
 #: The seed's lifecycle states (an optional ``status`` in a heartbeat must be one of them).
 AGENT_STATES = (
@@ -785,7 +788,7 @@ class TaskOutcome(BaseModel):
 
     task_id: Identifier
     task_type: Label | None = Field(None, description="Known to the shard if it assigned it.")
-    duration_s: Annotated[Number, Field(ge=0)] | None = Field(
+    duration_s: Annotated[Number, Field(ge=0, le=MAX_TASK_DURATION_S)] | None = Field(
         None, description="How long it ran; the shard's own count from acceptance if absent."
     )
     reason: Annotated[StrictStr, Field(max_length=2000)] = ""

@@ -577,6 +577,72 @@ def test_a_refused_operator_command_is_logged_with_its_reason(caplog):
     ) in caplog.text
 
 
+def test_out_of_range_numbers_in_commands_are_dead_letters_and_the_dataflow_goes_on():
+    """Found by a fuzzer: an agent's task outcome with a duration of 1.8e308 s overflowed
+    the duration model (math.expm1) in its shard's step, and a quarantine order until -1e22
+    overflowed formatting its time; either stopped the dataflow, and again at the replay
+    after each restart. Now both are dead letters with a reason, and what follows them
+    is applied."""
+
+    def event(kind: str, **payload: object) -> bytes:
+        agent = {"agent_id": "agent-0000", "tenant_id": "tenant-0", "actor": "agent-0000"}
+        return orjson.dumps({"type": kind, **agent, "timestamp": START + 100, "payload": payload})
+
+    events = [
+        event("task_completed", task_id="t-x", duration_s=1.7976931348623157e308),
+        event("task_completed", task_id="t-y", duration_s=5.0),
+    ]
+    control = [
+        event("quarantine_requested", reason="x", until=-1e22),
+        event("quarantine_requested", reason="x", until=1e22),
+        event("quarantine_requested", reason="held", until=START + 5000),
+    ]
+    out: list = []
+    flow = build_flow(
+        Settings(agents_auto_register=True, shard_count=2),
+        TestingSource(batches(stream(agents=2, steps=3), 50)),
+        MessagesSink(out),
+        events=TestingSource(event_batch(events)),
+        control=TestingSource(control_batch(control)),
+    )
+    run_main(flow)
+    records = [(m.topic, orjson.loads(m.value)) for m in out]
+    dead = {
+        (r["topic"], r["offset"]): r["reason"]
+        for t, r in records
+        if t == "agents.deadletter" and r["topic"] != "agents.metrics"  # (not the stream's junk)
+    }
+    assert set(dead) == {("agents.events", 0), ("agents.control", 0), ("agents.control", 1)}
+    assert "duration_s" in dead[("agents.events", 0)]
+    assert all("until must be epoch seconds" in dead[("agents.control", i)] for i in (0, 1))
+    held = [r for t, r in records if t == "agents.state" and r["type"] == "status_changed"]
+    assert [r["payload"]["to"] for r in held] == ["quarantined"]
+
+
+def test_a_command_the_shard_cannot_apply_is_skipped_and_counted_not_fatal(monkeypatch):
+    """The safety net under the checks: a command whose step raises (a bug the checks let
+    through) is logged, counted and skipped; the shard goes on with the next item."""
+    from agentwatch.commands import Release
+    from agentwatch.shard import ShardState
+    from dataflows.heartbeats import observe_shard
+    from dataflows.metrics import METRICS
+
+    settings = Settings(agents_auto_register=True, baseline_warmup_s=0)
+    cell, _ = observe_shard(settings, lambda: 0.0, None, parse_heartbeats(stream(3, 5))[0])
+
+    def broken(self, item):
+        raise OverflowError("math range error")
+
+    monkeypatch.setattr(ShardState, "apply", broken)
+    before = METRICS.failed_commands.labels("Release")._value.get()
+    cell, out = observe_shard(settings, lambda: 0.0, cell, Release("agent-0001", START))
+    assert METRICS.failed_commands.labels("Release")._value.get() == before + 1
+    assert not out.anomalies and not out.accepted
+    monkeypatch.undo()
+    cell, out = observe_shard(settings, lambda: 0.0, cell, parse_heartbeats(stream(3, 6)[-5:])[0])
+    assert len(out.accepted) == 3
+
+
 def test_a_shard_is_snapshotted_by_pickling_it_once_and_resumes_from_either_layout():
     """Bytewax snapshots a stateful_map's state with copy.deepcopy: the shard's cell pickles
     its state instead (timed and sized into the process's metrics), the engine stores the

@@ -768,7 +768,7 @@ class Loader:
                 value = message.value()
                 try:
                     tables.append((value, decode_metric_rows(value)))
-                except ValueError as exc:
+                except Exception as exc:  # (as below: one bad message never holds the lane)
                     skipped += 1
                     self._log_skipped(message, exc)
             return tables, [], {}, skipped

@@ -77,10 +77,11 @@ def install(app: FastAPI) -> None:
         response_model=CreatedKey,
         status_code=201,
         tags=["keys"],
-        responses=error_responses(403, 422, 503),
+        responses=error_responses(403, 409, 422, 503),
     )
     def create_key(body: NewKeyRequest, request: Request, caller: KeyAdmin) -> CreatedKey:
-        """Make a key (its token is in this answer only)."""
+        """Make a key (its token is in this answer only). An agent's key names an agent
+        of its tenant: 409 for an agent id that is another tenant's."""
         reason = authorize(caller, Permission.MANAGE_KEYS, body.tenant_id)
         if reason is not None:
             raise HTTPException(403, detail=reason)

@@ -31,14 +31,17 @@ def exported() -> set[str]:
 
 
 def dataflow_exported() -> set[str]:
-    """The sample names of a dataflow process's ``/metrics``, read from its registry."""
+    """The sample names of a dataflow process's ``/metrics``, read from its registry (a
+    labelled family has no sample until a label is used: its names come from its type)."""
     from dataflows.metrics import DataflowMetrics
 
+    suffixes = {"counter": ("_total",), "summary": ("_count", "_sum")}
     return {
-        sample.name
+        name
         for family in DataflowMetrics().registry.collect()
-        for sample in family.samples
-        if sample.name.startswith("agentwatch_") and not sample.name.endswith("_created")
+        for name in [sample.name for sample in family.samples]
+        + [family.name + suffix for suffix in suffixes.get(family.type, ("",))]
+        if name.startswith("agentwatch_") and not name.endswith("_created")
     }
 
 

@@ -27,7 +27,13 @@ import msgspec
 import numpy as np
 import orjson
 
-from schemas.models import AGENT_STATES, TIMESTAMP_RANGE, Heartbeat
+from schemas.models import (
+    AGENT_STATES,
+    MAX_MILLISECONDS,
+    MAX_UPTIME_S,
+    TIMESTAMP_RANGE,
+    Heartbeat,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,10 +43,10 @@ FLOAT_FIELDS: dict[str, tuple[float, float]] = {
     "cpu_usage": (0.0, 100.0),
     "memory_usage": (0.0, 100.0),
     "disk_usage": (0.0, 100.0),
-    "network_latency": (0.0, np.inf),
+    "network_latency": (0.0, MAX_MILLISECONDS),
     "error_rate": (0.0, 1.0),
-    "response_time_avg": (0.0, np.inf),
-    "uptime_seconds": (0.0, np.inf),
+    "response_time_avg": (0.0, MAX_MILLISECONDS),
+    "uptime_seconds": (0.0, MAX_UPTIME_S),
 }
 #: Integer counters (must be JSON integers) with their allowed range (inclusive); the
 #: upper bounds are what the ``metrics`` table's columns hold.

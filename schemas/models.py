@@ -40,6 +40,12 @@ TIMESTAMP_RANGE = (946_684_800.0, 4_102_444_800.0)
 #: The longest a task may be said to have run (``TaskOutcome.duration_s``): the span of
 #: ``TIMESTAMP_RANGE``, the longest the shard's own count from acceptance can be.
 MAX_TASK_DURATION_S = TIMESTAMP_RANGE[1] - TIMESTAMP_RANGE[0]
+#: The largest latency or response time a heartbeat may state, in milliseconds (~11.6
+#: days), and the longest uptime (the span of ``TIMESTAMP_RANGE``). Without them the parser
+#: took any finite double: a latency of 1e200 overflowed the baselines (NaN for good, the
+#: agent's detector blind) and 3.5e38 the float32 state (a range ceiling of inf).
+MAX_MILLISECONDS = 1e9
+MAX_UPTIME_S = MAX_TASK_DURATION_S
 
 #: The seed's lifecycle states (an optional ``status`` in a heartbeat must be one of them).
 AGENT_STATES = (
@@ -98,13 +104,17 @@ class Heartbeat(BaseModel):
     cpu_usage: Percent
     memory_usage: Percent
     disk_usage: Percent
-    network_latency: Annotated[Number, Field(ge=0)] = Field(description="Milliseconds.")
+    network_latency: Annotated[Number, Field(ge=0, le=MAX_MILLISECONDS)] = Field(
+        description="Milliseconds."
+    )
     active_tasks: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)]
     completed_tasks: Count
     failed_tasks: Count
     error_rate: Annotated[Number, Field(ge=0, le=1)] = Field(description="Share 0…1.")
-    response_time_avg: Annotated[Number, Field(ge=0)] = Field(description="Milliseconds.")
-    uptime_seconds: Annotated[Number, Field(ge=0)]
+    response_time_avg: Annotated[Number, Field(ge=0, le=MAX_MILLISECONDS)] = Field(
+        description="Milliseconds."
+    )
+    uptime_seconds: Annotated[Number, Field(ge=0, le=MAX_UPTIME_S)]
     bytes_out: Count = Field(0, description="Bytes sent since the previous heartbeat.")
     status: Literal[AGENT_STATES] | None = None  # type: ignore[valid-type]
 

@@ -538,3 +538,54 @@ def test_a_fleets_findings_do_not_depend_on_where_its_batches_are_cut() -> None:
     assert counts["anomalies"] >= 10 and counts["baselines"] and counts["alerts"], counts
     for cut in (2, 3, 7):
         assert _fleet_run(fleet, cut) == whole, cut
+
+
+def test_the_largest_values_a_heartbeat_may_hold_leave_the_agent_watched_and_every_number_finite():
+    """Found by a fuzzer: the parser took any finite latency or response time, and one
+    heartbeat of 1e200 made the agent's baselines NaN for good (its detector blind), 3.5e38
+    its float32 state inf. Beyond the bounds is now a dead letter; at them, an agent's state
+    and outputs stay finite and a later CPU spike is still reported."""
+    from schemas.models import MAX_MILLISECONDS, MAX_UPTIME_S
+
+    def beat(i: int, **overrides: float) -> bytes:
+        return orjson.dumps(
+            {
+                "agent_id": "a1", "tenant_id": "t1", "timestamp": T0 + 30 * i,
+                "cpu_usage": 30.0 + i % 4, "memory_usage": 50.0, "disk_usage": 30.0,
+                "network_latency": 10.0 + i % 3, "active_tasks": 2, "completed_tasks": i,
+                "failed_tasks": 0, "error_rate": 0.0, "response_time_avg": 200.0 + i % 5,
+                "uptime_seconds": 30.0 * i, "bytes_out": 1000, **overrides,
+            }
+        )  # fmt: skip
+
+    _, refused = parse_heartbeats(
+        [beat(0, network_latency=1e200), beat(0, response_time_avg=3.5e38),
+         beat(0, uptime_seconds=1e300)]
+    )  # fmt: skip
+    assert [reason.split(":")[0] for _, reason in refused] == [
+        "network_latency", "response_time_avg", "uptime_seconds"
+    ]  # fmt: skip
+    edge = {"network_latency": MAX_MILLISECONDS, "response_time_avg": MAX_MILLISECONDS,
+            "uptime_seconds": MAX_UPTIME_S}  # fmt: skip
+    shard, found, records = ShardState.new(SETTINGS), [], []
+    for i in range(200):
+        out = shard.observe(parse_heartbeats([beat(i, **(edge if i in (0, 1, 60) else {}))])[0], 0)
+        records += [*out.anomalies, *out.baselines, *out.scores]
+    out = shard.observe(parse_heartbeats([beat(200, cpu_usage=99.0)])[0], 0)
+    found = [a["reasons"][0]["feature"] for a in out.anomalies if a["is_anomaly"]]
+    assert found == ["cpu_usage"]
+
+    def numbers(value: object) -> Iterator[float]:
+        if isinstance(value, dict):
+            for item in value.values():
+                yield from numbers(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from numbers(item)
+        elif isinstance(value, float):
+            yield value
+
+    assert all(np.isfinite(list(numbers(records + out.anomalies))))
+    for name, array in vars(shard.baselines).items():  # (row 0: the agent's)
+        if isinstance(array, np.ndarray) and array.dtype.kind == "f":
+            assert not np.isinf(array[0]).any(), name

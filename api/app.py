@@ -28,6 +28,7 @@ True
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -134,8 +135,31 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     for error in errors:
         where = ".".join(str(part) for part in error.get("loc", ())[1:]) or "request"
         sentences.append(f"{where}: {error.get('msg', 'invalid')}")
-    body = {"message": "; ".join(sentences), "detail": jsonable_encoder(errors)}
+    detail = [{**error, "input": _printable(error["input"])} if "input" in error else error
+              for error in errors]  # fmt: skip
+    body = {"message": "; ".join(sentences), "detail": jsonable_encoder(detail)}
     return JSONResponse(body, status_code=422)
+
+
+def _printable(value: object) -> object:
+    """A request's input as a 422 can quote it in JSON: NaN and infinities as text, bytes
+    with U+FFFD where they are not UTF-8, a lone surrogate as ?. Quoted as it came, such
+    input made the error answer itself fail (a 500).
+
+    >>> _printable({"a": [float("nan"), b"\\xff", "\\ud800"]}) == {"a": ["nan", "\\ufffd", "?"]}
+    True
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")  # (a lone surrogate: ?)
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(item) for item in value]
+    return value
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -69,6 +69,10 @@ AgentId = Annotated[
     str,
     Path(min_length=1, max_length=128, description="The agent's id (1-128 characters)."),
 ]
+RuleName = Annotated[
+    str,
+    Path(min_length=1, max_length=128, description="The rule's name (1-128 characters)."),
+]
 
 
 @dataclass(frozen=True)

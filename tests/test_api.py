@@ -1371,6 +1371,33 @@ def test_a_body_that_cannot_be_decoded_is_a_422_that_says_so(api):
     assert answer.json()["detail"][0]["loc"] == ["body"]
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"NaN", "application/json"),
+        (b'{"reason": "x", "zz": Infinity}', "application/json"),
+        (b'{"reason": 5, "x": "\\udc00"}', "application/json"),
+        (b"\xff", "text/plain"),
+    ],
+)
+def test_a_body_the_422_must_quote_is_quoted_as_text_not_a_500(api, body, content_type):
+    """Found by a fuzzer: FastAPI's error list quotes the input, and NaN, a lone surrogate
+    or bytes that are not UTF-8 made the 422 itself fail to encode (a 500)."""
+    answer = api.post(
+        "/api/v1/agents/a1/restart", content=body, headers={"content-type": content_type}
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["message"]
+
+
+def test_a_rule_name_longer_than_128_characters_is_422(api):
+    """(Found by a fuzzer: a 500 from inside the route, which checked the name late.)"""
+    for method, path in [("DELETE", "x" * 129), ("POST", "x" * 129 + "/disable")]:
+        answer = api.request(method, f"/api/v1/rules/{path}")
+        assert answer.status_code == 422, answer.text
+        assert "name" in answer.json()["message"]
+
+
 def test_status_shows_the_lifecycle_state_the_dataflow_derived_last(
     api: TestClient, ch: Client, offline_settings: Settings, surveillance
 ):

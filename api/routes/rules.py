@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentwatch.rules import DEFAULT_RULE_NAMES
 from api.errors import error_responses, unprocessable
 from api.identity import actor_of
+from api.params import RuleName
 from api.publisher import PublishError
 from api.rules import RuleChangeError, RuleExists, RuleNeedsConfirmation, RuleNotFound
 from api.runtime import API_PREFIX, ActorHeader, FleetOperator, Reader, Runtime, RuntimeDep
@@ -99,7 +100,7 @@ def add_rule(
     responses=error_responses(403, 404, 409, 422, 503),
 )  # fmt: skip
 def update_rule(
-    name: str,
+    name: RuleName,
     rule: ThreatRuleSpec,
     runtime: RuntimeDep,
     caller: FleetOperator,
@@ -141,7 +142,7 @@ def restore_rules(
     responses=error_responses(403, 404, 422, 503),
 )
 def restore_rule(
-    name: str, runtime: RuntimeDep, caller: FleetOperator, actor: ActorHeader = "api"
+    name: RuleName, runtime: RuntimeDep, caller: FleetOperator, actor: ActorHeader = "api"
 ) -> RestoredRules:
     """Put one of the seed's default rules back as shipped and enabled (404 for a name
     that is not one of them)."""
@@ -172,7 +173,7 @@ def restore(runtime: Runtime, names: list[str] | None, actor: str) -> RestoredRu
     responses=error_responses(403, 404, 409, 422, 503),
 )  # fmt: skip
 def switch_rule(
-    name: str,
+    name: RuleName,
     action: Literal["enable", "disable"],
     runtime: RuntimeDep,
     caller: FleetOperator,
@@ -190,7 +191,7 @@ def switch_rule(
     responses=error_responses(403, 404, 409, 422, 503),
 )  # fmt: skip
 def delete_rule(
-    name: str,
+    name: RuleName,
     runtime: RuntimeDep,
     caller: FleetOperator,
     actor: ActorHeader = "api",

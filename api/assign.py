@@ -317,10 +317,13 @@ class Assigner:
         placed by this process already)."""
         task_id = request.task_id or f"task-{uuid.uuid4().hex}"
         with self.lock:
-            if task_id in self._decisions:
+            placed = self._decisions.get(task_id)
+            if placed is not None:
+                # (the agent only to its own tenant: task ids are fleet-wide)
+                on = f" (on {placed.agent_id})" if placed.tenant_id == tenant_id else ""
                 raise DuplicateTask(
-                    f"task {task_id!r} was placed already (on {self._decisions[task_id].agent_id}"
-                    "); give a new task_id, or leave it out to have one made"
+                    f"task {task_id!r} was placed already{on}; give a new task_id, or leave "
+                    "it out to have one made"
                 )
             outcome = self._place(
                 request, task_id, tenant_id, actor, 1, tuple(request.exclude_agents)

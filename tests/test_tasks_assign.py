@@ -201,7 +201,11 @@ def test_an_assignment_names_the_agent_explains_it_and_is_published(
     assert (shown.json()["status"], shown.json()["agent_id"]) == ("assigned", "gpu-2")
 
     again = api.post(ASSIGN, json={"tenant_id": "t1", "task_id": "task-1"})
-    assert again.status_code == 409 and "placed already" in again.json()["detail"]
+    assert again.status_code == 409 and "placed already (on gpu-2)" in again.json()["detail"]
+    # another tenant's request for the id learns that it is taken, not where it runs
+    taken = api.post(ASSIGN, json={"tenant_id": "t2", "task_id": "task-1"})
+    assert taken.status_code == 409 and "placed already;" in taken.json()["detail"]
+    assert "gpu-2" not in taken.text
 
     none = api.post(ASSIGN, json={"required_capabilities": ["tpu"], "tenant_id": "t1"})
     assert none.status_code == 409, none.text

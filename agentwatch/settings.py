@@ -148,8 +148,27 @@ class Settings(BaseSettings):
         description="Every request presents an API key ('Authorization: Bearer aw_…'), whose "
         "role and tenant decide what it may do. False: a request without a key acts as an "
         "admin of every tenant (the embedded demo on loopback; keys are still checked when "
-        "sent).",
+        "sent). Refused with an api_host that is not a loopback address.",
     )
+
+    @field_validator("api_auth_required")
+    @classmethod
+    def _keyless_on_loopback_only(cls, required: bool, info: ValidationInfo) -> bool:
+        host = info.data.get("api_host")
+        if required or host is None or host == "localhost":
+            return required
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(
+                f"AGENTWATCH_API_AUTH_REQUIRED=false answers a request without a key as an admin "
+                f"of every tenant: only on a loopback API_HOST (127.0.0.1 or ::1), not {host!r}; "
+                "make keys (README: Keys, roles and tenants) or set AGENTWATCH_API_HOST=127.0.0.1"
+            )
+        return required
+
     api_admin_key_file: Path | None = Field(
         None,
         description="The API makes an admin key of every tenant and writes it to this file "

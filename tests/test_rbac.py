@@ -316,3 +316,17 @@ def test_deletions_are_tried_by_every_role_on_a_fresh_target_each_time(door):
             assert f"doomed_{n}" in {r["name"] for r in listed}, where
         checked += 1
     assert checked == 3 * len(KEYS)
+
+
+def test_keys_may_be_left_out_only_on_a_loopback_api():
+    """AGENTWATCH_API_AUTH_REQUIRED=false answers a request without a key as an admin of
+    every tenant: settings refuse it with an API bound elsewhere (found by review: nothing
+    enforced "a demo on loopback")."""
+    import pydantic
+
+    for host in ("127.0.0.1", "::1", "localhost"):
+        assert Settings(api_host=host, api_auth_required=False).api_auth_required is False
+    for host in ("0.0.0.0", "10.0.0.5", "::", "api.example.com"):
+        with pytest.raises(pydantic.ValidationError, match="only on a loopback API_HOST"):
+            Settings(api_host=host, api_auth_required=False)
+        assert Settings(api_host=host).api_auth_required  # (keys required: any address)

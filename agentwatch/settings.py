@@ -502,6 +502,13 @@ class Settings(BaseSettings):
         "(~12 % of a core); set 30 for a million (~10 %). A crash replays up to this much "
         "input.",
     )
+    metric_rows_compression: Literal["none", "lz4", "zstd"] = Field(
+        "none",
+        description="How the dataflow compresses the heartbeats it took on agents.metric_rows "
+        "(Arrow IPC body compression; the loader and ClickHouse read any of them): lz4 halves "
+        "the bytes (~137 to ~71 B a heartbeat), zstd to a third, for CPU in the dataflow and "
+        "in ClickHouse. docs/benchmarks.md has what each costs.",
+    )
     agents_auto_register: bool = Field(
         False,
         description="Whether a heartbeat of an agent that was never registered registers it "

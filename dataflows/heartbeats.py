@@ -399,6 +399,7 @@ def findings(
     topics: dict[str, str],
     deadletter_topic: str,
     metric_rows_topic: str,
+    compression: str,
     keyed: tuple[str, ShardOutput],
 ) -> list[list[Message]]:
     """The shard's records as Kafka messages, keyed by agent; ``topics`` names the
@@ -424,7 +425,8 @@ def findings(
             messages.append(dead_letter_message(deadletter_topic, record, key))
     if output.accepted is not None:
         key = shard.encode()
-        messages += [Message(metric_rows_topic, key, rows) for rows in encode_rows(output.accepted)]
+        encoded = encode_rows(output.accepted, compression)
+        messages += [Message(metric_rows_topic, key, rows) for rows in encoded]
     return one_item(messages)
 
 
@@ -584,7 +586,8 @@ def build_flow(
         "findings",
         observed,
         partial(keyed, itemgetter(0), partial(
-            findings, topics, settings.topic("deadletter"), settings.topic("metric_rows"))),
+            findings, topics, settings.topic("deadletter"), settings.topic("metric_rows"),
+            settings.metric_rows_compression)),
     )  # fmt: skip
     tenants = op.flat_map("by_tenant", observed, by_tenant)
     incidents = op.flat_map(

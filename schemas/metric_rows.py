@@ -65,9 +65,13 @@ _TIME_RANGE_MS = tuple(int(bound * 1000) for bound in TIMESTAMP_RANGE)
 _BOUNDS = {**FLOAT_FIELDS, **INT_FIELDS, "timestamp": _TIME_RANGE_MS}
 
 
-def encode(batch: HeartbeatBatch) -> list[bytes]:
-    """The batch's rows as Arrow IPC streams of about :data:`MESSAGE_BYTES` each, none
-    over :data:`MAX_MESSAGE_BYTES` (none for an empty batch), in the batch's order."""
+def encode(batch: HeartbeatBatch, compression: str = "none") -> list[bytes]:
+    """The batch's rows as Arrow IPC streams of about :data:`MESSAGE_BYTES` each before
+    compression, none over :data:`MAX_MESSAGE_BYTES` (none for an empty batch), in the
+    batch's order; ``compression`` (``none``, ``lz4`` or ``zstd``) compresses each column's
+    buffers in the stream (Arrow's IPC body compression: pyarrow and ClickHouse's
+    ``ArrowStream`` read it as they read a plain one)."""
+    options = _OPTIONS[compression]
     rows = len(batch)
     if not rows:
         return []
@@ -82,19 +86,29 @@ def encode(batch: HeartbeatBatch) -> list[bytes]:
     table = pa.Table.from_arrays(columns, schema=SCHEMA)
     per_message = max(1, MESSAGE_BYTES * rows // max(table.nbytes, 1))
     return [
-        stream for part in table.to_batches(max_chunksize=per_message) for stream in _streams(part)
+        stream
+        for part in table.to_batches(max_chunksize=per_message)
+        for stream in _streams(part, options)
     ]
 
 
-def _streams(part: pa.RecordBatch) -> list[bytes]:
+#: The IPC write options of each ``metric_rows_compression``.
+_OPTIONS = {
+    "none": ipc.IpcWriteOptions(),
+    "lz4": ipc.IpcWriteOptions(compression="lz4"),
+    "zstd": ipc.IpcWriteOptions(compression="zstd"),
+}
+
+
+def _streams(part: pa.RecordBatch, options: ipc.IpcWriteOptions) -> list[bytes]:
     """``part`` as one stream, or as several if that one would be over
     :data:`MAX_MESSAGE_BYTES` (cut in halves until each fits; one row always fits: a
     heartbeat is at most ``max_message_bytes``, 64 KB by default)."""
-    stream = _stream(part)
+    stream = _stream(part, options)
     if len(stream) <= MAX_MESSAGE_BYTES or part.num_rows == 1:
         return [stream]
     half = part.num_rows // 2
-    return _streams(part.slice(0, half)) + _streams(part.slice(half))
+    return _streams(part.slice(0, half), options) + _streams(part.slice(half), options)
 
 
 def pyarrow_without_pandas() -> bool:
@@ -153,9 +167,9 @@ def encode_json(values: list[bytes]) -> list[bytes]:
     return encode(parse_heartbeats(values)[0])
 
 
-def _stream(batch: pa.RecordBatch) -> bytes:
+def _stream(batch: pa.RecordBatch, options: ipc.IpcWriteOptions) -> bytes:
     sink = pa.BufferOutputStream()
-    with ipc.new_stream(sink, SCHEMA) as writer:
+    with ipc.new_stream(sink, SCHEMA, options=options) as writer:
         writer.write_batch(batch)
     return sink.getvalue().to_pybytes()
 

@@ -69,9 +69,15 @@ def batches(values: list[bytes], size: int) -> list[RawBatch]:
     ]
 
 
-def run(values: list[bytes], workers: int, batch_size: int = 97) -> list[tuple[str, dict]]:
+def run(
+    values: list[bytes], workers: int, batch_size: int = 97, **overrides: object
+) -> list[tuple[str, dict]]:
     settings = Settings(
-        agents_auto_register=True, baseline_warmup_s=0, baseline_warmup_heartbeats=20, shard_count=8
+        agents_auto_register=True,
+        baseline_warmup_s=0,
+        baseline_warmup_heartbeats=20,
+        shard_count=8,
+        **overrides,
     )
     out: list = []
     flow = build_flow(
@@ -121,6 +127,12 @@ def test_the_heartbeats_taken_go_to_the_loader_as_rows_once_each():
     spiked = [r for r in rows if r["cpu_usage"] == 99.0]
     assert [(r["agent_id"], r["timestamp"]) for r in spiked] == [("agent-0003", START + 900)]
     assert spiked[0]["tenant_id"] == "tenant-0" and spiked[0]["completed_tasks"] == 30
+
+
+def test_compressed_rows_are_the_rows():
+    """``metric_rows_compression``: the same rows on agents.metric_rows, compressed."""
+    values = stream(agents=5, steps=40, spike=(3, 30))
+    assert run(values, workers=1, metric_rows_compression="zstd") == run(values, workers=1)
 
 
 def test_baselines_are_published_per_agent():

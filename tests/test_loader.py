@@ -113,7 +113,9 @@ def by_agent(doc: dict) -> bytes:
     return doc["agent_id"].encode()
 
 
-def produce_heartbeats(settings: Settings, docs: list[dict], rows_per_message: int = 1) -> int:
+def produce_heartbeats(
+    settings: Settings, docs: list[dict], rows_per_message: int = 1, compression: str = "none"
+) -> int:
     """Produce heartbeats as the dataflow hands them to the loader: validated, as Arrow
     batches of ``rows_per_message`` rows on ``agents.metric_rows``, each keyed by its
     first heartbeat's agent (so the messages spread over the partitions by their keys:
@@ -124,7 +126,7 @@ def produce_heartbeats(settings: Settings, docs: list[dict], rows_per_message: i
             list(map(orjson.dumps, docs[lo : lo + rows_per_message]))
         )
         assert not rejected, rejected
-        encoded = encode_rows(batch)
+        encoded = encode_rows(batch, compression)
         messages += encoded
         keys += [docs[lo]["agent_id"].encode()] * len(encoded)
     produce(settings, "metric_rows", messages, keys=keys)
@@ -247,6 +249,24 @@ def test_the_messages_own_arrow_batches_are_inserted_without_being_written_again
     poll_until(loader, lambda: count(client, settings, "metrics") == 400, "400 metrics rows")
 
     assert counted.calls["raw_insert"] >= 1 and counted.calls["insert_arrow"] == 0
+
+
+def test_compressed_messages_land_as_plain_ones_do(settings, client, topics, loaders):
+    """``metric_rows_compression``: lz4 and zstd messages, mixed with plain ones in one
+    batch of the loader, land whole in ClickHouse, every row once."""
+    docs = [heartbeat(seq) for seq in range(300)]
+    for part, compression in enumerate(("lz4", "none", "zstd")):
+        produce_heartbeats(settings, docs[100 * part : 100 * part + 100], 25, compression)
+    loader = Loader(settings, client)
+    loaders.append(loader)
+
+    poll_until(loader, lambda: count(client, settings, "metrics") == 300, "300 metrics rows")
+    db = settings.clickhouse_database
+    stored = client.query(
+        f"SELECT count(), uniqExact(completed_tasks), sum(completed_tasks) FROM {db}.metrics"
+    ).result_rows
+    assert stored == [(300, 300, sum(range(300)))]
+    assert loader.stats().skipped_invalid["metric_rows"] == 0
 
 
 def test_batches_of_another_writer_land_whole_too(settings, client, topics, loaders):

@@ -216,6 +216,14 @@ def test_the_dataflows_pyarrow_converts_without_pandas_and_pandas_still_imports(
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+@pytest.mark.parametrize("compression", ["lz4", "zstd"])
+def test_compressed_messages_hold_the_same_rows_in_fewer_bytes(compression):
+    batch, _ = parse_heartbeats(beats(5000))
+    plain, packed = encode(batch), encode(batch, compression)
+    assert sum(map(len, packed)) < 0.7 * sum(map(len, plain))
+    assert decode(one_stream(packed)).equals(decode(one_stream(plain)))
+
+
 def test_messages_join_into_one_stream_of_all_their_rows_or_none():
     """The loader hands ClickHouse the messages' own batches as one stream: every row of
     every message, in order; messages whose schema messages differ in their bytes are

@@ -418,7 +418,7 @@ def test_model_stats_go_out_at_most_every_interval_signed_by_the_dataflow() -> N
         out.events += shard.tick(T0 + 10 * n + 7).events
         stats += [e for e in out.events if e["type"] == "model_stats"]
         if n == 29:
-            (messages,) = findings({"events": "agents.state"}, "dl", "rows", ("3", out))
+            (messages,) = findings({"events": "agents.state"}, "dl", "rows", "none", ("3", out))
     times = [s["timestamp"] for s in stats]
     assert len(times) >= 3 and all(b - a >= 60 for a, b in zip(times, times[1:], strict=False))
     payload = ModelStats.model_validate(stats[-1]["payload"])

@@ -16,39 +16,16 @@ import logging
 import signal
 import socket
 import sys
-import time
 
 import uvicorn
 
 from agentwatch.collector import SurvivorFreezer
+from agentwatch.logfmt import KeyValueFormatter
 from agentwatch.secrets import redact, redact_handlers
 from agentwatch.settings import Settings
 from api.access import is_loopback
 from api.app import create_app
 from sinks.clickhouse import connect
-
-
-class KeyValueFormatter(logging.Formatter):
-    """``ts=… level=… logger=… msg="…"``: one event per line, easy to grep and to parse.
-
-    >>> record = logging.LogRecord("api", logging.INFO, "", 1, "loader_stopped s=%d", (2,), None)
-    >>> record.created = 0.0
-    >>> KeyValueFormatter().format(record)
-    'ts=1970-01-01T00:00:00.000Z level=info logger=api msg="loader_stopped s=2"'
-    """
-
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        millis = int(record.created * 1000) % 1000
-        message = record.getMessage().replace("\\", "\\\\").replace('"', '\\"')
-        line = (
-            f"ts={stamp}.{millis:03d}Z level={record.levelname.lower()} "
-            f'logger={record.name} msg="{message}"'
-        )
-        if record.exc_info:  # exc_text: the traceback already formatted (and redacted)
-            error = record.exc_text or self.formatException(record.exc_info)
-            line += ' exc="' + error.replace("\n", "\\n") + '"'
-        return line
 
 
 def configure_logging(level: int = logging.INFO, secrets: list[str] | None = None) -> None:

@@ -349,6 +349,8 @@ async def principal_of(request: Request, authorization: str | None) -> Principal
     (no thread hop: under load each hop waited for a turn of the interpreter), in a
     worker thread when it must read ClickHouse."""
     book: KeyBook = request.app.state.runtime.keys
+    if len(request.headers.getlist("authorization")) > 1:  # (which one would a proxy read?)
+        raise unauthorized(AuthError("send one Authorization header, not several"))
     try:
         principal = book.authenticate_cached(authorization)
     except AuthError as exc:

@@ -174,7 +174,8 @@ class Runtime:
 ActorHeader = Annotated[
     str,
     Header(alias="X-Agentwatch-Actor", min_length=1, max_length=128,
-           description="Who makes the change (recorded with it)."),
+           pattern=r"^[\x21-\x7e][\x20-\x7e]*$",  # (printable ASCII: no control characters)
+           description="Who makes the change (recorded with it): printable ASCII."),
 ]  # fmt: skip
 
 

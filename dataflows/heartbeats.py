@@ -84,6 +84,7 @@ from agentwatch.commands import (
 )
 from agentwatch.conversations import Conversation
 from agentwatch.inbox import shard_command
+from agentwatch.logfmt import OneLineMessages
 from agentwatch.orchestration import TaskAssigned, TaskFinished, TaskReleased
 from agentwatch.rules import RuleChangeError
 from agentwatch.secrets import redact_handlers
@@ -730,6 +731,8 @@ def main() -> None:
     )
     settings = Settings()
     redact_handlers(logging.getLogger().handlers, settings.secret_values())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OneLineMessages())  # (what agents send cannot break a line)
 
     def stop(signum: int, _frame: object) -> None:
         log.info("dataflow_stopping signal=%s", signal.Signals(signum).name)

@@ -28,6 +28,7 @@ import typer
 from pydantic import SecretStr
 from rich.console import Console
 
+from agentwatch.logfmt import KeyValueFormatter
 from agentwatch.secrets import redact, redact_handlers
 from agentwatch.settings import Settings
 from agentwatch.simulator import INCIDENT_KINDS
@@ -63,23 +64,6 @@ UP_AGENTS_PER_TASK_PER_S = 250.0
 
 
 # --- shared helpers --------------------------------------------------------------------
-
-
-class KeyValueFormatter(logging.Formatter):
-    """``ts=… level=… logger=… msg="…"``: one event per line, the same shape as the API's logs."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        millis = int(record.created * 1000) % 1000
-        message = record.getMessage().replace("\\", "\\\\").replace('"', '\\"')
-        line = (
-            f"ts={stamp}.{millis:03d}Z level={record.levelname.lower()} "
-            f'logger={record.name} msg="{message}"'
-        )
-        if record.exc_info:  # exc_text: the traceback already formatted (and redacted)
-            error = record.exc_text or self.formatException(record.exc_info)
-            line += ' exc="' + error.replace("\n", "\\n") + '"'
-        return line
 
 
 @contextlib.contextmanager

@@ -64,6 +64,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import chdb
 
+from agentwatch.logfmt import OneLineMessages
 from agentwatch.secrets import redact, redact_handlers
 from agentwatch.settings import Settings
 
@@ -525,6 +526,8 @@ def main() -> int:
     )
     settings = Settings()
     redact_handlers(logging.getLogger().handlers, settings.secret_values())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OneLineMessages())  # (what agents send cannot break a line)
     stop = threading.Event()
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda _signum, _frame: stop.set())

@@ -103,6 +103,7 @@ from pydantic import BaseModel
 
 from agentwatch.collector import tune_for_batches
 from agentwatch.inbox import shard_command
+from agentwatch.logfmt import OneLineMessages
 from agentwatch.secrets import redact_handlers
 from agentwatch.settings import RENAMED_TOPICS, Settings
 from schemas.events import (
@@ -1864,6 +1865,8 @@ def main() -> None:
     )
     settings = Settings()
     redact_handlers(logging.getLogger().handlers, settings.secret_values())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OneLineMessages())  # (what agents send cannot break a line)
     if settings.loader_niceness:  # before any thread starts: they inherit it (chDB's too)
         log.info("loader_niceness value=%d", os.nice(settings.loader_niceness))
     client = connect(settings)

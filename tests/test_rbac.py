@@ -330,3 +330,31 @@ def test_keys_may_be_left_out_only_on_a_loopback_api():
         with pytest.raises(pydantic.ValidationError, match="only on a loopback API_HOST"):
             Settings(api_host=host, api_auth_required=False)
         assert Settings(api_host=host).api_auth_required  # (keys required: any address)
+
+
+def test_one_authorization_header_and_an_actor_of_printable_characters(door):
+    """Found by a fuzzer: with two Authorization headers the first decided (a proxy reading
+    the last would decide otherwise), and an actor header with a line break went raw into
+    the log (a forged second event) and the audit trail."""
+    api, tokens = door
+    revoked, good = tokens["analyst of t1"], tokens["admin of all"]
+    assert api.delete(
+        f"/api/v1/keys/{revoked.split('_')[1]}", headers={"Authorization": f"Bearer {good}"}
+    ).status_code == 204  # fmt: skip
+    both = [("authorization", f"Bearer {good}"), ("authorization", f"Bearer {revoked}")]
+    answer = api.get("/api/v1/whoami", headers=both)
+    assert answer.status_code == 401 and "one Authorization header" in answer.json()["detail"]
+    assert api.get("/api/v1/whoami", headers=both[:1]).status_code == 200
+
+    restart = "/api/v1/agents/agent-own/restart"
+    for actor in ("ops\nts=2099 level=error msg=forged", "ops\x1b[2J", " ops", "op\x85"):
+        refused = api.post(
+            restart,
+            json={"reason": "x"},
+            headers={**dict(both[:1]), "X-Agentwatch-Actor": actor.encode("latin-1")},
+        )
+        assert refused.status_code == 422, (actor, refused.text)
+    accepted = api.post(
+        restart, json={"reason": "x"}, headers={**dict(both[:1]), "X-Agentwatch-Actor": "ops-1"}
+    )
+    assert accepted.status_code == 202, accepted.text

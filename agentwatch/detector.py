@@ -368,8 +368,9 @@ def detector_arrays(
         "quiet_metrics": (np.dtype(np.uint32), 0, ()),
         "tail_rate": (f32, rate, per_feature),
         "tail_excess": (f32, excess, per_feature),
-        "episode_start": (f32, np.nan, ()),
-        "episode_seen": (f32, 0.0, ()),
+        # (float64: in float32, seconds since a first heartbeat a year back are 2 s apart)
+        "episode_start": (np.dtype(np.float64), np.nan, ()),
+        "episode_seen": (np.dtype(np.float64), 0.0, ()),
         "episode_metrics": (np.dtype(np.uint32), 0, ()),
         **(daily if harmonics else {}),
         **(
@@ -729,7 +730,8 @@ def learn_episodes(state: object, rows: np.ndarray, e: Episodes, elapsed: np.nda
     state.episode_start[rows[changed]] = e.start[changed]
     moved = changed | e.held
     state.episode_metrics[rows[moved]] = e.metrics[moved]
-    state.episode_seen[rows[e.held]] = elapsed[e.held]
+    held = rows[e.held]  # (a late heartbeat does not move it back: the end follows it)
+    state.episode_seen[held] = np.maximum(state.episode_seen[held], elapsed[e.held])
 
 
 def allocate_detector(features: int, capacity: int, harmonics: int = 2) -> object:

@@ -127,6 +127,11 @@ class FleetBaselines(RowArrays):
         from its prior."""
         missing = {name: spec for name, spec in self._detector_arrays().items()
                    if not _fits(getattr(self, name, None), spec)}  # fmt: skip
+        for name, spec in list(missing.items()):
+            kept = getattr(self, name, None)  # (a float array of another width: cast, kept)
+            if kept is not None and kept.shape[1:] == spec[2] and kept.dtype.kind == "f":
+                setattr(self, name, kept.astype(spec[0]))
+                del missing[name]
         if missing and "level" in vars(self):
             # a state from before the detector's tails and the quiet period in seconds:
             # fresh tails, and no quiet period (its end was a heartbeat count); or from

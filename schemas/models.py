@@ -46,6 +46,10 @@ MAX_TASK_DURATION_S = TIMESTAMP_RANGE[1] - TIMESTAMP_RANGE[0]
 #: agent's detector blind) and 3.5e38 the float32 state (a range ceiling of inf).
 MAX_MILLISECONDS = 1e9
 MAX_UPTIME_S = MAX_TASK_DURATION_S
+#: The largest number a registration may declare among its resources (cost_per_hour,
+#: memory_gb, …; bytes fit too): beyond float32's range a cost was inf and every
+#: assignment score of the agent NaN.
+RESOURCE_MAX = 1e15
 
 #: The seed's lifecycle states (an optional ``status`` in a heartbeat must be one of them).
 AGENT_STATES = (
@@ -166,7 +170,7 @@ class Registration(BaseModel):
         description="Task types it can do (the seed's capabilities.types).",
     )
     max_concurrent_tasks: Annotated[StrictInt, Field(ge=1, le=100_000)] = 1
-    resources: dict[Label, Annotated[Number, Field(ge=0)]] = Field(
+    resources: dict[Label, Annotated[Number, Field(ge=0, le=RESOURCE_MAX)]] = Field(
         default_factory=dict,
         max_length=REGISTRATION_MAX_ITEMS,
         description="What it has: cpu_cores, memory_gb, gpu (1/0), …",
@@ -301,6 +305,9 @@ THREAT_CATEGORIES = ("SYSTEM", "SECURITY", "PERFORMANCE", "COMPLIANCE")
 THREAT_SEVERITIES = ("EMERGENCY", "CRITICAL", "HIGH", "WARNING", "INFO")
 #: Longest window or for-duration a rule may ask for (seconds): a week.
 RULE_MAX_SECONDS = 7 * 86_400.0
+#: Shortest window a rule may ask for (seconds): its buckets are a tenth of it, and a
+#: window of 1e-300 s made them denormal and every later heartbeat batch raise.
+RULE_MIN_WINDOW_S = 1.0
 
 
 def _one_or_many(value: object) -> object:
@@ -406,7 +413,10 @@ class MetricCondition(BaseModel):
         "the value changed within the window.",
     )
     window_s: float | None = Field(
-        None, gt=0, le=RULE_MAX_SECONDS, description="Event-time window (not with 'last')."
+        None,
+        ge=RULE_MIN_WINDOW_S,
+        le=RULE_MAX_SECONDS,
+        description="Event-time window (not with 'last').",
     )
     op: Literal[RULE_COMPARISONS]  # type: ignore[valid-type]
     value: Number

@@ -423,12 +423,13 @@ def test_detector_state_stays_within_a_kibibyte_per_agent() -> None:
     """The whole per-agent state of the fleet's detector and baselines (issue 12: ≤ 1 KiB;
     305 bytes before detector v2, 373 with the metric tails and the quiet period's mask, 385
     with the open episode: its start, last heartbeat that stood out and metrics; 409 with
-    the daily profile: 2 harmonics and 8 loadings in float16; a single series' envelope is
-    not kept for the fleet's agents, whose tails are learned)."""
+    the daily profile: 2 harmonics and 8 loadings in float16; 417 with the episode's times in
+    float64; a single series' envelope is not kept for the fleet's agents, whose tails are
+    learned)."""
     fleet = FleetBaselines(DetectorConfig.from_settings(Settings()))
-    assert fleet.bytes_per_agent() == 409 <= 1024
+    assert fleet.bytes_per_agent() == 417 <= 1024
     without = FleetBaselines(DetectorConfig.from_settings(Settings(anomaly_daily_harmonics=0)))
-    assert without.bytes_per_agent() == 385
+    assert without.bytes_per_agent() == 393
 
 
 # --- episodes (issue 12, Deliver 4) ---------------------------------------------------------
@@ -504,6 +505,41 @@ def test_the_heartbeat_that_closes_an_episode_publishes_its_start_and_end() -> N
     inside = [r for r in records if 500 <= r["position"] < closed["position"]]
     assert inside and all(r["episode_start"] == closed["episode_start"] for r in inside)
     assert all("episode_end" not in r for r in inside)
+
+
+def test_an_old_agents_episode_times_are_its_heartbeats_times() -> None:
+    """Found by a fuzzer: episode times were float32 seconds since the agent's first
+    heartbeat, 16 s apart for an agent first seen five years back (start and end off by up
+    to 8 s, a close 30 s late); and a late heartbeat that stood out moved the episode's last
+    heartbeat back, so its end came before its start."""
+    settings = Settings(baseline_warmup_s=0, baseline_warmup_heartbeats=30)
+    fleet = FleetBaselines(DetectorConfig.from_settings(settings))
+    five_years = 5 * 365.25 * 86400.0
+    first = HeartbeatBatch(index=np.arange(1), agent_id=["a"], tenant_id=["t"],
+                           timestamp=np.array([1.8e9 - five_years + 0.37]),
+                           metrics={f: np.array([50.0]) for f in FEATURES})  # fmt: skip
+    fleet.observe(first)
+    rng = np.random.default_rng(3)
+    cpu = np.r_[rng.normal(40, 1, 500), rng.normal(80, 1, 60), rng.normal(40, 1, 300)]
+    (closed,) = [r for r in one_agent(fleet, cpu) if "episode_end" in r]
+    assert closed["episode_start"] == 1.8e9 + 500 * 30.0
+    assert closed["episode_end"] == 1.8e9 + 559 * 30.0
+    assert closed["position"] == 559 + settings.anomaly_episode_end_s / 30.0
+
+    late = FleetBaselines(DetectorConfig.from_settings(settings))
+    cpu = np.r_[rng.normal(40, 1, 500), [99.0], rng.normal(40, 1, 300)]
+    records = one_agent(late, cpu[:501])
+    (opened,) = [r for r in records if r["is_anomaly"]]
+    stamp = np.array([opened["timestamp"] - 100.0])  # stands out, 100 s before the opening
+    metrics = {f: np.array([50.0]) for f in FEATURES} | {"cpu_usage": np.array([99.0])}
+    late.observe(HeartbeatBatch(index=np.arange(1), agent_id=["a"], tenant_id=["t"],
+                                timestamp=stamp, metrics=metrics))  # fmt: skip
+    after = HeartbeatBatch(index=np.arange(300), agent_id=["a"] * 300, tenant_id=["t"] * 300,
+                           timestamp=opened["timestamp"] + 30.0 * np.arange(1, 301),
+                           metrics={f: 50.0 + rng.normal(0, 2, 300) for f in FEATURES}
+                           | {"cpu_usage": cpu[501:]})  # fmt: skip
+    ends = [r for r in late.observe(after).anomalies if "episode_end" in r]
+    assert ends and all(r["episode_end"] >= r["episode_start"] for r in ends)
 
 
 def test_a_snapshot_from_before_episodes_keeps_its_quiet_period() -> None:

@@ -32,3 +32,22 @@ def test_the_heartbeat_schema_is_the_contract() -> None:
     assert schema["properties"]["cpu_usage"]["maximum"] == 100
     assert schema["properties"]["error_rate"]["maximum"] == 1
     assert {"agent_id", "tenant_id", "timestamp", "bytes_out"} <= set(schema["properties"])
+
+
+def test_numbers_the_shards_could_not_use_are_refused_where_they_enter() -> None:
+    """Found by a fuzzer: a rule window of 1e-300 s made its buckets denormal and every later
+    heartbeat batch raise in the shard (stopping the dataflow), and a declared cost beyond
+    float32's range made every assignment score of the agent NaN."""
+    import pydantic
+
+    from schemas.models import RESOURCE_MAX, MetricCondition, Registration
+
+    condition = {"metric": "cpu_usage", "aggregate": "avg", "op": ">", "value": 90}
+    assert MetricCondition(**condition, window_s=1.0).window_s == 1.0
+    for window in (1e-300, 5e-324, 0.5):
+        with pytest.raises(pydantic.ValidationError, match="window_s"):
+            MetricCondition(**condition, window_s=window)
+    who = {"name": "a", "agent_type": "bot", "owner": "ops"}
+    assert Registration(**who, resources={"cost_per_hour": RESOURCE_MAX}).resources
+    with pytest.raises(pydantic.ValidationError, match="cost_per_hour"):
+        Registration(**who, resources={"cost_per_hour": 3.5e38})

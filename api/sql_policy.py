@@ -135,8 +135,7 @@ SCALAR_FUNCTIONS = _names(
     multiSearchAny replaceAll replaceOne replaceRegexpAll replaceRegexpOne regexpQuoteMeta
     splitByChar splitByString splitByRegexp splitByWhitespace splitByNonAlpha
     arrayStringConcat alphaTokens format printf repeat space base64Encode base64Decode
-    tryBase64Decode hex unhex bin unbin toValidUTF8 isValidUTF8 editDistance
-    damerauLevenshteinDistance jaroSimilarity jaroWinklerSimilarity ngramDistance ascii char
+    tryBase64Decode hex unhex bin unbin toValidUTF8 isValidUTF8 ascii char
     initcap firstLine formatReadableSize formatReadableQuantity formatReadableTimeDelta
     formatReadableDecimalSize parseReadableSize bar visibleWidth
     domain domainWithoutWWW topLevelDomain protocol path pathFull queryString fragment
@@ -241,8 +240,8 @@ TYPED_FUNCTIONS: dict[type[exp.Func], str] = _typed_functions(
         Explode=arrayJoin FirstValue=first_value Flatten=flatten Floor=floor Format=format
         Greatest=greatest GroupConcat=groupConcat Hex=hex If=if Initcap=initcap IsInf=isInfinite
         IsNan=isNaN JSONExtract=JSONExtractRaw JSONExtractScalar=JSONExtractString
-        JarowinklerSimilarity=jaroWinklerSimilarity Lag=lag LastValue=last_value Lead=lead
-        Least=least Left=left Length=length Levenshtein=editDistance Ln=ln Log=log Lower=lower
+        Lag=lag LastValue=last_value Lead=lead
+        Least=least Left=left Length=length Ln=ln Log=log Lower=lower
         MD5Digest=MD5 Max=max Min=min Monthname=monthName NthValue=nth_value Ntile=ntile
         Nullif=nullIf Pad=leftPad ParseDatetime=parseDateTime PercentRank=percent_rank Pi=pi
         Pow=pow Quantile=quantile Radians=radians Rand=rand Rank=rank RegexpCount=countMatches
@@ -317,11 +316,24 @@ class CheckedQuery:
     sql: str
 
 
+def _show_tables(database: str) -> str:
+    """``SHOW TABLES``, of the tables analysts may read only (:data:`ANALYST_TABLES`)."""
+
+    def literal(text: str) -> str:
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    names = ", ".join(literal(name) for name in sorted(ANALYST_TABLES))
+    return (
+        f"SELECT name FROM system.tables WHERE database = {literal(database)} "
+        f"AND name IN ({names}) ORDER BY name"
+    )
+
+
 def check_query(text: str, database: str) -> CheckedQuery:
     """Decide whether ``text`` may run on the tables of ``database``; :class:`SqlRefused` if not.
 
-    >>> check_query("SHOW TABLES;", "agentwatch").sql
-    'SHOW TABLES FROM `agentwatch`'
+    >>> check_query("SHOW TABLES;", "agentwatch").sql  # doctest: +ELLIPSIS
+    "SELECT name FROM system.tables WHERE database = 'agentwatch' AND name IN ('agent_events', ..."
     >>> check_query("describe metrics", "agentwatch").sql
     'DESCRIBE TABLE `agentwatch`.`metrics`'
     >>> try:
@@ -344,13 +356,14 @@ def check_query(text: str, database: str) -> CheckedQuery:
             403, f"only read queries may run here ({_ALLOWED_SUMMARY}); this one is {first}"
         )
     if [token.text.upper() for token in tokens] == ["SHOW", "TABLES"]:
-        return CheckedQuery("show_tables", f"SHOW TABLES FROM {quote_identifier(database)}")
+        return CheckedQuery("show_tables", _show_tables(database))
     tree = _parse(text)
     if isinstance(tree, exp.Describe):
         table = tree.this
         if not isinstance(table, exp.Table) or not isinstance(table.this, exp.Identifier):
             raise SqlRefused(403, "DESCRIBE takes the name of one table of the project")
         _check_table(table, database)
+        _check_readable(table)
         name = f"{quote_identifier(database)}.{quote_identifier(table.name)}"
         return CheckedQuery("describe", f"DESCRIBE TABLE {name}")
     if not isinstance(tree, exp.Select | exp.SetOperation):
@@ -454,6 +467,9 @@ def _check_select(tree: exp.Expression, database: str) -> None:
             raise SqlRefused(
                 403, f"{_kind(node)} is not allowed here; allowed is {_ALLOWED_SUMMARY}"
             )
+    for node in tree.find_all(exp.Table):  # (last: the more telling refusals come first)
+        if type(node) is exp.Table:
+            _check_readable(node)
 
 
 def _check_clauses(query: exp.Expression) -> None:
@@ -474,9 +490,58 @@ def _check_clauses(query: exp.Expression) -> None:
             raise SqlRefused(403, f"{clause.upper()} is not allowed here: {_ALLOWED_SUMMARY}")
 
 
+#: The project's tables analysts may read: the cluster profile's grants to a fleet analyst
+#: (infra/cluster/clickhouse/initdb/10-analyst.sql; tests/test_sql_sandbox.py holds the two
+#: equal). Not the keys (``api_keys``: ids, roles, secret hashes), the migrations, nor the
+#: API's own projections (agents, registry, tasks, assignment scores).
+ANALYST_TABLES = frozenset(
+    {
+        "metrics", "anomalies", "threats", "baselines", "alerts", "security_scores",
+        "commands", "incidents", "agent_events", "silences", "rules",
+        "deadletter", "loader_offsets", "webhook_offsets", "audit_log",
+    }
+)  # fmt: skip
+
+
+def _names_a_cte(table: exp.Table) -> bool:
+    """Whether ``table`` (unqualified) is a WITH name of a query around it, as ClickHouse
+    resolves it: a table-valued WITH of an enclosing query; within the body of one of that
+    query's WITH entries, only the entries before it (a body naming itself or a later entry
+    reads the table of that name). A scalar WITH (``WITH (SELECT …) AS x``) names no table.
+
+    >>> from sqlglot import parse_one
+    >>> def named(sql):
+    ...     return [_names_a_cte(t) for t in parse_one(sql, read="clickhouse").find_all(exp.Table)]
+    >>> named("WITH k AS (SELECT 1) SELECT * FROM k")
+    [True]
+    >>> named("WITH k AS (SELECT * FROM k) SELECT 1"), named("WITH (SELECT 1) AS k SELECT * FROM k")
+    ([False], [False])
+    >>> named("SELECT * FROM (WITH k AS (SELECT 1) SELECT * FROM k) AS s, k")  # (outer k first)
+    [False, True]
+    """
+    path: list[exp.Expression] = [table]
+    while path[-1].parent is not None:
+        path.append(path[-1].parent)
+    for i in range(1, len(path)):
+        query = path[i]
+        with_ = query.args.get("with_") or query.args.get("with")  # (sqlglot ≥ 27: with_)
+        if not isinstance(query, exp.Query) or with_ is None:
+            continue
+        entries = with_.expressions
+        inside = len(entries)  # (not in a WITH body of this query: every entry)
+        if isinstance(path[i - 1], exp.With) and i >= 2:
+            inside = next((k for k, cte in enumerate(entries) if cte is path[i - 2]), 0)
+        if any(
+            cte.alias_or_name == table.name and not cte.args.get("scalar")
+            for cte in entries[:inside]
+        ):
+            return True
+    return False
+
+
 def _check_table(table: exp.Table, database: str) -> None:
-    """A table of ``database``: qualified with it, or unqualified (the session's default
-    database, or a WITH name of the query: either is the project's)."""
+    """A table of ``database`` analysts may read (:data:`ANALYST_TABLES`), qualified with it
+    or not (the session's default database), or a WITH name of the query."""
     if not isinstance(table.this, exp.Identifier):
         called = table.this
         name = (
@@ -495,6 +560,19 @@ def _check_table(table: exp.Table, database: str) -> None:
             403,
             f"table {_dotted(table)} is not allowed here: only tables of database {database} "
             "(unqualified names resolve there) and the query's own WITH names",
+        )
+
+
+def _check_readable(table: exp.Table) -> None:
+    """A table analysts may read (:data:`ANALYST_TABLES`), or a WITH name of the query
+    (after :func:`_check_table`, once every other check of the query has passed)."""
+    if table.name not in ANALYST_TABLES and (
+        table.args.get("db") is not None or not _names_a_cte(table)
+    ):
+        raise SqlRefused(
+            403,
+            f"table {table.name} is not one analysts may read: "
+            f"{', '.join(sorted(ANALYST_TABLES))} (and the query's own WITH names)",
         )
 
 
@@ -521,6 +599,14 @@ def _check_in(node: exp.In, database: str) -> None:
             raise SqlRefused(403, f"IN {operand.sql(DIALECT)}: write IN (SELECT …) instead")
         as_table = exp.Table(this=operand.this, db=operand.args.get("table"))
         _check_table(as_table, database)
+        node.set("_checked_as_table", None)  # (no-op: keeps the tree as parsed)
+        if as_table.name not in ANALYST_TABLES:
+            # (IN name reads the table of that name; a WITH name is not one here)
+            raise SqlRefused(
+                403,
+                f"table {as_table.name} is not one analysts may read: "
+                f"{', '.join(sorted(ANALYST_TABLES))}",
+            )
 
 
 def _check_function(node: exp.Func) -> None:

@@ -4,7 +4,7 @@
     .venv/bin/python bench/million.py --agents 100000       # a smoke run (~30 s)
 
 No broker, no Bytewax: the shard states the dataflow keeps (``agentwatch.shard.ShardState``,
-one per state shard, in ``dataflows.heartbeats.ShardCell``) are fed here in this process,
+one per state shard, in ``dataflows.shard_cell.ShardCell``) are fed here in this process,
 so each figure is the state's own cost, not the machine's other load.
 
 1. ``--beats`` heartbeats per agent from the fleet simulator (``--agents`` agents beating
@@ -21,7 +21,7 @@ so each figure is the state's own cost, not the machine's other load.
    spare rows to grow into, up to a 33rd, ``agentwatch.rows.GROWTH``; a snapshot leaves
    them out).
 3. A recovery snapshot as Bytewax takes it: each shard's ``ShardCell`` deep-copied (which
-   pickles the state once, ``dataflows.heartbeats.ShardCell``) and the bytes written into a
+   pickles the state once, ``dataflows.shard_cell.ShardCell``) and the bytes written into a
    SQLite file as Bytewax's recovery partitions keep them (one row per key and epoch, WAL,
    as ``bytewax.recovery`` does). Reported: bytes per agent, pickling and writing seconds,
    and the share of one core they take at ``snapshot_interval_s`` (the setting's default and

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -377,9 +378,50 @@ def test_show_tables_and_describe_answer_for_the_projects_tables(api: TestClient
     assert described["rows"][0][:2] == ["agent_id", "String"]
 
 
-def test_an_unknown_table_is_a_400_from_clickhouse(api: TestClient) -> None:
-    response = api.post("/api/v1/sql", json={"query": "SELECT count(*) FROM no_such_table"})
-    assert response.status_code == 400 and "UNKNOWN_TABLE" in response.text
+def test_a_table_analysts_may_not_read_is_a_403_whatever_it_hides_behind(api: TestClient) -> None:
+    """Found by an attacker (2026-12-07): every table of the project's database was readable,
+    the keys' ids, roles and secret hashes among them. Now only the fleet analyst's grants of
+    the cluster profile, however a query names or shadows the others."""
+    for query in (
+        "SELECT key_id, secret_hash FROM api_keys",
+        f"SELECT * FROM {DB}.api_keys",
+        "SELECT count() FROM schema_migrations",
+        "SELECT * FROM tasks",
+        "SELECT * FROM no_such_table",
+        "DESCRIBE api_keys",
+        # a WITH name covers only its own query, and not its own body, nor a scalar's name
+        "SELECT * FROM (WITH api_keys AS (SELECT 1) SELECT * FROM api_keys) AS s, api_keys",
+        "WITH api_keys AS (SELECT * FROM api_keys) SELECT * FROM api_keys",
+        "WITH (SELECT 1) AS api_keys SELECT * FROM api_keys",
+        "WITH a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a",
+        "SELECT * FROM metrics WHERE agent_id IN api_keys",
+    ):
+        response = api.post("/api/v1/sql", json={"query": query})
+        assert response.status_code == 403, (query, response.text)
+        assert "not one analysts may read" in response.json()["detail"], query
+    named = api.post("/api/v1/sql", json={"query": "WITH k AS (SELECT 1 AS x) SELECT x FROM k"})
+    assert named.status_code == 200 and named.json()["rows"] == [[1]]
+    listed = api.post("/api/v1/sql", json={"query": "SHOW TABLES", "format": "tsv"})
+    assert "api_keys" not in listed.text and "metrics" in listed.text
+
+
+def test_the_tables_analysts_may_read_are_the_cluster_profiles_grants() -> None:
+    from api.sql_policy import ANALYST_TABLES
+
+    root = Path(__file__).resolve().parent.parent
+    grants = (root / "infra" / "cluster" / "clickhouse" / "initdb" / "10-analyst.sql").read_text()
+    granted = set(re.findall(r"GRANT SELECT ON agentwatch\.(\w+) TO agentwatch_analyst", grants))
+    assert granted == ANALYST_TABLES
+
+
+def test_a_quadratic_string_distance_is_refused(api: TestClient) -> None:
+    """Found by an attacker: editDistance of two 65,000-character strings ran past the time
+    limit in one block (ClickHouse checks the limit between blocks), holding the SQL slot
+    and a core for as long as the attacker chose."""
+    for function in ("editDistance", "damerauLevenshteinDistance", "jaroWinklerSimilarity"):
+        query = f"SELECT {function}(repeat('a', 65000), repeat('b', 65000))"
+        response = api.post("/api/v1/sql", json={"query": query})
+        assert response.status_code == 403, (function, response.text)
 
 
 def test_what_runs_is_clickhouses_own_reading_of_the_query(

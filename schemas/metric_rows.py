@@ -179,10 +179,17 @@ def decode(value: bytes | None) -> pa.Table:
     layout of :data:`SCHEMA`, no nulls, every number in its field's range, times in
     ``TIMESTAMP_RANGE``, ids not empty); ``ValueError`` saying what is wrong otherwise.
     Vectorised: a few array operations per message, whatever its rows."""
+    source = pa.BufferReader(value or b"")
     try:
-        table = ipc.open_stream(value or b"").read_all()
+        table = ipc.open_stream(source).read_all()
     except (pa.ArrowException, OSError) as exc:  # (any of pyarrow's: a bad message, not a bug)
         raise ValueError(f"not an Arrow IPC stream: {exc}") from None
+    if source.tell() != len(value):
+        # (the reader stops at the first end marker; ClickHouse, reading the messages joined
+        # as one stream, would stop there too, and lose the rows of the messages after it)
+        raise ValueError(
+            f"not one Arrow IPC stream: {len(value) - source.tell()} bytes after its end"
+        )
     if not table.schema.equals(SCHEMA):
         raise ValueError(f"not the metric_rows layout: {table.schema.to_string()[:300]}")
     if not table.num_rows:

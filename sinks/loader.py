@@ -167,6 +167,11 @@ MAX_CONSUME_WAIT_S = 0.2
 #: (docs/benchmarks.md). A replay that lands in the same block as its original then stays
 #: until parts merge, as one in another block always did: ``FINAL`` counts it once.
 AS_A_PART_IS = {"optimize_on_insert": 0}
+#: Every insert's settings: a block may touch any number of monthly partitions. By default
+#: ClickHouse refuses a block that touches more than 100, and ``TIMESTAMP_RANGE`` spans 1,200
+#: months: 101 valid rows a month apart made an insert fail on every retry, holding back
+#: every topic of the loader's lane (found by a fuzzer; tests/test_loader.py).
+ANY_PARTITIONS = {"max_partitions_per_insert_block": 0}
 
 Partition = tuple[str, int]  # (physical topic, partition number)
 
@@ -919,13 +924,16 @@ class Loader:
                 self._client.raw_insert(
                     f"{quote_identifier(self._database)}.{quote_identifier(pending.table)}",
                     METRIC_ROWS_SCHEMA.names, stream, fmt="ArrowStream",
-                    settings=AS_A_PART_IS,
+                    settings=AS_A_PART_IS | ANY_PARTITIONS,
                 )  # fmt: skip
             else:
                 tables = pending.tables
                 arrow = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
                 self._client.insert_arrow(
-                    pending.table, arrow, database=self._database, settings=AS_A_PART_IS
+                    pending.table,
+                    arrow,
+                    database=self._database,
+                    settings=AS_A_PART_IS | ANY_PARTITIONS,
                 )
             frame, dropped = None, 0  # (metric_rows has no projections)
         else:
@@ -1373,7 +1381,7 @@ _UINT64_MAX = 2**64 - 1
 def insert_rows(client: Client, table: str, rows: pa.Table, database: str) -> None:
     """Insert what a :class:`LoadedTopic`'s ``frame`` made: an Arrow table, which ClickHouse
     reads as it is."""
-    client.insert_arrow(table, rows, database=database)
+    client.insert_arrow(table, rows, database=database, settings=ANY_PARTITIONS)
 
 
 #: What building an Arrow table raises for a value that does not fit its column.

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
@@ -267,6 +268,47 @@ def test_compressed_messages_land_as_plain_ones_do(settings, client, topics, loa
     ).result_rows
     assert stored == [(300, 300, sum(range(300)))]
     assert loader.stats().skipped_invalid["metric_rows"] == 0
+
+
+def first_of_month(i: int) -> float:
+    """The first of the i-th month from 2030-01 (each in a monthly partition of its own)."""
+    return datetime(2030 + i // 12, 1 + i % 12, 1, tzinfo=UTC).timestamp()
+
+
+def test_rows_of_more_than_100_months_in_one_insert_land(settings, client, topics, loaders):
+    """Found by a fuzzer: ClickHouse refuses by default an insert block touching more than
+    100 partitions, and the tables are monthly; 101 valid heartbeats (or anomalies) a month
+    apart failed at every retry, holding back every topic of the loader's lane."""
+    docs = [heartbeat(i, agents=1, timestamp=first_of_month(i)) for i in range(101)]
+    produce_heartbeats(settings, docs, rows_per_message=101)
+    spread = [{**anomaly(i), "timestamp": first_of_month(i)} for i in range(101)]
+    produce(settings, "anomalies", spread, key=by_agent)
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    poll_until(
+        loader,
+        lambda: (
+            count(client, settings, "metrics") == 101
+            and count(client, settings, "anomalies") == 101
+        ),
+        "101 metrics and 101 anomalies rows, a month apart",
+    )
+
+
+def test_a_message_with_a_second_stream_after_its_end_is_refused(settings, client, topics, loaders):
+    """Found by a fuzzer: ``decode`` read a message up to its first end marker, so one with a
+    second stream after it passed, and joined with the next messages into one stream it made
+    ClickHouse stop at that marker: the rows of the messages after it were lost, their offsets
+    committed."""
+    batch, _ = parse_heartbeats([orjson.dumps(heartbeat(seq)) for seq in range(6)])
+    first, hidden = (encode_rows(batch.take(np.array(i))) for i in ([0, 1, 2], [3, 4, 5]))
+    head = 8 + int.from_bytes(first[0][4:8], "little")  # (the schema message's length)
+    produce(settings, "metric_rows", [first[0] + hidden[0][head:]], keys=[b"agent-0000"])
+    produce_heartbeats(settings, [heartbeat(seq) for seq in range(100, 115)], rows_per_message=3)
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    poll_until(loader, lambda: count(client, settings, "metrics") == 15, "the 15 good rows")
+    assert loader.stats().skipped_invalid["metric_rows"] == 1
 
 
 def test_batches_of_another_writer_land_whole_too(settings, client, topics, loaders):

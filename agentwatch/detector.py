@@ -343,9 +343,9 @@ def detector_arrays(
 
     >>> from agentwatch.rows import bytes_per_row
     >>> bytes_per_row(detector_arrays(8)), bytes_per_row(detector_arrays(1, envelope=True))
-    (248, 74)
+    (256, 82)
     >>> bytes_per_row(detector_arrays(1, envelope=True, usual_day_bins=48))
-    462
+    470
     """
     if features > 32:
         raise ValueError(f"{features} features: the quiet period's bit mask holds 32 at most")

@@ -492,13 +492,14 @@ def _check_clauses(query: exp.Expression) -> None:
 
 #: The project's tables analysts may read: the cluster profile's grants to a fleet analyst
 #: (infra/cluster/clickhouse/initdb/10-analyst.sql; tests/test_sql_sandbox.py holds the two
-#: equal). Not the keys (``api_keys``: ids, roles, secret hashes), the migrations, nor the
-#: API's own projections (agents, registry, tasks, assignment scores).
+#: equal), the Grafana dashboards' tables among them. Not the keys (``api_keys``: ids,
+#: roles, secret hashes), the migrations, nor the registrations' details (``agent_registry``).
 ANALYST_TABLES = frozenset(
     {
         "metrics", "anomalies", "threats", "baselines", "alerts", "security_scores",
         "commands", "incidents", "agent_events", "silences", "rules",
         "deadletter", "loader_offsets", "webhook_offsets", "audit_log",
+        "agents", "tasks", "assignment_scores", "assignment_scores_latest",
     }
 )  # fmt: skip
 

@@ -913,7 +913,7 @@ def test_the_read_only_session_itself_refuses_writes_ddl_and_raised_limits(
     ("body", "status", "says"),
     [
         ({"query": "SELECT FROM WHERE"}, 400, "Expected table name but got 'WHERE'"),
-        ({"query": "SELECT * FROM no_such_table"}, 400, "UNKNOWN_TABLE"),
+        ({"query": "SELECT * FROM no_such_table"}, 403, "is not one analysts may read"),
         ({"query": "SELECT 1 FORMAT JSON"}, 400, "leave out FORMAT JSON"),
         ({"query": " -- nothing\n ; "}, 400, "the query is empty"),
         ({"query": "SELECT 1", "format": "xml"}, 422, "format"),

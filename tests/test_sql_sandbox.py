@@ -386,7 +386,7 @@ def test_a_table_analysts_may_not_read_is_a_403_whatever_it_hides_behind(api: Te
         "SELECT key_id, secret_hash FROM api_keys",
         f"SELECT * FROM {DB}.api_keys",
         "SELECT count() FROM schema_migrations",
-        "SELECT * FROM tasks",
+        "SELECT * FROM agent_registry",
         "SELECT * FROM no_such_table",
         "DESCRIBE api_keys",
         # a WITH name covers only its own query, and not its own body, nor a scalar's name
@@ -878,7 +878,7 @@ def test_the_analyst_roles_profile_quota_and_policies_parse_in_clickhouse(
     text = "\n".join(formatted)
     assert "readonly = 2" in text and "max_memory_usage = 1073741824" in text
     grants = [f for f in formatted if f.startswith("GRANT SELECT")]
-    assert all(" ON agentwatch." in grant for grant in grants) and len(grants) == 15
+    assert all(" ON agentwatch." in grant for grant in grants) and len(grants) == 19
     for forbidden in ("SOURCES", "FILE", "URL", "S3", "REMOTE", "ALL ON", "dictGet"):
         assert not any(forbidden in grant for grant in formatted if grant.startswith("GRANT"))
     policy = next(f for f in formatted if f.startswith("CREATE ROW POLICY"))

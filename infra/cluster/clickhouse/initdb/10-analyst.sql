@@ -55,6 +55,11 @@ GRANT SELECT ON agentwatch.deadletter TO agentwatch_analyst_fleet;
 GRANT SELECT ON agentwatch.loader_offsets TO agentwatch_analyst_fleet;
 GRANT SELECT ON agentwatch.webhook_offsets TO agentwatch_analyst_fleet;
 GRANT SELECT ON agentwatch.audit_log TO agentwatch_analyst_fleet;
+-- the API's projections the dashboards read (every tenant's rows: no row policy yet)
+GRANT SELECT ON agentwatch.agents TO agentwatch_analyst_fleet;
+GRANT SELECT ON agentwatch.tasks TO agentwatch_analyst_fleet;
+GRANT SELECT ON agentwatch.assignment_scores TO agentwatch_analyst_fleet;
+GRANT SELECT ON agentwatch.assignment_scores_latest TO agentwatch_analyst_fleet;
 
 CREATE QUOTA OR REPLACE agentwatch_analyst_quota KEYED BY user_name
     FOR INTERVAL 1 hour MAX queries = 2000, errors = 200, result_rows = 10000000,

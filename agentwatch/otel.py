@@ -307,13 +307,22 @@ def _read(metric: Metric, source: Source, name: str) -> float | int | None:
                 "export: set OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=delta"
             )
         sent = [v for a, v in values if _direction(a) in (None, "transmit")]
-        return _checked(name, round(sum(sent)))
+        return _checked(name, _whole(name, sum(sent)))
     if source.how == "seconds":
         return _checked(name, max(v for _, v in values) * _ms(1.0, metric.unit, "s") / 1000)
     total = sum(v for _, v in values)
     if name in _COUNTS:
-        return _checked(name, round(total))
+        return _checked(name, _whole(name, total))
     return _checked(name, total / len(values))
+
+
+def _whole(name: str, value: float) -> int:
+    """A count rounded to a whole number; a count that is not finite or beyond 2**53 is
+    refused (``round`` raised on NaN and infinities, and made integers orjson cannot write:
+    a 500, found by a fuzzer)."""
+    if not math.isfinite(value) or abs(value) > 2**53:
+        raise _Refused(f"{name}: {value!r} is not a count (finite, at most 2**53)")
+    return round(value)
 
 
 def _checked(name: str, value: float | int) -> float | int:
@@ -526,7 +535,7 @@ def _count(attrs: dict, *names: str) -> int:
     for name in names:
         value = attrs.get(name)
         if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-            return min(int(value), 2**53)
+            return int(min(value, 2**53))  # (+inf: 2**53, not an OverflowError)
     return 0
 
 

@@ -143,6 +143,8 @@ def decode(
         raise OtlpError(400, f"the body is not an OTLP JSON {what} (not an object)")
     try:
         json_format.ParseDict(_ids_to_base64(tree), request, ignore_unknown_fields=True)
+    except RecursionError:  # (nested past what the conversion walks: a 400, not a 500)
+        raise OtlpError(400, f"the body is not an OTLP JSON {what} (nested too deep)") from None
     except (json_format.ParseError, ValueError, TypeError) as exc:
         message_text = " ".join(str(exc).split())[:300]
         raise OtlpError(400, f"the body is not an OTLP JSON {what} ({message_text})") from None

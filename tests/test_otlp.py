@@ -340,3 +340,28 @@ def test_an_agent_posts_from_its_own_host_an_operator_only_from_this_one(door):
     assert partial.rejected_spans == 1 and "task_id" in partial.error_message
     landed = [value for _, value in consume(door.settings, "events", 1)]
     assert [(e["type"], e["payload"]["task_id"]) for e in landed] == [("task_completed", "task-1")]
+
+
+def test_counts_that_are_not_numbers_and_json_nested_too_deep_are_refused_not_a_500(
+    receiver: Receiver,
+):
+    """Found by a fuzzer: a task count of NaN, infinity or 1e300 made ``round`` raise or an
+    integer orjson cannot write, and OTLP JSON nested 900 deep a RecursionError: each a 500
+    that lost the whole export."""
+    for value in ("NaN", "Infinity", 1e300):
+        export = {"resourceMetrics": [{
+            "resource": {"attributes": [
+                {"key": "agentwatch.agent_id", "value": {"stringValue": AGENT}}]},
+            "scopeMetrics": [{"metrics": [
+                {"name": "agentwatch.completed_tasks",
+                 "gauge": {"dataPoints": [{"asDouble": value,
+                                           "timeUnixNano": "1800000000000000000"}]}},
+            ]}],
+        }]}  # fmt: skip
+        answer = httpx.post(f"{receiver.url}/v1/metrics", json=export, timeout=10,
+                            headers=receiver.auth(AGENT))  # fmt: skip
+        assert answer.status_code < 500, (value, answer.text)
+    deep = b'{"x":' + b"[" * 900 + b"]" * 900 + b"}"
+    headers = {**receiver.auth(AGENT), "content-type": "application/json"}
+    answer = httpx.post(f"{receiver.url}/v1/traces", content=deep, timeout=10, headers=headers)
+    assert answer.status_code == 400, answer.text

@@ -157,11 +157,7 @@ class Settings(BaseSettings):
         host = info.data.get("api_host")
         if required or host is None or host == "localhost":
             return required
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
+        if not _loopback(host):
             raise ValueError(
                 f"AGENTWATCH_API_AUTH_REQUIRED=false answers a request without a key as an admin "
                 f"of every tenant: only on a loopback API_HOST (127.0.0.1 or ::1), not {host!r}; "
@@ -1769,11 +1765,7 @@ class Settings(BaseSettings):
     @field_validator("clickhouse_serve_host")
     @classmethod
     def _serve_on_loopback(cls, host: str) -> str:
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
+        if not _loopback(host):
             raise ValueError(
                 f"the served chDB listens on a loopback address only (127.0.0.1 or ::1), not "
                 f"{host!r}: it has one user with every right; fix AGENTWATCH_CLICKHOUSE_SERVE_HOST"
@@ -1873,3 +1865,11 @@ class Settings(BaseSettings):
     def recovery_path(self) -> Path:
         """Where Bytewax keeps its recovery database."""
         return self.recovery_dir or self.var_dir / "recovery"
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback IP address (a name is not: it could resolve anywhere)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -570,11 +570,15 @@ def _check_readable(table: exp.Table) -> None:
     if table.name not in ANALYST_TABLES and (
         table.args.get("db") is not None or not _names_a_cte(table)
     ):
-        raise SqlRefused(
-            403,
-            f"table {table.name} is not one analysts may read: "
-            f"{', '.join(sorted(ANALYST_TABLES))} (and the query's own WITH names)",
-        )
+        raise _unreadable(table.name)
+
+
+def _unreadable(name: str) -> SqlRefused:
+    return SqlRefused(
+        403,
+        f"table {name} is not one analysts may read: {', '.join(sorted(ANALYST_TABLES))} "
+        "(and the query's own WITH names)",
+    )
 
 
 def _check_column(column: exp.Column, database: str) -> None:
@@ -603,11 +607,7 @@ def _check_in(node: exp.In, database: str) -> None:
         node.set("_checked_as_table", None)  # (no-op: keeps the tree as parsed)
         if as_table.name not in ANALYST_TABLES:
             # (IN name reads the table of that name; a WITH name is not one here)
-            raise SqlRefused(
-                403,
-                f"table {as_table.name} is not one analysts may read: "
-                f"{', '.join(sorted(ANALYST_TABLES))}",
-            )
+            raise _unreadable(as_table.name)
 
 
 def _check_function(node: exp.Func) -> None:

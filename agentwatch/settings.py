@@ -323,6 +323,14 @@ class Settings(BaseSettings):
         "gunzipped); a larger one is answered 413: lower the SDK's batch size "
         "(OTEL_BSP_MAX_EXPORT_BATCH_SIZE) or raise this.",
     )
+    otlp_max_records: int = Field(
+        100_000,
+        ge=100,
+        description="Most records one OTLP/HTTP export may hold: resources, scopes, metrics, "
+        "datapoints, spans, span events and attributes (in OTLP JSON also each object and "
+        "array item); more is answered 413. Mapping costs CPU per record whatever its size, "
+        "so this bounds what one export costs the API (docs/otel.md).",
+    )
 
     # --- reports (GET /api/v1/reports/{kind}) --------------------------------
     report_default_period_s: float = Field(

@@ -10,18 +10,19 @@ and span ids are hex strings (not base64), and unknown fields are ignored.
 
 Anything that cannot be read is an :class:`OtlpError` with the HTTP status the OTLP
 specification asks for: 415 for a content type or encoding it does not speak, 413 for a
-body larger than the limit (as sent, and once gunzipped), 400 for bytes that do not decode.
+body larger than the limit (as sent, and once gunzipped) or holding more records than the
+limit (:func:`count_records`), 400 for bytes that do not decode.
 
 >>> from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 ...     ExportTraceServiceRequest)
 >>> body = b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId":'
 >>> body += b' "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",'
 >>> body += b' "name": "chat", "kind": 3}]}]}]}'
->>> request = decode(ExportTraceServiceRequest, body, "application/json", None, 1 << 20)
+>>> request = decode(ExportTraceServiceRequest, body, "application/json", None, 1 << 20, 100)
 >>> span = request.resource_spans[0].scope_spans[0].spans[0]
 >>> span.trace_id.hex(), span.name
 ('5b8efff798038103d269b633813fc60c', 'chat')
->>> decode(ExportTraceServiceRequest, body, "text/plain", None, 1 << 20)  # doctest: +ELLIPSIS
+>>> decode(ExportTraceServiceRequest, body, "text/plain", None, 1 << 20, 100)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
 schemas.otlp.OtlpError: 415: content type 'text/plain' is not OTLP/HTTP: send ...
@@ -31,11 +32,17 @@ from __future__ import annotations
 
 import base64
 import zlib
+from collections.abc import Iterable
 from typing import Literal, TypeVar
 
 import orjson
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -123,8 +130,11 @@ def decode(
     content_type: str | None,
     content_encoding: str | None,
     max_bytes: int,
+    max_records: int,
 ) -> M:
-    """The ``message`` (an OTLP export request class) that ``body`` encodes."""
+    """The ``message`` (an OTLP export request class) that ``body`` encodes, holding at
+    most ``max_records`` records (:func:`count_records`; in OTLP JSON also its objects and
+    array items)."""
     encoding = encoding_of(content_type)
     data = inflate(body, content_encoding, max_bytes)
     request = message()
@@ -134,6 +144,7 @@ def decode(
             request.ParseFromString(data)
         except (DecodeError, ValueError) as exc:
             raise OtlpError(400, f"the body is not a protobuf {what} ({exc})") from None
+        count_records(request, max_records)
         return request
     try:
         tree = orjson.loads(data)
@@ -142,24 +153,123 @@ def decode(
     if not isinstance(tree, dict):
         raise OtlpError(400, f"the body is not an OTLP JSON {what} (not an object)")
     try:
-        json_format.ParseDict(_ids_to_base64(tree), request, ignore_unknown_fields=True)
+        tree = _ids_to_base64(tree, _Budget(max_records))
+        json_format.ParseDict(tree, request, ignore_unknown_fields=True)
     except RecursionError:  # (nested past what the conversion walks: a 400, not a 500)
         raise OtlpError(400, f"the body is not an OTLP JSON {what} (nested too deep)") from None
     except (json_format.ParseError, ValueError, TypeError) as exc:
         message_text = " ".join(str(exc).split())[:300]
         raise OtlpError(400, f"the body is not an OTLP JSON {what} ({message_text})") from None
+    count_records(request, max_records)
     return request
 
 
-def _ids_to_base64(tree: object) -> object:
-    """OTLP JSON's hex trace and span ids as protobuf JSON's base64 (everything else kept)."""
+class _Budget:
+    """Records an export may still hold; taking more than are left is a 413.
+
+    Mapping an export costs the API's CPU per record, whatever the record's size: 4 MiB
+    of empty datapoints (two bytes each) are two million of them, most of a minute of CPU
+    and half a gigabyte. The byte limit cannot see that; this one can, and it is counted
+    before anything walks the records one by one.
+    """
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def take(self, records: int) -> None:
+        self.left -= records
+        if self.left < 0:
+            raise OtlpError(
+                413,
+                f"the export holds more than {self.limit} records (resources, scopes, "
+                "metrics, datapoints, spans, span events and attributes: "
+                f"AGENTWATCH_OTLP_MAX_RECORDS={self.limit}): export smaller batches "
+                "(OTEL_BSP_MAX_EXPORT_BATCH_SIZE) or raise the limit",
+            )
+
+
+def count_records(request: Message, limit: int) -> int:
+    """How many records an export request holds: its resources, scopes, metrics,
+    datapoints, spans, span events and attributes (a nested array's or key-value list's
+    values too). :class:`OtlpError` (413) as soon as there are more than ``limit``, so
+    counting costs at most ``limit`` steps however many records there are.
+
+    >>> request = ExportMetricsServiceRequest()
+    >>> metric = request.resource_metrics.add().scope_metrics.add().metrics.add()
+    >>> for _ in range(3):
+    ...     _ = metric.gauge.data_points.add().attributes.add(key="cpu")
+    >>> count_records(request, 100)  # a resource, a scope, a metric, 3 points, 3 attributes
+    9
+    >>> _ = metric.gauge.data_points.add()
+    >>> count_records(request, 9)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    schemas.otlp.OtlpError: 413: the export holds more than 9 records ...
+    """
+    budget = _Budget(limit)
+    if isinstance(request, ExportMetricsServiceRequest):
+        for resource_metrics in request.resource_metrics:
+            _count_attributes(budget, resource_metrics.resource.attributes, 1)
+            for scope in resource_metrics.scope_metrics:
+                _count_attributes(budget, scope.scope.attributes, 1)
+                for metric in scope.metrics:
+                    kind = metric.WhichOneof("data")
+                    points = getattr(metric, kind).data_points if kind else ()
+                    budget.take(1 + len(points))
+                    for point in points:
+                        _count_attributes(budget, point.attributes, 0)
+    elif isinstance(request, ExportTraceServiceRequest):
+        for resource_spans in request.resource_spans:
+            _count_attributes(budget, resource_spans.resource.attributes, 1)
+            for scope in resource_spans.scope_spans:
+                _count_attributes(budget, scope.scope.attributes, 1)
+                budget.take(len(scope.spans))
+                for span in scope.spans:
+                    _count_attributes(budget, span.attributes, len(span.events))
+                    for event in span.events:
+                        _count_attributes(budget, event.attributes, 0)
+    else:
+        raise TypeError(f"not an OTLP export request: {type(request).__name__}")
+    return limit - budget.left
+
+
+def _count_attributes(budget: _Budget, pairs: Iterable[KeyValue], more: int) -> None:
+    """Take ``more`` records and one per attribute, nested values included."""
+    budget.take(more + len(pairs))  # type: ignore[arg-type]
+    for pair in pairs:
+        kind = pair.value.WhichOneof("value")
+        if kind == "array_value":
+            _count_values(budget, pair.value.array_value.values)
+        elif kind == "kvlist_value":
+            _count_attributes(budget, pair.value.kvlist_value.values, 0)
+
+
+def _count_values(budget: _Budget, values: Iterable) -> None:
+    budget.take(len(values))  # type: ignore[arg-type]
+    for value in values:
+        kind = value.WhichOneof("value")
+        if kind == "array_value":
+            _count_values(budget, value.array_value.values)
+        elif kind == "kvlist_value":
+            _count_attributes(budget, value.kvlist_value.values, 0)
+
+
+def _ids_to_base64(tree: object, budget: _Budget) -> object:
+    """OTLP JSON's hex trace and span ids as protobuf JSON's base64 (everything else
+    kept), taking one record from ``budget`` per object and per array item (before
+    protobuf's JSON parser, slower per item than anything else the API does, sees them)."""
     if isinstance(tree, dict):
+        budget.take(1)
         return {
-            key: _hex_id(value) if key in _ID_FIELDS else _ids_to_base64(value)
+            key: _hex_id(value) if key in _ID_FIELDS else _ids_to_base64(value, budget)
             for key, value in tree.items()
         }
     if isinstance(tree, list):
-        return [_ids_to_base64(item) for item in tree]
+        budget.take(len(tree))
+        return [_ids_to_base64(item, budget) for item in tree]
     return tree
 
 

@@ -287,7 +287,7 @@ def test_protobuf_json_and_gzip_bodies_decode_to_the_same_request():
         (as_json, "application/json", None),
         (gzip.compress(as_json), "application/json; charset=utf-8", "gzip"),
     ]:
-        assert decode(ExportTraceServiceRequest, body, content_type, encoding, limit) == request
+        assert decode(ExportTraceServiceRequest, body, content_type, encoding, limit, 99) == request
 
 
 @pytest.mark.parametrize(
@@ -306,5 +306,80 @@ def test_protobuf_json_and_gzip_bodies_decode_to_the_same_request():
 def test_bodies_that_cannot_be_read_get_the_status_the_spec_asks(body, content_type, encoding,
                                                                  status):  # fmt: skip
     with pytest.raises(OtlpError) as refused:
-        decode(ExportMetricsServiceRequest, body, content_type, encoding, 1024)
+        decode(ExportMetricsServiceRequest, body, content_type, encoding, 1024, 1000)
     assert refused.value.status == status and len(refused.value.message.split()) > 3
+
+
+def _points(count: int, attribute: AnyValue | None = None) -> ExportMetricsServiceRequest:
+    """An export of one gauge with ``count`` datapoints (each with ``attribute``)."""
+    request = ExportMetricsServiceRequest()
+    gauge = request.resource_metrics.add().scope_metrics.add().metrics.add(name="m").gauge
+    for _ in range(count):
+        point = gauge.data_points.add()
+        if attribute is not None:
+            point.attributes.add(key="k", value=attribute)
+    return request
+
+
+def _spans(count: int, events: int) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    spans = request.resource_spans.add().scope_spans.add().spans
+    for _ in range(count):
+        spans.add().events.extend([Span.Event(name="e")] * events)
+    return request
+
+
+def _lots(what: bytes, size: int) -> bytes:
+    return b"[" + b",".join([what] * size) + b"]"
+
+
+MAX = 1000
+_NESTED = AnyValue()
+_NESTED.array_value.values.extend([AnyValue(int_value=1)] * MAX)
+
+
+@pytest.mark.parametrize(
+    ("request_", "records"),
+    [  # (a resource, a scope and a metric or span are 3 records)
+        (_points(MAX - 3), MAX),
+        (_points(MAX - 2), MAX + 1),
+        (_points((MAX - 3) // 2, AnyValue(int_value=1)), MAX - 1),  # a point and its attribute
+        (_points(1, _NESTED), MAX + 5),  # an array's values count
+        (_spans(9, 110), MAX + 2),  # 9 spans of 110 events each
+    ],
+)
+def test_an_export_holds_at_most_the_records_the_limit_allows(request_, records):
+    body, protobuf = request_.SerializeToString(), "application/x-protobuf"
+    if records <= MAX:
+        assert decode(type(request_), body, protobuf, None, 1 << 22, MAX) == request_
+        return
+    with pytest.raises(OtlpError) as refused:
+        decode(type(request_), body, protobuf, None, 1 << 22, MAX)
+    assert refused.value.status == 413 and f"OTLP_MAX_RECORDS={MAX}" in refused.value.message
+
+
+METRICS, SPANS = ExportMetricsServiceRequest, ExportTraceServiceRequest
+
+
+@pytest.mark.parametrize(
+    ("message", "body", "content_type", "encoding"),
+    [  # what two million records in 4 MiB look like: each is refused before it is walked
+        (METRICS, _points(2_000_000).SerializeToString(), "application/x-protobuf", None),
+        (METRICS, gzip.compress(_points(2_000_000).SerializeToString()),
+         "application/x-protobuf", "gzip"),
+        (SPANS, _spans(2_000_000, 0).SerializeToString(), "application/x-protobuf", None),
+        (METRICS, b'{"resourceMetrics": [{"scopeMetrics": [{"metrics": [{"gauge": '
+         b'{"dataPoints": ' + _lots(b"{}", 1_000_000) + b"}}]}]}]}", "application/json", None),
+        (SPANS, b'{"resourceSpans": ' + _lots(b"{}", 1_000_000) + b"}", "application/json",
+         None),
+        (METRICS, b'{"ignored": ' + _lots(b"1", 1_500_000) + b"}", "application/json", None),
+        (METRICS, b'{"ignored": ' + _lots(b"[]", 1_000_000) + b"}", "application/json", None),
+    ],
+)  # fmt: skip
+def test_an_expansion_bomb_is_refused_without_being_mapped(message, body, content_type,
+                                                           encoding):  # fmt: skip
+    """Two bytes a datapoint made 4 MiB of protobuf (or JSON) two million records: the
+    mapping then took 48 s of the API's CPU and 500 MB (found by a fuzzer)."""
+    with pytest.raises(OtlpError) as refused:
+        decode(message, body, content_type, encoding, 8 << 20, 100_000)
+    assert refused.value.status == 413 and "OTLP_MAX_RECORDS=100000" in refused.value.message

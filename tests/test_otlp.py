@@ -25,6 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.metrics.v1.metrics_pb2 import NumberDataPoint
 from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import AggregationTemporality, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -46,6 +47,7 @@ AGENT = "agent-otel"
 #: Counters and histograms per export, as docs/otel.md asks of an agent's SDK.
 DELTA = {Counter: AggregationTemporality.DELTA, Histogram: AggregationTemporality.DELTA}
 LIMIT = 64 * 1024
+RECORDS = 1000
 
 
 @dataclass
@@ -70,8 +72,11 @@ def serve(app, port: int) -> tuple[uvicorn.Server, threading.Thread]:
 @pytest.fixture
 def receiver(settings: Settings) -> Iterator[Receiver]:
     settings = settings.model_copy(
-        update={"api_auth_required": True, "api_key_cache_s": 0.0, "otlp_max_body_bytes": LIMIT}
-    )
+        update={
+            "api_auth_required": True, "api_key_cache_s": 0.0, "otlp_max_body_bytes": LIMIT,
+            "otlp_max_records": RECORDS,
+        }
+    )  # fmt: skip
     ensure_topics(settings)
     client = connect(settings)
     app = create_app(settings, client=client, run_loader=False)
@@ -260,6 +265,12 @@ def test_the_door_answers_as_the_otlp_specification_says(receiver: Receiver):
     inflated = post(bomb, {"Content-Type": "application/json", "Content-Encoding": "gzip"}
                     | receiver.auth(AGENT))  # fmt: skip
     assert inflated.status_code == 413 and inflated.json()["code"] == 8
+    points = ExportMetricsServiceRequest.FromString(body)  # 10,000 empty datapoints: 20 kB
+    gauge = points.resource_metrics[0].scope_metrics[0].metrics.add(name="x").gauge
+    gauge.data_points.extend([NumberDataPoint()] * (RECORDS * 10))
+    many = post(points.SerializeToString(), PROTOBUF | receiver.auth(AGENT))
+    assert many.status_code == 413
+    assert "OTLP_MAX_RECORDS=1000" in Status.FromString(many.content).message
     garbage = post(b"\xff\xff\xff", PROTOBUF | receiver.auth(AGENT))
     assert garbage.status_code == 400
     # accepted: the agent itself; an operator of its tenant for the agent the resource names

@@ -20,9 +20,9 @@ key speaks for its own agent only, from anywhere, and a resource that names anot
 post for the agent the resource names (from this machine). Answers follow the OTLP/HTTP
 specification: 200 with ``partial_success`` saying how many datapoints or spans were
 refused and why; 400 for a body that does not decode, 401/403 for keys, 413 above
-``AGENTWATCH_OTLP_MAX_BODY_BYTES``, 415 for another content type, 503 (retryable) when
-the broker did not take the messages. Error bodies are a ``google.rpc.Status`` (in JSON
-with ``detail`` too, like every error of the API).
+``AGENTWATCH_OTLP_MAX_BODY_BYTES`` or ``AGENTWATCH_OTLP_MAX_RECORDS``, 415 for another
+content type, 503 (retryable) when the broker did not take the messages. Error bodies are
+a ``google.rpc.Status`` (in JSON with ``detail`` too, like every error of the API).
 """
 
 from __future__ import annotations
@@ -109,7 +109,10 @@ def _openapi(request: str, response: str) -> dict:
 
 
 _ERRORS = error_responses(400, 401, 403, 404, 503) | {
-    413: {"description": "Larger than AGENTWATCH_OTLP_MAX_BODY_BYTES (as sent or gunzipped)."},
+    413: {
+        "description": "Larger than AGENTWATCH_OTLP_MAX_BODY_BYTES (as sent or gunzipped), "
+        "or more records than AGENTWATCH_OTLP_MAX_RECORDS."
+    },
     415: {"description": "Not application/x-protobuf or application/json (or not gzip)."},
 }
 
@@ -168,8 +171,9 @@ async def _export(
             limit = runtime.settings.otlp_max_body_bytes
             body = await _read_body(request, limit)
             export = decode(
-                message, body, content_type, request.headers.get("content-encoding"), limit
-            )
+                message, body, content_type, request.headers.get("content-encoding"), limit,
+                runtime.settings.otlp_max_records,
+            )  # fmt: skip
         except OtlpError as exc:
             raise _Refusal(exc.status, exc.message) from None
         answer = await run_in_threadpool(take, request, runtime, caller, export)

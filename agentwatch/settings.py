@@ -956,6 +956,23 @@ class Settings(BaseSettings):
         description="An insert into ClickHouse running longer than this makes the loader "
         "'degraded' in /system/health and /metrics (slow storage) until it returns.",
     )
+    loader_isolate_after: int = Field(
+        3,
+        ge=1,
+        description="After this many failed inserts of one batch in a row, each refused for "
+        "a value in it (ClickHouse's data errors, sinks.loader.ROW_ERROR_CODES), the loader "
+        "splits the batch in halves until it finds the rows ClickHouse refuses alone, inserts "
+        "the others and skips those (logged as clickhouse_row_refused, counted as skipped). "
+        "Other errors (ClickHouse down, a missing table) are retried as they are.",
+    )
+    loader_max_refused_rows: int = Field(
+        10,
+        ge=0,
+        description="Most rows of one batch the loader skips that way; when more are refused "
+        "alone it is not one bad row but something systematic (a column's type changed): the "
+        "batch is kept and retried, losing nothing, and the loader reports degraded. "
+        "0: never skip.",
+    )
     audit_replay_agents: int = Field(
         100_000,
         ge=1,

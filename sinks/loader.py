@@ -91,6 +91,7 @@ import orjson
 import pyarrow as pa
 from clickhouse_connect.driver.binding import quote_identifier
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -172,6 +173,37 @@ AS_A_PART_IS = {"optimize_on_insert": 0}
 #: months: 101 valid rows a month apart made an insert fail on every retry, holding back
 #: every topic of the loader's lane (found by a fuzzer; tests/test_loader.py).
 ANY_PARTITIONS = {"max_partitions_per_insert_block": 0}
+#: ClickHouse's error codes for a value it will not store (or a block it will not take
+#: whole): the batch's own content, not the server's state, so trying again never helps.
+#: After ``loader_isolate_after`` such failures the batch is split to find the rows
+#: refused alone (:meth:`Loader._insert_isolating`). A schema mismatch may raise some of
+#: them too, for every row: ``loader_max_refused_rows`` keeps that from skipping a batch.
+ROW_ERROR_CODES = frozenset({
+    6,  # CANNOT_PARSE_TEXT
+    25,  # CANNOT_PARSE_ESCAPE_SEQUENCE
+    26,  # CANNOT_PARSE_QUOTED_STRING
+    27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    38,  # CANNOT_PARSE_DATE
+    41,  # CANNOT_PARSE_DATETIME
+    53,  # TYPE_MISMATCH
+    69,  # ARGUMENT_OUT_OF_BOUND
+    70,  # CANNOT_CONVERT_TYPE
+    72,  # CANNOT_PARSE_NUMBER
+    117,  # INCORRECT_DATA
+    128,  # TOO_LARGE_ARRAY_SIZE
+    131,  # TOO_LARGE_STRING_SIZE
+    190,  # SIZES_OF_ARRAYS_DONT_MATCH
+    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+    376,  # CANNOT_PARSE_UUID
+    395,  # FUNCTION_THROW_IF_VALUE_IS_NON_ZERO
+    407,  # DECIMAL_OVERFLOW
+    441,  # CANNOT_PARSE_DOMAIN_VALUE_FROM_STRING
+    467,  # CANNOT_PARSE_BOOL
+    469,  # VIOLATED_CONSTRAINT
+    565,  # TOO_MANY_PARTITIONS (a block: halves of it are taken)
+    691,  # UNKNOWN_ELEMENT_OF_ENUM
+})  # fmt: skip
 
 Partition = tuple[str, int]  # (physical topic, partition number)
 
@@ -314,10 +346,13 @@ class _PendingTable:
     next_offsets: dict[int, int] = field(default_factory=dict)
     #: monotonic time the oldest pending message was read; None when nothing is pending.
     since: float | None = None
+    #: inserts of these rows that ClickHouse refused for their content, in a row
+    refusals: int = 0
 
     def clear_rows(self) -> None:
         self.tables, self.streams, self.records, self.rows = [], [], [], 0
         self.projected = {}
+        self.refusals = 0
 
 
 class Loader:
@@ -850,7 +885,16 @@ class Loader:
             for pending in tables:
                 self._mark_inserting(pending.table)
                 try:
-                    inserted += self._insert(pending)
+                    if pending.refusals >= self._settings.loader_isolate_after:
+                        inserted += self._insert_isolating(pending)
+                    else:
+                        inserted += self._insert(pending)
+                except Exception as exc:
+                    if refused_for_content(exc):
+                        pending.refusals += 1
+                    elif isinstance(exc, RowsRefused):  # (systematic: split again later)
+                        pending.refusals = 0
+                    raise
                 finally:
                     self._mark_inserting(None)
                 done.append((pending, pending.since))
@@ -919,7 +963,7 @@ class Loader:
         started = time.perf_counter()
         loaded = LOADED[pending.name]
         if pending.tables:  # (ClickHouse reads Arrow as it is: no rows made in Python)
-            stream = one_metric_rows_stream(pending.streams)
+            stream = one_metric_rows_stream(pending.streams) if pending.streams else None
             if stream is not None:  # the messages' own batches, not written again
                 self._client.raw_insert(
                     f"{quote_identifier(self._database)}.{quote_identifier(pending.table)}",
@@ -961,6 +1005,72 @@ class Loader:
             stats.pending_rows = sum(p.rows for p in self._pending.values())
         log.info("batch_inserted table=%s rows=%d insert_ms=%.1f", pending.table, rows, elapsed_ms)
         return rows
+
+    def _insert_isolating(self, pending: _PendingTable) -> int:
+        """Insert ``pending``'s rows in halves, and halves of the halves that ClickHouse
+        refuses for their content, down to single rows; skip the rows refused alone (at
+        most ``loader_max_refused_rows``: past that, raise, and the batch is kept whole).
+
+        Halves already in when a later one raises are inserted again at the next try: the
+        tables are ReplacingMergeTrees, so a replayed row counts once (as after a crash).
+        The cost is about two inserts per refused row per halving (a batch of 50,000 rows
+        with one bad row: ~32 inserts).
+        """
+        loaded = LOADED[pending.name]
+        if pending.tables:
+            rows: pa.Table | list[dict] = pa.concat_tables(pending.tables)
+        else:
+            rows = pending.records
+        total, refused = len(rows), []
+        limit = self._settings.loader_max_refused_rows
+
+        def part(start: int, stop: int) -> _PendingTable:
+            sub = _PendingTable(pending.name, pending.table, rows=stop - start)
+            if isinstance(rows, pa.Table):
+                sub.tables = [rows.slice(start, stop - start)]
+                return sub
+            sub.records = rows[start:stop]
+            for projection in loaded.projections:
+                made = [projection.row(row) for row in sub.records]
+                sub.projected[projection.table] = [row for row in made if row is not None]
+            return sub
+
+        def attempt(start: int, stop: int) -> int:
+            try:
+                return self._insert(part(start, stop))
+            except Exception as exc:
+                if not refused_for_content(exc):
+                    raise
+                if stop - start > 1:
+                    middle = (start + stop) // 2
+                    return attempt(start, middle) + attempt(middle, stop)
+                if len(refused) >= limit:
+                    raise RowsRefused(pending.table, len(refused) + 1, limit, exc) from exc
+                refused.append(start)
+                self._log_refused(pending, rows, start, exc)
+                return 0
+
+        middle = (total + 1) // 2  # (the whole batch was just refused: start with halves)
+        inserted = attempt(0, middle) + (attempt(middle, total) if middle < total else 0)
+        pending.clear_rows()
+        with self._stats_lock:
+            self._stats.skipped_invalid[pending.name] += len(refused)
+            self._stats.pending_rows = sum(p.rows for p in self._pending.values())
+        log.warning(
+            "clickhouse_batch_isolated table=%s rows=%d inserted=%d refused=%d",
+            pending.table, total, inserted, len(refused),
+        )  # fmt: skip
+        return inserted
+
+    @staticmethod
+    def _log_refused(
+        pending: _PendingTable, rows: pa.Table | list[dict], index: int, exc: Exception
+    ) -> None:
+        row = rows.slice(index, 1).to_pylist()[0] if isinstance(rows, pa.Table) else rows[index]
+        log.warning(
+            "clickhouse_row_refused table=%s agent_id=%s error=%r action=skipped",
+            pending.table, row.get("agent_id"), _error_summary(exc),
+        )  # fmt: skip
 
     def _insert_rows(self, table: str, frame: pa.Table) -> None:
         if frame.num_rows:  # (none: every row was dropped)
@@ -1854,6 +1964,34 @@ def _error_summary(exc: Exception) -> str:
     """
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 300 else f"{text[:220]}...{text[-77:]}"
+
+
+def refused_for_content(exc: BaseException) -> bool:
+    """Whether ClickHouse refused an insert for what it holds (:data:`ROW_ERROR_CODES`),
+    read from the error's code (clickhouse-connect takes it from the answer's
+    ``X-ClickHouse-Exception-Code``), never from its text.
+
+    >>> from clickhouse_connect.driver.exceptions import DatabaseError
+    >>> refused_for_content(DatabaseError("Code: 469. ...", code=469))
+    True
+    >>> refused_for_content(DatabaseError("Code: 60. ... VIOLATED_CONSTRAINT", code=60))
+    False
+    >>> refused_for_content(ConnectionError("Code: 469."))
+    False
+    """
+    return isinstance(exc, ClickHouseError) and getattr(exc, "code", None) in ROW_ERROR_CODES
+
+
+class RowsRefused(Exception):
+    """More rows of one batch refused alone than ``loader_max_refused_rows``: the batch
+    is kept and retried whole (a systematic refusal, not a bad row)."""
+
+    def __init__(self, table: str, refused: int, limit: int, cause: Exception) -> None:
+        super().__init__(
+            f"ClickHouse refused {refused} rows of a batch for {table} one by one, more than "
+            f"loader_max_refused_rows={limit}: keeping the batch (a schema mismatch?): "
+            f"{_error_summary(cause)}"
+        )
 
 
 def _format_counts(counts: dict[str, int]) -> str:

@@ -735,6 +735,83 @@ def test_insert_errors_are_retried_without_losing_rows(settings, client, topics,
     assert count(client, settings, "metrics", final=False) == 300
 
 
+def _constrain(client, settings: Settings, table: str, check: str | None) -> None:
+    """Make ClickHouse refuse rows of ``table`` that fail ``check`` (None: take any)."""
+    db = settings.clickhouse_database
+    if check is None:
+        client.command(f"ALTER TABLE {db}.{table} DROP CONSTRAINT IF EXISTS refuse")
+    else:
+        client.command(f"ALTER TABLE {db}.{table} ADD CONSTRAINT refuse CHECK {check}")
+
+
+def test_a_row_clickhouse_refuses_is_skipped_and_the_rest_land(settings, client, topics,
+                                                               loaders, caplog):  # fmt: skip
+    """A row ClickHouse refuses for its value (here a CHECK constraint: VIOLATED_CONSTRAINT)
+    failed its insert at every retry and held back the whole lane. After
+    ``loader_isolate_after`` such refusals the batch is split until the row is alone: it is
+    skipped (logged, counted), every other row lands, and the lane moves on."""
+    settings = settings.model_copy(update={"loader_isolate_after": 2})
+    _constrain(client, settings, "threats", "agent_id != 'poison'")
+    threats = [threat(seq) for seq in range(12)]
+    threats.insert(5, threat(40, agent_id="poison"))
+    produce(settings, "threats", threats, keys=[b"one key"] * len(threats))  # one batch
+    beats = [heartbeat(seq) for seq in range(300)]
+    beats[77]["cpu_usage"] = 99.5
+    _constrain(client, settings, "metrics", "cpu_usage < 99")
+    produce_heartbeats(settings, beats, rows_per_message=100)  # Arrow batches: rows split
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    with caplog.at_level(logging.WARNING, logger="sinks.loader"):
+        poll_until(
+            loader,
+            lambda: (
+                count(client, settings, "threats") == 12
+                and count(client, settings, "metrics") == 299
+            ),
+            "every row but the two refused",
+        )
+    refused = [r.getMessage() for r in caplog.records if "clickhouse_row_refused" in r.msg]
+    assert len(refused) == 2 and any("agent_id=poison" in line for line in refused)
+    assert all("VIOLATED_CONSTRAINT" in line for line in refused)
+    stats = loader.stats()
+    assert stats.skipped_invalid["threats"] == 1 and stats.skipped_invalid["metric_rows"] == 1
+    assert stats.failing_since is None
+    db = settings.clickhouse_database
+    assert client.command(f"SELECT count() FROM {db}.threats WHERE agent_id = 'poison'") == 0
+    # the lane moves on: later rows land, and the offsets stored cover the refused rows
+    produce(settings, "threats", [threat(60)], key=by_agent)
+    poll_until(loader, lambda: count(client, settings, "threats") == 13, "a later threat")
+    stored = client.command(
+        f"SELECT sum(next_offset) FROM {db}.loader_offsets FINAL "
+        f"WHERE topic = '{settings.topic('threats')}'"
+    )
+    assert stored == len(threats) + 1
+
+
+def test_a_refusal_of_every_row_keeps_the_batch_and_loses_nothing(settings, client, topics,
+                                                                  loaders):  # fmt: skip
+    """ClickHouse refusing every row is not one bad row (a changed column, a wrong
+    constraint): past ``loader_max_refused_rows`` the batch is kept and retried whole, and
+    lands once the cause is gone."""
+    settings = settings.model_copy(update={"loader_isolate_after": 1, "loader_max_refused_rows": 2})
+    _constrain(client, settings, "threats", "agent_id = 'nobody'")
+    threats = [threat(seq) for seq in range(10)]
+    produce(settings, "threats", threats, keys=[b"one key"] * len(threats))
+    loader = Loader(settings, client)
+    loaders.append(loader)
+    poll_until(
+        loader,
+        lambda: "loader_max_refused_rows=2" in (loader.stats().last_error or ""),
+        "a try in halves that gave up",
+    )
+    stats = loader.stats()
+    assert count(client, settings, "threats") == 0 and stats.skipped_invalid["threats"] == 0
+    assert stats.failing_since is not None
+    _constrain(client, settings, "threats", None)
+    poll_until(loader, lambda: count(client, settings, "threats") == 10, "all ten, once fixed")
+    assert loader.stats().skipped_invalid["threats"] == 0
+
+
 def test_batches_respect_the_row_limit(make_settings, broker, chdb_dir, loaders):
     settings = make_settings(
         bootstrap_servers=broker.bootstrap_servers,

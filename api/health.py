@@ -32,6 +32,7 @@ from api.responses import (
     LoaderHealth,
     SystemHealth,
     TableCounts,
+    TenantHealth,
 )
 from sinks.loader import LoaderLanes
 from sinks.loader_metrics import parse as parse_loader_metrics
@@ -118,15 +119,7 @@ class SystemMonitor:
         broker = self.broker_probe.result()
         clickhouse = self._clickhouse()
         loader = self._loader()
-        problems = []
-        if not broker.reachable:
-            problems.append(f"broker: {broker.error}")
-        if not clickhouse.reachable:
-            problems.append(f"clickhouse: {clickhouse.error}")
-        if self.loader_expected and not loader.running:
-            problems.append("loader: not running, nothing reaches ClickHouse")
-        if loader.state == "degraded":
-            problems.append(f"loader: {loader.degraded_reason}")
+        problems = [full for _, full in self._problems(broker, clickhouse, loader)]
         return SystemHealth(
             status="degraded" if problems else "ok",
             problems=problems,
@@ -143,6 +136,41 @@ class SystemMonitor:
             loader=loader,
             clickhouse=clickhouse,
         )
+
+    def tenant_health(self) -> TenantHealth:
+        """What a key of one tenant is told: which parts work, no fleet-wide figure."""
+        broker = self.broker_probe.result()
+        clickhouse = self._clickhouse()
+        loader = self._loader()
+        problems = [short for short, _ in self._problems(broker, clickhouse, loader)]
+        return TenantHealth(
+            status="degraded" if problems else "ok",
+            problems=problems,
+            uptime_s=round(self.uptime_s(), 3),
+            broker_reachable=broker.reachable,
+            clickhouse_reachable=clickhouse.reachable,
+            loader_state=loader.state,
+        )
+
+    def _problems(
+        self, broker: BrokerProbeResult, clickhouse: ClickHouseHealth, loader: LoaderHealth
+    ) -> list[tuple[str, str]]:
+        """What makes the pipeline degraded: (the part and what is wrong, in words any
+        tenant may read; the whole sentence, with the error, for a key of every tenant)."""
+        problems = []
+        if not broker.reachable:
+            problems.append(("broker: unreachable", f"broker: {broker.error}"))
+        if not clickhouse.reachable:
+            problems.append(("clickhouse: unreachable", f"clickhouse: {clickhouse.error}"))
+        if self.loader_expected and not loader.running:
+            not_running = "loader: not running, nothing reaches ClickHouse"
+            problems.append((not_running, not_running))
+        if loader.state == "degraded":
+            problems.append((
+                "loader: degraded (writes to ClickHouse failing or slow)",
+                f"loader: {loader.degraded_reason}",
+            ))  # fmt: skip
+        return problems
 
     def close(self) -> None:
         """Release the broker clients and the loader's scraper."""

@@ -542,8 +542,10 @@ class ClickHouseHealth(BaseModel):
 
 
 class SystemHealth(BaseModel):
-    """The state of the whole pipeline as this API process sees it."""
+    """The state of the whole pipeline as this API process sees it (a key of every
+    tenant's view: :class:`TenantHealth` is what a key of one tenant gets)."""
 
+    scope: Literal["fleet"] = "fleet"
     status: Literal["ok", "degraded"]
     problems: list[str] = Field(description="What makes the status degraded, in plain words.")
     uptime_s: float
@@ -551,3 +553,19 @@ class SystemHealth(BaseModel):
     dataflow: DataflowHealth
     loader: LoaderHealth
     clickhouse: ClickHouseHealth
+
+
+class TenantHealth(BaseModel):
+    """The pipeline's state as a key of one tenant sees it: whether each part works, and
+    none of the figures or errors of the fleet it shares with other tenants (row counts,
+    lags and ingest rates tell their volume; a ClickHouse error may quote their rows)."""
+
+    scope: Literal["tenant"] = "tenant"
+    status: Literal["ok", "degraded"]
+    problems: list[str] = Field(
+        description="Which parts make the status degraded (a key of every tenant is told why)."
+    )
+    uptime_s: float
+    broker_reachable: bool
+    clickhouse_reachable: bool
+    loader_state: Literal["ok", "degraded", "stopped"]

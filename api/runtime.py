@@ -181,6 +181,8 @@ ActorHeader = Annotated[
 
 #: The caller of a route that reads, operates, or changes what every tenant shares.
 Reader = Annotated[Principal, needs(Permission.READ)]
+#: A reader of what every tenant's data makes together (the pipeline's metrics).
+FleetReader = Annotated[Principal, needs(Permission.READ, fleet=True)]
 Operator = Annotated[Principal, needs(Permission.OPERATE)]
 FleetOperator = Annotated[Principal, needs(Permission.OPERATE, fleet=True)]
 SqlAnalyst = Annotated[Principal, needs(Permission.QUERY_SQL, fleet=True)]

@@ -110,7 +110,7 @@ def routes(tenant: str) -> list[tuple[str, str, dict | None, Permission | frozen
         ("GET", "/api/v1/rules", None, read, OWN),
         ("GET", "/api/v1/silences", None, read, OWN),
         ("GET", "/api/v1/system/health", None, read, OWN),
-        ("GET", "/metrics", None, read, OWN),
+        ("GET", "/metrics", None, read, ALL_TENANTS),  # the fleet's figures
         ("GET", "/api/v1/whoami", None, frozenset(Permission), OWN),  # every key: itself
         ("POST", "/api/v1/rules", MATRIX_RULE, operate, ALL_TENANTS),  # 201, then 409
         ("PUT", "/api/v1/rules/matrix_rule", MATRIX_RULE, operate, ALL_TENANTS),
@@ -153,6 +153,10 @@ def refused_per_id(path: str, answer) -> bool:
         return False
     body = answer.json()
     return body["totals"]["successful"] == 0 and all(r["reason"] for r in body["results"])
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def may(role: Role, key_tenant: str, permission: Permission | frozenset, tenant: str) -> bool:
@@ -217,6 +221,24 @@ def test_every_role_on_every_route_of_its_own_tenant_and_another(door):
                 assert answer.status_code == 401, f"{headers}: {method} {path} {answer.text}"
                 assert answer.headers["WWW-Authenticate"] == "Bearer"
     assert checked == 2 * len(routes(OWN)) * len(KEYS)
+
+
+def test_a_tenant_key_is_told_whether_the_pipeline_works_not_the_fleets_figures(door):
+    """Health is every tenant's pipeline: a key of one tenant learns whether each part
+    works, not the row counts, lags, rates and errors of all tenants together."""
+    api, tokens = door
+    fleet = api.get("/api/v1/system/health", headers=bearer(tokens["admin of all"])).json()
+    assert fleet["scope"] == "fleet" and fleet["clickhouse"]["counts"]["agents"] == 2
+    for name in ("admin of t1", "operator of t1", "analyst of t1"):
+        answer = api.get("/api/v1/system/health", headers=bearer(tokens[name]))
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {
+            "scope": "tenant", "status": fleet["status"], "problems": [],
+            "uptime_s": answer.json()["uptime_s"], "broker_reachable": True,
+            "clickhouse_reachable": True, "loader_state": fleet["loader"]["state"],
+        }  # fmt: skip
+        assert api.get("/metrics", headers=bearer(tokens[name])).status_code == 403
+    assert api.get("/metrics", headers=bearer(tokens["admin of all"])).status_code == 200
 
 
 def test_a_tenant_key_lists_only_its_tenant(door):

@@ -682,21 +682,30 @@ def slack_payload(alert: dict) -> dict:
     '[FIRING] HIGH hot on agent a1 (tenant t1)'
     >>> msg["attachments"][0]["color"]
     '#ff7800'
+
+    Every value is text, never Slack markup: an agent named ``<!channel>`` or
+    ``<https://evil.example|fix me>`` (agents choose their ids) would otherwise notify
+    the whole channel or post a link that looks like ours.
+
+    >>> slack_payload({"state": "firing", "severity": "HIGH", "rule": "hot",
+    ...     "agent_id": "<!channel> & <https://x.example|fix>", "tenant_id": "t1",
+    ...     "summary": "s", "updated_at": 1.8e9, "fingerprint": "f00"})["text"]
+    '[FIRING] HIGH hot on agent &lt;!channel&gt; &amp; &lt;https://x.example|fix&gt; (tenant t1)'
     """
-    severity = alert.get("severity") or "INFO"
-    state = alert["state"]
+    severity = _slack_text(alert.get("severity") or "INFO")
+    state = _slack_text(alert["state"])
     color = _RESOLVED_COLOR if state == "resolved" else SEVERITY_COLORS.get(severity, "#439fe0")
     flag = " (flapping)" if alert.get("flapping") else ""
+    agent, tenant, rule = (_slack_text(alert[k]) for k in ("agent_id", "tenant_id", "rule"))
     text = (
-        f"[{state.upper()}] {severity} {alert['rule']} on agent {alert['agent_id']} "
-        f"(tenant {alert['tenant_id']}){flag}"
+        f"[{_slack_text(state).upper()}] {severity} {rule} on agent {agent} (tenant {tenant}){flag}"
     )
     fields = [
-        {"title": "Agent", "value": alert["agent_id"], "short": True},
-        {"title": "Tenant", "value": alert["tenant_id"], "short": True},
-        {"title": "Rule", "value": alert["rule"], "short": True},
+        {"title": "Agent", "value": agent, "short": True},
+        {"title": "Tenant", "value": tenant, "short": True},
+        {"title": "Rule", "value": rule, "short": True},
         {"title": "Severity", "value": severity, "short": True},
-        {"title": "Category", "value": alert.get("category") or "-", "short": True},
+        {"title": "Category", "value": _slack_text(alert.get("category") or "-"), "short": True},
         {"title": "State", "value": state, "short": True},
     ]
     return {
@@ -705,14 +714,21 @@ def slack_payload(alert: dict) -> dict:
             {
                 "color": color,
                 "fallback": text,
-                "title": f"{alert['rule']} · {alert['agent_id']}",
-                "text": alert["summary"],
+                "title": f"{rule} · {agent}",
+                "text": _slack_text(alert["summary"]),
                 "fields": fields,
-                "footer": f"agentwatch · {alert['fingerprint']}",
+                "footer": f"agentwatch · {_slack_text(alert['fingerprint'])}",
                 "ts": int(alert["updated_at"]),
             }
         ],
     }
+
+
+def _slack_text(value: object) -> str:
+    """``value`` as Slack shows text as it is: its three control characters escaped, as
+    Slack's message formatting asks (``&``, ``<``, ``>``; mentions, links and dates are
+    written inside ``<…>``)."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def generic_payload(alert: dict) -> dict:

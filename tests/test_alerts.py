@@ -398,6 +398,30 @@ def test_slack_payload_shape(severity: str) -> None:
     assert resolved["attachments"][0]["color"] == "#2eb886"
 
 
+def test_a_slack_message_shows_what_agents_wrote_as_text_never_as_markup() -> None:
+    """Agents choose their ids (and the words of their conversations reach threats): Slack
+    reads ``<!channel>``, ``<@U123>`` and ``<https://…|label>`` in a message as a
+    channel-wide notification, a mention and a link, unless ``&``, ``<`` and ``>`` are
+    escaped."""
+    book = AlertBook(SETTINGS)
+    named = "<!channel> <https://evil.example/login|Re-authenticate agentwatch> &amp;"
+    threat_of = dict(threat(named, "exfil", 0, 0), tenant_id="<@U0123>")
+    alert = dict(book.observe([], [threat_of])[0])
+    message = slack_payload(alert)
+
+    def texts(value: object) -> list[str]:
+        if isinstance(value, dict):
+            return [t for v in value.values() for t in texts(v)]
+        if isinstance(value, list):
+            return [t for v in value for t in texts(v)]
+        return [value] if isinstance(value, str) else []
+
+    assert all("<" not in t and ">" not in t for t in texts(message)), message
+    assert "&lt;!channel&gt; &lt;https://evil.example/login|Re-authenticate agentwatch&gt; " \
+        "&amp;amp;" in message["text"]  # fmt: skip
+    assert "(tenant &lt;@U0123&gt;)" in message["text"]
+
+
 def test_generic_payload_is_the_alert_as_json() -> None:
     alert = sample_alert()
     body = json.loads(json.dumps(generic_payload(alert)))

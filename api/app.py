@@ -34,7 +34,7 @@ from contextlib import asynccontextmanager
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
@@ -49,6 +49,7 @@ from api.access import LoopbackMutations
 from api.errors import unprocessable
 from api.identity import document_key_errors
 from api.methods import AllowedMethods
+from api.params import one_value_each
 from api.routes import (
     agents,
     alerts,
@@ -102,6 +103,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # /docs and /redoc come from api.docs, with local assets
         redoc_url=None,
+        dependencies=[Depends(one_value_each)],
     )
     app.add_middleware(LoopbackMutations, settings=settings)
     app.add_middleware(AllowedMethods, router=app.router)

@@ -3,11 +3,13 @@ filters."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from types import UnionType
+from typing import Annotated, Union, get_args, get_origin
 
-from fastapi import Depends, Path, Query
+from fastapi import Depends, Path, Query, Request
 from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 
@@ -140,3 +142,56 @@ StateFilter = Annotated[
 ]
 Limit = Annotated[int, Query(ge=1, le=10_000, description="Most items returned.")]
 TenantFilter = Annotated[str | None, Query(min_length=1, max_length=128)]
+
+
+def one_value_each(request: Request) -> None:
+    """Refuse (422) a query parameter the route takes once but the request repeats:
+    ``?tenant=t1&tenant=t2`` would otherwise mean ``t2`` (the last wins, silently), and a
+    proxy or log that reads the first would disagree with what the API did. Parameters
+    that take several values (``?agent_ids=a&agent_ids=b``) may repeat.
+
+    An app-wide dependency (:func:`api.app.create_app`): it reads the route's declared
+    query parameters, its dependencies' included.
+    """
+    query = request.query_params
+    if len(query) == len(query.multi_items()):  # (nothing repeated: the usual case)
+        return
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    single = _single_valued(dependant)
+    for name in dict.fromkeys(name for name, _ in query.multi_items()):
+        count = len(query.getlist(name))
+        if count > 1 and name in single:
+            raise unprocessable(f"{name} is given {count} times; it takes one value",
+                                "query", name)  # fmt: skip
+
+
+def _single_valued(dependant: object) -> frozenset[str]:
+    """The query parameters a route (with its dependencies) takes one value of."""
+    names, stack, seen = set(), [dependant], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for field in current.query_params:
+            if not _takes_many(field.field_info.annotation):
+                names.add(field.alias)
+        stack.extend(current.dependencies)
+    return frozenset(names)
+
+
+def _takes_many(annotation: object) -> bool:
+    """Whether a parameter's type is a list, set or tuple (in an Optional or Annotated).
+
+    >>> _takes_many(list[str] | None), _takes_many(Annotated[set[int], "x"]), _takes_many(str)
+    (True, True, False)
+    """
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _takes_many(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return any(_takes_many(arg) for arg in get_args(annotation))
+    return origin in (list, set, frozenset, tuple, Sequence) or annotation in (list, set, tuple)

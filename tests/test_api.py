@@ -1398,6 +1398,18 @@ def test_a_rule_name_longer_than_128_characters_is_422(api):
         assert "name" in answer.json()["message"]
 
 
+def test_a_query_parameter_that_takes_one_value_given_twice_is_422(api):
+    """``?tenant=t1&tenant=t2`` meant t2 (the last wins, silently); a proxy or a log that
+    reads the first would disagree with what the API did. A list parameter may repeat."""
+    twice = api.get("/api/v1/agents/search?tenant=t1&tenant=t2")
+    assert twice.status_code == 422, twice.text
+    assert "tenant is given 2 times" in twice.json()["message"]
+    since = api.get("/api/v1/agents/a1/anomalies?since=1764072000&since=1764072001")
+    assert since.status_code == 422 and "since" in since.json()["message"]  # (a dependency's)
+    states = api.get("/api/v1/agents/search?state=active&state=idle&tenant=t1")
+    assert states.status_code != 422, states.text  # (past the door: here a 503, no registry)
+
+
 def test_status_shows_the_lifecycle_state_the_dataflow_derived_last(
     api: TestClient, ch: Client, offline_settings: Settings, surveillance
 ):

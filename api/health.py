@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import asdict
 from datetime import UTC, datetime
 
@@ -187,16 +188,14 @@ class SystemMonitor:
                     reachable=False,
                     database=database,
                     ping_ms=None,
-                    error=redact(_one_line(exc), self.settings.secret_values()),
+                    error=_one_line(exc, self.settings.secret_values()),
                     counts=self._counts,
                 )
             error = None
             try:
                 counts = self._table_counts(client)
             except Exception as exc:
-                error = redact(
-                    f"counting rows failed: {_one_line(exc)}", self.settings.secret_values()
-                )
+                error = f"counting rows failed: {_one_line(exc, self.settings.secret_values())}"
                 counts = self._counts
         return ClickHouseHealth(
             reachable=True,
@@ -255,8 +254,7 @@ class SystemMonitor:
             answer.raise_for_status()
             figures = parse_loader_metrics(answer.text)
         except (httpx.HTTPError, ValueError) as exc:
-            error = f"no figures from {url}: {_one_line(exc)}"
-            error = redact(error, self.settings.secret_values())
+            error = _one_line(f"no figures from {url}: {exc}", self.settings.secret_values())
             return _no_loader(last_error=error)
         degraded = figures.state == "degraded"
         return LoaderHealth(
@@ -304,6 +302,13 @@ def _broker_health(settings: Settings, probe: BrokerProbeResult) -> BrokerHealth
     )
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+def _one_line(exc: BaseException | str, secrets: Iterable[str]) -> str:
+    """An error on one line of at most 300 characters, its secrets masked first (masked
+    after the cut, a secret across the 300th character would show its beginning).
+
+    >>> error = ValueError("x" * 290 + " pw=hunter22hunter22")
+    >>> _one_line(error, ["hunter22hunter22"])[-8:], _one_line(error, [])[-8:]
+    ('x pw=***', 'w=hun...')
+    """
+    text = redact(" ".join(str(exc).split()) or type(exc).__name__, secrets)
     return text if len(text) <= 300 else text[:297] + "..."

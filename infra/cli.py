@@ -118,6 +118,17 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, old)
 
 
+def keep_private(var_dir: Path) -> None:
+    """Make what the stack writes readable by this user only: the mode mask of this
+    process (and so of every child: logs, the chDB data directory, recovery snapshots)
+    becomes 077, and the var directory itself 0700. Its logs may quote what agents
+    sent, and its ClickHouse files are every tenant's data, which on disk no API key
+    guards."""
+    os.umask(0o077)
+    var_dir.mkdir(parents=True, exist_ok=True)
+    var_dir.chmod(0o700)
+
+
 def fail(message: str) -> NoReturn:
     """Print a one-line error that says what to do, exit with code 1."""
     console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
@@ -151,15 +162,44 @@ def clickhouse_password_file(settings: Settings) -> Path:
 
 def api_headers(settings: Settings) -> dict[str, str]:
     """The Authorization header the commands send: AGENTWATCH_API_KEY, else the running
-    stack's admin key file, else none (an API that requires keys then answers 401)."""
+    stack's admin key file, else none (an API that requires keys then answers 401).
+
+    The admin key (of every tenant, and it outlives the stack) goes only to the stack's
+    own API: while ``agentwatch up`` runs and its API process holds the socket that
+    listens on the API's port. Without that check, any user of this machine could listen
+    on the port while the stack is down (or while its API restarts) and be handed the key
+    by the next `agentwatch sql`.
+    """
     if settings.api_key is not None:
         token = settings.api_key.get_secret_value()
     else:
+        if not _stack_api_listens(settings):
+            return {}
         try:
             token = admin_key_file(settings).read_text().strip()
         except OSError:
             return {}
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _stack_api_listens(settings: Settings) -> bool:
+    """Whether the running stack's API process listens on the port its URL names."""
+    from urllib.parse import urlsplit
+
+    from infra.supervisor import listens_on, pid_alive, read_state
+
+    state = read_state(state_file(settings)) or {}
+    if not pid_alive(state.get("supervisor", {}).get("pid")):
+        return False
+    api_pid = state.get("processes", {}).get("api", {}).get("pid")
+    if not pid_alive(api_pid):
+        return False
+    try:
+        port = urlsplit(state.get("api_url") or api_base_url(settings)).port
+    except ValueError:
+        return False
+    listening = listens_on(api_pid, port or 80)
+    return listening is not False  # (None: no /proc to ask; the pid is alive)
 
 
 def api_base_url(settings: Settings) -> str:
@@ -507,6 +547,7 @@ def up(
         settings = settings.model_copy(update={"agents_auto_register": True})
     state_path = state_file(settings)
     _refuse_if_running(state_path)
+    keep_private(settings.var_dir)
     for what, host, port, variable in (
         ("broker", settings.broker_host, settings.broker_port, "AGENTWATCH_BROKER_PORT"),
         ("API", settings.api_host, settings.api_port, "AGENTWATCH_API_PORT"),

@@ -354,6 +354,49 @@ def stop_process_groups(pgids: list[int], grace_s: float) -> list[int]:
 _HAS_PROC = Path("/proc/self/stat").exists()
 
 
+#: The state of a listening TCP socket in /proc/net/tcp (TCP_LISTEN).
+_TCP_LISTEN = "0A"
+
+
+def listens_on(pgid: int, port: int) -> bool | None:
+    """Whether a process of group ``pgid`` holds the socket listening on TCP ``port``
+    (None where /proc cannot tell). Read from /proc: the listening sockets' inodes in
+    /proc/net/tcp and tcp6, and the sockets each process of the group has open.
+
+    >>> import socket
+    >>> server = socket.create_server(("127.0.0.1", 0))
+    >>> port = server.getsockname()[1]
+    >>> listens_on(os.getpgrp(), port), listens_on(os.getpgrp(), port + 1 if port < 65535 else 1)
+    (True, False)
+    >>> server.close()
+    """
+    if not _HAS_PROC:
+        return None
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()  # sl local_address rem_address st ... uid timeout inode
+            listening = len(fields) > 9 and fields[3] == _TCP_LISTEN
+            if listening and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return False
+    for pid in group_members(pgid):
+        try:
+            descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for descriptor in descriptors:
+            with contextlib.suppress(OSError):
+                if os.readlink(descriptor) in inodes:
+                    return True
+    return False
+
+
 def _proc_stat(pid: str) -> list[str] | None:
     """Fields of /proc/<pid>/stat after the command name: state, ppid, pgrp, …"""
     try:

@@ -391,6 +391,10 @@ def test_up_supervises_reports_status_and_stops_cleanly_on_ctrl_c(
     assert f"{api_url}/docs" in output and "Ctrl-C" in output
     logs = Path(stack_env["AGENTWATCH_VAR_DIR"]) / "logs"
     assert {p.name for p in logs.iterdir()} >= {"broker.log", "dataflow.log", "api.log"}
+    # what the stack writes is this user's only: its logs quote what agents sent
+    var_dir = Path(stack_env["AGENTWATCH_VAR_DIR"])
+    assert var_dir.stat().st_mode & 0o777 == 0o700
+    assert {p.stat().st_mode & 0o777 for p in logs.iterdir()} == {0o600}
 
     status = agentwatch("status", env=stack_env, cwd=tmp_path)
     assert status.returncode == 0, status.stdout + status.stderr
@@ -424,6 +428,44 @@ def test_up_supervises_reports_status_and_stops_cleanly_on_ctrl_c(
     assert not up.state_path.exists() and not password_file.exists()
     status = agentwatch("status", env=stack_env, cwd=tmp_path)
     assert status.returncode == 3 and "not running" in status.stdout
+
+
+@pytest.mark.e2e
+def test_the_admin_key_goes_only_to_the_stacks_own_api(tmp_path: Path) -> None:
+    """`agentwatch sql`, `status` and `audit verify` send the stack's admin key (of every
+    tenant; it outlives the stack) only to the API process the running stack started,
+    holding the listening socket: not to whoever listens on the port while the stack is
+    down or its API restarts (any user of the machine may)."""
+    from infra.cli import admin_key_file, api_headers, state_file
+
+    settings = Settings(var_dir=tmp_path).model_copy(update={"api_key": None})
+    admin_key_file(settings).parent.mkdir(parents=True)
+    admin_key_file(settings).write_text("aw_0123456789ab_" + "k" * 43)
+    port = free_port()
+    listener = [PYTHON, "-c", "import socket, time; s = socket.create_server(('127.0.0.1', "
+                f"{port})); time.sleep(60)"]  # fmt: skip
+    children = []
+
+    def stack(api_command: list[str]) -> None:
+        child = subprocess.Popen(api_command, start_new_session=True)
+        children.append(child)
+        state = {"supervisor": {"pid": os.getpid()}, "api_url": f"http://127.0.0.1:{port}",
+                 "processes": {"api": {"pid": child.pid}}}  # fmt: skip
+        state_file(settings).write_text(json.dumps(state))
+
+    try:
+        assert api_headers(settings) == {}  # no stack runs: the key stays home
+        impostor = socket.create_server(("127.0.0.1", port))  # someone else on the port
+        stack(SLEEPER)  # the stack's API process is alive but listens on nothing
+        assert api_headers(settings) == {}
+        impostor.close()
+        stack(listener)  # the stack's own API listens: it gets the key
+        wait_until(lambda: api_headers(settings) != {}, 10, "the API's socket")
+        assert api_headers(settings)["Authorization"].endswith("k" * 43)
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
 
 
 def test_down_stops_a_running_up_from_another_terminal(

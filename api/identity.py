@@ -151,9 +151,9 @@ class KeyBook:
         if stored is None:
             raise KeyError(f"no key {key_id!r}")
         if stored.revoked_at is None:
-            stored = StoredKey(**{**_fields(stored), "revoked_at": self.clock()})
-            self._publish(KEY_REVOKED, stored, actor)
-            self._record(client, stored)
+            revoked = StoredKey(**{**_fields(stored), "revoked_at": self.clock()})
+            self._restrict(client, stored, revoked, KEY_REVOKED, actor)
+            stored = revoked
         return stored
 
     def ensure_admin_key(self, client: Client, path: Path) -> None:
@@ -263,11 +263,39 @@ class KeyBook:
         a ``key_expiry_changed`` event for the audit trail, and the new row."""
         if stored.expires_at is not None and stored.expires_at <= expires_at:
             return stored
-        before = stored.expires_at
-        stored = StoredKey(**{**_fields(stored), "expires_at": expires_at})
-        self._publish(KEY_EXPIRY_CHANGED, stored, actor, expires_before=before)
-        self._record(client, stored)
-        return stored
+        changed = StoredKey(**{**_fields(stored), "expires_at": expires_at})
+        self._restrict(client, stored, changed, KEY_EXPIRY_CHANGED, actor,
+                       expires_before=stored.expires_at)  # fmt: skip
+        return changed
+
+    def _restrict(
+        self,
+        client: Client,
+        before: StoredKey,
+        after: StoredKey,
+        kind: str,
+        actor: str,
+        **extra: object,
+    ) -> None:
+        """Store a change that takes rights away (a revocation, an earlier expiry), then
+        publish its event for the audit trail; when the broker does not take the event,
+        store ``before`` again and raise: nothing changed, nothing audited.
+
+        Published first, a failed store left the trail saying a key was revoked while it
+        still worked (found by a review). Stored first, the key stops working at once; the
+        undo only fails if ClickHouse fails in the moment between (logged: the key then
+        stays revoked, unaudited, which takes rights away rather than granting any).
+        """
+        self._record(client, after)
+        try:
+            self._publish(kind, after, actor, **extra)
+        except Exception:
+            try:
+                self._record(client, before)
+            except Exception as exc:
+                log.error("key_change_unaudited kind=%s key_id=%s error=%r", kind,
+                          after.key_id, str(exc)[:200])  # fmt: skip
+            raise
 
     def _read(self, client: Client, key_id: str) -> StoredKey | None:
         found = self._select(client, "key_id = {key_id:String}", {"key_id": key_id})

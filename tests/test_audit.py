@@ -7,13 +7,15 @@ import time
 
 import orjson
 import pytest
+from clickhouse_connect.driver.exceptions import OperationalError
 from fastapi.testclient import TestClient
 
 from agentwatch.audit import AuditChain, AuditEntry, verify
 from agentwatch.settings import Settings
 from api.app import create_app
 from infra.broker import ensure_topics
-from sinks.clickhouse import connect
+from sinks.audit import AuditWriter, read_rows
+from sinks.clickhouse import connect, create_schema
 from tests.conftest import LOOPBACK_CLIENT, wait_until
 from tests.test_loader import by_agent, produce
 from tests.test_rules_api import HOT
@@ -185,3 +187,58 @@ def test_a_status_change_the_dataflow_publishes_again_is_audited_once(settings: 
             ({"status": "active", "transitions": 2}, {"status": "offline", "transitions": 3}),
         ]
         assert api.get("/api/v1/audit/verify").json()["ok"] is True
+
+
+class _FirstInsertFails:
+    """The real ClickHouse client, whose first ``insert_arrow`` raises (ClickHouse busy)."""
+
+    def __init__(self, real) -> None:
+        self._real, self.failed = real, 0
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def insert_arrow(self, *args, **kwargs):
+        if not self.failed:
+            self.failed = 1
+            raise OperationalError("ClickHouse did not take the insert (the test's)")
+        return self._real.insert_arrow(*args, **kwargs)
+
+
+def test_a_failed_write_of_the_trail_loses_nothing_and_leaves_no_gap(settings: Settings):
+    """The writer read a batch, chained it (a new tenant's first rows, an agent's first
+    status change) and the insert failed: it read the batch again from the table's last
+    offset, but kept what the lost batch had put in memory, so the status change was
+    skipped as a replay and the new chain began at seq 3 ("rows 1..2 deleted", found by
+    a review). After a failed write its memory is what the table holds."""
+    ensure_topics(settings)
+    real = connect(settings)
+    create_schema(real, settings)
+    now = time.time()
+    command = {
+        "type": "quarantine_requested",
+        "agent_id": "b1",
+        "tenant_id": "t9",
+        "actor": "key:000000000000",
+        "timestamp": now,
+        "payload": {"reason": "x"},
+    }
+    change = status_changed("b1", "active", "quarantined", now + 1)
+    change["tenant_id"], change["payload"]["transitions"] = "t9", 1
+    produce(settings, "control", [command], by_agent)
+    produce(settings, "state", [change], by_agent)
+    flaky = _FirstInsertFails(real)
+    writer = AuditWriter(settings, flaky)
+    writer.start()
+    try:
+        stored = wait_until(
+            lambda: len(r := read_rows(real, settings.clickhouse_database)) >= 2 and r,
+            30, "both events in the trail",
+        )  # fmt: skip
+    finally:
+        writer.stop()
+    assert flaky.failed == 1
+    assert sorted(r.seq for r in stored) == [1, 2]  # (the two topics: read in either order)
+    assert sorted(r.action for r in stored) == ["quarantine_requested", "status_changed"]
+    assert verify(read_rows(real, settings.clickhouse_database)) == []
+    real.close()

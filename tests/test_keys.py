@@ -113,3 +113,49 @@ def test_the_cached_path_answers_what_the_full_one_does_or_hands_over(book):
     _, agent_token = revocations.create(client, Role.AGENT, "t1", actor="a", agent_id="agent-7")
     assert revocations.authenticate(client, f"Bearer {agent_token}").agent_id == "agent-7"
     assert revocations.authenticate_cached(f"Bearer {agent_token}") is None
+
+
+class _Refusing:
+    """Wraps a real client or publisher: its next call of ``method`` raises ``error``."""
+
+    def __init__(self, real, method: str, error: Exception) -> None:
+        self._real, self._method, self._error, self.armed = real, method, error, False
+
+    def __getattr__(self, name):
+        attribute = getattr(self._real, name)
+        if name != self._method or not self.armed:
+            return attribute
+        self.armed = False
+
+        def refuse(*args, **kwargs):
+            raise self._error
+
+        return refuse
+
+
+def test_a_revocation_the_trail_records_is_a_revocation_that_holds(book, settings):
+    """Published first, a revocation whose store then failed was in the audit trail while
+    the key still worked (found by a review). Now the key stops working first, and the
+    event goes out only after: a store that fails publishes nothing, and an event the
+    broker refuses undoes the store. Either way: an error, the key as it was, no record."""
+    from api.publisher import PublishError
+
+    keys, client = book
+    stored, token = keys.create(client, Role.OPERATOR, "tenant-1", actor="admin-1", name="ops")
+    failing_store = _Refusing(client, "insert", RuntimeError("ClickHouse: the test's"))
+    failing_store.armed = True
+    with pytest.raises(RuntimeError, match="the test's"):
+        keys.revoke(failing_store, stored.key_id, actor="admin-1")
+    keys.publisher = failing_broker = _Refusing(keys.publisher, "publish", PublishError("x"))
+    failing_broker.armed = True
+    with pytest.raises(PublishError):
+        keys.revoke(client, stored.key_id, actor="admin-1")
+    with pytest.raises(PublishError):
+        failing_broker.armed = True
+        keys.expire_by(client, stored, 0.0, actor="admin-1")
+    assert keys.authenticate(client, f"Bearer {token}").key_id == stored.key_id  # still works
+    assert [e["type"] for e in control_events(settings)] == ["key_created"]
+    keys.revoke(client, stored.key_id, actor="admin-1")  # the broker back: it holds
+    with pytest.raises(AuthError, match="was revoked"):
+        keys.authenticate(client, f"Bearer {token}")
+    assert [e["type"] for e in control_events(settings)] == ["key_created", "key_revoked"]

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -60,6 +62,61 @@ def is_loopback(host: str | None) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return address.is_loopback
+
+
+def keyless_refusal(headers: Mapping[str, str]) -> str | None:
+    """Why a request without a key may not act as the keyless demo's loopback operator
+    (None: it may). Keyless is for programs on this machine; a browser on this machine
+    reaches loopback too, for any web page it shows. So a request that a browser sent
+    (it says so: ``Sec-Fetch-Site``, or an ``Origin``) is refused when it comes from a
+    page of another site (forms and no-cors fetches need no CORS preflight to reach a
+    POST), or names a host that is not loopback (a DNS-rebinding page talks to 127.0.0.1
+    under its own name, as its own origin: only ``Host`` tells).
+
+    >>> keyless_refusal({"host": "testserver"}) is None  # (a program: curl, httpx, a test)
+    True
+    >>> keyless_refusal({"host": "localhost:8000", "origin": "http://localhost:8000",
+    ...                  "sec-fetch-site": "same-origin"}) is None  # the console, keyless
+    True
+    >>> keyless_refusal({"host": "127.0.0.1:8000", "origin": "https://evil.example",
+    ...                  "sec-fetch-site": "cross-site"})  # doctest: +ELLIPSIS
+    'a request without a key from a web page of another site (cross-site) refused: ...'
+    >>> keyless_refusal({"host": "rebind.evil.example:8000",
+    ...                  "sec-fetch-site": "same-origin"})  # doctest: +ELLIPSIS
+    "a request without a key to 'rebind.evil.example:8000' refused: ..."
+    """
+    site = headers.get("sec-fetch-site")
+    origin = headers.get("origin")
+    if site is None and origin is None:
+        return None
+    host = headers.get("host", "")
+    if not _loopback_name(_hostname(f"//{host}")):
+        return (
+            f"a request without a key to {host!r} refused: keyless, the API answers a "
+            "browser only at 127.0.0.1, ::1 or localhost (a web page may give it any name)"
+        )
+    if site not in (None, "same-origin", "none"):
+        return (
+            f"a request without a key from a web page of another site ({site}) refused: "
+            "send a key (the keyless demo is for programs on this machine)"
+        )
+    if origin is not None and not _loopback_name(_hostname(origin)):
+        return (
+            f"a request without a key from a web page of {origin[:100]!r} refused: send a "
+            "key (the keyless demo is for programs on this machine)"
+        )
+    return None
+
+
+def _hostname(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
+
+
+def _loopback_name(name: str | None) -> bool:
+    return name == "localhost" or is_loopback(name)
 
 
 def refusal(method: str, client_host: str | None, allow_remote: bool) -> str | None:

@@ -44,6 +44,7 @@ from agentwatch.identity import (
 )
 from agentwatch.identity import secret_matches as _matches
 from agentwatch.settings import Settings
+from api.access import keyless_refusal
 from api.errors import error_responses
 from api.methods import flat_routes
 from api.publisher import EventPublisher, PublishError
@@ -385,6 +386,10 @@ async def principal_of(request: Request, authorization: str | None) -> Principal
         raise unauthorized(exc) from None
     if principal is None:
         principal = await run_in_threadpool(authenticated, request, authorization)
+    if principal is LOOPBACK_OPERATOR:  # (keyless: not for what a web page sends)
+        reason = keyless_refusal(request.headers)
+        if reason is not None:
+            raise HTTPException(403, detail=reason)
     return principal
 
 

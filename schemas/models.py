@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -30,6 +31,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     Tag,
+    field_validator,
     model_validator,
 )
 
@@ -179,8 +181,29 @@ class Registration(BaseModel):
         default_factory=dict, max_length=REGISTRATION_MAX_ITEMS
     )
     endpoint: Annotated[StrictStr, Field(max_length=2048)] | None = Field(
-        None, description="Where it can be reached (http, https, grpc or ws URL)."
+        None,
+        description="Where it can be reached (http, https, grpc or ws URL), without a user or "
+        "password in it: it is shown to every reader of the tenant and kept in the audit trail.",
     )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        """Refuse ``https://user:secret@host``: the registry shows the endpoint to every
+        reader of the tenant, and the audit trail keeps it for good (found by a review).
+
+        >>> try:
+        ...     Registration(name="a", agent_type="bot", owner="o", endpoint="https://u:p@h")
+        ... except ValueError as exc:
+        ...     print(exc.errors()[0]["msg"][:59])
+        Value error, endpoint holds a user or password (before '@')
+        """
+        if value is not None and "@" in urlsplit(value).netloc:
+            raise ValueError(
+                "endpoint holds a user or password (before '@'): they would be shown to every "
+                "reader of the tenant and kept in the audit trail; give the address alone"
+            )
+        return value
 
 
 #: Longest ``text`` (characters) a ``conversation`` event may carry; it is scanned whole.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -20,7 +21,7 @@ from agentwatch.settings import Settings
 from api.app import create_app
 from infra.broker import ensure_topics
 from sinks.clickhouse import connect
-from tests.conftest import LOOPBACK_CLIENT
+from tests.conftest import LOOPBACK_CLIENT, read_topic
 from tests.test_api import METRIC_COLUMNS, heartbeat_row
 from tests.test_tasks_api import assigned, insert_tasks
 
@@ -239,6 +240,25 @@ def test_a_tenant_key_is_told_whether_the_pipeline_works_not_the_fleets_figures(
         }  # fmt: skip
         assert api.get("/metrics", headers=bearer(tokens[name])).status_code == 403
     assert api.get("/metrics", headers=bearer(tokens["admin of all"])).status_code == 200
+
+
+def test_a_tenants_silence_is_audited_in_its_tenant_as_made_by_its_key(door, settings):
+    """A silence was published (and so audited) under tenant ``*``, which a key of its own
+    tenant cannot read, and ``created_by`` was whatever the body said (found by a review)."""
+    api, tokens = door
+    operator = bearer(tokens["operator of t1"])
+    body = {"tenant_id": OWN, "rule": "*", "ends_at": time.time() + 600}
+    spoofed = api.post("/api/v1/silences", json=body | {"created_by": "mallory"},
+                       headers=operator)  # fmt: skip
+    assert spoofed.status_code == 422 and "created_by" in spoofed.text
+    made = api.post("/api/v1/silences", json=body, headers=operator)
+    assert made.status_code == 201, made.text
+    assert made.json()["created_by"].startswith("key:")
+    assert api.delete(f"/api/v1/silences/{made.json()['id']}", headers=operator).status_code == 204
+    events = [orjson.loads(m.value()) for m in read_topic(
+        settings.bootstrap_servers, settings.topic("control"))]  # fmt: skip
+    silences = [(e["type"], e["tenant_id"]) for e in events if "silence" in e["type"]]
+    assert silences == [("silence_created", OWN), ("silence_expired", OWN)]
 
 
 def test_a_tenant_key_lists_only_its_tenant(door):

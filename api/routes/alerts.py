@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from agentwatch.identity import Permission
 from api import queries
-from api.errors import error_responses
-from api.identity import actor_of, tenant_filter
+from api.errors import error_responses, unprocessable
+from api.identity import LOOPBACK_OPERATOR, actor_of, tenant_filter
 from api.params import CategoryFilter, Limit, SeverityFilter, StateFilter, TenantFilter
 from api.publisher import PublishError
 from api.responses import AlertList, IncidentList
@@ -66,12 +66,18 @@ def create_silence(
     which must be after it (otherwise 422).
 
     The silence gets an id, is recorded, and is published on agents.control as a
-    ``silence_created`` event (agent and tenant ``*``) for the dataflow's alert book.
+    ``silence_created`` event (agent ``*``, the silence's tenant, so the tenant reads its
+    audit row) for the dataflow's alert book. ``created_by`` is the caller's key.
     """
     values = body.model_dump()
     in_scope(caller, Permission.OPERATE, values["tenant_id"], None, status=403)
     actor = actor_of(caller, actor)
     values["starts_at"] = values["starts_at"] or time.time()
+    if values["created_by"] not in (None, actor) and caller != LOOPBACK_OPERATOR:
+        raise unprocessable(
+            f"created_by is who makes the silence, the key: {actor} (leave it out)",
+            "body", "created_by",
+        )  # fmt: skip
     values["created_by"] = values["created_by"] or actor
     try:
         silence = Silence(id=SilenceBook.new_id(), **values)

@@ -64,30 +64,72 @@ class SecretDsn(Secret[str]):
     ('https://reader:***@ch.internal:8443/agentwatch', 'https://reader:pa%40ss@ch.internal:8443/agentwatch')
     >>> dsn.secret_parts()
     ['https://reader:pa%40ss@ch.internal:8443/agentwatch', 'pa%40ss', 'pa@ss']
+
+    Read leniently, as a secret must be: a password with an unescaped ``/``, ``?`` or
+    ``#`` (base64 makes them) ends a URL's host part early, so the user part runs to the
+    last ``@``; and a credential in the query (``?access_token=…``, which
+    clickhouse-connect takes) is masked too.
+
+    >>> dsn = SecretDsn("http://reader:ab/c?d@127.0.0.1:8123/db?access_token=t0k3n&x=1")
+    >>> str(dsn)
+    'http://reader:***@127.0.0.1:8123/db?access_token=***&x=1'
+    >>> dsn.secret_parts()[1:]
+    ['ab/c?d', 't0k3n']
     """
 
     def _display(self) -> str:
-        dsn = self.get_secret_value()
-        try:
-            parts = urlsplit(dsn)
-        except ValueError:
-            return MASK
-        if parts.password is None:
-            return dsn
-        user, _, host = parts.netloc.rpartition("@")
-        user = user.partition(":")[0]
-        return parts._replace(netloc=f"{user}:{MASK}@{host}").geturl()
+        scheme, user, password, rest = _dsn_parts(self.get_secret_value())
+        if password is None and not _credential_values(rest):
+            return self.get_secret_value()
+        shown = f"{scheme}://" if scheme else ""
+        if password is not None:
+            shown += f"{user}:{MASK}@"
+        elif user:
+            shown += f"{user}@"
+        for value in _credential_values(rest):
+            rest = rest.replace(f"={value}", f"={MASK}")
+        return shown + rest
 
     def secret_parts(self) -> list[str]:
-        """The strings to keep out of logs: the DSN and its password (raw and decoded)."""
+        """The strings to keep out of logs: the DSN, its password and the credentials of
+        its query (raw and decoded)."""
         dsn = self.get_secret_value()
-        try:
-            password = urlsplit(dsn).password
-        except ValueError:
-            return [dsn]
-        if not password:
+        _, _, password, rest = _dsn_parts(dsn)
+        found = ([password] if password else []) + _credential_values(rest)
+        if not found:
             return []
-        return _unique([dsn, password, unquote(password)])
+        return _unique([dsn, *(v for secret in found for v in (secret, unquote(secret)))])
+
+
+#: Query parameters of a DSN whose values are credentials (a name containing one of these).
+_CREDENTIAL_NAMES = ("password", "passwd", "token", "secret", "key")
+
+
+def _dsn_parts(dsn: str) -> tuple[str, str, str | None, str]:
+    """(scheme, user, password or None, host and the rest) of a DSN, the user part
+    running to the last ``@`` (not to the first ``/``).
+
+    >>> _dsn_parts("http://u:p/w@127.0.0.1:1?compress=false")
+    ('http', 'u', 'p/w', '127.0.0.1:1?compress=false')
+    """
+    scheme, separator, rest = dsn.partition("://")
+    if not separator or "@" not in rest:
+        return scheme if separator else "", "", None, rest if separator else dsn
+    # (an @ in the query would read as a user part too: masking too much, never too little)
+    userinfo, _, after = rest.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    return scheme, user, password if colon else None, after
+
+
+def _credential_values(rest: str) -> list[str]:
+    """The values of the query parameters that are credentials (``access_token`` …)."""
+    query = rest.partition("?")[2].partition("#")[0]
+    values = []
+    for pair in query.split("&"):
+        name, equals, value = pair.partition("=")
+        if equals and value and any(c in name.lower() for c in _CREDENTIAL_NAMES):
+            values.append(value)
+    return values
 
 
 class SecretUrl(Secret[str]):

@@ -130,6 +130,23 @@ def test_redaction_ignores_values_too_short_to_search_for() -> None:
     assert str(SecretUrl("http://h:1")) == "http://h:1"  # nothing after the host to hide
 
 
+@pytest.mark.parametrize(
+    ("dsn", "secret"),
+    [  # base64 passwords hold / and +; a token may come in the query (clickhouse-connect)
+        ("http://reader:Zq8x/Lo+ng/Se=cret@127.0.0.1:8123/db", "Zq8x/Lo+ng/Se=cret"),
+        ("http://reader:ab?cd#ef@127.0.0.1:8123", "ab?cd#ef"),
+        ("https://127.0.0.1:8443/?access_token=t0k3n-abcdef&compress=false", "t0k3n-abcdef"),
+    ],
+)
+def test_a_dsn_whose_secret_a_url_parser_misses_is_masked_too(dsn: str, secret: str) -> None:
+    """urlsplit ends the host part at the first /, ? or #: such a password was no password
+    to it, so the DSN was printed and logged whole (found by a review)."""
+    settings = Settings(clickhouse_dsn=dsn)
+    assert secret in settings.secret_values()
+    assert secret not in str(settings.clickhouse_dsn) and "***" in str(settings.clickhouse_dsn)
+    assert secret not in redact(f"cannot open ClickHouse at {dsn}", settings.secret_values())
+
+
 # --- processes that fail to reach ClickHouse ------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from api.errors import error_responses, unprocessable
 from api.identity import KeyBook, StoredKey, needs
 from api.publisher import PublishError
 from api.scope import check_free_for
-from schemas.models import Identifier
+from schemas.models import AgentIdentifier, Identifier
 
 PREFIX = "/api/v1/keys"
 KeyAdmin = Annotated[Principal, needs(Permission.MANAGE_KEYS)]
@@ -34,7 +34,7 @@ class NewKeyRequest(BaseModel):
 
     role: Role
     tenant_id: Identifier = Field(description=f"The tenant it acts for ({ALL_TENANTS!r}: all).")
-    agent_id: Identifier | None = Field(None, description="An agent's key: its agent.")
+    agent_id: AgentIdentifier | None = Field(None, description="An agent's key: its agent.")
     name: str = Field("", max_length=128, description="What it is for, in words.")
     ttl_s: float | None = Field(
         None,

@@ -33,6 +33,7 @@ from schemas.models import (
     MAX_UPTIME_S,
     TIMESTAMP_RANGE,
     Heartbeat,
+    addressable,
 )
 
 if TYPE_CHECKING:
@@ -304,6 +305,8 @@ def _typed_batch(values: list[bytes], max_bytes: int) -> HeartbeatBatch | None:
     if reasons:
         return None
     agent_ids, tenant_ids, statuses = text["agent_id"], text["tenant_id"], text["status"]
+    if not _addressable(agent_ids):
+        return None
     return HeartbeatBatch(
         index=np.arange(count, dtype=np.int64),
         agent_id=agent_ids,
@@ -634,7 +637,12 @@ def _text_reasons(
     reasons: dict[int, str],
 ) -> None:
     """Reasons for rows whose ids or status break the rules (one pass per column first)."""
-    if _identifiers(agent_ids) and _identifiers(tenant_ids) and _states(statuses):
+    if (
+        _identifiers(agent_ids)
+        and _addressable(agent_ids)
+        and _identifiers(tenant_ids)
+        and _states(statuses)
+    ):
         return
     for r, (agent, tenant, status) in enumerate(zip(agent_ids, tenant_ids, statuses, strict=True)):
         reason = _text_reason(agent, tenant, status)
@@ -650,6 +658,12 @@ def _identifiers(column: Sequence[object]) -> bool:
     return min(lengths) >= 1 and max(lengths) <= 128
 
 
+def _addressable(agent_ids: list[str]) -> bool:
+    """Whether every agent id (strings) can name its agent in a URL path
+    (:func:`schemas.models.addressable`), in three passes in C: ~15 ns an id."""
+    return "/" not in "".join(agent_ids) and "." not in agent_ids and ".." not in agent_ids
+
+
 def _states(column: Sequence[object]) -> bool:
     """Whether every value is None or one of the lifecycle states."""
     if not set(map(type, column)) <= {str, type(None)}:
@@ -661,6 +675,9 @@ def _text_reason(agent: object, tenant: object, status: object) -> str | None:
     for name, value in (("agent_id", agent), ("tenant_id", tenant)):
         if type(value) is not str or not 1 <= len(value) <= 128:
             return f"{name}: {_show(value)} is not a string of 1–128 characters"
+    unaddressable = addressable(agent)
+    if unaddressable is not None:
+        return f"agent_id: {_show(agent)} {unaddressable}"
     if status is not None and (type(status) is not str or status not in _STATES):
         return f"status: {_show(status)} is not one of {', '.join(AGENT_STATES)}"
     return None

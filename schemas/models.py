@@ -99,12 +99,47 @@ Count = Annotated[StrictInt, Field(ge=0, le=2**53)]
 Identifier = Annotated[StrictStr, Field(min_length=1, max_length=128)]
 
 
+def addressable(agent_id: str) -> str | None:
+    """Why ``agent_id`` cannot name its agent in a URL path (None: it can). A ``/``
+    splits the path (``%2F`` too: servers decode it before they route), and ``.`` and
+    ``..`` are removed from a path by every URL parser (``%2E`` too): such an agent's
+    status, detail page and quarantine by path were out of reach (found by a review).
+
+    >>> addressable("agent-7"), addressable("*")
+    (None, None)
+    >>> print(addressable("x/y"))
+    cannot name an agent in a URL path ('/' in it)
+    >>> print(addressable(".."))
+    cannot name an agent in a URL path ('.' and '..' are not names there)
+    """
+    if "/" in agent_id:
+        return "cannot name an agent in a URL path ('/' in it)"
+    if agent_id in (".", ".."):
+        return "cannot name an agent in a URL path ('.' and '..' are not names there)"
+    return None
+
+
+def _addressable(agent_id: str) -> str:
+    reason = addressable(agent_id)
+    if reason is not None:
+        raise ValueError(reason)
+    return agent_id
+
+
+#: An agent's id: an :data:`Identifier` that a URL path can hold (:func:`addressable`).
+AgentIdentifier = Annotated[
+    Identifier,
+    AfterValidator(_addressable),
+    Field(description="1-128 characters, no '/', not '.' or '..' (it names the agent in URLs)."),
+]
+
+
 class Heartbeat(BaseModel):
     """One heartbeat on ``agents.metrics`` (key = ``agent_id``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    agent_id: Identifier
+    agent_id: AgentIdentifier
     tenant_id: Identifier
     timestamp: EpochSeconds = Field(description="ISO-8601 with zone, or epoch seconds.")
     cpu_usage: Percent
@@ -133,7 +168,10 @@ class LifecycleEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Identifier = Field(description="registered, status_changed, quarantine_requested, …")
-    agent_id: Identifier
+    agent_id: AgentIdentifier = Field(
+        description="The agent (1-128 characters, no '/', not '.' or '..'), or * for the "
+        "fleet (rules, silences)."
+    )
     tenant_id: Identifier
     actor: Identifier = Field(description="Who asked: a user id, or 'system'.")
     timestamp: EpochSeconds

@@ -131,6 +131,9 @@ def test_a_tenant_at_its_limit_is_refused_saying_the_limit_and_what_to_do(api):
         {"endpoint": "ftp://agent.internal/"},
         {"endpoint": "https://"},
         {"endpoint": "agent.internal:8443"},
+        {"endpoint": "https://user:s3cretpass@agent.internal:8443/"},  # (shown, audited)
+        {"agent_id": "x/y"},  # (no URL path could name it)
+        {"agent_id": ".."},
         {"tenant_id": "*"},
         {"name": ""},
         {"tags": {"bad key": "x"}},

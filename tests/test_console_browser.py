@@ -263,6 +263,9 @@ def _check_in_the_browser(
             expect(page.locator("#chart-svg svg")).to_have_count(0)
             expect(page.locator("#threats li")).to_have_count(0)
             expect(page.locator("#actions")).to_be_hidden()
+            page.goto(f"{base}/#/agents/%E0%A4%A")  # a link with a broken escape: no blank page
+            expect(page.locator("#status")).to_contain_text("does not name an agent")
+            expect(page.locator("#fleet")).to_be_visible()
             context.close()
         finally:
             browser.close()

@@ -199,7 +199,16 @@
   function route() {
     if (!state.me) return showLogin();
     const match = location.hash.match(/^#\/agents\/(.+)$/);
-    if (match) return showAgent(decodeURIComponent(match[1]));
+    if (match) {
+      let agentId;
+      try {
+        agentId = decodeURIComponent(match[1]);
+      } catch (error) { // a link with a broken escape (%E0%A4%A): say so, show the fleet
+        say("That link does not name an agent (a broken %-escape).", "error");
+        return showFleet();
+      }
+      return showAgent(agentId);
+    }
     return showFleet();
   }
 
@@ -333,8 +342,10 @@
     state.agentId = agentId;
     document.title = agentId + " · agentwatch";
     $("agent-title").textContent = agentId;
-    if (changed) {
+    if (changed) { // (nothing of the agent shown before stays under this one's name)
       for (const id of ["agent-facts", "chart-svg", "threats"]) $(id).replaceChildren();
+      $("agent-alerts").tBodies[0].replaceChildren();
+      $("actions").hidden = true; // (until this agent's status says which action fits)
       $("chart-caption").textContent = "";
       $("agent").dataset.loaded = "false";
       $("agent-title").setAttribute("tabindex", "-1");

@@ -47,7 +47,7 @@ from schemas.events import (
     refusal,
 )
 from schemas.heartbeats import parse_heartbeats
-from schemas.models import EpochSeconds, Heartbeat, Identifier, LifecycleEvent
+from schemas.models import AgentIdentifier, EpochSeconds, Heartbeat, Identifier, LifecycleEvent
 
 router = APIRouter(tags=["bridge"])
 
@@ -62,7 +62,7 @@ class BridgeHeartbeat(Heartbeat):
     """A heartbeat posted to the bridge: ``agent_id`` and ``tenant_id`` may be left out
     (the path and the key say them)."""
 
-    agent_id: Identifier | None = None
+    agent_id: AgentIdentifier | None = None
     tenant_id: Identifier | None = None
 
 

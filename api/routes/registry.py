@@ -39,7 +39,14 @@ from api.publisher import PublishError
 from api.runtime import API_PREFIX, ActorHeader, Operator, Reader, Runtime, RuntimeDep
 from api.scope import check_free_for
 from schemas.events import FLEET, REGISTERED
-from schemas.models import AGENT_STATES, Identifier, Label, LifecycleEvent, Registration
+from schemas.models import (
+    AGENT_STATES,
+    AgentIdentifier,
+    Identifier,
+    Label,
+    LifecycleEvent,
+    Registration,
+)
 
 log = logging.getLogger("api.routes.registry")
 
@@ -54,7 +61,7 @@ class RegistrationRequest(Registration):
     optionally the agent id (default: derived from tenant and name)."""
 
     tenant_id: Identifier = Field(description="The tenant the agent belongs to.")
-    agent_id: Identifier | None = Field(
+    agent_id: AgentIdentifier | None = Field(
         None, description="The agent's id, if the client chooses it (default: derived from "
         "tenant and name, the same for the same pair).",
     )  # fmt: skip

@@ -8,6 +8,8 @@ must answer 200 with a body of the right type.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import signal
@@ -152,3 +154,23 @@ def test_redoc_asks_no_fonts_of_google_and_swagger_ui_no_validator(app_client) -
 def test_the_docs_pages_are_not_part_of_the_api_description(app_client) -> None:
     paths = app_client.get("/openapi.json").json()["paths"]
     assert not [path for path in paths if "docs" in path or "redoc" in path]
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_a_docs_page_runs_only_its_own_scripts_and_is_never_framed(app_client, page) -> None:
+    """The docs pages had none of the console's headers: they could be framed by another
+    site (Swagger's "Try it out" clickjacked, keyless), and ReDoc fetched its vendor's logo
+    from another host (found by a review). Their policy allows this origin's assets and
+    their own inline start-up script only (by its hash)."""
+    answer = app_client.get(page)
+    policy = answer.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
+    assert "img-src 'self' data:" in policy  # (not https://cdn.redoc.ly)
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    script_src = next(d for d in policy.split(";") if d.strip().startswith("script-src"))
+    assert "unsafe-inline" not in script_src
+    inline = re.findall(r"<script>(.*?)</script>", answer.text, re.S)
+    for script in inline:
+        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in script_src
+    assert app_client.get("/docs/oauth2-redirect").status_code == 404  # (keys, not OAuth2)

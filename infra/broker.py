@@ -169,6 +169,8 @@ def start_broker(
         stdin=subprocess.DEVNULL,
         start_new_session=True,
         preexec_fn=die_with_parent_hook(),  # noqa: PLW1509  (only prctl, no locks)
+        # (a program of another project: none of agentwatch's settings, its secrets included)
+        env={k: v for k, v in os.environ.items() if not k.startswith("AGENTWATCH_")},
     )
     broker = Broker(process, f"{host}:{port}", cluster_id)
     try:

@@ -790,6 +790,7 @@ def _supervise(
         envs = {name: env for name in commands}
         if "loader" in commands:
             envs.update(served_chdb_envs(settings, env))
+        envs = {name: without_unused_secrets(name, child_env) for name, child_env in envs.items()}
         for name, command in commands.items():
             if stop.is_set():
                 break
@@ -845,6 +846,34 @@ def _supervise(
         clickhouse_password_file(settings).unlink(missing_ok=True)  # it opened nothing now
         console.print(f"stopped in {time.monotonic() - started:.1f} s")
     return exit_code
+
+
+#: Secret settings a child of the stack never reads: left out of its environment, so a
+#: child that crashes, or prints its environment, cannot show them (docs/security.md).
+#: The webhooks go to whichever process delivers alerts (the loader, or the API when it
+#: runs the loader itself); the Kafka password to every Kafka client.
+UNUSED_SECRETS = {
+    "dataflow": ("AGENTWATCH_ALERT_WEBHOOKS", "AGENTWATCH_CLICKHOUSE_DSN", "AGENTWATCH_API_KEY"),
+    "simulator": ("AGENTWATCH_ALERT_WEBHOOKS", "AGENTWATCH_CLICKHOUSE_DSN"),
+    "loader": ("AGENTWATCH_API_KEY",),
+    "api": ("AGENTWATCH_API_KEY",),
+}
+
+
+def without_unused_secrets(child: str, env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the secrets ``child`` does not use (:data:`UNUSED_SECRETS`); the
+    API keeps the webhooks only when it runs the loader itself.
+
+    >>> env = {"AGENTWATCH_ALERT_WEBHOOKS": "[]", "AGENTWATCH_API_KEY": "k", "PATH": "/bin"}
+    >>> sorted(without_unused_secrets("dataflow", env)), sorted(without_unused_secrets("x", env))
+    (['PATH'], ['AGENTWATCH_ALERT_WEBHOOKS', 'AGENTWATCH_API_KEY', 'PATH'])
+    >>> sorted(without_unused_secrets("api", env | {"AGENTWATCH_API_RUN_LOADER": "false"}))
+    ['AGENTWATCH_API_RUN_LOADER', 'PATH']
+    """
+    unused = set(UNUSED_SECRETS.get(child, ()))
+    if child == "api" and env.get("AGENTWATCH_API_RUN_LOADER", "").lower() == "false":
+        unused.add("AGENTWATCH_ALERT_WEBHOOKS")
+    return {name: value for name, value in env.items() if name not in unused}
 
 
 def served_chdb_envs(settings: Settings, env: dict[str, str]) -> dict[str, dict[str, str]]:

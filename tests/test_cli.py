@@ -395,6 +395,9 @@ def test_up_supervises_reports_status_and_stops_cleanly_on_ctrl_c(
     var_dir = Path(stack_env["AGENTWATCH_VAR_DIR"])
     assert var_dir.stat().st_mode & 0o777 == 0o700
     assert {p.stat().st_mode & 0o777 for p in logs.iterdir()} == {0o600}
+    # the broker (another project's program) gets none of agentwatch's settings or secrets
+    broker_env = Path(f"/proc/{state['processes']['broker']['pid']}/environ").read_bytes()
+    assert b"AGENTWATCH_" not in broker_env
 
     status = agentwatch("status", env=stack_env, cwd=tmp_path)
     assert status.returncode == 0, status.stdout + status.stderr

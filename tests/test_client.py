@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 import uvicorn
 from fastapi import APIRouter, HTTPException, Request
+from pydantic import SecretStr
 
 from agentwatch.identity import Role
 from agentwatch.settings import Settings
@@ -146,6 +147,10 @@ def served(settings: Settings) -> Iterator[tuple[str, Settings, object]]:
     thread.start()
     try:
         wait_until(lambda: server.started, 30, "the API under uvicorn")
+        # (not a stack `agentwatch up` runs: the CLI and the simulator send the admin key
+        # file only to such a stack's own API, so here it is given as AGENTWATCH_API_KEY)
+        token = admin_key_file(settings).read_text().strip()
+        settings = settings.model_copy(update={"api_key": SecretStr(token)})
         yield f"http://127.0.0.1:{port}", settings, app
     finally:
         server.should_exit = True

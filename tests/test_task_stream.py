@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 import pytest
 from confluent_kafka import Producer
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from agentwatch.settings import Settings
@@ -427,9 +428,9 @@ def test_simulate_registers_a_heterogeneous_fleet_and_runs_its_task_stream(
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandInAPI)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     settings = settings.model_copy(update={"heartbeat_interval_s": 1.0})
-    settings = settings.model_copy(update={"api_key": None, "var_dir": tmp_path / "var"})
-    (tmp_path / "var" / "run").mkdir(parents=True)
-    (tmp_path / "var" / "run" / "admin.key").write_text("aw_admin")
+    settings = settings.model_copy(
+        update={"api_key": SecretStr("aw_admin"), "var_dir": tmp_path / "var"}
+    )
     options = SimulationOptions(
         agents=30,
         seed=2,

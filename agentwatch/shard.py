@@ -599,22 +599,33 @@ class ShardState:
         extra = {"last_heartbeat": last}
         self.lifecycle.step(record, Trigger.HEARTBEAT_TIMEOUT, at, out, reason=reason, extra=extra)
 
+    def screen_fact(self, agent_id: str, tenant_id: str) -> str | None:
+        """Why an agent's fact (a conversation, a task's outcome) is refused, as its
+        heartbeat would be (:meth:`screen`: never registered, another tenant than its
+        registration's, decommissioned); None when it is taken."""
+        self._retire()
+        keep, refused = self.registry.screen([agent_id], [tenant_id])
+        return refused[0][1] if keep is not None and not keep[0] else None
+
     def screen(self, batch: HeartbeatBatch) -> tuple[HeartbeatBatch, list[tuple[int, str]]]:
         """The heartbeats of ``batch`` the registry accepts (the batch itself when it
         accepts all), and ``(position, reason)`` of each refused one (its position in the
         raw batch: ``batch.index``): never registered (unless ``agents_auto_register``),
         of another tenant than its registration's, or decommissioned."""
-        registry = self.registry
-        if self.lifecycle.retired:
-            for agent_id in self.lifecycle.retired:
-                registry.retire(agent_id)
-            self.lifecycle.retired.clear()
-        keep, refused = registry.screen(batch.agent_id, batch.tenant_id)
+        self._retire()
+        keep, refused = self.registry.screen(batch.agent_id, batch.tenant_id)
         if keep is None:
             return batch, []
         positions = batch.index.tolist()
         rejected = [(positions[k], reason) for k, reason in refused]
         return batch.take(np.flatnonzero(keep)), rejected
+
+    def _retire(self) -> None:
+        """Tell the registry of the agents decommissioned since it was last asked."""
+        if self.lifecycle.retired:
+            for agent_id in self.lifecycle.retired:
+                self.registry.retire(agent_id)
+            self.lifecycle.retired.clear()
 
     def _lifecycle(
         self,

@@ -145,12 +145,27 @@ class CheckedEvents:
         | LifecycleCommand
         | RestartOrder
         | AgentRegistration
-        | Conversation
+        | AgentFact
         | TaskAssigned
         | TaskReleased
-        | TaskFinished
     ]
     rejected: list[tuple[int, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentFact:
+    """An agent's fact from ``agents.events`` (a conversation, a task's outcome) with the
+    one message it came in: its shard screens it as it screens the agent's heartbeats
+    (registered, in its registration's tenant, not decommissioned) and dead-letters it
+    otherwise. Kafka does not bind a message to the agent it names (docs/security.md):
+    this keeps a writer from making up agents or acting in another tenant."""
+
+    command: Conversation | TaskFinished
+    source: RawBatch
+
+    @property
+    def agent_id(self) -> str:
+        return self.command.agent_id
 
 
 def read_events(channel: str, raw: RawBatch) -> CheckedEvents:
@@ -167,6 +182,8 @@ def read_events(channel: str, raw: RawBatch) -> CheckedEvents:
             route = shard_command(event)
             if route is not None:
                 where, command = route
+                if isinstance(command, Conversation | TaskFinished):
+                    command = AgentFact(command, raw.only([position]))
                 (checked.to_every_shard if where == "every" else checked.to_agent_shard).append(
                     command
                 )
@@ -323,7 +340,7 @@ def observe_shard(
     settings: Settings,
     wall_clock: Callable[[], float],
     cell: ShardCell | object | None,
-    item: HeartbeatBatch | ShardCommand | Tick,
+    item: HeartbeatBatch | ShardCommand | AgentFact | Tick,
 ) -> tuple[ShardCell, ShardOutput]:
     """One step of a shard (its state is the shard's, in a :class:`ShardCell`): a batch
     of heartbeats (read at ``wall_clock()``), an operator's command (rule change,
@@ -332,6 +349,13 @@ def observe_shard(
     if not isinstance(cell, ShardCell):  # (None, or a snapshot taken before ShardCell)
         cell = ShardCell(cell)
     state = cell.state = ShardState.restore(cell.live(), settings)
+    if isinstance(item, AgentFact):
+        refused = state.screen_fact(item.agent_id, item.command.tenant_id)
+        if refused is not None:
+            output = ShardOutput(dead_letters=dead_letter_records(item.source, [(0, refused)]))
+            METRICS.dead_letters.labels(item.source.topic).inc()
+            return cell, output
+        item = item.command
     if isinstance(item, Tick):
         output = state.tick(item.wall)
     elif not isinstance(item, HeartbeatBatch):

@@ -289,3 +289,36 @@ def test_lifecycle_records_pickle_as_columns_and_the_old_layout_still_loads() ->
     old = Lifecycles.__new__(Lifecycles)
     old.__setstate__({"records": book.records})  # (snapshots from before the columns)
     assert old.records == book.records and old.unsettled == book.unsettled
+
+
+def test_an_agents_fact_is_taken_only_where_its_heartbeat_would_be() -> None:
+    """Kafka does not bind a message to the agent it names: a conversation or a task's
+    outcome on agents.events for an agent never registered, or in another tenant than its
+    registration's, made up that agent there (and could quarantine it) (found by a
+    review). Its shard screens it as it screens heartbeats: a dead letter with the reason."""
+    import time
+
+    from dataflows.heartbeats import AgentFact, observe_shard
+
+    def fact(agent: str, tenant: str, kind: str = "conversation") -> bytes:
+        payload = {"counterpart": "x", "text": "hello"} if kind == "conversation" else {
+            "task_id": "k1", "task_type": "default", "duration_s": 1.0}  # fmt: skip
+        return orjson.dumps({"type": kind, "agent_id": agent, "tenant_id": tenant,
+                             "actor": agent, "timestamp": T0, "payload": payload})  # fmt: skip
+
+    cell, _ = observe_shard(STRICT, time.time, None, registration(0))
+    values = [fact("agent-0000", "tenant-0"), fact("agent-0000", "tenant-9"),
+              fact("ghost", "tenant-0"), fact("ghost", "tenant-0", "task_failed")]  # fmt: skip
+    raw = RawBatch("agents.events", 0, [10, 11, 12, 13], [None] * 4, values)
+    checked = read_events("events", raw)
+    assert checked.rejected == [] and all(isinstance(f, AgentFact) for f in checked.to_agent_shard)
+    dead = []
+    for item in checked.to_agent_shard:
+        cell, out = observe_shard(STRICT, time.time, cell, item)
+        dead += out.dead_letters
+    assert [(d["offset"], d["reason"].split(";")[0]) for d in dead] == [
+        (11, "agent agent-0000 is registered to tenant tenant-0"),
+        (12, "agent ghost is not registered"),
+        (13, "agent ghost is not registered"),
+    ]
+    assert dead[0]["value_b64"] and dead[0]["topic"] == "agents.events"

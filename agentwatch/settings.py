@@ -315,6 +315,14 @@ class Settings(BaseSettings):
         "the query's time limit (the query goes on holding its slot until ClickHouse stops it).",
     )
 
+    api_max_body_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Largest request body the API reads (bytes; OTLP's routes have their "
+        "own limit): a larger one is a 413 before it is parsed. 2 MiB holds the bridge's "
+        "1,000 heartbeats, a conversation's 256 KiB of text, a bulk operation's 10,000 ids.",
+    )
+
     # --- OpenTelemetry in (POST /v1/metrics, /v1/traces; docs/otel.md) ------------
     otlp_max_body_bytes: int = Field(
         4 * 1024 * 1024,

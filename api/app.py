@@ -45,7 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from agentwatch.secrets import redact
 from agentwatch.settings import Settings
 from api import audit, docs, keys
-from api.access import LoopbackMutations
+from api.access import BodyLimit, LoopbackMutations
 from api.errors import unprocessable
 from api.identity import document_key_errors
 from api.methods import AllowedMethods
@@ -105,6 +105,7 @@ def create_app(
         redoc_url=None,
         dependencies=[Depends(one_value_each)],
     )
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(LoopbackMutations, settings=settings)
     app.add_middleware(AllowedMethods, router=app.router)
     docs.install(app)
@@ -143,24 +144,41 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse(body, status_code=422)
 
 
+#: How much of a request's input a 422 quotes: the characters of a text, the items of a
+#: list or object (the rest is said, not quoted). Quoted whole, 21 MB of heartbeats came
+#: back as a 49 MB answer, once per branch of the body's union (found by a review).
+QUOTE_CHARS, QUOTE_ITEMS = 200, 10
+
+
 def _printable(value: object) -> object:
     """A request's input as a 422 can quote it in JSON: NaN and infinities as text, bytes
-    with U+FFFD where they are not UTF-8, a lone surrogate as ?. Quoted as it came, such
-    input made the error answer itself fail (a 500).
+    with U+FFFD where they are not UTF-8, a lone surrogate as ?, and no more than
+    :data:`QUOTE_CHARS` characters of a text or :data:`QUOTE_ITEMS` items of a list or
+    object. Quoted as it came, such input made the error answer itself fail (a 500).
 
     >>> _printable({"a": [float("nan"), b"\\xff", "\\ud800"]}) == {"a": ["nan", "\\ufffd", "?"]}
     True
+    >>> _printable(list(range(12))), len(_printable("x" * 1000))
+    ([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, '… and 2 more'], 219)
     """
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
+        value = bytes(value[: QUOTE_CHARS * 4]).decode("utf-8", "replace")
     if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")  # (a lone surrogate: ?)
+        text = value[:QUOTE_CHARS].encode("utf-8", "replace").decode("utf-8")  # (lone surrogate: ?)
+        return text if len(value) <= QUOTE_CHARS else f"{text}… ({len(value)} characters)"
     if isinstance(value, dict):
-        return {_printable(k): _printable(v) for k, v in value.items()}
+        items = list(value.items())
+        quoted = {_printable(k): _printable(v) for k, v in items[:QUOTE_ITEMS]}
+        if len(items) > QUOTE_ITEMS:
+            quoted["…"] = f"and {len(items) - QUOTE_ITEMS} more"
+        return quoted
     if isinstance(value, list | tuple):
-        return [_printable(item) for item in value]
+        quoted = [_printable(item) for item in value[:QUOTE_ITEMS]]
+        if len(value) > QUOTE_ITEMS:
+            quoted.append(f"… and {len(value) - QUOTE_ITEMS} more")
+        return quoted
     return value
 
 

@@ -75,7 +75,11 @@ class AgentEvent(BaseModel):
         description="An agent's fact: what agents.events accepts (schemas.events.CHANNELS).",
         json_schema_extra={"enum": sorted(CHANNELS[AGENT_CHANNEL])},
     )
-    payload: dict[str, object] = Field(default_factory=dict)
+    payload: dict[str, object] = Field(
+        default_factory=dict,
+        max_length=64,  # (a fact has a handful; 500,000 cost 4.5 s to refuse: a review)
+        description="The fact's fields (schemas.events; at most 64).",
+    )
     timestamp: EpochSeconds | None = Field(None, description="Default: when it arrives.")
 
 

@@ -2033,13 +2033,6 @@ def main() -> None:
     signal.signal(signal.SIGINT, request_stop)
     loader = LoaderLanes(settings, client, lambda: connect(settings))
     loader.start()
-    metrics = None
-    if settings.loader_metrics_port:
-        metrics = serve_metrics(
-            lambda: LoaderFigures.of(loader.stats(), running=loader.running),
-            settings.loader_metrics_host,
-            settings.loader_metrics_port,
-        )
     audit_client = connect(settings)  # the audit trail is written where the loader runs
     audit = AuditWriter(settings, audit_client)
     audit.start()
@@ -2049,6 +2042,14 @@ def main() -> None:
         webhooks_client = connect(settings)  # its own connection, as in the API process
         webhooks = WebhookDeliverer(settings, webhooks_client)
         webhooks.start()
+    metrics = None
+    if settings.loader_metrics_port:
+        metrics = serve_metrics(
+            lambda: LoaderFigures.of(loader.stats(), running=loader.running),
+            settings.loader_metrics_host,
+            settings.loader_metrics_port,
+            readers=lambda: [r for r in (audit, webhooks) if r is not None],
+        )
     log.info("loader_process_started webhooks=%d", len(settings.alert_webhooks))
     while not stop_requested.wait(1.0):
         pass

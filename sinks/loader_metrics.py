@@ -15,6 +15,7 @@ embedded profile; ``api/prometheus.py`` adds them to the API's ``/metrics``) and
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -208,18 +209,55 @@ def _by_topic(family: GaugeMetricFamily | CounterMetricFamily, values: dict[str,
 
 
 class _LoaderCollector(Collector):
-    def __init__(self, figures: Callable[[], LoaderFigures]) -> None:
+    def __init__(
+        self, figures: Callable[[], LoaderFigures], readers: Callable[[], list] = list
+    ) -> None:
         self._figures = figures
+        self._readers = readers
 
     def collect(self) -> Iterator[Metric]:
-        return families(self._figures())
+        yield from families(self._figures())
+        yield from reader_families(self._readers())
 
 
-def serve(figures: Callable[[], LoaderFigures], host: str, port: int) -> object:
-    """Serve ``/metrics`` of ``figures()`` (read at every scrape) on ``host:port`` from a
-    daemon thread; the HTTP server (``shutdown()`` stops it)."""
+def reader_families(readers: list, now: float | None = None) -> Iterator[Metric]:
+    """Whether each background reader beside the loader (the audit writer, the webhook
+    deliverer: :class:`sinks.background.BackgroundReader`) fails, and for how long.
+
+    >>> from types import SimpleNamespace
+    >>> audit = SimpleNamespace(name="audit", failing_since=100.0, failures=3)
+    >>> [(m.name, [s.value for s in m.samples]) for m in reader_families([audit], now=130.0)]
+    [('agentwatch_background_failing', [1]), ('agentwatch_background_failing_seconds', [30.0])]
+    """
+    now = time.time() if now is None else now
+    failing = GaugeMetricFamily(
+        "agentwatch_background_failing",
+        "1 while a background reader's polls fail (audit: the trail is not being written).",
+        labels=["reader"],
+    )
+    seconds = GaugeMetricFamily(
+        "agentwatch_background_failing_seconds",
+        "How long a background reader's polls have failed (0: they do not).",
+        labels=["reader"],
+    )
+    for reader in readers:
+        since = reader.failing_since
+        failing.add_metric([reader.name], 1 if since is not None else 0)
+        seconds.add_metric([reader.name], 0.0 if since is None else round(now - since, 3))
+    yield failing
+    yield seconds
+
+
+def serve(
+    figures: Callable[[], LoaderFigures],
+    host: str,
+    port: int,
+    readers: Callable[[], list] = list,
+) -> object:
+    """Serve ``/metrics`` of ``figures()`` and of ``readers()`` (read at every scrape) on
+    ``host:port`` from a daemon thread; the HTTP server (``shutdown()`` stops it)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_LoaderCollector(figures))
+    registry.register(_LoaderCollector(figures, readers))
     server, _thread = start_http_server(port, addr=host, registry=registry)
     log.info("loader_metrics_serving address=%s:%d path=/metrics", host, port)
     return server

@@ -238,6 +238,8 @@ def test_a_failed_write_of_the_trail_loses_nothing_and_leaves_no_gap(settings: S
     finally:
         writer.stop()
     assert flaky.failed == 1
+    # it said so while it failed (the loader's /metrics: agentwatch_background_failing)
+    assert "the test's" in writer.last_error and writer.failing_since is None
     assert sorted(r.seq for r in stored) == [1, 2]  # (the two topics: read in either order)
     assert sorted(r.action for r in stored) == ["quarantine_requested", "status_changed"]
     assert verify(read_rows(real, settings.clickhouse_database)) == []

@@ -186,7 +186,7 @@ that row was rewritten (hash and all), or rows were replaced"]
 
 def entry_of(event: dict, source: str, origin: str = "") -> AuditEntry:
     """The audit entry of one lifecycle event (a ``LifecycleEvent`` as a dict): the
-    target is the rule, the silence or the agent it is about; ``before``/``after``
+    target is the rule, the silence, the key or the agent it is about; ``before``/``after``
     what the event says of them.
 
     >>> entry = entry_of({"type": "status_changed", "agent_id": "a1", "tenant_id": "t1",
@@ -199,6 +199,10 @@ def entry_of(event: dict, source: str, origin: str = "") -> AuditEntry:
     ...     "timestamp": 1.8e9, "payload": {"action": "delete", "name": "rapid_changes"}},
     ...     source="").target
     'rapid_changes'
+    >>> entry_of({"type": "key_revoked", "agent_id": "a1", "tenant_id": "t1", "actor": "ops",
+    ...     "timestamp": 1.8e9, "payload": {"key_id": "0c8a1b2c3d4e", "role": "agent"}},
+    ...     source="").target  # (the key; its agent is in ``after``)
+    'key:0c8a1b2c3d4e'
     """
     payload = dict(event.get("payload") or {})
     kind = event["type"]
@@ -217,6 +221,11 @@ def entry_of(event: dict, source: str, origin: str = "") -> AuditEntry:
         after = _json(payload)
     elif kind in ("silence_created", "silence_expired"):
         target = str(payload.get("id") or target)
+        after = _json(payload)
+    elif kind in ("key_created", "key_revoked", "key_expiry_changed"):
+        # (the key is what changed; its agent, if any, stays in ``after``: a review found
+        # ?target=<key id> finding nothing when the target was the agent or *)
+        target = f"key:{payload.get('key_id')}" if payload.get("key_id") else target
         after = _json(payload)
     elif payload:
         after = _json(payload)

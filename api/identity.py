@@ -123,13 +123,17 @@ class KeyBook:
         along: Sequence[tuple[dict, str]] = (),
     ) -> tuple[StoredKey, str]:
         """A new key and its token (shown once). Raises ``ValueError`` for a key that
-        cannot be (an agent key without its agent, a key of every tenant below admin).
+        cannot be (an agent key without its agent, an operator's or agent's key of every tenant).
         ``along``: commands (``(event, key)``) published before ``key_created`` in the
         same batch, with one wait for the broker (a registration and its credential)."""
         if (role is Role.AGENT) != (agent_id is not None):
             raise ValueError("an agent's key names its agent (agent_id), and only an agent's key")
-        if tenant_id == ALL_TENANTS and role is not Role.ADMIN:
-            raise ValueError(f"only an admin's key may span every tenant ({ALL_TENANTS!r})")
+        if tenant_id == ALL_TENANTS and role not in (Role.ADMIN, Role.ANALYST):
+            raise ValueError(
+                f"only an admin's or an analyst's key may span every tenant ({ALL_TENANTS!r}): "
+                "a fleet analyst reads (Prometheus scrapes /metrics with one); nobody else "
+                "changes every tenant"
+            )
         made: NewKey = new_key()
         now = self.clock()
         stored = StoredKey(

@@ -69,8 +69,10 @@ def test_expired_keys_and_keys_that_cannot_be(book):
         keys.authenticate(client, f"Bearer {token}")
     with pytest.raises(ValueError, match="names its agent"):
         keys.create(client, Role.AGENT, "t1", actor="a")
-    with pytest.raises(ValueError, match="only an admin's key may span every tenant"):
+    with pytest.raises(ValueError, match="only an admin's or an analyst's key may span every"):
         keys.create(client, Role.OPERATOR, ALL_TENANTS, actor="a")
+    fleet_analyst, _ = keys.create(client, Role.ANALYST, ALL_TENANTS, actor="a")  # (Prometheus)
+    assert fleet_analyst.tenant_id == ALL_TENANTS
     stored, token = keys.create(client, Role.AGENT, "t1", actor="a", agent_id="agent-7")
     assert keys.authenticate(client, f"Bearer {token}").agent_id == "agent-7"
 

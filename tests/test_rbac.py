@@ -224,7 +224,7 @@ def test_every_role_on_every_route_of_its_own_tenant_and_another(door):
     assert checked == 2 * len(routes(OWN)) * len(KEYS)
 
 
-def test_a_tenant_key_is_told_whether_the_pipeline_works_not_the_fleets_figures(door):
+def test_a_tenant_key_is_told_whether_the_pipeline_works_not_the_fleets_figures(door, settings):
     """Health is every tenant's pipeline: a key of one tenant learns whether each part
     works, not the row counts, lags, rates and errors of all tenants together."""
     api, tokens = door
@@ -240,6 +240,10 @@ def test_a_tenant_key_is_told_whether_the_pipeline_works_not_the_fleets_figures(
         }  # fmt: skip
         assert api.get("/metrics", headers=bearer(tokens[name])).status_code == 403
     assert api.get("/metrics", headers=bearer(tokens["admin of all"])).status_code == 200
+    book, client = api.app.state.runtime.keys, connect(settings)
+    scraper = book.create(client, Role.ANALYST, ALL_TENANTS, "test", name="prometheus")[1]
+    client.close()
+    assert api.get("/metrics", headers=bearer(scraper)).status_code == 200  # docs/deploy.md
 
 
 def test_a_tenants_silence_is_audited_in_its_tenant_as_made_by_its_key(door, settings):

@@ -315,6 +315,13 @@ class Settings(BaseSettings):
         "the query's time limit (the query goes on holding its slot until ClickHouse stops it).",
     )
 
+    api_max_in_flight_per_caller: int = Field(
+        16,
+        ge=0,
+        description="Requests of one caller (its address and key) the API works on at once; "
+        "more get a 429 with Retry-After: 1. The sync routes share one pool of 40 threads, "
+        "status and assign included. 0: no limit.",
+    )
     api_max_body_bytes: int = Field(
         2 * 1024 * 1024,
         ge=64 * 1024,

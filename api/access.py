@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from agentwatch.identity import parse_key
 from agentwatch.settings import Settings
 from api.publisher import request_origin
 
@@ -212,3 +213,53 @@ class BodyLimit:
             "send less at a time (the bridge takes 1,000 heartbeats a request)"
         )
         await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+
+class InFlightLimit:
+    """ASGI middleware: at most ``per_caller`` requests of one caller at once; more get a
+    429 (``Retry-After: 1``). A caller is its address and the key id its Authorization
+    header names (the key is checked later, by the route: a guess at someone's key id
+    from another address does not take that caller's turns).
+
+    Sync routes share one pool of 40 threads, status and assign included: one caller with
+    40 slow reads in flight (a year's report, say) held them all (found by a review).
+    """
+
+    def __init__(self, app: ASGIApp, per_caller: int) -> None:
+        self.app = app
+        self.per_caller = per_caller
+        self._in_flight: dict[tuple[str, str], int] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.per_caller <= 0:
+            await self.app(scope, receive, send)
+            return
+        caller = _caller(scope)
+        count = self._in_flight.get(caller, 0)
+        if count >= self.per_caller:
+            detail = (
+                f"more than {self.per_caller} requests of this caller at once "
+                "(AGENTWATCH_API_MAX_IN_FLIGHT_PER_CALLER): wait for an answer before the next"
+            )
+            answer = JSONResponse({"detail": detail}, status_code=429,
+                                  headers={"Retry-After": "1"})  # fmt: skip
+            await answer(scope, receive, send)
+            return
+        self._in_flight[caller] = count + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            left = self._in_flight[caller] - 1
+            if left:
+                self._in_flight[caller] = left
+            else:
+                del self._in_flight[caller]
+
+
+def _caller(scope: Scope) -> tuple[str, str]:
+    """(the client's address, the key id its Authorization header names, or '')."""
+    client = scope.get("client")
+    header = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"")
+    scheme, _, token = header.decode("latin-1").partition(" ")
+    parsed = parse_key(token.strip()) if scheme.lower() == "bearer" else None
+    return (client[0] if client else "", parsed.key_id if parsed else "")

@@ -45,7 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from agentwatch.secrets import redact
 from agentwatch.settings import Settings
 from api import audit, docs, keys
-from api.access import BodyLimit, LoopbackMutations
+from api.access import BodyLimit, InFlightLimit, LoopbackMutations
 from api.errors import unprocessable
 from api.identity import document_key_errors
 from api.methods import AllowedMethods
@@ -106,6 +106,7 @@ def create_app(
         dependencies=[Depends(one_value_each)],
     )
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(InFlightLimit, per_caller=settings.api_max_in_flight_per_caller)
     app.add_middleware(LoopbackMutations, settings=settings)
     app.add_middleware(AllowedMethods, router=app.router)
     docs.install(app)

@@ -60,6 +60,18 @@ _COLUMNS = (
     "key_id", "role", "tenant_id", "agent_id", "name", "secret_hash", "created_at",
     "expires_at", "revoked_at", "created_by", "version",
 )  # fmt: skip
+#: A key from all of its rows (:meth:`KeyBook._select`): restrictions one-way.
+_AGGREGATED = ", ".join(
+    (
+        "key_id",
+        *(f"argMax({c}, version) AS {c}" for c in ("role", "tenant_id", "agent_id", "name")),
+        "argMax(secret_hash, version) AS secret_hash",
+        "toFloat64(min(created_at)) AS created_at",
+        "toFloat64(min(expires_at)) AS expires_at",  # (NULLs aside: the earliest expiry)
+        "toFloat64(min(revoked_at)) AS revoked_at",  # (any revocation: revoked)
+        "argMax(created_by, version) AS created_by",
+    )
+)
 
 
 class AuthError(Exception):
@@ -157,7 +169,7 @@ class KeyBook:
             raise KeyError(f"no key {key_id!r}")
         if stored.revoked_at is None:
             revoked = StoredKey(**{**_fields(stored), "revoked_at": self.clock()})
-            self._restrict(client, stored, revoked, KEY_REVOKED, actor)
+            self._restrict(client, revoked, KEY_REVOKED, actor)
             stored = revoked
         return stored
 
@@ -215,7 +227,7 @@ class KeyBook:
         if stored is None or not _matches(parsed.secret, stored.secret_hash):
             raise AuthError(f"key {parsed.key_id} is not known")  # same answer: no oracle
         now = self.clock()
-        if stored.revoked_at is not None and stored.revoked_at <= now:
+        if stored.revoked_at is not None:  # (a revocation is now: even one stamped ahead)
             raise AuthError(f"key {parsed.key_id} was revoked")
         if stored.expires_at is not None and stored.expires_at <= now:
             renew = (
@@ -269,37 +281,28 @@ class KeyBook:
         if stored.expires_at is not None and stored.expires_at <= expires_at:
             return stored
         changed = StoredKey(**{**_fields(stored), "expires_at": expires_at})
-        self._restrict(client, stored, changed, KEY_EXPIRY_CHANGED, actor,
+        self._restrict(client, changed, KEY_EXPIRY_CHANGED, actor,
                        expires_before=stored.expires_at)  # fmt: skip
         return changed
 
     def _restrict(
-        self,
-        client: Client,
-        before: StoredKey,
-        after: StoredKey,
-        kind: str,
-        actor: str,
-        **extra: object,
+        self, client: Client, after: StoredKey, kind: str, actor: str, **extra: object
     ) -> None:
         """Store a change that takes rights away (a revocation, an earlier expiry), then
-        publish its event for the audit trail; when the broker does not take the event,
-        store ``before`` again and raise: nothing changed, nothing audited.
+        publish its event for the audit trail. Published first, a failed store left the
+        trail saying a key was revoked while it still worked (found by a review).
 
-        Published first, a failed store left the trail saying a key was revoked while it
-        still worked (found by a review). Stored first, the key stops working at once; the
-        undo only fails if ClickHouse fails in the moment between (logged: the key then
-        stays revoked, unaudited, which takes rights away rather than granting any).
+        Restrictions are one-way (:meth:`_select`): when the broker then refuses the
+        event, the change stands (rights taken away, never granted back by an undo), it
+        is logged at error as ``key_change_unaudited`` with the key and the error, and the
+        caller gets the broker's error (503).
         """
         self._record(client, after)
         try:
             self._publish(kind, after, actor, **extra)
-        except Exception:
-            try:
-                self._record(client, before)
-            except Exception as exc:
-                log.error("key_change_unaudited kind=%s key_id=%s error=%r", kind,
-                          after.key_id, str(exc)[:200])  # fmt: skip
+        except Exception as exc:
+            log.error("key_change_unaudited kind=%s key_id=%s actor=%s error=%r", kind,
+                      after.key_id, actor, str(exc)[:200])  # fmt: skip
             raise
 
     def _read(self, client: Client, key_id: str) -> StoredKey | None:
@@ -307,12 +310,15 @@ class KeyBook:
         return found[0] if found else None
 
     def _select(self, client: Client, where: str, parameters: dict) -> list[StoredKey]:
-        columns = ", ".join(
-            f"toFloat64({c})" if c.endswith("_at") else c for c in _COLUMNS if c != "version"
-        )
+        """The keys ``where`` selects, each from all of its rows: its restrictions are
+        one-way whatever the rows' versions say (the earliest revocation and expiry any
+        row holds), the rest as its newest row says. Read as the newest row alone (FINAL),
+        a revocation written by a replica whose clock was behind, or overwritten by a
+        rotation writing back the key it had read just before, was lost: the key worked
+        again (found by a review)."""
         rows = client.query(
-            f"SELECT {columns} FROM {self.settings.clickhouse_database}.api_keys FINAL "
-            f"WHERE {where} ORDER BY created_at, key_id",
+            f"SELECT {_AGGREGATED} FROM (SELECT * FROM {self.settings.clickhouse_database}"
+            f".api_keys WHERE {where}) GROUP BY key_id ORDER BY created_at, key_id",
             parameters=parameters,
         ).result_rows
         keys = []

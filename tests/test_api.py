@@ -1476,3 +1476,45 @@ def test_status_shows_the_lifecycle_state_the_dataflow_derived_last(
         {**changed("active", 200), "payload": {"from": "offline", "to": "active"}},
     ])  # fmt: skip
     assert api.get("/api/v1/agents/a2/status").json()["lifecycle_state"] == "active"
+
+
+def test_one_caller_gets_its_share_of_the_api_not_all_of_it():
+    """Sync routes share one pool of threads (status and assign too): one caller with 40
+    slow reads in flight held them all (found by a review). Past
+    AGENTWATCH_API_MAX_IN_FLIGHT_PER_CALLER a caller (address and key id) gets a 429."""
+    import asyncio
+
+    from starlette.responses import JSONResponse
+
+    from api.access import InFlightLimit
+
+    release = asyncio.Event()
+
+    async def in_flight(app: InFlightLimit, count: int) -> None:
+        deadline = time.monotonic() + 10
+        while sum(app._in_flight.values()) < count:  # (polled, not slept on)
+            assert time.monotonic() < deadline, app._in_flight
+            await asyncio.sleep(0.001)
+
+    async def slow(scope, receive, send):  # a route that answers when told to
+        await release.wait()
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    async def run() -> list[int]:
+        app = InFlightLimit(slow, per_caller=2)
+        key = {"Authorization": "Bearer aw_0123456789ab_" + "x" * 43}
+        other = {"Authorization": "Bearer aw_ba9876543210_" + "x" * 43}
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            held = [asyncio.create_task(client.get("/x", headers=key)) for _ in range(2)]
+            await in_flight(app, 2)  # (the two are in: a third of the same caller is not)
+            third = await client.get("/x", headers=key)
+            assert third.status_code == 429 and third.headers["Retry-After"] == "1"
+            elsewhere = asyncio.create_task(client.get("/x", headers=other))
+            await in_flight(app, 3)  # (another key's caller is in too)
+            release.set()
+            answers = await asyncio.gather(*held, elsewhere)
+            again = await client.get("/x", headers=key)  # the turns came back
+            return [a.status_code for a in answers] + [again.status_code]
+
+    assert asyncio.run(run()) == [200, 200, 200, 200]

@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+import yaml
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import Producer
 from fastapi.testclient import TestClient
@@ -882,7 +883,12 @@ def test_the_analyst_roles_profile_quota_and_policies_parse_in_clickhouse(
     for forbidden in ("SOURCES", "FILE", "URL", "S3", "REMOTE", "ALL ON", "dictGet"):
         assert not any(forbidden in grant for grant in formatted if grant.startswith("GRANT"))
     policy = next(f for f in formatted if f.startswith("CREATE ROW POLICY"))
-    assert "USING 1 TO default, agentwatch, agentwatch_analyst_fleet" in policy
+    assert "USING 1 TO agentwatch, agentwatch_analyst_fleet" in policy
+    # (not default: the compose file's CLICKHOUSE_USER removes that user, and a TO list
+    # naming a user that does not exist fails the init script: no analyst user was made)
+    compose = yaml.safe_load((CLUSTER_SQL.parent / "docker-compose.yml").read_text())
+    assert compose["services"]["clickhouse"]["environment"]["CLICKHOUSE_USER"] != "default"
+    assert " default" not in policy.split(" TO ", 1)[1]
 
 
 @pytest.mark.e2e  # runs the init shell scripts

@@ -66,13 +66,15 @@ CREATE QUOTA OR REPLACE agentwatch_analyst_quota KEYED BY user_name
         read_rows = 20000000000, execution_time = 3600
     TO agentwatch_analyst, agentwatch_analyst_fleet;
 
--- Once a table has a row policy, a user none of its policies names sees no row of it:
--- so the service users (the API and the loader connect as agentwatch, the compose
--- file's CLICKHOUSE_USER; default is the server's own) and fleet analysts
--- get every row here, and a tenant's analyst only what a tenant role adds. A service
--- user of your own (Grafana's, say) belongs in this TO list, or in the fleet role.
+-- Once a table has a row policy, a user none of its policies names sees no row of it
+-- (config.d/row-policies.xml: ClickHouse's own default lets such a user read all): so
+-- the service user (the API and the loader connect as agentwatch, the compose file's
+-- CLICKHOUSE_USER, which also removes the server's user default: naming default here
+-- failed this script, and the analyst user was never made) and fleet analysts get every
+-- row here, and a tenant's analyst only what a tenant role adds. A service user of your
+-- own (Grafana's, say) belongs in this TO list, or in the fleet role.
 CREATE ROW POLICY OR REPLACE agentwatch_every_tenant ON agentwatch.metrics,
     agentwatch.anomalies, agentwatch.threats, agentwatch.baselines, agentwatch.alerts,
     agentwatch.security_scores, agentwatch.commands, agentwatch.incidents,
     agentwatch.agent_events, agentwatch.silences
-    AS PERMISSIVE FOR SELECT USING 1 TO default, agentwatch, agentwatch_analyst_fleet;
+    AS PERMISSIVE FOR SELECT USING 1 TO agentwatch, agentwatch_analyst_fleet;

@@ -24,7 +24,7 @@ from agentwatch.settings import Settings
 from agentwatch.shard import ShardState
 from agentwatch.simulator import INCIDENT_KINDS, FleetSimulator, Incident
 from api.sql import SqlSandbox
-from dataflows.heartbeats import OUTPUT_TOPICS, dead_letter_records, read_events
+from dataflows.heartbeats import OUTPUT_TOPICS, AgentFact, dead_letter_records, read_events
 from dataflows.kafka_source import RawBatch
 from schemas.heartbeats import parse_heartbeats
 from sinks.clickhouse import connect, create_schema
@@ -151,6 +151,10 @@ def build_fleet(client: Client, settings: Settings, *, orchestration: bool = Fal
                     ]
                 )  # fmt: skip
             for command in collect_tasks:
+                if isinstance(command, AgentFact):  # (screened as the dataflow does)
+                    if shard.screen_fact(command.agent_id, command.command.tenant_id):
+                        continue
+                    command = command.command
                 collect(shard.apply(command))
     if orchestration:
         # messages the dataflow refuses: not JSON, and an operator's order on the agents'

@@ -21,7 +21,7 @@ from agentwatch.orchestration import (
 )
 from agentwatch.settings import Settings
 from agentwatch.shard import ShardState
-from dataflows.heartbeats import findings, read_events
+from dataflows.heartbeats import AgentFact, findings, read_events
 from dataflows.kafka_source import RawBatch
 from schemas.models import AssignmentScore, LifecycleEvent, ModelStats, TaskOutcome, TaskRecord
 from tests.test_shard import T0, beats_at
@@ -45,7 +45,9 @@ def event(kind: str, agent: int, at: float, channel: str = "control", **payload:
         channel, RawBatch(f"agents.{channel}", 0, [0], [None], [orjson.dumps(value)])
     )
     assert not checked.rejected, checked.rejected
-    return (checked.to_agent_shard or checked.to_every_shard)[0]
+    item = (checked.to_agent_shard or checked.to_every_shard)[0]
+    # (an agent's fact comes with its message, for the dataflow's screen: tests/test_registry)
+    return item.command if isinstance(item, AgentFact) else item
 
 
 def assignment(task: str, attempt: int = 1, **extra: object) -> dict:

@@ -133,11 +133,15 @@ class KeyBook:
         agent_id: str | None = None,
         ttl_s: float | None = None,
         along: Sequence[tuple[dict, str]] = (),
+        since: float | None = None,
     ) -> tuple[StoredKey, str]:
         """A new key and its token (shown once). Raises ``ValueError`` for a key that
         cannot be (an agent key without its agent, an operator's or agent's key of every tenant).
         ``along``: commands (``(event, key)``) published before ``key_created`` in the
-        same batch, with one wait for the broker (a registration and its credential)."""
+        same batch, with one wait for the broker (a registration and its credential).
+        ``since``: the key's ``created_at`` when earlier than now (the key an agent makes
+        for itself with its own key counts from when that one was made: a quarantine
+        that revokes the agent's keys made before it revokes this one too)."""
         if (role is Role.AGENT) != (agent_id is not None):
             raise ValueError("an agent's key names its agent (agent_id), and only an agent's key")
         if tenant_id == ALL_TENANTS and role not in (Role.ADMIN, Role.ANALYST):
@@ -148,9 +152,10 @@ class KeyBook:
             )
         made: NewKey = new_key()
         now = self.clock()
-        stored = StoredKey(
-            made.key_id, role, tenant_id, agent_id or "", name, made.secret_hash, now,
-            now + ttl_s if ttl_s else None, None, actor,
+        stored = StoredKey(  # (``since``: an agent's own new key is as old as its lineage)
+            made.key_id, role, tenant_id, agent_id or "", name, made.secret_hash,
+            now if since is None else min(since, now), now + ttl_s if ttl_s else None, None,
+            actor,
         )  # fmt: skip
         if along:
             batch = [*along, self._event(KEY_CREATED, stored, actor)]

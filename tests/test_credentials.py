@@ -229,6 +229,30 @@ def test_quarantine_revokes_the_keys_made_before_it_until_an_operator_issues_one
     assert door.api.get(path, headers=door.auth(made.json()["token"])).status_code == 200
 
 
+def test_an_agent_cannot_rotate_its_way_out_of_a_quarantine_or_into_many_keys(door: Door):
+    """The API learns of a quarantine seconds after it (dataflow, loader, cache): an agent
+    rotating in between got a key made after the quarantine's time, which survived it; and
+    each rotation kept every older key through the overlap, so rotating every second held
+    thousands (found by a review). A key an agent makes for itself counts from the key it
+    asked with, and its other older keys end at once."""
+    path = "/api/v1/agents/agent-1/credentials"
+    made_at = door.now[0]
+    old = door.agent_key("agent-1")
+    tokens = [old]
+    for _ in range(3):  # each rotation with the newest key
+        made = door.api.post(path, headers=door.auth(tokens[-1]))
+        assert made.status_code == 201, made.text
+        tokens.append(made.json()["token"])
+        door.now[0] += 1
+    live = [t for t in tokens if door.api.get(path, headers=door.auth(t)).status_code == 200]
+    assert live == tokens[-2:]  # the newest and the one it was asked with
+    # quarantined before any of the rotations, heard of only now
+    quarantine(door, "agent-1", made_at + 0.5)
+    door.now[0] += 10
+    for token in tokens:
+        assert door.api.get(path, headers=door.auth(token)).status_code == 401
+
+
 def test_a_status_change_that_does_not_revoke_leaves_the_key_alone(door: Door):
     old = door.agent_key("agent-1")
     quarantine(door, "agent-1", door.now[0] + 5, to="offline")

@@ -105,7 +105,9 @@ def rotate_credential(
     """Issue a new credential of the agent (its token is in this answer only); its older
     keys expire within AGENTWATCH_AGENT_CREDENTIAL_OVERLAP_S. The agent itself may ask,
     with its current key, or an operator of its tenant (after a quarantine, only an
-    operator can)."""
+    operator can). A key the agent makes for itself counts as made when the key it asked
+    with was (a quarantine revokes both, however soon after it the rotation came), and
+    its other older keys end at once: it holds at most two live keys of its own making."""
     remote_agents_only(request, caller, runtime.settings)
     book = runtime.keys
     actor = f"key:{caller.key_id}"
@@ -114,14 +116,22 @@ def rotate_credential(
             tenant = agent_tenant(client, runtime, agent_id)
             tenant = check_agent_scope(caller, Permission.OPERATE, agent_id, tenant)
             older = [key for key in book.of_agent(client, agent_id) if key.tenant_id == tenant]
+            itself = caller.role is Role.AGENT
+            asking = next((k for k in older if k.key_id == caller.key_id), None)
             stored, token = book.create(
                 client, Role.AGENT, tenant, actor, name=f"credential of {agent_id}",
                 agent_id=agent_id, ttl_s=credential_ttl_s(runtime.settings),
+                # (a millisecond after the asking key: listed after it, revoked with it)
+                since=asking.created_at + 0.001 if itself and asking is not None else None,
             )  # fmt: skip
-            until = stored.created_at + runtime.settings.agent_credential_overlap_s
+            now = book.clock()
+            until = now + runtime.settings.agent_credential_overlap_s
             for key in older:
-                if key.revoked_at is None and (key.expires_at is None or key.expires_at > until):
-                    book.expire_by(client, key, until, actor)
+                # an agent's own rotation keeps one older key through the overlap, the one
+                # it asked with: the others end now (rotating every second kept thousands)
+                ends = until if not itself or key.key_id == caller.key_id else now
+                if key.revoked_at is None and (key.expires_at is None or key.expires_at > ends):
+                    book.expire_by(client, key, ends, actor)
     except PublishError as exc:
         raise HTTPException(503, detail=str(exc)) from None
     return CreatedKey(**KeyInfo.of(stored).model_dump(), token=token)

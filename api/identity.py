@@ -54,6 +54,8 @@ from schemas.models import LifecycleEvent
 
 log = logging.getLogger("api.identity")
 
+#: Key lookups :class:`KeyBook` keeps at most (~300 B each); past that it forgets.
+KEY_CACHE_MAX = 100_000
 #: The principal of a request without a key when keys are not required (the embedded demo).
 LOOPBACK_OPERATOR = Principal(key_id="loopback", role=Role.ADMIN, tenant_id=ALL_TENANTS)
 _COLUMNS = (
@@ -267,8 +269,19 @@ class KeyBook:
             return hit[1]
         stored = self._read(client, key_id)
         with self._lock:
-            self._cache[key_id] = (now, stored)
+            self._remember(key_id, now, stored)
         return stored
+
+    def _remember(self, key_id: str, now: float, stored: StoredKey | None) -> None:
+        """Cache a lookup (an unknown id too), at most :data:`KEY_CACHE_MAX` of them: past
+        that, the entries out of date go, then the older half. Every well-formed token
+        with a new id (no key needed to send one) added an entry for good (a review)."""
+        self._cache.pop(key_id, None)  # (to the end: the dict's order is the entries' age)
+        self._cache[key_id] = (now, stored)
+        if len(self._cache) > KEY_CACHE_MAX:
+            fresh = now - self.settings.api_key_cache_s
+            kept = [(k, v) for k, v in self._cache.items() if v[0] >= fresh]
+            self._cache = dict(kept[len(kept) // 2 :] if len(kept) > KEY_CACHE_MAX // 2 else kept)
 
     def get(self, client: Client, key_id: str) -> StoredKey | None:
         """The key of that id as stored now (None: no such key)."""

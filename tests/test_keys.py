@@ -186,3 +186,18 @@ def test_a_revocation_holds_whatever_the_rows_versions_say(book):
     keys._record(client, third)  # the old expiry written back: the earlier one holds
     with pytest.raises(AuthError, match="expired"):
         keys.authenticate(client, f"Bearer {token}")
+
+
+def test_unknown_key_ids_do_not_grow_the_cache_for_good(book, monkeypatch):
+    """Every well-formed token with a new id (anyone can send one) added a cache entry
+    that was never removed (found by a review): the cache keeps at most KEY_CACHE_MAX."""
+    import api.identity
+
+    monkeypatch.setattr(api.identity, "KEY_CACHE_MAX", 50)
+    keys, client = book
+    stored, token = keys.create(client, Role.ANALYST, "t1", actor="a")
+    for n in range(200):
+        with pytest.raises(AuthError, match="is not known"):
+            keys.authenticate(client, f"Bearer aw_{n:012x}_" + "x" * 43)
+        assert len(keys._cache) <= 50
+    assert keys.authenticate(client, f"Bearer {token}").key_id == stored.key_id

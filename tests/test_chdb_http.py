@@ -407,7 +407,13 @@ def test_insert_bodies_wait_beside_the_database_and_a_start_clears_what_a_crash_
         client.close()
     finally:
         again.process.terminate()
-        assert again.process.wait(timeout=30) == 0, again.log.read_text()
+        try:
+            code = again.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # (never left running: a fresh clone's run did)
+            again.process.kill()
+            again.process.wait()
+            raise
+        assert code == 0, again.log.read_text()
     assert not spool.exists()  # (a server that stops removes it)
     assert strays() <= before
 

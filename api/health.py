@@ -118,14 +118,15 @@ class SystemMonitor:
     def health(self) -> SystemHealth:
         """A fresh report (broker answer and table counts may be a few seconds old)."""
         broker = self.broker_probe.result()
+        broker_health = _broker_health(self.settings, broker)
         clickhouse = self._clickhouse()
         loader = self._loader()
-        problems = [full for _, full in self._problems(broker, clickhouse, loader)]
+        problems = [full for _, full in self._problems(broker_health, clickhouse, loader)]
         return SystemHealth(
             status="degraded" if problems else "ok",
             problems=problems,
             uptime_s=round(self.uptime_s(), 3),
-            broker=_broker_health(self.settings, broker),
+            broker=broker_health,
             dataflow=DataflowHealth(
                 group_id=self.settings.dataflow_group_id,
                 topic=self.settings.topic("metrics"),
@@ -139,22 +140,21 @@ class SystemMonitor:
         )
 
     def tenant_health(self) -> TenantHealth:
-        """What a key of one tenant is told: which parts work, no fleet-wide figure."""
-        broker = self.broker_probe.result()
-        clickhouse = self._clickhouse()
-        loader = self._loader()
-        problems = [short for short, _ in self._problems(broker, clickhouse, loader)]
+        """What a key of one tenant is told of :meth:`health`: which parts work, no
+        fleet-wide figure and no error's text."""
+        report = self.health()
+        problems = self._problems(report.broker, report.clickhouse, report.loader)
         return TenantHealth(
-            status="degraded" if problems else "ok",
-            problems=problems,
-            uptime_s=round(self.uptime_s(), 3),
-            broker_reachable=broker.reachable,
-            clickhouse_reachable=clickhouse.reachable,
-            loader_state=loader.state,
+            status=report.status,
+            problems=[short for short, _ in problems],
+            uptime_s=report.uptime_s,
+            broker_reachable=report.broker.reachable,
+            clickhouse_reachable=report.clickhouse.reachable,
+            loader_state=report.loader.state,
         )
 
     def _problems(
-        self, broker: BrokerProbeResult, clickhouse: ClickHouseHealth, loader: LoaderHealth
+        self, broker: BrokerHealth, clickhouse: ClickHouseHealth, loader: LoaderHealth
     ) -> list[tuple[str, str]]:
         """What makes the pipeline degraded: (the part and what is wrong, in words any
         tenant may read; the whole sentence, with the error, for a key of every tenant)."""

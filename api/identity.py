@@ -62,18 +62,14 @@ _COLUMNS = (
     "key_id", "role", "tenant_id", "agent_id", "name", "secret_hash", "created_at",
     "expires_at", "revoked_at", "created_by", "version",
 )  # fmt: skip
-#: A key from all of its rows (:meth:`KeyBook._select`): restrictions one-way.
+#: A key from all of its rows (:meth:`KeyBook._select`): its times the earliest any row
+#: holds (restrictions one-way: the earliest revocation and expiry), the rest the newest's.
 _AGGREGATED = ", ".join(
-    (
-        "key_id",
-        *(f"argMax({c}, version) AS {c}" for c in ("role", "tenant_id", "agent_id", "name")),
-        "argMax(secret_hash, version) AS secret_hash",
-        "toFloat64(min(created_at)) AS created_at",
-        "toFloat64(min(expires_at)) AS expires_at",  # (NULLs aside: the earliest expiry)
-        "toFloat64(min(revoked_at)) AS revoked_at",  # (any revocation: revoked)
-        "argMax(created_by, version) AS created_by",
-    )
-)
+    "key_id" if c == "key_id"
+    else f"toFloat64(min({c})) AS {c}" if c.endswith("_at")
+    else f"argMax({c}, version) AS {c}"
+    for c in _COLUMNS[:-1]
+)  # fmt: skip
 
 
 class AuthError(Exception):

@@ -238,16 +238,12 @@ def count_records(request: Message, limit: int) -> int:
 
 def _count_attributes(budget: _Budget, pairs: Iterable[KeyValue], more: int) -> None:
     """Take ``more`` records and one per attribute, nested values included."""
-    budget.take(more + len(pairs))  # type: ignore[arg-type]
-    for pair in pairs:
-        kind = pair.value.WhichOneof("value")
-        if kind == "array_value":
-            _count_values(budget, pair.value.array_value.values)
-        elif kind == "kvlist_value":
-            _count_attributes(budget, pair.value.kvlist_value.values, 0)
+    budget.take(more)
+    _count_values(budget, [pair.value for pair in pairs])
 
 
 def _count_values(budget: _Budget, values: Iterable) -> None:
+    """Take one record per value, and those of the arrays and key-value lists in them."""
     budget.take(len(values))  # type: ignore[arg-type]
     for value in values:
         kind = value.WhichOneof("value")

@@ -108,11 +108,10 @@ class BackgroundReader:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
-        #: Since when its polls fail (time.time()), how many in a row, and the last
-        #: error: exported on the loader's /metrics (an audit writer that fails while
-        #: the changes it records go on is a gap in the trail; found by a review).
+        #: Since when its polls fail (time.time()) and the last error: exported on the
+        #: loader's /metrics (an audit writer that fails while the changes it records go
+        #: on is a gap in the trail; found by a review).
         self.failing_since: float | None = None
-        self.failures = 0
         self.last_error: str | None = None
 
     def start(self) -> None:
@@ -151,12 +150,11 @@ class BackgroundReader:
         while not self._stopping.is_set():
             try:
                 done = self.poll_once()
-                self.failing_since, self.failures = None, 0
+                self.failing_since = None
                 if not done and not self._ready():
                     self._stopping.wait(IDLE_WAIT_S)
             except Exception as exc:
                 log.exception("%s_loop_error action=retrying in %g s", self.name, RETRY_WAIT_S)
-                self.failures += 1
                 self.failing_since = self.failing_since or time.time()
                 self.last_error = " ".join(str(exc).split())[:300] or type(exc).__name__
                 self._recover()

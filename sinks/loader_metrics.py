@@ -225,7 +225,7 @@ def reader_families(readers: list, now: float | None = None) -> Iterator[Metric]
     deliverer: :class:`sinks.background.BackgroundReader`) fails, and for how long.
 
     >>> from types import SimpleNamespace
-    >>> audit = SimpleNamespace(name="audit", failing_since=100.0, failures=3)
+    >>> audit = SimpleNamespace(name="audit", failing_since=100.0)
     >>> [(m.name, [s.value for s in m.samples]) for m in reader_families([audit], now=130.0)]
     [('agentwatch_background_failing', [1]), ('agentwatch_background_failing_seconds', [30.0])]
     """
